@@ -1,0 +1,815 @@
+"""The study spec: a YAML file parsed into validated dataclasses.
+
+A spec says what to try (``search_space``, ``sampler``, ``pruner``), on what task (``task``)
+and for how long (``budget``). Every error names the file, the key path and what was expected,
+e.g. ``search_spaces/x.yaml: search_space.lr.low: expected a number > 0, got -1``.
+
+The spec is stored whole in the study (``Spec.to_dict``), so a worker on another machine needs
+only the study name and the storage URL.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hpo.errors import SpecError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "linear")
+FREEZE_POLICIES = ("none", "head_only", "first_k")
+TASK_KINDS = ("image_classification", "text_classification")
+DIRECTIONS = ("minimize",)
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters the job understands: name -> (default, domain check).
+# A check returns None when the value is fine, else what was expected.
+
+
+def _positive(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else "a number > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if _is_number(v) and v >= 0 else "a number >= 0"
+
+
+def _unit_interval(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v < 1 else "a number in [0, 1)"
+
+
+def _positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 1 else "an integer >= 1"
+
+
+def _non_negative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else "an integer >= 0"
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else "one of " + ", ".join(options)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A hyperparameter of the fine-tuning job."""
+
+    default: Any
+    check: Callable[[Any], str | None]
+    doc: str
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "lr": Hyperparameter(1e-3, _positive, "peak learning rate of the new head"),
+    "batch_size": Hyperparameter(32, _positive_int, "samples per optimizer step"),
+    "epochs": Hyperparameter(3, _positive_int, "passes over the training split"),
+    "optimizer": Hyperparameter("adamw", _one_of(OPTIMIZERS), "adam | adamw | sgd | rmsprop"),
+    "momentum": Hyperparameter(0.9, _unit_interval, "momentum of sgd and rmsprop"),
+    "dropout": Hyperparameter(0.0, _unit_interval, "dropout before the new head"),
+    "weight_decay": Hyperparameter(0.0, _non_negative, "L2 / decoupled weight decay"),
+    "label_smoothing": Hyperparameter(0.0, _unit_interval, "label smoothing of the loss"),
+    "grad_clip": Hyperparameter(0.0, _non_negative, "max gradient norm; 0 turns it off"),
+    "warmup_fraction": Hyperparameter(0.0, _unit_interval, "share of steps of linear warmup"),
+    "schedule": Hyperparameter("constant", _one_of(SCHEDULES), "lr decay after warmup"),
+    "backbone_lr_mult": Hyperparameter(1.0, _positive, "pretrained layers get lr x this"),
+    "freeze": Hyperparameter("none", _one_of(FREEZE_POLICIES), "none | head_only | first_k"),
+    "freeze_k": Hyperparameter(0, _non_negative_int, "blocks frozen by first_k"),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# The dataclasses.
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One entry of ``search_space``: a distribution, or a fixed value.
+
+    Attributes:
+        name: the hyperparameter (a key of ``HYPERPARAMETERS``).
+        type: ``float``, ``int``, ``categorical`` or ``fixed``.
+        low, high, log, step: the range of ``float`` / ``int``.
+        choices: the options of ``categorical``.
+        value: the value of ``fixed``.
+        when: sampled only when each named parameter took one of the listed values,
+            e.g. ``{"optimizer": ["sgd", "rmsprop"]}`` for momentum.
+    """
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @property
+    def searched(self) -> bool:
+        return self.type != "fixed"
+
+    def distribution(self):
+        """The Optuna distribution of this parameter (``None`` for a fixed value)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "float":
+            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        if self.type == "categorical":
+            return CategoricalDistribution(self.choices)
+        return None
+
+    def grid(self) -> list[Any]:
+        """Every value of a finite parameter, for the grid sampler."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int" and not self.log:
+            return list(range(self.low, self.high + 1, self.step or 1))
+        if self.type == "float" and self.step is not None and not self.log:
+            n = int(round((self.high - self.low) / self.step))
+            return [self.low + i * self.step for i in range(n + 1)]
+        raise ValueError(self.name)
+
+    def values(self) -> list[Any]:
+        """The values this parameter can take where they are few (fixed, choices)."""
+        if self.type == "fixed":
+            return [self.value]
+        return self.grid()
+
+    def upper(self) -> Any:
+        """The largest value the parameter can take (for numeric parameters)."""
+        if self.type == "fixed":
+            return self.value
+        if self.type == "categorical":
+            return max(self.choices)
+        return self.high
+
+    def to_dict(self) -> Any:
+        if self.type == "fixed":
+            return self.value
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            d["choices"] = list(self.choices)
+        else:
+            d.update(low=self.low, high=self.high)
+            if self.log:
+                d["log"] = True
+            if self.step is not None:
+                d["step"] = self.step
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when}
+        return d
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """The ``study`` section."""
+
+    name: str
+    """Study name in the storage; default: the spec file's stem."""
+    direction: str = "minimize"
+    """The objective is the trial's best validation loss, so always ``minimize``."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every trial fine-tunes: the ``task`` section.
+
+    A job reads only this and the trial's params.
+    """
+
+    kind: str
+    """``image_classification`` or ``text_classification``."""
+    model: str
+    """A torchvision model name, or a transformers hub name / local model directory."""
+    dataset: Mapping[str, Any]
+    """Where the data comes from, e.g. ``{name: digits}``, ``{name: CIFAR10, root: DIR}``,
+    ``{image_folder: DIR}``, ``{name: vader}``, ``{csv: FILE, text: col, label: col}``,
+    ``{hf: glue, config: sst2}``."""
+    weights: str | None = None
+    """Pretrained weights: ``DEFAULT`` / an enum name (needs internet), ``None``, or a local
+    checkpoint path."""
+    val_fraction: float = 0.2
+    """Share of the training data held out for validation when the dataset has no val split."""
+    freeze: str = "none"
+    """Default freeze policy (``none``, ``head_only``, ``first_k``); may also be searched."""
+    freeze_k: int = 0
+    """Blocks (vision) or layers (text) frozen from the input side by ``first_k``."""
+    image_size: int | None = None
+    """Resize images to this side length; default: the weights' preset, or 32 for digits."""
+    max_length: int = 128
+    """Longest tokenized text; batches are padded to their own longest (dynamic padding)."""
+    max_samples: int | None = None
+    """Use at most this many examples of the dataset (a seeded subsample)."""
+    augment: bool | None = None
+    """Random crop + flip while training; default: on for natural images, off for digits."""
+    early_stopping_patience: int | None = None
+    """Stop a trial after this many evaluations without a better validation loss."""
+    evals_per_epoch: int = 1
+    """Validate (and report to the pruner) this many times per epoch."""
+    amp: bool | None = None
+    """Mixed precision on CUDA (bf16 where supported, else fp16); default: on with CUDA."""
+    channels_last: bool | None = None
+    """channels_last memory format for CNNs on CUDA; default: on with CUDA."""
+    compile: bool = False
+    """Compile the model with ``torch.compile``."""
+    num_workers: int | None = None
+    """DataLoader worker processes; default: 0 on CPU, 4 with CUDA."""
+    seed: int = 0
+    """Seed of the data split and subsample (the same for every trial)."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A sampler or pruner: its name and keyword options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """The global budget, across every worker and machine."""
+
+    n_trials: int | None = 20
+    """Finished trials (complete + pruned) after which workers stop."""
+    timeout: float | None = None
+    """Seconds after which a worker starts no new trial."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole study spec."""
+
+    study: StudySection
+    task: TaskSpec
+    search_space: tuple[ParamSpec, ...]
+    sampler: ComponentSpec
+    pruner: ComponentSpec
+    budget: BudgetSpec
+
+    def param(self, name: str) -> ParamSpec | None:
+        for p in self.search_space:
+            if p.name == name:
+                return p
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that ``parse_spec`` turns back into an equal ``Spec``."""
+        task = {k: v for k, v in asdict(self.task).items() if v != _TASK_DEFAULTS.get(k)}
+        task["dataset"] = dict(self.task.dataset)
+        return {
+            "study": asdict(self.study),
+            "task": task,
+            "search_space": {p.name: p.to_dict() for p in self.search_space},
+            "sampler": {"name": self.sampler.name, **self.sampler.options},
+            "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
+            "budget": asdict(self.budget),
+        }
+
+    def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> "Spec":
+        """The same spec with the budget's fields replaced where given."""
+        from dataclasses import replace
+
+        budget = replace(
+            self.budget,
+            **{k: v for k, v in (("n_trials", n_trials), ("timeout", timeout)) if v is not None},
+        )
+        return replace(self, budget=budget)
+
+
+_TASK_DEFAULTS = {
+    f.name: f.default for f in TaskSpec.__dataclass_fields__.values()  # type: ignore[attr-defined]
+}
+
+
+def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in options.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler and pruner options: name -> {option: expected type}. study.py builds them.
+
+_INT, _FLOAT, _BOOL, _STR = "int", "float", "bool", "str"
+
+SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
+    "tpe": {"seed": _INT, "n_startup_trials": _INT, "n_ei_candidates": _INT,
+            "multivariate": _BOOL, "group": _BOOL, "constant_liar": _BOOL},
+    "random": {"seed": _INT},
+    "gp": {"seed": _INT, "n_startup_trials": _INT, "deterministic_objective": _BOOL},
+    "cmaes": {"seed": _INT, "n_startup_trials": _INT, "sigma0": _FLOAT,
+              "consider_pruned_trials": _BOOL, "with_margin": _BOOL, "lr_adapt": _BOOL,
+              "warn_independent_sampling": _BOOL},
+    "qmc": {"seed": _INT, "qmc_type": _STR, "scramble": _BOOL},
+    "grid": {"seed": _INT},
+}
+
+_STEPS = {"n_startup_trials": _INT, "n_warmup_steps": _INT, "interval_steps": _INT,
+          "n_min_trials": _INT}
+PRUNER_OPTIONS: dict[str, dict[str, str]] = {
+    "median": dict(_STEPS),
+    "percentile": {"percentile": _FLOAT, **_STEPS},
+    "successive_halving": {"min_resource": _INT, "reduction_factor": _INT,
+                           "min_early_stopping_rate": _INT, "bootstrap_count": _INT},
+    "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
+                  "bootstrap_count": _INT},
+    "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
+    "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
+                  "interval_steps": _INT},
+    "none": {},
+}
+_REQUIRED_OPTIONS = {("pruner", "percentile"): ("percentile",),
+                     ("pruner", "patient"): ("patience",)}
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing.
+
+
+class _At:
+    """A position in the spec file (file + key path) that error messages name."""
+
+    def __init__(self, source: str, path: str = "") -> None:
+        self.source = source
+        self.path = path
+
+    def __truediv__(self, key: Any) -> "_At":
+        return _At(self.source, f"{self.path}.{key}" if self.path else str(key))
+
+    def error(self, message: str) -> SpecError:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return SpecError(f"{where}: {message}")
+
+    def mapping(self, value: Any, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.error(f"expected a mapping, got {_show(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.error(f"keys must be strings, got {_show(key)}")
+            if allowed is not None and key not in allowed:
+                raise (self / key).error(
+                    "unknown key; expected one of " + ", ".join(allowed)
+                )
+        return dict(value)
+
+    def typed(self, value: Any, kind: str) -> Any:
+        ok = {
+            _INT: _is_int(value),
+            _FLOAT: _is_number(value),
+            _BOOL: isinstance(value, bool),
+            _STR: isinstance(value, str) and value != "",
+        }[kind]
+        if not ok:
+            expected = {_INT: "an integer", _FLOAT: "a number", _BOOL: "true or false",
+                        _STR: "a non-empty string"}[kind]
+            raise self.error(f"expected {expected}, got {_show(value)}")
+        return float(value) if kind == _FLOAT else value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return str(value)
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read and validate a spec file.
+
+    Args:
+        path: a YAML file; the study name defaults to its stem.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: the file is missing, is not valid YAML, or does not validate.
+    """
+    import yaml
+
+    p = Path(path)
+    source = str(path)
+    if not p.is_file():
+        raise SpecError(f"{source}: no such spec file")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{source}: malformed YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{source}: cannot read: {e}") from None
+    return parse_spec(raw, source=source, default_name=p.stem)
+
+
+_TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget")
+
+
+def parse_spec(raw: Any, *, source: str = "<spec>", default_name: str | None = None) -> Spec:
+    """Validate a spec given as plain data (as YAML loads it, or as ``Spec.to_dict`` gives it).
+
+    Raises:
+        SpecError: naming ``source`` and the key path of the first problem.
+    """
+    at = _At(source)
+    if raw is None:
+        raise at.error("the spec is empty")
+    top = at.mapping(raw, _TOP_KEYS)
+    for key in ("task", "search_space"):
+        if key not in top:
+            raise (at / key).error("missing; every spec needs it")
+    study = _parse_study(top.get("study") or {}, at / "study", default_name)
+    task = _parse_task(top["task"], at / "task")
+    space = _parse_space(top["search_space"], at / "search_space")
+    sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
+    pruner = _parse_component(top.get("pruner") or {"name": "median"}, at / "pruner", "pruner")
+    budget = _parse_budget(top.get("budget") or {}, at / "budget")
+    spec = Spec(study, task, space, sampler, pruner, budget)
+    _check_cross(spec, at)
+    return spec
+
+
+def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
+    d = at.mapping(raw, ("name", "direction"))
+    name = d.get("name", default_name)
+    if name is None:
+        raise (at / "name").error("missing; name the study")
+    name = (at / "name").typed(name, _STR)
+    direction = d.get("direction", "minimize")
+    if direction not in DIRECTIONS:
+        raise (at / "direction").error(
+            f"expected minimize (the objective is validation loss), got {_show(direction)}"
+        )
+    return StudySection(name=name, direction=direction)
+
+
+_DATASET_KEYS = {
+    "image_classification": ("name", "root", "image_folder", "train", "val"),
+    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label",
+                            "train_split", "val_split", "test_split"),
+}
+_DATASET_SOURCES = {
+    "image_classification": ("name", "image_folder"),
+    "text_classification": ("name", "hf", "csv", "jsonl"),
+}
+BUILTIN_DATASETS = {"image_classification": ("digits",), "text_classification": ("vader",)}
+
+
+def _parse_task(raw: Any, at: _At) -> TaskSpec:
+    d = at.mapping(raw, tuple(_TASK_DEFAULTS))
+    for key in ("kind", "model", "dataset"):
+        if key not in d:
+            raise (at / key).error("missing; every task needs it")
+    kind = d["kind"]
+    if kind not in TASK_KINDS:
+        raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
+    model = (at / "model").typed(d["model"], _STR)
+    dataset = _parse_dataset(d["dataset"], at / "dataset", kind)
+
+    out: dict[str, Any] = {"kind": kind, "model": model, "dataset": dataset}
+    checks: dict[str, Callable[[Any], str | None]] = {
+        "val_fraction": lambda v: None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)",
+        "freeze": _one_of(FREEZE_POLICIES),
+        "freeze_k": _non_negative_int,
+        "max_length": _positive_int,
+        "evals_per_epoch": _positive_int,
+        "seed": _non_negative_int,
+    }
+    optional: dict[str, Callable[[Any], str | None]] = {
+        "weights": lambda v: None if isinstance(v, str) and v else "a name or a path, or null",
+        "image_size": _positive_int,
+        "max_samples": lambda v: None if _is_int(v) and v >= 10 else "an integer >= 10",
+        "augment": lambda v: None if isinstance(v, bool) else "true or false",
+        "early_stopping_patience": _positive_int,
+        "amp": lambda v: None if isinstance(v, bool) else "true or false",
+        "channels_last": lambda v: None if isinstance(v, bool) else "true or false",
+        "num_workers": _non_negative_int,
+    }
+    for key, check in {**checks, **optional}.items():
+        if key not in d:
+            continue
+        value = d[key]
+        if value is None and key in optional:
+            out[key] = None
+            continue
+        expected = check(value)
+        if expected:
+            raise (at / key).error(f"expected {expected}, got {_show(value)}")
+        out[key] = float(value) if key == "val_fraction" else value
+    if "compile" in d:
+        out["compile"] = (at / "compile").typed(d["compile"], _BOOL)
+    task = TaskSpec(**out)
+    if task.freeze == "first_k" and "freeze_k" not in d:
+        raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
+    _check_model(task, at)
+    return task
+
+
+def _parse_dataset(raw: Any, at: _At, kind: str) -> dict[str, Any]:
+    d = at.mapping(raw, _DATASET_KEYS[kind])
+    sources = [k for k in _DATASET_SOURCES[kind] if k in d]
+    if len(sources) != 1:
+        raise at.error("expected exactly one of " + ", ".join(_DATASET_SOURCES[kind]))
+    for key, value in d.items():
+        (at / key).typed(value, _STR)
+    if "name" in d:
+        name = d["name"]
+        builtin = BUILTIN_DATASETS[kind]
+        if kind == "text_classification" and name not in builtin:
+            raise (at / "name").error(
+                f"unknown built-in text dataset {name!r}; expected one of {', '.join(builtin)}"
+                " (or use hf, csv or jsonl)"
+            )
+        if kind == "image_classification" and name not in builtin:
+            import torchvision.datasets
+
+            if name not in torchvision.datasets.__all__:
+                raise (at / "name").error(
+                    f"unknown dataset {name!r}; expected digits or a torchvision dataset "
+                    "such as CIFAR10, CIFAR100, FashionMNIST, MNIST (or use image_folder)"
+                )
+            if "root" not in d:
+                raise (at / "root").error(f"missing; dataset {name} needs a root directory")
+    for key in ("csv", "jsonl"):
+        if key in d:
+            for col in ("text", "label"):
+                if col not in d:
+                    raise (at / col).error(f"missing; a {key} dataset names its {col} column")
+    return d
+
+
+def _check_model(task: TaskSpec, at: _At) -> None:
+    """Check the model (and weights) name against what the library offers."""
+    weights = task.weights
+    if task.kind == "image_classification":
+        import torchvision.models
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if task.model not in names:
+            close = [n for n in names if n.startswith(task.model[:4])][:6]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise (at / "model").error(
+                f"unknown torchvision classification model {task.model!r}{hint}"
+            )
+        if weights is not None and weights != "DEFAULT" and not _looks_like_path(weights):
+            enum = torchvision.models.get_model_weights(task.model)
+            known = [w.name for w in enum]
+            if weights not in known:
+                raise (at / "weights").error(
+                    f"unknown weights {weights!r} for {task.model}; expected DEFAULT, "
+                    f"{', '.join(known)}, null, or a local checkpoint path"
+                )
+    else:
+        if _looks_like_path(task.model) and not Path(task.model).expanduser().is_dir():
+            raise (at / "model").error(f"no model directory at {task.model}")
+    if weights is not None and _looks_like_path(weights):
+        if not Path(weights).expanduser().is_file():
+            raise (at / "weights").error(f"no checkpoint file at {weights}")
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~")) or s.endswith((".pt", ".pth", ".bin",
+                                                                 ".safetensors"))
+
+
+_PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
+_PARAM_TYPES = ("float", "int", "categorical")
+
+
+def _parse_space(raw: Any, at: _At) -> tuple[ParamSpec, ...]:
+    d = at.mapping(raw, tuple(HYPERPARAMETERS))
+    if not d:
+        raise at.error("empty; search at least one hyperparameter")
+    params: list[ParamSpec] = []
+    for name, value in d.items():
+        param = _parse_param(name, value, at / name, params)
+        params.append(param)
+    if not any(p.searched for p in params):
+        raise at.error("every entry is a fixed value; search at least one hyperparameter")
+    return tuple(params)
+
+
+def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> ParamSpec:
+    hp = HYPERPARAMETERS[name]
+    if not isinstance(raw, Mapping):
+        expected = hp.check(raw)
+        if expected:
+            raise at.error(f"expected {expected} or a distribution, got {_show(raw)}")
+        return ParamSpec(name=name, type="fixed", value=raw)
+    d = at.mapping(raw, _PARAM_KEYS)
+    kind = d.get("type")
+    if kind not in _PARAM_TYPES:
+        raise (at / "type").error(f"expected one of {', '.join(_PARAM_TYPES)}, got {_show(kind)}")
+    when = _parse_when(d.get("when"), at / "when", earlier)
+    if kind == "categorical":
+        for key in ("low", "high", "log", "step"):
+            if key in d:
+                raise (at / key).error("not allowed for a categorical parameter; use choices")
+        choices = d.get("choices")
+        if not isinstance(choices, list):
+            raise (at / "choices").error(f"expected a list of options, got {_show(choices)}")
+        if not choices:
+            raise (at / "choices").error("empty; give at least one option")
+        for i, c in enumerate(choices):
+            if not isinstance(c, (str, int, float, bool)) or c is None:
+                raise (at / "choices" / i).error(f"expected a string or number, got {_show(c)}")
+            expected = hp.check(c)
+            if expected:
+                raise (at / "choices" / i).error(f"expected {expected}, got {_show(c)}")
+        if len(set(map(repr, choices))) != len(choices):
+            raise (at / "choices").error("has duplicates")
+        return ParamSpec(name=name, type="categorical", choices=tuple(choices), when=when)
+
+    if "choices" in d:
+        raise (at / "choices").error(f"not allowed for a {kind} parameter; use low and high")
+    for key in ("low", "high"):
+        if key not in d:
+            raise (at / key).error(f"missing; a {kind} parameter needs low and high")
+    value_type = _INT if kind == "int" else _FLOAT
+    low = (at / "low").typed(d["low"], value_type)
+    high = (at / "high").typed(d["high"], value_type)
+    log = (at / "log").typed(d.get("log", False), _BOOL)
+    step = d.get("step")
+    if step is not None:
+        step = (at / "step").typed(step, value_type)
+        if step <= 0:
+            raise (at / "step").error(f"expected a number > 0, got {_show(d['step'])}")
+        if log:
+            raise (at / "step").error("cannot be combined with log: true")
+    if low > high:
+        raise at.error(f"low ({_show(d['low'])}) is greater than high ({_show(d['high'])})")
+    if log and low <= 0:
+        raise (at / "low").error(f"must be > 0 with log: true, got {_show(d['low'])}")
+    for key, v in (("low", low), ("high", high)):
+        expected = hp.check(v)
+        if expected:
+            raise (at / key).error(f"expected {expected} for {name}, got {_show(d[key])}")
+    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _parse_when(raw: Any, at: _At, earlier: list[ParamSpec]):
+    if raw is None:
+        return ()
+    d = at.mapping(raw)
+    if not d:
+        raise at.error("empty; name a parameter and its values")
+    out = []
+    by_name = {p.name: p for p in earlier}
+    for key, values in d.items():
+        parent = by_name.get(key)
+        if parent is None:
+            raise (at / key).error(
+                "must name a categorical or fixed parameter listed above this one"
+            )
+        if parent.type not in ("categorical", "fixed"):
+            raise (at / key).error(f"{key} is a {parent.type} parameter; only categorical "
+                                   "or fixed parameters can be conditions")
+        values = values if isinstance(values, list) else [values]
+        for v in values:
+            if v not in parent.values():
+                raise (at / key).error(f"{_show(v)} is not among {key}'s values")
+        out.append((key, tuple(values)))
+    return tuple(out)
+
+
+def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
+    tables = SAMPLER_OPTIONS if what == "sampler" else PRUNER_OPTIONS
+    d = at.mapping(raw)
+    name = d.pop("name", None)
+    if name not in tables:
+        raise (at / "name").error(f"unknown {what} {_show(name)}; expected one of "
+                                  + ", ".join(tables))
+    allowed = tables[name]
+    options: dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in allowed:
+            extra = "; it takes no options" if not allowed else "; expected one of " + ", ".join(allowed)
+            raise (at / key).error(f"unknown option of the {name} {what}{extra}")
+        kind = allowed[key]
+        if kind == "pruner":
+            wrapped = _parse_component(value, at / key, "pruner")
+            options[key] = {"name": wrapped.name, **wrapped.options}
+        elif key == "max_resource" and value == "auto":
+            options[key] = value
+        else:
+            options[key] = (at / key).typed(value, kind)
+    for key in _REQUIRED_OPTIONS.get((what, name), ()):
+        if key not in options:
+            raise (at / key).error(f"missing; the {name} {what} needs it")
+    if name == "qmc" and options.get("qmc_type", "sobol") not in ("sobol", "halton"):
+        raise (at / "qmc_type").error(f"expected sobol or halton, got {_show(options['qmc_type'])}")
+    if name == "percentile" and not 0 <= options["percentile"] <= 100:
+        raise (at / "percentile").error("expected a number in [0, 100]")
+    for key in ("n_startup_trials", "n_warmup_steps", "min_resource", "bootstrap_count",
+                "min_early_stopping_rate", "patience"):
+        if key in options and options[key] < 0:
+            raise (at / key).error(f"expected an integer >= 0, got {options[key]}")
+    for key in ("interval_steps", "reduction_factor", "n_min_trials"):
+        if key in options and options[key] < 1:
+            raise (at / key).error(f"expected an integer >= 1, got {options[key]}")
+    return ComponentSpec(name=name, options=options)
+
+
+def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
+    d = at.mapping(raw, ("n_trials", "timeout"))
+    n_trials = d.get("n_trials", 20)
+    if n_trials is not None:
+        if not _is_int(n_trials) or n_trials < 1:
+            raise (at / "n_trials").error(f"expected an integer >= 1, got {_show(n_trials)}")
+    timeout = d.get("timeout")
+    if timeout is not None:
+        if not _is_number(timeout) or timeout <= 0:
+            raise (at / "timeout").error(f"expected seconds > 0, got {_show(timeout)}")
+        timeout = float(timeout)
+    if n_trials is None and timeout is None:
+        raise at.error("give n_trials or timeout (or both), else the study never ends")
+    return BudgetSpec(n_trials=n_trials, timeout=timeout)
+
+
+def _check_cross(spec: Spec, at: _At) -> None:
+    if spec.sampler.name == "grid":
+        for p in spec.search_space:
+            if not p.searched:
+                continue
+            try:
+                p.grid()
+            except ValueError:
+                raise (at / "search_space" / p.name).error(
+                    "the grid sampler needs a finite parameter: categorical, int without log, "
+                    "or float with a step"
+                ) from None
+    if spec.pruner.options.get("max_resource") not in (None, "auto"):
+        mr = spec.pruner.options["max_resource"]
+        if mr < max_epochs(spec):
+            raise (at / "pruner" / "max_resource").error(
+                f"{mr} is below the largest epochs in the search space ({max_epochs(spec)})"
+            )
+
+
+def max_epochs(spec: Spec) -> int:
+    """The largest number of epochs a trial of this spec can run."""
+    p = spec.param("epochs")
+    return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def suggest(trial, spec: Spec) -> dict[str, Any]:
+    """Sample the search space with Optuna's public suggest API.
+
+    Parameters whose ``when`` condition does not hold are not sampled (and so not recorded in
+    the trial); they keep their defaults.
+
+    Args:
+        trial: an ``optuna.Trial``.
+        spec: the study spec.
+
+    Returns:
+        Every hyperparameter of ``HYPERPARAMETERS``: sampled, fixed, task default or default.
+    """
+    params: dict[str, Any] = {name: hp.default for name, hp in HYPERPARAMETERS.items()}
+    params["freeze"] = spec.task.freeze
+    params["freeze_k"] = spec.task.freeze_k
+    for p in spec.search_space:
+        if any(params[k] not in values for k, values in p.when):
+            continue
+        if p.type == "fixed":
+            params[p.name] = p.value
+        elif p.type == "float":
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            params[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return params
