@@ -434,8 +434,22 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
 _TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget")
 
 
-def parse_spec(raw: Any, *, source: str = "<spec>", default_name: str | None = None) -> Spec:
+def parse_spec(
+    raw: Any,
+    *,
+    source: str = "<spec>",
+    default_name: str | None = None,
+    check_environment: bool = True,
+) -> Spec:
     """Validate a spec given as plain data (as YAML loads it, or as ``Spec.to_dict`` gives it).
+
+    Args:
+        raw: the parsed YAML.
+        source: what error messages call the spec (its file).
+        default_name: the study name when the spec gives none.
+        check_environment: also check model names against torchvision and that local paths
+            exist. A spec loaded back from a study skips this: it was checked when the study
+            was created, and another machine may keep its files elsewhere.
 
     Raises:
         SpecError: naming ``source`` and the key path of the first problem.
@@ -448,7 +462,7 @@ def parse_spec(raw: Any, *, source: str = "<spec>", default_name: str | None = N
         if key not in top:
             raise (at / key).error("missing; every spec needs it")
     study = _parse_study(top.get("study") or {}, at / "study", default_name)
-    task = _parse_task(top["task"], at / "task")
+    task = _parse_task(top["task"], at / "task", check_environment)
     space = _parse_space(top["search_space"], at / "search_space")
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
     pruner = _parse_component(top.get("pruner") or {"name": "median"}, at / "pruner", "pruner")
@@ -484,7 +498,7 @@ _DATASET_SOURCES = {
 BUILTIN_DATASETS = {"image_classification": ("digits",), "text_classification": ("vader",)}
 
 
-def _parse_task(raw: Any, at: _At) -> TaskSpec:
+def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
     d = at.mapping(raw, tuple(_TASK_DEFAULTS))
     for key in ("kind", "model", "dataset"):
         if key not in d:
@@ -493,7 +507,7 @@ def _parse_task(raw: Any, at: _At) -> TaskSpec:
     if kind not in TASK_KINDS:
         raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
     model = (at / "model").typed(d["model"], _STR)
-    dataset = _parse_dataset(d["dataset"], at / "dataset", kind)
+    dataset = _parse_dataset(d["dataset"], at / "dataset", kind, check_environment)
 
     out: dict[str, Any] = {"kind": kind, "model": model, "dataset": dataset}
     checks: dict[str, Callable[[Any], str | None]] = {
@@ -530,11 +544,12 @@ def _parse_task(raw: Any, at: _At) -> TaskSpec:
     task = TaskSpec(**out)
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
-    _check_model(task, at)
+    if check_environment:
+        _check_model(task, at)
     return task
 
 
-def _parse_dataset(raw: Any, at: _At, kind: str) -> dict[str, Any]:
+def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dict[str, Any]:
     d = at.mapping(raw, _DATASET_KEYS[kind])
     sources = [k for k in _DATASET_SOURCES[kind] if k in d]
     if len(sources) != 1:
@@ -549,7 +564,7 @@ def _parse_dataset(raw: Any, at: _At, kind: str) -> dict[str, Any]:
                 f"unknown built-in text dataset {name!r}; expected one of {', '.join(builtin)}"
                 " (or use hf, csv or jsonl)"
             )
-        if kind == "image_classification" and name not in builtin:
+        if kind == "image_classification" and name not in builtin and check_environment:
             import torchvision.datasets
 
             if name not in torchvision.datasets.__all__:

@@ -1,0 +1,172 @@
+"""Study: create from a spec or load by name; sampler and pruner built from the stored spec.
+
+The whole spec is stored in the study's user attrs (``hpo.spec``) together with the service
+version (``hpo.version``), so a worker on another machine needs only the study name and the
+storage URL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hpo import __version__
+from hpo.errors import HpoError, SpecError, StudyNotFoundError
+from hpo.spec import Spec, max_epochs, parse_spec
+
+if TYPE_CHECKING:
+    import optuna
+
+SPEC_ATTR = "hpo.spec"
+VERSION_ATTR = "hpo.version"
+
+
+def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.Study":
+    """Create the spec's study, or load it if it exists with the same spec.
+
+    Safe when many workers call it at once: the loser of the creation race loads the study.
+    A study that exists with another spec is an error, except for the budget, which a rerun
+    may change.
+
+    Raises:
+        HpoError: the study exists with a different spec.
+    """
+    import optuna
+
+    name = spec.study.name
+    stored = _stored_spec(storage, name)
+    if stored is None:
+        try:
+            study_id = storage.create_new_study(
+                [optuna.study.StudyDirection.MINIMIZE], study_name=name
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            study_id = storage.get_study_id_from_name(name)
+        storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_dict())
+        storage.set_study_user_attr(study_id, VERSION_ATTR, __version__)
+    else:
+        _check_same(stored, spec)
+        if stored.budget != spec.budget:
+            study_id = storage.get_study_id_from_name(name)
+            storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_dict())
+    return load_study(name, storage)[0]
+
+
+def load_study(
+    name: str, storage: "optuna.storages.BaseStorage", *, seed_offset: int = 0
+) -> "tuple[optuna.Study, Spec]":
+    """Load a study by name with the sampler and pruner its stored spec asks for.
+
+    Args:
+        name: the study name.
+        storage: from ``hpo.storage.open_storage``.
+        seed_offset: added to the sampler's seed so that each worker samples differently.
+
+    Raises:
+        StudyNotFoundError: no such study (the message lists the ones there are).
+    """
+    import optuna
+
+    spec = _stored_spec(storage, name)
+    if spec is None:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        have = f"; studies here: {', '.join(names)}" if names else "; the storage has none"
+        raise StudyNotFoundError(f"no hpo study named {name!r}{have}")
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(spec, seed_offset),
+        pruner=make_pruner(spec),
+    )
+    return study, spec
+
+
+def _stored_spec(storage: "optuna.storages.BaseStorage", name: str) -> Spec | None:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(study_id)
+    if SPEC_ATTR not in attrs:
+        raise HpoError(f"study {name!r} was not made by hpo (it has no {SPEC_ATTR} attribute)")
+    return parse_spec(attrs[SPEC_ATTR], source=f"study {name}", check_environment=False)
+
+
+def _check_same(stored: Spec, spec: Spec) -> None:
+    old, new = stored.to_dict(), spec.to_dict()
+    old.pop("budget"), new.pop("budget")
+    if old == new:
+        return
+    key = _first_difference(old, new)
+    raise SpecError(
+        f"study {spec.study.name!r} already exists with a different {key}; "
+        "give the spec a new study.name to start a new study"
+    )
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))
+    return path or "spec"
+
+
+# --------------------------------------------------------------------------------------------
+# Factories.
+
+
+def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampler":
+    """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given."""
+    import optuna
+
+    options = dict(spec.sampler.options)
+    if options.get("seed") is not None:
+        options["seed"] = options["seed"] + seed_offset
+    name = spec.sampler.name
+    if name == "grid":
+        space = {p.name: p.grid() for p in spec.search_space if p.searched}
+        return optuna.samplers.GridSampler(space, **options)
+    cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+    }[name]
+    return cls(**options)
+
+
+def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> "optuna.pruners.BasePruner":
+    """The pruner the spec names; hyperband's ``max_resource`` defaults to the largest epochs.
+
+    Args:
+        spec: the study spec.
+        options: a pruner mapping (``name`` + options) to build instead of ``spec.pruner``;
+            used for the pruner that ``patient`` wraps.
+    """
+    import optuna
+
+    if options is None:
+        options = {"name": spec.pruner.name, **spec.pruner.options}
+    options = dict(options)
+    name = options.pop("name")
+    steps = max_epochs(spec) * spec.task.evals_per_epoch
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(**options)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
+    if name == "hyperband":
+        if options.get("max_resource", "auto") == "auto":
+            options["max_resource"] = steps
+        return optuna.pruners.HyperbandPruner(**options)
+    if name == "threshold":
+        return optuna.pruners.ThresholdPruner(**options)
+    if name == "patient":
+        wrapped = options.pop("wrapped", None)
+        inner = make_pruner(spec, wrapped) if wrapped else None
+        return optuna.pruners.PatientPruner(inner, **options)
+    raise ValueError(f"unknown pruner {name!r}")  # parse_spec rejects these first

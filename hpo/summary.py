@@ -1,0 +1,165 @@
+"""Summaries of studies and trials for the terminal: status, best trial, study list, progress.
+
+Plain data first (dicts a script can read with ``--json``), text formatting second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from hpo.worker import count_states
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+
+def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
+    """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs."""
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": dict(trial.params),
+        "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
+        "user_attrs": dict(trial.user_attrs),
+        "datetime_start": _iso(trial.datetime_start),
+        "datetime_complete": _iso(trial.datetime_complete),
+    }
+
+
+def best_record(study: "optuna.Study") -> dict[str, Any] | None:
+    """The best complete trial of the study with the study's name, or None if none completed."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    return {"study": study.study_name, **trial_record(best)}
+
+
+def status_record(study: "optuna.Study") -> dict[str, Any]:
+    """Counts by state, the best value and the running trials with their latest epoch."""
+    from optuna.trial import TrialState
+
+    counts = count_states(study)
+    now = dt.datetime.now()
+    running = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        step, value = max(t.intermediate_values.items(), default=(None, None))
+        running.append({
+            "number": t.number,
+            "step": step,
+            "val_loss": value,
+            "epochs_planned": t.params.get("epochs", t.user_attrs.get("epochs_planned")),
+            "worker": t.user_attrs.get("worker"),
+            "seconds": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
+        })
+    best = best_record(study)
+    return {
+        "study": study.study_name,
+        "counts": {s.name: n for s, n in counts.items()},
+        "best": None if best is None else {"number": best["number"], "value": best["value"]},
+        "running": running,
+    }
+
+
+def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, Any]]:
+    """Every study in the storage with its trial counts and best value."""
+    import optuna
+
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        counts = count_states(study)
+        out.append({
+            "study": s.study_name,
+            "counts": {k.name: n for k, n in counts.items() if n},
+            "best_value": s.best_trial.value if s.best_trial else None,
+            "created": _iso(s.datetime_start),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Text.
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return "  ".join(f"{k.lower()} {n}" for k, n in counts.items() if n) or "no trials"
+
+
+def format_status(record: dict[str, Any]) -> str:
+    lines = [f"study {record['study']}", f"  trials   {format_counts(record['counts'])}"]
+    best = record["best"]
+    lines.append(f"  best     #{best['number']} val_loss {best['value']:.4f}" if best
+                 else "  best     none yet (no complete trial)")
+    if record["running"]:
+        lines.append("  running")
+        for r in record["running"]:
+            epoch = f"epoch {r['step'] or 0}/{r['epochs_planned'] or '?'}"
+            loss = f"val_loss {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
+            secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
+            lines.append(f"    #{r['number']:<4} {epoch:<11} {loss:<17} {r['worker'] or ''} {secs}")
+    return "\n".join(lines)
+
+
+def format_best(record: dict[str, Any]) -> str:
+    attrs = record["user_attrs"]
+    lines = [
+        f"best trial of {record['study']}: #{record['number']}",
+        f"  val_loss      {record['value']:.6f}",
+    ]
+    for key in ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
+                "samples_per_second", "device", "checkpoint"):
+        if key in attrs:
+            lines.append(f"  {key:<13} {_short(attrs[key])}")
+    lines.append("  params")
+    lines += [f"    {k:<14} {_short(v)}" for k, v in record["params"].items()]
+    curve = " ".join(f"{float(v):.4f}" for v in record["intermediate_values"].values())
+    lines.append(f"  val_loss by epoch  {curve}")
+    return "\n".join(lines)
+
+
+def format_studies(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return "no studies"
+    width = max(len(r["study"]) for r in records)
+    lines = []
+    for r in records:
+        best = f"best {r['best_value']:.4f}" if r["best_value"] is not None else "best -"
+        lines.append(f"{r['study']:<{width}}  {best:<12}  {format_counts(r['counts'])}")
+    return "\n".join(lines)
+
+
+def format_trial(trial: "FrozenTrial", done: int, n_trials: int | None, best: float | None) -> str:
+    """One progress line for a finished trial."""
+    total = f"/{n_trials}" if n_trials else ""
+    attrs = trial.user_attrs
+    epochs = f"{attrs.get('epochs_run', len(trial.intermediate_values))}/" \
+             f"{attrs.get('epochs_planned', trial.params.get('epochs', '?'))}"
+    if trial.state.name == "COMPLETE":
+        what = f"val_loss {trial.value:.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
+    elif trial.state.name == "PRUNED":
+        what = f"pruned ({attrs.get('prune_reason', 'pruned')})"
+    else:
+        what = f"failed: {attrs.get('fail_reason', 'unknown error')}"
+    best_s = f"best {best:.4f}" if best is not None else "best -"
+    secs = attrs.get("train_seconds")
+    secs_s = f"{secs:6.1f}s" if isinstance(secs, (int, float)) else "       "
+    return (f"[{done:>3}{total}] trial {trial.number:<4} {trial.state.name:<8} epochs {epochs:<6}"
+            f"{secs_s}  {what:<34} {best_s}  {format_params(trial.params)}")
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") if t else None

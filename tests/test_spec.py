@@ -1,0 +1,150 @@
+"""The spec: every shipped spec loads; every kind of bad input is one clear line, exit 2,
+nothing written."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.cli import main
+from hpo.errors import SpecError
+from hpo.spec import load_spec, parse_spec, suggest
+
+from conftest import ROOT
+
+SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+GOOD = """
+study: {name: t}
+task:
+  kind: image_classification
+  model: resnet18
+  dataset: {name: digits}
+search_space:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+  batch_size: {type: categorical, choices: [16, 32]}
+  epochs: {type: int, low: 1, high: 3}
+  optimizer: {type: categorical, choices: [adam, sgd]}
+  momentum: {type: float, low: 0.5, high: 0.99, when: {optimizer: sgd}}
+  dropout: {type: float, low: 0.0, high: 0.5}
+  weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
+budget: {n_trials: 3}
+"""
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_loads(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.study.name
+    assert parse_spec(spec.to_dict(), check_environment=False) == spec
+    for p in spec.search_space:
+        if p.searched:
+            assert p.distribution() is not None
+
+
+def test_shipped_specs_exist() -> None:
+    assert "digits" in [p.stem for p in SPECS]
+
+
+def test_good_spec_round_trips_and_samples_conditionally() -> None:
+    import yaml
+
+    spec = parse_spec(yaml.safe_load(GOOD), source="good.yaml")
+    assert parse_spec(spec.to_dict()) == spec
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        params = suggest(trial, spec)
+        assert ("momentum" in trial.params) == (params["optimizer"] == "sgd")
+        assert {"lr", "batch_size", "epochs", "optimizer", "dropout", "weight_decay"} <= set(
+            trial.params)
+        assert 1e-4 <= params["lr"] <= 1e-1 and params["batch_size"] in (16, 32)
+        seen.add(params["optimizer"])
+        study.tell(trial, 0.0)
+    assert seen == {"adam", "sgd"}
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# (name, spec text, words the one-line error must contain)
+BAD = [
+    ("unknown top key", GOOD + "extra: 1\n", ["extra", "unknown key"]),
+    ("unknown task key", _replace(GOOD, "model: resnet18", "model: resnet18\n  modle: x"),
+     ["task.modle", "unknown key"]),
+    ("unknown param key", _replace(GOOD, "log: true}", "log: true, scale: 2}"),
+     ["search_space.lr.scale", "unknown key"]),
+    ("unknown hyperparameter", _replace(GOOD, "  dropout:", "  droput: 0.1\n  dropout:"),
+     ["search_space.droput", "unknown key"]),
+    ("wrong type", _replace(GOOD, "low: 1.0e-4", "low: abc"),
+     ["search_space.lr.low", "expected a number", "'abc'"]),
+    ("low > high", _replace(GOOD, "low: 1, high: 3", "low: 5, high: 3"),
+     ["search_space.epochs", "greater than high"]),
+    ("log with low <= 0", _replace(GOOD, "low: 1.0e-6", "low: 0.0"),
+     ["search_space.weight_decay.low", "> 0 with log"]),
+    ("empty choices", _replace(GOOD, "choices: [16, 32]", "choices: []"),
+     ["search_space.batch_size.choices", "empty"]),
+    ("unknown optimizer", _replace(GOOD, "[adam, sgd]", "[adam, lion]"),
+     ["search_space.optimizer.choices.1", "adam, adamw, sgd, rmsprop", "'lion'"]),
+    ("unknown model", _replace(GOOD, "model: resnet18", "model: resnet19"),
+     ["task.model", "unknown torchvision", "resnet19"]),
+    ("unknown sampler", GOOD + "sampler: {name: bayes}\n", ["sampler.name", "unknown sampler"]),
+    ("unknown pruner", GOOD + "pruner: {name: early}\n", ["pruner.name", "unknown pruner"]),
+    ("unknown sampler option", GOOD + "sampler: {name: tpe, sed: 1}\n",
+     ["sampler.sed", "unknown option"]),
+    ("bad budget", _replace(GOOD, "n_trials: 3", "n_trials: 0"),
+     ["budget.n_trials", "integer >= 1"]),
+    ("malformed yaml", "study: {name: t\ntask: [", ["malformed YAML", "line"]),
+    ("empty file", "", ["empty"]),
+    ("missing task", "search_space: {lr: 0.1}\n", ["task", "missing"]),
+    ("condition on a later param", _replace(GOOD, "when: {optimizer: sgd}", "when: {dropout: 0.1}"),
+     ["search_space.momentum.when.dropout"]),
+    ("condition value not a choice", _replace(GOOD, "when: {optimizer: sgd}",
+                                              "when: {optimizer: lion}"),
+     ["search_space.momentum.when.optimizer", "'lion'"]),
+    ("dropout out of range", _replace(GOOD, "low: 0.0, high: 0.5", "low: 0.0, high: 1.5"),
+     ["search_space.dropout.high", "[0, 1)"]),
+    ("grid over a continuous float", GOOD + "sampler: {name: grid}\n",
+     ["search_space.lr", "grid sampler"]),
+    ("missing weights file", _replace(GOOD, "model: resnet18", "model: resnet18\n  weights: ./no.pt"),
+     ["task.weights", "no checkpoint file"]),
+    ("unknown dataset", _replace(GOOD, "{name: digits}", "{name: CIFAR11, root: /tmp}"),
+     ["task.dataset.name", "CIFAR11"]),
+]
+
+
+@pytest.mark.parametrize("name,text,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_spec_is_one_clear_line_and_writes_nothing(name, text, words, tmp_path, capsys):
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(textwrap.dedent(text))
+    db = tmp_path / "hpo.db"
+    code = main(["create", str(spec_file), "--storage", f"sqlite:///{db}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("hpo: error: ") and str(spec_file) in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not db.exists()  # nothing written to storage
+
+
+def test_missing_spec_file(tmp_path, capsys):
+    db = tmp_path / "hpo.db"
+    assert main(["run", str(tmp_path / "nope.yaml"), "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert "no such spec file" in err and "nope.yaml" in err
+    assert not db.exists()
+
+
+def test_spec_error_names_file_and_path() -> None:
+    with pytest.raises(SpecError, match=r"^x.yaml: budget.timeout: expected seconds > 0"):
+        parse_spec({"task": {"kind": "image_classification", "model": "resnet18",
+                             "dataset": {"name": "digits"}},
+                    "search_space": {"lr": {"type": "float", "low": 0.1, "high": 0.2}},
+                    "budget": {"timeout": -1}}, source="x.yaml", default_name="x")
