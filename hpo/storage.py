@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -34,6 +36,8 @@ CONNECT_TIMEOUT = 10
 """Seconds to wait for a database server to answer."""
 SQLITE_BUSY_TIMEOUT = 60
 """Seconds a SQLite writer waits for the lock before giving up."""
+
+_CREATE_ATTEMPTS = 5
 
 _DRIVERS = {
     "sqlite": None,
@@ -111,20 +115,28 @@ def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.stor
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         _check_server(url, shown, engine_kwargs, create)
 
-    with no_experimental_warnings():
+    # Workers starting together on a new database race to create its tables: the losers see
+    # "already exists" / duplicate-key errors and simply try again.
+    for attempt in range(_CREATE_ATTEMPTS):
         try:
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY, inherit_intermediate_values=True
-                ),
-                skip_table_creation=not create,
-            )
+            with no_experimental_warnings():
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    heartbeat_stale_trial_callback=(
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(
+                            max_retry=MAX_RETRY, inherit_intermediate_values=True
+                        )
+                    ),
+                    skip_table_creation=not create,
+                )
+            break
         except sqlalchemy.exc.SQLAlchemyError as e:
-            raise StorageError(f"cannot open storage {shown}: {_first_line(e, url)}") from None
+            if attempt + 1 == _CREATE_ATTEMPTS:
+                raise StorageError(f"cannot open storage {shown}: {_first_line(e, url)}") from None
+            time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
         except RuntimeError as e:  # Optuna's schema-version check
             raise StorageError(f"storage {shown}: {_first_line(e, url)}") from None
     return storage

@@ -7,6 +7,7 @@ storage URL.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from hpo import __version__
@@ -33,20 +34,22 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.
     import optuna
 
     name = spec.study.name
-    stored = _stored_spec(storage, name)
+    try:
+        study_id = storage.create_new_study(
+            [optuna.study.StudyDirection.MINIMIZE], study_name=name
+        )
+        stored = None
+    except optuna.exceptions.DuplicatedStudyError:
+        study_id = storage.get_study_id_from_name(name)
+        # None where another worker created it a moment ago and has not stored its spec yet:
+        # it is storing the same spec, so storing it here too is harmless.
+        stored = _stored_spec(storage, name, wait=0)
     if stored is None:
-        try:
-            study_id = storage.create_new_study(
-                [optuna.study.StudyDirection.MINIMIZE], study_name=name
-            )
-        except optuna.exceptions.DuplicatedStudyError:
-            study_id = storage.get_study_id_from_name(name)
         storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_dict())
         storage.set_study_user_attr(study_id, VERSION_ATTR, __version__)
     else:
         _check_same(stored, spec)
         if stored.budget != spec.budget:
-            study_id = storage.get_study_id_from_name(name)
             storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_dict())
     return load_study(name, storage)[0]
 
@@ -80,15 +83,29 @@ def load_study(
     return study, spec
 
 
-def _stored_spec(storage: "optuna.storages.BaseStorage", name: str) -> Spec | None:
+def _stored_spec(
+    storage: "optuna.storages.BaseStorage", name: str, *, wait: float = 10.0
+) -> Spec | None:
+    """The spec stored in study ``name``; None if there is no such study.
+
+    A study created a moment ago by another worker may not hold its spec yet: wait up to
+    ``wait`` seconds for it (``wait=0``: return None at once).
+    """
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return None
-    attrs = storage.get_study_user_attrs(study_id)
-    if SPEC_ATTR not in attrs:
-        raise HpoError(f"study {name!r} was not made by hpo (it has no {SPEC_ATTR} attribute)")
-    return parse_spec(attrs[SPEC_ATTR], source=f"study {name}", check_environment=False)
+    deadline = time.monotonic() + wait
+    while True:
+        attrs = storage.get_study_user_attrs(study_id)
+        if SPEC_ATTR in attrs:
+            return parse_spec(attrs[SPEC_ATTR], source=f"study {name}", check_environment=False)
+        if wait == 0:
+            return None
+        if time.monotonic() > deadline:
+            raise HpoError(f"study {name!r} was not made by hpo (it has no {SPEC_ATTR} "
+                           "attribute)")
+        time.sleep(0.2)
 
 
 def _check_same(stored: Spec, spec: Spec) -> None:
