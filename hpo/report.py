@@ -1,0 +1,563 @@
+"""Report: a study's numbers and plotly figures -> one self-contained HTML file and optuna-dashboard.
+
+``hpo report STUDY`` writes ``dashboards/STUDY.html`` (plotly.js inlined once, so it opens with
+no network) and saves the same figures and a markdown summary note into the study, where
+optuna-dashboard shows them. The numbers come first (``study_numbers``: plain data that the
+header, the note and the tests read), the figures second, the HTML last.
+
+Pruning savings compare what the finished (complete + pruned) trials ran with what training
+each of them to its planned epochs would have cost: a trial's planned seconds are its own
+seconds per epoch times its planned epochs. Complete trials that stopped early (early stopping)
+count too, so the savings are those of every early stop, the pruner's and the job's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from hpo import __version__
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+    from optuna.trial import FrozenTrial
+
+STATE_COLORS = {
+    "COMPLETE": "#1f77b4",
+    "PRUNED": "#ff7f0e",
+    "FAIL": "#d62728",
+    "RUNNING": "#7f7f7f",
+    "WAITING": "#bcbd22",
+}
+FIGURE_TITLES = {
+    "history": "Optimization history",
+    "curves": "Learning curves",
+    "parallel": "Parallel coordinates",
+    "importances": "Hyperparameter importances",
+    "slice": "Slice plots",
+    "timeline": "Timeline of workers",
+    "savings": "Pruning savings",
+    "comparison": "Comparison of studies",
+}
+"""Figure key -> title; the key names the figure in optuna-dashboard (``hpo-KEY``)."""
+DEFAULT_DIR = "dashboards"
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers.
+
+
+def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
+    """What a finished trial ran and what running it to its planned epochs would have cost.
+
+    Reads the user attrs ``epochs_run``, ``epochs_planned`` and ``train_seconds``; where they
+    are missing, the reported epochs, the ``epochs`` param and the trial's wall time stand in.
+
+    Returns:
+        ``epochs_run``, ``epochs_planned``, ``seconds_run``, ``seconds_planned``.
+    """
+    attrs = trial.user_attrs
+    steps = trial.intermediate_values
+    epochs_run = float(attrs.get("epochs_run", math.ceil(max(steps)) if steps else 0))
+    epochs_planned = float(attrs.get("epochs_planned", trial.params.get("epochs", epochs_run)))
+    epochs_planned = max(epochs_planned, epochs_run)
+    seconds = attrs.get("train_seconds")
+    if not isinstance(seconds, (int, float)):
+        start, end = trial.datetime_start, trial.datetime_complete
+        seconds = (end - start).total_seconds() if start and end else 0.0
+    seconds = float(seconds)
+    planned = seconds * epochs_planned / epochs_run if epochs_run > 0 else seconds
+    return {"epochs_run": epochs_run, "epochs_planned": epochs_planned,
+            "seconds_run": seconds, "seconds_planned": planned}
+
+
+def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
+    """Epochs and device-hours the finished trials ran vs. running each to its planned epochs.
+
+    Args:
+        trials: any trials; only complete and pruned ones count.
+
+    Returns:
+        ``trials`` (how many counted), ``epochs_run``, ``epochs_planned``,
+        ``device_hours_run``, ``device_hours_planned``, ``saved_fraction`` (of device-hours)
+        and ``epochs_saved_by_pruning`` / ``epochs_saved_by_early_stopping``.
+    """
+    total = {"epochs_run": 0.0, "epochs_planned": 0.0, "seconds_run": 0.0,
+             "seconds_planned": 0.0}
+    by_pruning = by_stopping = 0.0
+    counted = 0
+    for t in trials:
+        if t.state.name not in ("COMPLETE", "PRUNED"):
+            continue
+        counted += 1
+        cost = trial_cost(t)
+        for k in total:
+            total[k] += cost[k]
+        saved = cost["epochs_planned"] - cost["epochs_run"]
+        if t.state.name == "PRUNED":
+            by_pruning += saved
+        else:
+            by_stopping += saved
+    planned = total["seconds_planned"]
+    return {
+        "trials": counted,
+        "epochs_run": total["epochs_run"],
+        "epochs_planned": total["epochs_planned"],
+        "device_hours_run": total["seconds_run"] / 3600,
+        "device_hours_planned": planned / 3600,
+        "saved_fraction": 1 - total["seconds_run"] / planned if planned > 0 else 0.0,
+        "epochs_saved_by_pruning": by_pruning,
+        "epochs_saved_by_early_stopping": by_stopping,
+    }
+
+
+def study_numbers(study: "optuna.Study") -> dict[str, Any]:
+    """The numbers a report shows: counts by state, the best trial, why trials stopped, savings.
+
+    Returns:
+        Plain JSON-ready data: ``study``, ``counts`` (every state), ``best`` (None before the
+        first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
+        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    reasons: dict[str, dict[str, int]] = {"PRUNED": {}, "FAIL": {}}
+    for t in trials:
+        counts[t.state.name] += 1
+        if t.state.name in reasons:
+            key = "prune_reason" if t.state.name == "PRUNED" else "fail_reason"
+            reason = str(t.user_attrs.get(key, "unknown"))
+            reasons[t.state.name][reason] = reasons[t.state.name].get(reason, 0) + 1
+    try:
+        best_trial = study.best_trial
+    except ValueError:
+        best_trial = None
+    best = None if best_trial is None else {
+        "number": best_trial.number,
+        "value": best_trial.value,
+        "params": dict(best_trial.params),
+        "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
+    }
+    return {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
+            "savings": savings(trials)}
+
+
+# --------------------------------------------------------------------------------------------
+# Figures.
+
+
+def study_figures(study: "optuna.Study") -> "dict[str, go.Figure]":
+    """Every figure of the report, by key (see ``FIGURE_TITLES``), titled.
+
+    Figures that need complete trials show a note instead where there are too few.
+    """
+    figures = {
+        "history": history_figure(study),
+        "curves": learning_curves_figure(study),
+        "parallel": parallel_figure(study),
+        "importances": importances_figure(study),
+        "slice": slice_figure(study),
+        "timeline": timeline_figure(study),
+        "savings": savings_figure(study),
+    }
+    for key, fig in figures.items():
+        fig.update_layout(title={"text": FIGURE_TITLES[key]})
+    return figures
+
+
+def _complete(study: "optuna.Study") -> "list[FrozenTrial]":
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def placeholder_figure(text: str) -> "go.Figure":
+    """An empty figure that says why it is empty."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 16})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=250)
+    return fig
+
+
+def history_figure(study: "optuna.Study") -> "go.Figure":
+    """Each complete trial's best validation loss and the best so far, by trial number."""
+    import optuna.visualization as vis
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    fig = vis.plot_optimization_history(study, target_name="val loss")
+    fig.update_yaxes(title_text="best validation loss of the trial")
+    return fig
+
+
+def learning_curves_figure(study: "optuna.Study") -> "go.Figure":
+    """Validation loss by epoch of every trial, one color per state."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    shown: set[str] = set()
+    values: list[float] = []
+    for t in study.get_trials(deepcopy=False):
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        ys = [t.intermediate_values[s] for s in steps]
+        values += [y for y in ys if math.isfinite(y)]
+        state = t.state.name
+        fig.add_trace(go.Scatter(
+            x=steps, y=ys, mode="lines+markers", name=state.lower(), legendgroup=state,
+            showlegend=state not in shown, line={"color": STATE_COLORS.get(state, "#333")},
+            marker={"size": 4}, opacity=0.8,
+            hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
+                          "val loss %{y:.4f}<extra></extra>",
+        ))
+        shown.add(state)
+    if not fig.data:
+        return placeholder_figure("no trial reported a validation loss yet")
+    positive = [v for v in values if v > 0]
+    # Diverged trials reach losses 100x the others': a log axis keeps the good ones readable.
+    log = bool(positive) and len(positive) == len(values) and max(values) / min(positive) > 100
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="validation loss", type="log" if log else "linear")
+    return fig
+
+
+def parallel_figure(study: "optuna.Study") -> "go.Figure":
+    """Parallel coordinates of the complete trials' params and loss."""
+    import optuna.visualization as vis
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    return vis.plot_parallel_coordinate(study, target_name="val loss")
+
+
+def importances_figure(study: "optuna.Study") -> "go.Figure":
+    """Hyperparameter importances (Optuna's default evaluator); needs 2+ complete trials."""
+    import optuna.visualization as vis
+
+    n = len(_complete(study))
+    if n < 2:
+        return placeholder_figure(f"importances need at least 2 complete trials; this study "
+                                  f"has {n}")
+    try:
+        return vis.plot_param_importances(study, target_name="val loss")
+    except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
+        return placeholder_figure(f"importances could not be computed: {e}")
+
+
+def slice_figure(study: "optuna.Study") -> "go.Figure":
+    """Loss against each param, one panel per param."""
+    import optuna.visualization as vis
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    fig = vis.plot_slice(study, target_name="val loss")
+    fig.update_layout(width=None)  # Optuna sets 300 px per param: let the page decide
+    return fig
+
+
+def timeline_figure(study: "optuna.Study") -> "go.Figure":
+    """One row per worker: when each of its trials ran, colored by state."""
+    import plotly.graph_objects as go
+
+    now = dt.datetime.now()
+    rows: dict[str, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.datetime_start is not None:
+            rows.setdefault(str(t.user_attrs.get("worker", "unknown")), []).append(t)
+    if not rows:
+        return placeholder_figure("no trial has started yet")
+    fig = go.Figure()
+    for state, color in STATE_COLORS.items():
+        ts = [t for trials in rows.values() for t in trials if t.state.name == state]
+        if not ts:
+            continue
+        ends = [t.datetime_complete or now for t in ts]
+        fig.add_trace(go.Bar(
+            orientation="h", name=state.lower(), marker={"color": color},
+            y=[str(t.user_attrs.get("worker", "unknown")) for t in ts],
+            base=[t.datetime_start.isoformat() for t in ts],
+            x=[(e - t.datetime_start).total_seconds() * 1000 for t, e in zip(ts, ends)],
+            customdata=[[t.number, (e - t.datetime_start).total_seconds()]
+                        for t, e in zip(ts, ends)],
+            hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f} s<extra>"
+                          f"{state.lower()}</extra>",
+        ))
+    fig.update_xaxes(type="date", title_text="time")
+    fig.update_yaxes(title_text="worker", categoryorder="category descending")
+    fig.update_layout(barmode="overlay", height=max(250, 60 * len(rows) + 150))
+    return fig
+
+
+def savings_figure(study: "optuna.Study") -> "go.Figure":
+    """Epochs and device-hours run vs. training every finished trial to its planned epochs."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    s = savings(study.get_trials(deepcopy=False))
+    if not s["trials"]:
+        return placeholder_figure("no finished trial yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("epochs", "device-hours"))
+    labels = ["run", "planned"]
+    colors = ["#2ca02c", "#c7c7c7"]
+    fig.add_trace(go.Bar(x=labels, y=[s["epochs_run"], s["epochs_planned"]],
+                         marker={"color": colors}, showlegend=False,
+                         text=[f"{s['epochs_run']:g}", f"{s['epochs_planned']:g}"]), 1, 1)
+    fig.add_trace(go.Bar(x=labels, y=[s["device_hours_run"], s["device_hours_planned"]],
+                         marker={"color": colors}, showlegend=False,
+                         text=[f"{s['device_hours_run']:.3g}",
+                               f"{s['device_hours_planned']:.3g}"]), 1, 2)
+    fig.add_annotation(text=f"{s['saved_fraction']:.0%} of device-hours saved over "
+                            f"{s['trials']} finished trials", showarrow=False,
+                       xref="paper", yref="paper", x=0.5, y=-0.18)
+    fig.update_layout(height=400, margin={"b": 90})
+    return fig
+
+
+def comparison_figure(studies: "Sequence[optuna.Study]") -> "go.Figure":
+    """Best loss so far of each study, by finished trial and by device-hours spent."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by finished trial",
+                                                        "by device-hours run"))
+    for i, study in enumerate(studies):
+        n, hours, best, xs, hs, ys = 0, 0.0, math.inf, [], [], []
+        for t in study.get_trials(deepcopy=False):
+            if t.state.name not in ("COMPLETE", "PRUNED"):
+                continue
+            n += 1
+            hours += trial_cost(t)["seconds_run"] / 3600
+            if t.state.name == "COMPLETE" and t.value is not None:
+                best = min(best, t.value)
+            if math.isfinite(best):
+                xs.append(n), hs.append(hours), ys.append(best)
+        color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"][i % 4]
+        for col, x in ((1, xs), (2, hs)):
+            fig.add_trace(go.Scatter(x=x, y=ys, mode="lines", line={"shape": "hv",
+                                                                    "color": color},
+                                     name=study.study_name, legendgroup=study.study_name,
+                                     showlegend=col == 1), 1, col)
+    fig.update_yaxes(title_text="best validation loss so far", row=1, col=1)
+    fig.update_layout(title={"text": FIGURE_TITLES["comparison"]})
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs.
+
+
+def default_path(study_name: str) -> Path:
+    """``dashboards/STUDY.html`` relative to the working directory."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    return Path(DEFAULT_DIR) / f"{safe}.html"
+
+
+def render_html(
+    numbers: dict[str, Any],
+    figures: "dict[str, go.Figure]",
+    *,
+    others: Sequence[dict[str, Any]] = (),
+    storage: str = "",
+) -> str:
+    """The whole report as one HTML page with plotly.js inlined once.
+
+    Args:
+        numbers: ``study_numbers`` of the study.
+        figures: key -> figure, in the order to show.
+        others: ``study_numbers`` of the studies compared with it.
+        storage: the storage URL to show (already redacted).
+    """
+    name = html.escape(numbers["study"])
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>hpo report: {name}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Study {name}</h1>",
+        f'<p class="meta">{html.escape(_generated(storage))}</p>',
+        _numbers_table([numbers, *others]),
+        _best_table(numbers),
+        _reasons(numbers),
+        '<script type="application/json" id="hpo-numbers">'
+        + html.escape(json.dumps([numbers, *others]), quote=False) + "</script>",
+    ]
+    for i, (key, fig) in enumerate(figures.items()):
+        title = html.escape(FIGURE_TITLES.get(key, key))
+        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"hpo-{key}",
+                          config={"displaylogo": False})
+        parts.append(f'<section id="{key}"><h2>{title}</h2>{div}</section>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> str:
+    """The markdown summary note saved into optuna-dashboard."""
+    counts = ", ".join(f"{k.lower()} {n}" for k, n in numbers["counts"].items() if n)
+    lines = [f"## hpo report: {numbers['study']}", "", f"- trials: {counts or 'none'}"]
+    best = numbers["best"]
+    if best:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        acc = best["val_accuracy"]
+        lines.append(f"- best: trial {best['number']}, val loss {best['value']:.6f}"
+                     + (f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""))
+        lines.append(f"- best params: {params}")
+    for state, label in (("PRUNED", "pruned"), ("FAIL", "failed")):
+        if numbers["reasons"][state]:
+            why = ", ".join(f"{r} {n}" for r, n in numbers["reasons"][state].items())
+            lines.append(f"- {label} because: {why}")
+    s = numbers["savings"]
+    if s["trials"]:
+        lines.append(f"- ran {s['epochs_run']:g} of {s['epochs_planned']:g} planned epochs, "
+                     f"{s['device_hours_run']:.3f} of {s['device_hours_planned']:.3f} "
+                     f"device-hours ({s['saved_fraction']:.0%} saved)")
+    lines.append(f"- figures: {', '.join(FIGURE_TITLES[k] for k in FIGURE_TITLES if k != 'comparison')} "
+                 "(in the Plots tab)")
+    if report_path:
+        lines.append(f"- HTML report: `{report_path}`")
+    lines.append(f"- {_generated('')}")
+    return "\n".join(lines) + "\n"
+
+
+def save_to_dashboard(study: "optuna.Study", figures: "dict[str, go.Figure]", note: str) -> None:
+    """Save the figures (``hpo-KEY``, replaced on each run) and the note into the study."""
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    for key, fig in figures.items():
+        save_plotly_graph_object(study, fig, graph_object_id=f"hpo-{key}")
+    save_note(study, note)
+
+
+def write_pngs(figures: "dict[str, go.Figure]", directory: Path) -> list[Path] | str:
+    """Static PNGs through kaleido.
+
+    Returns:
+        The files written, or why none were (kaleido missing or unable to render).
+    """
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return "kaleido is not installed (pip install kaleido; it needs Chrome)"
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        for key, fig in figures.items():
+            path = directory / f"{key}.png"
+            fig.write_image(path, width=1100, height=fig.layout.height or 500)
+            written.append(path)
+    except Exception as e:  # kaleido without a working Chrome, among others
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"kaleido could not render: {first}"
+    return written
+
+
+def write_report(
+    study: "optuna.Study",
+    out: Path | None = None,
+    *,
+    compare: Sequence["optuna.Study"] = (),
+    dashboard: bool = True,
+    storage: str = "",
+) -> tuple[Path, dict[str, Any], "dict[str, go.Figure]"]:
+    """Write the HTML report of ``study`` and (by default) save its figures into the study.
+
+    Args:
+        study: the study to report.
+        out: the HTML file; default ``dashboards/STUDY.html``.
+        compare: other studies to compare it with (their numbers and a comparison figure).
+        dashboard: also save the figures and a summary note for optuna-dashboard.
+        storage: the storage URL to show in the report (already redacted).
+
+    Returns:
+        The HTML path, the study's numbers and its figures.
+    """
+    out = Path(out) if out is not None else default_path(study.study_name)
+    numbers = study_numbers(study)
+    figures = study_figures(study)
+    shown = dict(figures)
+    if compare:
+        shown["comparison"] = comparison_figure([study, *compare])
+    page = render_html(numbers, shown, others=[study_numbers(s) for s in compare],
+                       storage=storage)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    if dashboard:
+        save_to_dashboard(study, figures, note_markdown(numbers, str(out)))
+    return out, numbers, figures
+
+
+# --------------------------------------------------------------------------------------------
+# HTML pieces.
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.meta { color: #666; }
+section { margin-top: 2em; }
+"""
+
+
+def _generated(storage: str) -> str:
+    when = dt.datetime.now().isoformat(timespec="seconds")
+    where = f" from {storage}" if storage else ""
+    return f"generated {when} by hpo {__version__}{where}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
+    head = ("study", "best val loss", "best trial", "complete", "pruned", "failed", "running",
+            "waiting", "epochs run / planned", "device-hours run / planned", "saved")
+    rows = []
+    for n in all_numbers:
+        c, s, best = n["counts"], n["savings"], n["best"]
+        cells = [
+            html.escape(n["study"]),
+            f"{best['value']:.6f}" if best else "-",
+            f"#{best['number']}" if best else "-",
+            *(str(c[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
+            f"{s['epochs_run']:g} / {s['epochs_planned']:g}",
+            f"{s['device_hours_run']:.3f} / {s['device_hours_planned']:.3f}",
+            f"{s['saved_fraction']:.0%}",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    return ('<table id="numbers"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join(rows) + "</table>")
+
+
+def _best_table(numbers: dict[str, Any]) -> str:
+    best = numbers["best"]
+    if not best:
+        return "<p>No complete trial yet.</p>"
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in best["params"].items())
+    acc = best["val_accuracy"]
+    acc_s = f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
+    return (f"<h2>Best trial #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
+            f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>')
+
+
+def _reasons(numbers: dict[str, Any]) -> str:
+    items = []
+    for state, label in (("PRUNED", "pruned"), ("FAIL", "failed")):
+        for reason, n in numbers["reasons"][state].items():
+            items.append(f"<li>{label}: {html.escape(reason)} &times; {n}</li>")
+    return f'<ul id="reasons">{"".join(items)}</ul>' if items else ""
