@@ -97,6 +97,58 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("report", help="HTML report of a study; its figures into the dashboard",
+                       description="Write a self-contained HTML report of STUDY that opens with "
+                                   "no network (optimization history, learning curves, parallel "
+                                   "coordinates, importances, slices, timeline of workers, "
+                                   "pruning savings) and save the same figures and a summary "
+                                   "note into the study for optuna-dashboard.")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    p.add_argument("--out", metavar="FILE", help="the HTML file (default: dashboards/STUDY.html)")
+    p.add_argument("--compare", metavar="OTHER", action="append", default=[],
+                   help="compare with another study of the storage (repeatable)")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="do not save the figures and note into the study")
+    p.add_argument("--png", action="store_true",
+                   help="also write static PNGs into a folder beside the HTML (needs kaleido, "
+                        "which needs Chrome; skipped with a note where it does not work)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="start optuna-dashboard on the study database",
+                       description="Serve optuna-dashboard on the study database with the "
+                                   "artifact store the workers upload checkpoints to. Binds to "
+                                   "127.0.0.1 unless --host says otherwise; Ctrl-C stops it.")
+    _storage_flag(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0: any free)")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="artifact store folder (default: $HPO_ARTIFACTS, else beside the SQLite "
+                        "file as NAME-artifacts/, else ./hpo-artifacts)")
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("trials", help="every trial of a study as CSV or JSON",
+                       description="Every trial of STUDY: number, state, value, times, params, "
+                                   "attributes and per-epoch validation loss.")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="default csv")
+    p.add_argument("--out", metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=cmd_trials)
+
+    p = sub.add_parser("export", help="the best trial as a runnable spec, checkpoint and record",
+                       description="Write the best trial of STUDY into a folder: spec.yaml (the "
+                                   "best params fixed; run it with hpo run), its checkpoint, "
+                                   "record.json (seeds, package versions, git commit, data "
+                                   "fingerprint) and trials.csv.")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    p.add_argument("--out", metavar="DIR", help="the folder (default: exports/STUDY)")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="artifact store folder, where the checkpoint was uploaded elsewhere")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -226,6 +278,105 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
     records = studies_records(open_storage(args.storage, create=False))
     print(json.dumps(records, indent=2) if args.json else format_studies(records))
+    return EXIT_OK
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpo.report import write_pngs, write_report
+    from hpo.storage import open_storage, redact, resolve_url
+    from hpo.study import load_study
+
+    url = resolve_url(args.storage)
+    storage = open_storage(url, create=False)
+    study, _ = load_study(args.study, storage)
+    others = [load_study(name, storage)[0] for name in args.compare]
+    path, _, figures = write_report(study, Path(args.out) if args.out else None, compare=others,
+                                    dashboard=not args.no_dashboard, storage=redact(url, url))
+    _say(f"hpo: report of {args.study} written to {path} "
+         f"({path.stat().st_size / 1e6:.1f} MB, opens with no network)")
+    if not args.no_dashboard:
+        _say(f"hpo: {len(figures)} figures and a summary note saved into the study; "
+             "see them with: hpo dashboard")
+    if args.png:
+        pngs = write_pngs(figures, path.with_suffix(""))
+        _say(f"hpo: {len(pngs)} PNGs written to {path.with_suffix('')}" if isinstance(pngs, list)
+             else f"hpo: no PNGs: {pngs}")
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpo.dashboard import serve
+    from hpo.storage import redact, resolve_url
+
+    url = resolve_url(args.storage)
+
+    def ready(address: str, artifacts: str) -> None:
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            _say(f"hpo: warning: listening on {args.host}: anyone who reaches this port can "
+                 "read and change the studies (optuna-dashboard has no login)")
+        _say(f"hpo: optuna-dashboard on {redact(url, url)}; artifacts in {artifacts}")
+        _say(f"hpo: open {address}   (Ctrl-C stops it)")
+
+    try:
+        serve(url, host=args.host, port=args.port, artifacts=args.artifacts, on_ready=ready)
+    except KeyboardInterrupt:
+        _say("hpo: dashboard stopped")
+    return EXIT_OK
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from hpo.export import write_trials
+    from hpo.storage import open_storage
+    from hpo.study import load_study
+
+    study, _ = load_study(args.study, open_storage(args.storage, create=False))
+    if args.out is None:
+        write_trials(study, args.format, sys.stdout)
+        return EXIT_OK
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as f:
+            n = write_trials(study, args.format, f)
+    except OSError as e:
+        raise HpoError(f"cannot write {args.out}: {e.strerror or e}") from None
+    print(f"hpo: {n} trials written to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpo.export import export_best
+    from hpo.report import default_path
+    from hpo.storage import open_storage, resolve_url
+    from hpo.study import load_study
+
+    url = resolve_url(args.storage)
+    study, spec = load_study(args.study, open_storage(url, create=False))
+    out = Path(args.out) if args.out else Path("exports") / default_path(args.study).stem
+    record = export_best(study, spec, out, storage_url=url, artifacts=args.artifacts)
+    trial = record["trial"]
+    _say(f"hpo: best trial #{trial['number']} of {args.study} (val loss {trial['value']:.6f}) "
+         f"exported to {out}/")
+    _say(f"  spec.yaml          the best params fixed; run it: hpo run {out / 'spec.yaml'}")
+    checkpoint = record["checkpoint"]
+    if checkpoint["path"]:
+        _say(f"  {checkpoint['path']:<18} from {checkpoint['from']}")
+    else:
+        _say(f"  (no checkpoint: {checkpoint['missing']})")
+    _say("  record.json        seeds, package versions, git commit, data fingerprint")
+    _say("  trials.csv         every trial of the study")
     return EXIT_OK
 
 
