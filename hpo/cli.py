@@ -44,6 +44,18 @@ def _budget_flags(p: argparse.ArgumentParser) -> None:
                         "else ./checkpoints)")
 
 
+def _launch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", metavar="LIST|all",
+                   help="GPUs to use, e.g. 0,1,2,3, or all (default for run: every visible "
+                        "GPU, else one CPU worker)")
+    p.add_argument("--per-gpu", type=_positive_int, default=1, metavar="K",
+                   help="workers per GPU (default 1)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="N CPU workers (machines without GPUs)")
+    p.add_argument("--max-trials-per-process", type=_positive_int, metavar="N",
+                   help="recycle each worker process after N trials")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hpo",
@@ -54,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("run", help="create or resume the spec's study and run its trials here",
-                       description="Create the study of SPEC (or resume it) and run trials in "
-                                   "this process until the budget is met.")
+                       description="Create the study of SPEC (or resume it) and run workers on "
+                                   "this machine until the budget is met: one per visible GPU, "
+                                   "else one CPU worker.")
     p.add_argument("spec", metavar="SPEC", help="study spec, e.g. search_spaces/digits.yaml")
     _storage_flag(p)
     _budget_flags(p)
+    _launch_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("create", help="create the spec's study without running trials",
@@ -70,11 +84,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run trials of an existing study (one worker)",
                        description="Pull trials of STUDY until its global budget is met. Start "
-                                   "one per GPU or machine against the same --storage.")
+                                   "one per GPU or machine against the same --storage; "
+                                   "CUDA_VISIBLE_DEVICES pins it.")
     p.add_argument("study", metavar="STUDY")
     _storage_flag(p)
     _budget_flags(p)
+    p.add_argument("--max-trials-per-process", type=_positive_int, metavar="N",
+                   help="exit with code 75 (restart me) after N trials, so long studies do "
+                        "not creep in memory; the launcher restarts it")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("launch", help="run supervised workers of a study on this machine",
+                       description="One worker process per GPU slot (CUDA_VISIBLE_DEVICES set "
+                                   "before torch loads), restarted if it dies; Ctrl-C re-queues "
+                                   "the running trials. Run it on every machine against one "
+                                   "PostgreSQL or MySQL --storage.")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    _budget_flags(p)
+    _launch_flags(p)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("reap", help="fail and re-queue the trials of dead workers",
+                       description="Fail the running trials whose worker stopped beating "
+                                   "(the heartbeat grace period passed) and re-queue them to "
+                                   "resume from their last checkpoint.")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    p.add_argument("--all", action="store_true",
+                   help="treat every running trial as dead, heartbeat or not (only when no "
+                        "worker of the study is alive)")
+    p.set_defaults(func=cmd_reap)
 
     p = sub.add_parser("status", help="trial counts, best value and running trials",
                        description="Counts by state, the best value and the running trials "
@@ -193,39 +233,87 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpo.storage import open_storage, resolve_url
     from hpo.study import create_study
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec)  # validate before touching the database
     url = resolve_url(args.storage)
     create_study(spec, open_storage(url))
-    return _work(spec.study.name, url, args)
+    return _launch(spec.study.name, url, args)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from hpo.storage import open_storage, resolve_url
+    from hpo.study import load_study
+
+    url = resolve_url(args.storage)
+    load_study(args.study, open_storage(url, create=False))  # a clear error before any fork
+    return _launch(args.study, url, args)
+
+
+def _launch(name: str, url: str, args: argparse.Namespace) -> int:
+    import socket
+
+    from hpo.launch import SQLITE_SAFE_WORKERS, Supervisor, assign_slots, default_slots, parse_gpus
+    from hpo.storage import open_storage, redact
+    from hpo.study import load_study
+    from hpo.summary import best_record, format_best, format_status, status_record
+
+    gpus = parse_gpus(args.gpus)
+    if gpus is None and args.workers is None:
+        slots = default_slots()
+    else:
+        slots = assign_slots(gpus, args.per_gpu, args.workers)
+    shown = redact(url, url)
+    if url.startswith("sqlite") and len(slots) > SQLITE_SAFE_WORKERS:
+        _say(f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
+             f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL")
+    worker_args = [name, "--storage", url]
+    for flag in ("n_trials", "timeout", "checkpoint_dir", "max_trials_per_process"):
+        value = getattr(args, flag)
+        if value is not None:
+            worker_args += ["--" + flag.replace("_", "-"), str(value)]
+    _say(f"hpo: study {name} in {shown}: {len(slots)} worker(s) "
+         + ", ".join(s.label for s in slots))
+
+    storage = open_storage(url, create=False)
+    study, _ = load_study(name, storage)
+    host = socket.gethostname()
+    gpu_of = {f"{host}:w{s.index}": s.gpu for s in slots}
+
+    def live_view() -> str:
+        return format_status(status_record(study), gpus=gpu_of)
+
+    code = Supervisor(worker_args, slots, say=_say, status=live_view).run()
+    best = best_record(study)
+    if best is not None:
+        _say(format_best(best))
+    return code
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpo.storage import resolve_url
-
-    return _work(args.study, resolve_url(args.storage), args)
-
-
-def _work(name: str, url: str, args: argparse.Namespace) -> int:
-    from hpo.storage import open_storage, redact
-    from hpo.study import load_study
-    from hpo.summary import best_record, format_best, format_trial
     from optuna.trial import TrialState
 
+    from hpo.launch import EXIT_PREEMPTED, EXIT_RECYCLE
+    from hpo.storage import open_storage, redact, resolve_url
+    from hpo.study import load_study
+    from hpo.summary import best_record, format_best, format_trial
     from hpo.worker import (
         MAX_CONSECUTIVE_FAILURES,
+        WORKER_INDEX_VAR,
         checkpoint_root,
         count_states,
         run_worker,
         worker_identity,
     )
 
+    url = resolve_url(args.storage)
     worker, seed_offset = worker_identity()
-    study, spec = load_study(name, open_storage(url, create=False), seed_offset=seed_offset)
+    study, spec = load_study(args.study, open_storage(url, create=False), seed_offset=seed_offset)
     spec = spec.with_budget(args.n_trials, args.timeout)
     budget = spec.budget
-    _say(f"hpo: study {name} in {redact(url, url)}; worker {worker}; budget "
-         + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",
-                                 budget.timeout and f"{budget.timeout:g}s") if x))
+    launched = WORKER_INDEX_VAR in os.environ
+    if not launched:
+        _say(f"hpo: study {args.study} in {redact(url, url)}; worker {worker}; budget "
+             + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",
+                                     budget.timeout and f"{budget.timeout:g}s") if x))
 
     def progress(study: Any, trial: Any) -> None:
         counts = count_states(study)
@@ -234,17 +322,33 @@ def _work(name: str, url: str, args: argparse.Namespace) -> int:
         _say(format_trial(trial, done, budget.n_trials, best and best["value"]))
 
     report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
-        args.checkpoint_dir), on_trial=progress)
-    counts = count_states(study)
-    _say(f"hpo: worker stopped ({report.stopped_because}) after {report.trials} trials; study: "
-         + ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n))
-    best = best_record(study)
-    if best is not None:
-        _say(format_best(best))
-    if report.failed:
+        args.checkpoint_dir), on_trial=progress, max_trials=args.max_trials_per_process)
+    _say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} "
+         "trial(s)")
+    if report.stopped_because == "failures":
         _say(f"hpo: error: {MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: "
              f"{report.last_failure}")
         return EXIT_FAILURE
+    if report.stopped_because == "recycle":
+        return EXIT_RECYCLE
+    if report.stopped_because == "preempted":
+        return EXIT_PREEMPTED
+    if not launched:
+        best = best_record(study)
+        if best is not None:
+            _say(format_best(best))
+    return EXIT_OK
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from hpo.storage import open_storage
+    from hpo.study import load_study
+    from hpo.worker import reap
+
+    study, _ = load_study(args.study, open_storage(args.storage, create=False))
+    failed = reap(study, everything=args.all)
+    print(f"reaped {len(failed)} trial(s)" + (": " + ", ".join(f"#{n}" for n in failed)
+                                              if failed else ""))
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,7 +22,7 @@ from hpo.errors import SpecError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
 FREEZE_POLICIES = ("none", "head_only", "first_k")
-TASK_KINDS = ("image_classification", "text_classification")
+TASK_KINDS = ("image_classification", "text_classification", "custom")
 DIRECTIONS = ("minimize",)
 
 
@@ -200,13 +201,17 @@ class TaskSpec:
     """
 
     kind: str
-    """``image_classification`` or ``text_classification``."""
-    model: str
+    """``image_classification``, ``text_classification``, or ``custom`` (your own job)."""
+    model: str = ""
     """A torchvision model name, or a transformers hub name / local model directory."""
-    dataset: Mapping[str, Any]
+    dataset: Mapping[str, Any] = field(default_factory=dict)
     """Where the data comes from, e.g. ``{name: digits}``, ``{name: CIFAR10, root: DIR}``,
     ``{image_folder: DIR}``, ``{name: vader}``, ``{csv: FILE, text: col, label: col}``,
     ``{hf: glue, config: sst2}``."""
+    entrypoint: str | None = None
+    """``custom`` only: ``package.module:function`` called as ``function(trial, params,
+    context)`` like the built-in job; it reports validation loss per epoch and returns the
+    best."""
     weights: str | None = None
     """Pretrained weights: ``DEFAULT`` / an enum name (needs internet), ``None``, or a local
     checkpoint path."""
@@ -277,8 +282,10 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that ``parse_spec`` turns back into an equal ``Spec``."""
-        task = {k: v for k, v in asdict(self.task).items() if v != _TASK_DEFAULTS.get(k)}
-        task["dataset"] = dict(self.task.dataset)
+        task = {k: v for k, v in asdict(self.task).items()
+                if k == "kind" or v != _TASK_DEFAULTS.get(k)}
+        if self.task.dataset:
+            task["dataset"] = dict(self.task.dataset)
         return {
             "study": asdict(self.study),
             "task": task,
@@ -302,6 +309,7 @@ class Spec:
 _TASK_DEFAULTS = {
     f.name: f.default for f in TaskSpec.__dataclass_fields__.values()  # type: ignore[attr-defined]
 }
+_TASK_DEFAULTS["dataset"] = {}
 
 
 def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -500,12 +508,16 @@ BUILTIN_DATASETS = {"image_classification": ("digits",), "text_classification": 
 
 def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
     d = at.mapping(raw, tuple(_TASK_DEFAULTS))
-    for key in ("kind", "model", "dataset"):
-        if key not in d:
-            raise (at / key).error("missing; every task needs it")
+    if "kind" not in d:
+        raise (at / "kind").error("missing; every task needs it")
     kind = d["kind"]
     if kind not in TASK_KINDS:
         raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
+    if kind == "custom":
+        return _parse_custom_task(d, at, check_environment)
+    for key in ("model", "dataset"):
+        if key not in d:
+            raise (at / key).error("missing; every task needs it")
     model = (at / "model").typed(d["model"], _STR)
     dataset = _parse_dataset(d["dataset"], at / "dataset", kind, check_environment)
 
@@ -547,6 +559,33 @@ def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
     if check_environment:
         _check_model(task, at)
     return task
+
+
+def _parse_custom_task(d: dict[str, Any], at: _At, check_environment: bool) -> TaskSpec:
+    """A ``custom`` task: the user's own job function, found by its entrypoint."""
+    entrypoint = (at / "entrypoint").typed(d.get("entrypoint"), _STR)
+    if not re.fullmatch(r"[\w.]+:\w+", entrypoint):
+        raise (at / "entrypoint").error(f"expected package.module:function, got {entrypoint!r}")
+    extra = sorted(set(d) - {"kind", "entrypoint", "seed"})
+    if extra:
+        raise (at / extra[0]).error("not used by a custom task (only entrypoint and seed)")
+    if check_environment:
+        try:
+            load_entrypoint(entrypoint)
+        except (ImportError, AttributeError) as e:
+            raise (at / "entrypoint").error(f"cannot import {entrypoint}: {e}") from None
+    seed = d.get("seed", 0)
+    if _non_negative_int(seed):
+        raise (at / "seed").error(f"expected an integer >= 0, got {_show(seed)}")
+    return TaskSpec(kind="custom", entrypoint=entrypoint, seed=seed)
+
+
+def load_entrypoint(entrypoint: str) -> Callable[..., float]:
+    """``package.module:function`` -> the function."""
+    import importlib
+
+    module, _, name = entrypoint.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dict[str, Any]:

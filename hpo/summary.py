@@ -93,7 +93,8 @@ def format_counts(counts: dict[str, int]) -> str:
     return "  ".join(f"{k.lower()} {n}" for k, n in counts.items() if n) or "no trials"
 
 
-def format_status(record: dict[str, Any]) -> str:
+def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = None) -> str:
+    """The status as text; ``gpus`` maps worker names to the GPU each is pinned to."""
     lines = [f"study {record['study']}", f"  trials   {format_counts(record['counts'])}"]
     best = record["best"]
     lines.append(f"  best     #{best['number']} val_loss {best['value']:.4f}" if best
@@ -104,7 +105,9 @@ def format_status(record: dict[str, Any]) -> str:
             epoch = f"epoch {r['step'] or 0}/{r['epochs_planned'] or '?'}"
             loss = f"val_loss {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
             secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
-            lines.append(f"    #{r['number']:<4} {epoch:<11} {loss:<17} {r['worker'] or ''} {secs}")
+            gpu = (gpus or {}).get(r["worker"])
+            where = f"{r['worker'] or ''}" + (f" gpu {gpu}" if gpu is not None else "")
+            lines.append(f"    #{r['number']:<4} {epoch:<11} {loss:<17} {where} {secs}")
     return "\n".join(lines)
 
 
@@ -145,7 +148,9 @@ def format_trial(trial: "FrozenTrial", done: int, n_trials: int | None, best: fl
     if trial.state.name == "COMPLETE":
         what = f"val_loss {trial.value:.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
     elif trial.state.name == "PRUNED":
-        what = f"pruned ({attrs.get('prune_reason', 'pruned')})"
+        reason = attrs.get("prune_reason", "pruned")
+        what = f"pruned at step {max(trial.intermediate_values, default=0)}" + (
+            f": {reason}" if reason != "pruned" else "")
     else:
         what = f"failed: {attrs.get('fail_reason', 'unknown error')}"
     best_s = f"best {best:.4f}" if best is not None else "best -"

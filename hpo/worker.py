@@ -1,14 +1,24 @@
 """Worker: one process that pulls trials of a study until the global budget is met.
 
-The worker owns everything about *where* a trial runs (host, process, checkpoint directory,
-the data cache that lives as long as the process); the job sees only the trial, its params and
-the task. Every worker seeds its sampler differently (``seed + worker index``).
+The worker owns everything about *where* a trial runs (host, process, signals, checkpoint
+directory, the data cache that lives as long as the process); the job sees only the trial, its
+params and the task. Every worker seeds its sampler differently (``seed + worker index``).
+
+Faults it survives:
+
+- killed (SIGKILL, power loss): its trial stops beating; any worker, or ``hpo reap``, fails it
+  after the grace period and re-queues a copy that resumes from the last epoch checkpoint;
+- preempted (SIGTERM / SIGINT): the running trial goes back to the queue (state WAITING, same
+  number, its intermediate values and checkpoint kept), not counted as a failure;
+- the database restarting: storage calls are retried until it answers again;
+- memory creep: the process asks to be recycled when memory stays above its baseline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 import zlib
@@ -30,6 +40,19 @@ CHECKPOINT_DIR_VAR = "HPO_CHECKPOINT_DIR"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 MAX_CONSECUTIVE_FAILURES = 3
 """A worker whose trials fail this many times in a row stops (exit 1) instead of spinning."""
+KEEP_BEST_CHECKPOINTS = 3
+"""Checkpoints kept of finished trials: the best k complete ones."""
+MEMORY_GROWTH_LIMIT_MB = 1024
+"""Recycle the process when its memory after a trial exceeds the baseline by this much."""
+DATABASE_RETRY_SECONDS = 300
+"""How long a worker waits for a database that stopped answering before giving up."""
+
+
+class Preempted(BaseException):
+    """Raised in the main thread by SIGTERM / SIGINT: stop the trial, re-queue it.
+
+    A BaseException so that neither the job nor Optuna's ``catch`` turns it into a failure.
+    """
 
 
 @dataclass
@@ -39,11 +62,8 @@ class WorkerReport:
     trials: int = 0
     states: dict[str, int] = field(default_factory=dict)
     stopped_because: str = ""
+    """budget | timeout | failures | preempted | recycle"""
     last_failure: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.stopped_because == "failures"
 
 
 def worker_identity() -> tuple[str, int]:
@@ -70,6 +90,7 @@ def run_worker(
     worker: str,
     checkpoint_dir: Path,
     on_trial: Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None] | None = None,
+    max_trials: int | None = None,
 ) -> WorkerReport:
     """Run trials until the budget is met, the timeout passes or trials keep failing.
 
@@ -79,26 +100,33 @@ def run_worker(
         worker: this worker's name, recorded on each trial.
         checkpoint_dir: root of the trial checkpoints.
         on_trial: called after each finished trial (the progress display).
+        max_trials: recycle the process after this many trials (None: never).
 
     Returns:
         What the worker did and why it stopped.
     """
     import optuna
 
-    from hpo.job import JobContext, run_job
+    from hpo.job import JobContext
 
+    run_job = job_function(spec)
     report = WorkerReport()
     cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
     host = socket.gethostname()
     study_dir = checkpoint_dir / _safe(study.study_name)
-    consecutive_failures = 0
     started = time.monotonic()
+    current: dict[str, Any] = {}  # the trial in progress, for the preemption handler
+    consecutive_failures = 0
+    baseline_mb: float | None = None
 
     def objective(trial: optuna.Trial) -> float:
+        current["trial"] = trial
+        if _over_budget(study, spec, trial.number):
+            raise _Surplus()
         trial.set_user_attr("host", host)
         trial.set_user_attr("worker", worker)
         params = suggest(trial, spec)
-        previous = trial.user_attrs.get("checkpoint")  # inherited by a retried trial
+        previous = trial.user_attrs.get("checkpoint")  # a re-queued or retried trial's
         resume = Path(previous) if previous and Path(previous).is_file() else None
         context = JobContext(
             cache=cache,
@@ -111,11 +139,12 @@ def run_worker(
             raise
         except Exception as e:
             if "fail_reason" not in trial.user_attrs:
-                trial.set_user_attr("fail_reason", _reason(e))
+                _quietly(trial.set_user_attr, "fail_reason", _reason(e))
             raise
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal consecutive_failures
+        current.clear()
         report.trials += 1
         state = trial.state.name
         report.states[state] = report.states.get(state, 0) + 1
@@ -124,25 +153,84 @@ def run_worker(
             report.last_failure = str(trial.user_attrs.get("fail_reason", "unknown error"))
         else:
             consecutive_failures = 0
+        _quietly(retain_checkpoints, study)
         if on_trial is not None:
             on_trial(study, trial)
 
-    while True:
-        reason = _should_stop(study, spec, started)
-        if reason:
-            report.stopped_because = reason
-            break
-        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            report.stopped_because = "failures"
-            break
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            callbacks=[after_trial],
-            gc_after_trial=True,
-        )
+    def on_signal(signum: int, frame: object) -> None:
+        raise Preempted(signal.Signals(signum).name)
+
+    previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            reason = _with_database_retry(lambda: _should_stop(study, spec, started))
+            if not reason and consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = "failures"
+            if not reason and max_trials is not None and report.trials >= max_trials:
+                reason = "recycle"
+            if not reason and baseline_mb is not None:
+                if _rss_mb() > baseline_mb + MEMORY_GROWTH_LIMIT_MB:
+                    log.warning("memory %.0f MB is above the baseline %.0f MB: recycling",
+                                _rss_mb(), baseline_mb)
+                    reason = "recycle"
+            if reason:
+                report.stopped_because = reason
+                break
+            try:
+                _with_database_retry(lambda: study.optimize(
+                    objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
+                    gc_after_trial=True,
+                ))
+            except _Surplus:
+                # Another worker claimed the last trial of the budget at the same moment.
+                _requeue(study, current.pop("trial"))
+            if baseline_mb is None and report.trials:
+                baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
+    except Preempted as e:
+        trial = current.pop("trial", None)
+        if trial is not None:
+            _with_database_retry(lambda: _requeue(study, trial))
+            log.warning("%s: trial %d re-queued", e, trial.number)
+        report.stopped_because = "preempted"
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
     return report
+
+
+def job_function(spec: Spec) -> Callable[..., float]:
+    """The function a trial runs: the built-in fine-tuning job, or a custom task's own."""
+    if spec.task.kind == "custom":
+        from hpo.spec import load_entrypoint
+
+        custom = load_entrypoint(spec.task.entrypoint)
+        return lambda trial, task, params, context: custom(trial, params, context)
+    from hpo.job import run_job
+
+    return run_job
+
+
+class _Surplus(BaseException):
+    """The trial just asked for is beyond the budget (two workers asked at once)."""
+
+
+def _over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
+    """True if ``number`` is the newest of more running + finished trials than the budget."""
+    from optuna.trial import TrialState
+
+    n = spec.budget.n_trials
+    if n is None:
+        return False
+    active = [t.number for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))]
+    return len(active) > n and number == max(active)
+
+
+def _requeue(study: "optuna.Study", trial: "optuna.Trial") -> None:
+    """Put a running trial back in the queue: WAITING, same number, params and values kept."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
 
 
 def _should_stop(study: "optuna.Study", spec: Spec, started: float) -> str:
@@ -160,12 +248,8 @@ def _should_stop(study: "optuna.Study", spec: Spec, started: float) -> str:
         optuna.storages.fail_stale_trials(study)  # re-queues trials of dead workers first
     counts = count_states(study)
     done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    if done >= n_trials:
-        return "budget"
-    if counts[TrialState.WAITING]:
-        return ""  # a re-queued trial: part of the budget already, run it
     if done + counts[TrialState.RUNNING] >= n_trials:
-        return "budget"  # the rest of the budget is running on other workers
+        return "budget"  # met, or the rest of it is running on other workers
     return ""
 
 
@@ -177,6 +261,91 @@ def count_states(study: "optuna.Study") -> "dict[optuna.trial.TrialState, int]":
     for t in study.get_trials(deepcopy=False):
         counts[t.state] += 1
     return counts
+
+
+def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
+    """Fail the trials of dead workers and re-queue them (bounded, as the storage says).
+
+    Args:
+        study: the study.
+        everything: treat every RUNNING trial as dead, heartbeat or not (use only when no
+            worker of the study is alive).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    if not everything:
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with no_experimental_warnings():
+            optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return sorted(before - after)
+    failed = []
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", "reaped")
+        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            failed.append(t.number)
+            if callback is not None:
+                with no_experimental_warnings():
+                    callback(study, storage.get_trial(t._trial_id))
+    return failed
+
+
+def retain_checkpoints(study: "optuna.Study", keep_best: int = KEEP_BEST_CHECKPOINTS) -> None:
+    """Delete checkpoints nobody needs: keep those of running and queued trials and of the
+    best ``keep_best`` complete trials; pruned, failed and worse trials lose theirs."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    keep = {t.user_attrs.get("checkpoint") for t in trials
+            if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.value)
+    keep |= {t.user_attrs.get("checkpoint") for t in complete[:keep_best]}
+    for t in trials:
+        path = t.user_attrs.get("checkpoint")
+        if path and path not in keep and t.state.is_finished() and Path(path).is_file():
+            Path(path).unlink(missing_ok=True)
+
+
+def _with_database_retry(call: Callable[[], Any]) -> Any:
+    """Run ``call``; while the database does not answer (a restart), wait and try again."""
+    import sqlalchemy
+
+    deadline = time.monotonic() + DATABASE_RETRY_SECONDS
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except sqlalchemy.exc.OperationalError as e:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable (%s); retrying in %.0fs",
+                        str(e.orig).strip().splitlines()[0] if e.orig else e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    """Best-effort bookkeeping that must not turn a trial's outcome into a crash."""
+    try:
+        fn(*args)
+    except Exception as e:
+        log.warning("%s failed: %s", getattr(fn, "__name__", "call"), e)
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _reason(e: BaseException) -> str:

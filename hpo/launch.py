@@ -1,0 +1,278 @@
+"""Launch: one worker process per GPU slot, supervised.
+
+``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested). The
+``Supervisor`` starts ``hpo worker`` children with ``CUDA_VISIBLE_DEVICES`` and
+``HPO_WORKER_INDEX`` set before any of them imports torch, restarts a child that dies (bounded,
+with backoff), shows a live view, and on Ctrl-C / SIGTERM asks every child to checkpoint and
+re-queue its trial, then waits for them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from hpo.errors import HpoError
+
+EXIT_RECYCLE = 75
+"""A worker that exits with this code asks to be restarted at once (process recycling)."""
+EXIT_PREEMPTED = 143
+"""A worker stopped by SIGTERM / SIGINT after re-queueing its trial."""
+MAX_RESTARTS = 5
+"""Crash restarts per slot before the supervisor gives the slot up."""
+SQLITE_SAFE_WORKERS = 8
+"""More SQLite workers than this contend for the file lock; PostgreSQL is the answer."""
+STOP_GRACE = 30.0
+"""Seconds a worker gets to checkpoint and re-queue after SIGTERM before SIGKILL."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker process: its index (sampler seed offset) and the GPU it sees, if any."""
+
+    index: int
+    gpu: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"w{self.index}" + (f"/gpu{self.gpu}" if self.gpu is not None else "")
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """The child's environment: pinned to its GPU before torch loads."""
+        env = dict(base)
+        env["HPO_WORKER_INDEX"] = str(self.index)
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+
+def parse_gpus(text: str | None) -> list[str] | None:
+    """``"0,1,3"`` -> ``["0", "1", "3"]``; ``"all"`` -> every visible GPU; None -> None.
+
+    Raises:
+        HpoError: a malformed list, or ``all`` on a machine without GPUs.
+    """
+    if text is None:
+        return None
+    if text == "all":
+        gpus = visible_gpus()
+        if not gpus:
+            raise HpoError("--gpus all: no GPU is visible on this machine (nvidia-smi finds "
+                           "none); use --workers N for CPU workers")
+        return gpus
+    items = [t.strip() for t in text.split(",")]
+    for item in items:
+        if not re.fullmatch(r"\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+", item):
+            raise HpoError(f"--gpus: {item!r} is not a GPU index or UUID; expected e.g. 0,1,2 "
+                           "or all")
+    if len(set(items)) != len(items):
+        raise HpoError(f"--gpus: {text!r} names a GPU twice; use --per-gpu K for several "
+                       "workers on one GPU")
+    return items
+
+
+def visible_gpus() -> list[str]:
+    """GPUs this process may use, without importing torch: ``CUDA_VISIBLE_DEVICES`` if set,
+    else what ``nvidia-smi`` lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | None = None
+                 ) -> list[Slot]:
+    """Which worker gets which GPU.
+
+    Args:
+        gpus: GPU indices/UUIDs to use, or None for CPU workers.
+        per_gpu: workers sharing each GPU.
+        workers: number of workers without GPUs (ignored when ``gpus`` is given).
+
+    Returns:
+        One slot per worker, GPUs filled round-robin so that with ``per_gpu > 1`` the first
+        workers spread over all GPUs: ``[0, 1, 0, 1]`` for two GPUs, two workers each.
+    """
+    if per_gpu < 1:
+        raise HpoError(f"--per-gpu: expected an integer >= 1, got {per_gpu}")
+    if gpus:
+        return [Slot(i, gpus[i % len(gpus)]) for i in range(len(gpus) * per_gpu)]
+    n = workers if workers is not None else 1
+    if n < 1:
+        raise HpoError(f"--workers: expected an integer >= 1, got {n}")
+    return [Slot(i) for i in range(n)]
+
+
+def default_slots() -> list[Slot]:
+    """What ``hpo run`` uses: every visible GPU, else one CPU worker."""
+    return assign_slots(visible_gpus() or None)
+
+
+# --------------------------------------------------------------------------------------------
+# The supervisor.
+
+
+@dataclass
+class _Child:
+    slot: Slot
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    done: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs and watches the worker processes of one study on this machine.
+
+    Args:
+        worker_args: the ``hpo worker`` arguments after ``worker`` (study, storage, budget).
+        slots: from ``assign_slots``.
+        say: where the supervisor's and the workers' lines go.
+        status: returns the live view's text (study counts, running trials); called every
+            ``status_every`` seconds.
+    """
+
+    def __init__(self, worker_args: list[str], slots: list[Slot], *,
+                 say: Callable[[str], None] = print,
+                 status: Callable[[], str] | None = None, status_every: float = 30.0,
+                 max_restarts: int = MAX_RESTARTS) -> None:
+        self.worker_args = worker_args
+        self.children = [_Child(slot) for slot in slots]
+        self.say = say
+        self.status = status
+        self.status_every = status_every
+        self.max_restarts = max_restarts
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def run(self) -> int:
+        """Run until every worker is done. Returns the exit code for the CLI."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_status = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                for child in self.children:
+                    self._tend(child, now)
+                if all(c.done for c in self.children):
+                    break
+                if self.status and now - last_status >= self.status_every:
+                    last_status = now
+                    self._status()
+                time.sleep(0.2)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if self.status:
+            self._status()
+        if self._stopping:
+            return 130
+        failed = [c for c in self.children if c.exit_codes and c.exit_codes[-1] not in (0,)]
+        return 1 if failed else 0
+
+    def _tend(self, child: _Child, now: float) -> None:
+        if child.done:
+            return
+        if child.proc is None:
+            if self._stopping:
+                child.done = True
+            elif now >= child.next_start:
+                self._start(child)
+            return
+        code = child.proc.poll()
+        if code is None:
+            return
+        child.proc = None
+        child.exit_codes.append(code)
+        if code == 0 or self._stopping:
+            child.done = True
+        elif code == EXIT_RECYCLE:
+            self.say(f"[{child.slot.label}] recycling the worker process")
+            child.next_start = now
+        elif code == 1:
+            # The worker itself gave up (its trials keep failing): restarting will not help.
+            self.say(f"[{child.slot.label}] worker failed; not restarting it")
+            child.done = True
+        elif child.restarts >= self.max_restarts:
+            self.say(f"[{child.slot.label}] worker died (exit {code}) {child.restarts + 1} "
+                     "times; giving the slot up")
+            child.done = True
+        else:
+            delay = min(60.0, 2.0 ** child.restarts)
+            child.restarts += 1
+            self.say(f"[{child.slot.label}] worker died (exit {_describe(code)}); restart "
+                     f"{child.restarts}/{self.max_restarts} in {delay:.0f}s")
+            child.next_start = now + delay
+
+    def _start(self, child: _Child) -> None:
+        cmd = [sys.executable, "-m", "hpo", "worker", *self.worker_args]
+        child.proc = subprocess.Popen(
+            cmd, env=child.slot.env(dict(os.environ)), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1,
+            start_new_session=True,  # signals reach a child only through the supervisor
+        )
+        threading.Thread(target=self._pump, args=(child.slot.label, child.proc), daemon=True
+                         ).start()
+
+    def _pump(self, label: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._lock:
+                self.say(f"[{label}] {line.rstrip()}")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stopping:  # a second Ctrl-C: stop now
+            for child in self.children:
+                if child.proc is not None:
+                    child.proc.kill()
+            return
+        self._stopping = True
+        self.say(f"hpo: {signal.Signals(signum).name}: asking the workers to checkpoint and "
+                 f"re-queue their trials (up to {STOP_GRACE:.0f}s; again to kill them)")
+        for child in self.children:
+            if child.proc is not None:
+                child.proc.send_signal(signal.SIGTERM)
+        threading.Thread(target=self._kill_after_grace, daemon=True).start()
+
+    def _kill_after_grace(self) -> None:
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            if all(c.proc is None or c.proc.poll() is not None for c in self.children):
+                return
+            time.sleep(0.2)
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.kill()
+
+    def _status(self) -> None:
+        try:
+            text = self.status() if self.status else ""
+        except Exception as e:  # the view must never stop the study
+            text = f"(status unavailable: {type(e).__name__}: {e})"
+        with self._lock:
+            self.say(text)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return str(code)

@@ -1,0 +1,150 @@
+"""The CLI end to end, run as a user runs it: real trials of a real fine-tuning job, on every
+storage backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from conftest import ROOT, run_hpo
+
+TINY = """
+study: {{name: {name}}}
+task:
+  kind: image_classification
+  model: resnet18
+  dataset: {{name: digits}}
+  image_size: 16
+  max_samples: 500
+search_space:
+  lr:           {{type: float, low: 1.0e-8, high: 1.0e-1, log: true}}
+  batch_size:   {{type: categorical, choices: [32, 64]}}
+  epochs:       {{type: int, low: 2, high: 3}}
+  optimizer:    {{type: categorical, choices: [adam, adamw, sgd, rmsprop]}}
+  momentum:     {{type: float, low: 0.5, high: 0.99, when: {{optimizer: sgd}}}}
+  dropout:      {{type: float, low: 0.0, high: 0.5}}
+  weight_decay: {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}
+sampler: {{name: random, seed: 1}}
+pruner:  {{name: median, n_startup_trials: 1, n_warmup_steps: 0}}
+budget:  {{n_trials: 4}}
+"""
+SIX = {"lr", "batch_size", "epochs", "optimizer", "dropout", "weight_decay"}
+ATTRS = {"val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
+         "samples_per_second", "device", "host", "worker", "peak_memory_mb"}
+
+
+@pytest.mark.slow
+def test_run_then_best_status_studies(storage_url, tmp_path):
+    name = f"tiny-{time.time_ns()}"
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY.format(name=name))
+    created = run_hpo("create", str(spec), "--storage", storage_url, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    # A known good trial first, then one that cannot learn: the median pruner must stop it.
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    good = {"lr": 3e-3, "batch_size": 32, "epochs": 3, "optimizer": "adam", "dropout": 0.1,
+            "weight_decay": 1e-4}
+    study.enqueue_trial(good)
+    study.enqueue_trial({**good, "lr": 1e-8})
+
+    run = run_hpo("run", str(spec), "--storage", storage_url, "--checkpoint-dir",
+                  str(tmp_path / "ckpt"), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "[  4/4]" in run.stdout  # the progress display counts finished trials
+
+    trials = optuna.load_study(study_name=name, storage=storage_url).get_trials()
+    states = [t.state for t in trials]
+    assert len(trials) == 4
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert states[0] == optuna.trial.TrialState.COMPLETE
+    assert states[1] == optuna.trial.TrialState.PRUNED
+    assert trials[1].user_attrs["prune_reason"] == "pruned"
+    for t in trials:
+        assert SIX <= set(t.params)
+        assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
+        assert ATTRS <= set(t.user_attrs), set(t.user_attrs)
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, t.user_attrs["epochs_run"] + 1))
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(min(t.intermediate_values.values()))
+            assert t.user_attrs["epochs_run"] == t.params["epochs"]
+    first = trials[0]
+    assert first.intermediate_values[3] < first.intermediate_values[1]  # it learned
+
+    best = run_hpo("best", name, "--json", "--storage", storage_url, cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    record = json.loads(best.stdout)
+    expected = optuna.load_study(study_name=name, storage=storage_url).best_trial
+    assert record["number"] == expected.number and record["value"] == expected.value
+    assert SIX <= set(record["params"]) and len(record["intermediate_values"]) >= 2
+
+    status = run_hpo("status", name, "--storage", storage_url, cwd=tmp_path)
+    assert status.returncode == 0 and "complete" in status.stdout and "best" in status.stdout
+    listed = run_hpo("studies", "--json", "--storage", storage_url, cwd=tmp_path)
+    assert name in [r["study"] for r in json.loads(listed.stdout)]
+
+    # Resuming a finished study runs nothing more; a bigger budget on the command line runs more.
+    again = run_hpo("worker", name, "--storage", storage_url, "--n-trials", "5", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name=name, storage=storage_url).get_trials()) == 5
+
+
+def test_storage_from_environment_and_default(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY.format(name="envstudy"))
+    env_db = tmp_path / "env.db"
+    r = run_hpo("create", str(spec), cwd=tmp_path, env={"HPO_STORAGE": f"sqlite:///{env_db}"})
+    assert r.returncode == 0, r.stderr
+    assert env_db.exists() and not (tmp_path / "hpo.db").exists()
+    r = run_hpo("create", str(spec), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "hpo.db").exists()  # the default: sqlite:///hpo.db in the cwd
+
+
+@pytest.mark.parametrize("args,words", [
+    (["best", "nosuch"], ["no hpo study named 'nosuch'", "envstudy"]),
+    (["status", "nosuch"], ["no hpo study named 'nosuch'"]),
+    (["worker", "nosuch"], ["no hpo study named 'nosuch'"]),
+    (["run", "missing.yaml"], ["missing.yaml: no such spec file"]),
+    (["run", "tiny.yaml", "--n-trials", "0"], ["--n-trials", "integer >= 1"]),
+    (["run", "tiny.yaml", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["best", "envstudy", "--storage", "postgresql://bob:pa55word@127.0.0.1:5999/x"],
+     ["cannot connect", "bob:***@"]),
+    (["best", "envstudy", "--storage", "mysql+pymysql://bob:pa55word@127.0.0.1:3399/x"],
+     ["cannot connect", "bob:***@"]),
+    (["best", "envstudy", "--storage", "sqlite:///no/such/dir/x.db"], ["no database at"]),
+    (["best", "envstudy", "--storage", "oracle://x"], ["unsupported storage backend"]),
+])
+def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY.format(name="envstudy"))
+    assert run_hpo("create", str(spec), cwd=tmp_path).returncode == 0
+    before = (tmp_path / "hpo.db").read_bytes()
+    started = time.monotonic()
+    r = run_hpo(*args, cwd=tmp_path)
+    assert time.monotonic() - started < 15
+    err = r.stderr.strip()
+    assert r.returncode == 2, (r.returncode, r.stdout, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert "pa55word" not in r.stdout + r.stderr
+    assert (tmp_path / "hpo.db").read_bytes() == before  # nothing written
+
+
+def test_help_is_instant_and_does_not_import_torch():
+    code = ("import sys; from hpo.cli import build_parser\n"
+            "for cmd in ([], ['run'], ['worker'], ['status'], ['best'], ['studies'], ['create']):\n"
+            "    try: build_parser().parse_args(cmd + ['--help'])\n"
+            "    except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules and 'optuna' not in sys.modules, 'heavy import'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "hpo run SPEC" not in r.stderr
+    assert "create or resume" in r.stdout and "--storage" in r.stdout

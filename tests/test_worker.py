@@ -1,0 +1,283 @@
+"""Workers in parallel, on every backend, surviving kills, preemption and database restarts.
+
+The trials run ``fastjob.epochs_job`` (a custom task): the same epoch loop, reports,
+checkpoints and resume as a fine-tuning job, in milliseconds, so that these tests exercise the
+worker machinery (budget, heartbeat, retry, re-queue, recycling) at scale.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, run_hpo
+from hpo.launch import Slot, assign_slots, parse_gpus
+from hpo.errors import HpoError
+
+FAST = """
+study: {{name: {name}}}
+task: {{kind: custom, entrypoint: "fastjob:epochs_job"}}
+search_space:
+  lr: {{type: float, low: 1.0e-5, high: 1.0e-1, log: true}}
+  epochs: {{type: int, low: {low}, high: {high}}}
+sampler: {{name: random, seed: 0}}
+pruner: {{name: {pruner}}}
+budget: {{n_trials: {n}}}
+"""
+
+
+def fast_env(tmp_path: Path, epoch_seconds: float = 0.0, **extra: str) -> dict[str, str]:
+    return {
+        "PYTHONPATH": str(ROOT / "tests"),
+        "FASTJOB_EPOCH_SECONDS": str(epoch_seconds),
+        "FASTJOB_LOG": str(tmp_path / "epochs.log"),
+        "HPO_HEARTBEAT_INTERVAL": "1",
+        "HPO_GRACE_PERIOD": "3",
+        "HPO_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        **extra,
+    }
+
+
+def make_study(tmp_path, storage_url, n, low=1, high=3, pruner="none", env=None) -> str:
+    name = f"fast-{time.time_ns()}"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(FAST.format(name=name, n=n, low=low, high=high, pruner=pruner))
+    r = run_hpo("create", str(spec), "--storage", storage_url, cwd=tmp_path,
+                env=env or fast_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    return name
+
+
+def trials(name, url):
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def finished(ts):
+    return [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def epoch_log(tmp_path) -> list[tuple[int, int, int]]:
+    path = tmp_path / "epochs.log"
+    if not path.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()]
+
+
+def start_hpo(*args, cwd, env) -> subprocess.Popen:
+    full = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    full.update(PYTHONUNBUFFERED="1", **env)
+    return subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# GPU slots: the one place that maps GPUs to workers.
+
+
+def test_assign_slots_round_robin_over_gpus():
+    assert assign_slots(["0", "1"], per_gpu=2) == [Slot(0, "0"), Slot(1, "1"), Slot(2, "0"),
+                                                   Slot(3, "1")]
+    assert assign_slots(None, workers=3) == [Slot(0), Slot(1), Slot(2)]
+    assert assign_slots(None) == [Slot(0)]
+    env = Slot(2, "3").env({"PATH": "/bin"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["HPO_WORKER_INDEX"] == "2"
+    assert "CUDA_VISIBLE_DEVICES" not in Slot(0).env({})
+
+
+def test_parse_gpus():
+    assert parse_gpus("0,1, 3") == ["0", "1", "3"]
+    assert parse_gpus(None) is None
+    for bad in ("0,0", "a,b", "", "1;2"):
+        with pytest.raises(HpoError, match="--gpus"):
+            parse_gpus(bad)
+
+
+def test_gpus_all_without_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(HpoError, match="no GPU is visible"):
+        parse_gpus("all")
+
+
+# --------------------------------------------------------------------------------------------
+# The global budget across parallel workers.
+
+
+@pytest.mark.slow
+def test_four_workers_meet_the_budget_exactly(storage_url, tmp_path):
+    env = fast_env(tmp_path, epoch_seconds=0.05)
+    name = make_study(tmp_path, storage_url, n=40, env=env)
+    r = run_hpo("launch", name, "--storage", storage_url, "--workers", "4", cwd=tmp_path,
+                env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    ts = trials(name, storage_url)
+    numbers = [t.number for t in ts]
+    assert len(numbers) == len(set(numbers))
+    assert len(finished(ts)) == 40
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    workers = Counter(t.user_attrs["worker"] for t in finished(ts))
+    assert len(workers) == 4, workers  # every worker took part
+    assert "database is locked" not in r.stdout
+
+
+@pytest.mark.slow
+def test_four_sqlite_workers_100_trials_without_lock_errors(tmp_path):
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=100, low=1, high=2, env=env)
+    r = run_hpo("launch", name, "--storage", url, "--workers", "4", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "locked" not in r.stdout.lower()
+    ts = trials(name, url)
+    assert len(finished(ts)) == 100
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+
+
+# --------------------------------------------------------------------------------------------
+# Faults.
+
+
+@pytest.mark.slow
+def test_kill_9_three_times_each_trial_resumes_where_it_was(tmp_path):
+    url = f"sqlite:///{tmp_path / 'chaos.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.4)
+    name = make_study(tmp_path, url, n=8, low=5, high=6, env=env)
+    launch = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path,
+                       env=env)
+    killed = {}
+    try:
+        for _ in range(3):
+            def victim():
+                log = epoch_log(tmp_path)
+                running = {t.number for t in trials(name, url) if t.state == TrialState.RUNNING
+                           and t.number not in killed
+                           and "failed_trial" not in t.system_attrs}  # not a retry
+                for number, epoch, pid in reversed(log):
+                    if number in running and epoch >= 2:
+                        return number, epoch, pid
+                return None
+            number, _, pid = wait_for(victim, what="a trial two epochs in")
+            os.kill(pid, signal.SIGKILL)
+            killed[number] = pid
+        out, _ = launch.communicate(timeout=240)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, out[-3000:]
+    assert "restart" in out
+    ts = trials(name, url)
+    assert len(finished(ts)) == 8
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    log = epoch_log(tmp_path)
+    for number in killed:
+        original = ts[number]
+        assert original.state == TrialState.FAIL
+        retry = [t for t in ts if t.system_attrs.get("failed_trial") == number]
+        assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+        retry = retry[0]
+        reached = max(e for n, e, _ in log if n == number)
+        assert retry.user_attrs["resumed_from_epoch"] == reached
+        redone = [e for n, e, _ in log if n == retry.number]
+        assert min(redone) == reached + 1  # nothing redone past the last checkpoint
+        assert set(retry.intermediate_values) == set(range(1, retry.params["epochs"] + 1))
+
+
+@pytest.mark.slow
+def test_sigterm_requeues_the_trial_without_a_failure(storage_url, tmp_path):
+    env = fast_env(tmp_path, epoch_seconds=0.5)
+    name = make_study(tmp_path, storage_url, n=2, low=6, high=6, env=env)
+    worker = start_hpo("worker", name, "--storage", storage_url, cwd=tmp_path, env=env)
+    wait_for(lambda: any(e >= 2 for _, e, _ in epoch_log(tmp_path)), what="epoch 2")
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=30)
+    assert time.monotonic() - sent < 30
+    assert worker.returncode == 143, out
+    ts = trials(name, storage_url)
+    assert [t.state for t in ts] == [TrialState.WAITING]
+    reached = max(e for _, e, _ in epoch_log(tmp_path))
+    assert set(ts[0].intermediate_values) == set(range(1, reached + 1))
+
+    r = run_hpo("worker", name, "--storage", storage_url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout
+    ts = trials(name, storage_url)
+    assert [t.state for t in ts] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert ts[0].user_attrs["resumed_from_epoch"] == reached
+    assert not [t for t in ts if t.state == TrialState.FAIL]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_launcher_requeues_and_exits(tmp_path):
+    url = f"sqlite:///{tmp_path / 'int.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.5)
+    name = make_study(tmp_path, url, n=6, low=6, high=6, env=env)
+    launch = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path,
+                       env=env)
+    wait_for(lambda: len({n for n, _, _ in epoch_log(tmp_path)}) >= 2, what="two trials")
+    launch.send_signal(signal.SIGINT)
+    out, _ = launch.communicate(timeout=40)
+    assert launch.returncode == 130, out
+    ts = trials(name, url)
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert len([t for t in ts if t.state == TrialState.WAITING]) == 2
+
+
+@pytest.mark.slow
+def test_reap_all_requeues_the_trials_of_a_dead_worker(tmp_path):
+    url = f"sqlite:///{tmp_path / 'reap.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.5, HPO_HEARTBEAT_INTERVAL="60")
+    name = make_study(tmp_path, url, n=1, low=6, high=6, env=env)
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    wait_for(lambda: any(e >= 1 for _, e, _ in epoch_log(tmp_path)), what="epoch 1")
+    worker.kill()
+    worker.wait()
+    r = run_hpo("reap", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "reaped 0" in r.stdout  # heartbeat still fresh
+    r = run_hpo("reap", name, "--all", "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "reaped 1 trial(s): #0" in r.stdout, r.stdout
+    ts = trials(name, url)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.WAITING]
+    assert ts[1].user_attrs["checkpoint"] == ts[0].user_attrs["checkpoint"]
+
+
+@pytest.mark.slow
+def test_workers_recycle_their_process_and_still_meet_the_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'recycle.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=7, env=env)
+    r = run_hpo("launch", name, "--storage", url, "--workers", "2",
+                "--max-trials-per-process", "2", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.count("recycling the worker process") >= 2
+    assert len({pid for _, _, pid in epoch_log(tmp_path)}) >= 4
+    assert len(finished(trials(name, url))) == 7
+
+
+@pytest.mark.slow
+def test_checkpoints_of_pruned_and_worse_trials_are_deleted(tmp_path):
+    url = f"sqlite:///{tmp_path / 'keep.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=12, low=2, high=4, env=env)
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout
+    ts = sorted((t for t in trials(name, url) if t.state == TrialState.COMPLETE),
+                key=lambda t: t.value)
+    kept = sorted(p.name for p in (tmp_path / "ckpt" / name).glob("*.pt"))
+    assert kept == sorted(f"trial-{t.number}.pt" for t in ts[:3])
