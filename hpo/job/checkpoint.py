@@ -1,0 +1,117 @@
+"""State-dict files: pretrained weights to start from, and a trial's own checkpoints.
+
+A trial checkpoint holds everything to resume at the next epoch as if never stopped: model,
+optimizer, LR scheduler, loss scaler, the epoch, RNG states (global and the data order's) and
+the loop's progress (best loss so far, first loss, micro-batch size, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from hpo.job.errors import JobSetupError
+
+log = logging.getLogger(__name__)
+
+_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
+    """Load a local checkpoint's tensors into ``model`` where names and shapes match.
+
+    Tensors whose shape does not fit (an old classifier with another number of classes) and
+    names the model lacks are skipped, so call it before replacing the head.
+
+    Args:
+        model: the freshly built model.
+        path: a state_dict saved with ``torch.save`` (or a dict holding one under
+            ``state_dict`` / ``model``), or a ``.safetensors`` file.
+
+    Returns:
+        The names of the tensors loaded.
+
+    Raises:
+        JobSetupError: the file does not read, or not one of its tensors fits.
+    """
+    path = Path(path).expanduser()
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same bad input
+        raise JobSetupError(f"weights {path}: not a readable checkpoint ({e})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise JobSetupError(f"weights {path}: expected a state_dict, got {type(obj).__name__}")
+    state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise JobSetupError(f"weights {path}: none of its {len(state)} tensors fits "
+                            f"{type(model).__name__} (names or shapes differ)")
+    model.load_state_dict(fits, strict=False)
+    skipped = sorted(set(state) - set(fits))
+    missing = sorted(set(own) - set(fits))
+    log.info("weights %s: loaded %d tensors, skipped %d %s, %d left as initialized %s",
+             path, len(fits), len(skipped), skipped[:4], len(missing), missing[:4])
+    return sorted(fits)
+
+
+def _strip(name: str) -> str:
+    for prefix in _PREFIXES:
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler,
+                    generator: torch.Generator, epoch: int, progress: dict) -> None:
+    """Write the trial's state after ``epoch`` (1-based) atomically to ``path``."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "data_order": generator.get_state(),
+        },
+        "progress": dict(progress),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a reader never sees half a file, even if we die mid-write
+
+
+def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler,
+                       generator: torch.Generator) -> tuple[int, dict]:
+    """Load a checkpoint written by ``save_checkpoint`` into the given objects.
+
+    Returns:
+        ``(epoch, progress)``: the last finished epoch and the loop's saved progress.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    generator.set_state(state["rng"]["data_order"])
+    return int(state["epoch"]), dict(state["progress"])

@@ -1,0 +1,114 @@
+"""Data pieces shared by images and text: seeded splits, subsamples, labelled subsets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+def cache_key(kind: str, dataset: Mapping[str, Any], **extra: Any) -> str:
+    """A key of ``JobContext.cache``: the dataset spec plus whatever else shapes the data.
+
+    Args:
+        kind: what is cached, e.g. ``"images"`` or ``"tokens"``.
+        dataset: the task's dataset spec.
+        **extra: other inputs of the cached value (tokenizer, max_length, ...).
+
+    Returns:
+        A string equal for equal inputs, in any key order.
+    """
+    return json.dumps([kind, dict(dataset), extra], sort_keys=True, default=str)
+
+
+def subsample(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded random subsample of at most ``n`` of ``len(labels)`` examples."""
+    everything = np.arange(len(labels))
+    if n is None or n >= len(labels):
+        return everything
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(everything, size=n, replace=False))
+
+
+def split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified train/val split of ``range(len(labels))``.
+
+    Validation gets ``round(val_fraction * len(labels))`` examples, shared among the classes
+    in proportion to their sizes (largest remainders first), so the class balance of both
+    parts follows the whole; at least one example lands on each side.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted.
+    """
+    if len(labels) < 2:
+        raise ValueError(f"too few examples ({len(labels)}) to split into train and val")
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    n_val = min(max(1, int(round(val_fraction * len(labels)))), len(labels) - 1)
+    quota = sizes * n_val / len(labels)
+    take = np.floor(quota).astype(int)
+    by_remainder = np.lexsort((rng.random(len(classes)), -(quota - take)))
+    take[by_remainder[: n_val - take.sum()]] += 1
+    train, val = [], []
+    for label, k in zip(classes, take):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        val.append(members[:k])
+        train.append(members[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+class LabelledSubset(Dataset):
+    """``base[i]`` for the chosen indices, the input passed through ``transform``.
+
+    ``base[i]`` is an ``(input, label)`` pair; train and val views of one base dataset differ
+    only in their indices and transform (augmentation for training, none for validation).
+    """
+
+    def __init__(self, base: Sequence, indices: Sequence[int], labels: np.ndarray,
+                 transform: Callable | None = None) -> None:
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        self.labels = np.asarray(labels)[self.indices]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x, _ = self.base[self.indices[i]]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])
+
+
+def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
+                      max_samples: int | None, val_fraction: float,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which examples train and which validate, the same for every trial of a task.
+
+    Without a val split of its own, a seeded subsample of ``max_samples`` examples is split
+    stratified by ``val_fraction``. With one, each split is subsampled so that together they
+    hold about ``max_samples`` examples in the ``val_fraction`` proportion.
+
+    Args:
+        train_labels: labels of the training split.
+        val_labels: labels of the dataset's val split, or ``None`` to split the training one.
+        max_samples: the task's cap on examples, or ``None``.
+        val_fraction: share held out for validation.
+        seed: the task's seed.
+
+    Returns:
+        ``(train_indices, val_indices)``; val indices point into the val split when there is
+        one, else into the training split.
+    """
+    if val_labels is None:
+        pool = subsample(train_labels, max_samples, seed)
+        train, val = split(train_labels[pool], val_fraction, seed)
+        return pool[train], pool[val]
+    n_train = n_val = None
+    if max_samples is not None:
+        n_val = max(1, int(round(max_samples * val_fraction)))
+        n_train = max(1, max_samples - n_val)
+    return subsample(train_labels, n_train, seed), subsample(val_labels, n_val, seed + 1)

@@ -1,0 +1,336 @@
+"""The fit loop, one for vision and text: train, evaluate, report, prune, checkpoint.
+
+``fit`` reads top to bottom; the small functions under it are the steps it names. Batches are
+``(inputs, labels)`` where inputs are an image tensor or a dict of token tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hpo.job.checkpoint import restore_checkpoint, save_checkpoint
+from hpo.job.device import Device, free_memory, peak_memory_mb, pick_device, reset_peak_memory
+from hpo.job.optim import freeze, make_optimizer, make_scheduler, train_mode
+
+log = logging.getLogger(__name__)
+
+DIVERGENCE = 1e4
+"""A training loss this many times the trial's first one has diverged: prune."""
+
+
+@dataclass
+class TrainingSetup:
+    """What a task builder hands the fit loop."""
+
+    model: nn.Module
+    head: list[nn.Parameter]
+    """The new head: trains at ``lr`` under every freeze policy."""
+    blocks: list[list[nn.Parameter]]
+    """The backbone from the input side, for ``freeze: first_k``."""
+    train_set: Dataset
+    val_set: Dataset
+    num_classes: int
+    collate: Callable | None = None
+    convolutional: bool = False
+    """channels_last speeds up convolutions only."""
+    optimizer: torch.optim.Optimizer | None = None
+    """Set by ``fit``, so that ``run.release`` can free its state after the trial."""
+
+
+@dataclass
+class Progress:
+    """What the loop knows so far; a checkpoint saves it, a resumed attempt starts from it."""
+
+    best_loss: float = math.inf
+    best_accuracy: float = 0.0
+    best_epoch: int = 0
+    best_step: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    first_loss: float | None = None
+    micro_batch: int = 0
+    epochs_run: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    """Time in training steps (data loading included, evaluation not)."""
+    seconds: float = 0.0
+    """Wall time of the whole fit, earlier attempts included."""
+
+
+def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) -> float:
+    """Fine-tune ``setup.model`` with ``params``; report each evaluation to ``trial``.
+
+    Args:
+        trial: the Optuna trial (``report`` / ``should_prune`` / user attrs).
+        setup: model, head, blocks and datasets from the task builder.
+        params: every hyperparameter of ``hpo.spec.HYPERPARAMETERS``.
+        task: the ``TaskSpec``.
+        context: the ``JobContext`` (checkpoint and resume paths).
+
+    Returns:
+        The best validation loss.
+
+    Raises:
+        optuna.TrialPruned: the pruner said so, or the loss went NaN / diverged.
+        torch.OutOfMemoryError: even a micro-batch of one example does not fit.
+    """
+    dev = pick_device(task.amp)
+    reset_peak_memory(dev)
+    channels_last = setup.convolutional and (
+        task.channels_last if task.channels_last is not None else dev.cuda)
+    model = setup.model.to(dev.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    frozen = freeze(model, setup.head, setup.blocks, params["freeze"], params["freeze_k"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = setup.optimizer = make_optimizer(model, setup.head, params)
+
+    epochs = params["epochs"]
+    batch_size = min(params["batch_size"], len(setup.train_set))
+    # drop_last: a last batch of one example breaks batch norm, and every step is then a
+    # full batch, so the schedule and the effective batch size never change mid-epoch.
+    steps_per_epoch = len(setup.train_set) // batch_size
+    scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, params)
+    # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.amp_dtype == torch.float16)
+    data_order = torch.Generator().manual_seed(task.seed)  # checkpointed with the rest
+    workers = task.num_workers if task.num_workers is not None else (4 if dev.cuda else 0)
+    loading = dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
+                   persistent_workers=workers > 0)
+    train_loader = DataLoader(setup.train_set, batch_size, shuffle=True, drop_last=True,
+                              generator=data_order, **loading)
+    val_loader = DataLoader(setup.val_set, batch_size, **loading)
+    # Validation loss is plain cross-entropy, so trials with different label smoothing compare.
+    criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
+
+    progress = Progress(micro_batch=batch_size)
+    start_epoch = 0
+    if context.resume_path is not None and Path(context.resume_path).is_file():
+        start_epoch, saved = restore_checkpoint(
+            Path(context.resume_path), model=model, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, generator=data_order)
+        progress = Progress(**saved)
+        log.info("trial %d: resumed from %s after epoch %d", trial.number,
+                 context.resume_path, start_epoch)
+    checkpoint = Path(context.checkpoint_path) if context.checkpoint_path else None
+    net = torch.compile(model) if task.compile else model
+    evals = task.evals_per_epoch
+    # Batch index after which evaluation j of the epoch runs: fractions of the data, so a
+    # step means the same for every batch size.
+    eval_after = {max(1, round(j * steps_per_epoch / evals)): j for j in range(1, evals + 1)}
+    started = time.perf_counter() - progress.seconds
+
+    def record() -> None:
+        """Write the trial's user attrs (again): they must be there even if it is pruned."""
+        progress.seconds = time.perf_counter() - started
+        attrs: dict[str, Any] = {
+            "epochs_run": progress.epochs_run,
+            "epochs_planned": epochs,
+            "train_seconds": round(progress.seconds, 3),
+            "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9),
+                                        1),
+            "device": dev.name,
+            "peak_memory_mb": round(peak_memory_mb(dev), 1),
+        }
+        if progress.best_step:
+            attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    def prune(reason: str, step: int) -> None:
+        trial.set_user_attr("prune_reason", reason)
+        trial.set_user_attr("pruned_at_step", step)
+        record()
+        raise optuna.TrialPruned(f"{reason} at step {step}")
+
+    for epoch in range(start_epoch + 1, epochs + 1):
+        if progress.stopped_early:
+            break
+        progress.epochs_run = epoch
+        train_mode(model, frozen)
+        clock = time.perf_counter()
+        for i, (inputs, labels) in enumerate(train_loader, 1):
+            # The report step this batch counts towards (epoch, or a fraction of the data).
+            step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(
+                i * evals / steps_per_epoch)
+            inputs = to_device(inputs, dev, channels_last)
+            labels = labels.to(dev.device, non_blocking=True)
+
+            # One optimizer step; on out-of-memory, halve the micro-batch and retry the step
+            # with gradient accumulation, so the effective batch stays batch_size.
+            while True:
+                oom = None
+                try:
+                    loss = train_step(net, inputs, labels, progress.micro_batch, criterion, dev,
+                                      scaler, optimizer, scheduler, trainable,
+                                      params["grad_clip"])
+                    break
+                except torch.OutOfMemoryError as e:
+                    oom = str(e).splitlines()[0] if str(e) else "out of memory"
+                # Out of the except block, the traceback holding the activations is gone.
+                optimizer.zero_grad(set_to_none=True)
+                free_memory(dev)
+                if progress.micro_batch == 1:
+                    trial.set_user_attr("fail_reason", "oom")
+                    record()
+                    raise torch.OutOfMemoryError(f"a micro-batch of 1 does not fit: {oom}")
+                progress.micro_batch //= 2
+                trial.set_user_attr("micro_batch_size", progress.micro_batch)
+                trial.set_user_attr("grad_accumulation",
+                                    math.ceil(batch_size / progress.micro_batch))
+                log.warning("trial %d: out of memory (%s); micro-batch %d x %d", trial.number,
+                            oom, progress.micro_batch,
+                            math.ceil(batch_size / progress.micro_batch))
+            progress.samples += len(labels)
+
+            if not math.isfinite(loss):
+                prune("nan", step)
+            if progress.first_loss is None:
+                progress.first_loss = loss
+            if loss > DIVERGENCE * max(progress.first_loss, 1e-3):
+                prune("diverged", step)
+
+            if i in eval_after:
+                progress.train_seconds += time.perf_counter() - clock
+                step = epoch if evals == 1 else (epoch - 1) * evals + eval_after[i]
+                val_loss, accuracy = evaluate(net, val_loader, dev, progress.micro_batch,
+                                              channels_last)
+                log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, "
+                         "val accuracy %.3f", trial.number, epoch, step, loss, val_loss,
+                         accuracy)
+                if not math.isfinite(val_loss):
+                    prune("nan", step)
+                if val_loss < progress.best_loss:
+                    progress.best_loss, progress.best_accuracy = val_loss, accuracy
+                    progress.best_epoch, progress.best_step = epoch, step
+                    progress.evals_since_best = 0
+                else:
+                    progress.evals_since_best += 1
+                trial.report(val_loss, step)
+                if trial.should_prune():
+                    prune("pruned", step)
+                record()
+                patience = task.early_stopping_patience
+                if patience is not None and progress.evals_since_best >= patience:
+                    log.info("trial %d: no better val loss in %d evaluations, stopping early",
+                             trial.number, patience)
+                    progress.stopped_early = True
+                    trial.set_user_attr("stopped_early_at_step", step)
+                    break
+                train_mode(model, frozen)
+                clock = time.perf_counter()
+        else:
+            progress.train_seconds += time.perf_counter() - clock
+
+        if checkpoint is not None:
+            progress.seconds = time.perf_counter() - started
+            save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, generator=data_order, epoch=epoch,
+                            progress=asdict(progress))
+            trial.set_user_attr("checkpoint", str(checkpoint))
+    record()
+    return progress.best_loss
+
+
+def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int, criterion,
+               dev: Device, scaler, optimizer, scheduler, trainable: list[nn.Parameter],
+               grad_clip: float) -> float:
+    """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
+
+    Returns:
+        The batch's mean training loss; the optimizer does not step when it is NaN or inf.
+    """
+    n = len(labels)
+    total = torch.zeros((), device=labels.device)
+    for part in micro_batches(n, micro_batch):
+        total += forward_backward(model, take(inputs, part), labels[part], criterion, dev,
+                                  scaler, weight=(part.stop - part.start) / n)
+    loss = total.item()  # a CPU-GPU sync point: paid once per step, so a NaN prunes at once
+    if math.isfinite(loss):
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until next backward
+    return loss
+
+
+def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, dev: Device,
+                     scaler, weight: float) -> torch.Tensor:
+    """Forward and backward one micro-batch that is ``weight`` of its batch.
+
+    Returns:
+        Its share of the batch's loss, detached.
+    """
+    with dev.autocast():
+        loss = criterion(logits(model, inputs).float(), labels) * weight
+    scaler.scale(loss).backward()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int,
+             channels_last: bool) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the validation set."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=dev.device)
+    correct = torch.zeros((), dtype=torch.int64, device=dev.device)
+    n = 0
+    for inputs, labels in loader:
+        inputs = to_device(inputs, dev, channels_last)
+        labels = labels.to(dev.device, non_blocking=True)
+        for part in micro_batches(len(labels), micro_batch):
+            with dev.autocast():
+                out = logits(model, take(inputs, part)).float()
+            total += F.cross_entropy(out, labels[part], reduction="sum")
+            correct += (out.argmax(dim=1) == labels[part]).sum()
+        n += len(labels)
+    return total.item() / n, correct.item() / n  # one sync per evaluation
+
+
+def logits(model: nn.Module, inputs) -> torch.Tensor:
+    """The model's class scores, whether it returns a tensor, a tuple or a transformers output."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, tuple):  # inception / googlenet: (logits, aux logits)
+        return out[0]
+    return out
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    """``n`` examples cut into near-equal slices of at most ``size`` (none of just one
+    example unless ``size`` is 1: batch norm cannot train on one)."""
+    count = math.ceil(n / size)
+    bounds = [round(k * n / count) for k in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def take(inputs, part: slice):
+    """A slice of a batch's inputs: a tensor, or a dict of tensors."""
+    if isinstance(inputs, dict):
+        return {k: v[part] for k, v in inputs.items()}
+    return inputs[part]
+
+
+def to_device(inputs, dev: Device, channels_last: bool):
+    """Move inputs to the device; pinned memory lets the copy overlap with compute."""
+    if isinstance(inputs, dict):
+        return {k: v.to(dev.device, non_blocking=True) for k, v in inputs.items()}
+    if channels_last and inputs.ndim == 4:
+        return inputs.to(dev.device, non_blocking=True, memory_format=torch.channels_last)
+    return inputs.to(dev.device, non_blocking=True)

@@ -1,0 +1,210 @@
+"""Image datasets: scikit-learn's digits, torchvision datasets in a local root, image folders.
+
+Loading (the slow part) is cached per worker by the dataset spec; splits and transforms are
+cheap and made per trial. Downloads stay off: a torchvision dataset must already be on disk.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from hpo.job.data import LabelledSubset, cache_key, train_val_indices
+from hpo.job.errors import JobSetupError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Handwriting: a horizontal flip makes another glyph, so augmentation is off by default.
+HANDWRITING = ("digits", "MNIST", "EMNIST", "KMNIST", "QMNIST")
+MIN_IMAGE_SIZE = 32
+
+
+@dataclass
+class ImageSource:
+    """Images as loaded, before any split or transform: what the worker caches.
+
+    ``train[i]`` and ``val[i]`` are ``(image, label)`` with a PIL image or a CHW float tensor
+    in [0, 1].
+    """
+
+    train: Sequence
+    train_labels: np.ndarray
+    val: Sequence | None
+    val_labels: np.ndarray | None
+    num_classes: int
+    handwriting: bool
+    native_size: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How images are sized and normalized: the weights' preset, or ImageNet's statistics."""
+
+    crop: int
+    resize: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    weights: Any = None
+    """The torchvision weights enum member whose ``transforms()`` evaluates, if any."""
+
+
+def load_images(dataset: Mapping[str, Any], cache: dict) -> ImageSource:
+    """Load (or take from ``cache``) the images of a dataset spec.
+
+    Args:
+        dataset: ``{name: digits}``, ``{name: CIFAR10, root: DIR}`` or
+            ``{image_folder: DIR}`` (with ``DIR/train`` and ``DIR/val`` if present; the
+            ``train`` / ``val`` keys rename them).
+        cache: the worker's cache.
+
+    Raises:
+        JobSetupError: the files are not there.
+    """
+    key = cache_key("images", dataset)
+    if key not in cache:
+        if dataset.get("name") == "digits":
+            cache[key] = _digits()
+        elif "name" in dataset:
+            cache[key] = _torchvision(dataset["name"], dataset["root"])
+        else:
+            cache[key] = _image_folder(dataset)
+    return cache[key]
+
+
+def image_datasets(task, source: ImageSource, preset: Preset | None):
+    """The train and val datasets of one trial: split, subsampled and transformed.
+
+    Args:
+        task: the ``TaskSpec`` (image_size, augment, max_samples, val_fraction, seed).
+        source: the loaded images.
+        preset: the weights' preset, or ``None`` for ImageNet statistics at
+            ``task.image_size`` (default: the data's own size, at least 32).
+
+    Returns:
+        ``(train_set, val_set)`` of ``(CHW float tensor, label)`` pairs.
+    """
+    size = task.image_size or (preset.crop if preset else max(source.native_size,
+                                                                MIN_IMAGE_SIZE))
+    if preset is None:
+        preset = Preset(crop=size, resize=size)
+    resize = max(size, round(size * preset.resize / preset.crop))
+    augment = task.augment if task.augment is not None else not source.handwriting
+    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
+                                           task.max_samples, task.val_fraction, task.seed)
+    val_base, val_labels = ((source.train, source.train_labels) if source.val is None
+                            else (source.val, source.val_labels))
+    train_set = LabelledSubset(source.train, train_idx, source.train_labels,
+                               _train_transform(preset, size, resize, augment))
+    val_set = LabelledSubset(val_base, val_idx, val_labels, _eval_transform(preset, size, resize))
+    return train_set, val_set
+
+
+def _train_transform(preset: Preset, size: int, resize: int, augment: bool):
+    from torchvision.transforms import v2
+
+    steps = [v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True),
+             v2.Resize(resize, antialias=True)]
+    if augment:
+        steps += [v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()]
+    else:
+        steps += [v2.CenterCrop(size)]
+    return v2.Compose(steps + [v2.Normalize(preset.mean, preset.std)])
+
+
+def _eval_transform(preset: Preset, size: int, resize: int):
+    from torchvision.transforms import v2
+
+    if preset.weights is not None:
+        # The weights' own evaluation preset, at this task's size.
+        evaluate = preset.weights.transforms(crop_size=size, resize_size=resize)
+        return v2.Compose([v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True),
+                           evaluate])
+    return v2.Compose([v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Resize(resize, antialias=True), v2.CenterCrop(size),
+                       v2.Normalize(preset.mean, preset.std)])
+
+
+def _digits() -> ImageSource:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 8x8 grey levels 0..16 -> [0, 1]; one channel, made RGB by the transform.
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = np.asarray(digits.target, dtype=np.int64)
+    pairs = torch.utils.data.TensorDataset(images, torch.from_numpy(labels))
+    return ImageSource(pairs, labels, None, None, 10, handwriting=True, native_size=8)
+
+
+def _torchvision(name: str, root: str) -> ImageSource:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None:
+        raise JobSetupError(f"no torchvision dataset named {name!r}")
+    path = Path(root).expanduser()
+    accepts = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {}
+    if "train" in accepts:
+        kwargs["train"] = True
+    elif "split" in accepts:
+        kwargs["split"] = "train"
+    if "download" in accepts:
+        kwargs["download"] = False
+    try:
+        train = cls(str(path), **kwargs)
+    except (RuntimeError, OSError) as e:
+        raise JobSetupError(
+            f"dataset {name}: not found under {path} ({e}); hpo never downloads: "
+            f"fetch it once with torchvision.datasets.{name}({str(path)!r}, download=True)"
+        ) from None
+    labels = _labels(train)
+    classes = getattr(train, "classes", None)
+    num_classes = len(classes) if classes else int(labels.max()) + 1
+    return ImageSource(train, labels, None, None, num_classes,
+                       handwriting=name in HANDWRITING, native_size=_side(train[0][0]))
+
+
+def _image_folder(dataset: Mapping[str, Any]) -> ImageSource:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(dataset["image_folder"]).expanduser()
+    if not root.is_dir():
+        raise JobSetupError(f"image_folder: no directory at {root}")
+    train_dir = root / dataset.get("train", "train")
+    val_dir = root / dataset.get("val", "val")
+    if not train_dir.is_dir():
+        if "train" in dataset or "val" in dataset:
+            raise JobSetupError(f"image_folder: no directory at {train_dir}")
+        train_dir, val_dir = root, None
+    try:
+        train = ImageFolder(str(train_dir))
+        val = ImageFolder(str(val_dir)) if val_dir is not None and val_dir.is_dir() else None
+    except (FileNotFoundError, OSError) as e:
+        raise JobSetupError(f"image_folder: {e}") from None
+    if val is not None and val.classes != train.classes:
+        raise JobSetupError(f"image_folder: {val_dir} has classes {val.classes}, "
+                            f"{train_dir} has {train.classes}; they must match")
+    return ImageSource(train, np.asarray(train.targets), val,
+                       None if val is None else np.asarray(val.targets), len(train.classes),
+                       handwriting=False, native_size=_side(train[0][0]))
+
+
+def _labels(dataset) -> np.ndarray:
+    """Every label of a torchvision dataset, without decoding images where it says them."""
+    for attr in ("targets", "labels", "_labels", "_targets"):
+        labels = getattr(dataset, attr, None)
+        if labels is not None and len(labels) == len(dataset):
+            return np.asarray(labels, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def _side(image) -> int:
+    """The shorter side of a PIL image or CHW tensor."""
+    if isinstance(image, torch.Tensor):
+        return int(min(image.shape[-2:]))
+    return int(min(image.size))

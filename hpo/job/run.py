@@ -1,0 +1,87 @@
+"""The job: one trial's fine-tuning, from the task and the trial's params to its objective."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+from hpo.job.device import free_memory, pick_device
+from hpo.job.fit import TrainingSetup, fit
+
+
+@dataclass
+class JobContext:
+    """What the worker lends a job besides the trial and the task."""
+
+    cache: dict = field(default_factory=dict)
+    """Lives as long as the worker process: loaded datasets and tokenized text, keyed by the
+    dataset spec, so later trials in the process reuse them."""
+    checkpoint_path: Path | None = None
+    """Save this trial's checkpoint here after every epoch; ``None``: no checkpoint."""
+    resume_path: Path | None = None
+    """A checkpoint of an earlier attempt of this trial: resume at its next epoch."""
+
+
+def run_job(trial: optuna.Trial, task, params: dict, context: JobContext) -> float:
+    """Fine-tune once; return the best validation loss (the objective).
+
+    Args:
+        trial: the Optuna trial: intermediate values, pruning and user attrs go to it.
+        task: the study's ``hpo.spec.TaskSpec``.
+        params: every key of ``hpo.spec.HYPERPARAMETERS``.
+        context: the worker's cache and this trial's checkpoint / resume paths.
+
+    Returns:
+        The best validation loss of the trial.
+
+    Raises:
+        optuna.TrialPruned: pruned, or its loss went NaN or diverged (user attr
+            ``prune_reason``).
+        torch.OutOfMemoryError: not even one example per micro-batch fits
+            (``fail_reason`` = ``oom``).
+        hpo.job.errors.JobSetupError: the model, weights or data cannot be loaded here.
+    """
+    # The same initial head and data order for every trial: trials differ by their params.
+    torch.manual_seed(task.seed)
+    setup = build(task, params, context.cache)
+    try:
+        return fit(trial, setup, params, task, context)
+    finally:
+        release(setup)
+
+
+def build(task, params: dict, cache: dict) -> TrainingSetup:
+    """The model and data of a trial, by the task's kind (imported only when needed)."""
+    if task.kind == "image_classification":
+        from hpo.job.vision import build_vision
+
+        return build_vision(task, params, cache)
+    if task.kind == "text_classification":
+        from hpo.job.text import build_text
+
+        return build_text(task, params, cache)
+    raise ValueError(f"task.kind: expected image_classification or text_classification, "
+                     f"got {task.kind!r}")
+
+
+def release(setup: TrainingSetup) -> None:
+    """Free the trial's model, gradients and optimizer state, even while references remain.
+
+    A pruned or failed trial's exception keeps the fit loop's frames, and so the model and the
+    optimizer, alive for as long as someone holds the traceback. Emptying the tensors in place
+    frees their memory regardless; the cache (datasets) stays.
+    """
+    with torch.no_grad():
+        for p in setup.model.parameters():
+            p.grad = None
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        for b in setup.model.buffers():
+            b.data = torch.empty(0, dtype=b.dtype, device=b.device)
+    if setup.optimizer is not None:
+        setup.optimizer.state.clear()
+    setup.head.clear()
+    setup.blocks.clear()
+    free_memory(pick_device(amp=False))

@@ -1,0 +1,153 @@
+"""Torchvision classifiers: any model by name, its weights, a new head, its blocks."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from hpo.job.checkpoint import load_weights_file
+from hpo.job.errors import JobSetupError
+from hpo.job.fit import TrainingSetup
+from hpo.job.image_data import Preset, image_datasets, load_images
+
+log = logging.getLogger(__name__)
+
+
+def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
+    """The model and data of one image-classification trial.
+
+    Args:
+        task: the ``TaskSpec``.
+        params: the trial's hyperparameters (``dropout`` is used here).
+        cache: the worker's cache (loaded images).
+
+    Raises:
+        JobSetupError: unknown model, weights that cannot be loaded, missing data.
+    """
+    source = load_images(task.dataset, cache)
+    model, preset = pretrained_model(task.model, task.weights)
+    blocks = _blocks(model)
+    head = replace_head(model, source.num_classes, params["dropout"])
+    train_set, val_set = image_datasets(task, source, preset)
+    return TrainingSetup(
+        model=model,
+        head=list(head.parameters()),
+        blocks=blocks,
+        train_set=train_set,
+        val_set=val_set,
+        num_classes=source.num_classes,
+        convolutional=any(isinstance(m, nn.Conv2d) for m in model.modules()),
+    )
+
+
+def pretrained_model(name: str, weights: str | None) -> tuple[nn.Module, Preset | None]:
+    """A torchvision model with its weights, and the weights' preprocessing preset.
+
+    Args:
+        name: a torchvision classification model, e.g. ``resnet18``.
+        weights: ``None`` (random init), ``DEFAULT`` or an enum member name such as
+            ``IMAGENET1K_V1`` (downloaded once into the torch hub cache), or the path of a
+            local checkpoint: a state_dict, or a dict holding one under ``state_dict`` /
+            ``model``.
+
+    Returns:
+        ``(model, preset)``; the preset is ``None`` unless the weights are an enum member.
+    """
+    import torchvision.models
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError:
+        raise JobSetupError(f"unknown torchvision model {name!r}") from None
+    if weights is None:
+        return torchvision.models.get_model(name, weights=None), None
+    member = enum.__members__.get(weights)
+    if member is None:
+        path = _existing_file(weights)
+        if path is None:
+            raise JobSetupError(
+                f"weights {weights!r}: neither a weights name of {name} "
+                f"({', '.join(['DEFAULT', *enum.__members__][:8])}) nor an existing file")
+        model = torchvision.models.get_model(name, weights=None)
+        load_weights_file(model, path)
+        return model, None
+    try:
+        model = torchvision.models.get_model(name, weights=member)
+    except OSError as e:  # URLError, socket and HTTP errors are all OSErrors
+        cached = torch.hub.get_dir() + "/checkpoints/" + member.url.rsplit("/", 1)[-1]
+        raise JobSetupError(
+            f"weights {name} {weights}: download from {member.url} failed ({e}); without "
+            f"internet, put that file at {cached} or give weights a local checkpoint path"
+        ) from None
+    transforms = member.transforms()
+    preset = Preset(crop=transforms.crop_size[0], resize=transforms.resize_size[0],
+                    mean=tuple(transforms.mean), std=tuple(transforms.std), weights=member)
+    return model, preset
+
+
+def replace_head(model: nn.Module, num_classes: int, dropout: float) -> nn.Module:
+    """Swap the model's classifier for ``Sequential(Dropout(dropout), new layer)``.
+
+    The classifier is the model's last ``nn.Linear`` (or, for squeezenet, its last 1x1
+    ``nn.Conv2d``). A dropout right before it in the same ``Sequential`` becomes an
+    ``Identity``, so that ``dropout`` is the one dropout in front of the head.
+
+    Returns:
+        The new head, already in the model.
+    """
+    name, old = _classifier(model)
+    if isinstance(old, nn.Linear):
+        new_layer: nn.Module = nn.Linear(old.in_features, num_classes)
+    else:
+        new_layer = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    head = nn.Sequential(nn.Dropout(dropout), new_layer)
+    setattr(parent, child, head)
+    if isinstance(parent, nn.Sequential):
+        keys = list(parent._modules)
+        at = keys.index(child)
+        if at > 0 and isinstance(parent._modules[keys[at - 1]], nn.Dropout):
+            setattr(parent, keys[at - 1], nn.Identity())
+    return head
+
+
+def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The backbone's blocks from the input side, for ``freeze: first_k``.
+
+    The blocks are the model's top-level children that hold parameters (resnet: conv1, bn1,
+    layer1, ..., layer4), leaving out the child that holds the classifier. A backbone that is
+    one container (``features`` of mobilenet, efficientnet, vgg, convnext) is opened into its
+    children. Parameters of the model itself (a ViT's class token) join the first block.
+    Call it before ``replace_head``: the classifier is the last ``nn.Linear``.
+    """
+    head_child = _classifier(model)[0].split(".")[0]
+    children = [m for n, m in model.named_children()
+                if n != head_child and any(True for _ in m.parameters())]
+    if len(children) == 1 and isinstance(children[0], (nn.Sequential, nn.ModuleList)):
+        children = [m for m in children[0].children() if any(True for _ in m.parameters())]
+    blocks = [list(m.parameters()) for m in children]
+    own = list(model.parameters(recurse=False))
+    if own and blocks:
+        blocks[0] = own + blocks[0]
+    return blocks
+
+
+def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
+    """The model's classifier: its last ``nn.Linear``, else its last 1x1 ``nn.Conv2d``."""
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    conv = [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    if not linear and not conv:
+        raise JobSetupError(f"{type(model).__name__}: no Linear or 1x1 Conv2d classifier "
+                            "to replace")
+    return (linear or conv)[-1]
+
+
+def _existing_file(weights: str):
+    from pathlib import Path
+
+    path = Path(weights).expanduser()
+    return path if path.is_file() else None

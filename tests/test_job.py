@@ -1,0 +1,522 @@
+"""The job layer on images: real fine-tuning runs on small data, on CPU (and CUDA if present)."""
+
+from __future__ import annotations
+
+import gc
+import math
+import struct
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import hpo.job.fit as fit_module
+from hpo.job import JobContext, JobSetupError, run_job
+from hpo.job.data import split, train_val_indices
+from hpo.job.image_data import image_datasets, load_images
+from hpo.job.optim import freeze, lr_factor, make_optimizer
+from hpo.job.vision import build_vision, pretrained_model, replace_head
+from hpo.spec import HYPERPARAMETERS, TaskSpec
+
+
+def make_params(**overrides):
+    params = {name: hp.default for name, hp in HYPERPARAMETERS.items()}
+    params.update(lr=1e-3, batch_size=32, epochs=2, optimizer="adamw")
+    params.update(overrides)
+    return params
+
+
+def digits(**overrides) -> TaskSpec:
+    """A small, fast digits task (resnet18 at 16x16, 300 examples) unless overridden."""
+    fields = dict(kind="image_classification", model="resnet18", dataset={"name": "digits"},
+                  image_size=16, max_samples=300)
+    fields.update(overrides)
+    return TaskSpec(**fields)
+
+
+def new_study(pruner=None) -> optuna.Study:
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage(), pruner=pruner)
+
+
+def run_one(task, params, context=None, pruner=None, catch=()):
+    """Run one trial of a fresh in-memory study; return its FrozenTrial."""
+    study = new_study(pruner)
+    context = context or JobContext(cache={})
+    study.optimize(lambda t: run_job(t, task, params, context), n_trials=1, catch=catch)
+    return study.trials[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Fine-tuning, reporting, attrs
+
+
+def test_digits_fine_tune_learns_and_reports_each_epoch():
+    trial = run_one(digits(image_size=None, max_samples=600), make_params(epochs=3))
+    values = trial.intermediate_values
+    assert sorted(values) == [1, 2, 3]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == min(values.values())
+    assert values[3] < values[1]
+    attrs = trial.user_attrs
+    assert attrs["val_accuracy"] > 0.6  # the majority class is ~0.1
+    assert attrs["epochs_run"] == 3 and attrs["epochs_planned"] == 3
+    assert values[attrs["best_epoch"]] == trial.value
+    assert attrs["device"] == ("cpu" if not torch.cuda.is_available() else attrs["device"])
+    assert attrs["train_seconds"] > 0 and attrs["samples_per_second"] > 0
+    assert attrs["peak_memory_mb"] > 0
+    assert "checkpoint" not in attrs and "prune_reason" not in attrs
+
+
+@pytest.mark.parametrize("batch_size", [16, 64])
+def test_evals_per_epoch_steps_are_fractions_of_the_data(batch_size):
+    trial = run_one(digits(evals_per_epoch=2, max_samples=200),
+                    make_params(batch_size=batch_size, epochs=2))
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+
+
+def test_pruner_prunes_with_reason_and_attrs():
+    # Every validation loss is above 0, so the threshold pruner stops the trial at step 1.
+    trial = run_one(digits(), make_params(epochs=3),
+                    pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["prune_reason"] == "pruned"
+    assert trial.user_attrs["pruned_at_step"] == 1
+    assert trial.user_attrs["epochs_run"] == 1 and trial.user_attrs["epochs_planned"] == 3
+    assert "val_accuracy" in trial.user_attrs
+    assert sorted(trial.intermediate_values) == [1]
+
+
+def test_nan_loss_prunes_at_once(monkeypatch):
+    real = fit_module.forward_backward
+    calls = []
+
+    def nan_on_third(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * math.nan if len(calls) == 3 else loss
+
+    monkeypatch.setattr(fit_module, "forward_backward", nan_on_third)
+    trial = run_one(digits(), make_params(epochs=3))
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["prune_reason"] == "nan"
+    assert trial.user_attrs["pruned_at_step"] == 1
+    assert len(calls) == 3  # no step after the NaN one
+    assert trial.intermediate_values == {}
+
+
+def test_huge_learning_rate_is_pruned_as_nan_or_diverged():
+    trial = run_one(digits(), make_params(optimizer="sgd", lr=1e8, momentum=0.9, epochs=3))
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["prune_reason"] in ("nan", "diverged")
+    assert trial.user_attrs["pruned_at_step"] == 1
+
+
+def test_early_stopping_after_patience_evaluations(monkeypatch):
+    losses = iter([1.0, 2.0, 3.0, 4.0])
+    monkeypatch.setattr(fit_module, "evaluate", lambda *a, **k: (next(losses), 0.5))
+    trial = run_one(digits(early_stopping_patience=2, max_samples=100), make_params(epochs=4))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.intermediate_values == {1: 1.0, 2: 2.0, 3: 3.0}
+    assert trial.value == 1.0 and trial.user_attrs["best_epoch"] == 1
+    assert trial.user_attrs["epochs_run"] == 3
+    assert trial.user_attrs["stopped_early_at_step"] == 3
+
+
+# ------------------------------------------------------------------------------------------
+# Optimizer, schedule, clipping, freezing, head
+
+
+def test_lr_schedule_warmup_then_decay():
+    assert lr_factor(0, 100, 0.1, "constant") == pytest.approx(1 / 11)
+    assert lr_factor(9, 100, 0.1, "constant") == pytest.approx(10 / 11)
+    assert lr_factor(50, 100, 0.1, "constant") == 1.0
+    assert lr_factor(10, 100, 0.1, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0.1, "cosine") < 0.001
+    assert lr_factor(55, 100, 0.1, "linear") == pytest.approx(0.5)
+    assert lr_factor(0, 100, 0.0, "linear") == 1.0
+
+
+def test_optimizer_groups_backbone_lr_and_decay():
+    model, _ = pretrained_model("resnet18", None)
+    head = replace_head(model, 10, 0.2)
+    params = make_params(lr=0.01, backbone_lr_mult=0.1, weight_decay=0.05, optimizer="sgd",
+                         momentum=0.8)
+    opt = make_optimizer(model, list(head.parameters()), params)
+    assert isinstance(opt, torch.optim.SGD)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert by_param[id(head[1].weight)]["lr"] == 0.01
+    assert by_param[id(model.conv1.weight)]["lr"] == pytest.approx(0.001)
+    assert by_param[id(model.conv1.weight)]["weight_decay"] == 0.05
+    assert by_param[id(model.bn1.weight)]["weight_decay"] == 0.0  # norms and biases: none
+    assert by_param[id(head[1].bias)]["weight_decay"] == 0.0
+    assert all(g["momentum"] == 0.8 for g in opt.param_groups)
+    rms = make_optimizer(model, list(head.parameters()), {**params, "optimizer": "rmsprop"})
+    assert isinstance(rms, torch.optim.RMSprop) and rms.param_groups[0]["momentum"] == 0.8
+
+
+def test_grad_clip_bounds_the_update():
+    def update_norm(grad_clip):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 3)
+        before = [p.detach().clone() for p in model.parameters()]
+        params = make_params(optimizer="sgd", lr=1.0, momentum=0.0, grad_clip=grad_clip)
+        opt = make_optimizer(model, list(model.parameters()), params)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        dev = fit_module.pick_device(amp=False)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        x, y = torch.randn(16, 8) * 10, torch.randint(0, 3, (16,))
+        fit_module.train_step(model, x, y, 16, torch.nn.functional.cross_entropy, dev, scaler,
+                              opt, sched, list(model.parameters()), grad_clip)
+        with torch.no_grad():
+            return float(torch.sqrt(sum(((p - b) ** 2).sum()
+                                        for p, b in zip(model.parameters(), before))))
+
+    assert update_norm(0.01) == pytest.approx(0.01, rel=1e-3)
+    assert update_norm(0.0) > 0.1
+
+
+def trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_freeze_policies_count_trainable_parameters():
+    task = digits()
+    cache = {}
+    counts = {}
+    for policy, k in [("none", 0), ("head_only", 0), ("first_k", 2), ("first_k", 99)]:
+        setup = build_vision(task, make_params(freeze=policy, freeze_k=k), cache)
+        frozen = freeze(setup.model, setup.head, setup.blocks, policy, k)
+        counts[policy, k] = (trainable(setup.model), frozen, setup.model)
+    total = sum(p.numel() for p in counts["none", 0][2].parameters())
+    head = 512 * 10 + 10
+    conv1_bn1 = 64 * 3 * 7 * 7 + 2 * 64
+    assert counts["none", 0][0] == total
+    assert counts["head_only", 0][0] == head
+    assert counts["first_k", 2][0] == total - conv1_bn1
+    assert counts["first_k", 99][0] == head
+    model = counts["first_k", 2][2]
+    assert counts["first_k", 2][1] == [model.conv1, model.bn1]  # kept in eval mode
+
+
+def test_head_only_trains_the_head_alone(tmp_path):
+    ckpt = tmp_path / "trial.pt"
+    task = digits(max_samples=100)
+    run_one(task, make_params(freeze="head_only", epochs=1, lr=0.01),
+            JobContext(cache={}, checkpoint_path=ckpt))
+    torch.manual_seed(task.seed)  # the job's initial model, again
+    fresh = build_vision(task, make_params(), {}).model.state_dict()
+    trained = torch.load(ckpt, weights_only=True)["model"]
+    assert torch.equal(trained["layer3.0.conv1.weight"], fresh["layer3.0.conv1.weight"])
+    # frozen batch norm stays in eval mode: its running statistics do not move either
+    assert torch.equal(trained["bn1.running_mean"], fresh["bn1.running_mean"])
+    assert not torch.equal(trained["fc.1.weight"], fresh["fc.1.weight"])
+
+
+def test_first_k_opens_a_single_features_container():
+    model, _ = pretrained_model("mobilenet_v3_small", None)
+    from hpo.job.vision import _blocks
+
+    blocks = _blocks(model)
+    assert len(blocks) == len(model.features)
+
+
+def test_replace_head_puts_dropout_in_front_and_drops_the_old_one():
+    model, _ = pretrained_model("mobilenet_v3_small", None)
+    head = replace_head(model, 7, 0.3)
+    assert isinstance(model.classifier[2], torch.nn.Identity)  # was Dropout(0.2)
+    assert model.classifier[3] is head
+    assert head[0].p == 0.3 and head[1].out_features == 7
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_squeezenet_conv_head_is_replaced():
+    model, _ = pretrained_model("squeezenet1_1", None)
+    head = replace_head(model, 5, 0.1)
+    assert isinstance(head[1], torch.nn.Conv2d) and head[1].out_channels == 5
+    assert isinstance(model.classifier[0], torch.nn.Identity)
+    assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+
+
+# ------------------------------------------------------------------------------------------
+# Weights
+
+
+def test_weights_from_a_local_checkpoint(tmp_path):
+    torch.manual_seed(123)
+    source = pretrained_model("resnet18", None)[0]
+    source.fc = torch.nn.Linear(512, 7)  # another task's head: its shape does not fit
+    path = tmp_path / "resnet18-mine.pt"
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, path)
+
+    model, preset = pretrained_model("resnet18", str(path))
+    assert preset is None
+    assert torch.equal(model.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+    assert model.fc.out_features == 1000  # the mismatched head was skipped
+
+    trial = run_one(digits(weights=str(path), max_samples=100), make_params(epochs=1))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_unusable_weights_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"something.else": torch.zeros(3)}, path)
+    with pytest.raises(JobSetupError, match="none of its 1 tensors fits"):
+        pretrained_model("resnet18", str(path))
+    with pytest.raises(JobSetupError, match="neither a weights name"):
+        pretrained_model("resnet18", str(tmp_path / "missing.pt"))
+
+
+def test_default_weights_without_internet_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # nothing cached
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(JobSetupError) as info:
+        pretrained_model("resnet18", "DEFAULT")
+    message = str(info.value)
+    assert "download" in message and "resnet18-f37072fd.pth" in message
+    assert "local checkpoint path" in message
+
+
+# ------------------------------------------------------------------------------------------
+# Datasets
+
+
+def test_split_is_seeded_and_stratified():
+    labels = np.repeat(np.arange(4), [50, 30, 10, 10])
+    train, val = split(labels, 0.2, seed=7)
+    again = split(labels, 0.2, seed=7)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert sorted(set(train) | set(val)) == list(range(100)) and not set(train) & set(val)
+    assert np.bincount(labels[val]).tolist() == [10, 6, 2, 2]
+    other = split(labels, 0.2, seed=8)[1]
+    assert not np.array_equal(val, other)
+
+
+def test_max_samples_caps_both_splits():
+    labels = np.arange(1000) % 10
+    train, val = train_val_indices(labels, None, 100, 0.2, seed=0)
+    assert len(train) + len(val) == 100 and len(val) == 20
+    train, val = train_val_indices(labels, labels[:300], 100, 0.2, seed=0)
+    assert len(train) == 80 and len(val) == 20
+
+
+def test_digits_images_are_rgb_resized_and_not_augmented_by_default():
+    task = digits(image_size=None, max_samples=None)
+    source = load_images(task.dataset, {})
+    train, val = image_datasets(task, source, None)
+    assert len(train) + len(val) == 1797
+    x, y = train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert torch.equal(train[0][0], x)  # no augmentation for digits
+    augmented = image_datasets(digits(augment=True), source, None)[0]
+    assert any(not torch.equal(augmented[0][0], augmented[0][0]) for _ in range(10))
+
+
+def write_pngs(root: Path, per_class: int, size: int = 20) -> None:
+    from PIL import Image
+
+    colors = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    rng = np.random.default_rng(0)
+    for name, color in colors.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(color) + rng.normal(0, 20, (size, size, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_image_folder_with_train_and_val_dirs(tmp_path):
+    write_pngs(tmp_path / "train", 24)
+    write_pngs(tmp_path / "val", 6)
+    task = TaskSpec(kind="image_classification", model="resnet18",
+                    dataset={"image_folder": str(tmp_path)}, image_size=32)
+    source = load_images(task.dataset, {})
+    assert source.num_classes == 2 and len(source.val) == 12
+    train, val = image_datasets(task, source, None)
+    assert len(train) == 48 and len(val) == 12
+    trial = run_one(task, make_params(epochs=2, batch_size=16, lr=3e-3))
+    assert trial.user_attrs["val_accuracy"] >= 0.9
+
+
+def test_image_folder_without_val_dir_is_split(tmp_path):
+    write_pngs(tmp_path, 10)
+    task = TaskSpec(kind="image_classification", model="resnet18",
+                    dataset={"image_folder": str(tmp_path)}, val_fraction=0.2)
+    train, val = image_datasets(task, load_images(task.dataset, {}), None)
+    assert len(train) == 16 and len(val) == 4
+    x, _ = train[0]
+    assert x.shape == (3, 32, 32)  # the data's own 20 px, raised to the minimum of 32
+
+
+def write_idx(root: Path, folder: str, n_train: int = 60, n_test: int = 10) -> None:
+    """MNIST's raw idx files: class k is a bright bar in row band k."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_torchvision_dataset_by_name_from_local_files(tmp_path, name):
+    write_idx(tmp_path, name)
+    task = TaskSpec(kind="image_classification", model="resnet18",
+                    dataset={"name": name, "root": str(tmp_path)})
+    source = load_images(task.dataset, {})
+    assert len(source.train) == 60 and source.num_classes == 10  # the test split stays out
+    assert source.handwriting == (name == "MNIST")
+    trial = run_one(task, make_params(epochs=1, batch_size=16))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1]
+
+
+def test_missing_torchvision_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(JobSetupError, match="hpo never downloads"):
+        load_images({"name": "CIFAR10", "root": str(tmp_path)}, {})
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoint and resume, out of memory, memory hygiene
+
+
+def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch):
+    task = digits(max_samples=200)
+    params = make_params(epochs=4, batch_size=32, schedule="cosine", warmup_fraction=0.1,
+                         dropout=0.2)
+    whole = run_one(task, params).intermediate_values
+
+    ckpt = tmp_path / "trial-7.pt"
+    real_save = fit_module.save_checkpoint
+
+    def crash_after_epoch_2(path, **kwargs):
+        real_save(path, **kwargs)
+        if kwargs["epoch"] == 2:
+            raise RuntimeError("the worker died")
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", crash_after_epoch_2)
+    crashed = run_one(task, params, JobContext(cache={}, checkpoint_path=ckpt),
+                      catch=(RuntimeError,))
+    assert crashed.state == optuna.trial.TrialState.FAIL
+    assert sorted(crashed.intermediate_values) == [1, 2]
+    assert crashed.user_attrs["checkpoint"] == str(ckpt)
+    monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
+
+    resumed = run_one(task, params, JobContext(cache={}, checkpoint_path=ckpt, resume_path=ckpt))
+    assert sorted(resumed.intermediate_values) == [3, 4]
+    for step in (3, 4):  # as if it had never stopped
+        assert resumed.intermediate_values[step] == pytest.approx(whole[step], rel=1e-4)
+    assert resumed.value == pytest.approx(min(whole.values()), rel=1e-4)
+    assert resumed.user_attrs["epochs_run"] == 4
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 4
+
+
+def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
+    real = fit_module.forward_backward
+    sizes = []
+
+    def small_memory(model, inputs, labels, *args, **kwargs):
+        if len(labels) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        sizes.append(len(labels))
+        return real(model, inputs, labels, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "forward_backward", small_memory)
+    ckpt = tmp_path / "t.pt"
+    task = digits(max_samples=160)  # 128 train examples: 4 steps of 32 per epoch
+    trial = run_one(task, make_params(batch_size=32, epochs=2),
+                    JobContext(cache={}, checkpoint_path=ckpt))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["micro_batch_size"] == 8
+    assert trial.user_attrs["grad_accumulation"] == 4
+    assert set(sizes) == {8} and len(sizes) == 2 * 4 * 4  # every batch in 4 micro-batches
+    # the same effective batch: one optimizer (and scheduler) step per batch of 32
+    assert torch.load(ckpt, weights_only=True)["scheduler"]["last_epoch"] == 2 * 4
+
+
+def test_out_of_memory_at_micro_batch_one_fails_with_reason(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(fit_module, "forward_backward", no_memory)
+    trial = run_one(digits(max_samples=100), make_params(batch_size=16, epochs=1),
+                    catch=(torch.OutOfMemoryError,))
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "oom"
+    assert trial.user_attrs["micro_batch_size"] == 1
+    assert trial.user_attrs["grad_accumulation"] == 16
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+            storage = obj.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
+def rss_mb() -> float:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
+    import sklearn.datasets
+
+    loads = []
+    real_load = sklearn.datasets.load_digits
+    monkeypatch.setattr(sklearn.datasets, "load_digits",
+                        lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    context = JobContext(cache={})
+    task = digits(max_samples=200)
+    study = new_study(optuna.pruners.ThresholdPruner(upper=0.0))  # every trial is pruned...
+    held = []
+
+    def objective(trial):
+        try:
+            return run_job(trial, task, make_params(epochs=1, lr=1e-3 * (1 + trial.number)),
+                           context)
+        except optuna.TrialPruned as e:
+            held.append(e)  # ...and its traceback, with the fit loop's frames, is kept alive
+            raise
+
+    study.optimize(objective, n_trials=1)
+    baseline_tensors, baseline_rss = live_tensor_bytes(), rss_mb()
+    study.optimize(objective, n_trials=3)
+    assert len(loads) == 1  # loaded once, then taken from the cache
+    assert len(context.cache) == 1
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    assert live_tensor_bytes() - baseline_tensors < 2**20  # resnet18 alone is 45 MB
+    assert rss_mb() - baseline_rss < 60
+
+
+# ------------------------------------------------------------------------------------------
+# GPU: the same job on CUDA, where the machine has one
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fine_tune_uses_amp_and_reports_gpu_memory():
+    trial = run_one(digits(image_size=None, max_samples=600, compile=False),
+                    make_params(epochs=3, batch_size=64))
+    attrs = trial.user_attrs
+    assert attrs["device"].startswith("cuda:")
+    assert attrs["val_accuracy"] > 0.6
+    assert 0 < attrs["peak_memory_mb"] < 4000
