@@ -423,8 +423,8 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
         lines.append(f"- ran {s['epochs_run']:g} of {s['epochs_planned']:g} planned epochs, "
                      f"{s['device_hours_run']:.3f} of {s['device_hours_planned']:.3f} "
                      f"device-hours ({s['saved_fraction']:.0%} saved)")
-    lines.append(f"- figures: {', '.join(FIGURE_TITLES[k] for k in FIGURE_TITLES if k != 'comparison')} "
-                 "(in the Plots tab)")
+    figures = ", ".join(t for k, t in FIGURE_TITLES.items() if k != "comparison")
+    lines.append(f"- figures on the study's page: {figures}")
     if report_path:
         lines.append(f"- HTML report: `{report_path}`")
     lines.append(f"- {_generated('')}")

@@ -1,0 +1,214 @@
+"""``hpo report``: the HTML holds every figure, opens with no network, and its numbers match the
+database; the same figures and a note land in the study for optuna-dashboard."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from browser import headless_chromium
+from conftest import run_hpo
+from sample_study import OUTCOMES, build_sample_study
+
+from hpo.report import FIGURE_TITLES, savings, study_numbers, write_report
+from hpo.storage import open_storage
+
+STUDY_FIGURES = [k for k in FIGURE_TITLES if k != "comparison"]
+
+
+def _numbers_in(page: str) -> list[dict]:
+    block = re.search(r'<script type="application/json" id="hpo-numbers">(.*?)</script>', page,
+                      re.S)
+    assert block, "the report has no numbers block"
+    return json.loads(html.unescape(block.group(1)))
+
+
+def _expected(study: optuna.Study) -> dict:
+    """The report's numbers recomputed straight from the trials in the database."""
+    trials = study.get_trials()
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    seconds_run = sum(t.user_attrs["train_seconds"] for t in finished)
+    seconds_planned = sum(t.user_attrs["train_seconds"] / t.user_attrs["epochs_run"]
+                          * t.user_attrs["epochs_planned"] for t in finished)
+    return {"counts": counts, "best_number": best.number, "best_value": best.value,
+            "hours_run": seconds_run / 3600, "hours_planned": seconds_planned / 3600}
+
+
+def test_report_figures_and_numbers_match_the_database(storage_url, tmp_path):
+    name = f"sample-{uuid.uuid4().hex[:8]}"
+    build_sample_study(storage_url, name, tmp_path / "ckpt")
+    out = tmp_path / "report.html"
+
+    result = run_hpo("report", name, "--storage", storage_url, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"written to {out}" in result.stdout
+    page = out.read_text()
+
+    # Every figure, by its title, as a section and inside the plotly figure itself.
+    for key in STUDY_FIGURES:
+        title = FIGURE_TITLES[key]
+        assert f"<h2>{title}</h2>" in page, title
+        assert f'id="hpo-{key}"' in page, key
+        assert f'"text":"{title}"' in page, f"figure {key} lacks its title"
+    # Self-contained: plotly.js inlined exactly once, nothing loaded from elsewhere.
+    assert page.count("window.PlotlyConfig") == 1
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"<link[^>]*\bhref=", page)
+
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    want = _expected(study)
+    [numbers] = _numbers_in(page)
+    assert numbers["counts"] == want["counts"]
+    assert numbers["counts"] == {"COMPLETE": 5, "PRUNED": 3, "FAIL": 1, "RUNNING": 1,
+                                 "WAITING": 0}
+    assert numbers["best"]["number"] == want["best_number"]
+    assert numbers["best"]["value"] == pytest.approx(want["best_value"], rel=1e-12)
+    assert numbers["reasons"] == {"PRUNED": {"pruned": 3}, "FAIL": {"oom": 1}}
+    s = numbers["savings"]
+    finished = [o for o in OUTCOMES if o[0] in ("COMPLETE", "PRUNED")]
+    assert s["trials"] == len(finished) == 8
+    assert s["epochs_run"] == sum(o[2] for o in finished) == 35
+    assert s["epochs_planned"] == sum(o[1] for o in finished) == 51
+    assert s["epochs_saved_by_pruning"] == (8 - 2) + (7 - 3) + (6 - 2)
+    assert s["epochs_saved_by_early_stopping"] == 5 - 3
+    assert s["device_hours_run"] == pytest.approx(want["hours_run"])
+    assert s["device_hours_planned"] == pytest.approx(want["hours_planned"])
+    assert s["saved_fraction"] == pytest.approx(1 - want["hours_run"] / want["hours_planned"])
+    # ... and the same numbers are what a reader sees.
+    table = re.search(r'<table id="numbers">(.*?)</table>', page, re.S).group(1)
+    for shown in (f"{want['best_value']:.6f}", f"#{want['best_number']}", "35 / 51",
+                  f"{want['hours_run']:.3f} / {want['hours_planned']:.3f}"):
+        assert f"<td>{shown}</td>" in table, shown
+
+    # The figures and the summary note were saved into the study for optuna-dashboard.
+    storage = open_storage(storage_url, create=False)
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(name))
+    for key in STUDY_FIGURES:
+        prefix = f"dashboard:plot_data:hpo-{key}:"
+        chunks = sorted((int(k[len(prefix):]), v) for k, v in attrs.items()
+                        if k.startswith(prefix))
+        assert chunks, f"figure {key} not saved into the study"
+        figure = json.loads("".join(v for _, v in chunks))
+        assert figure["layout"]["title"]["text"] == FIGURE_TITLES[key]
+    from optuna_dashboard import get_note
+
+    note = get_note(study)
+    assert f"## hpo report: {name}" in note
+    assert f"best: trial {want['best_number']}" in note
+    assert "ran 35 of 51 planned epochs" in note
+
+
+def test_report_opens_with_no_network(tmp_path):
+    """The report renders every figure in a browser that can resolve no host at all."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = build_sample_study(url, "offline", tmp_path / "ckpt")
+    out, _, _ = write_report(study, tmp_path / "offline.html", dashboard=False)
+    driver = headless_chromium(tmp_path / "profile", offline=True, height=1200)
+    shot = tmp_path / "report.png"
+    try:
+        driver.get(out.as_uri())
+        rendered = driver.execute_script(
+            "return typeof Plotly === 'object' && Array.from("
+            "document.querySelectorAll('.js-plotly-plot')).filter("
+            "d => d.querySelector('svg.main-svg')).map(d => d.id)")
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert rendered == [f"hpo-{k}" for k in STUDY_FIGURES], f"screenshot: {shot}"
+
+
+def test_report_of_young_studies(tmp_path):
+    """No trial, one complete trial: the report still comes out and says what is missing."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    empty = build_sample_study(url, "empty", tmp_path / "ckpt", outcomes=[])
+    page = write_report(empty, tmp_path / "empty.html")[0].read_text()
+    assert "No complete trial yet." in page
+    [numbers] = _numbers_in(page)
+    assert numbers["best"] is None and sum(numbers["counts"].values()) == 0
+    assert "no complete trial yet" in page
+
+    one = build_sample_study(url, "one", tmp_path / "ckpt",
+                             outcomes=[("COMPLETE", 3, 3, 0.4), ("PRUNED", 5, 1, 2.0)])
+    page = write_report(one, tmp_path / "one.html")[0].read_text()
+    assert "importances need at least 2 complete trials; this study has 1" in page
+    [numbers] = _numbers_in(page)
+    assert numbers["best"]["number"] == 0
+    assert numbers["savings"]["epochs_saved_by_pruning"] == 4
+
+
+def test_compare_two_studies(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    build_sample_study(url, "median", tmp_path / "ckpt")
+    build_sample_study(url, "nopruning", tmp_path / "ckpt", seed=1,
+                       outcomes=[("COMPLETE", p, p, 0.2 + 0.01 * p) for p in (3, 5, 8, 4)])
+    result = run_hpo("report", "median", "--compare", "nopruning", "--storage", url,
+                     "--no-dashboard", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "dashboards" / "median.html").read_text()  # the default place
+    assert f"<h2>{FIGURE_TITLES['comparison']}</h2>" in page
+    numbers = _numbers_in(page)
+    assert [n["study"] for n in numbers] == ["median", "nopruning"]
+    assert numbers[1]["savings"]["epochs_run"] == numbers[1]["savings"]["epochs_planned"] == 20
+    storage = open_storage(url, create=False)
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("median"))
+    assert not any(k.startswith("dashboard:") for k in attrs)  # --no-dashboard
+
+
+def test_savings_without_attrs_fall_back_to_params_and_wall_time():
+    """Trials of older workers lack the attrs: the epochs param and the wall time stand in."""
+    import datetime as dt
+
+    from optuna.distributions import IntDistribution
+    from optuna.trial import create_trial
+
+    t = create_trial(state=TrialState.PRUNED, value=1.0, params={"epochs": 10},
+                     distributions={"epochs": IntDistribution(1, 10)},
+                     intermediate_values={1: 2.0, 2: 1.5, 3: 1.0})
+    t.datetime_start = dt.datetime(2025, 1, 1, 12, 0, 0)
+    t.datetime_complete = dt.datetime(2025, 1, 1, 12, 0, 30)
+    s = savings([t])
+    assert (s["epochs_run"], s["epochs_planned"]) == (3, 10)
+    assert s["device_hours_run"] == pytest.approx(30 / 3600)
+    assert s["device_hours_planned"] == pytest.approx(100 / 3600)
+    assert s["saved_fraction"] == pytest.approx(0.7)
+
+
+def test_png_export_is_skipped_cleanly_without_kaleido(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    build_sample_study(url, "png", tmp_path / "ckpt", outcomes=OUTCOMES[:3])
+    result = run_hpo("report", "png", "--storage", url, "--png", "--no-dashboard", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        assert "no PNGs: kaleido is not installed" in result.stdout
+    else:
+        assert "PNGs written" in result.stdout or "kaleido could not render" in result.stdout
+
+
+def test_report_of_a_missing_study_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    build_sample_study(url, "there", tmp_path / "ckpt", outcomes=[])
+    result = run_hpo("report", "not-there", "--storage", url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("hpo: error: no hpo study named 'not-there'; studies "
+                                     "here: there")
+
+
+def test_study_numbers_without_trials_of_a_kind(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = build_sample_study(url, "ok", tmp_path / "ckpt",
+                               outcomes=[("COMPLETE", 2, 2, 0.5), ("COMPLETE", 3, 3, 0.3)])
+    numbers = study_numbers(study)
+    assert numbers["reasons"] == {"PRUNED": {}, "FAIL": {}}
+    assert numbers["savings"]["saved_fraction"] == 0
+    assert numbers["best"]["number"] == 1
