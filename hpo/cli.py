@@ -291,7 +291,7 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from hpo.launch import EXIT_PREEMPTED, EXIT_RECYCLE
+    from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE
     from hpo.storage import open_storage, redact, resolve_url
     from hpo.study import load_study
     from hpo.summary import best_record, format_best, format_trial
@@ -328,7 +328,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if report.stopped_because == "failures":
         _say(f"hpo: error: {MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: "
              f"{report.last_failure}")
-        return EXIT_FAILURE
+        return EXIT_GAVE_UP
     if report.stopped_because == "recycle":
         return EXIT_RECYCLE
     if report.stopped_because == "preempted":

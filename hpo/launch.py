@@ -25,6 +25,8 @@ EXIT_RECYCLE = 75
 """A worker that exits with this code asks to be restarted at once (process recycling)."""
 EXIT_PREEMPTED = 143
 """A worker stopped by SIGTERM / SIGINT after re-queueing its trial."""
+EXIT_GAVE_UP = 3
+"""A worker whose trials kept failing: restarting it would fail the same way."""
 MAX_RESTARTS = 5
 """Crash restarts per slot before the supervisor gives the slot up."""
 SQLITE_SAFE_WORKERS = 8
@@ -205,9 +207,9 @@ class Supervisor:
         elif code == EXIT_RECYCLE:
             self.say(f"[{child.slot.label}] recycling the worker process")
             child.next_start = now
-        elif code == 1:
-            # The worker itself gave up (its trials keep failing): restarting will not help.
-            self.say(f"[{child.slot.label}] worker failed; not restarting it")
+        elif code in (EXIT_GAVE_UP, 2):
+            # Its trials keep failing, or its input is bad: restarting will not help.
+            self.say(f"[{child.slot.label}] worker gave up; not restarting it")
             child.done = True
         elif child.restarts >= self.max_restarts:
             self.say(f"[{child.slot.label}] worker died (exit {code}) {child.restarts + 1} "

@@ -315,20 +315,34 @@ def retain_checkpoints(study: "optuna.Study", keep_best: int = KEEP_BEST_CHECKPO
 
 def _with_database_retry(call: Callable[[], Any]) -> Any:
     """Run ``call``; while the database does not answer (a restart), wait and try again."""
-    import sqlalchemy
-
     deadline = time.monotonic() + DATABASE_RETRY_SECONDS
     delay = 1.0
     while True:
         try:
             return call()
-        except sqlalchemy.exc.OperationalError as e:
-            if time.monotonic() > deadline:
+        except Exception as e:
+            cause = _database_outage(e)
+            if cause is None or time.monotonic() > deadline:
                 raise
-            log.warning("database unavailable (%s); retrying in %.0fs",
-                        str(e.orig).strip().splitlines()[0] if e.orig else e, delay)
+            log.warning("database unavailable (%s); retrying in %.0fs", _reason(cause), delay)
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
+
+
+def _database_outage(e: BaseException) -> BaseException | None:
+    """The lost-connection error behind ``e`` (Optuna wraps them), or None if it is another
+    kind of error."""
+    import sqlalchemy
+
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return e
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:

@@ -32,6 +32,7 @@ def _server_database(kind: str):
     admin = sqlalchemy.create_engine(
         SERVERS[kind].format(db=ADMIN_DB[kind]),
         isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,  # survives the server restart of the restart test
         connect_args={"connect_timeout": 5},
     )
     with admin.connect() as con:

@@ -281,3 +281,35 @@ def test_checkpoints_of_pruned_and_worse_trials_are_deleted(tmp_path):
                 key=lambda t: t.value)
     kept = sorted(p.name for p in (tmp_path / "ckpt" / name).glob("*.pt"))
     assert kept == sorted(f"trial-{t.number}.pt" for t in ts[:3])
+
+
+def _restart_postgresql() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                   check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_postgresql_restart_mid_study_loses_nothing(server_urls, tmp_path):
+    url = server_urls["postgresql"]
+    if isinstance(url, Exception):
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(url))
+        pytest.skip(str(url))
+    if not os.path.isdir("/etc/postgresql") or os.geteuid() != 0:
+        pytest.skip("restarting PostgreSQL needs its local cluster and root")
+    env = fast_env(tmp_path, epoch_seconds=0.3)
+    name = make_study(tmp_path, url, n=12, low=3, high=4, env=env)
+    launch = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path,
+                       env=env)
+    try:
+        wait_for(lambda: len(finished(trials(name, url))) >= 3, timeout=120,
+                 what="three finished trials")
+        _restart_postgresql()
+        out, _ = launch.communicate(timeout=300)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, out[-3000:]
+    ts = trials(name, url)
+    assert len(finished(ts)) == 12
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
