@@ -116,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker of the study is alive)")
     p.set_defaults(func=cmd_reap)
 
+    p = sub.add_parser("template", help="print a Slurm or Kubernetes job for many machines",
+                       description="Print a Slurm job array or a Kubernetes Job whose every "
+                                   "node runs 'hpo launch STUDY --gpus all' against the shared "
+                                   "database. A URL with a password is read from $HPO_STORAGE "
+                                   "there, never written into the template.")
+    p.add_argument("kind", choices=("slurm", "kubernetes"), metavar="slurm|kubernetes")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    p.add_argument("--nodes", type=_positive_int, default=1, metavar="N",
+                   help="machines: array tasks or pods (default 1)")
+    p.add_argument("--gpus-per-node", type=_positive_int, default=1, metavar="N",
+                   help="GPUs per machine, one worker each (default 1)")
+    p.add_argument("--image", default="python:3.11", help="container image with hpo installed "
+                   "(kubernetes)")
+    p.add_argument("--checkpoint-dir", default="/shared/hpo-checkpoints", metavar="DIR",
+                   help="a directory all machines share (default /shared/hpo-checkpoints)")
+    p.set_defaults(func=cmd_template)
+
     p = sub.add_parser("status", help="trial counts, best value and running trials",
                        description="Counts by state, the best value and the running trials "
                                    "with their latest epoch.")
@@ -337,6 +355,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         best = best_record(study)
         if best is not None:
             _say(format_best(best))
+    return EXIT_OK
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    from hpo.cluster import render
+    from hpo.storage import open_storage, resolve_url
+    from hpo.study import load_study
+
+    url = resolve_url(args.storage)
+    if url.startswith("sqlite"):
+        raise HpoError("a cluster needs a database server every machine reaches "
+                       "(--storage postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
+    load_study(args.study, open_storage(url, create=False))  # the workers will need it
+    print(render(args.kind, args.study, url, nodes=args.nodes, gpus=args.gpus_per_node,
+                 image=args.image, checkpoint_dir=args.checkpoint_dir), end="")
     return EXIT_OK
 
 

@@ -39,6 +39,8 @@ def _server_database(kind: str):
         con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
 
     def drop() -> None:
+        import sqlalchemy.orm
+
         sqlalchemy.orm.close_all_sessions()
         with admin.connect() as con:
             if kind == "postgresql":

@@ -313,3 +313,45 @@ def test_postgresql_restart_mid_study_loses_nothing(server_urls, tmp_path):
     ts = trials(name, url)
     assert len(finished(ts)) == 12
     assert not [t for t in ts if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("kind", ["slurm", "kubernetes"])
+def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path):
+    import yaml
+
+    url = server_urls["postgresql"]
+    if isinstance(url, Exception):
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(url))
+        pytest.skip(str(url))
+    name = make_study(tmp_path, url, n=5)
+    r = run_hpo("template", kind, name, "--storage", url, "--nodes", "3", "--gpus-per-node",
+                "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    if kind == "slurm":
+        assert "#SBATCH --array=0-2" in text and "#SBATCH --gres=gpu:4" in text
+        assert f"exec hpo launch {name} --gpus all" in text
+        assert f"export HPO_STORAGE={url}" in text
+        check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+        assert check.returncode == 0, check.stderr
+    else:
+        job = yaml.safe_load(text)
+        assert job["kind"] == "Job" and job["spec"]["parallelism"] == 3
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["hpo", "launch", name, "--gpus", "all"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HPO_STORAGE"]["value"] == url
+
+
+def test_cluster_templates_never_contain_the_password():
+    from hpo.cluster import render
+
+    url = "postgresql+psycopg2://bob:t0psecret@db.internal/hpo"
+    slurm = render("slurm", "s", url)
+    k8s = render("kubernetes", "s", url)
+    assert "t0psecret" not in slurm + k8s
+    assert "HPO_STORAGE:?" in slurm and "secretKeyRef" in k8s
+    with pytest.raises(HpoError, match="not SQLite"):
+        render("slurm", "s", "sqlite:///hpo.db")

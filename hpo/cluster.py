@@ -1,0 +1,115 @@
+"""Cluster templates: a Slurm job array and a Kubernetes Job that run ``hpo launch`` on many
+machines against one shared database.
+
+Every node runs ``hpo launch STUDY --gpus all``: one worker per GPU there, all joining the same
+study, whose global budget stops them. A storage URL with a password is never written into a
+template: the template reads ``$HPO_STORAGE`` (a Kubernetes Secret, or the submitting shell).
+"""
+
+from __future__ import annotations
+
+import shlex
+from string import Template
+
+from hpo.errors import HpoError
+
+SLURM = Template("""\
+#!/bin/bash
+# hpo: workers for study $study, $nodes node(s) x $gpus GPU(s). Submit with: sbatch $$0
+#SBATCH --job-name=hpo-$name
+#SBATCH --array=0-$last
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gres=gpu:$gpus
+#SBATCH --cpus-per-task=$cpus
+#SBATCH --time=$time
+#SBATCH --requeue
+#SBATCH --signal=B:TERM@120
+#SBATCH --output=hpo-$name-%A_%a.out
+set -euo pipefail
+$storage_line
+export HPO_CHECKPOINT_DIR=$${HPO_CHECKPOINT_DIR:-$checkpoint_dir}
+# Slurm's SIGTERM (preemption, time limit) reaches the launcher, which re-queues the running
+# trials from their checkpoints; any node's workers pick them up again.
+exec $command
+""")
+
+KUBERNETES = Template("""\
+# hpo: workers for study $study, $nodes pod(s) x $gpus GPU(s). Apply with: kubectl apply -f -
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: hpo-$name
+spec:
+  parallelism: $nodes
+  completions: $nodes
+  backoffLimit: $backoff
+  template:
+    metadata:
+      labels: {app: hpo, study: "$name"}
+    spec:
+      restartPolicy: OnFailure
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: hpo
+          image: $image
+          command: $command_json
+          env:
+$env            - name: HPO_CHECKPOINT_DIR
+              value: "$checkpoint_dir"
+          resources:
+            limits: {nvidia.com/gpu: $gpus}
+          volumeMounts:
+            - {name: checkpoints, mountPath: "$checkpoint_dir"}
+      volumes:
+        - name: checkpoints
+          persistentVolumeClaim: {claimName: hpo-checkpoints}
+""")
+
+KINDS = ("slurm", "kubernetes")
+
+
+def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int = 1,
+           image: str = "python:3.11", checkpoint_dir: str = "/shared/hpo-checkpoints",
+           time: str = "24:00:00") -> str:
+    """The text of a cluster template.
+
+    Args:
+        kind: ``slurm`` or ``kubernetes``.
+        study: the study the workers join (created beforehand with ``hpo create``).
+        storage_url: the shared PostgreSQL / MySQL URL.
+        nodes: machines (array tasks / pods).
+        gpus: GPUs per machine; one worker each.
+        image: the container image with hpo installed (Kubernetes).
+        checkpoint_dir: a directory every machine shares, so trials resume anywhere.
+        time: the Slurm time limit.
+
+    Raises:
+        HpoError: an unknown kind, or a SQLite URL (one machine only).
+    """
+    from sqlalchemy.engine import make_url
+
+    if kind not in KINDS:
+        raise HpoError(f"unknown template {kind!r}; expected one of {', '.join(KINDS)}")
+    url = make_url(storage_url)
+    if url.get_backend_name() == "sqlite":
+        raise HpoError("a cluster needs a database server every machine reaches "
+                       "(postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
+    secret = url.password is not None
+    name = "".join(c if c.isalnum() else "-" for c in study.lower()).strip("-")[:50] or "study"
+    argv = ["hpo", "launch", study, "--gpus", "all"]
+    values = dict(study=study, name=name, nodes=nodes, gpus=gpus, last=nodes - 1,
+                  cpus=max(4, 4 * gpus), time=time, checkpoint_dir=checkpoint_dir)
+    if kind == "slurm":
+        storage_line = (': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
+                        if secret else f"export HPO_STORAGE={shlex.quote(storage_url)}")
+        return SLURM.substitute(values, storage_line=storage_line,
+                                command=" ".join(shlex.quote(a) for a in argv))
+    if secret:
+        env = ("            - name: HPO_STORAGE\n"
+               "              valueFrom: {secretKeyRef: {name: hpo-storage, key: url}}\n")
+    else:
+        env = f"            - name: HPO_STORAGE\n              value: \"{storage_url}\"\n"
+    command_json = "[" + ", ".join(f'"{a}"' for a in argv) + "]"
+    return KUBERNETES.substitute(values, image=image, env=env, command_json=command_json,
+                                 backoff=4 * nodes)
