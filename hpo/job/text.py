@@ -1,0 +1,155 @@
+"""Transformers text classifiers: a pretrained encoder, a classification head, its layers.
+
+hpo runs offline: ``HF_HUB_OFFLINE`` and ``HF_DATASETS_OFFLINE`` default to 1 here, so a model
+is read from a local directory or the local Hugging Face cache and nothing tries the network.
+Set ``HF_HUB_OFFLINE=0`` where there is internet to let transformers download.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from hpo.job.checkpoint import load_weights_file  # noqa: E402
+from hpo.job.errors import JobSetupError  # noqa: E402
+from hpo.job.fit import TrainingSetup  # noqa: E402
+from hpo.job.text_data import PadBatch, load_texts, tokenized_datasets  # noqa: E402
+
+
+def build_text(task, params: dict, cache: dict) -> TrainingSetup:
+    """The model and data of one text-classification trial.
+
+    Args:
+        task: the ``TaskSpec``.
+        params: the trial's hyperparameters (``dropout`` is used here).
+        cache: the worker's cache (texts, tokenizer, tokenized splits).
+
+    Raises:
+        JobSetupError: a model, weights or data that cannot be loaded here.
+    """
+    source = load_texts(task.dataset, cache)
+    tokenizer = load_tokenizer(task.model, cache)
+    train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
+    model, new = pretrained_classifier(task.model, source.label_names, task.weights)
+    set_head_dropout(model, params["dropout"])
+    base = {id(p) for p in model.base_model.parameters()}
+    head = [p for name, p in model.named_parameters() if id(p) not in base or name in new]
+    return TrainingSetup(
+        model=model,
+        head=head,
+        blocks=_blocks(model),
+        train_set=train_set,
+        val_set=val_set,
+        num_classes=len(source.label_names),
+        collate=PadBatch(tokenizer),
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "1").lower() not in ("0", "false", "no", "")
+
+
+def load_tokenizer(model: str, cache: dict):
+    """The model's tokenizer, loaded once per worker."""
+    from transformers import AutoTokenizer
+
+    key = f"tokenizer:{model}"
+    if key not in cache:
+        try:
+            cache[key] = AutoTokenizer.from_pretrained(_where(model),
+                                                       local_files_only=_offline())
+        except OSError as e:
+            raise _not_found(model, e) from None
+    return cache[key]
+
+
+def pretrained_classifier(model: str, label_names: list[str],
+                          weights: str | None) -> tuple[nn.Module, set[str]]:
+    """``AutoModelForSequenceClassification`` with one output per label.
+
+    Args:
+        model: a hub name (in the local cache) or a local model directory.
+        label_names: the dataset's labels, in id order.
+        weights: ``None`` or ``DEFAULT`` (the model's own pretrained weights), or a local
+            checkpoint file loaded over them where names and shapes match.
+
+    Returns:
+        ``(model, names of the parameters initialized anew)``: the head, and whatever else the
+        checkpoint lacked.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        net, info = AutoModelForSequenceClassification.from_pretrained(
+            _where(model),
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            ignore_mismatched_sizes=True,  # a checkpoint's own head, for other labels
+            output_loading_info=True,
+            local_files_only=_offline(),
+        )
+    except OSError as e:
+        raise _not_found(model, e) from None
+    new = set(info.get("missing_keys", ())) | {
+        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
+    if weights not in (None, "DEFAULT"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise JobSetupError(f"weights {weights!r}: for a text model, expected null, "
+                                "DEFAULT (its own pretrained weights) or a checkpoint file")
+        new -= set(load_weights_file(net, path))
+    return net, new
+
+
+def set_head_dropout(model: nn.Module, p: float) -> None:
+    """Make ``p`` the dropout in front of the classifier.
+
+    Sets every ``nn.Dropout`` of the head (the modules outside the pretrained encoder, e.g.
+    BERT's classifier dropout); a head without one gets its last Linear wrapped as
+    ``Sequential(Dropout(p), Linear)``.
+    """
+    encoder = {id(m) for m in model.base_model.modules()}
+    outside = [(n, m) for n, m in model.named_modules() if id(m) not in encoder and n]
+    dropouts = [m for _, m in outside if isinstance(m, nn.Dropout)]
+    for m in dropouts:
+        m.p = p
+    if not dropouts:
+        name, linear = [(n, m) for n, m in outside if isinstance(m, nn.Linear)][-1]
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Sequential(nn.Dropout(p), linear))
+    if hasattr(model.config, "classifier_dropout"):
+        model.config.classifier_dropout = p
+
+
+def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Blocks from the input side for ``first_k``: embeddings with layer 1, then each layer.
+
+    The layers are the encoder's longest ``nn.ModuleList`` (``encoder.layer`` in BERT).
+    """
+    base = model.base_model
+    lists = [m for m in base.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        return []
+    layers = max(lists, key=len)
+    embeddings = getattr(base, "embeddings", None) or model.get_input_embeddings()
+    blocks = [list(layer.parameters()) for layer in layers]
+    blocks[0] = list(embeddings.parameters()) + blocks[0]
+    return blocks
+
+
+def _where(model: str) -> str:
+    path = Path(model).expanduser()
+    return str(path) if path.is_dir() else model
+
+
+def _not_found(model: str, error: Exception) -> JobSetupError:
+    return JobSetupError(
+        f"model {model!r}: not found locally ({str(error).splitlines()[0]}); hpo runs offline: "
+        "give a local model directory, or set HF_HUB_OFFLINE=0 where there is internet")
