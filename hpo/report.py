@@ -450,17 +450,17 @@ def write_pngs(figures: "dict[str, go.Figure]", directory: Path) -> list[Path] |
         import kaleido  # noqa: F401
     except ImportError:
         return "kaleido is not installed (pip install kaleido; it needs Chrome)"
+    import plotly.io as pio
+
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    try:
-        for key, fig in figures.items():
-            path = directory / f"{key}.png"
-            fig.write_image(path, width=1100, height=fig.layout.height or 500)
-            written.append(path)
+    paths = [directory / f"{key}.png" for key in figures]
+    try:  # one browser for all figures: write_image would start one per figure
+        pio.write_images(list(figures.values()), paths, width=1100,
+                         height=[fig.layout.height or 500 for fig in figures.values()])
     except Exception as e:  # kaleido without a working Chrome, among others
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return f"kaleido could not render: {first}"
-    return written
+    return paths
 
 
 def write_report(

@@ -182,17 +182,30 @@ def test_savings_without_attrs_fall_back_to_params_and_wall_time():
     assert s["saved_fraction"] == pytest.approx(0.7)
 
 
-def test_png_export_is_skipped_cleanly_without_kaleido(tmp_path):
+def test_png_export_through_kaleido(tmp_path):
+    """kaleido (in the test extra) renders with Debian's chromium: one PNG per figure."""
+    pytest.importorskip("kaleido")
+    headless_chromium(tmp_path / "profile").quit()  # skips (or fails under CI) without one
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    build_sample_study(url, "png", tmp_path / "ckpt", outcomes=OUTCOMES[:3])
+    build_sample_study(url, "png", tmp_path / "ckpt", outcomes=OUTCOMES[:4])
     result = run_hpo("report", "png", "--storage", url, "--png", "--no-dashboard", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        assert "no PNGs: kaleido is not installed" in result.stdout
-    else:
-        assert "PNGs written" in result.stdout or "kaleido could not render" in result.stdout
+    folder = tmp_path / "dashboards" / "png"
+    assert "7 PNGs written to dashboards/png\n" in result.stdout, result.stdout
+    for key in STUDY_FIGURES:
+        data = (folder / f"{key}.png").read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, key
+
+
+def test_png_export_without_kaleido_says_why(tmp_path, monkeypatch):
+    import sys
+
+    from hpo.report import write_pngs
+
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # as if not installed
+    assert write_pngs({}, tmp_path) == ("kaleido is not installed (pip install kaleido; it "
+                                        "needs Chrome)")
+    assert not any(tmp_path.iterdir())
 
 
 def test_report_of_a_missing_study_is_one_line(tmp_path):
