@@ -343,7 +343,9 @@ def comparison_figure(studies: "Sequence[optuna.Study]") -> "go.Figure":
             if t.state.name == "COMPLETE" and t.value is not None:
                 best = min(best, t.value)
             if math.isfinite(best):
-                xs.append(n), hs.append(hours), ys.append(best)
+                xs.append(n)
+                hs.append(hours)
+                ys.append(best)
         color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"][i % 4]
         for col, x in ((1, xs), (2, hs)):
             fig.add_trace(go.Scatter(x=x, y=ys, mode="lines", line={"shape": "hv",
@@ -391,8 +393,9 @@ def render_html(
         _numbers_table([numbers, *others]),
         _best_table(numbers),
         _reasons(numbers),
+        # Machine-readable numbers; "<\/" keeps a study name from closing the script early.
         '<script type="application/json" id="hpo-numbers">'
-        + html.escape(json.dumps([numbers, *others]), quote=False) + "</script>",
+        + json.dumps([numbers, *others]).replace("</", "<\\/") + "</script>",
     ]
     for i, (key, fig) in enumerate(figures.items()):
         title = html.escape(FIGURE_TITLES.get(key, key))

@@ -3,7 +3,6 @@ database; the same figures and a note land in the study for optuna-dashboard."""
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import uuid
@@ -26,7 +25,7 @@ def _numbers_in(page: str) -> list[dict]:
     block = re.search(r'<script type="application/json" id="hpo-numbers">(.*?)</script>', page,
                       re.S)
     assert block, "the report has no numbers block"
-    return json.loads(html.unescape(block.group(1)))
+    return json.loads(block.group(1))
 
 
 def _expected(study: optuna.Study) -> dict:
@@ -225,3 +224,12 @@ def test_study_numbers_without_trials_of_a_kind(tmp_path):
     assert numbers["reasons"] == {"PRUNED": {}, "FAIL": {}}
     assert numbers["savings"]["saved_fraction"] == 0
     assert numbers["best"]["number"] == 1
+
+
+def test_a_study_name_with_markup_stays_text(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    name = "a</script><b>x"
+    study = build_sample_study(url, name, tmp_path / "ckpt", outcomes=OUTCOMES[:2])
+    page = write_report(study, tmp_path / "r.html", dashboard=False)[0].read_text()
+    assert "<h1>Study a&lt;/script&gt;&lt;b&gt;x</h1>" in page
+    assert _numbers_in(page)[0]["study"] == name
