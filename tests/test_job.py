@@ -310,12 +310,12 @@ def test_max_samples_caps_both_splits():
 def test_digits_images_are_rgb_resized_and_not_augmented_by_default():
     task = digits(image_size=None, max_samples=None)
     source = load_images(task.dataset, {})
-    train, val = image_datasets(task, source, None)
+    train, val = image_datasets(task, source, None, {})
     assert len(train) + len(val) == 1797
     x, y = train[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert torch.equal(train[0][0], x)  # no augmentation for digits
-    augmented = image_datasets(digits(augment=True), source, None)[0]
+    augmented = image_datasets(digits(augment=True), source, None, {})[0]
     assert any(not torch.equal(augmented[0][0], augmented[0][0]) for _ in range(10))
 
 
@@ -338,7 +338,7 @@ def test_image_folder_with_train_and_val_dirs(tmp_path):
                     dataset={"image_folder": str(tmp_path)}, image_size=32)
     source = load_images(task.dataset, {})
     assert source.num_classes == 2 and len(source.val) == 12
-    train, val = image_datasets(task, source, None)
+    train, val = image_datasets(task, source, None, {})
     assert len(train) == 48 and len(val) == 12
     trial = run_one(task, make_params(epochs=2, batch_size=16, lr=3e-3))
     assert trial.user_attrs["val_accuracy"] >= 0.9
@@ -348,7 +348,7 @@ def test_image_folder_without_val_dir_is_split(tmp_path):
     write_pngs(tmp_path, 10)
     task = TaskSpec(kind="image_classification", model="resnet18",
                     dataset={"image_folder": str(tmp_path)}, val_fraction=0.2)
-    train, val = image_datasets(task, load_images(task.dataset, {}), None)
+    train, val = image_datasets(task, load_images(task.dataset, {}), None, {})
     assert len(train) == 16 and len(val) == 4
     x, _ = train[0]
     assert x.shape == (3, 32, 32)  # the data's own 20 px, raised to the minimum of 32
@@ -499,9 +499,11 @@ def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
 
     study.optimize(objective, n_trials=1)
     baseline_tensors, baseline_rss = live_tensor_bytes(), rss_mb()
+    cached = dict(context.cache)
     study.optimize(objective, n_trials=3)
     assert len(loads) == 1  # loaded once, then taken from the cache
-    assert len(context.cache) == 1
+    assert context.cache.keys() == cached.keys()
+    assert all(context.cache[k] is v for k, v in cached.items())
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     assert live_tensor_bytes() - baseline_tensors < 2**20  # resnet18 alone is 45 MB
     assert rss_mb() - baseline_rss < 60
@@ -513,9 +515,11 @@ def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_fine_tune_uses_amp_and_reports_gpu_memory():
-    trial = run_one(digits(image_size=None, max_samples=600, compile=False),
-                    make_params(epochs=3, batch_size=64))
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16-with-scaler"])
+def test_cuda_fine_tune_with_mixed_precision(monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    trial = run_one(digits(image_size=None, max_samples=600),
+                    make_params(epochs=3, batch_size=64, grad_clip=1.0))
     attrs = trial.user_attrs
     assert attrs["device"].startswith("cuda:")
     assert attrs["val_accuracy"] > 0.6

