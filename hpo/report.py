@@ -1,4 +1,4 @@
-"""Report: a study's numbers and plotly figures -> one self-contained HTML file and optuna-dashboard.
+"""Report: a study's numbers and figures -> one self-contained HTML file and optuna-dashboard.
 
 ``hpo report STUDY`` writes ``dashboards/STUDY.html`` (plotly.js inlined once, so it opens with
 no network) and saves the same figures and a markdown summary note into the study, where
@@ -21,30 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo import __version__
+from hpo.figures import FIGURE_TITLES
 
 if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
     from optuna.trial import FrozenTrial
 
-STATE_COLORS = {
-    "COMPLETE": "#1f77b4",
-    "PRUNED": "#ff7f0e",
-    "FAIL": "#d62728",
-    "RUNNING": "#7f7f7f",
-    "WAITING": "#bcbd22",
-}
-FIGURE_TITLES = {
-    "history": "Optimization history",
-    "curves": "Learning curves",
-    "parallel": "Parallel coordinates",
-    "importances": "Hyperparameter importances",
-    "slice": "Slice plots",
-    "timeline": "Timeline of workers",
-    "savings": "Pruning savings",
-    "comparison": "Comparison of studies",
-}
-"""Figure key -> title; the key names the figure in optuna-dashboard (``hpo-KEY``)."""
 DEFAULT_DIR = "dashboards"
 
 
@@ -149,212 +132,27 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
             "savings": savings(trials)}
 
 
-# --------------------------------------------------------------------------------------------
-# Figures.
+def progress(study: "optuna.Study") -> dict[str, list[float]]:
+    """The best loss so far after each finished trial, and the device-hours spent by then.
 
-
-def study_figures(study: "optuna.Study") -> "dict[str, go.Figure]":
-    """Every figure of the report, by key (see ``FIGURE_TITLES``), titled.
-
-    Figures that need complete trials show a note instead where there are too few.
+    Returns:
+        ``trials`` (finished trials so far), ``device_hours`` and ``best``: one entry per
+        finished (complete or pruned) trial, from the first complete one on.
     """
-    figures = {
-        "history": history_figure(study),
-        "curves": learning_curves_figure(study),
-        "parallel": parallel_figure(study),
-        "importances": importances_figure(study),
-        "slice": slice_figure(study),
-        "timeline": timeline_figure(study),
-        "savings": savings_figure(study),
-    }
-    for key, fig in figures.items():
-        fig.update_layout(title={"text": FIGURE_TITLES[key]})
-    return figures
-
-
-def _complete(study: "optuna.Study") -> "list[FrozenTrial]":
-    from optuna.trial import TrialState
-
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def placeholder_figure(text: str) -> "go.Figure":
-    """An empty figure that says why it is empty."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font={"size": 16})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(height=250)
-    return fig
-
-
-def history_figure(study: "optuna.Study") -> "go.Figure":
-    """Each complete trial's best validation loss and the best so far, by trial number."""
-    import optuna.visualization as vis
-
-    if not _complete(study):
-        return placeholder_figure("no complete trial yet")
-    fig = vis.plot_optimization_history(study, target_name="val loss")
-    fig.update_yaxes(title_text="best validation loss of the trial")
-    return fig
-
-
-def learning_curves_figure(study: "optuna.Study") -> "go.Figure":
-    """Validation loss by epoch of every trial, one color per state."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    shown: set[str] = set()
-    values: list[float] = []
+    out: dict[str, list[float]] = {"trials": [], "device_hours": [], "best": []}
+    n, hours, best = 0, 0.0, math.inf
     for t in study.get_trials(deepcopy=False):
-        if not t.intermediate_values:
+        if t.state.name not in ("COMPLETE", "PRUNED"):
             continue
-        steps = sorted(t.intermediate_values)
-        ys = [t.intermediate_values[s] for s in steps]
-        values += [y for y in ys if math.isfinite(y)]
-        state = t.state.name
-        fig.add_trace(go.Scatter(
-            x=steps, y=ys, mode="lines+markers", name=state.lower(), legendgroup=state,
-            showlegend=state not in shown, line={"color": STATE_COLORS.get(state, "#333")},
-            marker={"size": 4}, opacity=0.8,
-            hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
-                          "val loss %{y:.4f}<extra></extra>",
-        ))
-        shown.add(state)
-    if not fig.data:
-        return placeholder_figure("no trial reported a validation loss yet")
-    positive = [v for v in values if v > 0]
-    # Diverged trials reach losses 100x the others': a log axis keeps the good ones readable.
-    log = bool(positive) and len(positive) == len(values) and max(values) / min(positive) > 100
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="validation loss", type="log" if log else "linear")
-    return fig
-
-
-def parallel_figure(study: "optuna.Study") -> "go.Figure":
-    """Parallel coordinates of the complete trials' params and loss."""
-    import optuna.visualization as vis
-
-    if not _complete(study):
-        return placeholder_figure("no complete trial yet")
-    return vis.plot_parallel_coordinate(study, target_name="val loss")
-
-
-def importances_figure(study: "optuna.Study") -> "go.Figure":
-    """Hyperparameter importances (Optuna's default evaluator); needs 2+ complete trials."""
-    import optuna.visualization as vis
-
-    n = len(_complete(study))
-    if n < 2:
-        return placeholder_figure(f"importances need at least 2 complete trials; this study "
-                                  f"has {n}")
-    try:
-        return vis.plot_param_importances(study, target_name="val loss")
-    except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
-        return placeholder_figure(f"importances could not be computed: {e}")
-
-
-def slice_figure(study: "optuna.Study") -> "go.Figure":
-    """Loss against each param, one panel per param."""
-    import optuna.visualization as vis
-
-    if not _complete(study):
-        return placeholder_figure("no complete trial yet")
-    fig = vis.plot_slice(study, target_name="val loss")
-    fig.update_layout(width=None)  # Optuna sets 300 px per param: let the page decide
-    return fig
-
-
-def timeline_figure(study: "optuna.Study") -> "go.Figure":
-    """One row per worker: when each of its trials ran, colored by state."""
-    import plotly.graph_objects as go
-
-    now = dt.datetime.now()
-    rows: dict[str, list[FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.datetime_start is not None:
-            rows.setdefault(str(t.user_attrs.get("worker", "unknown")), []).append(t)
-    if not rows:
-        return placeholder_figure("no trial has started yet")
-    fig = go.Figure()
-    for state, color in STATE_COLORS.items():
-        ts = [t for trials in rows.values() for t in trials if t.state.name == state]
-        if not ts:
-            continue
-        ends = [t.datetime_complete or now for t in ts]
-        fig.add_trace(go.Bar(
-            orientation="h", name=state.lower(), marker={"color": color},
-            y=[str(t.user_attrs.get("worker", "unknown")) for t in ts],
-            base=[t.datetime_start.isoformat() for t in ts],
-            x=[(e - t.datetime_start).total_seconds() * 1000 for t, e in zip(ts, ends)],
-            customdata=[[t.number, (e - t.datetime_start).total_seconds()]
-                        for t, e in zip(ts, ends)],
-            hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f} s<extra>"
-                          f"{state.lower()}</extra>",
-        ))
-    fig.update_xaxes(type="date", title_text="time")
-    fig.update_yaxes(title_text="worker", categoryorder="category descending")
-    fig.update_layout(barmode="overlay", height=max(250, 60 * len(rows) + 150))
-    return fig
-
-
-def savings_figure(study: "optuna.Study") -> "go.Figure":
-    """Epochs and device-hours run vs. training every finished trial to its planned epochs."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    s = savings(study.get_trials(deepcopy=False))
-    if not s["trials"]:
-        return placeholder_figure("no finished trial yet")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("epochs", "device-hours"))
-    labels = ["run", "planned"]
-    colors = ["#2ca02c", "#c7c7c7"]
-    fig.add_trace(go.Bar(x=labels, y=[s["epochs_run"], s["epochs_planned"]],
-                         marker={"color": colors}, showlegend=False,
-                         text=[f"{s['epochs_run']:g}", f"{s['epochs_planned']:g}"]), 1, 1)
-    fig.add_trace(go.Bar(x=labels, y=[s["device_hours_run"], s["device_hours_planned"]],
-                         marker={"color": colors}, showlegend=False,
-                         text=[f"{s['device_hours_run']:.3g}",
-                               f"{s['device_hours_planned']:.3g}"]), 1, 2)
-    fig.add_annotation(text=f"{s['saved_fraction']:.0%} of device-hours saved over "
-                            f"{s['trials']} finished trials", showarrow=False,
-                       xref="paper", yref="paper", x=0.5, y=-0.18)
-    fig.update_layout(height=400, margin={"b": 90})
-    return fig
-
-
-def comparison_figure(studies: "Sequence[optuna.Study]") -> "go.Figure":
-    """Best loss so far of each study, by finished trial and by device-hours spent."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("by finished trial",
-                                                        "by device-hours run"))
-    for i, study in enumerate(studies):
-        n, hours, best, xs, hs, ys = 0, 0.0, math.inf, [], [], []
-        for t in study.get_trials(deepcopy=False):
-            if t.state.name not in ("COMPLETE", "PRUNED"):
-                continue
-            n += 1
-            hours += trial_cost(t)["seconds_run"] / 3600
-            if t.state.name == "COMPLETE" and t.value is not None:
-                best = min(best, t.value)
-            if math.isfinite(best):
-                xs.append(n)
-                hs.append(hours)
-                ys.append(best)
-        color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"][i % 4]
-        for col, x in ((1, xs), (2, hs)):
-            fig.add_trace(go.Scatter(x=x, y=ys, mode="lines", line={"shape": "hv",
-                                                                    "color": color},
-                                     name=study.study_name, legendgroup=study.study_name,
-                                     showlegend=col == 1), 1, col)
-    fig.update_yaxes(title_text="best validation loss so far", row=1, col=1)
-    fig.update_layout(title={"text": FIGURE_TITLES["comparison"]})
-    return fig
+        n += 1
+        hours += trial_cost(t)["seconds_run"] / 3600
+        if t.state.name == "COMPLETE" and t.value is not None:
+            best = min(best, t.value)
+        if math.isfinite(best):
+            out["trials"].append(n)
+            out["device_hours"].append(hours)
+            out["best"].append(best)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,10 +286,13 @@ def write_report(
     """
     out = Path(out) if out is not None else default_path(study.study_name)
     numbers = study_numbers(study)
-    figures = study_figures(study)
+    from hpo.figures import comparison_figure, study_figures
+
+    figures = study_figures(study, numbers["savings"])
     shown = dict(figures)
     if compare:
-        shown["comparison"] = comparison_figure([study, *compare])
+        shown["comparison"] = comparison_figure(
+            {s.study_name: progress(s) for s in (study, *compare)})
     page = render_html(numbers, shown, others=[study_numbers(s) for s in compare],
                        storage=storage)
     out.parent.mkdir(parents=True, exist_ok=True)

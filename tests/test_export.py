@@ -14,7 +14,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_hpo

@@ -15,7 +15,8 @@ from browser import headless_chromium
 from conftest import run_hpo
 from sample_study import OUTCOMES, build_sample_study
 
-from hpo.report import FIGURE_TITLES, savings, study_numbers, write_report
+from hpo.figures import FIGURE_TITLES
+from hpo.report import savings, study_numbers, write_report
 from hpo.storage import open_storage
 
 STUDY_FIGURES = [k for k in FIGURE_TITLES if k != "comparison"]
