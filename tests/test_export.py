@@ -101,6 +101,7 @@ def test_data_fingerprint_changes_with_the_data(tmp_path):
     assert data_fingerprint(hub)["method"] == "none"
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
 def test_export_fetches_the_checkpoint_artifact_when_the_file_is_gone(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = build_sample_study(url, "gone", tmp_path / "ckpt",
