@@ -340,7 +340,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _say(format_trial(trial, done, budget.n_trials, best and best["value"]))
 
     report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
-        args.checkpoint_dir), on_trial=progress, max_trials=args.max_trials_per_process)
+        args.checkpoint_dir), on_trial=progress, max_trials=args.max_trials_per_process,
+        artifacts_url=url)
     _say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} "
          "trial(s)")
     if report.stopped_because == "failures":

@@ -91,6 +91,7 @@ def run_worker(
     checkpoint_dir: Path,
     on_trial: Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None] | None = None,
     max_trials: int | None = None,
+    artifacts_url: str | None = None,
 ) -> WorkerReport:
     """Run trials until the budget is met, the timeout passes or trials keep failing.
 
@@ -101,6 +102,8 @@ def run_worker(
         checkpoint_dir: root of the trial checkpoints.
         on_trial: called after each finished trial (the progress display).
         max_trials: recycle the process after this many trials (None: never).
+        artifacts_url: the storage URL whose artifact store receives the checkpoints of trials
+            that complete among the best ``KEEP_BEST_CHECKPOINTS`` (None: no upload).
 
     Returns:
         What the worker did and why it stopped.
@@ -134,7 +137,10 @@ def run_worker(
             resume_path=resume,
         )
         try:
-            return run_job(trial, spec.task, params, context)
+            value = run_job(trial, spec.task, params, context)
+            if artifacts_url is not None and _among_best(study, value):
+                _quietly(_upload_checkpoint, trial, artifacts_url)
+            return value
         except optuna.TrialPruned:
             raise
         except Exception as e:
@@ -208,6 +214,22 @@ def job_function(spec: Spec) -> Callable[..., float]:
     from hpo.job import run_job
 
     return run_job
+
+
+def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
+    from optuna.trial import TrialState
+
+    better = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.value is not None and t.value <= value]
+    return len(better) < k
+
+
+def _upload_checkpoint(trial: "optuna.Trial", storage_url: str) -> None:
+    from hpo.artifacts import upload_checkpoint
+
+    path = trial.user_attrs.get("checkpoint")
+    if path and Path(path).is_file():
+        upload_checkpoint(trial, path, storage_url)
 
 
 class _Surplus(BaseException):

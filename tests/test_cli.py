@@ -83,6 +83,7 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
     expected = optuna.load_study(study_name=name, storage=storage_url).best_trial
     assert record["number"] == expected.number and record["value"] == expected.value
     assert SIX <= set(record["params"]) and len(record["intermediate_values"]) >= 2
+    assert "checkpoint_artifact" in record["user_attrs"]  # the best checkpoint, for the dashboard
 
     status = run_hpo("status", name, "--storage", storage_url, cwd=tmp_path)
     assert status.returncode == 0 and "complete" in status.stdout and "best" in status.stdout
