@@ -78,10 +78,11 @@ def test_minilm_on_vader_learns():
     source = load_texts(task.dataset, {})
     majority = np.bincount(source.train_labels).max() / len(source.train_labels)
     assert len(source.train_texts) > 7000 and 0.5 < majority < 0.6
-    trial = run_one(task, make_params(lr=1e-4, batch_size=32, epochs=2))
+    trial = run_one(task, make_params(lr=5e-5, batch_size=32, epochs=2))
     values = trial.intermediate_values
     assert sorted(values) == [1, 2]
-    assert values[2] < values[1]
+    assert values[2] < values[1] < 0.69  # ln 2: a guess
+
     assert trial.user_attrs["val_accuracy"] > majority + 0.1
     assert trial.user_attrs["samples_per_second"] > 0
 

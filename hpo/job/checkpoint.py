@@ -1,8 +1,7 @@
 """State-dict files: pretrained weights to start from, and a trial's own checkpoints.
 
 A trial checkpoint holds everything to resume at the next epoch as if never stopped: model,
-optimizer, LR scheduler, loss scaler, the epoch, RNG states (global and the data order's) and
-the loop's progress (best loss so far, first loss, micro-batch size, ...).
+optimizer, LR scheduler, loss scaler, the epoch, the RNG states and the loop's progress (best loss so far, first loss, micro-batch size, ...).
 """
 
 from __future__ import annotations
@@ -75,8 +74,8 @@ def _strip(name: str) -> str:
     return name
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler,
-                    generator: torch.Generator, epoch: int, progress: dict) -> None:
+def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
+                    progress: dict) -> None:
     """Write the trial's state after ``epoch`` (1-based) atomically to ``path``."""
     state = {
         "epoch": epoch,
@@ -87,7 +86,6 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "data_order": generator.get_state(),
         },
         "progress": dict(progress),
     }
@@ -98,8 +96,8 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
     os.replace(tmp, path)  # a reader never sees half a file, even if we die mid-write
 
 
-def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler,
-                       generator: torch.Generator) -> tuple[int, dict]:
+def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler,
+                       scaler) -> tuple[int, dict]:
     """Load a checkpoint written by ``save_checkpoint`` into the given objects.
 
     Returns:
@@ -113,5 +111,4 @@ def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, sc
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    generator.set_state(state["rng"]["data_order"])
     return int(state["epoch"]), dict(state["progress"])

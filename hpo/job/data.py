@@ -6,7 +6,8 @@ import json
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Sampler
 
 
 def cache_key(kind: str, dataset: Mapping[str, Any], **extra: Any) -> str:
@@ -112,3 +113,26 @@ def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
         n_val = max(1, int(round(max_samples * val_fraction)))
         n_train = max(1, max_samples - n_val)
     return subsample(train_labels, n_train, seed), subsample(val_labels, n_val, seed + 1)
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh order of ``range(n)`` each epoch, drawn from ``(seed, epoch)`` alone.
+
+    An attempt resumed at epoch ``e`` sees the same order as one that never stopped, whatever
+    the data loader and its worker processes drew in between. Call ``set_epoch`` first.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=order).tolist())
+
+    def __len__(self) -> int:
+        return self.n

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hpo.job.checkpoint import restore_checkpoint, save_checkpoint
+from hpo.job.data import EpochShuffle
 from hpo.job.device import Device, free_memory, peak_memory_mb, pick_device, reset_peak_memory
 from hpo.job.optim import freeze, make_optimizer, make_scheduler, train_mode
 
@@ -45,6 +46,9 @@ class TrainingSetup:
     collate: Callable | None = None
     convolutional: bool = False
     """channels_last speeds up convolutions only."""
+    in_memory: bool = False
+    """Examples are ready in memory (tensors, token ids): loader processes would add only
+    their start-up time, so by default there are none."""
     optimizer: torch.optim.Optimizer | None = None
     """Set by ``fit``, so that ``run.release`` can free its state after the trial."""
 
@@ -105,13 +109,24 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
     scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, params)
     # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.amp_dtype == torch.float16)
-    data_order = torch.Generator().manual_seed(task.seed)  # checkpointed with the rest
-    workers = task.num_workers if task.num_workers is not None else (4 if dev.cuda else 0)
+    # The data order depends on (seed, epoch) alone, so a resumed attempt sees the same.
+    order = EpochShuffle(len(setup.train_set), task.seed)
+    if dev.cuda:
+        # Images keep one size: let cuDNN time its kernels once and keep the fastest.
+        torch.backends.cudnn.benchmark = setup.convolutional
+        torch.backends.cuda.matmul.allow_tf32 = True  # full-precision runs (amp off) too
+        torch.backends.cudnn.allow_tf32 = True
+    workers = task.num_workers
+    if workers is None:
+        workers = 4 if dev.cuda and not setup.in_memory else 0
     loading = dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
                    persistent_workers=workers > 0)
-    train_loader = DataLoader(setup.train_set, batch_size, shuffle=True, drop_last=True,
-                              generator=data_order, **loading)
-    val_loader = DataLoader(setup.val_set, batch_size, **loading)
+    # Loaders draw their workers' seeds from their own generators, never from the global RNG
+    # (dropout's), whose state must not depend on when a loader happened to start.
+    train_loader = DataLoader(setup.train_set, batch_size, sampler=order, drop_last=True,
+                              generator=torch.Generator().manual_seed(task.seed), **loading)
+    val_loader = DataLoader(setup.val_set, batch_size,
+                            generator=torch.Generator().manual_seed(task.seed), **loading)
     # Validation loss is plain cross-entropy, so trials with different label smoothing compare.
     criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
 
@@ -120,7 +135,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
     if context.resume_path is not None and Path(context.resume_path).is_file():
         start_epoch, saved = restore_checkpoint(
             Path(context.resume_path), model=model, optimizer=optimizer, scheduler=scheduler,
-            scaler=scaler, generator=data_order)
+            scaler=scaler)
         progress = Progress(**saved)
         log.info("trial %d: resumed from %s after epoch %d", trial.number,
                  context.resume_path, start_epoch)
@@ -159,6 +174,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         if progress.stopped_early:
             break
         progress.epochs_run = epoch
+        order.set_epoch(epoch)
         train_mode(model, frozen)
         clock = time.perf_counter()
         for i, (inputs, labels) in enumerate(train_loader, 1):
@@ -237,8 +253,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         if checkpoint is not None:
             progress.seconds = time.perf_counter() - started
             save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, generator=data_order, epoch=epoch,
-                            progress=asdict(progress))
+                            scaler=scaler, epoch=epoch, progress=asdict(progress))
             trial.set_user_attr("checkpoint", str(checkpoint))
     record()
     return progress.best_loss

@@ -90,7 +90,8 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
             normalized tensors there.
 
     Returns:
-        ``(train_set, val_set)`` of ``(CHW float tensor, label)`` pairs.
+        ``(train_set, val_set, ready)`` with ``(CHW float tensor, label)`` pairs; ``ready``
+        says that no example needs work when loaded (in-memory data, transformed once).
     """
     size = task.image_size or (preset.crop if preset else max(source.native_size,
                                                                 MIN_IMAGE_SIZE))
@@ -106,17 +107,19 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
     train_set = LabelledSubset(source.train, train_idx, source.train_labels,
                                _train_transform(preset, size, resize, augment))
     val_set = LabelledSubset(val_base, val_idx, val_labels, evaluate)
+    ready = False
     if source.in_memory and source.val is None:
         # Transform once per worker, not once per example per epoch (a tenth of an epoch).
         key = cache_key("transformed", task.dataset, size=size, resize=resize,
                         mean=preset.mean, std=preset.std, weights=str(preset.weights))
         if key not in cache:
             cache[key] = torch.stack([evaluate(x) for x, _ in source.train])
-        ready = list(zip(cache[key], source.train_labels))
-        val_set = LabelledSubset(ready, val_idx, val_labels)
+        pairs = list(zip(cache[key], source.train_labels))
+        val_set = LabelledSubset(pairs, val_idx, val_labels)
         if not augment:
-            train_set = LabelledSubset(ready, train_idx, source.train_labels)
-    return train_set, val_set
+            train_set = LabelledSubset(pairs, train_idx, source.train_labels)
+            ready = True
+    return train_set, val_set, ready
 
 
 def _train_transform(preset: Preset, size: int, resize: int, augment: bool):

@@ -48,6 +48,7 @@ def build_text(task, params: dict, cache: dict) -> TrainingSetup:
         val_set=val_set,
         num_classes=len(source.label_names),
         collate=PadBatch(tokenizer),
+        in_memory=True,
     )
 
 

@@ -30,7 +30,7 @@ def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
     model, preset = pretrained_model(task.model, task.weights)
     blocks = _blocks(model)
     head = replace_head(model, source.num_classes, params["dropout"])
-    train_set, val_set = image_datasets(task, source, preset, cache)
+    train_set, val_set, ready = image_datasets(task, source, preset, cache)
     return TrainingSetup(
         model=model,
         head=list(head.parameters()),
@@ -39,6 +39,7 @@ def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
         val_set=val_set,
         num_classes=source.num_classes,
         convolutional=any(isinstance(m, nn.Conv2d) for m in model.modules()),
+        in_memory=ready,
     )
 
 
