@@ -1,0 +1,36 @@
+"""The study spec: a YAML file parsed into validated dataclasses.
+
+A spec says what to try (``search_space``, ``sampler``, ``pruner``), on what task (``task``)
+and for how long (``budget``). Every error names the file, the key path and what was expected,
+e.g. ``search_spaces/x.yaml: search_space.lr.low: expected a number > 0, got -1``.
+
+The spec is stored whole in the study (``Spec.to_dict``), so a worker on another machine needs
+only the study name and the storage URL.
+"""
+
+from hpo.spec._parse import load_entrypoint, load_spec, parse_spec
+from hpo.spec._sample import suggest
+from hpo.spec._schema import (
+    FREEZE_POLICIES,
+    HYPERPARAMETERS,
+    OPTIMIZERS,
+    PRUNER_OPTIONS,
+    SAMPLER_OPTIONS,
+    SCHEDULES,
+    TASK_KINDS,
+    BudgetSpec,
+    ComponentSpec,
+    Hyperparameter,
+    ParamSpec,
+    Spec,
+    StudySection,
+    TaskSpec,
+    max_epochs,
+)
+
+__all__ = [
+    "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
+    "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
+    "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
+    "parse_spec", "suggest",
+]

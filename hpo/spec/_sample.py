@@ -1,0 +1,37 @@
+"""Sampling a spec's search space with Optuna's public suggest API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpo.spec._schema import HYPERPARAMETERS, Spec
+
+
+def suggest(trial, spec: Spec) -> dict[str, Any]:
+    """Sample the search space with Optuna's public suggest API.
+
+    Parameters whose ``when`` condition does not hold are not sampled (and so not recorded in
+    the trial); they keep their defaults.
+
+    Args:
+        trial: an ``optuna.Trial``.
+        spec: the study spec.
+
+    Returns:
+        Every hyperparameter of ``HYPERPARAMETERS``: sampled, fixed, task default or default.
+    """
+    params: dict[str, Any] = {name: hp.default for name, hp in HYPERPARAMETERS.items()}
+    params["freeze"] = spec.task.freeze
+    params["freeze_k"] = spec.task.freeze_k
+    for p in spec.search_space:
+        if any(params[k] not in values for k, values in p.when):
+            continue
+        if p.type == "fixed":
+            params[p.name] = p.value
+        elif p.type == "float":
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            params[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return params

@@ -1,0 +1,343 @@
+"""The spec's schema: hyperparameters, the dataclasses, sampler and pruner options."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "linear")
+FREEZE_POLICIES = ("none", "head_only", "first_k")
+TASK_KINDS = ("image_classification", "text_classification", "custom")
+DIRECTIONS = ("minimize",)
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters the job understands: name -> (default, domain check).
+# A check returns None when the value is fine, else what was expected.
+
+
+def _positive(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else "a number > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if _is_number(v) and v >= 0 else "a number >= 0"
+
+
+def _unit_interval(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v < 1 else "a number in [0, 1)"
+
+
+def _positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 1 else "an integer >= 1"
+
+
+def _non_negative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else "an integer >= 0"
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else "one of " + ", ".join(options)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A hyperparameter of the fine-tuning job."""
+
+    default: Any
+    check: Callable[[Any], str | None]
+    doc: str
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "lr": Hyperparameter(1e-3, _positive, "peak learning rate of the new head"),
+    "batch_size": Hyperparameter(32, _positive_int, "samples per optimizer step"),
+    "epochs": Hyperparameter(3, _positive_int, "passes over the training split"),
+    "optimizer": Hyperparameter("adamw", _one_of(OPTIMIZERS), "adam | adamw | sgd | rmsprop"),
+    "momentum": Hyperparameter(0.9, _unit_interval, "momentum of sgd and rmsprop"),
+    "dropout": Hyperparameter(0.0, _unit_interval, "dropout before the new head"),
+    "weight_decay": Hyperparameter(0.0, _non_negative, "L2 / decoupled weight decay"),
+    "label_smoothing": Hyperparameter(0.0, _unit_interval, "label smoothing of the loss"),
+    "grad_clip": Hyperparameter(0.0, _non_negative, "max gradient norm; 0 turns it off"),
+    "warmup_fraction": Hyperparameter(0.0, _unit_interval, "share of steps of linear warmup"),
+    "schedule": Hyperparameter("constant", _one_of(SCHEDULES), "lr decay after warmup"),
+    "backbone_lr_mult": Hyperparameter(1.0, _positive, "pretrained layers get lr x this"),
+    "freeze": Hyperparameter("none", _one_of(FREEZE_POLICIES), "none | head_only | first_k"),
+    "freeze_k": Hyperparameter(0, _non_negative_int, "blocks frozen by first_k"),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# The dataclasses.
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One entry of ``search_space``: a distribution, or a fixed value.
+
+    Attributes:
+        name: the hyperparameter (a key of ``HYPERPARAMETERS``).
+        type: ``float``, ``int``, ``categorical`` or ``fixed``.
+        low, high, log, step: the range of ``float`` / ``int``.
+        choices: the options of ``categorical``.
+        value: the value of ``fixed``.
+        when: sampled only when each named parameter took one of the listed values,
+            e.g. ``{"optimizer": ["sgd", "rmsprop"]}`` for momentum.
+    """
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @property
+    def searched(self) -> bool:
+        return self.type != "fixed"
+
+    def distribution(self):
+        """The Optuna distribution of this parameter (``None`` for a fixed value)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "float":
+            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        if self.type == "categorical":
+            return CategoricalDistribution(self.choices)
+        return None
+
+    def grid(self) -> list[Any]:
+        """Every value of a finite parameter, for the grid sampler."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int" and not self.log:
+            return list(range(self.low, self.high + 1, self.step or 1))
+        if self.type == "float" and self.step is not None and not self.log:
+            n = int(round((self.high - self.low) / self.step))
+            return [self.low + i * self.step for i in range(n + 1)]
+        raise ValueError(self.name)
+
+    def values(self) -> list[Any]:
+        """The values this parameter can take where they are few (fixed, choices)."""
+        if self.type == "fixed":
+            return [self.value]
+        return self.grid()
+
+    def upper(self) -> Any:
+        """The largest value the parameter can take (for numeric parameters)."""
+        if self.type == "fixed":
+            return self.value
+        if self.type == "categorical":
+            return max(self.choices)
+        return self.high
+
+    def to_dict(self) -> Any:
+        if self.type == "fixed":
+            return self.value
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            d["choices"] = list(self.choices)
+        else:
+            d.update(low=self.low, high=self.high)
+            if self.log:
+                d["log"] = True
+            if self.step is not None:
+                d["step"] = self.step
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when}
+        return d
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """The ``study`` section."""
+
+    name: str
+    """Study name in the storage; default: the spec file's stem."""
+    direction: str = "minimize"
+    """The objective is the trial's best validation loss, so always ``minimize``."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every trial fine-tunes: the ``task`` section.
+
+    A job reads only this and the trial's params.
+    """
+
+    kind: str
+    """``image_classification``, ``text_classification``, or ``custom`` (your own job)."""
+    model: str = ""
+    """A torchvision model name, or a transformers hub name / local model directory."""
+    dataset: Mapping[str, Any] = field(default_factory=dict)
+    """Where the data comes from, e.g. ``{name: digits}``, ``{name: CIFAR10, root: DIR}``,
+    ``{image_folder: DIR}``, ``{name: vader}``, ``{csv: FILE, text: col, label: col}``,
+    ``{hf: glue, config: sst2}``."""
+    entrypoint: str | None = None
+    """``custom`` only: ``package.module:function`` called as ``function(trial, params,
+    context)`` like the built-in job; it reports validation loss per epoch and returns the
+    best."""
+    weights: str | None = None
+    """Pretrained weights: ``DEFAULT`` / an enum name (needs internet), ``None``, or a local
+    checkpoint path."""
+    val_fraction: float = 0.2
+    """Share of the training data held out for validation when the dataset has no val split."""
+    freeze: str = "none"
+    """Default freeze policy (``none``, ``head_only``, ``first_k``); may also be searched."""
+    freeze_k: int = 0
+    """Blocks (vision) or layers (text) frozen from the input side by ``first_k``."""
+    image_size: int | None = None
+    """Resize images to this side length; default: the weights' preset, or 32 for digits."""
+    max_length: int = 128
+    """Longest tokenized text; batches are padded to their own longest (dynamic padding)."""
+    max_samples: int | None = None
+    """Use at most this many examples of the dataset (a seeded subsample)."""
+    augment: bool | None = None
+    """Random crop + flip while training; default: on for natural images, off for digits."""
+    early_stopping_patience: int | None = None
+    """Stop a trial after this many evaluations without a better validation loss."""
+    evals_per_epoch: int = 1
+    """Validate (and report to the pruner) this many times per epoch."""
+    amp: bool | None = None
+    """Mixed precision on CUDA (bf16 where supported, else fp16); default: on with CUDA."""
+    channels_last: bool | None = None
+    """channels_last memory format for CNNs on CUDA; default: on with CUDA."""
+    compile: bool = False
+    """Compile the model with ``torch.compile``."""
+    num_workers: int | None = None
+    """DataLoader worker processes; default: 0 on CPU, 4 with CUDA."""
+    seed: int = 0
+    """Seed of the data split and subsample (the same for every trial)."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A sampler or pruner: its name and keyword options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """The global budget, across every worker and machine."""
+
+    n_trials: int | None = 20
+    """Finished trials (complete + pruned) after which workers stop."""
+    timeout: float | None = None
+    """Seconds after which a worker starts no new trial."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole study spec."""
+
+    study: StudySection
+    task: TaskSpec
+    search_space: tuple[ParamSpec, ...]
+    sampler: ComponentSpec
+    pruner: ComponentSpec
+    budget: BudgetSpec
+
+    def param(self, name: str) -> ParamSpec | None:
+        for p in self.search_space:
+            if p.name == name:
+                return p
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that ``parse_spec`` turns back into an equal ``Spec``."""
+        task = {k: v for k, v in asdict(self.task).items()
+                if k == "kind" or v != _TASK_DEFAULTS.get(k)}
+        if self.task.dataset:
+            task["dataset"] = dict(self.task.dataset)
+        return {
+            "study": asdict(self.study),
+            "task": task,
+            "search_space": {p.name: p.to_dict() for p in self.search_space},
+            "sampler": {"name": self.sampler.name, **self.sampler.options},
+            "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
+            "budget": asdict(self.budget),
+        }
+
+    def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> "Spec":
+        """The same spec with the budget's fields replaced where given."""
+        from dataclasses import replace
+
+        budget = replace(
+            self.budget,
+            **{k: v for k, v in (("n_trials", n_trials), ("timeout", timeout)) if v is not None},
+        )
+        return replace(self, budget=budget)
+
+
+_TASK_DEFAULTS = {
+    f.name: f.default for f in TaskSpec.__dataclass_fields__.values()  # type: ignore[attr-defined]
+}
+_TASK_DEFAULTS["dataset"] = {}
+
+
+def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in options.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler and pruner options: name -> {option: expected type}. study.py builds them.
+
+_INT, _FLOAT, _BOOL, _STR = "int", "float", "bool", "str"
+
+SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
+    "tpe": {"seed": _INT, "n_startup_trials": _INT, "n_ei_candidates": _INT,
+            "multivariate": _BOOL, "group": _BOOL, "constant_liar": _BOOL},
+    "random": {"seed": _INT},
+    "gp": {"seed": _INT, "n_startup_trials": _INT, "deterministic_objective": _BOOL},
+    "cmaes": {"seed": _INT, "n_startup_trials": _INT, "sigma0": _FLOAT,
+              "consider_pruned_trials": _BOOL, "with_margin": _BOOL, "lr_adapt": _BOOL,
+              "warn_independent_sampling": _BOOL},
+    "qmc": {"seed": _INT, "qmc_type": _STR, "scramble": _BOOL},
+    "grid": {"seed": _INT},
+}
+
+_STEPS = {"n_startup_trials": _INT, "n_warmup_steps": _INT, "interval_steps": _INT,
+          "n_min_trials": _INT}
+PRUNER_OPTIONS: dict[str, dict[str, str]] = {
+    "median": dict(_STEPS),
+    "percentile": {"percentile": _FLOAT, **_STEPS},
+    "successive_halving": {"min_resource": _INT, "reduction_factor": _INT,
+                           "min_early_stopping_rate": _INT, "bootstrap_count": _INT},
+    "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
+                  "bootstrap_count": _INT},
+    "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
+    "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
+                  "interval_steps": _INT},
+    "none": {},
+}
+_REQUIRED_OPTIONS = {("pruner", "percentile"): ("percentile",),
+                     ("pruner", "patient"): ("patience",)}
+
+def max_epochs(spec: Spec) -> int:
+    """The largest number of epochs a trial of this spec can run."""
+    p = spec.param("epochs")
+    return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
