@@ -54,6 +54,7 @@ def run_one(task, params, context=None, pruner=None, catch=()):
 # Fine-tuning, reporting, attrs
 
 
+@pytest.mark.slow
 def test_digits_fine_tune_learns_and_reports_each_epoch():
     trial = run_one(digits(image_size=None, max_samples=600), make_params(epochs=3))
     values = trial.intermediate_values
@@ -285,6 +286,26 @@ def test_default_weights_without_internet_fail_clearly(tmp_path, monkeypatch):
     assert "local checkpoint path" in message
 
 
+def test_weights_by_name_from_the_hub_cache_use_their_preset(tmp_path, monkeypatch):
+    # What a machine with internet would have downloaded once: the file in torch's hub cache.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    torch.manual_seed(5)
+    cached = pretrained_model("resnet18", None)[0].state_dict()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(cached, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+
+    model, preset = pretrained_model("resnet18", "IMAGENET1K_V1")
+    assert torch.equal(model.conv1.weight, cached["conv1.weight"])
+    assert (preset.crop, preset.resize) == (224, 256)
+    assert preset.mean == (0.485, 0.456, 0.406) and preset.weights.name == "IMAGENET1K_V1"
+
+    task = digits(weights="DEFAULT", image_size=24, max_samples=100)
+    train, val, _ = image_datasets(task, load_images(task.dataset, {}), preset, {})
+    assert train[0][0].shape == val[0][0].shape == (3, 24, 24)  # the preset, at the task's size
+    trial = run_one(task, make_params(epochs=1))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+
+
 # ------------------------------------------------------------------------------------------
 # Datasets
 
@@ -395,8 +416,8 @@ def test_missing_torchvision_dataset_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch, workers):
-    task = digits(max_samples=200, num_workers=workers)
-    params = make_params(epochs=4, batch_size=32, schedule="cosine", warmup_fraction=0.1,
+    task = digits(max_samples=120, num_workers=workers)
+    params = make_params(epochs=3, batch_size=32, schedule="cosine", warmup_fraction=0.1,
                          dropout=0.2)
     whole = run_one(task, params).intermediate_values
 
@@ -417,12 +438,12 @@ def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch, workers):
     monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
 
     resumed = run_one(task, params, JobContext(cache={}, checkpoint_path=ckpt, resume_path=ckpt))
-    assert sorted(resumed.intermediate_values) == [3, 4]
-    for step in (3, 4):  # as if it had never stopped
-        assert resumed.intermediate_values[step] == pytest.approx(whole[step], rel=1e-4)
+    assert sorted(resumed.intermediate_values) == [3]
+    # as if it had never stopped
+    assert resumed.intermediate_values[3] == pytest.approx(whole[3], rel=1e-4)
     assert resumed.value == pytest.approx(min(whole.values()), rel=1e-4)
-    assert resumed.user_attrs["epochs_run"] == 4
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 4
+    assert resumed.user_attrs["epochs_run"] == 3
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 3
 
 
 def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
@@ -430,22 +451,22 @@ def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
     sizes = []
 
     def small_memory(model, inputs, labels, *args, **kwargs):
-        if len(labels) > 8:
+        if len(labels) > 4:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         sizes.append(len(labels))
         return real(model, inputs, labels, *args, **kwargs)
 
     monkeypatch.setattr(fit_module, "forward_backward", small_memory)
     ckpt = tmp_path / "t.pt"
-    task = digits(max_samples=160)  # 128 train examples: 4 steps of 32 per epoch
-    trial = run_one(task, make_params(batch_size=32, epochs=2),
+    task = digits(max_samples=100)  # 80 train examples: 5 steps of 16
+    trial = run_one(task, make_params(batch_size=16, epochs=1),
                     JobContext(cache={}, checkpoint_path=ckpt))
     assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert trial.user_attrs["micro_batch_size"] == 8
+    assert trial.user_attrs["micro_batch_size"] == 4
     assert trial.user_attrs["grad_accumulation"] == 4
-    assert set(sizes) == {8} and len(sizes) == 2 * 4 * 4  # every batch in 4 micro-batches
-    # the same effective batch: one optimizer (and scheduler) step per batch of 32
-    assert torch.load(ckpt, weights_only=True)["scheduler"]["last_epoch"] == 2 * 4
+    assert set(sizes) == {4} and len(sizes) == 5 * 4  # every batch in 4 micro-batches
+    # the same effective batch: one optimizer (and scheduler) step per batch of 16
+    assert torch.load(ckpt, weights_only=True)["scheduler"]["last_epoch"] == 5
 
 
 def test_out_of_memory_at_micro_batch_one_fails_with_reason(monkeypatch):

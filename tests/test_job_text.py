@@ -167,3 +167,21 @@ def test_unknown_model_offline_is_a_clear_error(tmp_path, reviews_csv):
 def test_hf_dataset_without_the_datasets_package_says_how_to_install():
     with pytest.raises(JobSetupError, match="pip install datasets"):
         load_texts({"hf": "glue", "config": "sst2"}, {})
+
+
+def test_text_weights_from_a_local_checkpoint(tiny_bert, reviews_csv, tmp_path):
+    from hpo.job.text import pretrained_classifier
+
+    model, new = pretrained_classifier(tiny_bert, ["neg", "pos"], None)
+    assert new == {"classifier.weight", "classifier.bias"}
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight.fill_(0.5)
+        model.classifier.weight.fill_(0.25)
+    path = tmp_path / "mine.pt"
+    torch.save({"model": model.state_dict()}, path)
+
+    loaded, new = pretrained_classifier(tiny_bert, ["neg", "pos"], str(path))
+    assert torch.all(loaded.bert.encoder.layer[1].output.dense.weight == 0.5)
+    assert torch.all(loaded.classifier.weight == 0.25) and not new
+    with pytest.raises(JobSetupError, match="DEFAULT"):
+        pretrained_classifier(tiny_bert, ["neg", "pos"], "IMAGENET1K_V1")

@@ -109,25 +109,14 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
     scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, params)
     # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.amp_dtype == torch.float16)
-    # The data order depends on (seed, epoch) alone, so a resumed attempt sees the same.
-    order = EpochShuffle(len(setup.train_set), task.seed)
     if dev.cuda:
         # Images keep one size: let cuDNN time its kernels once and keep the fastest.
         torch.backends.cudnn.benchmark = setup.convolutional
         torch.backends.cuda.matmul.allow_tf32 = True  # full-precision runs (amp off) too
         torch.backends.cudnn.allow_tf32 = True
-    workers = task.num_workers
-    if workers is None:
-        workers = 4 if dev.cuda and not setup.in_memory else 0
-    loading = dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
-                   persistent_workers=workers > 0)
-    # Loaders draw their workers' seeds from their own generators, never from the global RNG
-    # (dropout's), whose state must not depend on when a loader happened to start.
-    train_loader = DataLoader(setup.train_set, batch_size, sampler=order, drop_last=True,
-                              generator=torch.Generator().manual_seed(task.seed), **loading)
-    val_loader = DataLoader(setup.val_set, batch_size,
-                            generator=torch.Generator().manual_seed(task.seed), **loading)
-    # Validation loss is plain cross-entropy, so trials with different label smoothing compare.
+    train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size)
+    # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
+    # with different label smoothing compare.
     criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
 
     progress = Progress(micro_batch=batch_size)
@@ -187,7 +176,6 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
             # One optimizer step; on out-of-memory, halve the micro-batch and retry the step
             # with gradient accumulation, so the effective batch stays batch_size.
             while True:
-                oom = None
                 try:
                     loss = train_step(net, inputs, labels, progress.micro_batch, criterion, dev,
                                       scaler, optimizer, scheduler, trainable,
@@ -203,12 +191,11 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
                     record()
                     raise torch.OutOfMemoryError(f"a micro-batch of 1 does not fit: {oom}")
                 progress.micro_batch //= 2
+                accumulation = math.ceil(batch_size / progress.micro_batch)
                 trial.set_user_attr("micro_batch_size", progress.micro_batch)
-                trial.set_user_attr("grad_accumulation",
-                                    math.ceil(batch_size / progress.micro_batch))
-                log.warning("trial %d: out of memory (%s); micro-batch %d x %d", trial.number,
-                            oom, progress.micro_batch,
-                            math.ceil(batch_size / progress.micro_batch))
+                trial.set_user_attr("grad_accumulation", accumulation)
+                log.warning("trial %d: out of memory (%s); now %d micro-batches of %d",
+                            trial.number, oom, accumulation, progress.micro_batch)
             progress.samples += len(labels)
 
             if not math.isfinite(loss):
@@ -257,6 +244,28 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
             trial.set_user_attr("checkpoint", str(checkpoint))
     record()
     return progress.best_loss
+
+
+def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int):
+    """The train and val loaders, and the train loader's sampler (``set_epoch`` each epoch).
+
+    The data order depends on (seed, epoch) alone, so a resumed attempt sees the same one.
+    Loader processes: ``task.num_workers``, by default 4 with CUDA for data that needs work
+    per example (decoding, augmentation), else none.
+    """
+    workers = task.num_workers
+    if workers is None:
+        workers = 4 if dev.cuda and not setup.in_memory else 0
+    loading = dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
+                   persistent_workers=workers > 0)
+    order = EpochShuffle(len(setup.train_set), task.seed)
+    # Loaders draw their workers' seeds from their own generators, never from the global RNG
+    # (dropout's), whose state must not depend on when a loader happened to start.
+    train_loader = DataLoader(setup.train_set, batch_size, sampler=order, drop_last=True,
+                              generator=torch.Generator().manual_seed(task.seed), **loading)
+    val_loader = DataLoader(setup.val_set, batch_size,
+                            generator=torch.Generator().manual_seed(task.seed), **loading)
+    return train_loader, val_loader, order
 
 
 def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int, criterion,
