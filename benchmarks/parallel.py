@@ -20,7 +20,7 @@ GOAL = 0.9
 
 
 def run(smoke: bool, workdir: Path, say) -> list[Row]:
-    sleep, per_worker = (0.2, 2) if smoke else (1.0, 10)
+    sleep, per_worker = (0.1, 1) if smoke else (1.0, 10)
     counts = (1, 2) if smoke else (1, 2, 4, 8)
     backends = ("sqlite",) if smoke else ("postgresql", "sqlite")
     rows = []

@@ -24,10 +24,10 @@ PRUNERS = {
 }
 TASKS = {
     # spec file: (trials, task overrides) of the full run; the smoke run shrinks both further
-    "digits": (30, {"max_samples": 720}),
+    "digits": (30, {"max_samples": 240}),
     "vader_minilm": (30, {"max_samples": 1000}),
 }
-SMOKE = (2, {"max_samples": 120})
+SMOKE = (1, {"max_samples": 100})
 
 
 def run(smoke: bool, workdir: Path, say) -> list[Row]:

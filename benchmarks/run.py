@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hpo-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     mode = "smoke" if args.smoke else "full"
-    measured = {}
+    measured: dict = {}
+    text = ""
     try:
         for name in names:
             start = time.perf_counter()
@@ -82,21 +83,25 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": [asdict(r) for r in rows],
             }
             say(f"== {name}: {measured[name]['seconds']:.0f} s")
+            text = _write(out, measured)  # after each benchmark: a long run keeps its results
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    print(text, end="")
+    failed = [n for n, r in measured.items()
+              if any(row["skipped"].startswith("failed:") for row in r["rows"])]
+    return 1 if failed else 0
 
+
+def _write(out: Path | None, measured: dict) -> str:
+    """Write the table (and its JSON) with ``measured`` merged in; return the table."""
     results = _merge(out, measured)
     text = _table(results)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-        say(f"wrote {out}")
-    print(text)
-    failed = [n for n, r in measured.items()
-              if any(row["skipped"].startswith("failed:") for row in r["rows"])]
-    return 1 if failed else 0
+    return text
 
 
 def _merge(out: Path | None, measured: dict) -> dict:

@@ -1,0 +1,48 @@
+"""The benchmarks' smoke mode: every benchmark runs and lands in the results table.
+
+Speed is not asserted here (a shared CI machine says nothing about it); ``python -m
+benchmarks.run`` measures it and ``benchmarks/RESULTS.md`` holds the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_smoke_run_writes_a_row_for_every_benchmark(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--gpu", "--out",
+                        str(out), "--workdir", str(tmp_path / "work")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    from benchmarks.run import BENCHMARKS
+
+    results = json.loads(out.with_suffix(".json").read_text())["benchmarks"]
+    assert list(results) == list(BENCHMARKS)
+    table = out.read_text()
+    assert table == r.stdout
+    for name, result in results.items():
+        assert result["mode"] == "smoke"
+        assert result["rows"], name
+        for row in result["rows"]:
+            line = f"| {row['benchmark']} | {row['case']} | {row['metric']} |"
+            assert line in table, line
+            if row["skipped"]:
+                # Only what this machine lacks may be skipped, never a broken benchmark.
+                assert not row["skipped"].startswith("failed"), row
+                continue
+            assert row["hpo"] is not None and row["hpo"] > 0, row
+            if row["goal"]:
+                assert row["ratio"] is not None and row["met"] in (True, False), row
+    # Without a GPU, the GPU benchmark says so instead of failing.
+    import torch
+
+    if not torch.cuda.is_available():
+        assert all(row["skipped"] == "no CUDA device here" for row in results["gpu"]["rows"])
