@@ -110,9 +110,10 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
     # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.amp_dtype == torch.float16)
     if dev.cuda:
-        # Images keep one size: let cuDNN time its kernels once and keep the fastest.
-        torch.backends.cudnn.benchmark = setup.convolutional
-        torch.backends.cuda.matmul.allow_tf32 = True  # full-precision runs (amp off) too
+        # TF32 tensor cores for the float32 matmuls and convolutions left (amp off, or ops
+        # autocast keeps in float32). cudnn.benchmark stays off: its timing of every new shape
+        # cost 2-11 s per trial and a 10x peak-memory spike on H100, more than short trials win.
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size)
     # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
