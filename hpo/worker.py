@@ -183,9 +183,12 @@ def run_worker(
                 report.stopped_because = reason
                 break
             try:
+                # No gc_after_trial: with torch loaded a full collection costs 0.1-0.25 s,
+                # two thirds of a no-op trial (benchmarks/overhead.py); the built-in job
+                # collects once in run.release, and memory growth recycles the process.
                 _with_database_retry(lambda: study.optimize(
                     objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
-                    gc_after_trial=True,
+                    gc_after_trial=False,
                 ))
             except _Surplus:
                 # Another worker claimed the last trial of the budget at the same moment.
