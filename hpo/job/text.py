@@ -20,6 +20,7 @@ from hpo.job.checkpoint import load_weights_file  # noqa: E402
 from hpo.job.errors import JobSetupError  # noqa: E402
 from hpo.job.fit import TrainingSetup  # noqa: E402
 from hpo.job.text_data import PadBatch, load_texts, tokenized_datasets  # noqa: E402
+from hpo.spec import resolve_model  # noqa: E402
 
 
 def build_text(task, params: dict, cache: dict) -> TrainingSetup:
@@ -146,7 +147,7 @@ def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
 
 
 def _where(model: str) -> str:
-    path = Path(model).expanduser()
+    path = Path(resolve_model(model)).expanduser()
     return str(path) if path.is_dir() else model
 
 

@@ -26,11 +26,12 @@ from hpo.spec._schema import (
     StudySection,
     TaskSpec,
     max_epochs,
+    resolve_model,
 )
 
 __all__ = [
     "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
     "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
     "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
-    "parse_spec", "suggest",
+    "parse_spec", "resolve_model", "suggest",
 ]

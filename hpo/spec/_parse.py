@@ -13,7 +13,7 @@ from hpo.spec._schema import (
     _INT, _FLOAT, _BOOL, _STR, _REQUIRED_OPTIONS, _TASK_DEFAULTS, BudgetSpec, ComponentSpec,
     DIRECTIONS, FREEZE_POLICIES, HYPERPARAMETERS, PRUNER_OPTIONS, SAMPLER_OPTIONS, TASK_KINDS,
     ParamSpec, Spec, StudySection, TaskSpec, _is_int, _is_number, _non_negative_int, _one_of,
-    _positive_int, max_epochs,
+    _positive_int, max_epochs, resolve_model,
 )
 
 
@@ -305,8 +305,17 @@ def _check_model(task: TaskSpec, at: _At) -> None:
                     f"{', '.join(known)}, null, or a local checkpoint path"
                 )
     else:
-        if _looks_like_path(task.model) and not Path(task.model).expanduser().is_dir():
-            raise (at / "model").error(f"no model directory at {task.model}")
+        try:
+            where = resolve_model(task.model)
+        except ModuleNotFoundError as e:
+            raise (at / "model").error(f"{task.model}: {e}") from None
+        if (_looks_like_path(where) or where != task.model) and not Path(where).expanduser(
+        ).is_dir():
+            raise (at / "model").error(f"no model directory at {where}")
+        if weights not in (None, "DEFAULT") and not _looks_like_path(weights):
+            raise (at / "weights").error(
+                f"expected null or DEFAULT (the model's own weights) or a local checkpoint "
+                f"path for a text model, got {weights!r}")
     if weights is not None and _looks_like_path(weights):
         if not Path(weights).expanduser().is_file():
             raise (at / "weights").error(f"no checkpoint file at {weights}")

