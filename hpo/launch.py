@@ -41,6 +41,8 @@ class Slot:
 
     index: int
     gpu: str | None = None
+    threads: int | None = None
+    """CPU threads of the worker's math libraries (CPU workers share the cores)."""
 
     @property
     def label(self) -> str:
@@ -52,6 +54,10 @@ class Slot:
         env["HPO_WORKER_INDEX"] = str(self.index)
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        if self.threads is not None:
+            # Oversubscribed cores make every worker several times slower: split them.
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env.setdefault(var, str(self.threads))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -97,14 +103,15 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | None = None
-                 ) -> list[Slot]:
+def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | None = None,
+                 cpus: int | None = None) -> list[Slot]:
     """Which worker gets which GPU.
 
     Args:
         gpus: GPU indices/UUIDs to use, or None for CPU workers.
         per_gpu: workers sharing each GPU.
         workers: number of workers without GPUs (ignored when ``gpus`` is given).
+        cpus: CPU cores to share among CPU workers (default: this machine's).
 
     Returns:
         One slot per worker, GPUs filled round-robin so that with ``per_gpu > 1`` the first
@@ -117,7 +124,8 @@ def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | No
     n = workers if workers is not None else 1
     if n < 1:
         raise HpoError(f"--workers: expected an integer >= 1, got {n}")
-    return [Slot(i) for i in range(n)]
+    threads = max(1, (cpus or os.cpu_count() or 1) // n)
+    return [Slot(i, threads=threads) for i in range(n)]
 
 
 def default_slots() -> list[Slot]:

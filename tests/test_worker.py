@@ -96,8 +96,11 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 def test_assign_slots_round_robin_over_gpus():
     assert assign_slots(["0", "1"], per_gpu=2) == [Slot(0, "0"), Slot(1, "1"), Slot(2, "0"),
                                                    Slot(3, "1")]
-    assert assign_slots(None, workers=3) == [Slot(0), Slot(1), Slot(2)]
-    assert assign_slots(None) == [Slot(0)]
+    assert assign_slots(None, workers=3, cpus=8) == [Slot(0, threads=2), Slot(1, threads=2),
+                                                     Slot(2, threads=2)]
+    assert assign_slots(None, cpus=2) == [Slot(0, threads=2)]
+    assert assign_slots(None, workers=4, cpus=2)[3] == Slot(3, threads=1)
+    assert Slot(0, threads=2).env({})["OMP_NUM_THREADS"] == "2"
     env = Slot(2, "3").env({"PATH": "/bin"})
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["HPO_WORKER_INDEX"] == "2"
     assert "CUDA_VISIBLE_DEVICES" not in Slot(0).env({})
