@@ -138,7 +138,8 @@ def run_worker(
         )
         try:
             value = run_job(trial, spec.task, params, context)
-            if artifacts_url is not None and _among_best(study, value):
+            if (artifacts_url is not None and trial.user_attrs.get("checkpoint")
+                    and _among_best(study, value)):
                 _quietly(_upload_checkpoint, trial, artifacts_url)
             return value
         except optuna.TrialPruned:
@@ -159,7 +160,8 @@ def run_worker(
             report.last_failure = str(trial.user_attrs.get("fail_reason", "unknown error"))
         else:
             consecutive_failures = 0
-        _quietly(retain_checkpoints, study)
+        if trial.user_attrs.get("checkpoint"):
+            _quietly(retain_checkpoints, study)
         if on_trial is not None:
             on_trial(study, trial)
 

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import optuna
 import torch
 
+from hpo.job.context import JobContext
 from hpo.job.device import free_memory, pick_device
 from hpo.job.fit import TrainingSetup, fit
-
-
-@dataclass
-class JobContext:
-    """What the worker lends a job besides the trial and the task."""
-
-    cache: dict = field(default_factory=dict)
-    """Lives as long as the worker process: loaded datasets and tokenized text, keyed by the
-    dataset spec, so later trials in the process reuse them."""
-    checkpoint_path: Path | None = None
-    """Save this trial's checkpoint here after every epoch; ``None``: no checkpoint."""
-    resume_path: Path | None = None
-    """A checkpoint of an earlier attempt of this trial: resume at its next epoch."""
 
 
 def run_job(trial: optuna.Trial, task, params: dict, context: JobContext) -> float:
