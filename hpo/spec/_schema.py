@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -348,13 +349,14 @@ def max_epochs(spec: Spec) -> int:
     return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
 
 
-def resolve_model(model: str) -> str:
+def resolve_model(model: "str | os.PathLike[str]") -> str:
     """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
     package (found without importing it); anything else is returned as it is.
 
     Raises:
         ModuleNotFoundError: the package is not installed.
     """
+    model = os.fspath(model)
     if not model.startswith("pkg:"):
         return model
     import importlib.util
