@@ -317,7 +317,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         MAX_CONSECUTIVE_FAILURES,
         WORKER_INDEX_VAR,
         checkpoint_root,
-        count_states,
         run_worker,
         worker_identity,
     )
@@ -334,10 +333,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                      budget.timeout and f"{budget.timeout:g}s") if x))
 
     def progress(study: Any, trial: Any) -> None:
-        counts = count_states(study)
-        done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-        best = best_record(study)
-        _say(format_trial(trial, done, budget.n_trials, best and best["value"]))
+        trials = study.get_trials(deepcopy=False)  # one read for the count and the best
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        best = min((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
+        _say(format_trial(trial, done, budget.n_trials, best))
 
     report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
         args.checkpoint_dir), on_trial=progress, max_trials=args.max_trials_per_process,

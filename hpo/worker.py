@@ -271,13 +271,23 @@ def _should_stop(study: "optuna.Study", spec: Spec, started: float) -> str:
     n_trials = spec.budget.n_trials
     if n_trials is None:
         return ""
-    with no_experimental_warnings():
-        optuna.storages.fail_stale_trials(study)  # re-queues trials of dead workers first
     counts = count_states(study)
-    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    if done + counts[TrialState.RUNNING] >= n_trials:
+    if counts[TrialState.RUNNING] and _budget_taken(counts, n_trials):
+        # Some of those running trials may belong to dead workers: fail and re-queue them
+        # before deciding (Optuna does this itself before each trial it starts).
+        with no_experimental_warnings():
+            optuna.storages.fail_stale_trials(study)
+        counts = count_states(study)
+    if _budget_taken(counts, n_trials):
         return "budget"  # met, or the rest of it is running on other workers
     return ""
+
+
+def _budget_taken(counts: dict, n_trials: int) -> bool:
+    from optuna.trial import TrialState
+
+    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    return done + counts[TrialState.RUNNING] >= n_trials
 
 
 def count_states(study: "optuna.Study") -> "dict[optuna.trial.TrialState, int]":
