@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -60,7 +60,6 @@ class WorkerReport:
     """What one worker did."""
 
     trials: int = 0
-    states: dict[str, int] = field(default_factory=dict)
     stopped_because: str = ""
     """budget | timeout | failures | preempted | recycle"""
     last_failure: str = ""
@@ -153,8 +152,6 @@ def run_worker(
         nonlocal consecutive_failures
         current.clear()
         report.trials += 1
-        state = trial.state.name
-        report.states[state] = report.states.get(state, 0) + 1
         if trial.state == optuna.trial.TrialState.FAIL:
             consecutive_failures += 1
             report.last_failure = str(trial.user_attrs.get("fail_reason", "unknown error"))
