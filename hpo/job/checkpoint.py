@@ -89,6 +89,17 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
         },
         "progress": dict(progress),
     }
+    _save_atomically(state, path)
+
+
+def save_model(path: Path, *, model: nn.Module, epoch: int) -> None:
+    """Write the model alone, ``{"model": state_dict, "epoch": epoch}``, atomically to
+    ``path``: what a final fit keeps (no optimizer state to resume with). A spec's ``weights``
+    loads it (``load_weights_file``)."""
+    _save_atomically({"epoch": epoch, "model": model.state_dict()}, path)
+
+
+def _save_atomically(state: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -84,14 +84,34 @@ class LabelledSubset(Dataset):
         return x, int(self.labels[i])
 
 
+TEST_SEED_OFFSET = 104_729
+"""The test hold-out draws from ``seed + TEST_SEED_OFFSET``, apart from the val split's draws."""
+
+
+def heldout_test_indices(labels: np.ndarray, test_fraction: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The task's ``test_fraction`` hold-out: a seeded, stratified ``split`` of every example.
+
+    Made before any subsample or train/val split, so trials (which get the rest) and
+    ``hpo retrain`` (which tests on it) agree on it whatever ``max_samples`` is.
+
+    Returns:
+        ``(rest_indices, test_indices)``, each sorted.
+    """
+    return split(labels, test_fraction, seed + TEST_SEED_OFFSET)
+
+
 def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
                       max_samples: int | None, val_fraction: float,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+                      seed: int, test_fraction: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Which examples train and which validate, the same for every trial of a task.
 
     Without a val split of its own, a seeded subsample of ``max_samples`` examples is split
     stratified by ``val_fraction``. With one, each split is subsampled so that together they
-    hold about ``max_samples`` examples in the ``val_fraction`` proportion.
+    hold about ``max_samples`` examples in the ``val_fraction`` proportion. With a
+    ``test_fraction``, its hold-out (``heldout_test_indices``) leaves the training split
+    first; without one the result is as it always was.
 
     Args:
         train_labels: labels of the training split.
@@ -99,11 +119,17 @@ def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
         max_samples: the task's cap on examples, or ``None``.
         val_fraction: share held out for validation.
         seed: the task's seed.
+        test_fraction: the task's test hold-out, or ``None``.
 
     Returns:
         ``(train_indices, val_indices)``; val indices point into the val split when there is
         one, else into the training split.
     """
+    if test_fraction is not None:
+        rest, _ = heldout_test_indices(train_labels, test_fraction, seed)
+        train, val = train_val_indices(train_labels[rest], val_labels, max_samples,
+                                       val_fraction, seed)
+        return rest[train], (rest[val] if val_labels is None else val)
     if val_labels is None:
         pool = subsample(train_labels, max_samples, seed)
         train, val = split(train_labels[pool], val_fraction, seed)

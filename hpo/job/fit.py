@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hpo.job.checkpoint import restore_checkpoint, save_checkpoint
+from hpo.job.checkpoint import restore_checkpoint, save_checkpoint, save_model
 from hpo.job.data import EpochShuffle
 from hpo.job.device import Device, free_memory, peak_memory_mb, pick_device, reset_peak_memory
 from hpo.job.optim import freeze, make_optimizer, make_scheduler, train_mode
@@ -41,7 +41,8 @@ class TrainingSetup:
     blocks: list[list[nn.Parameter]]
     """The backbone from the input side, for ``freeze: first_k``."""
     train_set: Dataset
-    val_set: Dataset
+    val_set: Dataset | None
+    """``None`` for a final fit (``hpo retrain``): no validation, reports or pruning."""
     num_classes: int
     collate: Callable | None = None
     convolutional: bool = False
@@ -51,6 +52,10 @@ class TrainingSetup:
     their start-up time, so by default there are none."""
     optimizer: torch.optim.Optimizer | None = None
     """Set by ``fit``, so that ``run.release`` can free its state after the trial."""
+    test_set: Dataset | None = None
+    """A final fit's test split, evaluated once after the last epoch; never a trial's."""
+    test_about: str = ""
+    """Which test split ``test_set`` is, or why there is none."""
 
 
 @dataclass
@@ -83,8 +88,15 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         task: the ``TaskSpec``.
         context: the ``JobContext`` (checkpoint and resume paths).
 
+    Without a validation set (a final fit, ``hpo retrain``), it trains for ``epochs`` with no
+    evaluation, report or pruning, saves the model alone (``save_model``) to the checkpoint
+    path after the last epoch, then evaluates ``setup.test_set`` once; ``trial`` (an
+    ``optuna.trial.FixedTrial``) gets the user attrs ``train_examples``, ``train_loss`` (mean
+    of the last epoch), ``test_split`` and, with a test set, ``test_loss``,
+    ``test_accuracy`` and ``test_examples``.
+
     Returns:
-        The best validation loss.
+        The best validation loss (``inf`` without a validation set).
 
     Raises:
         optuna.TrialPruned: the pruner said so, or the loss went NaN / diverged.
@@ -160,6 +172,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         record()
         raise optuna.TrialPruned(f"{reason} at step {step}")
 
+    epoch_loss = 0.0
     for epoch in range(start_epoch + 1, epochs + 1):
         if progress.stopped_early:
             break
@@ -167,6 +180,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         order.set_epoch(epoch)
         train_mode(model, frozen)
         clock = time.perf_counter()
+        epoch_loss = 0.0
         for i, (inputs, labels) in enumerate(train_loader, 1):
             # The report step this batch counts towards (epoch, or a fraction of the data).
             step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(
@@ -198,6 +212,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
                 log.warning("trial %d: out of memory (%s); now %d micro-batches of %d",
                             trial.number, oom, accumulation, progress.micro_batch)
             progress.samples += len(labels)
+            epoch_loss += loss
 
             if not math.isfinite(loss):
                 prune("nan", step)
@@ -206,7 +221,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
             if loss > DIVERGENCE * max(progress.first_loss, 1e-3):
                 prune("diverged", step)
 
-            if i in eval_after:
+            if val_loader is not None and i in eval_after:
                 progress.train_seconds += time.perf_counter() - clock
                 step = epoch if evals == 1 else (epoch - 1) * evals + eval_after[i]
                 val_loss, accuracy = evaluate(net, val_loader, dev, progress.micro_batch,
@@ -238,13 +253,37 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         else:
             progress.train_seconds += time.perf_counter() - clock
 
-        if checkpoint is not None:
+        if checkpoint is not None and val_loader is not None:
             progress.seconds = time.perf_counter() - started
             save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
                             scaler=scaler, epoch=epoch, progress=asdict(progress))
             trial.set_user_attr("checkpoint", str(checkpoint))
     record()
+    if val_loader is None:
+        if checkpoint is not None:  # nothing to resume: the model alone, after the last epoch
+            save_model(checkpoint, model=model, epoch=progress.epochs_run)
+            trial.set_user_attr("checkpoint", str(checkpoint))
+        final_test(trial, net, setup, task, dev, batch_size, progress.micro_batch,
+                   channels_last, epoch_loss / max(steps_per_epoch, 1))
     return progress.best_loss
+
+
+def final_test(trial, model: nn.Module, setup: TrainingSetup, task, dev: Device,
+               batch_size: int, micro_batch: int, channels_last: bool,
+               train_loss: float) -> None:
+    """The end of a final fit: the test split's loss and accuracy, as user attrs."""
+    trial.set_user_attr("train_examples", len(setup.train_set))
+    trial.set_user_attr("train_loss", train_loss)
+    trial.set_user_attr("test_split", setup.test_about)
+    if setup.test_set is None or len(setup.test_set) == 0:
+        return
+    loader = eval_loader(setup, setup.test_set, task, dev, batch_size)
+    test_loss, accuracy = evaluate(model, loader, dev, micro_batch, channels_last)
+    log.info("final fit: test loss %.4f, test accuracy %.3f on %d examples", test_loss,
+             accuracy, len(setup.test_set))
+    trial.set_user_attr("test_loss", test_loss)
+    trial.set_user_attr("test_accuracy", accuracy)
+    trial.set_user_attr("test_examples", len(setup.test_set))
 
 
 def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int):
@@ -252,21 +291,32 @@ def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int):
 
     The data order depends on (seed, epoch) alone, so a resumed attempt sees the same one.
     Loader processes: ``task.num_workers``, by default 4 with CUDA for data that needs work
-    per example (decoding, augmentation), else none.
+    per example (decoding, augmentation), else none. No val set: the val loader is ``None``.
     """
-    workers = task.num_workers
-    if workers is None:
-        workers = 4 if dev.cuda and not setup.in_memory else 0
-    loading = dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
-                   persistent_workers=workers > 0)
     order = EpochShuffle(len(setup.train_set), task.seed)
     # Loaders draw their workers' seeds from their own generators, never from the global RNG
     # (dropout's), whose state must not depend on when a loader happened to start.
     train_loader = DataLoader(setup.train_set, batch_size, sampler=order, drop_last=True,
-                              generator=torch.Generator().manual_seed(task.seed), **loading)
-    val_loader = DataLoader(setup.val_set, batch_size,
-                            generator=torch.Generator().manual_seed(task.seed), **loading)
+                              generator=torch.Generator().manual_seed(task.seed),
+                              **_loading(setup, task, dev))
+    val_loader = (None if setup.val_set is None
+                  else eval_loader(setup, setup.val_set, task, dev, batch_size))
     return train_loader, val_loader, order
+
+
+def eval_loader(setup: TrainingSetup, dataset: Dataset, task, dev: Device,
+                batch_size: int) -> DataLoader:
+    """A loader of ``dataset`` (val or test) in order, as ``make_loaders`` loads."""
+    return DataLoader(dataset, batch_size, generator=torch.Generator().manual_seed(task.seed),
+                      **_loading(setup, task, dev))
+
+
+def _loading(setup: TrainingSetup, task, dev: Device) -> dict[str, Any]:
+    workers = task.num_workers
+    if workers is None:
+        workers = 4 if dev.cuda and not setup.in_memory else 0
+    return dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
+                persistent_workers=workers > 0)
 
 
 def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int, criterion,

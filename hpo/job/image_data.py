@@ -13,8 +13,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset, Dataset
 
-from hpo.job.data import LabelledSubset, cache_key, train_val_indices
+from hpo.job.data import LabelledSubset, cache_key, heldout_test_indices, train_val_indices
 from hpo.job.errors import JobSetupError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,21 +94,99 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
         ``(train_set, val_set, ready)`` with ``(CHW float tensor, label)`` pairs; ``ready``
         says that no example needs work when loaded (in-memory data, transformed once).
     """
+    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache)
+    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
+                                           task.max_samples, task.val_fraction, task.seed,
+                                           task.test_fraction)
+    val_base, val_labels = ((source.train, source.train_labels) if source.val is None
+                            else (source.val, source.val_labels))
+    train_set = LabelledSubset(source.train, train_idx, source.train_labels, train_tf)
+    val_set = LabelledSubset(val_base, val_idx, val_labels, evaluate)
+    ready = False
+    if pairs is not None:
+        val_set = LabelledSubset(pairs, val_idx, val_labels)
+        if not augment:
+            train_set = LabelledSubset(pairs, train_idx, source.train_labels)
+            ready = True
+    return train_set, val_set, ready
+
+
+def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict):
+    """What ``hpo retrain`` fits and tests on: the trials' train and val examples as one
+    training set, and the test split.
+
+    Args:
+        task, source, preset, cache: as for ``image_datasets``.
+
+    Returns:
+        ``(train_set, test_set, test_about, ready)``: ``test_set`` is ``None`` where there is no
+        test split, and ``test_about`` says which it is or why there is none.
+
+    Raises:
+        JobSetupError: a test folder whose classes differ from the training ones.
+    """
+    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache)
+    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
+                                           task.max_samples, task.val_fraction, task.seed,
+                                           task.test_fraction)
+    ready = pairs is not None and not augment
+    if source.val is None:
+        both = np.sort(np.concatenate([train_idx, val_idx]))
+        train_set: Dataset = (LabelledSubset(pairs, both, source.train_labels) if ready
+                              else LabelledSubset(source.train, both, source.train_labels,
+                                                  train_tf))
+    else:
+        train_set = ConcatDataset([
+            LabelledSubset(source.train, train_idx, source.train_labels, train_tf),
+            LabelledSubset(source.val, val_idx, source.val_labels, train_tf)])
+    if task.test_fraction is not None:
+        _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
+        test_set = (LabelledSubset(pairs, test_idx, source.train_labels) if pairs is not None
+                    else LabelledSubset(source.train, test_idx, source.train_labels, evaluate))
+        about = f"test_fraction {task.test_fraction:g} of the data, held out of every trial"
+        return train_set, test_set, about, ready
+    test, test_labels, about = load_test_images(task.dataset, source, cache)
+    test_set = None
+    if test is not None:
+        test_set = LabelledSubset(test, np.arange(len(test_labels)), test_labels, evaluate)
+    return train_set, test_set, about, ready
+
+
+def load_test_images(dataset: Mapping[str, Any], source: ImageSource, cache: dict):
+    """The dataset's own test split, loaded (and cached) only when asked for.
+
+    torchvision datasets: ``train=False`` or ``split="test"``; image folders: ``DIR/test``
+    (the ``test`` key renames it). digits has none.
+
+    Returns:
+        ``(images, labels, about)``, or ``(None, None, why there is none)``.
+
+    Raises:
+        JobSetupError: a named test folder that is missing, or whose classes differ.
+    """
+    key = cache_key("test-images", dataset)
+    if key not in cache:
+        if dataset.get("name") == "digits":
+            cache[key] = (None, None, "digits has no test split; give task.test_fraction "
+                                      "(e.g. 0.2) to hold one out in a new study")
+        elif "name" in dataset:
+            cache[key] = _torchvision_test(dataset["name"], dataset["root"], source)
+        else:
+            cache[key] = _image_folder_test(dataset, source)
+    return cache[key]
+
+
+def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
+    """The task's training and evaluation transforms, whether it augments, and for in-memory
+    data without a val split, ``(tensor, label)`` pairs evaluation-transformed once."""
     size = task.image_size or (preset.crop if preset else max(source.native_size,
                                                                 MIN_IMAGE_SIZE))
     if preset is None:
         preset = Preset(crop=size, resize=size)
     resize = max(size, round(size * preset.resize / preset.crop))
     augment = task.augment if task.augment is not None else not source.handwriting
-    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
-                                           task.max_samples, task.val_fraction, task.seed)
-    val_base, val_labels = ((source.train, source.train_labels) if source.val is None
-                            else (source.val, source.val_labels))
     evaluate = _eval_transform(preset, size, resize)
-    train_set = LabelledSubset(source.train, train_idx, source.train_labels,
-                               _train_transform(preset, size, resize, augment))
-    val_set = LabelledSubset(val_base, val_idx, val_labels, evaluate)
-    ready = False
+    pairs = None
     if source.in_memory and source.val is None:
         # Transform once per worker, not once per example per epoch (a tenth of an epoch).
         key = cache_key("transformed", task.dataset, size=size, resize=resize,
@@ -115,11 +194,7 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
         if key not in cache:
             cache[key] = torch.stack([evaluate(x) for x, _ in source.train])
         pairs = list(zip(cache[key], source.train_labels))
-        val_set = LabelledSubset(pairs, val_idx, val_labels)
-        if not augment:
-            train_set = LabelledSubset(pairs, train_idx, source.train_labels)
-            ready = True
-    return train_set, val_set, ready
+    return _train_transform(preset, size, resize, augment), evaluate, augment, pairs
 
 
 def _train_transform(preset: Preset, size: int, resize: int, augment: bool):
@@ -186,6 +261,50 @@ def _torchvision(name: str, root: str) -> ImageSource:
     num_classes = len(classes) if classes else int(labels.max()) + 1
     return ImageSource(train, labels, None, None, num_classes,
                        handwriting=name in HANDWRITING, native_size=_side(train[0][0]))
+
+
+def _torchvision_test(name: str, root: str, source: ImageSource):
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name)
+    path = Path(root).expanduser()
+    accepts = inspect.signature(cls).parameters
+    if "train" in accepts:
+        kwargs: dict[str, Any] = {"train": False}
+    elif "split" in accepts:
+        kwargs = {"split": "test"}
+    else:
+        return None, None, f"torchvision's {name} has no test split (no train or split option)"
+    if "download" in accepts:
+        kwargs["download"] = False
+    try:
+        test = cls(str(path), **kwargs)
+    except (RuntimeError, OSError, ValueError) as e:
+        return None, None, (f"{name}'s test split is not under {path} "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    what = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "download")
+    return test, _labels(test), f"{name} {what}"
+
+
+def _image_folder_test(dataset: Mapping[str, Any], source: ImageSource):
+    from torchvision.datasets import ImageFolder
+
+    root = Path(dataset["image_folder"]).expanduser()
+    test_dir = root / dataset.get("test", "test")
+    if not test_dir.is_dir() or not (root / dataset.get("train", "train")).is_dir():
+        if "test" in dataset:
+            raise JobSetupError(f"image_folder: no test directory at {test_dir}")
+        return None, None, (f"image_folder {root} has no test/ directory beside train/ "
+                            "(or give task.test_fraction in a new study)")
+    try:
+        test = ImageFolder(str(test_dir))
+    except (FileNotFoundError, OSError) as e:
+        raise JobSetupError(f"image_folder: {e}") from None
+    train_classes = getattr(source.train, "classes", None)
+    if train_classes is not None and test.classes != train_classes:
+        raise JobSetupError(f"image_folder: {test_dir} has classes {test.classes}, the "
+                            f"training folder has {train_classes}; they must match")
+    return test, np.asarray(test.targets), f"image folder {test_dir}"
 
 
 def _image_folder(dataset: Mapping[str, Any]) -> ImageSource:

@@ -20,7 +20,8 @@ def run_job(trial: optuna.Trial, task, params: dict, context: JobContext) -> flo
         context: the worker's cache and this trial's checkpoint / resume paths.
 
     Returns:
-        The best validation loss of the trial.
+        The best validation loss of the trial (``inf`` for a final fit, which has no
+        validation; its test results are user attrs).
 
     Raises:
         optuna.TrialPruned: pruned, or its loss went NaN or diverged (user attr
@@ -31,23 +32,26 @@ def run_job(trial: optuna.Trial, task, params: dict, context: JobContext) -> flo
     """
     # The same initial head and data order for every trial: trials differ by their params.
     torch.manual_seed(task.seed)
-    setup = build(task, params, context.cache)
+    setup = build(task, params, context.cache, final=context.final)
     try:
         return fit(trial, setup, params, task, context)
     finally:
         release(setup)
 
 
-def build(task, params: dict, cache: dict) -> TrainingSetup:
-    """The model and data of a trial, by the task's kind (imported only when needed)."""
+def build(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSetup:
+    """The model and data of a trial, by the task's kind (imported only when needed).
+
+    ``final``: train on train + val, no val set, and the test split (``hpo retrain``).
+    """
     if task.kind == "image_classification":
         from hpo.job.vision import build_vision
 
-        return build_vision(task, params, cache)
+        return build_vision(task, params, cache, final=final)
     if task.kind == "text_classification":
         from hpo.job.text import build_text
 
-        return build_text(task, params, cache)
+        return build_text(task, params, cache, final=final)
     raise ValueError(f"task.kind: expected image_classification or text_classification, "
                      f"got {task.kind!r}")
 

@@ -19,24 +19,36 @@ from torch import nn  # noqa: E402
 from hpo.job.checkpoint import load_weights_file  # noqa: E402
 from hpo.job.errors import JobSetupError  # noqa: E402
 from hpo.job.fit import TrainingSetup  # noqa: E402
-from hpo.job.text_data import PadBatch, load_texts, tokenized_datasets  # noqa: E402
+from hpo.job.text_data import (  # noqa: E402
+    PadBatch,
+    final_tokenized_datasets,
+    load_texts,
+    tokenized_datasets,
+)
 from hpo.spec import resolve_model  # noqa: E402
 
 
-def build_text(task, params: dict, cache: dict) -> TrainingSetup:
+def build_text(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSetup:
     """The model and data of one text-classification trial.
 
     Args:
         task: the ``TaskSpec``.
         params: the trial's hyperparameters (``dropout`` is used here).
         cache: the worker's cache (texts, tokenizer, tokenized splits).
+        final: train on train + val and test on the test split (``hpo retrain``).
 
     Raises:
         JobSetupError: a model, weights or data that cannot be loaded here.
     """
     source = load_texts(task.dataset, cache)
     tokenizer = load_tokenizer(task.model, cache)
-    train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
+    val_set = test_set = None
+    test_about = ""
+    if final:
+        train_set, test_set, test_about = final_tokenized_datasets(task, tokenizer, source,
+                                                                   cache)
+    else:
+        train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
     model, new = pretrained_classifier(task.model, source.label_names, task.weights)
     set_head_dropout(model, params["dropout"])
     base = {id(p) for p in model.base_model.parameters()}
@@ -50,6 +62,8 @@ def build_text(task, params: dict, cache: dict) -> TrainingSetup:
         num_classes=len(source.label_names),
         collate=PadBatch(tokenizer),
         in_memory=True,
+        test_set=test_set,
+        test_about=test_about,
     )
 
 

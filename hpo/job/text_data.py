@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpo.job.data import cache_key, train_val_indices
+from hpo.job.data import cache_key, heldout_test_indices, train_val_indices
 from hpo.job.errors import JobSetupError
 
 
@@ -104,23 +104,116 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
     """
     key = cache_key("tokens", task.dataset, model=task.model, max_length=task.max_length,
                     max_samples=task.max_samples, val_fraction=task.val_fraction,
-                    seed=task.seed)
+                    test_fraction=task.test_fraction, seed=task.seed)
     if key not in cache:
         train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
-                                               task.max_samples, task.val_fraction, task.seed)
+                                               task.max_samples, task.val_fraction, task.seed,
+                                               task.test_fraction)
         val_texts, val_labels = ((source.train_texts, source.train_labels)
                                  if source.val_texts is None
                                  else (source.val_texts, source.val_labels))
-
-        def tokenize(texts: list[str], labels: np.ndarray, idx: np.ndarray) -> TokenizedTexts:
-            encoded = tokenizer([texts[i] for i in idx], truncation=True,
-                                max_length=task.max_length)
-            features = [{k: encoded[k][j] for k in encoded} for j in range(len(idx))]
-            return TokenizedTexts(features, labels[idx])
-
-        cache[key] = (tokenize(source.train_texts, source.train_labels, train_idx),
-                      tokenize(val_texts, val_labels, val_idx))
+        cache[key] = (_tokenize(tokenizer, task, source.train_texts, source.train_labels,
+                                train_idx),
+                      _tokenize(tokenizer, task, val_texts, val_labels, val_idx))
     return cache[key]
+
+
+def final_tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
+    """What ``hpo retrain`` fits and tests on: the trials' train and val texts as one
+    training set, and the test split, tokenized.
+
+    Returns:
+        ``(train_set, test_set, test_about)``: ``test_set`` is ``None`` where there is no test
+        split, and ``test_about`` says which it is or why there is none.
+
+    Raises:
+        JobSetupError: a named test file or split that is missing or has unknown labels.
+    """
+    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
+                                           task.max_samples, task.val_fraction, task.seed,
+                                           task.test_fraction)
+    if source.val_texts is None:
+        both = np.sort(np.concatenate([train_idx, val_idx]))
+        texts = [source.train_texts[i] for i in both]
+        labels = source.train_labels[both]
+    else:
+        texts = ([source.train_texts[i] for i in train_idx]
+                 + [source.val_texts[i] for i in val_idx])
+        labels = np.concatenate([source.train_labels[train_idx], source.val_labels[val_idx]])
+    train_set = _tokenize(tokenizer, task, texts, labels, np.arange(len(texts)))
+    if task.test_fraction is not None:
+        _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
+        return (train_set,
+                _tokenize(tokenizer, task, source.train_texts, source.train_labels, test_idx),
+                f"test_fraction {task.test_fraction:g} of the data, held out of every trial")
+    test_texts, test_labels, about = load_test_texts(task.dataset, source, cache)
+    test_set = None
+    if test_texts is not None:
+        test_set = _tokenize(tokenizer, task, test_texts, test_labels,
+                             np.arange(len(test_texts)))
+    return train_set, test_set, about
+
+
+def load_test_texts(dataset: Mapping[str, Any], source: TextSource, cache: dict):
+    """The dataset's own labelled test split, loaded (and cached) only when asked for.
+
+    csv / jsonl: the ``test`` file; hf: ``test_split``, else a ``test`` split whose labels are
+    all known (GLUE's test splits are unlabelled: -1). VADER has none.
+
+    Returns:
+        ``(texts, label ids, about)``, or ``(None, None, why there is none)``.
+
+    Raises:
+        JobSetupError: a named test file or split that is missing or has unknown labels.
+    """
+    key = cache_key("test-texts", dataset)
+    if key not in cache:
+        if dataset.get("name") == "vader":
+            cache[key] = (None, None, "vader has no test split; give task.test_fraction "
+                                      "(e.g. 0.2) to hold one out in a new study")
+        elif "hf" in dataset:
+            cache[key] = _hf_test(dataset, source)
+        elif "test" in dataset:
+            kind = "csv" if "csv" in dataset else "jsonl"
+            path = Path(dataset["test"]).expanduser()
+            texts, labels = _table(path, kind, dataset["text"], dataset["label"])
+            ids = _test_label_ids(labels, source.label_names)
+            if ids is None:
+                raise JobSetupError(f"dataset {kind}: the test file {path} has labels that "
+                                    f"the training file lacks; it has "
+                                    f"{', '.join(source.label_names)}")
+            cache[key] = (texts, ids, f"test file {path}")
+        else:
+            kind = "csv" if "csv" in dataset else "jsonl"
+            cache[key] = (None, None, f"the {kind} dataset names no test file (dataset.test: "
+                                      "FILE), nor task.test_fraction")
+    return cache[key]
+
+
+def _tokenize(tokenizer, task, texts: Sequence[str], labels: np.ndarray,
+              idx: np.ndarray) -> TokenizedTexts:
+    encoded = tokenizer([texts[i] for i in idx], truncation=True, max_length=task.max_length)
+    features = [{k: encoded[k][j] for k in encoded} for j in range(len(idx))]
+    return TokenizedTexts(features, np.asarray(labels)[idx])
+
+
+def _test_label_ids(values: Sequence[Any], names: list[str]) -> np.ndarray | None:
+    """Test labels as the training label ids (by name, else an integer id in range); None
+    if any is unknown (an unlabelled split's -1, a class the training data lacks)."""
+    index = {name: i for i, name in enumerate(names)}
+    ids = []
+    for v in values:
+        if str(v) in index:
+            ids.append(index[str(v)])
+            continue
+        try:
+            i = int(v)
+        except (TypeError, ValueError):
+            return None
+        if float(v) != i or not 0 <= i < len(names):
+            return None
+        ids.append(i)
+    return np.asarray(ids, dtype=np.int64)
 
 
 def _vader() -> TextSource:
@@ -211,6 +304,34 @@ def _hf(dataset: Mapping[str, Any]) -> TextSource:
     return TextSource([str(t) for t in train[text]], train_ids,
                       [str(t) for t in val[text]] if val else None,
                       val_ids if val else None, names)
+
+
+def _hf_test(dataset: Mapping[str, Any], source: TextSource):
+    import datasets
+
+    name, config = dataset["hf"], dataset.get("config")
+    splits = datasets.load_dataset(name, config)  # loaded (and so cached) by _hf already
+    split = dataset.get("test_split")
+    if split is None:
+        if "test" not in splits:
+            return None, None, (f"hf {name} has no test split ({', '.join(splits)}); name one "
+                                "with test_split, or give task.test_fraction")
+        split = "test"
+    test = splits[split]
+    label = dataset.get("label", "label")
+    text = dataset.get("text") or _text_column(test, label, name)
+    for column in (text, label):
+        if column not in test.column_names:
+            raise JobSetupError(f"dataset hf {name}: split {split!r} has no column {column!r}")
+    ids = _test_label_ids(test[label], source.label_names)
+    if ids is None:
+        if "test_split" in dataset:
+            raise JobSetupError(f"dataset hf {name}: test_split {split!r} has labels the "
+                                "training split lacks (an unlabelled split has -1)")
+        return None, None, (f"hf {name}'s test split is unlabelled (labels outside "
+                            f"{', '.join(source.label_names)}); name a labelled one with "
+                            "test_split")
+    return [str(t) for t in test[text]], ids, f"hf {name} split {split!r}"
 
 
 def _text_column(split, label: str, name: str) -> str:

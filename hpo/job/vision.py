@@ -10,18 +10,19 @@ from torch import nn
 from hpo.job.checkpoint import load_weights_file
 from hpo.job.errors import JobSetupError
 from hpo.job.fit import TrainingSetup
-from hpo.job.image_data import Preset, image_datasets, load_images
+from hpo.job.image_data import Preset, final_image_datasets, image_datasets, load_images
 
 log = logging.getLogger(__name__)
 
 
-def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
+def build_vision(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSetup:
     """The model and data of one image-classification trial.
 
     Args:
         task: the ``TaskSpec``.
         params: the trial's hyperparameters (``dropout`` is used here).
         cache: the worker's cache (loaded images).
+        final: train on train + val and test on the test split (``hpo retrain``).
 
     Raises:
         JobSetupError: unknown model, weights that cannot be loaded, missing data.
@@ -30,7 +31,13 @@ def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
     model, preset = pretrained_model(task.model, task.weights)
     blocks = _blocks(model)
     head = replace_head(model, source.num_classes, params["dropout"])
-    train_set, val_set, ready = image_datasets(task, source, preset, cache)
+    val_set = test_set = None
+    test_about = ""
+    if final:
+        train_set, test_set, test_about, ready = final_image_datasets(task, source, preset,
+                                                                      cache)
+    else:
+        train_set, val_set, ready = image_datasets(task, source, preset, cache)
     return TrainingSetup(
         model=model,
         head=list(head.parameters()),
@@ -40,6 +47,8 @@ def build_vision(task, params: dict, cache: dict) -> TrainingSetup:
         num_classes=source.num_classes,
         convolutional=any(isinstance(m, nn.Conv2d) for m in model.modules()),
         in_memory=ready,
+        test_set=test_set,
+        test_about=test_about,
     )
 
 

@@ -157,10 +157,13 @@ def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
 
 
 _DATASET_KEYS = {
-    "image_classification": ("name", "root", "image_folder", "train", "val"),
-    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label",
+    "image_classification": ("name", "root", "image_folder", "train", "val", "test"),
+    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label", "test",
                             "train_split", "val_split", "test_split"),
 }
+_DATASET_TEST = {"image_classification": ("test", "image_folder"),
+                 "text_classification": ("test", "csv or jsonl")}
+"""The dataset key naming a test split of its own, and the sources it goes with."""
 _DATASET_SOURCES = {
     "image_classification": ("name", "image_folder"),
     "text_classification": ("name", "hf", "csv", "jsonl"),
@@ -194,6 +197,8 @@ def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
     }
     optional: dict[str, Callable[[Any], str | None]] = {
         "weights": lambda v: None if isinstance(v, str) and v else "a name or a path, or null",
+        "test_fraction": lambda v: None if _is_number(v) and 0 < v < 1
+        else "a number in (0, 1)",
         "image_size": _positive_int,
         "max_samples": lambda v: None if _is_int(v) and v >= 10 else "an integer >= 10",
         "augment": lambda v: None if isinstance(v, bool) else "true or false",
@@ -212,12 +217,17 @@ def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
         expected = check(value)
         if expected:
             raise (at / key).error(f"expected {expected}, got {_show(value)}")
-        out[key] = float(value) if key == "val_fraction" else value
+        out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
     if "compile" in d:
         out["compile"] = (at / "compile").typed(d["compile"], _BOOL)
     task = TaskSpec(**out)
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
+    own_test = [k for k in ("test", "test_split") if k in dataset]
+    if task.test_fraction is not None and own_test:
+        raise (at / "test_fraction").error(
+            f"the dataset names its own test split (dataset.{own_test[0]}); give one or the "
+            "other")
     if check_environment:
         _check_model(task, at)
     return task
@@ -275,6 +285,11 @@ def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dic
                 )
             if "root" not in d:
                 raise (at / "root").error(f"missing; dataset {name} needs a root directory")
+    key, sources_of_test = _DATASET_TEST[kind]
+    if key in d and not any(s in d for s in sources_of_test.split(" or ")):
+        raise (at / key).error(f"a test {'folder' if kind == 'image_classification' else 'file'}"
+                               f" goes with {sources_of_test}"
+                               + ("; for hf name a test_split" if "hf" in d else ""))
     for key in ("csv", "jsonl"):
         if key in d:
             for col in ("text", "label"):

@@ -208,6 +208,11 @@ class TaskSpec:
     the model's own pretrained weights; a local file is loaded over them."""
     val_fraction: float = 0.2
     """Share of the training data held out for validation when the dataset has no val split."""
+    test_fraction: float | None = None
+    """Share of the dataset held out as a test split before the train/val split, which no
+    trial trains or validates on and ``hpo retrain`` evaluates on. Default: none, and the
+    dataset's own test split (torchvision ``train=False``, an image folder's ``test/``,
+    a ``test`` file or Hugging Face split) where it has one."""
     freeze: str = "none"
     """Default freeze policy (``none``, ``head_only``, ``first_k``); may also be searched."""
     freeze_k: int = 0
