@@ -332,8 +332,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
              + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",
                                      budget.timeout and f"{budget.timeout:g}s") if x))
 
-    def progress(study: Any, trial: Any) -> None:
-        trials = study.get_trials(deepcopy=False)  # one read for the count and the best
+    def progress(trial: Any, trials: list[Any]) -> None:
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         best = min((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
         _say(format_trial(trial, done, budget.n_trials, best))

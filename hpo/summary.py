@@ -42,7 +42,7 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
     """Counts by state, the best value and the running trials with their latest epoch."""
     from optuna.trial import TrialState
 
-    counts = count_states(study)
+    counts = count_states(study.get_trials(deepcopy=False))
     now = dt.datetime.now()
     running = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -71,7 +71,7 @@ def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, An
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts = count_states(study)
+        counts = count_states(study.get_trials(deepcopy=False))
         out.append({
             "study": s.study_name,
             "counts": {k.name: n for k, n in counts.items() if n},

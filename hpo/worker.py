@@ -24,13 +24,14 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from hpo.spec import Spec, suggest
 from hpo.storage import no_experimental_warnings
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
 
 log = logging.getLogger("hpo")
 
@@ -88,7 +89,7 @@ def run_worker(
     *,
     worker: str,
     checkpoint_dir: Path,
-    on_trial: Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None] | None = None,
+    on_trial: Callable[["FrozenTrial", "list[FrozenTrial]"], None] | None = None,
     max_trials: int | None = None,
     artifacts_url: str | None = None,
 ) -> WorkerReport:
@@ -99,7 +100,8 @@ def run_worker(
         spec: the study's spec, its budget possibly overridden on the command line.
         worker: this worker's name, recorded on each trial.
         checkpoint_dir: root of the trial checkpoints.
-        on_trial: called after each finished trial (the progress display).
+        on_trial: called after each finished trial with it and the study's trials as read
+            right after it (the progress display).
         max_trials: recycle the process after this many trials (None: never).
         artifacts_url: the storage URL whose artifact store receives the checkpoints of trials
             that complete among the best ``KEEP_BEST_CHECKPOINTS`` (None: no upload).
@@ -148,9 +150,9 @@ def run_worker(
                 _quietly(trial.set_user_attr, "fail_reason", _reason(e))
             raise
 
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def after_trial(number: int, trials: list[FrozenTrial]) -> None:
         nonlocal consecutive_failures
-        current.clear()
+        trial = next(t for t in reversed(trials) if t.number == number)
         report.trials += 1
         if trial.state == optuna.trial.TrialState.FAIL:
             consecutive_failures += 1
@@ -158,17 +160,24 @@ def run_worker(
         else:
             consecutive_failures = 0
         if trial.user_attrs.get("checkpoint"):
-            _quietly(retain_checkpoints, study)
+            _quietly(retain_checkpoints, trials)
         if on_trial is not None:
-            on_trial(study, trial)
+            on_trial(trial, trials)
 
     def on_signal(signum: int, frame: object) -> None:
         raise Preempted(signal.Signals(signum).name)
 
+    def read_trials() -> list[FrozenTrial]:
+        return _with_database_retry(lambda: study.get_trials(deepcopy=False))
+
     previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        # One read of the study's trials per trial, right after it, serves the progress line,
+        # the checkpoint retention and the next budget check: reads cost more than the rest
+        # of the service's work on a trial (benchmarks/overhead.py).
+        trials = read_trials()
         while True:
-            reason = _with_database_retry(lambda: _should_stop(study, spec, started))
+            reason = _with_database_retry(lambda: _should_stop(study, spec, started, trials))
             if not reason and consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 reason = "failures"
             if not reason and max_trials is not None and report.trials >= max_trials:
@@ -186,12 +195,14 @@ def run_worker(
                 # two thirds of a no-op trial (benchmarks/overhead.py); the built-in job
                 # collects once in run.release, and memory growth recycles the process.
                 _with_database_retry(lambda: study.optimize(
-                    objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
-                    gc_after_trial=False,
-                ))
+                    objective, n_trials=1, catch=(Exception,), gc_after_trial=False))
             except _Surplus:
                 # Another worker claimed the last trial of the budget at the same moment.
                 _requeue(study, current.pop("trial"))
+            finished = current.pop("trial", None)
+            trials = read_trials()
+            if finished is not None:
+                after_trial(finished.number, trials)
             if baseline_mb is None and report.trials:
                 baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
     except Preempted as e:
@@ -239,26 +250,38 @@ class _Surplus(BaseException):
 
 
 def _over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
-    """True if ``number`` is the newest of more running + finished trials than the budget."""
+    """True if the budget's running + finished trials are all numbered before ``number``.
+
+    Workers that ask at the same moment all see each other's new trials; counting only the
+    trials *before* one's own makes exactly the later ones yield, however many asked at once.
+    """
     from optuna.trial import TrialState
 
     n = spec.budget.n_trials
-    if n is None:
+    if n is None or number < n:
+        # A trial's number counts the trials created before it, so fewer than n running or
+        # finished ones can precede it: no read needed for all but the budget's last trials.
         return False
-    active = [t.number for t in study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))]
-    return len(active) > n and number == max(active)
+    active = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return sum(t.number < number for t in active) >= n
 
 
 def _requeue(study: "optuna.Study", trial: "optuna.Trial") -> None:
     """Put a running trial back in the queue: WAITING, same number, params and values kept."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    try:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    except UpdateFinishedTrialError:
+        pass  # the signal came just after the trial finished: nothing to re-queue
 
 
-def _should_stop(study: "optuna.Study", spec: Spec, started: float) -> str:
-    """Why to start no new trial, or '' to go on. The budget counts every worker's trials."""
+def _should_stop(study: "optuna.Study", spec: Spec, started: float,
+                 trials: "list[FrozenTrial]") -> str:
+    """Why to start no new trial, or '' to go on. The budget counts every worker's trials;
+    ``trials`` is the study as last read (read again only when running trials decide it)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -268,13 +291,13 @@ def _should_stop(study: "optuna.Study", spec: Spec, started: float) -> str:
     n_trials = spec.budget.n_trials
     if n_trials is None:
         return ""
-    counts = count_states(study)
+    counts = count_states(trials)
     if counts[TrialState.RUNNING] and _budget_taken(counts, n_trials):
         # Some of those running trials may belong to dead workers: fail and re-queue them
         # before deciding (Optuna does this itself before each trial it starts).
         with no_experimental_warnings():
             optuna.storages.fail_stale_trials(study)
-        counts = count_states(study)
+        counts = count_states(study.get_trials(deepcopy=False))
     if _budget_taken(counts, n_trials):
         return "budget"  # met, or the rest of it is running on other workers
     return ""
@@ -287,12 +310,12 @@ def _budget_taken(counts: dict, n_trials: int) -> bool:
     return done + counts[TrialState.RUNNING] >= n_trials
 
 
-def count_states(study: "optuna.Study") -> "dict[optuna.trial.TrialState, int]":
-    """Trials of the study by state (every state present, zero where none)."""
+def count_states(trials: "Iterable[FrozenTrial]") -> "dict[optuna.trial.TrialState, int]":
+    """Trials by state (every state present, zero where none)."""
     from optuna.trial import TrialState
 
     counts = {s: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         counts[t.state] += 1
     return counts
 
@@ -330,12 +353,17 @@ def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
     return failed
 
 
-def retain_checkpoints(study: "optuna.Study", keep_best: int = KEEP_BEST_CHECKPOINTS) -> None:
+def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS
+                       ) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials and of the
-    best ``keep_best`` complete trials; pruned, failed and worse trials lose theirs."""
+    best ``keep_best`` complete trials; pruned, failed and worse trials lose theirs.
+
+    Args:
+        trials: every trial of the study, freshly read.
+        keep_best: how many of the best complete trials keep their checkpoint.
+    """
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
     keep = {t.user_attrs.get("checkpoint") for t in trials
             if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),

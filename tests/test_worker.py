@@ -141,6 +141,27 @@ def test_four_workers_meet_the_budget_exactly(storage_url, tmp_path):
     assert "database is locked" not in r.stdout
 
 
+def test_simultaneous_asks_past_the_budget_leave_exactly_the_later_ones_surplus(tmp_path):
+    """Four workers ask for the budget's last trial at once: the three later ones yield, in
+    whatever order they check, and a failed trial does not count against the budget."""
+    from hpo.spec import parse_spec
+    from hpo.storage import open_storage
+    from hpo.study import create_study
+    from hpo.worker import _over_budget
+    import yaml
+
+    spec = parse_spec(yaml.safe_load(FAST.format(name="asks", n=3, low=1, high=2,
+                                                 pruner="none")), source="<asks>")
+    study = create_study(spec, open_storage(f"sqlite:///{tmp_path / 'asks.db'}"))
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    done = study.ask()
+    study.tell(done, 1.0)
+    asked = [study.ask() for _ in range(4)]  # numbers 2 to 5, all RUNNING at once
+    verdicts = {t.number: _over_budget(study, spec, t.number) for t in reversed(asked)}
+    assert verdicts == {2: False, 3: False, 4: True, 5: True}
+
+
 @pytest.mark.slow
 def test_four_sqlite_workers_100_trials_without_lock_errors(tmp_path):
     url = f"sqlite:///{tmp_path / 'many.db'}"
@@ -150,8 +171,9 @@ def test_four_sqlite_workers_100_trials_without_lock_errors(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:]
     assert "locked" not in r.stdout.lower()
     ts = trials(name, url)
-    assert len(finished(ts)) == 100
-    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    states = Counter(t.state.name for t in ts)
+    assert len(finished(ts)) == 100, (states, r.stdout[-3000:])
+    assert not states["RUNNING"] + states["FAIL"], (states, r.stdout[-3000:])
 
 
 # --------------------------------------------------------------------------------------------
