@@ -207,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", metavar="DIR",
                    help="artifact store folder, where the checkpoint was uploaded elsewhere")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("retrain", help="retrain the best trial on train + val, test it",
+                       description="Fine-tune the best trial's configuration (or --trial N's) "
+                                   "once more on the trials' train and validation examples "
+                                   "together, for the epoch its validation loss was best, and "
+                                   "evaluate it on the test split where the dataset has one "
+                                   "(or task.test_fraction). Writes model.pt and retrain.json "
+                                   "and keeps a summary in the study (hpo.retrain).")
+    p.add_argument("study", metavar="STUDY")
+    _storage_flag(p)
+    p.add_argument("--out", metavar="DIR", help="the folder (default: retrain/STUDY)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="epochs to train (default: the trial's best_epoch, else its epochs)")
+    p.add_argument("--trial", type=int, metavar="N",
+                   help="retrain complete trial N instead of the best")
+    p.set_defaults(func=cmd_retrain)
     return parser
 
 
@@ -513,6 +529,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         _say(f"  (no checkpoint: {checkpoint['missing']})")
     _say("  record.json        seeds, package versions, git commit, data fingerprint")
     _say("  trials.csv         every trial of the study")
+    return EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from hpo.retrain import format_retrain, retrain
+    from hpo.storage import open_storage, resolve_url
+    from hpo.study import load_study
+
+    url = resolve_url(args.storage)
+    study, spec = load_study(args.study, open_storage(url, create=False))
+    record = retrain(study, spec, out=args.out, trial_number=args.trial, epochs=args.epochs,
+                     storage_url=url, say=_say)
+    _say(format_retrain(record))
     return EXIT_OK
 
 

@@ -41,7 +41,7 @@ PACKAGES = ("hpo", "optuna", "optuna-dashboard", "torch", "torchvision", "transf
 ATTR_COLUMNS = ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
                 "samples_per_second", "device", "host", "worker", "peak_memory_mb",
                 "prune_reason", "fail_reason", "checkpoint")
-_PATH_KEYS = ("root", "image_folder", "train", "val", "csv", "jsonl")
+_PATH_KEYS = ("root", "image_folder", "train", "val", "test", "csv", "jsonl")
 _HASH_CONTENT_LIMIT = 2 << 30
 """Data folders above this many bytes are fingerprinted by names, sizes and times only."""
 
@@ -222,11 +222,27 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
         st = f.stat()
         digest.update(f"{name}\0{st.st_size}\0".encode())
         if method == "content":
-            digest.update(_sha256(f).encode())
+            digest.update(file_sha256(f).encode())
         else:
             digest.update(str(int(st.st_mtime)).encode())
     return {"sha256": digest.hexdigest(), "files": len(files), "bytes": size, "method": method,
             "paths": [str(p) for p in paths]}
+
+
+def environment_record(task: "TaskSpec") -> dict[str, Any]:
+    """What a reproducibility record says about where it ran: ``packages`` (versions),
+    ``platform``, ``git`` (the working directory's and hpo's commits) and ``data`` (the
+    task's data fingerprint)."""
+    return {
+        "packages": package_versions(),
+        "platform": {"system": platform.platform(), "machine": platform.machine(),
+                     "python": sys.version.split()[0]},
+        "git": {
+            "working_directory": git_commit(Path.cwd()),
+            "hpo": git_commit(Path(__file__).resolve().parent),
+        },
+        "data": data_fingerprint(task),
+    }
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -238,7 +254,8 @@ def _package_file(package: str, relative: str) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / relative
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -303,7 +320,7 @@ def export_best(
         if download_checkpoint(artifact_id, target, url, artifacts):
             checkpoint = {"path": target.name, "from": f"artifact {artifact_id}"}
     if checkpoint["path"]:
-        checkpoint["sha256"] = _sha256(target)
+        checkpoint["sha256"] = file_sha256(target)
     else:
         checkpoint["missing"] = (f"no file at {source}" if source
                                  else "the trial recorded no checkpoint")
@@ -329,15 +346,8 @@ def export_best(
             "sampler.seed": sampler_seed,
             **{k: v for k, v in best.user_attrs.items() if "seed" in k},
         },
-        "packages": package_versions(),
         "study_hpo_version": study.user_attrs.get("hpo.version"),
-        "platform": {"system": platform.platform(), "machine": platform.machine(),
-                     "python": sys.version.split()[0]},
-        "git": {
-            "working_directory": git_commit(Path.cwd()),
-            "hpo": git_commit(Path(__file__).resolve().parent),
-        },
-        "data": data_fingerprint(spec.task),
+        **environment_record(spec.task),
     }
     (out / "record.json").write_text(json.dumps(record, indent=2, default=str) + "\n",
                                      encoding="utf-8")
