@@ -7,8 +7,7 @@ was best (``best_epoch``; ``--epochs`` overrides), then evaluates the test split
 dataset has one: its own (torchvision ``train=False``, an image folder's ``test/``, a ``test``
 file, a Hugging Face test split) or the ``task.test_fraction`` that no trial saw. It writes
 
-- ``model.pt``: the fine-tuned model, ``{"model": state_dict, "epoch": N}`` (a spec's
-  ``weights:`` loads it too);
+- ``model.pt``: the fine-tuned model, ``{"model": state_dict, "epoch": N}``;
 - ``retrain.json``: the trial, params, epochs, train and test numbers, time, device, package
   versions, git commits and the data fingerprint;
 

@@ -116,6 +116,15 @@ BAD = [
      ["task.weights", "no checkpoint file"]),
     ("unknown dataset", _replace(GOOD, "{name: digits}", "{name: CIFAR11, root: /tmp}"),
      ["task.dataset.name", "CIFAR11"]),
+    ("test_fraction out of range", _replace(GOOD, "model: resnet18",
+                                            "model: resnet18\n  test_fraction: 1.5"),
+     ["task.test_fraction", "(0, 1)", "1.5"]),
+    ("test_fraction and a test split", _replace(
+        GOOD, "{name: digits}", "{image_folder: /tmp/x, test: held}\n  test_fraction: 0.2"),
+     ["task.test_fraction", "own test split", "dataset.test"]),
+    ("test folder without an image folder", _replace(GOOD, "{name: digits}",
+                                                     "{name: digits, test: x}"),
+     ["task.dataset.test", "image_folder"]),
 ]
 
 

@@ -94,8 +94,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
 
 def save_model(path: Path, *, model: nn.Module, epoch: int) -> None:
     """Write the model alone, ``{"model": state_dict, "epoch": epoch}``, atomically to
-    ``path``: what a final fit keeps (no optimizer state to resume with). A spec's ``weights``
-    loads it (``load_weights_file``)."""
+    ``path``: what a final fit keeps (no optimizer state to resume with)."""
     _save_atomically({"epoch": epoch, "model": model.state_dict()}, path)
 
 
