@@ -61,6 +61,7 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
         "counts": {s.name: n for s, n in counts.items()},
         "best": None if best is None else {"number": best["number"], "value": best["value"]},
         "running": running,
+        "retrain": study.user_attrs.get("hpo.retrain"),  # hpo.retrain.RETRAIN_ATTR
     }
 
 
@@ -108,6 +109,13 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
             gpu = (gpus or {}).get(r["worker"])
             where = f"{r['worker'] or ''}" + (f" gpu {gpu}" if gpu is not None else "")
             lines.append(f"    #{r['number']:<4} {epoch:<11} {loss:<17} {where} {secs}")
+    retrain = record.get("retrain")
+    if retrain:
+        tested = (f"test_loss {retrain['test_loss']:.4f} acc {retrain['test_accuracy']:.3f} on "
+                  f"{retrain['test_examples']}" if retrain.get("test_loss") is not None
+                  else "no test split")
+        lines.append(f"  retrain  #{retrain['trial']} for {retrain['epochs']} epochs: {tested}"
+                     f" -> {retrain['out']}")
     return "\n".join(lines)
 
 

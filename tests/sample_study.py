@@ -33,8 +33,9 @@ OUTCOMES = [
 
 
 def build_sample_study(url: str, name: str, checkpoint_dir: Path, *, outcomes=OUTCOMES,
-                       seed: int = 0) -> optuna.Study:
-    """Create study ``name`` from the digits spec and add the recorded trials to it."""
+                       seed: int = 0, **task: object) -> optuna.Study:
+    """Create study ``name`` from the digits spec (``task`` keys replaced) and add the
+    recorded trials to it."""
     import torch
 
     spec = load_spec(DIGITS)
@@ -43,7 +44,8 @@ def build_sample_study(url: str, name: str, checkpoint_dir: Path, *, outcomes=OU
     # The recorded outcomes plan up to 8 epochs, whatever the shipped spec's range is today.
     space = tuple(replace(p, low=2, high=8) if p.name == "epochs" else p
                   for p in spec.search_space)
-    spec = replace(spec, study=replace(spec.study, name=name), search_space=space)
+    spec = replace(spec, study=replace(spec.study, name=name), search_space=space,
+                   task=replace(spec.task, **task))
     study = create_study(spec, open_storage(url))
     rng = random.Random(seed)
     # Started a quarter of an hour ago: the running trial is running now.

@@ -129,6 +129,11 @@ def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
     # The study never saw the held-out examples: its trials are as many as the spec asked.
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
 
+    status = run_hpo("status", "tiny", "--storage", url, cwd=folder)
+    assert status.returncode == 0, status.stderr
+    assert (f"retrain  #{best.number} for {record['epochs']} epochs: test_loss "
+            f"{test['loss']:.4f} acc {test['accuracy']:.3f} on 359") in status.stdout
+
 
 @pytest.mark.slow
 def test_retrain_a_chosen_trial_for_chosen_epochs(tiny):
@@ -148,11 +153,11 @@ def test_retrain_a_chosen_trial_for_chosen_epochs(tiny):
 
 @pytest.mark.slow
 def test_retrain_without_a_test_split_says_so_and_saves(tmp_path):
-    """The sample study's digits spec has no test_fraction: retrain, save, one line saying so.
+    """A digits study without test_fraction: retrain, save, one line saying so.
     (SQLite only: the bad-input test covers the servers without training.)"""
     storage_url = f"sqlite:///{tmp_path / 'hpo.db'}"
     name = f"sample-{uuid.uuid4().hex[:8]}"
-    build_sample_study(storage_url, name, tmp_path / "ckpt")
+    build_sample_study(storage_url, name, tmp_path / "ckpt", test_fraction=None)
     result = run_hpo("retrain", name, "--storage", storage_url, "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     said = [line for line in result.stdout.splitlines() if "no test split" in line]
