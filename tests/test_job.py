@@ -482,6 +482,46 @@ def test_out_of_memory_at_micro_batch_one_fails_with_reason(monkeypatch):
     assert trial.user_attrs["grad_accumulation"] == 16
 
 
+def test_out_of_memory_in_evaluation_halves_its_micro_batch(monkeypatch):
+    real = fit_module.logits
+    sizes = []
+
+    def small_memory_without_grad(model, inputs):
+        if not torch.is_grad_enabled():
+            if len(inputs) > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            sizes.append(len(inputs))
+        return real(model, inputs)
+
+    monkeypatch.setattr(fit_module, "logits", small_memory_without_grad)
+    task = digits(max_samples=100, evals_per_epoch=2)  # 20 val examples, 2 evals an epoch
+    trial = run_one(task, make_params(batch_size=16, epochs=2))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+    assert trial.user_attrs["eval_micro_batch_size"] == 4
+    assert "micro_batch_size" not in trial.user_attrs  # training kept its batch of 16
+    # Each of the 4 evaluations saw the 20 val examples once, in passes of at most 4 (the
+    # attempts at 16 and 8 failed before any pass completed).
+    assert sum(sizes) == 4 * 20 and max(sizes) == 4
+
+
+def test_out_of_memory_in_evaluation_at_one_example_fails_with_reason(monkeypatch):
+    real = fit_module.logits
+
+    def no_memory_without_grad(model, inputs):
+        if not torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, inputs)
+
+    monkeypatch.setattr(fit_module, "logits", no_memory_without_grad)
+    trial = run_one(digits(max_samples=100), make_params(batch_size=16, epochs=1),
+                    catch=(torch.OutOfMemoryError,))
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "oom"
+    assert trial.user_attrs["eval_micro_batch_size"] == 1
+    assert trial.user_attrs["epochs_run"] == 1
+
+
 def live_tensor_bytes() -> int:
     gc.collect()
     seen, total = set(), 0

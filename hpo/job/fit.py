@@ -70,6 +70,9 @@ class Progress:
     stopped_early: bool = False
     first_loss: float | None = None
     micro_batch: int = 0
+    eval_micro_batch: int = 0
+    """Examples per forward pass in evaluation; 0 until an evaluation ran out of memory
+    (then it halves apart from training's, which needs more memory)."""
     epochs_run: int = 0
     samples: int = 0
     train_seconds: float = 0.0
@@ -224,8 +227,9 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
             if val_loader is not None and i in eval_after:
                 progress.train_seconds += time.perf_counter() - clock
                 step = epoch if evals == 1 else (epoch - 1) * evals + eval_after[i]
-                val_loss, accuracy = evaluate(net, val_loader, dev, progress.micro_batch,
-                                              channels_last)
+                val_loss, accuracy, progress.eval_micro_batch = evaluate_or_fail(
+                    trial, record, net, val_loader, dev,
+                    progress.eval_micro_batch or progress.micro_batch, channels_last)
                 log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, "
                          "val accuracy %.3f", trial.number, epoch, step, loss, val_loss,
                          accuracy)
@@ -278,7 +282,8 @@ def final_test(trial, model: nn.Module, setup: TrainingSetup, task, dev: Device,
     if setup.test_set is None or len(setup.test_set) == 0:
         return
     loader = eval_loader(setup, setup.test_set, task, dev, batch_size)
-    test_loss, accuracy = evaluate(model, loader, dev, micro_batch, channels_last)
+    test_loss, accuracy, _ = evaluate_or_fail(trial, lambda: None, model, loader, dev,
+                                              micro_batch, channels_last)
     log.info("final fit: test loss %.4f, test accuracy %.3f on %d examples", test_loss,
              accuracy, len(setup.test_set))
     trial.set_user_attr("test_loss", test_loss)
@@ -357,10 +362,40 @@ def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, 
     return loss.detach()
 
 
+def evaluate_or_fail(trial, record: Callable[[], None], model: nn.Module, loader: DataLoader,
+                     dev: Device, micro_batch: int, channels_last: bool
+                     ) -> tuple[float, float, int]:
+    """``evaluate``, its micro-batch halved on out-of-memory until it fits.
+
+    Returns:
+        Mean cross-entropy, accuracy, and the micro-batch that fitted (later evaluations
+        start from it).
+
+    Raises:
+        torch.OutOfMemoryError: even one example per forward pass does not fit
+            (``fail_reason`` = ``oom``; ``record`` writes the trial's attrs first).
+    """
+    while True:
+        try:
+            return (*evaluate(model, loader, dev, micro_batch, channels_last), micro_batch)
+        except torch.OutOfMemoryError as e:
+            oom = str(e).splitlines()[0] if str(e) else "out of memory"
+        # Out of the except block, the traceback holding the activations is gone.
+        free_memory(dev)
+        if micro_batch == 1:
+            trial.set_user_attr("fail_reason", "oom")
+            record()
+            raise torch.OutOfMemoryError(f"evaluation: a micro-batch of 1 does not fit: {oom}")
+        micro_batch //= 2
+        trial.set_user_attr("eval_micro_batch_size", micro_batch)
+        log.warning("trial %d: out of memory in evaluation (%s); evaluating in micro-batches "
+                    "of %d", trial.number, oom, micro_batch)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int,
              channels_last: bool) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the validation set."""
+    """Mean cross-entropy and accuracy over a validation or test set."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=dev.device)
     correct = torch.zeros((), dtype=torch.int64, device=dev.device)
