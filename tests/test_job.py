@@ -414,9 +414,11 @@ def test_missing_torchvision_dataset_is_a_clear_error(tmp_path):
 # Checkpoint and resume, out of memory, memory hygiene
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch, workers):
-    task = digits(max_samples=120, num_workers=workers)
+@pytest.mark.parametrize("workers, augment", [(0, False), (2, False), (0, True), (2, True)])
+def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch, workers, augment):
+    """Resumed after epoch 2, epoch 3 is as if the trial had never stopped, augmentation drawn
+    in loader processes included."""
+    task = digits(max_samples=120, num_workers=workers, augment=augment)
     params = make_params(epochs=3, batch_size=32, schedule="cosine", warmup_fraction=0.1,
                          dropout=0.2)
     whole = run_one(task, params).intermediate_values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -146,19 +147,50 @@ class EpochShuffle(Sampler[int]):
 
     An attempt resumed at epoch ``e`` sees the same order as one that never stopped, whatever
     the data loader and its worker processes drew in between. Call ``set_epoch`` first.
+    ``keyed``: yield ``epoch * n + index`` instead of ``index``, the keys ``EpochSeeded``
+    reads.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, keyed: bool = False) -> None:
         self.n = n
         self.seed = seed
         self.epoch = 1
+        self.keyed = keyed
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=order).tolist())
+        indices = torch.randperm(self.n, generator=order)
+        if self.keyed:
+            indices += self.epoch * self.n
+        return iter(indices.tolist())
 
     def __len__(self) -> int:
         return self.n
+
+
+class EpochSeeded(Dataset):
+    """A training set read by loader processes, its random transforms (augmentation) drawn
+    from ``(seed, epoch, index)`` alone.
+
+    Loader processes seed their RNGs once, when they start, so what they draw depends on
+    every example they loaded before. Seeding each example from its key
+    (``EpochShuffle(keyed=True)``) instead makes an attempt resumed at epoch ``e`` augment
+    exactly as one that never stopped, whichever process loads which example.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(key, len(self.dataset))
+        seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63
+        torch.manual_seed(seed)  # torchvision's transforms draw from torch's RNG
+        random.seed(seed)
+        return self.dataset[index]

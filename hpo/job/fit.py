@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hpo.job.checkpoint import restore_checkpoint, save_checkpoint, save_model
-from hpo.job.data import EpochShuffle
+from hpo.job.data import EpochSeeded, EpochShuffle
 from hpo.job.device import Device, free_memory, peak_memory_mb, pick_device, reset_peak_memory
 from hpo.job.optim import freeze, make_optimizer, make_scheduler, train_mode
 
@@ -298,12 +298,16 @@ def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int):
     Loader processes: ``task.num_workers``, by default 4 with CUDA for data that needs work
     per example (decoding, augmentation), else none. No val set: the val loader is ``None``.
     """
-    order = EpochShuffle(len(setup.train_set), task.seed)
+    loading = _loading(setup, task, dev)
+    # In this process the RNG that augments is the global one, which checkpoints save and
+    # restore; loader processes have their own, so there each example seeds its own.
+    processes = loading["num_workers"] > 0
+    order = EpochShuffle(len(setup.train_set), task.seed, keyed=processes)
+    train_set = EpochSeeded(setup.train_set, task.seed) if processes else setup.train_set
     # Loaders draw their workers' seeds from their own generators, never from the global RNG
     # (dropout's), whose state must not depend on when a loader happened to start.
-    train_loader = DataLoader(setup.train_set, batch_size, sampler=order, drop_last=True,
-                              generator=torch.Generator().manual_seed(task.seed),
-                              **_loading(setup, task, dev))
+    train_loader = DataLoader(train_set, batch_size, sampler=order, drop_last=True,
+                              generator=torch.Generator().manual_seed(task.seed), **loading)
     val_loader = (None if setup.val_set is None
                   else eval_loader(setup, setup.val_set, task, dev, batch_size))
     return train_loader, val_loader, order
