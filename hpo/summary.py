@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from hpo.retrain import RETRAIN_ATTR
 from hpo.worker import count_states
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
         "counts": {s.name: n for s, n in counts.items()},
         "best": None if best is None else {"number": best["number"], "value": best["value"]},
         "running": running,
-        "retrain": study.user_attrs.get("hpo.retrain"),  # hpo.retrain.RETRAIN_ATTR
+        "retrain": study.user_attrs.get(RETRAIN_ATTR),
     }
 
 

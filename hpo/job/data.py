@@ -102,6 +102,17 @@ def heldout_test_indices(labels: np.ndarray, test_fraction: float,
     return split(labels, test_fraction, seed + TEST_SEED_OFFSET)
 
 
+def heldout_about(test_fraction: float) -> str:
+    """What a final fit says of a ``test_fraction`` test split."""
+    return f"test_fraction {test_fraction:g} of the data, held out of every trial"
+
+
+def no_test_split(dataset_name: str) -> str:
+    """Why a built-in dataset without a test split of its own has none, and the way out."""
+    return (f"{dataset_name} has no test split; give task.test_fraction (e.g. 0.2) to hold "
+            "one out in a new study")
+
+
 def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
                       max_samples: int | None, val_fraction: float,
                       seed: int, test_fraction: float | None = None

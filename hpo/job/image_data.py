@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from hpo.job.data import LabelledSubset, cache_key, heldout_test_indices, train_val_indices
+from hpo.job.data import (
+    LabelledSubset,
+    cache_key,
+    heldout_about,
+    heldout_test_indices,
+    no_test_split,
+    train_val_indices,
+)
 from hpo.job.errors import JobSetupError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -143,7 +150,7 @@ def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
         test_set = (LabelledSubset(pairs, test_idx, source.train_labels) if pairs is not None
                     else LabelledSubset(source.train, test_idx, source.train_labels, evaluate))
-        about = f"test_fraction {task.test_fraction:g} of the data, held out of every trial"
+        about = heldout_about(task.test_fraction)
         return train_set, test_set, about, ready
     test, test_labels, about = load_test_images(task.dataset, source, cache)
     test_set = None
@@ -167,8 +174,7 @@ def load_test_images(dataset: Mapping[str, Any], source: ImageSource, cache: dic
     key = cache_key("test-images", dataset)
     if key not in cache:
         if dataset.get("name") == "digits":
-            cache[key] = (None, None, "digits has no test split; give task.test_fraction "
-                                      "(e.g. 0.2) to hold one out in a new study")
+            cache[key] = (None, None, no_test_split("digits"))
         elif "name" in dataset:
             cache[key] = _torchvision_test(dataset["name"], dataset["root"], source)
         else:

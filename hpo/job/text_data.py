@@ -14,9 +14,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
-from hpo.job.data import cache_key, heldout_test_indices, train_val_indices
+from hpo.job.data import (
+    cache_key,
+    heldout_about,
+    heldout_test_indices,
+    no_test_split,
+    train_val_indices,
+)
 from hpo.job.errors import JobSetupError
 
 
@@ -129,23 +135,13 @@ def final_tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
     Raises:
         JobSetupError: a named test file or split that is missing or has unknown labels.
     """
-    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
-                                           task.max_samples, task.val_fraction, task.seed,
-                                           task.test_fraction)
-    if source.val_texts is None:
-        both = np.sort(np.concatenate([train_idx, val_idx]))
-        texts = [source.train_texts[i] for i in both]
-        labels = source.train_labels[both]
-    else:
-        texts = ([source.train_texts[i] for i in train_idx]
-                 + [source.val_texts[i] for i in val_idx])
-        labels = np.concatenate([source.train_labels[train_idx], source.val_labels[val_idx]])
-    train_set = _tokenize(tokenizer, task, texts, labels, np.arange(len(texts)))
+    # The trials' own tokenized sets (cached), one after the other: no transform differs.
+    train_set = ConcatDataset(tokenized_datasets(task, tokenizer, source, cache))
     if task.test_fraction is not None:
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
         return (train_set,
                 _tokenize(tokenizer, task, source.train_texts, source.train_labels, test_idx),
-                f"test_fraction {task.test_fraction:g} of the data, held out of every trial")
+                heldout_about(task.test_fraction))
     test_texts, test_labels, about = load_test_texts(task.dataset, source, cache)
     test_set = None
     if test_texts is not None:
@@ -169,8 +165,7 @@ def load_test_texts(dataset: Mapping[str, Any], source: TextSource, cache: dict)
     key = cache_key("test-texts", dataset)
     if key not in cache:
         if dataset.get("name") == "vader":
-            cache[key] = (None, None, "vader has no test split; give task.test_fraction "
-                                      "(e.g. 0.2) to hold one out in a new study")
+            cache[key] = (None, None, no_test_split("vader"))
         elif "hf" in dataset:
             cache[key] = _hf_test(dataset, source)
         elif "test" in dataset:
