@@ -70,7 +70,9 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                 "pruning", case, "epochs", hpo=got["epochs"], baseline=base["epochs"],
                 baseline_name="no pruning", ratio=got["epochs"] / base["epochs"],
                 goal=f"<= {EPOCH_GOAL:.2f}",
-                note=f"{got['pruned']}/{n_trials} pruned; {budget}"),
+                note=f"{got['pruned']}/{n_trials} pruned; the {n_trials - got['pruned']} "
+                     f"completed trials used {got['completed_epochs']:.1f} of the epochs; "
+                     f"{budget}"),
                 lambda r: r <= EPOCH_GOAL))
             rows.append(judged(Row(
                 "pruning", case, "best val loss", hpo=got["best"], baseline=base["best"],
@@ -128,9 +130,15 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
                            f"{report.last_failure}")
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     evals = spec.task.evals_per_epoch
-    return {
+
+    def epochs(trials) -> float:
         # Epochs of training data consumed: a trial's last report step is in 1/evals epochs.
-        "epochs": sum(max(t.intermediate_values, default=0) / evals for t in finished),
+        return sum(max(t.intermediate_values, default=0) / evals for t in trials)
+
+    return {
+        "epochs": epochs(finished),
+        # What pruning cannot save: the trials good enough to survive run all their epochs.
+        "completed_epochs": epochs(t for t in finished if t.state == TrialState.COMPLETE),
         "best": min(t.value for t in finished if t.state == TrialState.COMPLETE),
         "seconds": seconds,
         "pruned": sum(t.state == TrialState.PRUNED for t in finished),

@@ -20,11 +20,13 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from hpo.spec import Spec, suggest
 from hpo.storage import no_experimental_warnings
@@ -52,7 +54,7 @@ DATABASE_RETRY_SECONDS = 300
 class Preempted(BaseException):
     """Raised in the main thread by SIGTERM / SIGINT: stop the trial, re-queue it.
 
-    A BaseException so that neither the job nor Optuna's ``catch`` turns it into a failure.
+    A BaseException so that neither the job nor the trial loop turns it into a failure.
     """
 
 
@@ -116,7 +118,7 @@ def run_worker(
     run_job = job_function(spec)
     report = WorkerReport()
     cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
-    host = socket.gethostname()
+    attrs = {"host": socket.gethostname(), "worker": worker}  # recorded on every trial
     study_dir = checkpoint_dir / _safe(study.study_name)
     started = time.monotonic()
     current: dict[str, Any] = {}  # the trial in progress, for the preemption handler
@@ -124,11 +126,6 @@ def run_worker(
     baseline_mb: float | None = None
 
     def objective(trial: optuna.Trial) -> float:
-        current["trial"] = trial
-        if _over_budget(study, spec, trial.number):
-            raise _Surplus()
-        trial.set_user_attr("host", host)
-        trial.set_user_attr("worker", worker)
         params = suggest(trial, spec)
         previous = trial.user_attrs.get("checkpoint")  # a re-queued or retried trial's
         resume = Path(previous) if previous and Path(previous).is_file() else None
@@ -190,15 +187,12 @@ def run_worker(
             if reason:
                 report.stopped_because = reason
                 break
-            try:
-                # No gc_after_trial: with torch loaded a full collection costs 0.1-0.25 s,
-                # two thirds of a no-op trial (benchmarks/overhead.py); the built-in job
-                # collects once in run.release, and memory growth recycles the process.
-                _with_database_retry(lambda: study.optimize(
-                    objective, n_trials=1, catch=(Exception,), gc_after_trial=False))
-            except _Surplus:
-                # Another worker claimed the last trial of the budget at the same moment.
-                _requeue(study, current.pop("trial"))
+            # No garbage collection after the trial (Optuna's gc_after_trial): with torch
+            # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
+            # (benchmarks/overhead.py); the built-in job collects once in run.release, and
+            # memory growth recycles the process.
+            _with_database_retry(lambda: _run_trial(study, spec, objective, attrs, current,
+                                                    trials))
             finished = current.pop("trial", None)
             trials = read_trials()
             if finished is not None:
@@ -245,8 +239,114 @@ def _upload_checkpoint(trial: "optuna.Trial", storage_url: str) -> None:
         upload_checkpoint(trial, path, storage_url)
 
 
-class _Surplus(BaseException):
-    """The trial just asked for is beyond the budget (two workers asked at once)."""
+def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
+               attrs: dict[str, str], current: dict[str, Any],
+               trials: "list[FrozenTrial]") -> None:
+    """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in up
+    to four fewer transactions (a trial's cost on PostgreSQL is its commits):
+
+    - the worker's user attrs go in with the transaction that creates the trial;
+    - stale trials are looked for only if some trial was running at the worker's last read,
+      ``trials`` (a trial is stale only after running for the grace period, so it was running
+      then);
+    - if none was, the queue is not read again: ``trials``, read right after the worker's
+      last trial, says which trials are queued.
+
+    The trial is left in ``current["trial"]`` for the worker (and its preemption handler). A
+    failing job fails the trial (the progress line says why), not the worker; ``TrialPruned``
+    prunes it; a trial past the budget goes back to the queue unrun.
+    """
+    import optuna
+    from optuna.study._tell import _tell_with_warning
+    from optuna.trial import TrialState
+
+    if any(t.state == TrialState.RUNNING for t in trials):
+        with no_experimental_warnings():
+            optuna.storages.fail_stale_trials(study)
+        # A stale trial it failed has a retry queued now: read the queue afresh.
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    trial = current["trial"] = _ask(study, attrs, trials)
+    if _over_budget(study, spec, trial.number):
+        # Another worker claimed the last trial of the budget at the same moment.
+        _requeue(study, current.pop("trial"))
+        return
+    value, state, error = None, None, None
+    with _heartbeat(study._storage, trial._trial_id):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except Exception as e:
+            state, error = TrialState.FAIL, e
+    state, _, message = _tell_with_warning(study, trial, value, state, suppress_warning=True)
+    if state == TrialState.FAIL:
+        log.info("trial %d failed: %s", trial.number, _reason(error) if error else message,
+                 exc_info=error if log.isEnabledFor(logging.DEBUG) else None)
+
+
+def _ask(study: "optuna.Study", attrs: dict[str, str], trials: "list[FrozenTrial]"
+         ) -> "optuna.Trial":
+    """``study.ask()`` that writes ``attrs`` on the trial and takes ``trials``, the study as
+    the worker read it a moment ago, instead of reading the queue again.
+
+    A queued trial (re-queued, retried, enqueued) is taken first, as Optuna does: claiming one
+    is atomic, so two workers never take the same. Else a new trial is created with ``attrs``
+    in one transaction.
+    """
+    import datetime
+
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import FrozenTrial, TrialState
+
+    study._thread_local.cached_all_trials = None  # as ask() does: samplers read afresh
+    storage = study._storage
+    trial_id = None
+    for t in trials:
+        if t.state != TrialState.WAITING:
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                trial_id = t._trial_id
+                break
+        except UpdateFinishedTrialError:
+            continue  # another worker took it and finished it since the read
+    if trial_id is None:
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None,
+            datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+            distributions={}, user_attrs=dict(attrs), system_attrs={}, intermediate_values={},
+            trial_id=0)
+        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    else:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+    return optuna.Trial(study, trial_id)
+
+
+@contextmanager
+def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat now and every interval until the block ends (if the
+    storage has a heartbeat)."""
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:

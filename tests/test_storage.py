@@ -103,6 +103,7 @@ def test_dead_worker_trial_is_failed_and_requeued_with_its_values(storage_url, m
     trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     trial.report(0.9, 1)
     trial.report(0.7, 2)
+    trial.set_user_attr("checkpoint", "/ckpt/trial-0.pt")
     storage.record_heartbeat(trial._trial_id)
     time.sleep(2.5)  # the "worker" died: no heartbeat past the grace period
     optuna.storages.fail_stale_trials(study)
@@ -112,7 +113,32 @@ def test_dead_worker_trial_is_failed_and_requeued_with_its_values(storage_url, m
     retry = trials[1]
     assert retry.params == trials[0].params
     assert retry.intermediate_values == {1: 0.9, 2: 0.7}
+    assert retry.user_attrs["checkpoint"] == "/ckpt/trial-0.pt"  # so the retry resumes
     assert retry.system_attrs["failed_trial"] == 0
+
+
+def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_url):
+    """The worker's attrs go in with the trial's creation (one transaction, hpo's storage
+    class); a queued trial is taken before a new one is created, and keeps its own attrs."""
+    from hpo.worker import _ask
+
+    storage = open_storage(storage_url)
+    study, _ = load_study(create_study(make_spec(unique("attrs")), storage).study_name, storage)
+    study.enqueue_trial({"lr": 0.01}, user_attrs={"note": "queued"})
+    attrs = {"host": "node-a", "worker": "node-a:w3"}
+    queued = _ask(study, attrs, study.get_trials(deepcopy=False))
+    new = _ask(study, attrs, study.get_trials(deepcopy=False))
+    assert (queued.number, new.number) == (0, 1)
+    assert queued.suggest_float("lr", 1e-4, 1e-1, log=True) == 0.01  # the queued params
+    reread = optuna.load_study(study_name=study.study_name, storage=storage_url)
+    first, second = reread.get_trials()
+    assert first.user_attrs == {"note": "queued", "host": "node-a", "worker": "node-a:w3"}
+    assert second.user_attrs == attrs
+    assert [first.state, second.state] == [optuna.trial.TrialState.RUNNING] * 2
+    assert second.datetime_start is not None
+    # A trial that is already taken (another worker's) is not taken twice.
+    third = _ask(study, attrs, [first])
+    assert third.number == 2
 
 
 def test_sqlite_uses_wal(tmp_path):
