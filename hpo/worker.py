@@ -242,8 +242,8 @@ def _upload_checkpoint(trial: "optuna.Trial", storage_url: str) -> None:
 def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
                attrs: dict[str, str], current: dict[str, Any],
                trials: "list[FrozenTrial]") -> None:
-    """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in up
-    to four fewer transactions (a trial's cost on PostgreSQL is its commits):
+    """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in
+    fewer database round trips (what a trial's coordination costs, benchmarks/overhead.py):
 
     - the worker's user attrs go in with the transaction that creates the trial;
     - stale trials are looked for only if some trial was running at the worker's last read,
