@@ -594,3 +594,35 @@ def test_cuda_fine_tune_with_mixed_precision(monkeypatch, bf16):
     assert attrs["device"].startswith("cuda:")
     assert attrs["val_accuracy"] > 0.6
     assert 0 < attrs["peak_memory_mb"] < 4000
+
+
+def test_untrained_batch_norm_averages_its_first_batches_then_resumes_the_count():
+    """A from-scratch BatchNorm's running statistics are the plain average of the batches seen
+    (not 0.9^k of PyTorch's made-up mean 0 / variance 1) until the usual window, and a model
+    loaded from a checkpoint counts on from where it stopped."""
+    from hpo.job.vision import average_first_batch_norm_stats
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3))
+    average_first_batch_norm_stats(model)
+    model.train()
+    batches = [torch.randn(16, 3) * 2 + 5 for _ in range(4)]
+    for batch in batches:
+        model(batch)
+    expected = torch.stack([b.mean(0) for b in batches]).mean(0)
+    assert torch.allclose(model[0].running_mean, expected, atol=1e-5)
+
+    resumed = torch.nn.Sequential(torch.nn.BatchNorm1d(3))
+    average_first_batch_norm_stats(resumed)
+    resumed.load_state_dict(model.state_dict())
+    resumed.train()
+    resumed(torch.randn(16, 3))
+    assert resumed[0].momentum == pytest.approx(1 / 5)  # the 5th batch, not a first one
+
+    model.eval()
+    model(batches[0])  # evaluation neither counts nor changes the momentum
+    assert model[0]._hpo_batches == 4
+    model.train()
+    for _ in range(10):
+        model(torch.randn(16, 3))
+    assert model[0].momentum == 0.1 and not model[0]._forward_pre_hooks  # the usual EMA

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -29,6 +30,8 @@ def build_vision(task, params: dict, cache: dict, *, final: bool = False) -> Tra
     """
     source = load_images(task.dataset, cache)
     model, preset = pretrained_model(task.model, task.weights)
+    if task.weights is None and not task.compile:
+        average_first_batch_norm_stats(model)
     blocks = _blocks(model)
     head = replace_head(model, source.num_classes, params["dropout"])
     val_set = test_set = None
@@ -95,6 +98,38 @@ def pretrained_model(name: str, weights: str | None) -> tuple[nn.Module, Preset 
     preset = Preset(crop=transforms.crop_size[0], resize=transforms.resize_size[0],
                     mean=tuple(transforms.mean), std=tuple(transforms.std), weights=member)
     return model, preset
+
+
+def average_first_batch_norm_stats(model: nn.Module) -> None:
+    """Untrained BatchNorm layers keep as running statistics the plain average of the batches
+    they have seen, until that spans the layer's usual window (1 / momentum batches); then
+    the usual exponential average takes over and the hooks go.
+
+    PyTorch's average starts from made-up statistics (mean 0, variance 1): after k batches
+    (1 - momentum)^k of them remain, 43% after 8 batches. An evaluation in a from-scratch
+    model's first epoch then measures them, not the model: on digits (resnet18), val loss 2.17
+    at train loss 0.86 half an epoch in, so pruners compare noise and stopped the trials that
+    would have been best. The count starts from the layer's ``num_batches_tracked``, so a
+    resumed trial goes on exactly as an uninterrupted one.
+    """
+    for module in model.modules():
+        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+                and module.momentum):
+            module._hpo_average = module.register_forward_pre_hook(
+                functools.partial(_average_batch_norm, base=module.momentum))
+
+
+def _average_batch_norm(layer: nn.Module, inputs: object, base: float) -> None:
+    """Before a training forward: the momentum that makes the running statistics the plain
+    average of the batches so far (see ``average_first_batch_norm_stats``)."""
+    if not layer.training:
+        return
+    if not hasattr(layer, "_hpo_batches"):
+        layer._hpo_batches = int(layer.num_batches_tracked)  # one device sync, once
+    layer._hpo_batches += 1
+    layer.momentum = max(base, 1.0 / layer._hpo_batches)
+    if layer.momentum == base:
+        layer._hpo_average.remove()
 
 
 def replace_head(model: nn.Module, num_classes: int, dropout: float) -> nn.Module:
