@@ -141,6 +141,27 @@ def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_
     assert third.number == 2
 
 
+def test_user_attrs_of_a_running_trial_are_written_together(storage_url):
+    """The job's attrs in one transaction: new and rewritten keys land, the trial object sees
+    them; a finished trial refuses them as Optuna does; a FixedTrial takes them one by one."""
+    from hpo.storage import set_user_attrs
+
+    storage = open_storage(storage_url)
+    study, _ = load_study(create_study(make_spec(unique("uattrs")), storage).study_name, storage)
+    trial = study.ask()
+    trial.set_user_attr("epochs_run", 0)
+    set_user_attrs(trial, {"epochs_run": 2, "device": "cpu", "val_accuracy": 0.5})
+    assert trial.user_attrs == {"epochs_run": 2, "device": "cpu", "val_accuracy": 0.5}
+    reread = optuna.load_study(study_name=study.study_name, storage=storage_url)
+    assert reread.trials[0].user_attrs == {"epochs_run": 2, "device": "cpu", "val_accuracy": 0.5}
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, {"epochs_run": 3})
+    fixed = optuna.trial.FixedTrial({})
+    set_user_attrs(fixed, {"device": "cpu"})
+    assert fixed.user_attrs == {"device": "cpu"}
+
+
 def test_sqlite_uses_wal(tmp_path):
     db = tmp_path / "w.db"
     open_storage(f"sqlite:///{db}")

@@ -24,6 +24,7 @@ from hpo.job.checkpoint import restore_checkpoint, save_checkpoint, save_model
 from hpo.job.data import EpochSeeded, EpochShuffle
 from hpo.job.device import Device, free_memory, peak_memory_mb, pick_device, reset_peak_memory
 from hpo.job.optim import freeze, make_optimizer, make_scheduler, train_mode
+from hpo.storage import set_user_attrs
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         }
         if progress.best_step:
             attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, attrs)
 
     def prune(reason: str, step: int) -> None:
         trial.set_user_attr("prune_reason", reason)
