@@ -6,6 +6,10 @@ pre-ping and a connect timeout. Heartbeat is on: a trial whose worker stopped be
 after the grace period and re-queued (``RetryHeartbeatStaleTrialCallback``), its intermediate
 values kept.
 
+The storage is Optuna's ``RDBStorage`` with fewer round trips where hpo writes on every trial:
+a new trial's user attrs go in with its creation, and ``set_user_attrs`` writes several attrs
+of a running trial in one transaction.
+
 A password in a URL is never shown: every message goes through ``redact``.
 """
 
