@@ -20,16 +20,14 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from hpo.spec import Spec, suggest
-from hpo.storage import no_experimental_warnings
+from hpo.storage import no_experimental_warnings, set_user_attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -257,6 +255,7 @@ def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.T
     prunes it; a trial past the budget goes back to the queue unrun.
     """
     import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.study._tell import _tell_with_warning
     from optuna.trial import TrialState
 
@@ -271,7 +270,7 @@ def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.T
         _requeue(study, current.pop("trial"))
         return
     value, state, error = None, None, None
-    with _heartbeat(study._storage, trial._trial_id):
+    with get_heartbeat_thread(trial._trial_id, study._storage):  # Optuna's, as in optimize
         try:
             value = objective(trial)
         except optuna.TrialPruned:
@@ -317,36 +316,11 @@ def _ask(study: "optuna.Study", attrs: dict[str, str], trials: "list[FrozenTrial
             datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
             distributions={}, user_attrs=dict(attrs), system_attrs={}, intermediate_values={},
             trial_id=0)
-        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
-    else:
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
-    return optuna.Trial(study, trial_id)
-
-
-@contextmanager
-def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat now and every interval until the block ends (if the
-    storage has a heartbeat)."""
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
-    if interval is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            storage.record_heartbeat(trial_id)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+        return optuna.Trial(study, storage.create_new_trial(study._study_id,
+                                                           template_trial=template))
+    trial = optuna.Trial(study, trial_id)
+    set_user_attrs(trial, attrs)
+    return trial
 
 
 def _over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
