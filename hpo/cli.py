@@ -285,10 +285,19 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _launch(name: str, url: str, args: argparse.Namespace) -> int:
     import socket
 
-    from hpo.launch import SQLITE_SAFE_WORKERS, Supervisor, assign_slots, default_slots, parse_gpus
-    from hpo.storage import open_storage, redact
+    from hpo.launch import (
+        SQLITE_SAFE_WORKERS,
+        Slot,
+        Supervisor,
+        assign_slots,
+        default_slots,
+        describe_exit,
+        parse_gpus,
+    )
+    from hpo.storage import ENV_VAR, open_storage, redact
     from hpo.study import load_study
     from hpo.summary import best_record, format_best, format_status, status_record
+    from hpo.worker import reap_process
 
     gpus = parse_gpus(args.gpus)
     if gpus is None and args.workers is None:
@@ -299,7 +308,9 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
     if url.startswith("sqlite") and len(slots) > SQLITE_SAFE_WORKERS:
         _say(f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
              f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL")
-    worker_args = [name, "--storage", url]
+    # The URL reaches the workers through their environment: a password in it must not show
+    # in their command lines (``ps``).
+    worker_args = [name]
     for flag in ("n_trials", "timeout", "checkpoint_dir", "max_trials_per_process"):
         value = getattr(args, flag)
         if value is not None:
@@ -315,7 +326,15 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
     def live_view() -> str:
         return format_status(status_record(study), gpus=gpu_of)
 
-    code = Supervisor(worker_args, slots, say=_say, status=live_view).run()
+    def hand_on(slot: Slot, pid: int, code: int) -> None:
+        # A dead worker's trial is failed and its retry queued now, not after the grace
+        # period: a sibling (or the restarted worker) resumes it from its checkpoint.
+        for number in reap_process(study, host, pid):
+            _say(f"[{slot.label}] trial {number} of the dead worker (exit "
+                 f"{describe_exit(code)}) failed; its retry resumes from its checkpoint")
+
+    code = Supervisor(worker_args, slots, env={ENV_VAR: url}, say=_say, status=live_view,
+                      on_exit=hand_on).run()
     best = best_record(study)
     if best is not None:
         _say(format_best(best))

@@ -2,9 +2,11 @@
 
 ``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested). The
 ``Supervisor`` starts ``hpo worker`` children with ``CUDA_VISIBLE_DEVICES`` and
-``HPO_WORKER_INDEX`` set before any of them imports torch, restarts a child that dies (bounded,
-with backoff), shows a live view, and on Ctrl-C / SIGTERM asks every child to checkpoint and
-re-queue its trial, then waits for them.
+``HPO_WORKER_INDEX`` set before any of them imports torch (and the storage URL in
+``HPO_STORAGE``, never in a command line that ``ps`` shows), restarts a child that dies (bounded,
+with backoff) after handing its running trial on (``on_exit``), shows a live view, and on
+Ctrl-C / SIGTERM asks every child to checkpoint and re-queue its trial, then waits for them. A
+child outlives no launcher: if the launcher is killed, the kernel sends each child SIGTERM.
 """
 
 from __future__ import annotations
@@ -151,21 +153,28 @@ class Supervisor:
     """Runs and watches the worker processes of one study on this machine.
 
     Args:
-        worker_args: the ``hpo worker`` arguments after ``worker`` (study, storage, budget).
+        worker_args: the ``hpo worker`` arguments after ``worker`` (study, budget).
         slots: from ``assign_slots``.
+        env: added to every child's environment (``HPO_STORAGE``: secrets stay out of argv).
         say: where the supervisor's and the workers' lines go.
         status: returns the live view's text (study counts, running trials); called every
             ``status_every`` seconds.
+        on_exit: called with a child's slot, pid and exit code when it exits non-zero, before
+            it is restarted: the launcher fails and re-queues the trial it was running.
     """
 
     def __init__(self, worker_args: list[str], slots: list[Slot], *,
+                 env: dict[str, str] | None = None,
                  say: Callable[[str], None] = print,
                  status: Callable[[], str] | None = None, status_every: float = 30.0,
+                 on_exit: Callable[[Slot, int, int], None] | None = None,
                  max_restarts: int = MAX_RESTARTS) -> None:
         self.worker_args = worker_args
         self.children = [_Child(slot) for slot in slots]
+        self.env = dict(env or {})
         self.say = say
         self.status = status
+        self.on_exit = on_exit
         self.status_every = status_every
         self.max_restarts = max_restarts
         self._stopping = False
@@ -208,8 +217,14 @@ class Supervisor:
         code = child.proc.poll()
         if code is None:
             return
-        child.proc = None
+        pid, child.proc = child.proc.pid, None
         child.exit_codes.append(code)
+        if code != 0 and self.on_exit is not None:
+            try:
+                self.on_exit(child.slot, pid, code)
+            except Exception as e:  # its trial then goes stale and is retried all the same
+                self.say(f"[{child.slot.label}] could not re-queue its trial: "
+                         f"{type(e).__name__}: {e}")
         if code == 0 or self._stopping:
             child.done = True
         elif code == EXIT_RECYCLE:
@@ -226,16 +241,17 @@ class Supervisor:
         else:
             delay = min(60.0, 2.0 ** child.restarts)
             child.restarts += 1
-            self.say(f"[{child.slot.label}] worker died (exit {_describe(code)}); restart "
+            self.say(f"[{child.slot.label}] worker died (exit {describe_exit(code)}); restart "
                      f"{child.restarts}/{self.max_restarts} in {delay:.0f}s")
             child.next_start = now + delay
 
     def _start(self, child: _Child) -> None:
         cmd = [sys.executable, "-m", "hpo", "worker", *self.worker_args]
         child.proc = subprocess.Popen(
-            cmd, env=child.slot.env(dict(os.environ)), stdout=subprocess.PIPE,
+            cmd, env=child.slot.env({**os.environ, **self.env}), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1,
             start_new_session=True,  # signals reach a child only through the supervisor
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         threading.Thread(target=self._pump, args=(child.slot.label, child.proc), daemon=True
                          ).start()
@@ -255,20 +271,10 @@ class Supervisor:
         self._stopping = True
         self.say(f"hpo: {signal.Signals(signum).name}: asking the workers to checkpoint and "
                  f"re-queue their trials (up to {STOP_GRACE:.0f}s; again to kill them)")
-        for child in self.children:
-            if child.proc is not None:
-                child.proc.send_signal(signal.SIGTERM)
-        threading.Thread(target=self._kill_after_grace, daemon=True).start()
-
-    def _kill_after_grace(self) -> None:
-        deadline = time.monotonic() + STOP_GRACE
-        while time.monotonic() < deadline:
-            if all(c.proc is None or c.proc.poll() is not None for c in self.children):
-                return
-            time.sleep(0.2)
-        for child in self.children:
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.kill()
+        procs = [c.proc for c in self.children if c.proc is not None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        threading.Thread(target=_kill_after_grace, args=(procs,), daemon=True).start()
 
     def _status(self) -> None:
         try:
@@ -279,7 +285,39 @@ class Supervisor:
             self.say(text)
 
 
-def _describe(code: int) -> str:
+def _kill_after_grace(procs: list[subprocess.Popen], grace: float = STOP_GRACE) -> None:
+    """SIGKILL the processes still alive after ``grace`` seconds. It holds its own list: the
+    main loop clears ``_Child.proc`` when a child exits, at any moment."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if all(p.poll() is not None for p in procs):
+            return
+        time.sleep(0.2)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when the launcher dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``), so that it re-queues its trial instead of running on
+    unsupervised. Elsewhere a no-op."""
+
+    def arm() -> None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the launcher died before the line above
+            os._exit(EXIT_PREEMPTED)
+
+    return arm
+
+
+def describe_exit(code: int) -> str:
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"

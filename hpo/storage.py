@@ -6,25 +6,26 @@ pre-ping and a connect timeout. Heartbeat is on: a trial whose worker stopped be
 after the grace period and re-queued (``RetryHeartbeatStaleTrialCallback``), its intermediate
 values kept.
 
-The storage is Optuna's ``RDBStorage`` with fewer round trips where hpo writes on every trial:
-a new trial's user attrs go in with its creation, and ``set_user_attrs`` writes several attrs
-of a running trial in one transaction.
+The storage is Optuna's ``RDBStorage`` as ``hpo._optuna.storage_class`` extends it: atomic
+claims (a claimed trial has its worker's attrs and a heartbeat from its first moment), the
+study and its spec created in one transaction, fewer round trips where hpo writes on every
+trial (``set_user_attrs``: several attrs of a running trial in one transaction), and every call
+retried through a database outage of up to ``$HPO_OUTAGE_SECONDS`` (default 300).
 
 A password in a URL is never shown: every message goes through ``redact``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
 import os
 import random
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
+from hpo._optuna import no_experimental_warnings, retry_callback, storage_class
+from hpo._optuna import set_user_attrs  # noqa: F401  (the job writes its attrs through it)
 from hpo.errors import StorageError
 
 if TYPE_CHECKING:
@@ -92,7 +93,6 @@ def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.stor
         StorageError: a malformed URL, an unknown backend, or a database that cannot be
             reached (answered within ``CONNECT_TIMEOUT`` seconds).
     """
-    import optuna
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
@@ -126,16 +126,12 @@ def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.stor
     for attempt in range(_CREATE_ATTEMPTS):
         try:
             with no_experimental_warnings():
-                storage = _storage_class()(
+                storage = storage_class()(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=HEARTBEAT_INTERVAL,
                     grace_period=GRACE_PERIOD,
-                    heartbeat_stale_trial_callback=(
-                        optuna.storages.RetryHeartbeatStaleTrialCallback(
-                            max_retry=MAX_RETRY, inherit_intermediate_values=True
-                        )
-                    ),
+                    heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
                     skip_table_creation=not create,
                 )
             break
@@ -146,59 +142,6 @@ def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.stor
         except RuntimeError as e:  # Optuna's schema-version check
             raise StorageError(f"storage {shown}: {_first_line(e, url)}") from None
     return storage
-
-
-@functools.cache
-def _storage_class() -> type:
-    """Optuna's ``RDBStorage``, but a new trial's user attrs (the worker's ``host`` and
-    ``worker``, on every trial) go in with one multi-row INSERT in the transaction that creates
-    the trial. Optuna writes each attr as a check of the trial, a look-up of the key and an
-    INSERT, even on a trial created a moment before: on PostgreSQL those six round trips were
-    a tenth of a no-op trial (benchmarks/overhead.py)."""
-    import json
-
-    import sqlalchemy
-    from optuna.storages import RDBStorage
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    class Storage(RDBStorage):
-        def _get_prepared_new_trial(self, study_id: int, template_trial: Any,
-                                    session: Any) -> Any:
-            attrs = template_trial.user_attrs if template_trial is not None else {}
-            if attrs:
-                template_trial = copy.copy(template_trial)
-                template_trial.user_attrs = {}
-            trial = super()._get_prepared_new_trial(study_id, template_trial, session)
-            if attrs:  # a Core INSERT: the ORM's unit of work costs more than the statement
-                session.execute(sqlalchemy.insert(models.TrialUserAttributeModel), [
-                    {"trial_id": trial.trial_id, "key": key, "value_json": json.dumps(value)}
-                    for key, value in attrs.items()])
-            return trial
-
-        def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-            """Several user attrs of a running trial in one transaction."""
-            with _create_scoped_session(self.scoped_session, True) as session:
-                for key, value in attrs.items():
-                    self._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, trial_id, key, value)
-
-    return Storage
-
-
-def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
-    """Write user attrs of a running trial: in one transaction on hpo's storage (the job
-    rewrites eight at every evaluation: eight commits, each a synchronous stall of the
-    training, otherwise), one by one on any other (a ``FixedTrial``, a storage of Optuna's)."""
-    storage = getattr(trial, "storage", None)
-    backend = getattr(storage, "_backend", storage)  # under Optuna's cache of finished trials
-    write = getattr(backend, "set_trial_user_attrs", None)
-    if write is None or not hasattr(trial, "_cached_frozen_trial"):
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    write(trial._trial_id, attrs)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps
 
 
 def _prepare_sqlite(database: str | None, shown: str, create: bool) -> None:
@@ -250,15 +193,3 @@ def _first_line(e: BaseException, url: str) -> str:
     # psycopg2 puts the useful part on the last line ("Connection refused ..."), others first.
     text = " ".join(lines[:3]) if lines else type(orig).__name__
     return redact(text, url)
-
-
-@contextlib.contextmanager
-def no_experimental_warnings() -> Iterator[None]:
-    """Silence Optuna's warnings that heartbeat and stale-trial retry are experimental."""
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield

@@ -7,7 +7,6 @@ storage URL.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from hpo import __version__
@@ -35,22 +34,17 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.
 
     name = spec.study.name
     try:
-        study_id = storage.create_new_study(
-            [optuna.study.StudyDirection.MINIMIZE], study_name=name
-        )
-        stored = None
+        # The study and its spec in one transaction: a concurrent create of the same name
+        # either loses here and compares specs below, or finds the winner's spec stored.
+        storage.create_study_with_attrs(
+            [optuna.study.StudyDirection.MINIMIZE], name,
+            {SPEC_ATTR: spec.to_dict(), VERSION_ATTR: __version__})
     except optuna.exceptions.DuplicatedStudyError:
-        study_id = storage.get_study_id_from_name(name)
-        # None where another worker created it a moment ago and has not stored its spec yet:
-        # it is storing the same spec, so storing it here too is harmless.
-        stored = _stored_spec(storage, name, wait=0)
-    if stored is None:
-        storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_dict())
-        storage.set_study_user_attr(study_id, VERSION_ATTR, __version__)
-    else:
+        stored = _stored_spec(storage, name)
         _check_same(stored, spec)
         if stored.budget != spec.budget:
-            storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_dict())
+            storage.set_study_user_attr(storage.get_study_id_from_name(name), SPEC_ATTR,
+                                        spec.to_dict())
     return load_study(name, storage)[0]
 
 
@@ -83,49 +77,43 @@ def load_study(
     return study, spec
 
 
-def _stored_spec(
-    storage: "optuna.storages.BaseStorage", name: str, *, wait: float = 10.0
-) -> Spec | None:
+def _stored_spec(storage: "optuna.storages.BaseStorage", name: str) -> Spec | None:
     """The spec stored in study ``name``; None if there is no such study.
 
-    A study created a moment ago by another worker may not hold its spec yet: wait up to
-    ``wait`` seconds for it (``wait=0``: return None at once).
+    Raises:
+        HpoError: the study exists but was not made by hpo (it has no spec). hpo stores the
+            spec in the transaction that creates the study, so it is never missing briefly.
     """
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return None
-    deadline = time.monotonic() + wait
-    while True:
-        attrs = storage.get_study_user_attrs(study_id)
-        if SPEC_ATTR in attrs:
-            return parse_spec(attrs[SPEC_ATTR], source=f"study {name}", check_environment=False)
-        if wait == 0:
-            return None
-        if time.monotonic() > deadline:
-            raise HpoError(f"study {name!r} was not made by hpo (it has no {SPEC_ATTR} "
-                           "attribute)")
-        time.sleep(0.2)
+    attrs = storage.get_study_user_attrs(study_id)
+    if SPEC_ATTR not in attrs:
+        raise HpoError(f"study {name!r} was not made by hpo (it has no {SPEC_ATTR} attribute)")
+    return parse_spec(attrs[SPEC_ATTR], source=f"study {name}", check_environment=False)
 
 
-def _check_same(stored: Spec, spec: Spec) -> None:
+def _check_same(stored: Spec | None, spec: Spec) -> None:
+    if stored is None:  # deleted since the create that found it
+        raise HpoError(f"study {spec.study.name!r} was deleted while being created; try again")
     old, new = stored.to_dict(), spec.to_dict()
     old.pop("budget"), new.pop("budget")
     if old == new:
         return
-    key = _first_difference(old, new)
+    key, was, given = _first_difference(old, new)
     raise SpecError(
-        f"study {spec.study.name!r} already exists with a different {key}; "
-        "give the spec a new study.name to start a new study"
+        f"study {spec.study.name!r} already exists with a different {key} (stored: {was!r}, "
+        f"this spec: {given!r}); give the spec a new study.name to start a new study"
     )
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> str:
+def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any]:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
                 return _first_difference(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))
-    return path or "spec"
+    return path or "spec", old, new
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,16 +6,24 @@ params and the task. Every worker seeds its sampler differently (``seed + worker
 
 Faults it survives:
 
-- killed (SIGKILL, power loss): its trial stops beating; any worker, or ``hpo reap``, fails it
-  after the grace period and re-queues a copy that resumes from the last epoch checkpoint;
+- killed (SIGKILL, power loss): its launcher fails the trial at once and queues a retry that
+  resumes from the last epoch checkpoint; without a launcher (a worker started by hand, a
+  machine gone) its trial stops beating and any worker, or ``hpo reap``, does the same after
+  the grace period. A trial has a heartbeat from the moment it is claimed;
 - preempted (SIGTERM / SIGINT): the running trial goes back to the queue (state WAITING, same
   number, its intermediate values and checkpoint kept), not counted as a failure;
-- the database restarting: storage calls are retried until it answers again;
+- the database restarting: each storage call is retried until it answers again (up to
+  ``$HPO_OUTAGE_SECONDS``), never the training; past that the worker exits non-zero and its
+  trial is retried elsewhere;
 - memory creep: the process asks to be recycled when memory stays above its baseline.
+
+A worker stops when the budget's trials are finished. While the rest of the budget is running
+on other workers it waits: those trials may still fail, and their retries need a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,10 +32,10 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from hpo import _optuna
 from hpo.spec import Spec, suggest
-from hpo.storage import no_experimental_warnings, set_user_attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -45,8 +53,12 @@ KEEP_BEST_CHECKPOINTS = 3
 """Checkpoints kept of finished trials: the best k complete ones."""
 MEMORY_GROWTH_LIMIT_MB = 1024
 """Recycle the process when its memory after a trial exceeds the baseline by this much."""
-DATABASE_RETRY_SECONDS = 300
-"""How long a worker waits for a database that stopped answering before giving up."""
+WORKER_DIED, REAPED = "worker died", "reaped"
+"""``fail_reason`` of a trial failed because its worker died: by its launcher, by ``hpo reap
+--all``; a trial failed by the stale-trial search has none. These trials are retried."""
+STALE_REASONS = (None, WORKER_DIED, REAPED)
+BUDGET_WAIT_SECONDS = 2.0
+"""How often a worker whose budget is all running elsewhere looks again."""
 
 
 class Preempted(BaseException):
@@ -63,6 +75,8 @@ class WorkerReport:
     trials: int = 0
     stopped_because: str = ""
     """budget | timeout | failures | preempted | recycle"""
+    waited: float = 0.0
+    """Seconds spent waiting for other workers' trials at the end of the budget."""
     last_failure: str = ""
 
 
@@ -116,7 +130,8 @@ def run_worker(
     run_job = job_function(spec)
     report = WorkerReport()
     cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
-    attrs = {"host": socket.gethostname(), "worker": worker}  # recorded on every trial
+    # Recorded on every trial; the launcher finds a dead child's trial by host and pid.
+    attrs = {"host": socket.gethostname(), "worker": worker, "pid": os.getpid()}
     study_dir = checkpoint_dir / _safe(study.study_name)
     started = time.monotonic()
     current: dict[str, Any] = {}  # the trial in progress, for the preemption handler
@@ -143,6 +158,10 @@ def run_worker(
         except Exception as e:
             if "fail_reason" not in trial.user_attrs:
                 _quietly(trial.set_user_attr, "fail_reason", _reason(e))
+            # A failure the job raised is never retried: its checkpoint has no use.
+            own = trial.user_attrs.get("checkpoint")
+            if own == str(context.checkpoint_path):
+                Path(own).unlink(missing_ok=True)
             raise
 
     def after_trial(number: int, trials: list[FrozenTrial]) -> None:
@@ -163,7 +182,7 @@ def run_worker(
         raise Preempted(signal.Signals(signum).name)
 
     def read_trials() -> list[FrozenTrial]:
-        return _with_database_retry(lambda: study.get_trials(deepcopy=False))
+        return study.get_trials(deepcopy=False)
 
     previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -172,7 +191,12 @@ def run_worker(
         # of the service's work on a trial (benchmarks/overhead.py).
         trials = read_trials()
         while True:
-            reason = _with_database_retry(lambda: _should_stop(study, spec, started, trials))
+            reason = _should_stop(study, spec, started, trials)
+            if reason == "wait":
+                time.sleep(BUDGET_WAIT_SECONDS)
+                report.waited += BUDGET_WAIT_SECONDS
+                trials = read_trials()
+                continue
             if not reason and consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 reason = "failures"
             if not reason and max_trials is not None and report.trials >= max_trials:
@@ -189,8 +213,7 @@ def run_worker(
             # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
             # (benchmarks/overhead.py); the built-in job collects once in run.release, and
             # memory growth recycles the process.
-            _with_database_retry(lambda: _run_trial(study, spec, objective, attrs, current,
-                                                    trials))
+            _run_trial(study, spec, objective, attrs, current, trials)
             finished = current.pop("trial", None)
             trials = read_trials()
             if finished is not None:
@@ -200,7 +223,7 @@ def run_worker(
     except Preempted as e:
         trial = current.pop("trial", None)
         if trial is not None:
-            _with_database_retry(lambda: _requeue(study, trial))
+            _optuna.requeue(study, trial)
             log.warning("%s: trial %d re-queued", e, trial.number)
         report.stopped_because = "preempted"
     finally:
@@ -238,89 +261,62 @@ def _upload_checkpoint(trial: "optuna.Trial", storage_url: str) -> None:
 
 
 def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
-               attrs: dict[str, str], current: dict[str, Any],
+               attrs: dict[str, Any], current: dict[str, Any],
                trials: "list[FrozenTrial]") -> None:
     """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in
     fewer database round trips (what a trial's coordination costs, benchmarks/overhead.py):
 
-    - the worker's user attrs go in with the transaction that creates the trial;
+    - the trial is claimed with the worker's user attrs and a heartbeat in one transaction;
     - stale trials are looked for only if some trial was running at the worker's last read,
       ``trials`` (a trial is stale only after running for the grace period, so it was running
       then);
     - if none was, the queue is not read again: ``trials``, read right after the worker's
       last trial, says which trials are queued.
 
-    The trial is left in ``current["trial"]`` for the worker (and its preemption handler). A
-    failing job fails the trial (the progress line says why), not the worker; ``TrialPruned``
-    prunes it; a trial past the budget goes back to the queue unrun.
+    The trial is left in ``current["trial"]`` for the worker (and its preemption handler);
+    SIGTERM / SIGINT wait while it is claimed and told, so that a claimed trial is always
+    known to the handler. A failing job fails the trial (the progress line says why), not the
+    worker; ``TrialPruned`` prunes it; a trial past the budget goes back to the queue unrun.
     """
     import optuna
-    from optuna.storages._heartbeat import get_heartbeat_thread
-    from optuna.study._tell import _tell_with_warning
     from optuna.trial import TrialState
 
     if any(t.state == TrialState.RUNNING for t in trials):
-        with no_experimental_warnings():
-            optuna.storages.fail_stale_trials(study)
+        _optuna.fail_stale(study)
         # A stale trial it failed has a retry queued now: read the queue afresh.
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    trial = current["trial"] = _ask(study, attrs, trials)
+    with _signals_held():
+        trial = current["trial"] = _optuna.ask(study, attrs, trials)
     if _over_budget(study, spec, trial.number):
         # Another worker claimed the last trial of the budget at the same moment.
-        _requeue(study, current.pop("trial"))
+        _optuna.requeue(study, current.pop("trial"))
         return
     value, state, error = None, None, None
-    with get_heartbeat_thread(trial._trial_id, study._storage):  # Optuna's, as in optimize
+    with _optuna.heartbeat(study, trial):  # Optuna's heartbeat thread, as in optimize
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except Exception as e:
             state, error = TrialState.FAIL, e
-    state, _, message = _tell_with_warning(study, trial, value, state, suppress_warning=True)
-    if state == TrialState.FAIL:
+    with _signals_held():
+        told, message = _optuna.tell(study, trial, value, state)
+    if told is None:
+        log.warning("trial %d: result not recorded: %s", trial.number, message)
+    elif told == TrialState.FAIL:
         log.info("trial %d failed: %s", trial.number, _reason(error) if error else message,
                  exc_info=error if log.isEnabledFor(logging.DEBUG) else None)
 
 
-def _ask(study: "optuna.Study", attrs: dict[str, str], trials: "list[FrozenTrial]"
-         ) -> "optuna.Trial":
-    """``study.ask()`` that writes ``attrs`` on the trial and takes ``trials``, the study as
-    the worker read it a moment ago, instead of reading the queue again.
-
-    A queued trial (re-queued, retried, enqueued) is taken first, as Optuna does: claiming one
-    is atomic, so two workers never take the same. Else a new trial is created with ``attrs``
-    in one transaction.
-    """
-    import datetime
-
-    import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import FrozenTrial, TrialState
-
-    study._thread_local.cached_all_trials = None  # as ask() does: samplers read afresh
-    storage = study._storage
-    trial_id = None
-    for t in trials:
-        if t.state != TrialState.WAITING:
-            continue
-        try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                trial_id = t._trial_id
-                break
-        except UpdateFinishedTrialError:
-            continue  # another worker took it and finished it since the read
-    if trial_id is None:
-        template = FrozenTrial(
-            number=0, state=TrialState.RUNNING, value=None,
-            datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
-            distributions={}, user_attrs=dict(attrs), system_attrs={}, intermediate_values={},
-            trial_id=0)
-        return optuna.Trial(study, storage.create_new_trial(study._study_id,
-                                                           template_trial=template))
-    trial = optuna.Trial(study, trial_id)
-    set_user_attrs(trial, attrs)
-    return trial
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM / SIGINT back for a moment (they arrive when it ends)."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
@@ -341,22 +337,12 @@ def _over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
     return sum(t.number < number for t in active) >= n
 
 
-def _requeue(study: "optuna.Study", trial: "optuna.Trial") -> None:
-    """Put a running trial back in the queue: WAITING, same number, params and values kept."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    try:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
-    except UpdateFinishedTrialError:
-        pass  # the signal came just after the trial finished: nothing to re-queue
-
-
 def _should_stop(study: "optuna.Study", spec: Spec, started: float,
                  trials: "list[FrozenTrial]") -> str:
-    """Why to start no new trial, or '' to go on. The budget counts every worker's trials;
-    ``trials`` is the study as last read (read again only when running trials decide it)."""
-    import optuna
+    """Why to start no new trial (``budget``, ``timeout``), ``wait`` while the rest of the
+    budget is running on other workers, or '' to go on. The budget counts every worker's
+    trials; ``trials`` is the study as last read (read again only when running trials decide
+    it)."""
     from optuna.trial import TrialState
 
     timeout = spec.budget.timeout
@@ -369,11 +355,13 @@ def _should_stop(study: "optuna.Study", spec: Spec, started: float,
     if counts[TrialState.RUNNING] and _budget_taken(counts, n_trials):
         # Some of those running trials may belong to dead workers: fail and re-queue them
         # before deciding (Optuna does this itself before each trial it starts).
-        with no_experimental_warnings():
-            optuna.storages.fail_stale_trials(study)
+        _optuna.fail_stale(study)
         counts = count_states(study.get_trials(deepcopy=False))
+    if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= n_trials:
+        return "budget"
     if _budget_taken(counts, n_trials):
-        return "budget"  # met, or the rest of it is running on other workers
+        # The rest is running elsewhere; a trial of it may still fail and need this worker.
+        return "wait"
     return ""
 
 
@@ -405,41 +393,59 @@ def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
     Returns:
         The numbers of the trials failed.
     """
-    import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
-    if not everything:
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        with no_experimental_warnings():
-            optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return sorted(before - after)
-    failed = []
-    callback = storage.get_heartbeat_stale_trial_callback()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", "reaped")
-        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            failed.append(t.number)
-            if callback is not None:
-                with no_experimental_warnings():
-                    callback(study, storage.get_trial(t._trial_id))
-    return failed
+    def running() -> list[FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    if everything:
+        return _optuna.fail_and_retry(study, running(), REAPED)
+    before = {t.number for t in running()}
+    _optuna.fail_stale(study)
+    return sorted(before - {t.number for t in running()})
 
 
-def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS
-                       ) -> None:
-    """Delete checkpoints nobody needs: keep those of running and queued trials and of the
-    best ``keep_best`` complete trials; pruned, failed and worse trials lose theirs.
+def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
+    """Fail and re-queue the running trials of the dead worker process ``pid`` on ``host``
+    at once (its launcher saw it die), without waiting out the grace period.
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    from optuna.trial import TrialState
+
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("host") == host and t.user_attrs.get("pid") == pid]
+    return _optuna.fail_and_retry(study, mine, WORKER_DIED)
+
+
+def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
+                       max_retry: int | None = None) -> None:
+    """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
+    ``keep_best`` complete trials, and of failed trials that a retry may still resume; pruned,
+    worse and other failed trials lose theirs.
+
+    ``trials`` is a snapshot: a trial failed as stale in it may have its retry queued only a
+    moment later, so a failed trial keeps its checkpoint until its retry exists or it can no
+    longer be retried (a failure the job raised is never retried; the worker deletes that
+    checkpoint itself).
 
     Args:
         trials: every trial of the study, freshly read.
         keep_best: how many of the best complete trials keep their checkpoint.
+        max_retry: retries of a trial whose worker died (default: the storage's).
     """
     from optuna.trial import TrialState
 
+    if max_retry is None:
+        from hpo.storage import MAX_RETRY as max_retry
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     keep = {t.user_attrs.get("checkpoint") for t in trials
             if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    keep |= {t.user_attrs.get("checkpoint") for t in trials
+             if t.state == TrialState.FAIL and t.number not in retried
+             and len(t.system_attrs.get("retry_history", ())) < max_retry
+             and t.user_attrs.get("fail_reason") in STALE_REASONS}
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
                       key=lambda t: t.value)
     keep |= {t.user_attrs.get("checkpoint") for t in complete[:keep_best]}
@@ -447,38 +453,6 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
         path = t.user_attrs.get("checkpoint")
         if path and path not in keep and t.state.is_finished() and Path(path).is_file():
             Path(path).unlink(missing_ok=True)
-
-
-def _with_database_retry(call: Callable[[], Any]) -> Any:
-    """Run ``call``; while the database does not answer (a restart), wait and try again."""
-    deadline = time.monotonic() + DATABASE_RETRY_SECONDS
-    delay = 1.0
-    while True:
-        try:
-            return call()
-        except Exception as e:
-            cause = _database_outage(e)
-            if cause is None or time.monotonic() > deadline:
-                raise
-            log.warning("database unavailable (%s); retrying in %.0fs", _reason(cause), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-
-
-def _database_outage(e: BaseException) -> BaseException | None:
-    """The lost-connection error behind ``e`` (Optuna wraps them), or None if it is another
-    kind of error."""
-    import sqlalchemy
-
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return e
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:

@@ -120,7 +120,7 @@ def test_dead_worker_trial_is_failed_and_requeued_with_its_values(storage_url, m
 def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_url):
     """The worker's attrs go in with the trial's creation (one transaction, hpo's storage
     class); a queued trial is taken before a new one is created, and keeps its own attrs."""
-    from hpo.worker import _ask
+    from hpo._optuna import ask as _ask
 
     storage = open_storage(storage_url)
     study, _ = load_study(create_study(make_spec(unique("attrs")), storage).study_name, storage)

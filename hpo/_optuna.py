@@ -1,0 +1,426 @@
+"""The one module that touches Optuna's private API.
+
+hpo needs a few things Optuna does not expose: a trial's and a study's storage ids, the storage
+behind a study, the heartbeat thread and tell of ``study.optimize``, and the ``RDBStorage``
+internals through which hpo saves round trips and makes a claim atomic. Every such use is here,
+listed in ``PRIVATE_NAMES``; ``tests/test_optuna_private.py`` checks each name against the
+installed Optuna, so the day Optuna renames one a test fails by that name. The range this module
+is tested against is pinned in ``pyproject.toml``.
+
+The storage class (``storage_class``) is Optuna's ``RDBStorage`` with:
+
+- **atomic claims**: a trial taken from the queue (WAITING -> RUNNING) gets the worker's attrs
+  and a fresh heartbeat in the same transaction, and a new trial is created with them; so a
+  trial is stale from the moment it is claimed, heartbeat thread or not, and never carries the
+  attrs of the worker that ran it before;
+- **atomic study creation**: a study and its user attrs (the spec) in one transaction, so two
+  concurrent ``hpo create`` never overwrite each other's spec;
+- **database outages retried per call**: every storage call that finds the database gone
+  (a restart, a dropped connection) waits and tries again, up to ``outage_seconds()`` from
+  that call's first failure; the training is never re-run, only the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger("hpo")
+
+PRIVATE_NAMES = (
+    # (module, attribute path) of everything below that Optuna does not document.
+    ("optuna.storages._rdb.models", "TrialModel"),
+    ("optuna.storages._rdb.models", "StudyModel"),
+    ("optuna.storages._rdb.models", "StudyDirectionModel"),
+    ("optuna.storages._rdb.models", "StudyUserAttributeModel"),
+    ("optuna.storages._rdb.models", "TrialUserAttributeModel"),
+    ("optuna.storages._rdb.models", "TrialHeartbeatModel"),
+    ("optuna.storages._rdb.storage", "_create_scoped_session"),
+    ("optuna.storages._rdb.storage", "RDBStorage._get_prepared_new_trial"),
+    ("optuna.storages._rdb.storage", "RDBStorage._set_trial_attr_without_commit"),
+    ("optuna.storages._rdb.storage", "RDBStorage._get_stale_trial_ids"),
+    ("optuna.storages._rdb.storage", "RDBStorage._create_new_trial"),
+    ("optuna.storages._rdb.storage", "RDBStorage._set_trial_param"),
+    ("optuna.storages._rdb.storage", "RDBStorage._get_best_trial_id"),
+    ("optuna.storages._rdb.storage", "RDBStorage._get_trials"),
+    ("optuna.storages._cached_storage", "_CachedStorage._backend"),
+    ("optuna.storages._heartbeat", "get_heartbeat_thread"),
+    ("optuna.study._tell", "_tell_with_warning"),
+    ("optuna.study.study", "Study._storage"),
+    ("optuna.study.study", "Study._study_id"),
+    ("optuna.study.study", "Study._thread_local"),
+    ("optuna.trial._trial", "Trial._trial_id"),
+    ("optuna.trial._trial", "Trial._cached_frozen_trial"),
+    ("optuna.trial._frozen", "FrozenTrial._trial_id"),
+)
+"""Instance attributes (``Study._storage`` ...) are checked on a live study by the test."""
+
+OUTAGE_VAR = "HPO_OUTAGE_SECONDS"
+DEFAULT_OUTAGE_SECONDS = 300.0
+
+
+def outage_seconds() -> float:
+    """How long one storage call waits for a database that stopped answering
+    (``$HPO_OUTAGE_SECONDS``, default 300): past that the call raises and the worker exits
+    non-zero, and its trial is retried elsewhere."""
+    try:
+        return float(os.environ.get(OUTAGE_VAR, DEFAULT_OUTAGE_SECONDS))
+    except ValueError:
+        return DEFAULT_OUTAGE_SECONDS
+
+
+# --------------------------------------------------------------------------------------------
+# Ids and internals of studies and trials.
+
+
+def storage_of(study: "optuna.Study") -> Any:
+    """The study's storage: Optuna's cache of finished trials over hpo's ``storage_class``."""
+    return study._storage
+
+
+def backend_of(study: "optuna.Study") -> Any:
+    """hpo's ``storage_class`` instance under the study's cache (its own methods are there)."""
+    return getattr(study._storage, "_backend", study._storage)
+
+
+def study_id(study: "optuna.Study") -> int:
+    return study._study_id
+
+
+def trial_id(trial: "optuna.Trial | FrozenTrial") -> int:
+    return trial._trial_id
+
+
+# --------------------------------------------------------------------------------------------
+# The trial lifecycle: claim, heartbeat, tell, re-queue, fail and retry.
+
+
+def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial]"
+        ) -> "optuna.Trial":
+    """``study.ask()`` that claims a trial with ``attrs`` and a heartbeat in one transaction.
+
+    A queued trial of ``waiting`` (the study as read a moment ago) is taken first, as Optuna
+    does: claiming one is atomic, so two workers never take the same. Else a new trial is
+    created, RUNNING, with ``attrs`` and a heartbeat.
+    """
+    import datetime
+
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+    study._thread_local.cached_all_trials = None  # as ask() does: samplers read afresh
+    storage = backend_of(study)
+    for t in waiting:
+        if t.state == TrialState.WAITING and storage.claim_trial(t._trial_id, attrs):
+            return optuna.Trial(study, t._trial_id)
+    # Through Optuna's cache, which must know the new trial (the template's state and attrs
+    # reach ``Storage._get_prepared_new_trial``).
+    template = FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+        datetime_complete=None, params={}, distributions={}, user_attrs=dict(attrs),
+        system_attrs={}, intermediate_values={}, trial_id=0)
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+
+
+def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Any:
+    """Optuna's heartbeat thread for ``trial``, as ``study.optimize`` runs it (a context)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | None,
+         state: "optuna.trial.TrialState | None") -> "tuple[optuna.trial.TrialState | None, str]":
+    """Finish ``trial`` as ``study.optimize`` does.
+
+    Returns:
+        The state it was told and Optuna's message for a failure; ``(None, why)`` if the trial
+        had been finished by someone else meanwhile (failed as stale during a long database
+        outage: its retry resumes from the checkpoint elsewhere).
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.study._tell import _tell_with_warning
+    from optuna.trial import TrialState
+
+    try:
+        told, _, message = _tell_with_warning(study, trial, value, state, suppress_warning=True)
+        return told, message or ""
+    except (UpdateFinishedTrialError, ValueError) as e:
+        # ValueError: Optuna's "Cannot tell a FAIL trial" where the trial was finished since.
+        now = study._storage.get_trial(trial._trial_id)
+        if now.state == (state or TrialState.COMPLETE) and (
+                state is not None or now.value == value):
+            return now.state, ""  # our own write landed before a lost connection's retry
+        return None, f"trial {trial.number} was already {now.state.name} ({e})"
+
+
+def requeue(study: "optuna.Study", trial: "optuna.Trial") -> bool:
+    """Put a running trial back in the queue: WAITING, same number, params and values kept.
+    False if it had finished meanwhile."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        return bool(study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING))
+    except UpdateFinishedTrialError:
+        return False
+
+
+def fail_and_retry(study: "optuna.Study", trials: "list[FrozenTrial]", reason: str) -> list[int]:
+    """Fail running trials whose worker is gone and queue their retries (which resume from
+    the checkpoint), as the stale-trial search does, without waiting for the grace period.
+
+    Returns:
+        The numbers of the trials failed here (not those finished meanwhile).
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    callback = storage.get_heartbeat_stale_trial_callback()
+    failed = []
+    for t in trials:
+        try:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # it finished, or another process failed it first
+        failed.append(t.number)
+        if callback is not None:
+            with no_experimental_warnings():
+                callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    return failed
+
+
+def fail_stale(study: "optuna.Study") -> None:
+    """Optuna's stale-trial search: fail the running trials past the grace period and queue
+    their retries."""
+    import optuna
+
+    with no_experimental_warnings():
+        optuna.storages.fail_stale_trials(study)
+
+
+def retry_callback(max_retry: int) -> Any:
+    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (intermediate values kept), except that
+    the retry does not inherit the dead trial's ``fail_reason``."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    class Retry(RetryHeartbeatStaleTrialCallback):
+        def __call__(self, study: "optuna.Study", trial: "FrozenTrial") -> None:
+            trial = copy.copy(trial)
+            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+            super().__call__(study, trial)
+
+    with no_experimental_warnings():
+        return Retry(max_retry=max_retry, inherit_intermediate_values=True)
+
+
+def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
+    """Write user attrs of a running trial: in one transaction on hpo's storage (the job
+    rewrites eight at every evaluation: eight commits, each a synchronous stall of the
+    training, otherwise), one by one on any other (a ``FixedTrial``, a storage of Optuna's)."""
+    storage = getattr(trial, "storage", None)
+    backend = getattr(storage, "_backend", storage)  # under Optuna's cache of finished trials
+    write = getattr(backend, "set_trial_user_attrs", None)
+    if write is None or not hasattr(trial, "_cached_frozen_trial"):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    write(trial._trial_id, attrs)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps
+
+
+@contextlib.contextmanager
+def no_experimental_warnings() -> Iterator[None]:
+    """Silence Optuna's warnings that heartbeat and stale-trial retry are experimental."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# The storage class.
+
+# Every public storage call, retried through a database outage. Re-running one is harmless:
+# writes are upserts or checked state changes (a lost acknowledgement of a claim or a tell is
+# recognised by ``tell`` and the claim's check), and a trial created twice is one more trial
+# that goes stale and is retried like any other.
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
+    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
+    "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+    "claim_trial", "set_trial_user_attrs", "create_study_with_attrs",
+    # What Optuna's cache of finished trials (``study._storage``) calls on its backend.
+    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+)
+
+_inside = threading.local()
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_inside, "depth", 0):  # a call inside a retried call: the outer one retries
+            return method(self, *args, **kwargs)
+        _inside.depth = 1
+        try:
+            return with_outage_retry(lambda: method(self, *args, **kwargs))
+        finally:
+            _inside.depth = 0
+    return call
+
+
+def with_outage_retry(call: Callable[[], Any], seconds: float | None = None) -> Any:
+    """Run ``call``; while the database does not answer (a restart), wait and try again, for
+    up to ``seconds`` (default ``outage_seconds()``) from the first failure."""
+    deadline = None
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            cause = database_outage(e)
+            if cause is None:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + (outage_seconds() if seconds is None else seconds)
+            if now >= deadline:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1fs", _first_line(cause),
+                        delay)
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, 5.0)
+
+
+def database_outage(e: BaseException | None) -> BaseException | None:
+    """The lost-connection error behind ``e`` (Optuna wraps them), or None if it is another
+    kind of error."""
+    import sqlalchemy
+
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return e
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    orig = getattr(e, "orig", None) or e
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+
+
+@functools.cache
+def storage_class() -> type:
+    """Optuna's ``RDBStorage`` with hpo's atomic claims, fewer round trips and outage retry
+    (see the module docstring)."""
+    import datetime
+
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    def insert_attrs(session: Any, model: Any, key_column: str, owner: int,
+                     attrs: dict[str, Any]) -> None:
+        # A Core INSERT: the ORM's unit of work costs more than the statement.
+        session.execute(sqlalchemy.insert(model), [
+            {key_column: owner, "key": key, "value_json": json.dumps(value)}
+            for key, value in attrs.items()])
+
+    class Storage(RDBStorage):
+        def _get_prepared_new_trial(self, study_id: int, template_trial: Any,
+                                    session: Any) -> Any:
+            attrs = template_trial.user_attrs if template_trial is not None else {}
+            if attrs:
+                template_trial = copy.copy(template_trial)
+                template_trial.user_attrs = {}
+            trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+            if attrs:
+                insert_attrs(session, models.TrialUserAttributeModel, "trial_id",
+                             trial.trial_id, attrs)
+            if template_trial is None or template_trial.state == TrialState.RUNNING:
+                # Stale from its first moment: a trial without a heartbeat row is never found
+                # by the stale-trial search.
+                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+            return trial
+
+        def claim_trial(self, trial_id: int, attrs: dict[str, Any]) -> bool:
+            """Take a queued trial: WAITING -> RUNNING with ``attrs`` and a fresh heartbeat,
+            in one transaction. False if another worker took it or it finished."""
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session,
+                                                              for_update=True)
+                if trial.state != TrialState.WAITING:
+                    return False
+                trial.state = TrialState.RUNNING
+                trial.datetime_start = datetime.datetime.now()
+                for key, value in attrs.items():
+                    self._set_trial_attr_without_commit(
+                        session, models.TrialUserAttributeModel, trial_id, key, value)
+                beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+                if beat is None:
+                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+                else:  # a re-queued trial's last heartbeat is old: it would look stale
+                    beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+            return True
+
+        def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+            """Several user attrs of a running trial in one transaction."""
+            with _create_scoped_session(self.scoped_session, True) as session:
+                for key, value in attrs.items():
+                    self._set_trial_attr_without_commit(
+                        session, models.TrialUserAttributeModel, trial_id, key, value)
+
+        def create_study_with_attrs(self, directions: list[Any], name: str,
+                                    attrs: dict[str, Any]) -> int:
+            """A study and its user attrs in one transaction.
+
+            Raises:
+                optuna.exceptions.DuplicatedStudyError: a study of that name exists.
+            """
+            import optuna
+
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    study = models.StudyModel(study_name=name, directions=[
+                        models.StudyDirectionModel(objective=i, direction=d)
+                        for i, d in enumerate(directions)])
+                    session.add(study)
+                    session.flush()
+                    insert_attrs(session, models.StudyUserAttributeModel, "study_id",
+                                 study.study_id, attrs)
+            except sqlalchemy.exc.IntegrityError:
+                raise optuna.exceptions.DuplicatedStudyError(name) from None
+            return self.get_study_id_from_name(name)
+
+    for name in _RETRIED:
+        setattr(Storage, name, _retrying(getattr(Storage, name)))
+    return Storage
