@@ -1,0 +1,125 @@
+"""Chaos, short: one round of ``benchmarks.chaos`` per backend, three faults each.
+
+Each round runs ``hpo launch --workers 3`` on a study of ``fastjob.epochs_job`` and, at random
+moments, kills workers (SIGKILL, also the moment one claims a trial), preempts one (SIGTERM),
+kills the launcher and starts it again, or restarts PostgreSQL; then checks that the study
+ends exactly at its budget, nothing left running, every interrupted trial resumed from its
+checkpoint. Between them the three rounds inject every kind of fault. ``python -m
+benchmarks.chaos --rounds 20`` is the long version.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from benchmarks.chaos import (
+    INVARIANTS,
+    SECTION,
+    RoundResult,
+    _resume_violations,
+    _root,
+    backend_of,
+    can_restart_postgresql,
+    markdown,
+    run_round,
+    write_section,
+)
+
+ROUND_FAULTS = {
+    "sqlite": ["kill9_claim", "sigterm_worker", "kill9_launcher"],
+    "postgresql": ["kill9_worker", "restart_postgresql", "kill9_claim"],
+    "mariadb": ["sigterm_worker", "kill9_launcher", "kill9_worker"],
+}
+
+
+@pytest.mark.slow
+def test_a_round_of_random_faults_breaks_no_invariant(storage_url, tmp_path):
+    backend = backend_of(storage_url)
+    faults = ROUND_FAULTS[backend]
+    if "restart_postgresql" in faults and not can_restart_postgresql():
+        faults = [f if f != "restart_postgresql" else "kill9_launcher" for f in faults]
+    seed = f"{os.environ.get('HPO_CHAOS_SEED', '0')}:{backend}"
+    result = run_round(backend, storage_url, tmp_path / "round", random.Random(seed),
+                       seed=seed, faults=faults, timeout=150, say=lambda s: None)
+    report = result.report()
+    print(report)
+    assert len(result.injected) >= 2, report  # faults that landed before the study ended
+    assert result.ok, report
+
+
+# --------------------------------------------------------------------------------------------
+# The checker itself, on made-up trials: it must see a resume that went back, and accept one
+# whose log is an epoch behind its checkpoint.
+
+
+def _trial(number, state, epochs, values, *, retry_of=None, resumed=None, pid=None):
+    system = {}
+    if retry_of is not None:
+        system = {"failed_trial": retry_of[0], "retry_history": list(retry_of)}
+    user = {"worker": "h:w0"}
+    if resumed is not None:
+        user["resumed_from_epoch"] = resumed
+    if pid is not None:
+        user["pid"] = pid
+    t = create_trial(
+        state=state, value=1.0 if state == TrialState.COMPLETE else None,
+        params={"lr": 0.01, "epochs": epochs},
+        distributions={"lr": FloatDistribution(1e-5, 0.1, log=True),
+                       "epochs": IntDistribution(3, 5)},
+        intermediate_values={e: 1.0 for e in values}, user_attrs=user, system_attrs=system)
+    t.number = number
+    return t
+
+
+def _check(trials, log):
+    chains = {}
+    for t in trials:
+        chains.setdefault(_root(t), []).append(t)
+    return _resume_violations(trials, log, chains)
+
+
+def test_the_checker_sees_a_retry_that_started_over():
+    failed = _trial(0, TrialState.FAIL, 5, [1, 2, 3])
+    retry = _trial(1, TrialState.COMPLETE, 5, range(1, 6), retry_of=[0], resumed=None, pid=11)
+    log = [(0, 1, 10), (0, 2, 10), (0, 3, 10)] + [(1, e, 11) for e in range(1, 6)]
+    problems = _check([failed, retry], log)
+    assert any("3 epochs redone" in p for p in problems), problems
+    assert any("without resuming" in p for p in problems), problems
+
+
+def test_the_checker_accepts_resumes_from_the_checkpoint():
+    # #0 was killed after checkpointing epoch 3 but before logging it: the retry resumes at 3.
+    failed = _trial(0, TrialState.FAIL, 5, [1, 2, 3])
+    retry = _trial(1, TrialState.COMPLETE, 5, range(1, 6), retry_of=[0], resumed=3, pid=11)
+    # #2 was preempted (SIGTERM) after epoch 2, re-queued with its number, resumed elsewhere.
+    requeued = _trial(2, TrialState.COMPLETE, 4, range(1, 5), resumed=2, pid=13)
+    log = [(0, 1, 10), (2, 1, 12), (0, 2, 10), (2, 2, 12), (1, 4, 11), (2, 3, 13), (1, 5, 11),
+           (2, 4, 13)]
+    assert _check([failed, retry, requeued], log) == []
+
+
+def test_the_checker_sees_a_resume_that_went_back():
+    requeued = _trial(0, TrialState.COMPLETE, 5, range(1, 6), resumed=1, pid=13)
+    log = [(0, 1, 12), (0, 2, 12), (0, 3, 12), (0, 2, 13), (0, 3, 13), (0, 4, 13), (0, 5, 13)]
+    problems = _check([requeued], log)
+    assert any("2 epochs redone" in p for p in problems), problems
+    assert any("resumed from epoch 1, but epoch 3" in p for p in problems), problems
+
+
+def test_the_results_section_is_replaced_not_repeated(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n| a | b |\n")
+    ok = RoundResult(index=0, backend="sqlite", seed="0:0")
+    bad = RoundResult(index=1, backend="mariadb", seed="0:1", broken={2: ["trial #3 RUNNING"]})
+    for _ in range(2):
+        write_section(out, markdown([ok, bad], ["sqlite", "mariadb"], ["context"]))
+    text = out.read_text()
+    assert text.startswith("# hpo benchmarks\n\n| a | b |\n\n## ")
+    assert text.count(f"## {SECTION}") == 1
+    assert f"2 ({INVARIANTS[2]}) in 1 round(s)" in text
+    assert "| sqlite | 1 | 1 | 0 | 0 |" in text
