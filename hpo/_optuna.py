@@ -1,7 +1,7 @@
 """The one module that touches Optuna's private API.
 
 hpo needs a few things Optuna does not expose: a trial's and a study's storage ids, the storage
-behind a study, the heartbeat thread and tell of ``study.optimize``, and the ``RDBStorage``
+behind a study, the tell of ``study.optimize``, and the ``RDBStorage``
 internals through which hpo saves round trips and makes a claim atomic. Every such use is here,
 listed in ``PRIVATE_NAMES``; ``tests/test_optuna_private.py`` checks each name against the
 installed Optuna, so the day Optuna renames one a test fails by that name. The range this module
@@ -55,7 +55,6 @@ PRIVATE_NAMES = (
     ("optuna.storages._rdb.storage", "RDBStorage._get_best_trial_id"),
     ("optuna.storages._rdb.storage", "RDBStorage._get_trials"),
     ("optuna.storages._cached_storage", "_CachedStorage._backend"),
-    ("optuna.storages._heartbeat", "get_heartbeat_thread"),
     ("optuna.study._tell", "_tell_with_warning"),
     ("optuna.study.study", "Study._storage"),
     ("optuna.study.study", "Study._study_id"),
@@ -133,11 +132,34 @@ def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
 
 
-def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Any:
-    """Optuna's heartbeat thread for ``trial``, as ``study.optimize`` runs it (a context)."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+@contextlib.contextmanager
+def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Iterator[None]:
+    """Record ``trial``'s heartbeat every heartbeat interval while the block runs, as
+    ``study.optimize`` does, except that a failed write does not end the thread: a heartbeat
+    thread that died in a database outage would let a trial that is still training go stale."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
 
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as e:
+                log.warning("trial %d: heartbeat not recorded: %s", trial.number, _first_line(e))
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | None,

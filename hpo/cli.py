@@ -589,9 +589,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a failure, not bad input: one line unless debugging
         if os.environ.get("HPO_DEBUG"):
             raise
-        first = (str(e).strip().splitlines() or [""])[0]
-        print(f"hpo: failed: {type(e).__name__}: {_redact(first, args)} (HPO_DEBUG=1 shows the "
-              "traceback)", file=sys.stderr)
+        from hpo._optuna import OUTAGE_VAR, database_outage, outage_seconds
+
+        outage = database_outage(e)
+        if outage is not None:  # Optuna's own wrapper says "invalid data": say what it was
+            e = outage
+        first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
+        what = (f"the database did not answer for {outage_seconds():g}s (${OUTAGE_VAR}): "
+                if outage is not None else "")
+        print(f"hpo: failed: {what}{type(e).__name__}: {_redact(first, args)} (HPO_DEBUG=1 "
+              "shows the traceback)", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -274,7 +274,7 @@ class Supervisor:
         procs = [c.proc for c in self.children if c.proc is not None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
-        threading.Thread(target=_kill_after_grace, args=(procs,), daemon=True).start()
+        threading.Thread(target=_kill_after_grace, args=(procs, STOP_GRACE), daemon=True).start()
 
     def _status(self) -> None:
         try:
@@ -285,7 +285,7 @@ class Supervisor:
             self.say(text)
 
 
-def _kill_after_grace(procs: list[subprocess.Popen], grace: float = STOP_GRACE) -> None:
+def _kill_after_grace(procs: list[subprocess.Popen], grace: float) -> None:
     """SIGKILL the processes still alive after ``grace`` seconds. It holds its own list: the
     main loop clears ``_Child.proc`` when a child exits, at any moment."""
     deadline = time.monotonic() + grace

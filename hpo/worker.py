@@ -149,19 +149,14 @@ def run_worker(
         )
         try:
             value = run_job(trial, spec.task, params, context)
-            if (artifacts_url is not None and trial.user_attrs.get("checkpoint")
-                    and _among_best(study, value)):
-                _quietly(_upload_checkpoint, trial, artifacts_url)
+            if artifacts_url is not None and trial.user_attrs.get("checkpoint"):
+                _quietly(_upload_checkpoint, study, trial, value, artifacts_url)
             return value
         except optuna.TrialPruned:
             raise
         except Exception as e:
             if "fail_reason" not in trial.user_attrs:
                 _quietly(trial.set_user_attr, "fail_reason", _reason(e))
-            # A failure the job raised is never retried: its checkpoint has no use.
-            own = trial.user_attrs.get("checkpoint")
-            if own == str(context.checkpoint_path):
-                Path(own).unlink(missing_ok=True)
             raise
 
     def after_trial(number: int, trials: list[FrozenTrial]) -> None:
@@ -252,11 +247,13 @@ def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOI
     return len(better) < k
 
 
-def _upload_checkpoint(trial: "optuna.Trial", storage_url: str) -> None:
+def _upload_checkpoint(study: "optuna.Study", trial: "optuna.Trial", value: float,
+                       storage_url: str) -> None:
+    """Upload the trial's checkpoint to the artifact store if it is among the best."""
     from hpo.artifacts import upload_checkpoint
 
     path = trial.user_attrs.get("checkpoint")
-    if path and Path(path).is_file():
+    if path and Path(path).is_file() and _among_best(study, value):
         upload_checkpoint(trial, path, storage_url)
 
 
@@ -427,8 +424,8 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
 
     ``trials`` is a snapshot: a trial failed as stale in it may have its retry queued only a
     moment later, so a failed trial keeps its checkpoint until its retry exists or it can no
-    longer be retried (a failure the job raised is never retried; the worker deletes that
-    checkpoint itself).
+    longer be retried; a failure the job raised (its ``fail_reason`` says why) is never
+    retried.
 
     Args:
         trials: every trial of the study, freshly read.

@@ -3,7 +3,9 @@
 It behaves like the real job where the worker can tell: an epoch loop that reports a validation
 loss per epoch, checkpoints after every epoch (atomically), resumes from a checkpoint, and
 obeys the pruner. Each epoch sleeps ``$FASTJOB_EPOCH_SECONDS`` and appends
-``trial epoch pid`` to ``$FASTJOB_LOG``, so a test can see which epochs ran where.
+``trial epoch pid`` to ``$FASTJOB_LOG``, so a test can see which epochs ran where. With
+``$FASTJOB_DONE_FILE`` set, a job that trained its last epoch writes that file and waits
+``$FASTJOB_DONE_SECONDS`` before it returns (a test acts between the training and the tell).
 """
 
 from __future__ import annotations
@@ -43,4 +45,9 @@ def epochs_job(trial, params, context) -> float:
             trial.set_user_attr("prune_reason", "pruned")
             raise optuna.TrialPruned()
     trial.set_user_attr("epochs_run", params["epochs"])
+    done = os.environ.get("FASTJOB_DONE_FILE")
+    if done:
+        with open(done, "a") as f:
+            f.write(f"{trial.number}\n")
+        time.sleep(float(os.environ.get("FASTJOB_DONE_SECONDS", "0")))
     return best

@@ -380,3 +380,159 @@ def test_cluster_templates_never_contain_the_password():
     assert "HPO_STORAGE:?" in slurm and "secretKeyRef" in k8s
     with pytest.raises(HpoError, match="not SQLite"):
         render("slurm", "s", "sqlite:///hpo.db")
+
+
+# --------------------------------------------------------------------------------------------
+# The trial lifecycle: database outages, claims, checkpoints a retry needs.
+
+
+def _proxied_postgresql(server_urls):
+    """The session's PostgreSQL database behind a proxy the test can cut: (proxy, url)."""
+    from dbproxy import Proxy
+
+    url = server_urls["postgresql"]
+    if isinstance(url, Exception):
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(url))
+        pytest.skip(str(url))
+    proxy = Proxy(("127.0.0.1", 5432))
+    return proxy, url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+
+
+@pytest.mark.slow
+def test_an_outage_at_the_end_of_a_trial_retries_the_calls_not_the_training(server_urls,
+                                                                             tmp_path):
+    proxy, url = _proxied_postgresql(server_urls)
+    done = tmp_path / "done"
+    env = fast_env(tmp_path, epoch_seconds=0.2, FASTJOB_DONE_FILE=str(done),
+                   FASTJOB_DONE_SECONDS="1")
+    name = make_study(tmp_path, url, n=1, low=2, high=2, env=env)
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    try:
+        wait_for(done.exists, what="the trial's last epoch")
+        proxy.cut()  # the job returns while the database is gone: its tell meets the outage
+        time.sleep(4)
+        proxy.restore()
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+        proxy.close()
+    assert worker.returncode == 0, out
+    assert "database unavailable" in out
+    ts = trials(name, server_urls["postgresql"])
+    assert [t.state for t in ts] == [TrialState.COMPLETE]  # one trial, told once
+    assert [(n, e) for n, e, _ in epoch_log(tmp_path)] == [(0, 1), (0, 2)]  # trained once
+
+
+@pytest.mark.slow
+def test_an_outage_past_the_window_exits_non_zero_and_the_trial_resumes_elsewhere(
+        server_urls, tmp_path):
+    proxy, url = _proxied_postgresql(server_urls)
+    done = tmp_path / "done"
+    env = fast_env(tmp_path, epoch_seconds=0.2, FASTJOB_DONE_FILE=str(done),
+                   FASTJOB_DONE_SECONDS="0.5", HPO_OUTAGE_SECONDS="2")
+    name = make_study(tmp_path, url, n=1, low=3, high=3, env=env)
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    try:
+        wait_for(done.exists, what="the trial's last epoch")
+        proxy.cut()
+        out, _ = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+        proxy.restore()
+    assert worker.returncode == 1, out
+    assert "the database did not answer for 2s" in out and "Traceback" not in out
+    direct = server_urls["postgresql"]
+    assert [t.state for t in trials(name, direct)] == [TrialState.RUNNING]
+    # Another worker finds it stale (no heartbeat for the grace period) and resumes it.
+    r = run_hpo("worker", name, "--storage", direct, cwd=tmp_path, env=env)
+    proxy.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    first, retry = trials(name, direct)
+    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert retry.user_attrs["resumed_from_epoch"] == 3
+    assert [e for n, e, _ in epoch_log(tmp_path) if n == retry.number] == []  # nothing redone
+
+
+def _study(storage_url, tmp_path, name):
+    import yaml
+
+    from hpo.spec import parse_spec
+    from hpo.storage import open_storage
+    from hpo.study import create_study
+
+    spec = parse_spec(yaml.safe_load(FAST.format(name=name, n=3, low=1, high=2,
+                                                 pruner="none")), source="<lifecycle>")
+    return create_study(spec, open_storage(storage_url))
+
+
+def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, monkeypatch):
+    """A worker that dies between claiming a trial and starting its heartbeat thread leaves
+    a trial the stale-trial search finds; a re-queued trial, claimed again, is not stale
+    because of its previous worker's last heartbeat."""
+    import hpo.storage
+    from hpo._optuna import ask, requeue
+    from hpo.worker import reap
+
+    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    study = _study(storage_url, tmp_path, f"claim-{time.time_ns()}")
+    attrs = {"host": "h", "worker": "h:w0", "pid": 1}
+    claimed = ask(study, attrs, [])  # ... and the worker dies here: no heartbeat thread
+    queued = ask(study, attrs, [])
+    queued.report(0.5, 1)
+    requeue(study, queued)  # SIGTERM: back to the queue, its last heartbeat at the claim
+    time.sleep(2.5)
+    again = ask(study, {**attrs, "pid": 2}, study.get_trials(states=(TrialState.WAITING,)))
+    assert again.number == queued.number
+    assert reap(study) == [claimed.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[claimed.number] == TrialState.FAIL
+    assert states[again.number] == TrialState.RUNNING
+    assert study.get_trials()[again.number].user_attrs["pid"] == 2
+
+
+def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp_path):
+    """Worker B fails a stale trial and then queues its retry; worker A's checkpoint retention
+    runs between the two, from a snapshot in which the trial is failed and has no retry yet."""
+    from hpo.worker import retain_checkpoints
+
+    study = _study(storage_url, tmp_path, f"keep-{time.time_ns()}")
+    storage = study._storage
+    old = tmp_path / "trial-0.pt"
+    old.write_text("{}")
+    trial = study.ask()
+    trial.set_user_attr("checkpoint", str(old))
+    # B, first half of the stale-trial search: the trial is failed ...
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    # ... A, right then: retention from a fresh read ...
+    retain_checkpoints(study.get_trials())
+    # ... B, second half: the retry is queued, to resume from the checkpoint.
+    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
+    assert old.exists(), "the retry's checkpoint was deleted before the retry was queued"
+    retry = study.ask()
+    assert retry.user_attrs["checkpoint"] == str(old)
+    # Once the retry saved its own checkpoint and finished, the failed trial's file goes; a
+    # failure the job raised (never retried) loses its checkpoint too.
+    new = tmp_path / "trial-1.pt"
+    new.write_text("{}")
+    retry.set_user_attr("checkpoint", str(new))
+    study.tell(retry, 1.0)
+    broken = study.ask()
+    crashed = tmp_path / "trial-2.pt"
+    crashed.write_text("{}")
+    broken.set_user_attr("checkpoint", str(crashed))
+    broken.set_user_attr("fail_reason", "nan")
+    study.tell(broken, state=TrialState.FAIL)
+    retain_checkpoints(study.get_trials())
+    assert not old.exists() and new.exists() and not crashed.exists()
+    # A trial failed because its worker died keeps its checkpoint until its retry exists.
+    from hpo._optuna import fail_and_retry
+
+    dying = study.ask()
+    kept = tmp_path / "trial-3.pt"
+    kept.write_text("{}")
+    dying.set_user_attr("checkpoint", str(kept))
+    assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [3]
+    retain_checkpoints(study.get_trials())
+    assert kept.exists()

@@ -1,0 +1,147 @@
+"""The launcher: a dead child's trial is handed on at once, no secret in a command line, no
+race with the main loop when stopping, no worker outlives its launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from test_worker import epoch_log, fast_env, finished, make_study, start_hpo, trials, wait_for
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(3))
+def test_kill_9_while_the_rest_of_the_budget_runs_ends_with_the_budget_finished(
+        round_, storage_url, tmp_path):
+    """The issue's scenario: three workers, three trials, one worker killed after its trial's
+    first epoch. The heartbeat grace period is far longer than the study, so only the launcher
+    can hand the dead trial on; the surviving workers must wait for it, not leave."""
+    import random
+
+    env = fast_env(tmp_path, epoch_seconds=0.4, HPO_GRACE_PERIOD="600")
+    name = make_study(tmp_path, storage_url, n=3, low=4, high=4, env=env)
+    launch = start_hpo("launch", name, "--workers", "3", cwd=tmp_path,
+                       env={**env, "HPO_STORAGE": storage_url})
+    try:
+        def victim():
+            first = [(n, pid) for n, e, pid in epoch_log(tmp_path) if e == 1]
+            return first[0] if len(first) >= 1 else None
+        time.sleep(random.Random(round_).uniform(0, 0.3))
+        number, pid = wait_for(victim, what="a trial's first epoch")
+        os.kill(pid, signal.SIGKILL)
+        out, _ = launch.communicate(timeout=120)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, out[-3000:]
+    ts = trials(name, storage_url)
+    assert len(finished(ts)) == 3, [(t.number, t.state.name) for t in ts]
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    dead = ts[number]
+    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"] == "worker died"
+    (retry,) = [t for t in ts if t.system_attrs.get("failed_trial") == number]
+    assert retry.state == TrialState.COMPLETE and "fail_reason" not in retry.user_attrs
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert f"trial {number} of the dead worker" in out
+
+
+@pytest.mark.slow
+def test_no_password_in_any_command_line(server_urls, tmp_path):
+    url = server_urls["postgresql"]
+    if isinstance(url, Exception):
+        pytest.skip(str(url))
+    secret = "pw-s3cr3t-9f2"
+    with_password = url.replace("postgres@", f"postgres:{secret}@")  # trust auth ignores it
+    env = fast_env(tmp_path, epoch_seconds=0.3)
+    name = make_study(tmp_path, with_password, n=4, low=3, high=3, env=env)
+    launch = start_hpo("launch", name, "--workers", "2", cwd=tmp_path,
+                       env={**env, "HPO_STORAGE": with_password})
+    try:
+        wait_for(lambda: len(_children(launch.pid)) == 2 and epoch_log(tmp_path),
+                 what="two workers training")
+        args = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+        out, _ = launch.communicate(timeout=120)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, out[-3000:]
+    assert "hpo worker" in args or "-m hpo worker" in args
+    assert secret not in args
+    assert secret not in out
+
+
+def test_stopping_never_reads_a_child_the_main_loop_clears(monkeypatch):
+    """Ctrl-C's grace-period killer runs in a thread while the main loop sets a child's
+    ``proc`` to None when it exits; it must work from its own list of processes."""
+    import hpo.launch as launch
+
+    monkeypatch.setattr(launch, "STOP_GRACE", 1.0)
+    stubborn = subprocess.Popen([sys.executable, "-c",
+                                 "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('up', flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline() == "up\n"
+
+    class Child(launch._Child):
+        reads = 0
+
+        @property
+        def proc(self):  # the main loop clears it between any two reads of another thread
+            if threading.current_thread() is threading.main_thread():
+                return stubborn
+            Child.reads += 1
+            return stubborn if Child.reads % 2 else None
+
+        @proc.setter
+        def proc(self, value):
+            pass
+
+    supervisor = launch.Supervisor([], [], say=lambda text: None)
+    supervisor.children = [Child(launch.Slot(0))]
+    errors = []
+    monkeypatch.setattr("threading.excepthook", lambda args: errors.append(args.exc_value))
+    try:
+        supervisor._on_signal(signal.SIGTERM, None)
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+    assert errors == []
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_launcher_requeue_their_trials_and_exit(tmp_path):
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.5, HPO_GRACE_PERIOD="600")
+    name = make_study(tmp_path, url, n=4, low=8, high=8, env=env)
+    launch = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path,
+                       env=env)
+    try:
+        wait_for(lambda: len({n for n, _, _ in epoch_log(tmp_path)}) >= 2, what="two trials")
+        workers = _children(launch.pid)
+        os.kill(launch.pid, signal.SIGKILL)
+        launch.wait()
+
+        def gone():
+            return all(not os.path.exists(f"/proc/{p}") or
+                       open(f"/proc/{p}/stat").read().split()[2] == "Z" for p in workers)
+        wait_for(gone, timeout=30, what="the orphaned workers to exit")
+    finally:
+        launch.kill()
+    ts = trials(name, url)
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    assert len([t for t in ts if t.state == TrialState.WAITING]) == 2
+    r = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path, env=env)
+    out, _ = r.communicate(timeout=120)
+    assert r.returncode == 0, out[-3000:]
+    ts = trials(name, url)
+    assert len(finished(ts)) == 4 and not [t for t in ts if t.state == TrialState.FAIL]

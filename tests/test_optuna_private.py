@@ -1,0 +1,64 @@
+"""Optuna's private API goes through one module, hpo/_optuna.py, and is checked by name.
+
+The day an Optuna release renames something hpo relies on, ``test_every_private_name_exists``
+fails naming it; the pin in pyproject.toml keeps users on the range tested here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo import _optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIVATE = re.compile(
+    r"optuna(\.\w+)*\._\w+"  # a private Optuna module, e.g. optuna.storages._heartbeat
+    r"|\.(_storage|_study_id|_trial_id|_thread_local|_cached_frozen_trial|_backend)\b"
+    r"|\b(_get_prepared_new_trial|_set_trial_attr_without_commit|_create_scoped_session"
+    r"|_tell_with_warning|_get_stale_trial_ids)\b")
+
+
+@pytest.mark.parametrize("module,path", _optuna.PRIVATE_NAMES,
+                         ids=[f"{m}:{p}" for m, p in _optuna.PRIVATE_NAMES])
+def test_every_private_name_exists(module, path, tmp_path):
+    owner = importlib.import_module(module)
+    head, *rest = path.split(".")
+    obj = getattr(owner, head)
+    if not rest:
+        return
+    attr = rest[0]
+    if hasattr(obj, attr):
+        return
+    # An instance attribute: look on a live object of that class.
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}")
+    trial = study.ask()
+    live = {"Study": study, "Trial": trial, "FrozenTrial": study.trials[0],
+            "_CachedStorage": study._storage}[head]
+    assert hasattr(live, attr), f"optuna {optuna.__version__}: {module}.{path} is gone"
+
+
+def test_no_other_module_uses_optuna_private_api():
+    offenders = []
+    for path in sorted((ROOT / "hpo").rglob("*.py")):
+        if path.name == "_optuna.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if PRIVATE.search(code):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_optuna_is_pinned_to_the_tested_range():
+    text = (ROOT / "pyproject.toml").read_text()
+    pin = re.search(r'"optuna>=([\d.]+),<([\d.]+)"', text)
+    assert pin, "pyproject.toml must pin optuna to a range (>=X,<Y)"
+    low, high = (tuple(int(x) for x in v.split(".")) for v in pin.groups())
+    installed = tuple(int(x) for x in version("optuna").split(".")[:2])
+    assert low[:2] <= installed < high[:2]
