@@ -1,11 +1,10 @@
 """The one module that touches Optuna's private API.
 
-hpo needs a few things Optuna does not expose: a trial's and a study's storage ids, the storage
-behind a study, the tell of ``study.optimize``, and the ``RDBStorage``
-internals through which hpo saves round trips and makes a claim atomic. Every such use is here,
-listed in ``PRIVATE_NAMES``; ``tests/test_optuna_private.py`` checks each name against the
-installed Optuna, so the day Optuna renames one a test fails by that name. The range this module
-is tested against is pinned in ``pyproject.toml``.
+hpo needs what Optuna does not expose: the storage and ids behind a study and a trial, the
+tell of ``study.optimize``, and the ``RDBStorage`` internals through which hpo saves round trips
+and makes a claim atomic. Every such name is listed in ``PRIVATE_NAMES`` and checked against the
+installed Optuna by ``tests/test_optuna_private.py``, which fails by name the day Optuna renames
+one; ``pyproject.toml`` pins the range tested.
 
 The storage class (``storage_class``) is Optuna's ``RDBStorage`` with:
 
@@ -15,9 +14,8 @@ The storage class (``storage_class``) is Optuna's ``RDBStorage`` with:
   attrs of the worker that ran it before;
 - **atomic study creation**: a study and its user attrs (the spec) in one transaction, so two
   concurrent ``hpo create`` never overwrite each other's spec;
-- **database outages retried per call**: every storage call that finds the database gone
-  (a restart, a dropped connection) waits and tries again, up to ``outage_seconds()`` from
-  that call's first failure; the training is never re-run, only the call.
+- **database outages retried per call** (``hpo.outage``): the training is never re-run, only
+  the call.
 """
 
 from __future__ import annotations
@@ -27,10 +25,10 @@ import copy
 import functools
 import json
 import logging
-import os
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+from hpo.outage import first_line, retrying
 
 if TYPE_CHECKING:
     import optuna
@@ -38,67 +36,43 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hpo")
 
-PRIVATE_NAMES = (
-    # (module, attribute path) of everything below that Optuna does not document.
-    ("optuna.storages._rdb.models", "TrialModel"),
-    ("optuna.storages._rdb.models", "StudyModel"),
-    ("optuna.storages._rdb.models", "StudyDirectionModel"),
-    ("optuna.storages._rdb.models", "StudyUserAttributeModel"),
-    ("optuna.storages._rdb.models", "TrialUserAttributeModel"),
-    ("optuna.storages._rdb.models", "TrialHeartbeatModel"),
-    ("optuna.storages._rdb.storage", "_create_scoped_session"),
-    ("optuna.storages._rdb.storage", "RDBStorage._get_prepared_new_trial"),
-    ("optuna.storages._rdb.storage", "RDBStorage._set_trial_attr_without_commit"),
-    ("optuna.storages._rdb.storage", "RDBStorage._get_stale_trial_ids"),
-    ("optuna.storages._rdb.storage", "RDBStorage._create_new_trial"),
-    ("optuna.storages._rdb.storage", "RDBStorage._set_trial_param"),
-    ("optuna.storages._rdb.storage", "RDBStorage._get_best_trial_id"),
-    ("optuna.storages._rdb.storage", "RDBStorage._get_trials"),
-    ("optuna.storages._cached_storage", "_CachedStorage._backend"),
-    ("optuna.study._tell", "_tell_with_warning"),
-    ("optuna.study.study", "Study._storage"),
-    ("optuna.study.study", "Study._study_id"),
-    ("optuna.study.study", "Study._thread_local"),
-    ("optuna.trial._trial", "Trial._trial_id"),
-    ("optuna.trial._trial", "Trial._cached_frozen_trial"),
-    ("optuna.trial._frozen", "FrozenTrial._trial_id"),
-)
-"""Instance attributes (``Study._storage`` ...) are checked on a live study by the test."""
+PRIVATE_NAMES = tuple((module, name) for module, names in {
+    # Everything below that Optuna does not document, by module. Instance attributes
+    # (``Study._storage`` ...) are checked on a live study by the test.
+    "optuna.storages._rdb.models": "TrialModel StudyModel StudyDirectionModel "
+                                   "StudyUserAttributeModel TrialUserAttributeModel "
+                                   "TrialHeartbeatModel",
+    "optuna.storages._rdb.storage": "_create_scoped_session RDBStorage._get_prepared_new_trial "
+                                    "RDBStorage._set_trial_attr_without_commit "
+                                    "RDBStorage._get_stale_trial_ids RDBStorage._create_new_trial "
+                                    "RDBStorage._set_trial_param RDBStorage._get_best_trial_id "
+                                    "RDBStorage._get_trials",
+    "optuna.storages._cached_storage": "_CachedStorage._backend",
+    "optuna.study._tell": "_tell_with_warning",
+    "optuna.study.study": "Study._storage Study._study_id Study._thread_local",
+    "optuna.trial._trial": "Trial._trial_id Trial._cached_frozen_trial",
+    "optuna.trial._frozen": "FrozenTrial._trial_id",
+}.items() for name in names.split())
 
-OUTAGE_VAR = "HPO_OUTAGE_SECONDS"
-DEFAULT_OUTAGE_SECONDS = 300.0
+def create_study_with_attrs(storage: Any, directions: list[Any], name: str,
+                            attrs: dict[str, Any]) -> int:
+    """A study and its user attrs in one transaction on hpo's storage; one after the other on
+    any other (Optuna's in-memory storage, which no other process shares).
 
-
-def outage_seconds() -> float:
-    """How long one storage call waits for a database that stopped answering
-    (``$HPO_OUTAGE_SECONDS``, default 300): past that the call raises and the worker exits
-    non-zero, and its trial is retried elsewhere."""
-    try:
-        return float(os.environ.get(OUTAGE_VAR, DEFAULT_OUTAGE_SECONDS))
-    except ValueError:
-        return DEFAULT_OUTAGE_SECONDS
-
-
-# --------------------------------------------------------------------------------------------
-# Ids and internals of studies and trials.
-
-
-def storage_of(study: "optuna.Study") -> Any:
-    """The study's storage: Optuna's cache of finished trials over hpo's ``storage_class``."""
-    return study._storage
+    Raises:
+        optuna.exceptions.DuplicatedStudyError: a study of that name exists.
+    """
+    if hasattr(storage, "create_study_with_attrs"):
+        return storage.create_study_with_attrs(directions, name, attrs)
+    study_id = storage.create_new_study(directions, study_name=name)
+    for key, value in attrs.items():
+        storage.set_study_user_attr(study_id, key, value)
+    return study_id
 
 
 def backend_of(study: "optuna.Study") -> Any:
     """hpo's ``storage_class`` instance under the study's cache (its own methods are there)."""
     return getattr(study._storage, "_backend", study._storage)
-
-
-def study_id(study: "optuna.Study") -> int:
-    return study._study_id
-
-
-def trial_id(trial: "optuna.Trial | FrozenTrial") -> int:
-    return trial._trial_id
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +123,7 @@ def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Iterator[None]:
             try:
                 storage.record_heartbeat(trial._trial_id)
             except Exception as e:
-                log.warning("trial %d: heartbeat not recorded: %s", trial.number, _first_line(e))
+                log.warning("trial %d: heartbeat not recorded: %s", trial.number, first_line(e))
             if stop.wait(interval):
                 return
 
@@ -181,6 +155,8 @@ def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | None,
     except (UpdateFinishedTrialError, ValueError) as e:
         # ValueError: Optuna's "Cannot tell a FAIL trial" where the trial was finished since.
         now = study._storage.get_trial(trial._trial_id)
+        if now.state == TrialState.RUNNING:
+            raise  # not a race: a genuine error of the tell
         if now.state == (state or TrialState.COMPLETE) and (
                 state is not None or now.value == value):
             return now.state, ""  # our own write landed before a lost connection's retry
@@ -297,67 +273,6 @@ _RETRIED = (
     "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
 )
 
-_inside = threading.local()
-
-
-def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_inside, "depth", 0):  # a call inside a retried call: the outer one retries
-            return method(self, *args, **kwargs)
-        _inside.depth = 1
-        try:
-            return with_outage_retry(lambda: method(self, *args, **kwargs))
-        finally:
-            _inside.depth = 0
-    return call
-
-
-def with_outage_retry(call: Callable[[], Any], seconds: float | None = None) -> Any:
-    """Run ``call``; while the database does not answer (a restart), wait and try again, for
-    up to ``seconds`` (default ``outage_seconds()``) from the first failure."""
-    deadline = None
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except Exception as e:
-            cause = database_outage(e)
-            if cause is None:
-                raise
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + (outage_seconds() if seconds is None else seconds)
-            if now >= deadline:
-                raise
-            log.warning("database unavailable (%s); retrying in %.1fs", _first_line(cause),
-                        delay)
-            time.sleep(min(delay, max(0.0, deadline - now)))
-            delay = min(delay * 2, 5.0)
-
-
-def database_outage(e: BaseException | None) -> BaseException | None:
-    """The lost-connection error behind ``e`` (Optuna wraps them), or None if it is another
-    kind of error."""
-    import sqlalchemy
-
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return e
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
-
-
-def _first_line(e: BaseException) -> str:
-    orig = getattr(e, "orig", None) or e
-    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
-    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-
-
 @functools.cache
 def storage_class() -> type:
     """Optuna's ``RDBStorage`` with hpo's atomic claims, fewer round trips and outage retry
@@ -444,5 +359,5 @@ def storage_class() -> type:
             return self.get_study_id_from_name(name)
 
     for name in _RETRIED:
-        setattr(Storage, name, _retrying(getattr(Storage, name)))
+        setattr(Storage, name, retrying(getattr(Storage, name)))
     return Storage

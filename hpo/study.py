@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpo import __version__
+from hpo._optuna import create_study_with_attrs
 from hpo.errors import HpoError, SpecError, StudyNotFoundError
 from hpo.spec import Spec, max_epochs, parse_spec
 
@@ -36,8 +37,8 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.
     try:
         # The study and its spec in one transaction: a concurrent create of the same name
         # either loses here and compares specs below, or finds the winner's spec stored.
-        storage.create_study_with_attrs(
-            [optuna.study.StudyDirection.MINIMIZE], name,
+        create_study_with_attrs(
+            storage, [optuna.study.StudyDirection.MINIMIZE], name,
             {SPEC_ATTR: spec.to_dict(), VERSION_ATTR: __version__})
     except optuna.exceptions.DuplicatedStudyError:
         stored = _stored_spec(storage, name)
