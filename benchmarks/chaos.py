@@ -770,6 +770,8 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
             broke(5, f"trial #{root} finished {len(done)} times: "
                      + ", ".join(f"#{t.number} {t.state.name}" for t in done))
 
+    for detail in _concurrent_attempts(log, chains):
+        broke(5, detail)
     for detail in _resume_violations(trials, log, chains):
         broke(4, detail)
 
@@ -841,6 +843,33 @@ def _attempts(log: list[tuple[int, int, int]], numbers: set[int]):
         if number in numbers:
             attempts.setdefault((number, pid), [(number, pid), i, []])[2].append(epoch)
     return sorted(attempts.values(), key=lambda a: a[1])
+
+
+def _concurrent_attempts(log, chains) -> list[str]:
+    """Invariant 5 in time: two processes logging epochs of one trial (or of its retries)
+    at once ran it twice."""
+    problems = []
+    for root, members in sorted(chains.items()):
+        spans = {}
+        for i, (number, epoch, pid) in enumerate(log):
+            if any(t.number == number for t in members):
+                first, _, epochs = spans.get((number, pid), (i, i, []))
+                spans[(number, pid)] = (first, i, epochs + [epoch])
+        items = sorted(spans.items(), key=lambda kv: kv[1][0])
+        for k, ((n1, p1), (f1, l1, e1)) in enumerate(items):
+            for (n2, p2), (f2, l2, e2) in items[k + 1:]:
+                if f2 < l1:  # the second began logging before the first stopped
+                    problems.append(
+                        f"trial #{root}{_as(root, n1, n2)} "
+                        f"ran in two processes at once: pid {p1} epochs {e1}, pid {p2} "
+                        f"epochs {e2}")
+    return problems
+
+
+def _as(root: int, *numbers: int) -> str:
+    """`` (as #11)``: the numbers a retry chain ran under, where not its first."""
+    shown = [n for n in dict.fromkeys(numbers) if n != root]
+    return f" (as {' and '.join(f'#{n}' for n in shown)})" if shown else ""
 
 
 def _resume_violations(trials, log, chains) -> list[str]:
@@ -977,6 +1006,18 @@ def _plain_table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
 
 
+def _revision() -> str:
+    """The commit of this checkout, and whether hpo/ differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "hpo"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown revision"
+    return head.strip() + (" with uncommitted changes in hpo/" if dirty.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1045,7 +1086,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python -m benchmarks.chaos", *(argv if argv is not None
                                                               else sys.argv[1:])])
         context = [
-            f"measured {when} on {machine()} ({seconds:.0f} s): `{command}`",
+            f"measured {when} on {machine()} ({seconds:.0f} s), hpo at {_revision()}: "
+            f"`{command}`",
             f"each round: `hpo launch --workers {WORKERS}` on a fresh database, 8-12 trials of "
             f"tests/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, no pruner, heartbeat 1 s, "
             f"grace period 3 s), {faults_range[0]}-{faults_range[1]} faults at random moments; "

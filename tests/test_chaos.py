@@ -123,3 +123,14 @@ def test_the_results_section_is_replaced_not_repeated(tmp_path):
     assert text.count(f"## {SECTION}") == 1
     assert f"2 ({INVARIANTS[2]}) in 1 round(s)" in text
     assert "| sqlite | 1 | 1 | 0 | 0 |" in text
+
+
+def test_the_checker_sees_a_trial_run_twice_at_once():
+    from benchmarks.chaos import _concurrent_attempts
+
+    requeued = _trial(1, TrialState.COMPLETE, 5, range(1, 6), resumed=2, pid=12)
+    log = [(1, 1, 10), (1, 2, 10), (1, 3, 12), (1, 3, 11), (1, 4, 12), (1, 4, 11)]
+    problems = _concurrent_attempts(log, {1: [requeued]})
+    assert problems == ["trial #1 ran in two processes at once: pid 12 epochs [3, 4], pid 11 "
+                        "epochs [3, 4]"]
+    assert _concurrent_attempts(log[:2] + log[2::2], {1: [requeued]}) == []
