@@ -1011,11 +1011,14 @@ def _revision() -> str:
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=10, check=True).stdout
+        last = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "hpo"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "hpo"],
                                capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return "an unknown revision"
-    return head.strip() + (" with uncommitted changes in hpo/" if dirty.strip() else "")
+    return (f"{head.strip()} (hpo/ last changed in {last.strip()})"
+            + (" with uncommitted changes in hpo/" if dirty.strip() else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
