@@ -79,13 +79,17 @@ def backend_of(study: "optuna.Study") -> Any:
 # The trial lifecycle: claim, heartbeat, tell, re-queue, fail and retry.
 
 
-def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial]"
-        ) -> "optuna.Trial":
+def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial]",
+        budget: int | None = None) -> "optuna.Trial | None":
     """``study.ask()`` that claims a trial with ``attrs`` and a heartbeat in one transaction.
 
     A queued trial of ``waiting`` (the study as read a moment ago) is taken first, as Optuna
     does: claiming one is atomic, so two workers never take the same. Else a new trial is
     created, RUNNING, with ``attrs`` and a heartbeat.
+
+    Returns:
+        The trial; None if ``budget`` trials are running or finished already (checked in the
+        claim's transaction, so several workers asking at once never overshoot it).
     """
     import datetime
 
@@ -94,16 +98,30 @@ def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial
 
     study._thread_local.cached_all_trials = None  # as ask() does: samplers read afresh
     storage = backend_of(study)
-    for t in waiting:
-        if t.state == TrialState.WAITING and storage.claim_trial(t._trial_id, attrs):
-            return optuna.Trial(study, t._trial_id)
-    # Through Optuna's cache, which must know the new trial (the template's state and attrs
-    # reach ``Storage._get_prepared_new_trial``).
-    template = FrozenTrial(
-        number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
-        datetime_complete=None, params={}, distributions={}, user_attrs=dict(attrs),
-        system_attrs={}, intermediate_values={}, trial_id=0)
-    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+    try:
+        for t in waiting:
+            if t.state == TrialState.WAITING and storage.claim_trial(
+                    study._study_id, t._trial_id, attrs, budget):
+                return optuna.Trial(study, t._trial_id)
+        # Through Optuna's cache, which must know the new trial (the template's state, attrs
+        # and budget reach ``Storage._get_prepared_new_trial``).
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None,
+            datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+            distributions={}, user_attrs=dict(attrs),
+            system_attrs={} if budget is None else {_BUDGET: budget}, intermediate_values={},
+            trial_id=0)
+        return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+    except BudgetTaken:
+        return None
+
+
+class BudgetTaken(Exception):
+    """The budget's trials are all running or finished: no trial is claimed."""
+
+
+_BUDGET = "hpo:budget"
+"""Carries the budget from ``ask`` into the creating transaction; never stored."""
 
 
 @contextlib.contextmanager
@@ -285,6 +303,15 @@ def storage_class() -> type:
     from optuna.storages._rdb.storage import _create_scoped_session
     from optuna.trial import TrialState
 
+    def taken(session: Any, study_id: int, trial_id: int) -> int:
+        """Trials of the study running or finished (complete, pruned), but ``trial_id``."""
+        t = models.TrialModel
+        return session.execute(
+            sqlalchemy.select(sqlalchemy.func.count(t.trial_id)).where(
+                t.study_id == study_id, t.trial_id != trial_id,
+                t.state.in_([TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED]))
+        ).scalar()
+
     def insert_attrs(session: Any, model: Any, key_column: str, owner: int,
                      attrs: dict[str, Any]) -> None:
         # A Core INSERT: the ORM's unit of work costs more than the statement.
@@ -295,11 +322,19 @@ def storage_class() -> type:
     class Storage(RDBStorage):
         def _get_prepared_new_trial(self, study_id: int, template_trial: Any,
                                     session: Any) -> Any:
-            attrs = template_trial.user_attrs if template_trial is not None else {}
-            if attrs:
+            attrs, budget = {}, None
+            if template_trial is not None and (template_trial.user_attrs or
+                                               _BUDGET in template_trial.system_attrs):
+                attrs = template_trial.user_attrs
                 template_trial = copy.copy(template_trial)
                 template_trial.user_attrs = {}
+                template_trial.system_attrs = dict(template_trial.system_attrs)
+                budget = template_trial.system_attrs.pop(_BUDGET, None)
             trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+            # Creations of one study are serialized (Optuna locks the study row; SQLite has
+            # one writer), so this count is exact: no two workers both take the last trial.
+            if budget is not None and taken(session, study_id, trial.trial_id) >= budget:
+                raise BudgetTaken(budget)
             if attrs:
                 insert_attrs(session, models.TrialUserAttributeModel, "trial_id",
                              trial.trial_id, attrs)
@@ -309,16 +344,29 @@ def storage_class() -> type:
                 session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
             return trial
 
-        def claim_trial(self, trial_id: int, attrs: dict[str, Any]) -> bool:
+        def claim_trial(self, study_id: int, trial_id: int, attrs: dict[str, Any],
+                        budget: int | None = None) -> bool:
             """Take a queued trial: WAITING -> RUNNING with ``attrs`` and a fresh heartbeat,
-            in one transaction. False if another worker took it or it finished."""
+            in one transaction. False if another worker took it or it finished.
+
+            Raises:
+                BudgetTaken: ``budget`` trials are running or finished already.
+            """
+            trials = models.TrialModel
             with _create_scoped_session(self.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session,
-                                                              for_update=True)
-                if trial.state != TrialState.WAITING:
+                if budget is not None:  # serialized with the creations, as they are
+                    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                # One statement checks and takes it: SQLite ignores SELECT ... FOR UPDATE.
+                took = session.execute(
+                    sqlalchemy.update(trials)
+                    .where(trials.trial_id == trial_id, trials.state == TrialState.WAITING)
+                    .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if took != 1:
                     return False
-                trial.state = TrialState.RUNNING
-                trial.datetime_start = datetime.datetime.now()
+                if budget is not None and taken(session, study_id, trial_id) >= budget:
+                    raise BudgetTaken(budget)
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(
                         session, models.TrialUserAttributeModel, trial_id, key, value)

@@ -298,19 +298,19 @@ def _kill_after_grace(procs: list[subprocess.Popen], grace: float) -> None:
             proc.kill()
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
     """A ``preexec_fn``: the child gets SIGTERM when the launcher dies, even by SIGKILL
     (Linux ``PR_SET_PDEATHSIG``), so that it re-queues its trial instead of running on
-    unsupervised. Elsewhere a no-op."""
+    unsupervised. None where there is no ``prctl``."""
+    import ctypes
+
+    try:  # loaded here, in the launcher: a forked child must not import (another thread's lock)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
     def arm() -> None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the launcher died before the line above
             os._exit(EXIT_PREEMPTED)
 

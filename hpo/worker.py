@@ -263,7 +263,8 @@ def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.T
     """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in
     fewer database round trips (what a trial's coordination costs, benchmarks/overhead.py):
 
-    - the trial is claimed with the worker's user attrs and a heartbeat in one transaction;
+    - the trial is claimed with the worker's user attrs and a heartbeat in one transaction,
+      which refuses it if the budget's trials are all running or finished;
     - stale trials are looked for only if some trial was running at the worker's last read,
       ``trials`` (a trial is stale only after running for the grace period, so it was running
       then);
@@ -283,7 +284,10 @@ def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.T
         # A stale trial it failed has a retry queued now: read the queue afresh.
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     with _signals_held():
-        trial = current["trial"] = _optuna.ask(study, attrs, trials)
+        trial = _optuna.ask(study, attrs, trials, spec.budget.n_trials)
+        if trial is None:
+            return  # the rest of the budget was claimed a moment ago: the loop decides
+        current["trial"] = trial
     if _over_budget(study, spec, trial.number):
         # Another worker claimed the last trial of the budget at the same moment.
         _optuna.requeue(study, current.pop("trial"))

@@ -139,6 +139,41 @@ def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_
     assert second.datetime_start is not None
 
 
+def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(storage_url):
+    """Several workers (each its own connection) claim at the same moment: a queued trial goes
+    to exactly one of them, and new trials stop at the budget, however many ask at once."""
+    from hpo._optuna import ask
+
+    n_workers, rounds = 4, 8
+    storage = open_storage(storage_url)
+    study, _ = load_study(create_study(make_spec(unique("claim")), storage).study_name, storage)
+    studies = [load_study(study.study_name, open_storage(storage_url))[0]
+               for _ in range(n_workers)]
+    for r in range(rounds):
+        study.enqueue_trial({"lr": 0.01})
+        waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+        budget = 2 * r + 1  # room for the queued trial alone: the rest must be refused
+        barrier = threading.Barrier(n_workers)
+        got: list = [None] * n_workers
+
+        def claim(i: int) -> None:
+            barrier.wait()
+            got[i] = ask(studies[i], {"worker": f"w{i}"}, waiting, budget)
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(n_workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        claimed = [t.number for t in got if t is not None]
+        assert claimed == [waiting[0].number], (r, claimed)
+        study.tell(claimed[0], 1.0)
+        study.tell(study.ask(), 1.0)  # one more finished trial: the next round's budget
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2 * rounds
+    assert not [s for s in states if s != optuna.trial.TrialState.COMPLETE]
+
+
 def test_user_attrs_of_a_running_trial_are_written_together(storage_url):
     """The job's attrs in one transaction: new and rewritten keys land, the trial object sees
     them; a finished trial refuses them as Optuna does; a FixedTrial takes them one by one."""
