@@ -19,7 +19,13 @@ While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random mo
 When the (last) launcher has exited the study is read with ``optuna.load_study`` and checked:
 
 1. finished trials (COMPLETE + PRUNED) == n_trials exactly;
-2. no trial RUNNING or WAITING;
+2. no trial RUNNING; a trial left WAITING only if it is a queued retry (system attr
+   ``failed_trial`` / ``retry_history``) or a re-queued trial with progress (intermediate
+   values): once a trial has failed (stale, or its worker died) or was preempted, its retry or
+   the trial itself waits in the queue, and when the other workers finish the budget first it
+   is simply never needed (by design; the round's report lists it). Any other WAITING trial
+   -- a fresh, param-less surplus of a worker that asked past the budget, or a re-queued trial
+   that had reported nothing -- breaks the invariant;
 3. the last launcher exited 0 (within the round's time limit);
 4. every interrupted trial resumed where its checkpoint was: from the epoch log
    (``trial epoch pid`` lines), each later attempt of a trial (a retry: system attr
@@ -72,7 +78,7 @@ FAULTS = ("kill9_worker", "kill9_claim", "sigterm_worker", "kill9_launcher",
           "restart_postgresql")
 INVARIANTS = {
     1: "finished == n_trials",
-    2: "nothing RUNNING or WAITING",
+    2: "nothing RUNNING, WAITING only to resume",
     3: "last launcher exited 0",
     4: "resumed from its checkpoint",
     5: "no duplicate trials",
@@ -129,6 +135,9 @@ class RoundResult:
     notes: list[str] = field(default_factory=list)
     launcher_tail: str = ""
     skipped: str = ""
+    left_waiting: list[str] = field(default_factory=list)
+    """The WAITING trials invariant 2 allows (queued retries, re-queued trials with
+    progress, that the budget did not need)."""
 
     @property
     def ok(self) -> bool:
@@ -147,6 +156,8 @@ class RoundResult:
             verdict = "ok"
         else:
             verdict = "BROKEN " + ", ".join(f"{i} ({INVARIANTS[i]})" for i in sorted(self.broken))
+        if self.left_waiting:
+            verdict += f" ({len(self.left_waiting)} queued trial(s) left WAITING, allowed)"
         return (f"round {self.index:3d} {self.backend:10s} {self.n_trials:2d} trials  "
                 f"faults: {faults}  -> {verdict}  {self.seconds:.0f} s")
 
@@ -159,6 +170,7 @@ class RoundResult:
             lines.append(f"  invariant {number} ({INVARIANTS[number]}) broke:")
             lines += [f"    {d}" for d in self.broken[number]]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  left waiting (allowed): {w}" for w in self.left_waiting]
         if self.trials_table:
             lines += ["  trials:"] + [f"    {t}" for t in self.trials_table.splitlines()]
         if self.launcher_tail and not self.ok:
@@ -741,15 +753,9 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
                  f"(states: {dict(states)})")
 
     beats = _heartbeats(url) if states["RUNNING"] else {}
-    for t in trials:
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
-            beat = ""
-            if t.state == TrialState.RUNNING:
-                age = beats.get(t._trial_id)
-                beat = ", no heartbeat ever recorded" if age is None else \
-                    f", last heartbeat {age:.0f}s before the check"
-            broke(2, f"trial #{t.number} {t.state.name} ({_who(t)}, {_chain_text(t)}, "
-                     f"{len(t.intermediate_values)} value(s){beat})")
+    problems, result.left_waiting = _leftovers(trials, beats)
+    for detail in problems:
+        broke(2, detail)
 
     codes = result.launcher_codes
     if timed_out:
@@ -791,6 +797,37 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
         if missing:
             broke(7, f"trial #{t.number} ({_chain_text(t)}) lacks the values of epoch(s) "
                      f"{missing}")
+
+
+def _leftovers(trials, beats: dict[int, float] | None = None) -> tuple[list[str], list[str]]:
+    """Invariant 2: (what breaks it, the WAITING trials it allows).
+
+    Every RUNNING trial breaks it (``beats``: seconds since each trial's last heartbeat, by
+    trial id, for the detail). A WAITING trial is allowed if it is a queued retry or a
+    re-queued trial with intermediate values: the by-design leftover of a failure or a
+    preemption that the budget did not need in the end. Any other WAITING trial breaks it.
+    """
+    from optuna.trial import TrialState
+
+    problems, allowed = [], []
+    for t in trials:
+        values = f"{len(t.intermediate_values)} value(s)"
+        if t.state == TrialState.RUNNING:
+            age = (beats or {}).get(t._trial_id)
+            beat = ", no heartbeat ever recorded" if age is None else \
+                f", last heartbeat {age:.0f}s before the check"
+            problems.append(f"trial #{t.number} RUNNING ({_who(t)}, {_chain_text(t)}, "
+                            f"{values}{beat})")
+        elif t.state == TrialState.WAITING:
+            retry = "failed_trial" in t.system_attrs or "retry_history" in t.system_attrs
+            if retry or t.intermediate_values:
+                allowed.append(f"trial #{t.number} WAITING, never needed "
+                               f"({_who(t)}, {_chain_text(t)}, {values})")
+                continue
+            what = ("a fresh surplus trial: no params, no retry, no values" if not t.params
+                    else f"re-queued without progress: params {t.params}, no retry, no values")
+            problems.append(f"trial #{t.number} WAITING, {what} ({_who(t)})")
+    return problems, allowed
 
 
 def _heartbeats(url: str) -> dict[int, float]:
@@ -977,6 +1014,12 @@ def markdown(results: list[RoundResult], backends: list[str], context: list[str]
     for row in summary(results, backends):
         row = row + [""] * (len(HEADER) - len(row))
         lines.append("| " + " | ".join(row) + " |")
+    waiting = [r for r in results if r.left_waiting]
+    if waiting:
+        lines += ["", "Queued trials left WAITING that the budget did not need (invariant 2 "
+                      "allows them):", ""]
+        lines += [f"- round {r.index} ({r.backend}): " + "; ".join(r.left_waiting)
+                  for r in waiting]
     failures = [r for r in results if not r.ok and not r.skipped]
     if failures:
         lines += ["", "Broken rounds:", ""]

@@ -3,9 +3,10 @@
 Each round runs ``hpo launch --workers 3`` on a study of ``fastjob.epochs_job`` and, at random
 moments, kills workers (SIGKILL, also the moment one claims a trial), preempts one (SIGTERM),
 kills the launcher and starts it again, or restarts PostgreSQL; then checks that the study
-ends exactly at its budget, nothing left running, every interrupted trial resumed from its
-checkpoint. Between them the three rounds inject every kind of fault. ``python -m
-benchmarks.chaos --rounds 20`` is the long version.
+ends exactly at its budget, nothing left running, nothing left waiting but a queued retry (or
+re-queued trial with progress) that the budget did not need, every interrupted trial resumed
+from its checkpoint. Between them the three rounds inject every kind of fault. ``python -m
+benchmarks.chaos --rounds 24`` is the long version.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from benchmarks.chaos import (
     INVARIANTS,
     SECTION,
     RoundResult,
+    _leftovers,
     _resume_violations,
     _root,
     backend_of,
@@ -54,10 +56,12 @@ def test_a_round_of_random_faults_breaks_no_invariant(storage_url, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # The checker itself, on made-up trials: it must see a resume that went back, and accept one
-# whose log is an epoch behind its checkpoint.
+# whose log is an epoch behind its checkpoint; it must see a trial left RUNNING or a fresh
+# surplus left WAITING, and accept a queued retry the budget did not need.
 
 
 def _trial(number, state, epochs, values, *, retry_of=None, resumed=None, pid=None):
+    """A made-up trial of the chaos study (``epochs`` None: no params yet)."""
     system = {}
     if retry_of is not None:
         system = {"failed_trial": retry_of[0], "retry_history": list(retry_of)}
@@ -66,13 +70,17 @@ def _trial(number, state, epochs, values, *, retry_of=None, resumed=None, pid=No
         user["resumed_from_epoch"] = resumed
     if pid is not None:
         user["pid"] = pid
+    params, distributions = {}, {}
+    if epochs is not None:
+        params = {"lr": 0.01, "epochs": epochs}
+        distributions = {"lr": FloatDistribution(1e-5, 0.1, log=True),
+                         "epochs": IntDistribution(3, 5)}
     t = create_trial(
         state=state, value=1.0 if state == TrialState.COMPLETE else None,
-        params={"lr": 0.01, "epochs": epochs},
-        distributions={"lr": FloatDistribution(1e-5, 0.1, log=True),
-                       "epochs": IntDistribution(3, 5)},
+        params=params, distributions=distributions,
         intermediate_values={e: 1.0 for e in values}, user_attrs=user, system_attrs=system)
     t.number = number
+    t._trial_id = 100 + number
     return t
 
 
@@ -114,7 +122,8 @@ def test_the_checker_sees_a_resume_that_went_back():
 def test_the_results_section_is_replaced_not_repeated(tmp_path):
     out = tmp_path / "RESULTS.md"
     out.write_text("# hpo benchmarks\n\n| a | b |\n")
-    ok = RoundResult(index=0, backend="sqlite", seed="0:0")
+    ok = RoundResult(index=0, backend="sqlite", seed="0:0",
+                     left_waiting=["trial #9 WAITING, never needed (h:w0, retry of #5)"])
     bad = RoundResult(index=1, backend="mariadb", seed="0:1", broken={2: ["trial #3 RUNNING"]})
     for _ in range(2):
         write_section(out, markdown([ok, bad], ["sqlite", "mariadb"], ["context"]))
@@ -123,6 +132,7 @@ def test_the_results_section_is_replaced_not_repeated(tmp_path):
     assert text.count(f"## {SECTION}") == 1
     assert f"2 ({INVARIANTS[2]}) in 1 round(s)" in text
     assert "| sqlite | 1 | 1 | 0 | 0 |" in text
+    assert "- round 0 (sqlite): trial #9 WAITING, never needed" in text
 
 
 def test_the_checker_sees_a_trial_run_twice_at_once():
@@ -134,3 +144,30 @@ def test_the_checker_sees_a_trial_run_twice_at_once():
     assert problems == ["trial #1 ran in two processes at once: pid 12 epochs [3, 4], pid 11 "
                         "epochs [3, 4]"]
     assert _concurrent_attempts(log[:2] + log[2::2], {1: [requeued]}) == []
+
+
+def test_the_checker_allows_only_queued_retries_and_resumes_left_waiting():
+    failed = _trial(0, TrialState.FAIL, 5, [1, 2])
+    retry = _trial(1, TrialState.WAITING, 5, [1, 2], retry_of=[0])  # failed, its retry queued
+    preempted = _trial(2, TrialState.WAITING, 4, [1], pid=12)  # SIGTERM: re-queued, same number
+    done = _trial(3, TrialState.COMPLETE, 3, [1, 2, 3], pid=13)
+    problems, allowed = _leftovers([failed, retry, preempted, done])
+    assert problems == []
+    assert [a.split(",")[0] for a in allowed] == ["trial #1 WAITING", "trial #2 WAITING"]
+
+
+def test_the_checker_sees_a_trial_left_running_or_a_surplus_left_waiting():
+    running = _trial(0, TrialState.RUNNING, 5, [1, 2], pid=11)
+    # A retry that was claimed and then lost its worker is RUNNING too: never allowed.
+    running_retry = _trial(1, TrialState.RUNNING, 5, [1, 2], retry_of=[0], pid=12)
+    surplus = _trial(2, TrialState.WAITING, None, [], pid=13)  # asked past the budget
+    unstarted = _trial(3, TrialState.WAITING, 4, [], pid=14)  # re-queued before epoch 1
+    problems, allowed = _leftovers([running, running_retry, surplus, unstarted],
+                                   {100: 7.0})
+    assert allowed == []
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("trial #0 RUNNING") and "last heartbeat 7s" in problems[0]
+    assert problems[1].startswith("trial #1 RUNNING") and "retry of #0" in problems[1]
+    assert "no heartbeat ever recorded" in problems[1]
+    assert "trial #2 WAITING, a fresh surplus trial" in problems[2]
+    assert "trial #3 WAITING, re-queued without progress" in problems[3]
