@@ -4,7 +4,8 @@
                                [--faults 1-4] [--out benchmarks/RESULTS.md] [--workdir DIR]
 
 Each round takes the next backend (round-robin over ``--backends``), makes a fresh database
-(a SQLite file; ``CREATE DATABASE hpo_chaos_<hex>`` on a server, dropped afterwards), creates a
+with ``benchmarks.databases`` (a SQLite file; ``CREATE DATABASE hpo_chaos_<hex>`` on the server
+at ``$HPO_BENCH_POSTGRES`` / ``$HPO_BENCH_MARIADB``, dropped afterwards), creates a
 study of ``tests/fastjob.py:epochs_job`` (8-12 trials of 3-5 epochs of 0.3 s, no pruner,
 heartbeat 1 s, grace period 3 s) with ``hpo create`` and runs ``hpo launch --workers 3`` on it.
 While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random moments:
@@ -66,7 +67,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
+
+from benchmarks.databases import fresh_database, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -87,11 +90,6 @@ INVARIANTS = {
 }
 SECTION = "Chaos: randomized fault injection"
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
-SERVER_ADMIN = {
-    "postgresql": os.environ.get("HPO_BENCH_POSTGRES",
-                                 "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
-    "mariadb": os.environ.get("HPO_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
 TAG_VAR = "HPO_CHAOS_TAG"
 """Set in the launcher's environment (its workers inherit it): how a round finds, and only
 ever kills, the processes it started."""
@@ -180,77 +178,7 @@ class RoundResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Databases.
-
-
-def unavailable(backend: str) -> str:
-    """Why ``backend`` cannot be used here ('' if it can)."""
-    if backend == "sqlite":
-        return ""
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(SERVER_ADMIN[backend],
-                                          connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as e:  # noqa: BLE001 - any failure means: no server here
-        return f"no {backend} server ({str(e).splitlines()[0][:80]})"
-    return ""
-
-
-@contextlib.contextmanager
-def fresh_database(backend: str, workdir: Path) -> Iterator[str]:
-    """Yield the URL of a new, empty database of ``backend``; drop it afterwards (a SQLite
-    file comes from ``benchmarks.databases``; a server database is ``hpo_chaos_<hex>``)."""
-    if backend == "sqlite":
-        from benchmarks.databases import fresh_database as sqlite_file
-
-        with sqlite_file("sqlite", workdir) as url:
-            yield url
-        return
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-
-    name = f"hpo_chaos_{uuid.uuid4().hex[:10]}"
-    admin_url = SERVER_ADMIN[backend]
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT",
-                                     pool_pre_ping=True, connect_args={"connect_timeout": 5})
-    with admin.connect() as con:
-        con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        _drop(admin, backend, name)
-        admin.dispose()
-
-
-def _drop(admin, backend: str, name: str) -> None:
-    """Drop database ``name``, its leftover sessions first; retried while the server restarts."""
-    import sqlalchemy
-
-    last: Exception | None = None
-    for attempt in range(20):
-        try:
-            with admin.connect() as con:
-                if backend == "postgresql":
-                    con.execute(sqlalchemy.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
-                else:
-                    ids = con.execute(sqlalchemy.text(
-                        "SELECT id FROM information_schema.processlist "
-                        f"WHERE db = '{name}' AND id <> CONNECTION_ID()")).scalars().all()
-                    for i in ids:
-                        with contextlib.suppress(Exception):
-                            con.execute(sqlalchemy.text(f"KILL {int(i)}"))
-                con.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
-            return
-        except Exception as e:  # noqa: BLE001 - the server may be restarting: try again
-            last = e
-            time.sleep(min(0.5 * (attempt + 1), 3.0))
-    print(f"chaos: could not drop database {name}: {last}", file=sys.stderr)
+# Databases (``benchmarks.databases`` makes and drops them).
 
 
 def backend_of(url: str) -> str:
@@ -1111,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = RoundResult(index=i, backend=backend, seed=seed, skipped=missing[backend])
             else:
                 scratch = workdir / f"round-{i}-{backend}"
-                with fresh_database(backend, workdir) as url:
+                with fresh_database(backend, workdir, prefix="hpo_chaos") as url:
                     r = run_round(backend, url, scratch, random.Random(seed), index=i,
                                   seed=seed, faults_range=faults_range, timeout=args.timeout,
                                   say=lambda s: print(s, file=sys.stderr, flush=True))

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.chaos import fresh_database
+from benchmarks.databases import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRIALS = 12
