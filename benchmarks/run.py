@@ -6,7 +6,9 @@ Every benchmark measures hpo next to its baseline in the same command and report
 against the goal of issue #6. Results are kept per benchmark in ``OUT.json`` beside the table:
 ``--only`` re-measures some and keeps the others' last results (each with its own date).
 ``--smoke`` runs everything at a tiny budget (seconds; what CI runs) and changes nothing
-unless ``--out`` is given.
+unless ``--out`` is given. The table is rewritten from the stored results; the ``## ``
+sections of the file that it does not write (the chaos runner's, ``benchmarks.digits_kill``'s)
+are kept after it, as they were.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import datetime
 import importlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -94,14 +97,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(out: Path | None, measured: dict) -> str:
-    """Write the table (and its JSON) with ``measured`` merged in; return the table."""
+    """Write the table (and its JSON) with ``measured`` merged in, followed by the file's
+    sections that are not the table's own; return the table."""
     results = _merge(out, measured)
     text = _table(results)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        old = out.read_text() if out.is_file() else ""
+        out.write_text(_with_other_sections(text, old))
         out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     return text
+
+
+SECTION_START = re.compile(r"^## ", re.M)
+
+
+def _with_other_sections(text: str, old: str) -> str:
+    """``text`` followed by the ``## `` sections of ``old`` whose heading ``text`` lacks, in
+    their order (what other commands put in the results file). What ``old`` has before its
+    first ``## `` heading is the table's, replaced by ``text``."""
+    own = {line for line in text.splitlines() if line.startswith("## ")}
+    starts = [m.start() for m in SECTION_START.finditer(old)]
+    sections = [old[a:b].strip("\n") for a, b in zip(starts, starts[1:] + [len(old)])]
+    kept = [s for s in sections if s.splitlines()[0] not in own]
+    return "\n\n".join([text.rstrip("\n"), *kept]) + "\n"
 
 
 def _merge(out: Path | None, measured: dict) -> dict:

@@ -171,3 +171,26 @@ def test_the_checker_sees_a_trial_left_running_or_a_surplus_left_waiting():
     assert "no heartbeat ever recorded" in problems[1]
     assert "trial #2 WAITING, a fresh surplus trial" in problems[2]
     assert "trial #3 WAITING, re-queued without progress" in problems[3]
+
+
+def test_the_results_section_outlives_a_benchmarks_run(tmp_path):
+    # benchmarks.run rewrites its table from RESULTS.json: the chaos section and the one
+    # benchmarks.digits_kill appends stay, in their order, and are not repeated.
+    from benchmarks import run
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n- old context\n\n| old table |\n")
+    write_section(out, markdown([RoundResult(index=0, backend="sqlite", seed="0:0")],
+                                ["sqlite"], ["context"]))
+    kill = "## Kill -9 during digits (issue #11's scenario), 2026-11-30\n\n| round |\n"
+    out.write_text(out.read_text() + "\n" + kill)
+    measured = {"warm": {"date": "2026-12-01T00:00+00:00", "machine": "m", "mode": "smoke",
+                         "seconds": 1.0, "rows": [{"benchmark": "warm", "case": "c",
+                                                   "metric": "s", "hpo": 1.0}]}}
+    chaos = out.read_text()[out.read_text().index(f"## {SECTION}"):]
+    for _ in range(2):
+        table = run._write(out, measured)
+    text = out.read_text()
+    assert text.startswith(table) and "old table" not in text and "| warm | c | s |" in table
+    assert text == table + "\n" + chaos
+    assert text.count("## ") == 2 and text.endswith(kill)
