@@ -6,16 +6,13 @@ and makes a claim atomic. Every such name is listed in ``PRIVATE_NAMES`` and che
 installed Optuna by ``tests/test_optuna_private.py``, which fails by name the day Optuna renames
 one; ``pyproject.toml`` pins the range tested.
 
-The storage class (``storage_class``) is Optuna's ``RDBStorage`` with:
+``storage_class`` is Optuna's ``RDBStorage`` with:
 
-- **atomic claims**: a trial taken from the queue (WAITING -> RUNNING) gets the worker's attrs
-  and a fresh heartbeat in the same transaction, and a new trial is created with them; so a
-  trial is stale from the moment it is claimed, heartbeat thread or not, and never carries the
-  attrs of the worker that ran it before;
-- **atomic study creation**: a study and its user attrs (the spec) in one transaction, so two
-  concurrent ``hpo create`` never overwrite each other's spec;
-- **database outages retried per call** (``hpo.outage``): the training is never re-run, only
-  the call.
+- **atomic claims**: taking a queued trial or creating one writes the worker's attrs and a
+  heartbeat in the same transaction (a trial is stale from the moment it is claimed, and never
+  carries its previous worker's attrs), and refuses it if the budget is taken;
+- **atomic study creation**: a study and its spec in one transaction;
+- **database outages retried per call** (``hpo.outage``), never the training.
 """
 
 from __future__ import annotations
@@ -54,6 +51,7 @@ PRIVATE_NAMES = tuple((module, name) for module, names in {
     "optuna.trial._frozen": "FrozenTrial._trial_id",
 }.items() for name in names.split())
 
+
 def create_study_with_attrs(storage: Any, directions: list[Any], name: str,
                             attrs: dict[str, Any]) -> int:
     """A study and its user attrs in one transaction on hpo's storage; one after the other on
@@ -81,11 +79,9 @@ def backend_of(study: "optuna.Study") -> Any:
 
 def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial]",
         budget: int | None = None) -> "optuna.Trial | None":
-    """``study.ask()`` that claims a trial with ``attrs`` and a heartbeat in one transaction.
-
-    A queued trial of ``waiting`` (the study as read a moment ago) is taken first, as Optuna
-    does: claiming one is atomic, so two workers never take the same. Else a new trial is
-    created, RUNNING, with ``attrs`` and a heartbeat.
+    """``study.ask()`` that claims a trial with ``attrs`` and a heartbeat in one transaction:
+    a queued trial of ``waiting`` (the study as read a moment ago) first, as Optuna does, else
+    a new one.
 
     Returns:
         The trial; None if ``budget`` trials are running or finished already (checked in the
@@ -221,8 +217,7 @@ def fail_and_retry(study: "optuna.Study", trials: "list[FrozenTrial]", reason: s
 
 
 def fail_stale(study: "optuna.Study") -> None:
-    """Optuna's stale-trial search: fail the running trials past the grace period and queue
-    their retries."""
+    """Optuna's stale-trial search: fail running trials past the grace period, queue retries."""
     import optuna
 
     with no_experimental_warnings():
@@ -230,8 +225,7 @@ def fail_stale(study: "optuna.Study") -> None:
 
 
 def retry_callback(max_retry: int) -> Any:
-    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (intermediate values kept), except that
-    the retry does not inherit the dead trial's ``fail_reason``."""
+    """Optuna's retry of a dead trial (values kept), without the dead trial's ``fail_reason``."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     class Retry(RetryHeartbeatStaleTrialCallback):
@@ -245,9 +239,8 @@ def retry_callback(max_retry: int) -> Any:
 
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
-    """Write user attrs of a running trial: in one transaction on hpo's storage (the job
-    rewrites eight at every evaluation: eight commits, each a synchronous stall of the
-    training, otherwise), one by one on any other (a ``FixedTrial``, a storage of Optuna's)."""
+    """User attrs of a running trial in one transaction on hpo's storage (the job writes eight
+    at every evaluation: one commit, not eight stalls), one by one on any other trial."""
     storage = getattr(trial, "storage", None)
     backend = getattr(storage, "_backend", storage)  # under Optuna's cache of finished trials
     write = getattr(backend, "set_trial_user_attrs", None)
@@ -274,10 +267,9 @@ def no_experimental_warnings() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 # The storage class.
 
-# Every public storage call, retried through a database outage. Re-running one is harmless:
-# writes are upserts or checked state changes (a lost acknowledgement of a claim or a tell is
-# recognised by ``tell`` and the claim's check), and a trial created twice is one more trial
-# that goes stale and is retried like any other.
+# Every storage call, retried through a database outage. Re-running one is harmless: writes
+# are upserts or checked state changes (``tell`` recognises its own lost acknowledgement), and
+# a trial created twice is one more that goes stale and is retried like any other.
 _RETRIED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",

@@ -216,6 +216,8 @@ def run_worker(
             if baseline_mb is None and report.trials:
                 baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
     except Preempted as e:
+        for s in previous_handlers:  # a second signal must not cut the re-queue short
+            signal.signal(s, signal.SIG_IGN)
         trial = current.pop("trial", None)
         if trial is not None:
             _optuna.requeue(study, trial)

@@ -128,6 +128,7 @@ def test_workers_of_a_killed_launcher_requeue_their_trials_and_exit(tmp_path):
     try:
         wait_for(lambda: len({n for n, _, _ in epoch_log(tmp_path)}) >= 2, what="two trials")
         workers = _children(launch.pid)
+        assert len(workers) == 2, workers
         os.kill(launch.pid, signal.SIGKILL)
         launch.wait()
 
@@ -138,7 +139,7 @@ def test_workers_of_a_killed_launcher_requeue_their_trials_and_exit(tmp_path):
     finally:
         launch.kill()
     ts = trials(name, url)
-    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    assert not [t for t in ts if t.state == TrialState.RUNNING], launch.stdout.read()
     assert len([t for t in ts if t.state == TrialState.WAITING]) == 2
     r = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path, env=env)
     out, _ = r.communicate(timeout=120)

@@ -249,6 +249,21 @@ def test_sigterm_requeues_the_trial_without_a_failure(storage_url, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gap", [0.0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016])
+def test_a_second_sigterm_does_not_cut_the_requeue_short(gap, tmp_path):
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.3)
+    name = make_study(tmp_path, url, n=1, low=6, high=6, env=env)
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    wait_for(lambda: epoch_log(tmp_path), what="epoch 1")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(gap)
+    worker.send_signal(signal.SIGTERM)  # e.g. the kernel's, after a launcher's own
+    out, _ = worker.communicate(timeout=30)
+    assert [t.state for t in trials(name, url)] == [TrialState.WAITING], out
+
+
+@pytest.mark.slow
 def test_ctrl_c_on_the_launcher_requeues_and_exits(tmp_path):
     url = f"sqlite:///{tmp_path / 'int.db'}"
     env = fast_env(tmp_path, epoch_seconds=0.5)
