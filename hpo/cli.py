@@ -345,11 +345,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE
+    from hpo.outage import outage_seconds
     from hpo.storage import open_storage, redact, resolve_url
-    from hpo.study import load_study
+    from hpo.study import load_study, make_sampler
     from hpo.summary import best_record, format_best, format_trial
     from hpo.worker import (
         MAX_CONSECUTIVE_FAILURES,
+        RESTART_SEED_STRIDE,
         WORKER_INDEX_VAR,
         checkpoint_root,
         run_worker,
@@ -358,10 +360,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     url = resolve_url(args.storage)
     worker, seed_offset = worker_identity()
-    study, spec = load_study(args.study, open_storage(url, create=False), seed_offset=seed_offset)
+    launched = WORKER_INDEX_VAR in os.environ
+    # A launcher restarts its workers, also while the database restarts: they wait for it.
+    storage = open_storage(url, create=False, outage=outage_seconds() if launched else 0)
+    study, spec = load_study(args.study, storage, seed_offset=seed_offset)
+    if study.get_trials(deepcopy=False):
+        # A worker joining a study under way (restarted, recycled, relaunched) must not draw
+        # the same parameters as the process that held its slot before.
+        study.sampler = make_sampler(
+            spec, seed_offset + RESTART_SEED_STRIDE * len(study.get_trials(deepcopy=False)))
     spec = spec.with_budget(args.n_trials, args.timeout)
     budget = spec.budget
-    launched = WORKER_INDEX_VAR in os.environ
     if not launched:
         _say(f"hpo: study {args.study} in {redact(url, url)}; worker {worker}; budget "
              + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from hpo._optuna import no_experimental_warnings, retry_callback, storage_class
 from hpo._optuna import set_user_attrs  # noqa: F401  (the job writes its attrs through it)
 from hpo.errors import StorageError
+from hpo.outage import with_outage_retry
 
 if TYPE_CHECKING:
     import optuna
@@ -77,7 +78,8 @@ def _password(url: str) -> str | None:
         return None
 
 
-def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.storages.RDBStorage":
+def open_storage(url: str | None = None, *, create: bool = True,
+                 outage: float = 0.0) -> "optuna.storages.RDBStorage":
     """Open the study database.
 
     Args:
@@ -85,6 +87,9 @@ def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.stor
             ``mysql+pymysql://...``); ``None`` resolves as ``resolve_url`` says.
         create: create the database file / tables if missing. Read-only commands pass
             ``False`` so that a typo in a URL does not leave an empty database behind.
+        outage: seconds to wait for a server that does not answer (a restart) before giving
+            up; 0 (commands a person types): fail at once. A worker that its launcher
+            restarts waits, as its storage calls do once it runs.
 
     Returns:
         An ``RDBStorage`` with heartbeat and stale-trial retry.
@@ -119,7 +124,7 @@ def open_storage(url: str | None = None, *, create: bool = True) -> "optuna.stor
     else:
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
-        _check_server(url, shown, engine_kwargs, create)
+        _check_server(url, shown, engine_kwargs, create, outage)
 
     # Workers starting together on a new database race to create its tables: the losers see
     # "already exists" / duplicate-key errors and simply try again.
@@ -167,8 +172,10 @@ def _prepare_sqlite(database: str | None, shown: str, create: bool) -> None:
         raise StorageError(f"cannot open SQLite database {path}: {e}") from None
 
 
-def _check_server(url: str, shown: str, engine_kwargs: dict[str, Any], create: bool) -> None:
-    """Connect once with a short timeout so an unreachable server gives one clear line."""
+def _check_server(url: str, shown: str, engine_kwargs: dict[str, Any], create: bool,
+                  outage: float = 0.0) -> None:
+    """Connect once with a short timeout so an unreachable server gives one clear line (after
+    ``outage`` seconds of trying, where it is given)."""
     import sqlalchemy
 
     try:
@@ -177,10 +184,13 @@ def _check_server(url: str, shown: str, engine_kwargs: dict[str, Any], create: b
         raise StorageError(f"{shown}: the database driver is not installed ({e})") from None
     except Exception as e:
         raise StorageError(f"malformed storage URL {shown}: {_first_line(e, url)}") from None
-    try:
+    def connect() -> None:
         with engine.connect() as con:
             if not create and not sqlalchemy.inspect(con).has_table("studies"):
                 raise StorageError(f"no studies in {shown}; run 'hpo create' or 'hpo run' first")
+
+    try:
+        with_outage_retry(connect, outage) if outage > 0 else connect()
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise StorageError(f"cannot connect to {shown}: {_first_line(e, url)}") from None
     finally:

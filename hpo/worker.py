@@ -45,6 +45,8 @@ log = logging.getLogger("hpo")
 
 WORKER_INDEX_VAR = "HPO_WORKER_INDEX"
 """Set by the launcher: the worker's index, which offsets its sampler seed."""
+RESTART_SEED_STRIDE = 7919
+"""A worker joining a study that has N trials adds N times this to its seed offset."""
 CHECKPOINT_DIR_VAR = "HPO_CHECKPOINT_DIR"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 MAX_CONSECUTIVE_FAILURES = 3

@@ -551,3 +551,41 @@ def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp
     assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [3]
     retain_checkpoints(study.get_trials())
     assert kept.exists()
+
+
+@pytest.mark.slow
+def test_a_worker_restarted_while_the_database_restarts_waits_for_it(server_urls, tmp_path):
+    """A launcher restarts a dead worker at once, maybe while the server restarts too: the new
+    worker waits for the database as its storage calls would, instead of failing as bad input
+    (exit 2), which made the launcher give its slot up."""
+    proxy, url = _proxied_postgresql(server_urls)
+    env = fast_env(tmp_path, epoch_seconds=0.1)
+    name = make_study(tmp_path, url, n=2, low=1, high=2, env=env)
+    proxy.cut()
+    try:
+        worker = start_hpo("worker", name, cwd=tmp_path,
+                           env={**env, "HPO_STORAGE": url, "HPO_WORKER_INDEX": "0"})
+        time.sleep(3)
+        assert worker.poll() is None, worker.communicate()[0]
+        proxy.restore()
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        proxy.close()
+    assert worker.returncode == 0, out
+    assert len(finished(trials(name, server_urls["postgresql"]))) == 2
+    # A person's command does not wait: one line, exit 2, at once.
+    r = run_hpo("status", name, "--storage", url, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_relaunched_worker_does_not_repeat_its_predecessors_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'seeds.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=3, low=1, high=1, env=env)
+    for n in ("3", "6"):  # the same slot (w0), a second process
+        r = run_hpo("launch", name, "--storage", url, "--workers", "1", "--n-trials", n,
+                    cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stdout
+    lrs = [t.params["lr"] for t in trials(name, url)]
+    assert len(lrs) == 6 and len(set(lrs)) == 6, lrs
