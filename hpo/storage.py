@@ -128,17 +128,21 @@ def open_storage(url: str | None = None, *, create: bool = True,
 
     # Workers starting together on a new database race to create its tables: the losers see
     # "already exists" / duplicate-key errors and simply try again.
+    def build() -> "optuna.storages.RDBStorage":
+        with no_experimental_warnings():
+            return storage_class()(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                grace_period=GRACE_PERIOD,
+                heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
+                skip_table_creation=not create,
+            )
+
     for attempt in range(_CREATE_ATTEMPTS):
         try:
-            with no_experimental_warnings():
-                storage = storage_class()(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_INTERVAL,
-                    grace_period=GRACE_PERIOD,
-                    heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
-                    skip_table_creation=not create,
-                )
+            # Building it reads the schema version: the server may go away here too.
+            storage = with_outage_retry(build, outage) if outage > 0 else build()
             break
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt + 1 == _CREATE_ATTEMPTS:

@@ -12,8 +12,11 @@ class Proxy:
     """Forward ``127.0.0.1:port`` to ``target``; ``cut()`` drops every connection and refuses
     new ones until ``restore()``."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], cut_after: int | None = None) -> None:
         self.target = target
+        self.cut_after = cut_after
+        """Cut by itself once this many connections were accepted (None: never)."""
+        self.accepted = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._server = self._listen(0)
@@ -40,8 +43,13 @@ class Proxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
+                self.accepted += 1
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            if self.cut_after is not None and self.accepted >= self.cut_after:
+                self.cut_after = None
+                threading.Timer(0.3, self.cut).start()  # after the connection's first words
+                return
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

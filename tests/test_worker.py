@@ -401,7 +401,7 @@ def test_cluster_templates_never_contain_the_password():
 # The trial lifecycle: database outages, claims, checkpoints a retry needs.
 
 
-def _proxied_postgresql(server_urls):
+def _proxied_postgresql(server_urls, cut_after=None):
     """The session's PostgreSQL database behind a proxy the test can cut: (proxy, url)."""
     from dbproxy import Proxy
 
@@ -410,7 +410,7 @@ def _proxied_postgresql(server_urls):
         if os.environ.get("CI") == "true":
             pytest.fail(str(url))
         pytest.skip(str(url))
-    proxy = Proxy(("127.0.0.1", 5432))
+    proxy = Proxy(("127.0.0.1", 5432), cut_after=cut_after)
     return proxy, url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
 
 
@@ -576,6 +576,33 @@ def test_a_worker_restarted_while_the_database_restarts_waits_for_it(server_urls
     # A person's command does not wait: one line, exit 2, at once.
     r = run_hpo("status", name, "--storage", url, cwd=tmp_path, timeout=60)
     assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_whose_database_goes_away_while_it_opens_the_storage_waits(server_urls,
+                                                                           tmp_path):
+    """The server answers the connection check, then restarts while Optuna reads the schema
+    version: the worker waits for it there too."""
+    from dbproxy import Proxy
+
+    direct = server_urls["postgresql"]
+    if isinstance(direct, Exception):
+        pytest.skip(str(direct))
+    env = fast_env(tmp_path, epoch_seconds=0.1)
+    name = make_study(tmp_path, direct, n=1, low=1, high=1, env=env)
+    proxy = Proxy(("127.0.0.1", 5432), cut_after=1)
+    url = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    try:
+        worker = start_hpo("worker", name, cwd=tmp_path,
+                           env={**env, "HPO_STORAGE": url, "HPO_WORKER_INDEX": "0"})
+        time.sleep(4)
+        assert proxy.accepted >= 1 and worker.poll() is None, worker.communicate()[0]
+        proxy.restore()
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        proxy.close()
+    assert worker.returncode == 0, out
+    assert len(finished(trials(name, direct))) == 1
 
 
 @pytest.mark.slow
