@@ -91,6 +91,24 @@ def test_pruner_prunes_with_reason_and_attrs():
     assert sorted(trial.intermediate_values) == [1]
 
 
+@pytest.mark.parametrize("evals", [1, 2])
+def test_the_last_report_completes_the_trial_instead_of_pruning_it(evals):
+    """A pruner that would stop every trial: the trial's last evaluation cannot prune it (all
+    its epochs have run; pruning then saves nothing and throws the result away)."""
+    trial = run_one(digits(evals_per_epoch=evals, max_samples=200), make_params(epochs=1),
+                    pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    if evals == 1:
+        assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs
+        assert "prune_reason" not in trial.user_attrs
+    else:  # pruned at its first evaluation, half-way: that one saves half the epoch
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["pruned_at_step"] == 1
+    trial = run_one(digits(evals_per_epoch=evals, max_samples=200), make_params(epochs=1),
+                    pruner=optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=evals))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == list(range(1, evals + 1))
+
+
 def test_nan_loss_prunes_at_once(monkeypatch):
     real = fit_module.forward_backward
     calls = []

@@ -242,7 +242,9 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
                 else:
                     progress.evals_since_best += 1
                 trial.report(val_loss, step)
-                if trial.should_prune():
+                # The last report cannot prune: the trial has run all its epochs, and stopping
+                # it now saves nothing while it throws a finished result away.
+                if step < epochs * evals and trial.should_prune():
                     prune("pruned", step)
                 record()
                 patience = task.early_stopping_patience
