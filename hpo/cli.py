@@ -18,6 +18,7 @@ from hpo import __version__
 from hpo.errors import HpoError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+VERBOSE_VAR = "HPO_VERBOSE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "studies whose trials are real fine-tuning jobs, in one shared database.",
     )
     parser.add_argument("--version", action="version", version=f"hpo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' own warnings and progress bars (also in "
+                             "the workers; HPO_DEBUG=1 does too, with tracebacks)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("run", help="create or resume the spec's study and run its trials here",
@@ -577,9 +581,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     logging.basicConfig(level=os.environ.get("HPO_LOG_LEVEL", "WARNING").upper(),
                         format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    if args.verbose:
+        os.environ[VERBOSE_VAR] = "1"  # the launcher's workers inherit it
+    _quiet_libraries(verbose=bool(os.environ.get(VERBOSE_VAR) or os.environ.get("HPO_DEBUG")))
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`hpo trials S | head`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so that the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except HpoError as e:
         print(f"hpo: error: {_redact(str(e), args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -608,13 +619,20 @@ def _redact(text: str, args: argparse.Namespace) -> str:
     return redact(text, resolve_url(getattr(args, "storage", None)))
 
 
-def _quiet_libraries() -> None:
-    """Optuna logs each trial at INFO with its params; the progress display says it better."""
+def _quiet_libraries(verbose: bool) -> None:
+    """Optuna logs each trial at INFO with its params; the progress display says it better.
+    Unless ``verbose``, no third-party warnings or progress bars either (transformers draws a
+    "Loading weights" bar for every trial); set in the environment, so workers inherit it."""
     import warnings
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     os.environ.setdefault("OPTUNA_VERBOSITY", "WARNING")
     warnings.filterwarnings("ignore", message=".*is experimental.*")
+    if not verbose:
+        for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                           ("TRANSFORMERS_VERBOSITY", "error"), ("PYTHONWARNINGS", "ignore")):
+            os.environ.setdefault(var, value)
+        warnings.simplefilter("ignore")
     try:
         import optuna
 
