@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(kubernetes)")
     p.add_argument("--checkpoint-dir", default="/shared/hpo-checkpoints", metavar="DIR",
                    help="a directory all machines share (default /shared/hpo-checkpoints)")
+    p.add_argument("--python", metavar="PATH",
+                   help="the Python with hpo installed on the compute nodes (slurm; default: "
+                        "the one running this command, e.g. .venv/bin/python)")
     p.set_defaults(func=cmd_template)
 
     p = sub.add_parser("status", help="trial counts, best value and running trials",
@@ -397,6 +400,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_template(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
     from hpo.cluster import render
     from hpo.storage import open_storage, resolve_url
     from hpo.study import load_study
@@ -406,8 +411,14 @@ def cmd_template(args: argparse.Namespace) -> int:
         raise HpoError("a cluster needs a database server every machine reaches "
                        "(--storage postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
     load_study(args.study, open_storage(url, create=False))  # the workers will need it
+    host = make_url(url).host
+    if host in (None, "", "localhost", "::1") or host.startswith("127."):
+        _warn(f"the storage host {host or '(a local socket)'!r} is this machine as every "
+              "node sees itself: the workers on other machines will not reach it; give the "
+              "database's network name (--storage or HPO_STORAGE)")
     print(render(args.kind, args.study, url, nodes=args.nodes, gpus=args.gpus_per_node,
-                 image=args.image, checkpoint_dir=args.checkpoint_dir), end="")
+                 image=args.image, checkpoint_dir=args.checkpoint_dir,
+                 python=args.python or sys.executable), end="")
     return EXIT_OK
 
 
@@ -570,6 +581,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _warn(text: str) -> None:
+    print(f"hpo: warning: {text}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

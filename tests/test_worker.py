@@ -368,10 +368,14 @@ def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path
     r = run_hpo("template", kind, name, "--storage", url, "--nodes", "3", "--gpus-per-node",
                 "4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # 127.0.0.1 is each node itself: say so, once, on stderr (the template stays clean).
+    assert r.stderr.count("hpo: warning:") == 1 and "127.0.0.1" in r.stderr
     text = r.stdout
+    assert "must exist in the storage (hpo create SPEC)" in text
     if kind == "slurm":
         assert "#SBATCH --array=0-2" in text and "#SBATCH --gres=gpu:4" in text
-        assert f"exec hpo launch {name} --gpus all" in text
+        # The interpreter that wrote it (a venv's), not an `hpo` the nodes' PATH may lack.
+        assert f"exec {sys.executable} -m hpo launch {name} --gpus all" in text
         assert f"export HPO_STORAGE={url}" in text
         check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
         assert check.returncode == 0, check.stderr
@@ -387,6 +391,9 @@ def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path
 
 def test_cluster_templates_never_contain_the_password():
     from hpo.cluster import render
+
+    assert "exec /opt/venv/bin/python -m hpo launch s --gpus all" in render(
+        "slurm", "s", "postgresql+psycopg2://bob@db.internal/hpo", python="/opt/venv/bin/python")
 
     url = "postgresql+psycopg2://bob:t0psecret@db.internal/hpo"
     slurm = render("slurm", "s", url)
