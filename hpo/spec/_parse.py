@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -349,16 +350,51 @@ def _parse_space(raw: Any, at: _At) -> tuple[ParamSpec, ...]:
     d = at.mapping(raw, tuple(HYPERPARAMETERS))
     if not d:
         raise at.error("empty; search at least one hyperparameter")
-    params: list[ParamSpec] = []
-    for name, value in d.items():
-        param = _parse_param(name, value, at / name, params)
-        params.append(param)
-    if not any(p.searched for p in params):
+    params = {name: _parse_param(name, value, at / name) for name, value in d.items()}
+    if not any(p.searched for p in params.values()):
         raise at.error("every entry is a fixed value; search at least one hyperparameter")
-    return tuple(params)
+    for name, value in d.items():
+        if isinstance(value, Mapping) and value.get("when") is not None:
+            when = _parse_when(value["when"], at / name / "when", params)
+            params[name] = replace(params[name], when=when)
+    return tuple(params[name] for name in _parents_first(params, at))
 
 
-def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> ParamSpec:
+def _parents_first(params: dict[str, ParamSpec], at: _At) -> list[str]:
+    """The parameters' names with each ``when:`` parent before its children, so that sampling
+    knows a parent's value before it asks for a child.
+
+    The spec's own order stays where no condition says otherwise: a parent listed after its
+    child moves up to just before the first parameter that needs it. So the order depends on
+    the spec alone, and a spec whose parents already come first keeps its order.
+
+    Raises:
+        SpecError: the conditions form a cycle (``a`` when ``b``, ``b`` when ``a``).
+    """
+    order: list[str] = []
+    done: set[str] = set()
+    path: list[str] = []  # the parameters being placed, each a child of the one before
+
+    def place(name: str) -> None:
+        if name in done:
+            return
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            raise (at / cycle[0] / "when").error("a cycle: " + " -> ".join(cycle)
+                                                 + " (each one's when: names the next)")
+        path.append(name)
+        for parent, _ in params[name].when:
+            place(parent)
+        path.pop()
+        done.add(name)
+        order.append(name)
+
+    for name in params:
+        place(name)
+    return order
+
+
+def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
     hp = HYPERPARAMETERS[name]
     if not isinstance(raw, Mapping):
         expected = hp.check(raw)
@@ -369,7 +405,6 @@ def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> Para
     kind = d.get("type")
     if kind not in _PARAM_TYPES:
         raise (at / "type").error(f"expected one of {', '.join(_PARAM_TYPES)}, got {_show(kind)}")
-    when = _parse_when(d.get("when"), at / "when", earlier)
     if kind == "categorical":
         for key in ("low", "high", "log", "step"):
             if key in d:
@@ -387,7 +422,7 @@ def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> Para
                 raise (at / "choices" / i).error(f"expected {expected}, got {_show(c)}")
         if len(set(map(repr, choices))) != len(choices):
             raise (at / "choices").error("has duplicates")
-        return ParamSpec(name=name, type="categorical", choices=tuple(choices), when=when)
+        return ParamSpec(name=name, type="categorical", choices=tuple(choices))
 
     if "choices" in d:
         raise (at / "choices").error(f"not allowed for a {kind} parameter; use low and high")
@@ -413,23 +448,20 @@ def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> Para
         expected = hp.check(v)
         if expected:
             raise (at / key).error(f"expected {expected} for {name}, got {_show(d[key])}")
-    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step, when=when)
+    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step)
 
 
-def _parse_when(raw: Any, at: _At, earlier: list[ParamSpec]):
-    if raw is None:
-        return ()
+def _parse_when(raw: Any, at: _At, params: Mapping[str, ParamSpec]):
+    """A ``when:`` condition, checked against every parameter of the search space (in any
+    order: ``_parents_first`` orders them)."""
     d = at.mapping(raw)
     if not d:
         raise at.error("empty; name a parameter and its values")
     out = []
-    by_name = {p.name: p for p in earlier}
     for key, values in d.items():
-        parent = by_name.get(key)
+        parent = params.get(key)
         if parent is None:
-            raise (at / key).error(
-                "must name a categorical or fixed parameter listed above this one"
-            )
+            raise (at / key).error("no such parameter in search_space")
         if parent.type not in ("categorical", "fixed"):
             raise (at / key).error(f"{key} is a {parent.type} parameter; only categorical "
                                    "or fixed parameters can be conditions")
