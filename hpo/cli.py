@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(p)
     _budget_flags(p)
     _launch_flags(p)
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of this machine's files (data, model directory, "
+                        "checkpoint) before the study is written: for files only the "
+                        "workers have")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("create", help="create the spec's study without running trials",
@@ -84,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in it so that workers need only the study name.")
     p.add_argument("spec", metavar="SPEC")
     _storage_flag(p)
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of this machine's files (data, model directory, "
+                        "checkpoint) before the study is written: for files only the "
+                        "workers have")
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("worker", help="run trials of an existing study (one worker)",
@@ -258,11 +266,12 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from hpo.spec import load_spec
+    from hpo.preflight import load_checked_spec
     from hpo.storage import open_storage, redact, resolve_url
     from hpo.study import create_study
 
-    spec = load_spec(args.spec)  # validate before touching the database
+    # Validate, and check this machine's files, before touching the database.
+    spec = load_checked_spec(args.spec, preflight=not args.no_preflight)
     url = resolve_url(args.storage)
     study = create_study(spec, open_storage(url))
     print(f"study {study.study_name} ready in {redact(url, url)}")
@@ -270,11 +279,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hpo.spec import load_spec
+    from hpo.preflight import load_checked_spec
     from hpo.storage import open_storage, resolve_url
     from hpo.study import create_study
 
-    spec = load_spec(args.spec)  # validate before touching the database
+    # Validate, and check this machine's files, before touching the database.
+    spec = load_checked_spec(args.spec, preflight=not args.no_preflight)
     url = resolve_url(args.storage)
     create_study(spec, open_storage(url))
     return _launch(spec.study.name, url, args)
