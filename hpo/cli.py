@@ -211,11 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=cmd_trials)
 
-    p = sub.add_parser("export", help="the best trial as a runnable spec, checkpoint and record",
+    p = sub.add_parser("export", help="the best trial as a runnable spec, its weights and record",
                        description="Write the best trial of STUDY into a folder: spec.yaml (the "
-                                   "best params fixed; run it with hpo run), its checkpoint, "
-                                   "record.json (seeds, package versions, git commit, data "
-                                   "fingerprint) and trials.csv.")
+                                   "best params fixed; run it with hpo run), its weights "
+                                   "(model.pt: a torchvision state_dict; model/: a transformers "
+                                   "save_pretrained folder), record.json (seeds, package "
+                                   "versions, git commit, data fingerprint, how to load the "
+                                   "weights) and trials.csv.")
     p.add_argument("study", metavar="STUDY")
     _storage_flag(p)
     p.add_argument("--out", metavar="DIR", help="the folder (default: exports/STUDY)")
@@ -533,17 +535,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
+    from hpo.artifacts import artifact_dir
     from hpo.export import write_trials
     from hpo.storage import open_storage
     from hpo.study import load_study
 
     study, _ = load_study(args.study, open_storage(args.storage, create=False))
+    store = artifact_dir(args.storage)  # uploads removed from it are not named
     if args.out is None:
-        write_trials(study, args.format, sys.stdout)
+        write_trials(study, args.format, sys.stdout, store)
         return EXIT_OK
     try:
         with open(args.out, "w", encoding="utf-8", newline="") as f:
-            n = write_trials(study, args.format, f)
+            n = write_trials(study, args.format, f, store)
     except OSError as e:
         raise HpoError(f"cannot write {args.out}: {e.strerror or e}") from None
     print(f"hpo: {n} trials written to {args.out}", file=sys.stderr)
@@ -553,7 +557,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpo.export import export_best
+    from hpo.export import export_best, format_export
     from hpo.report import default_path
     from hpo.storage import open_storage, resolve_url
     from hpo.study import load_study
@@ -562,17 +566,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     study, spec = load_study(args.study, open_storage(url, create=False))
     out = Path(args.out) if args.out else Path("exports") / default_path(args.study).stem
     record = export_best(study, spec, out, storage_url=url, artifacts=args.artifacts)
-    trial = record["trial"]
-    _say(f"hpo: best trial #{trial['number']} of {args.study} (val loss {trial['value']:.6f}) "
-         f"exported to {out}/")
-    _say(f"  spec.yaml          the best params fixed; run it: hpo run {out / 'spec.yaml'}")
-    checkpoint = record["checkpoint"]
-    if checkpoint["path"]:
-        _say(f"  {checkpoint['path']:<18} from {checkpoint['from']}")
-    else:
-        _say(f"  (no checkpoint: {checkpoint['missing']})")
-    _say("  record.json        seeds, package versions, git commit, data fingerprint")
-    _say("  trials.csv         every trial of the study")
+    _say(format_export(record, out))
     return EXIT_OK
 
 
