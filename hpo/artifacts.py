@@ -1,8 +1,17 @@
 """Artifacts: the file store that holds trial checkpoints next to the study database.
 
-Workers upload each trial's checkpoint into it (``upload_checkpoint``); optuna-dashboard
+Workers upload the final checkpoint (the weights) of each trial that completes among the best
+``KEEP_BEST_CHECKPOINTS`` into it (``upload_checkpoint``) and remove it when the trial leaves
+them (``remove_checkpoint``, from ``hpo.worker.retain_checkpoints``); optuna-dashboard
 (``hpo dashboard``) shows and serves them; ``hpo export`` fetches the best one from it when
-the local file is gone.
+the local file is gone. A removed checkpoint's id stays in its finished trial (user attr
+``checkpoint_artifact`` and Optuna's artifact list, which cannot change once a trial is
+finished): readers check that the file is there (``has_checkpoint``), and the dashboard
+answers 404 with the reason (``missing_artifacts_as_404``).
+
+An upload on the same filesystem as the checkpoint is a hard link, not a copy: the store and
+``checkpoints/`` share the bytes (checkpoints are replaced, never written in place, so the
+artifact keeps the file as uploaded).
 
 Where the store lives: ``--artifacts DIR``, else ``$HPO_ARTIFACTS``, else for SQLite a folder
 beside the database file (``hpo.db`` -> ``hpo-artifacts/``), else ``./hpo-artifacts``. With
@@ -12,8 +21,9 @@ workers on several machines, point it at a shared filesystem on every machine.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
 
 if TYPE_CHECKING:
     import optuna
@@ -64,17 +74,50 @@ def artifact_store(storage_url: str | None = None,
         An Optuna ``FileSystemArtifactStore`` for ``optuna.artifacts.upload_artifact`` and
         ``optuna_dashboard.run_server``.
     """
-    from optuna.artifacts import FileSystemArtifactStore
-
     path = artifact_dir(storage_url, directory)
     path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(path)
+    return _store_class()(path)
+
+
+def _store_class() -> type:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    class Store(FileSystemArtifactStore):
+        """Optuna's file store; an upload of a file on the same filesystem is a hard link, and
+        removing what is already gone is not an error (the dashboard's "delete study with
+        its artifacts" then deletes a study whose non-best checkpoints hpo removed)."""
+
+        def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+            target = self._get_filepath(artifact_id)
+            source = getattr(content_body, "name", None)
+            if isinstance(source, str) and _same_file(content_body, source):
+                try:
+                    os.link(source, target)
+                    return
+                except OSError:  # another filesystem, or links not allowed: copy
+                    pass
+            super().write(artifact_id, content_body)
+
+        def remove(self, artifact_id: str) -> None:
+            Path(self._get_filepath(artifact_id)).unlink(missing_ok=True)
+
+    return Store
+
+
+def _same_file(stream: BinaryIO, path: str) -> bool:
+    """Whether the open ``stream`` reads the file now at ``path`` (not one replaced since)."""
+    try:
+        mine, there = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, AttributeError, ValueError):
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
 def upload_checkpoint(trial: "optuna.Trial", path: str | os.PathLike[str],
                       storage_url: str | None = None,
                       directory: str | os.PathLike[str] | None = None) -> str:
-    """Upload a trial's checkpoint file and record its id in the trial.
+    """Upload a trial's checkpoint file (a hard link where it can be) and record its id in
+    the trial.
 
     Args:
         trial: the running trial.
@@ -92,6 +135,63 @@ def upload_checkpoint(trial: "optuna.Trial", path: str | os.PathLike[str],
                                   mimetype="application/octet-stream")
     trial.set_user_attr(CHECKPOINT_ARTIFACT_ATTR, artifact_id)
     return artifact_id
+
+
+def has_checkpoint(artifact_id: str | None, storage_url: str | None = None,
+                   directory: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the store still holds the artifact (False for a removed one, or no id)."""
+    if not artifact_id or not _ARTIFACT_ID.fullmatch(str(artifact_id)):
+        return False
+    return (artifact_dir(storage_url, directory) / str(artifact_id)).is_file()
+
+
+def remove_checkpoints(artifact_ids: Iterable[str], storage_url: str | None = None,
+                       directory: str | os.PathLike[str] | None = None) -> list[str]:
+    """Remove uploaded checkpoints from the store (those already gone are skipped).
+
+    Returns:
+        The ids whose file was removed here.
+    """
+    folder = artifact_dir(storage_url, directory)
+    removed = []
+    for artifact_id in artifact_ids:
+        if not _ARTIFACT_ID.fullmatch(str(artifact_id)):
+            continue  # not an id this store wrote: never a path outside it
+        path = folder / str(artifact_id)
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(str(artifact_id))
+    return removed
+
+
+_ARTIFACT_ID = re.compile(r"[0-9a-fA-F-]+")
+"""What Optuna's artifact ids look like (uuid4), and what the dashboard's routes accept."""
+_ARTIFACT_ROUTE = re.compile(r"/artifacts/\d+/(?:\d+/)?([0-9a-fA-F-]+)")
+REMOVED_REASON = ("hpo removed this checkpoint from the artifact store: its trial is no "
+                  "longer among the best {k} complete trials, whose weights are kept")
+
+
+def missing_artifacts_as_404(app: Callable[..., Any], folder: str | os.PathLike[str],
+                             keep_best: int | None = None) -> Callable[..., Any]:
+    """Wrap optuna-dashboard's WSGI app: a request for an artifact whose file is gone (hpo
+    removed the checkpoint of a trial that left the best) gets 404 and the reason, where
+    the dashboard would fail with a 500 (its list of a finished trial's artifacts cannot be
+    changed)."""
+    if keep_best is None:
+        from hpo.worker import KEEP_BEST_CHECKPOINTS as keep_best
+    folder = Path(folder)
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        found = _ARTIFACT_ROUTE.fullmatch(environ.get("PATH_INFO", ""))
+        if (found and environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD")
+                and not (folder / found.group(1)).is_file()):
+            body = (REMOVED_REASON.format(k=keep_best) + "\n").encode()
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return wrapped
 
 
 def download_checkpoint(artifact_id: str, dest: str | os.PathLike[str],

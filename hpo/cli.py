@@ -18,6 +18,7 @@ from hpo import __version__
 from hpo.errors import HpoError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+VERBOSE_VAR = "HPO_VERBOSE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "studies whose trials are real fine-tuning jobs, in one shared database.",
     )
     parser.add_argument("--version", action="version", version=f"hpo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' own warnings and progress bars (also in "
+                             "the workers; HPO_DEBUG=1 does too, with tracebacks)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("run", help="create or resume the spec's study and run its trials here",
@@ -73,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(p)
     _budget_flags(p)
     _launch_flags(p)
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of this machine's files (data, model directory, "
+                        "checkpoint) before the study is written: for files only the "
+                        "workers have")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("create", help="create the spec's study without running trials",
@@ -80,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in it so that workers need only the study name.")
     p.add_argument("spec", metavar="SPEC")
     _storage_flag(p)
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of this machine's files (data, model directory, "
+                        "checkpoint) before the study is written: for files only the "
+                        "workers have")
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("worker", help="run trials of an existing study (one worker)",
@@ -132,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(kubernetes)")
     p.add_argument("--checkpoint-dir", default="/shared/hpo-checkpoints", metavar="DIR",
                    help="a directory all machines share (default /shared/hpo-checkpoints)")
+    p.add_argument("--python", metavar="PATH",
+                   help="the Python with hpo installed on the compute nodes (slurm; default: "
+                        "the one running this command, e.g. .venv/bin/python)")
     p.set_defaults(func=cmd_template)
 
     p = sub.add_parser("status", help="trial counts, best value and running trials",
@@ -196,11 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=cmd_trials)
 
-    p = sub.add_parser("export", help="the best trial as a runnable spec, checkpoint and record",
+    p = sub.add_parser("export", help="the best trial as a runnable spec, its weights and record",
                        description="Write the best trial of STUDY into a folder: spec.yaml (the "
-                                   "best params fixed; run it with hpo run), its checkpoint, "
-                                   "record.json (seeds, package versions, git commit, data "
-                                   "fingerprint) and trials.csv.")
+                                   "best params fixed; run it with hpo run), its weights "
+                                   "(model.pt: a torchvision state_dict; model/: a transformers "
+                                   "save_pretrained folder), record.json (seeds, package "
+                                   "versions, git commit, data fingerprint, how to load the "
+                                   "weights) and trials.csv.")
     p.add_argument("study", metavar="STUDY")
     _storage_flag(p)
     p.add_argument("--out", metavar="DIR", help="the folder (default: exports/STUDY)")
@@ -251,11 +268,12 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from hpo.spec import load_spec
+    from hpo.preflight import load_checked_spec
     from hpo.storage import open_storage, redact, resolve_url
     from hpo.study import create_study
 
-    spec = load_spec(args.spec)  # validate before touching the database
+    # Validate, and check this machine's files, before touching the database.
+    spec = load_checked_spec(args.spec, preflight=not args.no_preflight)
     url = resolve_url(args.storage)
     study = create_study(spec, open_storage(url))
     print(f"study {study.study_name} ready in {redact(url, url)}")
@@ -263,11 +281,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hpo.spec import load_spec
+    from hpo.preflight import load_checked_spec
     from hpo.storage import open_storage, resolve_url
     from hpo.study import create_study
 
-    spec = load_spec(args.spec)  # validate before touching the database
+    # Validate, and check this machine's files, before touching the database.
+    spec = load_checked_spec(args.spec, preflight=not args.no_preflight)
     url = resolve_url(args.storage)
     create_study(spec, open_storage(url))
     return _launch(spec.study.name, url, args)
@@ -402,6 +421,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_template(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
     from hpo.cluster import render
     from hpo.storage import open_storage, resolve_url
     from hpo.study import load_study
@@ -411,8 +432,14 @@ def cmd_template(args: argparse.Namespace) -> int:
         raise HpoError("a cluster needs a database server every machine reaches "
                        "(--storage postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
     load_study(args.study, open_storage(url, create=False))  # the workers will need it
+    host = make_url(url).host
+    if host in (None, "", "localhost", "::1") or host.startswith("127."):
+        _warn(f"the storage host {host or '(a local socket)'!r} is this machine as every "
+              "node sees itself: the workers on other machines will not reach it; give the "
+              "database's network name (--storage or HPO_STORAGE)")
     print(render(args.kind, args.study, url, nodes=args.nodes, gpus=args.gpus_per_node,
-                 image=args.image, checkpoint_dir=args.checkpoint_dir), end="")
+                 image=args.image, checkpoint_dir=args.checkpoint_dir,
+                 python=args.python or sys.executable), end="")
     return EXIT_OK
 
 
@@ -517,17 +544,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
+    from hpo.artifacts import artifact_dir
     from hpo.export import write_trials
     from hpo.storage import open_storage
     from hpo.study import load_study
 
     study, _ = load_study(args.study, open_storage(args.storage, create=False))
+    store = artifact_dir(args.storage)  # uploads removed from it are not named
     if args.out is None:
-        write_trials(study, args.format, sys.stdout)
+        write_trials(study, args.format, sys.stdout, store)
         return EXIT_OK
     try:
         with open(args.out, "w", encoding="utf-8", newline="") as f:
-            n = write_trials(study, args.format, f)
+            n = write_trials(study, args.format, f, store)
     except OSError as e:
         raise HpoError(f"cannot write {args.out}: {e.strerror or e}") from None
     print(f"hpo: {n} trials written to {args.out}", file=sys.stderr)
@@ -537,7 +566,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpo.export import export_best
+    from hpo.export import export_best, format_export
     from hpo.report import default_path
     from hpo.storage import open_storage, resolve_url
     from hpo.study import load_study
@@ -546,17 +575,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     study, spec = load_study(args.study, open_storage(url, create=False))
     out = Path(args.out) if args.out else Path("exports") / default_path(args.study).stem
     record = export_best(study, spec, out, storage_url=url, artifacts=args.artifacts)
-    trial = record["trial"]
-    _say(f"hpo: best trial #{trial['number']} of {args.study} (val loss {trial['value']:.6f}) "
-         f"exported to {out}/")
-    _say(f"  spec.yaml          the best params fixed; run it: hpo run {out / 'spec.yaml'}")
-    checkpoint = record["checkpoint"]
-    if checkpoint["path"]:
-        _say(f"  {checkpoint['path']:<18} from {checkpoint['from']}")
-    else:
-        _say(f"  (no checkpoint: {checkpoint['missing']})")
-    _say("  record.json        seeds, package versions, git commit, data fingerprint")
-    _say("  trials.csv         every trial of the study")
+    _say(format_export(record, out))
     return EXIT_OK
 
 
@@ -577,6 +596,10 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _warn(text: str) -> None:
+    print(f"hpo: warning: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script."""
     parser = build_parser()
@@ -586,9 +609,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     logging.basicConfig(level=os.environ.get("HPO_LOG_LEVEL", "WARNING").upper(),
                         format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    if args.verbose:
+        os.environ[VERBOSE_VAR] = "1"  # the launcher's workers inherit it
+    _quiet_libraries(verbose=bool(os.environ.get(VERBOSE_VAR) or os.environ.get("HPO_DEBUG")))
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`hpo trials S | head`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so that the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except HpoError as e:
         print(f"hpo: error: {_redact(str(e), args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -617,13 +647,20 @@ def _redact(text: str, args: argparse.Namespace) -> str:
     return redact(text, resolve_url(getattr(args, "storage", None)))
 
 
-def _quiet_libraries() -> None:
-    """Optuna logs each trial at INFO with its params; the progress display says it better."""
+def _quiet_libraries(verbose: bool) -> None:
+    """Optuna logs each trial at INFO with its params; the progress display says it better.
+    Unless ``verbose``, no third-party warnings or progress bars either (transformers draws a
+    "Loading weights" bar for every trial); set in the environment, so workers inherit it."""
     import warnings
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     os.environ.setdefault("OPTUNA_VERBOSITY", "WARNING")
     warnings.filterwarnings("ignore", message=".*is experimental.*")
+    if not verbose:
+        for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                           ("TRANSFORMERS_VERBOSITY", "error"), ("PYTHONWARNINGS", "ignore")):
+            os.environ.setdefault(var, value)
+        warnings.simplefilter("ignore")
     try:
         import optuna
 

@@ -16,6 +16,9 @@ from hpo.errors import HpoError
 SLURM = Template("""\
 #!/bin/bash
 # hpo: workers for study $study, $nodes node(s) x $gpus GPU(s). Submit with: sbatch $$0
+# The study must exist in the storage (hpo create SPEC) before the job starts. Every node runs
+# $runner (hpo template --python PATH to change): it must be there on every node, e.g. a
+# virtual environment on a shared filesystem.
 #SBATCH --job-name=hpo-$name
 #SBATCH --array=0-$last
 #SBATCH --nodes=1
@@ -36,6 +39,7 @@ exec $command
 
 KUBERNETES = Template("""\
 # hpo: workers for study $study, $nodes pod(s) x $gpus GPU(s). Apply with: kubectl apply -f -
+# The study must exist in the storage (hpo create SPEC) first; the image must have hpo on PATH.
 apiVersion: batch/v1
 kind: Job
 metadata:
@@ -71,7 +75,7 @@ KINDS = ("slurm", "kubernetes")
 
 def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int = 1,
            image: str = "python:3.11", checkpoint_dir: str = "/shared/hpo-checkpoints",
-           time: str = "24:00:00") -> str:
+           time: str = "24:00:00", python: str | None = None) -> str:
     """The text of a cluster template.
 
     Args:
@@ -83,6 +87,8 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
         image: the container image with hpo installed (Kubernetes).
         checkpoint_dir: a directory every machine shares, so trials resume anywhere.
         time: the Slurm time limit.
+        python: the interpreter with hpo installed that the Slurm nodes run (``PYTHON -m
+            hpo``; default: ``hpo`` on the nodes' PATH). Kubernetes runs the image's ``hpo``.
 
     Raises:
         HpoError: an unknown kind, or a SQLite URL (one machine only).
@@ -103,7 +109,10 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
     if kind == "slurm":
         storage_line = (': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
                         if secret else f"export HPO_STORAGE={shlex.quote(storage_url)}")
+        if python:
+            argv = [python, "-m", *argv]
         return SLURM.substitute(values, storage_line=storage_line,
+                                runner=f"{python} -m hpo" if python else "hpo from PATH",
                                 command=" ".join(shlex.quote(a) for a in argv))
     if secret:
         env = ("            - name: HPO_STORAGE\n"

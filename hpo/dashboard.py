@@ -65,12 +65,14 @@ def serve(
     """
     import optuna_dashboard
 
-    from hpo.artifacts import artifact_dir, artifact_store
+    from hpo.artifacts import artifact_dir, artifact_store, missing_artifacts_as_404
     from hpo.storage import open_storage
 
     storage = open_storage(storage_url, create=False)
     store = artifact_store(storage_url, artifacts)
-    app = optuna_dashboard.wsgi(storage, artifact_store=store)
+    # A checkpoint hpo removed (its trial left the best) answers 404 with the reason.
+    app = missing_artifacts_as_404(optuna_dashboard.wsgi(storage, artifact_store=store),
+                                   artifact_dir(storage_url, artifacts))
     server_class = _Server6 if ":" in host else _Server
     try:
         server = make_server(host, port, app, server_class=server_class,

@@ -4,10 +4,18 @@
 
 - ``spec.yaml``: a ready-to-run spec with the best params fixed (``hpo run DIR/spec.yaml``
   trains the best configuration again, as study ``STUDY-best``);
-- ``best-checkpoint.pt``: the best trial's checkpoint (its local file, else its artifact);
+- the best trial's weights, in the form its library loads (``export_model``): ``model.pt``,
+  a plain ``state_dict`` of the torchvision model
+  (``model.load_state_dict(torch.load("model.pt"))``), or ``model/``, a transformers
+  ``save_pretrained`` folder with the tokenizer; a custom job's checkpoint as it saved it
+  (``best-checkpoint.EXT``). No optimizer state: what is needed to use the model, not to
+  resume its training;
 - ``record.json``: what reproducing it needs: seeds, package versions, git commits, a
-  fingerprint of the data, the trial's params, curve and attributes;
+  fingerprint of the data, the trial's params, curve and attributes; and ``model``: which
+  file holds the weights, their format, the Python that loads them, their sha256;
 - ``trials.csv``: every trial of the study.
+
+``format_export`` is what the command prints about them.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TextIO
 
 from hpo.errors import HpoError
 
@@ -50,11 +59,14 @@ _HASH_CONTENT_LIMIT = 2 << 30
 # Trials.
 
 
-def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
+def trial_rows(study: "optuna.Study", artifacts_dir: str | os.PathLike[str] | None = None
+               ) -> list[dict[str, Any]]:
     """One flat row per trial: number, state, value, times, ``param_*`` and the user attrs.
 
     Columns are the same for every row (empty where a trial lacks one); the per-epoch
-    validation losses are one space-separated column, ``val_loss_by_epoch``.
+    validation losses are one space-separated column, ``val_loss_by_epoch``. Files that are
+    gone are not named (``present_files``): ``checkpoint`` is empty once retention deleted
+    the file, ``checkpoint_artifact`` once the store in ``artifacts_dir`` lost the copy.
     """
     trials = study.get_trials(deepcopy=False)
     params: list[str] = []
@@ -75,34 +87,59 @@ def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
             else None,
         }
         row.update({f"param_{p}": t.params.get(p) for p in params})
-        row.update({a: t.user_attrs.get(a) for a in (*ATTR_COLUMNS, *extra)})
+        attrs = present_files(t.user_attrs, artifacts_dir)
+        row.update({a: attrs.get(a) for a in (*ATTR_COLUMNS, *extra)})
         row["val_loss_by_epoch"] = " ".join(
             f"{step}:{value:.6g}" for step, value in sorted(t.intermediate_values.items()))
         rows.append(row)
     return rows
 
 
-def write_trials(study: "optuna.Study", fmt: str, stream: TextIO) -> int:
+def present_files(attrs: dict[str, Any], artifacts_dir: str | os.PathLike[str] | None = None
+                  ) -> dict[str, Any]:
+    """A trial's user attrs with ``checkpoint`` set to None where the file is gone (retention
+    deletes those of pruned, failed and worse trials) and, given the store's folder,
+    ``checkpoint_artifact`` where the store no longer holds it (a trial that left the best).
+    A finished trial's attrs cannot change, so readers check."""
+    from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, has_checkpoint
+
+    attrs = dict(attrs)
+    path = attrs.get("checkpoint")
+    if path and not Path(path).is_file():
+        attrs["checkpoint"] = None
+    artifact = attrs.get(CHECKPOINT_ARTIFACT_ATTR)
+    if artifact and artifacts_dir is not None and not has_checkpoint(artifact,
+                                                                     directory=artifacts_dir):
+        attrs[CHECKPOINT_ARTIFACT_ATTR] = None
+    return attrs
+
+
+def write_trials(study: "optuna.Study", fmt: str, stream: TextIO,
+                 artifacts_dir: str | os.PathLike[str] | None = None) -> int:
     """Write every trial of the study as CSV (``trial_rows``) or JSON (full records).
 
     Args:
         study: the study.
         fmt: ``csv`` or ``json``.
         stream: where to write.
+        artifacts_dir: the artifact store's folder, to leave out removed uploads.
 
     Returns:
-        How many trials were written.
+        How many trials were written; ``checkpoint`` (and ``checkpoint_artifact``) are empty
+        / null where the file is gone (``present_files``).
     """
     if fmt == "json":
         from hpo.summary import trial_record
 
         records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+        for record in records:
+            record["user_attrs"] = present_files(record["user_attrs"], artifacts_dir)
         json.dump(records, stream, indent=2, default=str)
         stream.write("\n")
         return len(records)
     if fmt != "csv":
         raise HpoError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    rows = trial_rows(study)
+    rows = trial_rows(study, artifacts_dir)
     if not rows:
         return 0
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
@@ -271,7 +308,7 @@ def export_best(
     storage_url: str | None = None,
     artifacts: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the best trial's spec, checkpoint, reproducibility record and the trials table.
+    """Write the best trial's spec, model weights, reproducibility record and trials table.
 
     Args:
         study: the study (from ``hpo.study.load_study``).
@@ -286,7 +323,7 @@ def export_best(
     Raises:
         HpoError: the study has no complete trial, or ``out`` is a file.
     """
-    from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, download_checkpoint
+    from hpo.artifacts import artifact_dir
     from hpo.storage import redact, resolve_url
 
     try:
@@ -309,21 +346,7 @@ def export_best(
         "Each param is fixed (a one-choice categorical); no pruning; one trial.\n"
         f"Run it: hpo run {spec_path}   (raise budget.n_trials to rerun it more times)"))
 
-    checkpoint: dict[str, Any] = {"path": None}
-    source = best.user_attrs.get("checkpoint")
-    target = out / f"best-checkpoint{Path(source).suffix if source else '.pt'}"
-    if source and Path(source).is_file():
-        shutil.copyfile(source, target)
-        checkpoint = {"path": target.name, "from": str(source)}
-    elif best.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR):
-        artifact_id = best.user_attrs[CHECKPOINT_ARTIFACT_ATTR]
-        if download_checkpoint(artifact_id, target, url, artifacts):
-            checkpoint = {"path": target.name, "from": f"artifact {artifact_id}"}
-    if checkpoint["path"]:
-        checkpoint["sha256"] = file_sha256(target)
-    else:
-        checkpoint["missing"] = (f"no file at {source}" if source
-                                 else "the trial recorded no checkpoint")
+    model = export_model(best, spec.task, out, storage_url=url, artifacts=artifacts)
 
     sampler_seed = spec.sampler.options.get("seed")
     record = {
@@ -340,7 +363,7 @@ def export_best(
             "datetime_start": best.datetime_start.isoformat() if best.datetime_start else None,
         },
         "spec": spec_path.name,
-        "checkpoint": checkpoint,
+        "model": model,
         "seeds": {
             "task.seed": spec.task.seed,
             "sampler.seed": sampler_seed,
@@ -352,6 +375,228 @@ def export_best(
     (out / "record.json").write_text(json.dumps(record, indent=2, default=str) + "\n",
                                      encoding="utf-8")
     buffer = io.StringIO()
-    write_trials(study, "csv", buffer)
+    write_trials(study, "csv", buffer, artifact_dir(url, artifacts))
     (out / "trials.csv").write_text(buffer.getvalue(), encoding="utf-8")
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# The best trial's weights, in the form its library loads.
+
+MODEL_FILE = "model.pt"
+"""A torchvision model's exported ``state_dict``."""
+MODEL_DIR = "model"
+"""A transformers model's exported ``save_pretrained`` folder."""
+
+
+def export_model(trial: "FrozenTrial", task: "TaskSpec", out: str | os.PathLike[str], *,
+                 storage_url: str | None = None,
+                 artifacts: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Write a trial's weights into ``out`` in the form its library loads directly.
+
+    The weights are the trial's final checkpoint's (its local file, else its copy in the
+    artifact store): the model after the trial's last epoch. Written as
+
+    - torchvision (``image_classification``): ``model.pt``, a plain ``state_dict`` of
+      ``torchvision.models.get_model(NAME, num_classes=N)``: hpo's head
+      ``Sequential(Dropout, layer)`` is unwrapped (a dropout has no weights), so
+      ``model.load_state_dict(torch.load("model.pt"))`` loads it;
+    - transformers (``text_classification``): ``model/``, what ``save_pretrained`` writes
+      (config with the dataset's label names, safetensors weights) and the tokenizer, for
+      ``AutoModelForSequenceClassification.from_pretrained`` / ``AutoTokenizer``;
+    - otherwise (a custom job's checkpoint, a file without a model) the checkpoint file as it
+      is, ``best-checkpoint.EXT``; weights whose architecture cannot be rebuilt here go out
+      as hpo's own ``state_dict`` (``model.pt``, the head still wrapped), with the reason.
+
+    Returns:
+        The record's ``model``: ``path`` (None when there are no weights, and ``missing``
+        says why), ``format``, ``load`` (Python that loads it), ``from``, ``epoch``,
+        ``bytes``, ``sha256`` (a folder: ``files``, each file's) and ``note`` where needed.
+    """
+    from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, download_checkpoint, has_checkpoint
+
+    out = Path(out)
+    source = trial.user_attrs.get("checkpoint")
+    artifact_id = trial.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
+        if source and Path(source).is_file():
+            path, origin = Path(source), f"checkpoint {source}"
+        elif artifact_id and has_checkpoint(artifact_id, storage_url, artifacts):
+            path = Path(scratch) / Path(source or "checkpoint.pt").name
+            if not download_checkpoint(artifact_id, path, storage_url, artifacts):
+                return {"path": None, "missing": f"artifact {artifact_id} could not be read"}
+            origin = f"artifact {artifact_id}"
+        else:
+            missing = [f"no file at {source}" if source else "the trial recorded no checkpoint"]
+            if artifact_id:
+                missing.append(f"artifact {artifact_id} is no longer in the store")
+            return {"path": None, "missing": "; ".join(missing)}
+        model = _write_weights(path, task, out)
+    model["from"] = origin
+    best_epoch = trial.user_attrs.get("best_epoch")
+    if model.get("epoch") and best_epoch and best_epoch != model["epoch"]:
+        model["note"] = ((model.get("note", "") + "; ") if model.get("note") else "") + (
+            f"the weights after epoch {model['epoch']}, the trial's last; its best val loss "
+            f"was at epoch {best_epoch}")
+    return model
+
+
+def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
+    state, epoch = _checkpoint_model(path)
+    if state is None or task.kind not in ("image_classification", "text_classification"):
+        target = out / f"best-checkpoint{path.suffix or '.pt'}"
+        shutil.copyfile(path, target)
+        what = ("the custom job's own checkpoint" if task.kind == "custom"
+                else "not a checkpoint with model weights")
+        return {"path": target.name, "format": "checkpoint", "load": f"{what}, as saved",
+                "bytes": target.stat().st_size, "sha256": file_sha256(target)}
+    import torch
+
+    try:
+        if task.kind == "text_classification":
+            folder = out / MODEL_DIR
+            labels = transformers_save_pretrained(task, state, folder)
+            files = sorted(f for f in folder.rglob("*") if f.is_file())
+            where = str(folder)
+            return {
+                "path": f"{MODEL_DIR}/", "format": "transformers save_pretrained",
+                "classes": labels, "epoch": epoch,
+                "load": ("from transformers import AutoModelForSequenceClassification, "
+                         f"AutoTokenizer; model = AutoModelForSequenceClassification."
+                         f"from_pretrained({where!r}); tokenizer = AutoTokenizer."
+                         f"from_pretrained({where!r})"),
+                "bytes": sum(f.stat().st_size for f in files),
+                "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
+            }
+        plain, classes = torchvision_state_dict(task.model, state)
+        target = out / MODEL_FILE
+        torch.save(plain, target)
+        arg = f", num_classes={classes}" if classes else ""
+        return {
+            "path": target.name, "format": "torchvision state_dict", "classes": classes,
+            "epoch": epoch,
+            "load": (f"import torch, torchvision; model = torchvision.models.get_model("
+                     f"{task.model!r}{arg}); model.load_state_dict(torch.load("
+                     f"{str(target)!r})); model.eval()"),
+            "bytes": target.stat().st_size, "sha256": file_sha256(target),
+        }
+    except Exception as e:  # noqa: BLE001 - the weights still go out, as hpo's model has them
+        target = out / MODEL_FILE
+        torch.save(state, target)
+        return {
+            "path": target.name, "format": "hpo state_dict", "epoch": epoch,
+            "load": (f"torch.load({str(target)!r}): the state_dict of hpo's {task.model} "
+                     "(its head Sequential(Dropout, layer))"),
+            "note": f"not in {task.model}'s own form: {type(e).__name__}: "
+                    f"{(str(e).splitlines() or [''])[0][:200]}",
+            "bytes": target.stat().st_size, "sha256": file_sha256(target),
+        }
+
+
+def _checkpoint_model(path: Path) -> tuple[dict[str, Any] | None, int | None]:
+    """The model ``state_dict`` and epoch of an hpo checkpoint (final or not); ``(None,
+    None)`` for any other file."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file (a custom job's own format)
+        return None, None
+    model = obj.get("model") if isinstance(obj, Mapping) else None
+    if not isinstance(model, Mapping) or not model or not all(
+            isinstance(v, torch.Tensor) for v in model.values()):
+        return None, None
+    epoch = obj.get("epoch")
+    return dict(model), int(epoch) if isinstance(epoch, int) else None
+
+
+def unwrap_head(state: Mapping[str, Any], reference: Iterable[str]) -> dict[str, Any]:
+    """``state`` with the names of hpo's wrapped head, ``Sequential(Dropout, layer)``
+    (``fc.1.weight``), put back as the library's model names it (``fc.weight``): a name the
+    reference lacks loses one ``.1`` where that gives a reference name."""
+    names = set(reference)
+    plain = {}
+    for key, value in state.items():
+        name = key
+        if key not in names:
+            parts = key.split(".")
+            for i in range(len(parts) - 2, 0, -1):  # the head is near the end
+                candidate = ".".join(parts[:i] + parts[i + 1:])
+                if parts[i] == "1" and candidate in names and candidate not in state:
+                    name = candidate
+                    break
+        plain[name] = value
+    return plain
+
+
+def torchvision_state_dict(name: str, state: Mapping[str, Any]
+                           ) -> tuple[dict[str, Any], int | None]:
+    """A trained hpo model's weights as torchvision's own ``name`` model has them.
+
+    Returns:
+        ``(state_dict, num_classes)``: the state_dict loads strictly into
+        ``torchvision.models.get_model(name, num_classes=num_classes)`` (``None``: the
+        model's default number of classes).
+
+    Raises:
+        RuntimeError / ValueError: the weights do not fit that model.
+    """
+    import torchvision.models
+
+    reference = torchvision.models.get_model(name, weights=None).state_dict()
+    plain = unwrap_head(state, reference)
+    classes = {int(v.shape[0]) for k, v in plain.items()
+               if k in reference and v.shape != reference[k].shape and v.ndim >= 1}
+    if len(classes) > 1:
+        raise ValueError(f"tensors of {len(classes)} other sizes than {name}'s")
+    num_classes = classes.pop() if classes else None
+    model = torchvision.models.get_model(
+        name, weights=None, **({"num_classes": num_classes} if num_classes else {}))
+    model.load_state_dict(plain)  # strict: every name and shape
+    return {k: plain[k] for k in model.state_dict()}, num_classes
+
+
+def transformers_save_pretrained(task: "TaskSpec", state: Mapping[str, Any],
+                                 folder: Path) -> int:
+    """Write a trained hpo text classifier with ``save_pretrained`` (config, weights) and its
+    tokenizer into ``folder``; the config names the dataset's labels.
+
+    Returns:
+        The number of labels.
+    """
+    from hpo.job.text import load_tokenizer, pretrained_classifier
+    from hpo.job.text_data import load_texts
+
+    labels = list(load_texts(task.dataset, {}).label_names)
+    model, _ = pretrained_classifier(task.model, labels, None)
+    model.load_state_dict(unwrap_head(state, model.state_dict()))  # strict
+    model.save_pretrained(folder)
+    load_tokenizer(task.model, {}).save_pretrained(folder)
+    return len(labels)
+
+
+def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
+    """What ``hpo export`` prints: each file it wrote, what it is and how to load it."""
+    trial, model = record["trial"], record["model"]
+    out = Path(out)
+    lines = [f"hpo: best trial #{trial['number']} of {record['study']} (val loss "
+             f"{trial['value']:.6f}) exported to {out}/",
+             f"  {'spec.yaml':<18} the best params fixed; run it: hpo run {out / 'spec.yaml'}"]
+    if model["path"]:
+        size = f"{model['bytes'] / 1e6:.1f} MB"
+        after = f", after epoch {model['epoch']}" if model.get("epoch") else ""
+        what = {
+            "torchvision state_dict": f"the weights: a torchvision state_dict ({size}{after})",
+            "transformers save_pretrained": f"the model: config, weights and tokenizer "
+                                            f"({size}{after})",
+            "hpo state_dict": f"the weights: hpo's own state_dict ({size}{after})",
+        }.get(model["format"], f"the trial's checkpoint as saved ({size})")
+        lines.append(f"  {model['path']:<18} {what}, from {model['from']}")
+        lines.append(f"  {'':<18} load: {model['load']}")
+        if model.get("note"):
+            lines.append(f"  {'':<18} note: {model['note']}")
+    else:
+        lines.append(f"  (no model weights: {model['missing']})")
+    lines += [f"  {'record.json':<18} seeds, package versions, git commit, data fingerprint",
+              f"  {'trials.csv':<18} every trial of the study"]
+    return "\n".join(lines)

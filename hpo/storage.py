@@ -204,6 +204,8 @@ def _check_server(url: str, shown: str, engine_kwargs: dict[str, Any], create: b
 def _first_line(e: BaseException, url: str) -> str:
     orig = getattr(e, "orig", None) or e
     lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
-    # psycopg2 puts the useful part on the last line ("Connection refused ..."), others first.
-    text = " ".join(lines[:3]) if lines else type(orig).__name__
+    # psycopg2 puts the useful part on the last line ("Connection refused ..."), others first;
+    # its lines are sentences without a full stop: end each so that they read apart.
+    text = " ".join(ln if ln[-1] in ".?!:;," else ln + "." for ln in lines[:3]) if lines \
+        else type(orig).__name__
     return redact(text, url)

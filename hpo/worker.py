@@ -52,7 +52,8 @@ DEFAULT_CHECKPOINT_DIR = "checkpoints"
 MAX_CONSECUTIVE_FAILURES = 3
 """A worker whose trials fail this many times in a row stops (exit 1) instead of spinning."""
 KEEP_BEST_CHECKPOINTS = 3
-"""Checkpoints kept of finished trials: the best k complete ones."""
+"""Checkpoints kept of finished trials: the best k complete ones (their final checkpoints:
+the weights), in ``checkpoints/`` and in the artifact store."""
 MEMORY_GROWTH_LIMIT_MB = 1024
 """Recycle the process when its memory after a trial exceeds the baseline by this much."""
 WORKER_DIED, REAPED = "worker died", "reaped"
@@ -171,7 +172,7 @@ def run_worker(
         else:
             consecutive_failures = 0
         if trial.user_attrs.get("checkpoint"):
-            _quietly(retain_checkpoints, trials)
+            _quietly(retain_checkpoints, trials, artifacts_url=artifacts_url)
         if on_trial is not None:
             on_trial(trial, trials)
 
@@ -425,10 +426,13 @@ def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
 
 
 def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
-                       max_retry: int | None = None) -> None:
+                       max_retry: int | None = None, artifacts_url: str | None = None) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
     ``keep_best`` complete trials, and of failed trials that a retry may still resume; pruned,
-    worse and other failed trials lose theirs.
+    worse and other failed trials lose theirs. With ``artifacts_url``, their uploaded copies
+    (``checkpoint_artifact``) leave that URL's artifact store too: a trial uploaded while
+    among the best loses its copy when it leaves them. An id a kept trial holds stays (a
+    retry inherits its failed attempt's attrs, the artifact id included).
 
     ``trials`` is a snapshot: a trial failed as stale in it may have its retry queued only a
     moment later, so a failed trial keeps its checkpoint until its retry exists or it can no
@@ -439,31 +443,40 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
         trials: every trial of the study, freshly read.
         keep_best: how many of the best complete trials keep their checkpoint.
         max_retry: retries of a trial whose worker died (default: the storage's).
+        artifacts_url: the storage URL whose artifact store the workers upload to (None:
+            leave the store alone).
     """
     from optuna.trial import TrialState
 
     if max_retry is None:
         from hpo.storage import MAX_RETRY as max_retry
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    keep = {t.user_attrs.get("checkpoint") for t in trials
-            if t.state in (TrialState.RUNNING, TrialState.WAITING)}
-    keep |= {t.user_attrs.get("checkpoint") for t in trials
+    kept = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    kept += [t for t in trials
              if t.state == TrialState.FAIL and t.number not in retried
              and len(t.system_attrs.get("retry_history", ())) < max_retry
-             and t.user_attrs.get("fail_reason") in STALE_REASONS}
+             and t.user_attrs.get("fail_reason") in STALE_REASONS]
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
                       key=lambda t: t.value)
-    keep |= {t.user_attrs.get("checkpoint") for t in complete[:keep_best]}
+    kept += complete[:keep_best]
+    keep = {t.user_attrs.get("checkpoint") for t in kept}
     for t in trials:
         path = t.user_attrs.get("checkpoint")
         if path and path not in keep and t.state.is_finished() and Path(path).is_file():
             Path(path).unlink(missing_ok=True)
+    if artifacts_url is not None:
+        from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, remove_checkpoints
+
+        ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials
+               if t.state.is_finished()}
+        keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}
+        remove_checkpoints(ids - keep_ids - {None}, artifacts_url)
 
 
-def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Best-effort bookkeeping that must not turn a trial's outcome into a crash."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except Exception as e:
         log.warning("%s failed: %s", getattr(fn, "__name__", "call"), e)
 

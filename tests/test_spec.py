@@ -157,3 +157,127 @@ def test_spec_error_names_file_and_path() -> None:
                              "dataset": {"name": "digits"}},
                     "search_space": {"lr": {"type": "float", "low": 0.1, "high": 0.2}},
                     "budget": {"timeout": -1}}, source="x.yaml", default_name="x")
+
+
+def _sorted_keys(value):
+    """``value`` with every mapping's keys sorted, as a YAML tool that sorts keys writes it."""
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_loads_with_its_keys_sorted(path: Path, tmp_path) -> None:
+    import yaml
+
+    original = load_spec(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(_sorted_keys(raw), sort_keys=True), encoding="utf-8")
+    spec = load_spec(copy)
+    assert spec.to_dict() == original.to_dict()
+    # Every parent comes before its children, the rest keep the file's (sorted) order.
+    names = [p.name for p in spec.search_space]
+    for p in spec.search_space:
+        for parent, _ in p.when:
+            assert names.index(parent) < names.index(p.name), (parent, p.name)
+    assert parse_spec(spec.to_dict(), check_environment=False) == spec
+
+
+def test_when_order_is_stable_and_parents_are_sampled_first() -> None:
+    import yaml
+
+    raw = yaml.safe_load(GOOD)
+    space = raw["search_space"]
+    # momentum (when optimizer) before its parent; freeze_k (when freeze) before freeze.
+    raw["search_space"] = {
+        "freeze_k": {"type": "int", "low": 1, "high": 3, "when": {"freeze": "first_k"}},
+        "momentum": space["momentum"],
+        "lr": space["lr"],
+        "optimizer": space["optimizer"],
+        "freeze": {"type": "categorical", "choices": ["none", "first_k"]},
+        "epochs": space["epochs"],
+    }
+    spec = parse_spec(raw, source="moved.yaml")
+    names = [p.name for p in spec.search_space]
+    # Parents move up just before their first child; everything else keeps its place.
+    assert names == ["freeze", "freeze_k", "optimizer", "momentum", "lr", "epochs"]
+    assert parse_spec(dict(raw), source="again.yaml") == spec  # deterministic
+    assert parse_spec(spec.to_dict()) == spec
+    # A spec in the original order keeps it.
+    in_order = yaml.safe_load(GOOD)
+    assert [p.name for p in parse_spec(in_order).search_space] == list(in_order["search_space"])
+
+    class Recorder:
+        """An Optuna trial stand-in that records the order of the suggest calls."""
+
+        def __init__(self, values):
+            self.values, self.asked = values, []
+
+        def _ask(self, name, *args, **kwargs):
+            self.asked.append(name)
+            return self.values[name]
+
+        suggest_float = suggest_int = suggest_categorical = _ask
+
+    values = {"freeze": "first_k", "freeze_k": 2, "optimizer": "sgd", "momentum": 0.9,
+              "lr": 1e-3, "epochs": 2}
+    trial = Recorder(values)
+    params = suggest(trial, spec)
+    assert trial.asked == ["freeze", "freeze_k", "optimizer", "momentum", "lr", "epochs"]
+    assert params["momentum"] == 0.9 and params["freeze_k"] == 2
+    trial = Recorder({**values, "optimizer": "adam", "freeze": "none"})
+    params = suggest(trial, spec)
+    assert trial.asked == ["freeze", "optimizer", "lr", "epochs"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        t = study.ask()
+        params = suggest(t, spec)
+        assert ("momentum" in t.params) == (params["optimizer"] == "sgd")
+        assert ("freeze_k" in t.params) == (params["freeze"] == "first_k")
+        study.tell(t, 0.0)
+
+
+WHEN_CYCLE = """
+task: {kind: image_classification, model: resnet18, dataset: {name: digits}}
+search_space:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+  optimizer: {type: categorical, choices: [adam, sgd], when: {schedule: cosine}}
+  schedule: {type: categorical, choices: [constant, cosine], when: {optimizer: sgd}}
+"""
+
+
+@pytest.mark.parametrize("text,message", [
+    (WHEN_CYCLE,
+     "cyc.yaml: search_space.optimizer.when: a cycle: optimizer -> schedule -> optimizer"),
+    (_replace(WHEN_CYCLE, "when: {schedule: cosine}", "when: {optimizer: adam}"),
+     "cyc.yaml: search_space.optimizer.when: a cycle: optimizer -> optimizer"),
+    (_replace(_replace(WHEN_CYCLE, "when: {schedule: cosine}", "when: {momentum: 0.9}"),
+              "  lr:", "  momentum: {type: categorical, choices: [0.8, 0.9], "
+                       "when: {schedule: constant}}\n  lr:"),
+     "cyc.yaml: search_space.momentum.when: a cycle: momentum -> schedule -> optimizer -> "
+     "momentum"),
+    (_replace(WHEN_CYCLE, "when: {schedule: cosine}", "when: {dropout: 0.1}"),
+     "cyc.yaml: search_space.optimizer.when.dropout: no such parameter in search_space"),
+])
+def test_when_cycle_or_missing_parent_is_one_clear_line(text, message) -> None:
+    import yaml
+
+    with pytest.raises(SpecError) as e:
+        parse_spec(yaml.safe_load(text), source="cyc.yaml", default_name="cyc")
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_when_missing_parent_through_the_cli(tmp_path, capsys) -> None:
+    spec_file = tmp_path / "orphan.yaml"
+    spec_file.write_text(_replace(GOOD, "  optimizer: {type: categorical, choices: [adam, sgd]}\n",
+                                  ""))
+    db = tmp_path / "hpo.db"
+    assert main(["create", str(spec_file), "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"hpo: error: {spec_file}: search_space.momentum.when.optimizer: no such "
+                   "parameter in search_space"), err
+    assert not db.exists()

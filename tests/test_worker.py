@@ -368,10 +368,14 @@ def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path
     r = run_hpo("template", kind, name, "--storage", url, "--nodes", "3", "--gpus-per-node",
                 "4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # 127.0.0.1 is each node itself: say so, once, on stderr (the template stays clean).
+    assert r.stderr.count("hpo: warning:") == 1 and "127.0.0.1" in r.stderr
     text = r.stdout
+    assert "must exist in the storage (hpo create SPEC)" in text
     if kind == "slurm":
         assert "#SBATCH --array=0-2" in text and "#SBATCH --gres=gpu:4" in text
-        assert f"exec hpo launch {name} --gpus all" in text
+        # The interpreter that wrote it (a venv's), not an `hpo` the nodes' PATH may lack.
+        assert f"exec {sys.executable} -m hpo launch {name} --gpus all" in text
         assert f"export HPO_STORAGE={url}" in text
         check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
         assert check.returncode == 0, check.stderr
@@ -387,6 +391,9 @@ def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path
 
 def test_cluster_templates_never_contain_the_password():
     from hpo.cluster import render
+
+    assert "exec /opt/venv/bin/python -m hpo launch s --gpus all" in render(
+        "slurm", "s", "postgresql+psycopg2://bob@db.internal/hpo", python="/opt/venv/bin/python")
 
     url = "postgresql+psycopg2://bob:t0psecret@db.internal/hpo"
     slurm = render("slurm", "s", url)
@@ -616,3 +623,78 @@ def test_a_relaunched_worker_does_not_repeat_its_predecessors_trials(tmp_path):
         assert r.returncode == 0, r.stdout
     lrs = [t.params["lr"] for t in trials(name, url)]
     assert len(lrs) == 6 and len(set(lrs)) == 6, lrs
+
+
+# --------------------------------------------------------------------------------------------
+# The artifact store: the best trials' checkpoints, no more.
+
+
+def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_path,
+                                                                            monkeypatch):
+    """Trials that complete among the best 3 upload their checkpoint (a hard link to it, not
+    a copy); retention removes the upload when a better trial pushes its trial out. A retry
+    inherits its failed attempt's artifact id: kept while the retry may run, removed when the
+    retry finishes outside the best."""
+    from hpo._optuna import fail_and_retry
+    from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
+    from hpo.worker import retain_checkpoints
+
+    monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = _study(url, tmp_path, "uploads")
+    store = tmp_path / "hpo-artifacts"
+
+    def trained(name: str) -> tuple[optuna.Trial, str]:
+        trial = study.ask()
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(os.urandom(4096))
+        trial.set_user_attr("checkpoint", str(path))
+        return trial, upload_checkpoint(trial, path, url)  # what the worker does
+
+    def stored() -> set[str]:
+        return {p.name for p in store.iterdir()}
+
+    ids = []
+    for number, value in enumerate([0.5, 0.4, 0.3]):
+        trial, artifact = trained(f"t{number}")
+        study.tell(trial, value)
+        retain_checkpoints(study.get_trials(), artifacts_url=url)
+        ids.append(artifact)
+    assert stored() == set(ids)
+    assert os.path.samefile(store / ids[0], tmp_path / "t0.pt")  # one file, two names
+    trial, better = trained("t3")
+    study.tell(trial, 0.2)
+    retain_checkpoints(study.get_trials(), artifacts_url=url)
+    assert stored() == {ids[1], ids[2], better}
+    assert not (tmp_path / "t0.pt").exists()
+
+    # A trial uploaded among the best whose worker died before the tell: its retry holds the
+    # same id and keeps it until it finishes (here outside the best, without an upload).
+    dying, inherited = trained("t4")
+    assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [4]
+    retain_checkpoints(study.get_trials(), artifacts_url=url)
+    assert inherited in stored()
+    retry = study.ask()
+    assert retry.user_attrs[CHECKPOINT_ARTIFACT_ATTR] == inherited
+    study.tell(retry, 0.9)
+    retain_checkpoints(study.get_trials(), artifacts_url=url)
+    assert stored() == {ids[1], ids[2], better}
+    retain_checkpoints(study.get_trials(), artifacts_url=url)  # again: nothing left to remove
+
+
+@pytest.mark.slow
+def test_a_study_leaves_the_best_three_checkpoints_in_the_artifact_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'keep.db'}"
+    env = fast_env(tmp_path, HPO_ARTIFACTS=str(tmp_path / "artifacts"))
+    name = make_study(tmp_path, url, n=12, low=2, high=4, env=env)
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout
+    ts = trials(name, url)
+    best = sorted((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)[:3]
+    uploaded = [t for t in ts if "checkpoint_artifact" in t.user_attrs]
+    assert len(uploaded) > 3  # some trials left the best after their upload
+    kept = {p.name for p in (tmp_path / "artifacts").iterdir()}
+    assert kept == {t.user_attrs["checkpoint_artifact"] for t in best}
+    for t in best:  # the upload shares the checkpoint's bytes
+        assert os.path.samefile(tmp_path / "artifacts" / t.user_attrs["checkpoint_artifact"],
+                                t.user_attrs["checkpoint"])

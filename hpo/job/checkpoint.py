@@ -1,7 +1,12 @@
 """State-dict files: pretrained weights to start from, and a trial's own checkpoints.
 
 A trial checkpoint holds everything to resume at the next epoch as if never stopped: model,
-optimizer, LR scheduler, loss scaler, the epoch, the RNG states and the loop's progress (best loss so far, first loss, micro-batch size, ...).
+optimizer, LR scheduler, loss scaler, the epoch, the RNG states and the loop's progress (best
+loss so far, first loss, micro-batch size, ...). The checkpoint written after a trial's last
+epoch is *final*: the model, the epoch and the progress alone, a third of the size with Adam
+(the optimizer's two moments are twice the weights). A resume from it trains nothing: it
+finds the loop done and returns the trial's result (a trial whose worker died between its
+last epoch and the tell); ``hpo export`` takes the weights from it.
 """
 
 from __future__ import annotations
@@ -75,8 +80,17 @@ def _strip(name: str) -> str:
 
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
-                    progress: dict) -> None:
-    """Write the trial's state after ``epoch`` (1-based) atomically to ``path``."""
+                    progress: dict, final: bool = False) -> None:
+    """Write the trial's state after ``epoch`` (1-based) atomically to ``path``.
+
+    ``final``: the trial trained its last epoch (or stopped early): write the model, the
+    epoch and the progress alone (``{"epoch", "model", "progress", "final": True}``), what a
+    finished trial needs; the optimizer, scheduler, scaler and RNG states are left out.
+    """
+    if final:
+        _save_atomically({"epoch": epoch, "model": model.state_dict(),
+                          "progress": dict(progress), "final": True}, path)
+        return
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -107,13 +121,31 @@ def _save_atomically(state: dict, path: Path) -> None:
 
 
 def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler,
-                       scaler) -> tuple[int, dict]:
+                       scaler, epochs: int | None = None) -> tuple[int, dict]:
     """Load a checkpoint written by ``save_checkpoint`` into the given objects.
+
+    A final checkpoint (``save_checkpoint(final=True)``) loads the model alone: the loop it
+    restores is done, nothing trains after it.
+
+    Args:
+        epochs: the trial's planned epochs, to refuse a final checkpoint that would leave
+            epochs to train without their optimizer state (None: not checked).
 
     Returns:
         ``(epoch, progress)``: the last finished epoch and the loop's saved progress.
+
+    Raises:
+        JobSetupError: a final checkpoint, and the trial has epochs left to train.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("final"):
+        epoch, progress = int(state["epoch"]), dict(state["progress"])
+        if epochs is not None and epoch < epochs and not progress.get("stopped_early"):
+            raise JobSetupError(
+                f"checkpoint {path} is final (weights only, written after epoch {epoch}), "
+                f"but the trial plans {epochs} epochs: it cannot resume training")
+        model.load_state_dict(state["model"])
+        return epoch, progress
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -141,7 +141,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
     if context.resume_path is not None and Path(context.resume_path).is_file():
         start_epoch, saved = restore_checkpoint(
             Path(context.resume_path), model=model, optimizer=optimizer, scheduler=scheduler,
-            scaler=scaler)
+            scaler=scaler, epochs=epochs)
         progress = Progress(**saved)
         log.info("trial %d: resumed from %s after epoch %d", trial.number,
                  context.resume_path, start_epoch)
@@ -242,7 +242,9 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
                 else:
                     progress.evals_since_best += 1
                 trial.report(val_loss, step)
-                if trial.should_prune():
+                # The last report cannot prune: the trial has run all its epochs, and stopping
+                # it now saves nothing while it throws a finished result away.
+                if step < epochs * evals and trial.should_prune():
                     prune("pruned", step)
                 record()
                 patience = task.early_stopping_patience
@@ -259,8 +261,12 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
 
         if checkpoint is not None and val_loader is not None:
             progress.seconds = time.perf_counter() - started
+            # After the last epoch the optimizer state is dead weight (twice the model's with
+            # Adam): the final checkpoint keeps the model and the progress, enough for a
+            # resume (a retry after the worker died before the tell) to return at once.
             save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, epoch=epoch, progress=asdict(progress))
+                            scaler=scaler, epoch=epoch, progress=asdict(progress),
+                            final=epoch == epochs or progress.stopped_early)
             trial.set_user_attr("checkpoint", str(checkpoint))
     record()
     if val_loader is None:

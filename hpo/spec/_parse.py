@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -71,11 +72,13 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def load_spec(path: str | os.PathLike[str]) -> Spec:
+def load_spec(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
     """Read and validate a spec file.
 
     Args:
         path: a YAML file; the study name defaults to its stem.
+        check_files: also check what the spec names on this machine (see ``parse_spec``);
+            off where that lives only on the workers (``hpo run --no-preflight``).
 
     Returns:
         The validated spec.
@@ -98,7 +101,7 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
         raise SpecError(f"{source}: malformed YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{source}: cannot read: {e}") from None
-    return parse_spec(raw, source=source, default_name=p.stem)
+    return parse_spec(raw, source=source, default_name=p.stem, check_files=check_files)
 
 
 _TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget")
@@ -110,6 +113,7 @@ def parse_spec(
     source: str = "<spec>",
     default_name: str | None = None,
     check_environment: bool = True,
+    check_files: bool = True,
 ) -> Spec:
     """Validate a spec given as plain data (as YAML loads it, or as ``Spec.to_dict`` gives it).
 
@@ -117,9 +121,12 @@ def parse_spec(
         raw: the parsed YAML.
         source: what error messages call the spec (its file).
         default_name: the study name when the spec gives none.
-        check_environment: also check model names against torchvision and that local paths
-            exist. A spec loaded back from a study skips this: it was checked when the study
-            was created, and another machine may keep its files elsewhere.
+        check_environment: also check model and dataset names against torchvision, and (with
+            ``check_files``) what the spec names on this machine: a local model directory or
+            ``pkg:`` package, a local checkpoint file, a custom job's entrypoint. A spec loaded
+            back from a study skips this: it was checked when the study was created, and
+            another machine may keep its files elsewhere. (``hpo.preflight`` checks the data.)
+        check_files: with ``check_environment``, check this machine's files as said there.
 
     Raises:
         SpecError: naming ``source`` and the key path of the first problem.
@@ -132,7 +139,8 @@ def parse_spec(
         if key not in top:
             raise (at / key).error("missing; every spec needs it")
     study = _parse_study(top.get("study") or {}, at / "study", default_name)
-    task = _parse_task(top["task"], at / "task", check_environment)
+    task = _parse_task(top["task"], at / "task", check_environment,
+                       check_environment and check_files)
     space = _parse_space(top["search_space"], at / "search_space")
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
     pruner = _parse_component(top.get("pruner") or {"name": "median"}, at / "pruner", "pruner")
@@ -171,7 +179,7 @@ _DATASET_SOURCES = {
 BUILTIN_DATASETS = {"image_classification": ("digits",), "text_classification": ("vader",)}
 
 
-def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
+def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -> TaskSpec:
     d = at.mapping(raw, tuple(_TASK_DEFAULTS))
     if "kind" not in d:
         raise (at / "kind").error("missing; every task needs it")
@@ -179,7 +187,7 @@ def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
     if kind not in TASK_KINDS:
         raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
     if kind == "custom":
-        return _parse_custom_task(d, at, check_environment)
+        return _parse_custom_task(d, at, check_files)
     for key in ("model", "dataset"):
         if key not in d:
             raise (at / key).error("missing; every task needs it")
@@ -229,11 +237,11 @@ def _parse_task(raw: Any, at: _At, check_environment: bool) -> TaskSpec:
             f"the dataset names its own test split (dataset.{own_test[0]}); give one or the "
             "other")
     if check_environment:
-        _check_model(task, at)
+        _check_model(task, at, check_files)
     return task
 
 
-def _parse_custom_task(d: dict[str, Any], at: _At, check_environment: bool) -> TaskSpec:
+def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:
     """A ``custom`` task: the user's own job function, found by its entrypoint."""
     entrypoint = (at / "entrypoint").typed(d.get("entrypoint"), _STR)
     if not re.fullmatch(r"[\w.]+:\w+", entrypoint):
@@ -241,7 +249,7 @@ def _parse_custom_task(d: dict[str, Any], at: _At, check_environment: bool) -> T
     extra = sorted(set(d) - {"kind", "entrypoint", "seed"})
     if extra:
         raise (at / extra[0]).error("not used by a custom task (only entrypoint and seed)")
-    if check_environment:
+    if check_files:
         try:
             load_entrypoint(entrypoint)
         except (ImportError, AttributeError) as e:
@@ -298,8 +306,9 @@ def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dic
     return d
 
 
-def _check_model(task: TaskSpec, at: _At) -> None:
-    """Check the model (and weights) name against what the library offers."""
+def _check_model(task: TaskSpec, at: _At, check_files: bool) -> None:
+    """Check the model (and weights) name against what the library offers, and with
+    ``check_files`` that a local model directory and checkpoint file are there."""
     weights = task.weights
     if task.kind == "image_classification":
         import torchvision.models
@@ -320,18 +329,19 @@ def _check_model(task: TaskSpec, at: _At) -> None:
                     f"{', '.join(known)}, null, or a local checkpoint path"
                 )
     else:
-        try:
-            where = resolve_model(task.model)
-        except ModuleNotFoundError as e:
-            raise (at / "model").error(f"{task.model}: {e}") from None
-        if (_looks_like_path(where) or where != task.model) and not Path(where).expanduser(
-        ).is_dir():
-            raise (at / "model").error(f"no model directory at {where}")
+        if check_files:
+            try:
+                where = resolve_model(task.model)
+            except ModuleNotFoundError as e:
+                raise (at / "model").error(f"{task.model}: {e}") from None
+            if (_looks_like_path(where) or where != task.model) and not Path(
+                    where).expanduser().is_dir():
+                raise (at / "model").error(f"no model directory at {where}")
         if weights not in (None, "DEFAULT") and not _looks_like_path(weights):
             raise (at / "weights").error(
                 f"expected null or DEFAULT (the model's own weights) or a local checkpoint "
                 f"path for a text model, got {weights!r}")
-    if weights is not None and _looks_like_path(weights):
+    if weights is not None and _looks_like_path(weights) and check_files:
         if not Path(weights).expanduser().is_file():
             raise (at / "weights").error(f"no checkpoint file at {weights}")
 
@@ -349,16 +359,51 @@ def _parse_space(raw: Any, at: _At) -> tuple[ParamSpec, ...]:
     d = at.mapping(raw, tuple(HYPERPARAMETERS))
     if not d:
         raise at.error("empty; search at least one hyperparameter")
-    params: list[ParamSpec] = []
-    for name, value in d.items():
-        param = _parse_param(name, value, at / name, params)
-        params.append(param)
-    if not any(p.searched for p in params):
+    params = {name: _parse_param(name, value, at / name) for name, value in d.items()}
+    if not any(p.searched for p in params.values()):
         raise at.error("every entry is a fixed value; search at least one hyperparameter")
-    return tuple(params)
+    for name, value in d.items():
+        if isinstance(value, Mapping) and value.get("when") is not None:
+            when = _parse_when(value["when"], at / name / "when", params)
+            params[name] = replace(params[name], when=when)
+    return tuple(params[name] for name in _parents_first(params, at))
 
 
-def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> ParamSpec:
+def _parents_first(params: dict[str, ParamSpec], at: _At) -> list[str]:
+    """The parameters' names with each ``when:`` parent before its children, so that sampling
+    knows a parent's value before it asks for a child.
+
+    The spec's own order stays where no condition says otherwise: a parent listed after its
+    child moves up to just before the first parameter that needs it. So the order depends on
+    the spec alone, and a spec whose parents already come first keeps its order.
+
+    Raises:
+        SpecError: the conditions form a cycle (``a`` when ``b``, ``b`` when ``a``).
+    """
+    order: list[str] = []
+    done: set[str] = set()
+    path: list[str] = []  # the parameters being placed, each a child of the one before
+
+    def place(name: str) -> None:
+        if name in done:
+            return
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            raise (at / cycle[0] / "when").error("a cycle: " + " -> ".join(cycle)
+                                                 + " (each one's when: names the next)")
+        path.append(name)
+        for parent, _ in params[name].when:
+            place(parent)
+        path.pop()
+        done.add(name)
+        order.append(name)
+
+    for name in params:
+        place(name)
+    return order
+
+
+def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
     hp = HYPERPARAMETERS[name]
     if not isinstance(raw, Mapping):
         expected = hp.check(raw)
@@ -369,7 +414,6 @@ def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> Para
     kind = d.get("type")
     if kind not in _PARAM_TYPES:
         raise (at / "type").error(f"expected one of {', '.join(_PARAM_TYPES)}, got {_show(kind)}")
-    when = _parse_when(d.get("when"), at / "when", earlier)
     if kind == "categorical":
         for key in ("low", "high", "log", "step"):
             if key in d:
@@ -387,7 +431,7 @@ def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> Para
                 raise (at / "choices" / i).error(f"expected {expected}, got {_show(c)}")
         if len(set(map(repr, choices))) != len(choices):
             raise (at / "choices").error("has duplicates")
-        return ParamSpec(name=name, type="categorical", choices=tuple(choices), when=when)
+        return ParamSpec(name=name, type="categorical", choices=tuple(choices))
 
     if "choices" in d:
         raise (at / "choices").error(f"not allowed for a {kind} parameter; use low and high")
@@ -413,23 +457,20 @@ def _parse_param(name: str, raw: Any, at: _At, earlier: list[ParamSpec]) -> Para
         expected = hp.check(v)
         if expected:
             raise (at / key).error(f"expected {expected} for {name}, got {_show(d[key])}")
-    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step, when=when)
+    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step)
 
 
-def _parse_when(raw: Any, at: _At, earlier: list[ParamSpec]):
-    if raw is None:
-        return ()
+def _parse_when(raw: Any, at: _At, params: Mapping[str, ParamSpec]):
+    """A ``when:`` condition, checked against every parameter of the search space (in any
+    order: ``_parents_first`` orders them)."""
     d = at.mapping(raw)
     if not d:
         raise at.error("empty; name a parameter and its values")
     out = []
-    by_name = {p.name: p for p in earlier}
     for key, values in d.items():
-        parent = by_name.get(key)
+        parent = params.get(key)
         if parent is None:
-            raise (at / key).error(
-                "must name a categorical or fixed parameter listed above this one"
-            )
+            raise (at / key).error("no such parameter in search_space")
         if parent.type not in ("categorical", "fixed"):
             raise (at / key).error(f"{key} is a {parent.type} parameter; only categorical "
                                    "or fixed parameters can be conditions")

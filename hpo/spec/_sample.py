@@ -10,8 +10,9 @@ from hpo.spec._schema import HYPERPARAMETERS, Spec
 def suggest(trial, spec: Spec) -> dict[str, Any]:
     """Sample the search space with Optuna's public suggest API.
 
-    Parameters whose ``when`` condition does not hold are not sampled (and so not recorded in
-    the trial); they keep their defaults.
+    Parameters are sampled in the spec's order, in which every ``when`` parent comes before
+    its children (the parser puts it there). Parameters whose ``when`` condition does not hold
+    are not sampled (and so not recorded in the trial); they keep their defaults.
 
     Args:
         trial: an ``optuna.Trial``.

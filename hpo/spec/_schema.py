@@ -96,7 +96,8 @@ class ParamSpec:
         choices: the options of ``categorical``.
         value: the value of ``fixed``.
         when: sampled only when each named parameter took one of the listed values,
-            e.g. ``{"optimizer": ["sgd", "rmsprop"]}`` for momentum.
+            e.g. ``{"optimizer": ["sgd", "rmsprop"]}`` for momentum. The named parameters come
+            before this one in ``Spec.search_space``, whatever the file's key order.
     """
 
     name: str
