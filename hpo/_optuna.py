@@ -55,11 +55,7 @@ PRIVATE_NAMES = tuple((module, name) for module, names in {
 def create_study_with_attrs(storage: Any, directions: list[Any], name: str,
                             attrs: dict[str, Any]) -> int:
     """A study and its user attrs in one transaction on hpo's storage; one after the other on
-    any other (Optuna's in-memory storage, which no other process shares).
-
-    Raises:
-        optuna.exceptions.DuplicatedStudyError: a study of that name exists.
-    """
+    any other (in-memory: no other process shares it). Raises ``DuplicatedStudyError``."""
     if hasattr(storage, "create_study_with_attrs"):
         return storage.create_study_with_attrs(directions, name, attrs)
     study_id = storage.create_new_study(directions, study_name=name)

@@ -639,7 +639,8 @@ def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
     monkeypatch.setattr(sklearn.datasets, "load_digits",
                         lambda *a, **k: loads.append(1) or real_load(*a, **k))
     context = JobContext(cache={})
-    task = digits(max_samples=200)
+    # Two evaluations an epoch: the first one prunes (a trial's last report never does).
+    task = digits(max_samples=200, evals_per_epoch=2)
     study = new_study(optuna.pruners.ThresholdPruner(upper=0.0))  # every trial is pruned...
     held = []
 
