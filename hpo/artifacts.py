@@ -167,8 +167,9 @@ def remove_checkpoints(artifact_ids: Iterable[str], storage_url: str | None = No
 _ARTIFACT_ID = re.compile(r"[0-9a-fA-F-]+")
 """What Optuna's artifact ids look like (uuid4), and what the dashboard's routes accept."""
 _ARTIFACT_ROUTE = re.compile(r"/artifacts/\d+/(?:\d+/)?([0-9a-fA-F-]+)")
-REMOVED_REASON = ("hpo removed this checkpoint from the artifact store: its trial is no "
-                  "longer among the best {k} complete trials, whose weights are kept")
+REMOVED_REASON = ("this artifact's file is not in the store: hpo removes a trial's checkpoint "
+                  "when the trial is no longer among the best {k} complete trials, whose "
+                  "weights it keeps")
 
 
 def missing_artifacts_as_404(app: Callable[..., Any], folder: str | os.PathLike[str],
