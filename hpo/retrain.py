@@ -156,7 +156,7 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
     import optuna
     from optuna.trial import FixedTrial
 
-    from hpo.export import environment_record, file_sha256
+    from hpo.provenance import environment_record, file_sha256
     from hpo.job import JobContext, run_job
     from hpo.spec import suggest
     from hpo.storage import redact, resolve_url

@@ -85,7 +85,7 @@ def test_export_best(storage_url, tmp_path):
 
 
 def test_data_fingerprint_changes_with_the_data(tmp_path):
-    from hpo.export import data_fingerprint
+    from hpo.provenance import data_fingerprint
     from hpo.spec import TaskSpec
 
     folder = tmp_path / "images"
