@@ -2,7 +2,7 @@
 
 Workers upload the final checkpoint (the weights) of each trial that completes among the best
 ``KEEP_BEST_CHECKPOINTS`` into it (``upload_checkpoint``) and remove it when the trial leaves
-them (``remove_checkpoint``, from ``hpo.worker.retain_checkpoints``); optuna-dashboard
+them (``remove_checkpoint``, from ``hpo.housekeeping.retain_checkpoints``); optuna-dashboard
 (``hpo dashboard``) shows and serves them; ``hpo export`` fetches the best one from it when
 the local file is gone. A removed checkpoint's id stays in its finished trial (user attr
 ``checkpoint_artifact`` and Optuna's artifact list, which cannot change once a trial is
@@ -179,7 +179,7 @@ def missing_artifacts_as_404(app: Callable[..., Any], folder: str | os.PathLike[
     the dashboard would fail with a 500 (its list of a finished trial's artifacts cannot be
     changed)."""
     if keep_best is None:
-        from hpo.worker import KEEP_BEST_CHECKPOINTS as keep_best
+        from hpo.housekeeping import KEEP_BEST_CHECKPOINTS as keep_best
     folder = Path(folder)
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

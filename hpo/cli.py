@@ -316,7 +316,7 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
     from hpo.storage import ENV_VAR, open_storage, redact
     from hpo.study import load_study
     from hpo.summary import best_record, format_best, format_status, status_record
-    from hpo.worker import reap_process
+    from hpo.housekeeping import reap_process
 
     gpus = parse_gpus(args.gpus)
     if gpus is None and args.workers is None:
@@ -446,7 +446,7 @@ def cmd_template(args: argparse.Namespace) -> int:
 def cmd_reap(args: argparse.Namespace) -> int:
     from hpo.storage import open_storage
     from hpo.study import load_study
-    from hpo.worker import reap
+    from hpo.housekeeping import reap
 
     study, _ = load_study(args.study, open_storage(args.storage, create=False))
     failed = reap(study, everything=args.all)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from hpo import _optuna
+from hpo.housekeeping import retain_checkpoints, upload_if_among_best
 from hpo.spec import Spec, suggest
 
 if TYPE_CHECKING:
@@ -51,15 +52,8 @@ CHECKPOINT_DIR_VAR = "HPO_CHECKPOINT_DIR"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 MAX_CONSECUTIVE_FAILURES = 3
 """A worker whose trials fail this many times in a row stops (exit 1) instead of spinning."""
-KEEP_BEST_CHECKPOINTS = 3
-"""Checkpoints kept of finished trials: the best k complete ones (their final checkpoints:
-the weights), in ``checkpoints/`` and in the artifact store."""
 MEMORY_GROWTH_LIMIT_MB = 1024
 """Recycle the process when its memory after a trial exceeds the baseline by this much."""
-WORKER_DIED, REAPED = "worker died", "reaped"
-"""``fail_reason`` of a trial failed because its worker died: by its launcher, by ``hpo reap
---all``; a trial failed by the stale-trial search has none. These trials are retried."""
-STALE_REASONS = (None, WORKER_DIED, REAPED)
 BUDGET_WAIT_SECONDS = 2.0
 """How often a worker whose budget is all running elsewhere looks again."""
 
@@ -153,7 +147,7 @@ def run_worker(
         try:
             value = run_job(trial, spec.task, params, context)
             if artifacts_url is not None and trial.user_attrs.get("checkpoint"):
-                _quietly(_upload_checkpoint, study, trial, value, artifacts_url)
+                _quietly(upload_if_among_best, study, trial, value, artifacts_url)
             return value
         except optuna.TrialPruned:
             raise
@@ -242,24 +236,6 @@ def job_function(spec: Spec) -> Callable[..., float]:
     from hpo.job import run_job
 
     return run_job
-
-
-def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
-    from optuna.trial import TrialState
-
-    better = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.value is not None and t.value <= value]
-    return len(better) < k
-
-
-def _upload_checkpoint(study: "optuna.Study", trial: "optuna.Trial", value: float,
-                       storage_url: str) -> None:
-    """Upload the trial's checkpoint to the artifact store if it is among the best."""
-    from hpo.artifacts import upload_checkpoint
-
-    path = trial.user_attrs.get("checkpoint")
-    if path and Path(path).is_file() and _among_best(study, value):
-        upload_checkpoint(trial, path, storage_url)
 
 
 def _run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
@@ -386,91 +362,6 @@ def count_states(trials: "Iterable[FrozenTrial]") -> "dict[optuna.trial.TrialSta
     for t in trials:
         counts[t.state] += 1
     return counts
-
-
-def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
-    """Fail the trials of dead workers and re-queue them (bounded, as the storage says).
-
-    Args:
-        study: the study.
-        everything: treat every RUNNING trial as dead, heartbeat or not (use only when no
-            worker of the study is alive).
-
-    Returns:
-        The numbers of the trials failed.
-    """
-    from optuna.trial import TrialState
-
-    def running() -> list[FrozenTrial]:
-        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-
-    if everything:
-        return _optuna.fail_and_retry(study, running(), REAPED)
-    before = {t.number for t in running()}
-    _optuna.fail_stale(study)
-    return sorted(before - {t.number for t in running()})
-
-
-def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
-    """Fail and re-queue the running trials of the dead worker process ``pid`` on ``host``
-    at once (its launcher saw it die), without waiting out the grace period.
-
-    Returns:
-        The numbers of the trials failed.
-    """
-    from optuna.trial import TrialState
-
-    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get("host") == host and t.user_attrs.get("pid") == pid]
-    return _optuna.fail_and_retry(study, mine, WORKER_DIED)
-
-
-def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
-                       max_retry: int | None = None, artifacts_url: str | None = None) -> None:
-    """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
-    ``keep_best`` complete trials, and of failed trials that a retry may still resume; pruned,
-    worse and other failed trials lose theirs. With ``artifacts_url``, their uploaded copies
-    (``checkpoint_artifact``) leave that URL's artifact store too: a trial uploaded while
-    among the best loses its copy when it leaves them. An id a kept trial holds stays (a
-    retry inherits its failed attempt's attrs, the artifact id included).
-
-    ``trials`` is a snapshot: a trial failed as stale in it may have its retry queued only a
-    moment later, so a failed trial keeps its checkpoint until its retry exists or it can no
-    longer be retried; a failure the job raised (its ``fail_reason`` says why) is never
-    retried.
-
-    Args:
-        trials: every trial of the study, freshly read.
-        keep_best: how many of the best complete trials keep their checkpoint.
-        max_retry: retries of a trial whose worker died (default: the storage's).
-        artifacts_url: the storage URL whose artifact store the workers upload to (None:
-            leave the store alone).
-    """
-    from optuna.trial import TrialState
-
-    if max_retry is None:
-        from hpo.storage import MAX_RETRY as max_retry
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    kept = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    kept += [t for t in trials
-             if t.state == TrialState.FAIL and t.number not in retried
-             and len(t.system_attrs.get("retry_history", ())) < max_retry
-             and t.user_attrs.get("fail_reason") in STALE_REASONS]
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
-                      key=lambda t: t.value)
-    kept += complete[:keep_best]
-    keep = {t.user_attrs.get("checkpoint") for t in kept}
-    for t in trials:
-        path = t.user_attrs.get("checkpoint")
-        if path and path not in keep and t.state.is_finished() and Path(path).is_file():
-            Path(path).unlink(missing_ok=True)
-    if artifacts_url is not None:
-        from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, remove_checkpoints
-
-        ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials
-               if t.state.is_finished()}
-        keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}
-        remove_checkpoints(ids - keep_ids - {None}, artifacts_url)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

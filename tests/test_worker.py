@@ -494,7 +494,7 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
     because of its previous worker's last heartbeat."""
     import hpo.storage
     from hpo._optuna import ask, requeue
-    from hpo.worker import reap
+    from hpo.housekeeping import reap
 
     monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
@@ -517,7 +517,7 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
 def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp_path):
     """Worker B fails a stale trial and then queues its retry; worker A's checkpoint retention
     runs between the two, from a snapshot in which the trial is failed and has no retry yet."""
-    from hpo.worker import retain_checkpoints
+    from hpo.housekeeping import retain_checkpoints
 
     study = _study(storage_url, tmp_path, f"keep-{time.time_ns()}")
     storage = study._storage
@@ -637,7 +637,7 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     retry finishes outside the best."""
     from hpo._optuna import fail_and_retry
     from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
-    from hpo.worker import retain_checkpoints
+    from hpo.housekeeping import retain_checkpoints
 
     monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

@@ -1,0 +1,130 @@
+"""Housekeeping: what a study's finished and dead trials leave behind.
+
+Checkpoint retention (``retain_checkpoints``: the files and their artifact-store copies that
+no trial can use any more), the upload of a trial's checkpoint while it is among the best, and
+reaping (``reap``, ``reap_process``): failing the running trials of dead workers so that
+their retries resume from the checkpoint. The worker calls these after each trial; the
+launcher and ``hpo reap`` call the reapers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpo import _optuna
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+KEEP_BEST_CHECKPOINTS = 3
+"""Checkpoints kept of finished trials: the best k complete ones (their final checkpoints:
+the weights), in ``checkpoints/`` and in the artifact store."""
+WORKER_DIED, REAPED = "worker died", "reaped"
+"""``fail_reason`` of a trial failed because its worker died: by its launcher, by ``hpo reap
+--all``; a trial failed by the stale-trial search has none. These trials are retried."""
+STALE_REASONS = (None, WORKER_DIED, REAPED)
+
+
+def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
+    from optuna.trial import TrialState
+
+    better = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.value is not None and t.value <= value]
+    return len(better) < k
+
+
+def upload_if_among_best(study: "optuna.Study", trial: "optuna.Trial", value: float,
+                       storage_url: str) -> None:
+    """Upload the trial's checkpoint to the artifact store if it is among the best."""
+    from hpo.artifacts import upload_checkpoint
+
+    path = trial.user_attrs.get("checkpoint")
+    if path and Path(path).is_file() and _among_best(study, value):
+        upload_checkpoint(trial, path, storage_url)
+
+
+def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
+    """Fail the trials of dead workers and re-queue them (bounded, as the storage says).
+
+    Args:
+        study: the study.
+        everything: treat every RUNNING trial as dead, heartbeat or not (use only when no
+            worker of the study is alive).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    from optuna.trial import TrialState
+
+    def running() -> list[FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    if everything:
+        return _optuna.fail_and_retry(study, running(), REAPED)
+    before = {t.number for t in running()}
+    _optuna.fail_stale(study)
+    return sorted(before - {t.number for t in running()})
+
+
+def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
+    """Fail and re-queue the running trials of the dead worker process ``pid`` on ``host``
+    at once (its launcher saw it die), without waiting out the grace period.
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    from optuna.trial import TrialState
+
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("host") == host and t.user_attrs.get("pid") == pid]
+    return _optuna.fail_and_retry(study, mine, WORKER_DIED)
+
+
+def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
+                       max_retry: int | None = None, artifacts_url: str | None = None) -> None:
+    """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
+    ``keep_best`` complete trials, and of failed trials that a retry may still resume; pruned,
+    worse and other failed trials lose theirs. With ``artifacts_url``, their uploaded copies
+    (``checkpoint_artifact``) leave that URL's artifact store too: a trial uploaded while
+    among the best loses its copy when it leaves them. An id a kept trial holds stays (a
+    retry inherits its failed attempt's attrs, the artifact id included).
+
+    ``trials`` is a snapshot: a trial failed as stale in it may have its retry queued only a
+    moment later, so a failed trial keeps its checkpoint until its retry exists or it can no
+    longer be retried; a failure the job raised (its ``fail_reason`` says why) is never
+    retried.
+
+    Args:
+        trials: every trial of the study, freshly read.
+        keep_best: how many of the best complete trials keep their checkpoint.
+        max_retry: retries of a trial whose worker died (default: the storage's).
+        artifacts_url: the storage URL whose artifact store the workers upload to (None:
+            leave the store alone).
+    """
+    from optuna.trial import TrialState
+
+    if max_retry is None:
+        from hpo.storage import MAX_RETRY as max_retry
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    kept = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    kept += [t for t in trials
+             if t.state == TrialState.FAIL and t.number not in retried
+             and len(t.system_attrs.get("retry_history", ())) < max_retry
+             and t.user_attrs.get("fail_reason") in STALE_REASONS]
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.value)
+    kept += complete[:keep_best]
+    keep = {t.user_attrs.get("checkpoint") for t in kept}
+    for t in trials:
+        path = t.user_attrs.get("checkpoint")
+        if path and path not in keep and t.state.is_finished() and Path(path).is_file():
+            Path(path).unlink(missing_ok=True)
+    if artifacts_url is not None:
+        from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, remove_checkpoints
+
+        ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials
+               if t.state.is_finished()}
+        keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}
+        remove_checkpoints(ids - keep_ids - {None}, artifacts_url)
