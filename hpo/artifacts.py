@@ -2,7 +2,7 @@
 
 Workers upload the final checkpoint (the weights) of each trial that completes among the best
 ``KEEP_BEST_CHECKPOINTS`` into it (``upload_checkpoint``) and remove it when the trial leaves
-them (``remove_checkpoint``, from ``hpo.housekeeping.retain_checkpoints``); optuna-dashboard
+them (``remove_checkpoints``, from the worker's checkpoint retention); optuna-dashboard
 (``hpo dashboard``) shows and serves them; ``hpo export`` fetches the best one from it when
 the local file is gone. A removed checkpoint's id stays in its finished trial (user attr
 ``checkpoint_artifact`` and Optuna's artifact list, which cannot change once a trial is
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 ARTIFACTS_VAR = "HPO_ARTIFACTS"
 CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
 """Trial user attr: the artifact id of the trial's uploaded checkpoint."""
+KEEP_BEST_CHECKPOINTS = 3
+"""Checkpoints kept of finished trials: the best k complete ones (their final checkpoints:
+the weights), in ``checkpoints/`` and in the artifact store."""
 
 
 def artifact_dir(storage_url: str | None = None, directory: str | os.PathLike[str] | None = None
@@ -173,13 +176,11 @@ REMOVED_REASON = ("this artifact's file is not in the store: hpo removes a trial
 
 
 def missing_artifacts_as_404(app: Callable[..., Any], folder: str | os.PathLike[str],
-                             keep_best: int | None = None) -> Callable[..., Any]:
+                             keep_best: int = KEEP_BEST_CHECKPOINTS) -> Callable[..., Any]:
     """Wrap optuna-dashboard's WSGI app: a request for an artifact whose file is gone (hpo
     removed the checkpoint of a trial that left the best) gets 404 and the reason, where
     the dashboard would fail with a 500 (its list of a finished trial's artifacts cannot be
     changed)."""
-    if keep_best is None:
-        from hpo.housekeeping import KEEP_BEST_CHECKPOINTS as keep_best
     folder = Path(folder)
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

@@ -316,7 +316,7 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
     from hpo.storage import ENV_VAR, open_storage, redact
     from hpo.study import load_study
     from hpo.summary import best_record, format_best, format_status, status_record
-    from hpo.housekeeping import reap_process
+    from hpo.worker import reap_process
 
     gpus = parse_gpus(args.gpus)
     if gpus is None and args.workers is None:
@@ -402,7 +402,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
         args.checkpoint_dir), on_trial=progress, max_trials=args.max_trials_per_process,
-        artifacts_url=url)
+        storage_url=url)
     _say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} "
          "trial(s)")
     if report.stopped_because == "failures":
@@ -446,7 +446,7 @@ def cmd_template(args: argparse.Namespace) -> int:
 def cmd_reap(args: argparse.Namespace) -> int:
     from hpo.storage import open_storage
     from hpo.study import load_study
-    from hpo.housekeeping import reap
+    from hpo.worker import reap
 
     study, _ = load_study(args.study, open_storage(args.storage, create=False))
     failed = reap(study, everything=args.all)

@@ -9,7 +9,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from hpo.retrain import RETRAIN_ATTR
-from hpo.worker import count_states
+from hpo.records import count_states
 
 if TYPE_CHECKING:
     import optuna

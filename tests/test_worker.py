@@ -147,7 +147,7 @@ def test_simultaneous_asks_past_the_budget_leave_exactly_the_later_ones_surplus(
     from hpo.spec import parse_spec
     from hpo.storage import open_storage
     from hpo.study import create_study
-    from hpo.worker import _over_budget
+    from hpo.worker import over_budget
     import yaml
 
     spec = parse_spec(yaml.safe_load(FAST.format(name="asks", n=3, low=1, high=2,
@@ -158,7 +158,7 @@ def test_simultaneous_asks_past_the_budget_leave_exactly_the_later_ones_surplus(
     done = study.ask()
     study.tell(done, 1.0)
     asked = [study.ask() for _ in range(4)]  # numbers 2 to 5, all RUNNING at once
-    verdicts = {t.number: _over_budget(study, spec, t.number) for t in reversed(asked)}
+    verdicts = {t.number: over_budget(study, spec, t.number) for t in reversed(asked)}
     assert verdicts == {2: False, 3: False, 4: True, 5: True}
 
 
@@ -494,7 +494,7 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
     because of its previous worker's last heartbeat."""
     import hpo.storage
     from hpo._optuna import ask, requeue
-    from hpo.housekeeping import reap
+    from hpo.worker import reap
 
     monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
@@ -517,7 +517,7 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
 def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp_path):
     """Worker B fails a stale trial and then queues its retry; worker A's checkpoint retention
     runs between the two, from a snapshot in which the trial is failed and has no retry yet."""
-    from hpo.housekeeping import retain_checkpoints
+    from hpo.worker import retain_checkpoints
 
     study = _study(storage_url, tmp_path, f"keep-{time.time_ns()}")
     storage = study._storage
@@ -637,7 +637,7 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     retry finishes outside the best."""
     from hpo._optuna import fail_and_retry
     from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
-    from hpo.housekeeping import retain_checkpoints
+    from hpo.worker import retain_checkpoints
 
     monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -658,13 +658,13 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     for number, value in enumerate([0.5, 0.4, 0.3]):
         trial, artifact = trained(f"t{number}")
         study.tell(trial, value)
-        retain_checkpoints(study.get_trials(), artifacts_url=url)
+        retain_checkpoints(study.get_trials(), storage_url=url)
         ids.append(artifact)
     assert stored() == set(ids)
     assert os.path.samefile(store / ids[0], tmp_path / "t0.pt")  # one file, two names
     trial, better = trained("t3")
     study.tell(trial, 0.2)
-    retain_checkpoints(study.get_trials(), artifacts_url=url)
+    retain_checkpoints(study.get_trials(), storage_url=url)
     assert stored() == {ids[1], ids[2], better}
     assert not (tmp_path / "t0.pt").exists()
 
@@ -672,14 +672,14 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     # same id and keeps it until it finishes (here outside the best, without an upload).
     dying, inherited = trained("t4")
     assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [4]
-    retain_checkpoints(study.get_trials(), artifacts_url=url)
+    retain_checkpoints(study.get_trials(), storage_url=url)
     assert inherited in stored()
     retry = study.ask()
     assert retry.user_attrs[CHECKPOINT_ARTIFACT_ATTR] == inherited
     study.tell(retry, 0.9)
-    retain_checkpoints(study.get_trials(), artifacts_url=url)
+    retain_checkpoints(study.get_trials(), storage_url=url)
     assert stored() == {ids[1], ids[2], better}
-    retain_checkpoints(study.get_trials(), artifacts_url=url)  # again: nothing left to remove
+    retain_checkpoints(study.get_trials(), storage_url=url)  # again: nothing left to remove
 
 
 @pytest.mark.slow

@@ -3,28 +3,44 @@
 Checkpoint retention (``retain_checkpoints``: the files and their artifact-store copies that
 no trial can use any more), the upload of a trial's checkpoint while it is among the best, and
 reaping (``reap``, ``reap_process``): failing the running trials of dead workers so that
-their retries resume from the checkpoint. The worker calls these after each trial; the
-launcher and ``hpo reap`` call the reapers.
+their retries resume from the checkpoint. The worker calls these after each trial, through
+``quietly``: bookkeeping that fails must not change a trial's outcome. The launcher and
+``hpo reap`` call the reapers.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from hpo import _optuna
+from hpo.artifacts import (
+    CHECKPOINT_ARTIFACT_ATTR,
+    KEEP_BEST_CHECKPOINTS,
+    remove_checkpoints,
+    upload_checkpoint,
+)
+from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-KEEP_BEST_CHECKPOINTS = 3
-"""Checkpoints kept of finished trials: the best k complete ones (their final checkpoints:
-the weights), in ``checkpoints/`` and in the artifact store."""
+log = logging.getLogger("hpo")
+
 WORKER_DIED, REAPED = "worker died", "reaped"
 """``fail_reason`` of a trial failed because its worker died: by its launcher, by ``hpo reap
 --all``; a trial failed by the stale-trial search has none. These trials are retried."""
 STALE_REASONS = (None, WORKER_DIED, REAPED)
+
+
+def quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Best-effort bookkeeping that must not turn a trial's outcome into a crash."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:
+        log.warning("%s failed: %s", getattr(fn, "__name__", "call"), e)
 
 
 def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
@@ -36,11 +52,9 @@ def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOI
 
 
 def upload_if_among_best(study: "optuna.Study", trial: "optuna.Trial", value: float,
-                       storage_url: str) -> None:
+                         storage_url: str) -> None:
     """Upload the trial's checkpoint to the artifact store if it is among the best."""
-    from hpo.artifacts import upload_checkpoint
-
-    path = trial.user_attrs.get("checkpoint")
+    path = trial.user_attrs.get(CHECKPOINT_ATTR)
     if path and Path(path).is_file() and _among_best(study, value):
         upload_checkpoint(trial, path, storage_url)
 
@@ -83,10 +97,10 @@ def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
 
 
 def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
-                       max_retry: int | None = None, artifacts_url: str | None = None) -> None:
+                       max_retry: int | None = None, storage_url: str | None = None) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
     ``keep_best`` complete trials, and of failed trials that a retry may still resume; pruned,
-    worse and other failed trials lose theirs. With ``artifacts_url``, their uploaded copies
+    worse and other failed trials lose theirs. With ``storage_url``, their uploaded copies
     (``checkpoint_artifact``) leave that URL's artifact store too: a trial uploaded while
     among the best loses its copy when it leaves them. An id a kept trial holds stays (a
     retry inherits its failed attempt's attrs, the artifact id included).
@@ -100,8 +114,8 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
         trials: every trial of the study, freshly read.
         keep_best: how many of the best complete trials keep their checkpoint.
         max_retry: retries of a trial whose worker died (default: the storage's).
-        artifacts_url: the storage URL whose artifact store the workers upload to (None:
-            leave the store alone).
+        storage_url: the study's storage URL, whose artifact store the workers upload to
+            (None: leave the store alone).
     """
     from optuna.trial import TrialState
 
@@ -112,19 +126,17 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
     kept += [t for t in trials
              if t.state == TrialState.FAIL and t.number not in retried
              and len(t.system_attrs.get("retry_history", ())) < max_retry
-             and t.user_attrs.get("fail_reason") in STALE_REASONS]
+             and t.user_attrs.get(FAIL_REASON_ATTR) in STALE_REASONS]
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
                       key=lambda t: t.value)
     kept += complete[:keep_best]
-    keep = {t.user_attrs.get("checkpoint") for t in kept}
+    keep = {t.user_attrs.get(CHECKPOINT_ATTR) for t in kept}
     for t in trials:
-        path = t.user_attrs.get("checkpoint")
+        path = t.user_attrs.get(CHECKPOINT_ATTR)
         if path and path not in keep and t.state.is_finished() and Path(path).is_file():
             Path(path).unlink(missing_ok=True)
-    if artifacts_url is not None:
-        from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, remove_checkpoints
-
+    if storage_url is not None:
         ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials
                if t.state.is_finished()}
         keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}
-        remove_checkpoints(ids - keep_ids - {None}, artifacts_url)
+        remove_checkpoints(ids - keep_ids - {None}, storage_url)

@@ -1,0 +1,76 @@
+"""Trials as plain records: what summary, export, report, retrain and the worker share.
+
+The trial record (JSON-ready), counts by state, the best trial or none, how a value is shown,
+a study's name made safe for a file, and the names of the attributes hpo keeps in a study.
+It imports nothing of hpo's: every module above may use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+SPEC_ATTR = "hpo.spec"
+"""Study user attr: the whole spec, so that workers need only the study's name."""
+VERSION_ATTR = "hpo.version"
+"""Study user attr: the hpo version that created the study."""
+RETRAIN_ATTR = "hpo.retrain"
+"""Study user attr: the latest retrain's summary (trial, epochs, test numbers, folder)."""
+CHECKPOINT_ATTR = "checkpoint"
+"""Trial user attr: the path of the trial's latest checkpoint."""
+FAIL_REASON_ATTR = "fail_reason"
+"""Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
+
+
+def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
+    """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs."""
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": dict(trial.params),
+        "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
+        "user_attrs": dict(trial.user_attrs),
+        "datetime_start": iso(trial.datetime_start),
+        "datetime_complete": iso(trial.datetime_complete),
+    }
+
+
+def best_or_none(study: "optuna.Study") -> "FrozenTrial | None":
+    """The study's best complete trial, or None before the first one completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def count_states(trials: "Iterable[FrozenTrial]") -> "dict[TrialState, int]":
+    """Trials by state (every state present, zero where none)."""
+    from optuna.trial import TrialState
+
+    counts = {s: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state] += 1
+    return counts
+
+
+def format_value(v: Any) -> str:
+    """A param or attr for a table: floats to 4 significant digits, the rest as they are."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def safe_name(name: str) -> str:
+    """A study's name as a file or folder name: anything but letters, digits and ``-_.``
+    becomes ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    """A time as ISO 8601 to the second, or None."""
+    return t.isoformat(timespec="seconds") if t else None

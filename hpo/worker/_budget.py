@@ -1,0 +1,73 @@
+"""The budget: whether a worker starts another trial, waits, or stops.
+
+The budget counts every worker's trials: ``n_trials`` finished (complete or pruned) trials of
+the study, and a timeout from the worker's start. A worker whose budget is all running on
+other workers waits: those trials may still fail, and their retries need a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from hpo import _optuna
+from hpo.records import count_states
+from hpo.spec import Spec
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+
+def over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
+    """True if the budget's running + finished trials are all numbered before ``number``.
+
+    Workers that ask at the same moment all see each other's new trials; counting only the
+    trials *before* one's own makes exactly the later ones yield, however many asked at once.
+    """
+    from optuna.trial import TrialState
+
+    n = spec.budget.n_trials
+    if n is None or number < n:
+        # A trial's number counts the trials created before it, so fewer than n running or
+        # finished ones can precede it: no read needed for all but the budget's last trials.
+        return False
+    active = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return sum(t.number < number for t in active) >= n
+
+
+def should_stop(study: "optuna.Study", spec: Spec, started: float,
+                trials: "list[FrozenTrial]") -> str:
+    """Why to start no new trial (``budget``, ``timeout``), ``wait`` while the rest of the
+    budget is running on other workers, or '' to go on. The budget counts every worker's
+    trials; ``trials`` is the study as last read (read again only when running trials decide
+    it)."""
+    from optuna.trial import TrialState
+
+    timeout = spec.budget.timeout
+    if timeout is not None and time.monotonic() - started >= timeout:
+        return "timeout"
+    n_trials = spec.budget.n_trials
+    if n_trials is None:
+        return ""
+    counts = count_states(trials)
+    if counts[TrialState.RUNNING] and budget_taken(counts, n_trials):
+        # Some of those running trials may belong to dead workers: fail and re-queue them
+        # before deciding (Optuna does this itself before each trial it starts).
+        _optuna.fail_stale(study)
+        counts = count_states(study.get_trials(deepcopy=False))
+    if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= n_trials:
+        return "budget"
+    if budget_taken(counts, n_trials):
+        # The rest is running elsewhere; a trial of it may still fail and need this worker.
+        return "wait"
+    return ""
+
+
+def budget_taken(counts: dict, n_trials: int) -> bool:
+    """Whether the budget's trials are all finished or running (``counts``: by state)."""
+    from optuna.trial import TrialState
+
+    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    return done + counts[TrialState.RUNNING] >= n_trials

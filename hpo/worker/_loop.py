@@ -1,0 +1,191 @@
+"""The worker's loop: pull a trial, run it, look after it, until the budget says stop.
+
+Also the worker's identity (its name and sampler seed offset) and where its checkpoints go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from hpo import _optuna
+from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
+from hpo.spec import Spec
+from hpo.worker._budget import should_stop
+from hpo.worker._housekeeping import quietly, retain_checkpoints
+from hpo.worker._trial import Preempted, make_objective, run_trial
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger("hpo")
+
+WORKER_INDEX_VAR = "HPO_WORKER_INDEX"
+"""Set by the launcher: the worker's index, which offsets its sampler seed."""
+RESTART_SEED_STRIDE = 7919
+"""A worker joining a study that has N trials adds N times this to its seed offset."""
+CHECKPOINT_DIR_VAR = "HPO_CHECKPOINT_DIR"
+DEFAULT_CHECKPOINT_DIR = "checkpoints"
+MAX_CONSECUTIVE_FAILURES = 3
+"""A worker whose trials fail this many times in a row stops (exit 1) instead of spinning."""
+MEMORY_GROWTH_LIMIT_MB = 1024
+"""Recycle the process when its memory after a trial exceeds the baseline by this much."""
+BUDGET_WAIT_SECONDS = 2.0
+"""How often a worker whose budget is all running elsewhere looks again."""
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did."""
+
+    trials: int = 0
+    stopped_because: str = ""
+    """budget | timeout | failures | preempted | recycle"""
+    waited: float = 0.0
+    """Seconds spent waiting for other workers' trials at the end of the budget."""
+    last_failure: str = ""
+
+
+def worker_identity() -> tuple[str, int]:
+    """The worker's name (``host:pid`` or ``host:wN``) and its sampler seed offset."""
+    host = socket.gethostname()
+    index = os.environ.get(WORKER_INDEX_VAR)
+    if index is not None and index.isdigit():
+        return f"{host}:w{index}", int(index)
+    # A worker started by hand: distinct per host and process, stable within the process.
+    return f"{host}:{os.getpid()}", zlib.crc32(f"{host}:{os.getpid()}".encode()) % 100_000
+
+
+def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where trial checkpoints go: the argument, else ``$HPO_CHECKPOINT_DIR``, else
+    ``./checkpoints``. Workers on several machines need it on a shared filesystem to resume
+    each other's trials."""
+    return Path(checkpoint_dir or os.environ.get(CHECKPOINT_DIR_VAR) or DEFAULT_CHECKPOINT_DIR)
+
+
+def run_worker(
+    study: "optuna.Study",
+    spec: Spec,
+    *,
+    worker: str,
+    checkpoint_dir: Path,
+    on_trial: Callable[["FrozenTrial", "list[FrozenTrial]"], None] | None = None,
+    max_trials: int | None = None,
+    storage_url: str | None = None,
+) -> WorkerReport:
+    """Run trials until the budget is met, the timeout passes or trials keep failing.
+
+    Args:
+        study: loaded with ``hpo.study.load_study`` (its sampler and pruner come from the spec).
+        spec: the study's spec, its budget possibly overridden on the command line.
+        worker: this worker's name, recorded on each trial.
+        checkpoint_dir: root of the trial checkpoints.
+        on_trial: called after each finished trial with it and the study's trials as read
+            right after it (the progress display).
+        max_trials: recycle the process after this many trials (None: never).
+        storage_url: the study's storage URL, whose artifact store receives the checkpoints
+            of trials that complete among the best ``KEEP_BEST_CHECKPOINTS`` and loses them
+            when they leave the best (None: no uploads).
+
+    Returns:
+        What the worker did and why it stopped.
+    """
+    from optuna.trial import TrialState
+
+    report = WorkerReport()
+    cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
+    objective = make_objective(study, spec, cache, checkpoint_dir / safe_name(study.study_name),
+                               storage_url)
+    # Recorded on every trial; the launcher finds a dead child's trial by host and pid.
+    attrs = {"host": socket.gethostname(), "worker": worker, "pid": os.getpid()}
+    started = time.monotonic()
+    current: dict[str, Any] = {}  # the trial in progress, for the preemption handler
+    consecutive_failures = 0
+    baseline_mb: float | None = None
+
+    def after_trial(number: int, trials: list[FrozenTrial]) -> None:
+        nonlocal consecutive_failures
+        trial = next(t for t in reversed(trials) if t.number == number)
+        report.trials += 1
+        if trial.state == TrialState.FAIL:
+            consecutive_failures += 1
+            report.last_failure = str(trial.user_attrs.get(FAIL_REASON_ATTR, "unknown error"))
+        else:
+            consecutive_failures = 0
+        if trial.user_attrs.get(CHECKPOINT_ATTR):
+            quietly(retain_checkpoints, trials, storage_url=storage_url)
+        if on_trial is not None:
+            on_trial(trial, trials)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise Preempted(signal.Signals(signum).name)
+
+    def read_trials() -> list[FrozenTrial]:
+        return study.get_trials(deepcopy=False)
+
+    previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # One read of the study's trials per trial, right after it, serves the progress line,
+        # the checkpoint retention and the next budget check: reads cost more than the rest
+        # of the service's work on a trial (benchmarks/overhead.py).
+        trials = read_trials()
+        while True:
+            reason = should_stop(study, spec, started, trials)
+            if reason == "wait":
+                time.sleep(BUDGET_WAIT_SECONDS)
+                report.waited += BUDGET_WAIT_SECONDS
+                trials = read_trials()
+                continue
+            if not reason and consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = "failures"
+            if not reason and max_trials is not None and report.trials >= max_trials:
+                reason = "recycle"
+            if not reason and baseline_mb is not None:
+                if _rss_mb() > baseline_mb + MEMORY_GROWTH_LIMIT_MB:
+                    log.warning("memory %.0f MB is above the baseline %.0f MB: recycling",
+                                _rss_mb(), baseline_mb)
+                    reason = "recycle"
+            if reason:
+                report.stopped_because = reason
+                break
+            # No garbage collection after the trial (Optuna's gc_after_trial): with torch
+            # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
+            # (benchmarks/overhead.py); the built-in job collects once in run.release, and
+            # memory growth recycles the process.
+            run_trial(study, spec, objective, attrs, current, trials)
+            finished = current.pop("trial", None)
+            trials = read_trials()
+            if finished is not None:
+                after_trial(finished.number, trials)
+            if baseline_mb is None and report.trials:
+                baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
+    except Preempted as e:
+        for s in previous_handlers:  # a second signal must not cut the re-queue short
+            signal.signal(s, signal.SIG_IGN)
+        trial = current.pop("trial", None)
+        if trial is not None:
+            _optuna.requeue(study, trial)
+            log.warning("%s: trial %d re-queued", e, trial.number)
+        report.stopped_because = "preempted"
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+    return report
+
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0

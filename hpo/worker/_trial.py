@@ -1,0 +1,177 @@
+"""One trial's lifecycle on the worker's side: claim, run the job, tell; and what the job sees.
+
+The job gets a ``StudyTrial``: the narrow trial of ``hpo.job.trial`` (report, should_prune,
+attrs) backed by the study's Optuna trial. Claiming, heartbeat, telling and re-queueing go
+through ``hpo._optuna``, the one module that uses Optuna's private API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from hpo import _optuna
+from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR
+from hpo.spec import Spec, suggest
+from hpo.worker._budget import over_budget
+from hpo.worker._housekeeping import quietly, upload_if_among_best
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger("hpo")
+
+
+class Preempted(BaseException):
+    """Raised in the main thread by SIGTERM / SIGINT: stop the trial, re-queue it.
+
+    A BaseException so that neither the job nor the trial loop turns it into a failure.
+    """
+
+
+class StudyTrial:
+    """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial."""
+
+    def __init__(self, trial: "optuna.Trial") -> None:
+        self._trial = trial
+        self.number = trial.number
+
+    def report(self, value: float, step: int) -> None:
+        self._trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return self._trial.should_prune()
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        _optuna.set_user_attrs(self._trial, attrs)  # one transaction for all of them
+
+
+def job_function(spec: Spec) -> Callable[..., float]:
+    """The function a trial runs, called with the Optuna trial: the built-in fine-tuning job
+    (which sees a ``StudyTrial``), or a custom task's own (which sees the Optuna trial)."""
+    if spec.task.kind == "custom":
+        from hpo.spec import load_entrypoint
+
+        custom = load_entrypoint(spec.task.entrypoint)
+        return lambda trial, task, params, context: custom(trial, params, context)
+    from hpo.job import run_job
+
+    return run_job
+
+
+def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
+                   checkpoint_dir: Path, storage_url: str | None
+                   ) -> Callable[["optuna.Trial"], float]:
+    """The objective of the worker's trials: params from the spec, the job, a resume from an
+    earlier attempt's checkpoint, the upload of a checkpoint among the best, and a failed
+    job's reason as ``fail_reason``.
+
+    Args:
+        study: the study.
+        spec: its spec.
+        cache: lives as long as the worker process (datasets, tokenized text).
+        checkpoint_dir: this study's checkpoint folder.
+        storage_url: whose artifact store receives the checkpoints of trials that complete
+            among the best (None: no upload).
+    """
+    import optuna
+
+    from hpo.job import JobContext
+
+    run_job = job_function(spec)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, spec)
+        previous = trial.user_attrs.get(CHECKPOINT_ATTR)  # a re-queued or retried trial's
+        resume = Path(previous) if previous and Path(previous).is_file() else None
+        context = JobContext(
+            cache=cache,
+            checkpoint_path=checkpoint_dir / f"trial-{trial.number}.pt",
+            resume_path=resume,
+        )
+        try:
+            value = run_job(trial, spec.task, params, context)
+            if storage_url is not None and trial.user_attrs.get(CHECKPOINT_ATTR):
+                quietly(upload_if_among_best, study, trial, value, storage_url)
+            return value
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            if FAIL_REASON_ATTR not in trial.user_attrs:
+                quietly(trial.set_user_attr, FAIL_REASON_ATTR, reason(e))
+            raise
+
+    return objective
+
+
+def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
+              attrs: dict[str, Any], current: dict[str, Any],
+              trials: "list[FrozenTrial]") -> None:
+    """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in
+    fewer database round trips (what a trial's coordination costs, benchmarks/overhead.py):
+
+    - the trial is claimed with the worker's user attrs and a heartbeat in one transaction,
+      which refuses it if the budget's trials are all running or finished;
+    - stale trials are looked for only if some trial was running at the worker's last read,
+      ``trials`` (a trial is stale only after running for the grace period, so it was running
+      then);
+    - if none was, the queue is not read again: ``trials``, read right after the worker's
+      last trial, says which trials are queued.
+
+    The trial is left in ``current["trial"]`` for the worker (and its preemption handler);
+    SIGTERM / SIGINT wait while it is claimed and told, so that a claimed trial is always
+    known to the handler. A failing job fails the trial (the progress line says why), not the
+    worker; ``TrialPruned`` prunes it; a trial past the budget goes back to the queue unrun.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    if any(t.state == TrialState.RUNNING for t in trials):
+        _optuna.fail_stale(study)
+        # A stale trial it failed has a retry queued now: read the queue afresh.
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    with signals_held():
+        trial = _optuna.ask(study, attrs, trials, spec.budget.n_trials)
+        if trial is None:
+            return  # the rest of the budget was claimed a moment ago: the loop decides
+        current["trial"] = trial
+    if over_budget(study, spec, trial.number):
+        # Another worker claimed the last trial of the budget at the same moment.
+        _optuna.requeue(study, current.pop("trial"))
+        return
+    value, state, error = None, None, None
+    with _optuna.heartbeat(study, trial):  # Optuna's heartbeat thread, as in optimize
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except Exception as e:
+            state, error = TrialState.FAIL, e
+    with signals_held():
+        told, message = _optuna.tell(study, trial, value, state)
+    if told is None:
+        log.warning("trial %d: result not recorded: %s", trial.number, message)
+    elif told == TrialState.FAIL:
+        log.info("trial %d failed: %s", trial.number, reason(error) if error else message,
+                 exc_info=error if log.isEnabledFor(logging.DEBUG) else None)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM / SIGINT back for a moment (they arrive when it ends)."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def reason(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
