@@ -1,5 +1,6 @@
-"""The launcher: a dead child's trial is handed on at once, no secret in a command line, no
-race with the main loop when stopping, no worker outlives its launcher."""
+"""The launcher: which worker gets which GPU; a dead child's trial is handed on at once, no
+secret in a command line, no race with the main loop when stopping, no worker outlives its
+launcher."""
 
 from __future__ import annotations
 
@@ -13,7 +14,44 @@ import time
 import pytest
 from optuna.trial import TrialState
 
+from hpo.errors import HpoError
+from hpo.launch import Slot, assign_slots, parse_gpus
 from test_worker import epoch_log, fast_env, finished, make_study, start_hpo, trials, wait_for
+
+
+# --------------------------------------------------------------------------------------------
+# GPU slots: the one place that maps GPUs to workers.
+
+
+def test_assign_slots_round_robin_over_gpus():
+    assert assign_slots(["0", "1"], per_gpu=2) == [Slot(0, "0"), Slot(1, "1"), Slot(2, "0"),
+                                                   Slot(3, "1")]
+    assert assign_slots(None, workers=3, cpus=8) == [Slot(0, threads=2), Slot(1, threads=2),
+                                                     Slot(2, threads=2)]
+    assert assign_slots(None, cpus=2) == [Slot(0, threads=2)]
+    assert assign_slots(None, workers=4, cpus=2)[3] == Slot(3, threads=1)
+    assert Slot(0, threads=2).env({})["OMP_NUM_THREADS"] == "2"
+    env = Slot(2, "3").env({"PATH": "/bin"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["HPO_WORKER_INDEX"] == "2"
+    assert "CUDA_VISIBLE_DEVICES" not in Slot(0).env({})
+
+
+def test_parse_gpus():
+    assert parse_gpus("0,1, 3") == ["0", "1", "3"]
+    assert parse_gpus(None) is None
+    for bad in ("0,0", "a,b", "", "1;2"):
+        with pytest.raises(HpoError, match="--gpus"):
+            parse_gpus(bad)
+
+
+def test_gpus_all_without_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(HpoError, match="no GPU is visible"):
+        parse_gpus("all")
+
+
+# --------------------------------------------------------------------------------------------
+# The supervisor.
 
 
 def _children(pid: int) -> list[int]:

@@ -20,8 +20,6 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_hpo
-from hpo.launch import Slot, assign_slots, parse_gpus
-from hpo.errors import HpoError
 
 FAST = """
 study: {{name: {name}}}
@@ -87,37 +85,6 @@ def wait_for(predicate, timeout=60.0, what="condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-# --------------------------------------------------------------------------------------------
-# GPU slots: the one place that maps GPUs to workers.
-
-
-def test_assign_slots_round_robin_over_gpus():
-    assert assign_slots(["0", "1"], per_gpu=2) == [Slot(0, "0"), Slot(1, "1"), Slot(2, "0"),
-                                                   Slot(3, "1")]
-    assert assign_slots(None, workers=3, cpus=8) == [Slot(0, threads=2), Slot(1, threads=2),
-                                                     Slot(2, threads=2)]
-    assert assign_slots(None, cpus=2) == [Slot(0, threads=2)]
-    assert assign_slots(None, workers=4, cpus=2)[3] == Slot(3, threads=1)
-    assert Slot(0, threads=2).env({})["OMP_NUM_THREADS"] == "2"
-    env = Slot(2, "3").env({"PATH": "/bin"})
-    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["HPO_WORKER_INDEX"] == "2"
-    assert "CUDA_VISIBLE_DEVICES" not in Slot(0).env({})
-
-
-def test_parse_gpus():
-    assert parse_gpus("0,1, 3") == ["0", "1", "3"]
-    assert parse_gpus(None) is None
-    for bad in ("0,0", "a,b", "", "1;2"):
-        with pytest.raises(HpoError, match="--gpus"):
-            parse_gpus(bad)
-
-
-def test_gpus_all_without_gpus_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises(HpoError, match="no GPU is visible"):
-        parse_gpus("all")
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,55 +320,6 @@ def test_postgresql_restart_mid_study_loses_nothing(server_urls, tmp_path):
     ts = trials(name, url)
     assert len(finished(ts)) == 12
     assert not [t for t in ts if t.state == TrialState.RUNNING]
-
-
-@pytest.mark.parametrize("kind", ["slurm", "kubernetes"])
-def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path):
-    import yaml
-
-    url = server_urls["postgresql"]
-    if isinstance(url, Exception):
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(url))
-        pytest.skip(str(url))
-    name = make_study(tmp_path, url, n=5)
-    r = run_hpo("template", kind, name, "--storage", url, "--nodes", "3", "--gpus-per-node",
-                "4", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    # 127.0.0.1 is each node itself: say so, once, on stderr (the template stays clean).
-    assert r.stderr.count("hpo: warning:") == 1 and "127.0.0.1" in r.stderr
-    text = r.stdout
-    assert "must exist in the storage (hpo create SPEC)" in text
-    if kind == "slurm":
-        assert "#SBATCH --array=0-2" in text and "#SBATCH --gres=gpu:4" in text
-        # The interpreter that wrote it (a venv's), not an `hpo` the nodes' PATH may lack.
-        assert f"exec {sys.executable} -m hpo launch {name} --gpus all" in text
-        assert f"export HPO_STORAGE={url}" in text
-        check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
-        assert check.returncode == 0, check.stderr
-    else:
-        job = yaml.safe_load(text)
-        assert job["kind"] == "Job" and job["spec"]["parallelism"] == 3
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        assert container["command"] == ["hpo", "launch", name, "--gpus", "all"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
-        env = {e["name"]: e for e in container["env"]}
-        assert env["HPO_STORAGE"]["value"] == url
-
-
-def test_cluster_templates_never_contain_the_password():
-    from hpo.cluster import render
-
-    assert "exec /opt/venv/bin/python -m hpo launch s --gpus all" in render(
-        "slurm", "s", "postgresql+psycopg2://bob@db.internal/hpo", python="/opt/venv/bin/python")
-
-    url = "postgresql+psycopg2://bob:t0psecret@db.internal/hpo"
-    slurm = render("slurm", "s", url)
-    k8s = render("kubernetes", "s", url)
-    assert "t0psecret" not in slurm + k8s
-    assert "HPO_STORAGE:?" in slurm and "secretKeyRef" in k8s
-    with pytest.raises(HpoError, match="not SQLite"):
-        render("slurm", "s", "sqlite:///hpo.db")
 
 
 # --------------------------------------------------------------------------------------------
