@@ -16,6 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = ROOT / "tests" / "support"
+"""The tests' shared helpers (small specs, the custom job, the database proxy, ...); on the
+path of the tests, and of the workers they start (PYTHONPATH), so that ``fastjob:epochs_job``
+imports there."""
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
 SERVERS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/{db}",

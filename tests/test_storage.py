@@ -1,4 +1,5 @@
-"""Storage and study on every backend: SQLite, PostgreSQL, MariaDB (real servers)."""
+"""Storage on every backend: SQLite, PostgreSQL, MariaDB (real servers): hpo's storage class
+(claims, attrs with the trial, heartbeats and retries), opening a URL, redaction."""
 
 from __future__ import annotations
 
@@ -9,88 +10,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
-from hpo import __version__
-from hpo.errors import SpecError, StorageError, StudyNotFoundError
-from hpo.spec import parse_spec
+from hpo.errors import StorageError
 from hpo.storage import open_storage, redact
-from hpo.study import SPEC_ATTR, VERSION_ATTR, create_study, load_study, make_pruner, make_sampler
-
-SPEC = """
-task: {kind: image_classification, model: resnet18, dataset: {name: digits}}
-search_space:
-  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
-  epochs: {type: int, low: 1, high: 6}
-  optimizer: {type: categorical, choices: [adam, sgd]}
-budget: {n_trials: 5}
-"""
-
-
-def make_spec(name: str, extra: str = "", **replace: str):
-    text = SPEC + extra
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    return parse_spec(yaml.safe_load(text), default_name=name)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{time.time_ns()}"
-
-
-def test_study_stores_the_whole_spec_and_loads_by_name(storage_url):
-    spec = make_spec(unique("store"))
-    study = create_study(spec, open_storage(storage_url))
-    attrs = study.user_attrs
-    assert attrs[VERSION_ATTR] == __version__
-    assert parse_spec(attrs[SPEC_ATTR]) == spec
-    # A worker elsewhere needs only the name and the URL.
-    loaded, loaded_spec = load_study(spec.study.name, open_storage(storage_url, create=False))
-    assert loaded_spec == spec
-    assert isinstance(loaded.sampler, optuna.samplers.TPESampler)
-    assert isinstance(loaded.pruner, optuna.pruners.MedianPruner)
-
-
-def test_rerun_loads_and_may_change_only_the_budget(storage_url):
-    name = unique("rerun")
-    storage = open_storage(storage_url)
-    create_study(make_spec(name), storage)
-    create_study(make_spec(name), storage)  # same spec: resume
-    create_study(make_spec(name, **{"n_trials: 5": "n_trials: 9"}), storage)
-    _, spec = load_study(name, storage)
-    assert spec.budget.n_trials == 9
-    with pytest.raises(SpecError, match="different search_space.lr"):
-        create_study(make_spec(name, **{"low: 1.0e-4": "low: 1.0e-3"}), storage)
-    assert len(optuna.get_all_study_names(storage)) == len(set(optuna.get_all_study_names(storage)))
-
-
-def test_many_workers_creating_one_study_do_not_race(storage_url):
-    name = unique("race")
-    spec = make_spec(name)
-    errors = []
-
-    def create() -> None:
-        try:
-            create_study(spec, open_storage(storage_url))
-        except Exception as e:  # collected and asserted below
-            errors.append(e)
-
-    threads = [threading.Thread(target=create) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert optuna.get_all_study_names(open_storage(storage_url)).count(name) == 1
-
-
-def test_unknown_study_lists_the_studies_there_are(storage_url):
-    storage = open_storage(storage_url)
-    name = unique("known")
-    create_study(make_spec(name), storage)
-    with pytest.raises(StudyNotFoundError, match=f"no hpo study named 'nosuch'.*{name}"):
-        load_study("nosuch", storage)
-
+from hpo.study import create_study, load_study
+from specs import make_spec, unique
 
 def test_dead_worker_trial_is_failed_and_requeued_with_its_values(storage_url, monkeypatch):
     import hpo.storage
@@ -231,45 +155,3 @@ def test_redact():
     assert redact("error for pw", "mysql://u:pw@h/d") == "error for ***"
 
 
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-            "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,
-            "qmc": optuna.samplers.QMCSampler, "grid": optuna.samplers.GridSampler}
-
-
-@pytest.mark.parametrize("name", SAMPLERS)
-def test_sampler_factory(name):
-    extra = f"sampler: {{name: {name}, seed: 3}}\n"
-    spec = make_spec("s", extra, **{"log: true}": "step: 1.0e-4}"} if name == "grid" else {})
-    sampler = make_sampler(spec, seed_offset=2)
-    assert isinstance(sampler, SAMPLERS[name])
-    # Different workers sample differently, the same worker reproducibly.
-    def first(offset):
-        study = optuna.create_study(sampler=make_sampler(spec, offset))
-        t = study.ask()
-        return t.suggest_float("lr", 1e-4, 1e-1, log=name != "grid",
-                               step=1e-4 if name == "grid" else None)
-    if name in ("random", "qmc"):
-        assert first(0) == first(0) and first(0) != first(1)
-
-
-PRUNERS = {
-    "median": ("", optuna.pruners.MedianPruner),
-    "percentile": ("percentile: 25", optuna.pruners.PercentilePruner),
-    "successive_halving": ("", optuna.pruners.SuccessiveHalvingPruner),
-    "hyperband": ("", optuna.pruners.HyperbandPruner),
-    "patient": ("patience: 2, wrapped: {name: median}", optuna.pruners.PatientPruner),
-    "threshold": ("upper: 5.0", optuna.pruners.ThresholdPruner),
-    "none": ("", optuna.pruners.NopPruner),
-}
-
-
-@pytest.mark.parametrize("name", PRUNERS)
-def test_pruner_factory(name):
-    options, cls = PRUNERS[name]
-    extra = f"pruner: {{name: {name}{', ' + options if options else ''}}}\n"
-    assert isinstance(make_pruner(make_spec("p", extra)), cls)
-
-
-def test_hyperband_max_resource_is_the_largest_epochs():
-    pruner = make_pruner(make_spec("h", "pruner: {name: hyperband}\n"))
-    assert pruner._max_resource == 6
