@@ -6,7 +6,7 @@
 Each round takes the next backend (round-robin over ``--backends``), makes a fresh database
 with ``benchmarks.databases`` (a SQLite file; ``CREATE DATABASE hpo_chaos_<hex>`` on the server
 at ``$HPO_BENCH_POSTGRES`` / ``$HPO_BENCH_MARIADB``, dropped afterwards), creates a
-study of ``tests/fastjob.py:epochs_job`` (8-12 trials of 3-5 epochs of 0.3 s, no pruner,
+study of ``tests/support/fastjob.py:epochs_job`` (8-12 trials of 3-5 epochs of 0.3 s, no pruner,
 heartbeat 1 s, grace period 3 s) with ``hpo create`` and runs ``hpo launch --workers 3`` on it.
 While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random moments:
 
@@ -72,9 +72,9 @@ from typing import Callable
 from benchmarks.databases import fresh_database, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"
-if str(TESTS) not in sys.path:  # fastjob, and the worker tests' study helpers
-    sys.path.insert(0, str(TESTS))
+SUPPORT = ROOT / "tests" / "support"
+if str(SUPPORT) not in sys.path:  # fastjob, and the tests' study helpers
+    sys.path.insert(0, str(SUPPORT))
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 FAULTS = ("kill9_worker", "kill9_claim", "sigterm_worker", "kill9_launcher",
@@ -423,7 +423,7 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
     """
     import optuna
 
-    from test_worker import fast_env, make_study
+    from workers import fast_env, make_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -659,7 +659,7 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
     """Fill ``result.broken`` with the invariants the study breaks."""
     from optuna.trial import TrialState
 
-    from test_worker import epoch_log
+    from workers import epoch_log
 
     def broke(number: int, detail: str) -> None:
         result.broken.setdefault(number, []).append(detail)
@@ -1063,7 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
             f"measured {when} on {machine()} ({seconds:.0f} s), hpo at {_revision()}: "
             f"`{command}`",
             f"each round: `hpo launch --workers {WORKERS}` on a fresh database, 8-12 trials of "
-            f"tests/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, no pruner, heartbeat 1 s, "
+            f"tests/support/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, no pruner, heartbeat 1 s, "
             f"grace period 3 s), {faults_range[0]}-{faults_range[1]} faults at random moments; "
             "a fault counts as survived when every invariant of its round held",
             "invariants: " + "; ".join(f"{i} {t}" for i, t in INVARIANTS.items()),

@@ -8,20 +8,20 @@ the tests for it are skipped with the reason -- except under CI=true, where they
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SUPPORT = ROOT / "tests" / "support"
+SUPPORT = Path(__file__).resolve().parent / "support"
 """The tests' shared helpers (small specs, the custom job, the database proxy, ...); on the
 path of the tests, and of the workers they start (PYTHONPATH), so that ``fastjob:epochs_job``
 imports there."""
 if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
+
+from processes import ROOT, run_hpo  # noqa: E402,F401  (tests import them from here)
 SERVERS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/{db}",
@@ -90,17 +90,3 @@ def storage_url(request, tmp_path, server_urls):
             pytest.fail(f"{url} (CI=true: the storage tests must run, not skip)")
         pytest.skip(str(url))
     return url
-
-
-def run_hpo(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
-    """Run the hpo CLI as a user would: a subprocess, its output captured."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
-    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "hpo", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

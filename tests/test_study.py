@@ -9,7 +9,7 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, run_hpo
+from conftest import SUPPORT, run_hpo
 from hpo import __version__
 from hpo.errors import SpecError, StudyNotFoundError
 from hpo.spec import parse_spec
@@ -55,7 +55,7 @@ def test_create_with_another_spec_is_exit_2_naming_the_difference(tmp_path):
     text = ("task: {kind: custom, entrypoint: 'fastjob:epochs_job'}\n"
             "search_space: {lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}}\n")
     spec.write_text(text)
-    env = {"PYTHONPATH": str(ROOT / "tests")}
+    env = {"PYTHONPATH": str(SUPPORT)}
     assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=env).returncode == 0
     spec.write_text(text.replace("high: 1.0e-1", "high: 0.5"))
     r = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=env)

@@ -1,91 +1,24 @@
-"""Workers in parallel, on every backend, surviving kills, preemption and database restarts.
+"""Workers in parallel, on every backend: the global budget, kills, preemption, recycling.
 
 The trials run ``fastjob.epochs_job`` (a custom task): the same epoch loop, reports,
 checkpoints and resume as a fine-tuning job, in milliseconds, so that these tests exercise the
-worker machinery (budget, heartbeat, retry, re-queue, recycling) at scale.
+worker machinery (budget, heartbeat, retry, re-queue, recycling) at scale. Database outages
+are in test_outage.py, checkpoint retention and reaping in test_housekeeping.py.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_hpo
-
-FAST = """
-study: {{name: {name}}}
-task: {{kind: custom, entrypoint: "fastjob:epochs_job"}}
-search_space:
-  lr: {{type: float, low: 1.0e-5, high: 1.0e-1, log: true}}
-  epochs: {{type: int, low: {low}, high: {high}}}
-sampler: {{name: random, seed: 0}}
-pruner: {{name: {pruner}}}
-budget: {{n_trials: {n}}}
-"""
-
-
-def fast_env(tmp_path: Path, epoch_seconds: float = 0.0, **extra: str) -> dict[str, str]:
-    return {
-        "PYTHONPATH": str(ROOT / "tests"),
-        "FASTJOB_EPOCH_SECONDS": str(epoch_seconds),
-        "FASTJOB_LOG": str(tmp_path / "epochs.log"),
-        "HPO_HEARTBEAT_INTERVAL": "1",
-        "HPO_GRACE_PERIOD": "3",
-        "HPO_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
-        **extra,
-    }
-
-
-def make_study(tmp_path, storage_url, n, low=1, high=3, pruner="none", env=None) -> str:
-    name = f"fast-{time.time_ns()}"
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(FAST.format(name=name, n=n, low=low, high=high, pruner=pruner))
-    r = run_hpo("create", str(spec), "--storage", storage_url, cwd=tmp_path,
-                env=env or fast_env(tmp_path))
-    assert r.returncode == 0, r.stderr
-    return name
-
-
-def trials(name, url):
-    return optuna.load_study(study_name=name, storage=url).get_trials()
-
-
-def finished(ts):
-    return [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-
-
-def epoch_log(tmp_path) -> list[tuple[int, int, int]]:
-    path = tmp_path / "epochs.log"
-    if not path.exists():
-        return []
-    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()]
-
-
-def start_hpo(*args, cwd, env) -> subprocess.Popen:
-    full = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
-    full.update(PYTHONUNBUFFERED="1", **env)
-    return subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
+from conftest import run_hpo
+from processes import start_hpo, wait_for
+from workers import FAST, epoch_log, fast_env, fast_study, finished, make_study, trials
 
 # --------------------------------------------------------------------------------------------
 # The global budget across parallel workers.
@@ -247,24 +180,6 @@ def test_ctrl_c_on_the_launcher_requeues_and_exits(tmp_path):
 
 
 @pytest.mark.slow
-def test_reap_all_requeues_the_trials_of_a_dead_worker(tmp_path):
-    url = f"sqlite:///{tmp_path / 'reap.db'}"
-    env = fast_env(tmp_path, epoch_seconds=0.5, HPO_HEARTBEAT_INTERVAL="60")
-    name = make_study(tmp_path, url, n=1, low=6, high=6, env=env)
-    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
-    wait_for(lambda: any(e >= 1 for _, e, _ in epoch_log(tmp_path)), what="epoch 1")
-    worker.kill()
-    worker.wait()
-    r = run_hpo("reap", name, "--storage", url, cwd=tmp_path, env=env)
-    assert r.returncode == 0 and "reaped 0" in r.stdout  # heartbeat still fresh
-    r = run_hpo("reap", name, "--all", "--storage", url, cwd=tmp_path, env=env)
-    assert r.returncode == 0 and "reaped 1 trial(s): #0" in r.stdout, r.stdout
-    ts = trials(name, url)
-    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.WAITING]
-    assert ts[1].user_attrs["checkpoint"] == ts[0].user_attrs["checkpoint"]
-
-
-@pytest.mark.slow
 def test_workers_recycle_their_process_and_still_meet_the_budget(tmp_path):
     url = f"sqlite:///{tmp_path / 'recycle.db'}"
     env = fast_env(tmp_path)
@@ -277,133 +192,8 @@ def test_workers_recycle_their_process_and_still_meet_the_budget(tmp_path):
     assert len(finished(trials(name, url))) == 7
 
 
-@pytest.mark.slow
-def test_checkpoints_of_pruned_and_worse_trials_are_deleted(tmp_path):
-    url = f"sqlite:///{tmp_path / 'keep.db'}"
-    env = fast_env(tmp_path)
-    name = make_study(tmp_path, url, n=12, low=2, high=4, env=env)
-    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stdout
-    ts = sorted((t for t in trials(name, url) if t.state == TrialState.COMPLETE),
-                key=lambda t: t.value)
-    kept = sorted(p.name for p in (tmp_path / "ckpt" / name).glob("*.pt"))
-    assert kept == sorted(f"trial-{t.number}.pt" for t in ts[:3])
-
-
-def _restart_postgresql() -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-                   check=True, capture_output=True, timeout=120)
-
-
-@pytest.mark.slow
-def test_postgresql_restart_mid_study_loses_nothing(server_urls, tmp_path):
-    url = server_urls["postgresql"]
-    if isinstance(url, Exception):
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(url))
-        pytest.skip(str(url))
-    if not os.path.isdir("/etc/postgresql") or os.geteuid() != 0:
-        pytest.skip("restarting PostgreSQL needs its local cluster and root")
-    env = fast_env(tmp_path, epoch_seconds=0.3)
-    name = make_study(tmp_path, url, n=12, low=3, high=4, env=env)
-    launch = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path,
-                       env=env)
-    try:
-        wait_for(lambda: len(finished(trials(name, url))) >= 3, timeout=120,
-                 what="three finished trials")
-        _restart_postgresql()
-        out, _ = launch.communicate(timeout=300)
-    finally:
-        launch.kill()
-    assert launch.returncode == 0, out[-3000:]
-    ts = trials(name, url)
-    assert len(finished(ts)) == 12
-    assert not [t for t in ts if t.state == TrialState.RUNNING]
-
-
 # --------------------------------------------------------------------------------------------
-# The trial lifecycle: database outages, claims, checkpoints a retry needs.
-
-
-def _proxied_postgresql(server_urls, cut_after=None):
-    """The session's PostgreSQL database behind a proxy the test can cut: (proxy, url)."""
-    from dbproxy import Proxy
-
-    url = server_urls["postgresql"]
-    if isinstance(url, Exception):
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(url))
-        pytest.skip(str(url))
-    proxy = Proxy(("127.0.0.1", 5432), cut_after=cut_after)
-    return proxy, url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-
-
-@pytest.mark.slow
-def test_an_outage_at_the_end_of_a_trial_retries_the_calls_not_the_training(server_urls,
-                                                                             tmp_path):
-    proxy, url = _proxied_postgresql(server_urls)
-    done = tmp_path / "done"
-    env = fast_env(tmp_path, epoch_seconds=0.2, FASTJOB_DONE_FILE=str(done),
-                   FASTJOB_DONE_SECONDS="1")
-    name = make_study(tmp_path, url, n=1, low=2, high=2, env=env)
-    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
-    try:
-        wait_for(done.exists, what="the trial's last epoch")
-        proxy.cut()  # the job returns while the database is gone: its tell meets the outage
-        time.sleep(4)
-        proxy.restore()
-        out, _ = worker.communicate(timeout=120)
-    finally:
-        worker.kill()
-        proxy.close()
-    assert worker.returncode == 0, out
-    assert "database unavailable" in out
-    ts = trials(name, server_urls["postgresql"])
-    assert [t.state for t in ts] == [TrialState.COMPLETE]  # one trial, told once
-    assert [(n, e) for n, e, _ in epoch_log(tmp_path)] == [(0, 1), (0, 2)]  # trained once
-
-
-@pytest.mark.slow
-def test_an_outage_past_the_window_exits_non_zero_and_the_trial_resumes_elsewhere(
-        server_urls, tmp_path):
-    proxy, url = _proxied_postgresql(server_urls)
-    done = tmp_path / "done"
-    env = fast_env(tmp_path, epoch_seconds=0.2, FASTJOB_DONE_FILE=str(done),
-                   FASTJOB_DONE_SECONDS="0.5", HPO_OUTAGE_SECONDS="2")
-    name = make_study(tmp_path, url, n=1, low=3, high=3, env=env)
-    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
-    try:
-        wait_for(done.exists, what="the trial's last epoch")
-        proxy.cut()
-        out, _ = worker.communicate(timeout=60)
-    finally:
-        worker.kill()
-        proxy.restore()
-    assert worker.returncode == 1, out
-    assert "the database did not answer for 2s" in out and "Traceback" not in out
-    direct = server_urls["postgresql"]
-    assert [t.state for t in trials(name, direct)] == [TrialState.RUNNING]
-    # Another worker finds it stale (no heartbeat for the grace period) and resumes it.
-    r = run_hpo("worker", name, "--storage", direct, cwd=tmp_path, env=env)
-    proxy.close()
-    assert r.returncode == 0, r.stdout + r.stderr
-    first, retry = trials(name, direct)
-    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
-    assert retry.user_attrs["resumed_from_epoch"] == 3
-    assert [e for n, e, _ in epoch_log(tmp_path) if n == retry.number] == []  # nothing redone
-
-
-def _study(storage_url, tmp_path, name):
-    import yaml
-
-    from hpo.spec import parse_spec
-    from hpo.storage import open_storage
-    from hpo.study import create_study
-
-    spec = parse_spec(yaml.safe_load(FAST.format(name=name, n=3, low=1, high=2,
-                                                 pruner="none")), source="<lifecycle>")
-    return create_study(spec, open_storage(storage_url))
+# The trial lifecycle: claims, a relaunched worker's samples.
 
 
 def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, monkeypatch):
@@ -416,7 +206,7 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
 
     monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
-    study = _study(storage_url, tmp_path, f"claim-{time.time_ns()}")
+    study = fast_study(storage_url, f"claim-{time.time_ns()}")
     attrs = {"host": "h", "worker": "h:w0", "pid": 1}
     claimed = ask(study, attrs, [])  # ... and the worker dies here: no heartbeat thread
     queued = ask(study, attrs, [])
@@ -432,104 +222,6 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
     assert study.get_trials()[again.number].user_attrs["pid"] == 2
 
 
-def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp_path):
-    """Worker B fails a stale trial and then queues its retry; worker A's checkpoint retention
-    runs between the two, from a snapshot in which the trial is failed and has no retry yet."""
-    from hpo.worker import retain_checkpoints
-
-    study = _study(storage_url, tmp_path, f"keep-{time.time_ns()}")
-    storage = study._storage
-    old = tmp_path / "trial-0.pt"
-    old.write_text("{}")
-    trial = study.ask()
-    trial.set_user_attr("checkpoint", str(old))
-    # B, first half of the stale-trial search: the trial is failed ...
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    # ... A, right then: retention from a fresh read ...
-    retain_checkpoints(study.get_trials())
-    # ... B, second half: the retry is queued, to resume from the checkpoint.
-    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
-    assert old.exists(), "the retry's checkpoint was deleted before the retry was queued"
-    retry = study.ask()
-    assert retry.user_attrs["checkpoint"] == str(old)
-    # Once the retry saved its own checkpoint and finished, the failed trial's file goes; a
-    # failure the job raised (never retried) loses its checkpoint too.
-    new = tmp_path / "trial-1.pt"
-    new.write_text("{}")
-    retry.set_user_attr("checkpoint", str(new))
-    study.tell(retry, 1.0)
-    broken = study.ask()
-    crashed = tmp_path / "trial-2.pt"
-    crashed.write_text("{}")
-    broken.set_user_attr("checkpoint", str(crashed))
-    broken.set_user_attr("fail_reason", "nan")
-    study.tell(broken, state=TrialState.FAIL)
-    retain_checkpoints(study.get_trials())
-    assert not old.exists() and new.exists() and not crashed.exists()
-    # A trial failed because its worker died keeps its checkpoint until its retry exists.
-    from hpo._optuna import fail_and_retry
-
-    dying = study.ask()
-    kept = tmp_path / "trial-3.pt"
-    kept.write_text("{}")
-    dying.set_user_attr("checkpoint", str(kept))
-    assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [3]
-    retain_checkpoints(study.get_trials())
-    assert kept.exists()
-
-
-@pytest.mark.slow
-def test_a_worker_restarted_while_the_database_restarts_waits_for_it(server_urls, tmp_path):
-    """A launcher restarts a dead worker at once, maybe while the server restarts too: the new
-    worker waits for the database as its storage calls would, instead of failing as bad input
-    (exit 2), which made the launcher give its slot up."""
-    proxy, url = _proxied_postgresql(server_urls)
-    env = fast_env(tmp_path, epoch_seconds=0.1)
-    name = make_study(tmp_path, url, n=2, low=1, high=2, env=env)
-    proxy.cut()
-    try:
-        worker = start_hpo("worker", name, cwd=tmp_path,
-                           env={**env, "HPO_STORAGE": url, "HPO_WORKER_INDEX": "0"})
-        time.sleep(3)
-        assert worker.poll() is None, worker.communicate()[0]
-        proxy.restore()
-        out, _ = worker.communicate(timeout=120)
-    finally:
-        proxy.close()
-    assert worker.returncode == 0, out
-    assert len(finished(trials(name, server_urls["postgresql"]))) == 2
-    # A person's command does not wait: one line, exit 2, at once.
-    r = run_hpo("status", name, "--storage", url, cwd=tmp_path, timeout=60)
-    assert r.returncode == 2 and "cannot connect" in r.stderr
-
-
-@pytest.mark.slow
-def test_a_worker_whose_database_goes_away_while_it_opens_the_storage_waits(server_urls,
-                                                                           tmp_path):
-    """The server answers the connection check, then restarts while Optuna reads the schema
-    version: the worker waits for it there too."""
-    from dbproxy import Proxy
-
-    direct = server_urls["postgresql"]
-    if isinstance(direct, Exception):
-        pytest.skip(str(direct))
-    env = fast_env(tmp_path, epoch_seconds=0.1)
-    name = make_study(tmp_path, direct, n=1, low=1, high=1, env=env)
-    proxy = Proxy(("127.0.0.1", 5432), cut_after=1)
-    url = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    try:
-        worker = start_hpo("worker", name, cwd=tmp_path,
-                           env={**env, "HPO_STORAGE": url, "HPO_WORKER_INDEX": "0"})
-        time.sleep(4)
-        assert proxy.accepted >= 1 and worker.poll() is None, worker.communicate()[0]
-        proxy.restore()
-        out, _ = worker.communicate(timeout=120)
-    finally:
-        proxy.close()
-    assert worker.returncode == 0, out
-    assert len(finished(trials(name, direct))) == 1
-
-
 @pytest.mark.slow
 def test_a_relaunched_worker_does_not_repeat_its_predecessors_trials(tmp_path):
     url = f"sqlite:///{tmp_path / 'seeds.db'}"
@@ -541,78 +233,3 @@ def test_a_relaunched_worker_does_not_repeat_its_predecessors_trials(tmp_path):
         assert r.returncode == 0, r.stdout
     lrs = [t.params["lr"] for t in trials(name, url)]
     assert len(lrs) == 6 and len(set(lrs)) == 6, lrs
-
-
-# --------------------------------------------------------------------------------------------
-# The artifact store: the best trials' checkpoints, no more.
-
-
-def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_path,
-                                                                            monkeypatch):
-    """Trials that complete among the best 3 upload their checkpoint (a hard link to it, not
-    a copy); retention removes the upload when a better trial pushes its trial out. A retry
-    inherits its failed attempt's artifact id: kept while the retry may run, removed when the
-    retry finishes outside the best."""
-    from hpo._optuna import fail_and_retry
-    from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
-    from hpo.worker import retain_checkpoints
-
-    monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    study = _study(url, tmp_path, "uploads")
-    store = tmp_path / "hpo-artifacts"
-
-    def trained(name: str) -> tuple[optuna.Trial, str]:
-        trial = study.ask()
-        path = tmp_path / f"{name}.pt"
-        path.write_bytes(os.urandom(4096))
-        trial.set_user_attr("checkpoint", str(path))
-        return trial, upload_checkpoint(trial, path, url)  # what the worker does
-
-    def stored() -> set[str]:
-        return {p.name for p in store.iterdir()}
-
-    ids = []
-    for number, value in enumerate([0.5, 0.4, 0.3]):
-        trial, artifact = trained(f"t{number}")
-        study.tell(trial, value)
-        retain_checkpoints(study.get_trials(), storage_url=url)
-        ids.append(artifact)
-    assert stored() == set(ids)
-    assert os.path.samefile(store / ids[0], tmp_path / "t0.pt")  # one file, two names
-    trial, better = trained("t3")
-    study.tell(trial, 0.2)
-    retain_checkpoints(study.get_trials(), storage_url=url)
-    assert stored() == {ids[1], ids[2], better}
-    assert not (tmp_path / "t0.pt").exists()
-
-    # A trial uploaded among the best whose worker died before the tell: its retry holds the
-    # same id and keeps it until it finishes (here outside the best, without an upload).
-    dying, inherited = trained("t4")
-    assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [4]
-    retain_checkpoints(study.get_trials(), storage_url=url)
-    assert inherited in stored()
-    retry = study.ask()
-    assert retry.user_attrs[CHECKPOINT_ARTIFACT_ATTR] == inherited
-    study.tell(retry, 0.9)
-    retain_checkpoints(study.get_trials(), storage_url=url)
-    assert stored() == {ids[1], ids[2], better}
-    retain_checkpoints(study.get_trials(), storage_url=url)  # again: nothing left to remove
-
-
-@pytest.mark.slow
-def test_a_study_leaves_the_best_three_checkpoints_in_the_artifact_store(tmp_path):
-    url = f"sqlite:///{tmp_path / 'keep.db'}"
-    env = fast_env(tmp_path, HPO_ARTIFACTS=str(tmp_path / "artifacts"))
-    name = make_study(tmp_path, url, n=12, low=2, high=4, env=env)
-    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stdout
-    ts = trials(name, url)
-    best = sorted((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)[:3]
-    uploaded = [t for t in ts if "checkpoint_artifact" in t.user_attrs]
-    assert len(uploaded) > 3  # some trials left the best after their upload
-    kept = {p.name for p in (tmp_path / "artifacts").iterdir()}
-    assert kept == {t.user_attrs["checkpoint_artifact"] for t in best}
-    for t in best:  # the upload shares the checkpoint's bytes
-        assert os.path.samefile(tmp_path / "artifacts" / t.user_attrs["checkpoint_artifact"],
-                                t.user_attrs["checkpoint"])

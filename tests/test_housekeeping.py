@@ -1,0 +1,163 @@
+"""Housekeeping on every backend: checkpoint retention, the artifact store's copies of the best
+trials, and reaping dead workers' trials (``hpo reap``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_hpo
+from processes import start_hpo, wait_for
+from workers import epoch_log, fast_env, fast_study, make_study, trials
+
+
+@pytest.mark.slow
+def test_reap_all_requeues_the_trials_of_a_dead_worker(tmp_path):
+    url = f"sqlite:///{tmp_path / 'reap.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.5, HPO_HEARTBEAT_INTERVAL="60")
+    name = make_study(tmp_path, url, n=1, low=6, high=6, env=env)
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    wait_for(lambda: any(e >= 1 for _, e, _ in epoch_log(tmp_path)), what="epoch 1")
+    worker.kill()
+    worker.wait()
+    r = run_hpo("reap", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "reaped 0" in r.stdout  # heartbeat still fresh
+    r = run_hpo("reap", name, "--all", "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "reaped 1 trial(s): #0" in r.stdout, r.stdout
+    ts = trials(name, url)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.WAITING]
+    assert ts[1].user_attrs["checkpoint"] == ts[0].user_attrs["checkpoint"]
+
+
+@pytest.mark.slow
+def test_checkpoints_of_pruned_and_worse_trials_are_deleted(tmp_path):
+    url = f"sqlite:///{tmp_path / 'keep.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=12, low=2, high=4, env=env)
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout
+    ts = sorted((t for t in trials(name, url) if t.state == TrialState.COMPLETE),
+                key=lambda t: t.value)
+    kept = sorted(p.name for p in (tmp_path / "ckpt" / name).glob("*.pt"))
+    assert kept == sorted(f"trial-{t.number}.pt" for t in ts[:3])
+
+
+def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp_path):
+    """Worker B fails a stale trial and then queues its retry; worker A's checkpoint retention
+    runs between the two, from a snapshot in which the trial is failed and has no retry yet."""
+    from hpo.worker import retain_checkpoints
+
+    study = fast_study(storage_url, f"keep-{time.time_ns()}")
+    storage = study._storage
+    old = tmp_path / "trial-0.pt"
+    old.write_text("{}")
+    trial = study.ask()
+    trial.set_user_attr("checkpoint", str(old))
+    # B, first half of the stale-trial search: the trial is failed ...
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    # ... A, right then: retention from a fresh read ...
+    retain_checkpoints(study.get_trials())
+    # ... B, second half: the retry is queued, to resume from the checkpoint.
+    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
+    assert old.exists(), "the retry's checkpoint was deleted before the retry was queued"
+    retry = study.ask()
+    assert retry.user_attrs["checkpoint"] == str(old)
+    # Once the retry saved its own checkpoint and finished, the failed trial's file goes; a
+    # failure the job raised (never retried) loses its checkpoint too.
+    new = tmp_path / "trial-1.pt"
+    new.write_text("{}")
+    retry.set_user_attr("checkpoint", str(new))
+    study.tell(retry, 1.0)
+    broken = study.ask()
+    crashed = tmp_path / "trial-2.pt"
+    crashed.write_text("{}")
+    broken.set_user_attr("checkpoint", str(crashed))
+    broken.set_user_attr("fail_reason", "nan")
+    study.tell(broken, state=TrialState.FAIL)
+    retain_checkpoints(study.get_trials())
+    assert not old.exists() and new.exists() and not crashed.exists()
+    # A trial failed because its worker died keeps its checkpoint until its retry exists.
+    from hpo._optuna import fail_and_retry
+
+    dying = study.ask()
+    kept = tmp_path / "trial-3.pt"
+    kept.write_text("{}")
+    dying.set_user_attr("checkpoint", str(kept))
+    assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [3]
+    retain_checkpoints(study.get_trials())
+    assert kept.exists()
+
+
+def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_path,
+                                                                            monkeypatch):
+    """Trials that complete among the best 3 upload their checkpoint (a hard link to it, not
+    a copy); retention removes the upload when a better trial pushes its trial out. A retry
+    inherits its failed attempt's artifact id: kept while the retry may run, removed when the
+    retry finishes outside the best."""
+    from hpo._optuna import fail_and_retry
+    from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
+    from hpo.worker import retain_checkpoints
+
+    monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = fast_study(url, "uploads")
+    store = tmp_path / "hpo-artifacts"
+
+    def trained(name: str) -> tuple[optuna.Trial, str]:
+        trial = study.ask()
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(os.urandom(4096))
+        trial.set_user_attr("checkpoint", str(path))
+        return trial, upload_checkpoint(trial, path, url)  # what the worker does
+
+    def stored() -> set[str]:
+        return {p.name for p in store.iterdir()}
+
+    ids = []
+    for number, value in enumerate([0.5, 0.4, 0.3]):
+        trial, artifact = trained(f"t{number}")
+        study.tell(trial, value)
+        retain_checkpoints(study.get_trials(), storage_url=url)
+        ids.append(artifact)
+    assert stored() == set(ids)
+    assert os.path.samefile(store / ids[0], tmp_path / "t0.pt")  # one file, two names
+    trial, better = trained("t3")
+    study.tell(trial, 0.2)
+    retain_checkpoints(study.get_trials(), storage_url=url)
+    assert stored() == {ids[1], ids[2], better}
+    assert not (tmp_path / "t0.pt").exists()
+
+    # A trial uploaded among the best whose worker died before the tell: its retry holds the
+    # same id and keeps it until it finishes (here outside the best, without an upload).
+    dying, inherited = trained("t4")
+    assert fail_and_retry(study, [study.get_trials()[dying.number]], "worker died") == [4]
+    retain_checkpoints(study.get_trials(), storage_url=url)
+    assert inherited in stored()
+    retry = study.ask()
+    assert retry.user_attrs[CHECKPOINT_ARTIFACT_ATTR] == inherited
+    study.tell(retry, 0.9)
+    retain_checkpoints(study.get_trials(), storage_url=url)
+    assert stored() == {ids[1], ids[2], better}
+    retain_checkpoints(study.get_trials(), storage_url=url)  # again: nothing left to remove
+
+
+@pytest.mark.slow
+def test_a_study_leaves_the_best_three_checkpoints_in_the_artifact_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'keep.db'}"
+    env = fast_env(tmp_path, HPO_ARTIFACTS=str(tmp_path / "artifacts"))
+    name = make_study(tmp_path, url, n=12, low=2, high=4, env=env)
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout
+    ts = trials(name, url)
+    best = sorted((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)[:3]
+    uploaded = [t for t in ts if "checkpoint_artifact" in t.user_attrs]
+    assert len(uploaded) > 3  # some trials left the best after their upload
+    kept = {p.name for p in (tmp_path / "artifacts").iterdir()}
+    assert kept == {t.user_attrs["checkpoint_artifact"] for t in best}
+    for t in best:  # the upload shares the checkpoint's bytes
+        assert os.path.samefile(tmp_path / "artifacts" / t.user_attrs["checkpoint_artifact"],
+                                t.user_attrs["checkpoint"])
