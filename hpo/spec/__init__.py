@@ -8,7 +8,8 @@ The spec is stored whole in the study (``Spec.to_dict``), so a worker on another
 only the study name and the storage URL.
 """
 
-from hpo.spec._parse import load_entrypoint, load_spec, parse_spec
+from hpo.spec._parse import load_spec, parse_spec
+from hpo.spec._task import load_entrypoint
 from hpo.spec._sample import suggest
 from hpo.spec._schema import (
     FREEZE_POLICIES,

@@ -1,0 +1,141 @@
+"""The ``search_space`` section: each hyperparameter a distribution or a fixed value, and the
+``when:`` conditions between them (parents ordered before their children)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+from hpo.spec._keypath import _At, _show
+from hpo.spec._schema import _BOOL, _FLOAT, _INT, HYPERPARAMETERS, ParamSpec
+
+
+_PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
+_PARAM_TYPES = ("float", "int", "categorical")
+
+
+def _parse_space(raw: Any, at: _At) -> tuple[ParamSpec, ...]:
+    d = at.mapping(raw, tuple(HYPERPARAMETERS))
+    if not d:
+        raise at.error("empty; search at least one hyperparameter")
+    params = {name: _parse_param(name, value, at / name) for name, value in d.items()}
+    if not any(p.searched for p in params.values()):
+        raise at.error("every entry is a fixed value; search at least one hyperparameter")
+    for name, value in d.items():
+        if isinstance(value, Mapping) and value.get("when") is not None:
+            when = _parse_when(value["when"], at / name / "when", params)
+            params[name] = replace(params[name], when=when)
+    return tuple(params[name] for name in _parents_first(params, at))
+
+
+def _parents_first(params: dict[str, ParamSpec], at: _At) -> list[str]:
+    """The parameters' names with each ``when:`` parent before its children, so that sampling
+    knows a parent's value before it asks for a child.
+
+    The spec's own order stays where no condition says otherwise: a parent listed after its
+    child moves up to just before the first parameter that needs it. So the order depends on
+    the spec alone, and a spec whose parents already come first keeps its order.
+
+    Raises:
+        SpecError: the conditions form a cycle (``a`` when ``b``, ``b`` when ``a``).
+    """
+    order: list[str] = []
+    done: set[str] = set()
+    path: list[str] = []  # the parameters being placed, each a child of the one before
+
+    def place(name: str) -> None:
+        if name in done:
+            return
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            raise (at / cycle[0] / "when").error("a cycle: " + " -> ".join(cycle)
+                                                 + " (each one's when: names the next)")
+        path.append(name)
+        for parent, _ in params[name].when:
+            place(parent)
+        path.pop()
+        done.add(name)
+        order.append(name)
+
+    for name in params:
+        place(name)
+    return order
+
+
+def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
+    hp = HYPERPARAMETERS[name]
+    if not isinstance(raw, Mapping):
+        expected = hp.check(raw)
+        if expected:
+            raise at.error(f"expected {expected} or a distribution, got {_show(raw)}")
+        return ParamSpec(name=name, type="fixed", value=raw)
+    d = at.mapping(raw, _PARAM_KEYS)
+    kind = d.get("type")
+    if kind not in _PARAM_TYPES:
+        raise (at / "type").error(f"expected one of {', '.join(_PARAM_TYPES)}, got {_show(kind)}")
+    if kind == "categorical":
+        for key in ("low", "high", "log", "step"):
+            if key in d:
+                raise (at / key).error("not allowed for a categorical parameter; use choices")
+        choices = d.get("choices")
+        if not isinstance(choices, list):
+            raise (at / "choices").error(f"expected a list of options, got {_show(choices)}")
+        if not choices:
+            raise (at / "choices").error("empty; give at least one option")
+        for i, c in enumerate(choices):
+            if not isinstance(c, (str, int, float, bool)) or c is None:
+                raise (at / "choices" / i).error(f"expected a string or number, got {_show(c)}")
+            expected = hp.check(c)
+            if expected:
+                raise (at / "choices" / i).error(f"expected {expected}, got {_show(c)}")
+        if len(set(map(repr, choices))) != len(choices):
+            raise (at / "choices").error("has duplicates")
+        return ParamSpec(name=name, type="categorical", choices=tuple(choices))
+
+    if "choices" in d:
+        raise (at / "choices").error(f"not allowed for a {kind} parameter; use low and high")
+    for key in ("low", "high"):
+        if key not in d:
+            raise (at / key).error(f"missing; a {kind} parameter needs low and high")
+    value_type = _INT if kind == "int" else _FLOAT
+    low = (at / "low").typed(d["low"], value_type)
+    high = (at / "high").typed(d["high"], value_type)
+    log = (at / "log").typed(d.get("log", False), _BOOL)
+    step = d.get("step")
+    if step is not None:
+        step = (at / "step").typed(step, value_type)
+        if step <= 0:
+            raise (at / "step").error(f"expected a number > 0, got {_show(d['step'])}")
+        if log:
+            raise (at / "step").error("cannot be combined with log: true")
+    if low > high:
+        raise at.error(f"low ({_show(d['low'])}) is greater than high ({_show(d['high'])})")
+    if log and low <= 0:
+        raise (at / "low").error(f"must be > 0 with log: true, got {_show(d['low'])}")
+    for key, v in (("low", low), ("high", high)):
+        expected = hp.check(v)
+        if expected:
+            raise (at / key).error(f"expected {expected} for {name}, got {_show(d[key])}")
+    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step)
+
+
+def _parse_when(raw: Any, at: _At, params: Mapping[str, ParamSpec]):
+    """A ``when:`` condition, checked against every parameter of the search space (in any
+    order: ``_parents_first`` orders them)."""
+    d = at.mapping(raw)
+    if not d:
+        raise at.error("empty; name a parameter and its values")
+    out = []
+    for key, values in d.items():
+        parent = params.get(key)
+        if parent is None:
+            raise (at / key).error("no such parameter in search_space")
+        if parent.type not in ("categorical", "fixed"):
+            raise (at / key).error(f"{key} is a {parent.type} parameter; only categorical "
+                                   "or fixed parameters can be conditions")
+        values = values if isinstance(values, list) else [values]
+        for v in values:
+            if v not in parent.values():
+                raise (at / key).error(f"{_show(v)} is not among {key}'s values")
+        out.append((key, tuple(values)))
+    return tuple(out)

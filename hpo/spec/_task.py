@@ -1,0 +1,201 @@
+"""The ``task`` section: the kind, the model and its weights, the dataset, the training
+options; or a ``custom`` task's entrypoint."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from hpo.spec._keypath import _At, _show
+from hpo.spec._schema import (
+    _BOOL, _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _is_int, _is_number,
+    _non_negative_int, _one_of, _positive_int, resolve_model,
+)
+
+
+_DATASET_KEYS = {
+    "image_classification": ("name", "root", "image_folder", "train", "val", "test"),
+    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label", "test",
+                            "train_split", "val_split", "test_split"),
+}
+_DATASET_TEST = {"image_classification": ("test", "image_folder"),
+                 "text_classification": ("test", "csv or jsonl")}
+"""The dataset key naming a test split of its own, and the sources it goes with."""
+_DATASET_SOURCES = {
+    "image_classification": ("name", "image_folder"),
+    "text_classification": ("name", "hf", "csv", "jsonl"),
+}
+BUILTIN_DATASETS = {"image_classification": ("digits",), "text_classification": ("vader",)}
+
+
+def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -> TaskSpec:
+    d = at.mapping(raw, tuple(_TASK_DEFAULTS))
+    if "kind" not in d:
+        raise (at / "kind").error("missing; every task needs it")
+    kind = d["kind"]
+    if kind not in TASK_KINDS:
+        raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
+    if kind == "custom":
+        return _parse_custom_task(d, at, check_files)
+    for key in ("model", "dataset"):
+        if key not in d:
+            raise (at / key).error("missing; every task needs it")
+    model = (at / "model").typed(d["model"], _STR)
+    dataset = _parse_dataset(d["dataset"], at / "dataset", kind, check_environment)
+
+    out: dict[str, Any] = {"kind": kind, "model": model, "dataset": dataset}
+    checks: dict[str, Callable[[Any], str | None]] = {
+        "val_fraction": lambda v: None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)",
+        "freeze": _one_of(FREEZE_POLICIES),
+        "freeze_k": _non_negative_int,
+        "max_length": _positive_int,
+        "evals_per_epoch": _positive_int,
+        "seed": _non_negative_int,
+    }
+    optional: dict[str, Callable[[Any], str | None]] = {
+        "weights": lambda v: None if isinstance(v, str) and v else "a name or a path, or null",
+        "test_fraction": lambda v: None if _is_number(v) and 0 < v < 1
+        else "a number in (0, 1)",
+        "image_size": _positive_int,
+        "max_samples": lambda v: None if _is_int(v) and v >= 10 else "an integer >= 10",
+        "augment": lambda v: None if isinstance(v, bool) else "true or false",
+        "early_stopping_patience": _positive_int,
+        "amp": lambda v: None if isinstance(v, bool) else "true or false",
+        "channels_last": lambda v: None if isinstance(v, bool) else "true or false",
+        "num_workers": _non_negative_int,
+    }
+    for key, check in {**checks, **optional}.items():
+        if key not in d:
+            continue
+        value = d[key]
+        if value is None and key in optional:
+            out[key] = None
+            continue
+        expected = check(value)
+        if expected:
+            raise (at / key).error(f"expected {expected}, got {_show(value)}")
+        out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
+    if "compile" in d:
+        out["compile"] = (at / "compile").typed(d["compile"], _BOOL)
+    task = TaskSpec(**out)
+    if task.freeze == "first_k" and "freeze_k" not in d:
+        raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
+    own_test = [k for k in ("test", "test_split") if k in dataset]
+    if task.test_fraction is not None and own_test:
+        raise (at / "test_fraction").error(
+            f"the dataset names its own test split (dataset.{own_test[0]}); give one or the "
+            "other")
+    if check_environment:
+        _check_model(task, at, check_files)
+    return task
+
+
+def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:
+    """A ``custom`` task: the user's own job function, found by its entrypoint."""
+    entrypoint = (at / "entrypoint").typed(d.get("entrypoint"), _STR)
+    if not re.fullmatch(r"[\w.]+:\w+", entrypoint):
+        raise (at / "entrypoint").error(f"expected package.module:function, got {entrypoint!r}")
+    extra = sorted(set(d) - {"kind", "entrypoint", "seed"})
+    if extra:
+        raise (at / extra[0]).error("not used by a custom task (only entrypoint and seed)")
+    if check_files:
+        try:
+            load_entrypoint(entrypoint)
+        except (ImportError, AttributeError) as e:
+            raise (at / "entrypoint").error(f"cannot import {entrypoint}: {e}") from None
+    seed = d.get("seed", 0)
+    if _non_negative_int(seed):
+        raise (at / "seed").error(f"expected an integer >= 0, got {_show(seed)}")
+    return TaskSpec(kind="custom", entrypoint=entrypoint, seed=seed)
+
+
+def load_entrypoint(entrypoint: str) -> Callable[..., float]:
+    """``package.module:function`` -> the function."""
+    import importlib
+
+    module, _, name = entrypoint.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dict[str, Any]:
+    d = at.mapping(raw, _DATASET_KEYS[kind])
+    sources = [k for k in _DATASET_SOURCES[kind] if k in d]
+    if len(sources) != 1:
+        raise at.error("expected exactly one of " + ", ".join(_DATASET_SOURCES[kind]))
+    for key, value in d.items():
+        (at / key).typed(value, _STR)
+    if "name" in d:
+        name = d["name"]
+        builtin = BUILTIN_DATASETS[kind]
+        if kind == "text_classification" and name not in builtin:
+            raise (at / "name").error(
+                f"unknown built-in text dataset {name!r}; expected one of {', '.join(builtin)}"
+                " (or use hf, csv or jsonl)"
+            )
+        if kind == "image_classification" and name not in builtin and check_environment:
+            import torchvision.datasets
+
+            if name not in torchvision.datasets.__all__:
+                raise (at / "name").error(
+                    f"unknown dataset {name!r}; expected digits or a torchvision dataset "
+                    "such as CIFAR10, CIFAR100, FashionMNIST, MNIST (or use image_folder)"
+                )
+            if "root" not in d:
+                raise (at / "root").error(f"missing; dataset {name} needs a root directory")
+    key, sources_of_test = _DATASET_TEST[kind]
+    if key in d and not any(s in d for s in sources_of_test.split(" or ")):
+        raise (at / key).error(f"a test {'folder' if kind == 'image_classification' else 'file'}"
+                               f" goes with {sources_of_test}"
+                               + ("; for hf name a test_split" if "hf" in d else ""))
+    for key in ("csv", "jsonl"):
+        if key in d:
+            for col in ("text", "label"):
+                if col not in d:
+                    raise (at / col).error(f"missing; a {key} dataset names its {col} column")
+    return d
+
+
+def _check_model(task: TaskSpec, at: _At, check_files: bool) -> None:
+    """Check the model (and weights) name against what the library offers, and with
+    ``check_files`` that a local model directory and checkpoint file are there."""
+    weights = task.weights
+    if task.kind == "image_classification":
+        import torchvision.models
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if task.model not in names:
+            close = [n for n in names if n.startswith(task.model[:4])][:6]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise (at / "model").error(
+                f"unknown torchvision classification model {task.model!r}{hint}"
+            )
+        if weights is not None and weights != "DEFAULT" and not _looks_like_path(weights):
+            enum = torchvision.models.get_model_weights(task.model)
+            known = [w.name for w in enum]
+            if weights not in known:
+                raise (at / "weights").error(
+                    f"unknown weights {weights!r} for {task.model}; expected DEFAULT, "
+                    f"{', '.join(known)}, null, or a local checkpoint path"
+                )
+    else:
+        if check_files:
+            try:
+                where = resolve_model(task.model)
+            except ModuleNotFoundError as e:
+                raise (at / "model").error(f"{task.model}: {e}") from None
+            if (_looks_like_path(where) or where != task.model) and not Path(
+                    where).expanduser().is_dir():
+                raise (at / "model").error(f"no model directory at {where}")
+        if weights not in (None, "DEFAULT") and not _looks_like_path(weights):
+            raise (at / "weights").error(
+                f"expected null or DEFAULT (the model's own weights) or a local checkpoint "
+                f"path for a text model, got {weights!r}")
+    if weights is not None and _looks_like_path(weights) and check_files:
+        if not Path(weights).expanduser().is_file():
+            raise (at / "weights").error(f"no checkpoint file at {weights}")
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~")) or s.endswith((".pt", ".pth", ".bin",
+                                                                 ".safetensors"))
