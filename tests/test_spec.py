@@ -76,6 +76,8 @@ def _replace(text: str, old: str, new: str) -> str:
 # (name, spec text, words the one-line error must contain)
 BAD = [
     ("unknown top key", GOOD + "extra: 1\n", ["extra", "unknown key"]),
+    ("direction other than minimize", _replace(GOOD, "{name: t}", "{name: t, direction: maximize}"),
+     ["study.direction", "expected minimize", "'maximize'"]),
     ("unknown task key", _replace(GOOD, "model: resnet18", "model: resnet18\n  modle: x"),
      ["task.modle", "unknown key"]),
     ("unknown param key", _replace(GOOD, "log: true}", "log: true, scale: 2}"),
