@@ -308,6 +308,7 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
         SQLITE_SAFE_WORKERS,
         Slot,
         Supervisor,
+        WorkerOptions,
         assign_slots,
         default_slots,
         describe_exit,
@@ -329,11 +330,7 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
              f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL")
     # The URL reaches the workers through their environment: a password in it must not show
     # in their command lines (``ps``).
-    worker_args = [name]
-    for flag in ("n_trials", "timeout", "checkpoint_dir", "max_trials_per_process"):
-        value = getattr(args, flag)
-        if value is not None:
-            worker_args += ["--" + flag.replace("_", "-"), str(value)]
+    worker_args = WorkerOptions.from_args(args, study=name).to_argv()
     _say(f"hpo: study {name} in {shown}: {len(slots)} worker(s) "
          + ", ".join(s.label for s in slots))
 
@@ -363,7 +360,7 @@ def _launch(name: str, url: str, args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE
+    from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
     from hpo.outage import outage_seconds
     from hpo.storage import open_storage, redact, resolve_url
     from hpo.study import load_study, make_sampler
@@ -377,21 +374,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker_identity,
     )
 
+    options = WorkerOptions.from_args(args)
     url = resolve_url(args.storage)
     worker, seed_offset = worker_identity()
     launched = WORKER_INDEX_VAR in os.environ
     # A launcher restarts its workers, also while the database restarts: they wait for it.
     storage = open_storage(url, create=False, outage=outage_seconds() if launched else 0)
-    study, spec = load_study(args.study, storage, seed_offset=seed_offset)
+    study, spec = load_study(options.study, storage, seed_offset=seed_offset)
     if study.get_trials(deepcopy=False):
         # A worker joining a study under way (restarted, recycled, relaunched) must not draw
         # the same parameters as the process that held its slot before.
         study.sampler = make_sampler(
             spec, seed_offset + RESTART_SEED_STRIDE * len(study.get_trials(deepcopy=False)))
-    spec = spec.with_budget(args.n_trials, args.timeout)
+    spec = spec.with_budget(options.n_trials, options.timeout)
     budget = spec.budget
     if not launched:
-        _say(f"hpo: study {args.study} in {redact(url, url)}; worker {worker}; budget "
+        _say(f"hpo: study {options.study} in {redact(url, url)}; worker {worker}; budget "
              + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",
                                      budget.timeout and f"{budget.timeout:g}s") if x))
 
@@ -401,7 +399,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _say(format_trial(trial, done, budget.n_trials, best))
 
     report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
-        args.checkpoint_dir), on_trial=progress, max_trials=args.max_trials_per_process,
+        options.checkpoint_dir), on_trial=progress, max_trials=options.max_trials_per_process,
         storage_url=url)
     _say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} "
          "trial(s)")

@@ -1,5 +1,7 @@
 """Launch: one worker process per GPU slot, supervised.
 
+``WorkerOptions`` is what a worker is told on its command line: the launcher writes it as argv
+(``to_argv``), ``hpo worker`` reads its flags back into it (``from_args``).
 ``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested). The
 ``Supervisor`` starts ``hpo worker`` children with ``CUDA_VISIBLE_DEVICES`` and
 ``HPO_WORKER_INDEX`` set before any of them imports torch (and the storage URL in
@@ -18,8 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Sequence
 
 from hpo.errors import HpoError
 
@@ -35,6 +37,42 @@ SQLITE_SAFE_WORKERS = 8
 """More SQLite workers than this contend for the file lock; PostgreSQL is the answer."""
 STOP_GRACE = 30.0
 """Seconds a worker gets to checkpoint and re-queue after SIGTERM before SIGKILL."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """One worker's orders: ``hpo worker STUDY`` and its flags, None where a flag is not given.
+
+    The storage URL is not among them: it reaches a child through ``$HPO_STORAGE``, never its
+    command line, which ``ps`` shows to everyone on the machine.
+    """
+
+    study: str
+    """The study the worker joins."""
+    n_trials: int | None = None
+    """``--n-trials``: finished trials of the study, across all workers (the spec's budget)."""
+    timeout: float | None = None
+    """``--timeout``: seconds after which no new trial starts (the spec's budget)."""
+    checkpoint_dir: str | None = None
+    """``--checkpoint-dir``: where trial checkpoints go (default: ``$HPO_CHECKPOINT_DIR``)."""
+    max_trials_per_process: int | None = None
+    """``--max-trials-per-process``: trials after which the process exits to be restarted."""
+
+    @classmethod
+    def from_args(cls, args: Any, **given: Any) -> "WorkerOptions":
+        """The options from parsed flags (an ``argparse.Namespace``); ``given`` wins over them,
+        e.g. ``study=`` where the command names a spec, not a study."""
+        return cls(**{f.name: given[f.name] if f.name in given else getattr(args, f.name, None)
+                      for f in fields(cls)})
+
+    def to_argv(self) -> list[str]:
+        """The ``hpo worker`` arguments: ``[STUDY, --flag, value, ...]`` for the set options."""
+        argv = [self.study]
+        for f in fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value is not None:
+                argv += ["--" + f.name.replace("_", "-"), str(value)]
+        return argv
 
 
 @dataclass(frozen=True)
@@ -153,7 +191,7 @@ class Supervisor:
     """Runs and watches the worker processes of one study on this machine.
 
     Args:
-        worker_args: the ``hpo worker`` arguments after ``worker`` (study, budget).
+        worker_args: the ``hpo worker`` arguments after ``worker``: ``WorkerOptions.to_argv()``.
         slots: from ``assign_slots``.
         env: added to every child's environment (``HPO_STORAGE``: secrets stay out of argv).
         say: where the supervisor's and the workers' lines go.

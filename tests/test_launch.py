@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
-from hpo.launch import Slot, assign_slots, parse_gpus
+from hpo.cli import build_parser
+from hpo.launch import Slot, WorkerOptions, assign_slots, parse_gpus
 from test_worker import epoch_log, fast_env, finished, make_study, start_hpo, trials, wait_for
 
 
@@ -48,6 +49,35 @@ def test_gpus_all_without_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(HpoError, match="no GPU is visible"):
         parse_gpus("all")
+
+
+# --------------------------------------------------------------------------------------------
+# A worker's orders: one options object, written by the launcher, read by ``hpo worker``.
+
+
+@pytest.mark.parametrize("options", [
+    WorkerOptions("s"),
+    WorkerOptions("my-study", n_trials=7, timeout=0.1, checkpoint_dir="/tmp/check points",
+                  max_trials_per_process=2),
+    WorkerOptions("s", timeout=3600.0),
+])
+def test_worker_options_round_trip_through_the_worker_command_line(options):
+    argv = options.to_argv()
+    assert WorkerOptions.from_args(build_parser().parse_args(["worker", *argv])) == options
+
+
+def test_the_launcher_hands_its_workers_every_worker_flag_and_never_the_storage():
+    args = build_parser().parse_args([
+        "launch", "s", "--storage", "postgresql://bob:pw@db/x", "--n-trials", "9", "--timeout",
+        "60", "--checkpoint-dir", "ck", "--max-trials-per-process", "3", "--workers", "2"])
+    argv = WorkerOptions.from_args(args).to_argv()
+    assert argv == ["s", "--n-trials", "9", "--timeout", "60.0", "--checkpoint-dir", "ck",
+                    "--max-trials-per-process", "3"]
+    assert WorkerOptions.from_args(build_parser().parse_args(["worker", *argv])) == \
+        WorkerOptions("s", 9, 60.0, "ck", 3)
+    run = build_parser().parse_args(["run", "spec.yaml", "--n-trials", "2"])
+    assert WorkerOptions.from_args(run, study="from-spec").to_argv() == [
+        "from-spec", "--n-trials", "2"]
 
 
 # --------------------------------------------------------------------------------------------
