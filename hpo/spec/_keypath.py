@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from hpo.errors import SpecError
-from hpo.spec._schema import _BOOL, _FLOAT, _INT, _STR, _is_int, _is_number
+from hpo.spec._schema import _BOOL, _FLOAT, _INT, _STR, _bool, _is_int, _is_number
+
+_TYPE_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    _INT: lambda v: None if _is_int(v) else "an integer",
+    _FLOAT: lambda v: None if _is_number(v) else "a number",
+    _BOOL: _bool,
+    _STR: lambda v: None if isinstance(v, str) and v != "" else "a non-empty string",
+}
+"""What a value of each option type (``_schema``'s ``_INT`` ...) must be."""
 
 
 class _At:
@@ -36,17 +44,24 @@ class _At:
         return dict(value)
 
     def typed(self, value: Any, kind: str) -> Any:
-        ok = {
-            _INT: _is_int(value),
-            _FLOAT: _is_number(value),
-            _BOOL: isinstance(value, bool),
-            _STR: isinstance(value, str) and value != "",
-        }[kind]
-        if not ok:
-            expected = {_INT: "an integer", _FLOAT: "a number", _BOOL: "true or false",
-                        _STR: "a non-empty string"}[kind]
-            raise self.error(f"expected {expected}, got {_show(value)}")
+        """``value`` where it is of ``kind`` (``_INT``, ``_FLOAT`` (made a float), ``_BOOL``,
+        ``_STR``), else an error."""
+        self.checked(value, _TYPE_CHECKS[kind])
         return float(value) if kind == _FLOAT else value
+
+    def checked(self, value: Any, check: Callable[[Any], str | None]) -> Any:
+        """``value`` where ``check`` (one of ``_schema``'s checks) passes, else an error that
+        says what it expected."""
+        expected = check(value)
+        if expected:
+            raise self.error(f"expected {expected}, got {_show(value)}")
+        return value
+
+    def require(self, d: Mapping[str, Any], keys: Iterable[str], why: str) -> None:
+        """An error naming the first of ``keys`` missing from ``d``: ``missing; {why}``."""
+        for key in keys:
+            if key not in d:
+                raise (self / key).error(f"missing; {why}")
 
 
 def _show(value: Any) -> str:

@@ -12,7 +12,7 @@ from hpo.errors import SpecError
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, DIRECTIONS, PRUNER_OPTIONS, SAMPLER_OPTIONS,
-    Spec, StudySection, _STR, _is_int, _is_number, max_epochs,
+    Spec, StudySection, _STR, _is_number, _positive_int, max_epochs,
 )
 from hpo.spec._space import _parse_space
 from hpo.spec._task import _parse_task
@@ -81,9 +81,7 @@ def parse_spec(
     if raw is None:
         raise at.error("the spec is empty")
     top = at.mapping(raw, _TOP_KEYS)
-    for key in ("task", "search_space"):
-        if key not in top:
-            raise (at / key).error("missing; every spec needs it")
+    at.require(top, ("task", "search_space"), "every spec needs it")
     study = _parse_study(top.get("study") or {}, at / "study", default_name)
     task = _parse_task(top["task"], at / "task", check_environment,
                        check_environment and check_files)
@@ -131,9 +129,7 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
             options[key] = value
         else:
             options[key] = (at / key).typed(value, kind)
-    for key in _REQUIRED_OPTIONS.get((what, name), ()):
-        if key not in options:
-            raise (at / key).error(f"missing; the {name} {what} needs it")
+    at.require(options, _REQUIRED_OPTIONS.get((what, name), ()), f"the {name} {what} needs it")
     if name == "qmc" and options.get("qmc_type", "sobol") not in ("sobol", "halton"):
         raise (at / "qmc_type").error(f"expected sobol or halton, got {_show(options['qmc_type'])}")
     if name == "percentile" and not 0 <= options["percentile"] <= 100:
@@ -152,8 +148,7 @@ def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
     d = at.mapping(raw, ("n_trials", "timeout"))
     n_trials = d.get("n_trials", 20)
     if n_trials is not None:
-        if not _is_int(n_trials) or n_trials < 1:
-            raise (at / "n_trials").error(f"expected an integer >= 1, got {_show(n_trials)}")
+        (at / "n_trials").checked(n_trials, _positive_int)
     timeout = d.get("timeout")
     if timeout is not None:
         if not _is_number(timeout) or timeout <= 0:

@@ -39,6 +39,14 @@ def _non_negative_int(v: Any) -> str | None:
     return None if _is_int(v) and v >= 0 else "an integer >= 0"
 
 
+def _fraction(v: Any) -> str | None:
+    return None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
 def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in options else "one of " + ", ".join(options)

@@ -85,18 +85,14 @@ def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
         for i, c in enumerate(choices):
             if not isinstance(c, (str, int, float, bool)) or c is None:
                 raise (at / "choices" / i).error(f"expected a string or number, got {_show(c)}")
-            expected = hp.check(c)
-            if expected:
-                raise (at / "choices" / i).error(f"expected {expected}, got {_show(c)}")
+            (at / "choices" / i).checked(c, hp.check)
         if len(set(map(repr, choices))) != len(choices):
             raise (at / "choices").error("has duplicates")
         return ParamSpec(name=name, type="categorical", choices=tuple(choices))
 
     if "choices" in d:
         raise (at / "choices").error(f"not allowed for a {kind} parameter; use low and high")
-    for key in ("low", "high"):
-        if key not in d:
-            raise (at / key).error(f"missing; a {kind} parameter needs low and high")
+    at.require(d, ("low", "high"), f"a {kind} parameter needs low and high")
     value_type = _INT if kind == "int" else _FLOAT
     low = (at / "low").typed(d["low"], value_type)
     high = (at / "high").typed(d["high"], value_type)

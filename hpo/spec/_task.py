@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
-    _BOOL, _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _is_int, _is_number,
+    _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _bool, _fraction, _is_int,
     _non_negative_int, _one_of, _positive_int, resolve_model,
 )
 
@@ -31,53 +31,45 @@ BUILTIN_DATASETS = {"image_classification": ("digits",), "text_classification": 
 
 def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -> TaskSpec:
     d = at.mapping(raw, tuple(_TASK_DEFAULTS))
-    if "kind" not in d:
-        raise (at / "kind").error("missing; every task needs it")
+    at.require(d, ("kind",), "every task needs it")
     kind = d["kind"]
     if kind not in TASK_KINDS:
         raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
     if kind == "custom":
         return _parse_custom_task(d, at, check_files)
-    for key in ("model", "dataset"):
-        if key not in d:
-            raise (at / key).error("missing; every task needs it")
+    at.require(d, ("model", "dataset"), "every task needs it")
     model = (at / "model").typed(d["model"], _STR)
     dataset = _parse_dataset(d["dataset"], at / "dataset", kind, check_environment)
 
     out: dict[str, Any] = {"kind": kind, "model": model, "dataset": dataset}
+    # What each option takes; null is allowed where the default is null.
     checks: dict[str, Callable[[Any], str | None]] = {
-        "val_fraction": lambda v: None if _is_number(v) and 0 < v < 1 else "a number in (0, 1)",
+        "val_fraction": _fraction,
         "freeze": _one_of(FREEZE_POLICIES),
         "freeze_k": _non_negative_int,
         "max_length": _positive_int,
         "evals_per_epoch": _positive_int,
         "seed": _non_negative_int,
-    }
-    optional: dict[str, Callable[[Any], str | None]] = {
         "weights": lambda v: None if isinstance(v, str) and v else "a name or a path, or null",
-        "test_fraction": lambda v: None if _is_number(v) and 0 < v < 1
-        else "a number in (0, 1)",
+        "test_fraction": _fraction,
         "image_size": _positive_int,
         "max_samples": lambda v: None if _is_int(v) and v >= 10 else "an integer >= 10",
-        "augment": lambda v: None if isinstance(v, bool) else "true or false",
+        "augment": _bool,
         "early_stopping_patience": _positive_int,
-        "amp": lambda v: None if isinstance(v, bool) else "true or false",
-        "channels_last": lambda v: None if isinstance(v, bool) else "true or false",
+        "amp": _bool,
+        "channels_last": _bool,
         "num_workers": _non_negative_int,
+        "compile": _bool,
     }
-    for key, check in {**checks, **optional}.items():
+    for key, check in checks.items():
         if key not in d:
             continue
         value = d[key]
-        if value is None and key in optional:
+        if value is None and _TASK_DEFAULTS[key] is None:
             out[key] = None
             continue
-        expected = check(value)
-        if expected:
-            raise (at / key).error(f"expected {expected}, got {_show(value)}")
+        (at / key).checked(value, check)
         out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
-    if "compile" in d:
-        out["compile"] = (at / "compile").typed(d["compile"], _BOOL)
     task = TaskSpec(**out)
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
@@ -104,9 +96,7 @@ def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpe
             load_entrypoint(entrypoint)
         except (ImportError, AttributeError) as e:
             raise (at / "entrypoint").error(f"cannot import {entrypoint}: {e}") from None
-    seed = d.get("seed", 0)
-    if _non_negative_int(seed):
-        raise (at / "seed").error(f"expected an integer >= 0, got {_show(seed)}")
+    seed = (at / "seed").checked(d.get("seed", 0), _non_negative_int)
     return TaskSpec(kind="custom", entrypoint=entrypoint, seed=seed)
 
 
