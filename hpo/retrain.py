@@ -154,14 +154,14 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
                   say: Callable[[str], None] | None) -> dict[str, Any]:
     """Fit and test; write ``model.pt`` and ``retrain.json`` into ``work``."""
     import optuna
-    from optuna.trial import FixedTrial
 
     from hpo.provenance import environment_record, file_sha256
     from hpo.job import JobContext, run_job
+    from hpo.job.trial import FixedTrial
     from hpo.spec import suggest
     from hpo.storage import redact, resolve_url
 
-    fixed = FixedTrial(dict(trial.params), number=trial.number)
+    fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
     params = suggest(fixed, spec)  # every hyperparameter, as the trial had them
     params["epochs"], epochs_from = retrain_epochs(trial, params, epochs)
     model = work / MODEL_FILE
@@ -170,17 +170,18 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
         say(f"hpo: retraining trial #{trial.number} of {study.study_name} for "
             f"{params['epochs']} epoch(s) on its train + val examples"
             + (f" (the trial took {took:.0f} s)" if isinstance(took, (int, float)) else ""))
+    job_trial = FixedTrial(number=trial.number)  # keeps the attrs the fit writes
     started = time.perf_counter()
     try:
-        run_job(fixed, spec.task, params, JobContext(checkpoint_path=model, final=True))
+        run_job(job_trial, spec.task, params, JobContext(checkpoint_path=model, final=True))
     except optuna.TrialPruned:
-        attrs = fixed.user_attrs
+        attrs = job_trial.attrs
         raise RetrainFailed(
             f"the training loss went {attrs.get('prune_reason', 'bad')} at epoch "
             f"{attrs.get('epochs_run', '?')} of {params['epochs']}; retrain another trial "
             "(--trial N) or fewer --epochs") from None
     seconds = time.perf_counter() - started
-    attrs = fixed.user_attrs
+    attrs = job_trial.attrs
     url = resolve_url(storage_url)
     test = None
     if "test_loss" in attrs:

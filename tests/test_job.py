@@ -21,6 +21,7 @@ from hpo.job.image_data import image_datasets, load_images
 from hpo.job.optim import freeze, lr_factor, make_optimizer
 from hpo.job.vision import build_vision, pretrained_model, replace_head
 from hpo.spec import HYPERPARAMETERS, TaskSpec
+from hpo.worker import StudyTrial
 
 
 def make_params(**overrides):
@@ -46,7 +47,8 @@ def run_one(task, params, context=None, pruner=None, catch=()):
     """Run one trial of a fresh in-memory study; return its FrozenTrial."""
     study = new_study(pruner)
     context = context or JobContext(cache={})
-    study.optimize(lambda t: run_job(t, task, params, context), n_trials=1, catch=catch)
+    study.optimize(lambda t: run_job(StudyTrial(t), task, params, context), n_trials=1,
+                   catch=catch)
     return study.trials[0]
 
 
@@ -646,8 +648,8 @@ def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
 
     def objective(trial):
         try:
-            return run_job(trial, task, make_params(epochs=1, lr=1e-3 * (1 + trial.number)),
-                           context)
+            return run_job(StudyTrial(trial), task,
+                           make_params(epochs=1, lr=1e-3 * (1 + trial.number)), context)
         except optuna.TrialPruned as e:
             held.append(e)  # ...and its traceback, with the fit loop's frames, is kept alive
             raise

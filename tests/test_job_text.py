@@ -16,6 +16,7 @@ from hpo.job.optim import freeze
 from hpo.job.text import build_text
 from hpo.job.text_data import load_texts
 from hpo.spec import HYPERPARAMETERS, TaskSpec
+from hpo.worker import StudyTrial
 
 
 def make_params(**overrides):
@@ -28,7 +29,7 @@ def make_params(**overrides):
 def run_one(task, params, context=None):
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     context = context or JobContext(cache={})
-    study.optimize(lambda t: run_job(t, task, params, context), n_trials=1)
+    study.optimize(lambda t: run_job(StudyTrial(t), task, params, context), n_trials=1)
     return study.trials[0]
 
 

@@ -29,6 +29,7 @@ from hpo.job import JobContext, JobSetupError, run_job
 from hpo.job.data import heldout_test_indices, split, subsample, train_val_indices
 from hpo.job.image_data import final_image_datasets, image_datasets, load_images, load_test_images
 from hpo.job.text_data import load_test_texts, load_texts
+from hpo.job.trial import FixedTrial
 from hpo.retrain import RETRAIN_ATTR, retrain_epochs
 from hpo.spec import TaskSpec, parse_spec
 from hpo.storage import open_storage
@@ -376,11 +377,11 @@ def test_csv_test_file_through_a_final_fit(tiny_bert, reviews_csv, tmp_path):  #
     texts, labels, about = load_test_texts(dataset, source, {})
     assert labels.tolist() == [1, 0, 1, 0] and about == f"test file {test_file}"
 
-    trial = optuna.trial.FixedTrial({}, number=7)
+    trial = FixedTrial(number=7)
     model = tmp_path / "model.pt"
     value = run_job(trial, task, text_params(lr=3e-3, epochs=4, dropout=0.1),
                     JobContext(cache={}, checkpoint_path=model, final=True))
-    attrs = trial.user_attrs
+    attrs = trial.attrs
     assert value == float("inf")  # no validation in a final fit
     assert attrs["train_examples"] == 160 and attrs["test_examples"] == 4
     assert attrs["test_accuracy"] >= 0.75 and attrs["epochs_run"] == 4

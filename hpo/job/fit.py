@@ -24,7 +24,7 @@ from hpo.job.checkpoint import restore_checkpoint, save_checkpoint, save_model
 from hpo.job.data import EpochSeeded, EpochShuffle
 from hpo.job.device import Device, free_memory, peak_memory_mb, pick_device, reset_peak_memory
 from hpo.job.optim import freeze, make_optimizer, make_scheduler, train_mode
-from hpo.storage import set_user_attrs
+from hpo.job.trial import Trial
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ class Progress:
     """Wall time of the whole fit, earlier attempts included."""
 
 
-def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) -> float:
+def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> float:
     """Fine-tune ``setup.model`` with ``params``; report each evaluation to ``trial``.
 
     Args:
-        trial: the Optuna trial (``report`` / ``should_prune`` / user attrs).
+        trial: what the loop sees of its trial: reports, pruning and attrs go to it.
         setup: model, head, blocks and datasets from the task builder.
         params: every hyperparameter of ``hpo.spec.HYPERPARAMETERS``.
         task: the ``TaskSpec``.
@@ -94,10 +94,10 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
 
     Without a validation set (a final fit, ``hpo retrain``), it trains for ``epochs`` with no
     evaluation, report or pruning, saves the model alone (``save_model``) to the checkpoint
-    path after the last epoch, then evaluates ``setup.test_set`` once; ``trial`` (an
-    ``optuna.trial.FixedTrial``) gets the user attrs ``train_examples``, ``train_loss`` (mean
-    of the last epoch), ``test_split`` and, with a test set, ``test_loss``,
-    ``test_accuracy`` and ``test_examples``.
+    path after the last epoch, then evaluates ``setup.test_set`` once; ``trial`` (a
+    ``hpo.job.trial.FixedTrial``) gets the attrs ``train_examples``, ``train_loss`` (mean of
+    the last epoch), ``test_split`` and, with a test set, ``test_loss``, ``test_accuracy``
+    and ``test_examples``.
 
     Returns:
         The best validation loss (``inf`` without a validation set).
@@ -154,7 +154,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
     started = time.perf_counter() - progress.seconds
 
     def record() -> None:
-        """Write the trial's user attrs (again): they must be there even if it is pruned."""
+        """Write the trial's attrs (again): they must be there even if it is pruned."""
         progress.seconds = time.perf_counter() - started
         attrs: dict[str, Any] = {
             "epochs_run": progress.epochs_run,
@@ -167,11 +167,10 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
         }
         if progress.best_step:
             attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
-        set_user_attrs(trial, attrs)
+        trial.set_attrs(attrs)
 
     def prune(reason: str, step: int) -> None:
-        trial.set_user_attr("prune_reason", reason)
-        trial.set_user_attr("pruned_at_step", step)
+        trial.set_attrs({"prune_reason": reason, "pruned_at_step": step})
         record()
         raise optuna.TrialPruned(f"{reason} at step {step}")
 
@@ -205,13 +204,13 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
                 optimizer.zero_grad(set_to_none=True)
                 free_memory(dev)
                 if progress.micro_batch == 1:
-                    trial.set_user_attr("fail_reason", "oom")
+                    trial.set_attrs({"fail_reason": "oom"})
                     record()
                     raise torch.OutOfMemoryError(f"a micro-batch of 1 does not fit: {oom}")
                 progress.micro_batch //= 2
                 accumulation = math.ceil(batch_size / progress.micro_batch)
-                trial.set_user_attr("micro_batch_size", progress.micro_batch)
-                trial.set_user_attr("grad_accumulation", accumulation)
+                trial.set_attrs({"micro_batch_size": progress.micro_batch,
+                                 "grad_accumulation": accumulation})
                 log.warning("trial %d: out of memory (%s); now %d micro-batches of %d",
                             trial.number, oom, accumulation, progress.micro_batch)
             progress.samples += len(labels)
@@ -252,7 +251,7 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
                     log.info("trial %d: no better val loss in %d evaluations, stopping early",
                              trial.number, patience)
                     progress.stopped_early = True
-                    trial.set_user_attr("stopped_early_at_step", step)
+                    trial.set_attrs({"stopped_early_at_step": step})
                     break
                 train_mode(model, frozen)
                 clock = time.perf_counter()
@@ -267,24 +266,23 @@ def fit(trial: optuna.Trial, setup: TrainingSetup, params: dict, task, context) 
             save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
                             scaler=scaler, epoch=epoch, progress=asdict(progress),
                             final=epoch == epochs or progress.stopped_early)
-            trial.set_user_attr("checkpoint", str(checkpoint))
+            trial.set_attrs({"checkpoint": str(checkpoint)})
     record()
     if val_loader is None:
         if checkpoint is not None:  # nothing to resume: the model alone, after the last epoch
             save_model(checkpoint, model=model, epoch=progress.epochs_run)
-            trial.set_user_attr("checkpoint", str(checkpoint))
+            trial.set_attrs({"checkpoint": str(checkpoint)})
         final_test(trial, net, setup, task, dev, batch_size, progress.micro_batch,
                    channels_last, epoch_loss / max(steps_per_epoch, 1))
     return progress.best_loss
 
 
-def final_test(trial, model: nn.Module, setup: TrainingSetup, task, dev: Device,
+def final_test(trial: Trial, model: nn.Module, setup: TrainingSetup, task, dev: Device,
                batch_size: int, micro_batch: int, channels_last: bool,
                train_loss: float) -> None:
-    """The end of a final fit: the test split's loss and accuracy, as user attrs."""
-    trial.set_user_attr("train_examples", len(setup.train_set))
-    trial.set_user_attr("train_loss", train_loss)
-    trial.set_user_attr("test_split", setup.test_about)
+    """The end of a final fit: the test split's loss and accuracy, as attrs."""
+    trial.set_attrs({"train_examples": len(setup.train_set), "train_loss": train_loss,
+                     "test_split": setup.test_about})
     if setup.test_set is None or len(setup.test_set) == 0:
         return
     loader = eval_loader(setup, setup.test_set, task, dev, batch_size)
@@ -292,9 +290,8 @@ def final_test(trial, model: nn.Module, setup: TrainingSetup, task, dev: Device,
                                               micro_batch, channels_last)
     log.info("final fit: test loss %.4f, test accuracy %.3f on %d examples", test_loss,
              accuracy, len(setup.test_set))
-    trial.set_user_attr("test_loss", test_loss)
-    trial.set_user_attr("test_accuracy", accuracy)
-    trial.set_user_attr("test_examples", len(setup.test_set))
+    trial.set_attrs({"test_loss": test_loss, "test_accuracy": accuracy,
+                     "test_examples": len(setup.test_set)})
 
 
 def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int):
@@ -372,7 +369,7 @@ def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, 
     return loss.detach()
 
 
-def evaluate_or_fail(trial, record: Callable[[], None], model: nn.Module, loader: DataLoader,
+def evaluate_or_fail(trial: Trial, record: Callable[[], None], model: nn.Module, loader: DataLoader,
                      dev: Device, micro_batch: int, channels_last: bool
                      ) -> tuple[float, float, int]:
     """``evaluate``, its micro-batch halved on out-of-memory until it fits.
@@ -393,11 +390,11 @@ def evaluate_or_fail(trial, record: Callable[[], None], model: nn.Module, loader
         # Out of the except block, the traceback holding the activations is gone.
         free_memory(dev)
         if micro_batch == 1:
-            trial.set_user_attr("fail_reason", "oom")
+            trial.set_attrs({"fail_reason": "oom"})
             record()
             raise torch.OutOfMemoryError(f"evaluation: a micro-batch of 1 does not fit: {oom}")
         micro_batch //= 2
-        trial.set_user_attr("eval_micro_batch_size", micro_batch)
+        trial.set_attrs({"eval_micro_batch_size": micro_batch})
         log.warning("trial %d: out of memory in evaluation (%s); evaluating in micro-batches "
                     "of %d", trial.number, oom, micro_batch)
 

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import optuna
 import torch
 
 from hpo.job.context import JobContext
 from hpo.job.device import free_memory, pick_device
 from hpo.job.fit import TrainingSetup, fit
+from hpo.job.trial import Trial
 
 
-def run_job(trial: optuna.Trial, task, params: dict, context: JobContext) -> float:
+def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
     """Fine-tune once; return the best validation loss (the objective).
 
     Args:
-        trial: the Optuna trial: intermediate values, pruning and user attrs go to it.
+        trial: the job's trial (``hpo.job.trial``): reports, pruning and attrs go to it.
         task: the study's ``hpo.spec.TaskSpec``.
         params: every key of ``hpo.spec.HYPERPARAMETERS``.
         context: the worker's cache and this trial's checkpoint / resume paths.
 
     Returns:
         The best validation loss of the trial (``inf`` for a final fit, which has no
-        validation; its test results are user attrs).
+        validation; its test results are attrs).
 
     Raises:
-        optuna.TrialPruned: pruned, or its loss went NaN or diverged (user attr
+        optuna.TrialPruned: pruned, or its loss went NaN or diverged (attr
             ``prune_reason``).
         torch.OutOfMemoryError: not even one example per micro-batch fits
             (``fail_reason`` = ``oom``).

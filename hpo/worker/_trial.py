@@ -60,7 +60,8 @@ def job_function(spec: Spec) -> Callable[..., float]:
         return lambda trial, task, params, context: custom(trial, params, context)
     from hpo.job import run_job
 
-    return run_job
+    return lambda trial, task, params, context: run_job(StudyTrial(trial), task, params,
+                                                        context)
 
 
 def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
