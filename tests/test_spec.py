@@ -76,7 +76,8 @@ def _replace(text: str, old: str, new: str) -> str:
 # (name, spec text, words the one-line error must contain)
 BAD = [
     ("unknown top key", GOOD + "extra: 1\n", ["extra", "unknown key"]),
-    ("direction other than minimize", _replace(GOOD, "{name: t}", "{name: t, direction: maximize}"),
+    ("direction other than minimize",
+     _replace(GOOD, "{name: t}", "{name: t, direction: maximize}"),
      ["study.direction", "expected minimize", "'maximize'"]),
     ("unknown task key", _replace(GOOD, "model: resnet18", "model: resnet18\n  modle: x"),
      ["task.modle", "unknown key"]),
@@ -98,6 +99,8 @@ BAD = [
      ["task.model", "unknown torchvision", "resnet19"]),
     ("unknown sampler", GOOD + "sampler: {name: bayes}\n", ["sampler.name", "unknown sampler"]),
     ("unknown pruner", GOOD + "pruner: {name: early}\n", ["pruner.name", "unknown pruner"]),
+    ("pruner name a list", GOOD + "pruner: {name: [median]}\n",
+     ["pruner.name", "unknown pruner a list", "expected one of median"]),
     ("unknown sampler option", GOOD + "sampler: {name: tpe, sed: 1}\n",
      ["sampler.sed", "unknown option"]),
     ("bad budget", _replace(GOOD, "n_trials: 3", "n_trials: 0"),

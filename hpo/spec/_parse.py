@@ -112,14 +112,15 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     tables = SAMPLER_OPTIONS if what == "sampler" else PRUNER_OPTIONS
     d = at.mapping(raw)
     name = d.pop("name", None)
-    if name not in tables:
+    if not isinstance(name, str) or name not in tables:  # a list or mapping is not hashable
         raise (at / "name").error(f"unknown {what} {_show(name)}; expected one of "
                                   + ", ".join(tables))
     allowed = tables[name]
     options: dict[str, Any] = {}
     for key, value in d.items():
         if key not in allowed:
-            extra = "; it takes no options" if not allowed else "; expected one of " + ", ".join(allowed)
+            extra = ("; it takes no options" if not allowed
+                     else "; expected one of " + ", ".join(allowed))
             raise (at / key).error(f"unknown option of the {name} {what}{extra}")
         kind = allowed[key]
         if kind == "pruner":
