@@ -1,0 +1,176 @@
+"""The commands that run trials: create, run, launch, worker, reap, template."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from hpo.cli._handle import EXIT_OK, Handle, say, warn
+from hpo.errors import HpoError
+
+
+def create(h: Handle) -> int:
+    from hpo.preflight import load_checked_spec
+
+    # Validate, and check this machine's files, before touching the database.
+    spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
+    study = h.create(spec)
+    print(f"study {study.study_name} ready in {h.shown}")
+    return EXIT_OK
+
+
+def run(h: Handle) -> int:
+    from hpo.preflight import load_checked_spec
+
+    # Validate, and check this machine's files, before touching the database.
+    spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
+    h.create(spec)
+    return _launch(h, spec.study.name)
+
+
+def launch(h: Handle) -> int:
+    h.load()  # a clear error before any fork
+    return _launch(h, h.args.study)
+
+
+def _launch(h: Handle, name: str) -> int:
+    import socket
+
+    from hpo.launch import (
+        SQLITE_SAFE_WORKERS,
+        Slot,
+        Supervisor,
+        WorkerOptions,
+        assign_slots,
+        default_slots,
+        describe_exit,
+        parse_gpus,
+    )
+    from hpo.storage import ENV_VAR
+    from hpo.summary import best_record, format_best, format_status, status_record
+    from hpo.worker import reap_process
+
+    args = h.args
+    gpus = parse_gpus(args.gpus)
+    if gpus is None and args.workers is None:
+        slots = default_slots()
+    else:
+        slots = assign_slots(gpus, args.per_gpu, args.workers)
+    if h.url.startswith("sqlite") and len(slots) > SQLITE_SAFE_WORKERS:
+        say(f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
+            f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL")
+    # The URL reaches the workers through their environment: a password in it must not show
+    # in their command lines (``ps``).
+    worker_args = WorkerOptions.from_args(args, study=name).to_argv()
+    say(f"hpo: study {name} in {h.shown}: {len(slots)} worker(s) "
+        + ", ".join(s.label for s in slots))
+
+    study = h.study
+    host = socket.gethostname()
+    gpu_of = {f"{host}:w{s.index}": s.gpu for s in slots}
+
+    def live_view() -> str:
+        return format_status(status_record(study), gpus=gpu_of)
+
+    def hand_on(slot: Slot, pid: int, code: int) -> None:
+        # A dead worker's trial is failed and its retry queued now, not after the grace
+        # period: a sibling (or the restarted worker) resumes it from its checkpoint.
+        for number in reap_process(study, host, pid):
+            say(f"[{slot.label}] trial {number} of the dead worker (exit "
+                f"{describe_exit(code)}) failed; its retry resumes from its checkpoint")
+
+    code = Supervisor(worker_args, slots, env={ENV_VAR: h.url}, say=say, status=live_view,
+                      on_exit=hand_on).run()
+    best = best_record(study)
+    if best is not None:
+        say(format_best(best))
+    return code
+
+
+def worker(h: Handle) -> int:
+    from optuna.trial import TrialState
+
+    from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
+    from hpo.outage import outage_seconds
+    from hpo.study import make_sampler
+    from hpo.summary import best_record, format_best, format_trial
+    from hpo.worker import (
+        MAX_CONSECUTIVE_FAILURES,
+        RESTART_SEED_STRIDE,
+        WORKER_INDEX_VAR,
+        checkpoint_root,
+        run_worker,
+        worker_identity,
+    )
+
+    options = WorkerOptions.from_args(h.args)
+    worker, seed_offset = worker_identity()
+    launched = WORKER_INDEX_VAR in os.environ
+    # A launcher restarts its workers, also while the database restarts: they wait for it.
+    study, spec = h.load(seed_offset=seed_offset, outage=outage_seconds() if launched else 0)
+    if study.get_trials(deepcopy=False):
+        # A worker joining a study under way (restarted, recycled, relaunched) must not draw
+        # the same parameters as the process that held its slot before.
+        study.sampler = make_sampler(
+            spec, seed_offset + RESTART_SEED_STRIDE * len(study.get_trials(deepcopy=False)))
+    spec = spec.with_budget(options.n_trials, options.timeout)
+    budget = spec.budget
+    if not launched:
+        say(f"hpo: study {options.study} in {h.shown}; worker {worker}; budget "
+            + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",
+                                    budget.timeout and f"{budget.timeout:g}s") if x))
+
+    def progress(trial: Any, trials: list[Any]) -> None:
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        best = min((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
+        say(format_trial(trial, done, budget.n_trials, best))
+
+    report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
+        options.checkpoint_dir), on_trial=progress, max_trials=options.max_trials_per_process,
+        storage_url=h.url)
+    say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} "
+        "trial(s)")
+    if report.stopped_because == "failures":
+        say(f"hpo: error: {MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: "
+            f"{report.last_failure}")
+        return EXIT_GAVE_UP
+    if report.stopped_because == "recycle":
+        return EXIT_RECYCLE
+    if report.stopped_because == "preempted":
+        return EXIT_PREEMPTED
+    if not launched:
+        best = best_record(study)
+        if best is not None:
+            say(format_best(best))
+    return EXIT_OK
+
+
+def reap(h: Handle) -> int:
+    from hpo.worker import reap as reap_dead_workers
+
+    failed = reap_dead_workers(h.study, everything=h.args.all)
+    print(f"reaped {len(failed)} trial(s)" + (": " + ", ".join(f"#{n}" for n in failed)
+                                              if failed else ""))
+    return EXIT_OK
+
+
+def template(h: Handle) -> int:
+    from sqlalchemy.engine import make_url
+
+    from hpo.cluster import render
+
+    args = h.args
+    if h.url.startswith("sqlite"):
+        raise HpoError("a cluster needs a database server every machine reaches "
+                       "(--storage postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
+    h.load()  # the workers will need it
+    host = make_url(h.url).host
+    if host in (None, "", "localhost", "::1") or host.startswith("127."):
+        warn(f"the storage host {host or '(a local socket)'!r} is this machine as every "
+             "node sees itself: the workers on other machines will not reach it; give the "
+             "database's network name (--storage or HPO_STORAGE)")
+    print(render(args.kind, args.study, h.url, nodes=args.nodes, gpus=args.gpus_per_node,
+                 image=args.image, checkpoint_dir=args.checkpoint_dir,
+                 python=args.python or sys.executable), end="")
+    return EXIT_OK
