@@ -3,6 +3,7 @@ storage backend."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -206,3 +207,122 @@ def test_the_readme_main_command_prints_the_best_trial_once():
     section = text.split("## Run the main job", 1)[1].split("## ", 1)[0]
     command = next(line for line in section.splitlines() if "hpo run" in line)
     assert "hpo best" not in command, command
+
+
+# --------------------------------------------------------------------------------------------
+# The command table and the handle: one entry per command, the storage and study opened once.
+
+
+@pytest.fixture
+def in_process(monkeypatch, tmp_path):
+    """``main`` in this process, in ``tmp_path``: what it sets in the environment is undone."""
+    from hpo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "PYTHONWARNINGS",
+                "OPTUNA_VERBOSITY", "HPO_VERBOSE"):
+        monkeypatch.setenv(var, "")  # so that its value before is restored afterwards
+        monkeypatch.delenv(var)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    return main
+
+
+def test_every_command_of_the_table_is_in_the_help_with_its_flags(capsys):
+    from hpo.cli import COMMANDS, SHARED, build_parser
+
+    def words(text):  # as argparse wraps them: at spaces, and after hyphens
+        return "".join(text.split())
+
+    top = words(build_parser().format_help())
+    for command in COMMANDS:
+        assert words(f"{command.name} {command.help}") in top, command.name
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command.name, "--help"])
+        text = words(capsys.readouterr().out)
+        assert words(command.description) in text, command.name
+        flags = ["--storage"] + (["STUDY"] if command.study else [])
+        for name in command.shared:
+            probe = argparse.ArgumentParser(add_help=False)
+            SHARED[name](probe)
+            flags += [flag for action in probe._actions for flag in action.option_strings]
+        for flag in flags:
+            assert flag in text, (command.name, flag)
+
+
+def test_adding_a_command_is_one_entry_of_the_table(in_process, monkeypatch, tmp_path):
+    import hpo.cli._main
+    from hpo.cli import COMMANDS, Command
+
+    seen = []
+
+    def hello(h):
+        seen.append((h.args.study, h.args.json, h.url))
+        return 0
+
+    entry = Command("hello", "greet a study", "Greet STUDY.", hello, shared=("json",))
+    monkeypatch.setattr(hpo.cli._main, "COMMANDS", COMMANDS + (entry,))
+    monkeypatch.setenv("HPO_STORAGE", "sqlite:///from-env.db")
+    assert in_process(["hello", "s", "--json"]) == 0
+    assert seen == [("s", True, "sqlite:///from-env.db")]
+    assert not (tmp_path / "from-env.db").exists()  # the storage is opened only when used
+
+
+def _study_commands():
+    from hpo.cli import COMMANDS
+
+    return [c.name for c in COMMANDS if c.study]
+
+
+@pytest.mark.parametrize("command", _study_commands())
+def test_a_command_on_a_study_that_does_not_exist_is_one_line_exit_2(
+        command, in_process, server_urls, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    if command == "template":  # a cluster needs a database server
+        url = server_urls["postgresql"]
+        if isinstance(url, Exception):
+            pytest.skip(str(url))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY.format(name="there"))
+    assert in_process(["create", str(spec), "--storage", url, "--no-preflight"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    capsys.readouterr()
+    argv = [command] + (["slurm"] if command == "template" else []) + ["nosuch"]
+    assert in_process(argv + ["--storage", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no hpo study named 'nosuch'" in err, err
+    assert "there" in err.split("studies here: ")[1], err
+    # Nothing written: no report, export, retrain folder; the database as it was.
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_the_handle_resolves_the_url_and_opens_the_storage_and_study_once(tmp_path,
+                                                                           monkeypatch):
+    import hpo.storage
+    from hpo.cli import Handle
+    from specs import make_spec
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    Handle(argparse.Namespace(storage=url)).create(make_spec("h"))
+    opened = []
+    real = hpo.storage.open_storage
+    monkeypatch.setattr(hpo.storage, "open_storage",
+                        lambda *a, **k: opened.append((a, k)) or real(*a, **k))
+    monkeypatch.setenv("HPO_STORAGE", url)
+    h = Handle(argparse.Namespace(storage=None, study="h"))
+    assert h.url == url  # the flag, else $HPO_STORAGE, else the default
+    monkeypatch.setenv("HPO_STORAGE", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    study, spec = h.load()
+    assert h.study is study and h.spec is spec and h.storage() is h.storage()
+    assert study.study_name == "h" and spec.study.name == "h" and h.url == url
+    assert opened == [((url,), {"create": False, "outage": 0.0})]
+    assert Handle(argparse.Namespace(storage="sqlite:///flag.db")).url == "sqlite:///flag.db"
+    monkeypatch.delenv("HPO_STORAGE")
+    assert Handle(argparse.Namespace(storage=None)).url == "sqlite:///hpo.db"
+
+
+def test_no_command_opens_the_storage_or_a_study_its_own_way():
+    for path in (ROOT / "hpo" / "cli").glob("*.py"):
+        if path.name != "_handle.py":
+            text = path.read_text(encoding="utf-8")
+            for call in ("open_storage(", "load_study(", "create_study("):
+                assert call not in text, (path.name, call)

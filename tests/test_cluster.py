@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_hpo
 from hpo.errors import HpoError
-from test_worker import make_study
+from workers import make_study
 
 
 @pytest.mark.parametrize("kind", ["slurm", "kubernetes"])

@@ -14,10 +14,11 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from hpo.errors import HpoError
 from hpo.cli import build_parser
+from hpo.errors import HpoError
 from hpo.launch import Slot, WorkerOptions, assign_slots, parse_gpus
-from test_worker import epoch_log, fast_env, finished, make_study, start_hpo, trials, wait_for
+from processes import start_hpo, wait_for
+from workers import epoch_log, fast_env, finished, make_study, trials
 
 
 # --------------------------------------------------------------------------------------------
