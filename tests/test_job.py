@@ -15,10 +15,13 @@ import pytest
 import torch
 
 import hpo.job.fit as fit_module
+import hpo.job.step as step_module
 from hpo.job import JobContext, JobSetupError, run_job
 from hpo.job.data import split, train_val_indices
+from hpo.job.device import pick_device
 from hpo.job.image_data import image_datasets, load_images
 from hpo.job.optim import freeze, lr_factor, make_optimizer
+from hpo.job.trial import FixedTrial
 from hpo.job.vision import build_vision, pretrained_model, replace_head
 from hpo.spec import HYPERPARAMETERS, TaskSpec
 from hpo.worker import StudyTrial
@@ -74,6 +77,21 @@ def test_digits_fine_tune_learns_and_reports_each_epoch():
     assert "checkpoint" not in attrs and "prune_reason" not in attrs
 
 
+def test_the_fit_loop_runs_on_a_fixed_trial_alone():
+    """No study and no database: the loop sees only the trial interface (report,
+    should_prune, set_attrs), and a FixedTrial keeps what it is told."""
+    trial = FixedTrial(number=4)
+    value = run_job(trial, digits(max_samples=200), make_params(epochs=2),
+                    JobContext(cache={}))
+    assert sorted(trial.reports) == [1, 2]  # one report per epoch
+    assert value == min(trial.reports.values())
+    attrs = trial.attrs
+    assert attrs["epochs_run"] == 2 and attrs["epochs_planned"] == 2
+    assert trial.reports[attrs["best_epoch"]] == value
+    assert 0 <= attrs["val_accuracy"] <= 1 and attrs["device"]
+    assert "prune_reason" not in attrs and "checkpoint" not in attrs
+
+
 @pytest.mark.parametrize("batch_size", [16, 64])
 def test_evals_per_epoch_steps_are_fractions_of_the_data(batch_size):
     trial = run_one(digits(evals_per_epoch=2, max_samples=200),
@@ -112,7 +130,7 @@ def test_the_last_report_completes_the_trial_instead_of_pruning_it(evals):
 
 
 def test_nan_loss_prunes_at_once(monkeypatch):
-    real = fit_module.forward_backward
+    real = step_module.forward_backward
     calls = []
 
     def nan_on_third(*args, **kwargs):
@@ -120,7 +138,7 @@ def test_nan_loss_prunes_at_once(monkeypatch):
         loss = real(*args, **kwargs)
         return loss * math.nan if len(calls) == 3 else loss
 
-    monkeypatch.setattr(fit_module, "forward_backward", nan_on_third)
+    monkeypatch.setattr(step_module, "forward_backward", nan_on_third)
     trial = run_one(digits(), make_params(epochs=3))
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["prune_reason"] == "nan"
@@ -138,7 +156,7 @@ def test_huge_learning_rate_is_pruned_as_nan_or_diverged():
 
 def test_early_stopping_after_patience_evaluations(monkeypatch):
     losses = iter([1.0, 2.0, 3.0, 4.0])
-    monkeypatch.setattr(fit_module, "evaluate", lambda *a, **k: (next(losses), 0.5))
+    monkeypatch.setattr(step_module, "evaluate", lambda *a, **k: (next(losses), 0.5))
     trial = run_one(digits(early_stopping_patience=2, max_samples=100), make_params(epochs=4))
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.intermediate_values == {1: 1.0, 2: 2.0, 3: 3.0}
@@ -188,11 +206,11 @@ def test_grad_clip_bounds_the_update():
         params = make_params(optimizer="sgd", lr=1.0, momentum=0.0, grad_clip=grad_clip)
         opt = make_optimizer(model, list(model.parameters()), params)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        dev = fit_module.pick_device(amp=False)
+        dev = pick_device(amp=False)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         x, y = torch.randn(16, 8) * 10, torch.randint(0, 3, (16,))
-        fit_module.train_step(model, x, y, 16, torch.nn.functional.cross_entropy, dev, scaler,
-                              opt, sched, list(model.parameters()), grad_clip)
+        step_module.train_step(model, x, y, 16, torch.nn.functional.cross_entropy, dev,
+                               scaler, opt, sched, list(model.parameters()), grad_clip)
         with torch.no_grad():
             return float(torch.sqrt(sum(((p - b) ** 2).sum()
                                         for p, b in zip(model.parameters(), before))))
@@ -527,7 +545,7 @@ def test_a_final_checkpoint_with_epochs_left_is_refused(tmp_path):
 
 
 def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
-    real = fit_module.forward_backward
+    real = step_module.forward_backward
     sizes = []
 
     def small_memory(model, inputs, labels, *args, **kwargs):
@@ -536,7 +554,7 @@ def test_out_of_memory_halves_the_micro_batch(monkeypatch, tmp_path):
         sizes.append(len(labels))
         return real(model, inputs, labels, *args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "forward_backward", small_memory)
+    monkeypatch.setattr(step_module, "forward_backward", small_memory)
     steps = []
     real_save = fit_module.save_checkpoint
 
@@ -561,7 +579,7 @@ def test_out_of_memory_at_micro_batch_one_fails_with_reason(monkeypatch):
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(fit_module, "forward_backward", no_memory)
+    monkeypatch.setattr(step_module, "forward_backward", no_memory)
     trial = run_one(digits(max_samples=100), make_params(batch_size=16, epochs=1),
                     catch=(torch.OutOfMemoryError,))
     assert trial.state == optuna.trial.TrialState.FAIL
@@ -571,7 +589,7 @@ def test_out_of_memory_at_micro_batch_one_fails_with_reason(monkeypatch):
 
 
 def test_out_of_memory_in_evaluation_halves_its_micro_batch(monkeypatch):
-    real = fit_module.logits
+    real = step_module.logits
     sizes = []
 
     def small_memory_without_grad(model, inputs):
@@ -581,7 +599,7 @@ def test_out_of_memory_in_evaluation_halves_its_micro_batch(monkeypatch):
             sizes.append(len(inputs))
         return real(model, inputs)
 
-    monkeypatch.setattr(fit_module, "logits", small_memory_without_grad)
+    monkeypatch.setattr(step_module, "logits", small_memory_without_grad)
     task = digits(max_samples=100, evals_per_epoch=2)  # 20 val examples, 2 evals an epoch
     trial = run_one(task, make_params(batch_size=16, epochs=2))
     assert trial.state == optuna.trial.TrialState.COMPLETE
@@ -594,14 +612,14 @@ def test_out_of_memory_in_evaluation_halves_its_micro_batch(monkeypatch):
 
 
 def test_out_of_memory_in_evaluation_at_one_example_fails_with_reason(monkeypatch):
-    real = fit_module.logits
+    real = step_module.logits
 
     def no_memory_without_grad(model, inputs):
         if not torch.is_grad_enabled():
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(model, inputs)
 
-    monkeypatch.setattr(fit_module, "logits", no_memory_without_grad)
+    monkeypatch.setattr(step_module, "logits", no_memory_without_grad)
     trial = run_one(digits(max_samples=100), make_params(batch_size=16, epochs=1),
                     catch=(torch.OutOfMemoryError,))
     assert trial.state == optuna.trial.TrialState.FAIL

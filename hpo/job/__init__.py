@@ -1,14 +1,16 @@
 """The job: a trial's params and the task -> model, data, optimizer -> one fit loop.
 
-A job sees a trial and its params, never a process or a GPU id; it runs on ``cuda`` when the
-process sees a GPU, else on the CPU. ``import hpo.job`` does not import torch; ``run_job``
-does, and torchvision and transformers load only for a task that needs them.
+A job sees a trial (``Trial``: report, should_prune, attrs) and its params, never a process,
+a database or a GPU id; it runs on ``cuda`` when the process sees a GPU, else on the CPU.
+``import hpo.job`` does not import torch; ``run_job`` does, and torchvision and transformers
+load only for a task that needs them.
 """
 
 from hpo.job.context import JobContext
 from hpo.job.errors import JobSetupError
+from hpo.job.trial import FixedTrial, Trial
 
-__all__ = ["JobContext", "JobSetupError", "run_job"]
+__all__ = ["FixedTrial", "JobContext", "JobSetupError", "Trial", "run_job"]
 
 
 def __getattr__(name: str):

@@ -6,7 +6,8 @@ import torch
 
 from hpo.job.context import JobContext
 from hpo.job.device import free_memory, pick_device
-from hpo.job.fit import TrainingSetup, fit
+from hpo.job.fit import fit
+from hpo.job.state import TrainingSetup
 from hpo.job.trial import Trial
 
 

@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 
 from hpo.job.checkpoint import load_weights_file  # noqa: E402
 from hpo.job.errors import JobSetupError  # noqa: E402
-from hpo.job.fit import TrainingSetup  # noqa: E402
+from hpo.job.state import TrainingSetup  # noqa: E402
 from hpo.job.text_data import (  # noqa: E402
     PadBatch,
     final_tokenized_datasets,

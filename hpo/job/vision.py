@@ -10,8 +10,8 @@ from torch import nn
 
 from hpo.job.checkpoint import load_weights_file
 from hpo.job.errors import JobSetupError
-from hpo.job.fit import TrainingSetup
 from hpo.job.image_data import Preset, final_image_datasets, image_datasets, load_images
+from hpo.job.state import TrainingSetup
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,53 @@
+"""The fit loop's data loaders: the train loader in a seeded order per epoch, and the val and
+test loaders in order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hpo.job.data import EpochSeeded, EpochShuffle
+from hpo.job.device import Device
+
+if TYPE_CHECKING:
+    from hpo.job.state import TrainingSetup
+
+
+def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int
+                 ) -> tuple[DataLoader, DataLoader | None, EpochShuffle]:
+    """The train and val loaders, and the train loader's sampler (``set_epoch`` each epoch).
+
+    The data order depends on (seed, epoch) alone, so a resumed attempt sees the same one.
+    Loader processes: ``task.num_workers``, by default 4 with CUDA for data that needs work
+    per example (decoding, augmentation), else none. No val set: the val loader is ``None``.
+    """
+    loading = _loading(setup, task, dev)
+    # In this process the RNG that augments is the global one, which checkpoints save and
+    # restore; loader processes have their own, so there each example seeds its own.
+    processes = loading["num_workers"] > 0
+    order = EpochShuffle(len(setup.train_set), task.seed, keyed=processes)
+    train_set = EpochSeeded(setup.train_set, task.seed) if processes else setup.train_set
+    # Loaders draw their workers' seeds from their own generators, never from the global RNG
+    # (dropout's), whose state must not depend on when a loader happened to start.
+    train_loader = DataLoader(train_set, batch_size, sampler=order, drop_last=True,
+                              generator=torch.Generator().manual_seed(task.seed), **loading)
+    val_loader = (None if setup.val_set is None
+                  else eval_loader(setup, setup.val_set, task, dev, batch_size))
+    return train_loader, val_loader, order
+
+
+def eval_loader(setup: TrainingSetup, dataset: Dataset, task, dev: Device,
+                batch_size: int) -> DataLoader:
+    """A loader of ``dataset`` (val or test) in order, as ``make_loaders`` loads."""
+    return DataLoader(dataset, batch_size, generator=torch.Generator().manual_seed(task.seed),
+                      **_loading(setup, task, dev))
+
+
+def _loading(setup: TrainingSetup, task, dev: Device) -> dict[str, Any]:
+    workers = task.num_workers
+    if workers is None:
+        workers = 4 if dev.cuda and not setup.in_memory else 0
+    return dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
+                persistent_workers=workers > 0)

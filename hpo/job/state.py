@@ -1,0 +1,180 @@
+"""What a fit carries from step to step: the task builder's setup, the progress a checkpoint
+saves, and the ``FitState`` that ``start_fit`` builds from them.
+
+``start_fit`` builds everything in one fixed order (model, optimizer, loaders, a resume,
+compile): the global RNG's draws, and so every trial's numbers, depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hpo.job.checkpoint import restore_checkpoint
+from hpo.job.data import EpochShuffle
+from hpo.job.device import Device, pick_device, reset_peak_memory
+from hpo.job.loaders import make_loaders
+from hpo.job.optim import freeze, make_optimizer, make_scheduler
+from hpo.job.trial import Trial
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSetup:
+    """What a task builder hands the fit loop."""
+
+    model: nn.Module
+    head: list[nn.Parameter]
+    """The new head: trains at ``lr`` under every freeze policy."""
+    blocks: list[list[nn.Parameter]]
+    """The backbone from the input side, for ``freeze: first_k``."""
+    train_set: Dataset
+    val_set: Dataset | None
+    """``None`` for a final fit (``hpo retrain``): no validation, reports or pruning."""
+    num_classes: int
+    collate: Callable | None = None
+    convolutional: bool = False
+    """channels_last speeds up convolutions only."""
+    in_memory: bool = False
+    """Examples are ready in memory (tensors, token ids): loader processes would add only
+    their start-up time, so by default there are none."""
+    optimizer: torch.optim.Optimizer | None = None
+    """Set by ``start_fit``, so that ``run.release`` can free its state after the trial."""
+    test_set: Dataset | None = None
+    """A final fit's test split, evaluated once after the last epoch; never a trial's."""
+    test_about: str = ""
+    """Which test split ``test_set`` is, or why there is none."""
+
+
+@dataclass
+class Progress:
+    """What the loop knows so far; a checkpoint saves it, a resumed attempt starts from it."""
+
+    best_loss: float = math.inf
+    best_accuracy: float = 0.0
+    best_epoch: int = 0
+    best_step: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    first_loss: float | None = None
+    micro_batch: int = 0
+    eval_micro_batch: int = 0
+    """Examples per forward pass in evaluation; 0 until an evaluation ran out of memory
+    (then it halves apart from training's, which needs more memory)."""
+    epochs_run: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    """Time in training steps (data loading included, evaluation not)."""
+    seconds: float = 0.0
+    """Wall time of the whole fit, earlier attempts included."""
+
+
+@dataclass
+class FitState:
+    """One fit's moving parts, shared by the steps of ``hpo.job.fit``."""
+
+    setup: TrainingSetup
+    task: Any
+    """The ``TaskSpec``."""
+    dev: Device
+    channels_last: bool
+    """Image batches go to the device in channels_last memory format."""
+    model: nn.Module
+    net: nn.Module
+    """``model``, compiled when the task says so: what runs forward."""
+    frozen: list[nn.Module]
+    """Submodules that stay in eval mode while the model trains."""
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    criterion: Callable[..., torch.Tensor]
+    """The training loss (label smoothing included)."""
+    grad_clip: float
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    """``None`` for a final fit."""
+    order: EpochShuffle
+    """The train loader's sampler: ``set_epoch`` before each epoch."""
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    evals: int
+    """Evaluations per epoch."""
+    eval_after: dict[int, int]
+    """Batch index -> the evaluation of the epoch (1 to ``evals``) that runs after it."""
+    checkpoint: Path | None
+    progress: Progress
+    start_epoch: int
+    """The last epoch an earlier attempt finished (a resume), else 0."""
+    started: float
+    """``time.perf_counter()`` at the start, less the earlier attempts' seconds."""
+
+
+def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> FitState:
+    """The model on its device, frozen by policy; the optimizer, schedule, loss and loaders;
+    the progress of an earlier attempt when ``context.resume_path`` is a checkpoint."""
+    dev = pick_device(task.amp)
+    reset_peak_memory(dev)
+    channels_last = setup.convolutional and (
+        task.channels_last if task.channels_last is not None else dev.cuda)
+    model = setup.model.to(dev.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    frozen = freeze(model, setup.head, setup.blocks, params["freeze"], params["freeze_k"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = setup.optimizer = make_optimizer(model, setup.head, params)
+
+    epochs = params["epochs"]
+    batch_size = min(params["batch_size"], len(setup.train_set))
+    # drop_last: a last batch of one example breaks batch norm, and every step is then a
+    # full batch, so the schedule and the effective batch size never change mid-epoch.
+    steps_per_epoch = len(setup.train_set) // batch_size
+    scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, params)
+    # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.amp_dtype == torch.float16)
+    if dev.cuda:
+        # TF32 tensor cores for the float32 matmuls and convolutions left (amp off, or ops
+        # autocast keeps in float32). cudnn.benchmark stays off: its timing of every new shape
+        # cost 2-11 s per trial and a 10x peak-memory spike on H100, more than short trials win.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size)
+    # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
+    # with different label smoothing compare.
+    criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
+
+    progress = Progress(micro_batch=batch_size)
+    start_epoch = 0
+    if context.resume_path is not None and Path(context.resume_path).is_file():
+        start_epoch, saved = restore_checkpoint(
+            Path(context.resume_path), model=model, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, epochs=epochs)
+        progress = Progress(**saved)
+        log.info("trial %d: resumed from %s after epoch %d", trial.number,
+                 context.resume_path, start_epoch)
+    net = torch.compile(model) if task.compile else model
+    evals = task.evals_per_epoch
+    # Batch index after which evaluation j of the epoch runs: fractions of the data, so a
+    # step means the same for every batch size.
+    eval_after = {max(1, round(j * steps_per_epoch / evals)): j for j in range(1, evals + 1)}
+    return FitState(
+        setup=setup, task=task, dev=dev, channels_last=channels_last, model=model, net=net,
+        frozen=frozen, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
+        scaler=scaler, criterion=criterion, grad_clip=params["grad_clip"],
+        train_loader=train_loader, val_loader=val_loader, order=order, batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch, epochs=epochs, evals=evals, eval_after=eval_after,
+        checkpoint=Path(context.checkpoint_path) if context.checkpoint_path else None,
+        progress=progress, start_epoch=start_epoch,
+        started=time.perf_counter() - progress.seconds)

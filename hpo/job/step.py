@@ -1,0 +1,143 @@
+"""The mechanics of one step of the fit loop: a batch's optimizer step in micro-batches, an
+evaluation, and the moves of a batch to the device. Nothing here reads the loop's state."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hpo.job.device import Device, free_memory
+from hpo.job.trial import Trial
+
+log = logging.getLogger(__name__)
+
+
+def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int, criterion,
+               dev: Device, scaler, optimizer, scheduler, trainable: list[nn.Parameter],
+               grad_clip: float) -> float:
+    """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
+
+    Returns:
+        The batch's mean training loss; the optimizer does not step when it is NaN or inf.
+    """
+    n = len(labels)
+    total = torch.zeros((), device=labels.device)
+    for part in micro_batches(n, micro_batch):
+        total += forward_backward(model, take(inputs, part), labels[part], criterion, dev,
+                                  scaler, weight=(part.stop - part.start) / n)
+    loss = total.item()  # a CPU-GPU sync point: paid once per step, so a NaN prunes at once
+    if math.isfinite(loss):
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until next backward
+    return loss
+
+
+def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, dev: Device,
+                     scaler, weight: float) -> torch.Tensor:
+    """Forward and backward one micro-batch that is ``weight`` of its batch.
+
+    Returns:
+        Its share of the batch's loss, detached.
+    """
+    with dev.autocast():
+        loss = criterion(logits(model, inputs).float(), labels) * weight
+    scaler.scale(loss).backward()
+    return loss.detach()
+
+
+def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module,
+                     loader: DataLoader, dev: Device, micro_batch: int, channels_last: bool
+                     ) -> tuple[float, float, int]:
+    """``evaluate``, its micro-batch halved on out-of-memory until it fits.
+
+    Args:
+        trial: gets ``eval_micro_batch_size`` at each halving.
+        record: writes the trial's attrs with the extra ones it is given (one write).
+
+    Returns:
+        Mean cross-entropy, accuracy, and the micro-batch that fitted (later evaluations
+        start from it).
+
+    Raises:
+        torch.OutOfMemoryError: even one example per forward pass does not fit
+            (``record`` writes ``fail_reason`` = ``oom`` with the trial's attrs first).
+    """
+    while True:
+        try:
+            return (*evaluate(model, loader, dev, micro_batch, channels_last), micro_batch)
+        except torch.OutOfMemoryError as e:
+            oom = str(e).splitlines()[0] if str(e) else "out of memory"
+        # Out of the except block, the traceback holding the activations is gone.
+        free_memory(dev)
+        if micro_batch == 1:
+            record(fail_reason="oom")
+            raise torch.OutOfMemoryError(f"evaluation: a micro-batch of 1 does not fit: {oom}")
+        micro_batch //= 2
+        trial.set_attrs({"eval_micro_batch_size": micro_batch})
+        log.warning("trial %d: out of memory in evaluation (%s); evaluating in micro-batches "
+                    "of %d", trial.number, oom, micro_batch)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int,
+             channels_last: bool) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a validation or test set."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=dev.device)
+    correct = torch.zeros((), dtype=torch.int64, device=dev.device)
+    n = 0
+    for inputs, labels in loader:
+        inputs = to_device(inputs, dev, channels_last)
+        labels = labels.to(dev.device, non_blocking=True)
+        for part in micro_batches(len(labels), micro_batch):
+            with dev.autocast():
+                out = logits(model, take(inputs, part)).float()
+            total += F.cross_entropy(out, labels[part], reduction="sum")
+            correct += (out.argmax(dim=1) == labels[part]).sum()
+        n += len(labels)
+    return total.item() / n, correct.item() / n  # one sync per evaluation
+
+
+def logits(model: nn.Module, inputs) -> torch.Tensor:
+    """The model's class scores, whether it returns a tensor, a tuple or a transformers output."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, tuple):  # inception / googlenet: (logits, aux logits)
+        return out[0]
+    return out
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    """``n`` examples cut into near-equal slices of at most ``size`` (none of just one
+    example unless ``size`` is 1: batch norm cannot train on one)."""
+    count = math.ceil(n / size)
+    bounds = [round(k * n / count) for k in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def take(inputs, part: slice):
+    """A slice of a batch's inputs: a tensor, or a dict of tensors."""
+    if isinstance(inputs, dict):
+        return {k: v[part] for k, v in inputs.items()}
+    return inputs[part]
+
+
+def to_device(inputs, dev: Device, channels_last: bool):
+    """Move inputs to the device; pinned memory lets the copy overlap with compute."""
+    if isinstance(inputs, dict):
+        return {k: v.to(dev.device, non_blocking=True) for k, v in inputs.items()}
+    if channels_last and inputs.ndim == 4:
+        return inputs.to(dev.device, non_blocking=True, memory_format=torch.channels_last)
+    return inputs.to(dev.device, non_blocking=True)
