@@ -25,13 +25,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
 
+from hpo.records import CHECKPOINT_ARTIFACT_ATTR
+from hpo.storage import resolve_url
+
 if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import FileSystemArtifactStore
 
 ARTIFACTS_VAR = "HPO_ARTIFACTS"
-CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
-"""Trial user attr: the artifact id of the trial's uploaded checkpoint."""
 KEEP_BEST_CHECKPOINTS = 3
 """Checkpoints kept of finished trials: the best k complete ones (their final checkpoints:
 the weights), in ``checkpoints/`` and in the artifact store."""
@@ -48,8 +49,6 @@ def artifact_dir(storage_url: str | None = None, directory: str | os.PathLike[st
     Returns:
         The folder (not created).
     """
-    from hpo.storage import resolve_url
-
     if directory:
         return Path(directory).expanduser()
     if os.environ.get(ARTIFACTS_VAR):

@@ -13,7 +13,9 @@ import socketserver
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from hpo.artifacts import artifact_dir, artifact_store, missing_artifacts_as_404
 from hpo.errors import HpoError
+from hpo.storage import open_storage
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -64,9 +66,6 @@ def serve(
         HpoError: no such database, or the port cannot be bound.
     """
     import optuna_dashboard
-
-    from hpo.artifacts import artifact_dir, artifact_store, missing_artifacts_as_404
-    from hpo.storage import open_storage
 
     storage = open_storage(storage_url, create=False)
     store = artifact_store(storage_url, artifacts)

@@ -22,6 +22,8 @@ RETRAIN_ATTR = "hpo.retrain"
 """Study user attr: the latest retrain's summary (trial, epochs, test numbers, folder)."""
 CHECKPOINT_ATTR = "checkpoint"
 """Trial user attr: the path of the trial's latest checkpoint."""
+CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
+"""Trial user attr: the id of the trial's checkpoint in the artifact store (``hpo.artifacts``)."""
 FAIL_REASON_ATTR = "fail_reason"
 """Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
 

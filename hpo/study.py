@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING, Any
 from hpo import __version__
 from hpo._optuna import create_study_with_attrs
 from hpo.errors import HpoError, SpecError, StudyNotFoundError
+from hpo.records import SPEC_ATTR, VERSION_ATTR
 from hpo.spec import Spec, max_epochs, parse_spec
 
 if TYPE_CHECKING:
     import optuna
-
-SPEC_ATTR = "hpo.spec"
-VERSION_ATTR = "hpo.version"
 
 
 def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.Study":

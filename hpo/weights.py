@@ -11,7 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from hpo.artifacts import download_checkpoint, has_checkpoint
 from hpo.provenance import file_sha256
+from hpo.records import CHECKPOINT_ARTIFACT_ATTR, CHECKPOINT_ATTR
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -48,10 +50,8 @@ def export_model(trial: "FrozenTrial", task: "TaskSpec", out: str | os.PathLike[
         says why), ``format``, ``load`` (Python that loads it), ``from``, ``epoch``,
         ``bytes``, ``sha256`` (a folder: ``files``, each file's) and ``note`` where needed.
     """
-    from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, download_checkpoint, has_checkpoint
-
     out = Path(out)
-    source = trial.user_attrs.get("checkpoint")
+    source = trial.user_attrs.get(CHECKPOINT_ATTR)
     artifact_id = trial.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
         if source and Path(source).is_file():

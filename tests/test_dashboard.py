@@ -19,7 +19,8 @@ from browser import headless_chromium
 from conftest import run_hpo
 from sample_study import OUTCOMES, build_sample_study
 
-from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, artifact_dir, upload_checkpoint
+from hpo.artifacts import ARTIFACTS_VAR, artifact_dir, upload_checkpoint
+from hpo.records import CHECKPOINT_ARTIFACT_ATTR
 from hpo.report import write_report
 from hpo.storage import open_storage
 

@@ -307,7 +307,8 @@ def test_trials_leave_out_checkpoints_that_retention_removed(tmp_path, monkeypat
     """``hpo trials`` (and the export's trials.csv) name no deleted file: ``checkpoint`` is
     empty where retention deleted it, ``checkpoint_artifact`` where the store removed the
     upload of a trial that left the best."""
-    from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, remove_checkpoints
+    from hpo.artifacts import ARTIFACTS_VAR, remove_checkpoints
+    from hpo.records import CHECKPOINT_ARTIFACT_ATTR
 
     monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

@@ -1,0 +1,88 @@
+"""The shared trial records: a trial as JSON-ready data, the best trial or none, counts by state,
+how a value is shown, a study's name as a file name, and the attribute names studies hold."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from hpo import records
+
+
+def _trial(state=TrialState.COMPLETE, value=0.5):
+    return create_trial(
+        state=state, value=value if state == TrialState.COMPLETE else None,
+        params={"lr": 0.001}, distributions={"lr": FloatDistribution(1e-5, 1e-1, log=True)},
+        intermediate_values={2: 0.7, 1: 0.9, 10: 0.5}, user_attrs={"device": "cpu"})
+
+
+def test_trial_record_is_json_ready_with_epochs_in_order():
+    trial = _trial()
+    start = dt.datetime(2025, 3, 1, 12, 0, 0, 654321)
+    trial.number = 4
+    trial.datetime_start, trial.datetime_complete = start, start + dt.timedelta(seconds=90)
+
+    record = records.trial_record(trial)
+
+    assert record == {
+        "number": 4, "state": "COMPLETE", "value": 0.5, "params": {"lr": 0.001},
+        "intermediate_values": {"1": 0.9, "2": 0.7, "10": 0.5},  # steps as JSON keys
+        "user_attrs": {"device": "cpu"},
+        "datetime_start": "2025-03-01T12:00:00",  # to the second
+        "datetime_complete": "2025-03-01T12:01:30",
+    }
+    assert list(record["intermediate_values"]) == ["1", "2", "10"]  # in epoch order
+    assert json.loads(json.dumps(record)) == record
+
+
+def test_best_or_none():
+    study = optuna.create_study()
+    assert records.best_or_none(study) is None  # no trial
+    study.add_trial(_trial(TrialState.PRUNED))
+    assert records.best_or_none(study) is None  # none complete
+    study.add_trial(_trial(value=0.3))
+    study.add_trial(_trial(value=0.2))
+    study.add_trial(_trial(value=0.4))
+    assert records.best_or_none(study).number == 2
+
+
+def test_count_states_names_every_state():
+    trials = [_trial(), _trial(), _trial(TrialState.PRUNED), _trial(TrialState.FAIL)]
+
+    counts = records.count_states(trials)
+
+    assert counts == {TrialState.RUNNING: 0, TrialState.COMPLETE: 2, TrialState.PRUNED: 1,
+                      TrialState.FAIL: 1, TrialState.WAITING: 0}
+    assert records.count_states([]) == {s: 0 for s in TrialState}
+
+
+def test_format_value_shows_floats_to_four_digits():
+    assert records.format_value(0.000123456) == "0.0001235"
+    assert records.format_value(3e-6) == "3e-06"
+    assert records.format_value(0.5) == "0.5"
+    assert records.format_value(64) == "64"
+    assert records.format_value("adamw") == "adamw"
+    assert records.format_value(None) == "None"
+
+
+def test_safe_name_keeps_letters_digits_and_dots():
+    assert records.safe_name("digits-resnet18_v2.1") == "digits-resnet18_v2.1"
+    assert records.safe_name("team/digits: lr sweep") == "team_digits__lr_sweep"
+    assert records.safe_name("../etc") == ".._etc"  # no folder separator survives
+
+
+def test_iso_to_the_second():
+    assert records.iso(dt.datetime(2025, 3, 1, 12, 0, 5, 999999)) == "2025-03-01T12:00:05"
+    assert records.iso(None) is None
+
+
+def test_attribute_names_are_those_existing_studies_hold():
+    """Studies in users' databases carry these names: renaming one loses their data."""
+    assert (records.SPEC_ATTR, records.VERSION_ATTR, records.RETRAIN_ATTR) == (
+        "hpo.spec", "hpo.version", "hpo.retrain")
+    assert (records.CHECKPOINT_ATTR, records.CHECKPOINT_ARTIFACT_ATTR,
+            records.FAIL_REASON_ATTR) == ("checkpoint", "checkpoint_artifact", "fail_reason")
