@@ -28,8 +28,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from hpo.artifacts import artifact_dir, has_checkpoint
 from hpo.errors import HpoError
 from hpo.provenance import DATA_PATH_KEYS, environment_record, package_versions
+from hpo.records import (CHECKPOINT_ARTIFACT_ATTR, CHECKPOINT_ATTR, VERSION_ATTR, best_or_none,
+                         iso, trial_record)
+from hpo.storage import redact, resolve_url
 from hpo.weights import export_model
 
 if TYPE_CHECKING:
@@ -42,6 +46,8 @@ FORMATS = ("csv", "json")
 ATTR_COLUMNS = ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
                 "samples_per_second", "device", "host", "worker", "peak_memory_mb",
                 "prune_reason", "fail_reason", "checkpoint")
+EXPORTED_TRIAL_KEYS = ("number", "value", "params", "intermediate_values", "user_attrs")
+"""What ``record.json`` keeps of the best trial's record (``hpo.records.trial_record``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,8 +76,8 @@ def trial_rows(study: "optuna.Study", artifacts_dir: str | os.PathLike[str] | No
             "number": t.number,
             "state": t.state.name,
             "value": t.value,
-            "datetime_start": start.isoformat(timespec="seconds") if start else None,
-            "datetime_complete": end.isoformat(timespec="seconds") if end else None,
+            "datetime_start": iso(start),
+            "datetime_complete": iso(end),
             "duration_seconds": round((end - start).total_seconds(), 3) if start and end
             else None,
         }
@@ -90,12 +96,10 @@ def present_files(attrs: dict[str, Any], artifacts_dir: str | os.PathLike[str] |
     deletes those of pruned, failed and worse trials) and, given the store's folder,
     ``checkpoint_artifact`` where the store no longer holds it (a trial that left the best).
     A finished trial's attrs cannot change, so readers check."""
-    from hpo.artifacts import CHECKPOINT_ARTIFACT_ATTR, has_checkpoint
-
     attrs = dict(attrs)
-    path = attrs.get("checkpoint")
+    path = attrs.get(CHECKPOINT_ATTR)
     if path and not Path(path).is_file():
-        attrs["checkpoint"] = None
+        attrs[CHECKPOINT_ATTR] = None
     artifact = attrs.get(CHECKPOINT_ARTIFACT_ATTR)
     if artifact and artifacts_dir is not None and not has_checkpoint(artifact,
                                                                      directory=artifacts_dir):
@@ -118,8 +122,6 @@ def write_trials(study: "optuna.Study", fmt: str, stream: TextIO,
         / null where the file is gone (``present_files``).
     """
     if fmt == "json":
-        from hpo.summary import trial_record
-
         records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
         for record in records:
             record["user_attrs"] = present_files(record["user_attrs"], artifacts_dir)
@@ -208,13 +210,9 @@ def export_best(
     Raises:
         HpoError: the study has no complete trial, or ``out`` is a file.
     """
-    from hpo.artifacts import artifact_dir
-    from hpo.storage import redact, resolve_url
-
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise HpoError(f"study {study.study_name!r} has no complete trial to export") from None
+    best = best_or_none(study)
+    if best is None:
+        raise HpoError(f"study {study.study_name!r} has no complete trial to export")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HpoError(f"--out {out} is a file; give a folder")
@@ -234,19 +232,14 @@ def export_best(
     model = export_model(best, spec.task, out, storage_url=url, artifacts=artifacts)
 
     sampler_seed = spec.sampler.options.get("seed")
+    trial = {k: v for k, v in trial_record(best).items() if k in EXPORTED_TRIAL_KEYS}
+    # record.json has always had the start to the microsecond.
+    trial["datetime_start"] = best.datetime_start.isoformat() if best.datetime_start else None
     record = {
         "study": study.study_name,
         "storage": redact(url, url),
         "exported": dt.datetime.now().isoformat(timespec="seconds"),
-        "trial": {
-            "number": best.number,
-            "value": best.value,
-            "params": dict(best.params),
-            "intermediate_values": {str(k): v for k, v in sorted(
-                best.intermediate_values.items())},
-            "user_attrs": dict(best.user_attrs),
-            "datetime_start": best.datetime_start.isoformat() if best.datetime_start else None,
-        },
+        "trial": trial,
         "spec": spec_path.name,
         "model": model,
         "seeds": {
@@ -254,7 +247,7 @@ def export_best(
             "sampler.seed": sampler_seed,
             **{k: v for k, v in best.user_attrs.items() if "seed" in k},
         },
-        "study_hpo_version": study.user_attrs.get("hpo.version"),
+        "study_hpo_version": study.user_attrs.get(VERSION_ATTR),
         **environment_record(spec.task),
     }
     (out / "record.json").write_text(json.dumps(record, indent=2, default=str) + "\n",

@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from hpo.errors import HpoError
+from hpo.provenance import environment_record, file_sha256
+from hpo.records import RETRAIN_ATTR, VERSION_ATTR, best_or_none, safe_name
+from hpo.spec import suggest
+from hpo.storage import redact, resolve_url
 
 if TYPE_CHECKING:
     import optuna
@@ -34,8 +38,6 @@ if TYPE_CHECKING:
 
     from hpo.spec import Spec
 
-RETRAIN_ATTR = "hpo.retrain"
-"""Study user attr: the latest retrain's summary (trial, epochs, test numbers, folder)."""
 MODEL_FILE = "model.pt"
 RECORD_FILE = "retrain.json"
 
@@ -46,8 +48,7 @@ class RetrainFailed(RuntimeError):
 
 def default_out(study_name: str) -> Path:
     """``retrain/STUDY`` with the name made safe for a folder."""
-    return Path("retrain") / "".join(c if c.isalnum() or c in "-_." else "_"
-                                     for c in study_name)
+    return Path("retrain") / safe_name(study_name)
 
 
 def pick_trial(study: "optuna.Study", number: int | None = None) -> "FrozenTrial":
@@ -60,10 +61,10 @@ def pick_trial(study: "optuna.Study", number: int | None = None) -> "FrozenTrial
 
     name = study.study_name
     if number is None:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise HpoError(f"study {name!r} has no complete trial to retrain") from None
+        best = best_or_none(study)
+        if best is None:
+            raise HpoError(f"study {name!r} has no complete trial to retrain")
+        return best
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise HpoError(f"study {name!r} has no trial #{number}"
@@ -155,11 +156,8 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
     """Fit and test; write ``model.pt`` and ``retrain.json`` into ``work``."""
     import optuna
 
-    from hpo.provenance import environment_record, file_sha256
     from hpo.job import JobContext, run_job
     from hpo.job.trial import FixedTrial
-    from hpo.spec import suggest
-    from hpo.storage import redact, resolve_url
 
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
     params = suggest(fixed, spec)  # every hyperparameter, as the trial had them
@@ -215,7 +213,7 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
                   "bytes": model.stat().st_size,
                   "format": "torch.load(path)['model'] is the model's state_dict"},
         "seeds": {"task.seed": spec.task.seed},
-        "study_hpo_version": study.user_attrs.get("hpo.version"),
+        "study_hpo_version": study.user_attrs.get(VERSION_ATTR),
         **environment_record(spec.task),
     }
     (work / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n",

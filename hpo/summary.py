@@ -8,35 +8,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from hpo.retrain import RETRAIN_ATTR
-from hpo.records import count_states
+from hpo.records import RETRAIN_ATTR, best_or_none, count_states, format_value, iso, trial_record
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
 
-def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
-    """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs."""
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "params": dict(trial.params),
-        "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
-        "user_attrs": dict(trial.user_attrs),
-        "datetime_start": _iso(trial.datetime_start),
-        "datetime_complete": _iso(trial.datetime_complete),
-    }
-
-
 def best_record(study: "optuna.Study") -> dict[str, Any] | None:
     """The best complete trial of the study with the study's name, or None if none completed."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        return None
-    return {"study": study.study_name, **trial_record(best)}
+    best = best_or_none(study)
+    return None if best is None else {"study": study.study_name, **trial_record(best)}
 
 
 def status_record(study: "optuna.Study") -> dict[str, Any]:
@@ -78,7 +60,7 @@ def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, An
             "study": s.study_name,
             "counts": {k.name: n for k, n in counts.items() if n},
             "best_value": s.best_trial.value if s.best_trial else None,
-            "created": _iso(s.datetime_start),
+            "created": iso(s.datetime_start),
         })
     return out
 
@@ -88,7 +70,7 @@ def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, An
 
 
 def format_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    return " ".join(f"{k}={format_value(v)}" for k, v in params.items())
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -129,9 +111,9 @@ def format_best(record: dict[str, Any]) -> str:
     for key in ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
                 "samples_per_second", "device", "checkpoint"):
         if key in attrs:
-            lines.append(f"  {key:<13} {_short(attrs[key])}")
+            lines.append(f"  {key:<13} {format_value(attrs[key])}")
     lines.append("  params")
-    lines += [f"    {k:<14} {_short(v)}" for k, v in record["params"].items()]
+    lines += [f"    {k:<14} {format_value(v)}" for k, v in record["params"].items()]
     curve = " ".join(f"{float(v):.4f}" for v in record["intermediate_values"].values())
     lines.append(f"  val_loss by epoch  {curve}")
     return "\n".join(lines)
@@ -168,12 +150,3 @@ def format_trial(trial: "FrozenTrial", done: int, n_trials: int | None, best: fl
     return (f"[{done:>3}{total}] trial {trial.number:<4} {trial.state.name:<8} epochs {epochs:<6}"
             f"{secs_s}  {what:<34} {best_s}  {format_params(trial.params)}")
 
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _iso(t: dt.datetime | None) -> str | None:
-    return t.isoformat(timespec="seconds") if t else None

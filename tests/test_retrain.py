@@ -30,7 +30,8 @@ from hpo.job.data import heldout_test_indices, split, subsample, train_val_indic
 from hpo.job.image_data import final_image_datasets, image_datasets, load_images, load_test_images
 from hpo.job.text_data import load_test_texts, load_texts
 from hpo.job.trial import FixedTrial
-from hpo.retrain import RETRAIN_ATTR, retrain_epochs
+from hpo.records import RETRAIN_ATTR
+from hpo.retrain import retrain_epochs
 from hpo.spec import TaskSpec, parse_spec
 from hpo.storage import open_storage
 from hpo.study import create_study
