@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo import __version__
-from hpo.figures import FIGURE_TITLES
+from hpo.figures import FIGURE_TITLES, comparison_figure, study_figures
+from hpo.records import best_or_none, count_states, format_value, safe_name
 
 if TYPE_CHECKING:
     import optuna
@@ -107,21 +108,15 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
         first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
         ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``.
     """
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: 0 for s in TrialState}
+    counts = {s.name: n for s, n in count_states(trials).items()}
     reasons: dict[str, dict[str, int]] = {"PRUNED": {}, "FAIL": {}}
     for t in trials:
-        counts[t.state.name] += 1
         if t.state.name in reasons:
             key = "prune_reason" if t.state.name == "PRUNED" else "fail_reason"
             reason = str(t.user_attrs.get(key, "unknown"))
             reasons[t.state.name][reason] = reasons[t.state.name].get(reason, 0) + 1
-    try:
-        best_trial = study.best_trial
-    except ValueError:
-        best_trial = None
+    best_trial = best_or_none(study)
     best = None if best_trial is None else {
         "number": best_trial.number,
         "value": best_trial.value,
@@ -161,8 +156,7 @@ def progress(study: "optuna.Study") -> dict[str, list[float]]:
 
 def default_path(study_name: str) -> Path:
     """``dashboards/STUDY.html`` relative to the working directory."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
-    return Path(DEFAULT_DIR) / f"{safe}.html"
+    return Path(DEFAULT_DIR) / f"{safe_name(study_name)}.html"
 
 
 def render_html(
@@ -210,7 +204,7 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
     lines = [f"## hpo report: {numbers['study']}", "", f"- trials: {counts or 'none'}"]
     best = numbers["best"]
     if best:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items())
         acc = best["val_accuracy"]
         lines.append(f"- best: trial {best['number']}, val loss {best['value']:.6f}"
                      + (f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""))
@@ -286,8 +280,6 @@ def write_report(
     """
     out = Path(out) if out is not None else default_path(study.study_name)
     numbers = study_numbers(study)
-    from hpo.figures import comparison_figure, study_figures
-
     figures = study_figures(study, numbers["savings"])
     shown = dict(figures)
     if compare:
@@ -321,12 +313,6 @@ def _generated(storage: str) -> str:
     return f"generated {when} by hpo {__version__}{where}"
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
     head = ("study", "best val loss", "best trial", "complete", "pruned", "failed", "running",
             "waiting", "epochs run / planned", "device-hours run / planned", "saved")
@@ -351,7 +337,7 @@ def _best_table(numbers: dict[str, Any]) -> str:
     best = numbers["best"]
     if not best:
         return "<p>No complete trial yet.</p>"
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_value(v))}</td></tr>"
                    for k, v in best["params"].items())
     acc = best["val_accuracy"]
     acc_s = f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
