@@ -109,13 +109,11 @@ def _fresh_setup(task, params: dict, cache: dict):
 
 def _hpo_loop(task, params: dict, cache: dict, workdir: Path) -> float:
     """hpo's job as a worker runs it: build, fit (train, evaluate, report), release."""
-    import optuna
+    from hpo.job import FixedTrial, JobContext, run_job
 
-    from hpo.job import JobContext, run_job
-
-    trial = optuna.create_study().ask()
+    trial = FixedTrial()
     run_job(trial, task, params, JobContext(cache=cache))
-    return float(trial.user_attrs["samples_per_second"])
+    return float(trial.attrs["samples_per_second"])
 
 
 def _minimal_loop(task, params: dict, cache: dict, workdir: Path) -> float:
@@ -125,7 +123,7 @@ def _minimal_loop(task, params: dict, cache: dict, workdir: Path) -> float:
     from torch.utils.data import DataLoader
 
     from hpo.job.device import pick_device
-    from hpo.job.fit import logits, to_device
+    from hpo.job.step import logits, to_device
 
     dev = pick_device(task.amp)
     setup = _fresh_setup(task, params, cache)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo._optuna import no_experimental_warnings, retry_callback, storage_class
-from hpo._optuna import set_user_attrs  # noqa: F401  (the job writes its attrs through it)
 from hpo.errors import StorageError
 from hpo.outage import with_outage_retry
 

@@ -100,7 +100,7 @@ def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(storage_ur
 def test_user_attrs_of_a_running_trial_are_written_together(storage_url):
     """The job's attrs in one transaction: new and rewritten keys land, the trial object sees
     them; a finished trial refuses them as Optuna does; a FixedTrial takes them one by one."""
-    from hpo.storage import set_user_attrs
+    from hpo._optuna import set_user_attrs
 
     storage = open_storage(storage_url)
     study, _ = load_study(create_study(make_spec(unique("uattrs")), storage).study_name, storage)

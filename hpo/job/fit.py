@@ -23,7 +23,6 @@ from hpo.job.loaders import eval_loader
 from hpo.job.optim import train_mode
 from hpo.job.state import FitState, TrainingSetup, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
-from hpo.job.step import logits  # noqa: F401  (benchmarks/throughput.py imports it from here)
 from hpo.job.trial import Trial
 
 log = logging.getLogger(__name__)
