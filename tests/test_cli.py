@@ -13,27 +13,8 @@ import optuna
 import pytest
 
 from conftest import ROOT, run_hpo
+from specs import write_tiny_spec
 
-TINY = """
-study: {{name: {name}}}
-task:
-  kind: image_classification
-  model: resnet18
-  dataset: {{name: digits}}
-  image_size: 16
-  max_samples: 800
-search_space:
-  lr:           {{type: float, low: 1.0e-8, high: 1.0e-1, log: true}}
-  batch_size:   {{type: categorical, choices: [32, 64]}}
-  epochs:       {{type: int, low: 2, high: 3}}
-  optimizer:    {{type: categorical, choices: [adam, adamw, sgd, rmsprop]}}
-  momentum:     {{type: float, low: 0.5, high: 0.99, when: {{optimizer: sgd}}}}
-  dropout:      {{type: float, low: 0.0, high: 0.5}}
-  weight_decay: {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}
-sampler: {{name: random, seed: 1}}
-pruner:  {{name: median, n_startup_trials: 1, n_warmup_steps: 2}}
-budget:  {{n_trials: 4}}
-"""
 SIX = {"lr", "batch_size", "epochs", "optimizer", "dropout", "weight_decay"}
 ATTRS = {"val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
          "samples_per_second", "device", "host", "worker", "peak_memory_mb"}
@@ -43,7 +24,7 @@ ATTRS = {"val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_se
 def test_run_then_best_status_studies(storage_url, tmp_path):
     name = f"tiny-{time.time_ns()}"
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY.format(name=name))
+    write_tiny_spec(spec, name)
     created = run_hpo("create", str(spec), "--storage", storage_url, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     # A known good trial first, then one that cannot learn: the median pruner must stop it at
@@ -100,7 +81,7 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
 
 def test_storage_from_environment_and_default(tmp_path):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY.format(name="envstudy"))
+    write_tiny_spec(spec, "envstudy")
     env_db = tmp_path / "env.db"
     r = run_hpo("create", str(spec), cwd=tmp_path, env={"HPO_STORAGE": f"sqlite:///{env_db}"})
     assert r.returncode == 0, r.stderr
@@ -126,7 +107,7 @@ def test_storage_from_environment_and_default(tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY.format(name="envstudy"))
+    write_tiny_spec(spec, "envstudy")
     assert run_hpo("create", str(spec), cwd=tmp_path).returncode == 0
     before = (tmp_path / "hpo.db").read_bytes()
     started = time.monotonic()
@@ -183,7 +164,7 @@ def test_printing_into_a_closed_pipe_is_quiet_and_exit_0(fmt, tmp_path):
     """``hpo trials S | head``: the reader stops early; hpo stops as Unix tools do."""
     url = f"sqlite:///{tmp_path / 'pipe.db'}"
     spec = tmp_path / "pipe.yaml"
-    spec.write_text(TINY.format(name="pipe"))
+    write_tiny_spec(spec, "pipe")
     assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     study = optuna.load_study(study_name="pipe", storage=url)
     dist = optuna.distributions.FloatDistribution(1e-8, 1e-1, log=True)
@@ -282,7 +263,7 @@ def test_a_command_on_a_study_that_does_not_exist_is_one_line_exit_2(
         if isinstance(url, Exception):
             pytest.skip(str(url))
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY.format(name="there"))
+    write_tiny_spec(spec, "there")
     assert in_process(["create", str(spec), "--storage", url, "--no-preflight"]) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     capsys.readouterr()

@@ -18,6 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_hpo
+from specs import write_tiny_spec
 from sample_study import OUTCOMES, build_sample_study
 
 from hpo.artifacts import upload_checkpoint
@@ -160,31 +161,19 @@ def test_trials_csv_and_json(storage_url, tmp_path):
     assert records[3]["user_attrs"]["epochs_planned"] == 8
 
 
-TINY = """
-study: {{name: {name}}}
-task:
-  kind: image_classification
-  model: resnet18
-  dataset: {{name: digits}}
-  image_size: 16
-  max_samples: 200
-search_space:
-  lr:           {{type: float, low: 1.0e-3, high: 1.0e-2, log: true}}
-  batch_size:   {{type: categorical, choices: [32, 64]}}
-  epochs:       2
-  optimizer:    {{type: categorical, choices: [adam, adamw]}}
-  dropout:      {{type: float, low: 0.0, high: 0.3}}
-sampler: {{name: random, seed: 3}}
-pruner:  {{name: none}}
-budget:  {{n_trials: 2}}
-"""
 
 
 @pytest.mark.slow
 def test_exported_spec_reproduces_the_best_trial(tmp_path):
     """Run a small digits study, export its best trial, run the exported spec: same val loss."""
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    (tmp_path / "tiny.yaml").write_text(TINY.format(name="tiny"))
+    write_tiny_spec(tmp_path / "tiny.yaml", "tiny", task={"max_samples": 200}, search_space={
+        "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "batch_size": {"type": "categorical", "choices": [32, 64]},
+        "epochs": 2,
+        "optimizer": {"type": "categorical", "choices": ["adam", "adamw"]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    }, sampler={"name": "random", "seed": 3}, pruner={"name": "none"}, budget={"n_trials": 2})
     ckpt = str(tmp_path / "ckpt")
     run = run_hpo("run", "tiny.yaml", "--storage", url, "--checkpoint-dir", ckpt,
                   "--workers", "1", cwd=tmp_path)

@@ -19,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_hpo
+from specs import write_tiny_spec
 from sample_study import build_sample_study
 from test_job import write_pngs
 from test_job_text import make_params as text_params
@@ -36,24 +37,6 @@ from hpo.spec import TaskSpec, parse_spec
 from hpo.storage import open_storage
 from hpo.study import create_study
 
-TINY = """
-study: {{name: {name}}}
-task:
-  kind: image_classification
-  model: resnet18
-  dataset: {{name: digits}}
-  image_size: 16
-  max_samples: 600
-  test_fraction: 0.2
-search_space:
-  lr:           {{type: float, low: 3.0e-4, high: 8.0e-4, log: true}}
-  batch_size:   32
-  epochs:       {{type: int, low: 2, high: 3}}
-  optimizer:    adam
-sampler: {{name: random, seed: 3}}
-pruner:  {{name: none}}
-budget:  {{n_trials: 2}}
-"""
 
 
 def digits_labels() -> np.ndarray:
@@ -67,7 +50,14 @@ def tiny(tmp_path_factory):
     """A real two-trial digits study with a test_fraction hold-out, on SQLite."""
     folder = tmp_path_factory.mktemp("tiny")
     url = f"sqlite:///{folder / 'hpo.db'}"
-    (folder / "tiny.yaml").write_text(TINY.format(name="tiny"))
+    write_tiny_spec(folder / "tiny.yaml", "tiny", task={"max_samples": 600, "test_fraction": 0.2},
+                    search_space={
+                        "lr": {"type": "float", "low": 3.0e-4, "high": 8.0e-4, "log": True},
+                        "batch_size": 32,
+                        "epochs": {"type": "int", "low": 2, "high": 3},
+                        "optimizer": "adam",
+                    }, sampler={"name": "random", "seed": 3}, pruner={"name": "none"},
+                    budget={"n_trials": 2})
     run = run_hpo("run", "tiny.yaml", "--storage", url, "--workers", "1", cwd=folder)
     assert run.returncode == 0, run.stdout + run.stderr
     return folder, url

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -31,3 +34,46 @@ def make_spec(name: str, extra: str = "", **replace: str) -> Spec:
 def unique(prefix: str) -> str:
     """A study name no other test uses (the server databases are shared by the session)."""
     return f"{prefix}-{time.time_ns()}"
+
+
+TINY = {
+    "task": {"kind": "image_classification", "model": "resnet18",
+             "dataset": {"name": "digits"}, "image_size": 16, "max_samples": 800},
+    "search_space": {
+        "lr": {"type": "float", "low": 1.0e-8, "high": 1.0e-1, "log": True},
+        "batch_size": {"type": "categorical", "choices": [32, 64]},
+        "epochs": {"type": "int", "low": 2, "high": 3},
+        "optimizer": {"type": "categorical", "choices": ["adam", "adamw", "sgd", "rmsprop"]},
+        "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": "sgd"}},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
+    },
+    "sampler": {"name": "random", "seed": 1},
+    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2},
+    "budget": {"n_trials": 4},
+}
+"""The tiny real fine-tuning study the CLI, export and retrain tests run: ResNet-18 on 800
+16x16 digits, four random trials of 2-3 epochs, the median pruner."""
+
+
+def write_tiny_spec(path: Path, name: str, **sections: Any) -> Path:
+    """Write ``TINY`` as study ``name`` to ``path``, as a user's YAML file.
+
+    Args:
+        path: the spec file to write.
+        name: the study's name.
+        sections: top-level sections that differ from ``TINY``: ``task`` keys are merged
+            into its task, any other section replaces ``TINY``'s.
+
+    Returns:
+        ``path``.
+    """
+    spec = copy.deepcopy(TINY)
+    spec["study"] = {"name": name}
+    for key, value in sections.items():
+        if key == "task":
+            spec["task"].update(value)
+        else:
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
