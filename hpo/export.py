@@ -165,9 +165,10 @@ def best_spec_dict(spec: "Spec", trial: "FrozenTrial") -> dict[str, Any]:
     d["pruner"] = {"name": "none"}
     d["budget"] = {"n_trials": 1, "timeout": None}
     task = d["task"]
+    dataset = task.get("dataset") or {}  # a custom task has none
     for key in DATA_PATH_KEYS:
-        if key in task["dataset"]:
-            task["dataset"][key] = _absolute(task["dataset"][key])
+        if key in dataset:
+            dataset[key] = _absolute(dataset[key])
     if task.get("weights"):
         task["weights"] = _absolute(task["weights"])
     return d

@@ -377,3 +377,23 @@ def test_readers_cope_with_a_removed_artifact(tmp_path, monkeypatch):
     status, body = get(present)
     assert status.startswith("200") and body == b"weights" * 100
     store.remove(ids[0])  # the dashboard's "delete the study with its artifacts" does this
+
+
+def test_a_custom_jobs_study_exports_its_spec_checkpoint_and_record(tmp_path):
+    """A custom task has no dataset: its best trial still exports (it failed with KeyError)."""
+    from workers import fast_env, make_study
+
+    url = f"sqlite:///{tmp_path / 'custom.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=2, env=env)
+    assert run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env).returncode == 0
+    out = tmp_path / "best"
+    r = run_hpo("export", name, "--storage", url, "--out", str(out), cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    best = optuna.load_study(study_name=name, storage=url).best_trial
+    exported = load_spec(out / "spec.yaml")
+    assert exported.task.kind == "custom" and exported.task.entrypoint == "fastjob:epochs_job"
+    assert {p.name: p.choices for p in exported.search_space} == {
+        k: (v,) for k, v in best.params.items()}
+    assert json.loads((out / "record.json").read_text())["trial"]["number"] == best.number
+    assert list(out.glob("best-checkpoint.*"))
