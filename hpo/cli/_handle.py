@@ -31,7 +31,7 @@ class Handle:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self._storage: optuna.storages.RDBStorage | None = None
+        self._opened: optuna.storages.RDBStorage | None = None
         self._loaded: tuple[optuna.Study, Spec] | None = None
 
     @cached_property
@@ -59,11 +59,11 @@ class Handle:
             outage: seconds to wait for a database server that does not answer (a restart);
                 0, for commands a person types: fail at once.
         """
-        if self._storage is None:
+        if self._opened is None:
             from hpo.storage import open_storage
 
-            self._storage = open_storage(self.url, create=False, outage=outage)
-        return self._storage
+            self._opened = open_storage(self.url, create=False, outage=outage)
+        return self._opened
 
     def load(self, *, seed_offset: int = 0, outage: float = 0.0
              ) -> "tuple[optuna.Study, Spec]":
@@ -103,8 +103,8 @@ class Handle:
         from hpo.storage import open_storage
         from hpo.study import create_study
 
-        self._storage = open_storage(self.url)
-        self._loaded = (create_study(spec, self._storage), spec)
+        self._opened = open_storage(self.url)
+        self._loaded = (create_study(spec, self._opened), spec)
         return self._loaded[0]
 
 
