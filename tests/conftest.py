@@ -84,6 +84,12 @@ def storage_url(request, tmp_path, server_urls):
     kind = request.param
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return server_url(server_urls, kind)
+
+
+def server_url(server_urls: dict, kind: str) -> str:
+    """The session's database on server ``kind``; without that server the test is skipped
+    with the reason, or fails under ``CI=true`` (there the storage tests must run)."""
     url = server_urls[kind]
     if isinstance(url, Exception):
         if os.environ.get("CI") == "true":

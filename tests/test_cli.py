@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, run_hpo
+from conftest import ROOT, run_hpo, server_url
 from specs import write_tiny_spec
 
 SIX = {"lr", "batch_size", "epochs", "optimizer", "dropout", "weight_decay"}
@@ -259,9 +259,7 @@ def test_a_command_on_a_study_that_does_not_exist_is_one_line_exit_2(
         command, in_process, server_urls, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     if command == "template":  # a cluster needs a database server
-        url = server_urls["postgresql"]
-        if isinstance(url, Exception):
-            pytest.skip(str(url))
+        url = server_url(server_urls, "postgresql")
     spec = tmp_path / "tiny.yaml"
     write_tiny_spec(spec, "there")
     assert in_process(["create", str(spec), "--storage", url, "--no-preflight"]) == 0

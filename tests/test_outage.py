@@ -11,7 +11,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_hpo
+from conftest import run_hpo, server_url
 from processes import start_hpo, wait_for
 from workers import epoch_log, fast_env, finished, make_study, trials
 
@@ -24,11 +24,7 @@ def _restart_postgresql() -> None:
 
 @pytest.mark.slow
 def test_postgresql_restart_mid_study_loses_nothing(server_urls, tmp_path):
-    url = server_urls["postgresql"]
-    if isinstance(url, Exception):
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(url))
-        pytest.skip(str(url))
+    url = server_url(server_urls, "postgresql")
     if not os.path.isdir("/etc/postgresql") or os.geteuid() != 0:
         pytest.skip("restarting PostgreSQL needs its local cluster and root")
     env = fast_env(tmp_path, epoch_seconds=0.3)
@@ -52,11 +48,7 @@ def _proxied_postgresql(server_urls, cut_after=None):
     """The session's PostgreSQL database behind a proxy the test can cut: (proxy, url)."""
     from dbproxy import Proxy
 
-    url = server_urls["postgresql"]
-    if isinstance(url, Exception):
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(url))
-        pytest.skip(str(url))
+    url = server_url(server_urls, "postgresql")
     proxy = Proxy(("127.0.0.1", 5432), cut_after=cut_after)
     return proxy, url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
 
@@ -148,9 +140,7 @@ def test_a_worker_whose_database_goes_away_while_it_opens_the_storage_waits(serv
     version: the worker waits for it there too."""
     from dbproxy import Proxy
 
-    direct = server_urls["postgresql"]
-    if isinstance(direct, Exception):
-        pytest.skip(str(direct))
+    direct = server_url(server_urls, "postgresql")
     env = fast_env(tmp_path, epoch_seconds=0.1)
     name = make_study(tmp_path, direct, n=1, low=1, high=1, env=env)
     proxy = Proxy(("127.0.0.1", 5432), cut_after=1)
