@@ -109,11 +109,11 @@ def worker(h: Handle) -> int:
     launched = WORKER_INDEX_VAR in os.environ
     # A launcher restarts its workers, also while the database restarts: they wait for it.
     study, spec = h.load(seed_offset=seed_offset, outage=outage_seconds() if launched else 0)
-    if study.get_trials(deepcopy=False):
+    joined = len(study.get_trials(deepcopy=False))
+    if joined:
         # A worker joining a study under way (restarted, recycled, relaunched) must not draw
         # the same parameters as the process that held its slot before.
-        study.sampler = make_sampler(
-            spec, seed_offset + RESTART_SEED_STRIDE * len(study.get_trials(deepcopy=False)))
+        study.sampler = make_sampler(spec, seed_offset + RESTART_SEED_STRIDE * joined)
     spec = spec.with_budget(options.n_trials, options.timeout)
     budget = spec.budget
     if not launched:
