@@ -26,6 +26,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 from hpo.outage import first_line, retrying
+from hpo.records import FAIL_REASON_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -200,7 +201,7 @@ def fail_and_retry(study: "optuna.Study", trials: "list[FrozenTrial]", reason: s
     failed = []
     for t in trials:
         try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON_ATTR, reason)
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -227,7 +228,7 @@ def retry_callback(max_retry: int) -> Any:
     class Retry(RetryHeartbeatStaleTrialCallback):
         def __call__(self, study: "optuna.Study", trial: "FrozenTrial") -> None:
             trial = copy.copy(trial)
-            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
             super().__call__(study, trial)
 
     with no_experimental_warnings():

@@ -24,6 +24,7 @@ from hpo.job.optim import train_mode
 from hpo.job.state import FitState, TrainingSetup, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
 from hpo.job.trial import Trial
+from hpo.records import CHECKPOINT_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def save_epoch(state: FitState, trial: Trial, epoch: int) -> None:
                     scheduler=state.scheduler, scaler=state.scaler, epoch=epoch,
                     progress=asdict(progress),
                     final=epoch == state.epochs or progress.stopped_early)
-    trial.set_attrs({"checkpoint": str(state.checkpoint)})
+    trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
 
 
 def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
@@ -197,7 +198,7 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
     setup, progress = state.setup, state.progress
     if state.checkpoint is not None:
         save_model(state.checkpoint, model=state.model, epoch=progress.epochs_run)
-        trial.set_attrs({"checkpoint": str(state.checkpoint)})
+        trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
     trial.set_attrs({"train_examples": len(setup.train_set), "train_loss": train_loss,
                      "test_split": setup.test_about})
     if setup.test_set is None or len(setup.test_set) == 0:
