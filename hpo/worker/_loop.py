@@ -55,13 +55,23 @@ class WorkerReport:
 
 
 def worker_identity() -> tuple[str, int]:
-    """The worker's name (``host:pid`` or ``host:wN``) and its sampler seed offset."""
+    """The worker's name and its sampler seed offset.
+
+    ``host:wN`` for the launcher's worker N, ``host:PID`` for a worker started by hand. In a
+    Slurm job array the array task goes between them (``host:JOB_TASK:wN``, from
+    ``$SLURM_ARRAY_JOB_ID`` and ``$SLURM_ARRAY_TASK_ID``), and it offsets the seed by 1000 per
+    task: every task's worker 0 would otherwise draw the same parameters as the others.
+    """
     host = socket.gethostname()
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    array = job.isdigit() and task.isdigit()
+    where = f"{host}:{job}_{task}" if array else host
     index = os.environ.get(WORKER_INDEX_VAR)
     if index is not None and index.isdigit():
-        return f"{host}:w{index}", int(index)
+        return f"{where}:w{index}", int(index) + (1000 * int(task) if array else 0)
     # A worker started by hand: distinct per host and process, stable within the process.
-    return f"{host}:{os.getpid()}", zlib.crc32(f"{host}:{os.getpid()}".encode()) % 100_000
+    name = f"{where}:{os.getpid()}"
+    return name, zlib.crc32(name.encode()) % 100_000
 
 
 def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None = None) -> Path:
