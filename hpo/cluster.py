@@ -2,12 +2,14 @@
 machines against one shared database.
 
 Every node runs ``hpo launch STUDY --gpus all``: one worker per GPU there, all joining the same
-study, whose global budget stops them. A storage URL with a password is never written into a
-template: the template reads ``$HPO_STORAGE`` (a Kubernetes Secret, or the submitting shell).
+study, whose global budget stops them (``--workers 1`` on nodes without GPUs, ``gpus=0``). A
+storage URL with a password is never written into a template: the template reads
+``$HPO_STORAGE`` (a Kubernetes Secret, or the submitting shell).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from string import Template
 
@@ -15,7 +17,7 @@ from hpo.errors import HpoError
 
 SLURM = Template("""\
 #!/bin/bash
-# hpo: workers for study $study, $nodes node(s) x $gpus GPU(s). Submit with: sbatch $$0
+# hpo: workers for study $study, $nodes node(s) x $workers. Submit with: sbatch $$0
 # The study must exist in the storage (hpo create SPEC) before the job starts. Every node runs
 # $runner (hpo template --python PATH to change): it must be there on every node, e.g. a
 # virtual environment on a shared filesystem.
@@ -23,22 +25,22 @@ SLURM = Template("""\
 #SBATCH --array=0-$last
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --gres=gpu:$gpus
-#SBATCH --cpus-per-task=$cpus
+${gres}#SBATCH --cpus-per-task=$cpus
 #SBATCH --time=$time
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
 #SBATCH --output=hpo-$name-%A_%a.out
+#SBATCH --open-mode=append
 set -euo pipefail
 $storage_line
-export HPO_CHECKPOINT_DIR=$${HPO_CHECKPOINT_DIR:-$checkpoint_dir}
+export HPO_CHECKPOINT_DIR=$${HPO_CHECKPOINT_DIR:-$checkpoint_dir_sh}
 # Slurm's SIGTERM (preemption, time limit) reaches the launcher, which re-queues the running
 # trials from their checkpoints; any node's workers pick them up again.
 exec $command
 """)
 
 KUBERNETES = Template("""\
-# hpo: workers for study $study, $nodes pod(s) x $gpus GPU(s). Apply with: kubectl apply -f -
+# hpo: workers for study $study, $nodes pod(s) x $workers. Apply with: kubectl apply -f -
 # The study must exist in the storage (hpo create SPEC) first; the image must have hpo on PATH.
 apiVersion: batch/v1
 kind: Job
@@ -60,11 +62,11 @@ spec:
           command: $command_json
           env:
 $env            - name: HPO_CHECKPOINT_DIR
-              value: "$checkpoint_dir"
+              value: $checkpoint_dir_json
           resources:
-            limits: {nvidia.com/gpu: $gpus}
+            $resources
           volumeMounts:
-            - {name: checkpoints, mountPath: "$checkpoint_dir"}
+            - {name: checkpoints, mountPath: $checkpoint_dir_json}
       volumes:
         - name: checkpoints
           persistentVolumeClaim: {claimName: hpo-checkpoints}
@@ -83,7 +85,8 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
         study: the study the workers join (created beforehand with ``hpo create``).
         storage_url: the shared PostgreSQL / MySQL URL.
         nodes: machines (array tasks / pods).
-        gpus: GPUs per machine; one worker each.
+        gpus: GPUs per machine, one worker each; 0: machines without GPUs, one CPU worker
+            each (no GPU is requested).
         image: the container image with hpo installed (Kubernetes).
         checkpoint_dir: a directory every machine shares, so trials resume anywhere.
         time: the Slurm time limit.
@@ -102,23 +105,32 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
         raise HpoError("a cluster needs a database server every machine reaches "
                        "(postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
     secret = url.password is not None
-    name = "".join(c if c.isalnum() else "-" for c in study.lower()).strip("-")[:50] or "study"
-    argv = ["hpo", "launch", study, "--gpus", "all"]
-    values = dict(study=study, name=name, nodes=nodes, gpus=gpus, last=nodes - 1,
-                  cpus=max(4, 4 * gpus), time=time, checkpoint_dir=checkpoint_dir)
+    # A Slurm job name, a Kubernetes object name and label value: ASCII letters, digits, '-'.
+    name = "".join(c if c.isascii() and c.isalnum() else "-" for c in study.lower())
+    name = name[:50].strip("-") or "study"
+    argv = ["hpo", "launch", study, *(["--gpus", "all"] if gpus else ["--workers", "1"])]
+    values = dict(study=study, name=name, nodes=nodes, last=nodes - 1,
+                  workers=f"{gpus} GPU(s)" if gpus else "1 CPU worker",
+                  cpus=max(4, 4 * gpus), time=time)
     if kind == "slurm":
         storage_line = (': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
                         if secret else f"export HPO_STORAGE={shlex.quote(storage_url)}")
         if python:
             argv = [python, "-m", *argv]
         return SLURM.substitute(values, storage_line=storage_line,
+                                gres=f"#SBATCH --gres=gpu:{gpus}\n" if gpus else "",
+                                checkpoint_dir_sh=shlex.quote(checkpoint_dir),
                                 runner=f"{python} -m hpo" if python else "hpo from PATH",
                                 command=" ".join(shlex.quote(a) for a in argv))
+    # JSON strings are YAML strings: any study name, URL or path stays one well-formed value.
     if secret:
         env = ("            - name: HPO_STORAGE\n"
                "              valueFrom: {secretKeyRef: {name: hpo-storage, key: url}}\n")
     else:
-        env = f"            - name: HPO_STORAGE\n              value: \"{storage_url}\"\n"
-    command_json = "[" + ", ".join(f'"{a}"' for a in argv) + "]"
-    return KUBERNETES.substitute(values, image=image, env=env, command_json=command_json,
+        env = f"            - name: HPO_STORAGE\n              value: {json.dumps(storage_url)}\n"
+    resources = (f"limits: {{nvidia.com/gpu: {gpus}}}" if gpus
+                 else f"requests: {{cpu: {values['cpus']}}}")
+    return KUBERNETES.substitute(values, image=json.dumps(image), env=env,
+                                 command_json=json.dumps(argv), resources=resources,
+                                 checkpoint_dir_json=json.dumps(checkpoint_dir),
                                  backoff=4 * nodes)

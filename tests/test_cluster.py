@@ -1,8 +1,14 @@
 """Cluster templates: a Slurm job array and a Kubernetes Job whose every node runs ``hpo launch``
-against one shared database, and never a password written into them."""
+against one shared database, and never a password written into them.
+
+The Kubernetes Job is checked against the Kubernetes API's own schema (``kubernetes-validate``:
+the OpenAPI definitions as strict JSON Schema, so an unknown field, a wrong type or a missing
+required field fails); the Slurm job array runs on a real Slurm cluster in test_slurm.py.
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -35,6 +41,7 @@ def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path
         assert check.returncode == 0, check.stderr
     else:
         job = yaml.safe_load(text)
+        valid_kubernetes_job(job)
         assert job["kind"] == "Job" and job["spec"]["parallelism"] == 3
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["hpo", "launch", name, "--gpus", "all"]
@@ -56,3 +63,76 @@ def test_cluster_templates_never_contain_the_password():
     assert "HPO_STORAGE:?" in slurm and "secretKeyRef" in k8s
     with pytest.raises(HpoError, match="not SQLite"):
         render("slurm", "s", "sqlite:///hpo.db")
+
+
+KUBERNETES_VERSION = "1.37"
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def valid_kubernetes_job(job: dict) -> None:
+    """Fail unless ``job`` is a valid batch/v1 Job: the API's schema (strict: no unknown
+    fields), plus the name and label rules the API server applies on top of it."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"not a valid Kubernetes {KUBERNETES_VERSION} Job: "
+                    f"{'.'.join(map(str, e.path))}: {e.message}")
+    name = job["metadata"]["name"]
+    assert len(name) <= 63 and DNS_SUBDOMAIN.fullmatch(name), name
+    for value in job["spec"]["template"]["metadata"]["labels"].values():
+        assert isinstance(value, str) and len(value) <= 63 and LABEL_VALUE.fullmatch(value), value
+
+
+def test_the_schema_check_catches_what_kubernetes_refuses():
+    """The validator is not a rubber stamp: a misspelt field, a wrong type and a missing
+    container name each fail, as they would in ``kubectl apply``."""
+    import yaml
+
+    from hpo.cluster import render
+
+    good = render("kubernetes", "s", "postgresql+psycopg2://bob@db.internal/hpo")
+    valid_kubernetes_job(yaml.safe_load(good))
+    for broken in (good.replace("command:", "commands:"),
+                   good.replace("parallelism: 1", "parallelism: one"),
+                   good.replace("- name: hpo\n", "- \n")):
+        assert broken != good
+        with pytest.raises(pytest.fail.Exception, match="not a valid Kubernetes"):
+            valid_kubernetes_job(yaml.safe_load(broken))
+
+
+@pytest.mark.parametrize("study", ["digits", 'the "best" run', "ÉTUDE-ü", "x" * 49 + "-y" * 20,
+                                   "123", "true"])
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_any_study_name_gives_a_valid_kubernetes_job_and_slurm_script(study, gpus):
+    import yaml
+
+    from hpo.cluster import render
+
+    url = "postgresql+psycopg2://bob@db.internal/hpo?application_name=a'b\"c"
+    job = yaml.safe_load(render("kubernetes", study, url, nodes=2, gpus=gpus,
+                                checkpoint_dir="/shared/my ckpts"))
+    valid_kubernetes_job(job)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    workers = ["--gpus", "all"] if gpus else ["--workers", "1"]
+    assert container["command"] == ["hpo", "launch", study, *workers]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"HPO_STORAGE": url, "HPO_CHECKPOINT_DIR": "/shared/my ckpts"}
+    assert container["volumeMounts"][0]["mountPath"] == "/shared/my ckpts"
+    # No GPU asked for where the nodes have none (a pod asking for nvidia.com/gpu would never
+    # be scheduled there).
+    assert container["resources"] == ({"limits": {"nvidia.com/gpu": gpus}} if gpus
+                                      else {"requests": {"cpu": 4}})
+
+    script = render("slurm", study, url, nodes=2, gpus=gpus, python="/opt/venv/bin/python",
+                    checkpoint_dir="/shared/my ckpts")
+    assert ("#SBATCH --gres=gpu:2" in script) == bool(gpus)
+    # What bash makes of it: the launch command's words and the environment it exports.
+    probe = script.replace("exec ", 'printf "%s\\n" "$HPO_STORAGE" "$HPO_CHECKPOINT_DIR" ', 1)
+    r = subprocess.run(["bash", "-c", probe], input="", text=True, capture_output=True,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [url, "/shared/my ckpts", "/opt/venv/bin/python", "-m",
+                                     "hpo", "launch", study, *workers]

@@ -142,8 +142,9 @@ def _template(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=("slurm", "kubernetes"), metavar="slurm|kubernetes")
     p.add_argument("--nodes", type=positive_int, default=1, metavar="N",
                    help="machines: array tasks or pods (default 1)")
-    p.add_argument("--gpus-per-node", type=positive_int, default=1, metavar="N",
-                   help="GPUs per machine, one worker each (default 1)")
+    p.add_argument("--gpus-per-node", type=_number(int, lambda v: v >= 0, "an integer >= 0"),
+                   default=1, metavar="N", help="GPUs per machine, one worker each (default 1; "
+                   "0: machines without GPUs, one CPU worker each)")
     p.add_argument("--image", default="python:3.11", help="container image with hpo installed "
                    "(kubernetes)")
     p.add_argument("--checkpoint-dir", default="/shared/hpo-checkpoints", metavar="DIR",
@@ -151,6 +152,16 @@ def _template(p: argparse.ArgumentParser) -> None:
     p.add_argument("--python", metavar="PATH",
                    help="the Python with hpo installed on the compute nodes (slurm; default: "
                         "the one running this command, e.g. .venv/bin/python)")
+
+
+def _storage_proxy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 for workers on other "
+                        "machines: the proxy has no login or TLS, keep it on a trusted network)")
+    p.add_argument("--port", type=port, default=13000, help="port (default 13000; 0: any free)")
+    p.add_argument("--threads", type=positive_int, default=10, metavar="N",
+                   help="threads serving the workers' calls, each with at most one database "
+                        "connection (default 10)")
 
 
 def _report(p: argparse.ArgumentParser) -> None:
@@ -222,6 +233,13 @@ COMMANDS: tuple[Command, ...] = (
             "STUDY --gpus all' against the shared database. A URL with a password is read from "
             "$HPO_STORAGE there, never written into the template.",
             _run.template, _template),
+    Command("storage-proxy", "serve the study database to many workers over gRPC",
+            "Run Optuna's gRPC storage proxy, with hpo's claims and heartbeats, in front of "
+            "the --storage database (PostgreSQL, MySQL or SQLite; its tables are created "
+            "where missing). Workers then take --storage grpc://HOST:PORT and need no "
+            "database driver or credentials, and the database sees at most --threads "
+            "connections however many workers there are. Ctrl-C or SIGTERM stops it.",
+            _run.storage_proxy, _storage_proxy, study=False),
     Command("status", "trial counts, best value and running trials",
             "Counts by state, the best value and the running trials with their latest epoch.",
             _read.status, shared=("json",)),
