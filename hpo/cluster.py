@@ -49,6 +49,7 @@ metadata:
 spec:
   parallelism: $nodes
   completions: $nodes
+  completionMode: Indexed
   backoffLimit: $backoff
   template:
     metadata:

@@ -136,3 +136,26 @@ def test_any_study_name_gives_a_valid_kubernetes_job_and_slurm_script(study, gpu
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [url, "/shared/my ckpts", "/opt/venv/bin/python", "-m",
                                      "hpo", "launch", study, *workers]
+
+
+def test_every_pod_of_the_kubernetes_job_draws_its_own_parameters(monkeypatch):
+    """Each pod's launcher numbers its workers from 0; the Job is Indexed, so each pod has
+    ``$JOB_COMPLETION_INDEX``, which offsets its workers' sampler seeds (else every pod's
+    first trial would try the same parameters)."""
+    import yaml
+
+    from hpo.cluster import render
+    from hpo.worker import WORKER_INDEX_VAR, worker_identity
+
+    job = yaml.safe_load(render("kubernetes", "s", "postgresql+psycopg2://bob@db/hpo", nodes=3))
+    assert job["spec"]["completionMode"] == "Indexed"
+    valid_kubernetes_job(job)
+
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(WORKER_INDEX_VAR, "0")
+    offsets = set()
+    for pod in ("0", "1", "2"):
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", pod)
+        offsets.add(worker_identity()[1])
+    assert len(offsets) == 3

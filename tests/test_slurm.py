@@ -55,6 +55,7 @@ def test_a_worker_in_a_slurm_array_is_named_and_seeded_by_its_array_task(monkeyp
     monkeypatch.setenv(WORKER_INDEX_VAR, "1")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     assert worker_identity() == (f"{host}:w1", 1)
 
     # Every array task's launcher numbers its workers from 0: the array task tells them apart,

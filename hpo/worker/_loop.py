@@ -59,16 +59,19 @@ def worker_identity() -> tuple[str, int]:
 
     ``host:wN`` for the launcher's worker N, ``host:PID`` for a worker started by hand. In a
     Slurm job array the array task goes between them (``host:JOB_TASK:wN``, from
-    ``$SLURM_ARRAY_JOB_ID`` and ``$SLURM_ARRAY_TASK_ID``), and it offsets the seed by 1000 per
-    task: every task's worker 0 would otherwise draw the same parameters as the others.
+    ``$SLURM_ARRAY_JOB_ID`` and ``$SLURM_ARRAY_TASK_ID``). The array task, or the pod's index in
+    an Indexed Kubernetes Job (``$JOB_COMPLETION_INDEX``), offsets the seed by 1000 per
+    machine: every machine's worker 0 would otherwise draw the same parameters as the others.
     """
     host = socket.gethostname()
     job, task = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
     array = job.isdigit() and task.isdigit()
     where = f"{host}:{job}_{task}" if array else host
+    pod = os.environ.get("JOB_COMPLETION_INDEX", "")
+    machine = int(task) if array else int(pod) if pod.isdigit() else 0
     index = os.environ.get(WORKER_INDEX_VAR)
     if index is not None and index.isdigit():
-        return f"{where}:w{index}", int(index) + (1000 * int(task) if array else 0)
+        return f"{where}:w{index}", int(index) + 1000 * machine
     # A worker started by hand: distinct per host and process, stable within the process.
     name = f"{where}:{os.getpid()}"
     return name, zlib.crc32(name.encode()) % 100_000
