@@ -34,8 +34,11 @@ ${gres}#SBATCH --cpus-per-task=$cpus
 set -euo pipefail
 $storage_line
 export HPO_CHECKPOINT_DIR=$${HPO_CHECKPOINT_DIR:-$checkpoint_dir_sh}
-# Slurm's SIGTERM (preemption, time limit) reaches the launcher, which re-queues the running
-# trials from their checkpoints; any node's workers pick them up again.
+# exec: this script becomes the launcher, so Slurm's SIGTERM reaches it (preemption and
+# `scontrol requeue` signal every process of the task; the time limit, 120 s early, and
+# `scancel --batch --signal=TERM` this script alone): it re-queues the running trials from their
+# checkpoints, for any node's workers to resume. A re-queued task starts again later, appending
+# to its log; a task stopped at its time limit ends (sbatch this file again to go on).
 exec $command
 """)
 
