@@ -6,11 +6,16 @@ and makes a claim atomic. Every such name is listed in ``PRIVATE_NAMES`` and che
 installed Optuna by ``tests/test_optuna_private.py``, which fails by name the day Optuna renames
 one; ``pyproject.toml`` pins the range tested.
 
-``storage_class`` is Optuna's ``RDBStorage`` with:
+``storage_class`` is Optuna's ``RDBStorage`` (and ``journal_storage_class`` its
+``JournalStorage`` on a file, ``grpc_storage_class`` its ``GrpcStorageProxy`` client of the
+proxy that ``grpc_server`` runs on ``storage_class``) with:
 
 - **atomic claims**: taking a queued trial or creating one writes the worker's attrs and a
   heartbeat in the same transaction (a trial is stale from the moment it is claimed, and never
-  carries its previous worker's attrs), and refuses it if the budget is taken;
+  carries its previous worker's attrs), and refuses it if the budget is taken (the journal:
+  under its file lock; the proxy: in a transaction of the database behind it);
+- **heartbeats** where Optuna has none: the journal records them as a trial system attr, the
+  proxy passes them to its database;
 - **atomic study creation**: a study and its spec in one transaction;
 - **database outages retried per call** (``hpo.outage``), never the training.
 """
@@ -45,7 +50,23 @@ PRIVATE_NAMES = tuple((module, name) for module, names in {
                                     "RDBStorage._get_stale_trial_ids RDBStorage._create_new_trial "
                                     "RDBStorage._set_trial_param RDBStorage._get_best_trial_id "
                                     "RDBStorage._get_trials",
-    "optuna.storages._cached_storage": "_CachedStorage._backend",
+    "optuna.storages._cached_storage": "_CachedStorage._backend "
+                                       "_CachedStorage._trial_id_to_study_id_and_number",
+    "optuna.storages._heartbeat": "BaseHeartbeat",
+    # The journal: its lock, its replay, and the log lines hpo appends under that lock.
+    "optuna.storages.journal._storage": "JournalOperation JournalStorage._thread_lock "
+                                        "JournalStorage._sync_with_backend "
+                                        "JournalStorage._replay_result JournalStorage._backend "
+                                        "JournalStorageReplayResult.worker_id "
+                                        "JournalStorageReplayResult._next_study_id "
+                                        "JournalStorageReplayResult."
+                                        "_last_created_trial_id_by_this_process",
+    "optuna.storages.journal._file": "JournalFileBackend._file_path",
+    # The gRPC proxy: Optuna's service, beside which hpo's runs on the same server.
+    "optuna.storages._grpc.servicer": "OptunaStorageProxyService",
+    "optuna.storages._grpc.auto_generated.api_pb2_grpc": "add_StorageServiceServicer_to_server",
+    "optuna.storages._grpc.client": "GrpcStorageProxy._setup GrpcStorageProxy._channel "
+                                    "GrpcStorageProxy._host GrpcStorageProxy._port",
     "optuna.study._tell": "_tell_with_warning",
     "optuna.study.study": "Study._storage Study._study_id Study._thread_local",
     "optuna.trial._trial": "Trial._trial_id Trial._cached_frozen_trial",
@@ -66,8 +87,15 @@ def create_study_with_attrs(storage: Any, directions: list[Any], name: str,
 
 
 def backend_of(study: "optuna.Study") -> Any:
-    """hpo's ``storage_class`` instance under the study's cache (its own methods are there)."""
-    return getattr(study._storage, "_backend", study._storage)
+    """hpo's storage under the study's cache, where Optuna put one (``RDBStorage``): its own
+    methods are there. The journal and the gRPC proxy are not cached: they are themselves."""
+    return _uncached(study._storage)
+
+
+def _uncached(storage: Any) -> Any:
+    from optuna.storages import _CachedStorage
+
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +267,7 @@ def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
     """User attrs of a running trial in one transaction on hpo's storage (the job writes eight
     at every evaluation: one commit, not eight stalls), one by one on any other trial."""
     storage = getattr(trial, "storage", None)
-    backend = getattr(storage, "_backend", storage)  # under Optuna's cache of finished trials
+    backend = _uncached(storage) if storage is not None else None
     write = getattr(backend, "set_trial_user_attrs", None)
     if write is None or not hasattr(trial, "_cached_frozen_trial"):
         for key, value in attrs.items():
@@ -275,7 +303,7 @@ _RETRIED = (
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
     "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
-    "claim_trial", "set_trial_user_attrs", "create_study_with_attrs",
+    "claim_trial", "set_trial_user_attrs", "create_study_with_attrs", "stale_trial_ids",
     # What Optuna's cache of finished trials (``study._storage``) calls on its backend.
     "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
 )
@@ -395,6 +423,427 @@ def storage_class() -> type:
                 raise optuna.exceptions.DuplicatedStudyError(name) from None
             return self.get_study_id_from_name(name)
 
+        def stale_trial_ids(self, study_id: int, grace_period: float) -> list[int]:
+            """Running trials of the study whose last heartbeat is older than
+            ``grace_period`` seconds by the database's clock (``_get_stale_trial_ids`` with
+            the grace period of the asking worker: the gRPC proxy serves workers that may
+            set their own)."""
+            t, beat = models.TrialModel, models.TrialHeartbeatModel
+            with _create_scoped_session(self.scoped_session, True) as session:
+                now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+                rows = session.execute(
+                    sqlalchemy.select(t.trial_id, beat.heartbeat)
+                    .join(beat, beat.trial_id == t.trial_id)
+                    .where(t.study_id == study_id, t.state == TrialState.RUNNING)).all()
+            return [trial_id for trial_id, last in rows
+                    if now - last > datetime.timedelta(seconds=grace_period)]
+
     for name in _RETRIED:
         setattr(Storage, name, retrying(getattr(Storage, name)))
     return Storage
+
+
+# --------------------------------------------------------------------------------------------
+# Storages without a database of their own: Optuna's journal file, and Optuna's gRPC proxy in
+# front of a database. Each gets what hpo's RDB storage has: heartbeats, the stale-trial
+# retry, atomic claims with the worker's attrs and the budget, a study created with its spec,
+# several attrs in one write.
+
+HEARTBEAT_ATTR = "hpo:heartbeat"
+"""A journal trial's last heartbeat: a trial system attr, seconds since the epoch by the
+worker's clock (machines that share a study need synchronized clocks, as Slurm's do)."""
+
+
+def _running_template(template: Any) -> "tuple[dict[str, Any], int | None] | None":
+    """``(attrs, budget)`` of a trial to create running: ``ask``'s template or none at all;
+    None for any other template (a queued retry, an enqueued or added trial)."""
+    from optuna.trial import TrialState
+
+    if template is None:
+        return {}, None
+    if (template.state != TrialState.RUNNING or template.params or template.distributions
+            or template.intermediate_values):
+        return None
+    system = dict(template.system_attrs)
+    budget = system.pop(_BUDGET, None)
+    return (dict(template.user_attrs), budget) if not system else None
+
+
+@functools.cache
+def journal_storage_class() -> type:
+    """Optuna's ``JournalStorage`` on a ``JournalFileBackend`` with hpo's claims, heartbeats
+    and study creation. Every write that must check before it writes (a claim, the budget, a
+    study's name) holds the journal's file lock from its read to its append, so it is one
+    transaction: every process appends under that lock."""
+    import datetime
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+    from optuna.storages.journal._storage import JournalOperation as Op
+    from optuna.trial import TrialState
+
+    class Backend(JournalFileBackend):
+        """Optuna's journal file whose lock ``locked`` holds across a read and appends."""
+
+        def __init__(self, path: str) -> None:
+            self._hpo_lock = JournalFileSymlinkLock(path)
+            self._held = threading.local()
+            super().__init__(path, lock_obj=self._hpo_lock)
+
+        @contextlib.contextmanager
+        def locked(self) -> Iterator[None]:
+            self._hpo_lock.acquire()
+            self._held.on = True
+            try:
+                yield
+            finally:
+                self._held.on = False
+                self._hpo_lock.release()
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            if not getattr(self._held, "on", False):
+                super().append_logs(logs)
+                return
+            import os
+
+            with open(self._file_path, "ab") as f:  # the lock is ours already
+                f.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs)
+                         + "\n").encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def now_iso() -> str:
+        return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
+
+    class Storage(JournalStorage, BaseHeartbeat):
+        def __init__(self, path: str, *, heartbeat_interval: int | None = None,
+                     grace_period: int | None = None,
+                     heartbeat_stale_trial_callback: Any = None) -> None:
+            super().__init__(Backend(path))
+            self.path = path
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period
+            self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+        @contextlib.contextmanager
+        def _transaction(self) -> Iterator[None]:
+            """The journal as of now, and nobody else's appends until the block ends."""
+            with self._thread_lock, self._backend.locked():
+                self._sync_with_backend()
+                yield
+                self._sync_with_backend()
+
+        def _append(self, logs: list[tuple[int, dict[str, Any]]]) -> None:
+            worker = self._replay_result.worker_id
+            self._backend.append_logs([{"op_code": op, "worker_id": worker, **fields}
+                                       for op, fields in logs])
+
+        def _taken(self, study_id: int, but: int | None = None) -> int:
+            return sum(t._trial_id != but for t in self._replay_result.get_all_trials(
+                study_id, (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)))
+
+        def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+            running = _running_template(template_trial)
+            if running is None:
+                return super().create_new_trial(study_id, template_trial)
+            attrs, budget = running
+            with self._transaction():
+                if budget is not None and self._taken(study_id) >= budget:
+                    raise BudgetTaken(budget)
+                # With its heartbeat: stale from its first moment.
+                self._append([(Op.CREATE_TRIAL, {
+                    "study_id": study_id, "datetime_start": now_iso(),
+                    "state": TrialState.RUNNING, "value": None, "values": None,
+                    "distributions": {}, "params": {}, "user_attrs": attrs,
+                    "system_attrs": {HEARTBEAT_ATTR: _now()}, "intermediate_values": {}})])
+            return self._replay_result._last_created_trial_id_by_this_process
+
+        def claim_trial(self, study_id: int, trial_id: int, attrs: dict[str, Any],
+                        budget: int | None = None) -> bool:
+            """As the RDB storage's: WAITING -> RUNNING with ``attrs`` and a heartbeat."""
+            with self._transaction():
+                trial = self._replay_result.get_trial(trial_id)
+                if trial.state != TrialState.WAITING:
+                    return False
+                if budget is not None and self._taken(study_id, trial_id) >= budget:
+                    raise BudgetTaken(budget)
+                self._append(
+                    [(Op.SET_TRIAL_STATE_VALUES, {"trial_id": trial_id, "values": None,
+                                                  "state": TrialState.RUNNING,
+                                                  "datetime_start": now_iso()})]
+                    + [(Op.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {k: v}})
+                       for k, v in attrs.items()]
+                    + [(Op.SET_TRIAL_SYSTEM_ATTR, {"trial_id": trial_id,
+                                                   "system_attr": {HEARTBEAT_ATTR: _now()}})])
+            return True
+
+        def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+            """Several user attrs of a running trial in one append."""
+            with self._thread_lock:
+                self._append([(Op.SET_TRIAL_USER_ATTR, {"trial_id": trial_id,
+                                                        "user_attr": {k: v}})
+                              for k, v in attrs.items()])
+                self._sync_with_backend()  # raises as Optuna does if the trial had finished
+
+        def create_study_with_attrs(self, directions: list[Any], name: str,
+                                    attrs: dict[str, Any]) -> int:
+            with self._transaction():
+                if any(s.study_name == name for s in self._replay_result.get_all_studies()):
+                    raise optuna.exceptions.DuplicatedStudyError(name)
+                study_id = self._replay_result._next_study_id
+                self._append([(Op.CREATE_STUDY, {"study_name": name,
+                                                 "directions": [int(d) for d in directions]})]
+                             + [(Op.SET_STUDY_USER_ATTR, {"study_id": study_id,
+                                                          "user_attr": {k: v}})
+                                for k, v in attrs.items()])
+            return study_id
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, _now())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+            with self._thread_lock:
+                self._sync_with_backend()
+                running = self._replay_result.get_all_trials(study_id, (TrialState.RUNNING,))
+            now = _now()
+            return [t._trial_id for t in running
+                    if HEARTBEAT_ATTR in t.system_attrs
+                    and now - t.system_attrs[HEARTBEAT_ATTR] > grace]
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return self.heartbeat_stale_trial_callback
+
+    return Storage
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+# The gRPC proxy: Optuna's ``StorageService`` for everything Optuna does, and hpo's own
+# service beside it on the same port for what hpo adds (a call: JSON in, JSON out), run by
+# the proxy on hpo's RDB storage, in one transaction each as they are without the proxy.
+
+GRPC_SERVICE = "hpo.Storage"
+_GRPC_METHOD = f"/{GRPC_SERVICE}/Call"
+_RAISED = ("BudgetTaken", "DuplicatedStudyError", "UpdateFinishedTrialError", "KeyError")
+
+
+def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[str, Any]
+                ) -> "tuple[Any, int]":
+    """A started gRPC server of ``storage`` (hpo's RDB storage): Optuna's proxy service on
+    Optuna's cache of it, and hpo's.
+
+    Returns:
+        The server and the port it listens on (``port`` 0: a free one).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    import optuna
+    from optuna.storages import _CachedStorage
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+    from optuna.trial import FrozenTrial, TrialState
+
+    cached = _CachedStorage(storage)
+
+    def known(study_id: int, trial_id: int) -> None:
+        # Optuna's cache must know a trial before it writes its params: a trial claimed here
+        # may not have been read through it yet (the proxy restarted since the worker read).
+        if trial_id not in cached._trial_id_to_study_id_and_number:
+            cached.get_all_trials(study_id, deepcopy=False)
+
+    def create_trial(study_id: int, attrs: dict[str, Any], budget: int | None) -> int:
+        import datetime
+
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None,
+            datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+            distributions={}, user_attrs=attrs,
+            system_attrs={} if budget is None else {_BUDGET: budget}, intermediate_values={},
+            trial_id=0)
+        return cached.create_new_trial(study_id, template)
+
+    def claim(study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None) -> bool:
+        took = storage.claim_trial(study_id, trial_id, attrs, budget)
+        if took:
+            known(study_id, trial_id)
+        return took
+
+    operations = {
+        "hello": lambda: hello,
+        "create_trial": create_trial,
+        "claim_trial": claim,
+        "set_trial_user_attrs": storage.set_trial_user_attrs,
+        "create_study_with_attrs": lambda directions, name, attrs: storage.create_study_with_attrs(
+            [optuna.study.StudyDirection(d) for d in directions], name, attrs),
+        "record_heartbeat": storage.record_heartbeat,
+        "stale_trial_ids": storage.stale_trial_ids,
+    }
+
+    def call(request: bytes, context: Any) -> bytes:
+        asked = json.loads(request)
+        operation = operations.get(asked.get("op"))
+        if operation is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"no operation {asked.get('op')!r}")
+        try:
+            reply = {"result": operation(**asked.get("args", {}))}
+        except (BudgetTaken, optuna.exceptions.DuplicatedStudyError,
+                optuna.exceptions.UpdateFinishedTrialError, KeyError) as e:
+            reply = {"raise": type(e).__name__, "message": str(e)}
+        return json.dumps(reply).encode()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"))
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(cached), server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, {
+        "Call": grpc.unary_unary_rpc_method_handler(call)}),))
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as e:  # grpc >= 1.60 raises where older ones returned 0
+        raise OSError(f"cannot listen on {host}:{port}: {first_line(e)}") from None
+    if not bound:
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    return server, bound
+
+
+@functools.cache
+def grpc_storage_class() -> type:
+    """Optuna's ``GrpcStorageProxy`` with hpo's claims, heartbeats (recorded by the database
+    behind the proxy, by its clock) and study creation through hpo's service of the proxy
+    (``grpc_server``); every call waits for a proxy that does not answer (a restart) as a
+    database call does (``$HPO_OUTAGE_SECONDS``)."""
+    import grpc
+    import optuna
+    from optuna.storages import GrpcStorageProxy
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    raised = {"BudgetTaken": BudgetTaken,
+              "DuplicatedStudyError": optuna.exceptions.DuplicatedStudyError,
+              "UpdateFinishedTrialError": optuna.exceptions.UpdateFinishedTrialError,
+              "KeyError": KeyError}
+
+    class Storage(GrpcStorageProxy, BaseHeartbeat):
+        def __init__(self, *, host: str, port: int, heartbeat_interval: int | None = None,
+                     grace_period: int | None = None,
+                     heartbeat_stale_trial_callback: Any = None) -> None:
+            super().__init__(host=host, port=port)
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period
+            self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+        def _setup(self) -> None:
+            super()._setup()
+            self._hpo = self._channel.unary_unary(_GRPC_METHOD)
+
+        def hpo_call(self, op: str, **args: Any) -> Any:
+            """An operation of hpo's service of the proxy."""
+            reply = json.loads(self._hpo(json.dumps({"op": op, "args": args}).encode()))
+            if "raise" in reply:
+                raise raised[reply["raise"]](reply["message"])
+            return reply["result"]
+
+        def hello(self) -> dict[str, Any]:
+            return self.hpo_call("hello")
+
+        def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+            running = _running_template(template_trial)
+            if running is None or template_trial is None:
+                return super().create_new_trial(study_id, template_trial)
+            attrs, budget = running
+            return self.hpo_call("create_trial", study_id=study_id, attrs=attrs, budget=budget)
+
+        def claim_trial(self, study_id: int, trial_id: int, attrs: dict[str, Any],
+                        budget: int | None = None) -> bool:
+            return self.hpo_call("claim_trial", study_id=study_id, trial_id=trial_id,
+                                 attrs=attrs, budget=budget)
+
+        def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+            self.hpo_call("set_trial_user_attrs", trial_id=trial_id, attrs=attrs)
+
+        def create_study_with_attrs(self, directions: list[Any], name: str,
+                                    attrs: dict[str, Any]) -> int:
+            return self.hpo_call("create_study_with_attrs", directions=[int(d) for d in directions],
+                                 name=name, attrs=attrs)
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.hpo_call("record_heartbeat", trial_id=trial_id)
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+            return self.hpo_call("stale_trial_ids", study_id=study_id, grace_period=grace)
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return self.heartbeat_stale_trial_callback
+
+    def waiting(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(_grpc_inside, "depth", 0):
+                return method(self, *args, **kwargs)
+            _grpc_inside.depth = 1
+            try:
+                return _through_proxy_outage(lambda: method(self, *args, **kwargs), self, grpc)
+            finally:
+                _grpc_inside.depth = 0
+        return call
+
+    for name in _GRPC_RETRIED:
+        setattr(Storage, name, waiting(getattr(Storage, name)))
+    return Storage
+
+
+_grpc_inside = threading.local()
+_GRPC_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
+    "set_trial_param", "get_trial_id_from_study_id_trial_number", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial", "get_all_trials", "claim_trial", "set_trial_user_attrs",
+    "create_study_with_attrs", "record_heartbeat", "_get_stale_trial_ids", "hello")
+
+
+class ProxyUnavailable(ConnectionError):
+    """The gRPC storage proxy did not answer for the outage window."""
+
+
+def _through_proxy_outage(call: Any, storage: Any, grpc: Any) -> Any:
+    """``call``; while the proxy does not answer (a restart), wait and try again for up to
+    ``$HPO_OUTAGE_SECONDS`` from the first failure, as a database call does."""
+    import time
+
+    from hpo.outage import outage_seconds
+
+    deadline, delay = None, 0.5
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + outage_seconds()
+            if now >= deadline:
+                raise ProxyUnavailable(
+                    f"the storage proxy grpc://{storage._host}:{storage._port} did not answer "
+                    f"for {outage_seconds():g}s: {e.details()}") from None
+            log.warning("storage proxy unavailable (%s); retrying in %.1fs", e.details(), delay)
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, 5.0)

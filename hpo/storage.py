@@ -24,7 +24,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo._optuna import no_experimental_warnings, retry_callback, storage_class
+from hpo._optuna import (
+    grpc_server,
+    grpc_storage_class,
+    journal_storage_class,
+    no_experimental_warnings,
+    retry_callback,
+    storage_class,
+)
 from hpo.errors import StorageError
 from hpo.outage import with_outage_retry
 
@@ -77,21 +84,26 @@ def _password(url: str) -> str | None:
         return None
 
 
-def open_storage(url: str | None = None, *, create: bool = True,
-                 outage: float = 0.0) -> "optuna.storages.RDBStorage":
-    """Open the study database.
+def open_storage(url: str | None = None, *, create: bool = True, outage: float = 0.0,
+                 pool: int | None = None) -> "optuna.storages.BaseStorage":
+    """Open the study storage.
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///PATH``, ``postgresql+psycopg2://...``,
-            ``mysql+pymysql://...``); ``None`` resolves as ``resolve_url`` says.
-        create: create the database file / tables if missing. Read-only commands pass
-            ``False`` so that a typo in a URL does not leave an empty database behind.
-        outage: seconds to wait for a server that does not answer (a restart) before giving
-            up; 0 (commands a person types): fail at once. A worker that its launcher
-            restarts waits, as its storage calls do once it runs.
+            ``mysql+pymysql://...``), ``grpc://HOST:PORT`` (an ``hpo storage-proxy``) or
+            ``journal://PATH`` (a journal file); ``None`` resolves as ``resolve_url`` says.
+        create: create the database file / tables / journal file if missing. Read-only
+            commands pass ``False`` so that a typo in a URL does not leave an empty database
+            behind.
+        outage: seconds to wait for a server (or proxy) that does not answer (a restart)
+            before giving up; 0 (commands a person types): fail at once. A worker that its
+            launcher restarts waits, as its storage calls do once it runs.
+        pool: the most connections to a database server (the proxy's: one per thread);
+            None: SQLAlchemy's default (5, and up to 10 more under load).
 
     Returns:
-        An ``RDBStorage`` with heartbeat and stale-trial retry.
+        A storage with heartbeat and stale-trial retry: hpo's ``RDBStorage`` for a database,
+        the gRPC proxy's client or the journal, each with hpo's claims (``hpo._optuna``).
 
     Raises:
         StorageError: a malformed URL, an unknown backend, or a database that cannot be
@@ -102,6 +114,11 @@ def open_storage(url: str | None = None, *, create: bool = True,
 
     url = resolve_url(url)
     shown = redact(url, url)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "grpc":
+        return _open_grpc(url, shown, outage)
+    if scheme == "journal":
+        return _open_journal(url, shown, create)
     try:
         parsed = make_url(url)
     except Exception:
@@ -110,7 +127,7 @@ def open_storage(url: str | None = None, *, create: bool = True,
     backend = parsed.get_backend_name()
     if backend not in _DRIVERS:
         raise StorageError(f"unsupported storage backend {backend!r} in {shown}; "
-                           "expected sqlite, postgresql or mysql")
+                           "expected sqlite, postgresql, mysql, grpc or journal")
     if backend != "sqlite" and parsed.drivername == backend:
         # Pin the drivers the project installs (SQLAlchemy's defaults may be missing).
         parsed = parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
@@ -123,6 +140,8 @@ def open_storage(url: str | None = None, *, create: bool = True,
     else:
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        if pool is not None:
+            engine_kwargs.update(pool_size=pool, max_overflow=0)
         _check_server(url, shown, engine_kwargs, create, outage)
 
     # Workers starting together on a new database race to create its tables: the losers see
@@ -208,3 +227,171 @@ def _first_line(e: BaseException, url: str) -> str:
     text = " ".join(ln if ln[-1] in ".?!:;," else ln + "." for ln in lines[:3]) if lines \
         else type(orig).__name__
     return redact(text, url)
+
+
+# --------------------------------------------------------------------------------------------
+# The gRPC proxy and the journal file.
+
+GRPC_DEFAULT_PORT = 13000
+"""Optuna's default port of its gRPC storage proxy."""
+PROXY_THREADS = 10
+"""Threads of ``hpo storage-proxy``, each with at most one database connection."""
+
+
+def _heartbeat_options() -> dict[str, Any]:
+    return {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD,
+            "heartbeat_stale_trial_callback": retry_callback(MAX_RETRY)}
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """``grpc://HOST:PORT`` -> (host, port).
+
+    Raises:
+        StorageError: no host, a bad port, or a user, password, path or query (the proxy holds
+            the database's credentials; the workers need none).
+    """
+    from urllib.parse import urlsplit
+
+    shown = redact(url, url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise StorageError(f"malformed proxy URL {shown}: {e}; expected grpc://HOST:PORT") \
+            from None
+    if parts.username or parts.password:
+        raise StorageError(f"{shown}: a grpc:// URL takes no user or password (the proxy holds "
+                           "the database's credentials); expected grpc://HOST:PORT")
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise StorageError(f"malformed proxy URL {shown}; expected grpc://HOST:PORT, e.g. "
+                           f"grpc://db-proxy.internal:{GRPC_DEFAULT_PORT}")
+    return parts.hostname, port or GRPC_DEFAULT_PORT
+
+
+def _open_grpc(url: str, shown: str, outage: float) -> "optuna.storages.BaseStorage":
+    """The client of an ``hpo storage-proxy``: waits for it up to ``CONNECT_TIMEOUT`` seconds
+    (``outage``, where longer), and checks that it is hpo's (Optuna's own proxy lacks hpo's
+    claims and heartbeats)."""
+    host, port = grpc_address(url)
+    try:
+        import grpc
+    except ImportError as e:
+        raise StorageError(f"{shown}: the gRPC client is not installed ({e}); pip install "
+                           "grpcio protobuf") from None
+    if outage <= 0:  # a person waits: a refused connection is an answer at once
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        except OSError as e:
+            raise StorageError(f"cannot connect to the storage proxy {shown}: "
+                               f"{e.strerror or e}; is 'hpo storage-proxy' running there?") \
+                from None
+    with no_experimental_warnings():
+        storage = grpc_storage_class()(host=host, port=port, **_heartbeat_options())
+    try:
+        storage.wait_server_ready(timeout=max(outage, CONNECT_TIMEOUT))
+        storage.hello()
+    except ConnectionError:
+        storage.close()
+        raise StorageError(f"cannot connect to the storage proxy {shown}: no answer within "
+                           f"{max(outage, CONNECT_TIMEOUT):g}s; is 'hpo storage-proxy' running "
+                           "there?") from None
+    except grpc.RpcError as e:
+        storage.close()
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise StorageError(f"{shown} is not an hpo storage proxy (Optuna's own proxy lacks "
+                               "hpo's claims and heartbeats); start it with 'hpo storage-proxy "
+                               "--storage URL'") from None
+        raise StorageError(f"storage proxy {shown}: {e.code().name}: {e.details()}") from None
+    return storage
+
+
+def journal_path(url: str) -> Path:
+    """``journal://PATH`` -> PATH: ``journal:///shared/hpo/study.log`` is the absolute path
+    ``/shared/hpo/study.log``, ``journal://study.log`` a path relative to the current
+    directory."""
+    return Path(url.split("://", 1)[1]).expanduser()
+
+
+def _open_journal(url: str, shown: str, create: bool) -> "optuna.storages.BaseStorage":
+    """Optuna's journal file with its file lock; created where missing if ``create``."""
+    path = journal_path(url)
+    if not str(path) or str(path) == ".":
+        raise StorageError(f"malformed journal URL {shown}; expected journal:///PATH/study.log")
+    if path.is_dir():
+        raise StorageError(f"{shown}: {path} is a directory; expected a journal file, e.g. "
+                           f"journal:///{path.as_posix().lstrip('/')}/hpo.log")
+    if not create and not path.is_file():
+        raise StorageError(f"no journal at {path} ({shown}); run 'hpo create' or 'hpo run' "
+                           "first, or pass --storage")
+    if not path.parent.is_dir():
+        raise StorageError(f"{shown}: directory {path.parent} does not exist")
+    if path.is_file() and not _looks_like_journal(path):
+        # Optuna reads past what it cannot parse (a write cut short); hpo must not append
+        # to a database file or anything else given by mistake.
+        raise StorageError(f"{path} is not an Optuna journal file ({shown}): its first line "
+                           "is not a journal record")
+    try:
+        with no_experimental_warnings():
+            return journal_storage_class()(str(path), **_heartbeat_options())
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise StorageError(f"{path} is not an Optuna journal file ({shown}): "
+                           f"{type(e).__name__}: {e}") from None
+    except OSError as e:
+        raise StorageError(f"cannot open journal {path}: {e.strerror or e}") from None
+
+
+def _looks_like_journal(path: Path) -> bool:
+    """Empty, or a first line that is a journal record (a JSON object with an ``op_code``)."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+    except OSError as e:
+        raise StorageError(f"cannot read journal {path}: {e.strerror or e}") from None
+    if not first:
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def storage_kind(url: str) -> str:
+    """The kind of storage a URL names: sqlite, postgresql, mysql, grpc, journal (or the
+    scheme as written, for the error that opening it gives)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else url
+    return scheme.split("+", 1)[0]
+
+
+def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS
+                ) -> "tuple[Any, int]":
+    """Start the gRPC storage proxy in front of the database at ``url`` (its tables created
+    where missing): Optuna's proxy service and hpo's (claims, heartbeats, study creation).
+
+    Returns:
+        The started server (``server.stop(grace)`` ends it) and its port.
+
+    Raises:
+        StorageError: ``url`` is not a database (a proxy, a journal), or cannot be opened, or
+            the address cannot be bound.
+    """
+    from hpo import __version__
+
+    shown = redact(url, url)
+    kind = storage_kind(url)
+    if kind == "grpc":
+        raise StorageError(f"hpo storage-proxy serves a database (PostgreSQL, MySQL or "
+                           f"SQLite), not another proxy ({shown})")
+    if kind == "journal":
+        raise StorageError(f"hpo storage-proxy serves a database, not a journal file ({shown}): "
+                           "Optuna's gRPC proxy does not support journals (optuna#6084); give "
+                           "the workers the journal:// URL on the shared filesystem instead")
+    storage = open_storage(url, create=True, pool=threads)
+    try:
+        return grpc_server(storage, host, port, threads, hello={"hpo": __version__})
+    except OSError as e:
+        raise StorageError(str(e)) from None

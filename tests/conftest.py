@@ -1,8 +1,11 @@
-"""Shared fixtures: every storage test runs on SQLite, PostgreSQL and MariaDB.
+"""Shared fixtures: every storage test runs on SQLite, PostgreSQL and MariaDB; the tests of
+hpo's storage itself and the end-to-end CLI test also through the gRPC proxy and on a journal
+file (``all_storage_url``).
 
 PostgreSQL and MariaDB run on every machine of this project (CI's too). Each test session makes
 its own empty database on each server and drops it at the end. Where a server does not answer
-the tests for it are skipped with the reason -- except under CI=true, where they fail.
+the tests for it are skipped with the reason -- except under CI=true, where they fail. The
+proxy is a real ``hpo storage-proxy`` process in front of the session's PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ SERVERS = {
 }
 ADMIN_DB = {"postgresql": "postgres", "mariadb": "test"}
 STORAGE_MODES = ["sqlite", "postgresql", "mariadb"]
+ALL_STORAGE_MODES = STORAGE_MODES + ["grpc", "journal"]
 
 
 def _server_database(kind: str):
@@ -96,3 +100,62 @@ def server_url(server_urls: dict, kind: str) -> str:
             pytest.fail(f"{url} (CI=true: the storage tests must run, not skip)")
         pytest.skip(str(url))
     return url
+
+
+@pytest.fixture(params=ALL_STORAGE_MODES)
+def all_storage_url(request, tmp_path, server_urls):
+    """``storage_url``'s kinds, and the gRPC proxy (in front of PostgreSQL) and a fresh
+    journal file: the URL of each. Open it with ``hpo.storage.open_storage`` (Optuna's own
+    ``load_study`` takes a database URL only)."""
+    kind = request.param
+    if kind == "grpc":
+        return request.getfixturevalue("storage_proxy")
+    if kind == "journal":
+        return f"journal://{tmp_path / 'hpo.log'}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return server_url(server_urls, kind)
+
+
+@pytest.fixture(scope="session")
+def storage_proxy(server_urls, tmp_path_factory):
+    """``hpo storage-proxy`` in front of the session's PostgreSQL database, for the session:
+    its ``grpc://`` URL."""
+    import subprocess
+
+    from processes import SUPPORT
+
+    database = server_url(server_urls, "postgresql")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(SUPPORT))
+    log = tmp_path_factory.mktemp("proxy") / "proxy.log"
+    with open(log, "w") as out:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database, "--port", "0"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = _proxy_url(proxy, log)
+        yield url
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
+
+
+def _proxy_url(proxy, log: Path, timeout: float = 60.0) -> str:
+    """The ``grpc://`` URL the proxy prints once it listens."""
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"--storage (grpc://\S+)", log.read_text())
+        if found:
+            return found.group(1)
+        if proxy.poll() is not None:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"hpo storage-proxy did not start: {log.read_text()[-2000:]}")

@@ -38,8 +38,16 @@ def test_every_private_name_exists(module, path, tmp_path):
     # An instance attribute: look on a live object of that class.
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}")
     trial = study.ask()
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "p.log")))
+    optuna.create_study(storage=journal).ask()
     live = {"Study": study, "Trial": trial, "FrozenTrial": study.trials[0],
-            "_CachedStorage": study._storage}[head]
+            "_CachedStorage": study._storage, "JournalStorage": journal,
+            "JournalStorageReplayResult": journal._replay_result,
+            "JournalFileBackend": journal._backend,
+            # No server needed: the channel connects on the first call.
+            "GrpcStorageProxy": optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=1),
+            }[head]
     assert hasattr(live, attr), f"optuna {optuna.__version__}: {module}.{path} is gone"
 
 

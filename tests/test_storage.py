@@ -1,11 +1,15 @@
-"""Storage on every backend: SQLite, PostgreSQL, MariaDB (real servers): hpo's storage class
-(claims, attrs with the trial, heartbeats and retries), opening a URL, redaction."""
+"""Storage on every backend: SQLite, PostgreSQL, MariaDB (real servers), the gRPC proxy in
+front of PostgreSQL and a journal file: hpo's storage classes (claims, attrs with the trial,
+heartbeats and retries), opening a URL, redaction."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import threading
 import time
+from collections import Counter
 
 import optuna
 import pytest
@@ -13,11 +17,20 @@ import pytest
 from hpo.errors import StorageError
 from hpo.storage import open_storage, redact
 from hpo.study import create_study, load_study
+from processes import start_hpo, wait_for
 from specs import make_spec, unique
+from workers import epoch_log, fast_env, finished, make_study
 
-def test_dead_worker_trial_is_failed_and_requeued_with_its_values(storage_url, monkeypatch):
+
+def reopen(name: str, url: str) -> optuna.Study:
+    """The study as another process sees it: its own storage object."""
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
+def test_dead_worker_trial_is_failed_and_requeued_with_its_values(all_storage_url, monkeypatch):
     import hpo.storage
 
+    storage_url = all_storage_url
     monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
     storage = open_storage(storage_url)
@@ -40,11 +53,12 @@ def test_dead_worker_trial_is_failed_and_requeued_with_its_values(storage_url, m
     assert retry.system_attrs["failed_trial"] == 0
 
 
-def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_url):
+def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(all_storage_url):
     """The worker's attrs go in with the trial's creation (one transaction, hpo's storage
     class); a queued trial is taken before a new one is created, and keeps its own attrs."""
     from hpo._optuna import ask as _ask
 
+    storage_url = all_storage_url
     storage = open_storage(storage_url)
     study, _ = load_study(create_study(make_spec(unique("attrs")), storage).study_name, storage)
     study.enqueue_trial({"lr": 0.01}, user_attrs={"note": "queued"})
@@ -54,7 +68,7 @@ def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_
     new = _ask(study, attrs, seen)  # its claim of trial 0 fails: it creates trial 1
     assert (queued.number, new.number) == (0, 1)
     assert queued.suggest_float("lr", 1e-4, 1e-1, log=True) == 0.01  # the queued params
-    reread = optuna.load_study(study_name=study.study_name, storage=storage_url)
+    reread = reopen(study.study_name, storage_url)
     first, second = reread.get_trials()
     assert first.user_attrs == {"note": "queued", "host": "node-a", "worker": "node-a:w3"}
     assert second.user_attrs == attrs
@@ -62,11 +76,12 @@ def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(storage_
     assert second.datetime_start is not None
 
 
-def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(storage_url):
+def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(all_storage_url):
     """Several workers (each its own connection) claim at the same moment: a queued trial goes
     to exactly one of them, and new trials stop at the budget, however many ask at once."""
     from hpo._optuna import ask
 
+    storage_url = all_storage_url
     n_workers, rounds = 4, 8
     storage = open_storage(storage_url)
     study, _ = load_study(create_study(make_spec(unique("claim")), storage).study_name, storage)
@@ -97,18 +112,19 @@ def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(storage_ur
     assert not [s for s in states if s != optuna.trial.TrialState.COMPLETE]
 
 
-def test_user_attrs_of_a_running_trial_are_written_together(storage_url):
+def test_user_attrs_of_a_running_trial_are_written_together(all_storage_url):
     """The job's attrs in one transaction: new and rewritten keys land, the trial object sees
     them; a finished trial refuses them as Optuna does; a FixedTrial takes them one by one."""
     from hpo._optuna import set_user_attrs
 
+    storage_url = all_storage_url
     storage = open_storage(storage_url)
     study, _ = load_study(create_study(make_spec(unique("uattrs")), storage).study_name, storage)
     trial = study.ask()
     trial.set_user_attr("epochs_run", 0)
     set_user_attrs(trial, {"epochs_run": 2, "device": "cpu", "val_accuracy": 0.5})
     assert trial.user_attrs == {"epochs_run": 2, "device": "cpu", "val_accuracy": 0.5}
-    reread = optuna.load_study(study_name=study.study_name, storage=storage_url)
+    reread = reopen(study.study_name, storage_url)
     assert reread.trials[0].user_attrs == {"epochs_run": 2, "device": "cpu", "val_accuracy": 0.5}
     study.tell(trial, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
@@ -154,3 +170,134 @@ def test_redact():
     assert redact("error for pw", "mysql://u:pw@h/d") == "error for ***"
 
 
+
+
+def test_a_beating_trial_stays_a_silent_one_goes_stale_from_its_claim(all_storage_url,
+                                                                      monkeypatch):
+    """Heartbeats reach the storage (the proxy's database, the journal): a trial that beats
+    is never stale; one claimed by a worker that died before its first beat is; a re-queued
+    trial claimed again is not stale for its previous worker's last beat."""
+    import hpo.storage
+    from hpo._optuna import ask, requeue
+    from hpo.worker import reap
+
+    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    storage = open_storage(all_storage_url)
+    study, _ = load_study(create_study(make_spec(unique("beat")), storage).study_name, storage)
+    attrs = {"host": "h", "worker": "h:w0", "pid": 1}
+    beating = ask(study, attrs, [])
+    silent = ask(study, attrs, [])  # ... and its worker dies here: no heartbeat thread
+    queued = ask(study, attrs, [])
+    requeue(study, queued)  # SIGTERM: back to the queue, its last beat at the claim
+    for _ in range(8):
+        storage.record_heartbeat(beating._trial_id)
+        time.sleep(0.3)
+    again = ask(study, {**attrs, "pid": 2},
+                study.get_trials(states=(optuna.trial.TrialState.WAITING,)))
+    assert again.number == queued.number
+    assert reap(study) == [silent.number]
+    states = {t.number: t.state for t in reopen(study.study_name, all_storage_url).trials}
+    assert states[beating.number] == states[again.number] == optuna.trial.TrialState.RUNNING
+    assert states[silent.number] == optuna.trial.TrialState.FAIL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["grpc", "journal"])
+def test_workers_through_the_proxy_and_on_a_journal_meet_the_budget_and_resume_a_killed_trial(
+        kind, request, tmp_path):
+    """Three launched workers of the fast job: exactly the budget, no trial run twice, each
+    trial with its worker's attrs, and a worker killed (SIGKILL) mid-trial: its trial is
+    failed, retried and resumed from its checkpoint on another worker."""
+    url = (request.getfixturevalue("storage_proxy") if kind == "grpc"
+           else f"journal://{tmp_path / 'study.log'}")
+    env = fast_env(tmp_path, epoch_seconds=0.3)
+    name = make_study(tmp_path, url, n=12, low=3, high=4, env=env)
+    launch = start_hpo("launch", name, "--storage", url, "--workers", "3", cwd=tmp_path,
+                       env=env)
+    try:
+        def victim():
+            for number, epoch, pid in reversed(epoch_log(tmp_path)):
+                if epoch >= 2:
+                    return number, epoch, pid
+            return None
+
+        number, _, pid = wait_for(victim, timeout=120, what="a trial two epochs in")
+        os.kill(pid, signal.SIGKILL)
+        out, _ = launch.communicate(timeout=300)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    ts = reopen(name, url).trials
+    assert len(finished(ts)) == 12
+    assert not [t for t in ts if t.state == optuna.trial.TrialState.RUNNING]
+    log = epoch_log(tmp_path)
+    runs = Counter((n, e) for n, e, _ in log)
+    assert max(runs.values()) == 1, [k for k, v in runs.items() if v > 1]  # none run twice
+    for t in ts:
+        assert {"host", "worker", "pid"} <= set(t.user_attrs), t.user_attrs
+        assert t.user_attrs["pid"] == next(p for n, _, p in log if n == t.number)
+    killed = ts[number]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    assert killed.user_attrs["fail_reason"] == "worker died"
+    retry = [t for t in ts if t.system_attrs.get("failed_trial") == number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    reached = max(e for n, e, _ in log if n == number)
+    assert retry[0].user_attrs["resumed_from_epoch"] == reached
+
+
+@pytest.mark.parametrize("url,words", [
+    ("grpc://bob:s3cr3t-pw@127.0.0.1:13000", ["takes no user or password", "bob:***@"]),
+    ("grpc://127.0.0.1:1", ["cannot connect to the storage proxy grpc://127.0.0.1:1",
+                            "hpo storage-proxy"]),
+    ("grpc://127.0.0.1:13000/db", ["expected grpc://HOST:PORT"]),
+    ("grpc://:13000", ["expected grpc://HOST:PORT"]),
+    ("journal:///no/such/dir/study.log", ["no journal at /no/such/dir/study.log"]),
+])
+def test_a_bad_proxy_or_journal_url_is_one_line_fast(url, words):
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        open_storage(url, create=False)
+    assert time.monotonic() - started < 15
+    message = str(info.value)
+    assert "\n" not in message and "s3cr3t-pw" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_a_journal_is_created_only_when_asked_and_another_file_is_refused(tmp_path):
+    log = tmp_path / "study.log"
+    with pytest.raises(StorageError, match="no journal at"):
+        open_storage(f"journal://{log}", create=False)
+    assert not log.exists()
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(f"journal://{tmp_path / 'nodir' / 'x.log'}")
+    db = tmp_path / "not-a-journal.db"
+    open_storage(f"sqlite:///{db}")
+    with pytest.raises(StorageError, match="is not an Optuna journal file"):
+        open_storage(f"journal://{db}", create=False)
+    open_storage(f"journal://{log}")
+    assert log.is_file()  # created, empty: a journal with no study yet
+    assert open_storage(f"journal://{log}", create=False).get_all_studies() == []
+
+
+def test_optunas_own_proxy_is_refused_by_name(server_urls, tmp_path):
+    """A plain Optuna proxy lacks hpo's claims and heartbeats: one line says so."""
+    import socket
+
+    from optuna.storages._grpc.server import make_server
+
+    from conftest import server_url
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = make_server(optuna.storages.get_storage(f"sqlite:///{tmp_path / 'o.db'}"),
+                         "127.0.0.1", port)
+    server.start()
+    try:
+        with pytest.raises(StorageError, match="is not an hpo storage proxy"):
+            open_storage(f"grpc://127.0.0.1:{port}", create=False)
+    finally:
+        server.stop(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -64,6 +64,13 @@ class Handle:
 
             self._opened = open_storage(self.url, create=False, outage=outage)
         return self._opened
+
+    def serve_proxy(self, *, host: str, port: int, threads: int) -> "tuple[Any, int]":
+        """Open the database (its tables created where missing) and serve it as the gRPC
+        storage proxy on ``host:port``; returns the started server and its port."""
+        from hpo.storage import serve_proxy
+
+        return serve_proxy(self.url, host=host, port=port, threads=threads)
 
     def load(self, *, seed_offset: int = 0, outage: float = 0.0
              ) -> "tuple[optuna.Study, Spec]":

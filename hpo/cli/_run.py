@@ -1,4 +1,5 @@
-"""The commands that run trials: create, run, launch, worker, reap, template."""
+"""The commands that run trials: create, run, launch, worker, reap, template, and the
+storage proxy that serves them."""
 
 from __future__ import annotations
 
@@ -43,27 +44,33 @@ def _launch(h: Handle, name: str) -> int:
         Supervisor,
         WorkerOptions,
         assign_slots,
-        default_slots,
         describe_exit,
+        idle_gpus,
         parse_gpus,
+        visible_gpus,
     )
     from hpo.storage import ENV_VAR
     from hpo.summary import best_record, format_best, format_status, status_record
     from hpo.worker import reap_process
 
     args = h.args
+    devices = h.spec.resources.devices_per_trial
     gpus = parse_gpus(args.gpus)
     if gpus is None and args.workers is None:
-        slots = default_slots()
-    else:
-        slots = assign_slots(gpus, args.per_gpu, args.workers)
+        gpus = visible_gpus() or None  # every GPU here, else one CPU worker
+    slots = assign_slots(gpus, args.per_gpu, args.workers, devices_per_trial=devices)
+    idle = idle_gpus(gpus, slots)
+    if idle:
+        say(f"hpo: warning: GPU {','.join(idle)} left idle: {len(gpus or ())} GPUs make "
+            f"{len(slots)} gang(s) of {devices} (resources.devices_per_trial)")
     if h.url.startswith("sqlite") and len(slots) > SQLITE_SAFE_WORKERS:
         say(f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
             f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL")
     # The URL reaches the workers through their environment: a password in it must not show
     # in their command lines (``ps``).
     worker_args = WorkerOptions.from_args(args, study=name).to_argv()
-    say(f"hpo: study {name} in {h.shown}: {len(slots)} worker(s) "
+    per_trial = f", {devices} devices per trial" if devices > 1 else ""
+    say(f"hpo: study {name} in {h.shown}: {len(slots)} worker(s){per_trial} "
         + ", ".join(s.label for s in slots))
 
     study = h.study
@@ -173,4 +180,37 @@ def template(h: Handle) -> int:
     print(render(args.kind, args.study, h.url, nodes=args.nodes, gpus=args.gpus_per_node,
                  image=args.image, checkpoint_dir=args.checkpoint_dir,
                  python=args.python or sys.executable), end="")
+    return EXIT_OK
+
+
+def storage_proxy(h: Handle) -> int:
+    import signal
+    import socket
+    import threading
+
+    args = h.args
+    server, bound = h.serve_proxy(host=args.host, port=args.port, threads=args.threads)
+    local = args.host in ("127.0.0.1", "localhost", "::1")
+    if not local:
+        warn(f"listening on {args.host}: anyone who reaches this port can read and change the "
+             "studies (the proxy has no login or TLS)")
+    # Every address (0.0.0.0): the workers reach it by this machine's name.
+    reach = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host
+    address = f"grpc://{reach}:{bound}"
+    say(f"hpo: storage proxy for {h.shown} on {args.host}:{bound}, {args.threads} threads")
+    say(f"hpo: workers: --storage {address}   (Ctrl-C stops it)")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        server.stop(grace=5).wait()
+    say("hpo: storage proxy stopped")
     return EXIT_OK
