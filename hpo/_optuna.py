@@ -705,6 +705,12 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
             reply = {"raise": type(e).__name__, "message": str(e)}
         return json.dumps(reply).encode()
 
+    import socket
+
+    # A clear line for an address in use or not this machine's, before gRPC would log the
+    # same failure in its own words.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host.strip("[]"), port))
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"))
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(cached), server)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, {
@@ -712,9 +718,9 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as e:  # grpc >= 1.60 raises where older ones returned 0
-        raise OSError(f"cannot listen on {host}:{port}: {first_line(e)}") from None
+        raise OSError(first_line(e)) from None
     if not bound:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError("gRPC could not bind it")
     server.start()
     return server, bound
 

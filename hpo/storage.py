@@ -394,4 +394,4 @@ def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS
     try:
         return grpc_server(storage, host, port, threads, hello={"hpo": __version__})
     except OSError as e:
-        raise StorageError(str(e)) from None
+        raise StorageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

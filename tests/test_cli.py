@@ -20,8 +20,17 @@ ATTRS = {"val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_se
          "samples_per_second", "device", "host", "worker", "peak_memory_mb"}
 
 
+def reopen(name: str, url: str) -> optuna.Study:
+    """The study as another process sees it (any storage URL hpo takes, grpc and journal
+    included)."""
+    from hpo.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
 @pytest.mark.slow
-def test_run_then_best_status_studies(storage_url, tmp_path):
+def test_run_then_best_status_studies(all_storage_url, tmp_path):
+    storage_url = all_storage_url
     name = f"tiny-{time.time_ns()}"
     spec = tmp_path / "tiny.yaml"
     write_tiny_spec(spec, name)
@@ -29,7 +38,7 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
     assert created.returncode == 0, created.stderr
     # A known good trial first, then one that cannot learn: the median pruner must stop it at
     # epoch 2 (the first it may prune at), when the good one has learned.
-    study = optuna.load_study(study_name=name, storage=storage_url)
+    study = reopen(name, storage_url)
     good = {"lr": 1e-3, "batch_size": 32, "epochs": 3, "optimizer": "adam", "dropout": 0.1,
             "weight_decay": 1e-4}
     study.enqueue_trial(good)
@@ -41,7 +50,7 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
     assert "Traceback" not in run.stdout + run.stderr
     assert "[  4/4]" in run.stdout  # the progress display counts finished trials
 
-    trials = optuna.load_study(study_name=name, storage=storage_url).get_trials()
+    trials = reopen(name, storage_url).get_trials()
     states = [t.state for t in trials]
     assert len(trials) == 4
     assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
@@ -63,7 +72,7 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
     best = run_hpo("best", name, "--json", "--storage", storage_url, cwd=tmp_path)
     assert best.returncode == 0, best.stderr
     record = json.loads(best.stdout)
-    expected = optuna.load_study(study_name=name, storage=storage_url).best_trial
+    expected = reopen(name, storage_url).best_trial
     assert record["number"] == expected.number and record["value"] == expected.value
     assert SIX <= set(record["params"]) and len(record["intermediate_values"]) >= 2
     assert "checkpoint_artifact" in record["user_attrs"]  # the best checkpoint, for the dashboard
@@ -76,7 +85,7 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
     # Resuming a finished study runs nothing more; a bigger budget on the command line runs more.
     again = run_hpo("worker", name, "--storage", storage_url, "--n-trials", "5", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert len(optuna.load_study(study_name=name, storage=storage_url).get_trials()) == 5
+    assert len(reopen(name, storage_url).get_trials()) == 5
 
 
 def test_storage_from_environment_and_default(tmp_path):
@@ -305,3 +314,100 @@ def test_no_command_opens_the_storage_or_a_study_its_own_way():
             text = path.read_text(encoding="utf-8")
             for call in ("open_storage(", "load_study(", "create_study("):
                 assert call not in text, (path.name, call)
+
+
+# --------------------------------------------------------------------------------------------
+# Through the gRPC proxy and on a journal file: every command works, or says why not.
+
+
+@pytest.mark.parametrize("kind", ["grpc", "journal"])
+def test_every_command_works_through_the_proxy_and_on_a_journal(kind, request, tmp_path):
+    """The fast custom job's study through ``hpo run`` (two workers), then each command that
+    reads or writes it: status, best, studies, trials, report (its figures into the study),
+    export (the checkpoint), reap, and the dashboard serving the study and an uploaded
+    checkpoint from the artifact store."""
+    import re
+    import urllib.request
+
+    from workers import FAST, fast_env
+
+    url = (request.getfixturevalue("storage_proxy") if kind == "grpc"
+           else f"journal://{tmp_path / 'study.log'}")
+    name = f"every-{time.time_ns()}"
+    spec = tmp_path / "fast.yaml"
+    spec.write_text(FAST.format(name=name, n=6, low=1, high=3, pruner="none"))
+    env = {**fast_env(tmp_path, epoch_seconds=0.05), "HPO_ARTIFACTS": str(tmp_path / "art")}
+
+    def hpo(*args):
+        r = run_hpo(*args, "--storage", url, cwd=tmp_path, env=env)
+        assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
+        assert "Traceback" not in r.stdout + r.stderr
+        return r.stdout
+
+    assert "[  6/6]" in hpo("run", str(spec), "--workers", "2")
+    study = reopen(name, url)
+    assert len(study.trials) == 6 and {t.state for t in study.trials} == {
+        optuna.trial.TrialState.COMPLETE}
+    assert "complete 6" in hpo("status", name)
+    best = json.loads(hpo("best", name, "--json"))
+    assert best["number"] == study.best_trial.number
+    assert best["user_attrs"]["checkpoint_artifact"]  # the best checkpoint, uploaded
+    assert name in [r["study"] for r in json.loads(hpo("studies", "--json"))]
+    assert len(json.loads(hpo("trials", name, "--format", "json"))) == 6
+    hpo("report", name, "--out", str(tmp_path / "r.html"))
+    assert (tmp_path / "r.html").stat().st_size > 0
+    storage = reopen(name, url)._storage
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(name))
+    assert any(k.startswith("dashboard:plot_data:hpo-") for k in attrs)  # for the dashboard
+    hpo("export", name, "--out", str(tmp_path / "exp"))
+    assert (tmp_path / "exp" / "spec.yaml").is_file()
+    assert (tmp_path / "exp" / "record.json").is_file()
+    assert "reaped 0 trial(s)" in hpo("reap", name)
+
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", "--storage", url, "--port", "0",
+         "--artifacts", str(tmp_path / "art")], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        for line in dashboard.stdout:
+            found = re.search(r"open (http://\S+)/dashboard/", line)
+            if found:
+                address = found.group(1)
+                break
+        assert address, "the dashboard did not start"
+        with urllib.request.urlopen(f"{address}/api/studies", timeout=30) as r:
+            summaries = json.load(r)["study_summaries"]
+        study_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
+        trial_id = reopen(name, url).trials[best["number"]]._trial_id
+        artifact = f"{address}/artifacts/{study_id}/{trial_id}/" \
+                   f"{best['user_attrs']['checkpoint_artifact']}"
+        with urllib.request.urlopen(artifact, timeout=30) as r:
+            assert r.status == 200 and r.read()
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=20)
+
+
+def test_the_storage_proxy_serves_a_database_and_says_why_not_otherwise(tmp_path, server_urls):
+    """A journal or another proxy behind the proxy, a port in use, a database that does not
+    answer: one line each, exit 2, no password shown."""
+    import socket
+
+    cases = [
+        (["--storage", f"journal://{tmp_path / 'x.log'}"], "not a journal file"),
+        (["--storage", "grpc://127.0.0.1:13000"], "not another proxy"),
+        (["--storage", "postgresql://bob:pa55word@127.0.0.1:5999/x"], "cannot connect"),
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append((["--storage", f"sqlite:///{tmp_path / 'p.db'}", "--port",
+                       str(busy.getsockname()[1])], "cannot listen on 127.0.0.1:"))
+        for args, words in cases:
+            r = run_hpo("storage-proxy", *args, cwd=tmp_path)
+            err = r.stderr.strip()
+            assert r.returncode == 2, (args, r.stdout, err)
+            assert len(err.splitlines()) == 1 and words in err, (args, err)
+            assert "pa55word" not in r.stdout + r.stderr
+    assert not (tmp_path / "x.log").exists()
