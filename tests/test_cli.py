@@ -411,3 +411,23 @@ def test_the_storage_proxy_serves_a_database_and_says_why_not_otherwise(tmp_path
             assert len(err.splitlines()) == 1 and words in err, (args, err)
             assert "pa55word" not in r.stdout + r.stderr
     assert not (tmp_path / "x.log").exists()
+
+
+def test_a_cluster_template_takes_a_journal_or_a_proxy(in_process, storage_proxy, tmp_path,
+                                                      capsys):
+    """A journal's relative path, a proxy on this machine's loopback: one warning each, naming
+    what to give instead; an absolute journal path none. The URL goes into the job as is."""
+    name = f"tmpl-{time.time_ns()}"
+    spec = write_tiny_spec(tmp_path / "tiny.yaml", name)
+    journal = tmp_path / "t.log"
+    for url in (f"journal://{journal}", storage_proxy):
+        assert in_process(["create", str(spec), "--storage", url, "--no-preflight"]) == 0
+    capsys.readouterr()
+    cases = [(f"journal://{journal}", None),
+             ("journal://t.log", "the journal path 't.log' is relative"),
+             (storage_proxy, "give the storage proxy's network name")]
+    for url, warning in cases:
+        assert in_process(["template", "slurm", name, "--storage", url]) == 0
+        out, err = capsys.readouterr()
+        assert f"export HPO_STORAGE={url}" in out
+        assert (warning in err) if warning else not err, (url, err)

@@ -167,16 +167,28 @@ def template(h: Handle) -> int:
 
     from hpo.cluster import render
 
+    from hpo.storage import grpc_address, journal_path, storage_kind
+
     args = h.args
-    if h.url.startswith("sqlite"):
+    kind = storage_kind(h.url)
+    if kind == "sqlite":
         raise HpoError("a cluster needs a database server every machine reaches "
-                       "(--storage postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
+                       "(--storage postgresql+psycopg2://..., mysql+pymysql://..., or "
+                       "grpc://HOST:PORT of an hpo storage-proxy), or a journal:// file on a "
+                       "filesystem they share; not SQLite")
     h.load()  # the workers will need it
-    host = make_url(h.url).host
-    if host in (None, "", "localhost", "::1") or host.startswith("127."):
-        warn(f"the storage host {host or '(a local socket)'!r} is this machine as every "
-             "node sees itself: the workers on other machines will not reach it; give the "
-             "database's network name (--storage or HPO_STORAGE)")
+    if kind == "journal":
+        if not journal_path(h.url).is_absolute():
+            warn(f"the journal path {str(journal_path(h.url))!r} is relative: each node "
+                 "reads it from its own working directory; give its absolute path on the "
+                 "shared filesystem (journal:///shared/...)")
+    else:
+        host = grpc_address(h.url)[0] if kind == "grpc" else make_url(h.url).host
+        if host in (None, "", "localhost", "::1") or host.startswith("127."):
+            what = "storage proxy" if kind == "grpc" else "database"
+            warn(f"the storage host {host or '(a local socket)'!r} is this machine as every "
+                 "node sees itself: the workers on other machines will not reach it; give the "
+                 f"{what}'s network name (--storage or HPO_STORAGE)")
     print(render(args.kind, args.study, h.url, nodes=args.nodes, gpus=args.gpus_per_node,
                  image=args.image, checkpoint_dir=args.checkpoint_dir,
                  python=args.python or sys.executable), end="")
