@@ -77,10 +77,11 @@ class WorkerOptions:
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker process: its index (sampler seed offset) and the GPU it sees, if any."""
+    """One worker process: its index (sampler seed offset) and the GPU(s) it sees, if any."""
 
     index: int
     gpu: str | None = None
+    """A GPU, or a trial's gang of them (``"0,1"``): ``CUDA_VISIBLE_DEVICES``."""
     threads: int | None = None
     """CPU threads of the worker's math libraries (CPU workers share the cores)."""
 
@@ -144,33 +145,51 @@ def visible_gpus() -> list[str]:
 
 
 def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | None = None,
-                 cpus: int | None = None) -> list[Slot]:
-    """Which worker gets which GPU.
+                 cpus: int | None = None, devices_per_trial: int = 1) -> list[Slot]:
+    """Which worker gets which GPU(s).
 
     Args:
         gpus: GPU indices/UUIDs to use, or None for CPU workers.
         per_gpu: workers sharing each GPU.
         workers: number of workers without GPUs (ignored when ``gpus`` is given).
         cpus: CPU cores to share among CPU workers (default: this machine's).
+        devices_per_trial: the spec's ``resources.devices_per_trial``: each worker's trials
+            run on a gang of this many GPUs (or CPU processes).
 
     Returns:
         One slot per worker, GPUs filled round-robin so that with ``per_gpu > 1`` the first
-        workers spread over all GPUs: ``[0, 1, 0, 1]`` for two GPUs, two workers each.
+        workers spread over all GPUs: ``[0, 1, 0, 1]`` for two GPUs, two workers each. With
+        ``devices_per_trial`` N > 1, consecutive GPUs make gangs of N, one worker each
+        (``0,1 | 2,3`` ...); GPUs that do not fill a gang are left out (``idle_gpus``). CPU
+        workers split the cores among all their ranks.
+
+    Raises:
+        HpoError: fewer GPUs than one gang, or ``per_gpu`` > 1 with gangs.
     """
     if per_gpu < 1:
         raise HpoError(f"--per-gpu: expected an integer >= 1, got {per_gpu}")
+    n = devices_per_trial
+    if gpus and n > 1:
+        if per_gpu > 1:
+            raise HpoError(f"--per-gpu {per_gpu}: each trial has {n} GPUs to itself "
+                           f"(resources.devices_per_trial: {n}); use --per-gpu 1")
+        if len(gpus) < n:
+            raise HpoError(f"--gpus: {len(gpus)} GPU(s) cannot hold a trial on {n} "
+                           f"(resources.devices_per_trial: {n}); give at least {n}")
+        return [Slot(i, ",".join(gpus[i * n:(i + 1) * n])) for i in range(len(gpus) // n)]
     if gpus:
         return [Slot(i, gpus[i % len(gpus)]) for i in range(len(gpus) * per_gpu)]
-    n = workers if workers is not None else 1
-    if n < 1:
-        raise HpoError(f"--workers: expected an integer >= 1, got {n}")
-    threads = max(1, (cpus or os.cpu_count() or 1) // n)
-    return [Slot(i, threads=threads) for i in range(n)]
+    count = workers if workers is not None else 1
+    if count < 1:
+        raise HpoError(f"--workers: expected an integer >= 1, got {count}")
+    threads = max(1, (cpus or os.cpu_count() or 1) // (count * n))
+    return [Slot(i, threads=threads) for i in range(count)]
 
 
-def default_slots() -> list[Slot]:
-    """What ``hpo run`` uses: every visible GPU, else one CPU worker."""
-    return assign_slots(visible_gpus() or None)
+def idle_gpus(gpus: Sequence[str] | None, slots: Sequence[Slot]) -> list[str]:
+    """The GPUs of ``gpus`` that no slot uses (the remainder of the gangs)."""
+    used = {g for s in slots if s.gpu is not None for g in s.gpu.split(",")}
+    return [g for g in gpus or () if g not in used]
 
 
 # --------------------------------------------------------------------------------------------

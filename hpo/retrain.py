@@ -156,8 +156,9 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
     """Fit and test; write ``model.pt`` and ``retrain.json`` into ``work``."""
     import optuna
 
-    from hpo.job import JobContext, run_job
+    from hpo.job import JobContext
     from hpo.job.trial import FixedTrial
+    from hpo.worker import run_on_devices
 
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
     params = suggest(fixed, spec)  # every hyperparameter, as the trial had them
@@ -171,7 +172,9 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
     job_trial = FixedTrial(number=trial.number)  # keeps the attrs the fit writes
     started = time.perf_counter()
     try:
-        run_job(job_trial, spec.task, params, JobContext(checkpoint_path=model, final=True))
+        run_on_devices(job_trial, spec.task, params,
+                       JobContext(checkpoint_path=model, final=True),
+                       spec.resources.devices_per_trial)
     except optuna.TrialPruned:
         attrs = job_trial.attrs
         raise RetrainFailed(
@@ -208,6 +211,7 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
         "train_seconds": attrs.get("train_seconds"),
         "samples_per_second": attrs.get("samples_per_second"),
         "device": attrs.get("device"),
+        "world_size": attrs.get("world_size"),
         "peak_memory_mb": attrs.get("peak_memory_mb"),
         "model": {"path": MODEL_FILE, "sha256": file_sha256(model),
                   "bytes": model.stat().st_size,

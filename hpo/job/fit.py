@@ -21,6 +21,7 @@ from hpo.job.checkpoint import save_checkpoint, save_model
 from hpo.job.device import free_memory, peak_memory_mb
 from hpo.job.loaders import eval_loader
 from hpo.job.optim import train_mode
+from hpo.job.ranks import Ranks, RankTrial
 from hpo.job.state import FitState, TrainingSetup, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
 from hpo.job.trial import Trial
@@ -56,6 +57,9 @@ def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> floa
         optuna.TrialPruned: the pruner said so, or the loss went NaN / diverged.
         torch.OutOfMemoryError: even a micro-batch of one example does not fit.
     """
+    ranks = Ranks.current()
+    if ranks.many:  # one of the trial's several ranks: rank 0 alone talks to the trial
+        trial = RankTrial(trial, ranks)
     state = start_fit(trial, setup, params, task, context)
     train_loss = 0.0
     for epoch in range(state.start_epoch + 1, state.epochs + 1):
@@ -98,7 +102,8 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
             try:
                 loss = train_step(state.net, inputs, labels, progress.micro_batch,
                                   state.criterion, state.dev, state.scaler, state.optimizer,
-                                  state.scheduler, state.trainable, state.grad_clip)
+                                  state.scheduler, state.trainable, state.grad_clip,
+                                  state.ranks)
                 break
             except torch.OutOfMemoryError as e:
                 oom = str(e).splitlines()[0] if str(e) else "out of memory"
@@ -109,12 +114,12 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
                 record(state, trial, fail_reason="oom")
                 raise torch.OutOfMemoryError(f"a micro-batch of 1 does not fit: {oom}")
             progress.micro_batch //= 2
-            accumulation = math.ceil(state.batch_size / progress.micro_batch)
+            accumulation = math.ceil(state.rank_batch / progress.micro_batch)
             trial.set_attrs({"micro_batch_size": progress.micro_batch,
                              "grad_accumulation": accumulation})
             log.warning("trial %d: out of memory (%s); now %d micro-batches of %d",
                         trial.number, oom, accumulation, progress.micro_batch)
-        progress.samples += len(labels)
+        progress.samples += state.batch_size  # over all ranks
         epoch_loss += loss
 
         if not math.isfinite(loss):
@@ -148,7 +153,7 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
     progress = state.progress
     val_loss, accuracy, progress.eval_micro_batch = evaluate_or_fail(
         trial, partial(record, state, trial), state.net, state.val_loader, state.dev,
-        progress.eval_micro_batch or progress.micro_batch, state.channels_last)
+        progress.eval_micro_batch or progress.micro_batch, state.channels_last, state.ranks)
     log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f",
              trial.number, epoch, step, train_loss, val_loss, accuracy)
     if not math.isfinite(val_loss):
@@ -203,10 +208,11 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
                      "test_split": setup.test_about})
     if setup.test_set is None or len(setup.test_set) == 0:
         return
-    loader = eval_loader(setup, setup.test_set, state.task, state.dev, state.batch_size)
+    loader = eval_loader(setup, setup.test_set, state.task, state.dev, state.batch_size,
+                         state.ranks)
     test_loss, accuracy, _ = evaluate_or_fail(
         trial, lambda **attrs: trial.set_attrs(attrs), state.net, loader, state.dev,
-        progress.micro_batch, state.channels_last)
+        progress.micro_batch, state.channels_last, state.ranks)
     log.info("final fit: test loss %.4f, test accuracy %.3f on %d examples", test_loss,
              accuracy, len(setup.test_set))
     trial.set_attrs({"test_loss": test_loss, "test_accuracy": accuracy,
@@ -224,6 +230,7 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
         "train_seconds": round(progress.seconds, 3),
         "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9), 1),
         "device": state.dev.name,
+        "world_size": state.ranks.world,
         "peak_memory_mb": round(peak_memory_mb(state.dev), 1),
     }
     if progress.best_step:

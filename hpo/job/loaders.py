@@ -3,20 +3,22 @@ test loaders in order."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from hpo.job.data import EpochSeeded, EpochShuffle
 from hpo.job.device import Device
+from hpo.job.ranks import RankBatches, Ranks
 
 if TYPE_CHECKING:
     from hpo.job.state import TrainingSetup
 
 
-def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int
-                 ) -> tuple[DataLoader, DataLoader | None, EpochShuffle]:
+def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int,
+                 ranks: Ranks = Ranks()) -> tuple[DataLoader, DataLoader | None, EpochShuffle]:
     """The train and val loaders, and the train loader's sampler (``set_epoch`` each epoch).
 
     The data order depends on (seed, epoch) alone, so a resumed attempt sees the same one.
@@ -31,16 +33,26 @@ def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int
     train_set = EpochSeeded(setup.train_set, task.seed) if processes else setup.train_set
     # Loaders draw their workers' seeds from their own generators, never from the global RNG
     # (dropout's), whose state must not depend on when a loader happened to start.
-    train_loader = DataLoader(train_set, batch_size, sampler=order, drop_last=True,
-                              generator=torch.Generator().manual_seed(task.seed), **loading)
+    seeded = torch.Generator().manual_seed(task.seed)
+    if ranks.many:  # this rank's part of each global batch
+        train_loader = DataLoader(train_set, batch_sampler=RankBatches(order, batch_size, ranks),
+                                  generator=seeded, **loading)
+    else:
+        train_loader = DataLoader(train_set, batch_size, sampler=order, drop_last=True,
+                                  generator=seeded, **loading)
     val_loader = (None if setup.val_set is None
-                  else eval_loader(setup, setup.val_set, task, dev, batch_size))
+                  else eval_loader(setup, setup.val_set, task, dev, batch_size, ranks))
     return train_loader, val_loader, order
 
 
 def eval_loader(setup: TrainingSetup, dataset: Dataset, task, dev: Device,
-                batch_size: int) -> DataLoader:
-    """A loader of ``dataset`` (val or test) in order, as ``make_loaders`` loads."""
+                batch_size: int, ranks: Ranks = Ranks()) -> DataLoader:
+    """A loader of ``dataset`` (val or test) in order, as ``make_loaders`` loads; on several
+    ranks, of this rank's contiguous part of it."""
+    if ranks.many:
+        part = ranks.shard(len(dataset))  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(part.start, part.stop))
+        batch_size = math.ceil(batch_size / ranks.world)
     return DataLoader(dataset, batch_size, generator=torch.Generator().manual_seed(task.seed),
                       **_loading(setup, task, dev))
 

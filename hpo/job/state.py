@@ -25,6 +25,7 @@ from hpo.job.data import EpochShuffle
 from hpo.job.device import Device, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
+from hpo.job.ranks import Ranks
 from hpo.job.trial import Trial
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,11 @@ class FitState:
     order: EpochShuffle
     """The train loader's sampler: ``set_epoch`` before each epoch."""
     batch_size: int
+    """The global batch: over all ranks of the trial."""
+    rank_batch: int
+    """The largest part of a batch one rank trains on (the batch itself with one rank): the
+    micro-batch starts there."""
+    ranks: Ranks
     steps_per_epoch: int
     epochs: int
     evals: int
@@ -124,7 +130,12 @@ class FitState:
 
 def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> FitState:
     """The model on its device, frozen by policy; the optimizer, schedule, loss and loaders;
-    the progress of an earlier attempt when ``context.resume_path`` is a checkpoint."""
+    the progress of an earlier attempt when ``context.resume_path`` is a checkpoint.
+
+    On several ranks (``hpo.job.ranks``) each trains on its part of every global batch of
+    ``batch_size``, the model in DistributedDataParallel, its loss weighted so that the averaged
+    gradients are the global batch's."""
+    ranks = Ranks.current()
     dev = pick_device(task.amp)
     reset_peak_memory(dev)
     channels_last = setup.convolutional and (
@@ -138,6 +149,9 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
 
     epochs = params["epochs"]
     batch_size = min(params["batch_size"], len(setup.train_set))
+    if batch_size < ranks.world:
+        raise ValueError(f"a batch of {batch_size} does not split over {ranks.world} ranks")
+    rank_batch = math.ceil(batch_size / ranks.world)
     # drop_last: a last batch of one example breaks batch norm, and every step is then a
     # full batch, so the schedule and the effective batch size never change mid-epoch.
     steps_per_epoch = len(setup.train_set) // batch_size
@@ -150,12 +164,14 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         # cost 2-11 s per trial and a 10x peak-memory spike on H100, more than short trials win.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size)
+    train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size, ranks)
     # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
     # with different label smoothing compare.
     criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
+    if ranks.many:
+        criterion = partial(_weighted, criterion, ranks.loss_weight(batch_size))
 
-    progress = Progress(micro_batch=batch_size)
+    progress = Progress(micro_batch=rank_batch)
     start_epoch = 0
     if context.resume_path is not None and Path(context.resume_path).is_file():
         start_epoch, saved = restore_checkpoint(
@@ -164,7 +180,8 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         progress = Progress(**saved)
         log.info("trial %d: resumed from %s after epoch %d", trial.number,
                  context.resume_path, start_epoch)
-    net = torch.compile(model) if task.compile else model
+    net = ranks.wrap(model, dev.device)
+    net = torch.compile(net) if task.compile else net
     evals = task.evals_per_epoch
     # Batch index after which evaluation j of the epoch runs: fractions of the data, so a
     # step means the same for every batch size.
@@ -174,7 +191,13 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         frozen=frozen, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, criterion=criterion, grad_clip=params["grad_clip"],
         train_loader=train_loader, val_loader=val_loader, order=order, batch_size=batch_size,
+        rank_batch=rank_batch, ranks=ranks,
         steps_per_epoch=steps_per_epoch, epochs=epochs, evals=evals, eval_after=eval_after,
         checkpoint=Path(context.checkpoint_path) if context.checkpoint_path else None,
         progress=progress, start_epoch=start_epoch,
         started=time.perf_counter() - progress.seconds)
+
+
+def _weighted(criterion: Callable[..., torch.Tensor], weight: float, *args: Any,
+              **kwargs: Any) -> torch.Tensor:
+    return criterion(*args, **kwargs) * weight

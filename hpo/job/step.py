@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hpo.job.device import Device, free_memory
+from hpo.job.ranks import Ranks
 from hpo.job.trial import Trial
 
 log = logging.getLogger(__name__)
@@ -20,17 +21,36 @@ log = logging.getLogger(__name__)
 
 def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int, criterion,
                dev: Device, scaler, optimizer, scheduler, trainable: list[nn.Parameter],
-               grad_clip: float) -> float:
+               grad_clip: float, ranks: Ranks = Ranks()) -> float:
     """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
 
+    On several ranks, ``inputs`` are this rank's part of the global batch; the step is taken
+    on every rank or on none (``hpo.job.ranks``).
+
     Returns:
-        The batch's mean training loss; the optimizer does not step when it is NaN or inf.
+        The batch's mean training loss (the global batch's, over all ranks); the optimizer
+        does not step when it is NaN or inf.
+
+    Raises:
+        torch.OutOfMemoryError: the micro-batches do not fit (on any rank).
     """
     n = len(labels)
     total = torch.zeros((), device=labels.device)
-    for part in micro_batches(n, micro_batch):
-        total += forward_backward(model, take(inputs, part), labels[part], criterion, dev,
-                                  scaler, weight=(part.stop - part.start) / n)
+    oom = None
+    with ranks.local_gradients(model):
+        try:
+            for part in micro_batches(n, micro_batch):
+                total += forward_backward(model, take(inputs, part), labels[part], criterion,
+                                          dev, scaler, weight=(part.stop - part.start) / n)
+        except torch.OutOfMemoryError as e:
+            if not ranks.many:
+                raise
+            oom = str(e).splitlines()[0] if str(e) else "out of memory"
+    if ranks.many:  # every rank learns whether any ran out of memory: all retry, or none
+        if ranks.any(oom is not None, labels.device):
+            raise torch.OutOfMemoryError(oom or "out of memory on another rank of the trial")
+        ranks.average_gradients(trainable)
+        total = ranks.sum(total) / ranks.world
     loss = total.item()  # a CPU-GPU sync point: paid once per step, so a NaN prunes at once
     if math.isfinite(loss):
         if grad_clip > 0:
@@ -57,8 +77,8 @@ def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, 
 
 
 def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module,
-                     loader: DataLoader, dev: Device, micro_batch: int, channels_last: bool
-                     ) -> tuple[float, float, int]:
+                     loader: DataLoader, dev: Device, micro_batch: int, channels_last: bool,
+                     ranks: Ranks = Ranks()) -> tuple[float, float, int]:
     """``evaluate``, its micro-batch halved on out-of-memory until it fits.
 
     Args:
@@ -75,7 +95,8 @@ def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module
     """
     while True:
         try:
-            return (*evaluate(model, loader, dev, micro_batch, channels_last), micro_batch)
+            return (*evaluate(model, loader, dev, micro_batch, channels_last, ranks),
+                    micro_batch)
         except torch.OutOfMemoryError as e:
             oom = str(e).splitlines()[0] if str(e) else "out of memory"
         # Out of the except block, the traceback holding the activations is gone.
@@ -91,8 +112,9 @@ def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int,
-             channels_last: bool) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a validation or test set."""
+             channels_last: bool, ranks: Ranks = Ranks()) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a validation or test set (over every rank's part
+    of it)."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=dev.device)
     correct = torch.zeros((), dtype=torch.int64, device=dev.device)
@@ -106,6 +128,11 @@ def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int
             total += F.cross_entropy(out, labels[part], reduction="sum")
             correct += (out.argmax(dim=1) == labels[part]).sum()
         n += len(labels)
+    if ranks.many:
+        sums = ranks.sum(torch.stack([total, correct.double(),
+                                      torch.tensor(float(n), dtype=torch.float64,
+                                                   device=dev.device)]))
+        total, correct, n = sums[0], sums[1], int(sums[2].item())
     return total.item() / n, correct.item() / n  # one sync per evaluation
 
 

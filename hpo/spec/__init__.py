@@ -23,6 +23,7 @@ from hpo.spec._schema import (
     ComponentSpec,
     Hyperparameter,
     ParamSpec,
+    ResourcesSpec,
     Spec,
     StudySection,
     TaskSpec,
@@ -33,6 +34,6 @@ from hpo.spec._schema import (
 __all__ = [
     "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
     "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
-    "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
+    "ResourcesSpec", "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
     "parse_spec", "resolve_model", "suggest",
 ]

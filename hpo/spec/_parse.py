@@ -12,7 +12,7 @@ from hpo.errors import SpecError
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, DIRECTIONS, PRUNER_OPTIONS, SAMPLER_OPTIONS,
-    Spec, StudySection, _STR, _is_number, _positive_int, max_epochs,
+    ResourcesSpec, Spec, StudySection, TaskSpec, _STR, _is_number, _positive_int, max_epochs,
 )
 from hpo.spec._space import _parse_space
 from hpo.spec._task import _parse_task
@@ -50,7 +50,7 @@ def load_spec(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec
     return parse_spec(raw, source=source, default_name=p.stem, check_files=check_files)
 
 
-_TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget")
+_TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget", "resources")
 
 
 def parse_spec(
@@ -89,7 +89,8 @@ def parse_spec(
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
     pruner = _parse_component(top.get("pruner") or {"name": "median"}, at / "pruner", "pruner")
     budget = _parse_budget(top.get("budget") or {}, at / "budget")
-    spec = Spec(study, task, space, sampler, pruner, budget)
+    resources = _parse_resources(top.get("resources") or {}, at / "resources", task)
+    spec = Spec(study, task, space, sampler, pruner, budget, resources)
     _check_cross(spec, at)
     return spec
 
@@ -158,6 +159,15 @@ def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
     if n_trials is None and timeout is None:
         raise at.error("give n_trials or timeout (or both), else the study never ends")
     return BudgetSpec(n_trials=n_trials, timeout=timeout)
+
+
+def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
+    d = at.mapping(raw, ("devices_per_trial",))
+    devices = (at / "devices_per_trial").checked(d.get("devices_per_trial", 1), _positive_int)
+    if devices > 1 and task.kind == "custom":
+        raise (at / "devices_per_trial").error(
+            f"a custom job runs in its worker's process; expected 1, got {devices}")
+    return ResourcesSpec(devices_per_trial=devices)
 
 
 def _check_cross(spec: Spec, at: _At) -> None:

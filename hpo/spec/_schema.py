@@ -271,6 +271,15 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True)
+class ResourcesSpec:
+    """What one trial runs on."""
+
+    devices_per_trial: int = 1
+    """A trial's gang: N GPUs (one rank each, NCCL) with CUDA, else N CPU processes (gloo).
+    The launcher groups its GPU slots into gangs of N."""
+
+
+@dataclass(frozen=True)
 class Spec:
     """A whole study spec."""
 
@@ -280,6 +289,7 @@ class Spec:
     sampler: ComponentSpec
     pruner: ComponentSpec
     budget: BudgetSpec
+    resources: ResourcesSpec = ResourcesSpec()
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.search_space:
@@ -300,6 +310,9 @@ class Spec:
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
             "budget": asdict(self.budget),
+            # Only when set: a study stored before the key existed reads back the same.
+            **({"resources": asdict(self.resources)}
+               if self.resources != ResourcesSpec() else {}),
         }
 
     def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> "Spec":

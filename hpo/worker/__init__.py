@@ -15,17 +15,21 @@ Faults it survives:
 - the database restarting: each storage call is retried until it answers again (up to
   ``$HPO_OUTAGE_SECONDS``), never the training; past that the worker exits non-zero and its
   trial is retried elsewhere;
-- memory creep: the process asks to be recycled when memory stays above its baseline.
+- memory creep: the process asks to be recycled when memory stays above its baseline;
+- a rank of a trial on several devices dying (``_gang``): the other ranks are stopped, the
+  trial is failed and retried from rank 0's last epoch checkpoint, as if the worker had died.
 
 A worker stops when the budget's trials are finished. While the rest of the budget is running
 on other workers it waits: those trials may still fail, and their retries need a worker.
 
 Inside: ``_loop`` (the loop, the worker's identity), ``_budget`` (start, wait or stop),
-``_trial`` (one trial's claim, job and tell; the trial the job sees) and ``_housekeeping``
-(checkpoint retention, the upload of the best, reaping dead workers' trials).
+``_trial`` (one trial's claim, job and tell; the trial the job sees), ``_gang`` (a trial's
+ranks on several devices) and ``_housekeeping`` (checkpoint retention, the upload of the best,
+reaping dead workers' trials).
 """
 
 from hpo.worker._budget import over_budget, should_stop
+from hpo.worker._gang import GangBroken, RankFailed, run_gang, run_on_devices
 from hpo.worker._housekeeping import (
     STALE_REASONS,
     WORKER_DIED,
@@ -49,8 +53,8 @@ from hpo.worker._trial import Preempted, StudyTrial, job_function
 
 __all__ = [
     "BUDGET_WAIT_SECONDS", "CHECKPOINT_DIR_VAR", "MAX_CONSECUTIVE_FAILURES",
-    "RESTART_SEED_STRIDE", "STALE_REASONS", "WORKER_DIED", "WORKER_INDEX_VAR", "Preempted",
-    "StudyTrial", "WorkerReport", "checkpoint_root", "job_function", "over_budget", "reap",
-    "reap_process", "retain_checkpoints", "run_worker", "should_stop", "upload_if_among_best",
-    "worker_identity",
+    "RESTART_SEED_STRIDE", "STALE_REASONS", "WORKER_DIED", "WORKER_INDEX_VAR", "GangBroken",
+    "Preempted", "RankFailed", "StudyTrial", "WorkerReport", "checkpoint_root", "job_function",
+    "over_budget", "reap", "reap_process", "retain_checkpoints", "run_gang", "run_on_devices",
+    "run_worker", "should_stop", "upload_if_among_best", "worker_identity",
 ]

@@ -17,6 +17,7 @@ from hpo import _optuna
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR
 from hpo.spec import Spec, suggest
 from hpo.worker._budget import over_budget
+from hpo.worker._gang import GangBroken, run_on_devices
 from hpo.worker._housekeeping import quietly, upload_if_among_best
 
 if TYPE_CHECKING:
@@ -52,16 +53,16 @@ class StudyTrial:
 
 def job_function(spec: Spec) -> Callable[..., float]:
     """The function a trial runs, called with the Optuna trial: the built-in fine-tuning job
-    (which sees a ``StudyTrial``), or a custom task's own (which sees the Optuna trial)."""
+    (which sees a ``StudyTrial``), on a gang of ranks with ``resources.devices_per_trial`` > 1,
+    or a custom task's own (which sees the Optuna trial)."""
     if spec.task.kind == "custom":
         from hpo.spec import load_entrypoint
 
         custom = load_entrypoint(spec.task.entrypoint)
         return lambda trial, task, params, context: custom(trial, params, context)
-    from hpo.job import run_job
-
-    return lambda trial, task, params, context: run_job(StudyTrial(trial), task, params,
-                                                        context)
+    devices = spec.resources.devices_per_trial
+    return lambda trial, task, params, context: run_on_devices(
+        StudyTrial(trial), task, params, context, devices)
 
 
 def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
@@ -150,6 +151,12 @@ def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Tr
             value = objective(trial)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
+        except GangBroken as e:  # a rank died: as if the worker had (retry from checkpoint)
+            with signals_held():
+                _optuna.fail_and_retry(study, [trial], reason(e))
+            log.warning("trial %d: %s; failed and re-queued to resume from its checkpoint",
+                        trial.number, e)
+            return
         except Exception as e:
             state, error = TrialState.FAIL, e
     with signals_held():

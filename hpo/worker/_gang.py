@@ -1,0 +1,251 @@
+"""One trial on a gang of N ranks: N processes started with ``torch.multiprocessing`` (spawn),
+one device each (``cuda:r`` of the GPUs the worker sees, NCCL; or the CPU, gloo).
+
+The worker stays the trial's one voice: it claimed the trial, beats its heartbeat and tells
+it. Rank 0 sends it the job's reports, attrs and pruning questions over a pipe, and its result
+at the end; the other ranks talk only to the gang (``hpo.job.ranks``). The worker watches every
+rank while it waits:
+
+- the job finishes, is pruned or fails on every rank alike (decisions are made on reduced
+  numbers), and rank 0's outcome is the trial's;
+- a rank that fails with an error (its message says which) fails the trial with that reason;
+- a rank that dies without a word (killed, out of host memory) breaks the gang: the others
+  are killed and ``GangBroken`` tells the worker to re-queue the trial, which resumes from rank
+  0's last epoch checkpoint;
+- SIGTERM / SIGINT reach the worker alone (the ranks ignore them): it kills the ranks and
+  re-queues the trial as for a single-device trial. If the worker itself dies, the ranks get
+  SIGKILL from the kernel (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+from dataclasses import replace
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from hpo.job.context import JobContext
+
+log = logging.getLogger("hpo")
+
+FINISH_GRACE = 60.0
+"""Seconds the other ranks get to exit after rank 0 has sent the trial's outcome."""
+
+
+class GangBroken(Exception):
+    """A rank of the trial died without a word: re-queue the trial (its checkpoint resumes)."""
+
+
+class RankFailed(Exception):
+    """A rank's job raised an error: the trial fails with it."""
+
+
+def run_on_devices(trial: Any, task: Any, params: dict, context: JobContext,
+                   devices: int) -> float:
+    """The built-in job: in this process on one device, else on a gang of ``devices`` ranks
+    (``run_gang``)."""
+    if devices > 1:
+        return run_gang(trial, task, params, context, devices)
+    from hpo.job import run_job
+
+    return run_job(trial, task, params, context)
+
+
+def run_gang(trial: Any, task: Any, params: dict, context: JobContext, devices: int) -> float:
+    """Run the built-in job on ``devices`` ranks; return rank 0's value.
+
+    Args:
+        trial: the job's trial (``hpo.job.trial.Trial``) that rank 0's calls go to.
+        task: the study's ``TaskSpec``.
+        params: the trial's params (rank 0 broadcasts them to the others).
+        context: checkpoint and resume paths (rank 0 alone writes the checkpoint).
+        devices: the number of ranks.
+
+    Raises:
+        optuna.TrialPruned: rank 0 was pruned (so were the others).
+        RankFailed: a rank's job raised; the first rank's error.
+        GangBroken: a rank died without a word.
+    """
+    import optuna
+    import torch.multiprocessing as mp
+
+    spawn = mp.get_context("spawn")
+    pipes = [spawn.Pipe() for _ in range(devices)]
+    ours, theirs = [p[0] for p in pipes], [p[1] for p in pipes]
+    context = replace(context, cache={})  # each rank loads its own data
+    with tempfile.TemporaryDirectory(prefix="hpo-gang-") as tmp:
+        rendezvous = os.path.join(tmp, "rendezvous")
+        gang = mp.start_processes(
+            _rank_main, args=(devices, rendezvous, theirs, task, params, context, trial.number,
+                              logging.getLogger().level),
+            nprocs=devices, join=False, start_method="spawn")
+        for end in theirs:
+            end.close()  # ours is the parent's end: EOF once the rank has gone
+        try:
+            outcome = _relay(trial, gang.processes, ours)
+        finally:
+            for proc in gang.processes:
+                if proc.is_alive():
+                    proc.kill()
+            for proc in gang.processes:
+                proc.join()
+    kind, message = outcome
+    if kind == "value":
+        return message
+    if kind == "pruned":
+        raise optuna.TrialPruned(message)
+    if kind == "error":
+        raise RankFailed(message)
+    raise GangBroken(message)
+
+
+def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, Any]:
+    """Serve rank 0's trial calls and watch the ranks until the gang is done.
+
+    Returns:
+        ``("value", v)``, ``("pruned", why)``, ``("error", why)`` or ``("broken", why)``.
+    """
+    import time
+
+    outcome: tuple[str, Any] | None = None
+    open_conns = dict(enumerate(conns))
+    deadline = None
+    while any(p.is_alive() for p in procs) or open_conns:
+        sentinels = {p.sentinel: r for r, p in enumerate(procs) if p.is_alive()}
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = wait([*open_conns.values(), *sentinels], timeout=timeout)
+        if not ready and deadline is not None:
+            log.warning("trial %d: ranks still running %.0f s after rank 0 finished; killed",
+                        trial.number, FINISH_GRACE)
+            break
+        for r, conn in list(open_conns.items()):
+            if conn not in ready:
+                continue
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                del open_conns[r]
+                continue
+            kind = message[0]
+            if kind == "report":
+                trial.report(*message[1:])
+            elif kind == "attrs":
+                trial.set_attrs(message[1])
+            elif kind == "should_prune":
+                conn.send(trial.should_prune())
+            elif kind == "error" and (outcome is None or outcome[0] != "error"):
+                outcome = ("error", f"rank {r}: {message[1]}")
+            elif kind in ("value", "pruned") and outcome is None:
+                outcome = (kind, message[1])
+                deadline = time.monotonic() + FINISH_GRACE
+        for sentinel, r in sentinels.items():
+            if sentinel not in ready:
+                continue
+            procs[r].join()
+            code = procs[r].exitcode
+            if code == 0:
+                continue
+            # Let a rank's last words (its error) arrive before judging it.
+            conn = open_conns.get(r)
+            while conn is not None and conn.poll(0.5):
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    break
+                if message[0] == "error" and (outcome is None or outcome[0] != "error"):
+                    outcome = ("error", f"rank {r}: {message[1]}")
+            if outcome is None or outcome[0] not in ("error",):
+                outcome = ("broken", f"rank {r} of {len(procs)} {_describe(code)}")
+            return outcome  # the others may wait on it forever: the caller kills them
+    return outcome or ("broken", "the ranks exited without a result")
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
+
+
+class _RelayTrial:
+    """Rank 0's trial: every call goes to the worker's trial over the pipe."""
+
+    def __init__(self, conn: Connection, number: int) -> None:
+        self._conn = conn
+        self.number = number
+
+    def report(self, value: float, step: int) -> None:
+        self._conn.send(("report", value, step))
+
+    def should_prune(self) -> bool:
+        self._conn.send(("should_prune",))
+        return bool(self._conn.recv())
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        self._conn.send(("attrs", dict(attrs)))
+
+
+def _rank_main(rank: int, world: int, rendezvous: str, conns: list[Connection], task: Any,
+               params: dict, context: JobContext, number: int, log_level: int) -> None:
+    """One rank: join the gang, run the job, send the outcome (rank 0) or an error."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker stops the gang
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    logging.basicConfig(level=log_level, format=f"%(asctime)s rank {rank} %(message)s")
+    conn = conns[rank]
+    for r, other in enumerate(conns):
+        if r != rank:
+            other.close()
+    import optuna
+    import torch
+    import torch.distributed as dist
+
+    from hpo.job import run_job
+    from hpo.job.trial import FixedTrial
+
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            backend = "nccl"
+        else:
+            backend = "gloo"
+            if "OMP_NUM_THREADS" not in os.environ:  # the ranks share the cores
+                torch.set_num_threads(max(1, torch.get_num_threads() // world))
+        dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank,
+                                world_size=world)
+        box = [params if rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)  # rank 0's params on every rank
+        if rank == 0:
+            trial: Any = _RelayTrial(conn, number)
+        else:
+            trial, context = FixedTrial(number), replace(context, checkpoint_path=None)
+        value = run_job(trial, task, box[0], context)
+        if rank == 0:
+            conn.send(("value", value))
+    except optuna.TrialPruned as e:
+        if rank == 0:
+            conn.send(("pruned", str(e)))
+    except Exception as e:
+        from hpo.worker._trial import reason
+
+        conn.send(("error", reason(e)))
+        conn.close()
+        os._exit(1)  # no teardown: the other ranks may be waiting on this one
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    conn.close()
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``), so no rank outlives it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
