@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from conftest import server_url
 from hpo.cli import build_parser
 from hpo.errors import HpoError
-from hpo.launch import Slot, WorkerOptions, assign_slots, parse_gpus
+from hpo.launch import Slot, WorkerOptions, assign_slots, idle_gpus, parse_gpus
 from processes import start_hpo, wait_for
 from workers import epoch_log, fast_env, finished, make_study, trials
 
@@ -37,6 +37,25 @@ def test_assign_slots_round_robin_over_gpus():
     env = Slot(2, "3").env({"PATH": "/bin"})
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["HPO_WORKER_INDEX"] == "2"
     assert "CUDA_VISIBLE_DEVICES" not in Slot(0).env({})
+
+
+def test_gpus_make_gangs_of_devices_per_trial():
+    """``resources.devices_per_trial`` N: consecutive GPUs make a worker's gang; a remainder
+    is left idle (and said), too few GPUs or GPUs shared by gangs are refused."""
+    gpus = [str(i) for i in range(8)]
+    slots = assign_slots(gpus, devices_per_trial=2)
+    assert slots == [Slot(0, "0,1"), Slot(1, "2,3"), Slot(2, "4,5"), Slot(3, "6,7")]
+    assert slots[1].env({})["CUDA_VISIBLE_DEVICES"] == "2,3" and slots[1].label == "w1/gpu2,3"
+    odd = assign_slots(["0", "1", "2"], devices_per_trial=2)
+    assert odd == [Slot(0, "0,1")] and idle_gpus(["0", "1", "2"], odd) == ["2"]
+    assert idle_gpus(gpus, slots) == []
+    with pytest.raises(HpoError, match="--gpus: 1 GPU.*cannot hold a trial on 2"):
+        assign_slots(["0"], devices_per_trial=2)
+    with pytest.raises(HpoError, match="--per-gpu 2: each trial has 2 GPUs to itself"):
+        assign_slots(gpus, per_gpu=2, devices_per_trial=2)
+    # CPU workers: the cores are split among every rank of every worker.
+    assert assign_slots(None, workers=1, cpus=8, devices_per_trial=2) == [Slot(0, threads=4)]
+    assert assign_slots(None, workers=2, cpus=2, devices_per_trial=2)[1] == Slot(1, threads=1)
 
 
 def test_parse_gpus():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from hpo.cli import main
 from hpo.errors import SpecError
@@ -105,6 +106,12 @@ BAD = [
      ["sampler.sed", "unknown option"]),
     ("bad budget", _replace(GOOD, "n_trials: 3", "n_trials: 0"),
      ["budget.n_trials", "integer >= 1"]),
+    ("no devices per trial", GOOD + "resources: {devices_per_trial: 0}\n",
+     ["resources.devices_per_trial", "integer >= 1", "got 0"]),
+    ("devices per trial not a number", GOOD + "resources: {devices_per_trial: two}\n",
+     ["resources.devices_per_trial", "integer >= 1", "'two'"]),
+    ("unknown resources key", GOOD + "resources: {gpus: 2}\n",
+     ["resources.gpus", "unknown key", "devices_per_trial"]),
     ("malformed yaml", "study: {name: t\ntask: [", ["malformed YAML", "line"]),
     ("empty file", "", ["empty"]),
     ("missing task", "search_space: {lr: 0.1}\n", ["task", "missing"]),
@@ -286,3 +293,23 @@ def test_when_missing_parent_through_the_cli(tmp_path, capsys) -> None:
     assert err == (f"hpo: error: {spec_file}: search_space.momentum.when.optimizer: no such "
                    "parameter in search_space"), err
     assert not db.exists()
+
+
+def test_devices_per_trial_round_trips_and_is_left_out_where_default():
+    """A study stored before ``resources`` existed reads back the same: the key is written
+    only when it is set."""
+    plain = parse_spec(yaml.safe_load(GOOD))
+    assert plain.resources.devices_per_trial == 1 and "resources" not in plain.to_dict()
+    gang = parse_spec(yaml.safe_load(GOOD + "resources: {devices_per_trial: 4}\n"))
+    assert gang.resources.devices_per_trial == 4
+    assert gang.to_dict()["resources"] == {"devices_per_trial": 4}
+    assert parse_spec(gang.to_dict()) == gang
+
+
+def test_a_custom_job_on_several_devices_is_refused():
+    text = ('task: {kind: custom, entrypoint: "fastjob:epochs_job"}\n'
+            "search_space: {lr: {type: float, low: 0.1, high: 1.0}}\n"
+            "resources: {devices_per_trial: 2}\n")
+    with pytest.raises(SpecError, match="resources.devices_per_trial: a custom job runs in "
+                                        "its worker's process; expected 1, got 2"):
+        parse_spec(yaml.safe_load(text), source="c.yaml", default_name="c")
