@@ -710,8 +710,12 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
     # A clear line for an address in use or not this machine's, before gRPC would log the
     # same failure in its own words.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As gRPC binds: a restarted proxy takes its port back from connections closing.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host.strip("[]"), port))
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"))
+    # Not gRPC's default SO_REUSEPORT: a second proxy on the port would take half the calls.
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"),
+                         options=[("grpc.so_reuseport", 0)])
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(cached), server)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, {
         "Call": grpc.unary_unary_rpc_method_handler(call)}),))

@@ -301,3 +301,59 @@ def test_optunas_own_proxy_is_refused_by_name(server_urls, tmp_path):
             open_storage(f"grpc://127.0.0.1:{port}", create=False)
     finally:
         server.stop(0)
+
+
+@pytest.mark.slow
+def test_workers_wait_through_a_proxy_restart(server_urls, tmp_path):
+    """The proxy killed (SIGKILL) while workers train, and started again on its port: the
+    workers' calls wait for it, as for a database restart, and the study finishes."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import server_url
+
+    database = server_url(server_urls, "postgresql")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"grpc://127.0.0.1:{port}"
+
+    def proxy():
+        env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+        started = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database, "--port",
+             str(port)], env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        assert re.search(r"--storage grpc://", started.stdout.readline()
+                         + started.stdout.readline()), "the proxy did not start"
+        return started
+
+    first = proxy()
+    env = fast_env(tmp_path, epoch_seconds=0.3, HPO_GRACE_PERIOD="60")  # longer than the gap
+    launch = None
+    try:
+        name = make_study(tmp_path, url, n=8, low=3, high=4, env=env)
+        launch = start_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path,
+                           env=env)
+        wait_for(lambda: len(epoch_log(tmp_path)) >= 3, timeout=120, what="training")
+        first.kill()
+        first.wait()
+        time.sleep(3)  # calls fail meanwhile: the workers wait
+        second = proxy()
+        try:
+            out, _ = launch.communicate(timeout=300)
+            assert launch.returncode == 0, out[-3000:]
+            assert "storage proxy unavailable" in out, out[-3000:]
+            ts = reopen(name, url).trials
+        finally:
+            second.terminate()
+            second.wait(timeout=20)
+    finally:
+        first.kill()
+        if launch is not None:
+            launch.kill()
+    assert len(ts) == len(finished(ts)) == 8  # none failed, none left running
+    runs = Counter((n, e) for n, e, _ in epoch_log(tmp_path))
+    assert max(runs.values()) == 1
