@@ -46,3 +46,29 @@ def test_smoke_run_writes_a_row_for_every_benchmark(tmp_path):
 
     if not torch.cuda.is_available():
         assert all(row["skipped"] == "no CUDA device here" for row in results["gpu"]["rows"])
+
+
+def test_scale_smoke_measures_each_storage_and_keeps_the_other_sections(tmp_path):
+    """``benchmarks.scale --smoke``: 2 workers on direct PostgreSQL, through the proxy and on
+    a journal, each a row without errors, written into its own section of the results file."""
+    from benchmarks.scale import SECTION
+
+    out = tmp_path / "RESULTS.md"
+    others = "# hpo benchmarks\n\n| a | table |\n\n## Chaos: randomized fault injection\n\nkept\n"
+    out.write_text(others)
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--smoke", "--out", str(out),
+                        "--workdir", str(tmp_path / "work")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert text.startswith(others.rstrip("\n"))  # the other sections as they were
+    section = text.split(f"## {SECTION}\n", 1)[1]
+    rows = [line.split(" | ") for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| storage")]
+    assert [row[0].lstrip("| ") for row in rows] == ["postgresql", "grpc", "journal"]
+    for row in rows:
+        assert float(row[2]) > 0, row  # trials/s
+        assert row[-1].rstrip(" |") == "none", row  # errors
+    peak = {row[0].lstrip("| "): int(row[7].split()[0]) for row in rows[:2]}
+    assert peak["grpc"] <= 10  # the proxy's threads, whatever the workers
