@@ -14,14 +14,14 @@ can tell), on a fresh storage:
 - ``journal``: a fresh ``journal://`` file in the work directory.
 
 Start-up is left out: every worker claims a first trial and waits in it until all N have one
-(or until no more worker got one for 30 s: the rest are stuck, e.g. refused by the server);
+(or until no more worker got one for 45 s: the rest are stuck, e.g. refused by the server);
 then the gate opens and the measurement runs from that moment to the last claim of the budget
 (N x ``--trials-per-worker`` more trials). Measured:
 
 - **trials/s** completed in that window, against the ideal N / trial seconds;
 - **machine busy**: the share of this machine's CPU time used in the window (/proc/stat; the
-  machine is shared, so other load counts too): near 100 % the machine, not the storage,
-  limits the figure;
+  machine is shared, so other load counts too), and the case's own share (its processes'
+  CPU time): near 100 % the machine, not the storage, limits the figure;
 - **CPU ms per trial** of the workers, PostgreSQL's processes (the private server's; on a
   shared server, every ``postgres`` process) and the proxy: the coordination cost, which
   decides how many trials/s a machine of C cores sustains (C x 1000 / ms per trial);
@@ -68,7 +68,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 STORAGES = ("postgresql", "grpc", "journal")
 GATE_VAR = "HPO_BENCH_GATE"
 SLEEP_VAR = "HPO_BENCH_SLEEP"
-STALL_SECONDS = 30.0
+STALL_SECONDS = 45.0
 """The gate opens when no more worker got a first trial for this long."""
 RAMP_TIMEOUT = 900.0
 ERROR_WORDS = re.compile(r"error|refused|unavailable|too many clients|Traceback|failed", re.I)
@@ -98,6 +98,9 @@ class Case:
     completed: int = 0
     """Trials completed in the window."""
     busy: float = 0.0
+    """Share of the machine's CPU time used in the window, by everything."""
+    own: float = 0.0
+    """... by the case's processes: workers, PostgreSQL (a private server's), proxy."""
     cpu_ms: dict[str, float] = field(default_factory=dict)
     peak_connections: int | None = None
     mean_connections: float | None = None
@@ -199,6 +202,10 @@ class CpuMeter:
                     # A process that appears after the start counts from 0.
                     self.first[key] = cpu if start else 0.0
                 self.last[key] = cpu
+
+    def at_start(self, group: str) -> float:
+        """CPU seconds the group's processes had used at the start."""
+        return sum(cpu for (name, _), cpu in self.first.items() if name == group)
 
     def seconds(self) -> dict[str, float]:
         used = {name: 0.0 for name in self.groups}
@@ -465,7 +472,17 @@ def measure(case: Case, url: str, pg: Postgres | None, postmaster: int | None,
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        code = launch.wait(timeout=RAMP_TIMEOUT + 20 * case.n_trials * case.trial_seconds)
+        # Reaped here, for its CPU time: the workers' that exited are in it (the launcher
+        # waited for them), which sampling /proc misses after their last sample.
+        code, launcher_cpu = None, None
+        deadline = time.monotonic() + RAMP_TIMEOUT + 20 * case.n_trials * case.trial_seconds
+        while time.monotonic() < deadline:
+            pid, status, usage = os.wait4(launch.pid, os.WNOHANG)
+            if pid:
+                code = launch.returncode = os.waitstatus_to_exitcode(status)
+                launcher_cpu = usage.ru_utime + usage.ru_stime
+                break
+            time.sleep(0.2)
         stop.set()
         sampler.join()
         busy1, total1 = _cpu_jiffies()
@@ -498,7 +515,12 @@ def measure(case: Case, url: str, pg: Postgres | None, postmaster: int | None,
     elapsed_jiffies = total1 - total0
     case.busy = (busy1 - busy0) / elapsed_jiffies if elapsed_jiffies else 0.0
     done = len(finished) or 1
-    case.cpu_ms = {k: 1000 * v / done for k, v in meter.seconds().items()}
+    used = meter.seconds()
+    if launcher_cpu is not None:
+        used["workers"] = launcher_cpu - meter.at_start("workers")
+    case.cpu_ms = {k: 1000 * v / done for k, v in used.items()}
+    if elapsed_jiffies:
+        case.own = sum(used.values()) * os.sysconf("SC_CLK_TCK") / elapsed_jiffies
     if pg is not None:
         after = pg.counters()
         case.peak_connections = max(connections, default=0)
@@ -545,7 +567,8 @@ def markdown(cases: list[Case], context: list[str]) -> str:
                       if c.journal_records is not None else "")
         lines.append("| " + " | ".join([
             c.storage, str(c.workers), f"{c.rate:.2f}", f"{c.ideal:.2f}",
-            f"{c.efficiency:.0%}", f"{c.busy:.0%}", f"{cpu} = {total:.0f}",
+            f"{c.efficiency:.0%}", f"{c.busy:.0%} (this case {c.own:.0%})",
+            f"{cpu} = {total:.0f}",
             "" if c.peak_connections is None else
             f"{c.peak_connections} (mean {c.mean_connections:.0f})",
             statements, "" if c.rows_read is None else f"{c.rows_read:,.0f}",
