@@ -1,12 +1,16 @@
-"""Storage: one factory from a SQLAlchemy URL to an Optuna ``RDBStorage``.
+"""Storage: one factory from a URL to an Optuna storage.
 
 SQLite (the default, one machine) gets WAL and a busy timeout so that several local workers do
 not fail with "database is locked"; PostgreSQL and MySQL/MariaDB (several machines) get
-pre-ping and a connect timeout. Heartbeat is on: a trial whose worker stopped beating is failed
-after the grace period and re-queued (``RetryHeartbeatStaleTrialCallback``), its intermediate
-values kept.
+pre-ping and a connect timeout. ``grpc://HOST:PORT`` is an ``hpo storage-proxy`` in front of
+one of those (``serve_proxy``): its workers need no database driver or credentials, and the
+database sees the proxy's few connections only. ``journal://PATH`` is Optuna's journal file
+with its file lock, for a shared filesystem without a database server. Heartbeat is on for
+every kind: a trial whose worker stopped beating is failed after the grace period and
+re-queued (``RetryHeartbeatStaleTrialCallback``), its intermediate values kept.
 
-The storage is Optuna's ``RDBStorage`` as ``hpo._optuna.storage_class`` extends it: atomic
+A database's storage is Optuna's ``RDBStorage`` as ``hpo._optuna.storage_class`` extends it
+(the proxy's client and the journal get the same from ``hpo._optuna``): atomic
 claims (a claimed trial has its worker's attrs and a heartbeat from its first moment), the
 study and its spec created in one transaction, fewer round trips where hpo writes on every
 trial (``set_user_attrs``: several attrs of a running trial in one transaction), and every call
@@ -109,9 +113,6 @@ def open_storage(url: str | None = None, *, create: bool = True, outage: float =
         StorageError: a malformed URL, an unknown backend, or a database that cannot be
             reached (answered within ``CONNECT_TIMEOUT`` seconds).
     """
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-
     url = resolve_url(url)
     shown = redact(url, url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -119,6 +120,10 @@ def open_storage(url: str | None = None, *, create: bool = True, outage: float =
         return _open_grpc(url, shown, outage)
     if scheme == "journal":
         return _open_journal(url, shown, create)
+
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
     try:
         parsed = make_url(url)
     except Exception:

@@ -357,3 +357,26 @@ def test_workers_wait_through_a_proxy_restart(server_urls, tmp_path):
     assert len(ts) == len(finished(ts)) == 8  # none failed, none left running
     runs = Counter((n, e) for n, e, _ in epoch_log(tmp_path))
     assert max(runs.values()) == 1
+
+
+def test_a_worker_through_the_proxy_needs_no_database_driver(storage_proxy, tmp_path):
+    """The worker runs its trials with the database drivers made unimportable: only the proxy
+    talks to the database (and only it holds the URL with the credentials)."""
+    import subprocess
+    import sys
+
+    from processes import ROOT, SUPPORT
+
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, storage_proxy, n=2, env=env)
+    code = ("import sys\n"
+            "sys.modules['psycopg2'] = sys.modules['pymysql'] = None  # ImportError if used\n"
+            "from hpo.cli import main\n"
+            f"code = main(['worker', {name!r}, '--storage', {storage_proxy!r}])\n"
+            "assert 'psycopg2' not in sys.modules or sys.modules['psycopg2'] is None\n"
+            "sys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, **env,
+                                                    "PYTHONPATH": f"{SUPPORT}:{ROOT}"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(finished(reopen(name, storage_proxy).trials)) == 2
