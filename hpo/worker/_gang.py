@@ -196,7 +196,7 @@ def _rank_main(rank: int, world: int, rendezvous: str, conns: list[Connection], 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker stops the gang
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    logging.basicConfig(level=log_level, format=f"%(asctime)s rank {rank} %(message)s")
+    logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s rank {rank}: %(message)s")
     conn = conns[rank]
     for r, other in enumerate(conns):
         if r != rank:
