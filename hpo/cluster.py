@@ -81,7 +81,8 @@ KINDS = ("slurm", "kubernetes")
 
 def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int = 1,
            image: str = "python:3.11", checkpoint_dir: str = "/shared/hpo-checkpoints",
-           time: str = "24:00:00", python: str | None = None) -> str:
+           time: str = "24:00:00", python: str | None = None,
+           devices_per_trial: int = 1) -> str:
     """The text of a cluster template.
 
     Args:
@@ -96,9 +97,12 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
         time: the Slurm time limit.
         python: the interpreter with hpo installed that the Slurm nodes run (``PYTHON -m
             hpo``; default: ``hpo`` on the nodes' PATH). Kubernetes runs the image's ``hpo``.
+        devices_per_trial: the study's ``resources.devices_per_trial``: each node's launcher
+            groups its GPUs into gangs of this many, so a trial's gang stays inside one node.
 
     Raises:
-        HpoError: an unknown kind, or a SQLite URL (one machine only).
+        HpoError: an unknown kind, a SQLite URL (one machine only), or GPUs per node that
+            gangs of ``devices_per_trial`` do not divide.
     """
     from sqlalchemy.engine import make_url
 
@@ -112,10 +116,18 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
     # A Slurm job name, a Kubernetes object name and label value: ASCII letters, digits, '-'.
     name = "".join(c if c.isascii() and c.isalnum() else "-" for c in study.lower())
     name = name[:50].strip("-") or "study"
+    n = devices_per_trial
+    if gpus and gpus % n:
+        raise HpoError(f"--gpus-per-node {gpus}: the study's trials each take {n} GPUs of one "
+                       f"node (resources.devices_per_trial); give a multiple of {n}")
     argv = ["hpo", "launch", study, *(["--gpus", "all"] if gpus else ["--workers", "1"])]
-    values = dict(study=study, name=name, nodes=nodes, last=nodes - 1,
-                  workers=f"{gpus} GPU(s)" if gpus else "1 CPU worker",
-                  cpus=max(4, 4 * gpus), time=time)
+    if n == 1:
+        workers = f"{gpus} GPU(s)" if gpus else "1 CPU worker"
+    else:
+        workers = (f"{gpus} GPUs, {gpus // n} trial(s) of {n} GPUs at a time" if gpus
+                   else f"1 CPU worker, its trials on {n} CPU processes")
+    values = dict(study=study, name=name, nodes=nodes, last=nodes - 1, workers=workers,
+                  cpus=max(4, 4 * (gpus or n)), time=time)
     if kind == "slurm":
         storage_line = (': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
                         if secret else f"export HPO_STORAGE={shlex.quote(storage_url)}")

@@ -159,3 +159,34 @@ def test_every_pod_of_the_kubernetes_job_draws_its_own_parameters(monkeypatch):
         monkeypatch.setenv("JOB_COMPLETION_INDEX", pod)
         offsets.add(worker_identity()[1])
     assert len(offsets) == 3
+
+
+def test_templates_keep_each_trials_gang_inside_one_node(server_urls, tmp_path):
+    """A study of 2-GPU trials (``resources.devices_per_trial: 2``): 8 GPUs a node make 4
+    trials at a time there, said in the template; 3 GPUs a node cannot hold whole gangs, so
+    the template is refused (exit 2, one line); CPU nodes get cores for both ranks."""
+    import yaml
+
+    from hpo.cluster import render
+
+    url = server_url(server_urls, "postgresql")
+    spec = tmp_path / "gang.yaml"
+    spec.write_text("task: {kind: image_classification, model: resnet18, dataset: {name: digits}}\n"
+                    "search_space: {lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}}\n"
+                    "resources: {devices_per_trial: 2}\n")
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    r = run_hpo("template", "slurm", "gang", "--storage", url, "--gpus-per-node", "8",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "8 GPUs, 4 trial(s) of 2 GPUs at a time" in r.stdout
+    assert "#SBATCH --gres=gpu:8" in r.stdout
+    r = run_hpo("template", "kubernetes", "gang", "--storage", url, "--gpus-per-node", "3",
+                cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1] == (
+        "hpo: error: --gpus-per-node 3: the study's trials each take 2 GPUs of one node "
+        "(resources.devices_per_trial); give a multiple of 2")
+    job = yaml.safe_load(render("kubernetes", "gang", url, gpus=0, devices_per_trial=2))
+    valid_kubernetes_job(job)
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": 8}}

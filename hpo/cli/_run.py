@@ -191,7 +191,8 @@ def template(h: Handle) -> int:
                  f"{what}'s network name (--storage or HPO_STORAGE)")
     print(render(args.kind, args.study, h.url, nodes=args.nodes, gpus=args.gpus_per_node,
                  image=args.image, checkpoint_dir=args.checkpoint_dir,
-                 python=args.python or sys.executable), end="")
+                 python=args.python or sys.executable,
+                 devices_per_trial=h.spec.resources.devices_per_trial), end="")
     return EXIT_OK
 
 
