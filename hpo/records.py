@@ -42,6 +42,11 @@ def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
     }
 
 
+def devices(device: str, world_size: int | None) -> str:
+    """A trial's devices as shown: ``cpu``, ``cuda:NVIDIA H200 x2`` (a gang of ranks)."""
+    return f"{device} x{world_size}" if world_size and world_size > 1 else device
+
+
 def best_or_none(study: "optuna.Study") -> "FrozenTrial | None":
     """The study's best complete trial, or None before the first one completed."""
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo import __version__
 from hpo.figures import FIGURE_TITLES, comparison_figure, study_figures
-from hpo.records import best_or_none, count_states, format_value, safe_name
+from hpo.records import best_or_none, count_states, devices, format_value, safe_name
 
 if TYPE_CHECKING:
     import optuna
@@ -42,8 +42,11 @@ def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
     Reads the user attrs ``epochs_run``, ``epochs_planned`` and ``train_seconds``; where they
     are missing, the reported epochs, the ``epochs`` param and the trial's wall time stand in.
 
+    A trial on N devices (``world_size``) counts N device-seconds a second.
+
     Returns:
-        ``epochs_run``, ``epochs_planned``, ``seconds_run``, ``seconds_planned``.
+        ``epochs_run``, ``epochs_planned``, ``seconds_run``, ``seconds_planned`` (device
+        seconds).
     """
     attrs = trial.user_attrs
     steps = trial.intermediate_values
@@ -54,7 +57,7 @@ def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
     if not isinstance(seconds, (int, float)):
         start, end = trial.datetime_start, trial.datetime_complete
         seconds = (end - start).total_seconds() if start and end else 0.0
-    seconds = float(seconds)
+    seconds = float(seconds) * max(1, int(attrs.get("world_size", 1)))
     planned = seconds * epochs_planned / epochs_run if epochs_run > 0 else seconds
     return {"epochs_run": epochs_run, "epochs_planned": epochs_planned,
             "seconds_run": seconds, "seconds_planned": planned}
@@ -122,6 +125,8 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
         "value": best_trial.value,
         "params": dict(best_trial.params),
         "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
+        "device": best_trial.user_attrs.get("device"),
+        "world_size": best_trial.user_attrs.get("world_size", 1),
     }
     return {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
             "savings": savings(trials)}
@@ -341,6 +346,8 @@ def _best_table(numbers: dict[str, Any]) -> str:
                    for k, v in best["params"].items())
     acc = best["val_accuracy"]
     acc_s = f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
+    if best.get("device"):
+        acc_s += f", on {html.escape(devices(best['device'], best.get('world_size')))}"
     return (f"<h2>Best trial #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
             f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>')
 

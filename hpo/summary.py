@@ -8,7 +8,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import RETRAIN_ATTR, best_or_none, count_states, format_value, iso, trial_record
+from hpo.records import (RETRAIN_ATTR, best_or_none, count_states, devices, format_value, iso,
+                         trial_record)
 
 if TYPE_CHECKING:
     import optuna
@@ -36,6 +37,8 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
             "val_loss": value,
             "epochs_planned": t.params.get("epochs", t.user_attrs.get("epochs_planned")),
             "worker": t.user_attrs.get("worker"),
+            "device": t.user_attrs.get("device"),
+            "world_size": t.user_attrs.get("world_size", 1),
             "seconds": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
         })
     best = best_record(study)
@@ -91,6 +94,8 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
             secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
             gpu = (gpus or {}).get(r["worker"])
             where = f"{r['worker'] or ''}" + (f" gpu {gpu}" if gpu is not None else "")
+            if gpu is None and r.get("device"):  # as the trial recorded it (a first report)
+                where += f" {devices(r['device'], r.get('world_size'))}"
             lines.append(f"    #{r['number']:<4} {epoch:<11} {loss:<17} {where} {secs}")
     retrain = record.get("retrain")
     if retrain:
@@ -109,7 +114,7 @@ def format_best(record: dict[str, Any]) -> str:
         f"  val_loss      {record['value']:.6f}",
     ]
     for key in ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
-                "samples_per_second", "device", "checkpoint"):
+                "samples_per_second", "device", "world_size", "checkpoint"):
         if key in attrs:
             lines.append(f"  {key:<13} {format_value(attrs[key])}")
     lines.append("  params")

@@ -182,6 +182,22 @@ def test_savings_without_attrs_fall_back_to_params_and_wall_time():
     assert s["saved_fraction"] == pytest.approx(0.7)
 
 
+def test_a_trial_on_two_devices_costs_two_device_hours_an_hour():
+    from optuna.distributions import IntDistribution
+    from optuna.trial import create_trial
+
+    def trial(world_size):
+        return create_trial(state=TrialState.COMPLETE, value=1.0, params={"epochs": 2},
+                            distributions={"epochs": IntDistribution(1, 4)},
+                            intermediate_values={1: 2.0, 2: 1.0},
+                            user_attrs={"epochs_run": 2, "epochs_planned": 4,
+                                        "train_seconds": 36.0, "world_size": world_size})
+
+    assert savings([trial(2)])["device_hours_run"] == pytest.approx(72 / 3600)
+    assert savings([trial(2)])["device_hours_planned"] == pytest.approx(144 / 3600)
+    assert savings([trial(1)])["device_hours_run"] == pytest.approx(36 / 3600)
+
+
 def test_png_export_through_kaleido(tmp_path):
     """kaleido (in the test extra) renders with Debian's chromium: one PNG per figure."""
     pytest.importorskip("kaleido")

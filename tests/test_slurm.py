@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import slurm as cluster_support
 from conftest import run_hpo, server_url
-from hpo.worker import WORKER_INDEX_VAR, worker_identity
+from hpo.worker import WORKER_INDEX_VAR, launched_worker_name, worker_identity
 from processes import wait_for
 from workers import epoch_log, fast_env, make_study, trials
 
@@ -66,6 +66,7 @@ def test_a_worker_in_a_slurm_array_is_named_and_seeded_by_its_array_task(monkeyp
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
         name, offset = worker_identity()
         assert name == f"{host}:4242_{task}:w1"
+        assert launched_worker_name(1) == name  # the launcher's live view finds its worker
         seen[name] = offset
     assert len(set(seen.values())) == 3
 

@@ -49,6 +49,13 @@ def test_status_counts_the_trials_and_shows_the_running_one(sample):
                                     f"{running['val_loss']:.4f}", "node-a:w1"]
     assert lines[4].split()[6:8] == ["gpu", "1"]
     assert len(lines) == 5
+    # A gang's trial, seen from another shell (no launcher to say the GPUs): its devices as it
+    # recorded them.
+    gang = dict(running, device="cuda:NVIDIA H200", world_size=2)
+    line = format_status(dict(record, running=[gang])).splitlines()[4]
+    assert "node-a:w1 cuda:NVIDIA H200 x2" in line
+    assert "gpu 0,1" in format_status(dict(record, running=[gang]),
+                                      gpus={"node-a:w1": "0,1"}).splitlines()[4]
 
 
 def test_status_shows_the_latest_retrain(sample):

@@ -51,7 +51,7 @@ def _launch(h: Handle, name: str) -> int:
     )
     from hpo.storage import ENV_VAR
     from hpo.summary import best_record, format_best, format_status, status_record
-    from hpo.worker import reap_process
+    from hpo.worker import launched_worker_name, reap_process
 
     args = h.args
     devices = h.spec.resources.devices_per_trial
@@ -75,7 +75,7 @@ def _launch(h: Handle, name: str) -> int:
 
     study = h.study
     host = socket.gethostname()
-    gpu_of = {f"{host}:w{s.index}": s.gpu for s in slots}
+    gpu_of = {launched_worker_name(s.index): s.gpu for s in slots}
 
     def live_view() -> str:
         return format_status(status_record(study), gpus=gpu_of)

@@ -46,15 +46,16 @@ from hpo.worker._loop import (
     WORKER_INDEX_VAR,
     WorkerReport,
     checkpoint_root,
+    launched_worker_name,
     run_worker,
     worker_identity,
 )
 from hpo.worker._trial import Preempted, StudyTrial, job_function
 
 __all__ = [
-    "BUDGET_WAIT_SECONDS", "CHECKPOINT_DIR_VAR", "MAX_CONSECUTIVE_FAILURES",
-    "RESTART_SEED_STRIDE", "STALE_REASONS", "WORKER_DIED", "WORKER_INDEX_VAR", "GangBroken",
-    "Preempted", "RankFailed", "StudyTrial", "WorkerReport", "checkpoint_root", "job_function",
+    "BUDGET_WAIT_SECONDS", "CHECKPOINT_DIR_VAR", "MAX_CONSECUTIVE_FAILURES", "RESTART_SEED_STRIDE",
+    "STALE_REASONS", "WORKER_DIED", "WORKER_INDEX_VAR", "GangBroken", "Preempted", "RankFailed",
+    "StudyTrial", "WorkerReport", "checkpoint_root", "job_function", "launched_worker_name",
     "over_budget", "reap", "reap_process", "retain_checkpoints", "run_gang", "run_on_devices",
     "run_worker", "should_stop", "upload_if_among_best", "worker_identity",
 ]

@@ -63,18 +63,29 @@ def worker_identity() -> tuple[str, int]:
     an Indexed Kubernetes Job (``$JOB_COMPLETION_INDEX``), offsets the seed by 1000 per
     machine: every machine's worker 0 would otherwise draw the same parameters as the others.
     """
-    host = socket.gethostname()
-    job, task = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
-    array = job.isdigit() and task.isdigit()
-    where = f"{host}:{job}_{task}" if array else host
-    pod = os.environ.get("JOB_COMPLETION_INDEX", "")
-    machine = int(task) if array else int(pod) if pod.isdigit() else 0
+    where, machine = _machine()
     index = os.environ.get(WORKER_INDEX_VAR)
     if index is not None and index.isdigit():
         return f"{where}:w{index}", int(index) + 1000 * machine
     # A worker started by hand: distinct per host and process, stable within the process.
     name = f"{where}:{os.getpid()}"
     return name, zlib.crc32(name.encode()) % 100_000
+
+
+def launched_worker_name(index: int) -> str:
+    """The name ``worker_identity`` gives the launcher's worker ``index`` on this machine."""
+    return f"{_machine()[0]}:w{index}"
+
+
+def _machine() -> tuple[str, int]:
+    """This machine's part of a worker name, and its index among the machines of a job array
+    or an Indexed Kubernetes Job (else 0)."""
+    host = socket.gethostname()
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    array = job.isdigit() and task.isdigit()
+    pod = os.environ.get("JOB_COMPLETION_INDEX", "")
+    machine = int(task) if array else int(pod) if pod.isdigit() else 0
+    return (f"{host}:{job}_{task}" if array else host), machine
 
 
 def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None = None) -> Path:
