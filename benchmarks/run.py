@@ -35,6 +35,7 @@ BENCHMARKS = {
     "throughput": "training-loop throughput: hpo's fit vs HF Trainer vs a minimal loop",
     "warm": "warm worker: trial start to first optimizer step, warm vs cold",
     "disk": "disk: checkpoints + artifact store after the digits study vs its best-3 weights",
+    "ranks": "a trial on 2 ranks vs 1: training samples/s, same global batch",
     "gpu": "GPU: AMP / channels_last speedup on resnet18, GPU busy fraction (--gpu)",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
