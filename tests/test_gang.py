@@ -199,6 +199,12 @@ def test_a_study_of_two_rank_trials_runs_to_its_budget(tmp_path, server_urls):
     weights = torch.load(tmp_path / best.user_attrs["checkpoint"], weights_only=False)["model"]
     assert weights and not any(k.startswith(("module.", "_orig_mod.")) for k in weights)
 
+    r = run_hpo("export", name, "--storage", url, "--out", str(tmp_path / "exported"),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    exported = torch.load(tmp_path / "exported" / "model.pt", weights_only=True)
+    assert exported.keys() == weights.keys()  # a plain state_dict: load_state_dict reads it
+
     out = tmp_path / "retrained"
     r = run_hpo("retrain", name, "--storage", url, "--out", str(out), "--epochs", "1",
                 cwd=tmp_path, env={key: value})

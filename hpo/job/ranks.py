@@ -125,7 +125,12 @@ class Ranks:
 
         ids = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        import inspect
+
+        # torch 2.14 renamed broadcast_buffers (deprecated there) to forward_sync_buffers.
+        known = inspect.signature(DistributedDataParallel).parameters
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"
+        return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
 
     @contextlib.contextmanager
     def local_gradients(self, net: nn.Module) -> Iterator[None]:
