@@ -632,6 +632,20 @@ def _now() -> float:
 # service beside it on the same port for what hpo adds (a call: JSON in, JSON out), run by
 # the proxy on hpo's RDB storage, in one transaction each as they are without the proxy.
 
+def import_grpc() -> Any:
+    """``grpc``, without its fork handlers (unless ``$GRPC_ENABLE_FORK_SUPPORT`` says
+    otherwise): they run in a child forked with a ``preexec_fn`` (the launcher starts its
+    workers so) or without exec (DataLoader workers) while other threads call gRPC, and there
+    abort the child now and then (SIGABRT, "epoll_wait error: Bad file descriptor"). No child
+    of hpo uses its parent's channel."""
+    import os
+
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    import grpc
+
+    return grpc
+
+
 GRPC_SERVICE = "hpo.Storage"
 _GRPC_METHOD = f"/{GRPC_SERVICE}/Call"
 _RAISED = ("BudgetTaken", "DuplicatedStudyError", "UpdateFinishedTrialError", "KeyError")
@@ -650,7 +664,7 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import grpc
+    grpc = import_grpc()
     import optuna
     from optuna.storages import _CachedStorage
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
@@ -735,7 +749,7 @@ def grpc_storage_class() -> type:
     behind the proxy, by its clock) and study creation through hpo's service of the proxy
     (``grpc_server``); every call waits for a proxy that does not answer (a restart) as a
     database call does (``$HPO_OUTAGE_SECONDS``)."""
-    import grpc
+    grpc = import_grpc()
     import optuna
     from optuna.storages import GrpcStorageProxy
     from optuna.storages._heartbeat import BaseHeartbeat

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from hpo._optuna import (
     grpc_server,
     grpc_storage_class,
+    import_grpc,
     journal_storage_class,
     no_experimental_warnings,
     retry_callback,
@@ -279,7 +280,7 @@ def _open_grpc(url: str, shown: str, outage: float) -> "optuna.storages.BaseStor
     claims and heartbeats)."""
     host, port = grpc_address(url)
     try:
-        import grpc
+        grpc = import_grpc()
     except ImportError as e:
         raise StorageError(f"{shown}: the gRPC client is not installed ({e}); pip install "
                            "grpcio protobuf") from None
