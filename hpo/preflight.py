@@ -5,7 +5,8 @@ whose trials all fail.
 ``load_spec`` has already checked the names (torchvision models, weights and datasets) and the
 files the spec names for the model (a local model directory or ``pkg:`` package, a checkpoint
 file). This adds what the job reads first: the data (an image folder, a torchvision dataset's
-root, a CSV or JSON-lines file and their columns, a named test split) and, for a text task
+root, a CSV or JSON-lines file with its val and test files and their columns, a local Hugging
+Face dataset and its splits, a named test split) and, for a text task
 with a local model directory, its tokenizer. Each check is the job's own loading code, run once
 here with a throwaway cache. A Hugging Face hub name (model or dataset) is left to the workers:
 offline it cannot be resolved here.
@@ -83,26 +84,35 @@ def _check_texts(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) 
     from hpo.job.text_data import load_test_texts, load_texts
 
     if "hf" in dataset:
-        # A hub dataset cannot be resolved offline; a local one (a path) must be there.
+        # A hub dataset cannot be resolved offline; a local one (a path) must be there, and
+        # loads as the workers load it.
         name = dataset["hf"]
         if _looks_like_path(name) and not Path(name).expanduser().exists():
             fail("dataset.hf", f"nothing at {name}")
-        return
+        if not Path(name).expanduser().exists():
+            return
     cache: dict = {}
-    kind = "csv" if "csv" in dataset else "jsonl" if "jsonl" in dataset else "name"
-    prefixes = (f"dataset {kind}: ",)
+    kind = next((k for k in ("csv", "jsonl", "hf") if k in dataset), "name")
+    prefixes = (f"dataset {kind}: ", f"dataset hf {dataset.get('hf')}: ")
+    val = str(Path(dataset["val"]).expanduser()) if "val" in dataset else None
 
     def key_of(message: str, default: str) -> str:
         for column in ("text", "label"):  # a missing column is the key that names it
             if column in dataset and f"no column {dataset[column]!r}" in message:
                 return f"dataset.{column}"
+        if "split " in message:
+            for key in ("train_split", "val_split", "test_split"):
+                if key in dataset and f"split {dataset[key]!r}" in message:
+                    return f"dataset.{key}"
+        if val is not None and val in message:  # the val file's own trouble
+            return "dataset.val"
         return default
 
     source = _load(lambda: load_texts(dataset, cache), f"dataset.{kind}", prefixes, fail,
                    key_of)
-    if "test" in dataset:
-        _load(lambda: load_test_texts(dataset, source, cache), "dataset.test", prefixes, fail,
-              key_of)
+    if "test" in dataset or "test_split" in dataset:
+        key = "dataset.test" if "test" in dataset else "dataset.test_split"
+        _load(lambda: load_test_texts(dataset, source, cache), key, prefixes, fail, key_of)
 
 
 def _check_tokenizer(model: str, fail: Callable[[str, str], NoReturn]) -> None:

@@ -41,10 +41,12 @@ def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
     """Load (or take from ``cache``) the texts of a dataset spec.
 
     Args:
-        dataset: ``{name: vader}``; ``{csv: FILE, text: COL, label: COL}``; ``{jsonl: FILE,
-            text: KEY, label: KEY}``; ``{hf: NAME, config: CFG, text: COL, label: COL,
-            train_split, val_split, test_split}`` (needs the ``datasets`` package; the test
-            split is never trained or validated on).
+        dataset: ``{name: vader}``; ``{csv: FILE, text: COL, label: COL, val: FILE,
+            test: FILE}``; ``{jsonl: FILE, text: KEY, label: KEY, val: FILE, test: FILE}``;
+            ``{hf: NAME or PATH, config: CFG, text: COL, label: COL, train_split, val_split,
+            test_split}`` (needs the ``datasets`` package; a path is a ``save_to_disk``
+            directory or local data files, see ``_hf_splits``). A val file or split is the
+            validation set as it is; the test split is never trained or validated on.
         cache: the worker's cache.
 
     Raises:
@@ -60,12 +62,26 @@ def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
         elif "hf" in dataset:
             cache[key] = _hf(dataset)
         else:
-            kind = "csv" if "csv" in dataset else "jsonl"
-            texts, labels = _table(Path(dataset[kind]).expanduser(), kind,
-                                   dataset["text"], dataset["label"])
-            ids, _, names = _label_ids(labels, [])
-            cache[key] = TextSource(texts, ids, None, None, names)
+            cache[key] = _files(dataset)
     return cache[key]
+
+
+def _files(dataset: Mapping[str, Any]) -> TextSource:
+    """A csv / jsonl training file, and its ``val`` file if the spec names one (then the val
+    file is the validation set and nothing is split off the training file)."""
+    kind = "csv" if "csv" in dataset else "jsonl"
+    texts, labels = _table(Path(dataset[kind]).expanduser(), kind,
+                           dataset["text"], dataset["label"])
+    ids, _, names = _label_ids(labels, [])
+    if "val" not in dataset:
+        return TextSource(texts, ids, None, None, names)
+    path = Path(dataset["val"]).expanduser()
+    val_texts, val_labels = _table(path, kind, dataset["text"], dataset["label"], "val file")
+    val_ids = _test_label_ids(val_labels, names)
+    if val_ids is None:
+        raise JobSetupError(f"dataset {kind}: the val file {path} has labels that the "
+                            f"training file lacks; it has {', '.join(names)}")
+    return TextSource(texts, ids, val_texts, val_ids, names)
 
 
 class TokenizedTexts(Dataset):
@@ -229,9 +245,10 @@ def _vader() -> TextSource:
                       ["negative", "positive"])
 
 
-def _table(path: Path, kind: str, text: str, label: str) -> tuple[list[str], list[Any]]:
+def _table(path: Path, kind: str, text: str, label: str,
+           role: str = "") -> tuple[list[str], list[Any]]:
     if not path.is_file():
-        raise JobSetupError(f"dataset {kind}: no file at {path}")
+        raise JobSetupError(f"dataset {kind}: no {role or 'file'} at {path}")
     with path.open(encoding="utf-8", newline="") as f:
         if kind == "csv":
             rows = list(csv.DictReader(f))
@@ -273,12 +290,8 @@ def _hf(dataset: Mapping[str, Any]) -> TextSource:
     except ImportError:
         raise JobSetupError("dataset hf: needs the `datasets` package: pip install datasets"
                             ) from None
-    name, config = dataset["hf"], dataset.get("config")
-    try:
-        splits = datasets.load_dataset(name, config)
-    except Exception as e:  # noqa: BLE001 - offline, unknown name, bad config: all bad input
-        raise JobSetupError(f"dataset hf {name} {config or ''}: cannot load it ({e}); hpo "
-                            "runs offline (HF_DATASETS_OFFLINE=1): it must be cached") from None
+    name = dataset["hf"]
+    splits = _hf_splits(dataset)
     train_split = dataset.get("train_split", "train")
     val_split = dataset.get("val_split") or ("validation" if "validation" in splits else None)
     for split in (train_split, val_split, dataset.get("test_split")):
@@ -302,10 +315,8 @@ def _hf(dataset: Mapping[str, Any]) -> TextSource:
 
 
 def _hf_test(dataset: Mapping[str, Any], source: TextSource):
-    import datasets
-
-    name, config = dataset["hf"], dataset.get("config")
-    splits = datasets.load_dataset(name, config)  # loaded (and so cached) by _hf already
+    name = dataset["hf"]
+    splits = _hf_splits(dataset)  # loaded (and so cached) by _hf already
     split = dataset.get("test_split")
     if split is None:
         if "test" not in splits:
@@ -329,12 +340,45 @@ def _hf_test(dataset: Mapping[str, Any], source: TextSource):
     return [str(t) for t in test[text]], ids, f"hf {name} split {split!r}"
 
 
+def _hf_splits(dataset: Mapping[str, Any]):
+    """The splits of an ``hf`` dataset: a hub name (``config`` its configuration) from the
+    local cache, or a local path: a directory ``save_to_disk`` wrote (a ``DatasetDict``, or one
+    ``Dataset``, which is the train split), else a directory or file of data files that
+    ``load_dataset`` reads (csv, json, parquet, ...; files named ``train``, ``validation`` /
+    ``val`` / ``dev``, ``test`` are those splits)."""
+    import datasets
+
+    name, config = dataset["hf"], dataset.get("config")
+    path = Path(name).expanduser()
+    local = name.startswith(("/", "./", "../", "~")) or path.exists()
+    if local and not path.exists():
+        raise JobSetupError(f"dataset hf: nothing at {path}")
+    try:
+        if local and path.is_dir() and any((path / f).is_file() for f in _SAVED_MARKERS):
+            splits = datasets.load_from_disk(str(path))
+            if isinstance(splits, datasets.Dataset):
+                splits = datasets.DatasetDict(train=splits)
+            return splits
+        return datasets.load_dataset(str(path) if local else name, config)
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, bad config: all bad input
+        first = (str(e).strip().splitlines() or [""])[0]
+        if local:
+            raise JobSetupError(f"dataset hf: cannot load {path} ({type(e).__name__}: "
+                                f"{first})") from None
+        raise JobSetupError(f"dataset hf {name} {config or ''}: cannot load it ({first}); hpo "
+                            "runs offline (HF_DATASETS_OFFLINE=1): it must be cached") from None
+
+
+_SAVED_MARKERS = ("dataset_dict.json", "state.json")
+"""What ``save_to_disk`` writes: of a ``DatasetDict``, of a ``Dataset``."""
+
+
 def _text_column(split, label: str, name: str) -> str:
     """The one string column besides the label (``sentence`` in glue/sst2, say)."""
     if "text" in split.column_names:
         return "text"
     strings = [c for c, f in split.features.items()
-               if c != label and getattr(f, "dtype", None) == "string"]
+               if c != label and getattr(f, "dtype", None) in ("string", "large_string")]
     if len(strings) != 1:
         raise JobSetupError(f"dataset hf {name}: say which column is the text (text: COL); "
                             f"its columns are {', '.join(split.column_names)}")

@@ -16,8 +16,8 @@ from hpo.spec._schema import (
 
 _DATASET_KEYS = {
     "image_classification": ("name", "root", "image_folder", "train", "val", "test"),
-    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label", "test",
-                            "train_split", "val_split", "test_split"),
+    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label", "val",
+                            "test", "train_split", "val_split", "test_split"),
 }
 _DATASET_TEST = {"image_classification": ("test", "image_folder"),
                  "text_classification": ("test", "csv or jsonl")}
@@ -73,6 +73,12 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
     task = TaskSpec(**out)
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
+    own_val = [k for k in ("val", "val_split") if k in dataset
+               and not (k == "val" and kind == "image_classification")]
+    if "val_fraction" in d and own_val:
+        raise (at / "val_fraction").error(
+            f"the dataset names its own validation split (dataset.{own_val[0]}), so nothing is "
+            "split off for validation; give one or the other")
     own_test = [k for k in ("test", "test_split") if k in dataset]
     if task.test_fraction is not None and own_test:
         raise (at / "test_fraction").error(
@@ -138,6 +144,9 @@ def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dic
         raise (at / key).error(f"a test {'folder' if kind == 'image_classification' else 'file'}"
                                f" goes with {sources_of_test}"
                                + ("; for hf name a test_split" if "hf" in d else ""))
+    if kind == "text_classification" and "val" in d and not ("csv" in d or "jsonl" in d):
+        raise (at / "val").error("a val file goes with csv or jsonl"
+                                 + ("; for hf name a val_split" if "hf" in d else ""))
     for key in ("csv", "jsonl"):
         if key in d:
             for col in ("text", "label"):
