@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 from hpo.errors import HpoError
+from hpo.worker import describe_exit
 
 EXIT_RECYCLE = 75
 """A worker that exits with this code asks to be restarted at once (process recycling)."""
@@ -373,11 +374,3 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
 
     return arm
 
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return str(code)

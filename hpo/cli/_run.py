@@ -44,14 +44,13 @@ def _launch(h: Handle, name: str) -> int:
         Supervisor,
         WorkerOptions,
         assign_slots,
-        describe_exit,
         idle_gpus,
         parse_gpus,
         visible_gpus,
     )
     from hpo.storage import ENV_VAR
     from hpo.summary import best_record, format_best, format_status, status_record
-    from hpo.worker import launched_worker_name, reap_process
+    from hpo.worker import describe_exit, launched_worker_name, reap_process
 
     args = h.args
     devices = h.spec.resources.devices_per_trial

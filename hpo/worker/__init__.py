@@ -29,7 +29,7 @@ reaping dead workers' trials).
 """
 
 from hpo.worker._budget import over_budget, should_stop
-from hpo.worker._gang import GangBroken, RankFailed, run_gang, run_on_devices
+from hpo.worker._gang import GangBroken, RankFailed, describe_exit, run_gang, run_on_devices
 from hpo.worker._housekeeping import (
     STALE_REASONS,
     WORKER_DIED,
@@ -55,7 +55,8 @@ from hpo.worker._trial import Preempted, StudyTrial, job_function
 __all__ = [
     "BUDGET_WAIT_SECONDS", "CHECKPOINT_DIR_VAR", "MAX_CONSECUTIVE_FAILURES", "RESTART_SEED_STRIDE",
     "STALE_REASONS", "WORKER_DIED", "WORKER_INDEX_VAR", "GangBroken", "Preempted", "RankFailed",
-    "StudyTrial", "WorkerReport", "checkpoint_root", "job_function", "launched_worker_name",
-    "over_budget", "reap", "reap_process", "retain_checkpoints", "run_gang", "run_on_devices",
-    "run_worker", "should_stop", "upload_if_among_best", "worker_identity",
+    "StudyTrial", "WorkerReport", "checkpoint_root", "describe_exit", "job_function",
+    "launched_worker_name", "over_budget", "reap", "reap_process", "retain_checkpoints",
+    "run_gang", "run_on_devices", "run_worker", "should_stop", "upload_if_among_best",
+    "worker_identity",
 ]

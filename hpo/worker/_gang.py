@@ -158,18 +158,20 @@ def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, 
                 if message[0] == "error" and (outcome is None or outcome[0] != "error"):
                     outcome = ("error", f"rank {r}: {message[1]}")
             if outcome is None or outcome[0] not in ("error",):
-                outcome = ("broken", f"rank {r} of {len(procs)} {_describe(code)}")
+                how = "was killed by " if code < 0 else "exited with "
+                outcome = ("broken", f"rank {r} of {len(procs)} {how}{describe_exit(code)}")
             return outcome  # the others may wait on it forever: the caller kills them
     return outcome or ("broken", "the ranks exited without a result")
 
 
-def _describe(code: int) -> str:
+def describe_exit(code: int) -> str:
+    """A process's exit code as said: ``3``, or ``SIGKILL`` for a signal's negative code."""
     if code < 0:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
+            return signal.Signals(-code).name
         except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with {code}"
+            return f"signal {-code}"
+    return str(code)
 
 
 class _RelayTrial:
