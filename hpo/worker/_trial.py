@@ -2,7 +2,7 @@
 
 The job gets a ``StudyTrial``: the narrow trial of ``hpo.job.trial`` (report, should_prune,
 attrs) backed by the study's Optuna trial. Claiming, heartbeat, telling and re-queueing go
-through ``hpo._optuna``, the one module that uses Optuna's private API.
+through ``hpo._optuna``, the one package that uses Optuna's private API.
 """
 
 from __future__ import annotations
