@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.databases import fresh_database, unavailable
+from benchmarks.table import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "tests" / "support"
@@ -960,17 +961,6 @@ def markdown(results: list[RoundResult], backends: list[str], context: list[str]
     return "\n".join(lines) + "\n"
 
 
-def write_section(out: Path, text: str) -> None:
-    """Put ``text`` (a ``## SECTION`` block) in ``out``, replacing an earlier one."""
-    old = out.read_text() if out.is_file() else ""
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1).rstrip("\n") + "\n"
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + text
-    out.write_text(new)
-
-
 def _plain_table(rows: list[list[str]]) -> str:
     table = [HEADER] + [r + [""] * (len(HEADER) - len(r)) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
@@ -1068,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
             "a fault counts as survived when every invariant of its round held",
             "invariants: " + "; ".join(f"{i} {t}" for i, t in INVARIANTS.items()),
         ]
-        write_section(args.out, markdown(results, backends, context))
+        write_section(args.out, SECTION, markdown(results, backends, context))
         print(f"\nwrote the chaos section of {args.out}")
     broken = [r for r in results if not r.ok and not r.skipped]
     return 1 if broken else 0

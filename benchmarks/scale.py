@@ -62,6 +62,7 @@ from typing import Callable, Iterator
 
 from benchmarks import studies
 from benchmarks.databases import ADMIN_URLS, fresh_database, unavailable
+from benchmarks.table import write_section
 
 SECTION = "Scale: workers per storage"
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -576,18 +577,6 @@ def markdown(cases: list[Case], context: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(out: Path, text: str) -> None:
-    """Put ``text`` (the ``## SECTION`` block) in ``out``, replacing an earlier one and
-    leaving every other section as it is."""
-    old = out.read_text() if out.is_file() else ""
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1).rstrip("\n") + "\n"
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + text
-    out.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -667,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(cases, context)
     print(text)
     if args.out is not None:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
     return 0
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import platform
+import re
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 
@@ -95,3 +97,15 @@ def machine() -> str:
         pass
     return (f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu or platform.machine()}){mem}, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def write_section(out: Path, section: str, text: str) -> None:
+    """Put ``text`` (the ``## section`` block) in ``out``, replacing an earlier one and
+    leaving every other section as it is (a results file that several commands write)."""
+    old = out.read_text() if out.is_file() else ""
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text + "\n", old, count=1).rstrip("\n") + "\n"
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + text
+    out.write_text(new)

@@ -9,14 +9,11 @@ with its file lock, for a shared filesystem without a database server. Heartbeat
 every kind: a trial whose worker stopped beating is failed after the grace period and
 re-queued (``RetryHeartbeatStaleTrialCallback``), its intermediate values kept.
 
-A database's storage is Optuna's ``RDBStorage`` as ``hpo._optuna.storage_class`` extends it
-(the proxy's client and the journal get the same from ``hpo._optuna``): atomic
-claims (a claimed trial has its worker's attrs and a heartbeat from its first moment), the
-study and its spec created in one transaction, fewer round trips where hpo writes on every
-trial (``set_user_attrs``: several attrs of a running trial in one transaction), and every call
-retried through a database outage of up to ``$HPO_OUTAGE_SECONDS`` (default 300).
-
-A password in a URL is never shown: every message goes through ``redact``.
+Every kind is extended by ``hpo._optuna``: atomic claims (a claimed trial has its worker's
+attrs and a heartbeat from its first moment), the study and its spec in one transaction,
+several attrs of a running trial in one write, and every call retried through an outage of up
+to ``$HPO_OUTAGE_SECONDS`` (default 300). A password in a URL is never shown: every message
+goes through ``redact``.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def test_the_results_section_is_replaced_not_repeated(tmp_path):
                      left_waiting=["trial #9 WAITING, never needed (h:w0, retry of #5)"])
     bad = RoundResult(index=1, backend="mariadb", seed="0:1", broken={2: ["trial #3 RUNNING"]})
     for _ in range(2):
-        write_section(out, markdown([ok, bad], ["sqlite", "mariadb"], ["context"]))
+        write_section(out, SECTION, markdown([ok, bad], ["sqlite", "mariadb"], ["context"]))
     text = out.read_text()
     assert text.startswith("# hpo benchmarks\n\n| a | b |\n\n## ")
     assert text.count(f"## {SECTION}") == 1
@@ -180,8 +180,8 @@ def test_the_results_section_outlives_a_benchmarks_run(tmp_path):
 
     out = tmp_path / "RESULTS.md"
     out.write_text("# hpo benchmarks\n\n- old context\n\n| old table |\n")
-    write_section(out, markdown([RoundResult(index=0, backend="sqlite", seed="0:0")],
-                                ["sqlite"], ["context"]))
+    write_section(out, SECTION, markdown([RoundResult(index=0, backend="sqlite", seed="0:0")],
+                                         ["sqlite"], ["context"]))
     kill = "## Kill -9 during digits (issue #11's scenario), 2026-11-30\n\n| round |\n"
     out.write_text(out.read_text() + "\n" + kill)
     measured = {"warm": {"date": "2026-12-01T00:00+00:00", "machine": "m", "mode": "smoke",

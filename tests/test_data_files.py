@@ -18,6 +18,7 @@ from hpo.job.text_data import load_test_texts, load_texts
 from hpo.spec import TaskSpec, parse_spec
 
 from conftest import run_hpo
+from processes import one_line_error
 from test_job_text import BAD, FILLERS, GOOD, make_params
 from test_job_text import tiny_bert  # noqa: F401 - fixture
 
@@ -65,16 +66,6 @@ def spec_text(name: str, model: str, dataset: dict, **task) -> str:
         "pruner": {"name": "none"},
         "budget": {"n_trials": 1},
     })
-
-
-def one_line_error(result, spec, *words: str) -> str:
-    assert result.returncode == 2, result.stdout + result.stderr
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in result.stdout + err, err
-    assert err.startswith(f"hpo: error: {spec}: "), err
-    for word in words:
-        assert word in err, (word, err)
-    return err
 
 
 def run_and_retrain(folder, name: str, spec: str) -> dict:

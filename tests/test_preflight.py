@@ -9,6 +9,7 @@ import pytest
 from hpo.spec import parse_spec
 
 from conftest import ROOT, run_hpo
+from processes import one_line_error
 
 IMAGES = """
 study: {{name: {name}}}
@@ -42,23 +43,13 @@ def _storage(tmp_path) -> str:
     return url
 
 
-def _one_line_error(result, spec, *words: str) -> str:
-    assert result.returncode == 2, result.stdout + result.stderr
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in result.stdout + err, err
-    assert err.startswith(f"hpo: error: {spec}: "), err
-    for word in words:
-        assert word in err, (word, err)
-    return err
-
-
 @pytest.mark.parametrize("command", ["run", "create"])
 def test_missing_image_folder_is_one_line_and_no_study(command, tmp_path):
     spec = tmp_path / "imgs.yaml"
     spec.write_text(IMAGES.format(name="imgs", folder=tmp_path / "no-such-folder"))
     url = _storage(tmp_path)
     result = run_hpo(command, str(spec), "--storage", url, cwd=tmp_path)
-    _one_line_error(result, spec, "task.dataset.image_folder", "no directory at",
+    one_line_error(result, spec, "task.dataset.image_folder", "no directory at",
                     str(tmp_path / "no-such-folder"), "--no-preflight")
     assert optuna.get_all_study_names(storage=url) == ["other"]
 
@@ -80,7 +71,7 @@ def test_no_preflight_skips_the_model_files_too(tmp_path):
         "  dataset:", "  weights: /models/on-the-workers/best.pt\n  dataset:"))
     url = _storage(tmp_path)
     checked = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path)
-    _one_line_error(checked, spec, "task.model", "no model directory at /models/on-the-workers")
+    one_line_error(checked, spec, "task.model", "no model directory at /models/on-the-workers")
     result = run_hpo("create", str(spec), "--storage", url, "--no-preflight", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(optuna.get_all_study_names(storage=url)) == ["other", "texts"]
@@ -100,7 +91,7 @@ def test_missing_csv_file(tmp_path):
     spec.write_text(TEXTS.format(name="texts", model=MINILM, csv=tmp_path / "train.csv"))
     url = _storage(tmp_path)
     result = run_hpo("run", str(spec), "--storage", url, cwd=tmp_path)
-    _one_line_error(result, spec, "task.dataset.csv", "no file at", str(tmp_path / "train.csv"))
+    one_line_error(result, spec, "task.dataset.csv", "no file at", str(tmp_path / "train.csv"))
     assert optuna.get_all_study_names(storage=url) == ["other"]
 
 
@@ -109,7 +100,7 @@ def test_unknown_torchvision_model_writes_no_study(tmp_path):
     spec.write_text(IMAGES.format(name="imgs", folder=tmp_path).replace("resnet18", "resnet19"))
     url = _storage(tmp_path)
     result = run_hpo("run", str(spec), "--storage", url, cwd=tmp_path)
-    _one_line_error(result, spec, "task.model", "unknown torchvision", "resnet19")
+    one_line_error(result, spec, "task.model", "unknown torchvision", "resnet19")
     assert optuna.get_all_study_names(storage=url) == ["other"]
 
 

@@ -42,3 +42,15 @@ def wait_for(predicate, timeout=60.0, what="condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def one_line_error(result, spec, *words: str) -> str:
+    """What bad input gets from the CLI: exit 2, one line on stderr naming the spec file and
+    each of ``words``, no traceback. Returns the line."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in result.stdout + err, err
+    assert err.startswith(f"hpo: error: {spec}: "), err
+    for word in words:
+        assert word in err, (word, err)
+    return err
