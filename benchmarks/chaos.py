@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.databases import fresh_database, unavailable
-from benchmarks.table import write_section
+from benchmarks.table import revision, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "tests" / "support"
@@ -967,21 +967,6 @@ def _plain_table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
 
 
-def _revision() -> str:
-    """The commit of this checkout, and whether hpo/ differs from it."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout
-        last = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "hpo"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "hpo"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "an unknown revision"
-    return (f"{head.strip()} (hpo/ last changed in {last.strip()})"
-            + (" with uncommitted changes in hpo/" if dirty.strip() else ""))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1050,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python -m benchmarks.chaos", *(argv if argv is not None
                                                               else sys.argv[1:])])
         context = [
-            f"measured {when} on {machine()} ({seconds:.0f} s), hpo at {_revision()}: "
+            f"measured {when} on {machine()} ({seconds:.0f} s), hpo at {revision()}: "
             f"`{command}`",
             f"each round: `hpo launch --workers {WORKERS}` on a fresh database, 8-12 trials of "
             f"tests/support/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, no pruner, heartbeat 1 s, "

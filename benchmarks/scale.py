@@ -62,7 +62,7 @@ from typing import Callable, Iterator
 
 from benchmarks import studies
 from benchmarks.databases import ADMIN_URLS, fresh_database, unavailable
-from benchmarks.table import write_section
+from benchmarks.table import revision, write_section
 
 SECTION = "Scale: workers per storage"
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         else sys.argv[1:])])
     context = [
         f"measured {when} on {machine()} ({time.monotonic() - start:.0f} s), hpo at "
-        f"{_revision()}: `{command}`",
+        f"{revision()}: `{command}`",
         f"each case: `hpo launch --workers N` on this one machine, trials that sleep "
         f"{args.trial_seconds:g} s (no CPU), {args.trials_per_worker} per worker measured "
         f"after all N hold a first trial; heartbeat every 30 s (the default)"
@@ -658,18 +658,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         write_section(args.out, SECTION, text)
     return 0
-
-
-def _revision() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "hpo"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "an unknown revision"
-    return head.strip() + (" with uncommitted changes in hpo/" if dirty.strip() else "")
 
 
 if __name__ == "__main__":

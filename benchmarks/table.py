@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import re
 import statistics
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -109,3 +110,22 @@ def write_section(out: Path, section: str, text: str) -> None:
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + text
     out.write_text(new)
+
+
+def revision() -> str:
+    """The commit of this checkout, and whether hpo/ differs from it (a results file says
+    which code it measured)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        last = git("log", "-1", "--format=%h", "--", "hpo")
+        dirty = git("status", "--porcelain", "--", "hpo")
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown revision"
+    return (f"{head} (hpo/ last changed in {last})"
+            + (" with uncommitted changes in hpo/" if dirty else ""))
