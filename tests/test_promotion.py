@@ -152,26 +152,38 @@ def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_hpo_run_pauses_and_resumes_the_fine_tuning_job(tmp_path):
+def test_the_fine_tuning_job_pauses_and_resumes_from_its_checkpoint(tmp_path):
+    """Two trials of two epochs (one rung, at epoch 1) with the same params, so the same
+    seeded losses: the first pauses at the rung (it is alone there); the second ties with it,
+    ranks below it (a tie goes to the earlier configuration) and pauses, which promotes the
+    first: it resumes from its epoch-1 checkpoint and completes."""
     spec = write_tiny_spec(
         tmp_path / "promo.yaml", "promo",
-        search_space={"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
-                      "epochs": {"type": "int", "low": 3, "high": 3}},
+        search_space={"lr": {"type": "float", "low": 1.0e-9, "high": 1.0e-1, "log": True},
+                      "epochs": {"type": "int", "low": 2, "high": 2}},
         pruner={"name": "promotion", "reduction_factor": 2},
-        budget={"n_trials": 5})
+        budget={"n_trials": 2})
     url = f"sqlite:///{tmp_path / 'promo.db'}"
-    r = run_hpo("-v", "run", str(spec), "--storage", url, cwd=tmp_path)
+    env = {"HPO_LOG_LEVEL": "INFO", "HPO_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=env).returncode == 0
+    study, _ = load_study("promo", open_storage(url))
+    study.enqueue_trial({"lr": 3e-3})
+    study.enqueue_trial({"lr": 3e-3}, skip_if_exists=False)
+    r = run_hpo("worker", "promo", "--storage", url, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     ts = trials("promo", url)
-    paused = [t for t in ts if t.user_attrs.get("prune_reason") == "paused"]
-    assert paused and all(t.user_attrs.get("checkpoint") for t in paused)
-    for t in ts:  # a paused configuration keeps its checkpoint until it is resumed
-        if is_paused(t):
-            assert os.path.isfile(t.user_attrs["checkpoint"]), t.user_attrs
-    resumed = [t for t in ts if is_continuation(t) and t.state != TrialState.WAITING]
-    assert resumed, [(t.number, t.state.name, t.user_attrs) for t in ts]
-    for t in resumed:
-        step = t.user_attrs["paused_at"]
-        assert f"trial {t.number}: resumed from" in r.stderr
-        assert f"after epoch {step}" in r.stderr
-        assert set(t.intermediate_values) >= set(range(1, step + 2))
+    # 0 and 1 are the enqueued configurations, 2 resumes 0, 3 is 1 paused.
+    assert [t.state for t in ts] == [TrialState.PRUNED, TrialState.PRUNED, TrialState.COMPLETE,
+                                     TrialState.WAITING]
+    first, second, resumed = ts[0], ts[1], ts[2]
+    assert first.user_attrs["prune_reason"] == "paused" and first.user_attrs["epochs_run"] == 1
+    assert second.user_attrs["prune_reason"] == "paused" and is_paused(ts[3])
+    assert ts[3].user_attrs["resumed_from"] == 1 and os.path.isfile(ts[3].user_attrs["checkpoint"])
+    assert resumed.user_attrs["resumed_from"] == 0 and resumed.user_attrs["promoted"] is True
+    assert resumed.params == first.params
+    assert f"trial {resumed.number}: resumed from {first.user_attrs['checkpoint']} after " \
+           "epoch 1" in r.stderr
+    assert set(resumed.intermediate_values) == {1, 2}
+    assert resumed.intermediate_values[1] == first.intermediate_values[1]
+    assert second.intermediate_values[1] == first.intermediate_values[1]  # seeded alike
+    assert resumed.user_attrs["epochs_run"] == 2
