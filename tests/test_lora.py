@@ -198,7 +198,7 @@ def test_a_lora_trial_killed_mid_trial_resumes_from_its_adapter_checkpoint(tmp_p
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     launch = start_hpo("launch", "killed", "--storage", url, "--workers", "1", cwd=tmp_path,
-                       env={})
+                       env={"HPO_LOG_LEVEL": "INFO"})  # the job's "resumed from" line
     try:
         def after_epoch_1():  # reported and checkpointed, not yet further
             ts = optuna.load_study(study_name="killed", storage=url).get_trials()
@@ -215,8 +215,9 @@ def test_a_lora_trial_killed_mid_trial_resumes_from_its_adapter_checkpoint(tmp_p
     assert ts[0].state == optuna.trial.TrialState.FAIL
     (retry,) = [t for t in ts if t.system_attrs.get("failed_trial") == 0]
     assert retry.state == optuna.trial.TrialState.COMPLETE
-    assert "resumed from" in out and "after epoch" in out, out[-3000:]
     resumed_after = max(ts[0].intermediate_values)
+    assert (f"trial {retry.number}: resumed from {ts[0].user_attrs['checkpoint']} after "
+            f"epoch {resumed_after}") in out, out[-3000:]
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
 
     task = parse_spec(yaml.safe_load(spec.read_text())).task
