@@ -33,7 +33,7 @@ LORA = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 BUDGETS = {
     # mode: (max_samples, epochs, trials per arm)
     "smoke": (40, 2, 1),
-    "cpu": (400, 2, 3),
+    "cpu": (200, 2, 3),
     "cuda": (4000, 3, 4),
 }
 
@@ -48,8 +48,12 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
         for arm, (low, high) in ARMS.items():
             lr = low if n == 1 else math.exp(math.log(low) + i * math.log(high / low) / (n - 1))
             say(f"lora: {arm}, lr {lr:.2g} (trial {i + 1}/{n})")
-            results[arm].append(_trial_in_a_process(arm, lr, max_samples, epochs,
-                                                    workdir / f"{arm}-{i}"))
+            t = _trial_in_a_process(arm, lr, max_samples, epochs, workdir / f"{arm}-{i}")
+            results[arm].append(t)
+            say(f"lora: {arm}, lr {lr:.2g}: val loss {t['val_loss']:.4f}, val accuracy "
+                f"{t['val_accuracy']:.3f}, {t['samples_per_second']} samples/s, peak "
+                f"{t['peak_memory_mb']} MB, checkpoints {t['checkpoint_mb']:.3f} / "
+                f"{t['final_checkpoint_mb']:.3f} MB")
     lora, full = results["lora"], results["full"]
     where = (f"{n} trial(s) per arm, lr grids {ARMS['lora']} vs {ARMS['full']}, "
              f"{max_samples} samples, {epochs} epochs, batch 32, {lora[0]['device']}")
