@@ -189,6 +189,18 @@ def test_a_lora_trial_trains_the_adapter_alone_and_checkpoints_it_alone(tmp_path
     assert sizes[1] < 0.02 * FULL_BYTES
 
 
+def test_an_adapter_that_does_not_fit_the_model_is_one_clear_error():
+    from hpo.job import JobSetupError
+    from hpo.job.adapter import adapter_state, load_adapter_state
+
+    with pytest.raises(JobSetupError, match=r"q_lin.*linear layers end in .*query"):
+        build_text(lora_task(adapter=AdapterSpec("lora", ("q_lin",))), lora_params(), {})
+    rank_4 = build_text(lora_task(), lora_params(lora_r=4), {}).model
+    rank_8 = build_text(lora_task(), lora_params(lora_r=8), {}).model
+    with pytest.raises(JobSetupError, match="does not fit"):  # a checkpoint of another rank
+        load_adapter_state(rank_8, adapter_state(rank_4))
+
+
 @pytest.mark.slow
 def test_a_lora_trial_killed_mid_trial_resumes_from_its_adapter_checkpoint(tmp_path):
     """kill -9 of the worker after epoch 1: the launcher retries the trial, which resumes

@@ -53,11 +53,13 @@ def add_lora(model: nn.Module, adapter, params: dict) -> nn.Module:
             # deprecated: nothing a user can act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
             return get_peft_model(model, config)
-    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+    except ValueError as e:  # peft: no module matched the targets
         linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules()
                          if isinstance(m, nn.Linear)})
-        raise JobSetupError(f"task.adapter: {str(e).splitlines()[0]}; the model's linear "
-                            f"layers end in {', '.join(linear)}") from None
+        raise JobSetupError(
+            f"task.adapter: target modules {config.target_modules!r}: no LoRA on this model "
+            f"(its linear layers end in {', '.join(linear)}); peft: "
+            f"{str(e).splitlines()[0][:160]}") from None
 
 
 def is_adapted(model: nn.Module) -> bool:
