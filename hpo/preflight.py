@@ -17,11 +17,14 @@ on the workers. torch, torchvision and transformers are imported only when a che
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from hpo.errors import SpecError
 from hpo.spec import Spec, resolve_model
+
+log = logging.getLogger(__name__)
 
 SKIP_HINT = "--no-preflight skips this check, for files only the workers have"
 
@@ -65,7 +68,7 @@ def check_machine(spec: Spec, source: str) -> None:
     if task.kind == "image_classification":
         _check_images(task.dataset, fail)
     elif task.kind == "text_classification":
-        _check_texts(task.dataset, fail)
+        _check_texts(task, source, fail)
         _check_tokenizer(task.model, fail)
 
 
@@ -80,9 +83,10 @@ def _check_images(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn])
         _load(lambda: load_test_images(dataset, source, cache), "dataset.test", prefixes, fail)
 
 
-def _check_texts(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> None:
-    from hpo.job.text_data import load_test_texts, load_texts
+def _check_texts(task: Any, source_file: str, fail: Callable[[str, str], NoReturn]) -> None:
+    from hpo.job.text_data import load_test_texts, load_texts, unused_val_fraction
 
+    dataset = task.dataset
     if "hf" in dataset:
         # A hub dataset cannot be resolved offline; a local one (a path) must be there, and
         # loads as the workers load it.
@@ -110,6 +114,9 @@ def _check_texts(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) 
 
     source = _load(lambda: load_texts(dataset, cache), f"dataset.{kind}", prefixes, fail,
                    key_of)
+    unused = unused_val_fraction(task, source)
+    if unused:
+        log.warning("%s: %s", source_file, unused)
     if "test" in dataset or "test_split" in dataset:
         key = "dataset.test" if "test" in dataset else "dataset.test_split"
         _load(lambda: load_test_texts(dataset, source, cache), key, prefixes, fail, key_of)

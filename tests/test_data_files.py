@@ -286,3 +286,35 @@ def test_a_local_hf_dataset_is_fingerprinted_like_files(form, files, tmp_path):
     assert data_fingerprint(task)["sha256"] != first["sha256"]
     hub = TaskSpec(kind="text_classification", model="m", dataset={"hf": "glue"})
     assert data_fingerprint(hub)["method"] == "none"  # a hub name has no local files
+
+
+def test_val_fraction_beside_an_hf_validation_split_is_said(tiny_bert, tmp_path, caplog):
+    """The dataset's own ``validation`` split validates; a ``val_fraction`` the spec sets is
+    then said to split nothing off, by ``hpo create`` (preflight) and by the worker that
+    builds the data; left at its default, nothing is said."""
+    path = saved_dataset(tmp_path)
+    dataset = {"hf": path, "text": "review", "label": "stars"}
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    for name, task in (("set", {"val_fraction": 0.1}), ("default", {})):
+        (tmp_path / f"{name}.yaml").write_text(spec_text(name, tiny_bert, dataset, **task))
+        created = run_hpo("create", f"{name}.yaml", "--storage", url, cwd=tmp_path)
+        assert created.returncode == 0, created.stderr
+        said = [line for line in created.stderr.splitlines() if "val_fraction" in line]
+        if name == "default":
+            assert said == [], created.stderr
+            continue
+        assert len(said) == 1, created.stderr
+        assert said[0].startswith("WARNING ") and "set.yaml: task.val_fraction 0.1 splits " \
+            f"nothing off the training split: hf {path} split 'validation' validates" in said[0]
+
+    for val_fraction, warned in ((0.1, True), (0.2, False)):
+        caplog.clear()
+        task = TaskSpec(kind="text_classification", model=tiny_bert, dataset=dataset,
+                        val_fraction=val_fraction)
+        setup = build_text(task, make_params(), {})
+        assert (len(setup.train_set), len(setup.val_set)) == (40, 12)  # the splits as they are
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert [m for m in messages if "split 'validation' validates as it is" in m] == (
+            [f"task.val_fraction 0.1 splits nothing off the training split: hf {path} split "
+             "'validation' validates as it is (leave val_fraction out to say so)"]
+            if warned else []), messages

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,6 +26,8 @@ from hpo.job.data import (
 )
 from hpo.job.errors import JobSetupError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TextSource:
@@ -35,6 +38,26 @@ class TextSource:
     val_texts: list[str] | None
     val_labels: np.ndarray | None
     label_names: list[str]
+    found_val: str = ""
+    """The val split the dataset brought without the spec naming it (an hf dataset's
+    ``validation``), e.g. ``hf glue split 'validation'``; empty otherwise."""
+
+
+def unused_val_fraction(task, source: TextSource) -> str | None:
+    """What to warn of when ``task.val_fraction`` is set (not the default) but the dataset's
+    own validation split, found without the spec naming it, validates instead.
+
+    The spec refuses ``val_fraction`` beside a val file or ``val_split`` it names; a split the
+    dataset brings is known only once it is loaded (preflight, or the worker).
+    """
+    from hpo.spec import TaskSpec
+
+    if not source.found_val or task.val_fraction == TaskSpec.val_fraction:
+        return None
+    share = (f"; it only shares max_samples {task.max_samples} between the two splits"
+             if task.max_samples is not None else "")
+    return (f"task.val_fraction {task.val_fraction:g} splits nothing off the training split: "
+            f"{source.found_val} validates as it is{share} (leave val_fraction out to say so)")
 
 
 def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
@@ -128,6 +151,9 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
                     max_samples=task.max_samples, val_fraction=task.val_fraction,
                     test_fraction=task.test_fraction, seed=task.seed)
     if key not in cache:
+        unused = unused_val_fraction(task, source)
+        if unused:  # once per worker: the tokenized splits are cached
+            log.warning(unused)
         train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
                                                task.max_samples, task.val_fraction, task.seed,
                                                task.test_fraction)
@@ -309,9 +335,10 @@ def _hf(dataset: Mapping[str, Any]) -> TextSource:
     names = list(feature.names) if hasattr(feature, "names") else None
     val = splits[val_split] if val_split else None
     train_ids, val_ids, names = _label_ids(train[label], val[label] if val else [], names)
+    found = f"hf {name} split {val_split!r}" if val and "val_split" not in dataset else ""
     return TextSource([str(t) for t in train[text]], train_ids,
                       [str(t) for t in val[text]] if val else None,
-                      val_ids if val else None, names)
+                      val_ids if val else None, names, found_val=found)
 
 
 def _hf_test(dataset: Mapping[str, Any], source: TextSource):
