@@ -9,7 +9,7 @@ only the study name and the storage URL.
 """
 
 from hpo.spec._parse import load_spec, parse_spec
-from hpo.spec._task import load_entrypoint
+from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._sample import suggest
 from hpo.spec._schema import (
     FREEZE_POLICIES,
@@ -28,7 +28,6 @@ from hpo.spec._schema import (
     StudySection,
     TaskSpec,
     max_epochs,
-    resolve_model,
 )
 
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -250,6 +249,10 @@ class TaskSpec:
     tokenized text), else 4 with CUDA."""
     seed: int = 0
     """Seed of the data split and subsample (the same for every trial)."""
+    class_weights: Any = None
+    """Weights of the classes in the loss (training and validation): ``None`` (``none``),
+    ``balanced`` (n / (classes x count) over the training split), a list with one per class,
+    or a mapping class name -> weight (others 1); each > 0."""
 
 
 @dataclass(frozen=True)
@@ -374,23 +377,3 @@ def max_epochs(spec: Spec) -> int:
     """The largest number of epochs a trial of this spec can run."""
     p = spec.param("epochs")
     return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
-
-
-def resolve_model(model: "str | os.PathLike[str]") -> str:
-    """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
-    package (found without importing it); anything else is returned as it is.
-
-    Raises:
-        ModuleNotFoundError: the package is not installed.
-    """
-    model = os.fspath(model)
-    if not model.startswith("pkg:"):
-        return model
-    import importlib.util
-    from pathlib import Path
-
-    package, _, sub = model[4:].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise ModuleNotFoundError(f"no installed package {package!r}")
-    return str(Path(list(found.submodule_search_locations)[0]) / sub)

@@ -3,14 +3,15 @@ options; or a ``custom`` task's entrypoint."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _bool, _fraction, _is_int,
-    _non_negative_int, _one_of, _positive_int, resolve_model,
+    _non_negative_int, _one_of, _positive, _positive_int,
 )
 
 
@@ -70,6 +71,8 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
             continue
         (at / key).checked(value, check)
         out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
+    if "class_weights" in d:
+        out["class_weights"] = _parse_class_weights(d["class_weights"], at / "class_weights")
     task = TaskSpec(**out)
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
@@ -87,6 +90,28 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
     if check_environment:
         _check_model(task, at, check_files)
     return task
+
+
+def _parse_class_weights(value: Any, at: _At) -> Any:
+    """``none`` / null -> None, ``balanced``, a list of weights (one per class, in class
+    order) or a mapping class name -> weight; every weight > 0. Whether the length and the
+    names fit the data is known once it is loaded (preflight, the job)."""
+    if value is None or value == "none":
+        return None
+    if value == "balanced":
+        return value
+    if isinstance(value, list):
+        if len(value) < 2:
+            raise at.error(f"a list has one weight per class (2 or more), got {len(value)}")
+        return [float(at.checked(w, _positive)) for w in value]
+    if isinstance(value, Mapping) and value:
+        for name, w in value.items():
+            if not isinstance(name, (str, int)) or isinstance(name, bool):
+                raise at.error(f"class names must be strings, got {_show(name)}")
+            (at / name).checked(w, _positive)
+        return {str(name): float(w) for name, w in value.items()}
+    raise at.error("expected none, balanced, a list of weights > 0 (one per class) or a "
+                   f"mapping class name -> weight > 0, got {_show(value)}")
 
 
 def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:
@@ -198,3 +223,22 @@ def _check_model(task: TaskSpec, at: _At, check_files: bool) -> None:
 def _looks_like_path(s: str) -> bool:
     return s.startswith(("/", "./", "../", "~")) or s.endswith((".pt", ".pth", ".bin",
                                                                  ".safetensors"))
+
+
+def resolve_model(model: "str | os.PathLike[str]") -> str:
+    """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
+    package (found without importing it); anything else is returned as it is.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed.
+    """
+    model = os.fspath(model)
+    if not model.startswith("pkg:"):
+        return model
+    import importlib.util
+
+    package, _, sub = model[4:].partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError(f"no installed package {package!r}")
+    return str(Path(list(found.submodule_search_locations)[0]) / sub)
