@@ -24,6 +24,7 @@ from hpo.spec import TaskSpec, parse_spec
 from conftest import run_hpo
 from processes import one_line_error
 from test_job import make_params, run_one
+from test_job_text import tiny_bert  # noqa: F401 - fixture
 
 NAMES = ["common", "rare"]
 
@@ -218,3 +219,27 @@ def test_balanced_weights_find_the_rare_class_of_an_imbalanced_image_folder(tmp_
                                          "rare": pytest.approx(100 / (2 * 10))}
     assert weighted["val_balanced_accuracy"] == pytest.approx(weighted["val_accuracy"])
     assert weighted["val_balanced_accuracy"] >= plain["val_accuracy"] + 0.1, (plain, weighted)
+
+
+def test_text_classes_are_weighted_by_their_label_names(tiny_bert, tmp_path):
+    """A csv dataset's labels are its classes' names; ``balanced`` counts the training split
+    that the trial's setup holds (not the val split)."""
+    from test_data_files import reviews, write_table
+
+    from hpo.job.data import dataset_labels
+    from hpo.job.text import build_text
+
+    rows = reviews(80, 0)
+    write_table(tmp_path / "train.csv", [r for r in rows if r[1] == "pos"][:28]
+                + [r for r in rows if r[1] == "neg"][:12])
+    task = TaskSpec(kind="text_classification", model=tiny_bert, val_fraction=0.25,
+                    dataset={"csv": str(tmp_path / "train.csv"), "text": "review",
+                             "label": "sentiment"})
+    setup = build_text(task, make_params(), {})
+    labels = dataset_labels(setup.train_set)
+    assert setup.class_names == ["neg", "pos"] and len(labels) == 30
+    counts = np.bincount(labels)
+    assert counts.tolist() == [9, 21]  # the stratified split's training part of 12 / 28
+    assert class_weights("balanced", labels, setup.class_names) == {
+        "neg": pytest.approx(30 / (2 * counts[0])), "pos": pytest.approx(30 / (2 * counts[1]))}
+    assert class_weights({"pos": 3}, labels, setup.class_names) == {"neg": 1.0, "pos": 3.0}
