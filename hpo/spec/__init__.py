@@ -8,6 +8,7 @@ The spec is stored whole in the study (``Spec.to_dict``), so a worker on another
 only the study name and the storage URL.
 """
 
+from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_targets
 from hpo.spec._parse import load_spec, parse_spec
 from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._sample import suggest
@@ -31,6 +32,7 @@ from hpo.spec._schema import (
 )
 
 __all__ = [
+    "ADAPTER_PARAMS", "LORA_PRESETS", "AdapterSpec", "lora_targets",
     "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
     "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
     "ResourcesSpec", "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",

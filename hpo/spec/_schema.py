@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
+from hpo.spec._adapter import LORA_PRESETS, AdapterSpec
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
 FREEZE_POLICIES = ("none", "head_only", "first_k")
@@ -77,6 +79,12 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "backbone_lr_mult": Hyperparameter(1.0, _positive, "pretrained layers get lr x this"),
     "freeze": Hyperparameter("none", _one_of(FREEZE_POLICIES), "none | head_only | first_k"),
     "freeze_k": Hyperparameter(0, _non_negative_int, "blocks frozen by first_k"),
+    # With task.adapter only (ADAPTER_PARAMS): peft's LoraConfig(r, lora_alpha, lora_dropout).
+    "lora_r": Hyperparameter(8, _positive_int, "LoRA rank: the adapter matrices' inner size"),
+    "lora_alpha": Hyperparameter(8, _positive, "LoRA scale: updates are scaled by alpha / r"),
+    "lora_dropout": Hyperparameter(0.0, _unit_interval, "dropout on the LoRA path's input"),
+    "lora_target": Hyperparameter(None, _one_of(tuple(LORA_PRESETS)),
+                                  "preset of LORA_PRESETS; default task.adapter's modules"),
 }
 
 
@@ -249,6 +257,8 @@ class TaskSpec:
     tokenized text), else 4 with CUDA."""
     seed: int = 0
     """Seed of the data split and subsample (the same for every trial)."""
+    adapter: AdapterSpec | None = None
+    """Text only: train a LoRA adapter (and the head) in the frozen pretrained model."""
     class_weights: Any = None
     """Weights of the classes in the loss (training and validation): ``None`` (``none``),
     ``balanced`` (n / (classes x count) over the training split), a list with one per class,
@@ -306,6 +316,8 @@ class Spec:
                 if k == "kind" or v != _TASK_DEFAULTS.get(k)}
         if self.task.dataset:
             task["dataset"] = dict(self.task.dataset)
+        if self.task.adapter:
+            task["adapter"] = self.task.adapter.to_dict()
         return {
             "study": asdict(self.study),
             "task": task,
@@ -366,6 +378,7 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
                   "bootstrap_count": _INT},
     "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
+    "promotion": {"min_resource": _INT, "reduction_factor": _INT},
     "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
                   "interval_steps": _INT},
     "none": {},
