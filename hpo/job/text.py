@@ -74,6 +74,7 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
         in_memory=True,
         test_set=test_set,
         test_about=test_about,
+        class_names=source.label_names,
     )
 
 

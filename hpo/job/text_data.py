@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,6 +26,8 @@ from hpo.job.data import (
 )
 from hpo.job.errors import JobSetupError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TextSource:
@@ -35,6 +38,26 @@ class TextSource:
     val_texts: list[str] | None
     val_labels: np.ndarray | None
     label_names: list[str]
+    found_val: str = ""
+    """The val split the dataset brought without the spec naming it (an hf dataset's
+    ``validation``), e.g. ``hf glue split 'validation'``; empty otherwise."""
+
+
+def unused_val_fraction(task, source: TextSource) -> str | None:
+    """What to warn of when ``task.val_fraction`` is set (not the default) but the dataset's
+    own validation split, found without the spec naming it, validates instead.
+
+    The spec refuses ``val_fraction`` beside a val file or ``val_split`` it names; a split the
+    dataset brings is known only once it is loaded (preflight, or the worker).
+    """
+    from hpo.spec import TaskSpec
+
+    if not source.found_val or task.val_fraction == TaskSpec.val_fraction:
+        return None
+    share = (f"; it only shares max_samples {task.max_samples} between the two splits"
+             if task.max_samples is not None else "")
+    return (f"task.val_fraction {task.val_fraction:g} splits nothing off the training split: "
+            f"{source.found_val} validates as it is{share} (leave val_fraction out to say so)")
 
 
 def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
@@ -45,7 +68,7 @@ def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
             test: FILE}``; ``{jsonl: FILE, text: KEY, label: KEY, val: FILE, test: FILE}``;
             ``{hf: NAME or PATH, config: CFG, text: COL, label: COL, train_split, val_split,
             test_split}`` (needs the ``datasets`` package; a path is a ``save_to_disk``
-            directory or local data files, see ``_hf_splits``). A val file or split is the
+            directory or local data files, see ``hpo.job.hf_data``). A val file or split is the
             validation set as it is; the test split is never trained or validated on.
         cache: the worker's cache.
 
@@ -60,7 +83,9 @@ def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
             raise JobSetupError(f"unknown built-in text dataset {dataset['name']!r}; "
                                 "expected vader (or use hf, csv or jsonl)")
         elif "hf" in dataset:
-            cache[key] = _hf(dataset)
+            from hpo.job.hf_data import hf_texts
+
+            cache[key] = hf_texts(dataset)
         else:
             cache[key] = _files(dataset)
     return cache[key]
@@ -72,12 +97,12 @@ def _files(dataset: Mapping[str, Any]) -> TextSource:
     kind = "csv" if "csv" in dataset else "jsonl"
     texts, labels = _table(Path(dataset[kind]).expanduser(), kind,
                            dataset["text"], dataset["label"])
-    ids, _, names = _label_ids(labels, [])
+    ids, _, names = label_ids(labels, [])
     if "val" not in dataset:
         return TextSource(texts, ids, None, None, names)
     path = Path(dataset["val"]).expanduser()
     val_texts, val_labels = _table(path, kind, dataset["text"], dataset["label"], "val file")
-    val_ids = _test_label_ids(val_labels, names)
+    val_ids = known_label_ids(val_labels, names)
     if val_ids is None:
         raise JobSetupError(f"dataset {kind}: the val file {path} has labels that the "
                             f"training file lacks; it has {', '.join(names)}")
@@ -128,6 +153,9 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
                     max_samples=task.max_samples, val_fraction=task.val_fraction,
                     test_fraction=task.test_fraction, seed=task.seed)
     if key not in cache:
+        unused = unused_val_fraction(task, source)
+        if unused:  # once per worker: the tokenized splits are cached
+            log.warning(unused)
         train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
                                                task.max_samples, task.val_fraction, task.seed,
                                                task.test_fraction)
@@ -183,12 +211,14 @@ def load_test_texts(dataset: Mapping[str, Any], source: TextSource, cache: dict)
         if dataset.get("name") == "vader":
             cache[key] = (None, None, no_test_split("vader"))
         elif "hf" in dataset:
-            cache[key] = _hf_test(dataset, source)
+            from hpo.job.hf_data import hf_test_texts
+
+            cache[key] = hf_test_texts(dataset, source)
         elif "test" in dataset:
             kind = "csv" if "csv" in dataset else "jsonl"
             path = Path(dataset["test"]).expanduser()
             texts, labels = _table(path, kind, dataset["text"], dataset["label"])
-            ids = _test_label_ids(labels, source.label_names)
+            ids = known_label_ids(labels, source.label_names)
             if ids is None:
                 raise JobSetupError(f"dataset {kind}: the test file {path} has labels that "
                                     f"the training file lacks; it has "
@@ -208,7 +238,7 @@ def _tokenize(tokenizer, task, texts: Sequence[str], labels: np.ndarray,
     return TokenizedTexts(features, np.asarray(labels)[idx])
 
 
-def _test_label_ids(values: Sequence[Any], names: list[str]) -> np.ndarray | None:
+def known_label_ids(values: Sequence[Any], names: list[str]) -> np.ndarray | None:
     """Test labels as the training label ids (by name, else an integer id in range); None
     if any is unknown (an unlabelled split's -1, a class the training data lacks)."""
     index = {name: i for i, name in enumerate(names)}
@@ -263,7 +293,7 @@ def _table(path: Path, kind: str, text: str, label: str,
     return [str(r[text]) for r in rows], [r[label] for r in rows]
 
 
-def _label_ids(train: Sequence[Any], val: Sequence[Any],
+def label_ids(train: Sequence[Any], val: Sequence[Any],
                names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Label ids: integers 0..C-1 stay as they are; anything else is numbered in sorted order."""
     everything = list(train) + list(val)
@@ -282,104 +312,3 @@ def _label_ids(train: Sequence[Any], val: Sequence[Any],
     if len(names) < 2:
         raise JobSetupError(f"the labels have a single class ({names[0]!r}); need two or more")
     return ids[: len(train)], ids[len(train):], names
-
-
-def _hf(dataset: Mapping[str, Any]) -> TextSource:
-    try:
-        import datasets
-    except ImportError:
-        raise JobSetupError("dataset hf: needs the `datasets` package: pip install datasets"
-                            ) from None
-    name = dataset["hf"]
-    splits = _hf_splits(dataset)
-    train_split = dataset.get("train_split", "train")
-    val_split = dataset.get("val_split") or ("validation" if "validation" in splits else None)
-    for split in (train_split, val_split, dataset.get("test_split")):
-        if split is not None and split not in splits:
-            raise JobSetupError(f"dataset hf {name}: no split {split!r}; it has "
-                                f"{', '.join(splits)}")
-    train = splits[train_split]
-    label = dataset.get("label", "label")
-    text = dataset.get("text") or _text_column(train, label, name)
-    for column in (text, label):
-        if column not in train.column_names:
-            raise JobSetupError(f"dataset hf {name}: no column {column!r}; it has "
-                                f"{', '.join(train.column_names)}")
-    feature = train.features[label]
-    names = list(feature.names) if hasattr(feature, "names") else None
-    val = splits[val_split] if val_split else None
-    train_ids, val_ids, names = _label_ids(train[label], val[label] if val else [], names)
-    return TextSource([str(t) for t in train[text]], train_ids,
-                      [str(t) for t in val[text]] if val else None,
-                      val_ids if val else None, names)
-
-
-def _hf_test(dataset: Mapping[str, Any], source: TextSource):
-    name = dataset["hf"]
-    splits = _hf_splits(dataset)  # loaded (and so cached) by _hf already
-    split = dataset.get("test_split")
-    if split is None:
-        if "test" not in splits:
-            return None, None, (f"hf {name} has no test split ({', '.join(splits)}); name one "
-                                "with test_split, or give task.test_fraction")
-        split = "test"
-    test = splits[split]
-    label = dataset.get("label", "label")
-    text = dataset.get("text") or _text_column(test, label, name)
-    for column in (text, label):
-        if column not in test.column_names:
-            raise JobSetupError(f"dataset hf {name}: split {split!r} has no column {column!r}")
-    ids = _test_label_ids(test[label], source.label_names)
-    if ids is None:
-        if "test_split" in dataset:
-            raise JobSetupError(f"dataset hf {name}: test_split {split!r} has labels the "
-                                "training split lacks (an unlabelled split has -1)")
-        return None, None, (f"hf {name}'s test split is unlabelled (labels outside "
-                            f"{', '.join(source.label_names)}); name a labelled one with "
-                            "test_split")
-    return [str(t) for t in test[text]], ids, f"hf {name} split {split!r}"
-
-
-def _hf_splits(dataset: Mapping[str, Any]):
-    """The splits of an ``hf`` dataset: a hub name (``config`` its configuration) from the
-    local cache, or a local path: a directory ``save_to_disk`` wrote (a ``DatasetDict``, or one
-    ``Dataset``, which is the train split), else a directory or file of data files that
-    ``load_dataset`` reads (csv, json, parquet, ...; files named ``train``, ``validation`` /
-    ``val`` / ``dev``, ``test`` are those splits)."""
-    import datasets
-
-    name, config = dataset["hf"], dataset.get("config")
-    path = Path(name).expanduser()
-    local = name.startswith(("/", "./", "../", "~")) or path.exists()
-    if local and not path.exists():
-        raise JobSetupError(f"dataset hf: nothing at {path}")
-    try:
-        if local and path.is_dir() and any((path / f).is_file() for f in _SAVED_MARKERS):
-            splits = datasets.load_from_disk(str(path))
-            if isinstance(splits, datasets.Dataset):
-                splits = datasets.DatasetDict(train=splits)
-            return splits
-        return datasets.load_dataset(str(path) if local else name, config)
-    except Exception as e:  # noqa: BLE001 - offline, unknown name, bad config: all bad input
-        first = (str(e).strip().splitlines() or [""])[0]
-        if local:
-            raise JobSetupError(f"dataset hf: cannot load {path} ({type(e).__name__}: "
-                                f"{first})") from None
-        raise JobSetupError(f"dataset hf {name} {config or ''}: cannot load it ({first}); hpo "
-                            "runs offline (HF_DATASETS_OFFLINE=1): it must be cached") from None
-
-
-_SAVED_MARKERS = ("dataset_dict.json", "state.json")
-"""What ``save_to_disk`` writes: of a ``DatasetDict``, of a ``Dataset``."""
-
-
-def _text_column(split, label: str, name: str) -> str:
-    """The one string column besides the label (``sentence`` in glue/sst2, say)."""
-    if "text" in split.column_names:
-        return "text"
-    strings = [c for c, f in split.features.items()
-               if c != label and getattr(f, "dtype", None) in ("string", "large_string")]
-    if len(strings) != 1:
-        raise JobSetupError(f"dataset hf {name}: say which column is the text (text: COL); "
-                            f"its columns are {', '.join(split.column_names)}")
-    return strings[0]

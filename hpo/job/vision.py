@@ -52,6 +52,7 @@ def build_vision(task, params: dict, cache: dict, *, final: bool = False) -> Tra
         in_memory=ready,
         test_set=test_set,
         test_about=test_about,
+        class_names=source.class_names,
     )
 
 

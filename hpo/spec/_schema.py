@@ -259,6 +259,10 @@ class TaskSpec:
     """Seed of the data split and subsample (the same for every trial)."""
     adapter: AdapterSpec | None = None
     """Text only: train a LoRA adapter (and the head) in the frozen pretrained model."""
+    class_weights: Any = None
+    """Weights of the classes in the loss (training and validation): ``None`` (``none``),
+    ``balanced`` (n / (classes x count) over the training split), a list with one per class,
+    or a mapping class name -> weight (others 1); each > 0."""
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,16 @@ options; or a ``custom`` task's entrypoint."""
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from hpo.spec._adapter import ADAPTER_KINDS, LORA_PRESETS, AdapterSpec
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _bool, _fraction, _is_int,
-    _non_negative_int, _one_of, _positive_int,
+    _non_negative_int, _one_of, _positive, _positive_int,
 )
 
 
@@ -72,6 +72,8 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
             continue
         (at / key).checked(value, check)
         out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
+    if "class_weights" in d:
+        out["class_weights"] = _parse_class_weights(d["class_weights"], at / "class_weights")
     if "adapter" in d:
         if kind != "text_classification":
             raise (at / "adapter").error(
@@ -98,6 +100,28 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
     if check_environment:
         _check_model(task, at, check_files)
     return task
+
+
+def _parse_class_weights(value: Any, at: _At) -> Any:
+    """``none`` / null -> None, ``balanced``, a list of weights (one per class, in class
+    order) or a mapping class name -> weight; every weight > 0. Whether the length and the
+    names fit the data is known once it is loaded (preflight, the job)."""
+    if value is None or value == "none":
+        return None
+    if value == "balanced":
+        return value
+    if isinstance(value, list):
+        if len(value) < 2:
+            raise at.error(f"a list has one weight per class (2 or more), got {len(value)}")
+        return [float(at.checked(w, _positive)) for w in value]
+    if isinstance(value, Mapping) and value:
+        for name, w in value.items():
+            if not isinstance(name, (str, int)) or isinstance(name, bool):
+                raise at.error(f"class names must be strings, got {_show(name)}")
+            (at / name).checked(w, _positive)
+        return {str(name): float(w) for name, w in value.items()}
+    raise at.error("expected none, balanced, a list of weights > 0 (one per class) or a "
+                   f"mapping class name -> weight > 0, got {_show(value)}")
 
 
 def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:
@@ -244,7 +268,6 @@ def resolve_model(model: "str | os.PathLike[str]") -> str:
     if not model.startswith("pkg:"):
         return model
     import importlib.util
-    from pathlib import Path
 
     package, _, sub = model[4:].partition("/")
     found = importlib.util.find_spec(package)

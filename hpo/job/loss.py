@@ -1,0 +1,85 @@
+"""The training loss: cross-entropy, label smoothing and the task's class weights.
+
+``task.class_weights`` weights each example's loss by its class: a batch's loss is then the
+weighted mean ``sum_i w[y_i] l_i / sum_i w[y_i]`` (``nn.CrossEntropyLoss(weight=w)``), over the
+whole global batch however it is cut: into micro-batches after an out-of-memory error, and
+into the parts of several ranks. A micro-batch's share of the batch is its weight sum over the
+global batch's, not its count over the batch size (``ClassWeighted.shares``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpo.job.errors import JobSetupError
+from hpo.job.ranks import Ranks
+
+
+def class_weights(spec: Any, train_labels: np.ndarray,
+                  class_names: Sequence[str]) -> dict[str, float] | None:
+    """The weight of each class that ``task.class_weights`` names, by class name.
+
+    Args:
+        spec: ``None``, ``"balanced"``, a list (one weight per class, in class order) or a
+            mapping class name -> weight (classes left out weigh 1).
+        train_labels: the training split's label ids (what ``balanced`` counts).
+        class_names: the names of the class ids, in id order.
+
+    Returns:
+        ``{class name: weight}`` in class order, or ``None`` for unweighted.
+
+    Raises:
+        JobSetupError: a list of the wrong length, an unknown class name, or (``balanced``)
+            a class without training examples.
+    """
+    if spec is None:
+        return None
+    names = [str(n) for n in class_names]
+    if spec == "balanced":  # scikit-learn's compute_class_weight("balanced")
+        counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(names))
+        empty = [names[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise JobSetupError(f"class_weights balanced: class {empty[0]!r} has no training "
+                                "examples (max_samples too small?); give weights by name")
+        weights = len(train_labels) / (len(names) * counts)
+        return {name: float(w) for name, w in zip(names, weights)}
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != len(names):
+            raise JobSetupError(f"class_weights: {len(spec)} weights for {len(names)} classes "
+                                f"({', '.join(names)})")
+        return {name: float(w) for name, w in zip(names, spec)}
+    unknown = [k for k in spec if k not in names]
+    if unknown:
+        raise JobSetupError(f"class_weights: no class {unknown[0]!r}; the classes are "
+                            f"{', '.join(names)}")
+    return {name: float(spec.get(name, 1.0)) for name in names}
+
+
+@dataclass
+class ClassWeighted:
+    """Cross-entropy weighted by class, as the fit loop's criterion: called on a micro-batch
+    it gives the weighted *sum* of its losses; ``shares`` turns those into the global batch's
+    weighted mean."""
+
+    weight: torch.Tensor
+    """One weight per class, on the device."""
+    label_smoothing: float = 0.0
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, weight=self.weight, reduction="sum",
+                               label_smoothing=self.label_smoothing)
+
+    def shares(self, labels: torch.Tensor, parts: Sequence[slice],
+               ranks: Ranks = Ranks()) -> list[torch.Tensor]:
+        """What each micro-batch's weighted sum is multiplied by: one over the global batch's
+        weight sum (over every rank: a collective, so every rank calls it each step), times the
+        number of ranks, whose gradients are averaged."""
+        total = self.weight[labels].sum()
+        if ranks.many:
+            total = ranks.sum(total)
+        return [ranks.world / total] * len(parts)
