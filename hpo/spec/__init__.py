@@ -11,6 +11,7 @@ only the study name and the storage URL.
 from hpo.spec._parse import load_spec, parse_spec
 from hpo.spec._task import load_entrypoint
 from hpo.spec._sample import suggest
+from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
 from hpo.spec._schema import (
     FREEZE_POLICIES,
     HYPERPARAMETERS,
@@ -25,15 +26,14 @@ from hpo.spec._schema import (
     ParamSpec,
     ResourcesSpec,
     Spec,
-    StudySection,
     TaskSpec,
     max_epochs,
     resolve_model,
 )
 
 __all__ = [
-    "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
-    "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
-    "ResourcesSpec", "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
-    "parse_spec", "resolve_model", "suggest",
+    "FREEZE_POLICIES", "HYPERPARAMETERS", "OBJECTIVES", "OPTIMIZERS", "PRUNER_OPTIONS",
+    "SAMPLER_OPTIONS", "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter",
+    "LatencySpec", "ParamSpec", "ResourcesSpec", "Spec", "StudySection", "TaskSpec",
+    "load_entrypoint", "load_spec", "max_epochs", "parse_spec", "resolve_model", "suggest",
 ]
