@@ -8,7 +8,6 @@ import json
 import math
 import textwrap
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
