@@ -148,7 +148,7 @@ def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | list[float
 
 
 def _as_list(value: float | list[float] | None) -> list[float] | None:
-    return None if value is None else list(value) if isinstance(value, list) else [value]
+    return None if value is None else value if isinstance(value, list) else [value]
 
 
 def requeue(study: "optuna.Study", trial: "optuna.Trial") -> bool:

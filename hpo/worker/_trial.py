@@ -35,14 +35,15 @@ class Preempted(BaseException):
 
 
 class StudyTrial:
-    """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial."""
+    """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial; in a study
+    of ``several_objectives`` its reports are the learning curve alone and it never prunes."""
 
-    def __init__(self, trial: "optuna.Trial") -> None:
+    def __init__(self, trial: "optuna.Trial", several_objectives: bool = False) -> None:
         self._trial = trial
         self.number = trial.number
         # Optuna refuses report and should_prune in a study of several objectives: the
         # learning curve is still kept, and nothing prunes (the spec allows no pruner).
-        self._prunable = len(trial.study.directions) == 1
+        self._prunable = not several_objectives
 
     def report(self, value: float, step: int) -> None:
         if self._prunable:
@@ -68,7 +69,7 @@ def job_function(spec: Spec) -> Callable[..., float]:
         return lambda trial, task, params, context: custom(trial, params, context)
     devices = spec.resources.devices_per_trial
     return lambda trial, task, params, context: run_on_devices(
-        StudyTrial(trial), task, params, context, devices)
+        StudyTrial(trial, spec.study.multi), task, params, context, devices)
 
 
 def objective_values(spec: Spec, val_loss: float, attrs: dict[str, Any]
