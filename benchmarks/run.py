@@ -37,6 +37,7 @@ BENCHMARKS = {
     "disk": "disk: checkpoints + artifact store after the digits study vs its best-3 weights",
     "ranks": "a trial on 2 ranks vs 1: training samples/s, same global batch",
     "gpu": "GPU: AMP / channels_last speedup on resnet18, GPU busy fraction (--gpu)",
+    "lora": "LoRA vs full fine-tuning of MiniLM on VADER, the same budget",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -281,6 +281,7 @@ def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
             "transformers save_pretrained": f"the model: config, weights and tokenizer "
                                             f"({size}{after})",
             "hpo state_dict": f"the weights: hpo's own state_dict ({size}{after})",
+            "peft adapter": f"the LoRA adapter and head, and the tokenizer ({size}{after})",
         }.get(model["format"], f"the trial's checkpoint as saved ({size})")
         lines.append(f"  {model['path']:<18} {what}, from {model['from']}")
         lines.append(f"  {'':<18} load: {model['load']}")

@@ -191,7 +191,10 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
         "peak_memory_mb": attrs.get("peak_memory_mb"),
         "model": {"path": MODEL_FILE, "sha256": file_sha256(model),
                   "bytes": model.stat().st_size,
-                  "format": "torch.load(path)['model'] is the model's state_dict"},
+                  "format": ("torch.load(path)['model'] is the adapter's state (peft's "
+                             "get_peft_model_state_dict; 'adapter' its config)"
+                             if spec.task.adapter else
+                             "torch.load(path)['model'] is the model's state_dict")},
         "seeds": {"task.seed": spec.task.seed},
         "study_hpo_version": study.user_attrs.get(VERSION_ATTR),
         **environment_record(spec.task),

@@ -40,7 +40,9 @@ def export_model(trial: "FrozenTrial", task: "TaskSpec", out: str | os.PathLike[
       ``model.load_state_dict(torch.load("model.pt"))`` loads it;
     - transformers (``text_classification``): ``model/``, what ``save_pretrained`` writes
       (config with the dataset's label names, safetensors weights) and the tokenizer, for
-      ``AutoModelForSequenceClassification.from_pretrained`` / ``AutoTokenizer``;
+      ``AutoModelForSequenceClassification.from_pretrained`` / ``AutoTokenizer``; with
+      ``task.adapter``, ``model/`` is the adapter as peft's ``save_pretrained`` writes it,
+      for ``PeftModel.from_pretrained(base, "model")``, and the tokenizer;
     - otherwise (a custom job's checkpoint, a file without a model) the checkpoint file as it
       is, ``best-checkpoint.EXT``; weights whose architecture cannot be rebuilt here go out
       as hpo's own ``state_dict`` (``model.pt``, the head still wrapped), with the reason.
@@ -77,7 +79,7 @@ def export_model(trial: "FrozenTrial", task: "TaskSpec", out: str | os.PathLike[
 
 
 def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
-    state, epoch = _checkpoint_model(path)
+    state, epoch, adapter = _checkpoint_model(path)
     if state is None or task.kind not in ("image_classification", "text_classification"):
         target = out / f"best-checkpoint{path.suffix or '.pt'}"
         shutil.copyfile(path, target)
@@ -88,6 +90,8 @@ def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
     import torch
 
     try:
+        if task.kind == "text_classification" and adapter:
+            return _write_adapter(task, state, adapter, out / MODEL_DIR, epoch)
         if task.kind == "text_classification":
             folder = out / MODEL_DIR
             labels = transformers_save_pretrained(task, state, folder)
@@ -128,21 +132,57 @@ def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
         }
 
 
-def _checkpoint_model(path: Path) -> tuple[dict[str, Any] | None, int | None]:
-    """The model ``state_dict`` and epoch of an hpo checkpoint (final or not); ``(None,
-    None)`` for any other file."""
+def _checkpoint_model(path: Path
+                      ) -> tuple[dict[str, Any] | None, int | None, str | None]:
+    """The model ``state_dict``, the epoch and the adapter's config (JSON; None without an
+    adapter) of an hpo checkpoint (final or not); ``(None, None, None)`` for any other file."""
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a torch file (a custom job's own format)
-        return None, None
+        return None, None, None
     model = obj.get("model") if isinstance(obj, Mapping) else None
     if not isinstance(model, Mapping) or not model or not all(
             isinstance(v, torch.Tensor) for v in model.values()):
-        return None, None
+        return None, None, None
     epoch = obj.get("epoch")
-    return dict(model), int(epoch) if isinstance(epoch, int) else None
+    adapter = obj.get("adapter")
+    return (dict(model), int(epoch) if isinstance(epoch, int) else None,
+            adapter if isinstance(adapter, str) else None)
+
+
+def _write_adapter(task: "TaskSpec", state: Mapping[str, Any], adapter: str, folder: Path,
+                   epoch: int | None) -> dict[str, Any]:
+    """An adapter trial's export: what peft's ``save_pretrained`` writes
+    (``adapter_config.json``, ``adapter_model.safetensors``: the LoRA matrices and the head)
+    and the tokenizer."""
+    from hpo.job.adapter import rebuild_adapter
+    from hpo.job.text import load_tokenizer, pretrained_classifier
+    from hpo.job.text_data import load_texts
+    from hpo.spec import resolve_model
+
+    labels = list(load_texts(task.dataset, {}).label_names)
+    base, _ = pretrained_classifier(task.model, labels, task.weights)
+    rebuild_adapter(base, adapter, state).save_pretrained(folder)
+    load_tokenizer(task.model, {}).save_pretrained(folder)
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    where, model = str(folder), resolve_model(task.model)
+    record = {
+        "path": f"{MODEL_DIR}/", "format": "peft adapter", "classes": len(labels),
+        "epoch": epoch, "base": model,
+        "load": ("from transformers import AutoModelForSequenceClassification, AutoTokenizer; "
+                 "from peft import PeftModel; base = AutoModelForSequenceClassification."
+                 f"from_pretrained({model!r}, num_labels={len(labels)}, "
+                 f"id2label={dict(enumerate(labels))!r}); model = PeftModel.from_pretrained("
+                 f"base, {where!r}); tokenizer = AutoTokenizer.from_pretrained({where!r})"),
+        "bytes": sum(f.stat().st_size for f in files),
+        "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
+    }
+    if task.weights not in (None, "DEFAULT"):
+        record["note"] = (f"the adapter's base is {model} with the weights of {task.weights} "
+                          "loaded over it (load_state_dict(strict=False)), as the trial had it")
+    return record
 
 
 def unwrap_head(state: Mapping[str, Any], reference: Iterable[str]) -> dict[str, Any]:

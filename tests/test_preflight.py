@@ -77,7 +77,7 @@ def test_no_preflight_skips_the_model_files_too(tmp_path):
     assert sorted(optuna.get_all_study_names(storage=url)) == ["other", "texts"]
 
 
-@pytest.mark.parametrize("name", ["digits", "vader_minilm"])
+@pytest.mark.parametrize("name", ["digits", "vader_minilm", "vader_minilm_lora"])
 def test_shipped_offline_specs_pass_preflight(name, tmp_path):
     url = _storage(tmp_path)
     spec = ROOT / "search_spaces" / f"{name}.yaml"

@@ -7,6 +7,10 @@ epoch is *final*: the model, the epoch and the progress alone, a third of the si
 (the optimizer's two moments are twice the weights). A resume from it trains nothing: it
 finds the loop done and returns the trial's result (a trial whose worker died between its
 last epoch and the tell); ``hpo export`` takes the weights from it.
+
+Of a model with an adapter (``task.adapter``), every checkpoint holds the adapter and the head
+alone (``model_state``), and ``"adapter"``, its peft config (JSON): the frozen rest is the
+pretrained model's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from hpo.job.adapter import adapter_config, adapter_state, is_adapted, load_adapter_state
 from hpo.job.errors import JobSetupError
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,20 @@ def _strip(name: str) -> str:
     return name
 
 
+def model_state(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint keeps of ``model``: its ``state_dict``, or of a model with an adapter
+    the adapter's weights and the head (``hpo.job.adapter.adapter_state``)."""
+    return adapter_state(model) if is_adapted(model) else model.state_dict()
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """Load what ``model_state`` kept, strictly: every tensor that it saves."""
+    if is_adapted(model):
+        load_adapter_state(model, state)
+    else:
+        model.load_state_dict(state)
+
+
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
                     progress: dict, final: bool = False) -> None:
     """Write the trial's state after ``epoch`` (1-based) atomically to ``path``.
@@ -88,12 +107,13 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
     finished trial needs; the optimizer, scheduler, scaler and RNG states are left out.
     """
     if final:
-        _save_atomically({"epoch": epoch, "model": model.state_dict(),
-                          "progress": dict(progress), "final": True}, path)
+        _save_atomically({"epoch": epoch, "model": model_state(model),
+                          "progress": dict(progress), "final": True, **_adapter(model)}, path)
         return
     state = {
         "epoch": epoch,
-        "model": model.state_dict(),
+        "model": model_state(model),
+        **_adapter(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -107,9 +127,14 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
 
 
 def save_model(path: Path, *, model: nn.Module, epoch: int) -> None:
-    """Write the model alone, ``{"model": state_dict, "epoch": epoch}``, atomically to
-    ``path``: what a final fit keeps (no optimizer state to resume with)."""
-    _save_atomically({"epoch": epoch, "model": model.state_dict()}, path)
+    """Write the model alone, ``{"model": state_dict, "epoch": epoch}`` (``model_state``),
+    atomically to ``path``: what a final fit keeps (no optimizer state to resume with)."""
+    _save_atomically({"epoch": epoch, "model": model_state(model), **_adapter(model)}, path)
+
+
+def _adapter(model: nn.Module) -> dict[str, str]:
+    # Only with an adapter: other checkpoints keep exactly the keys they always had.
+    return {"adapter": adapter_config(model)} if is_adapted(model) else {}
 
 
 def _save_atomically(state: dict, path: Path) -> None:
@@ -144,9 +169,9 @@ def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler,
             raise JobSetupError(
                 f"checkpoint {path} is final (weights only, written after epoch {epoch}), "
                 f"but the trial plans {epochs} epochs: it cannot resume training")
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"])
         return epoch, progress
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from hpo.job.adapter import parameter_counts
 from hpo.job.device import Device
 from hpo.job.step import logits, to_device
 
@@ -26,11 +27,11 @@ LATENCY_ATTR, LATENCY_BATCH_ATTR = "latency_ms", "latency_ms_batch"
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """``params`` (all of the model's parameters) and ``trainable_params`` (those with
-    ``requires_grad``, as the freeze policy left them)."""
-    params = list(model.parameters())
-    return {PARAMS_ATTR: sum(p.numel() for p in params),
-            TRAINABLE_PARAMS_ATTR: sum(p.numel() for p in params if p.requires_grad)}
+    """``params`` (all of the model's parameters) and ``trainable_params`` (those the freeze
+    policy, or a LoRA adapter, leaves trainable), as ``hpo.job.adapter.parameter_counts``
+    counts them."""
+    trainable, total = parameter_counts(model)
+    return {PARAMS_ATTR: total, TRAINABLE_PARAMS_ATTR: trainable}
 
 
 def measure_latency(model: nn.Module, examples: Dataset, collate: Any, dev: Device,

@@ -33,7 +33,8 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
 
     Args:
         task: the ``TaskSpec``.
-        params: the trial's hyperparameters (``dropout`` is used here).
+        params: the trial's hyperparameters (``dropout`` and, with ``task.adapter``, the
+            ``lora_*`` ones are used here).
         cache: the worker's cache (texts, tokenizer, tokenized splits).
         final: train on train + val and test on the test split (``hpo retrain``).
 
@@ -51,12 +52,21 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
         train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
     model, new = pretrained_classifier(task.model, source.label_names, task.weights)
     set_head_dropout(model, params["dropout"])
-    base = {id(p) for p in model.base_model.parameters()}
-    head = [p for name, p in model.named_parameters() if id(p) not in base or name in new]
+    if task.adapter is not None:
+        from hpo.job.adapter import add_lora
+
+        # Only the adapter and the head train, all of them at lr: the "head" of the freeze
+        # policies and of the optimizer's groups; no blocks to freeze.
+        model = add_lora(model, task.adapter, params)
+        head, blocks = [p for p in model.parameters() if p.requires_grad], []
+    else:
+        base = {id(p) for p in model.base_model.parameters()}
+        head = [p for name, p in model.named_parameters() if id(p) not in base or name in new]
+        blocks = _blocks(model)
     return TrainingSetup(
         model=model,
         head=head,
-        blocks=_blocks(model),
+        blocks=blocks,
         train_set=train_set,
         val_set=val_set,
         num_classes=len(source.label_names),

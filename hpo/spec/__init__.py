@@ -8,8 +8,9 @@ The spec is stored whole in the study (``Spec.to_dict``), so a worker on another
 only the study name and the storage URL.
 """
 
+from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_targets
 from hpo.spec._parse import load_spec, parse_spec
-from hpo.spec._task import load_entrypoint
+from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._sample import suggest
 from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
 from hpo.spec._schema import (
@@ -28,10 +29,10 @@ from hpo.spec._schema import (
     Spec,
     TaskSpec,
     max_epochs,
-    resolve_model,
 )
 
 __all__ = [
+    "ADAPTER_PARAMS", "LORA_PRESETS", "AdapterSpec", "lora_targets",
     "FREEZE_POLICIES", "HYPERPARAMETERS", "OBJECTIVES", "OPTIMIZERS", "PRUNER_OPTIONS",
     "SAMPLER_OPTIONS", "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter",
     "LatencySpec", "ParamSpec", "ResourcesSpec", "Spec", "StudySection", "TaskSpec",

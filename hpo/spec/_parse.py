@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.errors import SpecError
+from hpo.spec._adapter import ADAPTER_PARAMS
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, PRUNER_OPTIONS, SAMPLER_OPTIONS,
@@ -51,6 +52,7 @@ def load_spec(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec
     return parse_spec(raw, source=source, default_name=p.stem, check_files=check_files)
 
 
+_NOT_WITH_ADAPTER = ("freeze", "freeze_k", "backbone_lr_mult")
 _TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget", "resources")
 
 
@@ -114,6 +116,9 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
         kind = allowed[key]
         if kind == "pruner":
             wrapped = _parse_component(value, at / key, "pruner")
+            if wrapped.name == "promotion":
+                raise (at / key / "name").error(
+                    "the promotion pruner pauses trials and cannot be wrapped")
             options[key] = {"name": wrapped.name, **wrapped.options}
         elif key == "max_resource" and value == "auto":
             options[key] = value
@@ -131,6 +136,13 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     for key in ("interval_steps", "reduction_factor", "n_min_trials"):
         if key in options and options[key] < 1:
             raise (at / key).error(f"expected an integer >= 1, got {options[key]}")
+    if name == "promotion":  # rungs are epoch ends: 1 epoch, then 1 * factor, ...
+        if options.get("min_resource", 1) < 1:
+            raise (at / "min_resource").error(
+                f"expected epochs >= 1, got {options['min_resource']}")
+        if options.get("reduction_factor", 3) < 2:
+            raise (at / "reduction_factor").error(
+                f"expected an integer >= 2, got {options['reduction_factor']}")
     return ComponentSpec(name=name, options=options)
 
 
@@ -159,6 +171,14 @@ def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
 
 
 def _check_cross(spec: Spec, at: _At) -> None:
+    for p in spec.search_space:
+        if p.name in ADAPTER_PARAMS and spec.task.adapter is None:
+            raise (at / "search_space" / p.name).error(
+                "a LoRA hyperparameter needs an adapter: task.adapter: {kind: lora}")
+        if p.name in _NOT_WITH_ADAPTER and spec.task.adapter is not None:
+            raise (at / "search_space" / p.name).error(
+                "not used with task.adapter: the pretrained model is frozen, and the adapter "
+                "and the head train at lr")
     if spec.sampler.name == "grid":
         for p in spec.search_space:
             if not p.searched:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpo.spec._adapter import ADAPTER_PARAMS
 from hpo.spec._schema import HYPERPARAMETERS, Spec
 
 
@@ -19,9 +20,11 @@ def suggest(trial, spec: Spec) -> dict[str, Any]:
         spec: the study spec.
 
     Returns:
-        Every hyperparameter of ``HYPERPARAMETERS``: sampled, fixed, task default or default.
+        Every hyperparameter of ``HYPERPARAMETERS``: sampled, fixed, task default or default
+        (the ``lora_*`` ones only with ``task.adapter``).
     """
-    params: dict[str, Any] = {name: hp.default for name, hp in HYPERPARAMETERS.items()}
+    params: dict[str, Any] = {name: hp.default for name, hp in HYPERPARAMETERS.items()
+                              if spec.task.adapter or name not in ADAPTER_PARAMS}
     params["freeze"] = spec.task.freeze
     params["freeze_k"] = spec.task.freeze_k
     for p in spec.search_space:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from hpo.spec._study import StudySection  # it imports this module
+
+from hpo.spec._adapter import LORA_PRESETS, AdapterSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -80,6 +81,12 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "backbone_lr_mult": Hyperparameter(1.0, _positive, "pretrained layers get lr x this"),
     "freeze": Hyperparameter("none", _one_of(FREEZE_POLICIES), "none | head_only | first_k"),
     "freeze_k": Hyperparameter(0, _non_negative_int, "blocks frozen by first_k"),
+    # With task.adapter only (ADAPTER_PARAMS): peft's LoraConfig(r, lora_alpha, lora_dropout).
+    "lora_r": Hyperparameter(8, _positive_int, "LoRA rank: the adapter matrices' inner size"),
+    "lora_alpha": Hyperparameter(8, _positive, "LoRA scale: updates are scaled by alpha / r"),
+    "lora_dropout": Hyperparameter(0.0, _unit_interval, "dropout on the LoRA path's input"),
+    "lora_target": Hyperparameter(None, _one_of(tuple(LORA_PRESETS)),
+                                  "preset of LORA_PRESETS; default task.adapter's modules"),
 }
 
 
@@ -242,6 +249,8 @@ class TaskSpec:
     tokenized text), else 4 with CUDA."""
     seed: int = 0
     """Seed of the data split and subsample (the same for every trial)."""
+    adapter: AdapterSpec | None = None
+    """Text only: train a LoRA adapter (and the head) in the frozen pretrained model."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +304,8 @@ class Spec:
                 if k == "kind" or v != _TASK_DEFAULTS.get(k)}
         if self.task.dataset:
             task["dataset"] = dict(self.task.dataset)
+        if self.task.adapter:
+            task["adapter"] = self.task.adapter.to_dict()
         return {
             "study": self.study.to_dict(),
             "task": task,
@@ -357,6 +368,7 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
                   "bootstrap_count": _INT},
     "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
+    "promotion": {"min_resource": _INT, "reduction_factor": _INT},
     "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
                   "interval_steps": _INT},
     "none": {},
@@ -368,23 +380,3 @@ def max_epochs(spec: Spec) -> int:
     """The largest number of epochs a trial of this spec can run."""
     p = spec.param("epochs")
     return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
-
-
-def resolve_model(model: "str | os.PathLike[str]") -> str:
-    """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
-    package (found without importing it); anything else is returned as it is.
-
-    Raises:
-        ModuleNotFoundError: the package is not installed.
-    """
-    model = os.fspath(model)
-    if not model.startswith("pkg:"):
-        return model
-    import importlib.util
-    from pathlib import Path
-
-    package, _, sub = model[4:].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise ModuleNotFoundError(f"no installed package {package!r}")
-    return str(Path(list(found.submodule_search_locations)[0]) / sub)

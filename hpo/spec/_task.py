@@ -4,13 +4,15 @@ options; or a ``custom`` task's entrypoint."""
 from __future__ import annotations
 
 import re
+import os
 from pathlib import Path
 from typing import Any, Callable
 
+from hpo.spec._adapter import ADAPTER_KINDS, LORA_PRESETS, AdapterSpec
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _bool, _fraction, _is_int,
-    _non_negative_int, _one_of, _positive_int, resolve_model,
+    _non_negative_int, _one_of, _positive_int,
 )
 
 
@@ -70,6 +72,15 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
             continue
         (at / key).checked(value, check)
         out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
+    if "adapter" in d:
+        if kind != "text_classification":
+            raise (at / "adapter").error(
+                "an adapter (LoRA) is for text_classification (transformers) models; a "
+                "torchvision model trains in part with freeze instead")
+        out["adapter"] = _parse_adapter(d["adapter"], at / "adapter")
+        if out.get("freeze", "none") != "none":
+            raise (at / "freeze").error("with an adapter the pretrained model is frozen and "
+                                        "the adapter trains; expected none (or no freeze)")
     task = TaskSpec(**out)
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
@@ -104,6 +115,28 @@ def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpe
             raise (at / "entrypoint").error(f"cannot import {entrypoint}: {e}") from None
     seed = (at / "seed").checked(d.get("seed", 0), _non_negative_int)
     return TaskSpec(kind="custom", entrypoint=entrypoint, seed=seed)
+
+
+def _parse_adapter(raw: Any, at: _At) -> AdapterSpec:
+    """``task.adapter``: ``{kind: lora, target_modules: PRESET or [module names]}``."""
+    d = at.mapping(raw, ("kind", "target_modules"))
+    at.require(d, ("kind",), "an adapter names its kind (lora)")
+    if d["kind"] not in ADAPTER_KINDS:
+        raise (at / "kind").error(f"expected one of {', '.join(ADAPTER_KINDS)}, "
+                                  f"got {_show(d['kind'])}")
+    targets = d.get("target_modules", AdapterSpec.target_modules)
+    expected = (f"a preset ({', '.join(LORA_PRESETS)}) or a list of module names")
+    if isinstance(targets, str):
+        if targets not in LORA_PRESETS:
+            raise (at / "target_modules").error(f"expected {expected}, got {_show(targets)}")
+    elif isinstance(targets, list) and targets:
+        for i, name in enumerate(targets):
+            (at / "target_modules" / i).typed(name, _STR)
+        targets = tuple(targets)
+    else:
+        got = "an empty list" if targets == [] else _show(targets)
+        raise (at / "target_modules").error(f"expected {expected}, got {got}")
+    return AdapterSpec(kind=d["kind"], target_modules=targets)
 
 
 def load_entrypoint(entrypoint: str) -> Callable[..., float]:
@@ -198,3 +231,23 @@ def _check_model(task: TaskSpec, at: _At, check_files: bool) -> None:
 def _looks_like_path(s: str) -> bool:
     return s.startswith(("/", "./", "../", "~")) or s.endswith((".pt", ".pth", ".bin",
                                                                  ".safetensors"))
+
+
+def resolve_model(model: "str | os.PathLike[str]") -> str:
+    """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
+    package (found without importing it); anything else is returned as it is.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed.
+    """
+    model = os.fspath(model)
+    if not model.startswith("pkg:"):
+        return model
+    import importlib.util
+    from pathlib import Path
+
+    package, _, sub = model[4:].partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError(f"no installed package {package!r}")
+    return str(Path(list(found.submodule_search_locations)[0]) / sub)
