@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hpo.artifacts import artifact_dir, has_checkpoint
 from hpo.errors import HpoError
 from hpo.provenance import DATA_PATH_KEYS, environment_record, package_versions
-from hpo.records import (CHECKPOINT_ARTIFACT_ATTR, CHECKPOINT_ATTR, VERSION_ATTR, best_or_none,
-                         iso, trial_record)
+from hpo.records import (CHECKPOINT_ARTIFACT_ATTR, CHECKPOINT_ATTR, VERSION_ATTR, iso,
+                         trial_record, val_loss)
 from hpo.storage import redact, resolve_url
 from hpo.weights import export_model
 
@@ -46,7 +46,8 @@ FORMATS = ("csv", "json")
 ATTR_COLUMNS = ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
                 "samples_per_second", "device", "host", "worker", "peak_memory_mb",
                 "prune_reason", "fail_reason", "checkpoint")
-EXPORTED_TRIAL_KEYS = ("number", "value", "params", "intermediate_values", "user_attrs")
+EXPORTED_TRIAL_KEYS = ("number", "value", "values", "params", "intermediate_values",
+                       "user_attrs")
 """What ``record.json`` keeps of the best trial's record (``hpo.records.trial_record``)."""
 
 
@@ -75,7 +76,7 @@ def trial_rows(study: "optuna.Study", artifacts_dir: str | os.PathLike[str] | No
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name,
-            "value": t.value,
+            "value": val_loss(t),
             "datetime_start": iso(start),
             "datetime_complete": iso(end),
             "duration_seconds": round((end - start).total_seconds(), 3) if start and end
@@ -195,6 +196,7 @@ def export_best(
     *,
     storage_url: str | None = None,
     artifacts: str | os.PathLike[str] | None = None,
+    trial_number: int | None = None,
 ) -> dict[str, Any]:
     """Write the best trial's spec, model weights, reproducibility record and trials table.
 
@@ -204,16 +206,19 @@ def export_best(
         out: the folder to write into (created).
         storage_url: the study database, to find the artifact store and to name it (redacted).
         artifacts: the artifact store's folder, where not the default.
+        trial_number: export this complete trial instead of the best (a study of several
+            objectives needs it: one of its Pareto set).
 
     Returns:
         The record (also written as ``record.json``).
 
     Raises:
-        HpoError: the study has no complete trial, or ``out`` is a file.
+        HpoError: no complete trial, no such complete trial, several objectives and no
+            ``trial_number``, or ``out`` is a file.
     """
-    best = best_or_none(study)
-    if best is None:
-        raise HpoError(f"study {study.study_name!r} has no complete trial to export")
+    from hpo.study import pick_trial
+
+    best = pick_trial(study, trial_number, "export")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HpoError(f"--out {out} is a file; give a folder")
@@ -223,8 +228,8 @@ def export_best(
     spec_dict = best_spec_dict(spec, best)
     spec_path = out / "spec.yaml"
     write_spec_yaml(spec_dict, spec_path, (
-        f"The best configuration of study {study.study_name}: trial {best.number}, "
-        f"val loss {best.value:.6f}.\n"
+        f"The {'chosen' if trial_number is not None else 'best'} configuration of study "
+        f"{study.study_name}: trial {best.number}, val loss {val_loss(best):.6f}.\n"
         f"Exported by hpo {package_versions(['hpo']).get('hpo', '?')} on "
         f"{dt.datetime.now().isoformat(timespec='seconds')}.\n"
         "Each param is fixed (a one-choice categorical); no pruning; one trial.\n"
@@ -241,6 +246,7 @@ def export_best(
         "storage": redact(url, url),
         "exported": dt.datetime.now().isoformat(timespec="seconds"),
         "trial": trial,
+        "picked": "best" if trial_number is None else "--trial",
         "spec": spec_path.name,
         "model": model,
         "seeds": {
@@ -263,9 +269,10 @@ def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
     """What ``hpo export`` prints: each file it wrote, what it is and how to load it."""
     trial, model = record["trial"], record["model"]
     out = Path(out)
-    lines = [f"hpo: best trial #{trial['number']} of {record['study']} (val loss "
+    which = "trial" if record.get("picked") == "--trial" else "best trial"
+    lines = [f"hpo: {which} #{trial['number']} of {record['study']} (val loss "
              f"{trial['value']:.6f}) exported to {out}/",
-             f"  {'spec.yaml':<18} the best params fixed; run it: hpo run {out / 'spec.yaml'}"]
+             f"  {'spec.yaml':<18} its params fixed; run it: hpo run {out / 'spec.yaml'}"]
     if model["path"]:
         size = f"{model['bytes'] / 1e6:.1f} MB"
         after = f", after epoch {model['epoch']}" if model.get("epoch") else ""

@@ -26,6 +26,7 @@ STATE_COLORS = {
 }
 FIGURE_TITLES = {
     "history": "Optimization history",
+    "pareto": "Pareto front",
     "curves": "Learning curves",
     "parallel": "Parallel coordinates",
     "importances": "Hyperparameter importances",
@@ -40,7 +41,8 @@ FIGURE_TITLES = {
 def study_figures(study: "optuna.Study", savings: dict[str, Any]) -> "dict[str, go.Figure]":
     """Every figure of a study's report, by key (see ``FIGURE_TITLES``), titled.
 
-    Figures that need complete trials show a note instead where there are too few.
+    Figures that need complete trials show a note instead where there are too few. A study of
+    several objectives has the Pareto front too; the others show its validation loss.
 
     Args:
         study: the study.
@@ -48,6 +50,7 @@ def study_figures(study: "optuna.Study", savings: dict[str, Any]) -> "dict[str, 
     """
     figures = {
         "history": history_figure(study),
+        **({"pareto": pareto_figure(study)} if len(study.directions) > 1 else {}),
         "curves": learning_curves_figure(study),
         "parallel": parallel_figure(study),
         "importances": importances_figure(study),
@@ -64,6 +67,28 @@ def _complete(study: "optuna.Study") -> "list[FrozenTrial]":
     from optuna.trial import TrialState
 
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _val_loss(study: "optuna.Study") -> Any:
+    """Optuna's ``target`` for its plots: None (the value) with one objective, else the first
+    of the values, the validation loss (Optuna's plots refuse several objectives without)."""
+    return None if len(study.directions) == 1 else (lambda t: t.values[0])
+
+
+def pareto_figure(study: "optuna.Study") -> "go.Figure":
+    """The complete trials by their objectives, the Pareto set highlighted (Optuna's plot):
+    one panel of two objectives, or three in 3D."""
+    import optuna.visualization as vis
+
+    from hpo.records import objectives
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    names = objectives(study)
+    if len(names) > 3:  # Optuna draws 2 or 3 objectives: the loss against the first two more
+        return vis.plot_pareto_front(study, targets=lambda t: t.values[:3],
+                                     target_names=names[:3])
+    return vis.plot_pareto_front(study, target_names=names)
 
 
 def placeholder_figure(text: str) -> "go.Figure":
@@ -85,7 +110,7 @@ def history_figure(study: "optuna.Study") -> "go.Figure":
 
     if not _complete(study):
         return placeholder_figure("no complete trial yet")
-    fig = vis.plot_optimization_history(study, target_name="val loss")
+    fig = vis.plot_optimization_history(study, target=_val_loss(study), target_name="val loss")
     fig.update_yaxes(title_text="best validation loss of the trial")
     return fig
 
@@ -128,7 +153,7 @@ def parallel_figure(study: "optuna.Study") -> "go.Figure":
 
     if not _complete(study):
         return placeholder_figure("no complete trial yet")
-    return vis.plot_parallel_coordinate(study, target_name="val loss")
+    return vis.plot_parallel_coordinate(study, target=_val_loss(study), target_name="val loss")
 
 
 def importances_figure(study: "optuna.Study") -> "go.Figure":
@@ -140,7 +165,8 @@ def importances_figure(study: "optuna.Study") -> "go.Figure":
         return placeholder_figure(f"importances need at least 2 complete trials; this study "
                                   f"has {n}")
     try:
-        return vis.plot_param_importances(study, target_name="val loss")
+        return vis.plot_param_importances(study, target=_val_loss(study),
+                                          target_name="val loss")
     except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
         return placeholder_figure(f"importances could not be computed: {e}")
 
@@ -151,7 +177,7 @@ def slice_figure(study: "optuna.Study") -> "go.Figure":
 
     if not _complete(study):
         return placeholder_figure("no complete trial yet")
-    fig = vis.plot_slice(study, target_name="val loss")
+    fig = vis.plot_slice(study, target=_val_loss(study), target_name="val loss")
     fig.update_layout(width=None)  # Optuna sets 300 px per param: let the page decide
     return fig
 

@@ -52,11 +52,16 @@ def is_paused(trial: "FrozenTrial") -> bool:
 
 
 def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
-    """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs."""
+    """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs.
+
+    ``value`` is the validation loss; a trial of several objectives has ``values`` too, one
+    per objective (the study's ``objectives``), its first the same validation loss."""
+    several = trial.values is not None and len(trial.values) > 1
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "value": trial.value,
+        "value": val_loss(trial),
+        **({"values": list(trial.values)} if several else {}),
         "params": dict(trial.params),
         "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
         "user_attrs": dict(trial.user_attrs),
@@ -65,13 +70,52 @@ def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
     }
 
 
+def val_loss(trial: "FrozenTrial") -> float | None:
+    """A trial's validation loss: its value, or its first value in a study of several
+    objectives (``val_loss`` is always the first); None before it completed."""
+    return trial.values[0] if trial.values else None
+
+
+def objectives(study: "optuna.Study") -> list[str]:
+    """The names of the study's objectives, as its stored spec gives them (``val_loss`` for a
+    study of one)."""
+    spec = study.user_attrs.get(SPEC_ATTR) or {}
+    return list(spec.get("study", {}).get("objectives") or ["val_loss"])
+
+
+def pareto_trials(study: "optuna.Study") -> "list[FrozenTrial]":
+    """The complete trials no other beats on every objective (the Pareto set), by number; for
+    a study of one objective, its best trial alone."""
+    from optuna.trial import TrialState
+
+    if len(study.directions) == 1:
+        best = best_or_none(study)
+        return [] if best is None else [best]
+    return pareto_front(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def pareto_front(trials: "Iterable[FrozenTrial]") -> "list[FrozenTrial]":
+    """The trials of ``trials`` with values that no other's dominate (as low or lower on
+    every objective, lower on one: every objective of hpo is minimized), by number."""
+    done = [t for t in trials if t.values]
+    return sorted((t for t in done if not any(_dominates(u.values, t.values) for u in done)),
+                  key=lambda t: t.number)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
 def devices(device: str, world_size: int | None) -> str:
     """A trial's devices as shown: ``cpu``, ``cuda:NVIDIA H200 x2`` (a gang of ranks)."""
     return f"{device} x{world_size}" if world_size and world_size > 1 else device
 
 
 def best_or_none(study: "optuna.Study") -> "FrozenTrial | None":
-    """The study's best complete trial, or None before the first one completed."""
+    """The study's best complete trial, or None before the first one completed. With several
+    objectives: the trial of the Pareto set with the lowest validation loss."""
+    if len(study.directions) > 1:
+        return min(pareto_trials(study), key=val_loss, default=None)
     try:
         return study.best_trial
     except ValueError:

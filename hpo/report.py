@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo import __version__
 from hpo.figures import FIGURE_TITLES, comparison_figure, study_figures
-from hpo.records import best_or_none, devices, format_value, safe_name, state_counts
+from hpo.records import best_or_none, devices, format_value, safe_name, state_counts, val_loss
+from hpo.summary import format_params, pareto_records
 
 if TYPE_CHECKING:
     import optuna
@@ -109,7 +110,9 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
     Returns:
         Plain JSON-ready data: ``study``, ``counts`` (every state), ``best`` (None before the
         first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
-        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``.
+        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``; with several
+        objectives ``pareto`` too, the Pareto set (``number``, ``objectives``, ``params``),
+        and ``best`` is its trial of the lowest validation loss.
     """
     trials = study.get_trials(deepcopy=False)
     counts = state_counts(trials)
@@ -122,14 +125,18 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
     best_trial = best_or_none(study)
     best = None if best_trial is None else {
         "number": best_trial.number,
-        "value": best_trial.value,
+        "value": val_loss(best_trial),
         "params": dict(best_trial.params),
         "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
         "device": best_trial.user_attrs.get("device"),
         "world_size": best_trial.user_attrs.get("world_size", 1),
     }
-    return {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
-            "savings": savings(trials)}
+    numbers = {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
+               "savings": savings(trials)}
+    if len(study.directions) > 1:
+        numbers["pareto"] = [{k: r[k] for k in ("number", "objectives", "params")}
+                             for r in pareto_records(study)]
+    return numbers
 
 
 def progress(study: "optuna.Study") -> dict[str, list[float]]:
@@ -146,8 +153,8 @@ def progress(study: "optuna.Study") -> dict[str, list[float]]:
             continue
         n += 1
         hours += trial_cost(t)["seconds_run"] / 3600
-        if t.state.name == "COMPLETE" and t.value is not None:
-            best = min(best, t.value)
+        if t.state.name == "COMPLETE" and t.values:
+            best = min(best, val_loss(t))
         if math.isfinite(best):
             out["trials"].append(n)
             out["device_hours"].append(hours)
@@ -189,6 +196,7 @@ def render_html(
         f'<p class="meta">{html.escape(_generated(storage))}</p>',
         _numbers_table([numbers, *others]),
         _best_table(numbers),
+        _pareto_table(numbers),
         _reasons(numbers),
         # Machine-readable numbers; "<\/" keeps a study name from closing the script early.
         '<script type="application/json" id="hpo-numbers">'
@@ -223,7 +231,8 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
         lines.append(f"- ran {s['epochs_run']:g} of {s['epochs_planned']:g} planned epochs, "
                      f"{s['device_hours_run']:.3f} of {s['device_hours_planned']:.3f} "
                      f"device-hours ({s['saved_fraction']:.0%} saved)")
-    figures = ", ".join(t for k, t in FIGURE_TITLES.items() if k != "comparison")
+    figures = ", ".join(t for k, t in FIGURE_TITLES.items()
+                        if k != "comparison" and (k != "pareto" or "pareto" in numbers))
     lines.append(f"- figures on the study's page: {figures}")
     if report_path:
         lines.append(f"- HTML report: `{report_path}`")
@@ -348,8 +357,23 @@ def _best_table(numbers: dict[str, Any]) -> str:
     acc_s = f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
     if best.get("device"):
         acc_s += f", on {html.escape(devices(best['device'], best.get('world_size')))}"
-    return (f"<h2>Best trial #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
+    what = "Lowest val loss of the Pareto set: trial" if "pareto" in numbers else "Best trial"
+    return (f"<h2>{what} #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
             f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>')
+
+
+def _pareto_table(numbers: dict[str, Any]) -> str:
+    front = numbers.get("pareto")
+    if not front:
+        return ""
+    names = list(front[0]["objectives"])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", *names, "hyperparameters"))
+    rows = "".join(
+        f"<tr><td>#{r['number']}</td>"
+        + "".join(f"<td>{format_value(v)}</td>" for v in r["objectives"].values())
+        + f"<td>{html.escape(format_params(r['params']))}</td></tr>" for r in front)
+    return (f"<h2>Pareto set: {len(front)} trials no other beats on every objective</h2>"
+            f'<table id="pareto-set"><tr>{head}</tr>{rows}</table>')
 
 
 def _reasons(numbers: dict[str, Any]) -> str:

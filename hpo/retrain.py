@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
-from hpo.records import RETRAIN_ATTR, VERSION_ATTR, best_or_none, safe_name
+from hpo.records import RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
 from hpo.spec import suggest
 from hpo.storage import redact, resolve_url
+from hpo.study import pick_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -49,31 +50,6 @@ class RetrainFailed(RuntimeError):
 def default_out(study_name: str) -> Path:
     """``retrain/STUDY`` with the name made safe for a folder."""
     return Path("retrain") / safe_name(study_name)
-
-
-def pick_trial(study: "optuna.Study", number: int | None = None) -> "FrozenTrial":
-    """The best complete trial, or trial ``number``, which must be complete.
-
-    Raises:
-        HpoError: no complete trial, no such trial, or it did not complete.
-    """
-    from optuna.trial import TrialState
-
-    name = study.study_name
-    if number is None:
-        best = best_or_none(study)
-        if best is None:
-            raise HpoError(f"study {name!r} has no complete trial to retrain")
-        return best
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise HpoError(f"study {name!r} has no trial #{number}"
-                       + (f" (its trials are #0-#{max(trials)})" if trials else ""))
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        raise HpoError(f"trial #{number} of study {name!r} is {trial.state.name}, not "
-                       "COMPLETE; retrain a complete trial (leave out --trial for the best)")
-    return trial
 
 
 def retrain_epochs(trial: "FrozenTrial", params: dict[str, Any],
@@ -125,7 +101,7 @@ def retrain(
                        f"({spec.task.entrypoint}); hpo retrain needs the built-in fine-tuning "
                        "job (image_classification or text_classification): retrain with your "
                        "own code from the params of hpo best")
-    trial = pick_trial(study, trial_number)
+    trial = pick_trial(study, trial_number, "retrain")
     out = Path(out) if out is not None else default_out(study.study_name)
     if out.exists() and not out.is_dir():
         raise HpoError(f"--out {out} is a file; give a folder")
@@ -197,7 +173,7 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
         "out": str(out),
         "trial": {
             "number": trial.number,
-            "val_loss": trial.value,
+            "val_loss": val_loss(trial),
             "val_accuracy": trial.user_attrs.get("val_accuracy"),
             "best_epoch": trial.user_attrs.get("best_epoch"),
             "epochs": trial.params.get("epochs", trial.user_attrs.get("epochs_planned")),

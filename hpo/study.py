@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from hpo import __version__
 from hpo._optuna import create_study_with_attrs
 from hpo.errors import HpoError, SpecError, StudyNotFoundError
-from hpo.records import SPEC_ATTR, VERSION_ATTR
+from hpo.records import SPEC_ATTR, VERSION_ATTR, best_or_none, pareto_trials
 from hpo.spec import Spec, max_epochs, parse_spec
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
 
 
 def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.Study":
@@ -36,7 +37,7 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.
         # The study and its spec in one transaction: a concurrent create of the same name
         # either loses here and compares specs below, or finds the winner's spec stored.
         create_study_with_attrs(
-            storage, [optuna.study.StudyDirection.MINIMIZE], name,
+            storage, [optuna.study.StudyDirection[d.upper()] for d in spec.study.directions], name,
             {SPEC_ATTR: spec.to_dict(), VERSION_ATTR: __version__})
     except optuna.exceptions.DuplicatedStudyError:
         stored = _stored_spec(storage, name)
@@ -115,6 +116,42 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     return path or "spec", old, new
 
 
+def pick_trial(study: "optuna.Study", number: int | None, purpose: str) -> "FrozenTrial":
+    """The best complete trial, or trial ``number``, which must be complete.
+
+    Args:
+        study: the study.
+        number: the trial (``--trial``); None: the best, which a study of several objectives
+            does not have (the user picks one of its Pareto set).
+        purpose: what the trial is for (``export``, ``retrain``), for the messages.
+
+    Raises:
+        HpoError: no complete trial, several objectives and no ``number``, no such trial, or
+            it did not complete.
+    """
+    from optuna.trial import TrialState
+
+    name = study.study_name
+    if number is None:
+        best = best_or_none(study)
+        if best is None:
+            raise HpoError(f"study {name!r} has no complete trial to {purpose}")
+        if len(study.directions) > 1:
+            front = ", ".join(f"#{t.number}" for t in pareto_trials(study))
+            raise HpoError(f"study {name!r} has several objectives and no one best trial; "
+                           f"give --trial N, one of its Pareto set: {front}")
+        return best
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise HpoError(f"study {name!r} has no trial #{number}"
+                       + (f" (its trials are #0-#{max(trials)})" if trials else ""))
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise HpoError(f"trial #{number} of study {name!r} is {trial.state.name}, not "
+                       f"COMPLETE; {purpose} a complete trial (leave out --trial for the best)")
+    return trial
+
+
 # --------------------------------------------------------------------------------------------
 # Factories.
 
@@ -136,6 +173,7 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampl
         "gp": optuna.samplers.GPSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "qmc": optuna.samplers.QMCSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
     }[name]
     return cls(**options)
 

@@ -9,7 +9,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import (RESUMED_FROM_ATTR, RETRAIN_ATTR, best_or_none, devices, format_value,
-                         iso, state_counts, trial_record)
+                         iso, objectives, pareto_trials, state_counts, trial_record, val_loss)
 
 if TYPE_CHECKING:
     import optuna
@@ -20,6 +20,24 @@ def best_record(study: "optuna.Study") -> dict[str, Any] | None:
     """The best complete trial of the study with the study's name, or None if none completed."""
     best = best_or_none(study)
     return None if best is None else {"study": study.study_name, **trial_record(best)}
+
+
+def pareto_records(study: "optuna.Study") -> list[dict[str, Any]]:
+    """The Pareto set of a study of several objectives, by trial number: each trial's record
+    (``hpo.records.trial_record``) with ``objectives``, objective name -> its value."""
+    names = objectives(study)
+    return [{"study": study.study_name, **trial_record(t),
+             "objectives": dict(zip(names, t.values))} for t in pareto_trials(study)]
+
+
+def best_text(study: "optuna.Study") -> str | None:
+    """What ``hpo best`` prints: the best trial, or the Pareto set of a study of several
+    objectives; None before a trial completed."""
+    if len(study.directions) > 1:
+        records = pareto_records(study)
+        return format_pareto(records) if records else None
+    record = best_record(study)
+    return None if record is None else format_best(record)
 
 
 def status_record(study: "optuna.Study") -> dict[str, Any]:
@@ -59,10 +77,12 @@ def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, An
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         counts = state_counts(study.get_trials(deepcopy=False))
+        # Optuna summarizes no best trial of a study of several objectives.
+        best = s.best_trial if s.directions is None else best_or_none(study)
         out.append({
             "study": s.study_name,
             "counts": {k: n for k, n in counts.items() if n},
-            "best_value": s.best_trial.value if s.best_trial else None,
+            "best_value": val_loss(best) if best else None,
             "created": iso(s.datetime_start),
         })
     return out
@@ -124,6 +144,21 @@ def format_best(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_pareto(records: list[dict[str, Any]]) -> str:
+    """The Pareto set as a table: trial, each objective, the hyperparameters."""
+    names = list(records[0]["objectives"])
+    head = ["trial", *names, "hyperparameters"]  # "params" may be an objective
+    rows = [[f"#{r['number']}", *(format_value(v) for v in r["objectives"].values()),
+             format_params(r["params"])] for r in records]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = [f"Pareto set of {records[0]['study']}: {len(records)} trials "
+             f"(none is beaten on every objective: {', '.join(names)})"]
+    for row in (head, *rows):
+        lines.append("  " + "  ".join(f"{x:<{w}}" for x, w in zip(row[:-1], widths)) + "  "
+                     + row[-1])
+    return "\n".join(lines)
+
+
 def format_studies(records: list[dict[str, Any]]) -> str:
     if not records:
         return "no studies"
@@ -142,7 +177,7 @@ def format_trial(trial: "FrozenTrial", done: int, n_trials: int | None, best: fl
     epochs = f"{attrs.get('epochs_run', len(trial.intermediate_values))}/" \
              f"{attrs.get('epochs_planned', trial.params.get('epochs', '?'))}"
     if trial.state.name == "COMPLETE":
-        what = f"val_loss {trial.value:.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
+        what = f"val_loss {val_loss(trial):.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
     elif trial.state.name == "PRUNED":
         reason = attrs.get("prune_reason", "pruned")
         what = f"pruned at step {max(trial.intermediate_values, default=0)}" + (

@@ -19,7 +19,8 @@ from hpo.figures import FIGURE_TITLES
 from hpo.report import savings, study_numbers, write_report
 from hpo.storage import open_storage
 
-STUDY_FIGURES = [k for k in FIGURE_TITLES if k != "comparison"]
+STUDY_FIGURES = [k for k in FIGURE_TITLES if k not in ("comparison", "pareto")]
+"""A single-objective study's figures: the Pareto front is a multi-objective study's."""
 
 
 def _numbers_in(page: str) -> list[dict]:
@@ -59,6 +60,7 @@ def test_report_figures_and_numbers_match_the_database(storage_url, tmp_path):
         assert f"<h2>{title}</h2>" in page, title
         assert f'id="hpo-{key}"' in page, key
         assert f'"text":"{title}"' in page, f"figure {key} lacks its title"
+    assert 'id="hpo-pareto"' not in page and 'id="pareto-set"' not in page
     # Self-contained: plotly.js inlined exactly once, nothing loaded from elsewhere.
     assert page.count("window.PlotlyConfig") == 1
     assert not re.search(r"<script[^>]*\bsrc=", page)

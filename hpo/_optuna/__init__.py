@@ -41,6 +41,7 @@ from hpo._optuna._trials import (
     no_experimental_warnings,
     requeue,
     retry_callback,
+    set_intermediate_value,
     set_user_attrs,
     tell,
 )
@@ -83,6 +84,6 @@ __all__ = [
     "GRPC_SERVICE", "HEARTBEAT_ATTR", "PRIVATE_NAMES", "BudgetTaken", "ProxyUnavailable", "ask",
     "backend_of", "create_study_with_attrs", "fail_and_retry", "fail_stale", "frozen", "grpc_server",
     "grpc_storage_class", "heartbeat", "import_grpc", "journal_storage_class",
-    "no_experimental_warnings", "requeue", "retry_callback", "set_user_attrs", "storage_class",
-    "tell",
+    "no_experimental_warnings", "requeue", "retry_callback", "set_intermediate_value",
+    "set_user_attrs", "storage_class", "tell",
 ]

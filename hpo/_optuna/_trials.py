@@ -123,7 +123,7 @@ def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Iterator[None]:
         thread.join()
 
 
-def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | None,
+def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | list[float] | None,
          state: "optuna.trial.TrialState | None") -> "tuple[optuna.trial.TrialState | None, str]":
     """Finish ``trial`` as ``study.optimize`` does.
 
@@ -145,9 +145,13 @@ def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | None,
         if now.state == TrialState.RUNNING:
             raise  # not a race: a genuine error of the tell
         if now.state == (state or TrialState.COMPLETE) and (
-                state is not None or now.value == value):
+                state is not None or now.values == _as_list(value)):
             return now.state, ""  # our own write landed before a lost connection's retry
         return None, f"trial {trial.number} was already {now.state.name} ({e})"
+
+
+def _as_list(value: float | list[float] | None) -> list[float] | None:
+    return None if value is None else value if isinstance(value, list) else [value]
 
 
 def frozen(study: "optuna.Study", trial: "optuna.Trial") -> "FrozenTrial":
@@ -228,6 +232,13 @@ def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
         return
     write(trial._trial_id, attrs)
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps
+
+
+def set_intermediate_value(trial: "optuna.Trial", value: float, step: int) -> None:
+    """``trial.report`` without its refusal of several objectives: the learning curve of a
+    multi-objective trial (which no pruner reads)."""
+    trial.storage.set_trial_intermediate_value(trial._trial_id, step, float(value))
+    trial._cached_frozen_trial.intermediate_values[step] = float(value)
 
 
 @contextlib.contextmanager

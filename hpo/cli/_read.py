@@ -20,12 +20,16 @@ def status(h: Handle) -> int:
 
 
 def best(h: Handle) -> int:
-    from hpo.summary import best_record, format_best
+    from hpo.summary import best_record, best_text, pareto_records
 
-    record = best_record(h.study)
-    if record is None:
+    study = h.study
+    text = best_text(study)
+    if text is None:
         raise HpoError(f"study {h.args.study!r} has no complete trial yet")
-    print(json.dumps(record, indent=2) if h.args.json else format_best(record))
+    if h.args.json:  # several objectives: the Pareto set, a list
+        several = len(study.directions) > 1
+        text = json.dumps(pareto_records(study) if several else best_record(study), indent=2)
+    print(text)
     return EXIT_OK
 
 
@@ -101,7 +105,8 @@ def export(h: Handle) -> int:
 
     study, spec = h.load()
     out = Path(h.args.out) if h.args.out else Path("exports") / default_path(h.args.study).stem
-    record = export_best(study, spec, out, storage_url=h.url, artifacts=h.args.artifacts)
+    record = export_best(study, spec, out, storage_url=h.url, artifacts=h.args.artifacts,
+                         trial_number=h.args.trial)
     say(format_export(record, out))
     return EXIT_OK
 

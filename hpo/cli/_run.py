@@ -49,7 +49,7 @@ def _launch(h: Handle, name: str) -> int:
         visible_gpus,
     )
     from hpo.storage import ENV_VAR
-    from hpo.summary import best_record, format_best, format_status, status_record
+    from hpo.summary import best_text, format_status, status_record
     from hpo.worker import describe_exit, launched_worker_name, reap_process
 
     args = h.args
@@ -88,9 +88,9 @@ def _launch(h: Handle, name: str) -> int:
 
     code = Supervisor(worker_args, slots, env={ENV_VAR: h.url}, say=say, status=live_view,
                       on_exit=hand_on).run()
-    best = best_record(study)
+    best = best_text(study)
     if best is not None:
-        say(format_best(best))
+        say(best)
     return code
 
 
@@ -99,9 +99,9 @@ def worker(h: Handle) -> int:
 
     from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
     from hpo.outage import outage_seconds
-    from hpo.records import is_continuation
+    from hpo.records import is_continuation, val_loss
     from hpo.study import make_sampler
-    from hpo.summary import best_record, format_best, format_trial
+    from hpo.summary import best_text, format_trial
     from hpo.worker import (
         MAX_CONSECUTIVE_FAILURES,
         RESTART_SEED_STRIDE,
@@ -131,7 +131,8 @@ def worker(h: Handle) -> int:
     def progress(trial: Any, trials: list[Any]) -> None:
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
                    for t in trials)  # configurations, as the budget counts them
-        best = min((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
+        best = min((val_loss(t) for t in trials if t.state == TrialState.COMPLETE),
+                   default=None)
         say(format_trial(trial, done, budget.n_trials, best))
 
     report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
@@ -148,9 +149,9 @@ def worker(h: Handle) -> int:
     if report.stopped_because == "preempted":
         return EXIT_PREEMPTED
     if not launched:
-        best = best_record(study)
+        best = best_text(study)
         if best is not None:
-            say(format_best(best))
+            say(best)
     return EXIT_OK
 
 

@@ -193,6 +193,9 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="the folder (default: exports/STUDY)")
     p.add_argument("--artifacts", metavar="DIR",
                    help="artifact store folder, where the checkpoint was uploaded elsewhere")
+    p.add_argument("--trial", type=int, metavar="N",
+                   help="export complete trial N instead of the best (a study of several "
+                        "objectives needs it: one of its Pareto set)")
 
 
 def _retrain(p: argparse.ArgumentParser) -> None:
@@ -200,7 +203,8 @@ def _retrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, metavar="N",
                    help="epochs to train (default: the trial's best_epoch, else its epochs)")
     p.add_argument("--trial", type=int, metavar="N",
-                   help="retrain complete trial N instead of the best")
+                   help="retrain complete trial N instead of the best (a study of several "
+                        "objectives needs it: one of its Pareto set)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,9 +247,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("status", "trial counts, best value and running trials",
             "Counts by state, the best value and the running trials with their latest epoch.",
             _read.status, shared=("json",)),
-    Command("best", "the best trial: params, val loss, curve",
+    Command("best", "the best trial (or the Pareto set): params, val loss, curve",
             "The best complete trial: its validation loss, hyperparameters, per-epoch "
-            "validation loss and attributes.",
+            "validation loss and attributes. A study of several objectives: its Pareto set, "
+            "a table of each trial's objectives and params (--json: a list of trials).",
             _read.best, shared=("json",)),
     Command("studies", "list the studies in the storage",
             "Every study in the storage with counts and best values.",
@@ -253,7 +258,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("report", "HTML report of a study; its figures into the dashboard",
             "Write a self-contained HTML report of STUDY that opens with no network "
             "(optimization history, learning curves, parallel coordinates, importances, "
-            "slices, timeline of workers, pruning savings) and save the same figures and a "
+            "slices, timeline of workers, pruning savings; the Pareto front of a study of several "
+            "objectives) and save the same figures and a "
             "summary note into the study for optuna-dashboard.",
             _read.report, _report),
     Command("dashboard", "start optuna-dashboard on the study database",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -24,3 +25,6 @@ class JobContext:
     final: bool = False
     """``hpo retrain``: fit on the train and val examples together (no validation, no
     pruning) and evaluate once on the test split at the end."""
+    latency: Any = None
+    """``hpo.spec.LatencySpec`` where ``latency_ms`` is an objective: measure the fitted
+    model's latency (``hpo.job.objectives``); ``None``: do not."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hpo.job.context import JobContext
 from hpo.job.device import free_memory, pick_device
 from hpo.job.fit import fit
-from hpo.job.state import TrainingSetup
+from hpo.job.objectives import count_parameters, measure_latency
+from hpo.job.ranks import Ranks
+from hpo.job.state import TrainingSetup, uses_channels_last
 from hpo.job.trial import Trial
 
 
@@ -19,6 +23,9 @@ def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
         task: the study's ``hpo.spec.TaskSpec``.
         params: every key of ``hpo.spec.HYPERPARAMETERS``.
         context: the worker's cache and this trial's checkpoint / resume paths.
+
+    Every trial gets the attrs ``params`` and ``trainable_params`` (``hpo.job.objectives``),
+    pruned or not; with ``context.latency`` set, a complete trial gets ``latency_ms`` too.
 
     Returns:
         The best validation loss of the trial (``inf`` for a final fit, which has no
@@ -34,10 +41,31 @@ def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
     # The same initial head and data order for every trial: trials differ by their params.
     torch.manual_seed(task.seed)
     setup = build(task, params, context.cache, final=context.final)
+    lead = Ranks.current().lead  # rank 0 alone talks to the trial
     try:
-        return fit(trial, setup, params, task, context)
+        try:
+            value = fit(trial, setup, params, task, context)
+        except BaseException:
+            if lead:  # a pruned or failed trial's counts too; its own error matters more
+                with contextlib.suppress(Exception):
+                    trial.set_attrs(count_parameters(setup.model))
+            raise
+        if lead:
+            trial.set_attrs(measure(setup, task, context.latency))
+        return value
     finally:
         release(setup)
+
+
+def measure(setup: TrainingSetup, task, latency) -> dict:
+    """The fitted model's parameter counts and, given ``latency`` (``hpo.spec.LatencySpec``)
+    and a validation set to draw inputs from, its latency (``hpo.job.objectives``)."""
+    attrs: dict = count_parameters(setup.model)
+    if latency is not None and setup.val_set is not None:
+        dev = pick_device(task.amp)
+        attrs.update(measure_latency(setup.model, setup.val_set, setup.collate, dev,
+                                     uses_channels_last(setup, task, dev), latency))
+    return attrs
 
 
 def build(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSetup:

@@ -148,8 +148,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
     ranks = Ranks.current()
     dev = pick_device(task.amp)
     reset_peak_memory(dev)
-    channels_last = setup.convolutional and (
-        task.channels_last if task.channels_last is not None else dev.cuda)
+    channels_last = uses_channels_last(setup, task, dev)
     model = setup.model.to(dev.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -216,6 +215,13 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         pauses=context.pauses,
         progress=progress, start_epoch=start_epoch,
         started=time.perf_counter() - progress.seconds)
+
+
+def uses_channels_last(setup: TrainingSetup, task, dev: Device) -> bool:
+    """Whether image batches go to the device in channels_last format (CNNs; by default on
+    CUDA)."""
+    return setup.convolutional and (
+        task.channels_last if task.channels_last is not None else dev.cuda)
 
 
 def _weighted(criterion: Callable[..., torch.Tensor], weight: float, *args: Any,

@@ -12,6 +12,7 @@ from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_ta
 from hpo.spec._parse import load_spec, parse_spec
 from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._sample import suggest
+from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
 from hpo.spec._schema import (
     FREEZE_POLICIES,
     HYPERPARAMETERS,
@@ -26,15 +27,14 @@ from hpo.spec._schema import (
     ParamSpec,
     ResourcesSpec,
     Spec,
-    StudySection,
     TaskSpec,
     max_epochs,
 )
 
 __all__ = [
     "ADAPTER_PARAMS", "LORA_PRESETS", "AdapterSpec", "lora_targets",
-    "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
-    "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
-    "ResourcesSpec", "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
-    "parse_spec", "resolve_model", "suggest",
+    "FREEZE_POLICIES", "HYPERPARAMETERS", "OBJECTIVES", "OPTIMIZERS", "PRUNER_OPTIONS",
+    "SAMPLER_OPTIONS", "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter",
+    "LatencySpec", "ParamSpec", "ResourcesSpec", "Spec", "StudySection", "TaskSpec",
+    "load_entrypoint", "load_spec", "max_epochs", "parse_spec", "resolve_model", "suggest",
 ]

@@ -12,10 +12,11 @@ from hpo.errors import SpecError
 from hpo.spec._adapter import ADAPTER_PARAMS
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
-    _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, DIRECTIONS, PRUNER_OPTIONS, SAMPLER_OPTIONS,
-    ResourcesSpec, Spec, StudySection, TaskSpec, _STR, _is_number, _positive_int, max_epochs,
+    _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, PRUNER_OPTIONS, SAMPLER_OPTIONS,
+    ResourcesSpec, Spec, TaskSpec, _is_number, _positive_int, max_epochs,
 )
 from hpo.spec._space import _parse_space
+from hpo.spec._study import _parse_study, check_objectives, default_pruner
 from hpo.spec._task import _parse_task
 
 
@@ -89,26 +90,13 @@ def parse_spec(
                        check_environment and check_files)
     space = _parse_space(top["search_space"], at / "search_space")
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
-    pruner = _parse_component(top.get("pruner") or {"name": "median"}, at / "pruner", "pruner")
+    pruner = _parse_component(top.get("pruner") or default_pruner(study), at / "pruner", "pruner")
     budget = _parse_budget(top.get("budget") or {}, at / "budget")
     resources = _parse_resources(top.get("resources") or {}, at / "resources", task)
     spec = Spec(study, task, space, sampler, pruner, budget, resources)
     _check_cross(spec, at)
+    check_objectives(spec, at)
     return spec
-
-
-def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
-    d = at.mapping(raw, ("name", "direction"))
-    name = d.get("name", default_name)
-    if name is None:
-        raise (at / "name").error("missing; name the study")
-    name = (at / "name").typed(name, _STR)
-    direction = d.get("direction", "minimize")
-    if direction not in DIRECTIONS:
-        raise (at / "direction").error(
-            f"expected minimize (the objective is validation loss), got {_show(direction)}"
-        )
-    return StudySection(name=name, direction=direction)
 
 
 def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from hpo.spec._study import StudySection  # it imports this module
 
 from hpo.spec._adapter import LORA_PRESETS, AdapterSpec
 
@@ -12,7 +15,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
 FREEZE_POLICIES = ("none", "head_only", "first_k")
 TASK_KINDS = ("image_classification", "text_classification", "custom")
-DIRECTIONS = ("minimize",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,16 +190,6 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
-class StudySection:
-    """The ``study`` section."""
-
-    name: str
-    """Study name in the storage; default: the spec file's stem."""
-    direction: str = "minimize"
-    """The objective is the trial's best validation loss, so always ``minimize``."""
-
-
-@dataclass(frozen=True)
 class TaskSpec:
     """What every trial fine-tunes: the ``task`` section.
 
@@ -319,7 +311,7 @@ class Spec:
         if self.task.adapter:
             task["adapter"] = self.task.adapter.to_dict()
         return {
-            "study": asdict(self.study),
+            "study": self.study.to_dict(),
             "task": task,
             "search_space": {p.name: p.to_dict() for p in self.search_space},
             "sampler": {"name": self.sampler.name, **self.sampler.options},
@@ -366,6 +358,8 @@ SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
               "warn_independent_sampling": _BOOL},
     "qmc": {"seed": _INT, "qmc_type": _STR, "scramble": _BOOL},
     "grid": {"seed": _INT},
+    "nsga2": {"seed": _INT, "population_size": _INT, "mutation_prob": _FLOAT,
+              "crossover_prob": _FLOAT, "swapping_prob": _FLOAT},
 }
 
 _STEPS = {"n_startup_trials": _INT, "n_warmup_steps": _INT, "interval_steps": _INT,

@@ -21,7 +21,7 @@ from hpo.artifacts import (
     remove_checkpoints,
     upload_checkpoint,
 )
-from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR
+from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, pareto_front, val_loss
 
 if TYPE_CHECKING:
     import optuna
@@ -47,7 +47,7 @@ def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOI
     from optuna.trial import TrialState
 
     better = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.value is not None and t.value <= value]
+              if t.values and val_loss(t) <= value]
     return len(better) < k
 
 
@@ -127,9 +127,10 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
              if t.state == TrialState.FAIL and t.number not in retried
              and len(t.system_attrs.get("retry_history", ())) < max_retry
              and t.user_attrs.get(FAIL_REASON_ATTR) in STALE_REASONS]
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
-                      key=lambda t: t.value)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=val_loss)
     kept += complete[:keep_best]
+    if any(len(t.values) > 1 for t in complete):  # several objectives: the Pareto set too
+        kept += pareto_front(complete)
     keep = {t.user_attrs.get(CHECKPOINT_ATTR) for t in kept}
     for t in trials:
         path = t.user_attrs.get(CHECKPOINT_ATTR)

@@ -38,17 +38,24 @@ class Preempted(BaseException):
 
 
 class StudyTrial:
-    """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial."""
+    """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial; in a study
+    of ``several_objectives`` its reports are the learning curve alone and it never prunes."""
 
-    def __init__(self, trial: "optuna.Trial") -> None:
+    def __init__(self, trial: "optuna.Trial", several_objectives: bool = False) -> None:
         self._trial = trial
         self.number = trial.number
+        # Optuna refuses report and should_prune in a study of several objectives: the
+        # learning curve is still kept, and nothing prunes (the spec allows no pruner).
+        self._prunable = not several_objectives
 
     def report(self, value: float, step: int) -> None:
-        self._trial.report(value, step)
+        if self._prunable:
+            self._trial.report(value, step)
+        else:
+            _optuna.set_intermediate_value(self._trial, value, step)
 
     def should_prune(self) -> bool:
-        return self._trial.should_prune()
+        return self._prunable and self._trial.should_prune()
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         _optuna.set_user_attrs(self._trial, attrs)  # one transaction for all of them
@@ -65,12 +72,21 @@ def job_function(spec: Spec) -> Callable[..., float]:
         return lambda trial, task, params, context: custom(trial, params, context)
     devices = spec.resources.devices_per_trial
     return lambda trial, task, params, context: run_on_devices(
-        StudyTrial(trial), task, params, context, devices)
+        StudyTrial(trial, spec.study.multi), task, params, context, devices)
+
+
+def objective_values(spec: Spec, val_loss: float, attrs: dict[str, Any]
+                     ) -> float | list[float]:
+    """What the trial tells the study: its validation loss, or with several
+    ``study.objectives`` the list of them, the others from the attrs the job measured."""
+    if not spec.study.multi:
+        return val_loss
+    return [val_loss] + [float(attrs[name]) for name in spec.study.objectives[1:]]
 
 
 def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
                    checkpoint_dir: Path, storage_url: str | None
-                   ) -> Callable[["optuna.Trial"], float]:
+                   ) -> Callable[["optuna.Trial"], float | list[float]]:
     """The objective of the worker's trials: params from the spec, the job, a resume from an
     earlier attempt's checkpoint, the upload of a checkpoint among the best, and a failed
     job's reason as ``fail_reason``.
@@ -89,7 +105,7 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
 
     run_job = job_function(spec)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         params = suggest(trial, spec)
         previous = trial.user_attrs.get(CHECKPOINT_ATTR)  # a re-queued or retried trial's
         resume = Path(previous) if previous and Path(previous).is_file() else None
@@ -97,13 +113,14 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
             cache=cache,
             checkpoint_path=checkpoint_dir / f"trial-{trial.number}.pt",
             resume_path=resume,
+            latency=spec.study.latency,
             pauses=is_promotion(study.pruner),
         )
         try:
             value = run_job(trial, spec.task, params, context)
             if storage_url is not None and trial.user_attrs.get(CHECKPOINT_ATTR):
                 quietly(upload_if_among_best, study, trial, value, storage_url)
-            return value
+            return objective_values(spec, value, trial.user_attrs)
         except optuna.TrialPruned:
             raise
         except Exception as e:
@@ -114,7 +131,8 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
     return objective
 
 
-def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
+def run_trial(study: "optuna.Study", spec: Spec,
+              objective: Callable[["optuna.Trial"], float | list[float]],
               attrs: dict[str, Any], current: dict[str, Any],
               trials: "list[FrozenTrial]", promote: "FrozenTrial | None" = None) -> None:
     """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in

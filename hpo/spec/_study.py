@@ -1,0 +1,167 @@
+"""The ``study`` section: the study's name, its objectives and their directions, and how
+latency is measured; and the checks that tie several objectives to the sampler, the pruner
+and the task.
+
+One objective (the default) is the trial's best validation loss. Several make a
+multi-objective study: Optuna keeps the Pareto set, and since it cannot prune such trials
+the pruner must be ``none`` (its default there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpo.spec._keypath import _At, _show
+from hpo.spec._schema import _STR, _non_negative_int, _positive_int
+
+if TYPE_CHECKING:
+    from hpo.spec._schema import Spec
+
+DIRECTIONS = ("minimize",)
+OBJECTIVES: dict[str, str] = {
+    "val_loss": "the trial's best validation loss (what the fit loop reports)",
+    "latency_ms": "median milliseconds of a forward pass of one example, after warm-up",
+    "params": "the model's parameters, in all",
+    "trainable_params": "the parameters the freeze policy leaves trainable",
+}
+"""Objective name -> what it is. Every one is minimized: its natural direction."""
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+"""Samplers that raise on a study of several objectives (Optuna 5's ``CmaEsSampler``)."""
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """How ``latency_ms`` is measured: ``study.latency``."""
+
+    batch_size: int = 32
+    """A second batch size measured besides 1 (attr ``latency_ms_batch``)."""
+    warmup: int = 5
+    """Forward passes run and thrown away before timing (allocator, cuDNN autotune)."""
+    repeats: int = 20
+    """Timed forward passes; the median is the measure."""
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """The ``study`` section."""
+
+    name: str
+    """Study name in the storage; default: the spec file's stem."""
+    direction: str = "minimize"
+    """The one objective's direction: validation loss, so always ``minimize``."""
+    objectives: tuple[str, ...] = ("val_loss",)
+    """What each trial returns, first ``val_loss``; more than one makes the study
+    multi-objective (Pareto set, no pruning)."""
+    latency: LatencySpec | None = None
+    """How ``latency_ms`` is measured; set when it is an objective."""
+
+    @property
+    def multi(self) -> bool:
+        """Whether the study has several objectives."""
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """One direction per objective (each objective's natural one: minimize)."""
+        return (self.direction,) * len(self.objectives)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "direction": self.direction}
+        # Only when set: a study stored before these keys existed reads back the same.
+        if self.multi:
+            d = {"name": self.name, "directions": list(self.directions),
+                 "objectives": list(self.objectives)}
+        if self.latency is not None:
+            d["latency"] = asdict(self.latency)
+        return d
+
+
+def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
+    d = at.mapping(raw, ("name", "direction", "directions", "objectives", "latency"))
+    name = d.get("name", default_name)
+    if name is None:
+        raise (at / "name").error("missing; name the study")
+    name = (at / "name").typed(name, _STR)
+    if "direction" in d and "directions" in d:
+        raise (at / "directions").error(
+            "give direction (one objective) or directions (one per objective), not both")
+    direction = d.get("direction", "minimize")
+    if direction not in DIRECTIONS:
+        raise (at / "direction").error(
+            f"expected minimize (the objective is validation loss), got {_show(direction)}")
+    objectives = _parse_objectives(d, at)
+    _parse_directions(d, at, objectives)
+    latency = None
+    if "latency_ms" in objectives:
+        latency = _parse_latency(d.get("latency") or {}, at / "latency")
+    elif "latency" in d:
+        raise (at / "latency").error("measures latency_ms; set it only with latency_ms among "
+                                     "study.objectives")
+    return StudySection(name=name, direction=direction, objectives=objectives, latency=latency)
+
+
+def _parse_objectives(d: dict[str, Any], at: _At) -> tuple[str, ...]:
+    raw = d.get("objectives", ["val_loss"])
+    if not isinstance(raw, list) or not raw:
+        raise (at / "objectives").error(f"expected a list of objectives, got {_show(raw)}")
+    for i, name in enumerate(raw):
+        if not isinstance(name, str) or name not in OBJECTIVES:
+            raise (at / "objectives" / i).error(
+                f"unknown objective {_show(name)}; expected one of " + ", ".join(OBJECTIVES))
+        if name in raw[:i]:
+            raise (at / "objectives" / i).error(f"{name} is listed twice")
+    if raw[0] != "val_loss":
+        raise (at / "objectives" / 0).error(
+            f"expected val_loss first (the loss the fit loop reports), got {_show(raw[0])}")
+    return tuple(raw)
+
+
+def _parse_directions(d: dict[str, Any], at: _At, objectives: tuple[str, ...]) -> None:
+    if "directions" not in d:
+        return  # each objective's natural direction
+    raw = d["directions"]
+    if not isinstance(raw, list) or len(raw) != len(objectives):
+        got = f"a list of {len(raw)}" if isinstance(raw, list) else _show(raw)
+        raise (at / "directions").error(
+            f"expected a list of {len(objectives)}, one per objective of study.objectives "
+            f"({', '.join(objectives)}); got {got}")
+    for i, (direction, objective) in enumerate(zip(raw, objectives)):
+        if direction not in DIRECTIONS:
+            raise (at / "directions" / i).error(
+                f"{objective} is minimized; expected minimize, got {_show(direction)}")
+
+
+def _parse_latency(raw: Any, at: _At) -> LatencySpec:
+    d = at.mapping(raw, ("batch_size", "warmup", "repeats"))
+    default = LatencySpec()
+    return LatencySpec(
+        batch_size=(at / "batch_size").checked(d.get("batch_size", default.batch_size),
+                                               _positive_int),
+        warmup=(at / "warmup").checked(d.get("warmup", default.warmup), _non_negative_int),
+        repeats=(at / "repeats").checked(d.get("repeats", default.repeats), _positive_int))
+
+
+def default_pruner(study: StudySection) -> dict[str, str]:
+    """The pruner of a spec that names none: median, or none for several objectives."""
+    return {"name": "none" if study.multi else "median"}
+
+
+def check_objectives(spec: "Spec", at: _At) -> None:
+    """The sampler, pruner and task must be able to serve several objectives."""
+    study = spec.study
+    if not study.multi:
+        return
+    if spec.pruner.name != "none":
+        raise (at / "pruner" / "name").error(
+            f"expected none with several study.objectives, got {_show(spec.pruner.name)}: "
+            "Optuna cannot prune a multi-objective trial")
+    if spec.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
+        raise (at / "sampler" / "name").error(
+            f"the {spec.sampler.name} sampler handles one objective only; with several "
+            "study.objectives use tpe, nsga2, gp, random, qmc or grid")
+    if spec.task.kind == "custom":
+        raise (at / "study" / "objectives").error(
+            "a custom job returns val_loss alone; "
+            f"{', '.join(study.objectives[1:])} need a built-in task.kind "
+            "(image_classification or text_classification)")
