@@ -26,6 +26,18 @@ CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
 """Trial user attr: the id of the trial's checkpoint in the artifact store (``hpo.artifacts``)."""
 FAIL_REASON_ATTR = "fail_reason"
 """Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
+FIRST_GUESS_ATTR = "first_guess"
+"""Trial user attr: where a warm-start trial's params came from (``hpo.warm_start``)."""
+FIRST_GUESSES_ATTR = "hpo.first_guesses"
+"""Study user attr: the origins of the study's first trials, in order (``hpo.warm_start``)."""
+REPEAT_OF_ATTR = "repeat_of"
+"""Trial user attr: the number of the trial whose params this trial reruns with another seed."""
+SEED_ATTR = "seed"
+"""Trial user attr: a repeat's seed, which replaces ``task.seed`` for that trial."""
+SEED_SPREAD_ATTR = "hpo.seed_spread"
+"""Study user attr: the best configuration's values over seeds (``hpo.convergence``)."""
+STOPPED_ATTR = "hpo.stopped"
+"""Study user attr: why the study stopped before its budget (``converged at trial N ...``)."""
 
 
 def trial_record(trial: "FrozenTrial") -> dict[str, Any]:

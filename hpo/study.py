@@ -19,19 +19,33 @@ if TYPE_CHECKING:
     import optuna
 
 
-def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.Study":
+def create_study(spec: Spec, storage: "optuna.storages.BaseStorage",
+                 source: str = "<spec>") -> "optuna.Study":
     """Create the spec's study, or load it if it exists with the same spec.
 
     Safe when many workers call it at once: the loser of the creation race loads the study.
     A study that exists with another spec is an error, except for the budget, which a rerun
-    may change.
+    may change. The ``warm_start`` trials are enqueued by the creator alone, so once however
+    many machines run the spec.
+
+    Args:
+        spec: the study spec.
+        storage: from ``hpo.storage.open_storage``.
+        source: the spec file, named in errors.
 
     Raises:
         HpoError: the study exists with a different spec.
+        SpecError: ``warm_start`` names a study that is missing or does not fit (checked
+            before the new study is written).
     """
     import optuna
 
+    from hpo.warm_start import enqueue_first_guesses, plan_first_guesses
+
     name = spec.study.name
+    guesses = []
+    if spec.warm_start is not None and not _exists(storage, name):
+        guesses = plan_first_guesses(spec, storage, source)
     try:
         # The study and its spec in one transaction: a concurrent create of the same name
         # either loses here and compares specs below, or finds the winner's spec stored.
@@ -44,7 +58,19 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.
         if stored.budget != spec.budget:
             storage.set_study_user_attr(storage.get_study_id_from_name(name), SPEC_ATTR,
                                         spec.to_dict())
-    return load_study(name, storage)[0]
+        return load_study(name, storage)[0]
+    study = load_study(name, storage)[0]
+    if guesses:
+        enqueue_first_guesses(study, guesses)
+    return study
+
+
+def _exists(storage: "optuna.storages.BaseStorage", name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def load_study(

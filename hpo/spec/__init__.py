@@ -11,6 +11,7 @@ only the study name and the storage URL.
 from hpo.spec._parse import load_spec, parse_spec
 from hpo.spec._task import load_entrypoint
 from hpo.spec._sample import suggest
+from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
 from hpo.spec._schema import (
     FREEZE_POLICIES,
     HYPERPARAMETERS,
@@ -32,8 +33,8 @@ from hpo.spec._schema import (
 )
 
 __all__ = [
-    "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
-    "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter", "ParamSpec",
+    "FAMILIES", "FREEZE_POLICIES", "HYPERPARAMETERS", "OPTIMIZERS", "PRUNER_OPTIONS", "SAMPLER_OPTIONS",
+    "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Family", "Hyperparameter", "ParamSpec",
     "ResourcesSpec", "Spec", "StudySection", "TaskSpec", "load_entrypoint", "load_spec", "max_epochs",
-    "parse_spec", "resolve_model", "suggest",
+    "WarmStartSpec", "family_of", "parse_spec", "resolve_model", "suggest",
 ]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from hpo.spec._budget import BudgetSpec
+
+if TYPE_CHECKING:
+    from hpo.spec._warm_start import WarmStartSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -261,16 +266,6 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
-class BudgetSpec:
-    """The global budget, across every worker and machine."""
-
-    n_trials: int | None = 20
-    """Finished trials (complete + pruned) after which workers stop."""
-    timeout: float | None = None
-    """Seconds after which a worker starts no new trial."""
-
-
-@dataclass(frozen=True)
 class ResourcesSpec:
     """What one trial runs on."""
 
@@ -290,6 +285,8 @@ class Spec:
     pruner: ComponentSpec
     budget: BudgetSpec
     resources: ResourcesSpec = ResourcesSpec()
+    warm_start: WarmStartSpec | None = None
+    """The first trials: known-good defaults, an earlier study's best (``_warm_start``)."""
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.search_space:
@@ -309,10 +306,11 @@ class Spec:
             "search_space": {p.name: p.to_dict() for p in self.search_space},
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
-            "budget": asdict(self.budget),
+            "budget": self.budget.to_dict(),
             # Only when set: a study stored before the key existed reads back the same.
             **({"resources": asdict(self.resources)}
                if self.resources != ResourcesSpec() else {}),
+            **({"warm_start": self.warm_start.to_dict()} if self.warm_start else {}),
         }
 
     def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> "Spec":
