@@ -138,7 +138,7 @@ def _from_study(spec: Spec, storage: "optuna.storages.BaseStorage",
         earlier = optuna.load_study(study_name=warm.source, storage=storage)
     except KeyError:
         raise SpecError(f"{at}: no study named {warm.source!r} in {where}") from None
-    if earlier._is_multi_objective() or earlier.direction != StudyDirection.MINIMIZE:
+    if earlier.directions != [StudyDirection.MINIMIZE]:
         raise SpecError(f"{at}: study {warm.source!r} does not minimize one objective; this "
                         "study minimizes validation loss")
     complete = sorted(earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),

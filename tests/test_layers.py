@@ -21,8 +21,9 @@ LAYERS = [
     {"hpo.spec", "hpo._optuna", "hpo.provenance"},
     # The job: a trial's params -> a fine-tuned model. It sees no database, process or GPU id.
     {"hpo.job"},
-    # The database: storage, the artifact store beside it, studies in it.
-    {"hpo.storage", "hpo.artifacts", "hpo.study"},
+    # The database: storage, the artifact store beside it, studies in it (and their first
+    # trials, and when they have converged).
+    {"hpo.storage", "hpo.artifacts", "hpo.study", "hpo.warm_start", "hpo.convergence"},
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.

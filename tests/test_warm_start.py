@@ -199,3 +199,14 @@ def test_bad_warm_start_is_one_line_exit_2(text, words, tmp_path, capsys):
     for word in words:
         assert word in err, (word, err)
     assert "s3cret" not in err
+
+
+def test_an_earlier_study_that_maximizes_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = optuna.create_study(study_name="accuracy", storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 0.1)}, value=0.9))
+    spec = _write(tmp_path / "warm.yaml", "warm", warm="warm_start: {from: accuracy}\n")
+    r = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=JOB_ENV)
+    one_line_error(r, spec, "warm_start.from", "'accuracy' does not minimize one objective")
+    assert optuna.get_all_study_names(url) == ["accuracy"]
