@@ -98,8 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the section into this results file")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--budgets", default="12,20,30", help="n_trials values, e.g. 8,12,16")
     args = parser.parse_args()
-    rows = run(seeds=range(args.seeds))
+    rows = run(budgets=[int(b) for b in args.budgets.split(",")], seeds=range(args.seeds))
     print(table(rows))
     if args.out:
         from benchmarks.table import revision, write_section

@@ -105,9 +105,12 @@ def repeat_task(trial: Any, task: TaskSpec) -> TaskSpec:
 def _enqueue_repeats(study: "optuna.Study", spec: Spec,
                      complete: "list[FrozenTrial]") -> None:
     """Enqueue the repeats of the best trial, if this process completed the ``min_trials``-th
-    complete trial: one worker of however many does it."""
+    complete trial: one worker of however many does it. Should that worker be gone before it
+    could (killed, recycled), the one that completes the third trial after it does, and so on.
+    """
     in_order = sorted(complete, key=lambda t: (t.datetime_complete, t.number))
-    judged = in_order[spec.budget.first_judged - 1]
+    first = spec.budget.first_judged
+    judged = in_order[first + 3 * ((len(in_order) - first) // 3) - 1]
     mine = (judged.user_attrs.get("host") == socket.gethostname()
             and judged.user_attrs.get("pid") == os.getpid())
     if not mine:
@@ -126,6 +129,7 @@ def _record_spread(study: "optuna.Study", spec: Spec, trials: "list[FrozenTrial]
     from optuna.trial import TrialState
 
     number = repeats[0].user_attrs[REPEAT_OF_ATTR]
+    repeats = [t for t in repeats if t.user_attrs[REPEAT_OF_ATTR] == number]
     first = next(t for t in trials if t.number == number)
     runs = [(spec.task.seed, first)] + [(t.user_attrs[SEED_ATTR], t) for t in repeats]
     runs = [(seed, t.value) for seed, t in runs if t.state == TrialState.COMPLETE]

@@ -26,10 +26,10 @@ budget: {{n_trials: {n_trials}{budget}}}
 """
 
 
-def _run(tmp_path, url, name, n_trials, budget, noise):
+def _run(tmp_path, url, name, n_trials, budget, noise, workers="1"):
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(SPEC.format(name=name, n_trials=n_trials, budget=budget))
-    r = run_hpo("run", str(spec), "--storage", url, "--workers", "1", "--checkpoint-dir",
+    r = run_hpo("run", str(spec), "--storage", url, "--workers", workers, "--checkpoint-dir",
                 str(tmp_path / "ck"), cwd=tmp_path,
                 env={"PYTHONPATH": str(SUPPORT), "FASTJOB_SEED_NOISE": str(noise)})
     assert r.returncode == 0, r.stdout + r.stderr
@@ -70,6 +70,16 @@ def test_a_noisy_study_stops_when_converged_and_says_why(storage_url, tmp_path):
     r, again = _run(tmp_path, storage_url, name, 30,
                     ", stop_when_converged: true, min_trials: 6, repeats: 2", noise=2.0)
     assert len(again.get_trials()) == len(trials) and "stopped (converged)" in r.stdout
+
+
+def test_two_workers_rerun_the_best_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    r, study = _run(tmp_path, url, "two", 12,
+                    ", stop_when_converged: true, min_trials: 4, repeats: 3", noise=0,
+                    workers="2")
+    repeats = [t for t in study.get_trials() if REPEAT_OF_ATTR in t.user_attrs]
+    assert sorted(t.user_attrs[SEED_ATTR] for t in repeats) == [1, 2, 3], r.stdout
+    assert len({t.user_attrs[REPEAT_OF_ATTR] for t in repeats}) == 1
 
 
 def test_without_noise_it_runs_its_whole_budget(tmp_path):
