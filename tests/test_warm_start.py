@@ -210,3 +210,15 @@ def test_an_earlier_study_that_maximizes_is_refused(tmp_path):
     r = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=JOB_ENV)
     one_line_error(r, spec, "warm_start.from", "'accuracy' does not minimize one objective")
     assert optuna.get_all_study_names(url) == ["accuracy"]
+
+
+def test_the_exported_best_spec_has_no_first_guesses(tmp_path):
+    """The export's spec runs the best trial's params once: first guesses would not fit it."""
+    from hpo.export import best_spec_dict
+
+    spec = make_spec("digits", "warm_start: {defaults: true, from: older}\n")
+    trial = optuna.trial.create_trial(
+        params={"lr": 0.01, "epochs": 2, "optimizer": "adam"},
+        distributions={p.name: p.distribution() for p in spec.search_space}, value=0.5)
+    exported = parse_spec(best_spec_dict(spec, trial), check_environment=False)
+    assert spec.warm_start is not None and exported.warm_start is None
