@@ -38,6 +38,29 @@ SEED_SPREAD_ATTR = "hpo.seed_spread"
 """Study user attr: the best configuration's values over seeds (``hpo.convergence``)."""
 STOPPED_ATTR = "hpo.stopped"
 """Study user attr: why the study stopped before its budget (``converged at trial N ...``)."""
+PRUNE_REASON_ATTR = "prune_reason"
+"""Trial user attr: why the trial was pruned (``pruned``, ``paused``, ``nan``, ``diverged``)."""
+RESUMED_FROM_ATTR = "resumed_from"
+"""Trial user attr of a continuation (the promotion pruner): the number of the configuration's
+first trial. A continuation resumes a paused configuration; the budget does not count it."""
+PAUSED_AT_ATTR = "paused_at"
+"""Trial user attr of a continuation: the step (an epoch end) its configuration paused at."""
+PROMOTED_ATTR = "promoted"
+"""Trial user attr, written when a continuation is claimed: it is paused no longer."""
+
+
+def is_continuation(trial: "FrozenTrial") -> bool:
+    """Whether the trial resumes a paused configuration (and so takes none of the budget)."""
+    return RESUMED_FROM_ATTR in trial.user_attrs
+
+
+def is_paused(trial: "FrozenTrial") -> bool:
+    """Whether the trial is a paused configuration waiting to be promoted: a queued
+    continuation that no worker has claimed."""
+    from optuna.trial import TrialState
+
+    return (trial.state == TrialState.WAITING and PAUSED_AT_ATTR in trial.user_attrs
+            and not trial.user_attrs.get(PROMOTED_ATTR))
 
 
 def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
@@ -74,6 +97,16 @@ def count_states(trials: "Iterable[FrozenTrial]") -> "dict[TrialState, int]":
     counts = {s: 0 for s in TrialState}
     for t in trials:
         counts[t.state] += 1
+    return counts
+
+
+def state_counts(trials: "list[FrozenTrial]") -> dict[str, int]:
+    """Trials by state name, with ``PAUSED`` (``hpo.promotion``) apart from ``WAITING``."""
+    counts = {s.name: n for s, n in count_states(trials).items()}
+    paused = sum(is_paused(t) for t in trials)
+    if paused:
+        counts["WAITING"] -= paused
+        counts["PAUSED"] = paused
     return counts
 
 

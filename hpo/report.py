@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo import __version__
 from hpo.figures import FIGURE_TITLES, comparison_figure, study_figures
-from hpo.records import best_or_none, count_states, devices, format_value, safe_name
+from hpo.records import best_or_none, devices, format_value, safe_name, state_counts
 
 if TYPE_CHECKING:
     import optuna
@@ -112,7 +112,7 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
         ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``.
     """
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: n for s, n in count_states(trials).items()}
+    counts = state_counts(trials)
     reasons: dict[str, dict[str, int]] = {"PRUNED": {}, "FAIL": {}}
     for t in trials:
         if t.state.name in reasons:

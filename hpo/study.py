@@ -195,6 +195,12 @@ def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> "optuna.pr
         return optuna.pruners.HyperbandPruner(**options)
     if name == "threshold":
         return optuna.pruners.ThresholdPruner(**options)
+    if name == "promotion":
+        from hpo.promotion import make_promotion_pruner
+
+        return make_promotion_pruner(options.get("min_resource", 1),
+                                     options.get("reduction_factor", 3),
+                                     spec.task.evals_per_epoch, max_epochs(spec))
     if name == "patient":
         wrapped = options.pop("wrapped", None)
         inner = make_pruner(spec, wrapped) if wrapped else None

@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import (FIRST_GUESSES_ATTR, RETRAIN_ATTR, SEED_SPREAD_ATTR, STOPPED_ATTR,
-                         best_or_none, count_states, devices, format_value, iso, trial_record)
+from hpo.records import (FIRST_GUESSES_ATTR, RESUMED_FROM_ATTR, RETRAIN_ATTR, SEED_SPREAD_ATTR,
+                         STOPPED_ATTR, best_or_none, devices, format_value, iso, state_counts,
+                         trial_record)
 
 if TYPE_CHECKING:
     import optuna
@@ -37,7 +38,7 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
     """Counts by state, the best value and the running trials with their latest epoch."""
     from optuna.trial import TrialState
 
-    counts = count_states(study.get_trials(deepcopy=False))
+    counts = state_counts(study.get_trials(deepcopy=False))
     now = dt.datetime.now()
     running = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -56,7 +57,7 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
     best = best_record(study, attrs)
     record = {
         "study": study.study_name,
-        "counts": {s.name: n for s, n in counts.items()},
+        "counts": counts,
         "best": None if best is None else {"number": best["number"], "value": best["value"]},
         "running": running,
         "retrain": attrs.get(RETRAIN_ATTR),
@@ -76,10 +77,10 @@ def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, An
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts = count_states(study.get_trials(deepcopy=False))
+        counts = state_counts(study.get_trials(deepcopy=False))
         out.append({
             "study": s.study_name,
-            "counts": {k.name: n for k, n in counts.items() if n},
+            "counts": {k: n for k, n in counts.items() if n},
             "best_value": s.best_trial.value if s.best_trial else None,
             "created": iso(s.datetime_start),
         })
@@ -185,6 +186,8 @@ def format_trial(trial: "FrozenTrial", done: int, n_trials: int | None, best: fl
             f": {reason}" if reason != "pruned" else "")
     else:
         what = f"failed: {attrs.get('fail_reason', 'unknown error')}"
+    if RESUMED_FROM_ATTR in attrs:
+        what += f" (resumes #{attrs[RESUMED_FROM_ATTR]})"
     best_s = f"best {best:.4f}" if best is not None else "best -"
     secs = attrs.get("train_seconds")
     secs_s = f"{secs:6.1f}s" if isinstance(secs, (int, float)) else "       "

@@ -36,6 +36,7 @@ from hpo._optuna._trials import (
     create_study_with_attrs,
     fail_and_retry,
     fail_stale,
+    frozen,
     heartbeat,
     no_experimental_warnings,
     requeue,
@@ -80,7 +81,7 @@ PRIVATE_NAMES = tuple((module, name) for module, names in {
 
 __all__ = [
     "GRPC_SERVICE", "HEARTBEAT_ATTR", "PRIVATE_NAMES", "BudgetTaken", "ProxyUnavailable", "ask",
-    "backend_of", "create_study_with_attrs", "fail_and_retry", "fail_stale", "grpc_server",
+    "backend_of", "create_study_with_attrs", "fail_and_retry", "fail_stale", "frozen", "grpc_server",
     "grpc_storage_class", "heartbeat", "import_grpc", "journal_storage_class",
     "no_experimental_warnings", "requeue", "retry_callback", "set_user_attrs", "storage_class",
     "tell",

@@ -10,6 +10,7 @@ import threading
 from typing import Any, Iterator
 
 from hpo._optuna._trials import BudgetTaken, _running_template
+from hpo.records import is_continuation
 
 
 
@@ -94,8 +95,10 @@ def journal_storage_class() -> type:
                                        for op, fields in logs])
 
         def _taken(self, study_id: int, but: int | None = None) -> int:
-            return sum(t._trial_id != but for t in self._replay_result.get_all_trials(
-                study_id, (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)))
+            return sum(t._trial_id != but and not is_continuation(t)
+                       for t in self._replay_result.get_all_trials(
+                           study_id, (TrialState.RUNNING, TrialState.COMPLETE,
+                                      TrialState.PRUNED)))
 
         def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
             running = _running_template(template_trial)

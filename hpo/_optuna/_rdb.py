@@ -10,6 +10,7 @@ from typing import Any
 
 from hpo._optuna._trials import _BUDGET, BudgetTaken
 from hpo.outage import retrying
+from hpo.records import RESUMED_FROM_ATTR
 
 # Every storage call, retried through a database outage. Re-running one is harmless: writes
 # are upserts or checked state changes (``tell`` recognises its own lost acknowledgement), and
@@ -40,12 +41,17 @@ def storage_class() -> type:
     from optuna.trial import TrialState
 
     def taken(session: Any, study_id: int, trial_id: int) -> int:
-        """Trials of the study running or finished (complete, pruned), but ``trial_id``."""
-        t = models.TrialModel
+        """Trials of the study running or finished (complete, pruned), but ``trial_id`` and
+        the continuations of paused configurations (``hpo.promotion``), which the budget
+        does not count."""
+        t, a = models.TrialModel, models.TrialUserAttributeModel
+        continuation = sqlalchemy.exists().where(
+            a.trial_id == t.trial_id, a.key == RESUMED_FROM_ATTR)
         return session.execute(
             sqlalchemy.select(sqlalchemy.func.count(t.trial_id)).where(
                 t.study_id == study_id, t.trial_id != trial_id,
-                t.state.in_([TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED]))
+                t.state.in_([TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED]),
+                ~continuation)
         ).scalar()
 
     def insert_attrs(session: Any, model: Any, key_column: str, owner: int,

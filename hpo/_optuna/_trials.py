@@ -48,14 +48,15 @@ def _uncached(storage: Any) -> Any:
 
 
 def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial]",
-        budget: int | None = None) -> "optuna.Trial | None":
+        budget: int | None = None, create: bool = True) -> "optuna.Trial | None":
     """``study.ask()`` that claims a trial with ``attrs`` and a heartbeat in one transaction:
     a queued trial of ``waiting`` (the study as read a moment ago) first, as Optuna does, else
-    a new one.
+    a new one (unless ``create`` is false).
 
     Returns:
         The trial; None if ``budget`` trials are running or finished already (checked in the
-        claim's transaction, so several workers asking at once never overshoot it).
+        claim's transaction, so several workers asking at once never overshoot it), or if
+        ``create`` is false and every trial of ``waiting`` was taken by another worker.
     """
     import datetime
 
@@ -69,6 +70,8 @@ def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial
             if t.state == TrialState.WAITING and storage.claim_trial(
                     study._study_id, t._trial_id, attrs, budget):
                 return optuna.Trial(study, t._trial_id)
+        if not create:
+            return None
         # Through Optuna's cache, which must know the new trial (the template's state, attrs
         # and budget reach ``Storage._get_prepared_new_trial``).
         template = FrozenTrial(
@@ -145,6 +148,11 @@ def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | None,
                 state is not None or now.value == value):
             return now.state, ""  # our own write landed before a lost connection's retry
         return None, f"trial {trial.number} was already {now.state.name} ({e})"
+
+
+def frozen(study: "optuna.Study", trial: "optuna.Trial") -> "FrozenTrial":
+    """The trial as stored now (one read of that trial alone)."""
+    return study._storage.get_trial(trial._trial_id)
 
 
 def requeue(study: "optuna.Study", trial: "optuna.Trial") -> bool:

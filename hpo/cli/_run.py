@@ -99,6 +99,7 @@ def worker(h: Handle) -> int:
 
     from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
     from hpo.outage import outage_seconds
+    from hpo.records import is_continuation
     from hpo.study import make_sampler
     from hpo.summary import best_record, format_best, format_trial
     from hpo.worker import (
@@ -128,7 +129,8 @@ def worker(h: Handle) -> int:
                                     budget.timeout and f"{budget.timeout:g}s") if x))
 
     def progress(trial: Any, trials: list[Any]) -> None:
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
+                   for t in trials)  # configurations, as the budget counts them
         best = min((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
         say(format_trial(trial, done, budget.n_trials, best))
 

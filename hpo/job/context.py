@@ -18,6 +18,9 @@ class JobContext:
     """Save this trial's checkpoint here after every epoch; ``None``: no checkpoint."""
     resume_path: Path | None = None
     """A checkpoint of an earlier attempt of this trial: resume at its next epoch."""
+    pauses: bool = False
+    """A pruned trial may be resumed later (the ``promotion`` pruner pauses it): the loop
+    checkpoints the epoch it stops at."""
     final: bool = False
     """``hpo retrain``: fit on the train and val examples together (no validation, no
     pruning) and evaluate once on the test split at the end."""

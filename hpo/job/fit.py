@@ -168,6 +168,9 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
     # The last report cannot prune: the trial has run all its epochs, and stopping it now
     # saves nothing while it throws a finished result away.
     if step < state.epochs * state.evals and trial.should_prune():
+        if state.pauses and step % state.evals == 0:  # an epoch end: resumable from here
+            save_epoch(state, trial, epoch)
+            prune(state, trial, "paused", step)
         prune(state, trial, "pruned", step)
     patience = state.task.early_stopping_patience
     if patience is not None and progress.evals_since_best >= patience:

@@ -121,6 +121,8 @@ class FitState:
     eval_after: dict[int, int]
     """Batch index -> the evaluation of the epoch (1 to ``evals``) that runs after it."""
     checkpoint: Path | None
+    pauses: bool
+    """A pruning at an epoch end is a pause: checkpoint the epoch first (``JobContext``)."""
     progress: Progress
     start_epoch: int
     """The last epoch an earlier attempt finished (a resume), else 0."""
@@ -194,6 +196,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         rank_batch=rank_batch, ranks=ranks,
         steps_per_epoch=steps_per_epoch, epochs=epochs, evals=evals, eval_after=eval_after,
         checkpoint=Path(context.checkpoint_path) if context.checkpoint_path else None,
+        pauses=context.pauses,
         progress=progress, start_epoch=start_epoch,
         started=time.perf_counter() - progress.seconds)
 

@@ -132,6 +132,9 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
         kind = allowed[key]
         if kind == "pruner":
             wrapped = _parse_component(value, at / key, "pruner")
+            if wrapped.name == "promotion":
+                raise (at / key / "name").error(
+                    "the promotion pruner pauses trials and cannot be wrapped")
             options[key] = {"name": wrapped.name, **wrapped.options}
         elif key == "max_resource" and value == "auto":
             options[key] = value
@@ -149,6 +152,13 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     for key in ("interval_steps", "reduction_factor", "n_min_trials"):
         if key in options and options[key] < 1:
             raise (at / key).error(f"expected an integer >= 1, got {options[key]}")
+    if name == "promotion":  # rungs are epoch ends: 1 epoch, then 1 * factor, ...
+        if options.get("min_resource", 1) < 1:
+            raise (at / "min_resource").error(
+                f"expected epochs >= 1, got {options['min_resource']}")
+        if options.get("reduction_factor", 3) < 2:
+            raise (at / "reduction_factor").error(
+                f"expected an integer >= 2, got {options['reduction_factor']}")
     return ComponentSpec(name=name, options=options)
 
 

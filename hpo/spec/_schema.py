@@ -361,6 +361,7 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
                   "bootstrap_count": _INT},
     "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
+    "promotion": {"min_resource": _INT, "reduction_factor": _INT},
     "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
                   "interval_steps": _INT},
     "none": {},

@@ -3,6 +3,10 @@
 The budget counts every worker's trials: ``n_trials`` finished (complete or pruned) trials of
 the study, and a timeout from the worker's start. A worker whose budget is all running on
 other workers waits: those trials may still fail, and their retries need a worker.
+
+It counts configurations: a continuation (``hpo.promotion``: a paused configuration resumed)
+takes none of it. While one runs, a worker with nothing else to do waits too: it may pause
+and make another paused configuration promotable.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hpo import _optuna
-from hpo.records import count_states
+from hpo.records import count_states, is_continuation
 from hpo.spec import Spec
 
 if TYPE_CHECKING:
@@ -34,7 +38,7 @@ def over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
         return False
     active = study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    return sum(t.number < number for t in active) >= n
+    return sum(t.number < number and not is_continuation(t) for t in active) >= n
 
 
 def should_stop(study: "optuna.Study", spec: Spec, started: float,
@@ -57,13 +61,16 @@ def should_stop(study: "optuna.Study", spec: Spec, started: float,
     n_trials = spec.budget.n_trials
     if n_trials is None:
         return ""
-    counts = count_states(trials)
-    if counts[TrialState.RUNNING] and budget_taken(counts, n_trials):
+    counts = count_states(t for t in trials if not is_continuation(t))
+    if any(t.state == TrialState.RUNNING for t in trials) and budget_taken(counts, n_trials):
         # Some of those running trials may belong to dead workers: fail and re-queue them
         # before deciding (Optuna does this itself before each trial it starts).
         _optuna.fail_stale(study)
-        counts = count_states(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        counts = count_states(t for t in trials if not is_continuation(t))
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= n_trials:
+        if any(t.state == TrialState.RUNNING and is_continuation(t) for t in trials):
+            return "wait"  # it may pause and make a paused configuration promotable
         return "budget"
     if budget_taken(counts, n_trials):
         # The rest is running elsewhere; a trial of it may still fail and need this worker.

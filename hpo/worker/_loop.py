@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from hpo import _optuna
+from hpo.promotion import is_promotion, promotable
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
 from hpo.spec import Spec
 from hpo.worker._budget import should_stop
@@ -161,8 +162,14 @@ def run_worker(
         # the checkpoint retention and the next budget check: reads cost more than the rest
         # of the service's work on a trial (benchmarks/overhead.py).
         trials = read_trials()
+        promotion = study.pruner if is_promotion(study.pruner) else None
         while True:
+            # A paused configuration that now ranks high enough goes first, budget or not:
+            # the budget counted it when it started.
+            promote = promotable(study, promotion, trials) if promotion else []
             reason = should_stop(study, spec, started, trials)
+            if promote and reason in ("budget", "wait", ""):
+                reason = ""
             if reason == "wait":
                 time.sleep(BUDGET_WAIT_SECONDS)
                 report.waited += BUDGET_WAIT_SECONDS
@@ -184,7 +191,8 @@ def run_worker(
             # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
             # (benchmarks/overhead.py); the built-in job collects once in run.release, and
             # memory growth recycles the process.
-            run_trial(study, spec, objective, attrs, current, trials)
+            run_trial(study, spec, objective, attrs, current, trials,
+                      promote[0] if promote else None)
             finished = current.pop("trial", None)
             trials = read_trials()
             if finished is not None:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from hpo import _optuna
-from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR
+from hpo.promotion import is_promotion, pause
+from hpo.records import (
+    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR, is_paused,
+)
 from hpo.spec import Spec, suggest
 from hpo.worker._budget import over_budget
 from hpo.worker._gang import GangBroken, run_on_devices
@@ -95,6 +98,7 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
             cache=cache,
             checkpoint_path=checkpoint_dir / f"trial-{trial.number}.pt",
             resume_path=resume,
+            pauses=is_promotion(study.pruner),
         )
         try:
             # A repeat (hpo.convergence) runs with its own seed.
@@ -114,7 +118,7 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
 
 def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Trial"], float],
               attrs: dict[str, Any], current: dict[str, Any],
-              trials: "list[FrozenTrial]") -> None:
+              trials: "list[FrozenTrial]", promote: "FrozenTrial | None" = None) -> None:
     """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in
     fewer database round trips (what a trial's coordination costs, benchmarks/overhead.py):
 
@@ -129,7 +133,13 @@ def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Tr
     The trial is left in ``current["trial"]`` for the worker (and its preemption handler);
     SIGTERM / SIGINT wait while it is claimed and told, so that a claimed trial is always
     known to the handler. A failing job fails the trial (the progress line says why), not the
-    worker; ``TrialPruned`` prunes it; a trial past the budget goes back to the queue unrun.
+    worker; ``TrialPruned`` prunes it (the ``promotion`` pruner's prune pauses it: its
+    configuration is queued as a paused trial); a trial past the budget goes back to the
+    queue unrun.
+
+    With ``promote`` (a paused trial, ``hpo.promotion.promotable``), that trial alone is
+    claimed, outside the budget (it resumes a configuration the budget has counted); if
+    another worker promoted it first, nothing runs.
     """
     import optuna
     from optuna.trial import TrialState
@@ -139,20 +149,27 @@ def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Tr
         # A stale trial it failed has a retry queued now: read the queue afresh.
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     with signals_held():
-        trial = _optuna.ask(study, attrs, trials, spec.budget.n_trials)
+        if promote is not None:
+            trial = _optuna.ask(study, {**attrs, PROMOTED_ATTR: True}, [promote], create=False)
+        else:  # paused trials wait for a promotion
+            queued = [t for t in trials if not is_paused(t)]
+            trial = _optuna.ask(study, attrs, queued, spec.budget.n_trials)
         if trial is None:
             return  # the rest of the budget was claimed a moment ago: the loop decides
         current["trial"] = trial
-    if over_budget(study, spec, trial.number):
+    if promote is None and over_budget(study, spec, trial.number):
         # Another worker claimed the last trial of the budget at the same moment.
         _optuna.requeue(study, current.pop("trial"))
         return
-    value, state, error = None, None, None
+    value, state, error, paused_at = None, None, None, None
     with _optuna.heartbeat(study, trial):  # Optuna's heartbeat thread, as in optimize
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
+            paused_at = getattr(study.pruner, "paused", {}).pop(trial.number, None)
+            if paused_at is not None:
+                _optuna.set_user_attrs(trial, {PRUNE_REASON_ATTR: "paused"})
         except GangBroken as e:  # a rank died: as if the worker had (retry from checkpoint)
             with signals_held():
                 _optuna.fail_and_retry(study, [trial], reason(e))
@@ -163,6 +180,16 @@ def run_trial(study: "optuna.Study", spec: Spec, objective: Callable[["optuna.Tr
             state, error = TrialState.FAIL, e
     with signals_held():
         told, message = _optuna.tell(study, trial, value, state)
+    if told == TrialState.PRUNED and paused_at is not None:
+        # After the tell: had the worker died before it, the trial would be retried whole,
+        # and a paused copy besides would run its configuration twice. Dying between the
+        # two leaves it pruned for good.
+        def queue_paused() -> None:
+            pause(study, _optuna.frozen(study, trial), paused_at)
+            log.info("trial %d paused at step %d", trial.number, paused_at)
+
+        with signals_held():
+            quietly(queue_paused)
     if told is None:
         log.warning("trial %d: result not recorded: %s", trial.number, message)
     elif told == TrialState.FAIL:

@@ -1,0 +1,163 @@
+"""Pause and resume: asynchronous successive halving with promotion (the ``promotion`` pruner).
+
+Optuna's pruners stop a trial for good. This one pauses it: a trial that falls behind at a rung
+(an epoch end at ``min_resource * reduction_factor ** k`` epochs) stops with its checkpoint,
+and its configuration waits as a *paused* trial; a worker looking for work resumes it, ahead of
+any new configuration, once it ranks in the top ``1 / reduction_factor`` of the configurations
+that reached that rung (ASHA's promotion rule, Li et al. 2020; Syne Tune's ``promotion`` type).
+
+In the database:
+
+- the trial that paused is PRUNED, ``prune_reason: paused``: the sampler learns from it as
+  from any pruned trial;
+- its continuation is a WAITING trial with the same params, its intermediate values and its
+  user attrs (the checkpoint), plus ``resumed_from`` (the configuration's first trial) and
+  ``paused_at`` (the rung's step): the *paused* state (``hpo.records.is_paused``);
+- a worker that promotes it claims it (one winner, as for any queued trial) and writes
+  ``promoted: true``; it resumes from the checkpoint and may pause again at the next rung.
+
+The budget counts configurations: continuations take none of ``n_trials``. A study that ends
+with paused trials keeps them; ``hpo run`` with a larger budget may still promote them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from hpo.records import (
+    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PAUSED_AT_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR,
+    RESUMED_FROM_ATTR, is_paused,
+)
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger("hpo")
+
+_NOT_COPIED = (PRUNE_REASON_ATTR, FAIL_REASON_ATTR, PROMOTED_ATTR, "pruned_at_step")
+"""The paused trial's user attrs its continuation does not inherit: they describe its end."""
+
+
+def configuration(trial: "FrozenTrial") -> int:
+    """The number of the configuration's first trial: a continuation's ``resumed_from``, a
+    retry's first failed attempt, else the trial's own number."""
+    if RESUMED_FROM_ATTR in trial.user_attrs:
+        return int(trial.user_attrs[RESUMED_FROM_ATTR])
+    history = trial.system_attrs.get("retry_history")
+    return int(history[0]) if history else trial.number
+
+
+def rung_values(trials: "list[FrozenTrial]", step: int) -> dict[int, float]:
+    """Each configuration's validation loss at ``step``, from the trials that ran it (a
+    queued continuation holds only copies of its configuration's values)."""
+    from optuna.trial import TrialState
+
+    values: dict[int, float] = {}
+    for t in trials:
+        if t.state != TrialState.WAITING and step in t.intermediate_values:
+            value = t.intermediate_values[step]
+            if math.isfinite(value):
+                values.setdefault(configuration(t), value)
+    return values
+
+
+def in_top(values: dict[int, float], config: int, eta: int, maximize: bool = False) -> bool:
+    """Whether ``config`` ranks in the top ``floor(n / eta)`` of the ``n`` configurations of
+    ``values`` (ASHA's rule: none while fewer than ``eta`` have reached the rung)."""
+    if config not in values:
+        return False
+    sign = -1.0 if maximize else 1.0
+    ranked = sorted(values, key=lambda c: (sign * values[c], c))
+    return ranked.index(config) < len(values) // eta
+
+
+def make_promotion_pruner(min_resource: int, reduction_factor: int, evals_per_epoch: int,
+                          max_epochs: int) -> "optuna.pruners.BasePruner":
+    """The ``promotion`` pruner (an Optuna pruner: it says when to pause)."""
+    import optuna
+
+    class PromotionPruner(optuna.pruners.BasePruner):
+        """Pauses a trial at a rung unless it is in the top ``1 / reduction_factor`` there.
+
+        ``paused`` maps the numbers of the trials it paused (in this process) to the step:
+        the worker turns exactly those into paused configurations.
+        """
+
+        def __init__(self) -> None:
+            self.min_resource = min_resource
+            self.reduction_factor = reduction_factor
+            self.evals_per_epoch = evals_per_epoch
+            self.rungs = rung_steps(min_resource, reduction_factor, evals_per_epoch,
+                                    max_epochs)
+            self.paused: dict[int, int] = {}
+
+        def prune(self, study: "optuna.Study", trial: "FrozenTrial") -> bool:
+            step = trial.last_step
+            if step is None or step not in self.rungs:
+                return False
+            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+            values = rung_values(study.get_trials(deepcopy=False), step)
+            values[configuration(trial)] = trial.intermediate_values[step]
+            if in_top(values, configuration(trial), self.reduction_factor, maximize):
+                return False
+            self.paused[trial.number] = step
+            return True
+
+    return PromotionPruner()
+
+
+def rung_steps(min_resource: int, reduction_factor: int, evals_per_epoch: int,
+               max_epochs: int) -> frozenset[int]:
+    """The report steps of the rungs: epoch ends at ``min_resource * reduction_factor ** k``
+    epochs, below ``max_epochs`` (a trial's last epoch is never a pause)."""
+    rungs, epochs = set(), min_resource
+    while epochs < max_epochs:
+        rungs.add(epochs * evals_per_epoch)
+        epochs *= reduction_factor
+    return frozenset(rungs)
+
+
+def is_promotion(pruner: Any) -> bool:
+    """Whether ``pruner`` is the ``promotion`` pruner (whose pruned trials pause)."""
+    return hasattr(pruner, "paused") and hasattr(pruner, "rungs")
+
+
+def pause(study: "optuna.Study", trial: "FrozenTrial", step: int) -> "FrozenTrial":
+    """Queue the pruned ``trial``'s configuration as a paused continuation (see the module
+    docstring): same params, intermediate values and user attrs, ``resumed_from`` and
+    ``paused_at`` added. Returns what was queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    attrs = {k: v for k, v in trial.user_attrs.items() if k not in _NOT_COPIED}
+    attrs.update({RESUMED_FROM_ATTR: configuration(trial), PAUSED_AT_ATTR: step})
+    queued = optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=attrs, intermediate_values=dict(trial.intermediate_values))
+    study.add_trial(queued)
+    if not trial.user_attrs.get(CHECKPOINT_ATTR):
+        log.warning("trial %d paused without a checkpoint: its promotion starts it afresh",
+                    trial.number)
+    return queued
+
+
+def promotable(study: "optuna.Study", pruner: Any,
+               trials: "list[FrozenTrial]") -> "list[FrozenTrial]":
+    """The paused trials that now rank in the top of their rung, the highest rung first and
+    the best first within it (``trials``: the study as read a moment ago)."""
+    import optuna
+
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ready = []
+    for t in trials:
+        if not is_paused(t):
+            continue
+        step = int(t.user_attrs[PAUSED_AT_ATTR])
+        values = rung_values(trials, step)
+        if in_top(values, configuration(t), pruner.reduction_factor, maximize):
+            sign = -1.0 if maximize else 1.0
+            ready.append((-step, sign * values[configuration(t)], t.number, t))
+    return [t for *_, t in sorted(ready, key=lambda r: r[:3])]

@@ -1,0 +1,177 @@
+"""The ``promotion`` pruner: a trial that falls behind pauses with its checkpoint, and resumes
+from it when its configuration ranks high enough (asynchronous successive halving with
+promotion), on every backend.
+
+The end-to-end tests run ``fastjob.epochs_job`` (a custom task that checkpoints every epoch and
+resumes; its loss falls with the epoch and is lowest for lr near 10**-2.5) under real workers;
+one runs the built-in fine-tuning job through ``hpo run``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_hpo
+from processes import one_line_error, start_hpo, wait_for
+from specs import write_tiny_spec
+from workers import epoch_log, fast_env, finished, make_study, trials
+
+from hpo.promotion import configuration, in_top, promotable, rung_steps, rung_values
+from hpo.records import is_continuation, is_paused
+from hpo.storage import open_storage
+from hpo.study import load_study
+
+PROMOTION = "promotion, reduction_factor: 2"
+"""The pruner of the fast studies: rungs at epochs 1 and 2 of 4 (and 4 is the end)."""
+
+
+def _configurations(ts):
+    """The trials by configuration, in trial order."""
+    out: dict[int, list] = {}
+    for t in ts:
+        out.setdefault(configuration(t), []).append(t)
+    return out
+
+
+def test_asha_rule_top_floor_n_over_eta():
+    values = {0: 0.5, 1: 0.4, 2: 0.9}
+    assert in_top(values, 1, 3) and not in_top(values, 0, 3) and not in_top(values, 2, 3)
+    assert not any(in_top(values, c, 4) for c in values)  # fewer than eta: nobody goes on
+    assert in_top(values, 2, 3, maximize=True)
+    assert rung_steps(1, 3, 1, 9) == {1, 3}
+    assert rung_steps(1, 2, 4, 5) == {4, 8, 16}  # four evaluations an epoch
+    assert rung_steps(2, 2, 1, 2) == frozenset()  # the last epoch is never a pause
+
+
+@pytest.mark.parametrize("pruner, why", [
+    ("{name: promotion, reduction_factor: 1}", "pruner.reduction_factor: expected an integer >= 2"),
+    ("{name: promotion, min_resource: 0}", "pruner.min_resource: expected epochs >= 1"),
+    ("{name: promotion, eta: 3}", "pruner.eta: unknown option of the promotion pruner"),
+    ("{name: patient, patience: 1, wrapped: {name: promotion}}",
+     "cannot be wrapped"),
+])
+def test_bad_promotion_options_are_one_line_errors(tmp_path, pruner, why):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(f"""
+task: {{kind: custom, entrypoint: "fastjob:epochs_job"}}
+search_space:
+  lr: {{type: float, low: 1.0e-5, high: 1.0e-1, log: true}}
+pruner: {pruner}
+""")
+    r = run_hpo("create", str(spec), "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+                cwd=tmp_path, env=fast_env(tmp_path))
+    one_line_error(r, spec, why)
+
+
+def test_paused_configurations_resume_from_their_checkpoint(storage_url, tmp_path):
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, storage_url, n=8, low=4, high=4, pruner=PROMOTION, env=env)
+    r = run_hpo("worker", name, "--storage", storage_url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ts = trials(name, storage_url)
+    configs = _configurations(ts)
+    # The budget counts configurations: 8, however many continuations resumed them.
+    assert len(configs) == 8
+    assert len([t for t in finished(ts) if not is_continuation(t)]) == 8
+    continuations = [t for t in ts if is_continuation(t)]
+    assert continuations, "nothing was ever promoted"
+    log = epoch_log(tmp_path)
+    for t in continuations:
+        root = ts[t.user_attrs["resumed_from"]]
+        assert root.params == t.params
+        paused_at = t.user_attrs["paused_at"]
+        ran = sorted(e for n, e, _ in log if n == t.number)
+        if t.state != TrialState.WAITING:  # promoted: resumed after the pause, nothing redone
+            assert ran and ran[0] == paused_at + 1, (t.number, ran, paused_at)
+            assert t.user_attrs["resumed_from_epoch"] == paused_at
+            assert t.user_attrs["promoted"] is True
+    for config, chain in configs.items():
+        epochs = sorted(e for n, e, _ in log if n in {t.number for t in chain})
+        assert epochs == list(range(1, len(epochs) + 1)), (config, epochs)  # never twice
+        for t in chain[:-1]:  # each link but the last paused, with its reason
+            assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "paused"
+    # Every rung was drained: no paused configuration ranks in the top of its rung now.
+    study, _ = load_study(name, open_storage(storage_url))
+    assert promotable(study, study.pruner, ts) == []
+    # The best configuration at the first rung trained to the end.
+    first = rung_values(ts, 1)
+    best = min(first, key=first.get)
+    assert max(e for n, e, _ in log if n in {t.number for t in configs[best]}) == 4
+    # Less training than 8 whole trials, and the paused ones are shown as paused.
+    assert len(log) < 8 * 4
+    paused = [t for t in ts if is_paused(t)]
+    status = run_hpo("status", name, "--storage", storage_url, cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    assert (f"paused {len(paused)}" in status.stdout) == bool(paused)
+
+
+def test_two_workers_promote_each_configuration_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.05)
+    name = make_study(tmp_path, url, n=12, low=4, high=4, pruner=PROMOTION, env=env)
+    r = run_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    ts = trials(name, url)
+    assert len(_configurations(ts)) == 12
+    resumed = [t.user_attrs["resumed_from"] for t in ts
+               if is_continuation(t) and t.state != TrialState.WAITING]
+    steps = [(t.user_attrs["resumed_from"], t.user_attrs["paused_at"]) for t in ts
+             if is_continuation(t) and t.state != TrialState.WAITING]
+    assert len(steps) == len(set(steps)), steps  # no pause was resumed twice
+    assert resumed and len({t.user_attrs["worker"] for t in finished(ts)}) == 2
+
+
+def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.3)
+    name = make_study(tmp_path, url, n=6, low=4, high=4, pruner=PROMOTION, env=env)
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    try:
+        def promoted_running():
+            running = [t for t in trials(name, url)
+                       if t.state == TrialState.RUNNING and is_continuation(t)]
+            log = epoch_log(tmp_path)
+            return running and any(n == running[0].number for n, _, _ in log) and running[0]
+        victim = wait_for(promoted_running, what="a promoted trial one epoch in", timeout=120)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        worker.kill()
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)  # waits out the grace
+    assert r.returncode == 0, r.stderr[-3000:]
+    ts = trials(name, url)
+    assert ts[victim.number].state == TrialState.FAIL
+    retry = [t for t in ts if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry and is_continuation(retry[0])  # still the same configuration, no budget
+    assert len(_configurations(ts)) == 6
+    assert len([t for t in finished(ts) if not is_continuation(t)]) == 6
+
+
+@pytest.mark.slow
+def test_hpo_run_pauses_and_resumes_the_fine_tuning_job(tmp_path):
+    spec = write_tiny_spec(
+        tmp_path / "promo.yaml", "promo",
+        search_space={"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+                      "epochs": {"type": "int", "low": 3, "high": 3}},
+        pruner={"name": "promotion", "reduction_factor": 2},
+        budget={"n_trials": 5})
+    url = f"sqlite:///{tmp_path / 'promo.db'}"
+    r = run_hpo("-v", "run", str(spec), "--storage", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ts = trials("promo", url)
+    paused = [t for t in ts if t.user_attrs.get("prune_reason") == "paused"]
+    assert paused and all(t.user_attrs.get("checkpoint") for t in paused)
+    for t in ts:  # a paused configuration keeps its checkpoint until it is resumed
+        if is_paused(t):
+            assert os.path.isfile(t.user_attrs["checkpoint"]), t.user_attrs
+    resumed = [t for t in ts if is_continuation(t) and t.state != TrialState.WAITING]
+    assert resumed, [(t.number, t.state.name, t.user_attrs) for t in ts]
+    for t in resumed:
+        step = t.user_attrs["paused_at"]
+        assert f"trial {t.number}: resumed from" in r.stderr
+        assert f"after epoch {step}" in r.stderr
+        assert set(t.intermediate_values) >= set(range(1, step + 2))
