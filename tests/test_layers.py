@@ -23,7 +23,8 @@ LAYERS = [
     {"hpo.job"},
     # The database: storage, the artifact store beside it, studies in it (and their first
     # trials, and when they have converged).
-    {"hpo.storage", "hpo.artifacts", "hpo.study", "hpo.warm_start", "hpo.convergence"},
+    {"hpo.storage", "hpo.artifacts", "hpo.study", "hpo.warm_start", "hpo.convergence",
+     "hpo.promotion"},
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.
