@@ -112,6 +112,8 @@ BAD = [
     (", stop_when_converged: true, min_trials: 1", ["budget.min_trials", "integer >= 2"]),
     (", stop_when_converged: true, min_trials: 2.5", ["budget.min_trials", "integer >= 2"]),
     (", stop_when_converged: true, min_trials: 20", ["budget.min_trials", "not below n_trials"]),
+    (", stop_when_converged: true, min_trials: 10, repeats: 10",
+     ["budget.repeats", "min_trials (10) + repeats (10) is not below n_trials (20)"]),
     (", stop_when_converged: true, repeats: 0", ["budget.repeats", "integer >= 1", "got 0"]),
     (", stop_when_converged: true, repeats: many", ["budget.repeats", "integer >= 1"]),
     (", stop_when_converged: true, patience: 3", ["budget.patience", "unknown key"]),
@@ -140,6 +142,6 @@ def test_min_trials_defaults_to_10_and_must_leave_room():
            "budget": {"n_trials": 10, "stop_when_converged": True}}
     with pytest.raises(Exception, match=r"budget.min_trials: 10 \(the default\) is not below"):
         parse_spec(raw, default_name="x", check_environment=False)
-    raw["budget"]["n_trials"] = 11
+    raw["budget"]["n_trials"] = 13
     budget = parse_spec(raw, default_name="x", check_environment=False).budget
     assert (budget.first_judged, budget.n_repeats) == (10, 2)

@@ -191,6 +191,11 @@ def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
         raise (at / "min_trials").error(
             f"{budget.first_judged}{given} is not below n_trials ({n_trials}): the study "
             "could not stop early; set a smaller min_trials")
+    if converge and n_trials is not None and budget.first_judged + budget.n_repeats >= n_trials:
+        raise (at / "repeats").error(
+            f"min_trials ({budget.first_judged}) + repeats ({budget.n_repeats}) is not below "
+            f"n_trials ({n_trials}): the repeats run inside the budget, and a trial after them "
+            "is needed to stop early")
     return budget
 
 
