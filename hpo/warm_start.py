@@ -58,7 +58,12 @@ def plan_first_guesses(spec: Spec, storage: "optuna.storages.BaseStorage",
     if warm.defaults:
         family = family_of(spec.task)
         assert family is not None  # parse_spec refuses defaults for a custom job
-        guesses.append(Guess(fit_to_space(family.params, spec), f"defaults ({family.name})"))
+        params = fit_to_space(family.params, spec)
+        if params:
+            guesses.append(Guess(params, f"defaults ({family.name})"))
+        else:  # an empty guess would be one more sampled trial under a misleading name
+            log.warning("warm start: none of the %s defaults fits this search space",
+                        family.name)
     if warm.source is not None:
         guesses += _from_study(spec, storage, source)
     return guesses

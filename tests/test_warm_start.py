@@ -222,3 +222,19 @@ def test_the_exported_best_spec_has_no_first_guesses(tmp_path):
         distributions={p.name: p.distribution() for p in spec.search_space}, value=0.5)
     exported = parse_spec(best_spec_dict(spec, trial), check_environment=False)
     assert spec.warm_start is not None and exported.warm_start is None
+
+
+def test_defaults_that_fit_nothing_enqueue_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = tmp_path / "odd.yaml"
+    spec.write_text(textwrap.dedent("""
+        study: {name: odd}
+        task: {kind: image_classification, model: resnet18, dataset: {name: digits}}
+        search_space:
+          optimizer: {type: categorical, choices: [sgd, rmsprop]}
+          lr: 0.01
+        warm_start: {defaults: true}
+    """))
+    r = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path)
+    assert r.returncode == 0 and "none of the convnet defaults fits" in r.stderr, r.stderr
+    assert optuna.load_study(study_name="odd", storage=url).get_trials() == []
