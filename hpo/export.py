@@ -165,6 +165,7 @@ def best_spec_dict(spec: "Spec", trial: "FrozenTrial") -> dict[str, Any]:
     d["sampler"] = {"name": "random", "seed": seed if seed is not None else 0}
     d["pruner"] = {"name": "none"}
     d["budget"] = {"n_trials": 1, "timeout": None}
+    d.pop("warm_start", None)  # its one trial is the best's params, not first guesses
     task = d["task"]
     dataset = task.get("dataset") or {}  # a custom task has none
     for key in DATA_PATH_KEYS:

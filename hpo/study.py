@@ -20,19 +20,34 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.Study":
+def create_study(spec: Spec, storage: "optuna.storages.BaseStorage",
+                 source: str = "<spec>") -> "optuna.Study":
     """Create the spec's study, or load it if it exists with the same spec.
 
     Safe when many workers call it at once: the loser of the creation race loads the study.
     A study that exists with another spec is an error, except for the budget, which a rerun
-    may change.
+    may change. The ``warm_start`` trials are enqueued by the creator alone, so once however
+    many machines run the spec.
+
+    Args:
+        spec: the study spec.
+        storage: from ``hpo.storage.open_storage``.
+        source: the spec file, named in errors.
 
     Raises:
         HpoError: the study exists with a different spec.
+        SpecError: ``warm_start`` names a study that is missing or does not fit (checked
+            before the new study is written).
     """
     import optuna
 
+    from hpo.warm_start import enqueue_first_guesses, plan_first_guesses
+
     name = spec.study.name
+    guesses = []
+    if spec.warm_start is not None and not _exists(storage, name):
+        guesses = plan_first_guesses(spec, storage, source)
+    given, spec = spec, with_sampler_defaults(spec)  # stored: the study stays reproducible
     try:
         # The study and its spec in one transaction: a concurrent create of the same name
         # either loses here and compares specs below, or finds the winner's spec stored.
@@ -41,11 +56,38 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage") -> "optuna.
             {SPEC_ATTR: spec.to_dict(), VERSION_ATTR: __version__})
     except optuna.exceptions.DuplicatedStudyError:
         stored = _stored_spec(storage, name)
+        spec = _with_stored_defaults(given, stored)
         _check_same(stored, spec)
         if stored.budget != spec.budget:
             storage.set_study_user_attr(storage.get_study_id_from_name(name), SPEC_ATTR,
                                         spec.to_dict())
-    return load_study(name, storage)[0]
+        return load_study(name, storage)[0]
+    study = load_study(name, storage)[0]
+    if guesses:
+        enqueue_first_guesses(study, guesses)
+    return study
+
+
+def _with_stored_defaults(spec: Spec, stored: Spec | None) -> Spec:
+    """``spec`` with the sampler defaults its study was created with, where ``spec`` leaves
+    them to hpo (a rerun with another budget keeps the study's sampler)."""
+    from dataclasses import replace
+
+    if (stored is None or stored.sampler.name != spec.sampler.name
+            or "n_startup_trials" in spec.sampler.options
+            or "n_startup_trials" not in stored.sampler.options):
+        return spec
+    startup = stored.sampler.options["n_startup_trials"]
+    return replace(spec, sampler=replace(
+        spec.sampler, options={**spec.sampler.options, "n_startup_trials": startup}))
+
+
+def _exists(storage: "optuna.storages.BaseStorage", name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def load_study(
@@ -154,6 +196,25 @@ def pick_trial(study: "optuna.Study", number: int | None, purpose: str) -> "Froz
 
 # --------------------------------------------------------------------------------------------
 # Factories.
+
+
+SMALL_BUDGET = 12
+"""A new TPE study of at most this many trials whose spec sets no ``n_startup_trials`` starts
+modelling after ``max(2, n_trials // 4)`` random trials, not Optuna's 10, which leave TPE
+almost none of such a budget (measured: benchmarks/startup.py, benchmarks/RESULTS.md)."""
+
+
+def with_sampler_defaults(spec: Spec) -> Spec:
+    """The spec with hpo's sampler defaults for its budget written in (``SMALL_BUDGET``), as a
+    new study stores it; unchanged where the spec sets them or the budget is larger."""
+    from dataclasses import replace
+
+    n = spec.budget.n_trials
+    if (spec.sampler.name != "tpe" or "n_startup_trials" in spec.sampler.options
+            or n is None or n > SMALL_BUDGET):
+        return spec
+    options = {**spec.sampler.options, "n_startup_trials": max(2, n // 4)}
+    return replace(spec, sampler=replace(spec.sampler, options=options))
 
 
 def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampler":

@@ -8,18 +8,30 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import (RESUMED_FROM_ATTR, RETRAIN_ATTR, best_or_none, devices, format_value,
-                         iso, objectives, pareto_trials, state_counts, trial_record, val_loss)
+from hpo.records import (FIRST_GUESSES_ATTR, RESUMED_FROM_ATTR, RETRAIN_ATTR, SEED_SPREAD_ATTR,
+                         STOPPED_ATTR, best_or_none, devices, format_value, iso, objectives,
+                         pareto_trials, state_counts, trial_record, val_loss)
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
 
-def best_record(study: "optuna.Study") -> dict[str, Any] | None:
-    """The best complete trial of the study with the study's name, or None if none completed."""
+def best_record(study: "optuna.Study", attrs: dict[str, Any] | None = None
+                ) -> dict[str, Any] | None:
+    """The best complete trial of the study with the study's name, or None if none completed;
+    with ``seed_spread`` (``hpo.convergence``) where the study measured it.
+
+    ``attrs``: the study's user attrs where the caller read them already.
+    """
     best = best_or_none(study)
-    return None if best is None else {"study": study.study_name, **trial_record(best)}
+    if best is None:
+        return None
+    record = {"study": study.study_name, **trial_record(best)}
+    spread = (study.user_attrs if attrs is None else attrs).get(SEED_SPREAD_ATTR)
+    if spread:
+        record["seed_spread"] = spread
+    return record
 
 
 def pareto_records(study: "optuna.Study") -> list[dict[str, Any]]:
@@ -59,14 +71,21 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
             "world_size": t.user_attrs.get("world_size", 1),
             "seconds": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
         })
-    best = best_record(study)
-    return {
+    attrs = study.user_attrs
+    best = best_record(study, attrs)
+    record = {
         "study": study.study_name,
         "counts": counts,
         "best": None if best is None else {"number": best["number"], "value": best["value"]},
         "running": running,
-        "retrain": study.user_attrs.get(RETRAIN_ATTR),
+        "retrain": attrs.get(RETRAIN_ATTR),
     }
+    # Only where the study has them: a study without warm start or convergence reads as before.
+    for key, attr in (("seed_spread", SEED_SPREAD_ATTR), ("stopped", STOPPED_ATTR),
+                      ("first_guesses", FIRST_GUESSES_ATTR)):
+        if attrs.get(attr):
+            record[key] = attrs[attr]
+    return record
 
 
 def studies_records(storage: "optuna.storages.BaseStorage") -> list[dict[str, Any]]:
@@ -104,8 +123,13 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
     """The status as text; ``gpus`` maps worker names to the GPU each is pinned to."""
     lines = [f"study {record['study']}", f"  trials   {format_counts(record['counts'])}"]
     best = record["best"]
-    lines.append(f"  best     #{best['number']} val_loss {best['value']:.4f}" if best
+    lines.append(f"  best     #{best['number']} val_loss {best['value']:.4f}"
+                 f"{format_spread(record.get('seed_spread'), short=True)}" if best
                  else "  best     none yet (no complete trial)")
+    if record.get("stopped"):
+        lines.append(f"  stopped  {record['stopped']}")
+    if record.get("first_guesses"):
+        lines.append(f"  first    {'; '.join(record['first_guesses'])}")
     if record["running"]:
         lines.append("  running")
         for r in record["running"]:
@@ -133,6 +157,8 @@ def format_best(record: dict[str, Any]) -> str:
         f"best trial of {record['study']}: #{record['number']}",
         f"  val_loss      {record['value']:.6f}",
     ]
+    if record.get("seed_spread"):
+        lines.append(f"  {'seed spread':<13} {format_spread(record['seed_spread'])}")
     for key in ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
                 "samples_per_second", "device", "world_size", "checkpoint"):
         if key in attrs:
@@ -157,6 +183,17 @@ def format_pareto(records: list[dict[str, Any]]) -> str:
         lines.append("  " + "  ".join(f"{x:<{w}}" for x, w in zip(row[:-1], widths)) + "  "
                      + row[-1])
     return "\n".join(lines)
+
+
+def format_spread(spread: dict[str, Any] | None, short: bool = False) -> str:
+    """The seed spread (``hpo.convergence``) as shown beside the best value."""
+    if not spread:
+        return ""
+    n, std = len(spread["values"]), spread["std"]
+    if short:
+        return f"  (seed spread ±{std:.4f} over {n} seeds of #{spread['trial']})"
+    return (f"std {std:.4f}, {spread['min']:.4f}..{spread['max']:.4f} over {n} seeds "
+            f"({', '.join(map(str, spread['seeds']))}) of #{spread['trial']}")
 
 
 def format_studies(records: list[dict[str, Any]]) -> str:

@@ -21,9 +21,10 @@ LAYERS = [
     {"hpo.spec", "hpo._optuna", "hpo.provenance"},
     # The job: a trial's params -> a fine-tuned model. It sees no database, process or GPU id.
     {"hpo.job"},
-    # The database: storage, the artifact store beside it, studies in it (and the promotion
-    # pruner's pauses and promotions, which are trials of a study).
-    {"hpo.storage", "hpo.artifacts", "hpo.study", "hpo.promotion"},
+    # The database: storage, the artifact store beside it, studies in it (their first trials,
+    # when they have converged, the promotion pruner's pauses and promotions).
+    {"hpo.storage", "hpo.artifacts", "hpo.study", "hpo.warm_start", "hpo.convergence",
+     "hpo.promotion"},
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.

@@ -14,7 +14,8 @@ from hpo import __version__
 from hpo.errors import SpecError, StudyNotFoundError
 from hpo.spec import parse_spec
 from hpo.storage import open_storage
-from hpo.study import SPEC_ATTR, VERSION_ATTR, create_study, load_study, make_pruner, make_sampler
+from hpo.study import (SPEC_ATTR, VERSION_ATTR, create_study, load_study, make_pruner, make_sampler,
+                       with_sampler_defaults)
 from specs import make_spec, unique
 
 
@@ -46,7 +47,8 @@ def test_concurrent_creates_with_different_specs_one_wins_the_other_is_refused(
         error = str(outcome[1 - winner])
         assert "search_space.lr.high" in error and "\n" not in error
         _, stored = load_study(name, open_storage(storage_url, create=False))
-        assert stored == specs[winner], f"round {r}: the loser overwrote the winner's spec"
+        assert stored == with_sampler_defaults(specs[winner]), \
+            f"round {r}: the loser overwrote the winner's spec"
 
 
 def test_create_with_another_spec_is_exit_2_naming_the_difference(tmp_path):
@@ -69,10 +71,11 @@ def test_study_stores_the_whole_spec_and_loads_by_name(storage_url):
     study = create_study(spec, open_storage(storage_url))
     attrs = study.user_attrs
     assert attrs[VERSION_ATTR] == __version__
-    assert parse_spec(attrs[SPEC_ATTR]) == spec
+    # The whole spec, with the sampler default for its small budget written in.
+    assert parse_spec(attrs[SPEC_ATTR]) == with_sampler_defaults(spec)
     # A worker elsewhere needs only the name and the URL.
     loaded, loaded_spec = load_study(spec.study.name, open_storage(storage_url, create=False))
-    assert loaded_spec == spec
+    assert loaded_spec == with_sampler_defaults(spec)
     assert isinstance(loaded.sampler, optuna.samplers.TPESampler)
     assert isinstance(loaded.pruner, optuna.pruners.MedianPruner)
 
@@ -157,3 +160,30 @@ def test_pruner_factory(name):
 def test_hyperband_max_resource_is_the_largest_epochs():
     pruner = make_pruner(make_spec("h", "pruner: {name: hyperband}\n"))
     assert pruner._max_resource == 6
+
+
+def test_a_small_tpe_budget_starts_modelling_sooner_and_keeps_it(tmp_path):
+    """benchmarks/startup.py: on 8-12 trials, max(2, n // 4) random startup trials beat
+    Optuna's 10. Written into the stored spec, so reruns and workers keep it."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
+
+    def startup(name: str):
+        return load_study(name, storage)[1].sampler.options.get("n_startup_trials")
+
+    create_study(make_spec("small", **{"n_trials: 5": "n_trials: 12"}), storage)
+    assert startup("small") == 3
+    # A rerun with another budget keeps the study's sampler (and raises no difference).
+    create_study(make_spec("small", **{"n_trials: 5": "n_trials: 40"}), storage)
+    assert startup("small") == 3 and load_study("small", storage)[1].budget.n_trials == 40
+    create_study(make_spec("larger", **{"n_trials: 5": "n_trials: 13"}), storage)
+    assert startup("larger") is None  # Optuna's default
+    create_study(make_spec("set", "sampler: {name: tpe, n_startup_trials: 10}\n"), storage)
+    assert startup("set") == 10
+    create_study(make_spec("random", "sampler: {name: random}\n"), storage)
+    assert startup("random") is None
+    # A study stored before the default existed keeps Optuna's default on every rerun.
+    old = make_spec("old")
+    create_study(old, storage)
+    storage.set_study_user_attr(storage.get_study_id_from_name("old"), SPEC_ATTR, old.to_dict())
+    create_study(old, storage)
+    assert startup("old") is None

@@ -111,7 +111,8 @@ class Handle:
         from hpo.study import create_study
 
         self._opened = open_storage(self.url)
-        self._loaded = (create_study(spec, self._opened), spec)
+        self._loaded = (create_study(spec, self._opened, getattr(self.args, "spec", "<spec>")),
+                        spec)
         return self._loaded[0]
 
 

@@ -13,6 +13,7 @@ from hpo.spec._parse import load_spec, parse_spec
 from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._sample import suggest
 from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
+from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
 from hpo.spec._schema import (
     FREEZE_POLICIES,
     HYPERPARAMETERS,
@@ -33,8 +34,9 @@ from hpo.spec._schema import (
 
 __all__ = [
     "ADAPTER_PARAMS", "LORA_PRESETS", "AdapterSpec", "lora_targets",
-    "FREEZE_POLICIES", "HYPERPARAMETERS", "OBJECTIVES", "OPTIMIZERS", "PRUNER_OPTIONS",
-    "SAMPLER_OPTIONS", "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Hyperparameter",
-    "LatencySpec", "ParamSpec", "ResourcesSpec", "Spec", "StudySection", "TaskSpec",
-    "load_entrypoint", "load_spec", "max_epochs", "parse_spec", "resolve_model", "suggest",
+    "FAMILIES", "FREEZE_POLICIES", "HYPERPARAMETERS", "OBJECTIVES", "OPTIMIZERS", "PRUNER_OPTIONS",
+    "SAMPLER_OPTIONS", "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Family",
+    "Hyperparameter", "LatencySpec", "ParamSpec", "ResourcesSpec", "Spec", "StudySection",
+    "TaskSpec", "WarmStartSpec", "family_of", "load_entrypoint", "load_spec", "max_epochs",
+    "parse_spec", "resolve_model", "suggest",
 ]

@@ -13,11 +13,12 @@ from hpo.spec._adapter import ADAPTER_PARAMS
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, PRUNER_OPTIONS, SAMPLER_OPTIONS,
-    ResourcesSpec, Spec, TaskSpec, _is_number, _positive_int, max_epochs,
+    ResourcesSpec, Spec, TaskSpec, _BOOL, _is_int, _is_number, _positive_int, max_epochs,
 )
 from hpo.spec._space import _parse_space
 from hpo.spec._study import _parse_study, check_objectives, default_pruner
 from hpo.spec._task import _parse_task
+from hpo.spec._warm_start import _parse_warm_start
 
 
 def load_spec(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
@@ -53,7 +54,8 @@ def load_spec(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec
 
 
 _NOT_WITH_ADAPTER = ("freeze", "freeze_k", "backbone_lr_mult")
-_TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget", "resources")
+_TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget", "resources",
+             "warm_start")
 
 
 def parse_spec(
@@ -93,7 +95,10 @@ def parse_spec(
     pruner = _parse_component(top.get("pruner") or default_pruner(study), at / "pruner", "pruner")
     budget = _parse_budget(top.get("budget") or {}, at / "budget")
     resources = _parse_resources(top.get("resources") or {}, at / "resources", task)
-    spec = Spec(study, task, space, sampler, pruner, budget, resources)
+    warm = top.get("warm_start")
+    warm = None if warm is None else _parse_warm_start(warm, at / "warm_start", study.name,
+                                                       task, sampler.name)
+    spec = Spec(study, task, space, sampler, pruner, budget, resources, warm)
     _check_cross(spec, at)
     check_objectives(spec, at)
     return spec
@@ -147,7 +152,7 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
 
 
 def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
-    d = at.mapping(raw, ("n_trials", "timeout"))
+    d = at.mapping(raw, ("n_trials", "timeout", "stop_when_converged", "min_trials", "repeats"))
     n_trials = d.get("n_trials", 20)
     if n_trials is not None:
         (at / "n_trials").checked(n_trials, _positive_int)
@@ -158,7 +163,29 @@ def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
         timeout = float(timeout)
     if n_trials is None and timeout is None:
         raise at.error("give n_trials or timeout (or both), else the study never ends")
-    return BudgetSpec(n_trials=n_trials, timeout=timeout)
+    converge = (at / "stop_when_converged").typed(d.get("stop_when_converged", False), _BOOL)
+    for key in ("min_trials", "repeats"):
+        if key in d and not converge:
+            raise (at / key).error("only with stop_when_converged: true")
+    budget = BudgetSpec(n_trials=n_trials, timeout=timeout, stop_when_converged=converge,
+                        min_trials=d.get("min_trials"), repeats=d.get("repeats"))
+    if budget.min_trials is not None and (not _is_int(budget.min_trials)
+                                          or budget.min_trials < 2):
+        raise (at / "min_trials").error(f"expected an integer >= 2 (complete trials before "
+                                        f"convergence is judged), got {_show(budget.min_trials)}")
+    if budget.repeats is not None:
+        (at / "repeats").checked(budget.repeats, _positive_int)
+    if converge and n_trials is not None and budget.first_judged >= n_trials:
+        given = "" if budget.min_trials is not None else " (the default)"
+        raise (at / "min_trials").error(
+            f"{budget.first_judged}{given} is not below n_trials ({n_trials}): the study "
+            "could not stop early; set a smaller min_trials")
+    if converge and n_trials is not None and budget.first_judged + budget.n_repeats >= n_trials:
+        raise (at / "repeats").error(
+            f"min_trials ({budget.first_judged}) + repeats ({budget.n_repeats}) is not below "
+            f"n_trials ({n_trials}): the repeats run inside the budget, and a trial after them "
+            "is needed to stop early")
+    return budget
 
 
 def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:

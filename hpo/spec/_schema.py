@@ -6,10 +6,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from hpo.spec._adapter import LORA_PRESETS, AdapterSpec
+from hpo.spec._budget import BudgetSpec
+
 if TYPE_CHECKING:
     from hpo.spec._study import StudySection  # it imports this module
-
-from hpo.spec._adapter import LORA_PRESETS, AdapterSpec
+    from hpo.spec._warm_start import WarmStartSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -266,16 +268,6 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
-class BudgetSpec:
-    """The global budget, across every worker and machine."""
-
-    n_trials: int | None = 20
-    """Finished trials (complete + pruned) after which workers stop."""
-    timeout: float | None = None
-    """Seconds after which a worker starts no new trial."""
-
-
-@dataclass(frozen=True)
 class ResourcesSpec:
     """What one trial runs on."""
 
@@ -295,6 +287,8 @@ class Spec:
     pruner: ComponentSpec
     budget: BudgetSpec
     resources: ResourcesSpec = ResourcesSpec()
+    warm_start: WarmStartSpec | None = None
+    """The first trials: known-good defaults, an earlier study's best (``_warm_start``)."""
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.search_space:
@@ -316,10 +310,11 @@ class Spec:
             "search_space": {p.name: p.to_dict() for p in self.search_space},
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
-            "budget": asdict(self.budget),
+            "budget": self.budget.to_dict(),
             # Only when set: a study stored before the key existed reads back the same.
             **({"resources": asdict(self.resources)}
                if self.resources != ResourcesSpec() else {}),
+            **({"warm_start": self.warm_start.to_dict()} if self.warm_start else {}),
         }
 
     def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> "Spec":

@@ -43,7 +43,8 @@ def over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
 
 def should_stop(study: "optuna.Study", spec: Spec, started: float,
                 trials: "list[FrozenTrial]") -> str:
-    """Why to start no new trial (``budget``, ``timeout``), ``wait`` while the rest of the
+    """Why to start no new trial (``budget``, ``timeout``, ``converged``: see
+    ``hpo.convergence``), ``wait`` while the rest of the
     budget is running on other workers, or '' to go on. The budget counts every worker's
     trials; ``trials`` is the study as last read (read again only when running trials decide
     it)."""
@@ -52,6 +53,11 @@ def should_stop(study: "optuna.Study", spec: Spec, started: float,
     timeout = spec.budget.timeout
     if timeout is not None and time.monotonic() - started >= timeout:
         return "timeout"
+    if spec.budget.stop_when_converged:
+        from hpo.convergence import converged
+
+        if converged(study, spec, trials):
+            return "converged"
     n_trials = spec.budget.n_trials
     if n_trials is None:
         return ""

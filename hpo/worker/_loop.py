@@ -49,7 +49,7 @@ class WorkerReport:
 
     trials: int = 0
     stopped_because: str = ""
-    """budget | timeout | failures | preempted | recycle"""
+    """budget | timeout | converged | failures | preempted | recycle"""
     waited: float = 0.0
     """Seconds spent waiting for other workers' trials at the end of the budget."""
     last_failure: str = ""

@@ -101,6 +101,7 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
     """
     import optuna
 
+    from hpo.convergence import repeat_task
     from hpo.job import JobContext
 
     run_job = job_function(spec)
@@ -117,7 +118,8 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
             pauses=is_promotion(study.pruner),
         )
         try:
-            value = run_job(trial, spec.task, params, context)
+            # A repeat (hpo.convergence) runs with its own seed.
+            value = run_job(trial, repeat_task(trial, spec.task), params, context)
             if storage_url is not None and trial.user_attrs.get(CHECKPOINT_ATTR):
                 quietly(upload_if_among_best, study, trial, value, storage_url)
             return objective_values(spec, value, trial.user_attrs)

@@ -6,6 +6,8 @@ obeys the pruner. Each epoch sleeps ``$FASTJOB_EPOCH_SECONDS`` and appends
 ``trial epoch pid`` to ``$FASTJOB_LOG``, so a test can see which epochs ran where. With
 ``$FASTJOB_DONE_FILE`` set, a job that trained its last epoch writes that file and waits
 ``$FASTJOB_DONE_SECONDS`` before it returns (a test acts between the training and the tell).
+With ``$FASTJOB_SEED_NOISE`` set, every loss moves by that much times a fixed draw of the
+trial's seed (its ``seed`` user attr, a repeat's; else 0): the noise that repeats measure.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 
 import optuna
@@ -25,9 +28,11 @@ def epochs_job(trial, params, context) -> float:
         state = json.loads(context.resume_path.read_text())
         first, best = state["epoch"] + 1, state["best"]
         trial.set_user_attr("resumed_from_epoch", state["epoch"])
+    noise = float(os.environ.get("FASTJOB_SEED_NOISE", "0"))
+    shift = noise * random.Random(trial.user_attrs.get("seed", 0)).gauss(0, 1) if noise else 0
     for epoch in range(first, params["epochs"] + 1):
         time.sleep(epoch_seconds)
-        loss = (math.log10(params["lr"]) + 2.5) ** 2 + 1.0 / epoch
+        loss = (math.log10(params["lr"]) + 2.5) ** 2 + 1.0 / epoch + shift
         trial.report(loss, epoch)
         best = min(best, loss)
         if context.checkpoint_path is not None:
