@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.records import (
     CHECKPOINT_ATTR, FAIL_REASON_ATTR, PAUSED_AT_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR,
-    RESUMED_FROM_ATTR, is_paused,
+    RESUMED_FROM_ATTR, is_continuation, is_paused,
 )
 
 if TYPE_CHECKING:
@@ -146,10 +146,15 @@ def pause(study: "optuna.Study", trial: "FrozenTrial", step: int) -> "FrozenTria
 
 def promotable(study: "optuna.Study", pruner: Any,
                trials: "list[FrozenTrial]") -> "list[FrozenTrial]":
-    """The paused trials that now rank in the top of their rung, the highest rung first and
-    the best first within it (``trials``: the study as read a moment ago)."""
+    """The continuations to run next, outside the budget (``trials``: the study as read a
+    moment ago): first those promoted already and queued again (re-queued by SIGTERM, or the
+    retry of one whose worker died), then the paused trials that now rank in the top of their
+    rung, the highest rung first and the best first within it."""
     import optuna
+    from optuna.trial import TrialState
 
+    again = [t for t in trials if t.state == TrialState.WAITING and is_continuation(t)
+             and not is_paused(t)]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ready = []
     for t in trials:
@@ -160,4 +165,4 @@ def promotable(study: "optuna.Study", pruner: Any,
         if in_top(values, configuration(t), pruner.reduction_factor, maximize):
             sign = -1.0 if maximize else 1.0
             ready.append((-step, sign * values[configuration(t)], t.number, t))
-    return [t for *_, t in sorted(ready, key=lambda r: r[:3])]
+    return again + [t for *_, t in sorted(ready, key=lambda r: r[:3])]

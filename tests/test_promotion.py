@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -27,6 +28,18 @@ from hpo.study import load_study
 
 PROMOTION = "promotion, reduction_factor: 2"
 """The pruner of the fast studies: rungs at epochs 1 and 2 of 4 (and 4 is the end)."""
+PROMOTING = (10 ** -2.5, 1e-4, 1e-1, 1e-3)
+"""Learning rates that make the fast job promote for sure (its loss is (log10 lr + 2.5)**2 +
+1/epoch): the first pauses at epoch 1 (alone at the rung), the second ranks below it there,
+which promotes the first; it pauses at epoch 2 (alone there), the third pauses at epoch 1,
+the fourth passes epoch 1 and pauses at epoch 2 below the first, which is promoted again and
+completes. The workers' own samples (their seeds differ by process) come after them."""
+
+
+def _enqueue(name, url, lrs=PROMOTING):
+    study = optuna.load_study(study_name=name, storage=url)
+    for lr in lrs:
+        study.enqueue_trial({"lr": lr, "epochs": 4}, skip_if_exists=False)
 
 
 def _configurations(ts):
@@ -70,6 +83,7 @@ pruner: {pruner}
 def test_paused_configurations_resume_from_their_checkpoint(storage_url, tmp_path):
     env = fast_env(tmp_path)
     name = make_study(tmp_path, storage_url, n=8, low=4, high=4, pruner=PROMOTION, env=env)
+    _enqueue(name, storage_url)
     r = run_hpo("worker", name, "--storage", storage_url, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     ts = trials(name, storage_url)
@@ -113,6 +127,7 @@ def test_two_workers_promote_each_configuration_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'two.db'}"
     env = fast_env(tmp_path, epoch_seconds=0.05)
     name = make_study(tmp_path, url, n=12, low=4, high=4, pruner=PROMOTION, env=env)
+    _enqueue(name, url)
     r = run_hpo("launch", name, "--storage", url, "--workers", "2", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:]
     ts = trials(name, url)
@@ -127,8 +142,9 @@ def test_two_workers_promote_each_configuration_once(tmp_path):
 
 def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
     url = f"sqlite:///{tmp_path / 'kill.db'}"
-    env = fast_env(tmp_path, epoch_seconds=0.3)
-    name = make_study(tmp_path, url, n=6, low=4, high=4, pruner=PROMOTION, env=env)
+    env = fast_env(tmp_path, epoch_seconds=1.0)
+    name = make_study(tmp_path, url, n=4, low=4, high=4, pruner=PROMOTION, env=env)
+    _enqueue(name, url)
     worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
     try:
         def promoted_running():
@@ -136,6 +152,7 @@ def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
                        if t.state == TrialState.RUNNING and is_continuation(t)]
             log = epoch_log(tmp_path)
             return running and any(n == running[0].number for n, _, _ in log) and running[0]
+        # The first's second promotion: epoch 3 logged, epoch 4 under way.
         victim = wait_for(promoted_running, what="a promoted trial one epoch in", timeout=120)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
@@ -146,9 +163,11 @@ def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
     ts = trials(name, url)
     assert ts[victim.number].state == TrialState.FAIL
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == victim.number]
-    assert retry and is_continuation(retry[0])  # still the same configuration, no budget
-    assert len(_configurations(ts)) == 6
-    assert len([t for t in finished(ts) if not is_continuation(t)]) == 6
+    # Still the same configuration, outside the budget (which its pause had met): run anyway.
+    assert retry and is_continuation(retry[0]) and retry[0].state == TrialState.COMPLETE
+    assert retry[0].user_attrs["resumed_from_epoch"] == 3
+    assert len(_configurations(ts)) == 4
+    assert len([t for t in finished(ts) if not is_continuation(t)]) == 4
 
 
 @pytest.mark.slow

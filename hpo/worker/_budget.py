@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hpo import _optuna
-from hpo.records import count_states, is_continuation
+from hpo.records import count_states, is_continuation, is_paused
 from hpo.spec import Spec
 
 if TYPE_CHECKING:
@@ -69,8 +69,11 @@ def should_stop(study: "optuna.Study", spec: Spec, started: float,
         trials = study.get_trials(deepcopy=False)
         counts = count_states(t for t in trials if not is_continuation(t))
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= n_trials:
-        if any(t.state == TrialState.RUNNING and is_continuation(t) for t in trials):
-            return "wait"  # it may pause and make a paused configuration promotable
+        if any(is_continuation(t) and (t.state == TrialState.RUNNING or (
+                t.state == TrialState.WAITING and not is_paused(t))) for t in trials):
+            # One running may pause and make a paused configuration promotable; one queued
+            # again (a retry, a re-queue) runs outside the budget: look again.
+            return "wait"
         return "budget"
     if budget_taken(counts, n_trials):
         # The rest is running elsewhere; a trial of it may still fail and need this worker.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from hpo import _optuna
 from hpo.promotion import is_promotion, pause
 from hpo.records import (
-    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR, is_paused,
+    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR, is_continuation,
 )
 from hpo.spec import Spec, suggest
 from hpo.worker._budget import over_budget
@@ -155,9 +155,10 @@ def run_trial(study: "optuna.Study", spec: Spec,
     configuration is queued as a paused trial); a trial past the budget goes back to the
     queue unrun.
 
-    With ``promote`` (a paused trial, ``hpo.promotion.promotable``), that trial alone is
-    claimed, outside the budget (it resumes a configuration the budget has counted); if
-    another worker promoted it first, nothing runs.
+    With ``promote`` (a continuation, ``hpo.promotion.promotable``: a paused trial promoted
+    now, or a promoted one queued again), that trial alone is claimed, outside the budget (it
+    resumes a configuration the budget has counted); if another worker took it first, nothing
+    runs.
     """
     import optuna
     from optuna.trial import TrialState
@@ -169,8 +170,8 @@ def run_trial(study: "optuna.Study", spec: Spec,
     with signals_held():
         if promote is not None:
             trial = _optuna.ask(study, {**attrs, PROMOTED_ATTR: True}, [promote], create=False)
-        else:  # paused trials wait for a promotion
-            queued = [t for t in trials if not is_paused(t)]
+        else:  # continuations run through ``promote`` alone, outside the budget
+            queued = [t for t in trials if not is_continuation(t)]
             trial = _optuna.ask(study, attrs, queued, spec.budget.n_trials)
         if trial is None:
             return  # the rest of the budget was claimed a moment ago: the loop decides
