@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 import uuid
 
 import optuna
@@ -15,10 +14,9 @@ import yaml
 
 from conftest import run_hpo
 from processes import one_line_error
-from specs import TINY, write_tiny_spec
+from specs import TINY, refused_spec, write_tiny_spec
 
 from hpo import _optuna
-from hpo.cli import main
 from hpo.records import CHECKPOINT_ATTR
 from hpo.spec import LatencySpec, parse_spec
 from hpo.study import create_study, load_study, make_sampler
@@ -94,16 +92,7 @@ search_space: {lr: {type: float, low: 1.0e-4, high: 1.0e-1}}
 
 @pytest.mark.parametrize("name,text,words", BAD, ids=[b[0] for b in BAD])
 def test_bad_objectives_are_one_clear_line(name, text, words, tmp_path, capsys):
-    spec_file = tmp_path / "bad.yaml"
-    spec_file.write_text(textwrap.dedent(text))
-    db = tmp_path / "hpo.db"
-    code = main(["create", str(spec_file), "--storage", f"sqlite:///{db}"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"hpo: error: {spec_file}: "), err
-    for word in words:
-        assert word in err, (word, err)
-    assert not db.exists()
+    refused_spec(text, tmp_path, capsys, *words)
 
 
 def test_bad_objectives_through_the_cli_process(tmp_path):

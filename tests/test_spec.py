@@ -3,7 +3,6 @@ nothing written."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import optuna
@@ -15,6 +14,7 @@ from hpo.errors import SpecError
 from hpo.spec import load_spec, parse_spec, suggest
 
 from conftest import ROOT
+from specs import refused_spec
 
 SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
@@ -142,17 +142,7 @@ BAD = [
 
 @pytest.mark.parametrize("name,text,words", BAD, ids=[b[0] for b in BAD])
 def test_bad_spec_is_one_clear_line_and_writes_nothing(name, text, words, tmp_path, capsys):
-    spec_file = tmp_path / "bad.yaml"
-    spec_file.write_text(textwrap.dedent(text))
-    db = tmp_path / "hpo.db"
-    code = main(["create", str(spec_file), "--storage", f"sqlite:///{db}"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("hpo: error: ") and str(spec_file) in err, err
-    for word in words:
-        assert word in err, (word, err)
-    assert not db.exists()  # nothing written to storage
+    refused_spec(text, tmp_path, capsys, *words)
 
 
 def test_missing_spec_file(tmp_path, capsys):

@@ -77,3 +77,23 @@ def write_tiny_spec(path: Path, name: str, **sections: Any) -> Path:
             spec[key] = value
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
+
+
+def refused_spec(text: str, tmp_path: Path, capsys, *words: str) -> str:
+    """``hpo create`` of the spec ``text`` (indented YAML is dedented): exit 2, one line on
+    stderr naming the file and each of ``words``, nothing written to storage. Returns it."""
+    import textwrap
+
+    from hpo.cli import main
+
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(textwrap.dedent(text))
+    db = tmp_path / "hpo.db"
+    code = main(["create", str(spec_file), "--storage", f"sqlite:///{db}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"hpo: error: {spec_file}: "), err
+    for word in words:
+        assert word in err, (word, err)
+    assert not db.exists()  # nothing written to storage
+    return err
