@@ -109,7 +109,8 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
     Returns:
         Plain JSON-ready data: ``study``, ``counts`` (every state), ``best`` (None before the
         first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
-        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``.
+        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count), ``savings`` and ``anytime``
+        (the best value against wall time and epochs, see ``anytime``).
     """
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: n for s, n in count_states(trials).items()}
@@ -129,7 +130,7 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
         "world_size": best_trial.user_attrs.get("world_size", 1),
     }
     return {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
-            "savings": savings(trials)}
+            "savings": savings(trials), "anytime": anytime(study)}
 
 
 def progress(study: "optuna.Study") -> dict[str, list[float]]:
@@ -152,6 +153,35 @@ def progress(study: "optuna.Study") -> dict[str, list[float]]:
             out["trials"].append(n)
             out["device_hours"].append(hours)
             out["best"].append(best)
+    return out
+
+
+def anytime(study: "optuna.Study") -> dict[str, list[float]]:
+    """The best value so far against wall time and against epochs trained (the anytime curve).
+
+    One point per finished (complete or pruned) trial, in the order they finished, from the
+    first complete one on: ``seconds`` since the study's first trial started, ``epochs`` the
+    finished trials had trained by then (``trial_cost``'s ``epochs_run``), ``best`` value of
+    the complete trials by then (the study's direction), and ``trial`` (its number).
+    """
+    out: dict[str, list[float]] = {"seconds": [], "epochs": [], "best": [], "trial": []}
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None]
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    if not starts:
+        return out
+    first = min(starts)
+    better = max if study.direction.name == "MAXIMIZE" else min
+    epochs, best = 0.0, None
+    for t in sorted(trials, key=lambda t: (t.datetime_complete, t.number)):
+        epochs += trial_cost(t)["epochs_run"]
+        if t.state.name == "COMPLETE" and t.value is not None:
+            best = t.value if best is None else better(best, t.value)
+        if best is not None:
+            out["seconds"].append((t.datetime_complete - first).total_seconds())
+            out["epochs"].append(epochs)
+            out["best"].append(best)
+            out["trial"].append(t.number)
     return out
 
 
@@ -285,7 +315,7 @@ def write_report(
     """
     out = Path(out) if out is not None else default_path(study.study_name)
     numbers = study_numbers(study)
-    figures = study_figures(study, numbers["savings"])
+    figures = study_figures(study, numbers["savings"], numbers["anytime"])
     shown = dict(figures)
     if compare:
         shown["comparison"] = comparison_figure(
