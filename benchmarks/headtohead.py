@@ -110,8 +110,11 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
 
 
 def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, workdir: Path,
-            say, *, pruner: dict, sampler: dict) -> dict:
+            say, *, pruner: dict, sampler: dict, done=None) -> dict:
     """Run every tool on every seed (interleaved); their walls, bests and curves.
+
+    ``done(results)``, if given, is called after each tool's run with the results so far (a
+    long run keeps what it measured).
 
     Returns:
         ``{"task", "n_trials", "seeds", "hpo_pruner", "hpo_sampler", "skipped": {tool: why},
@@ -125,6 +128,8 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
     skipped.update({t: f"not a peer of the {task_name} task" for t in tools
                     if t != "hpo" and t not in task["peers"]})
     runs: dict = {t: {} for t in tools if t not in skipped}
+    results = {"task": task_name, "n_trials": n_trials, "seeds": seeds, "smoke": smoke,
+               "hpo_pruner": pruner, "hpo_sampler": sampler, "skipped": skipped, "runs": runs}
     for seed in seeds:
         spec_path = workdir / f"{task_name}-seed{seed}.yaml"
         spec_path.write_text(yaml.safe_dump(_spec(task_name, seed, n_trials, smoke, pruner,
@@ -137,8 +142,9 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
                 tool, spec_path, seed, scratch)
             got = runs[tool][seed]
             say(f"headtohead: {tool} seed {seed}: {got['wall']:.1f} s, best {got['best']:.4f}")
-    return {"task": task_name, "n_trials": n_trials, "seeds": seeds, "smoke": smoke,
-            "hpo_pruner": pruner, "hpo_sampler": sampler, "skipped": skipped, "runs": runs}
+            if done is not None:
+                done(results)
+    return results
 
 
 def _spec(task_name: str, seed: int, n_trials: int, smoke: bool, pruner: dict,
@@ -440,7 +446,9 @@ def section(results: dict) -> str:
              f"`{_inline(results['hpo_sampler'])}`; the peers: TPE with the seed, "
              f"HF {PEER_PRUNER}, Ray ASHA (grace 1 epoch). Medians over seeds, spread = "
              "min-max. The machine is shared with other jobs: times are noisy, read the ratios "
-             "of the same seed.", "",
+             "of the same seed."
+             + ("".join(f" {TOOLS[t]}: its runs of an earlier measurement (HEADTOHEAD.json)."
+                        for t in results.get("kept", ()))), "",
              "| tool | wall s, median (min-max) | process start to 1st trial s | 1st trial to "
              "last trial's end s | after the last trial s | best val loss, median (min-max) | "
              "epochs trained | time to its own best s | time to the faster peer's best s, "
@@ -542,31 +550,40 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hpo-h2h-"))
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = measure(args.task, args.seeds, args.tools, args.smoke, workdir,
-                      lambda s: print(s, file=sys.stderr, flush=True),
-                      pruner=_flag(args.hpo_pruner, "HPO_H2H_PRUNER") or DEFAULT_PRUNER,
-                      sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {})
-    if args.out is not None:
-        raw = args.out.with_name("HEADTOHEAD.json")
-        stored = json.loads(raw.read_text()) if raw.is_file() else {}
-        old = stored.get(args.task)
-        if old and set(results["runs"]) != set(TOOLS):
-            # A rerun of some tools keeps the others' last runs (same seeds only).
-            for tool, per_seed in old["runs"].items():
-                if tool not in results["runs"]:
-                    results["runs"][tool] = {int(s): r for s, r in per_seed.items()
-                                             if int(s) in results["seeds"]}
-            results["skipped"] = {t: w for t, w in results["skipped"].items()
-                                  if t not in results["runs"]}
-        stored[args.task] = results
-        raw.write_text(json.dumps(stored, indent=1) + "\n")
-        write_section(args.out, SECTION, section(results))
-        if args.task == "minilm":  # the table's rows are the MiniLM task's
-            from benchmarks.run import store
+    raw = None if args.out is None else args.out.with_name("HEADTOHEAD.json")
+    stored = json.loads(raw.read_text()) if raw is not None and raw.is_file() else {}
+    kept = stored.get(args.task, {}).get("runs", {})
 
-            store(args.out, "headtohead", rows(results), "smoke" if args.smoke else "full",
-                  time.perf_counter() - start)
-    print(section(results))
+    def write(results: dict) -> None:
+        """Into ``--out``, after each run: the section, the table's rows, the raw runs."""
+        results = json.loads(json.dumps(results))  # a copy, its seeds as JSON has them
+        results["runs"] = {t: {int(s): r for s, r in per_seed.items()}
+                           for t, per_seed in results["runs"].items()}
+        results["kept"] = [t for t in kept if t not in results["runs"]]
+        for tool, per_seed in kept.items():
+            # A rerun of some tools keeps the others' last runs (of the same seeds).
+            if tool not in results["runs"]:
+                results["runs"][tool] = {int(s): r for s, r in per_seed.items()
+                                         if int(s) in results["seeds"]}
+        results["skipped"] = {t: w for t, w in results["skipped"].items()
+                              if t not in results["runs"]}
+        if raw is not None:
+            stored[args.task] = results
+            raw.write_text(json.dumps(stored, indent=1) + "\n")
+            write_section(args.out, SECTION, section(results))
+            if args.task == "minilm":  # the table's rows are the MiniLM task's
+                from benchmarks.run import store
+
+                store(args.out, "headtohead", rows(results),
+                      "smoke" if args.smoke else "full", time.perf_counter() - start)
+        final.update(results)
+
+    final: dict = {}
+    write(measure(args.task, args.seeds, args.tools, args.smoke, workdir,
+                  lambda s: print(s, file=sys.stderr, flush=True),
+                  pruner=_flag(args.hpo_pruner, "HPO_H2H_PRUNER") or DEFAULT_PRUNER,
+                  sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {}, done=write))
+    print(section(final))
     return 0
 
 

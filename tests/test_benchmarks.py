@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -72,3 +74,42 @@ def test_scale_smoke_measures_each_storage_and_keeps_the_other_sections(tmp_path
         assert row[-1].rstrip(" |") == "none", row  # errors
     peak = {row[0].lstrip("| "): int(row[7].split()[0]) for row in rows[:2]}
     assert peak["grpc"] <= 10  # the proxy's threads, whatever the workers
+
+
+@pytest.mark.slow
+def test_headtohead_smoke_gives_hpo_and_ray_the_same_trials(tmp_path):
+    """``benchmarks.headtohead --smoke`` of hpo and Ray Tune (2 one-epoch trials, 120 examples)
+    writes its section, each tool's wall, best and anytime curve; and Ray's first trial,
+    run by hpo's loop on hpo's split with the same sampler seed, has hpo's first trial's
+    params and so its very validation loss."""
+    from benchmarks.headtohead import SECTION, TOOLS, _missing
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n## Chaos: randomized fault injection\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.headtohead", "--smoke", "--tools",
+                        "hpo", "ray", "--out", str(out), "--workdir", str(tmp_path / "work")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Chaos: randomized fault injection\n\nkept" in text
+    section = text.split(f"## {SECTION}\n", 1)[1]
+    results = json.loads((tmp_path / "HEADTOHEAD.json").read_text())["minilm"]
+    runs = {tool: per_seed["0"] for tool, per_seed in results["runs"].items()}
+    for tool, run in runs.items():
+        assert f"| {TOOLS[tool]} | " in section
+        assert run["trials"] == 2, tool
+        assert 0 < run["ready"] < run["last"] <= run["wall"], (tool, run)
+        assert run["curve"] and run["curve"][-1][1] == run["best"] < 1.0, (tool, run)
+    if _missing("ray"):
+        assert results["skipped"] == {"ray": _missing("ray")}
+        assert "| Ray Tune + ASHA | skipped: ray is not installed" in section
+        return
+    ray_first = json.loads((tmp_path / "work" / "ray-seed0" / "events.jsonl")
+                           .read_text().splitlines()[1])
+    assert ray_first["trial"] == 0
+    import optuna
+
+    study = optuna.load_study(study_name="h2h-minilm-seed0",
+                              storage=f"sqlite:///{tmp_path / 'work' / 'hpo-seed0' / 'hpo.db'}")
+    assert ray_first["loss"] == pytest.approx(study.trials[0].intermediate_values[1], rel=1e-4)
