@@ -113,3 +113,35 @@ def test_headtohead_smoke_gives_hpo_and_ray_the_same_trials(tmp_path):
     study = optuna.load_study(study_name="h2h-minilm-seed0",
                               storage=f"sqlite:///{tmp_path / 'work' / 'hpo-seed0' / 'hpo.db'}")
     assert ray_first["loss"] == pytest.approx(study.trials[0].intermediate_values[1], rel=1e-4)
+
+
+def test_headtohead_goal_against_the_faster_peer():
+    """The goal's arithmetic on made-up runs: the faster peer by median wall, hpo's wall over
+    it per seed, wins at or below its best, and when hpo's curve first reached it."""
+    from benchmarks.headtohead import rows, section, verdict
+
+    def run(wall, curve):
+        return {"wall": wall, "best": curve[-1][1], "curve": curve, "epochs": 10.0,
+                "trials": 8, "ready": 5.0, "last": wall - 1}
+
+    results = {"task": "minilm", "n_trials": 8, "seeds": [0, 1, 2], "smoke": False,
+               "hpo_pruner": {"name": "median"}, "hpo_sampler": {}, "skipped": {},
+               "runs": {
+                   "hpo": {0: run(50, [[20, 0.40], [40, 0.28]]),
+                           1: run(70, [[30, 0.35], [60, 0.31]]),
+                           2: run(40, [[25, 0.29]])},
+                   "hf": {0: run(100, [[90, 0.30]]), 1: run(120, [[100, 0.30]]),
+                          2: run(110, [[80, 0.29]])},
+                   "ray": {0: run(150, [[140, 0.20]]), 1: run(150, [[140, 0.2]]),
+                           2: run(150, [[140, 0.2]])}}}
+    v = verdict(results)
+    assert v["peer"] == "hf"  # the faster peer, though Ray's losses are lower
+    assert v["ratios"] == [0.5, 70 / 120, 40 / 110] and v["ratio"] == 0.5 and v["wall_met"]
+    assert v["wins"] == 2 and v["loss_met"]  # seed 1: 0.31 > 0.30
+    assert v["reach"] == [40, None, 25]
+    wall, loss = rows(results)
+    assert (wall.hpo, wall.baseline, wall.met) == (50, 110, True)
+    assert loss.met and "at or below in 2/3 seeds" in loss.note
+    text = section(results)
+    assert "| hpo run | 50.0 (40.0-70.0) |" in text and "| 40.0, never, 25.0 |" in text
+    assert "median **0.50: met**" in text and "**2 of 3: met**" in text
