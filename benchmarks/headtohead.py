@@ -375,7 +375,7 @@ def _ray_trainable(config: dict) -> None:
 
 
 def _faster_peer(results: dict) -> str | None:
-    peers = [t for t in PEERS if t in results["runs"]]
+    peers = [t for t in PEERS if results["runs"].get(t)]  # measured at least once
     if not peers:
         return None
     return min(peers, key=lambda t: statistics.median(r["wall"] for r in
@@ -413,14 +413,14 @@ def rows(results: dict) -> list[Row]:
     if v["peer"] is None or "ratios" not in v:
         return out or [Row("headtohead", task, "wall s", skipped="no peer measured")]
     peer, runs, n = v["peer"], results["runs"], len(v["seeds"])
-    med = {t: statistics.median(r["wall"] for r in runs[t].values()) for t in runs}
+    med = {t: statistics.median(r["wall"] for r in runs[t].values()) for t in runs if runs[t]}
     note = (f"median of {n} seed(s), {results['n_trials']} trials; hpo pruner "
             f"{_inline(results['hpo_pruner'])}; walls: "
             + ", ".join(f"{TOOLS[t]} {fmt(w)} s" for t, w in med.items()))
     out.append(Row("headtohead", f"{task}, hpo vs {PEERS[peer]}", "wall s", hpo=med["hpo"],
                    baseline=med[peer], baseline_name=PEERS[peer], ratio=v["ratio"],
                    goal=f"<= {WALL_GOAL}", met=v["wall_met"], note=note))
-    best = {t: statistics.median(r["best"] for r in runs[t].values()) for t in runs}
+    best = {t: statistics.median(r["best"] for r in runs[t].values()) for t in runs if runs[t]}
     reached = [r for r in v["reach"] if r is not None]
     out.append(Row("headtohead", f"{task}, hpo vs {PEERS[peer]}", "best val loss",
                    hpo=best["hpo"], baseline=best[peer], baseline_name=PEERS[peer],
@@ -456,6 +456,8 @@ def section(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for tool, per_seed in runs.items():
         r = list(per_seed.values())
+        if not r:
+            continue  # not measured yet (a run in progress writes after each tool)
         walls, bests = [x["wall"] for x in r], [x["best"] for x in r]
         ready = [x["ready"] for x in r if x["ready"] is not None]
         own = [x["curve"][-1][0] for x in r if x["curve"]]
