@@ -110,11 +110,12 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
 
 
 def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, workdir: Path,
-            say, *, pruner: dict, sampler: dict, done=None) -> dict:
+            say, *, pruner: dict, sampler: dict, done=None, threads: int | None = None) -> dict:
     """Run every tool on every seed (interleaved); their walls, bests and curves.
 
     ``done(results)``, if given, is called after each tool's run with the results so far (a
-    long run keeps what it measured).
+    long run keeps what it measured). ``threads``: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``
+    of every tool's process (``None``: each tool's own choice).
 
     Returns:
         ``{"task", "n_trials", "seeds", "hpo_pruner", "hpo_sampler", "skipped": {tool: why},
@@ -129,7 +130,10 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
                     if t != "hpo" and t not in task["peers"]})
     runs: dict = {t: {} for t in tools if t not in skipped}
     results = {"task": task_name, "n_trials": n_trials, "seeds": seeds, "smoke": smoke,
-               "hpo_pruner": pruner, "hpo_sampler": sampler, "skipped": skipped, "runs": runs}
+               "hpo_pruner": pruner, "hpo_sampler": sampler, "skipped": skipped, "runs": runs,
+               "threads": threads}
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads),
+                                      "MKL_NUM_THREADS": str(threads)}
     for seed in seeds:
         spec_path = workdir / f"{task_name}-seed{seed}.yaml"
         spec_path.write_text(yaml.safe_dump(_spec(task_name, seed, n_trials, smoke, pruner,
@@ -139,7 +143,7 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
             scratch = workdir / f"{tool}-seed{seed}"
             scratch.mkdir(parents=True, exist_ok=True)
             runs[tool][seed] = (_hpo_arm if tool == "hpo" else _peer_arm)(
-                tool, spec_path, seed, scratch)
+                tool, spec_path, seed, scratch, env)
             got = runs[tool][seed]
             say(f"headtohead: {tool} seed {seed}: {got['wall']:.1f} s, best {got['best']:.4f}")
             if done is not None:
@@ -158,13 +162,13 @@ def _spec(task_name: str, seed: int, n_trials: int, smoke: bool, pruner: dict,
             "budget": {"n_trials": n_trials}}
 
 
-def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path) -> dict:
+def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) -> dict:
     import optuna
 
     url = f"sqlite:///{scratch / 'hpo.db'}"
     start = time.time()
     wall = run_hpo(["run", str(spec_path), "--storage", url, "--checkpoint-dir",
-                    str(scratch / "checkpoints")], cwd=scratch, env=environment(),
+                    str(scratch / "checkpoints")], cwd=scratch, env=environment(**env),
                    log=scratch / "log.txt")
     name = yaml.safe_load(spec_path.read_text())["study"]["name"]
     study = optuna.load_study(study_name=name, storage=url)
@@ -181,13 +185,14 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path) -> dict:
     return _summary(wall, ends, epochs, len(trials), first)
 
 
-def _peer_arm(tool: str, spec_path: Path, seed: int, scratch: Path) -> dict:
+def _peer_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) -> dict:
     events = scratch / "events.jsonl"
     events.unlink(missing_ok=True)
     start = time.time()
     wall = run_python(["-m", "benchmarks.headtohead", "--peer", tool, "--spec", str(spec_path),
                        "--seeds", str(seed), "--workdir", str(scratch)], cwd=ROOT,
-                      env=environment(**{EVENTS_ENV: str(events)}), log=scratch / "log.txt")
+                      env=environment(**env, **{EVENTS_ENV: str(events)}),
+                      log=scratch / "log.txt")
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     losses: dict = {}
     for e in lines:
@@ -447,6 +452,8 @@ def section(results: dict) -> str:
              f"HF {PEER_PRUNER}, Ray ASHA (grace 1 epoch). Medians over seeds, spread = "
              "min-max. The machine is shared with other jobs: times are noisy, read the ratios "
              "of the same seed."
+             + ("" if results.get("threads") is None else
+                f" Every tool's process ran with OMP_NUM_THREADS={results['threads']}.")
              + ("".join(f" {TOOLS[t]}: its runs of an earlier measurement (HEADTOHEAD.json)."
                         for t in results.get("kept", ()))), "",
              "| tool | wall s, median (min-max) | process start to 1st trial s | 1st trial to "
@@ -524,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.headtohead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(TASKS), default="minilm")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="sampler seeds, interleaved (default 0 1 2; --smoke: 0)")
     parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS))
     parser.add_argument("--hpo-pruner", metavar="YAML",
                         help=f"the hpo arm's pruner (default $HPO_H2H_PRUNER, else "
@@ -532,6 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hpo-sampler", metavar="YAML",
                         help="options merged into the hpo arm's sampler {name: tpe, seed: "
                              "SEED} (default $HPO_H2H_SAMPLER)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="OMP_NUM_THREADS / MKL_NUM_THREADS of every tool's process "
+                             "(default: each tool's own; 1 on a machine whose cores are "
+                             "oversubscribed, where threads that wait for each other stall)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"{SMOKE['n_trials']} trials of {SMOKE['epochs']} epoch, "
                              f"{SMOKE['max_samples']} examples, seconds to minutes")
@@ -543,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", choices=list(PEERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.seeds = args.seeds or (SMOKE["seeds"] if args.smoke else [0, 1, 2])
     if args.peer:  # a peer's own process
         _peer(args.peer, args.spec, args.seeds[0], args.workdir)
         return 0
@@ -584,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     write(measure(args.task, args.seeds, args.tools, args.smoke, workdir,
                   lambda s: print(s, file=sys.stderr, flush=True),
                   pruner=_flag(args.hpo_pruner, "HPO_H2H_PRUNER") or DEFAULT_PRUNER,
-                  sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {}, done=write))
+                  sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {}, done=write,
+                  threads=args.threads))
     print(section(final))
     return 0
 
