@@ -443,7 +443,9 @@ def section(results: dict) -> str:
     lines = [f"## {SECTION}", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} at {revision()}, by `python -m "
              f"benchmarks.headtohead --task {results['task']}"
-             + (" --smoke" if results["smoke"] else "") + "`: task "
+             + (" --smoke" if results["smoke"] else "")
+             + ("" if results.get("threads") is None else f" --threads {results['threads']}")
+             + "`: task "
              f"`{results['task']}`, {results['n_trials']} trials a study, seeds "
              f"{', '.join(map(str, results['seeds']))} (interleaved: each seed runs every tool "
              "in turn), each tool in its own process (wall = the whole process). hpo's pruner: "
