@@ -36,6 +36,7 @@ BENCHMARKS = {
     "warm": "warm worker: trial start to first optimizer step, warm vs cold",
     "disk": "disk: checkpoints + artifact store after the digits study vs its best-3 weights",
     "ranks": "a trial on 2 ranks vs 1: training samples/s, same global batch",
+    "headtohead": "hpo run vs HF Trainer.hyperparameter_search vs Ray Tune + ASHA, MiniLM / VADER",
     "gpu": "GPU: AMP / channels_last speedup on resnet18, GPU busy fraction (--gpu)",
     "lora": "LoRA vs full fine-tuning of MiniLM on VADER, the same budget",
 }
@@ -81,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 rows = [Row(name, "", "", skipped=f"failed: {type(e).__name__}: "
                                                   f"{str(e).splitlines()[0][:120]}")]
-            measured[name] = {
-                "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
-                "machine": machine(),
-                "mode": mode,
-                "seconds": round(time.perf_counter() - start, 1),
-                "rows": [asdict(r) for r in rows],
-            }
+            measured[name] = entry(rows, mode, time.perf_counter() - start)
             say(f"== {name}: {measured[name]['seconds']:.0f} s")
             text = _write(out, measured)  # after each benchmark: a long run keeps its results
     finally:
@@ -97,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = [n for n, r in measured.items()
               if any(row["skipped"].startswith("failed:") for row in r["rows"])]
     return 1 if failed else 0
+
+
+def entry(rows: list[Row], mode: str, seconds: float) -> dict:
+    """One benchmark's stored results: its rows, with the date, machine, mode and time."""
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+            "machine": machine(), "mode": mode, "seconds": round(seconds, 1),
+            "rows": [asdict(r) for r in rows]}
+
+
+def store(out: Path, name: str, rows: list[Row], mode: str, seconds: float) -> None:
+    """Put one benchmark's rows into the table of ``out`` (a benchmark run on its own, e.g.
+    ``python -m benchmarks.headtohead --out``), keeping the others' last results."""
+    _write(out, {name: entry(rows, mode, seconds)})
 
 
 def _write(out: Path | None, measured: dict) -> str:

@@ -33,12 +33,14 @@ FIGURE_TITLES = {
     "slice": "Slice plots",
     "timeline": "Timeline of workers",
     "savings": "Pruning savings",
+    "anytime": "Best value against time and epochs",
     "comparison": "Comparison of studies",
 }
 """Figure key -> title; the key names the figure in optuna-dashboard (``hpo-KEY``)."""
 
 
-def study_figures(study: "optuna.Study", savings: dict[str, Any]) -> "dict[str, go.Figure]":
+def study_figures(study: "optuna.Study", savings: dict[str, Any],
+                  anytime: dict[str, list[float]]) -> "dict[str, go.Figure]":
     """Every figure of a study's report, by key (see ``FIGURE_TITLES``), titled.
 
     Figures that need complete trials show a note instead where there are too few. A study of
@@ -47,6 +49,7 @@ def study_figures(study: "optuna.Study", savings: dict[str, Any]) -> "dict[str, 
     Args:
         study: the study.
         savings: its pruning savings (``hpo.report.savings``).
+        anytime: its anytime curve (``hpo.report.anytime``).
     """
     figures = {
         "history": history_figure(study),
@@ -57,6 +60,7 @@ def study_figures(study: "optuna.Study", savings: dict[str, Any]) -> "dict[str, 
         "slice": slice_figure(study),
         "timeline": timeline_figure(study),
         "savings": savings_figure(savings),
+        "anytime": anytime_figure(anytime),
     }
     for key, fig in figures.items():
         fig.update_layout(title={"text": FIGURE_TITLES[key]})
@@ -240,6 +244,33 @@ def savings_figure(s: dict[str, Any]) -> "go.Figure":
                             f"{s['trials']} finished trials", showarrow=False,
                        xref="paper", yref="paper", x=0.5, y=-0.18)
     fig.update_layout(height=400, margin={"b": 90})
+    return fig
+
+
+def anytime_figure(curve: dict[str, list[float]]) -> "go.Figure":
+    """The best value so far against wall time and against epochs trained, a step each time
+    a trial finishes (the anytime curve: how soon a good value was there).
+
+    Args:
+        curve: ``seconds``, ``epochs``, ``best`` and ``trial`` lists (``hpo.report.anytime``).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not curve["best"]:
+        return placeholder_figure("no complete trial yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "by wall time since the first trial started", "by epochs trained (all trials)"))
+    for col, (x, unit) in enumerate(((curve["seconds"], "s"), (curve["epochs"], "epochs")), 1):
+        fig.add_trace(go.Scatter(
+            x=x, y=curve["best"], mode="lines+markers", line={"shape": "hv"},
+            name=f"best by {unit}", showlegend=False, customdata=curve["trial"],
+            hovertemplate=f"%{{x:.4g}} {unit}<br>best %{{y:.4f}}<br>"
+                          "after trial %{customdata}<extra></extra>"), 1, col)
+    fig.update_xaxes(title_text="seconds", row=1, col=1)
+    fig.update_xaxes(title_text="epochs", row=1, col=2)
+    fig.update_yaxes(title_text="best value so far", row=1, col=1)
+    fig.update_layout(height=400)
     return fig
 
 

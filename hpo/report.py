@@ -110,7 +110,8 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
     Returns:
         Plain JSON-ready data: ``study``, ``counts`` (every state), ``best`` (None before the
         first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
-        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count) and ``savings``; with several
+        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count), ``savings`` and ``anytime``
+        (the best value against wall time and epochs, see ``anytime``); with several
         objectives ``pareto`` too, the Pareto set (``number``, ``objectives``, ``params``),
         and ``best`` is its trial of the lowest validation loss.
     """
@@ -132,7 +133,7 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
         "world_size": best_trial.user_attrs.get("world_size", 1),
     }
     numbers = {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
-               "savings": savings(trials)}
+               "savings": savings(trials), "anytime": anytime(study)}
     if len(study.directions) > 1:
         numbers["pareto"] = [{k: r[k] for k in ("number", "objectives", "params")}
                              for r in pareto_records(study)]
@@ -159,6 +160,35 @@ def progress(study: "optuna.Study") -> dict[str, list[float]]:
             out["trials"].append(n)
             out["device_hours"].append(hours)
             out["best"].append(best)
+    return out
+
+
+def anytime(study: "optuna.Study") -> dict[str, list[float]]:
+    """The best value so far against wall time and against epochs trained (the anytime curve).
+
+    One point per finished (complete or pruned) trial, in the order they finished, from the
+    first complete one on: ``seconds`` since the study's first trial started, ``epochs`` the
+    finished trials had trained by then (``trial_cost``'s ``epochs_run``), ``best`` value of
+    the complete trials by then (the study's direction), and ``trial`` (its number).
+    """
+    out: dict[str, list[float]] = {"seconds": [], "epochs": [], "best": [], "trial": []}
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None]
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    if not starts:
+        return out
+    first = min(starts)
+    better = max if study.direction.name == "MAXIMIZE" else min
+    epochs, best = 0.0, None
+    for t in sorted(trials, key=lambda t: (t.datetime_complete, t.number)):
+        epochs += trial_cost(t)["epochs_run"]
+        if t.state.name == "COMPLETE" and t.value is not None:
+            best = t.value if best is None else better(best, t.value)
+        if best is not None:
+            out["seconds"].append((t.datetime_complete - first).total_seconds())
+            out["epochs"].append(epochs)
+            out["best"].append(best)
+            out["trial"].append(t.number)
     return out
 
 
@@ -294,7 +324,7 @@ def write_report(
     """
     out = Path(out) if out is not None else default_path(study.study_name)
     numbers = study_numbers(study)
-    figures = study_figures(study, numbers["savings"])
+    figures = study_figures(study, numbers["savings"], numbers["anytime"])
     shown = dict(figures)
     if compare:
         shown["comparison"] = comparison_figure(

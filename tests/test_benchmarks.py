@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -72,3 +74,74 @@ def test_scale_smoke_measures_each_storage_and_keeps_the_other_sections(tmp_path
         assert row[-1].rstrip(" |") == "none", row  # errors
     peak = {row[0].lstrip("| "): int(row[7].split()[0]) for row in rows[:2]}
     assert peak["grpc"] <= 10  # the proxy's threads, whatever the workers
+
+
+@pytest.mark.slow
+def test_headtohead_smoke_gives_hpo_and_ray_the_same_trials(tmp_path):
+    """``benchmarks.headtohead --smoke`` of hpo and Ray Tune (2 one-epoch trials, 120 examples)
+    writes its section, each tool's wall, best and anytime curve; and Ray's first trial,
+    run by hpo's loop on hpo's split with the same sampler seed, has hpo's first trial's
+    params and so its very validation loss."""
+    from benchmarks.headtohead import SECTION, TOOLS, _missing
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n## Chaos: randomized fault injection\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.headtohead", "--smoke", "--tools",
+                        "hpo", "ray", "--out", str(out), "--workdir", str(tmp_path / "work")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Chaos: randomized fault injection\n\nkept" in text
+    section = text.split(f"## {SECTION}\n", 1)[1]
+    results = json.loads((tmp_path / "HEADTOHEAD.json").read_text())["minilm"]
+    runs = {tool: per_seed["0"] for tool, per_seed in results["runs"].items()}
+    for tool, run in runs.items():
+        assert f"| {TOOLS[tool]} | " in section
+        assert run["trials"] == 2, tool
+        assert 0 < run["ready"] < run["last"] <= run["wall"], (tool, run)
+        assert run["curve"] and run["curve"][-1][1] == run["best"] < 1.0, (tool, run)
+    if _missing("ray"):
+        assert results["skipped"] == {"ray": _missing("ray")}
+        assert "| Ray Tune + ASHA | skipped: ray is not installed" in section
+        return
+    ray_first = json.loads((tmp_path / "work" / "ray-seed0" / "events.jsonl")
+                           .read_text().splitlines()[1])
+    assert ray_first["trial"] == 0
+    import optuna
+
+    study = optuna.load_study(study_name="h2h-minilm-seed0",
+                              storage=f"sqlite:///{tmp_path / 'work' / 'hpo-seed0' / 'hpo.db'}")
+    assert ray_first["loss"] == pytest.approx(study.trials[0].intermediate_values[1], rel=1e-4)
+
+
+def test_headtohead_goal_against_the_faster_peer():
+    """The goal's arithmetic on made-up runs: the faster peer by median wall, hpo's wall over
+    it per seed, wins at or below its best, and when hpo's curve first reached it."""
+    from benchmarks.headtohead import rows, section, verdict
+
+    def run(wall, curve):
+        return {"wall": wall, "best": curve[-1][1], "curve": curve, "epochs": 10.0,
+                "trials": 8, "ready": 5.0, "last": wall - 1}
+
+    results = {"task": "minilm", "n_trials": 8, "seeds": [0, 1, 2], "smoke": False,
+               "hpo_pruner": {"name": "median"}, "hpo_sampler": {}, "skipped": {},
+               "runs": {
+                   "hpo": {0: run(50, [[20, 0.40], [40, 0.28]]),
+                           1: run(70, [[30, 0.35], [60, 0.31]]),
+                           2: run(40, [[25, 0.29]])},
+                   "hf": {0: run(100, [[90, 0.30]]), 1: run(120, [[100, 0.30]]),
+                          2: run(110, [[80, 0.29]])},
+                   "ray": {0: run(150, [[140, 0.20]]), 1: run(150, [[140, 0.2]]),
+                           2: run(150, [[140, 0.2]])}}}
+    v = verdict(results)
+    assert v["peer"] == "hf"  # the faster peer, though Ray's losses are lower
+    assert v["ratios"] == [0.5, 70 / 120, 40 / 110] and v["ratio"] == 0.5 and v["wall_met"]
+    assert v["wins"] == 2 and v["loss_met"]  # seed 1: 0.31 > 0.30
+    assert v["reach"] == [40, None, 25]
+    wall, loss = rows(results)
+    assert (wall.hpo, wall.baseline, wall.met) == (50, 110, True)
+    assert loss.met and "at or below in 2/3 seeds" in loss.note
+    text = section(results)
+    assert "| hpo run | 50.0 (40.0-70.0) |" in text and "| 40.0, never, 25.0 |" in text
+    assert "median **0.50: met**" in text and "**2 of 3: met**" in text

@@ -4,6 +4,7 @@ database; the same figures and a note land in the study for optuna-dashboard."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 
@@ -252,3 +253,62 @@ def test_a_study_name_with_markup_stays_text(tmp_path):
     page = write_report(study, tmp_path / "r.html", dashboard=False)[0].read_text()
     assert "<h1>Study a&lt;/script&gt;&lt;b&gt;x</h1>" in page
     assert _numbers_in(page)[0]["study"] == name
+
+
+def test_anytime_figure_of_a_real_study(tmp_path):
+    """``hpo run`` of a small study of the custom epoch job (median pruner), then ``hpo
+    report``: the anytime figure's points are, for each finished trial in the order they
+    finished, the seconds since the first trial started, the epochs trained by then and the
+    best value by then, as the database says."""
+    import yaml
+
+    from conftest import SUPPORT
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = tmp_path / "anytime.yaml"
+    spec.write_text(yaml.safe_dump({
+        "task": {"kind": "custom", "entrypoint": "fastjob:epochs_job"},
+        "search_space": {"lr": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True},
+                         "epochs": {"type": "int", "low": 1, "high": 4}},
+        "sampler": {"name": "random", "seed": 2},
+        "pruner": {"name": "median", "n_startup_trials": 2},
+        "budget": {"n_trials": 7}}))
+    env = {"PYTHONPATH": str(SUPPORT), "FASTJOB_EPOCH_SECONDS": "0.05"}
+    ran = run_hpo("run", str(spec), "--storage", url, cwd=tmp_path, env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = tmp_path / "anytime.html"
+    made = run_hpo("report", "anytime", "--storage", url, "--out", str(out), cwd=tmp_path)
+    assert made.returncode == 0, made.stdout + made.stderr
+
+    # The points recomputed straight from the trials in the database.
+    study = optuna.load_study(study_name="anytime", storage=url)
+    first = min(t.datetime_start for t in study.trials)
+    finished = sorted((t for t in study.trials
+                       if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+                      key=lambda t: t.datetime_complete)
+    assert len(finished) == 7 and finished[0].state == TrialState.COMPLETE
+    assert any(t.state == TrialState.PRUNED for t in finished)  # pruned epochs count too
+    seconds, epochs, best, trained, low = [], [], [], 0, math.inf
+    for t in finished:
+        trained += max(t.intermediate_values)  # the job reports epochs 1, 2, ...
+        if t.state == TrialState.COMPLETE:
+            low = min(low, t.value)
+        seconds.append((t.datetime_complete - first).total_seconds())
+        epochs.append(trained)
+        best.append(low)
+    assert best[-1] == study.best_value and trained < sum(t.params["epochs"] for t in finished)
+
+    [numbers] = _numbers_in(out.read_text())
+    curve = numbers["anytime"]
+    assert curve["trial"] == [t.number for t in finished]
+    assert curve["seconds"] == pytest.approx(seconds)
+    assert curve["epochs"] == epochs
+    assert curve["best"] == best
+    # The figure (as saved for optuna-dashboard) draws those points: by time, by epochs.
+    storage = open_storage(url, create=False)
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("anytime"))
+    prefix = "dashboard:plot_data:hpo-anytime:"
+    chunks = sorted((int(k[len(prefix):]), v) for k, v in attrs.items() if k.startswith(prefix))
+    by_time, by_epochs = json.loads("".join(v for _, v in chunks))["data"]
+    assert by_time["x"] == pytest.approx(seconds) and by_time["y"] == best
+    assert by_epochs["x"] == epochs and by_epochs["y"] == best
