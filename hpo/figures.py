@@ -48,8 +48,8 @@ def study_figures(study: "optuna.Study", savings: dict[str, Any],
 
     Args:
         study: the study.
-        savings: its pruning savings (``hpo.report.savings``).
-        anytime: its anytime curve (``hpo.report.anytime``).
+        savings: its pruning savings (``hpo.numbers.savings``).
+        anytime: its anytime curve (``hpo.numbers.anytime``).
     """
     figures = {
         "history": history_figure(study),
@@ -223,7 +223,7 @@ def savings_figure(s: dict[str, Any]) -> "go.Figure":
     """Epochs and device-hours run vs. training every finished trial to its planned epochs.
 
     Args:
-        s: the savings of a study (``hpo.report.savings``).
+        s: the savings of a study (``hpo.numbers.savings``).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -252,7 +252,7 @@ def anytime_figure(curve: dict[str, list[float]]) -> "go.Figure":
     a trial finishes (the anytime curve: how soon a good value was there).
 
     Args:
-        curve: ``seconds``, ``epochs``, ``best`` and ``trial`` lists (``hpo.report.anytime``).
+        curve: ``seconds``, ``epochs``, ``best`` and ``trial`` lists (``hpo.numbers.anytime``).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -279,7 +279,7 @@ def comparison_figure(progress: dict[str, dict[str, list[float]]]) -> "go.Figure
 
     Args:
         progress: study name -> ``trials``, ``device_hours`` and ``best`` lists, one entry
-            per finished trial from the first complete one on (``hpo.report.progress``).
+            per finished trial from the first complete one on (``hpo.numbers.progress``).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

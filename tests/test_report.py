@@ -17,7 +17,8 @@ from conftest import run_hpo
 from sample_study import OUTCOMES, build_sample_study
 
 from hpo.figures import FIGURE_TITLES
-from hpo.report import savings, study_numbers, write_report
+from hpo.numbers import savings, study_numbers
+from hpo.report import write_report
 from hpo.storage import open_storage
 
 STUDY_FIGURES = [k for k in FIGURE_TITLES if k not in ("comparison", "pareto")]

@@ -1,0 +1,177 @@
+"""A study's numbers, as plain data that the report, its figures and the tests read: what each
+trial cost, the pruning savings, the progress of the best value, the anytime curve, and the
+summary of all of them (``study_numbers``).
+
+Pruning savings compare what the finished (complete + pruned) trials ran with what training
+each of them to its planned epochs would have cost: a trial's planned seconds are its own
+seconds per epoch times its planned epochs. Complete trials that stopped early (early stopping)
+count too, so the savings are those of every early stop, the pruner's and the job's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+from hpo.records import best_or_none, state_counts, val_loss
+from hpo.summary import pareto_records
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+
+
+def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
+    """What a finished trial ran and what running it to its planned epochs would have cost.
+
+    Reads the user attrs ``epochs_run``, ``epochs_planned`` and ``train_seconds``; where they
+    are missing, the reported epochs, the ``epochs`` param and the trial's wall time stand in.
+
+    A trial on N devices (``world_size``) counts N device-seconds a second.
+
+    Returns:
+        ``epochs_run``, ``epochs_planned``, ``seconds_run``, ``seconds_planned`` (device
+        seconds).
+    """
+    attrs = trial.user_attrs
+    steps = trial.intermediate_values
+    epochs_run = float(attrs.get("epochs_run", math.ceil(max(steps)) if steps else 0))
+    epochs_planned = float(attrs.get("epochs_planned", trial.params.get("epochs", epochs_run)))
+    epochs_planned = max(epochs_planned, epochs_run)
+    seconds = attrs.get("train_seconds")
+    if not isinstance(seconds, (int, float)):
+        start, end = trial.datetime_start, trial.datetime_complete
+        seconds = (end - start).total_seconds() if start and end else 0.0
+    seconds = float(seconds) * max(1, int(attrs.get("world_size", 1)))
+    planned = seconds * epochs_planned / epochs_run if epochs_run > 0 else seconds
+    return {"epochs_run": epochs_run, "epochs_planned": epochs_planned,
+            "seconds_run": seconds, "seconds_planned": planned}
+
+
+def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
+    """Epochs and device-hours the finished trials ran vs. running each to its planned epochs.
+
+    Args:
+        trials: any trials; only complete and pruned ones count.
+
+    Returns:
+        ``trials`` (how many counted), ``epochs_run``, ``epochs_planned``,
+        ``device_hours_run``, ``device_hours_planned``, ``saved_fraction`` (of device-hours)
+        and ``epochs_saved_by_pruning`` / ``epochs_saved_by_early_stopping``.
+    """
+    total = {"epochs_run": 0.0, "epochs_planned": 0.0, "seconds_run": 0.0,
+             "seconds_planned": 0.0}
+    by_pruning = by_stopping = 0.0
+    counted = 0
+    for t in trials:
+        if t.state.name not in ("COMPLETE", "PRUNED"):
+            continue
+        counted += 1
+        cost = trial_cost(t)
+        for k in total:
+            total[k] += cost[k]
+        saved = cost["epochs_planned"] - cost["epochs_run"]
+        if t.state.name == "PRUNED":
+            by_pruning += saved
+        else:
+            by_stopping += saved
+    planned = total["seconds_planned"]
+    return {
+        "trials": counted,
+        "epochs_run": total["epochs_run"],
+        "epochs_planned": total["epochs_planned"],
+        "device_hours_run": total["seconds_run"] / 3600,
+        "device_hours_planned": planned / 3600,
+        "saved_fraction": 1 - total["seconds_run"] / planned if planned > 0 else 0.0,
+        "epochs_saved_by_pruning": by_pruning,
+        "epochs_saved_by_early_stopping": by_stopping,
+    }
+
+
+def study_numbers(study: "optuna.Study") -> dict[str, Any]:
+    """The numbers a report shows: counts by state, the best trial, why trials stopped, savings.
+
+    Returns:
+        Plain JSON-ready data: ``study``, ``counts`` (every state), ``best`` (None before the
+        first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
+        ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count), ``savings`` and ``anytime``
+        (the best value against wall time and epochs, see ``anytime``); with several
+        objectives ``pareto`` too, the Pareto set (``number``, ``objectives``, ``params``),
+        and ``best`` is its trial of the lowest validation loss.
+    """
+    trials = study.get_trials(deepcopy=False)
+    counts = state_counts(trials)
+    reasons: dict[str, dict[str, int]] = {"PRUNED": {}, "FAIL": {}}
+    for t in trials:
+        if t.state.name in reasons:
+            key = "prune_reason" if t.state.name == "PRUNED" else "fail_reason"
+            reason = str(t.user_attrs.get(key, "unknown"))
+            reasons[t.state.name][reason] = reasons[t.state.name].get(reason, 0) + 1
+    best_trial = best_or_none(study)
+    best = None if best_trial is None else {
+        "number": best_trial.number,
+        "value": val_loss(best_trial),
+        "params": dict(best_trial.params),
+        "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
+        "device": best_trial.user_attrs.get("device"),
+        "world_size": best_trial.user_attrs.get("world_size", 1),
+    }
+    numbers = {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
+               "savings": savings(trials), "anytime": anytime(study)}
+    if len(study.directions) > 1:
+        numbers["pareto"] = [{k: r[k] for k in ("number", "objectives", "params")}
+                             for r in pareto_records(study)]
+    return numbers
+
+
+def progress(study: "optuna.Study") -> dict[str, list[float]]:
+    """The best loss so far after each finished trial, and the device-hours spent by then.
+
+    Returns:
+        ``trials`` (finished trials so far), ``device_hours`` and ``best``: one entry per
+        finished (complete or pruned) trial, from the first complete one on.
+    """
+    out: dict[str, list[float]] = {"trials": [], "device_hours": [], "best": []}
+    n, hours, best = 0, 0.0, math.inf
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name not in ("COMPLETE", "PRUNED"):
+            continue
+        n += 1
+        hours += trial_cost(t)["seconds_run"] / 3600
+        if t.state.name == "COMPLETE" and t.values:
+            best = min(best, val_loss(t))
+        if math.isfinite(best):
+            out["trials"].append(n)
+            out["device_hours"].append(hours)
+            out["best"].append(best)
+    return out
+
+
+def anytime(study: "optuna.Study") -> dict[str, list[float]]:
+    """The best value so far against wall time and against epochs trained (the anytime curve).
+
+    One point per finished (complete or pruned) trial, in the order they finished, from the
+    first complete one on: ``seconds`` since the study's first trial started, ``epochs`` the
+    finished trials had trained by then (``trial_cost``'s ``epochs_run``), ``best`` value of
+    the complete trials by then (the study's direction), and ``trial`` (its number).
+    """
+    out: dict[str, list[float]] = {"seconds": [], "epochs": [], "best": [], "trial": []}
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None]
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    if not starts:
+        return out
+    first = min(starts)
+    better = max if study.direction.name == "MAXIMIZE" else min
+    epochs, best = 0.0, None
+    for t in sorted(trials, key=lambda t: (t.datetime_complete, t.number)):
+        epochs += trial_cost(t)["epochs_run"]
+        if t.state.name == "COMPLETE" and t.value is not None:
+            best = t.value if best is None else better(best, t.value)
+        if best is not None:
+            out["seconds"].append((t.datetime_complete - first).total_seconds())
+            out["epochs"].append(epochs)
+            out["best"].append(best)
+            out["trial"].append(t.number)
+    return out
