@@ -429,7 +429,7 @@ def rows(results: dict) -> list[Row]:
     reached = [r for r in v["reach"] if r is not None]
     out.append(Row("headtohead", f"{task}, hpo vs {PEERS[peer]}", "best val loss",
                    hpo=best["hpo"], baseline=best[peer], baseline_name=PEERS[peer],
-                   ratio=best["hpo"] / best[peer], goal=f"wins >= 2 of 3",
+                   ratio=best["hpo"] / best[peer], goal="wins >= 2 of 3",
                    met=v["loss_met"],
                    note=f"hpo at or below in {v['wins']}/{n} seeds; reached the peer's best "
                         f"in {len(reached)}/{n} seeds"
