@@ -154,7 +154,8 @@ def anytime(study: "optuna.Study") -> dict[str, list[float]]:
     One point per finished (complete or pruned) trial, in the order they finished, from the
     first complete one on: ``seconds`` since the study's first trial started, ``epochs`` the
     finished trials had trained by then (``trial_cost``'s ``epochs_run``), ``best`` value of
-    the complete trials by then (the study's direction), and ``trial`` (its number).
+    the complete trials by then (the study's direction; with several objectives, the lowest
+validation loss), and ``trial`` (its number).
     """
     out: dict[str, list[float]] = {"seconds": [], "epochs": [], "best": [], "trial": []}
     trials = [t for t in study.get_trials(deepcopy=False)
@@ -163,12 +164,15 @@ def anytime(study: "optuna.Study") -> dict[str, list[float]]:
     if not starts:
         return out
     first = min(starts)
-    better = max if study.direction.name == "MAXIMIZE" else min
+    # Several objectives: the curve of the validation loss (the first objective, minimized).
+    single = len(study.directions) == 1
+    better = max if single and study.direction.name == "MAXIMIZE" else min
     epochs, best = 0.0, None
     for t in sorted(trials, key=lambda t: (t.datetime_complete, t.number)):
         epochs += trial_cost(t)["epochs_run"]
-        if t.state.name == "COMPLETE" and t.value is not None:
-            best = t.value if best is None else better(best, t.value)
+        value = val_loss(t) if t.state.name == "COMPLETE" else None
+        if value is not None:
+            best = value if best is None else better(best, value)
         if best is not None:
             out["seconds"].append((t.datetime_complete - first).total_seconds())
             out["epochs"].append(epochs)

@@ -211,7 +211,7 @@ def test_png_export_through_kaleido(tmp_path):
     result = run_hpo("report", "png", "--storage", url, "--png", "--no-dashboard", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "dashboards" / "png"
-    assert "7 PNGs written to dashboards/png\n" in result.stdout, result.stdout
+    assert f"{len(STUDY_FIGURES)} PNGs written to dashboards/png\n" in result.stdout, result.stdout
     for key in STUDY_FIGURES:
         data = (folder / f"{key}.png").read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, key
