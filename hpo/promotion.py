@@ -1,7 +1,8 @@
 """Pause and resume: asynchronous successive halving with promotion (the ``promotion`` pruner).
 
 Optuna's pruners stop a trial for good. This one pauses it: a trial that falls behind at a rung
-(an epoch end at ``min_resource * reduction_factor ** k`` epochs) stops with its checkpoint,
+(the evaluation at ``min_resource * reduction_factor ** k`` epochs: an epoch end, or inside
+an epoch with ``task.evals_per_epoch``) stops with its checkpoint,
 and its configuration waits as a *paused* trial; a worker looking for work resumes it, ahead of
 any new configuration, once it ranks in the top ``1 / reduction_factor`` of the configurations
 that reached that rung (ASHA's promotion rule, Li et al. 2020; Syne Tune's ``promotion`` type).
@@ -74,7 +75,7 @@ def in_top(values: dict[int, float], config: int, eta: int, maximize: bool = Fal
     return ranked.index(config) < len(values) // eta
 
 
-def make_promotion_pruner(min_resource: int, reduction_factor: int, evals_per_epoch: int,
+def make_promotion_pruner(min_resource: float, reduction_factor: int, evals_per_epoch: int,
                           max_epochs: int) -> "optuna.pruners.BasePruner":
     """The ``promotion`` pruner (an Optuna pruner: it says when to pause)."""
     import optuna
@@ -109,14 +110,16 @@ def make_promotion_pruner(min_resource: int, reduction_factor: int, evals_per_ep
     return PromotionPruner()
 
 
-def rung_steps(min_resource: int, reduction_factor: int, evals_per_epoch: int,
+def rung_steps(min_resource: float, reduction_factor: int, evals_per_epoch: int,
                max_epochs: int) -> frozenset[int]:
-    """The report steps of the rungs: epoch ends at ``min_resource * reduction_factor ** k``
-    epochs, below ``max_epochs`` (a trial's last epoch is never a pause)."""
-    rungs, epochs = set(), min_resource
-    while epochs < max_epochs:
-        rungs.add(epochs * evals_per_epoch)
-        epochs *= reduction_factor
+    """The report steps of the rungs: the evaluations at ``min_resource * reduction_factor
+    ** k`` epochs, below ``max_epochs`` (a trial's last evaluation is never a pause).
+    ``min_resource`` may be a fraction of an epoch on the ``evals_per_epoch`` grid (the spec
+    checks it): 0.25 with 4 evaluations an epoch puts the rungs at steps 1, 3, 9, ..."""
+    rungs, step = set(), max(1, round(min_resource * evals_per_epoch))
+    while step < max_epochs * evals_per_epoch:
+        rungs.add(step)
+        step *= reduction_factor
     return frozenset(rungs)
 
 

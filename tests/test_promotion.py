@@ -58,11 +58,17 @@ def test_asha_rule_top_floor_n_over_eta():
     assert rung_steps(1, 3, 1, 9) == {1, 3}
     assert rung_steps(1, 2, 4, 5) == {4, 8, 16}  # four evaluations an epoch
     assert rung_steps(2, 2, 1, 2) == frozenset()  # the last epoch is never a pause
+    # Inside an epoch: a quarter epoch with four evaluations an epoch, then x3.
+    assert rung_steps(0.25, 3, 4, 3) == {1, 3, 9}
+    assert rung_steps(0.5, 2, 2, 1) == {1}
 
 
 @pytest.mark.parametrize("pruner, why", [
     ("{name: promotion, reduction_factor: 1}", "pruner.reduction_factor: expected an integer >= 2"),
-    ("{name: promotion, min_resource: 0}", "pruner.min_resource: expected epochs >= 1"),
+    ("{name: promotion, min_resource: 0}", "pruner.min_resource: expected epochs > 0"),
+    ("{name: promotion, min_resource: 0.5}",
+     "pruner.min_resource: a rung must fall on an evaluation: 0.5 epochs is not a multiple "
+     "of 1/1 (task.evals_per_epoch 1)"),
     ("{name: promotion, eta: 3}", "pruner.eta: unknown option of the promotion pruner"),
     ("{name: patient, patience: 1, wrapped: {name: promotion}}",
      "cannot be wrapped"),
@@ -206,3 +212,45 @@ def test_the_fine_tuning_job_pauses_and_resumes_from_its_checkpoint(tmp_path):
     assert resumed.intermediate_values[1] == first.intermediate_values[1]
     assert second.intermediate_values[1] == first.intermediate_values[1]  # seeded alike
     assert resumed.user_attrs["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_a_pause_inside_an_epoch_resumes_there_as_if_never_paused(tmp_path):
+    """One epoch, two evaluations, a rung at half the epoch: the first trial pauses there
+    (alone at the rung) with the checkpoint of half an epoch, the second (same params, so the
+    same seeded losses) ties, ranks below it and pauses, which promotes the first: it trains
+    the epoch's second half only, and ends where a study without a pruner ends."""
+    def run(name, pruner, copies):
+        spec = write_tiny_spec(
+            tmp_path / f"{name}.yaml", name,
+            task={"evals_per_epoch": 2},
+            search_space={"lr": {"type": "float", "low": 1.0e-9, "high": 1.0e-1, "log": True},
+                          "epochs": 1},
+            pruner=pruner, budget={"n_trials": copies})
+        url = f"sqlite:///{tmp_path / name}.db"
+        env = {"HPO_LOG_LEVEL": "INFO", "HPO_CHECKPOINT_DIR": str(tmp_path / f"ckpt-{name}")}
+        assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path,
+                       env=env).returncode == 0
+        study, _ = load_study(name, open_storage(url))
+        for _ in range(copies):
+            study.enqueue_trial({"lr": 3e-3}, skip_if_exists=False)
+        r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return trials(name, url), r.stderr
+
+    ts, log = run("half", {"name": "promotion", "min_resource": 0.5, "reduction_factor": 2}, 2)
+    (plain,), _ = run("plain", {"name": "none"}, 1)
+    assert [t.state for t in ts] == [TrialState.PRUNED, TrialState.PRUNED, TrialState.COMPLETE,
+                                     TrialState.WAITING]
+    first, resumed = ts[0], ts[2]
+    assert first.user_attrs["prune_reason"] == "paused" and set(first.intermediate_values) == {1}
+    assert is_paused(ts[3]) and ts[3].user_attrs["paused_at"] == 1
+    assert resumed.user_attrs["resumed_from"] == 0 and resumed.user_attrs["promoted"] is True
+    assert f"trial {resumed.number}: resumed from {first.user_attrs['checkpoint']} after " \
+           "epoch 0 and " in log
+    # Half an epoch trained before the pause, the other half after it: the same samples,
+    # the same weights, the same losses as the trial that never paused.
+    assert resumed.intermediate_values[1] == first.intermediate_values[1] \
+        == pytest.approx(plain.intermediate_values[1], rel=1e-6)
+    assert resumed.intermediate_values[2] == pytest.approx(plain.intermediate_values[2], rel=1e-6)
+    assert resumed.value == pytest.approx(plain.value, rel=1e-6)

@@ -170,8 +170,9 @@ def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
 class EpochShuffle(Sampler[int]):
     """A fresh order of ``range(n)`` each epoch, drawn from ``(seed, epoch)`` alone.
 
-    An attempt resumed at epoch ``e`` sees the same order as one that never stopped, whatever
-    the data loader and its worker processes drew in between. Call ``set_epoch`` first.
+    An attempt resumed at epoch ``e`` (or inside it, past its first examples) sees the same
+    order as one that never stopped, whatever the data loader and its worker processes drew
+    in between. Call ``set_epoch`` first.
     ``keyed``: yield ``epoch * n + index`` instead of ``index``, the keys ``EpochSeeded``
     reads.
     """
@@ -180,17 +181,21 @@ class EpochShuffle(Sampler[int]):
         self.n = n
         self.seed = seed
         self.epoch = 1
+        self.skip = 0
         self.keyed = keyed
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch to draw the order of; ``skip``: leave out its first examples (an attempt
+        resumed inside the epoch, after them)."""
         self.epoch = epoch
+        self.skip = skip
 
     def __iter__(self):
         order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         indices = torch.randperm(self.n, generator=order)
         if self.keyed:
             indices += self.epoch * self.n
-        return iter(indices.tolist())
+        return iter(indices[self.skip:].tolist())
 
     def __len__(self) -> int:
         return self.n

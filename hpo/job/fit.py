@@ -86,11 +86,13 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
     """
     progress, evals, steps = state.progress, state.evals, state.steps_per_epoch
     progress.epochs_run = epoch
-    state.order.set_epoch(epoch)
+    # An attempt resumed inside this epoch (paused at a rung there) skips what it trained.
+    skip, progress.epoch_batches = progress.epoch_batches, 0
+    state.order.set_epoch(epoch, skip * state.batch_size)
     train_mode(state.model, state.frozen)
     clock = time.perf_counter()
     epoch_loss = 0.0
-    for i, (inputs, labels) in enumerate(state.train_loader, 1):
+    for i, (inputs, labels) in enumerate(state.train_loader, skip + 1):
         # The report step this batch counts towards (epoch, or a fraction of the data).
         step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
         inputs = to_device(inputs, state.dev, state.channels_last)
@@ -132,7 +134,7 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
         if state.val_loader is not None and i in state.eval_after:
             progress.train_seconds += time.perf_counter() - clock
             step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
-            if evaluate_and_report(state, trial, epoch, step, loss):
+            if evaluate_and_report(state, trial, epoch, step, loss, i % steps):
                 return epoch_loss / max(steps, 1)  # stopped early
             train_mode(state.model, state.frozen)
             clock = time.perf_counter()
@@ -141,8 +143,11 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
 
 
 def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
-                        train_loss: float) -> bool:
+                        train_loss: float, batches: int = 0) -> bool:
     """Evaluate on the val set, report the loss at ``step``, prune or stop early, record.
+
+    ``batches``: of ``epoch``, trained so far; 0 at its end. A pause saves the checkpoint
+    here, inside the epoch or at its end.
 
     Returns:
         Whether to stop early: no better val loss in ``early_stopping_patience`` evaluations.
@@ -170,8 +175,8 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
     # The last report cannot prune: the trial has run all its epochs, and stopping it now
     # saves nothing while it throws a finished result away.
     if step < state.epochs * state.evals and trial.should_prune():
-        if state.pauses and step % state.evals == 0:  # an epoch end: resumable from here
-            save_epoch(state, trial, epoch)
+        if state.pauses:  # resumable from here: the checkpoint after this evaluation
+            save_epoch(state, trial, epoch, batches)
             prune(state, trial, "paused", step)
         prune(state, trial, "pruned", step)
     patience = state.task.early_stopping_patience
@@ -185,20 +190,22 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
     return False
 
 
-def save_epoch(state: FitState, trial: Trial, epoch: int) -> None:
-    """The checkpoint after ``epoch``, which a resumed attempt starts from (if the trial has
-    a checkpoint path)."""
+def save_epoch(state: FitState, trial: Trial, epoch: int, batches: int = 0) -> None:
+    """The checkpoint after ``epoch``, or after its first ``batches`` (a pause inside it),
+    which a resumed attempt starts from (if the trial has a checkpoint path)."""
     if state.checkpoint is None:
         return
     progress = state.progress
     progress.seconds = time.perf_counter() - state.started
+    progress.epoch_batches = batches
     # After the last epoch the optimizer state is dead weight (twice the model's with Adam):
     # the final checkpoint keeps the model and the progress, enough for a resume (a retry
-    # after the worker died before the tell) to return at once.
+    # after the worker died before the tell) to return at once. Inside an epoch (a pause),
+    # the checkpoint's epoch is the last whole one.
     save_checkpoint(state.checkpoint, model=state.model, optimizer=state.optimizer,
-                    scheduler=state.scheduler, scaler=state.scaler, epoch=epoch,
-                    progress=asdict(progress),
-                    final=epoch == state.epochs or progress.stopped_early)
+                    scheduler=state.scheduler, scaler=state.scaler,
+                    epoch=epoch - 1 if batches else epoch, progress=asdict(progress),
+                    final=not batches and (epoch == state.epochs or progress.stopped_early))
     trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
 
 

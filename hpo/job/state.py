@@ -78,6 +78,9 @@ class Progress:
     """Examples per forward pass in evaluation; 0 until an evaluation ran out of memory
     (then it halves apart from training's, which needs more memory)."""
     epochs_run: int = 0
+    epoch_batches: int = 0
+    """Batches of epoch ``epochs_run`` trained when a checkpoint inside that epoch was saved
+    (a pause at a rung inside it); 0 after a whole epoch. A resumed attempt skips them."""
     samples: int = 0
     train_seconds: float = 0.0
     """Time in training steps (data loading included, evaluation not)."""
@@ -195,8 +198,9 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
             Path(context.resume_path), model=model, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, epochs=epochs)
         progress = Progress(**saved)
-        log.info("trial %d: resumed from %s after epoch %d", trial.number,
-                 context.resume_path, start_epoch)
+        log.info("trial %d: resumed from %s after epoch %d%s", trial.number,
+                 context.resume_path, start_epoch,
+                 f" and {progress.epoch_batches} batches" if progress.epoch_batches else "")
     net = ranks.wrap(model, dev.device)
     net = torch.compile(net) if task.compile else net
     evals = task.evals_per_epoch

@@ -141,10 +141,10 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     for key in ("interval_steps", "reduction_factor", "n_min_trials"):
         if key in options and options[key] < 1:
             raise (at / key).error(f"expected an integer >= 1, got {options[key]}")
-    if name == "promotion":  # rungs are epoch ends: 1 epoch, then 1 * factor, ...
-        if options.get("min_resource", 1) < 1:
+    if name == "promotion":  # rungs: min_resource epochs, then min_resource * factor, ...
+        if options.get("min_resource", 1) <= 0:
             raise (at / "min_resource").error(
-                f"expected epochs >= 1, got {options['min_resource']}")
+                f"expected epochs > 0, got {options['min_resource']}")
         if options.get("reduction_factor", 3) < 2:
             raise (at / "reduction_factor").error(
                 f"expected an integer >= 2, got {options['reduction_factor']}")
@@ -217,6 +217,13 @@ def _check_cross(spec: Spec, at: _At) -> None:
                     "the grid sampler needs a finite parameter: categorical, int without log, "
                     "or float with a step"
                 ) from None
+    if spec.pruner.name == "promotion":
+        first = spec.pruner.options.get("min_resource", 1) * spec.task.evals_per_epoch
+        if abs(first - round(first)) > 1e-9:
+            raise (at / "pruner" / "min_resource").error(
+                f"a rung must fall on an evaluation: {spec.pruner.options['min_resource']} "
+                f"epochs is not a multiple of 1/{spec.task.evals_per_epoch} "
+                f"(task.evals_per_epoch {spec.task.evals_per_epoch})")
     if spec.pruner.options.get("max_resource") not in (None, "auto"):
         mr = spec.pruner.options["max_resource"]
         if mr < max_epochs(spec):

@@ -342,6 +342,8 @@ def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
 # Sampler and pruner options: name -> {option: expected type}. study.py builds them.
 
 _INT, _FLOAT, _BOOL, _STR = "int", "float", "bool", "str"
+_NUM = "number"
+"""An int or a float, kept as written (``_FLOAT`` makes it a float)."""
 
 SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
     "tpe": {"seed": _INT, "n_startup_trials": _INT, "n_ei_candidates": _INT,
@@ -367,7 +369,7 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
                   "bootstrap_count": _INT},
     "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
-    "promotion": {"min_resource": _INT, "reduction_factor": _INT},
+    "promotion": {"min_resource": _NUM, "reduction_factor": _INT},
     "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
                   "interval_steps": _INT},
     "none": {},
