@@ -2,7 +2,8 @@
 (``OptunaSearch`` + ASHA), on one task, data split, search space, trial budget and seed.
 
     python -m benchmarks.headtohead [--task minilm|digits] [--seeds 0 1 2] [--tools hpo hf ray]
-                                    [--hpo-pruner YAML] [--hpo-sampler YAML] [--smoke]
+                                    [--hpo-pruner YAML] [--hpo-sampler YAML] [--hpo-task YAML]
+                                    [--smoke]
                                     [--out benchmarks/RESULTS.md] [--workdir DIR]
     python -m benchmarks.run --only headtohead        # the same, its summary rows in the table
 
@@ -57,6 +58,7 @@ import yaml
 
 from benchmarks.studies import ROOT, environment, run_hpo, run_python
 from benchmarks.table import Row, fmt, revision, write_section
+from hpo.records import steps_trained
 
 SECTION = "Head to head"
 WALL_GOAL = 0.5
@@ -110,12 +112,15 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
 
 
 def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, workdir: Path,
-            say, *, pruner: dict, sampler: dict, done=None, threads: int | None = None) -> dict:
+            say, *, pruner: dict, sampler: dict, hpo_task: dict | None = None, done=None,
+            threads: int | None = None) -> dict:
     """Run every tool on every seed (interleaved); their walls, bests and curves.
 
     ``done(results)``, if given, is called after each tool's run with the results so far (a
     long run keeps what it measured). ``threads``: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``
-    of every tool's process (``None``: each tool's own choice).
+    of every tool's process (``None``: each tool's own choice). ``hpo_task``: task keys of
+    the hpo arm alone (e.g. ``evals_per_epoch``), merged into its spec; the peers' spec keeps
+    the task as it is.
 
     Returns:
         ``{"task", "n_trials", "seeds", "hpo_pruner", "hpo_sampler", "skipped": {tool: why},
@@ -130,20 +135,23 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
                     if t != "hpo" and t not in task["peers"]})
     runs: dict = {t: {} for t in tools if t not in skipped}
     results = {"task": task_name, "n_trials": n_trials, "seeds": seeds, "smoke": smoke,
-               "hpo_pruner": pruner, "hpo_sampler": sampler, "skipped": skipped, "runs": runs,
-               "threads": threads}
+               "hpo_pruner": pruner, "hpo_sampler": sampler, "hpo_task": hpo_task or {},
+               "skipped": skipped, "runs": runs, "threads": threads}
     env = {} if threads is None else {"OMP_NUM_THREADS": str(threads),
                                       "MKL_NUM_THREADS": str(threads)}
     for seed in seeds:
         spec_path = workdir / f"{task_name}-seed{seed}.yaml"
-        spec_path.write_text(yaml.safe_dump(_spec(task_name, seed, n_trials, smoke, pruner,
-                                                  sampler), sort_keys=False))
+        spec = _spec(task_name, seed, n_trials, smoke, pruner, sampler)
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        hpo_spec = workdir / f"hpo-{task_name}-seed{seed}.yaml"
+        spec["task"].update(hpo_task or {})
+        hpo_spec.write_text(yaml.safe_dump(spec, sort_keys=False))
         for tool in runs:
             say(f"headtohead: {task_name}, seed {seed}: {TOOLS[tool]}")
             scratch = workdir / f"{tool}-seed{seed}"
             scratch.mkdir(parents=True, exist_ok=True)
             runs[tool][seed] = (_hpo_arm if tool == "hpo" else _peer_arm)(
-                tool, spec_path, seed, scratch, env)
+                tool, hpo_spec if tool == "hpo" else spec_path, seed, scratch, env)
             got = runs[tool][seed]
             say(f"headtohead: {tool} seed {seed}: {got['wall']:.1f} s, best {got['best']:.4f}")
             if done is not None:
@@ -178,7 +186,7 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
               and t.datetime_complete is not None]
     for t in trials:
         losses = list(t.intermediate_values.values()) or ([t.value] if t.value else [])
-        epochs += max(t.intermediate_values, default=0) / evals
+        epochs += steps_trained(t) / evals  # a continuation from its pause
         if losses:
             ends.append((t.datetime_complete.timestamp() - start, min(losses)))
     first = min((t.datetime_start.timestamp() - start for t in trials), default=None)
@@ -420,7 +428,9 @@ def rows(results: dict) -> list[Row]:
     peer, runs, n = v["peer"], results["runs"], len(v["seeds"])
     med = {t: statistics.median(r["wall"] for r in runs[t].values()) for t in runs if runs[t]}
     note = (f"median of {n} seed(s), {results['n_trials']} trials; hpo pruner "
-            f"{_inline(results['hpo_pruner'])}; walls: "
+            f"{_inline(results['hpo_pruner'])}"
+            + (f", task {_inline(results['hpo_task'])}" if results.get("hpo_task") else "")
+            + "; walls: "
             + ", ".join(f"{TOOLS[t]} {fmt(w)} s" for t, w in med.items()))
     out.append(Row("headtohead", f"{task}, hpo vs {PEERS[peer]}", "wall s", hpo=med["hpo"],
                    baseline=med[peer], baseline_name=PEERS[peer], ratio=v["ratio"],
@@ -445,12 +455,17 @@ def section(results: dict) -> str:
              f"benchmarks.headtohead --task {results['task']}"
              + (" --smoke" if results["smoke"] else "")
              + ("" if results.get("threads") is None else f" --threads {results['threads']}")
+             + (f" --hpo-task '{_inline(results['hpo_task'])}'" if results.get("hpo_task")
+                else "")
              + "`: task "
              f"`{results['task']}`, {results['n_trials']} trials a study, seeds "
              f"{', '.join(map(str, results['seeds']))} (interleaved: each seed runs every tool "
              "in turn), each tool in its own process (wall = the whole process). hpo's pruner: "
              f"`{_inline(results['hpo_pruner'])}`, its sampler: TPE, seed, "
-             f"`{_inline(results['hpo_sampler'])}`; the peers: TPE with the seed, "
+             f"`{_inline(results['hpo_sampler'])}`"
+             + (f", its task adds `{_inline(results['hpo_task'])}`"
+                if results.get("hpo_task") else "")
+             + "; the peers: TPE with the seed, "
              f"HF {PEER_PRUNER}, Ray ASHA (grace 1 epoch). Medians over seeds, spread = "
              "min-max. The machine is shared with other jobs: times are noisy, read the ratios "
              "of the same seed."
@@ -546,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hpo-sampler", metavar="YAML",
                         help="options merged into the hpo arm's sampler {name: tpe, seed: "
                              "SEED} (default $HPO_H2H_SAMPLER)")
+    parser.add_argument("--hpo-task", metavar="YAML",
+                        help="task keys of the hpo arm alone, e.g. '{evals_per_epoch: 4}' "
+                             "(default $HPO_H2H_TASK); the peers' task stays as it is")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="OMP_NUM_THREADS / MKL_NUM_THREADS of every tool's process "
                              "(default: each tool's own; 1 on a machine whose cores are "
@@ -603,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     write(measure(args.task, args.seeds, args.tools, args.smoke, workdir,
                   lambda s: print(s, file=sys.stderr, flush=True),
                   pruner=_flag(args.hpo_pruner, "HPO_H2H_PRUNER") or DEFAULT_PRUNER,
-                  sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {}, done=write,
+                  sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {},
+                  hpo_task=_flag(args.hpo_task, "HPO_H2H_TASK") or {}, done=write,
                   threads=args.threads))
     print(section(final))
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 from benchmarks.databases import fresh_database
 from benchmarks.studies import ROOT
 from benchmarks.table import Row, fmt, judged, median
+from hpo.records import steps_trained
 
 EPOCH_GOAL = 1 / 3
 LOSS_GOAL = 1.02
@@ -173,8 +174,9 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
     evals = spec.task.evals_per_epoch
 
     def epochs(trials) -> float:
-        # Epochs of training data consumed: a trial's last report step is in 1/evals epochs.
-        return sum(max(t.intermediate_values, default=0) / evals for t in trials)
+        # Epochs of training data consumed: report steps are 1/evals epochs; a continuation
+        # counts from its pause, which its paused trial counted.
+        return sum(steps_trained(t) / evals for t in trials)
 
     return {
         "epochs": epochs(finished),

@@ -54,6 +54,15 @@ def is_continuation(trial: "FrozenTrial") -> bool:
     return RESUMED_FROM_ATTR in trial.user_attrs
 
 
+def steps_trained(trial: "FrozenTrial") -> int:
+    """The report steps the trial trained itself: to its last report, from the step its
+    configuration was paused at if it is a continuation (whose earlier values are copies)."""
+    last = max(trial.intermediate_values, default=0)
+    if is_continuation(trial):
+        return last - int(trial.user_attrs.get(PAUSED_AT_ATTR, 0))
+    return last
+
+
 def is_paused(trial: "FrozenTrial") -> bool:
     """Whether the trial is a paused configuration waiting to be promoted: a queued
     continuation that no worker has claimed."""
