@@ -6,6 +6,11 @@ Pruning savings compare what the finished (complete + pruned) trials ran with wh
 each of them to its planned epochs would have cost: a trial's planned seconds are its own
 seconds per epoch times its planned epochs. Complete trials that stopped early (early stopping)
 count too, so the savings are those of every early stop, the pruner's and the job's.
+
+A configuration that the ``promotion`` pruner paused and resumed is one trial that paused and
+its continuations, each resumed from the last one's checkpoint with the job's attrs counting
+from the configuration's start: the savings count it once, as its last finished attempt; the
+anytime curve counts each attempt's own part.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
     """
     attrs = trial.user_attrs
     steps = trial.intermediate_values
-    epochs_run = float(attrs.get("epochs_run", math.ceil(max(steps)) if steps else 0))
+    epochs_run = float(attrs.get("epochs_trained",
+                                 attrs.get("epochs_run", math.ceil(max(steps)) if steps else 0)))
     epochs_planned = float(attrs.get("epochs_planned", trial.params.get("epochs", epochs_run)))
     epochs_planned = max(epochs_planned, epochs_run)
     seconds = attrs.get("train_seconds")
@@ -64,11 +70,8 @@ def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
              "seconds_planned": 0.0}
     by_pruning = by_stopping = 0.0
     counted = 0
-    for t in trials:
-        if t.state.name not in ("COMPLETE", "PRUNED"):
-            continue
+    for t, cost in _configurations(trials):
         counted += 1
-        cost = trial_cost(t)
         for k in total:
             total[k] += cost[k]
         saved = cost["epochs_planned"] - cost["epochs_run"]
@@ -87,6 +90,26 @@ def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
         "epochs_saved_by_pruning": by_pruning,
         "epochs_saved_by_early_stopping": by_stopping,
     }
+
+
+def _chain(trial: "FrozenTrial") -> int | None:
+    """The configuration of a trial that paused or resumed a paused one, else None."""
+    from hpo.promotion import configuration
+    from hpo.records import PRUNE_REASON_ATTR, is_continuation
+
+    paused = trial.user_attrs.get(PRUNE_REASON_ATTR) == "paused"
+    return configuration(trial) if paused or is_continuation(trial) else None
+
+
+def _configurations(trials: "Sequence[FrozenTrial]") -> "list[tuple[FrozenTrial, dict]]":
+    """The finished (complete, pruned) trials with their ``trial_cost``, a paused and
+    resumed configuration once: its last finished attempt, whose attrs hold all of it."""
+    last: dict[Any, tuple[FrozenTrial, dict]] = {}
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    for i, t in sorted(enumerate(finished), key=lambda it: it[1].number):
+        chain = _chain(t)
+        last[("chain", chain) if chain is not None else ("trial", i)] = (t, trial_cost(t))
+    return list(last.values())
 
 
 def study_numbers(study: "optuna.Study") -> dict[str, Any]:
@@ -168,8 +191,12 @@ validation loss), and ``trial`` (its number).
     single = len(study.directions) == 1
     better = max if single and study.direction.name == "MAXIMIZE" else min
     epochs, best = 0.0, None
+    so_far: dict[int, float] = {}  # of a paused configuration, its attempts' epochs by now
     for t in sorted(trials, key=lambda t: (t.datetime_complete, t.number)):
-        epochs += trial_cost(t)["epochs_run"]
+        run, chain = trial_cost(t)["epochs_run"], _chain(t)
+        if chain is not None:  # the attempt's own part: its attrs count from the start
+            run, so_far[chain] = run - so_far.get(chain, 0.0), run
+        epochs += run
         value = val_loss(t) if t.state.name == "COMPLETE" else None
         if value is not None:
             best = value if best is None else better(best, value)

@@ -202,6 +202,47 @@ def test_a_trial_on_two_devices_costs_two_device_hours_an_hour():
     assert savings([trial(1)])["device_hours_run"] == pytest.approx(36 / 3600)
 
 
+def test_a_paused_and_resumed_configuration_counts_once():
+    """The promotion pruner's attempts of one configuration: a trial paused at a quarter
+    epoch, and its continuation, whose attrs count from the configuration's start. Savings
+    count the configuration once (its last attempt); the anytime curve each attempt's part."""
+    import datetime as dt
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from hpo.numbers import anytime
+
+    start = dt.datetime(2025, 1, 1, 12, 0, 0)
+
+    def trial(state, end, attrs, values):
+        t = create_trial(state=state, value=values[max(values)] if state.name == "COMPLETE"
+                         else None, params={"lr": 0.01},
+                         distributions={"lr": FloatDistribution(1e-5, 1.0, log=True)},
+                         intermediate_values=values, user_attrs=attrs)
+        t.datetime_start, t.datetime_complete = start, start + dt.timedelta(seconds=end)
+        return t
+
+    quarter = {"epochs_run": 1, "epochs_trained": 0.25, "epochs_planned": 3,
+               "train_seconds": 5.0}
+    study = optuna.create_study()
+    study.add_trial(trial(TrialState.PRUNED, 5, {**quarter, "prune_reason": "paused"},
+                          {1: 0.9}))  # 0: paused, later resumed
+    study.add_trial(trial(TrialState.PRUNED, 10, {**quarter, "epochs_planned": 2,
+                                                  "prune_reason": "paused"},
+                          {1: 1.2}))  # 1: paused for good
+    study.add_trial(trial(TrialState.COMPLETE, 70,
+                          {"epochs_run": 3, "epochs_trained": 3.0, "epochs_planned": 3,
+                           "train_seconds": 60.0, "resumed_from": 0, "paused_at": 1},
+                          {1: 0.9, 4: 0.7, 12: 0.5}))  # 2: resumes 0, completes
+    s = savings(study.trials)
+    assert s["trials"] == 2
+    assert (s["epochs_run"], s["epochs_planned"]) == (3.25, 5)
+    assert s["device_hours_run"] == pytest.approx(65 / 3600)
+    assert anytime(study)["epochs"] == [3.25]  # 0.25 + 0.25 + the continuation's 2.75
+    assert anytime(study)["best"] == [0.5]
+
+
 def test_png_export_through_kaleido(tmp_path):
     """kaleido (in the test extra) renders with Debian's chromium: one PNG per figure."""
     pytest.importorskip("kaleido")

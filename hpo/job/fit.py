@@ -241,6 +241,9 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
     progress.seconds = time.perf_counter() - state.started
     attrs: dict[str, Any] = {
         "epochs_run": progress.epochs_run,
+        # Epochs of data trained (a fraction where a pause or a prune fell inside an epoch).
+        "epochs_trained": round(progress.samples / max(state.steps_per_epoch
+                                                       * state.batch_size, 1), 4),
         "epochs_planned": state.epochs,
         "train_seconds": round(progress.seconds, 3),
         "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9), 1),
