@@ -17,8 +17,10 @@ In the database:
 - a worker that promotes it claims it (one winner, as for any queued trial) and writes
   ``promoted: true``; it resumes from the checkpoint and may pause again at the next rung.
 
-The budget counts configurations: continuations take none of ``n_trials``. A study that ends
-with paused trials keeps them; ``hpo run`` with a larger budget may still promote them.
+The budget counts configurations: continuations take none of ``n_trials``. When it is spent
+and nothing runs, a paused trial that leads its rung is promoted all the same (``promotable``'s
+``finishing``). A study that ends with paused trials keeps them; ``hpo run`` with a larger
+budget may still promote them.
 """
 
 from __future__ import annotations
@@ -147,12 +149,18 @@ def pause(study: "optuna.Study", trial: "FrozenTrial", step: int) -> "FrozenTria
     return queued
 
 
-def promotable(study: "optuna.Study", pruner: Any,
-               trials: "list[FrozenTrial]") -> "list[FrozenTrial]":
+def promotable(study: "optuna.Study", pruner: Any, trials: "list[FrozenTrial]",
+               finishing: bool = False) -> "list[FrozenTrial]":
     """The continuations to run next, outside the budget (``trials``: the study as read a
     moment ago): first those promoted already and queued again (re-queued by SIGTERM, or the
     retry of one whose worker died), then the paused trials that now rank in the top of their
-    rung, the highest rung first and the best first within it."""
+    rung, the highest rung first and the best first within it.
+
+    ``finishing``: the budget is spent and nothing runs, so no configuration will reach a
+    rung any more: the paused trial that *leads* its rung is promoted too, where fewer than
+    ``reduction_factor`` configurations reached it (ASHA's rule holds them all there). Else
+    a study could end with its best configuration paused short of its epochs; this costs at
+    most one configuration a rung."""
     import optuna
     from optuna.trial import TrialState
 
@@ -165,7 +173,9 @@ def promotable(study: "optuna.Study", pruner: Any,
             continue
         step = int(t.user_attrs[PAUSED_AT_ATTR])
         values = rung_values(trials, step)
-        if in_top(values, configuration(t), pruner.reduction_factor, maximize):
+        eta = min(pruner.reduction_factor, max(1, len(values))) if finishing \
+            else pruner.reduction_factor
+        if in_top(values, configuration(t), eta, maximize):
             sign = -1.0 if maximize else 1.0
             ready.append((-step, sign * values[configuration(t)], t.number, t))
     return again + [t for *_, t in sorted(ready, key=lambda r: r[:3])]

@@ -254,3 +254,28 @@ def test_a_pause_inside_an_epoch_resumes_there_as_if_never_paused(tmp_path):
         == pytest.approx(plain.intermediate_values[1], rel=1e-6)
     assert resumed.intermediate_values[2] == pytest.approx(plain.intermediate_values[2], rel=1e-6)
     assert resumed.value == pytest.approx(plain.value, rel=1e-6)
+
+
+def test_at_the_end_of_the_budget_a_paused_rung_leader_finishes(tmp_path):
+    """Two configurations, rungs at epochs 1 and 2 of 4: the bad one pauses at epoch 1 (alone
+    there); the best passes it there and pauses at epoch 2, alone at that rung, where ASHA's
+    rule (the top floor(1 / 2)) promotes nobody. The budget is spent then, and nothing runs:
+    the leader of its rung is promoted all the same and trains to its end; the bad one, behind
+    at its rung, stays paused."""
+    url = f"sqlite:///{tmp_path / 'lead.db'}"
+    env = fast_env(tmp_path)
+    name = make_study(tmp_path, url, n=2, low=4, high=4, pruner=PROMOTION, env=env)
+    _enqueue(name, url, lrs=(1e-1, 10 ** -2.5))
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ts = trials(name, url)
+    # 0 and 1: the enqueued configurations; 2: the bad one paused; 3: the best one finished.
+    assert [t.state for t in ts] == [TrialState.PRUNED, TrialState.PRUNED, TrialState.WAITING,
+                                     TrialState.COMPLETE]
+    bad, best = _configurations(ts).values()
+    assert is_paused(bad[1]) and bad[1].user_attrs["paused_at"] == 1
+    assert set(best[0].intermediate_values) == {1, 2}
+    assert best[1].user_attrs["promoted"] is True and best[1].user_attrs["paused_at"] == 2
+    assert sorted(e for n, e, _ in epoch_log(tmp_path) if n == best[1].number) == [3, 4]
+    study, _ = load_study(name, open_storage(url))
+    assert study.best_trial.number == best[1].number

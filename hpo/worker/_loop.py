@@ -168,6 +168,9 @@ def run_worker(
             # the budget counted it when it started.
             promote = promotable(study, promotion, trials) if promotion else []
             reason = should_stop(study, spec, started, trials)
+            if promotion and not promote and reason == "budget":
+                # Spent, and nothing runs: finish the paused leaders of their rungs.
+                promote = promotable(study, promotion, trials, finishing=True)
             if promote and reason in ("budget", "wait", ""):
                 reason = ""
             if reason == "wait":
