@@ -9,7 +9,9 @@ epochs consumed are counted in data seen (last report step / evals per epoch).
 Every arm runs over ``SEEDS`` sampler seeds (smoke: ``SMOKE_SEEDS``), interleaved (seed 0:
 none, median, hyperband, promotion; seed 1: ...); a pruner's ratios are taken per seed against the study
 without pruning of the same seed, and the table shows their median with the min-max spread.
-``$HPO_BENCH_PRUNING_SEEDS`` (e.g. ``0,1,2,3,4,5``) replaces the seeds. One seed of the
+``$HPO_BENCH_PRUNING_SEEDS`` (e.g. ``0,1,2,3,4,5``) replaces the seeds;
+``$HPO_BENCH_PRUNING_ARMS`` (e.g. ``promotion``) and ``$HPO_BENCH_PRUNING_TASKS`` (e.g.
+``vader_minilm``) run only those pruners (and none, their baseline) and tasks. One seed of the
 full run took 25 minutes on 2 CPU cores (both tasks, three arms, before the promotion arm):
 five seeds of four arms take about two and a half hours.
 
@@ -40,8 +42,10 @@ PRUNERS = {
     # Steps are quarters of an epoch: warm-up / min_resource of 2 and 1 steps.
     "median": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
     "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
-    # Pauses at epoch ends (steps 4, 12, ...) and resumes what ranks high later (hpo.promotion).
-    "promotion": {"name": "promotion", "min_resource": 1, "reduction_factor": 3},
+    # Pauses at a quarter epoch, then 3/4, 2 1/4 (steps 1, 3, 9, ...: hyperband's rungs) and
+    # resumes what ranks high later (hpo.promotion).
+    "promotion": {"name": "promotion", "min_resource": 1 / EVALS_PER_EPOCH,
+                  "reduction_factor": 3},
 }
 TASKS = {
     # spec file: (trials, task overrides) of the full run; the smoke run shrinks both further
@@ -60,7 +64,9 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
     from hpo.spec import ComponentSpec, load_spec
 
     rows = []
-    for task_name, (n_trials, overrides) in TASKS.items():
+    pruners = _chosen("HPO_BENCH_PRUNING_ARMS", PRUNERS)
+    for task_name in _chosen("HPO_BENCH_PRUNING_TASKS", TASKS):
+        n_trials, overrides = TASKS[task_name]
         path = ROOT / "search_spaces" / f"{task_name}.yaml"
         if not path.is_file():
             rows.append(Row("pruning", task_name, "epochs", goal=f"<= {EPOCH_GOAL:.2f}",
@@ -76,16 +82,16 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
         seeds = _seeds(smoke)
         budget = ", ".join([f"{n_trials} trials", _describe_space(spec),
                             *(f"{k}={v}" for k, v in overrides.items())])
-        runs: dict[str, list[dict]] = {"none": [], **{p: [] for p in PRUNERS}}
+        runs: dict[str, list[dict]] = {"none": [], **{p: [] for p in pruners}}
         for seed in seeds:
             seeded = replace(spec, sampler=ComponentSpec(
                 spec.sampler.name, {**spec.sampler.options, "seed": seed}))
-            for pruner, options in {"none": {"name": "none"}, **PRUNERS}.items():
+            for pruner, options in {"none": {"name": "none"}, **pruners}.items():
                 say(f"pruning: {task_name}: seed {seed}: {pruner}, {budget}")
                 runs[pruner].append(_study(seeded, options, workdir))
         base = runs["none"]
         where = f"median (min-max) over {len(seeds)} seeds; {budget}"
-        for pruner in PRUNERS:
+        for pruner in pruners:
             got = runs[pruner]
             case = f"{task_name}, {pruner} vs none"
             epochs = [g["epochs"] / b["epochs"] for g, b in zip(got, base)]
@@ -112,6 +118,16 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                 baseline=median([b["seconds"] for b in base]), baseline_name="no pruning",
                 ratio=median(walls), note=f"ratio {_spread(walls)}"))
     return rows
+
+
+def _chosen(env: str, table: dict) -> dict:
+    """The entries of ``table`` that ``$env`` names (comma-separated), else all of it."""
+    names = [n for n in os.environ.get(env, "").split(",") if n]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"pruning: {env}: unknown {', '.join(unknown)}; expected some of "
+                         + ", ".join(table))
+    return {n: table[n] for n in (names or table)}
 
 
 def _seeds(smoke: bool) -> tuple[int, ...]:
