@@ -141,10 +141,13 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
                                       "MKL_NUM_THREADS": str(threads)}
     for seed in seeds:
         spec_path = workdir / f"{task_name}-seed{seed}.yaml"
+        # The peers read the task, the space and the budget; the pruner, the sampler's
+        # options and hpo_task are the hpo arm's alone.
+        peers = _spec(task_name, seed, n_trials, smoke, {"name": "none"}, {})
+        spec_path.write_text(yaml.safe_dump(peers, sort_keys=False))
         spec = _spec(task_name, seed, n_trials, smoke, pruner, sampler)
-        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        hpo_spec = workdir / f"hpo-{task_name}-seed{seed}.yaml"
         spec["task"].update(hpo_task or {})
+        hpo_spec = workdir / f"hpo-{task_name}-seed{seed}.yaml"
         hpo_spec.write_text(yaml.safe_dump(spec, sort_keys=False))
         for tool in runs:
             say(f"headtohead: {task_name}, seed {seed}: {TOOLS[tool]}")
