@@ -3,7 +3,7 @@
 
     python -m benchmarks.headtohead [--task minilm|digits] [--seeds 0 1 2] [--tools hpo hf ray]
                                     [--hpo-pruner YAML] [--hpo-sampler YAML] [--hpo-task YAML]
-                                    [--smoke]
+                                    [--smoke] [--resume]
                                     [--out benchmarks/RESULTS.md] [--workdir DIR]
     python -m benchmarks.run --only headtohead        # the same, its summary rows in the table
 
@@ -113,14 +113,15 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
 
 def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, workdir: Path,
             say, *, pruner: dict, sampler: dict, hpo_task: dict | None = None, done=None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, have: dict | None = None) -> dict:
     """Run every tool on every seed (interleaved); their walls, bests and curves.
 
     ``done(results)``, if given, is called after each tool's run with the results so far (a
     long run keeps what it measured). ``threads``: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``
     of every tool's process (``None``: each tool's own choice). ``hpo_task``: task keys of
     the hpo arm alone (e.g. ``evals_per_epoch``), merged into its spec; the peers' spec keeps
-    the task as it is.
+    the task as it is. ``have``: runs already measured, ``{tool: {seed: run}}`` (``--resume``):
+    kept, and not run again.
 
     Returns:
         ``{"task", "n_trials", "seeds", "hpo_pruner", "hpo_sampler", "skipped": {tool: why},
@@ -133,7 +134,7 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
     skipped = {t: why for t in tools if t != "hpo" for why in [_missing(t)] if why}
     skipped.update({t: f"not a peer of the {task_name} task" for t in tools
                     if t != "hpo" and t not in task["peers"]})
-    runs: dict = {t: {} for t in tools if t not in skipped}
+    runs: dict = {t: dict((have or {}).get(t, {})) for t in tools if t not in skipped}
     results = {"task": task_name, "n_trials": n_trials, "seeds": seeds, "smoke": smoke,
                "hpo_pruner": pruner, "hpo_sampler": sampler, "hpo_task": hpo_task or {},
                "skipped": skipped, "runs": runs, "threads": threads}
@@ -150,6 +151,8 @@ def measure(task_name: str, seeds: list[int], tools: list[str], smoke: bool, wor
         hpo_spec = workdir / f"hpo-{task_name}-seed{seed}.yaml"
         hpo_spec.write_text(yaml.safe_dump(spec, sort_keys=False))
         for tool in runs:
+            if seed in runs[tool]:
+                continue  # measured by the run this one resumes
             say(f"headtohead: {task_name}, seed {seed}: {TOOLS[tool]}")
             scratch = workdir / f"{tool}-seed{seed}"
             scratch.mkdir(parents=True, exist_ok=True)
@@ -491,8 +494,10 @@ def section(results: dict) -> str:
         reach = ""
         if v.get("peer") and "reach" in v:
             target = runs[v["peer"]]
-            got = [_reach(per_seed[s]["curve"], target[s]["best"]) for s in v["seeds"]]
-            reach = ", ".join("never" if g is None else fmt(g) for g in got)
+            # A run in progress: this tool may not have run every seed of the verdict yet.
+            got = [_reach(per_seed[s]["curve"], target[s]["best"]) if s in per_seed else "-"
+                   for s in v["seeds"]]
+            reach = ", ".join("never" if g is None else g if g == "-" else fmt(g) for g in got)
         trials = [x["last"] - x["ready"] for x in r if x["ready"] is not None]
         after = [x["wall"] - x["last"] for x in r]
         lines.append(f"| {TOOLS[tool]} | {_spread(walls)} | {_med(ready)} | {_med(trials)} | "
@@ -578,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the section (and, for minilm, the summary rows of the "
                              "table) into this results file, the raw results into "
                              "HEADTOHEAD.json beside it")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of --out's JSON file measured with the same hpo "
+                             "arm (pruner, sampler, task) and run only the missing tools and "
+                             "seeds (a long run that was cut off)")
     parser.add_argument("--workdir", type=Path, metavar="DIR")
     parser.add_argument("--peer", choices=list(PEERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -620,13 +629,26 @@ def main(argv: list[str] | None = None) -> int:
                       "smoke" if args.smoke else "full", time.perf_counter() - start)
         final.update(results)
 
+    pruner = _flag(args.hpo_pruner, "HPO_H2H_PRUNER") or DEFAULT_PRUNER
+    sampler = _flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {}
+    hpo_task = _flag(args.hpo_task, "HPO_H2H_TASK") or {}
+    have = None
+    if args.resume:
+        last = stored.get(args.task, {})
+        arm = {"hpo_pruner": pruner, "hpo_sampler": sampler, "hpo_task": hpo_task,
+               "smoke": args.smoke, "threads": args.threads}
+        if any(last.get(k, {} if k.startswith("hpo_") else None) != want
+               for k, want in arm.items()):
+            raise SystemExit("headtohead: --resume: the stored run measured another hpo arm "
+                             "or settings; nothing to resume")
+        have = {t: {int(s): r for s, r in per_seed.items() if int(s) in args.seeds}
+                for t, per_seed in last.get("runs", {}).items()
+                if t not in last.get("kept", [])}
     final: dict = {}
     write(measure(args.task, args.seeds, args.tools, args.smoke, workdir,
                   lambda s: print(s, file=sys.stderr, flush=True),
-                  pruner=_flag(args.hpo_pruner, "HPO_H2H_PRUNER") or DEFAULT_PRUNER,
-                  sampler=_flag(args.hpo_sampler, "HPO_H2H_SAMPLER") or {},
-                  hpo_task=_flag(args.hpo_task, "HPO_H2H_TASK") or {}, done=write,
-                  threads=args.threads))
+                  pruner=pruner, sampler=sampler, hpo_task=hpo_task, done=write,
+                  threads=args.threads, have=have))
     print(section(final))
     return 0
 
