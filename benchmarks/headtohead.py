@@ -185,7 +185,10 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
               and t.datetime_complete is not None]
     for t in trials:
-        losses = list(t.intermediate_values.values()) or ([t.value] if t.value else [])
+        # With task.val_subset, the values inside an epoch are a subset's: not val losses.
+        whole = "val_subset" not in t.user_attrs
+        losses = [v for s, v in t.intermediate_values.items() if whole or s % evals == 0] \
+            or ([t.value] if t.value else [])
         epochs += steps_trained(t) / evals  # a continuation from its pause
         if losses:
             ends.append((t.datetime_complete.timestamp() - start, min(losses)))
