@@ -61,6 +61,7 @@ from benchmarks.table import Row, fmt, revision, write_section
 from hpo.records import steps_trained
 
 SECTION = "Head to head"
+"""The MiniLM task's section of the results file; another task's is ``title(task)``."""
 WALL_GOAL = 0.5
 """hpo's wall time over the faster peer's (median over seeds) at most this."""
 PEERS = {"hf": "HF Trainer.hyperparameter_search", "ray": "Ray Tune + ASHA"}
@@ -450,10 +451,15 @@ def rows(results: dict) -> list[Row]:
     return out
 
 
+def title(task: str) -> str:
+    """The results file's section of ``task``: one a task."""
+    return SECTION if task == "minilm" else f"{SECTION}, {task}"
+
+
 def section(results: dict) -> str:
     """This benchmark's ``## Head to head`` section of the results file."""
     runs, v = results["runs"], verdict(results)
-    lines = [f"## {SECTION}", "",
+    lines = [f"## {title(results['task'])}", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} at {revision()}, by `python -m "
              f"benchmarks.headtohead --task {results['task']}"
              + (" --smoke" if results["smoke"] else "")
@@ -612,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         if raw is not None:
             stored[args.task] = results
             raw.write_text(json.dumps(stored, indent=1) + "\n")
-            write_section(args.out, SECTION, section(results))
+            write_section(args.out, title(args.task), section(results))
             if args.task == "minilm":  # the table's rows are the MiniLM task's
                 from benchmarks.run import store
 
