@@ -61,6 +61,7 @@ from benchmarks.table import Row, fmt, revision, write_section
 from hpo.records import steps_trained
 
 SECTION = "Head to head"
+"""The MiniLM task's section of the results file; another task's is ``title(task)``."""
 WALL_GOAL = 0.5
 """hpo's wall time over the faster peer's (median over seeds) at most this."""
 PEERS = {"hf": "HF Trainer.hyperparameter_search", "ray": "Ray Tune + ASHA"}
@@ -191,7 +192,10 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
               and t.datetime_complete is not None]
     for t in trials:
-        losses = list(t.intermediate_values.values()) or ([t.value] if t.value else [])
+        # With task.val_subset, the values inside an epoch are a subset's: not val losses.
+        whole = "val_subset" not in t.user_attrs
+        losses = [v for s, v in t.intermediate_values.items() if whole or s % evals == 0] \
+            or ([t.value] if t.value else [])
         epochs += steps_trained(t) / evals  # a continuation from its pause
         if losses:
             ends.append((t.datetime_complete.timestamp() - start, min(losses)))
@@ -453,10 +457,15 @@ def rows(results: dict) -> list[Row]:
     return out
 
 
+def title(task: str) -> str:
+    """The results file's section of ``task``: one a task."""
+    return SECTION if task == "minilm" else f"{SECTION}, {task}"
+
+
 def section(results: dict) -> str:
     """This benchmark's ``## Head to head`` section of the results file."""
     runs, v = results["runs"], verdict(results)
-    lines = [f"## {SECTION}", "",
+    lines = [f"## {title(results['task'])}", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} at {revision()}, by `python -m "
              f"benchmarks.headtohead --task {results['task']}"
              + (" --smoke" if results["smoke"] else "")
@@ -621,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         if raw is not None:
             stored[args.task] = results
             raw.write_text(json.dumps(stored, indent=1) + "\n")
-            write_section(args.out, SECTION, section(results))
+            write_section(args.out, title(args.task), section(results))
             if args.task == "minilm":  # the table's rows are the MiniLM task's
                 from benchmarks.run import store
 

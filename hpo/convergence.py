@@ -79,21 +79,33 @@ def converged(study: "optuna.Study", spec: Spec, trials: "list[FrozenTrial]") ->
     return True
 
 
+_last_bound: dict[tuple, float | None] = {}
+"""The last bound computed, by the complete trials it read: a worker waiting at the end of the
+budget asks every few seconds, and the bound (a Gaussian process fit) changes only when a
+trial completes."""
+
+
 def regret_bound(complete: "list[FrozenTrial]") -> float | None:
     """Optuna's bound on how much the best value can still improve in the search space
     (``RegretBoundEvaluator``, fixed seed); None where it cannot be computed (e.g. the trials
-    share no searched parameter)."""
+    share no searched parameter). Computed once for the same complete trials."""
     from optuna.study import StudyDirection
     from optuna.terminator import RegretBoundEvaluator
 
+    key = tuple(sorted((t.number, t.value, str(t.datetime_complete)) for t in complete))
+    if key in _last_bound:
+        return _last_bound[key]
+    bound = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental (and deprecated in Optuna 6)
         try:
-            return float(RegretBoundEvaluator(seed=0).evaluate(complete,
-                                                               StudyDirection.MINIMIZE))
+            bound = float(RegretBoundEvaluator(seed=0).evaluate(complete,
+                                                                StudyDirection.MINIMIZE))
         except ValueError as e:
             log.warning("convergence not judged: %s", e)
-            return None
+    _last_bound.clear()
+    _last_bound[key] = bound
+    return bound
 
 
 def repeat_task(trial: Any, task: TaskSpec) -> TaskSpec:

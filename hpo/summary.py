@@ -64,6 +64,8 @@ def status_record(study: "optuna.Study") -> dict[str, Any]:
         running.append({
             "number": t.number,
             "step": step,
+            # The epoch it trains (a step is a fraction of one with evals_per_epoch).
+            "epoch": t.user_attrs.get("epochs_run", step),
             "val_loss": value,
             "epochs_planned": t.params.get("epochs", t.user_attrs.get("epochs_planned")),
             "worker": t.user_attrs.get("worker"),
@@ -133,7 +135,7 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
     if record["running"]:
         lines.append("  running")
         for r in record["running"]:
-            epoch = f"epoch {r['step'] or 0}/{r['epochs_planned'] or '?'}"
+            epoch = f"epoch {r.get('epoch', r['step']) or 0}/{r['epochs_planned'] or '?'}"
             loss = f"val_loss {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
             secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
             gpu = (gpus or {}).get(r["worker"])
@@ -211,8 +213,8 @@ def format_trial(trial: "FrozenTrial", done: int, n_trials: int | None, best: fl
     """One progress line for a finished trial."""
     total = f"/{n_trials}" if n_trials else ""
     attrs = trial.user_attrs
-    epochs = f"{attrs.get('epochs_run', len(trial.intermediate_values))}/" \
-             f"{attrs.get('epochs_planned', trial.params.get('epochs', '?'))}"
+    run = attrs.get("epochs_trained", attrs.get("epochs_run", len(trial.intermediate_values)))
+    epochs = f"{run:g}/{attrs.get('epochs_planned', trial.params.get('epochs', '?'))}"
     if trial.state.name == "COMPLETE":
         what = f"val_loss {val_loss(trial):.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
     elif trial.state.name == "PRUNED":

@@ -134,6 +134,35 @@ def test_bad_convergence_keys_are_one_line_exit_2(budget, words, tmp_path, capsy
     assert not db.exists()
 
 
+def test_the_regret_bound_is_fitted_once_for_the_same_complete_trials(monkeypatch):
+    """A worker waiting at the end of the budget judges every few seconds: the Gaussian
+    process is fitted again only when a trial has completed since."""
+    from optuna.distributions import FloatDistribution
+    from optuna.terminator import RegretBoundEvaluator
+    from optuna.trial import create_trial
+
+    from hpo.convergence import regret_bound
+
+    fits = []
+    real = RegretBoundEvaluator.evaluate
+
+    def counted(self, trials, direction):
+        fits.append(len(trials))
+        return real(self, trials, direction)
+
+    monkeypatch.setattr(RegretBoundEvaluator, "evaluate", counted)
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    complete = []
+    for i, x in enumerate((0.1, 0.4, 0.7, 0.9, 0.3)):
+        t = create_trial(value=(x - 0.35) ** 2, params={"x": x}, distributions=space)
+        t.number = i
+        complete.append(t)
+    first = regret_bound(complete[:4])
+    assert regret_bound(complete[:4]) == first and fits == [4]
+    regret_bound(complete)
+    assert regret_bound(complete) is not None and fits == [4, 5]
+
+
 def test_min_trials_defaults_to_10_and_must_leave_room():
     from hpo.spec import parse_spec
 

@@ -99,6 +99,29 @@ def test_evals_per_epoch_steps_are_fractions_of_the_data(batch_size):
     assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
 
 
+def test_val_subset_inside_an_epoch_the_whole_val_set_at_its_end():
+    """``val_subset``: the evaluations inside an epoch read a fixed subset (training is the
+    same, so the epoch-end values equal those of a run without it, and those inside differ),
+    and the trial's value is the best epoch-end value, whatever the subset's were."""
+    params = make_params(epochs=2, lr=1e-3)
+    whole = run_one(digits(evals_per_epoch=2, max_samples=200), params)
+    part = run_one(digits(evals_per_epoch=2, max_samples=200, val_subset=8), params)
+    assert sorted(part.intermediate_values) == [1, 2, 3, 4]
+    for step in (2, 4):
+        assert part.intermediate_values[step] == pytest.approx(whole.intermediate_values[step],
+                                                               rel=1e-6)
+    for step in (1, 3):
+        assert part.intermediate_values[step] != pytest.approx(
+            whole.intermediate_values[step], rel=1e-6)
+    assert part.value == min(part.intermediate_values[2], part.intermediate_values[4])
+    assert part.user_attrs["val_subset"] == 8 and "val_subset" not in whole.user_attrs
+    assert part.user_attrs["best_epoch"] in (1, 2)
+    # A subset as large as the val set is the val set: nothing changes.
+    same = run_one(digits(evals_per_epoch=2, max_samples=200, val_subset=10_000), params)
+    assert same.intermediate_values == pytest.approx(whole.intermediate_values, rel=1e-6)
+    assert "val_subset" not in same.user_attrs
+
+
 def test_pruner_prunes_with_reason_and_attrs():
     # Every validation loss is above 0, so the threshold pruner stops the trial at step 1.
     trial = run_one(digits(), make_params(epochs=3),

@@ -137,6 +137,12 @@ BAD = [
     ("test folder without an image folder", _replace(GOOD, "{name: digits}",
                                                      "{name: digits, test: x}"),
      ["task.dataset.test", "image_folder"]),
+    ("val subset of nothing", _replace(GOOD, "model: resnet18",
+                                       "model: resnet18\n  val_subset: 0"),
+     ["task.val_subset", "integer >= 1", "got 0"]),
+    ("val subset with one evaluation an epoch", _replace(
+        GOOD, "model: resnet18", "model: resnet18\n  val_subset: 100"),
+     ["task.val_subset", "inside an epoch", "evals_per_epoch above 1"]),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import optuna
+from optuna.trial import TrialState
 import pytest
 from sample_study import OUTCOMES, build_sample_study
 
@@ -152,3 +153,18 @@ def test_one_progress_line_per_finished_trial(sample):
 
     failed = format_trial(trials[5], 6, 10, 0.1)
     assert "FAIL     epochs 1/5" in failed and "failed: oom" in failed
+
+
+def test_with_evals_per_epoch_the_lines_show_epochs_not_steps(sample):
+    """Four evaluations an epoch: a trial paused at step 1 trained a quarter epoch; a running
+    one at step 6 trains its second epoch (the job's attrs say so, not the step)."""
+    from optuna.trial import create_trial
+
+    paused = create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.5},
+                          user_attrs={"epochs_run": 1, "epochs_trained": 0.25,
+                                      "epochs_planned": 3, "prune_reason": "paused"})
+    assert " epochs 0.25/3 " in format_trial(paused, 1, 8, None)
+    record = status_record(sample)
+    running = dict(record["running"][0], step=6, epoch=2)
+    assert format_status(dict(record, running=[running])).splitlines()[4].split()[:3] == [
+        "#9", "epoch", "2/8"]

@@ -156,21 +156,26 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
         optuna.TrialPruned: the val loss is NaN, or the pruner said so.
     """
     progress = state.progress
+    # Inside an epoch, the val subset where there is one: its loss goes to the pruner alone.
+    on_subset = bool(batches) and state.subset_loader is not None
     val_loss, accuracy, balanced, progress.eval_micro_batch = evaluate_or_fail(
-        trial, partial(record, state, trial), state.net, state.val_loader, state.dev,
+        trial, partial(record, state, trial), state.net,
+        state.subset_loader if on_subset else state.val_loader, state.dev,
         progress.eval_micro_batch or progress.micro_batch, state.channels_last, state.ranks,
         num_classes=state.setup.num_classes, weight=state.weight)
-    log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f",
-             trial.number, epoch, step, train_loss, val_loss, accuracy)
+    log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f%s",
+             trial.number, epoch, step, train_loss, val_loss, accuracy,
+             f" (val subset of {state.task.val_subset})" if on_subset else "")
     if not math.isfinite(val_loss):
         prune(state, trial, "nan", step)
-    if val_loss < progress.best_loss:
-        progress.best_loss, progress.best_accuracy = val_loss, accuracy
-        progress.best_balanced_accuracy = balanced
-        progress.best_epoch, progress.best_step = epoch, step
-        progress.evals_since_best = 0
-    else:
-        progress.evals_since_best += 1
+    if not on_subset:  # the trial's value, best epoch and early stopping: whole val sets
+        if val_loss < progress.best_loss:
+            progress.best_loss, progress.best_accuracy = val_loss, accuracy
+            progress.best_balanced_accuracy = balanced
+            progress.best_epoch, progress.best_step = epoch, step
+            progress.evals_since_best = 0
+        else:
+            progress.evals_since_best += 1
     trial.report(val_loss, step)
     # The last report cannot prune: the trial has run all its epochs, and stopping it now
     # saves nothing while it throws a finished result away.
@@ -253,6 +258,8 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
     }
     if state.class_weights is not None:
         attrs["class_weights"] = state.class_weights
+    if state.subset_loader is not None:  # the values inside an epoch are the subset's
+        attrs["val_subset"] = state.task.val_subset
     if progress.best_step:
         attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
         if state.class_weights is not None:

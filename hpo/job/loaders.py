@@ -45,6 +45,21 @@ def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int,
     return train_loader, val_loader, order
 
 
+def subset_loader(setup: TrainingSetup, task, dev: Device, batch_size: int,
+                  ranks: Ranks = Ranks()) -> DataLoader | None:
+    """The loader of the evaluations inside an epoch (``task.val_subset``): a fixed subset of
+    the val set, drawn from the task's seed alone (so the same for every trial), in order.
+    None where every evaluation reads the whole val set: no ``val_subset``, one evaluation
+    an epoch, a final fit, or a val set no larger than the subset."""
+    val = setup.val_set
+    n = 0 if val is None else len(val)  # type: ignore[arg-type]
+    if task.val_subset is None or task.evals_per_epoch == 1 or task.val_subset >= n:
+        return None
+    drawn = torch.randperm(n, generator=torch.Generator().manual_seed(task.seed))
+    subset = Subset(val, sorted(drawn[:task.val_subset].tolist()))  # type: ignore[arg-type]
+    return eval_loader(setup, subset, task, dev, batch_size, ranks)
+
+
 def eval_loader(setup: TrainingSetup, dataset: Dataset, task, dev: Device,
                 batch_size: int, ranks: Ranks = Ranks()) -> DataLoader:
     """A loader of ``dataset`` (val or test) in order, as ``make_loaders`` loads; on several

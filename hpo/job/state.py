@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from hpo.job.checkpoint import restore_checkpoint
 from hpo.job.data import EpochShuffle, dataset_labels
 from hpo.job.device import Device, pick_device, reset_peak_memory
-from hpo.job.loaders import make_loaders
+from hpo.job.loaders import make_loaders, subset_loader
 from hpo.job.loss import ClassWeighted, class_weights
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
@@ -117,6 +117,8 @@ class FitState:
     train_loader: DataLoader
     val_loader: DataLoader | None
     """``None`` for a final fit."""
+    subset_loader: DataLoader | None
+    """Of the evaluations inside an epoch (``task.val_subset``), else None."""
     order: EpochShuffle
     """The train loader's sampler: ``set_epoch`` before each epoch."""
     batch_size: int
@@ -212,7 +214,9 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         frozen=frozen, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, criterion=criterion, class_weights=by_class, weight=weight,
         grad_clip=params["grad_clip"],
-        train_loader=train_loader, val_loader=val_loader, order=order, batch_size=batch_size,
+        train_loader=train_loader, val_loader=val_loader,
+        subset_loader=subset_loader(setup, task, dev, batch_size, ranks), order=order,
+        batch_size=batch_size,
         rank_batch=rank_batch, ranks=ranks,
         steps_per_epoch=steps_per_epoch, epochs=epochs, evals=evals, eval_after=eval_after,
         checkpoint=Path(context.checkpoint_path) if context.checkpoint_path else None,

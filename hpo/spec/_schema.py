@@ -240,6 +240,11 @@ class TaskSpec:
     """Stop a trial after this many evaluations without a better validation loss."""
     evals_per_epoch: int = 1
     """Validate (and report to the pruner) this many times per epoch."""
+    val_subset: int | None = None
+    """Evaluations inside an epoch (``evals_per_epoch`` > 1) use a fixed, seeded subset of
+    this many val examples, cheaper and the same for every trial; the pruner compares their
+    losses step by step, but the trial's value, best epoch and early stopping read the
+    epoch-end evaluations alone, on every val example."""
     amp: bool | None = None
     """Mixed precision on CUDA (bf16 where supported, else fp16); default: on with CUDA."""
     channels_last: bool | None = None

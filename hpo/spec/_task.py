@@ -51,6 +51,7 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
         "freeze_k": _non_negative_int,
         "max_length": _positive_int,
         "evals_per_epoch": _positive_int,
+        "val_subset": _positive_int,
         "seed": _non_negative_int,
         "weights": lambda v: None if isinstance(v, str) and v else "a name or a path, or null",
         "test_fraction": _fraction,
@@ -84,6 +85,10 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
             raise (at / "freeze").error("with an adapter the pretrained model is frozen and "
                                         "the adapter trains; expected none (or no freeze)")
     task = TaskSpec(**out)
+    if task.val_subset is not None and task.evals_per_epoch == 1:
+        raise (at / "val_subset").error(
+            "only evaluations inside an epoch use the subset; with it, set evals_per_epoch "
+            "above 1")
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
     own_val = [k for k in ("val", "val_split") if k in dataset
