@@ -42,10 +42,10 @@ PRUNERS = {
     # Steps are quarters of an epoch: warm-up / min_resource of 2 and 1 steps.
     "median": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
     "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
-    # Pauses at a quarter epoch, then 3/4, 2 1/4 (steps 1, 3, 9, ...: hyperband's rungs) and
-    # resumes what ranks high later (hpo.promotion).
-    "promotion": {"name": "promotion", "min_resource": 1 / EVALS_PER_EPOCH,
-                  "reduction_factor": 3},
+    # Pauses at the first evaluation, then x3 (steps 1, 3, 9, ...: hyperband's rungs; a
+    # quarter epoch, 3/4, 2 1/4) and resumes what ranks high later (hpo.promotion). Its
+    # min_resource, one evaluation in epochs, is set from the run's evals_per_epoch.
+    "promotion": {"name": "promotion", "reduction_factor": 3},
 }
 TASKS = {
     # spec file: (trials, task overrides) of the full run; the smoke run shrinks both further
@@ -88,6 +88,8 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                 spec.sampler.name, {**spec.sampler.options, "seed": seed}))
             for pruner, options in {"none": {"name": "none"}, **pruners}.items():
                 say(f"pruning: {task_name}: seed {seed}: {pruner}, {budget}")
+                if pruner == "promotion":  # the first rung at the first evaluation
+                    options = {**options, "min_resource": 1 / spec.task.evals_per_epoch}
                 runs[pruner].append(_study(seeded, options, workdir))
         base = runs["none"]
         where = f"median (min-max) over {len(seeds)} seeds; {budget}"
