@@ -58,7 +58,6 @@ import yaml
 
 from benchmarks.studies import ROOT, environment, run_hpo, run_python
 from benchmarks.table import Row, fmt, revision, write_section
-from hpo.records import steps_trained
 
 SECTION = "Head to head"
 """The MiniLM task's section of the results file; another task's is ``title(task)``."""
@@ -187,7 +186,7 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
                    log=scratch / "log.txt")
     name = yaml.safe_load(spec_path.read_text())["study"]["name"]
     study = optuna.load_study(study_name=name, storage=url)
-    ends, epochs = [], 0.0
+    ends = []
     evals = yaml.safe_load(spec_path.read_text())["task"].get("evals_per_epoch", 1)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
               and t.datetime_complete is not None]
@@ -196,11 +195,12 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
         whole = "val_subset" not in t.user_attrs
         losses = [v for s, v in t.intermediate_values.items() if whole or s % evals == 0] \
             or ([t.value] if t.value else [])
-        epochs += steps_trained(t) / evals  # a continuation from its pause
         if losses:
             ends.append((t.datetime_complete.timestamp() - start, min(losses)))
     first = min((t.datetime_start.timestamp() - start for t in trials), default=None)
-    return _summary(wall, ends, epochs, len(trials), first)
+    from hpo.numbers import savings  # epochs trained: a paused configuration counted once
+
+    return _summary(wall, ends, savings(trials)["epochs_run"], len(trials), first)
 
 
 def _peer_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 from benchmarks.databases import fresh_database
 from benchmarks.studies import ROOT
 from benchmarks.table import Row, fmt, judged, median
-from hpo.records import steps_trained
+from hpo.numbers import savings
 
 EPOCH_GOAL = 1 / 3
 LOSS_GOAL = 1.02
@@ -189,12 +189,11 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         raise RuntimeError(f"pruning: the worker stopped ({report.stopped_because}): "
                            f"{report.last_failure}")
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    evals = spec.task.evals_per_epoch
 
     def epochs(trials) -> float:
-        # Epochs of training data consumed: report steps are 1/evals epochs; a continuation
-        # counts from its pause, which its paused trial counted.
-        return sum(steps_trained(t) / evals for t in trials)
+        # Epochs of training data consumed (the trials' epochs_trained; a configuration the
+        # promotion pruner paused and resumed once, as the report counts it).
+        return savings(list(trials))["epochs_run"]
 
     return {
         "epochs": epochs(finished),

@@ -95,10 +95,9 @@ def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
 def _chain(trial: "FrozenTrial") -> int | None:
     """The configuration of a trial that paused or resumed a paused one, else None."""
     from hpo.promotion import configuration
-    from hpo.records import PRUNE_REASON_ATTR, is_continuation
+    from hpo.records import is_continuation, was_paused
 
-    paused = trial.user_attrs.get(PRUNE_REASON_ATTR) == "paused"
-    return configuration(trial) if paused or is_continuation(trial) else None
+    return configuration(trial) if was_paused(trial) or is_continuation(trial) else None
 
 
 def _configurations(trials: "Sequence[FrozenTrial]") -> "list[tuple[FrozenTrial, dict]]":

@@ -39,6 +39,8 @@ SEED_SPREAD_ATTR = "hpo.seed_spread"
 STOPPED_ATTR = "hpo.stopped"
 """Study user attr: why the study stopped before its budget (``converged at trial N ...``)."""
 PRUNE_REASON_ATTR = "prune_reason"
+PAUSED_REASON = "paused"
+"""The ``prune_reason`` of a trial the ``promotion`` pruner paused."""
 """Trial user attr: why the trial was pruned (``pruned``, ``paused``, ``nan``, ``diverged``)."""
 RESUMED_FROM_ATTR = "resumed_from"
 """Trial user attr of a continuation (the promotion pruner): the number of the configuration's
@@ -54,13 +56,10 @@ def is_continuation(trial: "FrozenTrial") -> bool:
     return RESUMED_FROM_ATTR in trial.user_attrs
 
 
-def steps_trained(trial: "FrozenTrial") -> int:
-    """The report steps the trial trained itself: to its last report, from the step its
-    configuration was paused at if it is a continuation (whose earlier values are copies)."""
-    last = max(trial.intermediate_values, default=0)
-    if is_continuation(trial):
-        return last - int(trial.user_attrs.get(PAUSED_AT_ATTR, 0))
-    return last
+def was_paused(trial: "FrozenTrial") -> bool:
+    """Whether the trial ended paused by the ``promotion`` pruner (PRUNED, its configuration
+    queued as a continuation)."""
+    return trial.user_attrs.get(PRUNE_REASON_ATTR) == PAUSED_REASON
 
 
 def is_paused(trial: "FrozenTrial") -> bool:

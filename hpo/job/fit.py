@@ -25,7 +25,7 @@ from hpo.job.ranks import Ranks, RankTrial
 from hpo.job.state import FitState, TrainingSetup, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
 from hpo.job.trial import Trial
-from hpo.records import CHECKPOINT_ATTR
+from hpo.records import CHECKPOINT_ATTR, PAUSED_REASON
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
     if step < state.epochs * state.evals and trial.should_prune():
         if state.pauses:  # resumable from here: the checkpoint after this evaluation
             save_epoch(state, trial, epoch, batches)
-            prune(state, trial, "paused", step)
+            prune(state, trial, PAUSED_REASON, step)
         prune(state, trial, "pruned", step)
     patience = state.task.early_stopping_patience
     if patience is not None and progress.evals_since_best >= patience:

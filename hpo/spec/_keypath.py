@@ -8,10 +8,15 @@ from typing import Any, Callable, Iterable, Mapping
 from hpo.errors import SpecError
 from hpo.spec._schema import _BOOL, _FLOAT, _INT, _NUM, _STR, _bool, _is_int, _is_number
 
+
+def _number(v: Any) -> str | None:
+    return None if _is_number(v) else "a number"
+
+
 _TYPE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     _INT: lambda v: None if _is_int(v) else "an integer",
-    _FLOAT: lambda v: None if _is_number(v) else "a number",
-    _NUM: lambda v: None if _is_number(v) else "a number",
+    _FLOAT: _number,
+    _NUM: _number,  # the same check; ``typed`` keeps its value as written
     _BOOL: _bool,
     _STR: lambda v: None if isinstance(v, str) and v != "" else "a non-empty string",
 }

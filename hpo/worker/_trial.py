@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from hpo import _optuna
 from hpo.promotion import is_promotion, pause
 from hpo.records import (
-    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR, is_continuation,
+    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PAUSED_REASON, PROMOTED_ATTR, PRUNE_REASON_ATTR,
+    is_continuation,
 )
 from hpo.spec import Spec, suggest
 from hpo.worker._budget import over_budget
@@ -188,7 +189,7 @@ def run_trial(study: "optuna.Study", spec: Spec,
             state = TrialState.PRUNED
             paused_at = getattr(study.pruner, "paused", {}).pop(trial.number, None)
             if paused_at is not None:
-                _optuna.set_user_attrs(trial, {PRUNE_REASON_ATTR: "paused"})
+                _optuna.set_user_attrs(trial, {PRUNE_REASON_ATTR: PAUSED_REASON})
         except GangBroken as e:  # a rank died: as if the worker had (retry from checkpoint)
             with signals_held():
                 _optuna.fail_and_retry(study, [trial], reason(e))
