@@ -10,10 +10,18 @@ Every arm runs over ``SEEDS`` sampler seeds (smoke: ``SMOKE_SEEDS``), interleave
 none, median, hyperband, promotion; seed 1: ...); a pruner's ratios are taken per seed against the study
 without pruning of the same seed, and the table shows their median with the min-max spread.
 ``$HPO_BENCH_PRUNING_SEEDS`` (e.g. ``0,1,2,3,4,5``) replaces the seeds;
-``$HPO_BENCH_PRUNING_ARMS`` (e.g. ``promotion``) and ``$HPO_BENCH_PRUNING_TASKS`` (e.g.
-``vader_minilm``) run only those pruners (and none, their baseline) and tasks. One seed of the
-full run took 25 minutes on 2 CPU cores (both tasks, three arms, before the promotion arm):
-five seeds of four arms take about two and a half hours.
+``$HPO_BENCH_PRUNING_ARMS`` (e.g. ``promotion``, or ``none`` alone) and
+``$HPO_BENCH_PRUNING_TASKS`` (e.g. ``vader_minilm``) run only those pruners (and none, their
+baseline) and tasks.
+
+The promotion pruner is also *replayed* on the learning curves of the studies without pruning
+(``replay``), at first rungs of a quarter, half and whole epoch: the same configurations,
+so what it measures is the ranking at the rungs alone, apart from the sampler. The curves are
+kept in ``<workdir>/pruning/pruning-curves-<task>.json``.
+
+One seed of the full run took 25 minutes on 2 CPU cores (both tasks, three arms, before the
+promotion arm): five seeds of four arms take about two and a half hours; vader_minilm's study
+without pruning takes about 13 minutes a seed.
 
 Each study runs in this process through ``hpo.worker.run_worker`` (one worker) with the
 built-in job, one after the other on fresh SQLite files; each loads its data once. Tasks: every spec in
@@ -22,6 +30,7 @@ built-in job, one after the other on fresh SQLite files; each loads its data onc
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import replace
@@ -64,7 +73,9 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
     from hpo.spec import ComponentSpec, load_spec
 
     rows = []
-    pruners = _chosen("HPO_BENCH_PRUNING_ARMS", PRUNERS)
+    # "none" alone: the baseline studies and the replays on their curves.
+    pruners = {k: v for k, v in _chosen("HPO_BENCH_PRUNING_ARMS",
+                                         {"none": {}, **PRUNERS}).items() if k != "none"}
     for task_name in _chosen("HPO_BENCH_PRUNING_TASKS", TASKS):
         n_trials, overrides = TASKS[task_name]
         path = ROOT / "search_spaces" / f"{task_name}.yaml"
@@ -91,7 +102,13 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                 if pruner == "promotion":  # the first rung at the first evaluation
                     options = {**options, "min_resource": 1 / spec.task.evals_per_epoch}
                 runs[pruner].append(_study(seeded, options, workdir))
+            # Kept seed by seed: the replays can be run again on what a cut-off run left.
+            (workdir / f"pruning-curves-{task_name}.json").write_text(json.dumps(
+                {"evals_per_epoch": spec.task.evals_per_epoch,
+                 "seeds": list(seeds[:len(runs["none"])]),
+                 "none": [b["curves"] for b in runs["none"]]}))
         base = runs["none"]
+        rows += replay_rows(task_name, [b["curves"] for b in base], spec.task.evals_per_epoch)
         where = f"median (min-max) over {len(seeds)} seeds; {budget}"
         for pruner in pruners:
             got = runs[pruner]
@@ -185,6 +202,9 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         seconds = time.perf_counter() - start
         trials = study.get_trials(deepcopy=False)
         storage.engine.dispose()
+    curves = [{"number": t.number, "value": t.value,
+               "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
+              for t in trials if t.state == TrialState.COMPLETE]
     if report.stopped_because != "budget":
         raise RuntimeError(f"pruning: the worker stopped ({report.stopped_because}): "
                            f"{report.last_failure}")
@@ -202,5 +222,98 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         "best": min(t.value for t in finished if t.state == TrialState.COMPLETE),
         "seconds": seconds,
         "pruned": sum(t.state == TrialState.PRUNED for t in finished),
+        "curves": curves,
     }
 
+
+
+REPLAY_RUNGS = (0.25, 0.5, 1.0)
+"""First rungs (epochs) the replay tries on the learning curves of the study without pruning."""
+
+
+def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
+           reduction_factor: int = 3) -> dict:
+    """The promotion pruner replayed on fixed learning curves: the configurations of a study
+    without pruning (``curves``, in trial order, each ``{"curve": {step: loss}, "value"}``)
+    arrive one at a time to one worker, which pauses and promotes them by the pruner's own
+    rule (``hpo.promotion.in_top`` at its ``rung_steps``; promoted configurations first,
+    then the paused rung leaders once the budget is spent). A resumed trial continues the
+    same curve (hpo resumes exactly). What it measures: whether ranking at the rungs keeps
+    the best of *these* configurations, apart from the sampler proposing other ones once
+    it learns from paused trials.
+
+    Returns the best value reached, the epochs trained, and the best configuration's rank at
+    the first rung among all of them."""
+    from hpo.promotion import in_top, rung_steps
+
+    last = {i: max(int(s) for s in c["curve"]) for i, c in enumerate(curves)}
+    rungs = sorted(rung_steps(min_resource, reduction_factor, evals_per_epoch,
+                              max(last.values()) // evals_per_epoch))
+    reached: dict[int, dict[int, float]] = {r: {} for r in rungs}
+    paused: dict[int, int] = {}
+    done: list[float] = []
+    steps = 0
+
+    def run(i: int, start: int) -> None:
+        nonlocal steps
+        for r in rungs:
+            if start < r < last[i]:
+                reached[r][i] = curves[i]["curve"][str(r)]
+                if not in_top(reached[r], i, reduction_factor):
+                    steps += r - start
+                    paused[i] = r
+                    return
+        steps += last[i] - start
+        done.append(curves[i]["value"])
+
+    def promote(finishing: bool) -> int | None:
+        ready = []
+        for i, r in paused.items():
+            eta = min(reduction_factor, len(reached[r])) if finishing else reduction_factor
+            if in_top(reached[r], i, eta):
+                ready.append((-r, reached[r][i], i))
+        return min(ready)[2] if ready else None
+
+    for i in range(len(curves) + 1):
+        finishing = i == len(curves)
+        while (j := promote(finishing)) is not None:
+            run(j, paused.pop(j))
+        if not finishing:
+            run(i, 0)
+    best = min(range(len(curves)), key=lambda i: curves[i]["value"])
+    first = {i: c["curve"][str(rungs[0])] for i, c in enumerate(curves)} if rungs else {}
+    return {"best": min(done), "epochs": steps / evals_per_epoch,
+            "best_rank": sorted(first, key=first.get).index(best) + 1 if first else 1}
+
+
+def replay_rows(task_name: str, runs: list[list[dict]], evals_per_epoch: int) -> list[Row]:
+    """Rows of the promotion pruner replayed on each seed's study without pruning, for each
+    first rung of ``REPLAY_RUNGS`` on the ``evals_per_epoch`` grid: epochs and best value
+    against the study's own."""
+    rows = []
+    for min_resource in REPLAY_RUNGS:
+        if round(min_resource * evals_per_epoch) != min_resource * evals_per_epoch:
+            continue
+        got = [replay(curves, min_resource, evals_per_epoch) for curves in runs]
+        base_epochs = [sum(max(int(s) for s in c["curve"]) for c in curves) / evals_per_epoch
+                       for curves in runs]
+        base_best = [min(c["value"] for c in curves) for curves in runs]
+        epochs = [g["epochs"] / b for g, b in zip(got, base_epochs)]
+        losses = [g["best"] / b for g, b in zip(got, base_best)]
+        case = (f"{task_name}, promotion replayed on the curves without pruning, first rung "
+                f"{min_resource:g} epoch")
+        ranks = ", ".join(str(g["best_rank"]) for g in got)
+        rows.append(judged(Row(
+            "pruning", case, "epochs trained", hpo=median([g["epochs"] for g in got]),
+            baseline=median(base_epochs), baseline_name="no pruning", ratio=median(epochs),
+            goal=f"<= {EPOCH_GOAL:.2f}", note=f"ratio {_spread(epochs)}"),
+            lambda r: r <= EPOCH_GOAL))
+        rows.append(judged(Row(
+            "pruning", case, "best val loss", hpo=median([g["best"] for g in got]),
+            baseline=median(base_best), baseline_name="no pruning", ratio=median(losses),
+            goal=f"<= {LOSS_GOAL}",
+            note=f"ratio {_spread(losses)}; within {LOSS_GOAL} in "
+                 f"{sum(r <= LOSS_GOAL for r in losses)}/{len(runs)} seeds; the best "
+                 f"configuration ranked {ranks} of {len(runs[0])} at the first rung"),
+            lambda r: r <= LOSS_GOAL))
+    return rows

@@ -145,3 +145,27 @@ def test_headtohead_goal_against_the_faster_peer():
     text = section(results)
     assert "| hpo run | 50.0 (40.0-70.0) |" in text and "| 40.0, never, 25.0 |" in text
     assert "median **0.50: met**" in text and "**2 of 3: met**" in text
+
+
+def test_pruning_replay_pauses_by_the_pruners_rule_and_finishes_the_rung_leaders():
+    """The promotion pruner replayed on fixed curves (benchmarks/pruning.py): 4 one-worker
+    configurations of 2 epochs, 2 evaluations an epoch, first rung at step 1, factor 3 (rungs
+    1 and 3). A slow starter that ends best is paused at step 1 and, once enough worse
+    configurations arrive, promoted; without them it stays paused."""
+    from benchmarks.pruning import replay
+
+    def c(*losses):
+        return {"curve": {str(s): v for s, v in enumerate(losses, 1)}, "value": min(losses)}
+
+    curves = [c(1.0, 0.9, 0.8, 0.7), c(2.0, 0.5, 0.3, 0.1), c(1.5, 1.4, 1.3, 1.2),
+              c(3.0, 2.9, 2.8, 2.7)]
+    got = replay(curves, 0.5, 2)
+    # None continues while fewer than 3 reached a rung: 0 and 1 pause at step 1; with 2's
+    # arrival 0 (1.0) is the top third and is promoted, and pauses alone at step 3; 3 pauses;
+    # the budget is spent: 0 leads rung 3 and finishes. 1 (2.0 at step 1) is never on top.
+    assert got["best_rank"] == 3
+    assert got["best"] == 0.7
+    assert got["epochs"] == (4 * 1 + (3 - 1) + (4 - 3)) / 2
+    # Nine configurations: the top third of rung 1 takes 1 too, which then leads rung 3.
+    worse = [c(v, v, v, v) for v in (4.0, 5.0, 6.0, 7.0, 8.0)]
+    assert replay(curves + worse, 0.5, 2)["best"] == 0.1

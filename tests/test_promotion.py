@@ -284,3 +284,33 @@ def test_at_the_end_of_the_budget_a_paused_rung_leader_finishes(tmp_path):
     assert sorted(e for n, e, _ in epoch_log(tmp_path) if n == best[1].number) == [3, 4]
     study, _ = load_study(name, open_storage(url))
     assert study.best_trial.number == best[1].number
+
+
+def test_the_benchmarks_replay_on_unpruned_curves_matches_the_real_pruner(tmp_path):
+    """``benchmarks.pruning.replay`` (the promotion pruner replayed on the learning curves of
+    a study without pruning, the pruning benchmark's measure of ranking at the rungs) pauses,
+    promotes and finishes as the real pruner does: the same nine configurations, run once
+    without pruning and once with the promotion pruner by a real worker, give the replay the
+    promotion study's best value and epochs trained."""
+    from benchmarks.pruning import replay
+
+    lrs = (1e-4, 10 ** -2.5, 1e-1, 3e-2, 1e-3, 1e-5, 3e-3, 2e-2, 5e-4)
+    got = {}
+    for pruner in ("none", PROMOTION):
+        tmp = tmp_path / pruner.split(",")[0]
+        tmp.mkdir()
+        url = f"sqlite:///{tmp / 's.db'}"
+        env = fast_env(tmp)
+        name = make_study(tmp, url, n=len(lrs), low=4, high=4, pruner=pruner, env=env)
+        _enqueue(name, url, lrs=lrs)
+        r = run_hpo("worker", name, "--storage", url, cwd=tmp, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got[pruner] = (trials(name, url), len(epoch_log(tmp)))
+    (plain, _), (promoted, epochs) = got["none"], got[PROMOTION]
+    curves = [{"curve": {str(s): v for s, v in t.intermediate_values.items()}, "value": t.value}
+              for t in plain]
+    assert any(is_continuation(t) for t in promoted)  # it did pause and promote
+    replayed = replay(curves, 1, 1, reduction_factor=2)
+    best = min(t.value for t in promoted if t.state == TrialState.COMPLETE)
+    assert replayed["best"] == pytest.approx(best)
+    assert replayed["epochs"] == epochs < len(lrs) * 4
