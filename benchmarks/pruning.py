@@ -184,6 +184,7 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
     """Run one study of ``spec`` with ``pruner``; its epochs, best value, time, pruned."""
     from optuna.trial import TrialState
 
+    from hpo.promotion import configuration
     from hpo.spec import ComponentSpec
     from hpo.storage import open_storage
     from hpo.study import create_study, load_study
@@ -221,7 +222,10 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         "completed_epochs": epochs(t for t in finished if t.state == TrialState.COMPLETE),
         "best": min(t.value for t in finished if t.state == TrialState.COMPLETE),
         "seconds": seconds,
-        "pruned": sum(t.state == TrialState.PRUNED for t in finished),
+        # Configurations whose last attempt was pruned (stopped, or still paused): a paused
+        # configuration that a promotion completed is not one.
+        "pruned": sum(t.state == TrialState.PRUNED for t in
+                      {configuration(t): t for t in finished}.values()),
         "curves": curves,
     }
 
