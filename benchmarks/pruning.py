@@ -94,19 +94,29 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
         budget = ", ".join([f"{n_trials} trials", _describe_space(spec),
                             *(f"{k}={v}" for k, v in overrides.items())])
         runs: dict[str, list[dict]] = {"none": [], **{p: [] for p in pruners}}
+        kept = _baseline(task_name, budget, seeds, spec.task.evals_per_epoch, n_trials)
+        first_rung = float(os.environ.get("HPO_BENCH_PRUNING_FIRST_RUNG") or
+                           1 / spec.task.evals_per_epoch)
         for seed in seeds:
             seeded = replace(spec, sampler=ComponentSpec(
                 spec.sampler.name, {**spec.sampler.options, "seed": seed}))
             for pruner, options in {"none": {"name": "none"}, **pruners}.items():
+                if pruner == "none" and kept:
+                    runs["none"].append(kept[seed])
+                    continue
                 say(f"pruning: {task_name}: seed {seed}: {pruner}, {budget}")
-                if pruner == "promotion":  # the first rung at the first evaluation
-                    options = {**options, "min_resource": 1 / spec.task.evals_per_epoch}
+                if pruner == "promotion":  # the first rung, by default at the first evaluation
+                    options = {**options, "min_resource": first_rung}
                 runs[pruner].append(_study(seeded, options, workdir))
-            # Kept seed by seed: the replays can be run again on what a cut-off run left.
+            # Kept seed by seed: the replays can be run again on what a cut-off run left, and
+            # the baselines reused ($HPO_BENCH_PRUNING_BASELINE).
+            done = runs["none"]
             (workdir / f"pruning-curves-{task_name}.json").write_text(json.dumps(
-                {"evals_per_epoch": spec.task.evals_per_epoch,
-                 "seeds": list(seeds[:len(runs["none"])]),
-                 "none": [b["curves"] for b in runs["none"]]}))
+                {"evals_per_epoch": spec.task.evals_per_epoch, "budget": budget,
+                 "seeds": list(seeds[:len(done)]), "none": [b["curves"] for b in done],
+                 "seconds": [b["seconds"] for b in done]}))
+        if "promotion" in pruners:
+            budget += f", promotion's first rung {first_rung:g} epoch"
         base = runs["none"]
         rows += replay_rows(task_name, [b["curves"] for b in base], spec.task.evals_per_epoch)
         where = f"median (min-max) over {len(seeds)} seeds; {budget}"
@@ -115,7 +125,8 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
             case = f"{task_name}, {pruner} vs none"
             epochs = [g["epochs"] / b["epochs"] for g, b in zip(got, base)]
             losses = [g["best"] / b["best"] for g, b in zip(got, base)]
-            walls = [g["seconds"] / b["seconds"] for g, b in zip(got, base)]
+            walls = [g["seconds"] / b["seconds"] for g, b in zip(got, base)
+                     if b["seconds"] is not None]
             pruned = [g["pruned"] for g in got]
             rows.append(judged(Row(
                 "pruning", case, "epochs", hpo=median([g["epochs"] for g in got]),
@@ -132,10 +143,11 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                 note=f"ratio {_spread(losses)}; within {LOSS_GOAL} in "
                      f"{sum(r <= LOSS_GOAL for r in losses)}/{len(seeds)} seeds"),
                 lambda r: r <= LOSS_GOAL))
-            rows.append(Row(
-                "pruning", case, "wall s", hpo=median([g["seconds"] for g in got]),
-                baseline=median([b["seconds"] for b in base]), baseline_name="no pruning",
-                ratio=median(walls), note=f"ratio {_spread(walls)}"))
+            if walls:
+                rows.append(Row(
+                    "pruning", case, "wall s", hpo=median([g["seconds"] for g in got]),
+                    baseline=median([b["seconds"] for b in base]), baseline_name="no pruning",
+                    ratio=median(walls), note=f"ratio {_spread(walls)}"))
     return rows
 
 
@@ -147,6 +159,31 @@ def _chosen(env: str, table: dict) -> dict:
         raise SystemExit(f"pruning: {env}: unknown {', '.join(unknown)}; expected some of "
                          + ", ".join(table))
     return {n: table[n] for n in (names or table)}
+
+
+def _baseline(task_name: str, budget: str, seeds, evals_per_epoch: int,
+              n_trials: int) -> dict[int, dict]:
+    """The studies without pruning of ``$HPO_BENCH_PRUNING_BASELINE`` (a
+    ``pruning-curves-<task>.json`` an earlier run of the same budget kept), by seed; {} when
+    unset. Their epochs and best value come from the curves; their wall time, where kept.
+    Seeded studies without pruning are deterministic on CPU: rerunning them costs about 13
+    minutes a seed on vader_minilm and measures nothing new."""
+    path = os.environ.get("HPO_BENCH_PRUNING_BASELINE")
+    if not path:
+        return {}
+    kept = json.loads(Path(path).read_text())
+    if kept.get("budget", budget) != budget or kept["evals_per_epoch"] != evals_per_epoch \
+            or any(len(curves) != n_trials for curves in kept["none"]) \
+            or not set(seeds) <= set(kept["seeds"]):
+        raise SystemExit(f"pruning: {path}: not the baselines of {task_name}, {budget}, "
+                         f"seeds {list(seeds)}")
+    seconds = kept.get("seconds") or [None] * len(kept["seeds"])
+    out = {}
+    for seed, curves, wall in zip(kept["seeds"], kept["none"], seconds):
+        epochs = sum(max(int(s) for s in c["curve"]) for c in curves) / evals_per_epoch
+        out[seed] = {"epochs": epochs, "completed_epochs": epochs, "pruned": 0, "seconds": wall,
+                     "best": min(c["value"] for c in curves), "curves": curves}
+    return out
 
 
 def _seeds(smoke: bool) -> tuple[int, ...]:

@@ -169,3 +169,26 @@ def test_pruning_replay_pauses_by_the_pruners_rule_and_finishes_the_rung_leaders
     # Nine configurations: the top third of rung 1 takes 1 too, which then leads rung 3.
     worse = [c(v, v, v, v) for v in (4.0, 5.0, 6.0, 7.0, 8.0)]
     assert replay(curves + worse, 0.5, 2)["best"] == 0.1
+
+
+def test_pruning_reuses_kept_baselines_of_the_same_budget_only(tmp_path, monkeypatch):
+    """``$HPO_BENCH_PRUNING_BASELINE``: the studies without pruning that an earlier run kept
+    stand in for new ones (epochs and best value from their curves), for the same budget
+    and seeds only; any other is refused."""
+    from benchmarks.pruning import _baseline
+
+    curves = [{"curve": {"1": 0.9, "2": 0.5}, "value": 0.5},
+              {"curve": {"1": 0.8, "2": 0.6, "3": 0.4, "4": 0.3}, "value": 0.3}]
+    path = tmp_path / "kept.json"
+    path.write_text(json.dumps({"evals_per_epoch": 2, "budget": "2 trials", "seeds": [0, 1],
+                                "none": [curves, curves[:1] * 2], "seconds": [10.0, 7.0]}))
+    monkeypatch.setenv("HPO_BENCH_PRUNING_BASELINE", str(path))
+    kept = _baseline("digits", "2 trials", (0, 1), 2, 2)
+    assert kept[0]["epochs"] == (2 + 4) / 2 and kept[0]["best"] == 0.3
+    assert kept[1]["epochs"] == 2 and kept[1]["best"] == 0.5 and kept[1]["seconds"] == 7.0
+    for budget, seeds, evals, n in (("3 trials", (0,), 2, 2), ("2 trials", (2,), 2, 2),
+                                    ("2 trials", (0,), 4, 2), ("2 trials", (0,), 2, 3)):
+        with pytest.raises(SystemExit, match="not the baselines of digits"):
+            _baseline("digits", budget, seeds, evals, n)
+    monkeypatch.delenv("HPO_BENCH_PRUNING_BASELINE")
+    assert _baseline("digits", "2 trials", (0,), 2, 2) == {}
