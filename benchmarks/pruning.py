@@ -240,7 +240,7 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         seconds = time.perf_counter() - start
         trials = study.get_trials(deepcopy=False)
         storage.engine.dispose()
-    curves = [{"number": t.number, "value": t.value,
+    curves = [{"number": t.number, "value": t.value, "params": t.params,
                "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
               for t in trials if t.state == TrialState.COMPLETE]
     if report.stopped_because != "budget":
