@@ -115,6 +115,10 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                 {"evals_per_epoch": spec.task.evals_per_epoch, "budget": budget,
                  "seeds": list(seeds[:len(done)]), "none": [b["curves"] for b in done],
                  "seconds": [b["seconds"] for b in done]}))
+        # Every arm's trials (params, states, curves), for what the sampler proposed.
+        (workdir / f"pruning-trials-{task_name}.json").write_text(json.dumps(
+            {arm: {str(seed): r.get("trials") for seed, r in zip(seeds, got)}
+             for arm, got in runs.items()}))
         if "promotion" in pruners:
             budget += f", promotion's first rung {first_rung:g} epoch"
         base = runs["none"]
@@ -222,6 +226,7 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
     from optuna.trial import TrialState
 
     from hpo.promotion import configuration
+    from hpo.records import was_paused
     from hpo.spec import ComponentSpec
     from hpo.storage import open_storage
     from hpo.study import create_study, load_study
@@ -240,9 +245,11 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         seconds = time.perf_counter() - start
         trials = study.get_trials(deepcopy=False)
         storage.engine.dispose()
-    curves = [{"number": t.number, "value": t.value, "params": t.params,
-               "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
-              for t in trials if t.state == TrialState.COMPLETE]
+    every = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+              "paused": was_paused(t),
+              "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
+             for t in trials]
+    curves = [t for t in every if t["state"] == "COMPLETE"]
     if report.stopped_because != "budget":
         raise RuntimeError(f"pruning: the worker stopped ({report.stopped_because}): "
                            f"{report.last_failure}")
@@ -264,6 +271,7 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
         "pruned": sum(t.state == TrialState.PRUNED for t in
                       {configuration(t): t for t in finished}.values()),
         "curves": curves,
+        "trials": every,
     }
 
 
