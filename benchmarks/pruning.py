@@ -184,7 +184,7 @@ def _baseline(task_name: str, budget: str, seeds, evals_per_epoch: int,
     seconds = kept.get("seconds") or [None] * len(kept["seeds"])
     out = {}
     for seed, curves, wall in zip(kept["seeds"], kept["none"], seconds):
-        epochs = sum(max(int(s) for s in c["curve"]) for c in curves) / evals_per_epoch
+        epochs = _trained(curves, evals_per_epoch)
         out[seed] = {"epochs": epochs, "completed_epochs": epochs, "pruned": 0, "seconds": wall,
                      "best": min(c["value"] for c in curves), "curves": curves}
     return out
@@ -280,6 +280,16 @@ REPLAY_RUNGS = (0.25, 0.5, 1.0)
 """First rungs (epochs) the replay tries on the learning curves of the study without pruning."""
 
 
+def _last_step(curve: dict) -> int:
+    """The last report step of a kept trial (``{"curve": {step: loss}}``)."""
+    return max(int(s) for s in curve["curve"])
+
+
+def _trained(curves: list[dict], evals_per_epoch: int) -> float:
+    """The epochs that trials run to their last report trained."""
+    return sum(_last_step(c) for c in curves) / evals_per_epoch
+
+
 def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
            reduction_factor: int = 3) -> dict:
     """The promotion pruner replayed on fixed learning curves: the configurations of a study
@@ -295,7 +305,7 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     the first rung among all of them."""
     from hpo.promotion import in_top, rung_steps
 
-    last = {i: max(int(s) for s in c["curve"]) for i, c in enumerate(curves)}
+    last = {i: _last_step(c) for i, c in enumerate(curves)}
     rungs = sorted(rung_steps(min_resource, reduction_factor, evals_per_epoch,
                               max(last.values()) // evals_per_epoch))
     reached: dict[int, dict[int, float]] = {r: {} for r in rungs}
@@ -344,8 +354,7 @@ def replay_rows(task_name: str, runs: list[list[dict]], evals_per_epoch: int) ->
         if round(min_resource * evals_per_epoch) != min_resource * evals_per_epoch:
             continue
         got = [replay(curves, min_resource, evals_per_epoch) for curves in runs]
-        base_epochs = [sum(max(int(s) for s in c["curve"]) for c in curves) / evals_per_epoch
-                       for curves in runs]
+        base_epochs = [_trained(curves, evals_per_epoch) for curves in runs]
         base_best = [min(c["value"] for c in curves) for curves in runs]
         epochs = [g["epochs"] / b for g, b in zip(got, base_epochs)]
         losses = [g["best"] / b for g, b in zip(got, base_best)]
