@@ -275,7 +275,6 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
     }
 
 
-
 REPLAY_RUNGS = (0.25, 0.5, 1.0)
 """First rungs (epochs) the replay tries on the learning curves of the study without pruning."""
 
@@ -340,9 +339,10 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
         if not finishing:
             run(i, 0)
     best = min(range(len(curves)), key=lambda i: curves[i]["value"])
-    first = {i: c["curve"][str(rungs[0])] for i, c in enumerate(curves)} if rungs else {}
+    step = str(rungs[0]) if rungs else ""
+    first = {i: c["curve"][step] for i, c in enumerate(curves) if step in c["curve"]}
     return {"best": min(done), "epochs": steps / evals_per_epoch,
-            "best_rank": sorted(first, key=first.get).index(best) + 1 if first else 1}
+            "best_rank": sorted(first, key=first.get).index(best) + 1 if best in first else 1}
 
 
 def replay_rows(task_name: str, runs: list[list[dict]], evals_per_epoch: int) -> list[Row]:
