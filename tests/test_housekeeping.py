@@ -145,6 +145,36 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     retain_checkpoints(study.get_trials(), storage_url=url)  # again: nothing left to remove
 
 
+def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(tmp_path):
+    """Two workers of a promotion study: one tells its trial PRUNED (paused) and only then
+    queues the continuation that resumes from the trial's checkpoint; the other's retention,
+    reading the study in between, must not delete that checkpoint (the fresh-clone CI caught
+    a promoted trial starting afresh this way). Once the continuation ran with its own
+    checkpoint, the paused trial's file goes."""
+    from hpo.promotion import pause
+    from hpo.worker import retain_checkpoints
+
+    study = fast_study(f"sqlite:///{tmp_path / 'pause.db'}", f"pause-{time.time_ns()}")
+    old = tmp_path / "trial-0.pt"
+    old.write_text("{}")
+    trial = study.ask()
+    trial.set_user_attr("checkpoint", str(old))
+    trial.set_user_attr("prune_reason", "paused")
+    trial.report(0.5, 1)
+    study.tell(trial, state=TrialState.PRUNED)
+    retain_checkpoints(study.get_trials())  # the other worker, right then
+    assert old.exists(), "the paused trial's checkpoint was deleted before its continuation"
+    pause(study, study.trials[0], 1)
+    resumed = study.ask()
+    assert resumed.user_attrs["checkpoint"] == str(old)
+    new = tmp_path / "trial-1.pt"
+    new.write_text("{}")
+    resumed.set_user_attr("checkpoint", str(new))
+    study.tell(resumed, 0.4)
+    retain_checkpoints(study.get_trials())
+    assert not old.exists() and new.exists()
+
+
 @pytest.mark.slow
 def test_a_study_leaves_the_best_three_checkpoints_in_the_artifact_store(tmp_path):
     url = f"sqlite:///{tmp_path / 'keep.db'}"

@@ -21,7 +21,7 @@ from hpo.artifacts import (
     remove_checkpoints,
     upload_checkpoint,
 )
-from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, pareto_front, val_loss
+from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, pareto_front, val_loss, was_paused
 
 if TYPE_CHECKING:
     import optuna
@@ -99,7 +99,8 @@ def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
 def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
                        max_retry: int | None = None, storage_url: str | None = None) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
-    ``keep_best`` complete trials, and of failed trials that a retry may still resume; pruned,
+    ``keep_best`` complete trials, of failed trials that a retry may still resume, and of
+    paused trials whose continuation is not queued yet; pruned,
     worse and other failed trials lose theirs. With ``storage_url``, their uploaded copies
     (``checkpoint_artifact``) leave that URL's artifact store too: a trial uploaded while
     among the best loses its copy when it leaves them. An id a kept trial holds stays (a
@@ -119,6 +120,8 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
     """
     from optuna.trial import TrialState
 
+    from hpo.promotion import configuration
+
     if max_retry is None:
         from hpo.storage import MAX_RETRY as max_retry
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
@@ -127,6 +130,10 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
              if t.state == TrialState.FAIL and t.number not in retried
              and len(t.system_attrs.get("retry_history", ())) < max_retry
              and t.user_attrs.get(FAIL_REASON_ATTR) in STALE_REASONS]
+    # A paused trial is told PRUNED before its continuation is queued (hpo.promotion.pause):
+    # until a later attempt of its configuration exists, its checkpoint is the pause's.
+    last = {configuration(t): t.number for t in sorted(trials, key=lambda t: t.number)}
+    kept += [t for t in trials if was_paused(t) and last[configuration(t)] == t.number]
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=val_loss)
     kept += complete[:keep_best]
     if any(len(t.values) > 1 for t in complete):  # several objectives: the Pareto set too
