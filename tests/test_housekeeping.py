@@ -33,6 +33,13 @@ def test_reap_all_requeues_the_trials_of_a_dead_worker(tmp_path):
     assert ts[1].user_attrs["checkpoint"] == ts[0].user_attrs["checkpoint"]
 
 
+def _checkpoint(trial, path):
+    """Give ``trial`` a checkpoint file at ``path`` (as the job does after an epoch)."""
+    path.write_text("{}")
+    trial.set_user_attr("checkpoint", str(path))
+    return path
+
+
 @pytest.mark.slow
 def test_checkpoints_of_pruned_and_worse_trials_are_deleted(tmp_path):
     url = f"sqlite:///{tmp_path / 'keep.db'}"
@@ -53,10 +60,8 @@ def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp
 
     study = fast_study(storage_url, f"keep-{time.time_ns()}")
     storage = study._storage
-    old = tmp_path / "trial-0.pt"
-    old.write_text("{}")
     trial = study.ask()
-    trial.set_user_attr("checkpoint", str(old))
+    old = _checkpoint(trial, tmp_path / "trial-0.pt")
     # B, first half of the stale-trial search: the trial is failed ...
     storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     # ... A, right then: retention from a fresh read ...
@@ -68,14 +73,10 @@ def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp
     assert retry.user_attrs["checkpoint"] == str(old)
     # Once the retry saved its own checkpoint and finished, the failed trial's file goes; a
     # failure the job raised (never retried) loses its checkpoint too.
-    new = tmp_path / "trial-1.pt"
-    new.write_text("{}")
-    retry.set_user_attr("checkpoint", str(new))
+    new = _checkpoint(retry, tmp_path / "trial-1.pt")
     study.tell(retry, 1.0)
     broken = study.ask()
-    crashed = tmp_path / "trial-2.pt"
-    crashed.write_text("{}")
-    broken.set_user_attr("checkpoint", str(crashed))
+    crashed = _checkpoint(broken, tmp_path / "trial-2.pt")
     broken.set_user_attr("fail_reason", "nan")
     study.tell(broken, state=TrialState.FAIL)
     retain_checkpoints(study.get_trials())
@@ -145,7 +146,8 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     retain_checkpoints(study.get_trials(), storage_url=url)  # again: nothing left to remove
 
 
-def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(tmp_path):
+def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(storage_url,
+                                                                               tmp_path):
     """Two workers of a promotion study: one tells its trial PRUNED (paused) and only then
     queues the continuation that resumes from the trial's checkpoint; the other's retention,
     reading the study in between, must not delete that checkpoint (the fresh-clone CI caught
@@ -154,11 +156,9 @@ def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(
     from hpo.promotion import pause
     from hpo.worker import retain_checkpoints
 
-    study = fast_study(f"sqlite:///{tmp_path / 'pause.db'}", f"pause-{time.time_ns()}")
-    old = tmp_path / "trial-0.pt"
-    old.write_text("{}")
+    study = fast_study(storage_url, f"pause-{time.time_ns()}")
     trial = study.ask()
-    trial.set_user_attr("checkpoint", str(old))
+    old = _checkpoint(trial, tmp_path / "trial-0.pt")
     trial.set_user_attr("prune_reason", "paused")
     trial.report(0.5, 1)
     study.tell(trial, state=TrialState.PRUNED)
@@ -167,9 +167,7 @@ def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(
     pause(study, study.trials[0], 1)
     resumed = study.ask()
     assert resumed.user_attrs["checkpoint"] == str(old)
-    new = tmp_path / "trial-1.pt"
-    new.write_text("{}")
-    resumed.set_user_attr("checkpoint", str(new))
+    new = _checkpoint(resumed, tmp_path / "trial-1.pt")
     study.tell(resumed, 0.4)
     retain_checkpoints(study.get_trials())
     assert not old.exists() and new.exists()
