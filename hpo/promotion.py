@@ -9,8 +9,10 @@ that reached that rung (ASHA's promotion rule, Li et al. 2020; Syne Tune's ``pro
 
 In the database:
 
-- the trial that paused is PRUNED, ``prune_reason: paused``: the sampler learns from it as
-  from any pruned trial;
+- the trial that paused is PRUNED, ``prune_reason: paused``. A TPE sampler does not learn
+  from it as from a pruned trial, which Optuna ranks below every complete one: it sees each
+  configuration once, judged at the depth it shares with each other one (``judged_order``,
+  ``judging_sampler``);
 - its continuation is a WAITING trial with the same params, its intermediate values and its
   user attrs (the checkpoint), plus ``resumed_from`` (the configuration's first trial) and
   ``paused_at`` (the rung's step): the *paused* state (``hpo.records.is_paused``);
@@ -179,3 +181,121 @@ def promotable(study: "optuna.Study", pruner: Any, trials: "list[FrozenTrial]",
             sign = -1.0 if maximize else 1.0
             ready.append((-step, sign * values[configuration(t)], t.number, t))
     return again + [t for *_, t in sorted(ready, key=lambda r: r[:3])]
+
+
+# --------------------------------------------------------------------------------------------
+# What the sampler learns from: each configuration once, judged where it stopped.
+
+
+def judged_order(configs: "dict[int, tuple[dict[int, float], float | None]]",
+                 maximize: bool = False) -> list[int]:
+    """The configurations best first, each judged at the depth it shares with the other.
+
+    ``configs`` maps a configuration to its learning curve (report step -> validation loss)
+    and its final value (None while it has not completed: paused, or pruned). Two
+    configurations are compared at the shallower of their depths (a paused one's last step;
+    a complete one has all depths): by the best value each had reached by that step, a
+    complete configuration that ended sooner by its final value. So a configuration paused at
+    1.5 epochs ranks by how it stood at 1.5 epochs against one that completed 1 epoch, not
+    below it because it has not completed: Optuna's TPE ranks every pruned trial below every
+    complete one, and with the ``promotion`` pruner the short schedules complete first (one
+    rung to pass, not two), so TPE turned away from the long schedules (benchmarks/RESULTS.md).
+    Ties: the deeper first, then the earlier."""
+    from functools import cmp_to_key
+
+    sign = -1.0 if maximize else 1.0
+    depth = {c: math.inf if final is not None else max(curve, default=0)
+             for c, (curve, final) in configs.items()}
+
+    def at(c: int, step: float) -> float:
+        curve, final = configs[c]
+        if final is not None and step >= max(curve, default=0):
+            return sign * final
+        seen = [sign * v for s, v in curve.items() if s <= step and math.isfinite(v)]
+        return min(seen, default=math.inf)
+
+    def compare(a: int, b: int) -> int:
+        step = min(depth[a], depth[b])
+        key_a = (at(a, step), -depth[a], a)
+        key_b = (at(b, step), -depth[b], b)
+        return -1 if key_a < key_b else 1 if key_a > key_b else 0
+
+    return sorted(configs, key=cmp_to_key(compare))
+
+
+def judged_trials(trials: "list[FrozenTrial]", maximize: bool = False) -> "list[FrozenTrial]":
+    """``trials`` as the sampler should learn from them: each configuration that has paused,
+    been pruned or completed once, as a COMPLETE copy of its latest such attempt whose value
+    is its place in ``judged_order`` (0 the best; negated when maximizing), with the curve of
+    all its attempts. A TPE sampler splits its trials by that order alone. Waiting and failed
+    trials, and running ones of a configuration not judged yet, are kept as they are; a
+    superseded attempt (a pause that a continuation took over) and a running continuation
+    are not shown apart from their configuration."""
+    import copy
+
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    groups: dict[int, list[FrozenTrial]] = {}
+    for t in trials:
+        if t.state in finished or t.state == TrialState.RUNNING:
+            groups.setdefault(configuration(t), []).append(t)
+    configs, latest = {}, {}
+    for config, attempts in groups.items():
+        done = [t for t in attempts if t.state in finished]
+        if not done:
+            continue
+        complete = [t for t in done if t.state == TrialState.COMPLETE]
+        latest[config] = max(complete or done, key=lambda t: t.number)
+        curve: dict[int, float] = {}
+        for t in sorted(attempts, key=lambda t: t.number):
+            curve.update(t.intermediate_values)
+        configs[config] = (curve, latest[config].value if complete else None)
+    judged = []
+    for place, config in enumerate(judged_order(configs, maximize)):
+        view = copy.copy(latest[config])
+        view.state = TrialState.COMPLETE
+        view.values = [-float(place) if maximize else float(place)]
+        view.intermediate_values = configs[config][0]
+        judged.append(view)
+    kept = [t for t in trials if t.state not in finished and not
+            (t.state == TrialState.RUNNING and configuration(t) in configs)]
+    return sorted(judged + kept, key=lambda t: t.number)
+
+
+def judging_sampler(inner: "optuna.samplers.BaseSampler") -> "optuna.samplers.BaseSampler":
+    """``inner`` (a TPE sampler) learning from ``judged_trials`` instead of the raw trials: a
+    study with the ``promotion`` pruner gets it (``hpo.study.make_sampler``)."""
+    import optuna
+
+    from hpo._optuna import study_view
+
+    def judged(study: "optuna.Study") -> Any:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        return study_view(study, lambda trials: judged_trials(trials, maximize))
+
+    class JudgingSampler(optuna.samplers.BaseSampler):
+        """Samples as ``inner`` does, from each configuration judged where it stopped."""
+
+        def __init__(self) -> None:
+            self.inner = inner
+
+        def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+            return inner.infer_relative_search_space(judged(study), trial)
+
+        def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+            return inner.sample_relative(judged(study), trial, search_space)
+
+        def sample_independent(self, study, trial, name, dist):  # type: ignore[no-untyped-def]
+            return inner.sample_independent(judged(study), trial, name, dist)
+
+        def before_trial(self, study, trial):  # type: ignore[no-untyped-def]
+            inner.before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+            inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            inner.reseed_rng()
+
+    return JudgingSampler()

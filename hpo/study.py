@@ -218,7 +218,9 @@ def with_sampler_defaults(spec: Spec) -> Spec:
 
 
 def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampler":
-    """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given."""
+    """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given.
+    TPE under the ``promotion`` pruner learns from each configuration judged where it stopped
+    (``hpo.promotion.judging_sampler``), not from its paused attempts as pruned trials."""
     import optuna
 
     options = dict(spec.sampler.options)
@@ -236,7 +238,12 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampl
         "qmc": optuna.samplers.QMCSampler,
         "nsga2": optuna.samplers.NSGAIISampler,
     }[name]
-    return cls(**options)
+    sampler = cls(**options)
+    if name == "tpe" and spec.pruner.name == "promotion":
+        from hpo.promotion import judging_sampler
+
+        return judging_sampler(sampler)
+    return sampler
 
 
 def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> "optuna.pruners.BasePruner":

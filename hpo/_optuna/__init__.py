@@ -43,6 +43,7 @@ from hpo._optuna._trials import (
     retry_callback,
     set_intermediate_value,
     set_user_attrs,
+    study_view,
     tell,
 )
 
@@ -75,7 +76,8 @@ PRIVATE_NAMES = tuple((module, name) for module, names in {
     "optuna.storages._grpc.client": "GrpcStorageProxy._setup GrpcStorageProxy._channel "
                                     "GrpcStorageProxy._host GrpcStorageProxy._port",
     "optuna.study._tell": "_tell_with_warning",
-    "optuna.study.study": "Study._storage Study._study_id Study._thread_local",
+    "optuna.study.study": "Study._storage Study._study_id Study._thread_local "
+                          "Study._get_trials",
     "optuna.trial._trial": "Trial._trial_id Trial._cached_frozen_trial",
     "optuna.trial._frozen": "FrozenTrial._trial_id",
 }.items() for name in names.split())

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from hpo.outage import first_line
 from hpo.records import FAIL_REASON_ATTR
@@ -266,3 +266,28 @@ def _running_template(template: Any) -> "tuple[dict[str, Any], int | None] | Non
     system = dict(template.system_attrs)
     budget = system.pop(_BUDGET, None)
     return (dict(template.user_attrs), budget) if not system else None
+
+
+def study_view(study: "optuna.Study", trials_of: "Callable[[list[FrozenTrial]], list[FrozenTrial]]"
+               ) -> "optuna.Study":
+    """``study`` as a sampler should see it: every attribute the study's, except its trials,
+    which are ``trials_of`` the study's (Optuna's samplers read them through the private
+    ``Study._get_trials``)."""
+
+    class StudyView:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(study, name)
+
+        def _get_trials(self, deepcopy: bool = True, states: Any = None,
+                        use_cache: bool = False) -> "list[FrozenTrial]":
+            trials = trials_of(study._get_trials(deepcopy=False, use_cache=use_cache))
+            return [t for t in trials if states is None or t.state in states]
+
+        def get_trials(self, deepcopy: bool = True, states: Any = None) -> "list[FrozenTrial]":
+            return self._get_trials(deepcopy, states)
+
+        @property
+        def trials(self) -> "list[FrozenTrial]":
+            return self._get_trials()
+
+    return StudyView()  # type: ignore[return-value]
