@@ -1,6 +1,8 @@
 """Pruning efficiency on the real offline tasks: the same study (sampler seed, trials) with
 the median, hyperband and promotion (pause and resume) pruners and with none; epochs consumed,
-wall time, best val loss.
+wall time, best val loss. The promotion pruner runs twice: as hpo runs it (its TPE sampler
+learns from each configuration judged where it stopped, ``hpo.promotion.judging_sampler``)
+and as ``promotion-plain``, its TPE learning from the raw trials.
 
 All three studies validate ``EVALS_PER_EPOCH`` times per epoch (report steps in fractions of
 an epoch), so that a pruner can stop a hopeless trial before it has seen a whole epoch; the
@@ -55,6 +57,9 @@ PRUNERS = {
     # quarter epoch, 3/4, 2 1/4) and resumes what ranks high later (hpo.promotion). Its
     # min_resource, one evaluation in epochs, is set from the run's evals_per_epoch.
     "promotion": {"name": "promotion", "reduction_factor": 3},
+    # The same, its TPE sampler learning from the raw trials (a paused trial as a pruned
+    # one), not from each configuration judged where it stopped (hpo.promotion.judging_sampler).
+    "promotion-plain": {"name": "promotion", "reduction_factor": 3},
 }
 TASKS = {
     # spec file: (trials, task overrides) of the full run; the smoke run shrinks both further
@@ -105,9 +110,10 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                     runs["none"].append(kept[seed])
                     continue
                 say(f"pruning: {task_name}: seed {seed}: {pruner}, {budget}")
-                if pruner == "promotion":  # the first rung, by default at the first evaluation
+                if options["name"] == "promotion":  # the first rung, by default one evaluation
                     options = {**options, "min_resource": first_rung}
-                runs[pruner].append(_study(seeded, options, workdir))
+                runs[pruner].append(_study(seeded, options, workdir,
+                                           plain_tpe=pruner == "promotion-plain"))
             # Kept seed by seed: the replays can be run again on what a cut-off run left, and
             # the baselines reused ($HPO_BENCH_PRUNING_BASELINE).
             done = runs["none"]
@@ -119,7 +125,7 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
         (workdir / f"pruning-trials-{task_name}.json").write_text(json.dumps(
             {arm: {str(seed): r.get("trials") for seed, r in zip(seeds, got)}
              for arm, got in runs.items()}))
-        if "promotion" in pruners:
+        if any(o["name"] == "promotion" for o in pruners.values()):
             budget += f", promotion's first rung {first_rung:g} epoch"
         base = runs["none"]
         rows += replay_rows(task_name, [b["curves"] for b in base], spec.task.evals_per_epoch)
@@ -221,8 +227,10 @@ def _describe_space(spec) -> str:
     return f"epochs {epochs.low}-{epochs.high}"
 
 
-def _study(spec, pruner: dict | None, workdir: Path) -> dict:
-    """Run one study of ``spec`` with ``pruner``; its epochs, best value, time, pruned."""
+def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False) -> dict:
+    """Run one study of ``spec`` with ``pruner``; its epochs, best value, time, pruned.
+    ``plain_tpe``: the promotion study's TPE learns from the raw trials (the arm that measures
+    ``hpo.promotion.judging_sampler`` against what it replaced)."""
     from optuna.trial import TrialState
 
     from hpo.promotion import configuration
@@ -235,11 +243,14 @@ def _study(spec, pruner: dict | None, workdir: Path) -> dict:
     if pruner is not None:
         options = dict(pruner)
         spec = replace(spec, pruner=ComponentSpec(options.pop("name"), options))
-    spec = replace(spec, study=replace(spec.study, name=f"{spec.study.name}-{spec.pruner.name}"))
+    spec = replace(spec, study=replace(
+        spec.study, name=f"{spec.study.name}-{spec.pruner.name}{'-plain' if plain_tpe else ''}"))
     with fresh_database("sqlite", workdir) as url:
         storage = open_storage(url)
         create_study(spec, storage)
         study, spec = load_study(spec.study.name, storage)
+        if plain_tpe:
+            study.sampler = getattr(study.sampler, "inner", study.sampler)
         start = time.perf_counter()
         report = run_worker(study, spec, worker="bench", checkpoint_dir=workdir / "checkpoints")
         seconds = time.perf_counter() - start
