@@ -33,6 +33,7 @@ built-in job, one after the other on fresh SQLite files; each loads its data onc
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -311,9 +312,14 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     the best of *these* configurations, apart from the sampler proposing other ones once
     it learns from paused trials.
 
-    Returns the best value reached, the epochs trained, and the best configuration's rank at
-    the first rung among all of them."""
-    from hpo.promotion import in_top, rung_steps
+    Returns the best value reached, the epochs trained, the best configuration's rank at
+    the first rung among all of them, and ``good_set``: what TPE would learn from before each
+    arrival after the first ``STARTUP``, as the mean percentile (0 the best, 1 the worst) of
+    its good set (the top ``ceil(n / 10)`` of the ``n`` configurations seen, TPE's default
+    split) in the true ranking by final value, for each of ``hpo.promotion.judged_order``
+    (``judged``) and Optuna's ranking of the raw trials (``optuna``: complete ones by value,
+    then the paused by depth)."""
+    from hpo.promotion import in_top, judged_order, rung_steps
 
     last = {i: _last_step(c) for i, c in enumerate(curves)}
     rungs = sorted(rung_steps(min_resource, reduction_factor, evals_per_epoch,
@@ -343,17 +349,49 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
                 ready.append((-r, reached[r][i], i))
         return min(ready)[2] if ready else None
 
+    good_set: dict[str, list[float]] = {"judged": [], "optuna": []}
+
+    def learn(n: int) -> None:
+        seen = {}
+        for c in range(n):
+            curve = {int(s): v for s, v in curves[c]["curve"].items()}
+            if c in paused:
+                curve = {s: v for s, v in curve.items() if s <= paused[c]}
+            seen[c] = (curve, curves[c]["value"] if c not in paused else None)
+        truth = sorted(seen, key=lambda c: curves[c]["value"])
+        k = math.ceil(n / 10)
+        for name, order in (("judged", judged_order(seen)), ("optuna", _optuna_order(seen))):
+            good_set[name].append(sum(truth.index(c) for c in order[:k]) / k / (n - 1))
+
     for i in range(len(curves) + 1):
         finishing = i == len(curves)
         while (j := promote(finishing)) is not None:
             run(j, paused.pop(j))
         if not finishing:
+            if i >= STARTUP:
+                learn(i)
             run(i, 0)
     best = min(range(len(curves)), key=lambda i: curves[i]["value"])
     step = str(rungs[0]) if rungs else ""
     first = {i: c["curve"][step] for i, c in enumerate(curves) if step in c["curve"]}
     return {"best": min(done), "epochs": steps / evals_per_epoch,
-            "best_rank": sorted(first, key=first.get).index(best) + 1 if best in first else 1}
+            "best_rank": sorted(first, key=first.get).index(best) + 1 if best in first else 1,
+            "good_set": {name: median(got) for name, got in good_set.items() if got}}
+
+
+STARTUP = 6
+"""The random startup trials of the tasks' TPE (search_spaces/*.yaml), before which it learns
+nothing."""
+
+
+def _optuna_order(seen: dict[int, tuple[dict[int, float], float | None]]) -> list[int]:
+    """The configurations in the order Optuna's TPE splits the raw trials of one worker: the
+    complete ones by value, then the paused ones deepest first, by their value there."""
+    done = sorted((c for c, (_, final) in seen.items() if final is not None),
+                  key=lambda c: seen[c][1])
+    stopped = sorted((c for c, (_, final) in seen.items() if final is None),
+                     key=lambda c: (-max(seen[c][0]), seen[c][0][max(seen[c][0])]))
+    return done + stopped
 
 
 def replay_rows(task_name: str, runs: list[list[dict]], evals_per_epoch: int) -> list[Row]:
@@ -385,4 +423,14 @@ def replay_rows(task_name: str, runs: list[list[dict]], evals_per_epoch: int) ->
                  f"{sum(r <= LOSS_GOAL for r in losses)}/{len(runs)} seeds; the best "
                  f"configuration ranked {ranks} of {len(runs[0])} at the first rung"),
             lambda r: r <= LOSS_GOAL))
+        judging = [g["good_set"]["judged"] for g in got if g["good_set"]]
+        raw = [g["good_set"]["optuna"] for g in got if g["good_set"]]
+        if judging:
+            rows.append(Row(
+                "pruning", case, "TPE's good set, true percentile", hpo=median(judging),
+                baseline=median(raw), baseline_name="raw trials",
+                ratio=median(judging) / median(raw) if median(raw) else None,
+                note=f"judged {', '.join(fmt(v) for v in judging)}; raw "
+                     f"{', '.join(fmt(v) for v in raw)} (per seed: the median over the "
+                     f"proposals after the first {STARTUP}; 0 is the best)"))
     return rows

@@ -171,6 +171,23 @@ def test_pruning_replay_pauses_by_the_pruners_rule_and_finishes_the_rung_leaders
     assert replay(curves + worse, 0.5, 2)["best"] == 0.1
 
 
+def test_pruning_replay_reads_what_tpe_would_learn_from_judged_and_raw_trials():
+    """The replay's ``good_set``: before the seventh arrival (after TPE's 6 startup trials) a
+    long configuration (0) was promoted at step 1 and paused alone at step 3 at 0.5, and a
+    short one (4) completed at 0.8. TPE's good set (one of six) is 0, the best by final value,
+    when configurations are judged at the depth they share; from the raw trials it is 4, the
+    third (percentile 2/5), as Optuna ranks every complete trial first."""
+    from benchmarks.pruning import replay
+
+    def c(*losses):
+        return {"curve": {str(s): v for s, v in enumerate(losses, 1)}, "value": min(losses)}
+
+    curves = [c(1.0, 0.8, 0.5, 0.1), c(1.5, 0.9), c(1.6, 1.0), c(3.0, 2.9, 2.8, 2.7),
+              c(1.2, 0.8), c(1.9, 1.2, 0.6, 0.3), c(2.5, 2.4)]
+    got = replay(curves, 0.5, 2)
+    assert got["good_set"] == {"judged": 0.0, "optuna": 0.4}
+
+
 def test_pruning_reuses_kept_baselines_of_the_same_budget_only(tmp_path, monkeypatch):
     """``$HPO_BENCH_PRUNING_BASELINE``: the studies without pruning that an earlier run kept
     stand in for new ones (epochs and best value from their curves), for the same budget
