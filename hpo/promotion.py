@@ -270,9 +270,22 @@ def judging_sampler(inner: "optuna.samplers.BaseSampler") -> "optuna.samplers.Ba
 
     from hpo._optuna import study_view
 
-    def judged(study: "optuna.Study") -> Any:
+    cache: dict[tuple[str, int], list[FrozenTrial]] = {}
+
+    def judged(study: "optuna.Study", trial: "FrozenTrial") -> Any:
+        """The study as ``inner`` sees it while sampling ``trial``: judged once per trial,
+        not for each parameter (an independent TPE asks for the trials several times a
+        parameter)."""
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        return study_view(study, lambda trials: judged_trials(trials, maximize))
+
+        def trials_of(trials: "list[FrozenTrial]") -> "list[FrozenTrial]":
+            key = (study.study_name, trial.number)
+            if key not in cache:
+                cache.clear()
+                cache[key] = judged_trials(trials, maximize)
+            return cache[key]
+
+        return study_view(study, trials_of)
 
     class JudgingSampler(optuna.samplers.BaseSampler):
         """Samples as ``inner`` does, from each configuration judged where it stopped."""
@@ -281,13 +294,13 @@ def judging_sampler(inner: "optuna.samplers.BaseSampler") -> "optuna.samplers.Ba
             self.inner = inner
 
         def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
-            return inner.infer_relative_search_space(judged(study), trial)
+            return inner.infer_relative_search_space(judged(study, trial), trial)
 
         def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
-            return inner.sample_relative(judged(study), trial, search_space)
+            return inner.sample_relative(judged(study, trial), trial, search_space)
 
         def sample_independent(self, study, trial, name, dist):  # type: ignore[no-untyped-def]
-            return inner.sample_independent(judged(study), trial, name, dist)
+            return inner.sample_independent(judged(study, trial), trial, name, dist)
 
         def before_trial(self, study, trial):  # type: ignore[no-untyped-def]
             inner.before_trial(study, trial)

