@@ -157,7 +157,11 @@ def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
             running = [t for t in trials(name, url)
                        if t.state == TrialState.RUNNING and is_continuation(t)]
             log = epoch_log(tmp_path)
-            return running and any(n == running[0].number for n, _, _ in log) and running[0]
+            # Epoch 3, not a rung: the trial trains on for a whole epoch. After epoch 2 (the
+            # first promotion's first epoch, a rung) it may pause before the kill lands, and
+            # the victim would be a paused trial, not a killed one.
+            return running and (running[0].number, 3) in {(n, e) for n, e, _ in log} \
+                and running[0]
         # The first's second promotion: epoch 3 logged, epoch 4 under way.
         victim = wait_for(promoted_running, what="a promoted trial one epoch in", timeout=120)
         os.kill(worker.pid, signal.SIGKILL)
@@ -172,8 +176,7 @@ def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
     # Still the same configuration, outside the budget (which its pause had met): run anyway.
     assert retry and is_continuation(retry[0]) and retry[0].state == TrialState.COMPLETE
     # From the victim's last checkpoint: the epoch it logged last (the job logs an epoch after
-    # its checkpoint, so a kill between the two leaves the checkpoint one epoch ahead). Which
-    # promotion the kill hit (the first's first at epoch 2, or its second at epoch 3) is timing.
+    # its checkpoint, so a kill between the two leaves the checkpoint one epoch ahead).
     logged = max(e for n, e, _ in epoch_log(tmp_path) if n == victim.number)
     assert retry[0].user_attrs["resumed_from_epoch"] in (logged, logged + 1)
     assert retry[0].user_attrs["resumed_from_epoch"] > victim.user_attrs["paused_at"]
