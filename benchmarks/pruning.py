@@ -82,6 +82,10 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
     # "none" alone: the baseline studies and the replays on their curves.
     pruners = {k: v for k, v in _chosen("HPO_BENCH_PRUNING_ARMS",
                                          {"none": {}, **PRUNERS}).items() if k != "none"}
+    # $HPO_BENCH_PRUNING_FINISH: these arms' configurations, each trained to its end after
+    # the study (what its proposals were worth, apart from the pruner's ranking).
+    finish = _chosen("HPO_BENCH_PRUNING_FINISH", pruners) if os.environ.get(
+        "HPO_BENCH_PRUNING_FINISH") else {}
     for task_name in _chosen("HPO_BENCH_PRUNING_TASKS", TASKS):
         n_trials, overrides = TASKS[task_name]
         path = ROOT / "search_spaces" / f"{task_name}.yaml"
@@ -115,6 +119,12 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                     options = {**options, "min_resource": first_rung}
                 runs[pruner].append(_study(seeded, options, workdir,
                                            plain_tpe=pruner == "promotion-plain"))
+                if pruner in finish:
+                    say(f"pruning: {task_name}: seed {seed}: {pruner}'s unfinished "
+                        f"configurations, trained to their end")
+                    runs[pruner][-1]["finished"] = finished(
+                        runs[pruner][-1]["trials"], seeded, workdir,
+                        spec.task.evals_per_epoch)
             # Kept seed by seed: the replays can be run again on what a cut-off run left, and
             # the baselines reused ($HPO_BENCH_PRUNING_BASELINE).
             done = runs["none"]
@@ -126,10 +136,17 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
         (workdir / f"pruning-trials-{task_name}.json").write_text(json.dumps(
             {arm: {str(seed): r.get("trials") for seed, r in zip(seeds, got)}
              for arm, got in runs.items()}))
+        if finish:  # and their configurations trained to their end
+            (workdir / f"pruning-finished-{task_name}.json").write_text(json.dumps(
+                {arm: {str(seed): r.get("finished") for seed, r in zip(seeds, runs[arm])}
+                 for arm in finish}))
         if any(o["name"] == "promotion" for o in pruners.values()):
             budget += f", promotion's first rung {first_rung:g} epoch"
         base = runs["none"]
         rows += replay_rows(task_name, [b["curves"] for b in base], spec.task.evals_per_epoch)
+        for pruner in finish:
+            rows += finished_rows(f"{task_name}, {pruner} vs none", runs[pruner], base,
+                                  first_rung, spec.task.evals_per_epoch)
         where = f"median (min-max) over {len(seeds)} seeds; {budget}"
         for pruner in pruners:
             got = runs[pruner]
@@ -228,10 +245,12 @@ def _describe_space(spec) -> str:
     return f"epochs {epochs.low}-{epochs.high}"
 
 
-def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False) -> dict:
+def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
+           enqueue: list[dict] | None = None) -> dict:
     """Run one study of ``spec`` with ``pruner``; its epochs, best value, time, pruned.
     ``plain_tpe``: the promotion study's TPE learns from the raw trials (the arm that measures
-    ``hpo.promotion.judging_sampler`` against what it replaced)."""
+    ``hpo.promotion.judging_sampler`` against what it replaced). ``enqueue``: the study runs
+    exactly these configurations (its budget is their number), not the sampler's."""
     from optuna.trial import TrialState
 
     from hpo.promotion import configuration
@@ -245,20 +264,25 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False) ->
         options = dict(pruner)
         spec = replace(spec, pruner=ComponentSpec(options.pop("name"), options))
     spec = replace(spec, study=replace(
-        spec.study, name=f"{spec.study.name}-{spec.pruner.name}{'-plain' if plain_tpe else ''}"))
+        spec.study, name=f"{spec.study.name}-{spec.pruner.name}{'-plain' if plain_tpe else ''}"
+                         f"{'-enqueued' if enqueue else ''}"))
+    if enqueue:
+        spec = spec.with_budget(len(enqueue))
     with fresh_database("sqlite", workdir) as url:
         storage = open_storage(url)
         create_study(spec, storage)
         study, spec = load_study(spec.study.name, storage)
         if plain_tpe:
             study.sampler = getattr(study.sampler, "inner", study.sampler)
+        for params in enqueue or ():
+            study.enqueue_trial(params)
         start = time.perf_counter()
         report = run_worker(study, spec, worker="bench", checkpoint_dir=workdir / "checkpoints")
         seconds = time.perf_counter() - start
         trials = study.get_trials(deepcopy=False)
         storage.engine.dispose()
-    every = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-              "paused": was_paused(t),
+    every = [{"number": t.number, "configuration": configuration(t), "state": t.state.name,
+              "value": t.value, "params": t.params, "paused": was_paused(t),
               "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
              for t in trials]
     curves = [t for t in every if t["state"] == "COMPLETE"]
@@ -285,6 +309,70 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False) ->
         "curves": curves,
         "trials": every,
     }
+
+
+def finished(trials: list[dict], spec, workdir: Path, evals_per_epoch: int) -> dict:
+    """Every configuration of a pruned study (``_study``'s ``trials``) trained to its end:
+    those it did not complete run again from scratch, without pruning, in a study that runs
+    exactly them (the built-in job is seeded by the task, so a configuration's curve does
+    not depend on its trial). Returns the curves of all of them in the order they first
+    arrived (``{"curve", "value"}``, as the studies without pruning keep them), the best
+    final value among them, and ``prefix_gap``: the largest relative difference between a
+    rerun curve and what the pruned study had seen of it (0 when the rerun reproduces it)."""
+    attempts: dict[int, list[dict]] = {}
+    for t in trials:
+        if t["state"] in ("COMPLETE", "PRUNED"):
+            attempts.setdefault(t["configuration"], []).append(t)
+    done = {c: next(t for t in reversed(got) if t["state"] == "COMPLETE")
+            for c, got in attempts.items() if any(t["state"] == "COMPLETE" for t in got)}
+    todo = [c for c in sorted(attempts) if c not in done]
+    rerun = _study(spec, {"name": "none"}, workdir,
+                   enqueue=[attempts[c][0]["params"] for c in todo])["curves"] if todo else []
+    by_params = {json.dumps(t["params"], sort_keys=True): t for t in rerun}
+    curves, gap = [], 0.0
+    for c in sorted(attempts):
+        # A resumed configuration's curve is spread over its attempts.
+        seen = {s: v for t in attempts[c] for s, v in t["curve"].items()}
+        if c in done:
+            curves.append({"curve": dict(sorted(seen.items(), key=lambda sv: int(sv[0]))),
+                           "value": done[c]["value"]})
+            continue
+        full = by_params[json.dumps(attempts[c][0]["params"], sort_keys=True)]
+        gap = max([gap, *(abs(full["curve"][s] - v) / abs(v) for s, v in seen.items())])
+        curves.append({"curve": full["curve"], "value": full["value"]})
+    return {"curves": curves, "best": min(c["value"] for c in curves), "prefix_gap": gap,
+            "rerun": len(todo), "epochs": _trained(curves, evals_per_epoch)}
+
+
+def finished_rows(case: str, got: list[dict], base: list[dict], first_rung: float,
+                  evals_per_epoch: int) -> list[Row]:
+    """Where a pruned arm's best val loss is lost, per seed (``finished``): in what its
+    sampler proposed (the best of its own configurations trained to their end, against the
+    study without pruning) or in the ranking at the rungs (its best against that best of
+    its own; and the replay of the pruner on its configurations' full curves)."""
+    pairs = [(g, b) for g, b in zip(got, base) if "finished" in g]
+    if not pairs:
+        return []
+    proposals = [g["finished"]["best"] / b["best"] for g, b in pairs]
+    ranking = [g["best"] / g["finished"]["best"] for g, _ in pairs]
+    replayed = [replay(g["finished"]["curves"], first_rung, evals_per_epoch)["best"]
+                / g["finished"]["best"] for g, _ in pairs]
+    gaps = max(g["finished"]["prefix_gap"] for g, _ in pairs)
+    return [
+        Row("pruning", case, "best val loss of its configurations trained to their end",
+            hpo=median([g["finished"]["best"] for g, _ in pairs]),
+            baseline=median([b["best"] for _, b in pairs]), baseline_name="no pruning",
+            ratio=median(proposals),
+            note=f"ratio per seed {', '.join(fmt(r) for r in proposals)}; within "
+                 f"{LOSS_GOAL} in {sum(r <= LOSS_GOAL for r in proposals)}/{len(pairs)}; "
+                 f"rerun curves differ from the pruned study's by at most {gaps:.2g}"),
+        Row("pruning", case, "best val loss against the best of its own configurations",
+            hpo=median([g["best"] for g, _ in pairs]),
+            baseline=median([g["finished"]["best"] for g, _ in pairs]),
+            baseline_name="its configurations trained to their end", ratio=median(ranking),
+            note=f"ratio per seed {', '.join(fmt(r) for r in ranking)}; the pruner replayed "
+                 f"on their full curves: {', '.join(fmt(r) for r in replayed)}"),
+    ]
 
 
 REPLAY_RUNGS = (0.25, 0.5, 1.0)

@@ -209,3 +209,33 @@ def test_pruning_reuses_kept_baselines_of_the_same_budget_only(tmp_path, monkeyp
             _baseline("digits", budget, seeds, evals, n)
     monkeypatch.delenv("HPO_BENCH_PRUNING_BASELINE")
     assert _baseline("digits", "2 trials", (0,), 2, 2) == {}
+
+
+def test_pruning_trains_a_pruned_studys_unfinished_configurations_to_their_end(tmp_path):
+    """``$HPO_BENCH_PRUNING_FINISH`` (benchmarks/pruning.py ``finished``): a real promotion
+    study on digits (6 small configurations, 2 epochs, first rung at half an epoch) leaves
+    some paused; each of those is trained again to its end, without pruning, and its curve
+    reproduces what the pruned study saw of it. The completed ones keep their own curves."""
+    from dataclasses import replace
+
+    from benchmarks.pruning import _smoke_spec, _study, finished
+    from hpo.spec import ParamSpec, load_spec
+
+    spec = _smoke_spec(load_spec(ROOT / "search_spaces" / "digits.yaml"))
+    spec = replace(spec, task=replace(spec.task, max_samples=120, evals_per_epoch=2),
+                   search_space=tuple(ParamSpec("epochs", "fixed", value=2)
+                                      if p.name == "epochs" else p
+                                      for p in spec.search_space)).with_budget(6)
+    got = _study(spec, {"name": "promotion", "min_resource": 0.5, "reduction_factor": 3},
+                 tmp_path)
+    unfinished = {t["configuration"] for t in got["trials"]} - {
+        t["configuration"] for t in got["trials"] if t["state"] == "COMPLETE"}
+    assert unfinished, "no configuration stayed paused: nothing to finish"
+    done = finished(got["trials"], spec, tmp_path, 2)
+    assert done["rerun"] == len(unfinished)
+    # Every configuration reached its last step (4: 2 epochs; one of a single batch an
+    # epoch reports at epoch ends only).
+    assert len(done["curves"]) == 6 and all("4" in c["curve"] for c in done["curves"])
+    assert done["prefix_gap"] < 1e-6
+    assert done["best"] == min(c["value"] for c in done["curves"]) <= got["best"]
+    assert done["epochs"] == 6 * 2
