@@ -359,8 +359,9 @@ class _RaySpace:
     def __call__(self, trial) -> dict:
         from hpo.spec import suggest
 
-        _Events().write(event="trial", trial=trial.number)
-        return {**suggest(trial, self.spec), "_number": trial.number}
+        params = suggest(trial, self.spec)
+        _Events().write(event="trial", trial=trial.number, params=params)
+        return {**params, "_number": trial.number}
 
 
 _RAY_CACHE: dict = {}
