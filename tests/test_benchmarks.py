@@ -105,14 +105,17 @@ def test_headtohead_smoke_gives_hpo_and_ray_the_same_trials(tmp_path):
         assert results["skipped"] == {"ray": _missing("ray")}
         assert "| Ray Tune + ASHA | skipped: ray is not installed" in section
         return
-    ray_first = json.loads((tmp_path / "work" / "ray-seed0" / "events.jsonl")
-                           .read_text().splitlines()[1])
-    assert ray_first["trial"] == 0
+    events = [json.loads(line) for line in
+              (tmp_path / "work" / "ray-seed0" / "events.jsonl").read_text().splitlines()]
+    ray_first = events[1]
+    assert ray_first["trial"] == 0 and events[0]["event"] == "trial"
     import optuna
 
     study = optuna.load_study(study_name="h2h-minilm-seed0",
                               storage=f"sqlite:///{tmp_path / 'work' / 'hpo-seed0' / 'hpo.db'}")
     assert ray_first["loss"] == pytest.approx(study.trials[0].intermediate_values[1], rel=1e-4)
+    # The configuration Ray's trial event names is the one hpo ran.
+    assert {k: events[0]["params"][k] for k in study.trials[0].params} == study.trials[0].params
 
 
 def test_headtohead_goal_against_the_faster_peer():
