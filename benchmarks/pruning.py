@@ -123,7 +123,7 @@ def run(smoke: bool, workdir: Path, say) -> list[Row]:
                     say(f"pruning: {task_name}: seed {seed}: {pruner}'s unfinished "
                         f"configurations, trained to their end")
                     runs[pruner][-1]["finished"] = finished(
-                        runs[pruner][-1]["trials"], seeded, workdir,
+                        runs[pruner][-1]["configurations"], seeded, workdir,
                         spec.task.evals_per_epoch)
             # Kept seed by seed: the replays can be run again on what a cut-off run left, and
             # the baselines reused ($HPO_BENCH_PRUNING_BASELINE).
@@ -253,7 +253,7 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
     exactly these configurations (its budget is their number), not the sampler's."""
     from optuna.trial import TrialState
 
-    from hpo.promotion import configuration
+    from hpo.promotion import configurations
     from hpo.records import was_paused
     from hpo.spec import ComponentSpec
     from hpo.storage import open_storage
@@ -281,11 +281,15 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
         seconds = time.perf_counter() - start
         trials = study.get_trials(deepcopy=False)
         storage.engine.dispose()
-    every = [{"number": t.number, "configuration": configuration(t), "state": t.state.name,
-              "value": t.value, "params": t.params, "paused": was_paused(t),
+    every = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+              "paused": was_paused(t),
               "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
              for t in trials]
     curves = [t for t in every if t["state"] == "COMPLETE"]
+    # Each configuration once, its curve joined over its attempts (hpo.promotion), in order.
+    configs = [{"configuration": c, "params": attempt.params, "value": final,
+                "curve": {str(k): v for k, v in sorted(curve.items())}}
+               for c, (attempt, curve, final) in sorted(configurations(trials).items())]
     if report.stopped_because != "budget":
         raise RuntimeError(f"pruning: the worker stopped ({report.stopped_because}): "
                            f"{report.last_failure}")
@@ -302,44 +306,35 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
         "completed_epochs": epochs(t for t in finished if t.state == TrialState.COMPLETE),
         "best": min(t.value for t in finished if t.state == TrialState.COMPLETE),
         "seconds": seconds,
-        # Configurations whose last attempt was pruned (stopped, or still paused): a paused
+        # Configurations that never completed (stopped, or still paused): a paused
         # configuration that a promotion completed is not one.
-        "pruned": sum(t.state == TrialState.PRUNED for t in
-                      {configuration(t): t for t in finished}.values()),
+        "pruned": sum(c["value"] is None for c in configs),
         "curves": curves,
         "trials": every,
+        "configurations": configs,
     }
 
 
-def finished(trials: list[dict], spec, workdir: Path, evals_per_epoch: int) -> dict:
-    """Every configuration of a pruned study (``_study``'s ``trials``) trained to its end:
-    those it did not complete run again from scratch, without pruning, in a study that runs
-    exactly them (the built-in job is seeded by the task, so a configuration's curve does
-    not depend on its trial). Returns the curves of all of them in the order they first
+def finished(configs: list[dict], spec, workdir: Path, evals_per_epoch: int) -> dict:
+    """Every configuration of a pruned study (``_study``'s ``configurations``) trained to its
+    end: those it did not complete run again from scratch, without pruning, in a study that
+    runs exactly them (the built-in job is seeded by the task, so a configuration's curve
+    does not depend on its trial). Returns the curves of all of them in the order they first
     arrived (``{"curve", "value"}``, as the studies without pruning keep them), the best
     final value among them, and ``prefix_gap``: the largest relative difference between a
     rerun curve and what the pruned study had seen of it (0 when the rerun reproduces it)."""
-    attempts: dict[int, list[dict]] = {}
-    for t in trials:
-        if t["state"] in ("COMPLETE", "PRUNED"):
-            attempts.setdefault(t["configuration"], []).append(t)
-    done = {c: next(t for t in reversed(got) if t["state"] == "COMPLETE")
-            for c, got in attempts.items() if any(t["state"] == "COMPLETE" for t in got)}
-    todo = [c for c in sorted(attempts) if c not in done]
-    rerun = _study(spec, {"name": "none"}, workdir,
-                   enqueue=[attempts[c][0]["params"] for c in todo])["curves"] if todo else []
-    by_params = {json.dumps(t["params"], sort_keys=True): t for t in rerun}
+    todo = [c for c in configs if c["value"] is None]
+    rerun = _study(spec, {"name": "none"}, workdir, enqueue=[c["params"] for c in todo]) \
+        ["configurations"] if todo else []
+    full = dict(zip((c["configuration"] for c in todo), rerun))  # the queue keeps the order
     curves, gap = [], 0.0
-    for c in sorted(attempts):
-        # A resumed configuration's curve is spread over its attempts.
-        seen = {s: v for t in attempts[c] for s, v in t["curve"].items()}
-        if c in done:
-            curves.append({"curve": dict(sorted(seen.items(), key=lambda sv: int(sv[0]))),
-                           "value": done[c]["value"]})
+    for c in configs:
+        if c["value"] is not None:
+            curves.append({"curve": c["curve"], "value": c["value"]})
             continue
-        full = by_params[json.dumps(attempts[c][0]["params"], sort_keys=True)]
-        gap = max([gap, *(abs(full["curve"][s] - v) / abs(v) for s, v in seen.items())])
-        curves.append({"curve": full["curve"], "value": full["value"]})
+        got = full[c["configuration"]]
+        gap = max([gap, *(abs(got["curve"][s] - v) / abs(v) for s, v in c["curve"].items())])
+        curves.append({"curve": got["curve"], "value": got["value"]})
     return {"curves": curves, "best": min(c["value"] for c in curves), "prefix_gap": gap,
             "rerun": len(todo), "epochs": _trained(curves, evals_per_epoch)}
 

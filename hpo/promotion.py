@@ -223,6 +223,33 @@ def judged_order(configs: "dict[int, tuple[dict[int, float], float | None]]",
     return sorted(configs, key=cmp_to_key(compare))
 
 
+def configurations(trials: "list[FrozenTrial]") -> \
+        "dict[int, tuple[FrozenTrial, dict[int, float], float | None]]":
+    """Each configuration that has paused, been pruned or completed once, by its number
+    (``configuration``): its latest such attempt (its complete one, if it has one), the curve
+    of all its attempts (a running continuation's too) and its final value (None while no
+    attempt has completed)."""
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    groups: dict[int, list[FrozenTrial]] = {}
+    for t in trials:
+        if t.state in finished or t.state == TrialState.RUNNING:
+            groups.setdefault(configuration(t), []).append(t)
+    found = {}
+    for config, attempts in groups.items():
+        done = [t for t in attempts if t.state in finished]
+        if not done:
+            continue
+        complete = [t for t in done if t.state == TrialState.COMPLETE]
+        latest = max(complete or done, key=lambda t: t.number)
+        curve: dict[int, float] = {}
+        for t in sorted(attempts, key=lambda t: t.number):
+            curve.update(t.intermediate_values)
+        found[config] = (latest, curve, latest.value if complete else None)
+    return found
+
+
 def judged_trials(trials: "list[FrozenTrial]", maximize: bool = False) -> "list[FrozenTrial]":
     """``trials`` as the sampler should learn from them: each configuration that has paused,
     been pruned or completed once, as a COMPLETE copy of its latest such attempt whose value
@@ -236,21 +263,9 @@ def judged_trials(trials: "list[FrozenTrial]", maximize: bool = False) -> "list[
     from optuna.trial import TrialState
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    groups: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if t.state in finished or t.state == TrialState.RUNNING:
-            groups.setdefault(configuration(t), []).append(t)
-    configs, latest = {}, {}
-    for config, attempts in groups.items():
-        done = [t for t in attempts if t.state in finished]
-        if not done:
-            continue
-        complete = [t for t in done if t.state == TrialState.COMPLETE]
-        latest[config] = max(complete or done, key=lambda t: t.number)
-        curve: dict[int, float] = {}
-        for t in sorted(attempts, key=lambda t: t.number):
-            curve.update(t.intermediate_values)
-        configs[config] = (curve, latest[config].value if complete else None)
+    found = configurations(trials)
+    configs = {c: (curve, final) for c, (_, curve, final) in found.items()}
+    latest = {c: attempt for c, (attempt, _, _) in found.items()}
     judged = []
     for place, config in enumerate(judged_order(configs, maximize)):
         view = copy.copy(latest[config])

@@ -231,10 +231,10 @@ def test_pruning_trains_a_pruned_studys_unfinished_configurations_to_their_end(t
                                       for p in spec.search_space)).with_budget(6)
     got = _study(spec, {"name": "promotion", "min_resource": 0.5, "reduction_factor": 3},
                  tmp_path)
-    unfinished = {t["configuration"] for t in got["trials"]} - {
-        t["configuration"] for t in got["trials"] if t["state"] == "COMPLETE"}
-    assert unfinished, "no configuration stayed paused: nothing to finish"
-    done = finished(got["trials"], spec, tmp_path, 2)
+    assert len(got["configurations"]) == 6
+    unfinished = [c for c in got["configurations"] if c["value"] is None]
+    assert unfinished and len(unfinished) == got["pruned"], "nothing stayed paused to finish"
+    done = finished(got["configurations"], spec, tmp_path, 2)
     assert done["rerun"] == len(unfinished)
     # Every configuration reached its last step (4: 2 epochs; one of a single batch an
     # epoch reports at epoch ends only).
