@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpo.records import CHECKPOINT_ARTIFACT_ATTR
 from hpo.storage import resolve_url
@@ -38,8 +39,9 @@ KEEP_BEST_CHECKPOINTS = 3
 the weights), in ``checkpoints/`` and in the artifact store."""
 
 
-def artifact_dir(storage_url: str | None = None, directory: str | os.PathLike[str] | None = None
-                 ) -> Path:
+def artifact_dir(
+    storage_url: str | None = None, directory: str | os.PathLike[str] | None = None
+) -> Path:
     """The folder of the artifact store of a study database.
 
     Args:
@@ -64,8 +66,9 @@ def artifact_dir(storage_url: str | None = None, directory: str | os.PathLike[st
     return Path("hpo-artifacts")
 
 
-def artifact_store(storage_url: str | None = None,
-                   directory: str | os.PathLike[str] | None = None) -> "FileSystemArtifactStore":
+def artifact_store(
+    storage_url: str | None = None, directory: str | os.PathLike[str] | None = None
+) -> FileSystemArtifactStore:
     """The artifact store of a study database, its folder created if missing.
 
     Args:
@@ -115,9 +118,12 @@ def _same_file(stream: BinaryIO, path: str) -> bool:
     return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
-def upload_checkpoint(trial: "optuna.Trial", path: str | os.PathLike[str],
-                      storage_url: str | None = None,
-                      directory: str | os.PathLike[str] | None = None) -> str:
+def upload_checkpoint(
+    trial: optuna.Trial,
+    path: str | os.PathLike[str],
+    storage_url: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> str:
     """Upload a trial's checkpoint file (a hard link where it can be) and record its id in
     the trial.
 
@@ -132,23 +138,32 @@ def upload_checkpoint(trial: "optuna.Trial", path: str | os.PathLike[str],
     """
     from optuna.artifacts import upload_artifact
 
-    artifact_id = upload_artifact(artifact_store=artifact_store(storage_url, directory),
-                                  file_path=str(path), study_or_trial=trial,
-                                  mimetype="application/octet-stream")
+    artifact_id = upload_artifact(
+        artifact_store=artifact_store(storage_url, directory),
+        file_path=str(path),
+        study_or_trial=trial,
+        mimetype="application/octet-stream",
+    )
     trial.set_user_attr(CHECKPOINT_ARTIFACT_ATTR, artifact_id)
     return artifact_id
 
 
-def has_checkpoint(artifact_id: str | None, storage_url: str | None = None,
-                   directory: str | os.PathLike[str] | None = None) -> bool:
+def has_checkpoint(
+    artifact_id: str | None,
+    storage_url: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> bool:
     """Whether the store still holds the artifact (False for a removed one, or no id)."""
     if not artifact_id or not _ARTIFACT_ID.fullmatch(str(artifact_id)):
         return False
     return (artifact_dir(storage_url, directory) / str(artifact_id)).is_file()
 
 
-def remove_checkpoints(artifact_ids: Iterable[str], storage_url: str | None = None,
-                       directory: str | os.PathLike[str] | None = None) -> list[str]:
+def remove_checkpoints(
+    artifact_ids: Iterable[str],
+    storage_url: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> list[str]:
     """Remove uploaded checkpoints from the store (those already gone are skipped).
 
     Returns:
@@ -169,13 +184,16 @@ def remove_checkpoints(artifact_ids: Iterable[str], storage_url: str | None = No
 _ARTIFACT_ID = re.compile(r"[0-9a-fA-F-]+")
 """What Optuna's artifact ids look like (uuid4), and what the dashboard's routes accept."""
 _ARTIFACT_ROUTE = re.compile(r"/artifacts/\d+/(?:\d+/)?([0-9a-fA-F-]+)")
-REMOVED_REASON = ("this artifact's file is not in the store: hpo removes a trial's checkpoint "
-                  "when the trial is no longer among the best {k} complete trials, whose "
-                  "weights it keeps")
+REMOVED_REASON = (
+    "this artifact's file is not in the store: hpo removes a trial's checkpoint "
+    "when the trial is no longer among the best {k} complete trials, whose "
+    "weights it keeps"
+)
 
 
-def missing_artifacts_as_404(app: Callable[..., Any], folder: str | os.PathLike[str],
-                             keep_best: int = KEEP_BEST_CHECKPOINTS) -> Callable[..., Any]:
+def missing_artifacts_as_404(
+    app: Callable[..., Any], folder: str | os.PathLike[str], keep_best: int = KEEP_BEST_CHECKPOINTS
+) -> Callable[..., Any]:
     """Wrap optuna-dashboard's WSGI app: a request for an artifact whose file is gone (hpo
     removed the checkpoint of a trial that left the best) gets 404 and the reason, where
     the dashboard would fail with a 500 (its list of a finished trial's artifacts cannot be
@@ -184,20 +202,28 @@ def missing_artifacts_as_404(app: Callable[..., Any], folder: str | os.PathLike[
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         found = _ARTIFACT_ROUTE.fullmatch(environ.get("PATH_INFO", ""))
-        if (found and environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD")
-                and not (folder / found.group(1)).is_file()):
+        if (
+            found
+            and environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD")
+            and not (folder / found.group(1)).is_file()
+        ):
             body = (REMOVED_REASON.format(k=keep_best) + "\n").encode()
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
-                                             ("Content-Length", str(len(body)))])
+            start_response(
+                "404 Not Found",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
             return [body]
         return app(environ, start_response)
 
     return wrapped
 
 
-def download_checkpoint(artifact_id: str, dest: str | os.PathLike[str],
-                        storage_url: str | None = None,
-                        directory: str | os.PathLike[str] | None = None) -> Path | None:
+def download_checkpoint(
+    artifact_id: str,
+    dest: str | os.PathLike[str],
+    storage_url: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> Path | None:
     """Fetch an uploaded checkpoint into ``dest``; None if the store does not have it."""
     from optuna.artifacts import download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
@@ -206,8 +232,11 @@ def download_checkpoint(artifact_id: str, dest: str | os.PathLike[str],
     if not folder.is_dir():
         return None
     try:
-        download_artifact(artifact_store=artifact_store(storage_url, directory),
-                          file_path=str(dest), artifact_id=artifact_id)
+        download_artifact(
+            artifact_store=artifact_store(storage_url, directory),
+            file_path=str(dest),
+            artifact_id=artifact_id,
+        )
     except ArtifactNotFound:
         return None
     return Path(dest)

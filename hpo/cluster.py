@@ -79,10 +79,19 @@ $env            - name: HPO_CHECKPOINT_DIR
 KINDS = ("slurm", "kubernetes")
 
 
-def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int = 1,
-           image: str = "python:3.11", checkpoint_dir: str = "/shared/hpo-checkpoints",
-           time: str = "24:00:00", python: str | None = None,
-           devices_per_trial: int = 1) -> str:
+def render(
+    kind: str,
+    study: str,
+    storage_url: str,
+    *,
+    nodes: int = 1,
+    gpus: int = 1,
+    image: str = "python:3.11",
+    checkpoint_dir: str = "/shared/hpo-checkpoints",
+    time: str = "24:00:00",
+    python: str | None = None,
+    devices_per_trial: int = 1,
+) -> str:
     """The text of a cluster template.
 
     Args:
@@ -110,43 +119,71 @@ def render(kind: str, study: str, storage_url: str, *, nodes: int = 1, gpus: int
         raise HpoError(f"unknown template {kind!r}; expected one of {', '.join(KINDS)}")
     url = make_url(storage_url)
     if url.get_backend_name() == "sqlite":
-        raise HpoError("a cluster needs a database server every machine reaches "
-                       "(postgresql+psycopg2://... or mysql+pymysql://...), not SQLite")
+        raise HpoError(
+            "a cluster needs a database server every machine reaches "
+            "(postgresql+psycopg2://... or mysql+pymysql://...), not SQLite"
+        )
     secret = url.password is not None
     # A Slurm job name, a Kubernetes object name and label value: ASCII letters, digits, '-'.
     name = "".join(c if c.isascii() and c.isalnum() else "-" for c in study.lower())
     name = name[:50].strip("-") or "study"
     n = devices_per_trial
     if gpus and gpus % n:
-        raise HpoError(f"--gpus-per-node {gpus}: the study's trials each take {n} GPUs of one "
-                       f"node (resources.devices_per_trial); give a multiple of {n}")
+        raise HpoError(
+            f"--gpus-per-node {gpus}: the study's trials each take {n} GPUs of one "
+            f"node (resources.devices_per_trial); give a multiple of {n}"
+        )
     argv = ["hpo", "launch", study, *(["--gpus", "all"] if gpus else ["--workers", "1"])]
     if n == 1:
         workers = f"{gpus} GPU(s)" if gpus else "1 CPU worker"
     else:
-        workers = (f"{gpus} GPUs, {gpus // n} trial(s) of {n} GPUs at a time" if gpus
-                   else f"1 CPU worker, its trials on {n} CPU processes")
-    values = dict(study=study, name=name, nodes=nodes, last=nodes - 1, workers=workers,
-                  cpus=max(4, 4 * (gpus or n)), time=time)
+        workers = (
+            f"{gpus} GPUs, {gpus // n} trial(s) of {n} GPUs at a time"
+            if gpus
+            else f"1 CPU worker, its trials on {n} CPU processes"
+        )
+    values = dict(
+        study=study,
+        name=name,
+        nodes=nodes,
+        last=nodes - 1,
+        workers=workers,
+        cpus=max(4, 4 * (gpus or n)),
+        time=time,
+    )
     if kind == "slurm":
-        storage_line = (': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
-                        if secret else f"export HPO_STORAGE={shlex.quote(storage_url)}")
+        storage_line = (
+            ': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
+            if secret
+            else f"export HPO_STORAGE={shlex.quote(storage_url)}"
+        )
         if python:
             argv = [python, "-m", *argv]
-        return SLURM.substitute(values, storage_line=storage_line,
-                                gres=f"#SBATCH --gres=gpu:{gpus}\n" if gpus else "",
-                                checkpoint_dir_sh=shlex.quote(checkpoint_dir),
-                                runner=f"{python} -m hpo" if python else "hpo from PATH",
-                                command=" ".join(shlex.quote(a) for a in argv))
+        return SLURM.substitute(
+            values,
+            storage_line=storage_line,
+            gres=f"#SBATCH --gres=gpu:{gpus}\n" if gpus else "",
+            checkpoint_dir_sh=shlex.quote(checkpoint_dir),
+            runner=f"{python} -m hpo" if python else "hpo from PATH",
+            command=" ".join(shlex.quote(a) for a in argv),
+        )
     # JSON strings are YAML strings: any study name, URL or path stays one well-formed value.
     if secret:
-        env = ("            - name: HPO_STORAGE\n"
-               "              valueFrom: {secretKeyRef: {name: hpo-storage, key: url}}\n")
+        env = (
+            "            - name: HPO_STORAGE\n"
+            "              valueFrom: {secretKeyRef: {name: hpo-storage, key: url}}\n"
+        )
     else:
         env = f"            - name: HPO_STORAGE\n              value: {json.dumps(storage_url)}\n"
-    resources = (f"limits: {{nvidia.com/gpu: {gpus}}}" if gpus
-                 else f"requests: {{cpu: {values['cpus']}}}")
-    return KUBERNETES.substitute(values, image=json.dumps(image), env=env,
-                                 command_json=json.dumps(argv), resources=resources,
-                                 checkpoint_dir_json=json.dumps(checkpoint_dir),
-                                 backoff=4 * nodes)
+    resources = (
+        f"limits: {{nvidia.com/gpu: {gpus}}}" if gpus else f"requests: {{cpu: {values['cpus']}}}"
+    )
+    return KUBERNETES.substitute(
+        values,
+        image=json.dumps(image),
+        env=env,
+        command_json=json.dumps(argv),
+        resources=resources,
+        checkpoint_dir_json=json.dumps(checkpoint_dir),
+        backoff=4 * nodes,
+    )

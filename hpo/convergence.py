@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpo")
 
 
-def converged(study: "optuna.Study", spec: Spec, trials: "list[FrozenTrial]") -> bool:
+def converged(study: optuna.Study, spec: Spec, trials: list[FrozenTrial]) -> bool:
     """Whether the study has converged (the workers start no new trial).
 
     Also enqueues the repeats of the best configuration once ``min_trials`` trials are
@@ -71,9 +71,11 @@ def converged(study: "optuna.Study", spec: Spec, trials: "list[FrozenTrial]") ->
     if bound is None or bound >= spread["std"]:
         return False
     last = max(t.number for t in complete)
-    why = (f"converged at trial {last}: the regret bound {bound:.4g} is below the seed "
-           f"spread {spread['std']:.4g} (std over {len(spread['values'])} seeds of "
-           f"#{spread['trial']})")
+    why = (
+        f"converged at trial {last}: the regret bound {bound:.4g} is below the seed "
+        f"spread {spread['std']:.4g} (std over {len(spread['values'])} seeds of "
+        f"#{spread['trial']})"
+    )
     study.set_user_attr(STOPPED_ATTR, why)
     log.warning("study %s %s", study.study_name, why)
     return True
@@ -85,7 +87,7 @@ budget asks every few seconds, and the bound (a Gaussian process fit) changes on
 trial completes."""
 
 
-def regret_bound(complete: "list[FrozenTrial]") -> float | None:
+def regret_bound(complete: list[FrozenTrial]) -> float | None:
     """Optuna's bound on how much the best value can still improve in the search space
     (``RegretBoundEvaluator``, fixed seed); None where it cannot be computed (e.g. the trials
     share no searched parameter). Computed once for the same complete trials."""
@@ -99,8 +101,7 @@ def regret_bound(complete: "list[FrozenTrial]") -> float | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental (and deprecated in Optuna 6)
         try:
-            bound = float(RegretBoundEvaluator(seed=0).evaluate(complete,
-                                                                StudyDirection.MINIMIZE))
+            bound = float(RegretBoundEvaluator(seed=0).evaluate(complete, StudyDirection.MINIMIZE))
         except ValueError as e:
             log.warning("convergence not judged: %s", e)
     _last_bound.clear()
@@ -114,8 +115,7 @@ def repeat_task(trial: Any, task: TaskSpec) -> TaskSpec:
     return task if seed is None else replace(task, seed=int(seed))
 
 
-def _enqueue_repeats(study: "optuna.Study", spec: Spec,
-                     complete: "list[FrozenTrial]") -> None:
+def _enqueue_repeats(study: optuna.Study, spec: Spec, complete: list[FrozenTrial]) -> None:
     """Enqueue the repeats of the best trial, if this process completed the ``min_trials``-th
     complete trial: one worker of however many does it. Should that worker be gone before it
     could (killed, recycled), the one that completes the third trial after it does, and so on.
@@ -123,20 +123,28 @@ def _enqueue_repeats(study: "optuna.Study", spec: Spec,
     in_order = sorted(complete, key=lambda t: (t.datetime_complete, t.number))
     first = spec.budget.first_judged
     judged = in_order[first + 3 * ((len(in_order) - first) // 3) - 1]
-    mine = (judged.user_attrs.get("host") == socket.gethostname()
-            and judged.user_attrs.get("pid") == os.getpid())
+    mine = (
+        judged.user_attrs.get("host") == socket.gethostname()
+        and judged.user_attrs.get("pid") == os.getpid()
+    )
     if not mine:
         return
     best = min(complete, key=lambda t: (t.value, t.number))
     for i in range(1, spec.budget.n_repeats + 1):
-        study.enqueue_trial(dict(best.params), user_attrs={REPEAT_OF_ATTR: best.number,
-                                                            SEED_ATTR: spec.task.seed + i})
-    log.info("trial %d rerun with %d other seeds to measure the noise", best.number,
-             spec.budget.n_repeats)
+        study.enqueue_trial(
+            dict(best.params),
+            user_attrs={REPEAT_OF_ATTR: best.number, SEED_ATTR: spec.task.seed + i},
+        )
+    log.info(
+        "trial %d rerun with %d other seeds to measure the noise",
+        best.number,
+        spec.budget.n_repeats,
+    )
 
 
-def _record_spread(study: "optuna.Study", spec: Spec, trials: "list[FrozenTrial]",
-                   repeats: "list[FrozenTrial]") -> dict[str, Any] | None:
+def _record_spread(
+    study: optuna.Study, spec: Spec, trials: list[FrozenTrial], repeats: list[FrozenTrial]
+) -> dict[str, Any] | None:
     """The repeated trial's values over its seeds, recorded as ``hpo.seed_spread``."""
     from optuna.trial import TrialState
 
@@ -148,7 +156,13 @@ def _record_spread(study: "optuna.Study", spec: Spec, trials: "list[FrozenTrial]
     if len(runs) < 2:
         return None
     values = [v for _, v in runs]
-    spread = {"trial": number, "seeds": [s for s, _ in runs], "values": values,
-              "std": statistics.stdev(values), "min": min(values), "max": max(values)}
+    spread = {
+        "trial": number,
+        "seeds": [s for s, _ in runs],
+        "values": values,
+        "std": statistics.stdev(values),
+        "min": min(values),
+        "max": max(values),
+    }
     study.set_user_attr(SEED_SPREAD_ATTR, spread)
     return spread

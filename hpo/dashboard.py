@@ -10,7 +10,7 @@ import errno
 import os
 import socket
 import socketserver
-from typing import Callable
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo.artifacts import artifact_dir, artifact_store, missing_artifacts_as_404
@@ -70,18 +70,21 @@ def serve(
     storage = open_storage(storage_url, create=False)
     store = artifact_store(storage_url, artifacts)
     # A checkpoint hpo removed (its trial left the best) answers 404 with the reason.
-    app = missing_artifacts_as_404(optuna_dashboard.wsgi(storage, artifact_store=store),
-                                   artifact_dir(storage_url, artifacts))
+    app = missing_artifacts_as_404(
+        optuna_dashboard.wsgi(storage, artifact_store=store), artifact_dir(storage_url, artifacts)
+    )
     server_class = _Server6 if ":" in host else _Server
     try:
-        server = make_server(host, port, app, server_class=server_class,
-                             handler_class=_QuietHandler)
+        server = make_server(
+            host, port, app, server_class=server_class, handler_class=_QuietHandler
+        )
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise HpoError(f"port {port} on {host} is in use; pass another --port") from None
         raise HpoError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     with server:
         if on_ready is not None:
-            on_ready(dashboard_url(host, server.server_port),
-                     str(artifact_dir(storage_url, artifacts)))
+            on_ready(
+                dashboard_url(host, server.server_port), str(artifact_dir(storage_url, artifacts))
+            )
         server.serve_forever()

@@ -31,8 +31,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hpo.artifacts import artifact_dir, has_checkpoint
 from hpo.errors import HpoError
 from hpo.provenance import DATA_PATH_KEYS, environment_record, package_versions
-from hpo.records import (CHECKPOINT_ARTIFACT_ATTR, CHECKPOINT_ATTR, VERSION_ATTR, iso,
-                         trial_record, val_loss)
+from hpo.records import (
+    CHECKPOINT_ARTIFACT_ATTR,
+    CHECKPOINT_ATTR,
+    VERSION_ATTR,
+    iso,
+    trial_record,
+    val_loss,
+)
 from hpo.storage import redact, resolve_url
 from hpo.weights import export_model
 
@@ -43,11 +49,22 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 FORMATS = ("csv", "json")
-ATTR_COLUMNS = ("val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_seconds",
-                "samples_per_second", "device", "host", "worker", "peak_memory_mb",
-                "prune_reason", "fail_reason", "checkpoint")
-EXPORTED_TRIAL_KEYS = ("number", "value", "values", "params", "intermediate_values",
-                       "user_attrs")
+ATTR_COLUMNS = (
+    "val_accuracy",
+    "best_epoch",
+    "epochs_run",
+    "epochs_planned",
+    "train_seconds",
+    "samples_per_second",
+    "device",
+    "host",
+    "worker",
+    "peak_memory_mb",
+    "prune_reason",
+    "fail_reason",
+    "checkpoint",
+)
+EXPORTED_TRIAL_KEYS = ("number", "value", "values", "params", "intermediate_values", "user_attrs")
 """What ``record.json`` keeps of the best trial's record (``hpo.records.trial_record``)."""
 
 
@@ -55,8 +72,9 @@ EXPORTED_TRIAL_KEYS = ("number", "value", "values", "params", "intermediate_valu
 # Trials.
 
 
-def trial_rows(study: "optuna.Study", artifacts_dir: str | os.PathLike[str] | None = None
-               ) -> list[dict[str, Any]]:
+def trial_rows(
+    study: optuna.Study, artifacts_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
     """One flat row per trial: number, state, value, times, ``param_*`` and the user attrs.
 
     Columns are the same for every row (empty where a trial lacks one); the per-epoch
@@ -79,20 +97,21 @@ def trial_rows(study: "optuna.Study", artifacts_dir: str | os.PathLike[str] | No
             "value": val_loss(t),
             "datetime_start": iso(start),
             "datetime_complete": iso(end),
-            "duration_seconds": round((end - start).total_seconds(), 3) if start and end
-            else None,
+            "duration_seconds": round((end - start).total_seconds(), 3) if start and end else None,
         }
         row.update({f"param_{p}": t.params.get(p) for p in params})
         attrs = present_files(t.user_attrs, artifacts_dir)
         row.update({a: attrs.get(a) for a in (*ATTR_COLUMNS, *extra)})
         row["val_loss_by_epoch"] = " ".join(
-            f"{step}:{value:.6g}" for step, value in sorted(t.intermediate_values.items()))
+            f"{step}:{value:.6g}" for step, value in sorted(t.intermediate_values.items())
+        )
         rows.append(row)
     return rows
 
 
-def present_files(attrs: dict[str, Any], artifacts_dir: str | os.PathLike[str] | None = None
-                  ) -> dict[str, Any]:
+def present_files(
+    attrs: dict[str, Any], artifacts_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """A trial's user attrs with ``checkpoint`` set to None where the file is gone (retention
     deletes those of pruned, failed and worse trials) and, given the store's folder,
     ``checkpoint_artifact`` where the store no longer holds it (a trial that left the best).
@@ -102,14 +121,21 @@ def present_files(attrs: dict[str, Any], artifacts_dir: str | os.PathLike[str] |
     if path and not Path(path).is_file():
         attrs[CHECKPOINT_ATTR] = None
     artifact = attrs.get(CHECKPOINT_ARTIFACT_ATTR)
-    if artifact and artifacts_dir is not None and not has_checkpoint(artifact,
-                                                                     directory=artifacts_dir):
+    if (
+        artifact
+        and artifacts_dir is not None
+        and not has_checkpoint(artifact, directory=artifacts_dir)
+    ):
         attrs[CHECKPOINT_ARTIFACT_ATTR] = None
     return attrs
 
 
-def write_trials(study: "optuna.Study", fmt: str, stream: TextIO,
-                 artifacts_dir: str | os.PathLike[str] | None = None) -> int:
+def write_trials(
+    study: optuna.Study,
+    fmt: str,
+    stream: TextIO,
+    artifacts_dir: str | os.PathLike[str] | None = None,
+) -> int:
     """Write every trial of the study as CSV (``trial_rows``) or JSON (full records).
 
     Args:
@@ -144,7 +170,7 @@ def write_trials(study: "optuna.Study", fmt: str, stream: TextIO,
 # The best trial.
 
 
-def best_spec_dict(spec: "Spec", trial: "FrozenTrial") -> dict[str, Any]:
+def best_spec_dict(spec: Spec, trial: FrozenTrial) -> dict[str, Any]:
     """The study's spec with the trial's params fixed: a one-trial study without pruning.
 
     Each searched param the trial sampled becomes a one-choice categorical (so that the rerun
@@ -186,13 +212,14 @@ def write_spec_yaml(d: dict[str, Any], path: Path, header: str) -> None:
     import yaml
 
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
-    path.write_text(comment + yaml.safe_dump(d, sort_keys=False, default_flow_style=None),
-                    encoding="utf-8")
+    path.write_text(
+        comment + yaml.safe_dump(d, sort_keys=False, default_flow_style=None), encoding="utf-8"
+    )
 
 
 def export_best(
-    study: "optuna.Study",
-    spec: "Spec",
+    study: optuna.Study,
+    spec: Spec,
     out: str | os.PathLike[str],
     *,
     storage_url: str | None = None,
@@ -228,13 +255,18 @@ def export_best(
 
     spec_dict = best_spec_dict(spec, best)
     spec_path = out / "spec.yaml"
-    write_spec_yaml(spec_dict, spec_path, (
-        f"The {'chosen' if trial_number is not None else 'best'} configuration of study "
-        f"{study.study_name}: trial {best.number}, val loss {val_loss(best):.6f}.\n"
-        f"Exported by hpo {package_versions(['hpo']).get('hpo', '?')} on "
-        f"{dt.datetime.now().isoformat(timespec='seconds')}.\n"
-        "Each param is fixed (a one-choice categorical); no pruning; one trial.\n"
-        f"Run it: hpo run {spec_path}   (raise budget.n_trials to rerun it more times)"))
+    write_spec_yaml(
+        spec_dict,
+        spec_path,
+        (
+            f"The {'chosen' if trial_number is not None else 'best'} configuration of study "
+            f"{study.study_name}: trial {best.number}, val loss {val_loss(best):.6f}.\n"
+            f"Exported by hpo {package_versions(['hpo']).get('hpo', '?')} on "
+            f"{dt.datetime.now().isoformat(timespec='seconds')}.\n"
+            "Each param is fixed (a one-choice categorical); no pruning; one trial.\n"
+            f"Run it: hpo run {spec_path}   (raise budget.n_trials to rerun it more times)"
+        ),
+    )
 
     model = export_model(best, spec.task, out, storage_url=url, artifacts=artifacts)
 
@@ -258,8 +290,9 @@ def export_best(
         "study_hpo_version": study.user_attrs.get(VERSION_ATTR),
         **environment_record(spec.task),
     }
-    (out / "record.json").write_text(json.dumps(record, indent=2, default=str) + "\n",
-                                     encoding="utf-8")
+    (out / "record.json").write_text(
+        json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     buffer = io.StringIO()
     write_trials(study, "csv", buffer, artifact_dir(url, artifacts))
     (out / "trials.csv").write_text(buffer.getvalue(), encoding="utf-8")
@@ -271,16 +304,18 @@ def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
     trial, model = record["trial"], record["model"]
     out = Path(out)
     which = "trial" if record.get("picked") == "--trial" else "best trial"
-    lines = [f"hpo: {which} #{trial['number']} of {record['study']} (val loss "
-             f"{trial['value']:.6f}) exported to {out}/",
-             f"  {'spec.yaml':<18} its params fixed; run it: hpo run {out / 'spec.yaml'}"]
+    lines = [
+        f"hpo: {which} #{trial['number']} of {record['study']} (val loss "
+        f"{trial['value']:.6f}) exported to {out}/",
+        f"  {'spec.yaml':<18} its params fixed; run it: hpo run {out / 'spec.yaml'}",
+    ]
     if model["path"]:
         size = f"{model['bytes'] / 1e6:.1f} MB"
         after = f", after epoch {model['epoch']}" if model.get("epoch") else ""
         what = {
             "torchvision state_dict": f"the weights: a torchvision state_dict ({size}{after})",
             "transformers save_pretrained": f"the model: config, weights and tokenizer "
-                                            f"({size}{after})",
+            f"({size}{after})",
             "hpo state_dict": f"the weights: hpo's own state_dict ({size}{after})",
             "peft adapter": f"the LoRA adapter and head, and the tokenizer ({size}{after})",
         }.get(model["format"], f"the trial's checkpoint as saved ({size})")
@@ -290,6 +325,8 @@ def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
             lines.append(f"  {'':<18} note: {model['note']}")
     else:
         lines.append(f"  (no model weights: {model['missing']})")
-    lines += [f"  {'record.json':<18} seeds, package versions, git commit, data fingerprint",
-              f"  {'trials.csv':<18} every trial of the study"]
+    lines += [
+        f"  {'record.json':<18} seeds, package versions, git commit, data fingerprint",
+        f"  {'trials.csv':<18} every trial of the study",
+    ]
     return "\n".join(lines)

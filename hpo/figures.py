@@ -39,8 +39,9 @@ FIGURE_TITLES = {
 """Figure key -> title; the key names the figure in optuna-dashboard (``hpo-KEY``)."""
 
 
-def study_figures(study: "optuna.Study", savings: dict[str, Any],
-                  anytime: dict[str, list[float]]) -> "dict[str, go.Figure]":
+def study_figures(
+    study: optuna.Study, savings: dict[str, Any], anytime: dict[str, list[float]]
+) -> dict[str, go.Figure]:
     """Every figure of a study's report, by key (see ``FIGURE_TITLES``), titled.
 
     Figures that need complete trials show a note instead where there are too few. A study of
@@ -67,19 +68,19 @@ def study_figures(study: "optuna.Study", savings: dict[str, Any],
     return figures
 
 
-def _complete(study: "optuna.Study") -> "list[FrozenTrial]":
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
     from optuna.trial import TrialState
 
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def _val_loss(study: "optuna.Study") -> Any:
+def _val_loss(study: optuna.Study) -> Any:
     """Optuna's ``target`` for its plots: None (the value) with one objective, else the first
     of the values, the validation loss (Optuna's plots refuse several objectives without)."""
     return None if len(study.directions) == 1 else (lambda t: t.values[0])
 
 
-def pareto_figure(study: "optuna.Study") -> "go.Figure":
+def pareto_figure(study: optuna.Study) -> go.Figure:
     """The complete trials by their objectives, the Pareto set highlighted (Optuna's plot):
     one panel of two objectives, or three in 3D."""
     import optuna.visualization as vis
@@ -90,25 +91,25 @@ def pareto_figure(study: "optuna.Study") -> "go.Figure":
         return placeholder_figure("no complete trial yet")
     names = objectives(study)
     if len(names) > 3:  # Optuna draws 2 or 3 objectives: the loss against the first two more
-        return vis.plot_pareto_front(study, targets=lambda t: t.values[:3],
-                                     target_names=names[:3])
+        return vis.plot_pareto_front(study, targets=lambda t: t.values[:3], target_names=names[:3])
     return vis.plot_pareto_front(study, target_names=names)
 
 
-def placeholder_figure(text: str) -> "go.Figure":
+def placeholder_figure(text: str) -> go.Figure:
     """An empty figure that says why it is empty."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font={"size": 16})
+    fig.add_annotation(
+        text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 16}
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=250)
     return fig
 
 
-def history_figure(study: "optuna.Study") -> "go.Figure":
+def history_figure(study: optuna.Study) -> go.Figure:
     """Each complete trial's best validation loss and the best so far, by trial number."""
     import optuna.visualization as vis
 
@@ -119,7 +120,7 @@ def history_figure(study: "optuna.Study") -> "go.Figure":
     return fig
 
 
-def learning_curves_figure(study: "optuna.Study") -> "go.Figure":
+def learning_curves_figure(study: optuna.Study) -> go.Figure:
     """Validation loss by epoch of every trial, one color per state."""
     import plotly.graph_objects as go
 
@@ -133,13 +134,21 @@ def learning_curves_figure(study: "optuna.Study") -> "go.Figure":
         ys = [t.intermediate_values[s] for s in steps]
         values += [y for y in ys if math.isfinite(y)]
         state = t.state.name
-        fig.add_trace(go.Scatter(
-            x=steps, y=ys, mode="lines+markers", name=state.lower(), legendgroup=state,
-            showlegend=state not in shown, line={"color": STATE_COLORS.get(state, "#333")},
-            marker={"size": 4}, opacity=0.8,
-            hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
-                          "val loss %{y:.4f}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=ys,
+                mode="lines+markers",
+                name=state.lower(),
+                legendgroup=state,
+                showlegend=state not in shown,
+                line={"color": STATE_COLORS.get(state, "#333")},
+                marker={"size": 4},
+                opacity=0.8,
+                hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
+                "val loss %{y:.4f}<extra></extra>",
+            )
+        )
         shown.add(state)
     if not fig.data:
         return placeholder_figure("no trial reported a validation loss yet")
@@ -151,7 +160,7 @@ def learning_curves_figure(study: "optuna.Study") -> "go.Figure":
     return fig
 
 
-def parallel_figure(study: "optuna.Study") -> "go.Figure":
+def parallel_figure(study: optuna.Study) -> go.Figure:
     """Parallel coordinates of the complete trials' params and loss."""
     import optuna.visualization as vis
 
@@ -160,22 +169,22 @@ def parallel_figure(study: "optuna.Study") -> "go.Figure":
     return vis.plot_parallel_coordinate(study, target=_val_loss(study), target_name="val loss")
 
 
-def importances_figure(study: "optuna.Study") -> "go.Figure":
+def importances_figure(study: optuna.Study) -> go.Figure:
     """Hyperparameter importances (Optuna's default evaluator); needs 2+ complete trials."""
     import optuna.visualization as vis
 
     n = len(_complete(study))
     if n < 2:
-        return placeholder_figure(f"importances need at least 2 complete trials; this study "
-                                  f"has {n}")
+        return placeholder_figure(
+            f"importances need at least 2 complete trials; this study has {n}"
+        )
     try:
-        return vis.plot_param_importances(study, target=_val_loss(study),
-                                          target_name="val loss")
+        return vis.plot_param_importances(study, target=_val_loss(study), target_name="val loss")
     except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
         return placeholder_figure(f"importances could not be computed: {e}")
 
 
-def slice_figure(study: "optuna.Study") -> "go.Figure":
+def slice_figure(study: optuna.Study) -> go.Figure:
     """Loss against each param, one panel per param."""
     import optuna.visualization as vis
 
@@ -186,7 +195,7 @@ def slice_figure(study: "optuna.Study") -> "go.Figure":
     return fig
 
 
-def timeline_figure(study: "optuna.Study") -> "go.Figure":
+def timeline_figure(study: optuna.Study) -> go.Figure:
     """One row per worker: when each of its trials ran, colored by state."""
     import plotly.graph_objects as go
 
@@ -203,23 +212,28 @@ def timeline_figure(study: "optuna.Study") -> "go.Figure":
         if not ts:
             continue
         ends = [t.datetime_complete or now for t in ts]
-        fig.add_trace(go.Bar(
-            orientation="h", name=state.lower(), marker={"color": color},
-            y=[str(t.user_attrs.get("worker", "unknown")) for t in ts],
-            base=[t.datetime_start.isoformat() for t in ts],
-            x=[(e - t.datetime_start).total_seconds() * 1000 for t, e in zip(ts, ends)],
-            customdata=[[t.number, (e - t.datetime_start).total_seconds()]
-                        for t, e in zip(ts, ends)],
-            hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f} s<extra>"
-                          f"{state.lower()}</extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                orientation="h",
+                name=state.lower(),
+                marker={"color": color},
+                y=[str(t.user_attrs.get("worker", "unknown")) for t in ts],
+                base=[t.datetime_start.isoformat() for t in ts],
+                x=[(e - t.datetime_start).total_seconds() * 1000 for t, e in zip(ts, ends)],
+                customdata=[
+                    [t.number, (e - t.datetime_start).total_seconds()] for t, e in zip(ts, ends)
+                ],
+                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f} s<extra>"
+                f"{state.lower()}</extra>",
+            )
+        )
     fig.update_xaxes(type="date", title_text="time")
     fig.update_yaxes(title_text="worker", categoryorder="category descending")
     fig.update_layout(barmode="overlay", height=max(250, 60 * len(rows) + 150))
     return fig
 
 
-def savings_figure(s: dict[str, Any]) -> "go.Figure":
+def savings_figure(s: dict[str, Any]) -> go.Figure:
     """Epochs and device-hours run vs. training every finished trial to its planned epochs.
 
     Args:
@@ -233,21 +247,41 @@ def savings_figure(s: dict[str, Any]) -> "go.Figure":
     fig = make_subplots(rows=1, cols=2, subplot_titles=("epochs", "device-hours"))
     labels = ["run", "planned"]
     colors = ["#2ca02c", "#c7c7c7"]
-    fig.add_trace(go.Bar(x=labels, y=[s["epochs_run"], s["epochs_planned"]],
-                         marker={"color": colors}, showlegend=False,
-                         text=[f"{s['epochs_run']:g}", f"{s['epochs_planned']:g}"]), 1, 1)
-    fig.add_trace(go.Bar(x=labels, y=[s["device_hours_run"], s["device_hours_planned"]],
-                         marker={"color": colors}, showlegend=False,
-                         text=[f"{s['device_hours_run']:.3g}",
-                               f"{s['device_hours_planned']:.3g}"]), 1, 2)
-    fig.add_annotation(text=f"{s['saved_fraction']:.0%} of device-hours saved over "
-                            f"{s['trials']} finished trials", showarrow=False,
-                       xref="paper", yref="paper", x=0.5, y=-0.18)
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=[s["epochs_run"], s["epochs_planned"]],
+            marker={"color": colors},
+            showlegend=False,
+            text=[f"{s['epochs_run']:g}", f"{s['epochs_planned']:g}"],
+        ),
+        1,
+        1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=[s["device_hours_run"], s["device_hours_planned"]],
+            marker={"color": colors},
+            showlegend=False,
+            text=[f"{s['device_hours_run']:.3g}", f"{s['device_hours_planned']:.3g}"],
+        ),
+        1,
+        2,
+    )
+    fig.add_annotation(
+        text=f"{s['saved_fraction']:.0%} of device-hours saved over {s['trials']} finished trials",
+        showarrow=False,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=-0.18,
+    )
     fig.update_layout(height=400, margin={"b": 90})
     return fig
 
 
-def anytime_figure(curve: dict[str, list[float]]) -> "go.Figure":
+def anytime_figure(curve: dict[str, list[float]]) -> go.Figure:
     """The best value so far against wall time and against epochs trained, a step each time
     a trial finishes (the anytime curve: how soon a good value was there).
 
@@ -259,14 +293,30 @@ def anytime_figure(curve: dict[str, list[float]]) -> "go.Figure":
 
     if not curve["best"]:
         return placeholder_figure("no complete trial yet")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "by wall time since the first trial started", "by epochs trained (all trials)"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "by wall time since the first trial started",
+            "by epochs trained (all trials)",
+        ),
+    )
     for col, (x, unit) in enumerate(((curve["seconds"], "s"), (curve["epochs"], "epochs")), 1):
-        fig.add_trace(go.Scatter(
-            x=x, y=curve["best"], mode="lines+markers", line={"shape": "hv"},
-            name=f"best by {unit}", showlegend=False, customdata=curve["trial"],
-            hovertemplate=f"%{{x:.4g}} {unit}<br>best %{{y:.4f}}<br>"
-                          "after trial %{customdata}<extra></extra>"), 1, col)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=curve["best"],
+                mode="lines+markers",
+                line={"shape": "hv"},
+                name=f"best by {unit}",
+                showlegend=False,
+                customdata=curve["trial"],
+                hovertemplate=f"%{{x:.4g}} {unit}<br>best %{{y:.4f}}<br>"
+                "after trial %{customdata}<extra></extra>",
+            ),
+            1,
+            col,
+        )
     fig.update_xaxes(title_text="seconds", row=1, col=1)
     fig.update_xaxes(title_text="epochs", row=1, col=2)
     fig.update_yaxes(title_text="best value so far", row=1, col=1)
@@ -274,7 +324,7 @@ def anytime_figure(curve: dict[str, list[float]]) -> "go.Figure":
     return fig
 
 
-def comparison_figure(progress: dict[str, dict[str, list[float]]]) -> "go.Figure":
+def comparison_figure(progress: dict[str, dict[str, list[float]]]) -> go.Figure:
     """Best loss so far of each study, by finished trial and by device-hours spent.
 
     Args:
@@ -284,14 +334,23 @@ def comparison_figure(progress: dict[str, dict[str, list[float]]]) -> "go.Figure
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("by finished trial",
-                                                        "by device-hours run"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by finished trial", "by device-hours run"))
     for i, (name, p) in enumerate(progress.items()):
         color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"][i % 4]
         for col, x in ((1, p["trials"]), (2, p["device_hours"])):
-            fig.add_trace(go.Scatter(x=x, y=p["best"], mode="lines", name=name,
-                                     line={"shape": "hv", "color": color}, legendgroup=name,
-                                     showlegend=col == 1), 1, col)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=p["best"],
+                    mode="lines",
+                    name=name,
+                    line={"shape": "hv", "color": color},
+                    legendgroup=name,
+                    showlegend=col == 1,
+                ),
+                1,
+                col,
+            )
     fig.update_yaxes(title_text="best validation loss so far", row=1, col=1)
     fig.update_layout(title={"text": FIGURE_TITLES["comparison"]})
     return fig

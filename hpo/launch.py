@@ -20,8 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from hpo.errors import HpoError
 from hpo.worker import describe_exit
@@ -60,11 +61,15 @@ class WorkerOptions:
     """``--max-trials-per-process``: trials after which the process exits to be restarted."""
 
     @classmethod
-    def from_args(cls, args: Any, **given: Any) -> "WorkerOptions":
+    def from_args(cls, args: Any, **given: Any) -> WorkerOptions:
         """The options from parsed flags (an ``argparse.Namespace``); ``given`` wins over them,
         e.g. ``study=`` where the command names a spec, not a study."""
-        return cls(**{f.name: given[f.name] if f.name in given else getattr(args, f.name, None)
-                      for f in fields(cls)})
+        return cls(
+            **{
+                f.name: given[f.name] if f.name in given else getattr(args, f.name, None)
+                for f in fields(cls)
+            }
+        )
 
     def to_argv(self) -> list[str]:
         """The ``hpo worker`` arguments: ``[STUDY, --flag, value, ...]`` for the set options."""
@@ -115,17 +120,21 @@ def parse_gpus(text: str | None) -> list[str] | None:
     if text == "all":
         gpus = visible_gpus()
         if not gpus:
-            raise HpoError("--gpus all: no GPU is visible on this machine (nvidia-smi finds "
-                           "none); use --workers N for CPU workers")
+            raise HpoError(
+                "--gpus all: no GPU is visible on this machine (nvidia-smi finds "
+                "none); use --workers N for CPU workers"
+            )
         return gpus
     items = [t.strip() for t in text.split(",")]
     for item in items:
         if not re.fullmatch(r"\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+", item):
-            raise HpoError(f"--gpus: {item!r} is not a GPU index or UUID; expected e.g. 0,1,2 "
-                           "or all")
+            raise HpoError(
+                f"--gpus: {item!r} is not a GPU index or UUID; expected e.g. 0,1,2 or all"
+            )
     if len(set(items)) != len(items):
-        raise HpoError(f"--gpus: {text!r} names a GPU twice; use --per-gpu K for several "
-                       "workers on one GPU")
+        raise HpoError(
+            f"--gpus: {text!r} names a GPU twice; use --per-gpu K for several workers on one GPU"
+        )
     return items
 
 
@@ -136,8 +145,12 @@ def visible_gpus() -> list[str]:
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     if out.returncode != 0:
@@ -145,8 +158,13 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | None = None,
-                 cpus: int | None = None, devices_per_trial: int = 1) -> list[Slot]:
+def assign_slots(
+    gpus: Sequence[str] | None,
+    per_gpu: int = 1,
+    workers: int | None = None,
+    cpus: int | None = None,
+    devices_per_trial: int = 1,
+) -> list[Slot]:
     """Which worker gets which GPU(s).
 
     Args:
@@ -172,12 +190,16 @@ def assign_slots(gpus: Sequence[str] | None, per_gpu: int = 1, workers: int | No
     n = devices_per_trial
     if gpus and n > 1:
         if per_gpu > 1:
-            raise HpoError(f"--per-gpu {per_gpu}: each trial has {n} GPUs to itself "
-                           f"(resources.devices_per_trial: {n}); use --per-gpu 1")
+            raise HpoError(
+                f"--per-gpu {per_gpu}: each trial has {n} GPUs to itself "
+                f"(resources.devices_per_trial: {n}); use --per-gpu 1"
+            )
         if len(gpus) < n:
-            raise HpoError(f"--gpus: {len(gpus)} GPU(s) cannot hold a trial on {n} "
-                           f"(resources.devices_per_trial: {n}); give at least {n}")
-        return [Slot(i, ",".join(gpus[i * n:(i + 1) * n])) for i in range(len(gpus) // n)]
+            raise HpoError(
+                f"--gpus: {len(gpus)} GPU(s) cannot hold a trial on {n} "
+                f"(resources.devices_per_trial: {n}); give at least {n}"
+            )
+        return [Slot(i, ",".join(gpus[i * n : (i + 1) * n])) for i in range(len(gpus) // n)]
     if gpus:
         return [Slot(i, gpus[i % len(gpus)]) for i in range(len(gpus) * per_gpu)]
     count = workers if workers is not None else 1
@@ -221,12 +243,18 @@ class Supervisor:
             it is restarted: the launcher fails and re-queues the trial it was running.
     """
 
-    def __init__(self, worker_args: list[str], slots: list[Slot], *,
-                 env: dict[str, str] | None = None,
-                 say: Callable[[str], None] = print,
-                 status: Callable[[], str] | None = None, status_every: float = 30.0,
-                 on_exit: Callable[[Slot, int, int], None] | None = None,
-                 max_restarts: int = MAX_RESTARTS) -> None:
+    def __init__(
+        self,
+        worker_args: list[str],
+        slots: list[Slot],
+        *,
+        env: dict[str, str] | None = None,
+        say: Callable[[str], None] = print,
+        status: Callable[[], str] | None = None,
+        status_every: float = 30.0,
+        on_exit: Callable[[Slot, int, int], None] | None = None,
+        max_restarts: int = MAX_RESTARTS,
+    ) -> None:
         self.worker_args = worker_args
         self.children = [_Child(slot) for slot in slots]
         self.env = dict(env or {})
@@ -281,8 +309,9 @@ class Supervisor:
             try:
                 self.on_exit(child.slot, pid, code)
             except Exception as e:  # its trial then goes stale and is retried all the same
-                self.say(f"[{child.slot.label}] could not re-queue its trial: "
-                         f"{type(e).__name__}: {e}")
+                self.say(
+                    f"[{child.slot.label}] could not re-queue its trial: {type(e).__name__}: {e}"
+                )
         if code == 0 or self._stopping:
             child.done = True
         elif code == EXIT_RECYCLE:
@@ -293,26 +322,35 @@ class Supervisor:
             self.say(f"[{child.slot.label}] worker gave up; not restarting it")
             child.done = True
         elif child.restarts >= self.max_restarts:
-            self.say(f"[{child.slot.label}] worker died (exit {code}) {child.restarts + 1} "
-                     "times; giving the slot up")
+            self.say(
+                f"[{child.slot.label}] worker died (exit {code}) {child.restarts + 1} "
+                "times; giving the slot up"
+            )
             child.done = True
         else:
-            delay = min(60.0, 2.0 ** child.restarts)
+            delay = min(60.0, 2.0**child.restarts)
             child.restarts += 1
-            self.say(f"[{child.slot.label}] worker died (exit {describe_exit(code)}); restart "
-                     f"{child.restarts}/{self.max_restarts} in {delay:.0f}s")
+            self.say(
+                f"[{child.slot.label}] worker died (exit {describe_exit(code)}); restart "
+                f"{child.restarts}/{self.max_restarts} in {delay:.0f}s"
+            )
             child.next_start = now + delay
 
     def _start(self, child: _Child) -> None:
         cmd = [sys.executable, "-m", "hpo", "worker", *self.worker_args]
         child.proc = subprocess.Popen(
-            cmd, env=child.slot.env({**os.environ, **self.env}), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
+            cmd,
+            env=child.slot.env({**os.environ, **self.env}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
             start_new_session=True,  # signals reach a child only through the supervisor
             preexec_fn=_die_with_parent(os.getpid()),
         )
-        threading.Thread(target=self._pump, args=(child.slot.label, child.proc), daemon=True
-                         ).start()
+        threading.Thread(
+            target=self._pump, args=(child.slot.label, child.proc), daemon=True
+        ).start()
 
     def _pump(self, label: str, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
@@ -327,8 +365,10 @@ class Supervisor:
                     child.proc.kill()
             return
         self._stopping = True
-        self.say(f"hpo: {signal.Signals(signum).name}: asking the workers to checkpoint and "
-                 f"re-queue their trials (up to {STOP_GRACE:.0f}s; again to kill them)")
+        self.say(
+            f"hpo: {signal.Signals(signum).name}: asking the workers to checkpoint and "
+            f"re-queue their trials (up to {STOP_GRACE:.0f}s; again to kill them)"
+        )
         procs = [c.proc for c in self.children if c.proc is not None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -373,4 +413,3 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
             os._exit(EXIT_PREEMPTED)
 
     return arm
-

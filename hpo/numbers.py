@@ -16,7 +16,8 @@ anytime curve counts each attempt's own part.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from hpo.records import best_or_none, state_counts, val_loss
 from hpo.summary import pareto_records
@@ -26,8 +27,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-
-def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
+def trial_cost(trial: FrozenTrial) -> dict[str, float]:
     """What a finished trial ran and what running it to its planned epochs would have cost.
 
     Reads the user attrs ``epochs_run``, ``epochs_planned`` and ``train_seconds``; where they
@@ -41,8 +41,9 @@ def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
     """
     attrs = trial.user_attrs
     steps = trial.intermediate_values
-    epochs_run = float(attrs.get("epochs_trained",
-                                 attrs.get("epochs_run", math.ceil(max(steps)) if steps else 0)))
+    epochs_run = float(
+        attrs.get("epochs_trained", attrs.get("epochs_run", math.ceil(max(steps)) if steps else 0))
+    )
     epochs_planned = float(attrs.get("epochs_planned", trial.params.get("epochs", epochs_run)))
     epochs_planned = max(epochs_planned, epochs_run)
     seconds = attrs.get("train_seconds")
@@ -51,11 +52,15 @@ def trial_cost(trial: "FrozenTrial") -> dict[str, float]:
         seconds = (end - start).total_seconds() if start and end else 0.0
     seconds = float(seconds) * max(1, int(attrs.get("world_size", 1)))
     planned = seconds * epochs_planned / epochs_run if epochs_run > 0 else seconds
-    return {"epochs_run": epochs_run, "epochs_planned": epochs_planned,
-            "seconds_run": seconds, "seconds_planned": planned}
+    return {
+        "epochs_run": epochs_run,
+        "epochs_planned": epochs_planned,
+        "seconds_run": seconds,
+        "seconds_planned": planned,
+    }
 
 
-def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
+def savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     """Epochs and device-hours the finished trials ran vs. running each to its planned epochs.
 
     Args:
@@ -66,8 +71,7 @@ def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
         ``device_hours_run``, ``device_hours_planned``, ``saved_fraction`` (of device-hours)
         and ``epochs_saved_by_pruning`` / ``epochs_saved_by_early_stopping``.
     """
-    total = {"epochs_run": 0.0, "epochs_planned": 0.0, "seconds_run": 0.0,
-             "seconds_planned": 0.0}
+    total = {"epochs_run": 0.0, "epochs_planned": 0.0, "seconds_run": 0.0, "seconds_planned": 0.0}
     by_pruning = by_stopping = 0.0
     counted = 0
     for t, cost in _configurations(trials):
@@ -92,7 +96,7 @@ def savings(trials: "Sequence[FrozenTrial]") -> dict[str, Any]:
     }
 
 
-def _chain(trial: "FrozenTrial") -> int | None:
+def _chain(trial: FrozenTrial) -> int | None:
     """The configuration of a trial that paused or resumed a paused one, else None."""
     from hpo.promotion import configuration
     from hpo.records import is_continuation, was_paused
@@ -100,7 +104,7 @@ def _chain(trial: "FrozenTrial") -> int | None:
     return configuration(trial) if was_paused(trial) or is_continuation(trial) else None
 
 
-def _configurations(trials: "Sequence[FrozenTrial]") -> "list[tuple[FrozenTrial, dict]]":
+def _configurations(trials: Sequence[FrozenTrial]) -> list[tuple[FrozenTrial, dict]]:
     """The finished (complete, pruned) trials with their ``trial_cost``, a paused and
     resumed configuration once: its last finished attempt, whose attrs hold all of it."""
     last: dict[Any, tuple[FrozenTrial, dict]] = {}
@@ -111,7 +115,7 @@ def _configurations(trials: "Sequence[FrozenTrial]") -> "list[tuple[FrozenTrial,
     return list(last.values())
 
 
-def study_numbers(study: "optuna.Study") -> dict[str, Any]:
+def study_numbers(study: optuna.Study) -> dict[str, Any]:
     """The numbers a report shows: counts by state, the best trial, why trials stopped, savings.
 
     Returns:
@@ -131,23 +135,34 @@ def study_numbers(study: "optuna.Study") -> dict[str, Any]:
             reason = str(t.user_attrs.get(key, "unknown"))
             reasons[t.state.name][reason] = reasons[t.state.name].get(reason, 0) + 1
     best_trial = best_or_none(study)
-    best = None if best_trial is None else {
-        "number": best_trial.number,
-        "value": val_loss(best_trial),
-        "params": dict(best_trial.params),
-        "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
-        "device": best_trial.user_attrs.get("device"),
-        "world_size": best_trial.user_attrs.get("world_size", 1),
+    best = (
+        None
+        if best_trial is None
+        else {
+            "number": best_trial.number,
+            "value": val_loss(best_trial),
+            "params": dict(best_trial.params),
+            "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
+            "device": best_trial.user_attrs.get("device"),
+            "world_size": best_trial.user_attrs.get("world_size", 1),
+        }
+    )
+    numbers = {
+        "study": study.study_name,
+        "counts": counts,
+        "best": best,
+        "reasons": reasons,
+        "savings": savings(trials),
+        "anytime": anytime(study),
     }
-    numbers = {"study": study.study_name, "counts": counts, "best": best, "reasons": reasons,
-               "savings": savings(trials), "anytime": anytime(study)}
     if len(study.directions) > 1:
-        numbers["pareto"] = [{k: r[k] for k in ("number", "objectives", "params")}
-                             for r in pareto_records(study)]
+        numbers["pareto"] = [
+            {k: r[k] for k in ("number", "objectives", "params")} for r in pareto_records(study)
+        ]
     return numbers
 
 
-def progress(study: "optuna.Study") -> dict[str, list[float]]:
+def progress(study: optuna.Study) -> dict[str, list[float]]:
     """The best loss so far after each finished trial, and the device-hours spent by then.
 
     Returns:
@@ -170,18 +185,21 @@ def progress(study: "optuna.Study") -> dict[str, list[float]]:
     return out
 
 
-def anytime(study: "optuna.Study") -> dict[str, list[float]]:
+def anytime(study: optuna.Study) -> dict[str, list[float]]:
     """The best value so far against wall time and against epochs trained (the anytime curve).
 
-    One point per finished (complete or pruned) trial, in the order they finished, from the
-    first complete one on: ``seconds`` since the study's first trial started, ``epochs`` the
-    finished trials had trained by then (``trial_cost``'s ``epochs_run``), ``best`` value of
-    the complete trials by then (the study's direction; with several objectives, the lowest
-validation loss), and ``trial`` (its number).
+        One point per finished (complete or pruned) trial, in the order they finished, from the
+        first complete one on: ``seconds`` since the study's first trial started, ``epochs`` the
+        finished trials had trained by then (``trial_cost``'s ``epochs_run``), ``best`` value of
+        the complete trials by then (the study's direction; with several objectives, the lowest
+    validation loss), and ``trial`` (its number).
     """
     out: dict[str, list[float]] = {"seconds": [], "epochs": [], "best": [], "trial": []}
-    trials = [t for t in study.get_trials(deepcopy=False)
-              if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None]
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None
+    ]
     starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
     if not starts:
         return out

@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("hpo")
 
@@ -46,6 +47,7 @@ def retrying(method: Callable[..., Any]) -> Callable[..., Any]:
             return with_outage_retry(lambda: method(self, *args, **kwargs))
         finally:
             _inside.depth = 0
+
     return call
 
 
@@ -66,8 +68,7 @@ def with_outage_retry(call: Callable[[], Any], seconds: float | None = None) -> 
                 deadline = now + (outage_seconds() if seconds is None else seconds)
             if now >= deadline:
                 raise
-            log.warning("database unavailable (%s); retrying in %.1fs", first_line(cause),
-                        delay)
+            log.warning("database unavailable (%s); retrying in %.1fs", first_line(cause), delay)
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, 5.0)
 

@@ -7,9 +7,9 @@ files the spec names for the model (a local model directory or ``pkg:`` package,
 file). This adds what the job reads first: the data (an image folder, a torchvision dataset's
 root, a CSV or JSON-lines file with its val and test files and their columns, a local Hugging
 Face dataset and its splits, a named test split), ``class_weights`` against the data's
-classes, and, for a text task with a local model directory, its tokenizer. Each check is the job's own loading code, run once
-here with a throwaway cache. A Hugging Face hub name (model or dataset) is left to the workers:
-offline it cannot be resolved here.
+classes, and, for a text task with a local model directory, its tokenizer. Each check is the
+job's own loading code, run once here with a throwaway cache. A Hugging Face hub name (model
+or dataset) is left to the workers: offline it cannot be resolved here.
 
 ``--no-preflight`` skips all of it (and ``load_spec``'s file checks) where the data lives only
 on the workers. torch, torchvision and transformers are imported only when a check needs them.
@@ -18,8 +18,9 @@ on the workers. torch, torchvision and transformers are imported only when a che
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from hpo.errors import SpecError
 from hpo.spec import Spec, resolve_model
@@ -77,8 +78,12 @@ def check_machine(spec: Spec, source: str) -> None:
         from hpo.job.loss import class_weights
 
         # The list's length and the mapping's names against the data's classes.
-        _load(lambda: class_weights(task.class_weights, *classes), "class_weights",
-              ("class_weights: ",), fail)
+        _load(
+            lambda: class_weights(task.class_weights, *classes),
+            "class_weights",
+            ("class_weights: ",),
+            fail,
+        )
 
 
 def _check_images(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> Any:
@@ -123,8 +128,7 @@ def _check_texts(task: Any, source_file: str, fail: Callable[[str, str], NoRetur
             return "dataset.val"
         return default
 
-    source = _load(lambda: load_texts(dataset, cache), f"dataset.{kind}", prefixes, fail,
-                   key_of)
+    source = _load(lambda: load_texts(dataset, cache), f"dataset.{kind}", prefixes, fail, key_of)
     unused = unused_val_fraction(task, source)
     if unused:
         log.warning("%s: %s", source_file, unused)
@@ -149,9 +153,13 @@ def _check_tokenizer(model: str, fail: Callable[[str, str], NoReturn]) -> None:
     _load(lambda: load_tokenizer(model, {}), "model", (), fail)
 
 
-def _load(load: Callable[[], Any], key: str, prefixes: tuple[str, ...],
-          fail: Callable[[str, str], NoReturn],
-          key_of: Callable[[str, str], str] | None = None) -> Any:
+def _load(
+    load: Callable[[], Any],
+    key: str,
+    prefixes: tuple[str, ...],
+    fail: Callable[[str, str], NoReturn],
+    key_of: Callable[[str, str], str] | None = None,
+) -> Any:
     """``load()``, its error turned into ``fail(key, message)``.
 
     The job's errors say which part they are about (``image_folder: ...``); the key path says
@@ -169,7 +177,7 @@ def _load(load: Callable[[], Any], key: str, prefixes: tuple[str, ...],
         message = f"cannot load it: {type(e).__name__}: {first}"
     for prefix in prefixes:
         if message.startswith(prefix):
-            message = message[len(prefix):]
+            message = message[len(prefix) :]
     fail(key_of(message, key) if key_of else key, message)
 
 

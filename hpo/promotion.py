@@ -32,8 +32,14 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import (
-    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PAUSED_AT_ATTR, PROMOTED_ATTR, PRUNE_REASON_ATTR,
-    RESUMED_FROM_ATTR, is_continuation, is_paused,
+    CHECKPOINT_ATTR,
+    FAIL_REASON_ATTR,
+    PAUSED_AT_ATTR,
+    PROMOTED_ATTR,
+    PRUNE_REASON_ATTR,
+    RESUMED_FROM_ATTR,
+    is_continuation,
+    is_paused,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +52,7 @@ _NOT_COPIED = (PRUNE_REASON_ATTR, FAIL_REASON_ATTR, PROMOTED_ATTR, "pruned_at_st
 """The paused trial's user attrs its continuation does not inherit: they describe its end."""
 
 
-def configuration(trial: "FrozenTrial") -> int:
+def configuration(trial: FrozenTrial) -> int:
     """The number of the configuration's first trial: a continuation's ``resumed_from``, a
     retry's first failed attempt, else the trial's own number."""
     if RESUMED_FROM_ATTR in trial.user_attrs:
@@ -55,7 +61,7 @@ def configuration(trial: "FrozenTrial") -> int:
     return int(history[0]) if history else trial.number
 
 
-def rung_values(trials: "list[FrozenTrial]", step: int) -> dict[int, float]:
+def rung_values(trials: list[FrozenTrial], step: int) -> dict[int, float]:
     """Each configuration's validation loss at ``step``, from the trials that ran it (a
     queued continuation holds only copies of its configuration's values)."""
     from optuna.trial import TrialState
@@ -79,8 +85,9 @@ def in_top(values: dict[int, float], config: int, eta: int, maximize: bool = Fal
     return ranked.index(config) < len(values) // eta
 
 
-def make_promotion_pruner(min_resource: float, reduction_factor: int, evals_per_epoch: int,
-                          max_epochs: int) -> "optuna.pruners.BasePruner":
+def make_promotion_pruner(
+    min_resource: float, reduction_factor: int, evals_per_epoch: int, max_epochs: int
+) -> optuna.pruners.BasePruner:
     """The ``promotion`` pruner (an Optuna pruner: it says when to pause)."""
     import optuna
 
@@ -95,11 +102,10 @@ def make_promotion_pruner(min_resource: float, reduction_factor: int, evals_per_
             self.min_resource = min_resource
             self.reduction_factor = reduction_factor
             self.evals_per_epoch = evals_per_epoch
-            self.rungs = rung_steps(min_resource, reduction_factor, evals_per_epoch,
-                                    max_epochs)
+            self.rungs = rung_steps(min_resource, reduction_factor, evals_per_epoch, max_epochs)
             self.paused: dict[int, int] = {}
 
-        def prune(self, study: "optuna.Study", trial: "FrozenTrial") -> bool:
+        def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
             step = trial.last_step
             if step is None or step not in self.rungs:
                 return False
@@ -114,8 +120,9 @@ def make_promotion_pruner(min_resource: float, reduction_factor: int, evals_per_
     return PromotionPruner()
 
 
-def rung_steps(min_resource: float, reduction_factor: int, evals_per_epoch: int,
-               max_epochs: int) -> frozenset[int]:
+def rung_steps(
+    min_resource: float, reduction_factor: int, evals_per_epoch: int, max_epochs: int
+) -> frozenset[int]:
     """The report steps of the rungs: the evaluations at ``min_resource * reduction_factor
     ** k`` epochs, below ``max_epochs`` (a trial's last evaluation is never a pause).
     ``min_resource`` may be a fraction of an epoch on the ``evals_per_epoch`` grid (the spec
@@ -132,7 +139,7 @@ def is_promotion(pruner: Any) -> bool:
     return hasattr(pruner, "paused") and hasattr(pruner, "rungs")
 
 
-def pause(study: "optuna.Study", trial: "FrozenTrial", step: int) -> "FrozenTrial":
+def pause(study: optuna.Study, trial: FrozenTrial, step: int) -> FrozenTrial:
     """Queue the pruned ``trial``'s configuration as a paused continuation (see the module
     docstring): same params, intermediate values and user attrs, ``resumed_from`` and
     ``paused_at`` added. Returns what was queued."""
@@ -142,17 +149,23 @@ def pause(study: "optuna.Study", trial: "FrozenTrial", step: int) -> "FrozenTria
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in _NOT_COPIED}
     attrs.update({RESUMED_FROM_ATTR: configuration(trial), PAUSED_AT_ATTR: step})
     queued = optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs=attrs, intermediate_values=dict(trial.intermediate_values))
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=attrs,
+        intermediate_values=dict(trial.intermediate_values),
+    )
     study.add_trial(queued)
     if not trial.user_attrs.get(CHECKPOINT_ATTR):
-        log.warning("trial %d paused without a checkpoint: its promotion starts it afresh",
-                    trial.number)
+        log.warning(
+            "trial %d paused without a checkpoint: its promotion starts it afresh", trial.number
+        )
     return queued
 
 
-def promotable(study: "optuna.Study", pruner: Any, trials: "list[FrozenTrial]",
-               finishing: bool = False) -> "list[FrozenTrial]":
+def promotable(
+    study: optuna.Study, pruner: Any, trials: list[FrozenTrial], finishing: bool = False
+) -> list[FrozenTrial]:
     """The continuations to run next, outside the budget (``trials``: the study as read a
     moment ago): first those promoted already and queued again (re-queued by SIGTERM, or the
     retry of one whose worker died), then the paused trials that now rank in the top of their
@@ -166,8 +179,11 @@ def promotable(study: "optuna.Study", pruner: Any, trials: "list[FrozenTrial]",
     import optuna
     from optuna.trial import TrialState
 
-    again = [t for t in trials if t.state == TrialState.WAITING and is_continuation(t)
-             and not is_paused(t)]
+    again = [
+        t
+        for t in trials
+        if t.state == TrialState.WAITING and is_continuation(t) and not is_paused(t)
+    ]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ready = []
     for t in trials:
@@ -175,8 +191,11 @@ def promotable(study: "optuna.Study", pruner: Any, trials: "list[FrozenTrial]",
             continue
         step = int(t.user_attrs[PAUSED_AT_ATTR])
         values = rung_values(trials, step)
-        eta = min(pruner.reduction_factor, max(1, len(values))) if finishing \
+        eta = (
+            min(pruner.reduction_factor, max(1, len(values)))
+            if finishing
             else pruner.reduction_factor
+        )
         if in_top(values, configuration(t), eta, maximize):
             sign = -1.0 if maximize else 1.0
             ready.append((-step, sign * values[configuration(t)], t.number, t))
@@ -187,8 +206,9 @@ def promotable(study: "optuna.Study", pruner: Any, trials: "list[FrozenTrial]",
 # What the sampler learns from: each configuration once, judged where it stopped.
 
 
-def judged_order(configs: "dict[int, tuple[dict[int, float], float | None]]",
-                 maximize: bool = False) -> list[int]:
+def judged_order(
+    configs: dict[int, tuple[dict[int, float], float | None]], maximize: bool = False
+) -> list[int]:
     """The configurations best first, each judged at the depth it shares with the other.
 
     ``configs`` maps a configuration to its learning curve (report step -> validation loss)
@@ -204,8 +224,10 @@ def judged_order(configs: "dict[int, tuple[dict[int, float], float | None]]",
     from functools import cmp_to_key
 
     sign = -1.0 if maximize else 1.0
-    depth = {c: math.inf if final is not None else max(curve, default=0)
-             for c, (curve, final) in configs.items()}
+    depth = {
+        c: math.inf if final is not None else max(curve, default=0)
+        for c, (curve, final) in configs.items()
+    }
 
     def at(c: int, step: float) -> float:
         curve, final = configs[c]
@@ -223,8 +245,9 @@ def judged_order(configs: "dict[int, tuple[dict[int, float], float | None]]",
     return sorted(configs, key=cmp_to_key(compare))
 
 
-def configurations(trials: "list[FrozenTrial]") -> \
-        "dict[int, tuple[FrozenTrial, dict[int, float], float | None]]":
+def configurations(
+    trials: list[FrozenTrial],
+) -> dict[int, tuple[FrozenTrial, dict[int, float], float | None]]:
     """Each configuration that has paused, been pruned or completed once, by its number
     (``configuration``): its latest such attempt (its complete one, if it has one), the curve
     of all its attempts (a running continuation's too) and its final value (None while no
@@ -250,7 +273,7 @@ def configurations(trials: "list[FrozenTrial]") -> \
     return found
 
 
-def judged_trials(trials: "list[FrozenTrial]", maximize: bool = False) -> "list[FrozenTrial]":
+def judged_trials(trials: list[FrozenTrial], maximize: bool = False) -> list[FrozenTrial]:
     """``trials`` as the sampler should learn from them: each configuration that has paused,
     been pruned or completed once, as a COMPLETE copy of its latest such attempt whose value
     is its place in ``judged_order`` (0 the best; negated when maximizing), with the curve of
@@ -273,12 +296,16 @@ def judged_trials(trials: "list[FrozenTrial]", maximize: bool = False) -> "list[
         view.values = [-float(place) if maximize else float(place)]
         view.intermediate_values = configs[config][0]
         judged.append(view)
-    kept = [t for t in trials if t.state not in finished and not
-            (t.state == TrialState.RUNNING and configuration(t) in configs)]
+    kept = [
+        t
+        for t in trials
+        if t.state not in finished
+        and not (t.state == TrialState.RUNNING and configuration(t) in configs)
+    ]
     return sorted(judged + kept, key=lambda t: t.number)
 
 
-def judging_sampler(inner: "optuna.samplers.BaseSampler") -> "optuna.samplers.BaseSampler":
+def judging_sampler(inner: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
     """``inner`` (a TPE sampler) learning from ``judged_trials`` instead of the raw trials: a
     study with the ``promotion`` pruner gets it (``hpo.study.make_sampler``)."""
     import optuna
@@ -287,13 +314,13 @@ def judging_sampler(inner: "optuna.samplers.BaseSampler") -> "optuna.samplers.Ba
 
     cache: dict[tuple[str, int], list[FrozenTrial]] = {}
 
-    def judged(study: "optuna.Study", trial: "FrozenTrial") -> Any:
+    def judged(study: optuna.Study, trial: FrozenTrial) -> Any:
         """The study as ``inner`` sees it while sampling ``trial``: judged once per trial,
         not for each parameter (an independent TPE asks for the trials several times a
         parameter)."""
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
 
-        def trials_of(trials: "list[FrozenTrial]") -> "list[FrozenTrial]":
+        def trials_of(trials: list[FrozenTrial]) -> list[FrozenTrial]:
             key = (study.study_name, trial.number)
             if key not in cache:
                 cache.clear()

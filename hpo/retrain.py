@@ -23,8 +23,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
@@ -52,8 +53,9 @@ def default_out(study_name: str) -> Path:
     return Path("retrain") / safe_name(study_name)
 
 
-def retrain_epochs(trial: "FrozenTrial", params: dict[str, Any],
-                   epochs: int | None = None) -> tuple[int, str]:
+def retrain_epochs(
+    trial: FrozenTrial, params: dict[str, Any], epochs: int | None = None
+) -> tuple[int, str]:
     """How many epochs to retrain and why: ``epochs`` if given, else the trial's
     ``best_epoch``, else its ``epochs`` param."""
     if epochs is not None:
@@ -65,8 +67,8 @@ def retrain_epochs(trial: "FrozenTrial", params: dict[str, Any],
 
 
 def retrain(
-    study: "optuna.Study",
-    spec: "Spec",
+    study: optuna.Study,
+    spec: Spec,
     *,
     out: str | os.PathLike[str] | None = None,
     trial_number: int | None = None,
@@ -97,10 +99,12 @@ def retrain(
         RetrainFailed: the loss went NaN or diverged.
     """
     if spec.task.kind == "custom":
-        raise HpoError(f"study {study.study_name!r} runs a custom job "
-                       f"({spec.task.entrypoint}); hpo retrain needs the built-in fine-tuning "
-                       "job (image_classification or text_classification): retrain with your "
-                       "own code from the params of hpo best")
+        raise HpoError(
+            f"study {study.study_name!r} runs a custom job "
+            f"({spec.task.entrypoint}); hpo retrain needs the built-in fine-tuning "
+            "job (image_classification or text_classification): retrain with your "
+            "own code from the params of hpo best"
+        )
     trial = pick_trial(study, trial_number, "retrain")
     out = Path(out) if out is not None else default_out(study.study_name)
     if out.exists() and not out.is_dir():
@@ -126,9 +130,16 @@ def retrain(
     return record
 
 
-def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "FrozenTrial",
-                  epochs: int | None, storage_url: str | None, out: Path,
-                  say: Callable[[str], None] | None) -> dict[str, Any]:
+def _retrain_into(
+    work: Path,
+    study: optuna.Study,
+    spec: Spec,
+    trial: FrozenTrial,
+    epochs: int | None,
+    storage_url: str | None,
+    out: Path,
+    say: Callable[[str], None] | None,
+) -> dict[str, Any]:
     """Fit and test; write ``model.pt`` and ``retrain.json`` into ``work``."""
     import optuna
 
@@ -142,28 +153,38 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
     model = work / MODEL_FILE
     if say is not None:
         took = trial.user_attrs.get("train_seconds")
-        say(f"hpo: retraining trial #{trial.number} of {study.study_name} for "
+        say(
+            f"hpo: retraining trial #{trial.number} of {study.study_name} for "
             f"{params['epochs']} epoch(s) on its train + val examples"
-            + (f" (the trial took {took:.0f} s)" if isinstance(took, (int, float)) else ""))
+            + (f" (the trial took {took:.0f} s)" if isinstance(took, (int, float)) else "")
+        )
     job_trial = FixedTrial(number=trial.number)  # keeps the attrs the fit writes
     started = time.perf_counter()
     try:
-        run_on_devices(job_trial, spec.task, params,
-                       JobContext(checkpoint_path=model, final=True),
-                       spec.resources.devices_per_trial)
+        run_on_devices(
+            job_trial,
+            spec.task,
+            params,
+            JobContext(checkpoint_path=model, final=True),
+            spec.resources.devices_per_trial,
+        )
     except optuna.TrialPruned:
         attrs = job_trial.attrs
         raise RetrainFailed(
             f"the training loss went {attrs.get('prune_reason', 'bad')} at epoch "
             f"{attrs.get('epochs_run', '?')} of {params['epochs']}; retrain another trial "
-            "(--trial N) or fewer --epochs") from None
+            "(--trial N) or fewer --epochs"
+        ) from None
     seconds = time.perf_counter() - started
     attrs = job_trial.attrs
     url = resolve_url(storage_url)
     test = None
     if "test_loss" in attrs:
-        test = {"loss": attrs["test_loss"], "accuracy": attrs["test_accuracy"],
-                "examples": attrs["test_examples"]}
+        test = {
+            "loss": attrs["test_loss"],
+            "accuracy": attrs["test_accuracy"],
+            "examples": attrs["test_examples"],
+        }
         if "test_balanced_accuracy" in attrs:  # task.class_weights: the loss is weighted
             test["balanced_accuracy"] = attrs["test_balanced_accuracy"]
     record: dict[str, Any] = {
@@ -191,18 +212,24 @@ def _retrain_into(work: Path, study: "optuna.Study", spec: "Spec", trial: "Froze
         "device": attrs.get("device"),
         "world_size": attrs.get("world_size"),
         "peak_memory_mb": attrs.get("peak_memory_mb"),
-        "model": {"path": MODEL_FILE, "sha256": file_sha256(model),
-                  "bytes": model.stat().st_size,
-                  "format": ("torch.load(path)['model'] is the adapter's state (peft's "
-                             "get_peft_model_state_dict; 'adapter' its config)"
-                             if spec.task.adapter else
-                             "torch.load(path)['model'] is the model's state_dict")},
+        "model": {
+            "path": MODEL_FILE,
+            "sha256": file_sha256(model),
+            "bytes": model.stat().st_size,
+            "format": (
+                "torch.load(path)['model'] is the adapter's state (peft's "
+                "get_peft_model_state_dict; 'adapter' its config)"
+                if spec.task.adapter
+                else "torch.load(path)['model'] is the model's state_dict"
+            ),
+        },
         "seeds": {"task.seed": spec.task.seed},
         "study_hpo_version": study.user_attrs.get(VERSION_ATTR),
         **environment_record(spec.task),
     }
-    (work / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n",
-                                    encoding="utf-8")
+    (work / RECORD_FILE).write_text(
+        json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     return record
 
 
@@ -239,22 +266,26 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 def format_retrain(record: dict[str, Any]) -> str:
     """A few lines for the terminal: what was trained, test vs the trial's validation."""
     trial, test = record["trial"], record["test"]
-    why = {"best_epoch": "its best_epoch", "epochs": "its epochs",
-           "--epochs": "--epochs"}[record["epochs_from"]]
+    why = {"best_epoch": "its best_epoch", "epochs": "its epochs", "--epochs": "--epochs"}[
+        record["epochs_from"]
+    ]
     lines = [
         f"hpo: retrained trial #{trial['number']} of {record['study']} on "
         f"{record['train_examples']} train + val examples for {record['epochs']} epoch(s) "
         f"({why}) in {record['seconds']:.1f} s on {record['device']}",
     ]
     val_acc = trial["val_accuracy"]
-    val = f"loss {trial['val_loss']:.4f}" + (f", accuracy {val_acc:.4f}"
-                                             if val_acc is not None else "")
+    val = f"loss {trial['val_loss']:.4f}" + (
+        f", accuracy {val_acc:.4f}" if val_acc is not None else ""
+    )
     if test is None:
         lines.append(f"  no test split: {record['test_split']}")
         lines.append(f"  trial #{trial['number']} validation: {val}")
     else:
-        lines.append(f"  test:       loss {test['loss']:.4f}, accuracy {test['accuracy']:.4f} "
-                     f"on {test['examples']} examples ({record['test_split']})")
+        lines.append(
+            f"  test:       loss {test['loss']:.4f}, accuracy {test['accuracy']:.4f} "
+            f"on {test['examples']} examples ({record['test_split']})"
+        )
         lines.append(f"  validation: {val} (trial #{trial['number']}, before retraining)")
     lines.append(f"  {record['out']}/{MODEL_FILE} and {RECORD_FILE} written")
     return "\n".join(lines)

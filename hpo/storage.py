@@ -86,8 +86,9 @@ def _password(url: str) -> str | None:
         return None
 
 
-def open_storage(url: str | None = None, *, create: bool = True, outage: float = 0.0,
-                 pool: int | None = None) -> "optuna.storages.BaseStorage":
+def open_storage(
+    url: str | None = None, *, create: bool = True, outage: float = 0.0, pool: int | None = None
+) -> optuna.storages.BaseStorage:
     """Open the study storage.
 
     Args:
@@ -125,12 +126,16 @@ def open_storage(url: str | None = None, *, create: bool = True, outage: float =
     try:
         parsed = make_url(url)
     except Exception:
-        raise StorageError(f"malformed storage URL {shown!r}; expected e.g. sqlite:///hpo.db "
-                           "or postgresql+psycopg2://user@host/db") from None
+        raise StorageError(
+            f"malformed storage URL {shown!r}; expected e.g. sqlite:///hpo.db "
+            "or postgresql+psycopg2://user@host/db"
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in _DRIVERS:
-        raise StorageError(f"unsupported storage backend {backend!r} in {shown}; "
-                           "expected sqlite, postgresql, mysql, grpc or journal")
+        raise StorageError(
+            f"unsupported storage backend {backend!r} in {shown}; "
+            "expected sqlite, postgresql, mysql, grpc or journal"
+        )
     if backend != "sqlite" and parsed.drivername == backend:
         # Pin the drivers the project installs (SQLAlchemy's defaults may be missing).
         parsed = parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
@@ -149,7 +154,7 @@ def open_storage(url: str | None = None, *, create: bool = True, outage: float =
 
     # Workers starting together on a new database race to create its tables: the losers see
     # "already exists" / duplicate-key errors and simply try again.
-    def build() -> "optuna.storages.RDBStorage":
+    def build() -> optuna.storages.RDBStorage:
         with no_experimental_warnings():
             return storage_class()(
                 url,
@@ -179,12 +184,16 @@ def _prepare_sqlite(database: str | None, shown: str, create: bool) -> None:
     import sqlite3
 
     if not database or database == ":memory:":
-        raise StorageError(f"{shown}: an in-memory SQLite database cannot be shared by workers; "
-                           "give a file, e.g. sqlite:///hpo.db")
+        raise StorageError(
+            f"{shown}: an in-memory SQLite database cannot be shared by workers; "
+            "give a file, e.g. sqlite:///hpo.db"
+        )
     path = Path(database).expanduser()
     if not create and not path.is_file():
-        raise StorageError(f"no database at {path} ({shown}); run 'hpo create' or 'hpo run' "
-                           "first, or pass --storage")
+        raise StorageError(
+            f"no database at {path} ({shown}); run 'hpo create' or 'hpo run' "
+            "first, or pass --storage"
+        )
     if not path.parent.is_dir():
         raise StorageError(f"{shown}: directory {path.parent} does not exist")
     try:
@@ -197,8 +206,9 @@ def _prepare_sqlite(database: str | None, shown: str, create: bool) -> None:
         raise StorageError(f"cannot open SQLite database {path}: {e}") from None
 
 
-def _check_server(url: str, shown: str, engine_kwargs: dict[str, Any], create: bool,
-                  outage: float = 0.0) -> None:
+def _check_server(
+    url: str, shown: str, engine_kwargs: dict[str, Any], create: bool, outage: float = 0.0
+) -> None:
     """Connect once with a short timeout so an unreachable server gives one clear line (after
     ``outage`` seconds of trying, where it is given)."""
     import sqlalchemy
@@ -209,6 +219,7 @@ def _check_server(url: str, shown: str, engine_kwargs: dict[str, Any], create: b
         raise StorageError(f"{shown}: the database driver is not installed ({e})") from None
     except Exception as e:
         raise StorageError(f"malformed storage URL {shown}: {_first_line(e, url)}") from None
+
     def connect() -> None:
         with engine.connect() as con:
             if not create and not sqlalchemy.inspect(con).has_table("studies"):
@@ -227,8 +238,11 @@ def _first_line(e: BaseException, url: str) -> str:
     lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
     # psycopg2 puts the useful part on the last line ("Connection refused ..."), others first;
     # its lines are sentences without a full stop: end each so that they read apart.
-    text = " ".join(ln if ln[-1] in ".?!:;," else ln + "." for ln in lines[:3]) if lines \
+    text = (
+        " ".join(ln if ln[-1] in ".?!:;," else ln + "." for ln in lines[:3])
+        if lines
         else type(orig).__name__
+    )
     return redact(text, url)
 
 
@@ -242,8 +256,11 @@ PROXY_THREADS = 10
 
 
 def _heartbeat_options() -> dict[str, Any]:
-    return {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": retry_callback(MAX_RETRY)}
+    return {
+        "heartbeat_interval": HEARTBEAT_INTERVAL,
+        "grace_period": GRACE_PERIOD,
+        "heartbeat_stale_trial_callback": retry_callback(MAX_RETRY),
+    }
 
 
 def grpc_address(url: str) -> tuple[str, int]:
@@ -260,18 +277,21 @@ def grpc_address(url: str) -> tuple[str, int]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise StorageError(f"malformed proxy URL {shown}: {e}; expected grpc://HOST:PORT") \
-            from None
+        raise StorageError(f"malformed proxy URL {shown}: {e}; expected grpc://HOST:PORT") from None
     if parts.username or parts.password:
-        raise StorageError(f"{shown}: a grpc:// URL takes no user or password (the proxy holds "
-                           "the database's credentials); expected grpc://HOST:PORT")
+        raise StorageError(
+            f"{shown}: a grpc:// URL takes no user or password (the proxy holds "
+            "the database's credentials); expected grpc://HOST:PORT"
+        )
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise StorageError(f"malformed proxy URL {shown}; expected grpc://HOST:PORT, e.g. "
-                           f"grpc://db-proxy.internal:{GRPC_DEFAULT_PORT}")
+        raise StorageError(
+            f"malformed proxy URL {shown}; expected grpc://HOST:PORT, e.g. "
+            f"grpc://db-proxy.internal:{GRPC_DEFAULT_PORT}"
+        )
     return parts.hostname, port or GRPC_DEFAULT_PORT
 
 
-def _open_grpc(url: str, shown: str, outage: float) -> "optuna.storages.BaseStorage":
+def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStorage:
     """The client of an ``hpo storage-proxy``: waits for it up to ``CONNECT_TIMEOUT`` seconds
     (``outage``, where longer), and checks that it is hpo's (Optuna's own proxy lacks hpo's
     claims and heartbeats)."""
@@ -279,17 +299,19 @@ def _open_grpc(url: str, shown: str, outage: float) -> "optuna.storages.BaseStor
     try:
         grpc = import_grpc()
     except ImportError as e:
-        raise StorageError(f"{shown}: the gRPC client is not installed ({e}); pip install "
-                           "grpcio protobuf") from None
+        raise StorageError(
+            f"{shown}: the gRPC client is not installed ({e}); pip install grpcio protobuf"
+        ) from None
     if outage <= 0:  # a person waits: a refused connection is an answer at once
         import socket
 
         try:
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
         except OSError as e:
-            raise StorageError(f"cannot connect to the storage proxy {shown}: "
-                               f"{e.strerror or e}; is 'hpo storage-proxy' running there?") \
-                from None
+            raise StorageError(
+                f"cannot connect to the storage proxy {shown}: "
+                f"{e.strerror or e}; is 'hpo storage-proxy' running there?"
+            ) from None
     with no_experimental_warnings():
         storage = grpc_storage_class()(host=host, port=port, **_heartbeat_options())
     try:
@@ -297,15 +319,19 @@ def _open_grpc(url: str, shown: str, outage: float) -> "optuna.storages.BaseStor
         storage.hello()
     except ConnectionError:
         storage.close()
-        raise StorageError(f"cannot connect to the storage proxy {shown}: no answer within "
-                           f"{max(outage, CONNECT_TIMEOUT):g}s; is 'hpo storage-proxy' running "
-                           "there?") from None
+        raise StorageError(
+            f"cannot connect to the storage proxy {shown}: no answer within "
+            f"{max(outage, CONNECT_TIMEOUT):g}s; is 'hpo storage-proxy' running "
+            "there?"
+        ) from None
     except grpc.RpcError as e:
         storage.close()
         if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            raise StorageError(f"{shown} is not an hpo storage proxy (Optuna's own proxy lacks "
-                               "hpo's claims and heartbeats); start it with 'hpo storage-proxy "
-                               "--storage URL'") from None
+            raise StorageError(
+                f"{shown} is not an hpo storage proxy (Optuna's own proxy lacks "
+                "hpo's claims and heartbeats); start it with 'hpo storage-proxy "
+                "--storage URL'"
+            ) from None
         raise StorageError(f"storage proxy {shown}: {e.code().name}: {e.details()}") from None
     return storage
 
@@ -317,30 +343,37 @@ def journal_path(url: str) -> Path:
     return Path(url.split("://", 1)[1]).expanduser()
 
 
-def _open_journal(url: str, shown: str, create: bool) -> "optuna.storages.BaseStorage":
+def _open_journal(url: str, shown: str, create: bool) -> optuna.storages.BaseStorage:
     """Optuna's journal file with its file lock; created where missing if ``create``."""
     path = journal_path(url)
     if not str(path) or str(path) == ".":
         raise StorageError(f"malformed journal URL {shown}; expected journal:///PATH/study.log")
     if path.is_dir():
-        raise StorageError(f"{shown}: {path} is a directory; expected a journal file, e.g. "
-                           f"journal:///{path.as_posix().lstrip('/')}/hpo.log")
+        raise StorageError(
+            f"{shown}: {path} is a directory; expected a journal file, e.g. "
+            f"journal:///{path.as_posix().lstrip('/')}/hpo.log"
+        )
     if not create and not path.is_file():
-        raise StorageError(f"no journal at {path} ({shown}); run 'hpo create' or 'hpo run' "
-                           "first, or pass --storage")
+        raise StorageError(
+            f"no journal at {path} ({shown}); run 'hpo create' or 'hpo run' "
+            "first, or pass --storage"
+        )
     if not path.parent.is_dir():
         raise StorageError(f"{shown}: directory {path.parent} does not exist")
     if path.is_file() and not _looks_like_journal(path):
         # Optuna reads past what it cannot parse (a write cut short); hpo must not append
         # to a database file or anything else given by mistake.
-        raise StorageError(f"{path} is not an Optuna journal file ({shown}): its first line "
-                           "is not a journal record")
+        raise StorageError(
+            f"{path} is not an Optuna journal file ({shown}): its first line "
+            "is not a journal record"
+        )
     try:
         with no_experimental_warnings():
             return journal_storage_class()(str(path), **_heartbeat_options())
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise StorageError(f"{path} is not an Optuna journal file ({shown}): "
-                           f"{type(e).__name__}: {e}") from None
+        raise StorageError(
+            f"{path} is not an Optuna journal file ({shown}): {type(e).__name__}: {e}"
+        ) from None
     except OSError as e:
         raise StorageError(f"cannot open journal {path}: {e.strerror or e}") from None
 
@@ -370,8 +403,7 @@ def storage_kind(url: str) -> str:
     return scheme.split("+", 1)[0]
 
 
-def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS
-                ) -> "tuple[Any, int]":
+def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS) -> tuple[Any, int]:
     """Start the gRPC storage proxy in front of the database at ``url`` (its tables created
     where missing): Optuna's proxy service and hpo's (claims, heartbeats, study creation).
 
@@ -387,12 +419,16 @@ def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS
     shown = redact(url, url)
     kind = storage_kind(url)
     if kind == "grpc":
-        raise StorageError(f"hpo storage-proxy serves a database (PostgreSQL, MySQL or "
-                           f"SQLite), not another proxy ({shown})")
+        raise StorageError(
+            f"hpo storage-proxy serves a database (PostgreSQL, MySQL or "
+            f"SQLite), not another proxy ({shown})"
+        )
     if kind == "journal":
-        raise StorageError(f"hpo storage-proxy serves a database, not a journal file ({shown}): "
-                           "Optuna's gRPC proxy does not support journals (optuna#6084); give "
-                           "the workers the journal:// URL on the shared filesystem instead")
+        raise StorageError(
+            f"hpo storage-proxy serves a database, not a journal file ({shown}): "
+            "Optuna's gRPC proxy does not support journals (optuna#6084); give "
+            "the workers the journal:// URL on the shared filesystem instead"
+        )
     storage = open_storage(url, create=True, pool=threads)
     try:
         return grpc_server(storage, host, port, threads, hello={"hpo": __version__})

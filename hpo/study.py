@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def create_study(spec: Spec, storage: "optuna.storages.BaseStorage",
-                 source: str = "<spec>") -> "optuna.Study":
+def create_study(
+    spec: Spec, storage: optuna.storages.BaseStorage, source: str = "<spec>"
+) -> optuna.Study:
     """Create the spec's study, or load it if it exists with the same spec.
 
     Safe when many workers call it at once: the loser of the creation race loads the study.
@@ -52,15 +53,19 @@ def create_study(spec: Spec, storage: "optuna.storages.BaseStorage",
         # The study and its spec in one transaction: a concurrent create of the same name
         # either loses here and compares specs below, or finds the winner's spec stored.
         create_study_with_attrs(
-            storage, [optuna.study.StudyDirection[d.upper()] for d in spec.study.directions], name,
-            {SPEC_ATTR: spec.to_dict(), VERSION_ATTR: __version__})
+            storage,
+            [optuna.study.StudyDirection[d.upper()] for d in spec.study.directions],
+            name,
+            {SPEC_ATTR: spec.to_dict(), VERSION_ATTR: __version__},
+        )
     except optuna.exceptions.DuplicatedStudyError:
         stored = _stored_spec(storage, name)
         spec = _with_stored_defaults(given, stored)
         _check_same(stored, spec)
         if stored.budget != spec.budget:
-            storage.set_study_user_attr(storage.get_study_id_from_name(name), SPEC_ATTR,
-                                        spec.to_dict())
+            storage.set_study_user_attr(
+                storage.get_study_id_from_name(name), SPEC_ATTR, spec.to_dict()
+            )
         return load_study(name, storage)[0]
     study = load_study(name, storage)[0]
     if guesses:
@@ -73,16 +78,23 @@ def _with_stored_defaults(spec: Spec, stored: Spec | None) -> Spec:
     them to hpo (a rerun with another budget keeps the study's sampler)."""
     from dataclasses import replace
 
-    if (stored is None or stored.sampler.name != spec.sampler.name
-            or "n_startup_trials" in spec.sampler.options
-            or "n_startup_trials" not in stored.sampler.options):
+    if (
+        stored is None
+        or stored.sampler.name != spec.sampler.name
+        or "n_startup_trials" in spec.sampler.options
+        or "n_startup_trials" not in stored.sampler.options
+    ):
         return spec
     startup = stored.sampler.options["n_startup_trials"]
-    return replace(spec, sampler=replace(
-        spec.sampler, options={**spec.sampler.options, "n_startup_trials": startup}))
+    return replace(
+        spec,
+        sampler=replace(
+            spec.sampler, options={**spec.sampler.options, "n_startup_trials": startup}
+        ),
+    )
 
 
-def _exists(storage: "optuna.storages.BaseStorage", name: str) -> bool:
+def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     try:
         storage.get_study_id_from_name(name)
     except KeyError:
@@ -91,8 +103,8 @@ def _exists(storage: "optuna.storages.BaseStorage", name: str) -> bool:
 
 
 def load_study(
-    name: str, storage: "optuna.storages.BaseStorage", *, seed_offset: int = 0
-) -> "tuple[optuna.Study, Spec]":
+    name: str, storage: optuna.storages.BaseStorage, *, seed_offset: int = 0
+) -> tuple[optuna.Study, Spec]:
     """Load a study by name with the sampler and pruner its stored spec asks for.
 
     Args:
@@ -119,7 +131,7 @@ def load_study(
     return study, spec
 
 
-def _stored_spec(storage: "optuna.storages.BaseStorage", name: str) -> Spec | None:
+def _stored_spec(storage: optuna.storages.BaseStorage, name: str) -> Spec | None:
     """The spec stored in study ``name``; None if there is no such study.
 
     Raises:
@@ -158,7 +170,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     return path or "spec", old, new
 
 
-def pick_trial(study: "optuna.Study", number: int | None, purpose: str) -> "FrozenTrial":
+def pick_trial(study: optuna.Study, number: int | None, purpose: str) -> FrozenTrial:
     """The best complete trial, or trial ``number``, which must be complete.
 
     Args:
@@ -180,17 +192,23 @@ def pick_trial(study: "optuna.Study", number: int | None, purpose: str) -> "Froz
             raise HpoError(f"study {name!r} has no complete trial to {purpose}")
         if len(study.directions) > 1:
             front = ", ".join(f"#{t.number}" for t in pareto_trials(study))
-            raise HpoError(f"study {name!r} has several objectives and no one best trial; "
-                           f"give --trial N, one of its Pareto set: {front}")
+            raise HpoError(
+                f"study {name!r} has several objectives and no one best trial; "
+                f"give --trial N, one of its Pareto set: {front}"
+            )
         return best
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
-        raise HpoError(f"study {name!r} has no trial #{number}"
-                       + (f" (its trials are #0-#{max(trials)})" if trials else ""))
+        raise HpoError(
+            f"study {name!r} has no trial #{number}"
+            + (f" (its trials are #0-#{max(trials)})" if trials else "")
+        )
     trial = trials[number]
     if trial.state != TrialState.COMPLETE:
-        raise HpoError(f"trial #{number} of study {name!r} is {trial.state.name}, not "
-                       f"COMPLETE; {purpose} a complete trial (leave out --trial for the best)")
+        raise HpoError(
+            f"trial #{number} of study {name!r} is {trial.state.name}, not "
+            f"COMPLETE; {purpose} a complete trial (leave out --trial for the best)"
+        )
     return trial
 
 
@@ -210,14 +228,18 @@ def with_sampler_defaults(spec: Spec) -> Spec:
     from dataclasses import replace
 
     n = spec.budget.n_trials
-    if (spec.sampler.name != "tpe" or "n_startup_trials" in spec.sampler.options
-            or n is None or n > SMALL_BUDGET):
+    if (
+        spec.sampler.name != "tpe"
+        or "n_startup_trials" in spec.sampler.options
+        or n is None
+        or n > SMALL_BUDGET
+    ):
         return spec
     options = {**spec.sampler.options, "n_startup_trials": max(2, n // 4)}
     return replace(spec, sampler=replace(spec.sampler, options=options))
 
 
-def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampler":
+def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given.
     TPE under the ``promotion`` pruner learns from each configuration judged where it stopped
     (``hpo.promotion.judging_sampler``), not from its paused attempts as pruned trials."""
@@ -246,7 +268,7 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> "optuna.samplers.BaseSampl
     return sampler
 
 
-def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> "optuna.pruners.BasePruner":
+def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
     """The pruner the spec names; hyperband's ``max_resource`` defaults to the largest epochs.
 
     Args:
@@ -278,9 +300,12 @@ def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> "optuna.pr
     if name == "promotion":
         from hpo.promotion import make_promotion_pruner
 
-        return make_promotion_pruner(options.get("min_resource", 1),
-                                     options.get("reduction_factor", 3),
-                                     spec.task.evals_per_epoch, max_epochs(spec))
+        return make_promotion_pruner(
+            options.get("min_resource", 1),
+            options.get("reduction_factor", 3),
+            spec.task.evals_per_epoch,
+            max_epochs(spec),
+        )
     if name == "patient":
         wrapped = options.pop("wrapped", None)
         inner = make_pruner(spec, wrapped) if wrapped else None

@@ -35,8 +35,9 @@ class Guess:
     origin: str
 
 
-def plan_first_guesses(spec: Spec, storage: "optuna.storages.BaseStorage",
-                       source: str = "<spec>") -> list[Guess]:
+def plan_first_guesses(
+    spec: Spec, storage: optuna.storages.BaseStorage, source: str = "<spec>"
+) -> list[Guess]:
     """The first trials the spec's ``warm_start`` asks for, in the order they will run.
 
     Incompatible trials of the earlier study (a value outside this search space) are skipped
@@ -62,14 +63,13 @@ def plan_first_guesses(spec: Spec, storage: "optuna.storages.BaseStorage",
         if params:
             guesses.append(Guess(params, f"defaults ({family.name})"))
         else:  # an empty guess would be one more sampled trial under a misleading name
-            log.warning("warm start: none of the %s defaults fits this search space",
-                        family.name)
+            log.warning("warm start: none of the %s defaults fits this search space", family.name)
     if warm.source is not None:
         guesses += _from_study(spec, storage, source)
     return guesses
 
 
-def enqueue_first_guesses(study: "optuna.Study", guesses: list[Guess]) -> None:
+def enqueue_first_guesses(study: optuna.Study, guesses: list[Guess]) -> None:
     """Enqueue ``guesses`` and record them on the study (``hpo.first_guesses``)."""
     for guess in guesses:
         study.enqueue_trial(guess.params, user_attrs={FIRST_GUESS_ATTR: guess.origin})
@@ -116,18 +116,22 @@ def _applicable(spec: Spec, values: dict[str, Any]):
 def _problem(p: ParamSpec, v: Any) -> str | None:
     """Why ``v`` is not a value of ``p``'s distribution, or None."""
     if p.type == "categorical":
-        return None if v in p.choices else f"{p.name}={format_value(v)} is not among " \
+        return (
+            None
+            if v in p.choices
+            else f"{p.name}={format_value(v)} is not among "
             f"{', '.join(map(format_value, p.choices))}"
+        )
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not p.low <= v <= p.high:
-        return f"{p.name}={format_value(v)} is outside [{format_value(p.low)}, " \
-               f"{format_value(p.high)}]"
+        return (
+            f"{p.name}={format_value(v)} is outside [{format_value(p.low)}, {format_value(p.high)}]"
+        )
     if p.step is not None and abs((v - p.low) / p.step - round((v - p.low) / p.step)) > 1e-9:
         return f"{p.name}={format_value(v)} is not on the step {format_value(p.step)}"
     return None
 
 
-def _from_study(spec: Spec, storage: "optuna.storages.BaseStorage",
-                source: str) -> list[Guess]:
+def _from_study(spec: Spec, storage: optuna.storages.BaseStorage, source: str) -> list[Guess]:
     import optuna
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
@@ -144,10 +148,14 @@ def _from_study(spec: Spec, storage: "optuna.storages.BaseStorage",
     except KeyError:
         raise SpecError(f"{at}: no study named {warm.source!r} in {where}") from None
     if earlier.directions != [StudyDirection.MINIMIZE]:
-        raise SpecError(f"{at}: study {warm.source!r} does not minimize one objective; this "
-                        "study minimizes validation loss")
-    complete = sorted(earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                      key=lambda t: (t.value, t.number))
+        raise SpecError(
+            f"{at}: study {warm.source!r} does not minimize one objective; this "
+            "study minimizes validation loss"
+        )
+    complete = sorted(
+        earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        key=lambda t: (t.value, t.number),
+    )
     if not complete:
         raise SpecError(f"{at}: study {warm.source!r} has no complete trial yet")
     searched = {p.name for p in spec.search_space if p.searched}
@@ -173,13 +181,21 @@ def _from_study(spec: Spec, storage: "optuna.storages.BaseStorage",
             seen.append(params)
             guesses.append(Guess(params, f"study {warm.source} #{t.number}"))
     if not guesses:
-        raise SpecError(f"{at}: none of the best trials of study {warm.source!r} fits this "
-                        f"search space: {', '.join(skipped) or 'no searched parameter'}")
+        raise SpecError(
+            f"{at}: none of the best trials of study {warm.source!r} fits this "
+            f"search space: {', '.join(skipped) or 'no searched parameter'}"
+        )
     dropped = sorted({k for t in complete for k in t.params if k not in searched})
     if dropped:
-        log.warning("warm start from %s: %s not searched here; the spec's value or default "
-                    "is used", warm.source, ", ".join(dropped))
+        log.warning(
+            "warm start from %s: %s not searched here; the spec's value or default is used",
+            warm.source,
+            ", ".join(dropped),
+        )
     if skipped:
-        log.warning("warm start from %s: skipped trial(s) outside this search space: %s",
-                    warm.source, ", ".join(skipped))
+        log.warning(
+            "warm start from %s: skipped trial(s) outside this search space: %s",
+            warm.source,
+            ", ".join(skipped),
+        )
     return guesses

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hpo.artifacts import download_checkpoint, has_checkpoint
 from hpo.provenance import file_sha256
@@ -26,9 +27,14 @@ MODEL_DIR = "model"
 """A transformers model's exported ``save_pretrained`` folder."""
 
 
-def export_model(trial: "FrozenTrial", task: "TaskSpec", out: str | os.PathLike[str], *,
-                 storage_url: str | None = None,
-                 artifacts: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def export_model(
+    trial: FrozenTrial,
+    task: TaskSpec,
+    out: str | os.PathLike[str],
+    *,
+    storage_url: str | None = None,
+    artifacts: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Write a trial's weights into ``out`` in the form its library loads directly.
 
     The weights are the trial's final checkpoint's (its local file, else its copy in the
@@ -74,19 +80,28 @@ def export_model(trial: "FrozenTrial", task: "TaskSpec", out: str | os.PathLike[
     if model.get("epoch") and best_epoch and best_epoch != model["epoch"]:
         model["note"] = ((model.get("note", "") + "; ") if model.get("note") else "") + (
             f"the weights after epoch {model['epoch']}, the trial's last; its best val loss "
-            f"was at epoch {best_epoch}")
+            f"was at epoch {best_epoch}"
+        )
     return model
 
 
-def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
+def _write_weights(path: Path, task: TaskSpec, out: Path) -> dict[str, Any]:
     state, epoch, adapter = _checkpoint_model(path)
     if state is None or task.kind not in ("image_classification", "text_classification"):
         target = out / f"best-checkpoint{path.suffix or '.pt'}"
         shutil.copyfile(path, target)
-        what = ("the custom job's own checkpoint" if task.kind == "custom"
-                else "not a checkpoint with model weights")
-        return {"path": target.name, "format": "checkpoint", "load": f"{what}, as saved",
-                "bytes": target.stat().st_size, "sha256": file_sha256(target)}
+        what = (
+            "the custom job's own checkpoint"
+            if task.kind == "custom"
+            else "not a checkpoint with model weights"
+        )
+        return {
+            "path": target.name,
+            "format": "checkpoint",
+            "load": f"{what}, as saved",
+            "bytes": target.stat().st_size,
+            "sha256": file_sha256(target),
+        }
     import torch
 
     try:
@@ -98,12 +113,16 @@ def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
             files = sorted(f for f in folder.rglob("*") if f.is_file())
             where = str(folder)
             return {
-                "path": f"{MODEL_DIR}/", "format": "transformers save_pretrained",
-                "classes": labels, "epoch": epoch,
-                "load": ("from transformers import AutoModelForSequenceClassification, "
-                         f"AutoTokenizer; model = AutoModelForSequenceClassification."
-                         f"from_pretrained({where!r}); tokenizer = AutoTokenizer."
-                         f"from_pretrained({where!r})"),
+                "path": f"{MODEL_DIR}/",
+                "format": "transformers save_pretrained",
+                "classes": labels,
+                "epoch": epoch,
+                "load": (
+                    "from transformers import AutoModelForSequenceClassification, "
+                    f"AutoTokenizer; model = AutoModelForSequenceClassification."
+                    f"from_pretrained({where!r}); tokenizer = AutoTokenizer."
+                    f"from_pretrained({where!r})"
+                ),
                 "bytes": sum(f.stat().st_size for f in files),
                 "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
             }
@@ -112,28 +131,37 @@ def _write_weights(path: Path, task: "TaskSpec", out: Path) -> dict[str, Any]:
         torch.save(plain, target)
         arg = f", num_classes={classes}" if classes else ""
         return {
-            "path": target.name, "format": "torchvision state_dict", "classes": classes,
+            "path": target.name,
+            "format": "torchvision state_dict",
+            "classes": classes,
             "epoch": epoch,
-            "load": (f"import torch, torchvision; model = torchvision.models.get_model("
-                     f"{task.model!r}{arg}); model.load_state_dict(torch.load("
-                     f"{str(target)!r})); model.eval()"),
-            "bytes": target.stat().st_size, "sha256": file_sha256(target),
+            "load": (
+                f"import torch, torchvision; model = torchvision.models.get_model("
+                f"{task.model!r}{arg}); model.load_state_dict(torch.load("
+                f"{str(target)!r})); model.eval()"
+            ),
+            "bytes": target.stat().st_size,
+            "sha256": file_sha256(target),
         }
     except Exception as e:  # noqa: BLE001 - the weights still go out, as hpo's model has them
         target = out / MODEL_FILE
         torch.save(state, target)
         return {
-            "path": target.name, "format": "hpo state_dict", "epoch": epoch,
-            "load": (f"torch.load({str(target)!r}): the state_dict of hpo's {task.model} "
-                     "(its head Sequential(Dropout, layer))"),
+            "path": target.name,
+            "format": "hpo state_dict",
+            "epoch": epoch,
+            "load": (
+                f"torch.load({str(target)!r}): the state_dict of hpo's {task.model} "
+                "(its head Sequential(Dropout, layer))"
+            ),
             "note": f"not in {task.model}'s own form: {type(e).__name__}: "
-                    f"{(str(e).splitlines() or [''])[0][:200]}",
-            "bytes": target.stat().st_size, "sha256": file_sha256(target),
+            f"{(str(e).splitlines() or [''])[0][:200]}",
+            "bytes": target.stat().st_size,
+            "sha256": file_sha256(target),
         }
 
 
-def _checkpoint_model(path: Path
-                      ) -> tuple[dict[str, Any] | None, int | None, str | None]:
+def _checkpoint_model(path: Path) -> tuple[dict[str, Any] | None, int | None, str | None]:
     """The model ``state_dict``, the epoch and the adapter's config (JSON; None without an
     adapter) of an hpo checkpoint (final or not); ``(None, None, None)`` for any other file."""
     import torch
@@ -143,17 +171,24 @@ def _checkpoint_model(path: Path
     except Exception:  # noqa: BLE001 - not a torch file (a custom job's own format)
         return None, None, None
     model = obj.get("model") if isinstance(obj, Mapping) else None
-    if not isinstance(model, Mapping) or not model or not all(
-            isinstance(v, torch.Tensor) for v in model.values()):
+    if (
+        not isinstance(model, Mapping)
+        or not model
+        or not all(isinstance(v, torch.Tensor) for v in model.values())
+    ):
         return None, None, None
     epoch = obj.get("epoch")
     adapter = obj.get("adapter")
-    return (dict(model), int(epoch) if isinstance(epoch, int) else None,
-            adapter if isinstance(adapter, str) else None)
+    return (
+        dict(model),
+        int(epoch) if isinstance(epoch, int) else None,
+        adapter if isinstance(adapter, str) else None,
+    )
 
 
-def _write_adapter(task: "TaskSpec", state: Mapping[str, Any], adapter: str, folder: Path,
-                   epoch: int | None) -> dict[str, Any]:
+def _write_adapter(
+    task: TaskSpec, state: Mapping[str, Any], adapter: str, folder: Path, epoch: int | None
+) -> dict[str, Any]:
     """An adapter trial's export: what peft's ``save_pretrained`` writes
     (``adapter_config.json``, ``adapter_model.safetensors``: the LoRA matrices and the head)
     and the tokenizer."""
@@ -169,19 +204,26 @@ def _write_adapter(task: "TaskSpec", state: Mapping[str, Any], adapter: str, fol
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     where, model = str(folder), resolve_model(task.model)
     record = {
-        "path": f"{MODEL_DIR}/", "format": "peft adapter", "classes": len(labels),
-        "epoch": epoch, "base": model,
-        "load": ("from transformers import AutoModelForSequenceClassification, AutoTokenizer; "
-                 "from peft import PeftModel; base = AutoModelForSequenceClassification."
-                 f"from_pretrained({model!r}, num_labels={len(labels)}, "
-                 f"id2label={dict(enumerate(labels))!r}); model = PeftModel.from_pretrained("
-                 f"base, {where!r}); tokenizer = AutoTokenizer.from_pretrained({where!r})"),
+        "path": f"{MODEL_DIR}/",
+        "format": "peft adapter",
+        "classes": len(labels),
+        "epoch": epoch,
+        "base": model,
+        "load": (
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer; "
+            "from peft import PeftModel; base = AutoModelForSequenceClassification."
+            f"from_pretrained({model!r}, num_labels={len(labels)}, "
+            f"id2label={dict(enumerate(labels))!r}); model = PeftModel.from_pretrained("
+            f"base, {where!r}); tokenizer = AutoTokenizer.from_pretrained({where!r})"
+        ),
         "bytes": sum(f.stat().st_size for f in files),
         "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
     }
     if task.weights not in (None, "DEFAULT"):
-        record["note"] = (f"the adapter's base is {model} with the weights of {task.weights} "
-                          "loaded over it (load_state_dict(strict=False)), as the trial had it")
+        record["note"] = (
+            f"the adapter's base is {model} with the weights of {task.weights} "
+            "loaded over it (load_state_dict(strict=False)), as the trial had it"
+        )
     return record
 
 
@@ -196,7 +238,7 @@ def unwrap_head(state: Mapping[str, Any], reference: Iterable[str]) -> dict[str,
         if key not in names:
             parts = key.split(".")
             for i in range(len(parts) - 2, 0, -1):  # the head is near the end
-                candidate = ".".join(parts[:i] + parts[i + 1:])
+                candidate = ".".join(parts[:i] + parts[i + 1 :])
                 if parts[i] == "1" and candidate in names and candidate not in state:
                     name = candidate
                     break
@@ -204,8 +246,9 @@ def unwrap_head(state: Mapping[str, Any], reference: Iterable[str]) -> dict[str,
     return plain
 
 
-def torchvision_state_dict(name: str, state: Mapping[str, Any]
-                           ) -> tuple[dict[str, Any], int | None]:
+def torchvision_state_dict(
+    name: str, state: Mapping[str, Any]
+) -> tuple[dict[str, Any], int | None]:
     """A trained hpo model's weights as torchvision's own ``name`` model has them.
 
     Returns:
@@ -220,19 +263,22 @@ def torchvision_state_dict(name: str, state: Mapping[str, Any]
 
     reference = torchvision.models.get_model(name, weights=None).state_dict()
     plain = unwrap_head(state, reference)
-    classes = {int(v.shape[0]) for k, v in plain.items()
-               if k in reference and v.shape != reference[k].shape and v.ndim >= 1}
+    classes = {
+        int(v.shape[0])
+        for k, v in plain.items()
+        if k in reference and v.shape != reference[k].shape and v.ndim >= 1
+    }
     if len(classes) > 1:
         raise ValueError(f"tensors of {len(classes)} other sizes than {name}'s")
     num_classes = classes.pop() if classes else None
     model = torchvision.models.get_model(
-        name, weights=None, **({"num_classes": num_classes} if num_classes else {}))
+        name, weights=None, **({"num_classes": num_classes} if num_classes else {})
+    )
     model.load_state_dict(plain)  # strict: every name and shape
     return {k: plain[k] for k in model.state_dict()}, num_classes
 
 
-def transformers_save_pretrained(task: "TaskSpec", state: Mapping[str, Any],
-                                 folder: Path) -> int:
+def transformers_save_pretrained(task: TaskSpec, state: Mapping[str, Any], folder: Path) -> int:
     """Write a trained hpo text classifier with ``save_pretrained`` (config, weights) and its
     tokenizer into ``folder``; the config names the dataset's labels.
 

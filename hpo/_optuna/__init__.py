@@ -47,45 +47,68 @@ from hpo._optuna._trials import (
     tell,
 )
 
-PRIVATE_NAMES = tuple((module, name) for module, names in {
-    # Everything below that Optuna does not document, by module. Instance attributes
-    # (``Study._storage`` ...) are checked on a live study by the test.
-    "optuna.storages._rdb.models": "TrialModel StudyModel StudyDirectionModel "
-                                   "StudyUserAttributeModel TrialUserAttributeModel "
-                                   "TrialHeartbeatModel",
-    "optuna.storages._rdb.storage": "_create_scoped_session RDBStorage._get_prepared_new_trial "
-                                    "RDBStorage._set_trial_attr_without_commit "
-                                    "RDBStorage._get_stale_trial_ids RDBStorage._create_new_trial "
-                                    "RDBStorage._set_trial_param RDBStorage._get_best_trial_id "
-                                    "RDBStorage._get_trials",
-    "optuna.storages._cached_storage": "_CachedStorage._backend "
-                                       "_CachedStorage._trial_id_to_study_id_and_number",
-    "optuna.storages._heartbeat": "BaseHeartbeat",
-    # The journal: its lock, its replay, and the log lines hpo appends under that lock.
-    "optuna.storages.journal._storage": "JournalOperation JournalStorage._thread_lock "
-                                        "JournalStorage._sync_with_backend "
-                                        "JournalStorage._replay_result JournalStorage._backend "
-                                        "JournalStorageReplayResult.worker_id "
-                                        "JournalStorageReplayResult._next_study_id "
-                                        "JournalStorageReplayResult."
-                                        "_last_created_trial_id_by_this_process",
-    "optuna.storages.journal._file": "JournalFileBackend._file_path",
-    # The gRPC proxy: Optuna's service, beside which hpo's runs on the same server.
-    "optuna.storages._grpc.servicer": "OptunaStorageProxyService",
-    "optuna.storages._grpc.auto_generated.api_pb2_grpc": "add_StorageServiceServicer_to_server",
-    "optuna.storages._grpc.client": "GrpcStorageProxy._setup GrpcStorageProxy._channel "
-                                    "GrpcStorageProxy._host GrpcStorageProxy._port",
-    "optuna.study._tell": "_tell_with_warning",
-    "optuna.study.study": "Study._storage Study._study_id Study._thread_local "
-                          "Study._get_trials",
-    "optuna.trial._trial": "Trial._trial_id Trial._cached_frozen_trial",
-    "optuna.trial._frozen": "FrozenTrial._trial_id",
-}.items() for name in names.split())
+PRIVATE_NAMES = tuple(
+    (module, name)
+    for module, names in {
+        # Everything below that Optuna does not document, by module. Instance attributes
+        # (``Study._storage`` ...) are checked on a live study by the test.
+        "optuna.storages._rdb.models": "TrialModel StudyModel StudyDirectionModel "
+        "StudyUserAttributeModel TrialUserAttributeModel "
+        "TrialHeartbeatModel",
+        "optuna.storages._rdb.storage": "_create_scoped_session RDBStorage._get_prepared_new_trial "
+        "RDBStorage._set_trial_attr_without_commit "
+        "RDBStorage._get_stale_trial_ids RDBStorage._create_new_trial "
+        "RDBStorage._set_trial_param RDBStorage._get_best_trial_id "
+        "RDBStorage._get_trials",
+        "optuna.storages._cached_storage": "_CachedStorage._backend "
+        "_CachedStorage._trial_id_to_study_id_and_number",
+        "optuna.storages._heartbeat": "BaseHeartbeat",
+        # The journal: its lock, its replay, and the log lines hpo appends under that lock.
+        "optuna.storages.journal._storage": "JournalOperation JournalStorage._thread_lock "
+        "JournalStorage._sync_with_backend "
+        "JournalStorage._replay_result JournalStorage._backend "
+        "JournalStorageReplayResult.worker_id "
+        "JournalStorageReplayResult._next_study_id "
+        "JournalStorageReplayResult."
+        "_last_created_trial_id_by_this_process",
+        "optuna.storages.journal._file": "JournalFileBackend._file_path",
+        # The gRPC proxy: Optuna's service, beside which hpo's runs on the same server.
+        "optuna.storages._grpc.servicer": "OptunaStorageProxyService",
+        "optuna.storages._grpc.auto_generated.api_pb2_grpc": "add_StorageServiceServicer_to_server",
+        "optuna.storages._grpc.client": "GrpcStorageProxy._setup GrpcStorageProxy._channel "
+        "GrpcStorageProxy._host GrpcStorageProxy._port",
+        "optuna.study._tell": "_tell_with_warning",
+        "optuna.study.study": "Study._storage Study._study_id Study._thread_local "
+        "Study._get_trials",
+        "optuna.trial._trial": "Trial._trial_id Trial._cached_frozen_trial",
+        "optuna.trial._frozen": "FrozenTrial._trial_id",
+    }.items()
+    for name in names.split()
+)
 
 __all__ = [
-    "GRPC_SERVICE", "HEARTBEAT_ATTR", "PRIVATE_NAMES", "BudgetTaken", "ProxyUnavailable", "ask",
-    "backend_of", "create_study_with_attrs", "fail_and_retry", "fail_stale", "frozen", "grpc_server",
-    "grpc_storage_class", "heartbeat", "import_grpc", "journal_storage_class",
-    "no_experimental_warnings", "requeue", "retry_callback", "set_intermediate_value",
-    "set_user_attrs", "storage_class", "tell",
+    "GRPC_SERVICE",
+    "HEARTBEAT_ATTR",
+    "PRIVATE_NAMES",
+    "BudgetTaken",
+    "ProxyUnavailable",
+    "ask",
+    "backend_of",
+    "create_study_with_attrs",
+    "fail_and_retry",
+    "fail_stale",
+    "frozen",
+    "grpc_server",
+    "grpc_storage_class",
+    "heartbeat",
+    "import_grpc",
+    "journal_storage_class",
+    "no_experimental_warnings",
+    "requeue",
+    "retry_callback",
+    "set_intermediate_value",
+    "set_user_attrs",
+    "storage_class",
+    "study_view",
+    "tell",
 ]

@@ -19,6 +19,7 @@ log = logging.getLogger("hpo")
 # service beside it on the same port for what hpo adds (a call: JSON in, JSON out), run by
 # the proxy on hpo's RDB storage, in one transaction each as they are without the proxy.
 
+
 def import_grpc() -> Any:
     """``grpc``, without its fork handlers (unless ``$GRPC_ENABLE_FORK_SUPPORT`` says
     otherwise): they run in a child forked with a ``preexec_fn`` (the launcher starts its
@@ -38,8 +39,9 @@ _GRPC_METHOD = f"/{GRPC_SERVICE}/Call"
 _RAISED = ("BudgetTaken", "DuplicatedStudyError", "UpdateFinishedTrialError", "KeyError")
 
 
-def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[str, Any]
-                ) -> "tuple[Any, int]":
+def grpc_server(
+    storage: Any, host: str, port: int, threads: int, hello: dict[str, Any]
+) -> tuple[Any, int]:
     """A started gRPC server of ``storage`` (hpo's RDB storage): Optuna's proxy service on
     Optuna's cache of it, and hpo's.
 
@@ -70,11 +72,18 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
         import datetime
 
         template = FrozenTrial(
-            number=0, state=TrialState.RUNNING, value=None,
-            datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
-            distributions={}, user_attrs=attrs,
-            system_attrs={} if budget is None else {_BUDGET: budget}, intermediate_values={},
-            trial_id=0)
+            number=0,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=attrs,
+            system_attrs={} if budget is None else {_BUDGET: budget},
+            intermediate_values={},
+            trial_id=0,
+        )
         return cached.create_new_trial(study_id, template)
 
     def claim(study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None) -> bool:
@@ -89,7 +98,8 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
         "claim_trial": claim,
         "set_trial_user_attrs": storage.set_trial_user_attrs,
         "create_study_with_attrs": lambda directions, name, attrs: storage.create_study_with_attrs(
-            [optuna.study.StudyDirection(d) for d in directions], name, attrs),
+            [optuna.study.StudyDirection(d) for d in directions], name, attrs
+        ),
         "record_heartbeat": storage.record_heartbeat,
         "stale_trial_ids": storage.stale_trial_ids,
     }
@@ -101,8 +111,12 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
             context.abort(grpc.StatusCode.UNIMPLEMENTED, f"no operation {asked.get('op')!r}")
         try:
             reply = {"result": operation(**asked.get("args", {}))}
-        except (BudgetTaken, optuna.exceptions.DuplicatedStudyError,
-                optuna.exceptions.UpdateFinishedTrialError, KeyError) as e:
+        except (
+            BudgetTaken,
+            optuna.exceptions.DuplicatedStudyError,
+            optuna.exceptions.UpdateFinishedTrialError,
+            KeyError,
+        ) as e:
             reply = {"raise": type(e).__name__, "message": str(e)}
         return json.dumps(reply).encode()
 
@@ -115,11 +129,18 @@ def grpc_server(storage: Any, host: str, port: int, threads: int, hello: dict[st
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host.strip("[]"), port))
     # Not gRPC's default SO_REUSEPORT: a second proxy on the port would take half the calls.
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"),
-                         options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"),
+        options=[("grpc.so_reuseport", 0)],
+    )
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(cached), server)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, {
-        "Call": grpc.unary_unary_rpc_method_handler(call)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                GRPC_SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(call)}
+            ),
+        )
+    )
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as e:  # grpc >= 1.60 raises where older ones returned 0
@@ -141,15 +162,23 @@ def grpc_storage_class() -> type:
     from optuna.storages import GrpcStorageProxy
     from optuna.storages._heartbeat import BaseHeartbeat
 
-    raised = {"BudgetTaken": BudgetTaken,
-              "DuplicatedStudyError": optuna.exceptions.DuplicatedStudyError,
-              "UpdateFinishedTrialError": optuna.exceptions.UpdateFinishedTrialError,
-              "KeyError": KeyError}
+    raised = {
+        "BudgetTaken": BudgetTaken,
+        "DuplicatedStudyError": optuna.exceptions.DuplicatedStudyError,
+        "UpdateFinishedTrialError": optuna.exceptions.UpdateFinishedTrialError,
+        "KeyError": KeyError,
+    }
 
     class Storage(GrpcStorageProxy, BaseHeartbeat):
-        def __init__(self, *, host: str, port: int, heartbeat_interval: int | None = None,
-                     grace_period: int | None = None,
-                     heartbeat_stale_trial_callback: Any = None) -> None:
+        def __init__(
+            self,
+            *,
+            host: str,
+            port: int,
+            heartbeat_interval: int | None = None,
+            grace_period: int | None = None,
+            heartbeat_stale_trial_callback: Any = None,
+        ) -> None:
             super().__init__(host=host, port=port)
             self.heartbeat_interval = heartbeat_interval
             self.grace_period = grace_period
@@ -176,18 +205,25 @@ def grpc_storage_class() -> type:
             attrs, budget = running
             return self.hpo_call("create_trial", study_id=study_id, attrs=attrs, budget=budget)
 
-        def claim_trial(self, study_id: int, trial_id: int, attrs: dict[str, Any],
-                        budget: int | None = None) -> bool:
-            return self.hpo_call("claim_trial", study_id=study_id, trial_id=trial_id,
-                                 attrs=attrs, budget=budget)
+        def claim_trial(
+            self, study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None = None
+        ) -> bool:
+            return self.hpo_call(
+                "claim_trial", study_id=study_id, trial_id=trial_id, attrs=attrs, budget=budget
+            )
 
         def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
             self.hpo_call("set_trial_user_attrs", trial_id=trial_id, attrs=attrs)
 
-        def create_study_with_attrs(self, directions: list[Any], name: str,
-                                    attrs: dict[str, Any]) -> int:
-            return self.hpo_call("create_study_with_attrs", directions=[int(d) for d in directions],
-                                 name=name, attrs=attrs)
+        def create_study_with_attrs(
+            self, directions: list[Any], name: str, attrs: dict[str, Any]
+        ) -> int:
+            return self.hpo_call(
+                "create_study_with_attrs",
+                directions=[int(d) for d in directions],
+                name=name,
+                attrs=attrs,
+            )
 
         def record_heartbeat(self, trial_id: int) -> None:
             self.hpo_call("record_heartbeat", trial_id=trial_id)
@@ -212,6 +248,7 @@ def grpc_storage_class() -> type:
                 return _through_proxy_outage(lambda: method(self, *args, **kwargs), self, grpc)
             finally:
                 _grpc_inside.depth = 0
+
         return call
 
     for name in _GRPC_RETRIED:
@@ -221,13 +258,32 @@ def grpc_storage_class() -> type:
 
 _grpc_inside = threading.local()
 _GRPC_RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
-    "set_trial_param", "get_trial_id_from_study_id_trial_number", "set_trial_state_values",
-    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial", "get_all_trials", "claim_trial", "set_trial_user_attrs",
-    "create_study_with_attrs", "record_heartbeat", "_get_stale_trial_ids", "hello")
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "claim_trial",
+    "set_trial_user_attrs",
+    "create_study_with_attrs",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    "hello",
+)
 
 
 class ProxyUnavailable(ConnectionError):
@@ -254,7 +310,8 @@ def _through_proxy_outage(call: Any, storage: Any, grpc: Any) -> Any:
             if now >= deadline:
                 raise ProxyUnavailable(
                     f"the storage proxy grpc://{storage._host}:{storage._port} did not answer "
-                    f"for {outage_seconds():g}s: {e.details()}") from None
+                    f"for {outage_seconds():g}s: {e.details()}"
+                ) from None
             log.warning("storage proxy unavailable (%s); retrying in %.1fs", e.details(), delay)
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, 5.0)

@@ -7,12 +7,11 @@ import contextlib
 import functools
 import json
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from hpo._optuna._trials import BudgetTaken, _running_template
 from hpo.records import is_continuation
-
-
 
 # A storage without a database (the gRPC proxy, ``_grpc``, is the other): it gets what hpo's
 # RDB storage has: heartbeats, the stale-trial retry, atomic claims with the worker's attrs and
@@ -63,8 +62,11 @@ def journal_storage_class() -> type:
             import os
 
             with open(self._file_path, "ab") as f:  # the lock is ours already
-                f.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs)
-                         + "\n").encode("utf-8"))
+                f.write(
+                    (
+                        "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+                    ).encode("utf-8")
+                )
                 f.flush()
                 os.fsync(f.fileno())
 
@@ -72,9 +74,14 @@ def journal_storage_class() -> type:
         return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
 
     class Storage(JournalStorage, BaseHeartbeat):
-        def __init__(self, path: str, *, heartbeat_interval: int | None = None,
-                     grace_period: int | None = None,
-                     heartbeat_stale_trial_callback: Any = None) -> None:
+        def __init__(
+            self,
+            path: str,
+            *,
+            heartbeat_interval: int | None = None,
+            grace_period: int | None = None,
+            heartbeat_stale_trial_callback: Any = None,
+        ) -> None:
             super().__init__(Backend(path))
             self.path = path
             self.heartbeat_interval = heartbeat_interval
@@ -91,14 +98,17 @@ def journal_storage_class() -> type:
 
         def _append(self, logs: list[tuple[int, dict[str, Any]]]) -> None:
             worker = self._replay_result.worker_id
-            self._backend.append_logs([{"op_code": op, "worker_id": worker, **fields}
-                                       for op, fields in logs])
+            self._backend.append_logs(
+                [{"op_code": op, "worker_id": worker, **fields} for op, fields in logs]
+            )
 
         def _taken(self, study_id: int, but: int | None = None) -> int:
-            return sum(t._trial_id != but and not is_continuation(t)
-                       for t in self._replay_result.get_all_trials(
-                           study_id, (TrialState.RUNNING, TrialState.COMPLETE,
-                                      TrialState.PRUNED)))
+            return sum(
+                t._trial_id != but and not is_continuation(t)
+                for t in self._replay_result.get_all_trials(
+                    study_id, (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+                )
+            )
 
         def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
             running = _running_template(template_trial)
@@ -109,15 +119,30 @@ def journal_storage_class() -> type:
                 if budget is not None and self._taken(study_id) >= budget:
                     raise BudgetTaken(budget)
                 # With its heartbeat: stale from its first moment.
-                self._append([(Op.CREATE_TRIAL, {
-                    "study_id": study_id, "datetime_start": now_iso(),
-                    "state": TrialState.RUNNING, "value": None, "values": None,
-                    "distributions": {}, "params": {}, "user_attrs": attrs,
-                    "system_attrs": {HEARTBEAT_ATTR: _now()}, "intermediate_values": {}})])
+                self._append(
+                    [
+                        (
+                            Op.CREATE_TRIAL,
+                            {
+                                "study_id": study_id,
+                                "datetime_start": now_iso(),
+                                "state": TrialState.RUNNING,
+                                "value": None,
+                                "values": None,
+                                "distributions": {},
+                                "params": {},
+                                "user_attrs": attrs,
+                                "system_attrs": {HEARTBEAT_ATTR: _now()},
+                                "intermediate_values": {},
+                            },
+                        )
+                    ]
+                )
             return self._replay_result._last_created_trial_id_by_this_process
 
-        def claim_trial(self, study_id: int, trial_id: int, attrs: dict[str, Any],
-                        budget: int | None = None) -> bool:
+        def claim_trial(
+            self, study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None = None
+        ) -> bool:
             """As the RDB storage's: WAITING -> RUNNING with ``attrs`` and a heartbeat."""
             with self._transaction():
                 trial = self._replay_result.get_trial(trial_id)
@@ -126,34 +151,60 @@ def journal_storage_class() -> type:
                 if budget is not None and self._taken(study_id, trial_id) >= budget:
                     raise BudgetTaken(budget)
                 self._append(
-                    [(Op.SET_TRIAL_STATE_VALUES, {"trial_id": trial_id, "values": None,
-                                                  "state": TrialState.RUNNING,
-                                                  "datetime_start": now_iso()})]
-                    + [(Op.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {k: v}})
-                       for k, v in attrs.items()]
-                    + [(Op.SET_TRIAL_SYSTEM_ATTR, {"trial_id": trial_id,
-                                                   "system_attr": {HEARTBEAT_ATTR: _now()}})])
+                    [
+                        (
+                            Op.SET_TRIAL_STATE_VALUES,
+                            {
+                                "trial_id": trial_id,
+                                "values": None,
+                                "state": TrialState.RUNNING,
+                                "datetime_start": now_iso(),
+                            },
+                        )
+                    ]
+                    + [
+                        (Op.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {k: v}})
+                        for k, v in attrs.items()
+                    ]
+                    + [
+                        (
+                            Op.SET_TRIAL_SYSTEM_ATTR,
+                            {"trial_id": trial_id, "system_attr": {HEARTBEAT_ATTR: _now()}},
+                        )
+                    ]
+                )
             return True
 
         def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
             """Several user attrs of a running trial in one append."""
             with self._thread_lock:
-                self._append([(Op.SET_TRIAL_USER_ATTR, {"trial_id": trial_id,
-                                                        "user_attr": {k: v}})
-                              for k, v in attrs.items()])
+                self._append(
+                    [
+                        (Op.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {k: v}})
+                        for k, v in attrs.items()
+                    ]
+                )
                 self._sync_with_backend()  # raises as Optuna does if the trial had finished
 
-        def create_study_with_attrs(self, directions: list[Any], name: str,
-                                    attrs: dict[str, Any]) -> int:
+        def create_study_with_attrs(
+            self, directions: list[Any], name: str, attrs: dict[str, Any]
+        ) -> int:
             with self._transaction():
                 if any(s.study_name == name for s in self._replay_result.get_all_studies()):
                     raise optuna.exceptions.DuplicatedStudyError(name)
                 study_id = self._replay_result._next_study_id
-                self._append([(Op.CREATE_STUDY, {"study_name": name,
-                                                 "directions": [int(d) for d in directions]})]
-                             + [(Op.SET_STUDY_USER_ATTR, {"study_id": study_id,
-                                                          "user_attr": {k: v}})
-                                for k, v in attrs.items()])
+                self._append(
+                    [
+                        (
+                            Op.CREATE_STUDY,
+                            {"study_name": name, "directions": [int(d) for d in directions]},
+                        )
+                    ]
+                    + [
+                        (Op.SET_STUDY_USER_ATTR, {"study_id": study_id, "user_attr": {k: v}})
+                        for k, v in attrs.items()
+                    ]
+                )
             return study_id
 
         def record_heartbeat(self, trial_id: int) -> None:
@@ -165,9 +216,11 @@ def journal_storage_class() -> type:
                 self._sync_with_backend()
                 running = self._replay_result.get_all_trials(study_id, (TrialState.RUNNING,))
             now = _now()
-            return [t._trial_id for t in running
-                    if HEARTBEAT_ATTR in t.system_attrs
-                    and now - t.system_attrs[HEARTBEAT_ATTR] > grace]
+            return [
+                t._trial_id
+                for t in running
+                if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace
+            ]
 
         def get_heartbeat_interval(self) -> int | None:
             return self.heartbeat_interval

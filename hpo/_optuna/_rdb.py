@@ -16,17 +16,42 @@ from hpo.records import RESUMED_FROM_ATTR
 # are upserts or checked state changes (``tell`` recognises its own lost acknowledgement), and
 # a trial created twice is one more that goes stale and is retried like any other.
 _RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
-    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
-    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
-    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
-    "get_n_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
-    "claim_trial", "set_trial_user_attrs", "create_study_with_attrs", "stale_trial_ids",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    "claim_trial",
+    "set_trial_user_attrs",
+    "create_study_with_attrs",
+    "stale_trial_ids",
     # What Optuna's cache of finished trials (``study._storage``) calls on its backend.
-    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
 )
+
 
 @functools.cache
 def storage_class() -> type:
@@ -46,27 +71,35 @@ def storage_class() -> type:
         does not count."""
         t, a = models.TrialModel, models.TrialUserAttributeModel
         continuation = sqlalchemy.exists().where(
-            a.trial_id == t.trial_id, a.key == RESUMED_FROM_ATTR)
+            a.trial_id == t.trial_id, a.key == RESUMED_FROM_ATTR
+        )
         return session.execute(
             sqlalchemy.select(sqlalchemy.func.count(t.trial_id)).where(
-                t.study_id == study_id, t.trial_id != trial_id,
+                t.study_id == study_id,
+                t.trial_id != trial_id,
                 t.state.in_([TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED]),
-                ~continuation)
+                ~continuation,
+            )
         ).scalar()
 
-    def insert_attrs(session: Any, model: Any, key_column: str, owner: int,
-                     attrs: dict[str, Any]) -> None:
+    def insert_attrs(
+        session: Any, model: Any, key_column: str, owner: int, attrs: dict[str, Any]
+    ) -> None:
         # A Core INSERT: the ORM's unit of work costs more than the statement.
-        session.execute(sqlalchemy.insert(model), [
-            {key_column: owner, "key": key, "value_json": json.dumps(value)}
-            for key, value in attrs.items()])
+        session.execute(
+            sqlalchemy.insert(model),
+            [
+                {key_column: owner, "key": key, "value_json": json.dumps(value)}
+                for key, value in attrs.items()
+            ],
+        )
 
     class Storage(RDBStorage):
-        def _get_prepared_new_trial(self, study_id: int, template_trial: Any,
-                                    session: Any) -> Any:
+        def _get_prepared_new_trial(self, study_id: int, template_trial: Any, session: Any) -> Any:
             attrs, budget = {}, None
-            if template_trial is not None and (template_trial.user_attrs or
-                                               _BUDGET in template_trial.system_attrs):
+            if template_trial is not None and (
+                template_trial.user_attrs or _BUDGET in template_trial.system_attrs
+            ):
                 attrs = template_trial.user_attrs
                 template_trial = copy.copy(template_trial)
                 template_trial.user_attrs = {}
@@ -78,16 +111,18 @@ def storage_class() -> type:
             if budget is not None and taken(session, study_id, trial.trial_id) >= budget:
                 raise BudgetTaken(budget)
             if attrs:
-                insert_attrs(session, models.TrialUserAttributeModel, "trial_id",
-                             trial.trial_id, attrs)
+                insert_attrs(
+                    session, models.TrialUserAttributeModel, "trial_id", trial.trial_id, attrs
+                )
             if template_trial is None or template_trial.state == TrialState.RUNNING:
                 # Stale from its first moment: a trial without a heartbeat row is never found
                 # by the stale-trial search.
                 session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
             return trial
 
-        def claim_trial(self, study_id: int, trial_id: int, attrs: dict[str, Any],
-                        budget: int | None = None) -> bool:
+        def claim_trial(
+            self, study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None = None
+        ) -> bool:
             """Take a queued trial: WAITING -> RUNNING with ``attrs`` and a fresh heartbeat,
             in one transaction. False if another worker took it or it finished.
 
@@ -111,7 +146,8 @@ def storage_class() -> type:
                     raise BudgetTaken(budget)
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, trial_id, key, value)
+                        session, models.TrialUserAttributeModel, trial_id, key, value
+                    )
                 beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
                 if beat is None:
                     session.add(models.TrialHeartbeatModel(trial_id=trial_id))
@@ -124,10 +160,12 @@ def storage_class() -> type:
             with _create_scoped_session(self.scoped_session, True) as session:
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, trial_id, key, value)
+                        session, models.TrialUserAttributeModel, trial_id, key, value
+                    )
 
-        def create_study_with_attrs(self, directions: list[Any], name: str,
-                                    attrs: dict[str, Any]) -> int:
+        def create_study_with_attrs(
+            self, directions: list[Any], name: str, attrs: dict[str, Any]
+        ) -> int:
             """A study and its user attrs in one transaction.
 
             Raises:
@@ -137,13 +175,18 @@ def storage_class() -> type:
 
             try:
                 with _create_scoped_session(self.scoped_session) as session:
-                    study = models.StudyModel(study_name=name, directions=[
-                        models.StudyDirectionModel(objective=i, direction=d)
-                        for i, d in enumerate(directions)])
+                    study = models.StudyModel(
+                        study_name=name,
+                        directions=[
+                            models.StudyDirectionModel(objective=i, direction=d)
+                            for i, d in enumerate(directions)
+                        ],
+                    )
                     session.add(study)
                     session.flush()
-                    insert_attrs(session, models.StudyUserAttributeModel, "study_id",
-                                 study.study_id, attrs)
+                    insert_attrs(
+                        session, models.StudyUserAttributeModel, "study_id", study.study_id, attrs
+                    )
             except sqlalchemy.exc.IntegrityError:
                 raise optuna.exceptions.DuplicatedStudyError(name) from None
             return self.get_study_id_from_name(name)
@@ -159,9 +202,13 @@ def storage_class() -> type:
                 rows = session.execute(
                     sqlalchemy.select(t.trial_id, beat.heartbeat)
                     .join(beat, beat.trial_id == t.trial_id)
-                    .where(t.study_id == study_id, t.state == TrialState.RUNNING)).all()
-            return [trial_id for trial_id, last in rows
-                    if now - last > datetime.timedelta(seconds=grace_period)]
+                    .where(t.study_id == study_id, t.state == TrialState.RUNNING)
+                ).all()
+            return [
+                trial_id
+                for trial_id, last in rows
+                if now - last > datetime.timedelta(seconds=grace_period)
+            ]
 
     for name in _RETRIED:
         setattr(Storage, name, retrying(getattr(Storage, name)))

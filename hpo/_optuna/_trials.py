@@ -7,7 +7,8 @@ import contextlib
 import copy
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from hpo.outage import first_line
 from hpo.records import FAIL_REASON_ATTR
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpo")
 
 
-def create_study_with_attrs(storage: Any, directions: list[Any], name: str,
-                            attrs: dict[str, Any]) -> int:
+def create_study_with_attrs(
+    storage: Any, directions: list[Any], name: str, attrs: dict[str, Any]
+) -> int:
     """A study and its user attrs in one transaction on hpo's storage; one after the other on
     any other (in-memory: no other process shares it). Raises ``DuplicatedStudyError``."""
     if hasattr(storage, "create_study_with_attrs"):
@@ -31,7 +33,7 @@ def create_study_with_attrs(storage: Any, directions: list[Any], name: str,
     return study_id
 
 
-def backend_of(study: "optuna.Study") -> Any:
+def backend_of(study: optuna.Study) -> Any:
     """hpo's storage under the study's cache, where Optuna put one (``RDBStorage``): its own
     methods are there. The journal and the gRPC proxy are not cached: they are themselves."""
     return _uncached(study._storage)
@@ -47,8 +49,13 @@ def _uncached(storage: Any) -> Any:
 # The trial lifecycle: claim, heartbeat, tell, re-queue, fail and retry.
 
 
-def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial]",
-        budget: int | None = None, create: bool = True) -> "optuna.Trial | None":
+def ask(
+    study: optuna.Study,
+    attrs: dict[str, Any],
+    waiting: list[FrozenTrial],
+    budget: int | None = None,
+    create: bool = True,
+) -> optuna.Trial | None:
     """``study.ask()`` that claims a trial with ``attrs`` and a heartbeat in one transaction:
     a queued trial of ``waiting`` (the study as read a moment ago) first, as Optuna does, else
     a new one (unless ``create`` is false).
@@ -68,18 +75,26 @@ def ask(study: "optuna.Study", attrs: dict[str, Any], waiting: "list[FrozenTrial
     try:
         for t in waiting:
             if t.state == TrialState.WAITING and storage.claim_trial(
-                    study._study_id, t._trial_id, attrs, budget):
+                study._study_id, t._trial_id, attrs, budget
+            ):
                 return optuna.Trial(study, t._trial_id)
         if not create:
             return None
         # Through Optuna's cache, which must know the new trial (the template's state, attrs
         # and budget reach ``Storage._get_prepared_new_trial``).
         template = FrozenTrial(
-            number=0, state=TrialState.RUNNING, value=None,
-            datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
-            distributions={}, user_attrs=dict(attrs),
-            system_attrs={} if budget is None else {_BUDGET: budget}, intermediate_values={},
-            trial_id=0)
+            number=0,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=dict(attrs),
+            system_attrs={} if budget is None else {_BUDGET: budget},
+            intermediate_values={},
+            trial_id=0,
+        )
         return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
     except BudgetTaken:
         return None
@@ -94,7 +109,7 @@ _BUDGET = "hpo:budget"
 
 
 @contextlib.contextmanager
-def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Iterator[None]:
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record ``trial``'s heartbeat every heartbeat interval while the block runs, as
     ``study.optimize`` does, except that a failed write does not end the thread: a heartbeat
     thread that died in a database outage would let a trial that is still training go stale."""
@@ -123,8 +138,12 @@ def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Iterator[None]:
         thread.join()
 
 
-def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | list[float] | None,
-         state: "optuna.trial.TrialState | None") -> "tuple[optuna.trial.TrialState | None, str]":
+def tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    value: float | list[float] | None,
+    state: optuna.trial.TrialState | None,
+) -> tuple[optuna.trial.TrialState | None, str]:
     """Finish ``trial`` as ``study.optimize`` does.
 
     Returns:
@@ -145,7 +164,8 @@ def tell(study: "optuna.Study", trial: "optuna.Trial", value: float | list[float
         if now.state == TrialState.RUNNING:
             raise  # not a race: a genuine error of the tell
         if now.state == (state or TrialState.COMPLETE) and (
-                state is not None or now.values == _as_list(value)):
+            state is not None or now.values == _as_list(value)
+        ):
             return now.state, ""  # our own write landed before a lost connection's retry
         return None, f"trial {trial.number} was already {now.state.name} ({e})"
 
@@ -154,12 +174,12 @@ def _as_list(value: float | list[float] | None) -> list[float] | None:
     return None if value is None else value if isinstance(value, list) else [value]
 
 
-def frozen(study: "optuna.Study", trial: "optuna.Trial") -> "FrozenTrial":
+def frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
     """The trial as stored now (one read of that trial alone)."""
     return study._storage.get_trial(trial._trial_id)
 
 
-def requeue(study: "optuna.Study", trial: "optuna.Trial") -> bool:
+def requeue(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Put a running trial back in the queue: WAITING, same number, params and values kept.
     False if it had finished meanwhile."""
     from optuna.exceptions import UpdateFinishedTrialError
@@ -171,7 +191,7 @@ def requeue(study: "optuna.Study", trial: "optuna.Trial") -> bool:
         return False
 
 
-def fail_and_retry(study: "optuna.Study", trials: "list[FrozenTrial]", reason: str) -> list[int]:
+def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial], reason: str) -> list[int]:
     """Fail running trials whose worker is gone and queue their retries (which resume from
     the checkpoint), as the stale-trial search does, without waiting for the grace period.
 
@@ -198,7 +218,7 @@ def fail_and_retry(study: "optuna.Study", trials: "list[FrozenTrial]", reason: s
     return failed
 
 
-def fail_stale(study: "optuna.Study") -> None:
+def fail_stale(study: optuna.Study) -> None:
     """Optuna's stale-trial search: fail running trials past the grace period, queue retries."""
     import optuna
 
@@ -211,7 +231,7 @@ def retry_callback(max_retry: int) -> Any:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     class Retry(RetryHeartbeatStaleTrialCallback):
-        def __call__(self, study: "optuna.Study", trial: "FrozenTrial") -> None:
+        def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
             trial = copy.copy(trial)
             trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
             super().__call__(study, trial)
@@ -234,7 +254,7 @@ def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps
 
 
-def set_intermediate_value(trial: "optuna.Trial", value: float, step: int) -> None:
+def set_intermediate_value(trial: optuna.Trial, value: float, step: int) -> None:
     """``trial.report`` without its refusal of several objectives: the learning curve of a
     multi-objective trial (which no pruner reads)."""
     trial.storage.set_trial_intermediate_value(trial._trial_id, step, float(value))
@@ -253,23 +273,28 @@ def no_experimental_warnings() -> Iterator[None]:
         yield
 
 
-def _running_template(template: Any) -> "tuple[dict[str, Any], int | None] | None":
+def _running_template(template: Any) -> tuple[dict[str, Any], int | None] | None:
     """``(attrs, budget)`` of a trial to create running: ``ask``'s template or none at all;
     None for any other template (a queued retry, an enqueued or added trial)."""
     from optuna.trial import TrialState
 
     if template is None:
         return {}, None
-    if (template.state != TrialState.RUNNING or template.params or template.distributions
-            or template.intermediate_values):
+    if (
+        template.state != TrialState.RUNNING
+        or template.params
+        or template.distributions
+        or template.intermediate_values
+    ):
         return None
     system = dict(template.system_attrs)
     budget = system.pop(_BUDGET, None)
     return (dict(template.user_attrs), budget) if not system else None
 
 
-def study_view(study: "optuna.Study", trials_of: "Callable[[list[FrozenTrial]], list[FrozenTrial]]"
-               ) -> "optuna.Study":
+def study_view(
+    study: optuna.Study, trials_of: Callable[[list[FrozenTrial]], list[FrozenTrial]]
+) -> optuna.Study:
     """``study`` as a sampler should see it: every attribute the study's, except its trials,
     which are ``trials_of`` the study's (Optuna's samplers read them through the private
     ``Study._get_trials``)."""
@@ -278,16 +303,17 @@ def study_view(study: "optuna.Study", trials_of: "Callable[[list[FrozenTrial]], 
         def __getattr__(self, name: str) -> Any:
             return getattr(study, name)
 
-        def _get_trials(self, deepcopy: bool = True, states: Any = None,
-                        use_cache: bool = False) -> "list[FrozenTrial]":
+        def _get_trials(
+            self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
+        ) -> list[FrozenTrial]:
             trials = trials_of(study._get_trials(deepcopy=False, use_cache=use_cache))
             return [t for t in trials if states is None or t.state in states]
 
-        def get_trials(self, deepcopy: bool = True, states: Any = None) -> "list[FrozenTrial]":
+        def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
             return self._get_trials(deepcopy, states)
 
         @property
-        def trials(self) -> "list[FrozenTrial]":
+        def trials(self) -> list[FrozenTrial]:
             return self._get_trials()
 
     return StudyView()  # type: ignore[return-value]

@@ -14,5 +14,15 @@ from hpo.cli._handle import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Handle
 from hpo.cli._main import VERBOSE_VAR, build_parser, main
 from hpo.cli._table import COMMANDS, SHARED, Command
 
-__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_OK", "SHARED", "VERBOSE_VAR",
-           "Command", "Handle", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "SHARED",
+    "VERBOSE_VAR",
+    "Command",
+    "Handle",
+    "build_parser",
+    "main",
+]

@@ -52,7 +52,7 @@ class Handle:
 
         return redact(text, self.url)
 
-    def storage(self, *, outage: float = 0.0) -> "optuna.storages.RDBStorage":
+    def storage(self, *, outage: float = 0.0) -> optuna.storages.RDBStorage:
         """The study database, opened on the first call.
 
         Args:
@@ -65,15 +65,14 @@ class Handle:
             self._opened = open_storage(self.url, create=False, outage=outage)
         return self._opened
 
-    def serve_proxy(self, *, host: str, port: int, threads: int) -> "tuple[Any, int]":
+    def serve_proxy(self, *, host: str, port: int, threads: int) -> tuple[Any, int]:
         """Open the database (its tables created where missing) and serve it as the gRPC
         storage proxy on ``host:port``; returns the started server and its port."""
         from hpo.storage import serve_proxy
 
         return serve_proxy(self.url, host=host, port=port, threads=threads)
 
-    def load(self, *, seed_offset: int = 0, outage: float = 0.0
-             ) -> "tuple[optuna.Study, Spec]":
+    def load(self, *, seed_offset: int = 0, outage: float = 0.0) -> tuple[optuna.Study, Spec]:
         """The study named by the STUDY argument and its stored spec, loaded on the first call.
 
         Args:
@@ -86,33 +85,36 @@ class Handle:
         if self._loaded is None:
             from hpo.study import load_study
 
-            self._loaded = load_study(self.args.study, self.storage(outage=outage),
-                                      seed_offset=seed_offset)
+            self._loaded = load_study(
+                self.args.study, self.storage(outage=outage), seed_offset=seed_offset
+            )
         return self._loaded
 
     @property
-    def study(self) -> "optuna.Study":
+    def study(self) -> optuna.Study:
         return self.load()[0]
 
     @property
-    def spec(self) -> "Spec":
+    def spec(self) -> Spec:
         return self.load()[1]
 
-    def study_named(self, name: str) -> "optuna.Study":
+    def study_named(self, name: str) -> optuna.Study:
         """Another study of the same storage (``hpo report --compare``)."""
         from hpo.study import load_study
 
         return load_study(name, self.storage())[0]
 
-    def create(self, spec: "Spec") -> "optuna.Study":
+    def create(self, spec: Spec) -> optuna.Study:
         """Create the spec's study, or resume it where it exists with the same spec; the
         database (a SQLite file, the tables) is created where missing."""
         from hpo.storage import open_storage
         from hpo.study import create_study
 
         self._opened = open_storage(self.url)
-        self._loaded = (create_study(spec, self._opened, getattr(self.args, "spec", "<spec>")),
-                        spec)
+        self._loaded = (
+            create_study(spec, self._opened, getattr(self.args, "spec", "<spec>")),
+            spec,
+        )
         return self._loaded[0]
 
 

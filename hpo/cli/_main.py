@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from hpo import __version__
 from hpo.cli._handle import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Handle
@@ -29,12 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hpo",
         description="Hyperparameter optimization for fine-tuning pretrained models: Optuna "
-                    "studies whose trials are real fine-tuning jobs, in one shared database.",
+        "studies whose trials are real fine-tuning jobs, in one shared database.",
     )
     parser.add_argument("--version", action="version", version=f"hpo {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show the libraries' own warnings and progress bars (also in "
-                             "the workers; HPO_DEBUG=1 does too, with tracebacks)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the libraries' own warnings and progress bars (also in "
+        "the workers; HPO_DEBUG=1 does too, with tracebacks)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.description)
@@ -55,8 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    logging.basicConfig(level=os.environ.get("HPO_LOG_LEVEL", "WARNING").upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("HPO_LOG_LEVEL", "WARNING").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if args.verbose:
         os.environ[VERBOSE_VAR] = "1"  # the launcher's workers inherit it
     _quiet_libraries(verbose=bool(os.environ.get(VERBOSE_VAR) or os.environ.get("HPO_DEBUG")))
@@ -83,10 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if outage is not None:  # Optuna's own wrapper says "invalid data": say what it was
             e = outage
         first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
-        what = (f"the database did not answer for {outage_seconds():g}s (${OUTAGE_VAR}): "
-                if outage is not None else "")
-        print(f"hpo: failed: {what}{type(e).__name__}: {handle.redact(first)} (HPO_DEBUG=1 "
-              "shows the traceback)", file=sys.stderr)
+        what = (
+            f"the database did not answer for {outage_seconds():g}s (${OUTAGE_VAR}): "
+            if outage is not None
+            else ""
+        )
+        print(
+            f"hpo: failed: {what}{type(e).__name__}: {handle.redact(first)} (HPO_DEBUG=1 "
+            "shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 
@@ -100,8 +112,11 @@ def _quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("OPTUNA_VERBOSITY", "WARNING")
     warnings.filterwarnings("ignore", message=".*is experimental.*")
     if not verbose:
-        for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                           ("TRANSFORMERS_VERBOSITY", "error"), ("PYTHONWARNINGS", "ignore")):
+        for var, value in (
+            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+            ("TRANSFORMERS_VERBOSITY", "error"),
+            ("PYTHONWARNINGS", "ignore"),
+        ):
             os.environ.setdefault(var, value)
         warnings.simplefilter("ignore")
     try:

@@ -66,17 +66,29 @@ def report(h: Handle) -> int:
     args = h.args
     study = h.study
     others = [h.study_named(name) for name in args.compare]
-    path, _, figures = write_report(study, Path(args.out) if args.out else None, compare=others,
-                                    dashboard=not args.no_dashboard, storage=h.shown)
-    say(f"hpo: report of {args.study} written to {path} "
-        f"({path.stat().st_size / 1e6:.1f} MB, opens with no network)")
+    path, _, figures = write_report(
+        study,
+        Path(args.out) if args.out else None,
+        compare=others,
+        dashboard=not args.no_dashboard,
+        storage=h.shown,
+    )
+    say(
+        f"hpo: report of {args.study} written to {path} "
+        f"({path.stat().st_size / 1e6:.1f} MB, opens with no network)"
+    )
     if not args.no_dashboard:
-        say(f"hpo: {len(figures)} figures and a summary note saved into the study; "
-            "see them with: hpo dashboard")
+        say(
+            f"hpo: {len(figures)} figures and a summary note saved into the study; "
+            "see them with: hpo dashboard"
+        )
     if args.png:
         pngs = write_pngs(figures, path.with_suffix(""))
-        say(f"hpo: {len(pngs)} PNGs written to {path.with_suffix('')}" if isinstance(pngs, list)
-            else f"hpo: no PNGs: {pngs}")
+        say(
+            f"hpo: {len(pngs)} PNGs written to {path.with_suffix('')}"
+            if isinstance(pngs, list)
+            else f"hpo: no PNGs: {pngs}"
+        )
     return EXIT_OK
 
 
@@ -87,8 +99,10 @@ def dashboard(h: Handle) -> int:
 
     def ready(address: str, artifacts: str) -> None:
         if args.host not in ("127.0.0.1", "localhost", "::1"):
-            say(f"hpo: warning: listening on {args.host}: anyone who reaches this port can "
-                "read and change the studies (optuna-dashboard has no login)")
+            say(
+                f"hpo: warning: listening on {args.host}: anyone who reaches this port can "
+                "read and change the studies (optuna-dashboard has no login)"
+            )
         say(f"hpo: optuna-dashboard on {h.shown}; artifacts in {artifacts}")
         say(f"hpo: open {address}   (Ctrl-C stops it)")
 
@@ -105,8 +119,9 @@ def export(h: Handle) -> int:
 
     study, spec = h.load()
     out = Path(h.args.out) if h.args.out else Path("exports") / default_path(h.args.study).stem
-    record = export_best(study, spec, out, storage_url=h.url, artifacts=h.args.artifacts,
-                         trial_number=h.args.trial)
+    record = export_best(
+        study, spec, out, storage_url=h.url, artifacts=h.args.artifacts, trial_number=h.args.trial
+    )
     say(format_export(record, out))
     return EXIT_OK
 
@@ -116,7 +131,14 @@ def retrain(h: Handle) -> int:
     from hpo.retrain import retrain as retrain_best
 
     study, spec = h.load()
-    record = retrain_best(study, spec, out=h.args.out, trial_number=h.args.trial,
-                     epochs=h.args.epochs, storage_url=h.url, say=say)
+    record = retrain_best(
+        study,
+        spec,
+        out=h.args.out,
+        trial_number=h.args.trial,
+        epochs=h.args.epochs,
+        storage_url=h.url,
+        say=say,
+    )
     say(format_retrain(record))
     return EXIT_OK

@@ -60,17 +60,23 @@ def _launch(h: Handle, name: str) -> int:
     slots = assign_slots(gpus, args.per_gpu, args.workers, devices_per_trial=devices)
     idle = idle_gpus(gpus, slots)
     if idle:
-        say(f"hpo: warning: GPU {','.join(idle)} left idle: {len(gpus or ())} GPUs make "
-            f"{len(slots)} gang(s) of {devices} (resources.devices_per_trial)")
+        say(
+            f"hpo: warning: GPU {','.join(idle)} left idle: {len(gpus or ())} GPUs make "
+            f"{len(slots)} gang(s) of {devices} (resources.devices_per_trial)"
+        )
     if h.url.startswith("sqlite") and len(slots) > SQLITE_SAFE_WORKERS:
-        say(f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
-            f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL")
+        say(
+            f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
+            f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL"
+        )
     # The URL reaches the workers through their environment: a password in it must not show
     # in their command lines (``ps``).
     worker_args = WorkerOptions.from_args(args, study=name).to_argv()
     per_trial = f", {devices} devices per trial" if devices > 1 else ""
-    say(f"hpo: study {name} in {h.shown}: {len(slots)} worker(s){per_trial} "
-        + ", ".join(s.label for s in slots))
+    say(
+        f"hpo: study {name} in {h.shown}: {len(slots)} worker(s){per_trial} "
+        + ", ".join(s.label for s in slots)
+    )
 
     study = h.study
     host = socket.gethostname()
@@ -83,11 +89,14 @@ def _launch(h: Handle, name: str) -> int:
         # A dead worker's trial is failed and its retry queued now, not after the grace
         # period: a sibling (or the restarted worker) resumes it from its checkpoint.
         for number in reap_process(study, host, pid):
-            say(f"[{slot.label}] trial {number} of the dead worker (exit "
-                f"{describe_exit(code)}) failed; its retry resumes from its checkpoint")
+            say(
+                f"[{slot.label}] trial {number} of the dead worker (exit "
+                f"{describe_exit(code)}) failed; its retry resumes from its checkpoint"
+            )
 
-    code = Supervisor(worker_args, slots, env={ENV_VAR: h.url}, say=say, status=live_view,
-                      on_exit=hand_on).run()
+    code = Supervisor(
+        worker_args, slots, env={ENV_VAR: h.url}, say=say, status=live_view, on_exit=hand_on
+    ).run()
     best = best_text(study)
     if best is not None:
         say(best)
@@ -124,25 +133,41 @@ def worker(h: Handle) -> int:
     spec = spec.with_budget(options.n_trials, options.timeout)
     budget = spec.budget
     if not launched:
-        say(f"hpo: study {options.study} in {h.shown}; worker {worker}; budget "
-            + ", ".join(x for x in (budget.n_trials and f"{budget.n_trials} trials",
-                                    budget.timeout and f"{budget.timeout:g}s") if x))
+        say(
+            f"hpo: study {options.study} in {h.shown}; worker {worker}; budget "
+            + ", ".join(
+                x
+                for x in (
+                    budget.n_trials and f"{budget.n_trials} trials",
+                    budget.timeout and f"{budget.timeout:g}s",
+                )
+                if x
+            )
+        )
 
     def progress(trial: Any, trials: list[Any]) -> None:
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
-                   for t in trials)  # configurations, as the budget counts them
-        best = min((val_loss(t) for t in trials if t.state == TrialState.COMPLETE),
-                   default=None)
+        done = sum(
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
+            for t in trials
+        )  # configurations, as the budget counts them
+        best = min((val_loss(t) for t in trials if t.state == TrialState.COMPLETE), default=None)
         say(format_trial(trial, done, budget.n_trials, best))
 
-    report = run_worker(study, spec, worker=worker, checkpoint_dir=checkpoint_root(
-        options.checkpoint_dir), on_trial=progress, max_trials=options.max_trials_per_process,
-        storage_url=h.url)
-    say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} "
-        "trial(s)")
+    report = run_worker(
+        study,
+        spec,
+        worker=worker,
+        checkpoint_dir=checkpoint_root(options.checkpoint_dir),
+        on_trial=progress,
+        max_trials=options.max_trials_per_process,
+        storage_url=h.url,
+    )
+    say(f"hpo: worker {worker} stopped ({report.stopped_because}) after {report.trials} trial(s)")
     if report.stopped_because == "failures":
-        say(f"hpo: error: {MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: "
-            f"{report.last_failure}")
+        say(
+            f"hpo: error: {MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: "
+            f"{report.last_failure}"
+        )
         return EXIT_GAVE_UP
     if report.stopped_because == "recycle":
         return EXIT_RECYCLE
@@ -159,8 +184,10 @@ def reap(h: Handle) -> int:
     from hpo.worker import reap as reap_dead_workers
 
     failed = reap_dead_workers(h.study, everything=h.args.all)
-    print(f"reaped {len(failed)} trial(s)" + (": " + ", ".join(f"#{n}" for n in failed)
-                                              if failed else ""))
+    print(
+        f"reaped {len(failed)} trial(s)"
+        + (": " + ", ".join(f"#{n}" for n in failed) if failed else "")
+    )
     return EXIT_OK
 
 
@@ -168,33 +195,48 @@ def template(h: Handle) -> int:
     from sqlalchemy.engine import make_url
 
     from hpo.cluster import render
-
     from hpo.storage import grpc_address, journal_path, storage_kind
 
     args = h.args
     kind = storage_kind(h.url)
     if kind == "sqlite":
-        raise HpoError("a cluster needs a database server every machine reaches "
-                       "(--storage postgresql+psycopg2://..., mysql+pymysql://..., or "
-                       "grpc://HOST:PORT of an hpo storage-proxy), or a journal:// file on a "
-                       "filesystem they share; not SQLite")
+        raise HpoError(
+            "a cluster needs a database server every machine reaches "
+            "(--storage postgresql+psycopg2://..., mysql+pymysql://..., or "
+            "grpc://HOST:PORT of an hpo storage-proxy), or a journal:// file on a "
+            "filesystem they share; not SQLite"
+        )
     h.load()  # the workers will need it
     if kind == "journal":
         if not journal_path(h.url).is_absolute():
-            warn(f"the journal path {str(journal_path(h.url))!r} is relative: each node "
-                 "reads it from its own working directory; give its absolute path on the "
-                 "shared filesystem (journal:///shared/...)")
+            warn(
+                f"the journal path {str(journal_path(h.url))!r} is relative: each node "
+                "reads it from its own working directory; give its absolute path on the "
+                "shared filesystem (journal:///shared/...)"
+            )
     else:
         host = grpc_address(h.url)[0] if kind == "grpc" else make_url(h.url).host
         if host in (None, "", "localhost", "::1") or host.startswith("127."):
             what = "storage proxy" if kind == "grpc" else "database"
-            warn(f"the storage host {host or '(a local socket)'!r} is this machine as every "
-                 "node sees itself: the workers on other machines will not reach it; give the "
-                 f"{what}'s network name (--storage or HPO_STORAGE)")
-    print(render(args.kind, args.study, h.url, nodes=args.nodes, gpus=args.gpus_per_node,
-                 image=args.image, checkpoint_dir=args.checkpoint_dir,
-                 python=args.python or sys.executable,
-                 devices_per_trial=h.spec.resources.devices_per_trial), end="")
+            warn(
+                f"the storage host {host or '(a local socket)'!r} is this machine as every "
+                "node sees itself: the workers on other machines will not reach it; give the "
+                f"{what}'s network name (--storage or HPO_STORAGE)"
+            )
+    print(
+        render(
+            args.kind,
+            args.study,
+            h.url,
+            nodes=args.nodes,
+            gpus=args.gpus_per_node,
+            image=args.image,
+            checkpoint_dir=args.checkpoint_dir,
+            python=args.python or sys.executable,
+            devices_per_trial=h.spec.resources.devices_per_trial,
+        ),
+        end="",
+    )
     return EXIT_OK
 
 
@@ -207,8 +249,10 @@ def storage_proxy(h: Handle) -> int:
     server, bound = h.serve_proxy(host=args.host, port=args.port, threads=args.threads)
     local = args.host in ("127.0.0.1", "localhost", "::1")
     if not local:
-        warn(f"listening on {args.host}: anyone who reaches this port can read and change the "
-             "studies (the proxy has no login or TLS)")
+        warn(
+            f"listening on {args.host}: anyone who reaches this port can read and change the "
+            "studies (the proxy has no login or TLS)"
+        )
     # Every address (0.0.0.0): the workers reach it by this machine's name.
     reach = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host
     address = f"grpc://{reach}:{bound}"

@@ -9,8 +9,9 @@ is adding an entry.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from hpo.cli import _read, _run
 from hpo.cli._handle import Handle
@@ -45,8 +46,9 @@ class Command:
 # Argument types: a bad value is one line and exit code 2, as argparse's own errors.
 
 
-def _number(convert: Callable[[str], Any], ok: Callable[[Any], bool],
-            expected: str) -> Callable[[str], Any]:
+def _number(
+    convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
     """An argument type: ``convert`` the text, refuse it unless ``ok``."""
 
     def parse(text: str) -> Any:
@@ -71,39 +73,63 @@ port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 
 
 def storage_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL",
-                   help="SQLAlchemy URL of the study database (default: $HPO_STORAGE, "
-                        "else sqlite:///hpo.db)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL of the study database (default: $HPO_STORAGE, else sqlite:///hpo.db)",
+    )
 
 
 def _budget(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-trials", type=positive_int, metavar="N",
-                   help="finished trials (complete + pruned) of the study, across all workers; "
-                        "overrides the spec's budget.n_trials")
-    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
-                   help="start no new trial after this many seconds; overrides budget.timeout")
-    p.add_argument("--checkpoint-dir", metavar="DIR",
-                   help="where trial checkpoints go (default: $HPO_CHECKPOINT_DIR, "
-                        "else ./checkpoints)")
+    p.add_argument(
+        "--n-trials",
+        type=positive_int,
+        metavar="N",
+        help="finished trials (complete + pruned) of the study, across all workers; "
+        "overrides the spec's budget.n_trials",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="start no new trial after this many seconds; overrides budget.timeout",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="where trial checkpoints go (default: $HPO_CHECKPOINT_DIR, else ./checkpoints)",
+    )
 
 
 def _launch(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", metavar="LIST|all",
-                   help="GPUs to use, e.g. 0,1,2,3, or all (default for run: every visible "
-                        "GPU, else one CPU worker)")
-    p.add_argument("--per-gpu", type=positive_int, default=1, metavar="K",
-                   help="workers per GPU (default 1)")
-    p.add_argument("--workers", type=positive_int, metavar="N",
-                   help="N CPU workers (machines without GPUs)")
-    p.add_argument("--max-trials-per-process", type=positive_int, metavar="N",
-                   help="recycle each worker process after N trials")
+    p.add_argument(
+        "--gpus",
+        metavar="LIST|all",
+        help="GPUs to use, e.g. 0,1,2,3, or all (default for run: every visible "
+        "GPU, else one CPU worker)",
+    )
+    p.add_argument(
+        "--per-gpu", type=positive_int, default=1, metavar="K", help="workers per GPU (default 1)"
+    )
+    p.add_argument(
+        "--workers", type=positive_int, metavar="N", help="N CPU workers (machines without GPUs)"
+    )
+    p.add_argument(
+        "--max-trials-per-process",
+        type=positive_int,
+        metavar="N",
+        help="recycle each worker process after N trials",
+    )
 
 
 def _preflight(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-preflight", action="store_true",
-                   help="skip the checks of this machine's files (data, model directory, "
-                        "checkpoint) before the study is written: for files only the "
-                        "workers have")
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the checks of this machine's files (data, model directory, "
+        "checkpoint) before the study is written: for files only the "
+        "workers have",
+    )
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -111,7 +137,11 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 
 SHARED: dict[str, Arguments] = {
-    "budget": _budget, "launch": _launch, "preflight": _preflight, "json": _json}
+    "budget": _budget,
+    "launch": _launch,
+    "preflight": _preflight,
+    "json": _json,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,61 +157,111 @@ def _create_spec(p: argparse.ArgumentParser) -> None:
 
 
 def _worker(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-trials-per-process", type=positive_int, metavar="N",
-                   help="exit with code 75 (restart me) after N trials, so long studies do "
-                        "not creep in memory; the launcher restarts it")
+    p.add_argument(
+        "--max-trials-per-process",
+        type=positive_int,
+        metavar="N",
+        help="exit with code 75 (restart me) after N trials, so long studies do "
+        "not creep in memory; the launcher restarts it",
+    )
 
 
 def _reap(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--all", action="store_true",
-                   help="treat every running trial as dead, heartbeat or not (only when no "
-                        "worker of the study is alive)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="treat every running trial as dead, heartbeat or not (only when no "
+        "worker of the study is alive)",
+    )
 
 
 def _template(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=("slurm", "kubernetes"), metavar="slurm|kubernetes")
-    p.add_argument("--nodes", type=positive_int, default=1, metavar="N",
-                   help="machines: array tasks or pods (default 1)")
-    p.add_argument("--gpus-per-node", type=_number(int, lambda v: v >= 0, "an integer >= 0"),
-                   default=1, metavar="N", help="GPUs per machine, one worker each (default 1; "
-                   "0: machines without GPUs, one CPU worker each)")
-    p.add_argument("--image", default="python:3.11", help="container image with hpo installed "
-                   "(kubernetes)")
-    p.add_argument("--checkpoint-dir", default="/shared/hpo-checkpoints", metavar="DIR",
-                   help="a directory all machines share (default /shared/hpo-checkpoints)")
-    p.add_argument("--python", metavar="PATH",
-                   help="the Python with hpo installed on the compute nodes (slurm; default: "
-                        "the one running this command, e.g. .venv/bin/python)")
+    p.add_argument(
+        "--nodes",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="machines: array tasks or pods (default 1)",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=_number(int, lambda v: v >= 0, "an integer >= 0"),
+        default=1,
+        metavar="N",
+        help="GPUs per machine, one worker each (default 1; "
+        "0: machines without GPUs, one CPU worker each)",
+    )
+    p.add_argument(
+        "--image", default="python:3.11", help="container image with hpo installed (kubernetes)"
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default="/shared/hpo-checkpoints",
+        metavar="DIR",
+        help="a directory all machines share (default /shared/hpo-checkpoints)",
+    )
+    p.add_argument(
+        "--python",
+        metavar="PATH",
+        help="the Python with hpo installed on the compute nodes (slurm; default: "
+        "the one running this command, e.g. .venv/bin/python)",
+    )
 
 
 def _storage_proxy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; 0.0.0.0 for workers on other "
-                        "machines: the proxy has no login or TLS, keep it on a trusted network)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 for workers on other "
+        "machines: the proxy has no login or TLS, keep it on a trusted network)",
+    )
     p.add_argument("--port", type=port, default=13000, help="port (default 13000; 0: any free)")
-    p.add_argument("--threads", type=positive_int, default=10, metavar="N",
-                   help="threads serving the workers' calls, each with at most one database "
-                        "connection (default 10)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="threads serving the workers' calls, each with at most one database "
+        "connection (default 10)",
+    )
 
 
 def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="the HTML file (default: dashboards/STUDY.html)")
-    p.add_argument("--compare", metavar="OTHER", action="append", default=[],
-                   help="compare with another study of the storage (repeatable)")
-    p.add_argument("--no-dashboard", action="store_true",
-                   help="do not save the figures and note into the study")
-    p.add_argument("--png", action="store_true",
-                   help="also write static PNGs into a folder beside the HTML (needs kaleido, "
-                        "which needs Chrome; skipped with a note where it does not work)")
+    p.add_argument(
+        "--compare",
+        metavar="OTHER",
+        action="append",
+        default=[],
+        help="compare with another study of the storage (repeatable)",
+    )
+    p.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not save the figures and note into the study",
+    )
+    p.add_argument(
+        "--png",
+        action="store_true",
+        help="also write static PNGs into a folder beside the HTML (needs kaleido, "
+        "which needs Chrome; skipped with a note where it does not work)",
+    )
 
 
 def _dashboard(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; 0.0.0.0 opens it to the network)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 opens it to the network)",
+    )
     p.add_argument("--port", type=port, default=8080, help="port (default 8080; 0: any free)")
-    p.add_argument("--artifacts", metavar="DIR",
-                   help="artifact store folder (default: $HPO_ARTIFACTS, else beside the SQLite "
-                        "file as NAME-artifacts/, else ./hpo-artifacts)")
+    p.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="artifact store folder (default: $HPO_ARTIFACTS, else beside the SQLite "
+        "file as NAME-artifacts/, else ./hpo-artifacts)",
+    )
 
 
 def _trials(p: argparse.ArgumentParser) -> None:
@@ -191,97 +271,180 @@ def _trials(p: argparse.ArgumentParser) -> None:
 
 def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="the folder (default: exports/STUDY)")
-    p.add_argument("--artifacts", metavar="DIR",
-                   help="artifact store folder, where the checkpoint was uploaded elsewhere")
-    p.add_argument("--trial", type=int, metavar="N",
-                   help="export complete trial N instead of the best (a study of several "
-                        "objectives needs it: one of its Pareto set)")
+    p.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="artifact store folder, where the checkpoint was uploaded elsewhere",
+    )
+    p.add_argument(
+        "--trial",
+        type=int,
+        metavar="N",
+        help="export complete trial N instead of the best (a study of several "
+        "objectives needs it: one of its Pareto set)",
+    )
 
 
 def _retrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="the folder (default: retrain/STUDY)")
-    p.add_argument("--epochs", type=positive_int, metavar="N",
-                   help="epochs to train (default: the trial's best_epoch, else its epochs)")
-    p.add_argument("--trial", type=int, metavar="N",
-                   help="retrain complete trial N instead of the best (a study of several "
-                        "objectives needs it: one of its Pareto set)")
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help="epochs to train (default: the trial's best_epoch, else its epochs)",
+    )
+    p.add_argument(
+        "--trial",
+        type=int,
+        metavar="N",
+        help="retrain complete trial N instead of the best (a study of several "
+        "objectives needs it: one of its Pareto set)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The table, in the order of ``hpo --help``.
 
 COMMANDS: tuple[Command, ...] = (
-    Command("run", "create or resume the spec's study and run its trials here",
-            "Create the study of SPEC (or resume it) and run workers on this machine until the "
-            "budget is met: one per visible GPU, else one CPU worker.",
-            _run.run, _run_spec, ("budget", "launch", "preflight"), study=False),
-    Command("create", "create the spec's study without running trials",
-            "Validate SPEC and create its study, storing the whole spec in it so that workers "
-            "need only the study name.",
-            _run.create, _create_spec, ("preflight",), study=False),
-    Command("worker", "run trials of an existing study (one worker)",
-            "Pull trials of STUDY until its global budget is met. Start one per GPU or machine "
-            "against the same --storage; CUDA_VISIBLE_DEVICES pins it.",
-            _run.worker, _worker, ("budget",)),
-    Command("launch", "run supervised workers of a study on this machine",
-            "One worker process per GPU slot (CUDA_VISIBLE_DEVICES set before torch loads), "
-            "restarted if it dies; Ctrl-C re-queues the running trials. Run it on every "
-            "machine against one PostgreSQL or MySQL --storage.",
-            _run.launch, shared=("budget", "launch")),
-    Command("reap", "fail and re-queue the trials of dead workers",
-            "Fail the running trials whose worker stopped beating (the heartbeat grace period "
-            "passed) and re-queue them to resume from their last checkpoint.",
-            _run.reap, _reap),
-    Command("template", "print a Slurm or Kubernetes job for many machines",
-            "Print a Slurm job array or a Kubernetes Job whose every node runs 'hpo launch "
-            "STUDY --gpus all' against the shared database. A URL with a password is read from "
-            "$HPO_STORAGE there, never written into the template.",
-            _run.template, _template),
-    Command("storage-proxy", "serve the study database to many workers over gRPC",
-            "Run Optuna's gRPC storage proxy, with hpo's claims and heartbeats, in front of "
-            "the --storage database (PostgreSQL, MySQL or SQLite; its tables are created "
-            "where missing). Workers then take --storage grpc://HOST:PORT and need no "
-            "database driver or credentials, and the database sees at most --threads "
-            "connections however many workers there are. Ctrl-C or SIGTERM stops it.",
-            _run.storage_proxy, _storage_proxy, study=False),
-    Command("status", "trial counts, best value and running trials",
-            "Counts by state, the best value and the running trials with their latest epoch.",
-            _read.status, shared=("json",)),
-    Command("best", "the best trial (or the Pareto set): params, val loss, curve",
-            "The best complete trial: its validation loss, hyperparameters, per-epoch "
-            "validation loss and attributes. A study of several objectives: its Pareto set, "
-            "a table of each trial's objectives and params (--json: a list of trials).",
-            _read.best, shared=("json",)),
-    Command("studies", "list the studies in the storage",
-            "Every study in the storage with counts and best values.",
-            _read.studies, shared=("json",), study=False),
-    Command("report", "HTML report of a study; its figures into the dashboard",
-            "Write a self-contained HTML report of STUDY that opens with no network "
-            "(optimization history, learning curves, parallel coordinates, importances, "
-            "slices, timeline of workers, pruning savings; the Pareto front of a study of several "
-            "objectives) and save the same figures and a "
-            "summary note into the study for optuna-dashboard.",
-            _read.report, _report),
-    Command("dashboard", "start optuna-dashboard on the study database",
-            "Serve optuna-dashboard on the study database with the artifact store the workers "
-            "upload checkpoints to. Binds to 127.0.0.1 unless --host says otherwise; Ctrl-C "
-            "stops it.",
-            _read.dashboard, _dashboard, study=False),
-    Command("trials", "every trial of a study as CSV or JSON",
-            "Every trial of STUDY: number, state, value, times, params, attributes and "
-            "per-epoch validation loss.",
-            _read.trials, _trials),
-    Command("export", "the best trial as a runnable spec, its weights and record",
-            "Write the best trial of STUDY into a folder: spec.yaml (the best params fixed; "
-            "run it with hpo run), its weights (model.pt: a torchvision state_dict; model/: a "
-            "transformers save_pretrained folder), record.json (seeds, package versions, git "
-            "commit, data fingerprint, how to load the weights) and trials.csv.",
-            _read.export, _export),
-    Command("retrain", "retrain the best trial on train + val, test it",
-            "Fine-tune the best trial's configuration (or --trial N's) once more on the "
-            "trials' train and validation examples together, for the epoch its validation "
-            "loss was best, and evaluate it on the test split where the dataset has one (or "
-            "task.test_fraction). Writes model.pt and retrain.json and keeps a summary in the "
-            "study (hpo.retrain).",
-            _read.retrain, _retrain),
+    Command(
+        "run",
+        "create or resume the spec's study and run its trials here",
+        "Create the study of SPEC (or resume it) and run workers on this machine until the "
+        "budget is met: one per visible GPU, else one CPU worker.",
+        _run.run,
+        _run_spec,
+        ("budget", "launch", "preflight"),
+        study=False,
+    ),
+    Command(
+        "create",
+        "create the spec's study without running trials",
+        "Validate SPEC and create its study, storing the whole spec in it so that workers "
+        "need only the study name.",
+        _run.create,
+        _create_spec,
+        ("preflight",),
+        study=False,
+    ),
+    Command(
+        "worker",
+        "run trials of an existing study (one worker)",
+        "Pull trials of STUDY until its global budget is met. Start one per GPU or machine "
+        "against the same --storage; CUDA_VISIBLE_DEVICES pins it.",
+        _run.worker,
+        _worker,
+        ("budget",),
+    ),
+    Command(
+        "launch",
+        "run supervised workers of a study on this machine",
+        "One worker process per GPU slot (CUDA_VISIBLE_DEVICES set before torch loads), "
+        "restarted if it dies; Ctrl-C re-queues the running trials. Run it on every "
+        "machine against one PostgreSQL or MySQL --storage.",
+        _run.launch,
+        shared=("budget", "launch"),
+    ),
+    Command(
+        "reap",
+        "fail and re-queue the trials of dead workers",
+        "Fail the running trials whose worker stopped beating (the heartbeat grace period "
+        "passed) and re-queue them to resume from their last checkpoint.",
+        _run.reap,
+        _reap,
+    ),
+    Command(
+        "template",
+        "print a Slurm or Kubernetes job for many machines",
+        "Print a Slurm job array or a Kubernetes Job whose every node runs 'hpo launch "
+        "STUDY --gpus all' against the shared database. A URL with a password is read from "
+        "$HPO_STORAGE there, never written into the template.",
+        _run.template,
+        _template,
+    ),
+    Command(
+        "storage-proxy",
+        "serve the study database to many workers over gRPC",
+        "Run Optuna's gRPC storage proxy, with hpo's claims and heartbeats, in front of "
+        "the --storage database (PostgreSQL, MySQL or SQLite; its tables are created "
+        "where missing). Workers then take --storage grpc://HOST:PORT and need no "
+        "database driver or credentials, and the database sees at most --threads "
+        "connections however many workers there are. Ctrl-C or SIGTERM stops it.",
+        _run.storage_proxy,
+        _storage_proxy,
+        study=False,
+    ),
+    Command(
+        "status",
+        "trial counts, best value and running trials",
+        "Counts by state, the best value and the running trials with their latest epoch.",
+        _read.status,
+        shared=("json",),
+    ),
+    Command(
+        "best",
+        "the best trial (or the Pareto set): params, val loss, curve",
+        "The best complete trial: its validation loss, hyperparameters, per-epoch "
+        "validation loss and attributes. A study of several objectives: its Pareto set, "
+        "a table of each trial's objectives and params (--json: a list of trials).",
+        _read.best,
+        shared=("json",),
+    ),
+    Command(
+        "studies",
+        "list the studies in the storage",
+        "Every study in the storage with counts and best values.",
+        _read.studies,
+        shared=("json",),
+        study=False,
+    ),
+    Command(
+        "report",
+        "HTML report of a study; its figures into the dashboard",
+        "Write a self-contained HTML report of STUDY that opens with no network "
+        "(optimization history, learning curves, parallel coordinates, importances, "
+        "slices, timeline of workers, pruning savings; the Pareto front of a study of several "
+        "objectives) and save the same figures and a "
+        "summary note into the study for optuna-dashboard.",
+        _read.report,
+        _report,
+    ),
+    Command(
+        "dashboard",
+        "start optuna-dashboard on the study database",
+        "Serve optuna-dashboard on the study database with the artifact store the workers "
+        "upload checkpoints to. Binds to 127.0.0.1 unless --host says otherwise; Ctrl-C "
+        "stops it.",
+        _read.dashboard,
+        _dashboard,
+        study=False,
+    ),
+    Command(
+        "trials",
+        "every trial of a study as CSV or JSON",
+        "Every trial of STUDY: number, state, value, times, params, attributes and "
+        "per-epoch validation loss.",
+        _read.trials,
+        _trials,
+    ),
+    Command(
+        "export",
+        "the best trial as a runnable spec, its weights and record",
+        "Write the best trial of STUDY into a folder: spec.yaml (the best params fixed; "
+        "run it with hpo run), its weights (model.pt: a torchvision state_dict; model/: a "
+        "transformers save_pretrained folder), record.json (seeds, package versions, git "
+        "commit, data fingerprint, how to load the weights) and trials.csv.",
+        _read.export,
+        _export,
+    ),
+    Command(
+        "retrain",
+        "retrain the best trial on train + val, test it",
+        "Fine-tune the best trial's configuration (or --trial N's) once more on the "
+        "trials' train and validation examples together, for the epoch its validation "
+        "loss was best, and evaluate it on the test split where the dataset has one (or "
+        "task.test_fraction). Writes model.pt and retrain.json and keeps a summary in the "
+        "study (hpo.retrain).",
+        _read.retrain,
+        _retrain,
+    ),
 )

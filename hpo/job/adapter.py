@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -54,12 +55,14 @@ def add_lora(model: nn.Module, adapter, params: dict) -> nn.Module:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
             return get_peft_model(model, config)
     except ValueError as e:  # peft: no module matched the targets
-        linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules()
-                         if isinstance(m, nn.Linear)})
+        linear = sorted(
+            {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
         raise JobSetupError(
             f"task.adapter: target modules {config.target_modules!r}: no LoRA on this model "
             f"(its linear layers end in {', '.join(linear)}); peft: "
-            f"{str(e).splitlines()[0][:160]}") from None
+            f"{str(e).splitlines()[0][:160]}"
+        ) from None
 
 
 def is_adapted(model: nn.Module) -> bool:
@@ -107,9 +110,11 @@ def load_adapter_state(model: nn.Module, state: Mapping[str, Any]) -> None:
     wrong = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
     extra = sorted(set(state) - set(own))
     if wrong or extra:
-        raise JobSetupError(f"the saved adapter does not fit this model's: {len(wrong)} of its "
-                            f"tensors missing or of another shape ({wrong[:2]}), {len(extra)} "
-                            f"unknown ({extra[:2]})")
+        raise JobSetupError(
+            f"the saved adapter does not fit this model's: {len(wrong)} of its "
+            f"tensors missing or of another shape ({wrong[:2]}), {len(extra)} "
+            f"unknown ({extra[:2]})"
+        )
     set_peft_model_state_dict(model, dict(state))
 
 

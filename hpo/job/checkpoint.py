@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,20 +68,29 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> list[st
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fits:
-        raise JobSetupError(f"weights {path}: none of its {len(state)} tensors fits "
-                            f"{type(model).__name__} (names or shapes differ)")
+        raise JobSetupError(
+            f"weights {path}: none of its {len(state)} tensors fits "
+            f"{type(model).__name__} (names or shapes differ)"
+        )
     model.load_state_dict(fits, strict=False)
     skipped = sorted(set(state) - set(fits))
     missing = sorted(set(own) - set(fits))
-    log.info("weights %s: loaded %d tensors, skipped %d %s, %d left as initialized %s",
-             path, len(fits), len(skipped), skipped[:4], len(missing), missing[:4])
+    log.info(
+        "weights %s: loaded %d tensors, skipped %d %s, %d left as initialized %s",
+        path,
+        len(fits),
+        len(skipped),
+        skipped[:4],
+        len(missing),
+        missing[:4],
+    )
     return sorted(fits)
 
 
 def _strip(name: str) -> str:
     for prefix in _PREFIXES:
         while name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name
 
 
@@ -98,8 +108,17 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
         model.load_state_dict(state)
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
-                    progress: dict, final: bool = False) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch: int,
+    progress: dict,
+    final: bool = False,
+) -> None:
     """Write the trial's state after ``epoch`` (1-based) atomically to ``path``.
 
     ``final``: the trial trained its last epoch (or stopped early): write the model, the
@@ -107,8 +126,16 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
     finished trial needs; the optimizer, scheduler, scaler and RNG states are left out.
     """
     if final:
-        _save_atomically({"epoch": epoch, "model": model_state(model),
-                          "progress": dict(progress), "final": True, **_adapter(model)}, path)
+        _save_atomically(
+            {
+                "epoch": epoch,
+                "model": model_state(model),
+                "progress": dict(progress),
+                "final": True,
+                **_adapter(model),
+            },
+            path,
+        )
         return
     state = {
         "epoch": epoch,
@@ -145,8 +172,9 @@ def _save_atomically(state: dict, path: Path) -> None:
     os.replace(tmp, path)  # a reader never sees half a file, even if we die mid-write
 
 
-def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler,
-                       scaler, epochs: int | None = None) -> tuple[int, dict]:
+def restore_checkpoint(
+    path: Path, *, model: nn.Module, optimizer, scheduler, scaler, epochs: int | None = None
+) -> tuple[int, dict]:
     """Load a checkpoint written by ``save_checkpoint`` into the given objects.
 
     A final checkpoint (``save_checkpoint(final=True)``) loads the model alone: the loop it
@@ -168,7 +196,8 @@ def restore_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler,
         if epochs is not None and epoch < epochs and not progress.get("stopped_early"):
             raise JobSetupError(
                 f"checkpoint {path} is final (weights only, written after epoch {epoch}), "
-                f"but the trial plans {epochs} epochs: it cannot resume training")
+                f"but the trial plans {epochs} epochs: it cannot resume training"
+            )
         load_model_state(model, state["model"])
         return epoch, progress
     load_model_state(model, state["model"])

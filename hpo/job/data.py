@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,8 +69,13 @@ class LabelledSubset(Dataset):
     only in their indices and transform (augmentation for training, none for validation).
     """
 
-    def __init__(self, base: Sequence, indices: Sequence[int], labels: np.ndarray,
-                 transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        base: Sequence,
+        indices: Sequence[int],
+        labels: np.ndarray,
+        transform: Callable | None = None,
+    ) -> None:
         self.base = base
         self.indices = [int(i) for i in indices]
         self.labels = np.asarray(labels)[self.indices]
@@ -103,8 +109,9 @@ TEST_SEED_OFFSET = 104_729
 """The test hold-out draws from ``seed + TEST_SEED_OFFSET``, apart from the val split's draws."""
 
 
-def heldout_test_indices(labels: np.ndarray, test_fraction: float,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+def heldout_test_indices(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The task's ``test_fraction`` hold-out: a seeded, stratified ``split`` of every example.
 
     Made before any subsample or train/val split, so trials (which get the rest) and
@@ -123,14 +130,20 @@ def heldout_about(test_fraction: float) -> str:
 
 def no_test_split(dataset_name: str) -> str:
     """Why a built-in dataset without a test split of its own has none, and the way out."""
-    return (f"{dataset_name} has no test split; give task.test_fraction (e.g. 0.2) to hold "
-            "one out in a new study")
+    return (
+        f"{dataset_name} has no test split; give task.test_fraction (e.g. 0.2) to hold "
+        "one out in a new study"
+    )
 
 
-def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
-                      max_samples: int | None, val_fraction: float,
-                      seed: int, test_fraction: float | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def train_val_indices(
+    train_labels: np.ndarray,
+    val_labels: np.ndarray | None,
+    max_samples: int | None,
+    val_fraction: float,
+    seed: int,
+    test_fraction: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Which examples train and which validate, the same for every trial of a task.
 
     Without a val split of its own, a seeded subsample of ``max_samples`` examples is split
@@ -153,8 +166,9 @@ def train_val_indices(train_labels: np.ndarray, val_labels: np.ndarray | None,
     """
     if test_fraction is not None:
         rest, _ = heldout_test_indices(train_labels, test_fraction, seed)
-        train, val = train_val_indices(train_labels[rest], val_labels, max_samples,
-                                       val_fraction, seed)
+        train, val = train_val_indices(
+            train_labels[rest], val_labels, max_samples, val_fraction, seed
+        )
         return rest[train], (rest[val] if val_labels is None else val)
     if val_labels is None:
         pool = subsample(train_labels, max_samples, seed)
@@ -195,7 +209,7 @@ class EpochShuffle(Sampler[int]):
         indices = torch.randperm(self.n, generator=order)
         if self.keyed:
             indices += self.epoch * self.n
-        return iter(indices[self.skip:].tolist())
+        return iter(indices[self.skip :].tolist())
 
     def __len__(self) -> int:
         return self.n

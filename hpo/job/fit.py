@@ -102,10 +102,20 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
         # with gradient accumulation, so the effective batch stays batch_size.
         while True:
             try:
-                loss = train_step(state.net, inputs, labels, progress.micro_batch,
-                                  state.criterion, state.dev, state.scaler, state.optimizer,
-                                  state.scheduler, state.trainable, state.grad_clip,
-                                  state.ranks)
+                loss = train_step(
+                    state.net,
+                    inputs,
+                    labels,
+                    progress.micro_batch,
+                    state.criterion,
+                    state.dev,
+                    state.scaler,
+                    state.optimizer,
+                    state.scheduler,
+                    state.trainable,
+                    state.grad_clip,
+                    state.ranks,
+                )
                 break
             except torch.OutOfMemoryError as e:
                 oom = str(e).splitlines()[0] if str(e) else "out of memory"
@@ -117,10 +127,16 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
                 raise torch.OutOfMemoryError(f"a micro-batch of 1 does not fit: {oom}")
             progress.micro_batch //= 2
             accumulation = math.ceil(state.rank_batch / progress.micro_batch)
-            trial.set_attrs({"micro_batch_size": progress.micro_batch,
-                             "grad_accumulation": accumulation})
-            log.warning("trial %d: out of memory (%s); now %d micro-batches of %d",
-                        trial.number, oom, accumulation, progress.micro_batch)
+            trial.set_attrs(
+                {"micro_batch_size": progress.micro_batch, "grad_accumulation": accumulation}
+            )
+            log.warning(
+                "trial %d: out of memory (%s); now %d micro-batches of %d",
+                trial.number,
+                oom,
+                accumulation,
+                progress.micro_batch,
+            )
         progress.samples += state.batch_size  # over all ranks
         epoch_loss += loss
 
@@ -142,8 +158,9 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
     return epoch_loss / max(steps, 1)
 
 
-def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
-                        train_loss: float, batches: int = 0) -> bool:
+def evaluate_and_report(
+    state: FitState, trial: Trial, epoch: int, step: int, train_loss: float, batches: int = 0
+) -> bool:
     """Evaluate on the val set, report the loss at ``step``, prune or stop early, record.
 
     ``batches``: of ``epoch``, trained so far; 0 at its end. A pause saves the checkpoint
@@ -159,13 +176,27 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
     # Inside an epoch, the val subset where there is one: its loss goes to the pruner alone.
     on_subset = bool(batches) and state.subset_loader is not None
     val_loss, accuracy, balanced, progress.eval_micro_batch = evaluate_or_fail(
-        trial, partial(record, state, trial), state.net,
-        state.subset_loader if on_subset else state.val_loader, state.dev,
-        progress.eval_micro_batch or progress.micro_batch, state.channels_last, state.ranks,
-        num_classes=state.setup.num_classes, weight=state.weight)
-    log.info("trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f%s",
-             trial.number, epoch, step, train_loss, val_loss, accuracy,
-             f" (val subset of {state.task.val_subset})" if on_subset else "")
+        trial,
+        partial(record, state, trial),
+        state.net,
+        state.subset_loader if on_subset else state.val_loader,
+        state.dev,
+        progress.eval_micro_batch or progress.micro_batch,
+        state.channels_last,
+        state.ranks,
+        num_classes=state.setup.num_classes,
+        weight=state.weight,
+    )
+    log.info(
+        "trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f%s",
+        trial.number,
+        epoch,
+        step,
+        train_loss,
+        val_loss,
+        accuracy,
+        f" (val subset of {state.task.val_subset})" if on_subset else "",
+    )
     if not math.isfinite(val_loss):
         prune(state, trial, "nan", step)
     if not on_subset:  # the trial's value, best epoch and early stopping: whole val sets
@@ -186,8 +217,9 @@ def evaluate_and_report(state: FitState, trial: Trial, epoch: int, step: int,
         prune(state, trial, "pruned", step)
     patience = state.task.early_stopping_patience
     if patience is not None and progress.evals_since_best >= patience:
-        log.info("trial %d: no better val loss in %d evaluations, stopping early",
-                 trial.number, patience)
+        log.info(
+            "trial %d: no better val loss in %d evaluations, stopping early", trial.number, patience
+        )
         progress.stopped_early = True
         record(state, trial, stopped_early_at_step=step)
         return True
@@ -207,10 +239,16 @@ def save_epoch(state: FitState, trial: Trial, epoch: int, batches: int = 0) -> N
     # the final checkpoint keeps the model and the progress, enough for a resume (a retry
     # after the worker died before the tell) to return at once. Inside an epoch (a pause),
     # the checkpoint's epoch is the last whole one.
-    save_checkpoint(state.checkpoint, model=state.model, optimizer=state.optimizer,
-                    scheduler=state.scheduler, scaler=state.scaler,
-                    epoch=epoch - 1 if batches else epoch, progress=asdict(progress),
-                    final=not batches and (epoch == state.epochs or progress.stopped_early))
+    save_checkpoint(
+        state.checkpoint,
+        model=state.model,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        scaler=state.scaler,
+        epoch=epoch - 1 if batches else epoch,
+        progress=asdict(progress),
+        final=not batches and (epoch == state.epochs or progress.stopped_early),
+    )
     trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
 
 
@@ -221,22 +259,44 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
     if state.checkpoint is not None:
         save_model(state.checkpoint, model=state.model, epoch=progress.epochs_run)
         trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
-    trial.set_attrs({"train_examples": len(setup.train_set), "train_loss": train_loss,
-                     "test_split": setup.test_about})
+    trial.set_attrs(
+        {
+            "train_examples": len(setup.train_set),
+            "train_loss": train_loss,
+            "test_split": setup.test_about,
+        }
+    )
     if setup.test_set is None or len(setup.test_set) == 0:
         return
-    loader = eval_loader(setup, setup.test_set, state.task, state.dev, state.batch_size,
-                         state.ranks)
+    loader = eval_loader(
+        setup, setup.test_set, state.task, state.dev, state.batch_size, state.ranks
+    )
     test_loss, accuracy, balanced, _ = evaluate_or_fail(
-        trial, lambda **attrs: trial.set_attrs(attrs), state.net, loader, state.dev,
-        progress.micro_batch, state.channels_last, state.ranks,
-        num_classes=setup.num_classes, weight=state.weight)
-    log.info("final fit: test loss %.4f, test accuracy %.3f on %d examples", test_loss,
-             accuracy, len(setup.test_set))
-    trial.set_attrs({"test_loss": test_loss, "test_accuracy": accuracy,
-                     "test_examples": len(setup.test_set),
-                     **({"test_balanced_accuracy": balanced} if state.weight is not None
-                        else {})})
+        trial,
+        lambda **attrs: trial.set_attrs(attrs),
+        state.net,
+        loader,
+        state.dev,
+        progress.micro_batch,
+        state.channels_last,
+        state.ranks,
+        num_classes=setup.num_classes,
+        weight=state.weight,
+    )
+    log.info(
+        "final fit: test loss %.4f, test accuracy %.3f on %d examples",
+        test_loss,
+        accuracy,
+        len(setup.test_set),
+    )
+    trial.set_attrs(
+        {
+            "test_loss": test_loss,
+            "test_accuracy": accuracy,
+            "test_examples": len(setup.test_set),
+            **({"test_balanced_accuracy": balanced} if state.weight is not None else {}),
+        }
+    )
 
 
 def record(state: FitState, trial: Trial, **extra: Any) -> None:
@@ -247,8 +307,9 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
     attrs: dict[str, Any] = {
         "epochs_run": progress.epochs_run,
         # Epochs of data trained (a fraction where a pause or a prune fell inside an epoch).
-        "epochs_trained": round(progress.samples / max(state.steps_per_epoch
-                                                       * state.batch_size, 1), 4),
+        "epochs_trained": round(
+            progress.samples / max(state.steps_per_epoch * state.batch_size, 1), 4
+        ),
         "epochs_planned": state.epochs,
         "train_seconds": round(progress.seconds, 3),
         "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9), 1),

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from hpo.job.errors import JobSetupError
-from hpo.job.text_data import TextSource, label_ids, known_label_ids
+from hpo.job.text_data import TextSource, known_label_ids, label_ids
 
 
 def hf_texts(dataset: Mapping[str, Any]) -> TextSource:
@@ -24,31 +25,39 @@ def hf_texts(dataset: Mapping[str, Any]) -> TextSource:
     try:
         import datasets  # noqa: F401 - only to say what is missing
     except ImportError:
-        raise JobSetupError("dataset hf: needs the `datasets` package: pip install datasets"
-                            ) from None
+        raise JobSetupError(
+            "dataset hf: needs the `datasets` package: pip install datasets"
+        ) from None
     name = dataset["hf"]
     splits = hf_splits(dataset)
     train_split = dataset.get("train_split", "train")
     val_split = dataset.get("val_split") or ("validation" if "validation" in splits else None)
     for split in (train_split, val_split, dataset.get("test_split")):
         if split is not None and split not in splits:
-            raise JobSetupError(f"dataset hf {name}: no split {split!r}; it has "
-                                f"{', '.join(splits)}")
+            raise JobSetupError(
+                f"dataset hf {name}: no split {split!r}; it has {', '.join(splits)}"
+            )
     train = splits[train_split]
     label = dataset.get("label", "label")
     text = dataset.get("text") or _text_column(train, label, name)
     for column in (text, label):
         if column not in train.column_names:
-            raise JobSetupError(f"dataset hf {name}: no column {column!r}; it has "
-                                f"{', '.join(train.column_names)}")
+            raise JobSetupError(
+                f"dataset hf {name}: no column {column!r}; it has {', '.join(train.column_names)}"
+            )
     feature = train.features[label]
     names = list(feature.names) if hasattr(feature, "names") else None
     val = splits[val_split] if val_split else None
     train_ids, val_ids, names = label_ids(train[label], val[label] if val else [], names)
     found = f"hf {name} split {val_split!r}" if val and "val_split" not in dataset else ""
-    return TextSource([str(t) for t in train[text]], train_ids,
-                      [str(t) for t in val[text]] if val else None,
-                      val_ids if val else None, names, found_val=found)
+    return TextSource(
+        [str(t) for t in train[text]],
+        train_ids,
+        [str(t) for t in val[text]] if val else None,
+        val_ids if val else None,
+        names,
+        found_val=found,
+    )
 
 
 def hf_test_texts(dataset: Mapping[str, Any], source: TextSource):
@@ -58,8 +67,14 @@ def hf_test_texts(dataset: Mapping[str, Any], source: TextSource):
     split = dataset.get("test_split")
     if split is None:
         if "test" not in splits:
-            return None, None, (f"hf {name} has no test split ({', '.join(splits)}); name one "
-                                "with test_split, or give task.test_fraction")
+            return (
+                None,
+                None,
+                (
+                    f"hf {name} has no test split ({', '.join(splits)}); name one "
+                    "with test_split, or give task.test_fraction"
+                ),
+            )
         split = "test"
     test = splits[split]
     label = dataset.get("label", "label")
@@ -70,11 +85,19 @@ def hf_test_texts(dataset: Mapping[str, Any], source: TextSource):
     ids = known_label_ids(test[label], source.label_names)
     if ids is None:
         if "test_split" in dataset:
-            raise JobSetupError(f"dataset hf {name}: test_split {split!r} has labels the "
-                                "training split lacks (an unlabelled split has -1)")
-        return None, None, (f"hf {name}'s test split is unlabelled (labels outside "
-                            f"{', '.join(source.label_names)}); name a labelled one with "
-                            "test_split")
+            raise JobSetupError(
+                f"dataset hf {name}: test_split {split!r} has labels the "
+                "training split lacks (an unlabelled split has -1)"
+            )
+        return (
+            None,
+            None,
+            (
+                f"hf {name}'s test split is unlabelled (labels outside "
+                f"{', '.join(source.label_names)}); name a labelled one with "
+                "test_split"
+            ),
+        )
     return [str(t) for t in test[text]], ids, f"hf {name} split {split!r}"
 
 
@@ -101,10 +124,13 @@ def hf_splits(dataset: Mapping[str, Any]):
     except Exception as e:  # noqa: BLE001 - offline, unknown name, bad config: all bad input
         first = (str(e).strip().splitlines() or [""])[0]
         if local:
-            raise JobSetupError(f"dataset hf: cannot load {path} ({type(e).__name__}: "
-                                f"{first})") from None
-        raise JobSetupError(f"dataset hf {name} {config or ''}: cannot load it ({first}); hpo "
-                            "runs offline (HF_DATASETS_OFFLINE=1): it must be cached") from None
+            raise JobSetupError(
+                f"dataset hf: cannot load {path} ({type(e).__name__}: {first})"
+            ) from None
+        raise JobSetupError(
+            f"dataset hf {name} {config or ''}: cannot load it ({first}); hpo "
+            "runs offline (HF_DATASETS_OFFLINE=1): it must be cached"
+        ) from None
 
 
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")
@@ -115,9 +141,14 @@ def _text_column(split, label: str, name: str) -> str:
     """The one string column besides the label (``sentence`` in glue/sst2, say)."""
     if "text" in split.column_names:
         return "text"
-    strings = [c for c, f in split.features.items()
-               if c != label and getattr(f, "dtype", None) in ("string", "large_string")]
+    strings = [
+        c
+        for c, f in split.features.items()
+        if c != label and getattr(f, "dtype", None) in ("string", "large_string")
+    ]
     if len(strings) != 1:
-        raise JobSetupError(f"dataset hf {name}: say which column is the text (text: COL); "
-                            f"its columns are {', '.join(split.column_names)}")
+        raise JobSetupError(
+            f"dataset hf {name}: say which column is the text (text: COL); "
+            f"its columns are {', '.join(split.column_names)}"
+        )
     return strings[0]

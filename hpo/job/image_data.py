@@ -7,9 +7,10 @@ cheap and made per trial. Downloads stay off: a torchvision dataset must already
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,11 +105,19 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
         says that no example needs work when loaded (in-memory data, transformed once).
     """
     train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache)
-    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
-                                           task.max_samples, task.val_fraction, task.seed,
-                                           task.test_fraction)
-    val_base, val_labels = ((source.train, source.train_labels) if source.val is None
-                            else (source.val, source.val_labels))
+    train_idx, val_idx = train_val_indices(
+        source.train_labels,
+        source.val_labels,
+        task.max_samples,
+        task.val_fraction,
+        task.seed,
+        task.test_fraction,
+    )
+    val_base, val_labels = (
+        (source.train, source.train_labels)
+        if source.val is None
+        else (source.val, source.val_labels)
+    )
     train_set = LabelledSubset(source.train, train_idx, source.train_labels, train_tf)
     val_set = LabelledSubset(val_base, val_idx, val_labels, evaluate)
     ready = False
@@ -135,23 +144,36 @@ def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache
         JobSetupError: a test folder whose classes differ from the training ones.
     """
     train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache)
-    train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
-                                           task.max_samples, task.val_fraction, task.seed,
-                                           task.test_fraction)
+    train_idx, val_idx = train_val_indices(
+        source.train_labels,
+        source.val_labels,
+        task.max_samples,
+        task.val_fraction,
+        task.seed,
+        task.test_fraction,
+    )
     ready = pairs is not None and not augment
     if source.val is None:
         both = np.sort(np.concatenate([train_idx, val_idx]))
-        train_set: Dataset = (LabelledSubset(pairs, both, source.train_labels) if ready
-                              else LabelledSubset(source.train, both, source.train_labels,
-                                                  train_tf))
+        train_set: Dataset = (
+            LabelledSubset(pairs, both, source.train_labels)
+            if ready
+            else LabelledSubset(source.train, both, source.train_labels, train_tf)
+        )
     else:
-        train_set = ConcatDataset([
-            LabelledSubset(source.train, train_idx, source.train_labels, train_tf),
-            LabelledSubset(source.val, val_idx, source.val_labels, train_tf)])
+        train_set = ConcatDataset(
+            [
+                LabelledSubset(source.train, train_idx, source.train_labels, train_tf),
+                LabelledSubset(source.val, val_idx, source.val_labels, train_tf),
+            ]
+        )
     if task.test_fraction is not None:
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
-        test_set = (LabelledSubset(pairs, test_idx, source.train_labels) if pairs is not None
-                    else LabelledSubset(source.train, test_idx, source.train_labels, evaluate))
+        test_set = (
+            LabelledSubset(pairs, test_idx, source.train_labels)
+            if pairs is not None
+            else LabelledSubset(source.train, test_idx, source.train_labels, evaluate)
+        )
         about = heldout_about(task.test_fraction)
         return train_set, test_set, about, ready
     test, test_labels, about = load_test_images(task.dataset, source, cache)
@@ -187,8 +209,7 @@ def load_test_images(dataset: Mapping[str, Any], source: ImageSource, cache: dic
 def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
     """The task's training and evaluation transforms, whether it augments, and for in-memory
     data without a val split, ``(tensor, label)`` pairs evaluation-transformed once."""
-    size = task.image_size or (preset.crop if preset else max(source.native_size,
-                                                                MIN_IMAGE_SIZE))
+    size = task.image_size or (preset.crop if preset else max(source.native_size, MIN_IMAGE_SIZE))
     if preset is None:
         preset = Preset(crop=size, resize=size)
     resize = max(size, round(size * preset.resize / preset.crop))
@@ -197,8 +218,15 @@ def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
     pairs = None
     if source.in_memory and source.val is None:
         # Transform once per worker, not once per example per epoch (a tenth of an epoch).
-        key = cache_key("transformed", task.dataset, size=size, resize=resize,
-                        mean=preset.mean, std=preset.std, weights=str(preset.weights))
+        key = cache_key(
+            "transformed",
+            task.dataset,
+            size=size,
+            resize=resize,
+            mean=preset.mean,
+            std=preset.std,
+            weights=str(preset.weights),
+        )
         if key not in cache:
             cache[key] = torch.stack([evaluate(x) for x, _ in source.train])
         pairs = list(zip(cache[key], source.train_labels))
@@ -208,8 +236,12 @@ def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
 def _train_transform(preset: Preset, size: int, resize: int, augment: bool):
     from torchvision.transforms import v2
 
-    steps = [v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True),
-             v2.Resize(resize, antialias=True)]
+    steps = [
+        v2.ToImage(),
+        v2.RGB(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Resize(resize, antialias=True),
+    ]
     if augment:
         steps += [v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()]
     else:
@@ -223,11 +255,17 @@ def _eval_transform(preset: Preset, size: int, resize: int):
     if preset.weights is not None:
         # The weights' own evaluation preset, at this task's size.
         evaluate = preset.weights.transforms(crop_size=size, resize_size=resize)
-        return v2.Compose([v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True),
-                           evaluate])
-    return v2.Compose([v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Resize(resize, antialias=True), v2.CenterCrop(size),
-                       v2.Normalize(preset.mean, preset.std)])
+        return v2.Compose([v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True), evaluate])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RGB(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(size),
+            v2.Normalize(preset.mean, preset.std),
+        ]
+    )
 
 
 def _digits() -> ImageSource:
@@ -238,8 +276,17 @@ def _digits() -> ImageSource:
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = np.asarray(digits.target, dtype=np.int64)
     pairs = torch.utils.data.TensorDataset(images, torch.from_numpy(labels))
-    return ImageSource(pairs, labels, None, None, 10, handwriting=True, native_size=8,
-                       in_memory=True, class_names=[str(i) for i in range(10)])
+    return ImageSource(
+        pairs,
+        labels,
+        None,
+        None,
+        10,
+        handwriting=True,
+        native_size=8,
+        in_memory=True,
+        class_names=[str(i) for i in range(10)],
+    )
 
 
 def _torchvision(name: str, root: str) -> ImageSource:
@@ -268,9 +315,16 @@ def _torchvision(name: str, root: str) -> ImageSource:
     classes = getattr(train, "classes", None)
     num_classes = len(classes) if classes else int(labels.max()) + 1
     names = [str(c) for c in classes] if classes else [str(i) for i in range(num_classes)]
-    return ImageSource(train, labels, None, None, num_classes,
-                       handwriting=name in HANDWRITING, native_size=_side(train[0][0]),
-                       class_names=names)
+    return ImageSource(
+        train,
+        labels,
+        None,
+        None,
+        num_classes,
+        handwriting=name in HANDWRITING,
+        native_size=_side(train[0][0]),
+        class_names=names,
+    )
 
 
 def _torchvision_test(name: str, root: str, source: ImageSource):
@@ -290,8 +344,14 @@ def _torchvision_test(name: str, root: str, source: ImageSource):
     try:
         test = cls(str(path), **kwargs)
     except (RuntimeError, OSError, ValueError) as e:
-        return None, None, (f"{name}'s test split is not under {path} "
-                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        return (
+            None,
+            None,
+            (
+                f"{name}'s test split is not under {path} "
+                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ),
+        )
     what = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "download")
     return test, _labels(test), f"{name} {what}"
 
@@ -304,16 +364,24 @@ def _image_folder_test(dataset: Mapping[str, Any], source: ImageSource):
     if not test_dir.is_dir() or not (root / dataset.get("train", "train")).is_dir():
         if "test" in dataset:
             raise JobSetupError(f"image_folder: no test directory at {test_dir}")
-        return None, None, (f"image_folder {root} has no test/ directory beside train/ "
-                            "(or give task.test_fraction in a new study)")
+        return (
+            None,
+            None,
+            (
+                f"image_folder {root} has no test/ directory beside train/ "
+                "(or give task.test_fraction in a new study)"
+            ),
+        )
     try:
         test = ImageFolder(str(test_dir))
     except (FileNotFoundError, OSError) as e:
         raise JobSetupError(f"image_folder: {e}") from None
     train_classes = getattr(source.train, "classes", None)
     if train_classes is not None and test.classes != train_classes:
-        raise JobSetupError(f"image_folder: {test_dir} has classes {test.classes}, the "
-                            f"training folder has {train_classes}; they must match")
+        raise JobSetupError(
+            f"image_folder: {test_dir} has classes {test.classes}, the "
+            f"training folder has {train_classes}; they must match"
+        )
     return test, np.asarray(test.targets), f"image folder {test_dir}"
 
 
@@ -335,12 +403,20 @@ def _image_folder(dataset: Mapping[str, Any]) -> ImageSource:
     except (FileNotFoundError, OSError) as e:
         raise JobSetupError(f"image_folder: {e}") from None
     if val is not None and val.classes != train.classes:
-        raise JobSetupError(f"image_folder: {val_dir} has classes {val.classes}, "
-                            f"{train_dir} has {train.classes}; they must match")
-    return ImageSource(train, np.asarray(train.targets), val,
-                       None if val is None else np.asarray(val.targets), len(train.classes),
-                       handwriting=False, native_size=_side(train[0][0]),
-                       class_names=list(train.classes))
+        raise JobSetupError(
+            f"image_folder: {val_dir} has classes {val.classes}, "
+            f"{train_dir} has {train.classes}; they must match"
+        )
+    return ImageSource(
+        train,
+        np.asarray(train.targets),
+        val,
+        None if val is None else np.asarray(val.targets),
+        len(train.classes),
+        handwriting=False,
+        native_size=_side(train[0][0]),
+        class_names=list(train.classes),
+    )
 
 
 def _labels(dataset) -> np.ndarray:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from hpo.job.state import TrainingSetup
 
 
-def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int,
-                 ranks: Ranks = Ranks()) -> tuple[DataLoader, DataLoader | None, EpochShuffle]:
+def make_loaders(
+    setup: TrainingSetup, task, dev: Device, batch_size: int, ranks: Ranks = Ranks()
+) -> tuple[DataLoader, DataLoader | None, EpochShuffle]:
     """The train and val loaders, and the train loader's sampler (``set_epoch`` each epoch).
 
     The data order depends on (seed, epoch) alone, so a resumed attempt sees the same one.
@@ -35,18 +36,27 @@ def make_loaders(setup: TrainingSetup, task, dev: Device, batch_size: int,
     # (dropout's), whose state must not depend on when a loader happened to start.
     seeded = torch.Generator().manual_seed(task.seed)
     if ranks.many:  # this rank's part of each global batch
-        train_loader = DataLoader(train_set, batch_sampler=RankBatches(order, batch_size, ranks),
-                                  generator=seeded, **loading)
+        train_loader = DataLoader(
+            train_set,
+            batch_sampler=RankBatches(order, batch_size, ranks),
+            generator=seeded,
+            **loading,
+        )
     else:
-        train_loader = DataLoader(train_set, batch_size, sampler=order, drop_last=True,
-                                  generator=seeded, **loading)
-    val_loader = (None if setup.val_set is None
-                  else eval_loader(setup, setup.val_set, task, dev, batch_size, ranks))
+        train_loader = DataLoader(
+            train_set, batch_size, sampler=order, drop_last=True, generator=seeded, **loading
+        )
+    val_loader = (
+        None
+        if setup.val_set is None
+        else eval_loader(setup, setup.val_set, task, dev, batch_size, ranks)
+    )
     return train_loader, val_loader, order
 
 
-def subset_loader(setup: TrainingSetup, task, dev: Device, batch_size: int,
-                  ranks: Ranks = Ranks()) -> DataLoader | None:
+def subset_loader(
+    setup: TrainingSetup, task, dev: Device, batch_size: int, ranks: Ranks = Ranks()
+) -> DataLoader | None:
     """The loader of the evaluations inside an epoch (``task.val_subset``): a fixed subset of
     the val set, drawn from the task's seed alone (so the same for every trial), in order.
     None where every evaluation reads the whole val set: no ``val_subset``, one evaluation
@@ -56,25 +66,39 @@ def subset_loader(setup: TrainingSetup, task, dev: Device, batch_size: int,
     if task.val_subset is None or task.evals_per_epoch == 1 or task.val_subset >= n:
         return None
     drawn = torch.randperm(n, generator=torch.Generator().manual_seed(task.seed))
-    subset = Subset(val, sorted(drawn[:task.val_subset].tolist()))  # type: ignore[arg-type]
+    subset = Subset(val, sorted(drawn[: task.val_subset].tolist()))  # type: ignore[arg-type]
     return eval_loader(setup, subset, task, dev, batch_size, ranks)
 
 
-def eval_loader(setup: TrainingSetup, dataset: Dataset, task, dev: Device,
-                batch_size: int, ranks: Ranks = Ranks()) -> DataLoader:
+def eval_loader(
+    setup: TrainingSetup,
+    dataset: Dataset,
+    task,
+    dev: Device,
+    batch_size: int,
+    ranks: Ranks = Ranks(),
+) -> DataLoader:
     """A loader of ``dataset`` (val or test) in order, as ``make_loaders`` loads; on several
     ranks, of this rank's contiguous part of it."""
     if ranks.many:
         part = ranks.shard(len(dataset))  # type: ignore[arg-type]
         dataset = Subset(dataset, range(part.start, part.stop))
         batch_size = math.ceil(batch_size / ranks.world)
-    return DataLoader(dataset, batch_size, generator=torch.Generator().manual_seed(task.seed),
-                      **_loading(setup, task, dev))
+    return DataLoader(
+        dataset,
+        batch_size,
+        generator=torch.Generator().manual_seed(task.seed),
+        **_loading(setup, task, dev),
+    )
 
 
 def _loading(setup: TrainingSetup, task, dev: Device) -> dict[str, Any]:
     workers = task.num_workers
     if workers is None:
         workers = 4 if dev.cuda and not setup.in_memory else 0
-    return dict(collate_fn=setup.collate, num_workers=workers, pin_memory=dev.cuda,
-                persistent_workers=workers > 0)
+    return dict(
+        collate_fn=setup.collate,
+        num_workers=workers,
+        pin_memory=dev.cuda,
+        persistent_workers=workers > 0,
+    )

@@ -9,8 +9,9 @@ global batch's, not its count over the batch size (``ClassWeighted.shares``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ from hpo.job.errors import JobSetupError
 from hpo.job.ranks import Ranks
 
 
-def class_weights(spec: Any, train_labels: np.ndarray,
-                  class_names: Sequence[str]) -> dict[str, float] | None:
+def class_weights(
+    spec: Any, train_labels: np.ndarray, class_names: Sequence[str]
+) -> dict[str, float] | None:
     """The weight of each class that ``task.class_weights`` names, by class name.
 
     Args:
@@ -44,19 +46,23 @@ def class_weights(spec: Any, train_labels: np.ndarray,
         counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(names))
         empty = [names[i] for i in np.flatnonzero(counts == 0)]
         if empty:
-            raise JobSetupError(f"class_weights balanced: class {empty[0]!r} has no training "
-                                "examples (max_samples too small?); give weights by name")
+            raise JobSetupError(
+                f"class_weights balanced: class {empty[0]!r} has no training "
+                "examples (max_samples too small?); give weights by name"
+            )
         weights = len(train_labels) / (len(names) * counts)
         return {name: float(w) for name, w in zip(names, weights)}
     if isinstance(spec, (list, tuple)):
         if len(spec) != len(names):
-            raise JobSetupError(f"class_weights: {len(spec)} weights for {len(names)} classes "
-                                f"({', '.join(names)})")
+            raise JobSetupError(
+                f"class_weights: {len(spec)} weights for {len(names)} classes ({', '.join(names)})"
+            )
         return {name: float(w) for name, w in zip(names, spec)}
     unknown = [k for k in spec if k not in names]
     if unknown:
-        raise JobSetupError(f"class_weights: no class {unknown[0]!r}; the classes are "
-                            f"{', '.join(names)}")
+        raise JobSetupError(
+            f"class_weights: no class {unknown[0]!r}; the classes are {', '.join(names)}"
+        )
     return {name: float(spec.get(name, 1.0)) for name in names}
 
 
@@ -71,11 +77,17 @@ class ClassWeighted:
     label_smoothing: float = 0.0
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels, weight=self.weight, reduction="sum",
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits,
+            labels,
+            weight=self.weight,
+            reduction="sum",
+            label_smoothing=self.label_smoothing,
+        )
 
-    def shares(self, labels: torch.Tensor, parts: Sequence[slice],
-               ranks: Ranks = Ranks()) -> list[torch.Tensor]:
+    def shares(
+        self, labels: torch.Tensor, parts: Sequence[slice], ranks: Ranks = Ranks()
+    ) -> list[torch.Tensor]:
         """What each micro-batch's weighted sum is multiplied by: one over the global batch's
         weight sum (over every rank: a collective, so every rank calls it each step), times the
         number of ranks, whose gradients are averaged."""

@@ -34,8 +34,14 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {PARAMS_ATTR: total, TRAINABLE_PARAMS_ATTR: trainable}
 
 
-def measure_latency(model: nn.Module, examples: Dataset, collate: Any, dev: Device,
-                    channels_last: bool, latency: Any) -> dict[str, Any]:
+def measure_latency(
+    model: nn.Module,
+    examples: Dataset,
+    collate: Any,
+    dev: Device,
+    channels_last: bool,
+    latency: Any,
+) -> dict[str, Any]:
     """The model's forward latency at batch 1 and at ``latency.batch_size``.
 
     Args:

@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 
-def freeze(model: nn.Module, head: list[nn.Parameter], blocks: list[list[nn.Parameter]],
-           policy: str, k: int) -> list[nn.Module]:
+def freeze(
+    model: nn.Module,
+    head: list[nn.Parameter],
+    blocks: list[list[nn.Parameter]],
+    policy: str,
+    k: int,
+) -> list[nn.Module]:
     """Turn off gradients by the freeze policy; the new head always trains.
 
     Args:
@@ -70,8 +75,11 @@ def make_optimizer(model: nn.Module, head: list[nn.Parameter], params: dict):
         if p.requires_grad:
             groups.setdefault((id(p) in heads, p.ndim >= 2), []).append(p)
     param_groups = [
-        {"params": ps, "lr": lr if is_head else lr * mult,
-         "weight_decay": decay if is_weight else 0.0}
+        {
+            "params": ps,
+            "lr": lr if is_head else lr * mult,
+            "weight_decay": decay if is_weight else 0.0,
+        }
         for (is_head, is_weight), ps in sorted(groups.items())
     ]
     name = params["optimizer"]

@@ -20,8 +20,9 @@ What keeps the ranks in step (no rank may wait forever on another):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ class Ranks:
     world: int = 1
 
     @staticmethod
-    def current() -> "Ranks":
+    def current() -> Ranks:
         """From ``torch.distributed``'s process group, if this process is in one."""
         import torch.distributed as dist
 
@@ -123,8 +124,11 @@ class Ranks:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else None
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
         import inspect
 
         # torch 2.14 renamed broadcast_buffers (deprecated there) to forward_sync_buffers.
@@ -164,7 +168,7 @@ class RankBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         indices = list(self.order)
         for start in range(0, len(indices) - self.batch_size + 1, self.batch_size):
-            batch = indices[start:start + self.batch_size]
+            batch = indices[start : start + self.batch_size]
             yield batch[self.part]
 
     def __len__(self) -> int:

@@ -63,8 +63,16 @@ def measure(setup: TrainingSetup, task, latency) -> dict:
     attrs: dict = count_parameters(setup.model)
     if latency is not None and setup.val_set is not None:
         dev = pick_device(task.amp)
-        attrs.update(measure_latency(setup.model, setup.val_set, setup.collate, dev,
-                                     uses_channels_last(setup, task, dev), latency))
+        attrs.update(
+            measure_latency(
+                setup.model,
+                setup.val_set,
+                setup.collate,
+                dev,
+                uses_channels_last(setup, task, dev),
+                latency,
+            )
+        )
     return attrs
 
 
@@ -81,8 +89,9 @@ def build(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSe
         from hpo.job.text import build_text
 
         return build_text(task, params, cache, final=final)
-    raise ValueError(f"task.kind: expected image_classification or text_classification, "
-                     f"got {task.kind!r}")
+    raise ValueError(
+        f"task.kind: expected image_classification or text_classification, got {task.kind!r}"
+    )
 
 
 def release(setup: TrainingSetup) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,8 +183,11 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
     # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
     # with different label smoothing compare. Class weights weigh both: the same weights (of
     # the same training split) in every trial and on every rank.
-    by_class = class_weights(task.class_weights, dataset_labels(setup.train_set),
-                             setup.class_names or [str(i) for i in range(setup.num_classes)])
+    by_class = class_weights(
+        task.class_weights,
+        dataset_labels(setup.train_set),
+        setup.class_names or [str(i) for i in range(setup.num_classes)],
+    )
     weight = None
     if by_class is not None:
         weight = torch.tensor(list(by_class.values()), dtype=torch.float32, device=dev.device)
@@ -197,12 +201,21 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
     start_epoch = 0
     if context.resume_path is not None and Path(context.resume_path).is_file():
         start_epoch, saved = restore_checkpoint(
-            Path(context.resume_path), model=model, optimizer=optimizer, scheduler=scheduler,
-            scaler=scaler, epochs=epochs)
+            Path(context.resume_path),
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            epochs=epochs,
+        )
         progress = Progress(**saved)
-        log.info("trial %d: resumed from %s after epoch %d%s", trial.number,
-                 context.resume_path, start_epoch,
-                 f" and {progress.epoch_batches} batches" if progress.epoch_batches else "")
+        log.info(
+            "trial %d: resumed from %s after epoch %d%s",
+            trial.number,
+            context.resume_path,
+            start_epoch,
+            f" and {progress.epoch_batches} batches" if progress.epoch_batches else "",
+        )
     net = ranks.wrap(model, dev.device)
     net = torch.compile(net) if task.compile else net
     evals = task.evals_per_epoch
@@ -210,28 +223,49 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
     # step means the same for every batch size.
     eval_after = {max(1, round(j * steps_per_epoch / evals)): j for j in range(1, evals + 1)}
     return FitState(
-        setup=setup, task=task, dev=dev, channels_last=channels_last, model=model, net=net,
-        frozen=frozen, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
-        scaler=scaler, criterion=criterion, class_weights=by_class, weight=weight,
+        setup=setup,
+        task=task,
+        dev=dev,
+        channels_last=channels_last,
+        model=model,
+        net=net,
+        frozen=frozen,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        criterion=criterion,
+        class_weights=by_class,
+        weight=weight,
         grad_clip=params["grad_clip"],
-        train_loader=train_loader, val_loader=val_loader,
-        subset_loader=subset_loader(setup, task, dev, batch_size, ranks), order=order,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        subset_loader=subset_loader(setup, task, dev, batch_size, ranks),
+        order=order,
         batch_size=batch_size,
-        rank_batch=rank_batch, ranks=ranks,
-        steps_per_epoch=steps_per_epoch, epochs=epochs, evals=evals, eval_after=eval_after,
+        rank_batch=rank_batch,
+        ranks=ranks,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        evals=evals,
+        eval_after=eval_after,
         checkpoint=Path(context.checkpoint_path) if context.checkpoint_path else None,
         pauses=context.pauses,
-        progress=progress, start_epoch=start_epoch,
-        started=time.perf_counter() - progress.seconds)
+        progress=progress,
+        start_epoch=start_epoch,
+        started=time.perf_counter() - progress.seconds,
+    )
 
 
 def uses_channels_last(setup: TrainingSetup, task, dev: Device) -> bool:
     """Whether image batches go to the device in channels_last format (CNNs; by default on
     CUDA)."""
     return setup.convolutional and (
-        task.channels_last if task.channels_last is not None else dev.cuda)
+        task.channels_last if task.channels_last is not None else dev.cuda
+    )
 
 
-def _weighted(criterion: Callable[..., torch.Tensor], weight: float, *args: Any,
-              **kwargs: Any) -> torch.Tensor:
+def _weighted(
+    criterion: Callable[..., torch.Tensor], weight: float, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     return criterion(*args, **kwargs) * weight

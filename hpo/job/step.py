@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,20 @@ from hpo.job.trial import Trial
 log = logging.getLogger(__name__)
 
 
-def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int, criterion,
-               dev: Device, scaler, optimizer, scheduler, trainable: list[nn.Parameter],
-               grad_clip: float, ranks: Ranks = Ranks()) -> float:
+def train_step(
+    model: nn.Module,
+    inputs,
+    labels: torch.Tensor,
+    micro_batch: int,
+    criterion,
+    dev: Device,
+    scaler,
+    optimizer,
+    scheduler,
+    trainable: list[nn.Parameter],
+    grad_clip: float,
+    ranks: Ranks = Ranks(),
+) -> float:
     """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
 
     On several ranks, ``inputs`` are this rank's part of the global batch; the step is taken
@@ -40,13 +51,17 @@ def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int,
     total = torch.zeros((), device=labels.device)
     oom = None
     parts = micro_batches(n, micro_batch)
-    shares = (criterion.shares(labels, parts, ranks) if isinstance(criterion, ClassWeighted)
-              else [(part.stop - part.start) / n for part in parts])
+    shares = (
+        criterion.shares(labels, parts, ranks)
+        if isinstance(criterion, ClassWeighted)
+        else [(part.stop - part.start) / n for part in parts]
+    )
     with ranks.local_gradients(model):
         try:
             for part, share in zip(parts, shares):
-                total += forward_backward(model, take(inputs, part), labels[part], criterion,
-                                          dev, scaler, weight=share)
+                total += forward_backward(
+                    model, take(inputs, part), labels[part], criterion, dev, scaler, weight=share
+                )
         except torch.OutOfMemoryError as e:
             if not ranks.many:
                 raise
@@ -68,8 +83,15 @@ def train_step(model: nn.Module, inputs, labels: torch.Tensor, micro_batch: int,
     return loss
 
 
-def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, dev: Device,
-                     scaler, weight: float | torch.Tensor) -> torch.Tensor:
+def forward_backward(
+    model: nn.Module,
+    inputs,
+    labels: torch.Tensor,
+    criterion,
+    dev: Device,
+    scaler,
+    weight: float | torch.Tensor,
+) -> torch.Tensor:
     """Forward and backward one micro-batch, its criterion times ``weight``: its share of
     the batch.
 
@@ -82,10 +104,19 @@ def forward_backward(model: nn.Module, inputs, labels: torch.Tensor, criterion, 
     return loss.detach()
 
 
-def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module,
-                     loader: DataLoader, dev: Device, micro_batch: int, channels_last: bool,
-                     ranks: Ranks = Ranks(), *, num_classes: int,
-                     weight: torch.Tensor | None = None) -> tuple[float, float, float, int]:
+def evaluate_or_fail(
+    trial: Trial,
+    record: Callable[..., None],
+    model: nn.Module,
+    loader: DataLoader,
+    dev: Device,
+    micro_batch: int,
+    channels_last: bool,
+    ranks: Ranks = Ranks(),
+    *,
+    num_classes: int,
+    weight: torch.Tensor | None = None,
+) -> tuple[float, float, float, int]:
     """``evaluate``, its micro-batch halved on out-of-memory until it fits.
 
     Args:
@@ -103,9 +134,19 @@ def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module
     """
     while True:
         try:
-            return (*evaluate(model, loader, dev, micro_batch, channels_last, ranks,
-                             num_classes=num_classes, weight=weight),
-                    micro_batch)
+            return (
+                *evaluate(
+                    model,
+                    loader,
+                    dev,
+                    micro_batch,
+                    channels_last,
+                    ranks,
+                    num_classes=num_classes,
+                    weight=weight,
+                ),
+                micro_batch,
+            )
         except torch.OutOfMemoryError as e:
             oom = str(e).splitlines()[0] if str(e) else "out of memory"
         # Out of the except block, the traceback holding the activations is gone.
@@ -115,14 +156,26 @@ def evaluate_or_fail(trial: Trial, record: Callable[..., None], model: nn.Module
             raise torch.OutOfMemoryError(f"evaluation: a micro-batch of 1 does not fit: {oom}")
         micro_batch //= 2
         trial.set_attrs({"eval_micro_batch_size": micro_batch})
-        log.warning("trial %d: out of memory in evaluation (%s); evaluating in micro-batches "
-                    "of %d", trial.number, oom, micro_batch)
+        log.warning(
+            "trial %d: out of memory in evaluation (%s); evaluating in micro-batches of %d",
+            trial.number,
+            oom,
+            micro_batch,
+        )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int,
-             channels_last: bool, ranks: Ranks = Ranks(), *, num_classes: int,
-             weight: torch.Tensor | None = None) -> tuple[float, float, float]:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    dev: Device,
+    micro_batch: int,
+    channels_last: bool,
+    ranks: Ranks = Ranks(),
+    *,
+    num_classes: int,
+    weight: torch.Tensor | None = None,
+) -> tuple[float, float, float]:
     """Cross-entropy, accuracy and balanced accuracy over a validation or test set (over every
     rank's part of it).
 
@@ -151,7 +204,7 @@ def evaluate(model: nn.Module, loader: DataLoader, dev: Device, micro_batch: int
     if ranks.many:
         sums = ranks.sum(sums)
     sums = sums.tolist()  # one sync per evaluation
-    hits, counts = sums[2:2 + num_classes], sums[2 + num_classes:]
+    hits, counts = sums[2 : 2 + num_classes], sums[2 + num_classes :]
     recalls = [h / c for h, c in zip(hits, counts) if c > 0]
     return sums[0] / sums[1], sum(hits) / sum(counts), sum(recalls) / max(len(recalls), 1)
 

@@ -46,8 +46,7 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
     val_set = test_set = None
     test_about = ""
     if final:
-        train_set, test_set, test_about = final_tokenized_datasets(task, tokenizer, source,
-                                                                   cache)
+        train_set, test_set, test_about = final_tokenized_datasets(task, tokenizer, source, cache)
     else:
         train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
     model, new = pretrained_classifier(task.model, source.label_names, task.weights)
@@ -89,15 +88,15 @@ def load_tokenizer(model: str, cache: dict):
     key = f"tokenizer:{model}"
     if key not in cache:
         try:
-            cache[key] = AutoTokenizer.from_pretrained(_where(model),
-                                                       local_files_only=_offline())
+            cache[key] = AutoTokenizer.from_pretrained(_where(model), local_files_only=_offline())
         except OSError as e:
             raise _not_found(model, e) from None
     return cache[key]
 
 
-def pretrained_classifier(model: str, label_names: list[str],
-                          weights: str | None) -> tuple[nn.Module, set[str]]:
+def pretrained_classifier(
+    model: str, label_names: list[str], weights: str | None
+) -> tuple[nn.Module, set[str]]:
     """``AutoModelForSequenceClassification`` with one output per label.
 
     Args:
@@ -125,12 +124,15 @@ def pretrained_classifier(model: str, label_names: list[str],
     except OSError as e:
         raise _not_found(model, e) from None
     new = set(info.get("missing_keys", ())) | {
-        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
+        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())
+    }
     if weights not in (None, "DEFAULT"):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise JobSetupError(f"weights {weights!r}: for a text model, expected null, "
-                                "DEFAULT (its own pretrained weights) or a checkpoint file")
+            raise JobSetupError(
+                f"weights {weights!r}: for a text model, expected null, "
+                "DEFAULT (its own pretrained weights) or a checkpoint file"
+            )
         new -= set(load_weights_file(net, path))
     return net, new
 
@@ -179,4 +181,5 @@ def _where(model: str) -> str:
 def _not_found(model: str, error: Exception) -> JobSetupError:
     return JobSetupError(
         f"model {model!r}: not found locally ({str(error).splitlines()[0]}); hpo runs offline: "
-        "give a local model directory, or set HF_HUB_OFFLINE=0 where there is internet")
+        "give a local model directory, or set HF_HUB_OFFLINE=0 where there is internet"
+    )

@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,10 +55,15 @@ def unused_val_fraction(task, source: TextSource) -> str | None:
 
     if not source.found_val or task.val_fraction == TaskSpec.val_fraction:
         return None
-    share = (f"; it only shares max_samples {task.max_samples} between the two splits"
-             if task.max_samples is not None else "")
-    return (f"task.val_fraction {task.val_fraction:g} splits nothing off the training split: "
-            f"{source.found_val} validates as it is{share} (leave val_fraction out to say so)")
+    share = (
+        f"; it only shares max_samples {task.max_samples} between the two splits"
+        if task.max_samples is not None
+        else ""
+    )
+    return (
+        f"task.val_fraction {task.val_fraction:g} splits nothing off the training split: "
+        f"{source.found_val} validates as it is{share} (leave val_fraction out to say so)"
+    )
 
 
 def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
@@ -80,8 +86,10 @@ def load_texts(dataset: Mapping[str, Any], cache: dict) -> TextSource:
         if dataset.get("name") == "vader":
             cache[key] = _vader()
         elif "name" in dataset:
-            raise JobSetupError(f"unknown built-in text dataset {dataset['name']!r}; "
-                                "expected vader (or use hf, csv or jsonl)")
+            raise JobSetupError(
+                f"unknown built-in text dataset {dataset['name']!r}; "
+                "expected vader (or use hf, csv or jsonl)"
+            )
         elif "hf" in dataset:
             from hpo.job.hf_data import hf_texts
 
@@ -95,8 +103,9 @@ def _files(dataset: Mapping[str, Any]) -> TextSource:
     """A csv / jsonl training file, and its ``val`` file if the spec names one (then the val
     file is the validation set and nothing is split off the training file)."""
     kind = "csv" if "csv" in dataset else "jsonl"
-    texts, labels = _table(Path(dataset[kind]).expanduser(), kind,
-                           dataset["text"], dataset["label"])
+    texts, labels = _table(
+        Path(dataset[kind]).expanduser(), kind, dataset["text"], dataset["label"]
+    )
     ids, _, names = label_ids(labels, [])
     if "val" not in dataset:
         return TextSource(texts, ids, None, None, names)
@@ -104,8 +113,10 @@ def _files(dataset: Mapping[str, Any]) -> TextSource:
     val_texts, val_labels = _table(path, kind, dataset["text"], dataset["label"], "val file")
     val_ids = known_label_ids(val_labels, names)
     if val_ids is None:
-        raise JobSetupError(f"dataset {kind}: the val file {path} has labels that the "
-                            f"training file lacks; it has {', '.join(names)}")
+        raise JobSetupError(
+            f"dataset {kind}: the val file {path} has labels that the "
+            f"training file lacks; it has {', '.join(names)}"
+        )
     return TextSource(texts, ids, val_texts, val_ids, names)
 
 
@@ -149,22 +160,37 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
     Returns:
         ``(train_set, val_set)`` of ``TokenizedTexts``.
     """
-    key = cache_key("tokens", task.dataset, model=task.model, max_length=task.max_length,
-                    max_samples=task.max_samples, val_fraction=task.val_fraction,
-                    test_fraction=task.test_fraction, seed=task.seed)
+    key = cache_key(
+        "tokens",
+        task.dataset,
+        model=task.model,
+        max_length=task.max_length,
+        max_samples=task.max_samples,
+        val_fraction=task.val_fraction,
+        test_fraction=task.test_fraction,
+        seed=task.seed,
+    )
     if key not in cache:
         unused = unused_val_fraction(task, source)
         if unused:  # once per worker: the tokenized splits are cached
             log.warning(unused)
-        train_idx, val_idx = train_val_indices(source.train_labels, source.val_labels,
-                                               task.max_samples, task.val_fraction, task.seed,
-                                               task.test_fraction)
-        val_texts, val_labels = ((source.train_texts, source.train_labels)
-                                 if source.val_texts is None
-                                 else (source.val_texts, source.val_labels))
-        cache[key] = (_tokenize(tokenizer, task, source.train_texts, source.train_labels,
-                                train_idx),
-                      _tokenize(tokenizer, task, val_texts, val_labels, val_idx))
+        train_idx, val_idx = train_val_indices(
+            source.train_labels,
+            source.val_labels,
+            task.max_samples,
+            task.val_fraction,
+            task.seed,
+            task.test_fraction,
+        )
+        val_texts, val_labels = (
+            (source.train_texts, source.train_labels)
+            if source.val_texts is None
+            else (source.val_texts, source.val_labels)
+        )
+        cache[key] = (
+            _tokenize(tokenizer, task, source.train_texts, source.train_labels, train_idx),
+            _tokenize(tokenizer, task, val_texts, val_labels, val_idx),
+        )
     return cache[key]
 
 
@@ -183,14 +209,15 @@ def final_tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
     train_set = ConcatDataset(tokenized_datasets(task, tokenizer, source, cache))
     if task.test_fraction is not None:
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
-        return (train_set,
-                _tokenize(tokenizer, task, source.train_texts, source.train_labels, test_idx),
-                heldout_about(task.test_fraction))
+        return (
+            train_set,
+            _tokenize(tokenizer, task, source.train_texts, source.train_labels, test_idx),
+            heldout_about(task.test_fraction),
+        )
     test_texts, test_labels, about = load_test_texts(task.dataset, source, cache)
     test_set = None
     if test_texts is not None:
-        test_set = _tokenize(tokenizer, task, test_texts, test_labels,
-                             np.arange(len(test_texts)))
+        test_set = _tokenize(tokenizer, task, test_texts, test_labels, np.arange(len(test_texts)))
     return train_set, test_set, about
 
 
@@ -220,19 +247,26 @@ def load_test_texts(dataset: Mapping[str, Any], source: TextSource, cache: dict)
             texts, labels = _table(path, kind, dataset["text"], dataset["label"])
             ids = known_label_ids(labels, source.label_names)
             if ids is None:
-                raise JobSetupError(f"dataset {kind}: the test file {path} has labels that "
-                                    f"the training file lacks; it has "
-                                    f"{', '.join(source.label_names)}")
+                raise JobSetupError(
+                    f"dataset {kind}: the test file {path} has labels that "
+                    f"the training file lacks; it has "
+                    f"{', '.join(source.label_names)}"
+                )
             cache[key] = (texts, ids, f"test file {path}")
         else:
             kind = "csv" if "csv" in dataset else "jsonl"
-            cache[key] = (None, None, f"the {kind} dataset names no test file (dataset.test: "
-                                      "FILE), nor task.test_fraction")
+            cache[key] = (
+                None,
+                None,
+                f"the {kind} dataset names no test file (dataset.test: "
+                "FILE), nor task.test_fraction",
+            )
     return cache[key]
 
 
-def _tokenize(tokenizer, task, texts: Sequence[str], labels: np.ndarray,
-              idx: np.ndarray) -> TokenizedTexts:
+def _tokenize(
+    tokenizer, task, texts: Sequence[str], labels: np.ndarray, idx: np.ndarray
+) -> TokenizedTexts:
     encoded = tokenizer([texts[i] for i in idx], truncation=True, max_length=task.max_length)
     features = [{k: encoded[k][j] for k in encoded} for j in range(len(idx))]
     return TokenizedTexts(features, np.asarray(labels)[idx])
@@ -271,12 +305,14 @@ def _vader() -> TextSource:
         if mean != 0:  # neutral tokens are neither class
             texts.append(fields[0])
             labels.append(int(mean > 0))
-    return TextSource(texts, np.asarray(labels, dtype=np.int64), None, None,
-                      ["negative", "positive"])
+    return TextSource(
+        texts, np.asarray(labels, dtype=np.int64), None, None, ["negative", "positive"]
+    )
 
 
-def _table(path: Path, kind: str, text: str, label: str,
-           role: str = "") -> tuple[list[str], list[Any]]:
+def _table(
+    path: Path, kind: str, text: str, label: str, role: str = ""
+) -> tuple[list[str], list[Any]]:
     if not path.is_file():
         raise JobSetupError(f"dataset {kind}: no {role or 'file'} at {path}")
     with path.open(encoding="utf-8", newline="") as f:
@@ -288,13 +324,16 @@ def _table(path: Path, kind: str, text: str, label: str,
         raise JobSetupError(f"dataset {kind}: {path} has no rows")
     for column in (text, label):
         if column not in rows[0]:
-            raise JobSetupError(f"dataset {kind}: {path} has no column {column!r}; it has "
-                                f"{', '.join(map(str, rows[0]))}")
+            raise JobSetupError(
+                f"dataset {kind}: {path} has no column {column!r}; it has "
+                f"{', '.join(map(str, rows[0]))}"
+            )
     return [str(r[text]) for r in rows], [r[label] for r in rows]
 
 
-def label_ids(train: Sequence[Any], val: Sequence[Any],
-               names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def label_ids(
+    train: Sequence[Any], val: Sequence[Any], names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Label ids: integers 0..C-1 stay as they are; anything else is numbered in sorted order."""
     everything = list(train) + list(val)
     try:
@@ -311,4 +350,4 @@ def label_ids(train: Sequence[Any], val: Sequence[Any],
         ids = np.asarray([index[str(v)] for v in everything], dtype=np.int64)
     if len(names) < 2:
         raise JobSetupError(f"the labels have a single class ({names[0]!r}); need two or more")
-    return ids[: len(train)], ids[len(train):], names
+    return ids[: len(train)], ids[len(train) :], names

@@ -37,8 +37,7 @@ def build_vision(task, params: dict, cache: dict, *, final: bool = False) -> Tra
     val_set = test_set = None
     test_about = ""
     if final:
-        train_set, test_set, test_about, ready = final_image_datasets(task, source, preset,
-                                                                      cache)
+        train_set, test_set, test_about, ready = final_image_datasets(task, source, preset, cache)
     else:
         train_set, val_set, ready = image_datasets(task, source, preset, cache)
     return TrainingSetup(
@@ -83,7 +82,8 @@ def pretrained_model(name: str, weights: str | None) -> tuple[nn.Module, Preset 
         if path is None:
             raise JobSetupError(
                 f"weights {weights!r}: neither a weights name of {name} "
-                f"({', '.join(['DEFAULT', *enum.__members__][:8])}) nor an existing file")
+                f"({', '.join(['DEFAULT', *enum.__members__][:8])}) nor an existing file"
+            )
         model = torchvision.models.get_model(name, weights=None)
         load_weights_file(model, path)
         return model, None
@@ -96,8 +96,13 @@ def pretrained_model(name: str, weights: str | None) -> tuple[nn.Module, Preset 
             f"internet, put that file at {cached} or give weights a local checkpoint path"
         ) from None
     transforms = member.transforms()
-    preset = Preset(crop=transforms.crop_size[0], resize=transforms.resize_size[0],
-                    mean=tuple(transforms.mean), std=tuple(transforms.std), weights=member)
+    preset = Preset(
+        crop=transforms.crop_size[0],
+        resize=transforms.resize_size[0],
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
+        weights=member,
+    )
     return model, preset
 
 
@@ -114,10 +119,14 @@ def average_first_batch_norm_stats(model: nn.Module) -> None:
     resumed trial goes on exactly as an uninterrupted one.
     """
     for module in model.modules():
-        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-                and module.momentum):
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.track_running_stats
+            and module.momentum
+        ):
             module._hpo_average = module.register_forward_pre_hook(
-                functools.partial(_average_batch_norm, base=module.momentum))
+                functools.partial(_average_batch_norm, base=module.momentum)
+            )
 
 
 def _average_batch_norm(layer: nn.Module, inputs: object, base: float) -> None:
@@ -170,8 +179,11 @@ def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
     Call it before ``replace_head``: the classifier is the last ``nn.Linear``.
     """
     head_child = _classifier(model)[0].split(".")[0]
-    children = [m for n, m in model.named_children()
-                if n != head_child and any(True for _ in m.parameters())]
+    children = [
+        m
+        for n, m in model.named_children()
+        if n != head_child and any(True for _ in m.parameters())
+    ]
     if len(children) == 1 and isinstance(children[0], (nn.Sequential, nn.ModuleList)):
         children = [m for m in children[0].children() if any(True for _ in m.parameters())]
     blocks = [list(m.parameters()) for m in children]
@@ -184,11 +196,15 @@ def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
 def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
     """The model's classifier: its last ``nn.Linear``, else its last 1x1 ``nn.Conv2d``."""
     linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    conv = [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    conv = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+    ]
     if not linear and not conv:
-        raise JobSetupError(f"{type(model).__name__}: no Linear or 1x1 Conv2d classifier "
-                            "to replace")
+        raise JobSetupError(
+            f"{type(model).__name__}: no Linear or 1x1 Conv2d classifier to replace"
+        )
     return (linear or conv)[-1]
 
 

@@ -10,10 +10,7 @@ only the study name and the storage URL.
 
 from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_targets
 from hpo.spec._parse import load_spec, parse_spec
-from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._sample import suggest
-from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
-from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
 from hpo.spec._schema import (
     FREEZE_POLICIES,
     HYPERPARAMETERS,
@@ -31,12 +28,40 @@ from hpo.spec._schema import (
     TaskSpec,
     max_epochs,
 )
+from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
+from hpo.spec._task import load_entrypoint, resolve_model
+from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
 
 __all__ = [
-    "ADAPTER_PARAMS", "LORA_PRESETS", "AdapterSpec", "lora_targets",
-    "FAMILIES", "FREEZE_POLICIES", "HYPERPARAMETERS", "OBJECTIVES", "OPTIMIZERS", "PRUNER_OPTIONS",
-    "SAMPLER_OPTIONS", "SCHEDULES", "TASK_KINDS", "BudgetSpec", "ComponentSpec", "Family",
-    "Hyperparameter", "LatencySpec", "ParamSpec", "ResourcesSpec", "Spec", "StudySection",
-    "TaskSpec", "WarmStartSpec", "family_of", "load_entrypoint", "load_spec", "max_epochs",
-    "parse_spec", "resolve_model", "suggest",
+    "ADAPTER_PARAMS",
+    "LORA_PRESETS",
+    "AdapterSpec",
+    "lora_targets",
+    "FAMILIES",
+    "FREEZE_POLICIES",
+    "HYPERPARAMETERS",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "PRUNER_OPTIONS",
+    "SAMPLER_OPTIONS",
+    "SCHEDULES",
+    "TASK_KINDS",
+    "BudgetSpec",
+    "ComponentSpec",
+    "Family",
+    "Hyperparameter",
+    "LatencySpec",
+    "ParamSpec",
+    "ResourcesSpec",
+    "Spec",
+    "StudySection",
+    "TaskSpec",
+    "WarmStartSpec",
+    "family_of",
+    "load_entrypoint",
+    "load_spec",
+    "max_epochs",
+    "parse_spec",
+    "resolve_model",
+    "suggest",
 ]

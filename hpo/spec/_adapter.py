@@ -43,8 +43,10 @@ class AdapterSpec:
 
     def to_dict(self) -> dict[str, Any]:
         targets = self.target_modules
-        return {"kind": self.kind,
-                "target_modules": targets if isinstance(targets, str) else list(targets)}
+        return {
+            "kind": self.kind,
+            "target_modules": targets if isinstance(targets, str) else list(targets),
+        }
 
 
 def lora_targets(adapter: AdapterSpec, preset: str | None = None) -> str | list[str]:

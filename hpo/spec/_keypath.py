@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from hpo.errors import SpecError
 from hpo.spec._schema import _BOOL, _FLOAT, _INT, _NUM, _STR, _bool, _is_int, _is_number
@@ -30,7 +31,7 @@ class _At:
         self.source = source
         self.path = path
 
-    def __truediv__(self, key: Any) -> "_At":
+    def __truediv__(self, key: Any) -> _At:
         return _At(self.source, f"{self.path}.{key}" if self.path else str(key))
 
     def error(self, message: str) -> SpecError:
@@ -44,9 +45,7 @@ class _At:
             if not isinstance(key, str):
                 raise self.error(f"keys must be strings, got {_show(key)}")
             if allowed is not None and key not in allowed:
-                raise (self / key).error(
-                    "unknown key; expected one of " + ", ".join(allowed)
-                )
+                raise (self / key).error("unknown key; expected one of " + ", ".join(allowed))
         return dict(value)
 
     def typed(self, value: Any, kind: str) -> Any:

@@ -12,8 +12,19 @@ from hpo.errors import SpecError
 from hpo.spec._adapter import ADAPTER_PARAMS
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
-    _REQUIRED_OPTIONS, BudgetSpec, ComponentSpec, PRUNER_OPTIONS, SAMPLER_OPTIONS,
-    ResourcesSpec, Spec, TaskSpec, _BOOL, _is_int, _is_number, _positive_int, max_epochs,
+    _BOOL,
+    _REQUIRED_OPTIONS,
+    PRUNER_OPTIONS,
+    SAMPLER_OPTIONS,
+    BudgetSpec,
+    ComponentSpec,
+    ResourcesSpec,
+    Spec,
+    TaskSpec,
+    _is_int,
+    _is_number,
+    _positive_int,
+    max_epochs,
 )
 from hpo.spec._space import _parse_space
 from hpo.spec._study import _parse_study, check_objectives, default_pruner
@@ -54,8 +65,16 @@ def load_spec(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec
 
 
 _NOT_WITH_ADAPTER = ("freeze", "freeze_k", "backbone_lr_mult")
-_TOP_KEYS = ("study", "task", "search_space", "sampler", "pruner", "budget", "resources",
-             "warm_start")
+_TOP_KEYS = (
+    "study",
+    "task",
+    "search_space",
+    "sampler",
+    "pruner",
+    "budget",
+    "resources",
+    "warm_start",
+)
 
 
 def parse_spec(
@@ -88,16 +107,20 @@ def parse_spec(
     top = at.mapping(raw, _TOP_KEYS)
     at.require(top, ("task", "search_space"), "every spec needs it")
     study = _parse_study(top.get("study") or {}, at / "study", default_name)
-    task = _parse_task(top["task"], at / "task", check_environment,
-                       check_environment and check_files)
+    task = _parse_task(
+        top["task"], at / "task", check_environment, check_environment and check_files
+    )
     space = _parse_space(top["search_space"], at / "search_space")
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
     pruner = _parse_component(top.get("pruner") or default_pruner(study), at / "pruner", "pruner")
     budget = _parse_budget(top.get("budget") or {}, at / "budget")
     resources = _parse_resources(top.get("resources") or {}, at / "resources", task)
     warm = top.get("warm_start")
-    warm = None if warm is None else _parse_warm_start(warm, at / "warm_start", study.name,
-                                                       task, sampler.name)
+    warm = (
+        None
+        if warm is None
+        else _parse_warm_start(warm, at / "warm_start", study.name, task, sampler.name)
+    )
     spec = Spec(study, task, space, sampler, pruner, budget, resources, warm)
     _check_cross(spec, at)
     check_objectives(spec, at)
@@ -109,21 +132,26 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     d = at.mapping(raw)
     name = d.pop("name", None)
     if not isinstance(name, str) or name not in tables:  # a list or mapping is not hashable
-        raise (at / "name").error(f"unknown {what} {_show(name)}; expected one of "
-                                  + ", ".join(tables))
+        raise (at / "name").error(
+            f"unknown {what} {_show(name)}; expected one of " + ", ".join(tables)
+        )
     allowed = tables[name]
     options: dict[str, Any] = {}
     for key, value in d.items():
         if key not in allowed:
-            extra = ("; it takes no options" if not allowed
-                     else "; expected one of " + ", ".join(allowed))
+            extra = (
+                "; it takes no options"
+                if not allowed
+                else "; expected one of " + ", ".join(allowed)
+            )
             raise (at / key).error(f"unknown option of the {name} {what}{extra}")
         kind = allowed[key]
         if kind == "pruner":
             wrapped = _parse_component(value, at / key, "pruner")
             if wrapped.name == "promotion":
                 raise (at / key / "name").error(
-                    "the promotion pruner pauses trials and cannot be wrapped")
+                    "the promotion pruner pauses trials and cannot be wrapped"
+                )
             options[key] = {"name": wrapped.name, **wrapped.options}
         elif key == "max_resource" and value == "auto":
             options[key] = value
@@ -134,8 +162,14 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
         raise (at / "qmc_type").error(f"expected sobol or halton, got {_show(options['qmc_type'])}")
     if name == "percentile" and not 0 <= options["percentile"] <= 100:
         raise (at / "percentile").error("expected a number in [0, 100]")
-    for key in ("n_startup_trials", "n_warmup_steps", "min_resource", "bootstrap_count",
-                "min_early_stopping_rate", "patience"):
+    for key in (
+        "n_startup_trials",
+        "n_warmup_steps",
+        "min_resource",
+        "bootstrap_count",
+        "min_early_stopping_rate",
+        "patience",
+    ):
         if key in options and options[key] < 0:
             raise (at / key).error(f"expected an integer >= 0, got {options[key]}")
     for key in ("interval_steps", "reduction_factor", "n_min_trials"):
@@ -143,11 +177,11 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
             raise (at / key).error(f"expected an integer >= 1, got {options[key]}")
     if name == "promotion":  # rungs: min_resource epochs, then min_resource * factor, ...
         if options.get("min_resource", 1) <= 0:
-            raise (at / "min_resource").error(
-                f"expected epochs > 0, got {options['min_resource']}")
+            raise (at / "min_resource").error(f"expected epochs > 0, got {options['min_resource']}")
         if options.get("reduction_factor", 3) < 2:
             raise (at / "reduction_factor").error(
-                f"expected an integer >= 2, got {options['reduction_factor']}")
+                f"expected an integer >= 2, got {options['reduction_factor']}"
+            )
     return ComponentSpec(name=name, options=options)
 
 
@@ -167,24 +201,32 @@ def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
     for key in ("min_trials", "repeats"):
         if key in d and not converge:
             raise (at / key).error("only with stop_when_converged: true")
-    budget = BudgetSpec(n_trials=n_trials, timeout=timeout, stop_when_converged=converge,
-                        min_trials=d.get("min_trials"), repeats=d.get("repeats"))
-    if budget.min_trials is not None and (not _is_int(budget.min_trials)
-                                          or budget.min_trials < 2):
-        raise (at / "min_trials").error(f"expected an integer >= 2 (complete trials before "
-                                        f"convergence is judged), got {_show(budget.min_trials)}")
+    budget = BudgetSpec(
+        n_trials=n_trials,
+        timeout=timeout,
+        stop_when_converged=converge,
+        min_trials=d.get("min_trials"),
+        repeats=d.get("repeats"),
+    )
+    if budget.min_trials is not None and (not _is_int(budget.min_trials) or budget.min_trials < 2):
+        raise (at / "min_trials").error(
+            f"expected an integer >= 2 (complete trials before "
+            f"convergence is judged), got {_show(budget.min_trials)}"
+        )
     if budget.repeats is not None:
         (at / "repeats").checked(budget.repeats, _positive_int)
     if converge and n_trials is not None and budget.first_judged >= n_trials:
         given = "" if budget.min_trials is not None else " (the default)"
         raise (at / "min_trials").error(
             f"{budget.first_judged}{given} is not below n_trials ({n_trials}): the study "
-            "could not stop early; set a smaller min_trials")
+            "could not stop early; set a smaller min_trials"
+        )
     if converge and n_trials is not None and budget.first_judged + budget.n_repeats >= n_trials:
         raise (at / "repeats").error(
             f"min_trials ({budget.first_judged}) + repeats ({budget.n_repeats}) is not below "
             f"n_trials ({n_trials}): the repeats run inside the budget, and a trial after them "
-            "is needed to stop early")
+            "is needed to stop early"
+        )
     return budget
 
 
@@ -193,7 +235,8 @@ def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
     devices = (at / "devices_per_trial").checked(d.get("devices_per_trial", 1), _positive_int)
     if devices > 1 and task.kind == "custom":
         raise (at / "devices_per_trial").error(
-            f"a custom job runs in its worker's process; expected 1, got {devices}")
+            f"a custom job runs in its worker's process; expected 1, got {devices}"
+        )
     return ResourcesSpec(devices_per_trial=devices)
 
 
@@ -201,11 +244,13 @@ def _check_cross(spec: Spec, at: _At) -> None:
     for p in spec.search_space:
         if p.name in ADAPTER_PARAMS and spec.task.adapter is None:
             raise (at / "search_space" / p.name).error(
-                "a LoRA hyperparameter needs an adapter: task.adapter: {kind: lora}")
+                "a LoRA hyperparameter needs an adapter: task.adapter: {kind: lora}"
+            )
         if p.name in _NOT_WITH_ADAPTER and spec.task.adapter is not None:
             raise (at / "search_space" / p.name).error(
                 "not used with task.adapter: the pretrained model is frozen, and the adapter "
-                "and the head train at lr")
+                "and the head train at lr"
+            )
     if spec.sampler.name == "grid":
         for p in spec.search_space:
             if not p.searched:
@@ -223,7 +268,8 @@ def _check_cross(spec: Spec, at: _At) -> None:
             raise (at / "pruner" / "min_resource").error(
                 f"a rung must fall on an evaluation: {spec.pruner.options['min_resource']} "
                 f"epochs is not a multiple of 1/{spec.task.evals_per_epoch} "
-                f"(task.evals_per_epoch {spec.task.evals_per_epoch})")
+                f"(task.evals_per_epoch {spec.task.evals_per_epoch})"
+            )
     if spec.pruner.options.get("max_resource") not in (None, "auto"):
         mr = spec.pruner.options["max_resource"]
         if mr < max_epochs(spec):

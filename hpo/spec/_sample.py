@@ -23,8 +23,11 @@ def suggest(trial, spec: Spec) -> dict[str, Any]:
         Every hyperparameter of ``HYPERPARAMETERS``: sampled, fixed, task default or default
         (the ``lora_*`` ones only with ``task.adapter``).
     """
-    params: dict[str, Any] = {name: hp.default for name, hp in HYPERPARAMETERS.items()
-                              if spec.task.adapter or name not in ADAPTER_PARAMS}
+    params: dict[str, Any] = {
+        name: hp.default
+        for name, hp in HYPERPARAMETERS.items()
+        if spec.task.adapter or name not in ADAPTER_PARAMS
+    }
     params["freeze"] = spec.task.freeze
     params["freeze_k"] = spec.task.freeze_k
     for p in spec.search_space:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hpo.spec._adapter import LORA_PRESETS, AdapterSpec
 from hpo.spec._budget import BudgetSpec
@@ -87,8 +88,9 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "lora_r": Hyperparameter(8, _positive_int, "LoRA rank: the adapter matrices' inner size"),
     "lora_alpha": Hyperparameter(8, _positive, "LoRA scale: updates are scaled by alpha / r"),
     "lora_dropout": Hyperparameter(0.0, _unit_interval, "dropout on the LoRA path's input"),
-    "lora_target": Hyperparameter(None, _one_of(tuple(LORA_PRESETS)),
-                                  "preset of LORA_PRESETS; default task.adapter's modules"),
+    "lora_target": Hyperparameter(
+        None, _one_of(tuple(LORA_PRESETS)), "preset of LORA_PRESETS; default task.adapter's modules"
+    ),
 }
 
 
@@ -303,8 +305,9 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that ``parse_spec`` turns back into an equal ``Spec``."""
-        task = {k: v for k, v in asdict(self.task).items()
-                if k == "kind" or v != _TASK_DEFAULTS.get(k)}
+        task = {
+            k: v for k, v in asdict(self.task).items() if k == "kind" or v != _TASK_DEFAULTS.get(k)
+        }
         if self.task.dataset:
             task["dataset"] = dict(self.task.dataset)
         if self.task.adapter:
@@ -317,12 +320,11 @@ class Spec:
             "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
             "budget": self.budget.to_dict(),
             # Only when set: a study stored before the key existed reads back the same.
-            **({"resources": asdict(self.resources)}
-               if self.resources != ResourcesSpec() else {}),
+            **({"resources": asdict(self.resources)} if self.resources != ResourcesSpec() else {}),
             **({"warm_start": self.warm_start.to_dict()} if self.warm_start else {}),
         }
 
-    def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> "Spec":
+    def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> Spec:
         """The same spec with the budget's fields replaced where given."""
         from dataclasses import replace
 
@@ -334,7 +336,8 @@ class Spec:
 
 
 _TASK_DEFAULTS = {
-    f.name: f.default for f in TaskSpec.__dataclass_fields__.values()  # type: ignore[attr-defined]
+    f.name: f.default
+    for f in TaskSpec.__dataclass_fields__.values()  # type: ignore[attr-defined]
 }
 _TASK_DEFAULTS["dataset"] = {}
 
@@ -351,36 +354,67 @@ _NUM = "number"
 """An int or a float, kept as written (``_FLOAT`` makes it a float)."""
 
 SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
-    "tpe": {"seed": _INT, "n_startup_trials": _INT, "n_ei_candidates": _INT,
-            "multivariate": _BOOL, "group": _BOOL, "constant_liar": _BOOL},
+    "tpe": {
+        "seed": _INT,
+        "n_startup_trials": _INT,
+        "n_ei_candidates": _INT,
+        "multivariate": _BOOL,
+        "group": _BOOL,
+        "constant_liar": _BOOL,
+    },
     "random": {"seed": _INT},
     "gp": {"seed": _INT, "n_startup_trials": _INT, "deterministic_objective": _BOOL},
-    "cmaes": {"seed": _INT, "n_startup_trials": _INT, "sigma0": _FLOAT,
-              "consider_pruned_trials": _BOOL, "with_margin": _BOOL, "lr_adapt": _BOOL,
-              "warn_independent_sampling": _BOOL},
+    "cmaes": {
+        "seed": _INT,
+        "n_startup_trials": _INT,
+        "sigma0": _FLOAT,
+        "consider_pruned_trials": _BOOL,
+        "with_margin": _BOOL,
+        "lr_adapt": _BOOL,
+        "warn_independent_sampling": _BOOL,
+    },
     "qmc": {"seed": _INT, "qmc_type": _STR, "scramble": _BOOL},
     "grid": {"seed": _INT},
-    "nsga2": {"seed": _INT, "population_size": _INT, "mutation_prob": _FLOAT,
-              "crossover_prob": _FLOAT, "swapping_prob": _FLOAT},
+    "nsga2": {
+        "seed": _INT,
+        "population_size": _INT,
+        "mutation_prob": _FLOAT,
+        "crossover_prob": _FLOAT,
+        "swapping_prob": _FLOAT,
+    },
 }
 
-_STEPS = {"n_startup_trials": _INT, "n_warmup_steps": _INT, "interval_steps": _INT,
-          "n_min_trials": _INT}
+_STEPS = {
+    "n_startup_trials": _INT,
+    "n_warmup_steps": _INT,
+    "interval_steps": _INT,
+    "n_min_trials": _INT,
+}
 PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     "median": dict(_STEPS),
     "percentile": {"percentile": _FLOAT, **_STEPS},
-    "successive_halving": {"min_resource": _INT, "reduction_factor": _INT,
-                           "min_early_stopping_rate": _INT, "bootstrap_count": _INT},
-    "hyperband": {"min_resource": _INT, "max_resource": _INT, "reduction_factor": _INT,
-                  "bootstrap_count": _INT},
+    "successive_halving": {
+        "min_resource": _INT,
+        "reduction_factor": _INT,
+        "min_early_stopping_rate": _INT,
+        "bootstrap_count": _INT,
+    },
+    "hyperband": {
+        "min_resource": _INT,
+        "max_resource": _INT,
+        "reduction_factor": _INT,
+        "bootstrap_count": _INT,
+    },
     "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
     "promotion": {"min_resource": _NUM, "reduction_factor": _INT},
-    "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT,
-                  "interval_steps": _INT},
+    "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT, "interval_steps": _INT},
     "none": {},
 }
-_REQUIRED_OPTIONS = {("pruner", "percentile"): ("percentile",),
-                     ("pruner", "patient"): ("patience",)}
+_REQUIRED_OPTIONS = {
+    ("pruner", "percentile"): ("percentile",),
+    ("pruner", "patient"): ("patience",),
+}
+
 
 def max_epochs(spec: Spec) -> int:
     """The largest number of epochs a trial of this spec can run."""

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import _BOOL, _FLOAT, _INT, HYPERPARAMETERS, ParamSpec
-
 
 _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 _PARAM_TYPES = ("float", "int", "categorical")
@@ -47,9 +47,10 @@ def _parents_first(params: dict[str, ParamSpec], at: _At) -> list[str]:
         if name in done:
             return
         if name in path:
-            cycle = path[path.index(name):] + [name]
-            raise (at / cycle[0] / "when").error("a cycle: " + " -> ".join(cycle)
-                                                 + " (each one's when: names the next)")
+            cycle = path[path.index(name) :] + [name]
+            raise (at / cycle[0] / "when").error(
+                "a cycle: " + " -> ".join(cycle) + " (each one's when: names the next)"
+            )
         path.append(name)
         for parent, _ in params[name].when:
             place(parent)
@@ -127,8 +128,10 @@ def _parse_when(raw: Any, at: _At, params: Mapping[str, ParamSpec]):
         if parent is None:
             raise (at / key).error("no such parameter in search_space")
         if parent.type not in ("categorical", "fixed"):
-            raise (at / key).error(f"{key} is a {parent.type} parameter; only categorical "
-                                   "or fixed parameters can be conditions")
+            raise (at / key).error(
+                f"{key} is a {parent.type} parameter; only categorical "
+                "or fixed parameters can be conditions"
+            )
         values = values if isinstance(values, list) else [values]
         for v in values:
             if v not in parent.values():

@@ -70,8 +70,11 @@ class StudySection:
         d: dict[str, Any] = {"name": self.name, "direction": self.direction}
         # Only when set: a study stored before these keys existed reads back the same.
         if self.multi:
-            d = {"name": self.name, "directions": list(self.directions),
-                 "objectives": list(self.objectives)}
+            d = {
+                "name": self.name,
+                "directions": list(self.directions),
+                "objectives": list(self.objectives),
+            }
         if self.latency is not None:
             d["latency"] = asdict(self.latency)
         return d
@@ -85,19 +88,22 @@ def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
     name = (at / "name").typed(name, _STR)
     if "direction" in d and "directions" in d:
         raise (at / "directions").error(
-            "give direction (one objective) or directions (one per objective), not both")
+            "give direction (one objective) or directions (one per objective), not both"
+        )
     direction = d.get("direction", "minimize")
     if direction not in DIRECTIONS:
         raise (at / "direction").error(
-            f"expected minimize (the objective is validation loss), got {_show(direction)}")
+            f"expected minimize (the objective is validation loss), got {_show(direction)}"
+        )
     objectives = _parse_objectives(d, at)
     _parse_directions(d, at, objectives)
     latency = None
     if "latency_ms" in objectives:
         latency = _parse_latency(d.get("latency") or {}, at / "latency")
     elif "latency" in d:
-        raise (at / "latency").error("measures latency_ms; set it only with latency_ms among "
-                                     "study.objectives")
+        raise (at / "latency").error(
+            "measures latency_ms; set it only with latency_ms among study.objectives"
+        )
     return StudySection(name=name, direction=direction, objectives=objectives, latency=latency)
 
 
@@ -108,12 +114,14 @@ def _parse_objectives(d: dict[str, Any], at: _At) -> tuple[str, ...]:
     for i, name in enumerate(raw):
         if not isinstance(name, str) or name not in OBJECTIVES:
             raise (at / "objectives" / i).error(
-                f"unknown objective {_show(name)}; expected one of " + ", ".join(OBJECTIVES))
+                f"unknown objective {_show(name)}; expected one of " + ", ".join(OBJECTIVES)
+            )
         if name in raw[:i]:
             raise (at / "objectives" / i).error(f"{name} is listed twice")
     if raw[0] != "val_loss":
         raise (at / "objectives" / 0).error(
-            f"expected val_loss first (the loss the fit loop reports), got {_show(raw[0])}")
+            f"expected val_loss first (the loss the fit loop reports), got {_show(raw[0])}"
+        )
     return tuple(raw)
 
 
@@ -125,21 +133,25 @@ def _parse_directions(d: dict[str, Any], at: _At, objectives: tuple[str, ...]) -
         got = f"a list of {len(raw)}" if isinstance(raw, list) else _show(raw)
         raise (at / "directions").error(
             f"expected a list of {len(objectives)}, one per objective of study.objectives "
-            f"({', '.join(objectives)}); got {got}")
+            f"({', '.join(objectives)}); got {got}"
+        )
     for i, (direction, objective) in enumerate(zip(raw, objectives)):
         if direction not in DIRECTIONS:
             raise (at / "directions" / i).error(
-                f"{objective} is minimized; expected minimize, got {_show(direction)}")
+                f"{objective} is minimized; expected minimize, got {_show(direction)}"
+            )
 
 
 def _parse_latency(raw: Any, at: _At) -> LatencySpec:
     d = at.mapping(raw, ("batch_size", "warmup", "repeats"))
     default = LatencySpec()
     return LatencySpec(
-        batch_size=(at / "batch_size").checked(d.get("batch_size", default.batch_size),
-                                               _positive_int),
+        batch_size=(at / "batch_size").checked(
+            d.get("batch_size", default.batch_size), _positive_int
+        ),
         warmup=(at / "warmup").checked(d.get("warmup", default.warmup), _non_negative_int),
-        repeats=(at / "repeats").checked(d.get("repeats", default.repeats), _positive_int))
+        repeats=(at / "repeats").checked(d.get("repeats", default.repeats), _positive_int),
+    )
 
 
 def default_pruner(study: StudySection) -> dict[str, str]:
@@ -147,7 +159,7 @@ def default_pruner(study: StudySection) -> dict[str, str]:
     return {"name": "none" if study.multi else "median"}
 
 
-def check_objectives(spec: "Spec", at: _At) -> None:
+def check_objectives(spec: Spec, at: _At) -> None:
     """The sampler, pruner and task must be able to serve several objectives."""
     study = spec.study
     if not study.multi:
@@ -155,13 +167,16 @@ def check_objectives(spec: "Spec", at: _At) -> None:
     if spec.pruner.name != "none":
         raise (at / "pruner" / "name").error(
             f"expected none with several study.objectives, got {_show(spec.pruner.name)}: "
-            "Optuna cannot prune a multi-objective trial")
+            "Optuna cannot prune a multi-objective trial"
+        )
     if spec.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
         raise (at / "sampler" / "name").error(
             f"the {spec.sampler.name} sampler handles one objective only; with several "
-            "study.objectives use tpe, nsga2, gp, random, qmc or grid")
+            "study.objectives use tpe, nsga2, gp, random, qmc or grid"
+        )
     if spec.task.kind == "custom":
         raise (at / "study" / "objectives").error(
             "a custom job returns val_loss alone; "
             f"{', '.join(study.objectives[1:])} need a built-in task.kind "
-            "(image_classification or text_classification)")
+            "(image_classification or text_classification)"
+        )

@@ -5,24 +5,48 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from hpo.spec._adapter import ADAPTER_KINDS, LORA_PRESETS, AdapterSpec
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
-    _STR, _TASK_DEFAULTS, FREEZE_POLICIES, TASK_KINDS, TaskSpec, _bool, _fraction, _is_int,
-    _non_negative_int, _one_of, _positive, _positive_int,
+    _STR,
+    _TASK_DEFAULTS,
+    FREEZE_POLICIES,
+    TASK_KINDS,
+    TaskSpec,
+    _bool,
+    _fraction,
+    _is_int,
+    _non_negative_int,
+    _one_of,
+    _positive,
+    _positive_int,
 )
-
 
 _DATASET_KEYS = {
     "image_classification": ("name", "root", "image_folder", "train", "val", "test"),
-    "text_classification": ("name", "hf", "config", "csv", "jsonl", "text", "label", "val",
-                            "test", "train_split", "val_split", "test_split"),
+    "text_classification": (
+        "name",
+        "hf",
+        "config",
+        "csv",
+        "jsonl",
+        "text",
+        "label",
+        "val",
+        "test",
+        "train_split",
+        "val_split",
+        "test_split",
+    ),
 }
-_DATASET_TEST = {"image_classification": ("test", "image_folder"),
-                 "text_classification": ("test", "csv or jsonl")}
+_DATASET_TEST = {
+    "image_classification": ("test", "image_folder"),
+    "text_classification": ("test", "csv or jsonl"),
+}
 """The dataset key naming a test split of its own, and the sources it goes with."""
 _DATASET_SOURCES = {
     "image_classification": ("name", "image_folder"),
@@ -79,29 +103,36 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
         if kind != "text_classification":
             raise (at / "adapter").error(
                 "an adapter (LoRA) is for text_classification (transformers) models; a "
-                "torchvision model trains in part with freeze instead")
+                "torchvision model trains in part with freeze instead"
+            )
         out["adapter"] = _parse_adapter(d["adapter"], at / "adapter")
         if out.get("freeze", "none") != "none":
-            raise (at / "freeze").error("with an adapter the pretrained model is frozen and "
-                                        "the adapter trains; expected none (or no freeze)")
+            raise (at / "freeze").error(
+                "with an adapter the pretrained model is frozen and "
+                "the adapter trains; expected none (or no freeze)"
+            )
     task = TaskSpec(**out)
     if task.val_subset is not None and task.evals_per_epoch == 1:
         raise (at / "val_subset").error(
-            "only evaluations inside an epoch use the subset; with it, set evals_per_epoch "
-            "above 1")
+            "only evaluations inside an epoch use the subset; with it, set evals_per_epoch above 1"
+        )
     if task.freeze == "first_k" and "freeze_k" not in d:
         raise (at / "freeze_k").error("missing; freeze: first_k needs freeze_k")
-    own_val = [k for k in ("val", "val_split") if k in dataset
-               and not (k == "val" and kind == "image_classification")]
+    own_val = [
+        k
+        for k in ("val", "val_split")
+        if k in dataset and not (k == "val" and kind == "image_classification")
+    ]
     if "val_fraction" in d and own_val:
         raise (at / "val_fraction").error(
             f"the dataset names its own validation split (dataset.{own_val[0]}), so nothing is "
-            "split off for validation; give one or the other")
+            "split off for validation; give one or the other"
+        )
     own_test = [k for k in ("test", "test_split") if k in dataset]
     if task.test_fraction is not None and own_test:
         raise (at / "test_fraction").error(
-            f"the dataset names its own test split (dataset.{own_test[0]}); give one or the "
-            "other")
+            f"the dataset names its own test split (dataset.{own_test[0]}); give one or the other"
+        )
     if check_environment:
         _check_model(task, at, check_files)
     return task
@@ -125,8 +156,10 @@ def _parse_class_weights(value: Any, at: _At) -> Any:
                 raise at.error(f"class names must be strings, got {_show(name)}")
             (at / name).checked(w, _positive)
         return {str(name): float(w) for name, w in value.items()}
-    raise at.error("expected none, balanced, a list of weights > 0 (one per class) or a "
-                   f"mapping class name -> weight > 0, got {_show(value)}")
+    raise at.error(
+        "expected none, balanced, a list of weights > 0 (one per class) or a "
+        f"mapping class name -> weight > 0, got {_show(value)}"
+    )
 
 
 def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:
@@ -151,10 +184,11 @@ def _parse_adapter(raw: Any, at: _At) -> AdapterSpec:
     d = at.mapping(raw, ("kind", "target_modules"))
     at.require(d, ("kind",), "an adapter names its kind (lora)")
     if d["kind"] not in ADAPTER_KINDS:
-        raise (at / "kind").error(f"expected one of {', '.join(ADAPTER_KINDS)}, "
-                                  f"got {_show(d['kind'])}")
+        raise (at / "kind").error(
+            f"expected one of {', '.join(ADAPTER_KINDS)}, got {_show(d['kind'])}"
+        )
     targets = d.get("target_modules", AdapterSpec.target_modules)
-    expected = (f"a preset ({', '.join(LORA_PRESETS)}) or a list of module names")
+    expected = f"a preset ({', '.join(LORA_PRESETS)}) or a list of module names"
     if isinstance(targets, str):
         if targets not in LORA_PRESETS:
             raise (at / "target_modules").error(f"expected {expected}, got {_show(targets)}")
@@ -203,12 +237,14 @@ def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dic
                 raise (at / "root").error(f"missing; dataset {name} needs a root directory")
     key, sources_of_test = _DATASET_TEST[kind]
     if key in d and not any(s in d for s in sources_of_test.split(" or ")):
-        raise (at / key).error(f"a test {'folder' if kind == 'image_classification' else 'file'}"
-                               f" goes with {sources_of_test}"
-                               + ("; for hf name a test_split" if "hf" in d else ""))
+        raise (at / key).error(
+            f"a test {'folder' if kind == 'image_classification' else 'file'}"
+            f" goes with {sources_of_test}" + ("; for hf name a test_split" if "hf" in d else "")
+        )
     if kind == "text_classification" and "val" in d and not ("csv" in d or "jsonl" in d):
-        raise (at / "val").error("a val file goes with csv or jsonl"
-                                 + ("; for hf name a val_split" if "hf" in d else ""))
+        raise (at / "val").error(
+            "a val file goes with csv or jsonl" + ("; for hf name a val_split" if "hf" in d else "")
+        )
     for key in ("csv", "jsonl"):
         if key in d:
             for col in ("text", "label"):
@@ -246,23 +282,26 @@ def _check_model(task: TaskSpec, at: _At, check_files: bool) -> None:
             except ModuleNotFoundError as e:
                 raise (at / "model").error(f"{task.model}: {e}") from None
             if (_looks_like_path(where) or where != task.model) and not Path(
-                    where).expanduser().is_dir():
+                where
+            ).expanduser().is_dir():
                 raise (at / "model").error(f"no model directory at {where}")
         if weights not in (None, "DEFAULT") and not _looks_like_path(weights):
             raise (at / "weights").error(
                 f"expected null or DEFAULT (the model's own weights) or a local checkpoint "
-                f"path for a text model, got {weights!r}")
+                f"path for a text model, got {weights!r}"
+            )
     if weights is not None and _looks_like_path(weights) and check_files:
         if not Path(weights).expanduser().is_file():
             raise (at / "weights").error(f"no checkpoint file at {weights}")
 
 
 def _looks_like_path(s: str) -> bool:
-    return s.startswith(("/", "./", "../", "~")) or s.endswith((".pt", ".pth", ".bin",
-                                                                 ".safetensors"))
+    return s.startswith(("/", "./", "../", "~")) or s.endswith(
+        (".pt", ".pth", ".bin", ".safetensors")
+    )
 
 
-def resolve_model(model: "str | os.PathLike[str]") -> str:
+def resolve_model(model: str | os.PathLike[str]) -> str:
     """Where a model name points: ``pkg:PACKAGE/DIR`` becomes that directory of the installed
     package (found without importing it); anything else is returned as it is.
 

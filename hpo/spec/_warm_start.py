@@ -4,8 +4,9 @@ defaults and from an earlier study's best. ``hpo.warm_start`` enqueues them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import _BOOL, _STR, TaskSpec, _positive_int
@@ -24,23 +25,51 @@ class Family:
     """Where the numbers come from."""
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("transformer-encoder",
-           {"lr": 3e-5, "batch_size": 32, "epochs": 3, "optimizer": "adamw",
-            "weight_decay": 0.01, "warmup_fraction": 0.1, "schedule": "linear",
-            "dropout": 0.1},
-           "BERT (Devlin et al. 2019) fine-tunes with AdamW at lr 2e-5..5e-5, batch 16/32, "
-           "2-4 epochs, 10% warmup then linear decay, weight decay 0.01"),
-    Family("vision-transformer",
-           {"lr": 1e-4, "batch_size": 32, "optimizer": "adamw", "weight_decay": 0.05,
-            "warmup_fraction": 0.1, "schedule": "cosine"},
-           "ViT / Swin fine-tuning recipes: AdamW, lr 1e-4, weight decay 0.05, warmup, cosine"),
-    Family("convnet",
-           {"lr": 1e-3, "batch_size": 32, "optimizer": "adam", "momentum": 0.9,
-            "weight_decay": 1e-4, "schedule": "cosine"},
-           "torchvision CNNs (ResNet, EfficientNet, MobileNet, ...) with a new head: Adam at "
-           "lr 1e-3 (SGD: 0.01, momentum 0.9), weight decay 1e-4, cosine decay"),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "transformer-encoder",
+            {
+                "lr": 3e-5,
+                "batch_size": 32,
+                "epochs": 3,
+                "optimizer": "adamw",
+                "weight_decay": 0.01,
+                "warmup_fraction": 0.1,
+                "schedule": "linear",
+                "dropout": 0.1,
+            },
+            "BERT (Devlin et al. 2019) fine-tunes with AdamW at lr 2e-5..5e-5, batch 16/32, "
+            "2-4 epochs, 10% warmup then linear decay, weight decay 0.01",
+        ),
+        Family(
+            "vision-transformer",
+            {
+                "lr": 1e-4,
+                "batch_size": 32,
+                "optimizer": "adamw",
+                "weight_decay": 0.05,
+                "warmup_fraction": 0.1,
+                "schedule": "cosine",
+            },
+            "ViT / Swin fine-tuning recipes: AdamW, lr 1e-4, weight decay 0.05, warmup, cosine",
+        ),
+        Family(
+            "convnet",
+            {
+                "lr": 1e-3,
+                "batch_size": 32,
+                "optimizer": "adam",
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "schedule": "cosine",
+            },
+            "torchvision CNNs (ResNet, EfficientNet, MobileNet, ...) with a new head: Adam at "
+            "lr 1e-3 (SGD: 0.01, momentum 0.9), weight decay 1e-4, cosine decay",
+        ),
+    )
+}
 """Known-good first configurations by model family (``warm_start.defaults``)."""
 
 _VISION_TRANSFORMERS = ("vit_", "swin_", "swin3d_", "maxvit_")
@@ -85,16 +114,18 @@ class WarmStartSpec:
         return d
 
 
-def _parse_warm_start(raw: Any, at: _At, study_name: str, task: TaskSpec,
-                      sampler: str) -> WarmStartSpec:
+def _parse_warm_start(
+    raw: Any, at: _At, study_name: str, task: TaskSpec, sampler: str
+) -> WarmStartSpec:
     d = at.mapping(raw, ("defaults", "from", "top_k", "storage"))
     defaults = (at / "defaults").typed(d.get("defaults", False), _BOOL)
     source = d.get("from")
     if source is not None:
         source = (at / "from").typed(source, _STR)
         if source == study_name:
-            raise (at / "from").error(f"{_show(source)} is this study itself; name an earlier "
-                                      "study")
+            raise (at / "from").error(
+                f"{_show(source)} is this study itself; name an earlier study"
+            )
     elif "top_k" in d or "storage" in d:
         key = "top_k" if "top_k" in d else "storage"
         raise (at / key).error("only with from: (the study to warm-start from)")
@@ -109,10 +140,13 @@ def _parse_warm_start(raw: Any, at: _At, study_name: str, task: TaskSpec,
         if re.search(r"://[^/@]*:[^/@]*@", storage):
             raise (at / "storage").error(
                 "a password here would be stored in the study; use a storage without one "
-                "(or copy the study into this storage)")
+                "(or copy the study into this storage)"
+            )
     if sampler == "grid":
-        raise at.error("the grid sampler runs every point of its grid; first guesses do not "
-                       "apply (use another sampler)")
+        raise at.error(
+            "the grid sampler runs every point of its grid; first guesses do not "
+            "apply (use another sampler)"
+        )
     if defaults and family_of(task) is None:
         raise (at / "defaults").error("no known defaults for a custom job (task.kind: custom)")
     return WarmStartSpec(defaults=defaults, source=source, top_k=top_k, storage=storage)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
+def over_budget(study: optuna.Study, spec: Spec, number: int) -> bool:
     """True if the budget's running + finished trials are all numbered before ``number``.
 
     Workers that ask at the same moment all see each other's new trials; counting only the
@@ -37,12 +37,12 @@ def over_budget(study: "optuna.Study", spec: Spec, number: int) -> bool:
         # finished ones can precede it: no read needed for all but the budget's last trials.
         return False
     active = study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    )
     return sum(t.number < number and not is_continuation(t) for t in active) >= n
 
 
-def should_stop(study: "optuna.Study", spec: Spec, started: float,
-                trials: "list[FrozenTrial]") -> str:
+def should_stop(study: optuna.Study, spec: Spec, started: float, trials: list[FrozenTrial]) -> str:
     """Why to start no new trial (``budget``, ``timeout``, ``converged``: see
     ``hpo.convergence``), ``wait`` while the rest of the
     budget is running on other workers, or '' to go on. The budget counts every worker's
@@ -69,8 +69,14 @@ def should_stop(study: "optuna.Study", spec: Spec, started: float,
         trials = study.get_trials(deepcopy=False)
         counts = count_states(t for t in trials if not is_continuation(t))
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= n_trials:
-        if any(is_continuation(t) and (t.state == TrialState.RUNNING or (
-                t.state == TrialState.WAITING and not is_paused(t))) for t in trials):
+        if any(
+            is_continuation(t)
+            and (
+                t.state == TrialState.RUNNING
+                or (t.state == TrialState.WAITING and not is_paused(t))
+            )
+            for t in trials
+        ):
             # One running may pause and make a paused configuration promotable; one queued
             # again (a retry, a re-queue) runs outside the budget: look again.
             return "wait"

@@ -43,8 +43,7 @@ class RankFailed(Exception):
     """A rank's job raised an error: the trial fails with it."""
 
 
-def run_on_devices(trial: Any, task: Any, params: dict, context: JobContext,
-                   devices: int) -> float:
+def run_on_devices(trial: Any, task: Any, params: dict, context: JobContext, devices: int) -> float:
     """The built-in job: in this process on one device, else on a gang of ``devices`` ranks
     (``run_gang``)."""
     if devices > 1:
@@ -79,9 +78,21 @@ def run_gang(trial: Any, task: Any, params: dict, context: JobContext, devices: 
     with tempfile.TemporaryDirectory(prefix="hpo-gang-") as tmp:
         rendezvous = os.path.join(tmp, "rendezvous")
         gang = mp.start_processes(
-            _rank_main, args=(devices, rendezvous, theirs, task, params, context, trial.number,
-                              logging.getLogger().level),
-            nprocs=devices, join=False, start_method="spawn")
+            _rank_main,
+            args=(
+                devices,
+                rendezvous,
+                theirs,
+                task,
+                params,
+                context,
+                trial.number,
+                logging.getLogger().level,
+            ),
+            nprocs=devices,
+            join=False,
+            start_method="spawn",
+        )
         for end in theirs:
             end.close()  # ours is the parent's end: EOF once the rank has gone
         try:
@@ -118,8 +129,11 @@ def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, 
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready = wait([*open_conns.values(), *sentinels], timeout=timeout)
         if not ready and deadline is not None:
-            log.warning("trial %d: ranks still running %.0f s after rank 0 finished; killed",
-                        trial.number, FINISH_GRACE)
+            log.warning(
+                "trial %d: ranks still running %.0f s after rank 0 finished; killed",
+                trial.number,
+                FINISH_GRACE,
+            )
             break
         for r, conn in list(open_conns.items()):
             if conn not in ready:
@@ -192,8 +206,17 @@ class _RelayTrial:
         self._conn.send(("attrs", dict(attrs)))
 
 
-def _rank_main(rank: int, world: int, rendezvous: str, conns: list[Connection], task: Any,
-               params: dict, context: JobContext, number: int, log_level: int) -> None:
+def _rank_main(
+    rank: int,
+    world: int,
+    rendezvous: str,
+    conns: list[Connection],
+    task: Any,
+    params: dict,
+    context: JobContext,
+    number: int,
+    log_level: int,
+) -> None:
     """One rank: join the gang, run the job, send the outcome (rank 0) or an error."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker stops the gang
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -218,8 +241,9 @@ def _rank_main(rank: int, world: int, rendezvous: str, conns: list[Connection], 
             backend = "gloo"
             if "OMP_NUM_THREADS" not in os.environ:  # the ranks share the cores
                 torch.set_num_threads(max(1, torch.get_num_threads() // world))
-        dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank,
-                                world_size=world)
+        dist.init_process_group(
+            backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world
+        )
         box = [params if rank == 0 else None]
         dist.broadcast_object_list(box, src=0)  # rank 0's params on every rank
         if rank == 0:

@@ -11,8 +11,9 @@ their retries resume from the checkpoint. The worker calls these after each tria
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna
 from hpo.artifacts import (
@@ -43,23 +44,27 @@ def quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         log.warning("%s failed: %s", getattr(fn, "__name__", "call"), e)
 
 
-def _among_best(study: "optuna.Study", value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
+def _among_best(study: optuna.Study, value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
     from optuna.trial import TrialState
 
-    better = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.values and val_loss(t) <= value]
+    better = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and val_loss(t) <= value
+    ]
     return len(better) < k
 
 
-def upload_if_among_best(study: "optuna.Study", trial: "optuna.Trial", value: float,
-                         storage_url: str) -> None:
+def upload_if_among_best(
+    study: optuna.Study, trial: optuna.Trial, value: float, storage_url: str
+) -> None:
     """Upload the trial's checkpoint to the artifact store if it is among the best."""
     path = trial.user_attrs.get(CHECKPOINT_ATTR)
     if path and Path(path).is_file() and _among_best(study, value):
         upload_checkpoint(trial, path, storage_url)
 
 
-def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
+def reap(study: optuna.Study, *, everything: bool = False) -> list[int]:
     """Fail the trials of dead workers and re-queue them (bounded, as the storage says).
 
     Args:
@@ -82,7 +87,7 @@ def reap(study: "optuna.Study", *, everything: bool = False) -> list[int]:
     return sorted(before - {t.number for t in running()})
 
 
-def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
+def reap_process(study: optuna.Study, host: str, pid: int) -> list[int]:
     """Fail and re-queue the running trials of the dead worker process ``pid`` on ``host``
     at once (its launcher saw it die), without waiting out the grace period.
 
@@ -91,13 +96,20 @@ def reap_process(study: "optuna.Study", host: str, pid: int) -> list[int]:
     """
     from optuna.trial import TrialState
 
-    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get("host") == host and t.user_attrs.get("pid") == pid]
+    mine = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("host") == host and t.user_attrs.get("pid") == pid
+    ]
     return _optuna.fail_and_retry(study, mine, WORKER_DIED)
 
 
-def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_CHECKPOINTS,
-                       max_retry: int | None = None, storage_url: str | None = None) -> None:
+def retain_checkpoints(
+    trials: list[FrozenTrial],
+    keep_best: int = KEEP_BEST_CHECKPOINTS,
+    max_retry: int | None = None,
+    storage_url: str | None = None,
+) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
     ``keep_best`` complete trials, of failed trials that a retry may still resume, and of
     paused trials whose continuation is not queued yet; pruned,
@@ -126,10 +138,14 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
         from hpo.storage import MAX_RETRY as max_retry
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     kept = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    kept += [t for t in trials
-             if t.state == TrialState.FAIL and t.number not in retried
-             and len(t.system_attrs.get("retry_history", ())) < max_retry
-             and t.user_attrs.get(FAIL_REASON_ATTR) in STALE_REASONS]
+    kept += [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.number not in retried
+        and len(t.system_attrs.get("retry_history", ())) < max_retry
+        and t.user_attrs.get(FAIL_REASON_ATTR) in STALE_REASONS
+    ]
     # A paused trial is told PRUNED before its continuation is queued (hpo.promotion.pause):
     # until a later attempt of its configuration exists, its checkpoint is the pause's.
     last = {configuration(t): t.number for t in sorted(trials, key=lambda t: t.number)}
@@ -144,7 +160,6 @@ def retain_checkpoints(trials: "list[FrozenTrial]", keep_best: int = KEEP_BEST_C
         if path and path not in keep and t.state.is_finished() and Path(path).is_file():
             Path(path).unlink(missing_ok=True)
     if storage_url is not None:
-        ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials
-               if t.state.is_finished()}
+        ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials if t.state.is_finished()}
         keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}
         remove_checkpoints(ids - keep_ids - {None}, storage_url)

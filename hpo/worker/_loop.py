@@ -11,9 +11,10 @@ import signal
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna
 from hpo.promotion import is_promotion, promotable
@@ -97,12 +98,12 @@ def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None = None) -> Pat
 
 
 def run_worker(
-    study: "optuna.Study",
+    study: optuna.Study,
     spec: Spec,
     *,
     worker: str,
     checkpoint_dir: Path,
-    on_trial: Callable[["FrozenTrial", "list[FrozenTrial]"], None] | None = None,
+    on_trial: Callable[[FrozenTrial, list[FrozenTrial]], None] | None = None,
     max_trials: int | None = None,
     storage_url: str | None = None,
 ) -> WorkerReport:
@@ -127,8 +128,9 @@ def run_worker(
 
     report = WorkerReport()
     cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
-    objective = make_objective(study, spec, cache, checkpoint_dir / safe_name(study.study_name),
-                               storage_url)
+    objective = make_objective(
+        study, spec, cache, checkpoint_dir / safe_name(study.study_name), storage_url
+    )
     # Recorded on every trial; the launcher finds a dead child's trial by host and pid.
     attrs = {"host": socket.gethostname(), "worker": worker, "pid": os.getpid()}
     started = time.monotonic()
@@ -184,8 +186,11 @@ def run_worker(
                 reason = "recycle"
             if not reason and baseline_mb is not None:
                 if _rss_mb() > baseline_mb + MEMORY_GROWTH_LIMIT_MB:
-                    log.warning("memory %.0f MB is above the baseline %.0f MB: recycling",
-                                _rss_mb(), baseline_mb)
+                    log.warning(
+                        "memory %.0f MB is above the baseline %.0f MB: recycling",
+                        _rss_mb(),
+                        baseline_mb,
+                    )
                     reason = "recycle"
             if reason:
                 report.stopped_because = reason
@@ -194,8 +199,9 @@ def run_worker(
             # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
             # (benchmarks/overhead.py); the built-in job collects once in run.release, and
             # memory growth recycles the process.
-            run_trial(study, spec, objective, attrs, current, trials,
-                      promote[0] if promote else None)
+            run_trial(
+                study, spec, objective, attrs, current, trials, promote[0] if promote else None
+            )
             finished = current.pop("trial", None)
             trials = read_trials()
             if finished is not None:
@@ -214,7 +220,6 @@ def run_worker(
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     return report
-
 
 
 def _rss_mb() -> float:

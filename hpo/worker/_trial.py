@@ -10,13 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna
 from hpo.promotion import is_promotion, pause
 from hpo.records import (
-    CHECKPOINT_ATTR, FAIL_REASON_ATTR, PAUSED_REASON, PROMOTED_ATTR, PRUNE_REASON_ATTR,
+    CHECKPOINT_ATTR,
+    FAIL_REASON_ATTR,
+    PAUSED_REASON,
+    PROMOTED_ATTR,
+    PRUNE_REASON_ATTR,
     is_continuation,
 )
 from hpo.spec import Spec, suggest
@@ -42,7 +47,7 @@ class StudyTrial:
     """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial; in a study
     of ``several_objectives`` its reports are the learning curve alone and it never prunes."""
 
-    def __init__(self, trial: "optuna.Trial", several_objectives: bool = False) -> None:
+    def __init__(self, trial: optuna.Trial, several_objectives: bool = False) -> None:
         self._trial = trial
         self.number = trial.number
         # Optuna refuses report and should_prune in a study of several objectives: the
@@ -73,11 +78,11 @@ def job_function(spec: Spec) -> Callable[..., float]:
         return lambda trial, task, params, context: custom(trial, params, context)
     devices = spec.resources.devices_per_trial
     return lambda trial, task, params, context: run_on_devices(
-        StudyTrial(trial, spec.study.multi), task, params, context, devices)
+        StudyTrial(trial, spec.study.multi), task, params, context, devices
+    )
 
 
-def objective_values(spec: Spec, val_loss: float, attrs: dict[str, Any]
-                     ) -> float | list[float]:
+def objective_values(spec: Spec, val_loss: float, attrs: dict[str, Any]) -> float | list[float]:
     """What the trial tells the study: its validation loss, or with several
     ``study.objectives`` the list of them, the others from the attrs the job measured."""
     if not spec.study.multi:
@@ -85,9 +90,13 @@ def objective_values(spec: Spec, val_loss: float, attrs: dict[str, Any]
     return [val_loss] + [float(attrs[name]) for name in spec.study.objectives[1:]]
 
 
-def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
-                   checkpoint_dir: Path, storage_url: str | None
-                   ) -> Callable[["optuna.Trial"], float | list[float]]:
+def make_objective(
+    study: optuna.Study,
+    spec: Spec,
+    cache: dict[str, Any],
+    checkpoint_dir: Path,
+    storage_url: str | None,
+) -> Callable[[optuna.Trial], float | list[float]]:
     """The objective of the worker's trials: params from the spec, the job, a resume from an
     earlier attempt's checkpoint, the upload of a checkpoint among the best, and a failed
     job's reason as ``fail_reason``.
@@ -134,10 +143,15 @@ def make_objective(study: "optuna.Study", spec: Spec, cache: dict[str, Any],
     return objective
 
 
-def run_trial(study: "optuna.Study", spec: Spec,
-              objective: Callable[["optuna.Trial"], float | list[float]],
-              attrs: dict[str, Any], current: dict[str, Any],
-              trials: "list[FrozenTrial]", promote: "FrozenTrial | None" = None) -> None:
+def run_trial(
+    study: optuna.Study,
+    spec: Spec,
+    objective: Callable[[optuna.Trial], float | list[float]],
+    attrs: dict[str, Any],
+    current: dict[str, Any],
+    trials: list[FrozenTrial],
+    promote: FrozenTrial | None = None,
+) -> None:
     """One trial, start to finish: what Optuna's ``study.optimize(n_trials=1)`` does, in
     fewer database round trips (what a trial's coordination costs, benchmarks/overhead.py):
 
@@ -193,8 +207,9 @@ def run_trial(study: "optuna.Study", spec: Spec,
         except GangBroken as e:  # a rank died: as if the worker had (retry from checkpoint)
             with signals_held():
                 _optuna.fail_and_retry(study, [trial], reason(e))
-            log.warning("trial %d: %s; failed and re-queued to resume from its checkpoint",
-                        trial.number, e)
+            log.warning(
+                "trial %d: %s; failed and re-queued to resume from its checkpoint", trial.number, e
+            )
             return
         except Exception as e:
             state, error = TrialState.FAIL, e
@@ -213,8 +228,12 @@ def run_trial(study: "optuna.Study", spec: Spec,
     if told is None:
         log.warning("trial %d: result not recorded: %s", trial.number, message)
     elif told == TrialState.FAIL:
-        log.info("trial %d failed: %s", trial.number, reason(error) if error else message,
-                 exc_info=error if log.isEnabledFor(logging.DEBUG) else None)
+        log.info(
+            "trial %d failed: %s",
+            trial.number,
+            reason(error) if error else message,
+            exc_info=error if log.isEnabledFor(logging.DEBUG) else None,
+        )
 
 
 @contextlib.contextmanager
