@@ -24,10 +24,10 @@ class BudgetSpec:
     is below the noise (the seed spread of the best configuration, see ``repeats``)."""
     min_trials: int | None = None
     """With ``stop_when_converged``: complete trials before convergence is first judged
-    (default ``DEFAULT_MIN_TRIALS``)."""
+    (default 10; with ``repeats``, below ``n_trials``)."""
     repeats: int | None = None
     """With ``stop_when_converged``: reruns of the best configuration with other seeds, which
-    measure the noise (default ``DEFAULT_REPEATS``)."""
+    measure the noise (default 2); they count in the budget."""
 
     @property
     def first_judged(self) -> int:

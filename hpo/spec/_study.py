@@ -63,7 +63,9 @@ class StudySection:
 
     @property
     def directions(self) -> tuple[str, ...]:
-        """One direction per objective (each objective's natural one: minimize)."""
+        """One direction per objective (each objective's natural one: minimize). In YAML,
+        ``study.directions`` lists them, one per objective of ``study.objectives``; it and
+        ``direction`` are exclusive, and every one must be ``minimize``."""
         return (self.direction,) * len(self.objectives)
 
     def to_dict(self) -> dict[str, Any]:

@@ -43,6 +43,35 @@ _DATASET_KEYS = {
         "test_split",
     ),
 }
+"""The keys of ``task.dataset`` for each task kind (exactly one source key: ``name``,
+``image_folder``, ``hf``, ``csv`` or ``jsonl``). Every value is a string:
+
+- ``name``: a built-in dataset: ``digits`` (scikit-learn's, offline) or a torchvision dataset
+  such as ``CIFAR10`` (with ``root``) for images; ``vader`` (the VADER lexicon, offline) for
+  text.
+- ``root``: the directory of a torchvision dataset (required with a torchvision ``name``).
+- ``image_folder``: a directory of images with one sub-directory per class, or with ``train/``
+  (and ``val/``, ``test/``) sub-directories that each hold the class directories.
+- ``train``: the name of an image folder's training sub-directory (default ``train``).
+- ``val``: images: the name of the validation sub-directory (default ``val``); text: a file
+  of the validation examples beside ``csv`` / ``jsonl``, with the same columns (then no
+  ``val_fraction``).
+- ``test``: images: the name of the test sub-directory (default ``test``); text: a file of
+  test examples beside ``csv`` / ``jsonl``, which ``hpo retrain`` evaluates on.
+- ``hf``: a Hugging Face dataset: a hub name (read from the local cache: no hub is reached),
+  a directory that ``save_to_disk`` wrote, or a folder of data files (``train.csv``,
+  ``validation.csv``, ``test.csv``, or ``.jsonl`` / ``.parquet``).
+- ``config``: the configuration of an ``hf`` hub dataset (``sst2`` of ``glue``).
+- ``csv``: a CSV file of training examples (with ``text`` and ``label``).
+- ``jsonl``: a JSON-lines file of training examples (with ``text`` and ``label``).
+- ``text``: the column of the text (required with ``csv`` / ``jsonl``; for ``hf`` default:
+  the one string column).
+- ``label``: the column of the label (required with ``csv`` / ``jsonl``; for ``hf`` default
+  ``label``).
+- ``train_split``: the ``hf`` split the trials train on (default ``train``).
+- ``val_split``: the ``hf`` split that validates (default ``validation``, if there is one).
+- ``test_split``: the ``hf`` split ``hpo retrain`` tests on (default ``test``, if labelled).
+"""
 _DATASET_TEST = {
     "image_classification": ("test", "image_folder"),
     "text_classification": ("test", "csv or jsonl"),

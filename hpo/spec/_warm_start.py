@@ -98,9 +98,9 @@ class WarmStartSpec:
     source: str | None = None
     """``from``: an earlier study whose best complete trials are enqueued next."""
     top_k: int = DEFAULT_TOP_K
-    """How many of ``source``'s best trials."""
+    """How many of ``from``'s best (distinct) complete trials."""
     storage: str | None = None
-    """The storage URL of ``source``; default: the new study's own (no password: the spec is
+    """The storage URL of ``from``'s study; default: the new study's own (no password: the spec is
     stored in the study)."""
 
     def to_dict(self) -> dict[str, Any]:
