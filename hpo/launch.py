@@ -7,8 +7,9 @@
 ``HPO_WORKER_INDEX`` set before any of them imports torch (and the storage URL in
 ``HPO_STORAGE``, never in a command line that ``ps`` shows), restarts a child that dies (bounded,
 with backoff) after handing its running trial on (``on_exit``), shows a live view, and on
-Ctrl-C / SIGTERM asks every child to checkpoint and re-queue its trial, then waits for them. A
-child outlives no launcher: if the launcher is killed, the kernel sends each child SIGTERM.
+Ctrl-C / SIGTERM asks every child to checkpoint and re-queue its trial (passing the signal on),
+then waits for them. A child outlives no launcher: if the launcher is killed, the kernel sends
+each child SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hpo.errors import HpoError
-from hpo.worker import describe_exit
+from hpo.worker import describe_exit, stop_signal_words
 
 EXIT_RECYCLE = 75
 """A worker that exits with this code asks to be restarted at once (process recycling)."""
@@ -366,12 +367,12 @@ class Supervisor:
             return
         self._stopping = True
         self.say(
-            f"hpo: {signal.Signals(signum).name}: asking the workers to checkpoint and "
+            f"hpo: {stop_signal_words(signum)}: asking the workers to checkpoint and "
             f"re-queue their trials (up to {STOP_GRACE:.0f}s; again to kill them)"
         )
         procs = [c.proc for c in self.children if c.proc is not None]
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)  # the signal it was: a Ctrl-C is said as one
         threading.Thread(target=_kill_after_grace, args=(procs, STOP_GRACE), daemon=True).start()
 
     def _status(self) -> None:

@@ -125,3 +125,36 @@ def test_a_launcher_killed_with_kill_9_takes_its_waiting_workers_with_it(tmp_pat
             if not _gone(p):
                 os.kill(p, signal.SIGKILL)
     assert took < 3.0, took
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C is said as what it was.
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_hpo_run_is_reported_as_an_interrupt_and_requeues_the_trial(tmp_path):
+    """Ctrl-C in a terminal: SIGINT to ``hpo run``'s process group. The launcher and its
+    worker say that they were interrupted (SIGINT), not terminated, and the trial goes back
+    to the queue."""
+    url = f"sqlite:///{tmp_path / 'int.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.3)
+    name = f"ctrl-c-{time.time_ns()}"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(FAST.format(name=name, n=1, low=8, high=8, pruner="none"))
+    full = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    full.update(PYTHONUNBUFFERED="1", **env)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(spec), "--storage", url, "--workers", "1"],
+        cwd=tmp_path, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        wait_for(lambda: epoch_log(tmp_path), what="epoch 1")
+        os.killpg(run.pid, signal.SIGINT)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, out
+    assert "hpo: interrupted (SIGINT): asking the workers to checkpoint" in out, out
+    assert "interrupted (SIGINT): trial 0 re-queued" in out, out
+    assert "SIGTERM" not in out, out
+    assert [t.state for t in trials(name, url)] == [TrialState.WAITING]

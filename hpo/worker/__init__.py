@@ -50,6 +50,7 @@ from hpo.worker._loop import (
     checkpoint_root,
     launched_worker_name,
     run_worker,
+    stop_signal_words,
     worker_identity,
 )
 from hpo.worker._trial import Preempted, StudyTrial, job_function
@@ -79,6 +80,7 @@ __all__ = [
     "run_on_devices",
     "run_worker",
     "should_stop",
+    "stop_signal_words",
     "upload_if_among_best",
     "worker_identity",
 ]

@@ -155,7 +155,7 @@ def run_worker(
 
     def on_signal(signum: int, frame: object) -> None:
         request_stop()  # a storage call waiting out an outage gives up, in every thread
-        raise Preempted(signal.Signals(signum).name)
+        raise Preempted(stop_signal_words(signum))
 
     def read_trials() -> list[FrozenTrial]:
         return study.get_trials(deepcopy=False)
@@ -233,6 +233,13 @@ def run_worker(
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     return report
+
+
+def stop_signal_words(signum: int) -> str:
+    """How a worker or launcher says the signal that stops it: ``interrupted (SIGINT)`` for a
+    Ctrl-C, else the signal's name (``SIGTERM``)."""
+    name = signal.Signals(signum).name
+    return f"interrupted ({name})" if signum == signal.SIGINT else name
 
 
 def _rss_mb() -> float:
