@@ -6,9 +6,11 @@
 ``Supervisor`` starts ``hpo worker`` children with ``CUDA_VISIBLE_DEVICES`` and
 ``HPO_WORKER_INDEX`` set before any of them imports torch (and the storage URL in
 ``HPO_STORAGE``, never in a command line that ``ps`` shows), restarts a child that dies (bounded,
-with backoff) after handing its running trial on (``on_exit``), shows a live view, and on
-Ctrl-C / SIGTERM asks every child to checkpoint and re-queue its trial, then waits for them. A
-child outlives no launcher: if the launcher is killed, the kernel sends each child SIGTERM.
+with backoff) after handing its running trial on (``on_exit``), passes on its lines (one per
+finished trial) and says a summary at the end, and on
+Ctrl-C / SIGTERM asks every child to checkpoint and re-queue its trial (passing the signal on),
+then waits for them. A child outlives no launcher: if the launcher is killed, the kernel sends
+each child SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hpo.errors import HpoError
-from hpo.worker import describe_exit
+from hpo.worker import describe_exit, stop_signal_words
 
 EXIT_RECYCLE = 75
 """A worker that exits with this code asks to be restarted at once (process recycling)."""
@@ -237,8 +239,9 @@ class Supervisor:
         slots: from ``assign_slots``.
         env: added to every child's environment (``HPO_STORAGE``: secrets stay out of argv).
         say: where the supervisor's and the workers' lines go.
-        status: returns the live view's text (study counts, running trials); called every
-            ``status_every`` seconds.
+        status: returns the summary's text (study counts, the best), said once when the
+            workers are done. While they run, each change is one line of a worker's (a trial
+            finished, pruned, paused or failed; a new best): no periodic block.
         on_exit: called with a child's slot, pid and exit code when it exits non-zero, before
             it is restarted: the launcher fails and re-queues the trial it was running.
     """
@@ -251,7 +254,6 @@ class Supervisor:
         env: dict[str, str] | None = None,
         say: Callable[[str], None] = print,
         status: Callable[[], str] | None = None,
-        status_every: float = 30.0,
         on_exit: Callable[[Slot, int, int], None] | None = None,
         max_restarts: int = MAX_RESTARTS,
     ) -> None:
@@ -261,7 +263,6 @@ class Supervisor:
         self.say = say
         self.status = status
         self.on_exit = on_exit
-        self.status_every = status_every
         self.max_restarts = max_restarts
         self._stopping = False
         self._lock = threading.Lock()
@@ -269,7 +270,6 @@ class Supervisor:
     def run(self) -> int:
         """Run until every worker is done. Returns the exit code for the CLI."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        last_status = time.monotonic()
         try:
             while True:
                 now = time.monotonic()
@@ -277,9 +277,6 @@ class Supervisor:
                     self._tend(child, now)
                 if all(c.done for c in self.children):
                     break
-                if self.status and now - last_status >= self.status_every:
-                    last_status = now
-                    self._status()
                 time.sleep(0.2)
         finally:
             for s, handler in previous.items():
@@ -366,12 +363,12 @@ class Supervisor:
             return
         self._stopping = True
         self.say(
-            f"hpo: {signal.Signals(signum).name}: asking the workers to checkpoint and "
+            f"hpo: {stop_signal_words(signum)}: asking the workers to checkpoint and "
             f"re-queue their trials (up to {STOP_GRACE:.0f}s; again to kill them)"
         )
         procs = [c.proc for c in self.children if c.proc is not None]
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)  # the signal it was: a Ctrl-C is said as one
         threading.Thread(target=_kill_after_grace, args=(procs, STOP_GRACE), daemon=True).start()
 
     def _status(self) -> None:

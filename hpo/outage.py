@@ -4,6 +4,10 @@ A server restart or a dropped connection is an outage; any other error is not. E
 up to ``outage_seconds()`` from its own first failure, so a long trial never runs out of
 patience before its tell; past that the call raises, the worker exits non-zero, and its trial
 is retried elsewhere. ``hpo._optuna.storage_class`` wraps every storage call with ``retrying``.
+
+A process that is stopping (``request_stop``: the worker's SIGTERM / SIGINT, also one held
+back for a moment) waits for no storage: a wait under way ends within a tenth of a second and
+its call raises, and later calls raise at their first failure.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +35,44 @@ def outage_seconds() -> float:
         return float(os.environ.get(OUTAGE_VAR, DEFAULT_OUTAGE_SECONDS))
     except ValueError:
         return DEFAULT_OUTAGE_SECONDS
+
+
+_stopping = threading.Event()
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_POLL_SECONDS = 0.1
+
+
+def request_stop() -> None:
+    """The process is stopping: storage calls stop waiting out an outage, in every thread."""
+    _stopping.set()
+
+
+def clear_stop() -> None:
+    """Storage calls wait out outages again (a worker loop starting in this process)."""
+    _stopping.clear()
+
+
+def stop_requested() -> bool:
+    """``request_stop`` was called, or SIGTERM / SIGINT is pending while held back (a claim
+    or a tell holds them: the storage wait ends, the call raises, and the signal arrives)."""
+    if _stopping.is_set():
+        return True
+    try:
+        return bool(signal.sigpending() & _STOP_SIGNALS)
+    except (AttributeError, OSError):  # no sigpending on this platform
+        return False
+
+
+def pause_unless_stopping(seconds: float) -> bool:
+    """Sleep ``seconds`` between two tries of a storage call; False at once if the process is
+    stopping (then the caller gives up and raises)."""
+    end = time.monotonic() + seconds
+    while not stop_requested():
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        _stopping.wait(min(left, _POLL_SECONDS))
+    return False
 
 
 _inside = threading.local()
@@ -66,10 +109,11 @@ def with_outage_retry(call: Callable[[], Any], seconds: float | None = None) -> 
             now = time.monotonic()
             if deadline is None:
                 deadline = now + (outage_seconds() if seconds is None else seconds)
-            if now >= deadline:
+            if now >= deadline or stop_requested():
                 raise
             log.warning("database unavailable (%s); retrying in %.1fs", first_line(cause), delay)
-            time.sleep(min(delay, max(0.0, deadline - now)))
+            if not pause_unless_stopping(min(delay, max(0.0, deadline - now))):
+                raise
             delay = min(delay * 2, 5.0)
 
 

@@ -258,8 +258,14 @@ def format_studies(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_trial(trial: FrozenTrial, done: int, n_trials: int | None, best: float | None) -> str:
-    """One progress line for a finished trial."""
+def format_trial(
+    trial: FrozenTrial,
+    done: int,
+    n_trials: int | None,
+    best: float | None,
+    new_best: bool = False,
+) -> str:
+    """One progress line for a finished trial; ``new_best``: it is the study's best now."""
     total = f"/{n_trials}" if n_trials else ""
     attrs = trial.user_attrs
     run = attrs.get("epochs_trained", attrs.get("epochs_run", len(trial.intermediate_values)))
@@ -276,6 +282,8 @@ def format_trial(trial: FrozenTrial, done: int, n_trials: int | None, best: floa
     if RESUMED_FROM_ATTR in attrs:
         what += f" (resumes #{attrs[RESUMED_FROM_ATTR]})"
     best_s = f"best {best:.4f}" if best is not None else "best -"
+    if new_best:
+        best_s = "new " + best_s
     secs = attrs.get("train_seconds")
     secs_s = f"{secs:6.1f}s" if isinstance(secs, (int, float)) else "       "
     return (

@@ -186,3 +186,51 @@ def test_text_weights_from_a_local_checkpoint(tiny_bert, reviews_csv, tmp_path):
     assert torch.all(loaded.classifier.weight == 0.25) and not new
     with pytest.raises(JobSetupError, match="DEFAULT"):
         pretrained_classifier(tiny_bert, ["neg", "pos"], "IMAGENET1K_V1")
+
+
+_KEEPS_ITS_ENVIRONMENT = r"""
+import json, os, sys
+
+before = dict(os.environ)
+import hpo.job.text as text
+from hpo.job import JobSetupError
+from hpo.job.hf_data import hf_splits
+
+seen = {"import": dict(os.environ) == before}
+net, _ = text.pretrained_classifier(sys.argv[1], ["neg", "pos"], None)  # a local model
+text.load_tokenizer(sys.argv[1], {})
+seen["local model"] = dict(os.environ) == before
+errors = []
+for load in (lambda: text.pretrained_classifier("no-such-org/no-such-model", ["n", "p"], None),
+             lambda: hf_splits({"hf": "no-such-org/no-such-dataset"})):
+    try:
+        load()
+    except JobSetupError as e:
+        errors.append(str(e))
+seen["hub names"] = dict(os.environ) == before
+import datasets.config, huggingface_hub.constants
+seen["online after"] = not (huggingface_hub.constants.HF_HUB_OFFLINE
+                            or datasets.config.HF_HUB_OFFLINE)
+print(json.dumps({"seen": seen, "errors": errors}))
+"""
+
+
+def test_importing_and_loading_keep_the_users_environment(tiny_bert):
+    """A user's process that imports hpo's text job keeps its environment: offline is hpo's
+    decision where it loads a model or a dataset (by default, as before: a hub name must be in
+    the local cache), not a variable set for the whole process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "TRANSFORMERS_")) and k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-c", _KEEPS_ITS_ENVIRONMENT, tiny_bert], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = json.loads(r.stdout.strip().splitlines()[-1])
+    assert said["seen"] == {"import": True, "local model": True, "hub names": True,
+                            "online after": True}, said
+    model_error, data_error = said["errors"]
+    assert "no-such-org/no-such-model" in model_error and "runs offline" in model_error
+    assert "no-such-org/no-such-dataset" in data_error and "offline" in data_error

@@ -295,7 +295,7 @@ def _through_proxy_outage(call: Any, storage: Any, grpc: Any) -> Any:
     ``$HPO_OUTAGE_SECONDS`` from the first failure, as a database call does."""
     import time
 
-    from hpo.outage import outage_seconds
+    from hpo.outage import outage_seconds, pause_unless_stopping, stop_requested
 
     deadline, delay = None, 0.5
     while True:
@@ -307,11 +307,14 @@ def _through_proxy_outage(call: Any, storage: Any, grpc: Any) -> Any:
             now = time.monotonic()
             if deadline is None:
                 deadline = now + outage_seconds()
+            where = f"the storage proxy grpc://{storage._host}:{storage._port}"
+            if stop_requested():  # the worker is stopping: it waits for no proxy
+                raise ProxyUnavailable(f"{where} does not answer: {e.details()}") from None
             if now >= deadline:
                 raise ProxyUnavailable(
-                    f"the storage proxy grpc://{storage._host}:{storage._port} did not answer "
-                    f"for {outage_seconds():g}s: {e.details()}"
+                    f"{where} did not answer for {outage_seconds():g}s: {e.details()}"
                 ) from None
             log.warning("storage proxy unavailable (%s); retrying in %.1fs", e.details(), delay)
-            time.sleep(min(delay, max(0.0, deadline - now)))
+            if not pause_unless_stopping(min(delay, max(0.0, deadline - now))):
+                raise ProxyUnavailable(f"{where} does not answer: {e.details()}") from None
             delay = min(delay * 2, 5.0)

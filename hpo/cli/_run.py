@@ -82,7 +82,7 @@ def _launch(h: Handle, name: str) -> int:
     host = socket.gethostname()
     gpu_of = {launched_worker_name(s.index): s.gpu for s in slots}
 
-    def live_view() -> str:
+    def summary() -> str:
         return format_status(status_record(study), gpus=gpu_of)
 
     def hand_on(slot: Slot, pid: int, code: int) -> None:
@@ -95,7 +95,7 @@ def _launch(h: Handle, name: str) -> int:
             )
 
     code = Supervisor(
-        worker_args, slots, env={ENV_VAR: h.url}, say=say, status=live_view, on_exit=hand_on
+        worker_args, slots, env={ENV_VAR: h.url}, say=say, status=summary, on_exit=hand_on
     ).run()
     best = best_text(study)
     if best is not None:
@@ -150,8 +150,18 @@ def worker(h: Handle) -> int:
             t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
             for t in trials
         )  # configurations, as the budget counts them
-        best = min((val_loss(t) for t in trials if t.state == TrialState.COMPLETE), default=None)
-        say(format_trial(trial, done, budget.n_trials, best))
+        before = min(
+            (
+                val_loss(t)
+                for t in trials
+                if t.state == TrialState.COMPLETE and t.number != trial.number
+            ),
+            default=None,
+        )
+        value = val_loss(trial) if trial.state == TrialState.COMPLETE else None
+        new_best = value is not None and (before is None or value < before)
+        best = value if new_best else before
+        say(format_trial(trial, done, budget.n_trials, best, new_best=new_best))
 
     report = run_worker(
         study,

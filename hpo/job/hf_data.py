@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.job.errors import JobSetupError
+from hpo.job.hub import offline_loads
 from hpo.job.text_data import TextSource, known_label_ids, label_ids
 
 
@@ -120,7 +121,8 @@ def hf_splits(dataset: Mapping[str, Any]):
             if isinstance(splits, datasets.Dataset):
                 splits = datasets.DatasetDict(train=splits)
             return splits
-        return datasets.load_dataset(str(path) if local else name, config)
+        with offline_loads():  # a hub name: from the local cache (HF_HUB_OFFLINE=0: the hub)
+            return datasets.load_dataset(str(path) if local else name, config)
     except Exception as e:  # noqa: BLE001 - offline, unknown name, bad config: all bad input
         first = (str(e).strip().splitlines() or [""])[0]
         if local:
@@ -129,7 +131,7 @@ def hf_splits(dataset: Mapping[str, Any]):
             ) from None
         raise JobSetupError(
             f"dataset hf {name} {config or ''}: cannot load it ({first}); hpo "
-            "runs offline (HF_DATASETS_OFFLINE=1): it must be cached"
+            "runs offline: it must be cached (HF_HUB_OFFLINE=0 where there is internet)"
         ) from None
 
 

@@ -1,31 +1,27 @@
 """Transformers text classifiers: a pretrained encoder, a classification head, its layers.
 
-hpo runs offline: ``HF_HUB_OFFLINE`` and ``HF_DATASETS_OFFLINE`` default to 1 here, so a model
-is read from a local directory or the local Hugging Face cache and nothing tries the network.
-Set ``HF_HUB_OFFLINE=0`` where there is internet to let transformers download.
+hpo runs offline (``hpo.job.hub``): a model is read from a local directory or the local Hugging
+Face cache (``local_files_only``) and nothing tries the network; the process's environment is
+left as it was. Set ``HF_HUB_OFFLINE=0`` where there is internet to let transformers download.
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from torch import nn
 
-from pathlib import Path  # noqa: E402
-
-from torch import nn  # noqa: E402
-
-from hpo.job.checkpoint import load_weights_file  # noqa: E402
-from hpo.job.errors import JobSetupError  # noqa: E402
-from hpo.job.state import TrainingSetup  # noqa: E402
-from hpo.job.text_data import (  # noqa: E402
+from hpo.job.checkpoint import load_weights_file
+from hpo.job.errors import JobSetupError
+from hpo.job.hub import offline
+from hpo.job.state import TrainingSetup
+from hpo.job.text_data import (
     PadBatch,
     final_tokenized_datasets,
     load_texts,
     tokenized_datasets,
 )
-from hpo.spec import resolve_model  # noqa: E402
+from hpo.spec import resolve_model
 
 
 def build_text(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSetup:
@@ -77,10 +73,6 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
     )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "1").lower() not in ("0", "false", "no", "")
-
-
 def load_tokenizer(model: str, cache: dict):
     """The model's tokenizer, loaded once per worker."""
     from transformers import AutoTokenizer
@@ -88,7 +80,7 @@ def load_tokenizer(model: str, cache: dict):
     key = f"tokenizer:{model}"
     if key not in cache:
         try:
-            cache[key] = AutoTokenizer.from_pretrained(_where(model), local_files_only=_offline())
+            cache[key] = AutoTokenizer.from_pretrained(_where(model), local_files_only=offline())
         except OSError as e:
             raise _not_found(model, e) from None
     return cache[key]
@@ -119,7 +111,7 @@ def pretrained_classifier(
             label2id={name: i for i, name in enumerate(label_names)},
             ignore_mismatched_sizes=True,  # a checkpoint's own head, for other labels
             output_loading_info=True,
-            local_files_only=_offline(),
+            local_files_only=offline(),
         )
     except OSError as e:
         raise _not_found(model, e) from None

@@ -11,7 +11,9 @@ Faults it survives:
   machine gone) its trial stops beating and any worker, or ``hpo reap``, does the same after
   the grace period. A trial has a heartbeat from the moment it is claimed;
 - preempted (SIGTERM / SIGINT): the running trial goes back to the queue (state WAITING, same
-  number, its intermediate values and checkpoint kept), not counted as a failure;
+  number, its intermediate values and checkpoint kept), not counted as a failure; also while
+  the storage is down: the signal ends the wait at once, and a trial that cannot be re-queued
+  then is retried from its checkpoint once its heartbeat goes stale;
 - the database restarting: each storage call is retried until it answers again (up to
   ``$HPO_OUTAGE_SECONDS``), never the training; past that the worker exits non-zero and its
   trial is retried elsewhere;
@@ -48,6 +50,7 @@ from hpo.worker._loop import (
     checkpoint_root,
     launched_worker_name,
     run_worker,
+    stop_signal_words,
     worker_identity,
 )
 from hpo.worker._trial import Preempted, StudyTrial, job_function
@@ -77,6 +80,7 @@ __all__ = [
     "run_on_devices",
     "run_worker",
     "should_stop",
+    "stop_signal_words",
     "upload_if_among_best",
     "worker_identity",
 ]

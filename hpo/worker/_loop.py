@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna
+from hpo.outage import clear_stop, first_line, request_stop
 from hpo.promotion import is_promotion, promotable
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
 from hpo.spec import Spec
@@ -153,11 +154,13 @@ def run_worker(
             on_trial(trial, trials)
 
     def on_signal(signum: int, frame: object) -> None:
-        raise Preempted(signal.Signals(signum).name)
+        request_stop()  # a storage call waiting out an outage gives up, in every thread
+        raise Preempted(stop_signal_words(signum))
 
     def read_trials() -> list[FrozenTrial]:
         return study.get_trials(deepcopy=False)
 
+    clear_stop()
     previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         # One read of the study's trials per trial, right after it, serves the progress line,
@@ -213,13 +216,30 @@ def run_worker(
             signal.signal(s, signal.SIG_IGN)
         trial = current.pop("trial", None)
         if trial is not None:
-            _optuna.requeue(study, trial)
-            log.warning("%s: trial %d re-queued", e, trial.number)
+            try:
+                _optuna.requeue(study, trial)
+            except Exception as error:  # the storage is gone: stop all the same, not wait
+                log.warning(
+                    "%s: trial %d not re-queued (%s); it is retried from its checkpoint once "
+                    "its heartbeat goes stale",
+                    e,
+                    trial.number,
+                    first_line(error),
+                )
+            else:
+                log.warning("%s: trial %d re-queued", e, trial.number)
         report.stopped_because = "preempted"
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     return report
+
+
+def stop_signal_words(signum: int) -> str:
+    """How a worker or launcher says the signal that stops it: ``interrupted (SIGINT)`` for a
+    Ctrl-C, else the signal's name (``SIGTERM``)."""
+    name = signal.Signals(signum).name
+    return f"interrupted ({name})" if signum == signal.SIGINT else name
 
 
 def _rss_mb() -> float:
