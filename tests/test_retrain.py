@@ -164,6 +164,7 @@ def test_retrain_without_a_test_split_says_so_and_saves(tmp_path):
     assert "secret" not in (out / "retrain.json").read_text()
 
 
+@pytest.mark.slow
 def test_retrain_prints_a_progress_line_per_epoch_as_it_trains(tmp_path):
     """A long retrain is not silent: one flushed line per epoch (epoch k/N, train loss,
     elapsed, samples/s) as it trains -- read from a pipe with no PYTHONUNBUFFERED, the first
