@@ -11,8 +11,11 @@
   (``best-checkpoint.EXT``). No optimizer state: what is needed to use the model, not to
   resume its training;
 - ``record.json``: what reproducing it needs: seeds, package versions, git commits, a
-  fingerprint of the data, the trial's params, curve and attributes; and ``model``: which
-  file holds the weights, their format, the Python that loads them, their sha256;
+  fingerprint of the data, the trial's params, curve and attributes; ``model``: which
+  file holds the weights, their format, the Python that loads them, their sha256; and
+  ``preprocessing``: how a raw example becomes the model's input (an image's scaling, grey
+  to RGB, resize, crop, mean and std; a text's tokenizer, max length, truncation, padding),
+  from the job's own code;
 - ``trials.csv``: every trial of the study.
 
 ``format_export`` is what the command prints about them.
@@ -40,7 +43,7 @@ from hpo.records import (
     val_loss,
 )
 from hpo.storage import redact, resolve_url
-from hpo.weights import export_model
+from hpo.weights import MODEL_DIR, export_model
 
 if TYPE_CHECKING:
     import optuna
@@ -269,6 +272,7 @@ def export_best(
     )
 
     model = export_model(best, spec.task, out, storage_url=url, artifacts=artifacts)
+    preprocessing = input_preprocessing(spec.task, model, out)
 
     sampler_seed = spec.sampler.options.get("seed")
     trial = {k: v for k, v in trial_record(best).items() if k in EXPORTED_TRIAL_KEYS}
@@ -282,6 +286,7 @@ def export_best(
         "picked": "best" if trial_number is None else "--trial",
         "spec": spec_path.name,
         "model": model,
+        "preprocessing": preprocessing,
         "seeds": {
             "task.seed": spec.task.seed,
             "sampler.seed": sampler_seed,
@@ -297,6 +302,55 @@ def export_best(
     write_trials(study, "csv", buffer, artifact_dir(url, artifacts))
     (out / "trials.csv").write_text(buffer.getvalue(), encoding="utf-8")
     return record
+
+
+def input_preprocessing(task: Any, model: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """The record's ``preprocessing``: how a raw example becomes the model's input, from the
+    job's own code (``hpo.job.vision.image_preprocessing``, ``hpo.job.text_data``); ``None``
+    for a custom job (its own), ``{"missing": why}`` where the data cannot be read here."""
+    if task.kind == "image_classification":
+        from hpo.job import JobSetupError
+        from hpo.job.vision import image_preprocessing
+
+        try:
+            return image_preprocessing(task)
+        except JobSetupError as e:
+            return {"kind": "image", "missing": f"the data cannot be read here: {e}"}
+    if task.kind == "text_classification":
+        from hpo.job.text_data import preprocessing
+
+        exported = model.get("format") in ("transformers save_pretrained", "peft adapter")
+        return preprocessing(task, str(out / MODEL_DIR) if exported else task.model)
+    return None
+
+
+def format_preprocessing(pre: dict[str, Any] | None) -> str | None:
+    """One line of what ``preprocessing`` says, for the terminal."""
+    if not pre:
+        return None
+    if "missing" in pre:
+        return f"(not recorded: {pre['missing']})"
+    if pre["kind"] == "text":
+        return (
+            f"tokenizer {pre['tokenizer']}, truncation to max_length {pre['max_length']}, "
+            f"padding {pre['padding']}"
+        )
+    described = []
+    for step in pre["steps"]:
+        op = step["op"]
+        if op == "scale":
+            described.append(f"/ {step['divide_by']:g}")
+        elif op == "rgb":
+            described.append("grey to RGB")
+        elif op == "resize":
+            described.append(f"resize {step['size']} ({step['interpolation']})")
+        elif op == "center_crop":
+            described.append(f"center crop {step['size']}")
+        elif op == "normalize":
+            mean = ", ".join(f"{m:.3f}" for m in step["mean"])
+            std = ", ".join(f"{s:.3f}" for s in step["std"])
+            described.append(f"normalize mean ({mean}) std ({std})")
+    return ", ".join(described)
 
 
 def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
@@ -323,10 +377,14 @@ def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
         lines.append(f"  {'':<18} load: {model['load']}")
         if model.get("note"):
             lines.append(f"  {'':<18} note: {model['note']}")
+        pre = format_preprocessing(record.get("preprocessing"))
+        if pre:
+            lines.append(f"  {'':<18} input: {pre} (record.json: preprocessing)")
     else:
         lines.append(f"  (no model weights: {model['missing']})")
     lines += [
-        f"  {'record.json':<18} seeds, package versions, git commit, data fingerprint",
+        f"  {'record.json':<18} input preprocessing, seeds, package versions, git commit, "
+        "data fingerprint",
         f"  {'trials.csv':<18} every trial of the study",
     ]
     return "\n".join(lines)

@@ -88,7 +88,8 @@ def retrain(
         trial_number: the trial to retrain (default: the best).
         epochs: epochs to train (default: the trial's ``best_epoch``, else its ``epochs``).
         storage_url: the study database, named (redacted) in the record.
-        say: told one line when training starts.
+        say: told one line when training starts and one after each epoch (epoch k/N, its
+            mean training loss, the seconds since training started, samples per second).
 
     Returns:
         The record, also written as ``retrain.json``.
@@ -144,7 +145,6 @@ def _retrain_into(
     import optuna
 
     from hpo.job import JobContext
-    from hpo.job.trial import FixedTrial
     from hpo.worker import run_on_devices
 
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
@@ -158,8 +158,8 @@ def _retrain_into(
             f"{params['epochs']} epoch(s) on its train + val examples"
             + (f" (the trial took {took:.0f} s)" if isinstance(took, (int, float)) else "")
         )
-    job_trial = FixedTrial(number=trial.number)  # keeps the attrs the fit writes
     started = time.perf_counter()
+    job_trial = _Progress(trial.number, say, started)  # keeps the attrs the fit writes
     try:
         run_on_devices(
             job_trial,
@@ -231,6 +231,40 @@ def _retrain_into(
         json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8"
     )
     return record
+
+
+class _Progress:
+    """The retrain's trial (``hpo.job.trial.Trial``): keeps the attrs the fit writes, never
+    prunes, and tells ``say`` one line per epoch that the fit records (its ``epochs_run`` with
+    that epoch's ``train_loss``): the job itself prints nothing."""
+
+    def __init__(self, number: int, say: Callable[[str], None] | None, started: float) -> None:
+        self.number = number
+        self.attrs: dict[str, Any] = {}
+        self._say = say
+        self._started = started
+        self._shown = 0
+
+    def report(self, value: float, step: int) -> None:
+        """A final fit has no validation set, so nothing to report."""
+
+    def should_prune(self) -> bool:
+        return False
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        self.attrs.update(attrs)
+        epoch = attrs.get("epochs_run")
+        if self._say is None or "train_loss" not in attrs or not isinstance(epoch, int):
+            return
+        if epoch <= self._shown:
+            return
+        self._shown = epoch
+        self._say(
+            f"hpo: epoch {epoch}/{attrs.get('epochs_planned', '?')}: "
+            f"train loss {attrs['train_loss']:.4f}, "
+            f"{time.perf_counter() - self._started:.1f} s elapsed, "
+            f"{attrs.get('samples_per_second', 0):.0f} samples/s"
+        )
 
 
 def _move_into(work: Path, out: Path) -> None:

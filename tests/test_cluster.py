@@ -120,11 +120,14 @@ def test_any_study_name_gives_a_valid_kubernetes_job_and_slurm_script(study, gpu
     assert container["command"] == ["hpo", "launch", study, *workers]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env == {"HPO_STORAGE": url, "HPO_CHECKPOINT_DIR": "/shared/my ckpts"}
-    assert container["volumeMounts"][0]["mountPath"] == "/shared/my ckpts"
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/shared/my ckpts",
+                                                                   "/dev/shm"]
     # No GPU asked for where the nodes have none (a pod asking for nvidia.com/gpu would never
     # be scheduled there).
-    assert container["resources"] == ({"limits": {"nvidia.com/gpu": gpus}} if gpus
-                                      else {"requests": {"cpu": 4}})
+    assert container["resources"] == (
+        {"requests": {"cpu": "8", "memory": "32Gi"},
+         "limits": {"memory": "32Gi", "nvidia.com/gpu": gpus}} if gpus
+        else {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}})
 
     script = render("slurm", study, url, nodes=2, gpus=gpus, python="/opt/venv/bin/python",
                     checkpoint_dir="/shared/my ckpts")
@@ -189,4 +192,107 @@ def test_templates_keep_each_trials_gang_inside_one_node(server_urls, tmp_path):
     job = yaml.safe_load(render("kubernetes", "gang", url, gpus=0, devices_per_trial=2))
     valid_kubernetes_job(job)
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": 8}}
+        "requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "32Gi"}}
+
+
+# --------------------------------------------------------------------------------------------
+# What the cluster asks of each machine: Slurm's time, partition and account; Kubernetes'
+# CPU and memory, and a shared-memory /dev/shm for the DataLoader workers.
+
+
+def test_slurm_template_takes_time_partition_and_account(server_urls, tmp_path):
+    from hpo.cluster import render
+
+    url = server_url(server_urls, "postgresql")
+    name = make_study(tmp_path, url, n=5)
+    r = run_hpo("template", "slurm", name, "--storage", url, "--time", "2-12:30:00",
+                "--partition", "gpu,gpu-long", "--account", "proj_42.a", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for line in ("#SBATCH --time=2-12:30:00", "#SBATCH --partition=gpu,gpu-long",
+                 "#SBATCH --account=proj_42.a"):
+        assert lines.count(line) == 1, (line, r.stdout)
+    # Every #SBATCH line comes before the first command, or Slurm ignores it.
+    first_command = next(i for i, x in enumerate(lines) if x and not x.startswith("#"))
+    assert max(i for i, x in enumerate(lines) if x.startswith("#SBATCH")) < first_command
+    check = subprocess.run(["bash", "-n"], input=r.stdout, text=True, capture_output=True)
+    assert check.returncode == 0, check.stderr
+
+    # Defaults: a day, and the cluster's default partition and account (no line for them).
+    default = render("slurm", "s", "postgresql+psycopg2://bob@db.internal/hpo")
+    assert "#SBATCH --time=24:00:00" in default
+    assert "--partition" not in default and "--account" not in default
+    for given in ("90", "30:00", "4:00:00", "1-0", "1-6:00", "7-00:00:00", "UNLIMITED"):
+        assert f"#SBATCH --time={given}\n" in render(
+            "slurm", "s", "postgresql+psycopg2://bob@db.internal/hpo", time=given)
+
+
+def _k8s_resources(text: str) -> tuple[dict, dict]:
+    import yaml
+
+    job = yaml.safe_load(text)
+    valid_kubernetes_job(job)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    shm = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert len(shm) == 1, container["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == shm[0]["name"])
+    assert volume["emptyDir"]["medium"] == "Memory", volume
+    return container["resources"], volume["emptyDir"]
+
+
+def test_kubernetes_job_requests_cpu_and_memory_and_mounts_shared_memory(server_urls, tmp_path):
+    from hpo.cluster import render
+
+    url = server_url(server_urls, "postgresql")
+    name = make_study(tmp_path, url, n=5)
+    r = run_hpo("template", "kubernetes", name, "--storage", url, "--gpus-per-node", "2",
+                "--cpu", "6500m", "--memory", "40Gi", "--shm-size", "12Gi", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    resources, shm = _k8s_resources(r.stdout)
+    assert resources == {"requests": {"cpu": "6500m", "memory": "40Gi"},
+                         "limits": {"memory": "40Gi", "nvidia.com/gpu": 2}}
+    assert shm["sizeLimit"] == "12Gi"
+
+    # Defaults, per machine: 4 cores and 16 GiB per GPU (or per CPU worker), a quarter of
+    # the memory as /dev/shm (it counts against the memory limit).
+    db = "postgresql+psycopg2://bob@db.internal/hpo"
+    resources, shm = _k8s_resources(render("kubernetes", "s", db, gpus=4))
+    assert resources == {"requests": {"cpu": "16", "memory": "64Gi"},
+                         "limits": {"memory": "64Gi", "nvidia.com/gpu": 4}}
+    assert shm["sizeLimit"] == "16Gi"
+    resources, shm = _k8s_resources(render("kubernetes", "s", db, gpus=0))
+    assert resources == {"requests": {"cpu": "4", "memory": "16Gi"},
+                         "limits": {"memory": "16Gi"}}
+    assert shm["sizeLimit"] == "4Gi"
+    resources, shm = _k8s_resources(render("kubernetes", "s", db, gpus=1, memory="10G"))
+    assert resources["requests"]["memory"] == "10G" and shm["sizeLimit"] == "2500M"
+
+
+@pytest.mark.parametrize("kind, flags, named", [
+    ("slurm", ["--time", "25 hours"], "--time"),
+    ("slurm", ["--time", "0"], "--time"),
+    ("slurm", ["--time", "1:75:00"], "--time"),
+    ("slurm", ["--partition", "gpu; rm -rf ~"], "--partition"),
+    ("slurm", ["--account", ""], "--account"),
+    ("kubernetes", ["--cpu", "0"], "--cpu"),
+    ("kubernetes", ["--cpu", "four"], "--cpu"),
+    ("kubernetes", ["--memory", "16GB"], "--memory"),
+    ("kubernetes", ["--memory", "0Gi"], "--memory"),
+    ("kubernetes", ["--shm-size", "-1Gi"], "--shm-size"),
+    ("kubernetes", ["--memory", "8Gi", "--shm-size", "8Gi"], "--shm-size"),
+    ("kubernetes", ["--partition", "gpu"], "--partition"),
+    ("slurm", ["--memory", "8Gi"], "--memory"),
+])
+def test_bad_cluster_flags_are_one_line_and_write_nothing(kind, flags, named, server_urls,
+                                                          tmp_path):
+    url = server_url(server_urls, "postgresql")
+    name = make_study(tmp_path, url, n=5)
+    r = run_hpo("template", kind, name, "--storage", url, *flags, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    errors = [x for x in r.stderr.splitlines() if "warning" not in x]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    # The flag's own check, not argparse's "unrecognized arguments".
+    assert named in errors[0] and "error" in errors[0], errors
+    assert "unrecognized" not in errors[0], errors

@@ -290,6 +290,29 @@ def test_export_writes_a_transformers_model_with_save_pretrained(tmp_path):
     exec(record["load"], namespace)
     assert namespace["tokenizer"]("good")["input_ids"] == tokenizer("good")["input_ids"]
 
+    # record.json's preprocessing, applied by hand to the trial's own validation texts, gives
+    # the inputs hpo's pipeline (tokenized once, padded per batch) fed the model.
+    from hpo.job.data import train_val_indices
+    from hpo.job.text_data import PadBatch, tokenized_datasets
+    pre = json.loads((out / "record.json").read_text())["preprocessing"]
+    assert pre["kind"] == "text" and pre["tokenizer"] == str(out / "model")
+    assert (pre["truncation"], pre["max_length"], pre["padding"]) == (True, 128, "longest")
+    spec_task = load_spec(out / "spec.yaml").task
+    source = load_texts({"name": "vader"}, {})
+    _, val_set = tokenized_datasets(spec_task, tokenizer, source, {})
+    _, val_idx = train_val_indices(source.train_labels, None, spec_task.max_samples,
+                                   spec_task.val_fraction, spec_task.seed,
+                                   spec_task.test_fraction)
+    texts = [source.train_texts[i] for i in val_idx[:16]]
+    hpo_inputs, _ = PadBatch(tokenizer)([val_set[j] for j in range(16)])
+    by_hand = AutoTokenizer.from_pretrained(pre["tokenizer"])(
+        texts, truncation=pre["truncation"], max_length=pre["max_length"],
+        padding=pre["padding"], return_tensors="pt")
+    assert set(by_hand) == set(hpo_inputs)
+    assert all(torch.equal(by_hand[k], hpo_inputs[k]) for k in hpo_inputs)
+    long = tokenizer(["good " * 500], **{k: pre[k] for k in ("truncation", "max_length")})
+    assert len(long["input_ids"][0]) == 128
+
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
 def test_trials_leave_out_checkpoints_that_retention_removed(tmp_path, monkeypatch):
@@ -397,3 +420,81 @@ def test_a_custom_jobs_study_exports_its_spec_checkpoint_and_record(tmp_path):
         k: (v,) for k, v in best.params.items()}
     assert json.loads((out / "record.json").read_text())["trial"]["number"] == best.number
     assert list(out.glob("best-checkpoint.*"))
+
+
+@pytest.mark.slow
+def test_record_json_preprocessing_applied_by_hand_gives_hpos_predictions(tmp_path):
+    """A user who reads only record.json feeds the exported model raw digits: the recorded
+    steps (scale, grey to RGB, resize, crop, mean and std), applied with torchvision and numpy,
+    give the inputs and the predictions of hpo's own pipeline and trial model."""
+    import numpy as np
+    import torchvision
+    from sklearn.datasets import load_digits
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+
+    from hpo.job.checkpoint import load_model_state
+    from hpo.job.image_data import image_datasets, load_images
+    from hpo.job.vision import replace_head
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    write_tiny_spec(tmp_path / "pre.yaml", "pre", task={"max_samples": 300, "image_size": 12},
+                    search_space={"lr": 1.0e-3, "batch_size": 32, "epochs": 1,
+                                  "optimizer": {"type": "categorical", "choices": ["adam"]},
+                                  "dropout": 0.1},
+                    pruner={"name": "none"}, budget={"n_trials": 1})
+    run = run_hpo("run", "pre.yaml", "--storage", url, "--workers", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = tmp_path / "best"
+    result = run_hpo("export", "pre", "--storage", url, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((out / "record.json").read_text())
+    pre = record["preprocessing"]
+    assert pre["kind"] == "image" and "load_digits" in pre["input"]
+    steps = {s["op"]: s for s in pre["steps"]}
+    assert [s["op"] for s in pre["steps"]] == ["scale", "rgb", "resize", "center_crop",
+                                              "normalize"]
+    assert steps["scale"]["divide_by"] == 16 and steps["center_crop"]["size"] == 12
+    # The human-readable summary the command prints names them too.
+    line = next(x for x in result.stdout.splitlines() if "input:" in x)
+    assert "/ 16" in line and "grey to RGB" in line and "center crop 12" in line, line
+
+    # hpo's own pipeline: its data code on the trial's validation digits.
+    task = load_spec(out / "spec.yaml").task
+    _, val_set, _ = image_datasets(task, load_images(task.dataset, {}), None, {})
+    hpo_inputs = torch.stack([val_set[j][0] for j in range(len(val_set))])
+
+    # By hand, from record.json alone: the same raw digits -> the exported model's input.
+    raw = load_digits().images[val_set.indices]  # (N, 8, 8) grey levels 0..16
+    x = torch.from_numpy((raw / steps["scale"]["divide_by"]).astype(np.float32))
+    x = x.unsqueeze(1).repeat(1, 3, 1, 1)  # grey to RGB
+    mode = torchvision.transforms.InterpolationMode(steps["resize"]["interpolation"])
+    x = F.resize(x, [steps["resize"]["size"]], interpolation=mode,
+                 antialias=steps["resize"]["antialias"])
+    x = F.center_crop(x, [steps["center_crop"]["size"]])
+    mean = np.asarray(steps["normalize"]["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(steps["normalize"]["std"], dtype=np.float32)[:, None, None]
+    x = (x - torch.from_numpy(mean)) / torch.from_numpy(std)
+    exported = torchvision.models.get_model("resnet18", num_classes=record["model"]["classes"])
+    exported.load_state_dict(torch.load(out / "model.pt"))
+    exported.eval()
+
+    assert len(x) == 60 and torch.allclose(x, hpo_inputs, atol=1e-5)
+    # hpo's model: the trial's own checkpoint, hpo's head.
+    trial = optuna.load_study(study_name="pre", storage=url).best_trial
+    hpo_model = torchvision.models.resnet18()
+    replace_head(hpo_model, 10, dropout=trial.params.get("dropout", 0.1))
+    load_model_state(hpo_model, torch.load(tmp_path / trial.user_attrs["checkpoint"],
+                                           weights_only=False)["model"])
+    hpo_model.eval()
+    with torch.no_grad():
+        theirs, mine = hpo_model(hpo_inputs), exported(x)
+    assert torch.allclose(mine, theirs, atol=1e-4)
+    assert torch.equal(mine.argmax(1), theirs.argmax(1))
+
+    # The one-line torchvision pipeline in the record gives the same inputs.
+    namespace: dict = {}
+    exec(pre["torchvision"], namespace)
+    one_line = torch.stack([namespace["preprocess"](image) for image in raw])
+    assert torch.allclose(one_line, hpo_inputs, atol=1e-5)
+    assert isinstance(namespace["preprocess"], v2.Compose)

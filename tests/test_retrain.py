@@ -164,6 +164,50 @@ def test_retrain_without_a_test_split_says_so_and_saves(tmp_path):
     assert "secret" not in (out / "retrain.json").read_text()
 
 
+@pytest.mark.slow
+def test_retrain_prints_a_progress_line_per_epoch_as_it_trains(tmp_path):
+    """A long retrain is not silent: one flushed line per epoch (epoch k/N, train loss,
+    elapsed, samples/s) as it trains -- read from a pipe with no PYTHONUNBUFFERED, the first
+    one arrives while the command is still training."""
+    import os
+    import re
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    name = f"sample-{uuid.uuid4().hex[:8]}"
+    build_sample_study(url, name, tmp_path / "ckpt", outcomes=[("COMPLETE", 3, 3, 0.2)],
+                       max_samples=300, test_fraction=0.2)
+    env = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "PYTHONUNBUFFERED")}
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "retrain", name, "--storage", url,
+                             "--epochs", "3"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines, running_at = [], {}
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            running_at[len(lines) - 1] = proc.poll() is None
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, "\n".join(lines) + stderr
+    progress = re.compile(r"^hpo: epoch (\d+)/3: train loss (\d+\.\d{4}), "
+                          r"(\d+\.\d) s elapsed, (\d+) samples/s$")
+    at = [i for i, line in enumerate(lines) if progress.match(line)]
+    assert [int(progress.match(lines[i])[1]) for i in at] == [1, 2, 3], lines
+    assert lines[0].startswith("hpo: retraining trial #0") and at[0] == 1, lines
+    final = next(i for i, line in enumerate(lines) if line.startswith("hpo: retrained"))
+    assert at[-1] < final, lines
+    assert running_at[at[0]], "the first epoch's line came only once the command had ended"
+    elapsed = [float(progress.match(lines[i])[3]) for i in at]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0, lines
+    assert all(int(progress.match(lines[i])[4]) > 0 for i in at), lines
+    record = json.loads((tmp_path / "retrain" / name / "retrain.json").read_text())
+    last_loss = float(progress.match(lines[at[-1]])[2])
+    assert last_loss == pytest.approx(record["train_loss"], abs=1e-4)
+    assert not stderr.strip(), stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, nothing written.
 

@@ -244,6 +244,12 @@ def template(h: Handle) -> int:
             checkpoint_dir=args.checkpoint_dir,
             python=args.python or sys.executable,
             devices_per_trial=h.spec.resources.devices_per_trial,
+            time=args.time,
+            partition=args.partition,
+            account=args.account,
+            cpu=args.cpu,
+            memory=args.memory,
+            shm_size=args.shm_size,
         ),
         end="",
     )

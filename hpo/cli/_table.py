@@ -63,6 +63,18 @@ def _number(
     return parse
 
 
+def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argument type from a check that raises ``ValueError`` with what it expected."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 positive_float = _number(float, lambda v: v > 0, "seconds > 0")
 port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
@@ -206,6 +218,48 @@ def _template(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the Python with hpo installed on the compute nodes (slurm; default: "
         "the one running this command, e.g. .venv/bin/python)",
+    )
+    from hpo import cluster
+
+    p.add_argument(
+        "--time",
+        type=_checked(cluster.slurm_time),
+        metavar="LIMIT",
+        help=f"each array task's time limit (slurm; default {cluster.DEFAULT_TIME}): "
+        "MINUTES, HH:MM:SS or DAYS-HH[:MM[:SS]]; a task stopped at it re-queues its trials",
+    )
+    p.add_argument(
+        "--partition",
+        type=_checked(cluster.slurm_names),
+        metavar="NAME",
+        help="the partition, or a comma-separated list (slurm; default: the cluster's)",
+    )
+    p.add_argument(
+        "--account",
+        type=_checked(cluster.slurm_names),
+        metavar="NAME",
+        help="the account charged (slurm; default: your default account)",
+    )
+    p.add_argument(
+        "--cpu",
+        type=_checked(cluster.kubernetes_cpu),
+        metavar="CORES",
+        help=f"each pod's CPU request, e.g. 8 or 7500m (kubernetes; default "
+        f"{cluster.CPUS_PER_WORKER} per GPU, or per CPU worker; no CPU limit)",
+    )
+    p.add_argument(
+        "--memory",
+        type=_checked(cluster.kubernetes_memory),
+        metavar="SIZE",
+        help=f"each pod's memory request and limit, e.g. 32Gi (kubernetes; default "
+        f"{cluster.MEMORY_PER_WORKER_GI}Gi per GPU, or per CPU worker)",
+    )
+    p.add_argument(
+        "--shm-size",
+        type=_checked(cluster.kubernetes_memory),
+        metavar="SIZE",
+        help="the memory-backed /dev/shm the DataLoader workers share batches through "
+        "(kubernetes; default a quarter of --memory, which it counts against)",
     )
 
 

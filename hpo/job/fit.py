@@ -48,7 +48,10 @@ def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> floa
     path after the last epoch, then evaluates ``setup.test_set`` once; ``trial`` (a
     ``hpo.job.trial.FixedTrial``) gets the attrs ``train_examples``, ``train_loss`` (mean of
     the last epoch), ``test_split`` and, with a test set, ``test_loss``, ``test_accuracy``
-    and ``test_examples`` (and ``test_balanced_accuracy`` with class weights).
+    and ``test_examples`` (and ``test_balanced_accuracy`` with class weights). After each
+    epoch it gets the attrs of ``record`` with that epoch's ``train_loss``: the progress a
+    caller may show (``epochs_run`` of ``epochs_planned``, ``train_seconds``,
+    ``samples_per_second``).
 
     Returns:
         The best validation loss (``inf`` without a validation set).
@@ -68,6 +71,8 @@ def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> floa
         train_loss = train_epoch(state, trial, epoch)  # evaluates at the epoch's eval points
         if state.val_loader is not None:  # a final fit has nothing to resume
             save_epoch(state, trial, epoch)
+        else:  # nor a report: its epoch's attrs, with the epoch's train loss, are its progress
+            record(state, trial, train_loss=train_loss)
     record(state, trial)
     if state.val_loader is None:  # a final fit (hpo retrain)
         final_test(state, trial, train_loss)

@@ -31,6 +31,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Handwriting: a horizontal flip makes another glyph, so augmentation is off by default.
 HANDWRITING = ("digits", "MNIST", "EMNIST", "KMNIST", "QMNIST")
 MIN_IMAGE_SIZE = 32
+DIGITS_LEVELS = 16.0
+"""scikit-learn's digits are grey levels 0..16: divided by this to [0, 1]."""
+PIXEL_LEVELS = 255.0
+"""Any other image (PIL, uint8): ``ToDtype(float32, scale=True)`` divides by this."""
+RESIZE_INTERPOLATION = "bilinear"
+"""``v2.Resize``'s interpolation where the weights name none (torchvision's default)."""
 
 
 @dataclass
@@ -52,6 +58,10 @@ class ImageSource:
     """Small and already in memory: deterministic transforms are applied once, cached."""
     class_names: list[str] = field(default_factory=list)
     """The names of the label ids, in id order (a folder's class directories)."""
+    levels: float = PIXEL_LEVELS
+    """The raw images' top level: what they are divided by to reach [0, 1]."""
+    raw: str = "an image (PIL, or an HxWxC uint8 array), pixel levels 0..255"
+    """What a raw example is, for the export's preprocessing record."""
 
 
 @dataclass(frozen=True)
@@ -206,13 +216,67 @@ def load_test_images(dataset: Mapping[str, Any], source: ImageSource, cache: dic
     return cache[key]
 
 
-def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
-    """The task's training and evaluation transforms, whether it augments, and for in-memory
-    data without a val split, ``(tensor, label)`` pairs evaluation-transformed once."""
+def _sizes(task, source: ImageSource, preset: Preset | None) -> tuple[int, int, Preset]:
+    """``(size, resize, preset)``: the crop side the model sees, the shorter side images are
+    resized to first, and the preset (ImageNet's statistics where the weights give none)."""
     size = task.image_size or (preset.crop if preset else max(source.native_size, MIN_IMAGE_SIZE))
     if preset is None:
         preset = Preset(crop=size, resize=size)
     resize = max(size, round(size * preset.resize / preset.crop))
+    return size, resize, preset
+
+
+def _interpolation(preset: Preset) -> str:
+    """The evaluation resize's interpolation: the weights' preset's, else torchvision's
+    default."""
+    if preset.weights is None:
+        return RESIZE_INTERPOLATION
+    return str(preset.weights.transforms().interpolation.value)
+
+
+def preprocessing(task, source: ImageSource, preset: Preset | None) -> dict[str, Any]:
+    """How a raw example becomes the model's input at evaluation, as ``hpo export`` records
+    it: the numbers are the ones ``_transforms`` builds the evaluation transform from."""
+    size, resize, preset = _sizes(task, source, preset)
+    mean, std = [float(m) for m in preset.mean], [float(s) for s in preset.std]
+    interpolation = _interpolation(preset)
+    return {
+        "kind": "image",
+        "input": source.raw,
+        "steps": [
+            {"op": "scale", "divide_by": source.levels, "to": "float32 in [0, 1]"},
+            {"op": "rgb", "how": "a grey image's one channel repeated 3 times; RGB kept"},
+            {
+                "op": "resize",
+                "size": resize,
+                "interpolation": interpolation,
+                "antialias": True,
+                "how": "the shorter side to size, the aspect ratio kept",
+            },
+            {"op": "center_crop", "size": size},
+            {"op": "normalize", "mean": mean, "std": std, "how": "(x - mean) / std per channel"},
+        ],
+        "output": f"a float32 tensor (3, {size}, {size}) per image, batched as (N, 3, {size}, "
+        f"{size}); the class is the argmax of the model's output",
+        "torchvision": (
+            "import torch; from torchvision.transforms import v2; preprocess = v2.Compose(["
+            "v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True)"
+            # ToDtype scales uint8 by 1/255; other levels arrive as floats, divided here.
+            + (
+                f", v2.Lambda(lambda x: x / {source.levels})"
+                if source.levels != PIXEL_LEVELS
+                else ""
+            )
+            + f", v2.Resize({resize}, interpolation=v2.InterpolationMode.{interpolation.upper()}, "
+            f"antialias=True), v2.CenterCrop({size}), v2.Normalize({mean}, {std})])"
+        ),
+    }
+
+
+def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
+    """The task's training and evaluation transforms, whether it augments, and for in-memory
+    data without a val split, ``(tensor, label)`` pairs evaluation-transformed once."""
+    size, resize, preset = _sizes(task, source, preset)
     augment = task.augment if task.augment is not None else not source.handwriting
     evaluate = _eval_transform(preset, size, resize)
     pairs = None
@@ -261,7 +325,9 @@ def _eval_transform(preset: Preset, size: int, resize: int):
             v2.ToImage(),
             v2.RGB(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Resize(resize, antialias=True),
+            v2.Resize(
+                resize, interpolation=v2.InterpolationMode(RESIZE_INTERPOLATION), antialias=True
+            ),
             v2.CenterCrop(size),
             v2.Normalize(preset.mean, preset.std),
         ]
@@ -273,7 +339,7 @@ def _digits() -> ImageSource:
 
     digits = load_digits()
     # 8x8 grey levels 0..16 -> [0, 1]; one channel, made RGB by the transform.
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / DIGITS_LEVELS
     labels = np.asarray(digits.target, dtype=np.int64)
     pairs = torch.utils.data.TensorDataset(images, torch.from_numpy(labels))
     return ImageSource(
@@ -286,6 +352,8 @@ def _digits() -> ImageSource:
         native_size=8,
         in_memory=True,
         class_names=[str(i) for i in range(10)],
+        levels=DIGITS_LEVELS,
+        raw="sklearn.datasets.load_digits().images[i]: an 8x8 array of grey levels 0..16",
     )
 
 

@@ -134,6 +134,10 @@ class TokenizedTexts(Dataset):
         return self.features[i], int(self.labels[i])
 
 
+PADDING = "longest"
+"""``PadBatch``: ``tokenizer.pad``'s default, each batch padded to its longest text."""
+
+
 class PadBatch:
     """Collate ``(features, label)`` pairs into ``(padded inputs dict, labels)``.
 
@@ -144,7 +148,9 @@ class PadBatch:
         self.tokenizer = tokenizer
 
     def __call__(self, items: Sequence[tuple[dict, int]]):
-        inputs = self.tokenizer.pad([features for features, _ in items], return_tensors="pt")
+        inputs = self.tokenizer.pad(
+            [features for features, _ in items], padding=PADDING, return_tensors="pt"
+        )
         return dict(inputs), torch.tensor([label for _, label in items])
 
 
@@ -264,10 +270,40 @@ def load_test_texts(dataset: Mapping[str, Any], source: TextSource, cache: dict)
     return cache[key]
 
 
+def tokenize_options(task) -> dict[str, Any]:
+    """The tokenizer call's options for the task's texts (each text truncated to
+    ``max_length`` tokens, the special tokens included)."""
+    return {"truncation": True, "max_length": task.max_length}
+
+
+def preprocessing(task, tokenizer_path: str) -> dict[str, Any]:
+    """How a raw text becomes the model's input, as ``hpo export`` records it: the options
+    ``_tokenize`` and ``PadBatch`` use."""
+    options = tokenize_options(task)
+    call = ", ".join(f"{k}={v!r}" for k, v in {**options, "padding": PADDING}.items())
+    return {
+        "kind": "text",
+        "input": "a string per example (any casing: the tokenizer normalizes as it was trained)",
+        "tokenizer": tokenizer_path,
+        **options,
+        "padding": PADDING,
+        "how": (
+            "each text tokenized with the special tokens, truncated to max_length tokens; "
+            "a batch padded to its longest text, with an attention_mask of 0 on the padding"
+        ),
+        "output": "input_ids, attention_mask (and token_type_ids where the tokenizer makes "
+        "them); the class is the argmax of the model's logits (config.id2label names it)",
+        "transformers": (
+            f"from transformers import AutoTokenizer; tokenizer = AutoTokenizer.from_pretrained("
+            f"{tokenizer_path!r}); inputs = tokenizer(texts, {call}, return_tensors='pt')"
+        ),
+    }
+
+
 def _tokenize(
     tokenizer, task, texts: Sequence[str], labels: np.ndarray, idx: np.ndarray
 ) -> TokenizedTexts:
-    encoded = tokenizer([texts[i] for i in idx], truncation=True, max_length=task.max_length)
+    encoded = tokenizer([texts[i] for i in idx], **tokenize_options(task))
     features = [{k: encoded[k][j] for k in encoded} for j in range(len(idx))]
     return TokenizedTexts(features, np.asarray(labels)[idx])
 

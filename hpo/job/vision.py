@@ -10,7 +10,13 @@ from torch import nn
 
 from hpo.job.checkpoint import load_weights_file
 from hpo.job.errors import JobSetupError
-from hpo.job.image_data import Preset, final_image_datasets, image_datasets, load_images
+from hpo.job.image_data import (
+    Preset,
+    final_image_datasets,
+    image_datasets,
+    load_images,
+    preprocessing,
+)
 from hpo.job.state import TrainingSetup
 
 log = logging.getLogger(__name__)
@@ -95,15 +101,38 @@ def pretrained_model(name: str, weights: str | None) -> tuple[nn.Module, Preset 
             f"weights {name} {weights}: download from {member.url} failed ({e}); without "
             f"internet, put that file at {cached} or give weights a local checkpoint path"
         ) from None
+    return model, _preset(member)
+
+
+def _preset(member) -> Preset:
+    """The preprocessing preset of a torchvision weights enum member."""
     transforms = member.transforms()
-    preset = Preset(
+    return Preset(
         crop=transforms.crop_size[0],
         resize=transforms.resize_size[0],
         mean=tuple(transforms.mean),
         std=tuple(transforms.std),
         weights=member,
     )
-    return model, preset
+
+
+def image_preprocessing(task, cache: dict | None = None) -> dict:
+    """How the task's model takes a raw image (``hpo export``'s record): the same sizes,
+    statistics and steps as the trials' evaluation transform, without building the model
+    (so no weights are downloaded).
+
+    Raises:
+        JobSetupError: unknown model, or the data cannot be loaded here.
+    """
+    import torchvision.models
+
+    try:
+        enum = torchvision.models.get_model_weights(task.model)
+    except ValueError:
+        raise JobSetupError(f"unknown torchvision model {task.model!r}") from None
+    member = enum.__members__.get(task.weights) if task.weights is not None else None
+    source = load_images(task.dataset, {} if cache is None else cache)
+    return preprocessing(task, source, None if member is None else _preset(member))
 
 
 def average_first_batch_norm_stats(model: nn.Module) -> None:
