@@ -108,7 +108,7 @@ def worker(h: Handle) -> int:
 
     from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
     from hpo.outage import outage_seconds
-    from hpo.records import is_continuation, val_loss
+    from hpo.records import complete_val_loss, is_continuation
     from hpo.study import make_sampler
     from hpo.summary import best_text, format_trial
     from hpo.worker import (
@@ -150,7 +150,9 @@ def worker(h: Handle) -> int:
             t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
             for t in trials
         )  # configurations, as the budget counts them
-        best = min((val_loss(t) for t in trials if t.state == TrialState.COMPLETE), default=None)
+        best = min(
+            (complete_val_loss(t) for t in trials if t.state == TrialState.COMPLETE), default=None
+        )
         say(format_trial(trial, done, budget.n_trials, best))
 
     report = run_worker(
