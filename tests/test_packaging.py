@@ -108,3 +108,9 @@ def test_installed_wheel_runs_hpo_from_the_venv_not_the_checkout(installed):
     version = _run(installed, "hpo", "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"hpo {__version__}"
+
+
+def test_reproducibility_record_lists_hpo_under_its_distribution_name():
+    from hpo.provenance import package_versions
+
+    assert package_versions()[DISTRIBUTION] == __version__
