@@ -115,6 +115,7 @@ def slurm_time(text: str) -> str:
         raise ValueError(expected)
     days, *rest = m.groups()
     fields = [int(f) for f in rest if f is not None]
+    limits: list[int | None]
     if days is not None:  # DAYS-HOURS[:MINUTES[:SECONDS]]
         limits = [24, 60, 60]
     else:  # MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS

@@ -264,7 +264,7 @@ def export_best(
         (
             f"The {'chosen' if trial_number is not None else 'best'} configuration of study "
             f"{study.study_name}: trial {best.number}, val loss {val_loss(best):.6f}.\n"
-            f"Exported by hpo {package_versions(['hpo']).get('hpo', '?')} on "
+            f"Exported by hpo {package_versions(['hpo-finetune']).get('hpo-finetune', '?')} on "
             f"{dt.datetime.now().isoformat(timespec='seconds')}.\n"
             "Each param is fixed (a one-choice categorical); no pruning; one trial.\n"
             f"Run it: hpo run {spec_path}   (raise budget.n_trials to rerun it more times)"

@@ -211,6 +211,7 @@ def timeline_figure(study: optuna.Study) -> go.Figure:
         ts = [t for trials in rows.values() for t in trials if t.state.name == state]
         if not ts:
             continue
+        starts = [t.datetime_start for t in ts if t.datetime_start is not None]  # all of ts
         ends = [t.datetime_complete or now for t in ts]
         fig.add_trace(
             go.Bar(
@@ -218,10 +219,10 @@ def timeline_figure(study: optuna.Study) -> go.Figure:
                 name=state.lower(),
                 marker={"color": color},
                 y=[str(t.user_attrs.get("worker", "unknown")) for t in ts],
-                base=[t.datetime_start.isoformat() for t in ts],
-                x=[(e - t.datetime_start).total_seconds() * 1000 for t, e in zip(ts, ends)],
+                base=[s.isoformat() for s in starts],
+                x=[(e - s).total_seconds() * 1000 for s, e in zip(starts, ends)],
                 customdata=[
-                    [t.number, (e - t.datetime_start).total_seconds()] for t, e in zip(ts, ends)
+                    [t.number, (e - s).total_seconds()] for t, s, e in zip(ts, starts, ends)
                 ],
                 hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f} s<extra>"
                 f"{state.lower()}</extra>",

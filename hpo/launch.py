@@ -66,12 +66,11 @@ class WorkerOptions:
     def from_args(cls, args: Any, **given: Any) -> WorkerOptions:
         """The options from parsed flags (an ``argparse.Namespace``); ``given`` wins over them,
         e.g. ``study=`` where the command names a spec, not a study."""
-        return cls(
-            **{
-                f.name: given[f.name] if f.name in given else getattr(args, f.name, None)
-                for f in fields(cls)
-            }
-        )
+        options: dict[str, Any] = {
+            f.name: given[f.name] if f.name in given else getattr(args, f.name, None)
+            for f in fields(cls)
+        }
+        return cls(**options)
 
     def to_argv(self) -> list[str]:
         """The ``hpo worker`` arguments: ``[STUDY, --flag, value, ...]`` for the set options."""

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import best_or_none, state_counts, val_loss
+from hpo.records import best_or_none, complete_val_loss, state_counts, val_loss
 from hpo.summary import pareto_records
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             "world_size": best_trial.user_attrs.get("world_size", 1),
         }
     )
-    numbers = {
+    numbers: dict[str, Any] = {
         "study": study.study_name,
         "counts": counts,
         "best": best,
@@ -176,8 +176,8 @@ def progress(study: optuna.Study) -> dict[str, list[float]]:
             continue
         n += 1
         hours += trial_cost(t)["seconds_run"] / 3600
-        if t.state.name == "COMPLETE" and t.values:
-            best = min(best, val_loss(t))
+        if t.state.name == "COMPLETE":
+            best = min(best, complete_val_loss(t))
         if math.isfinite(best):
             out["trials"].append(n)
             out["device_hours"].append(hours)
@@ -218,6 +218,7 @@ def anytime(study: optuna.Study) -> dict[str, list[float]]:
         if value is not None:
             best = value if best is None else better(best, value)
         if best is not None:
+            assert t.datetime_complete is not None  # trials without one are left out above
             out["seconds"].append((t.datetime_complete - first).total_seconds())
             out["epochs"].append(epochs)
             out["best"].append(best)

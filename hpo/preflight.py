@@ -18,7 +18,7 @@ on the workers. torch, torchvision and transformers are imported only when a che
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -86,7 +86,7 @@ def check_machine(spec: Spec, source: str) -> None:
         )
 
 
-def _check_images(dataset: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> Any:
+def _check_images(dataset: Mapping[str, Any], fail: Callable[[str, str], NoReturn]) -> Any:
     from hpo.job.image_data import load_images, load_test_images
 
     cache: dict = {}

@@ -335,19 +335,19 @@ def judging_sampler(inner: optuna.samplers.BaseSampler) -> optuna.samplers.BaseS
         def __init__(self) -> None:
             self.inner = inner
 
-        def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+        def infer_relative_search_space(self, study, trial):
             return inner.infer_relative_search_space(judged(study, trial), trial)
 
-        def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        def sample_relative(self, study, trial, search_space):
             return inner.sample_relative(judged(study, trial), trial, search_space)
 
-        def sample_independent(self, study, trial, name, dist):  # type: ignore[no-untyped-def]
+        def sample_independent(self, study, trial, name, dist):
             return inner.sample_independent(judged(study, trial), trial, name, dist)
 
-        def before_trial(self, study, trial):  # type: ignore[no-untyped-def]
+        def before_trial(self, study, trial):
             inner.before_trial(study, trial)
 
-        def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+        def after_trial(self, study, trial, state, values):
             inner.after_trial(study, trial, state, values)
 
         def reseed_rng(self) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from hpo.spec import TaskSpec
 
 PACKAGES = (
-    "hpo",
+    "hpo-finetune",  # hpo itself: its distribution name
     "optuna",
     "optuna-dashboard",
     "torch",

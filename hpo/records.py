@@ -100,6 +100,18 @@ def val_loss(trial: FrozenTrial) -> float | None:
     return trial.values[0] if trial.values else None
 
 
+def complete_val_loss(trial: FrozenTrial) -> float:
+    """``val_loss`` of a complete trial, which has one: the key that ranks complete trials.
+
+    Raises:
+        ValueError: the trial has no value (it has not completed).
+    """
+    loss = val_loss(trial)
+    if loss is None:
+        raise ValueError(f"trial {trial.number} has no value: it is {trial.state.name}")
+    return loss
+
+
 def objectives(study: optuna.Study) -> list[str]:
     """The names of the study's objectives, as its stored spec gives them (``val_loss`` for a
     study of one)."""
@@ -141,7 +153,7 @@ def best_or_none(study: optuna.Study) -> FrozenTrial | None:
     """The study's best complete trial, or None before the first one completed. With several
     objectives: the trial of the Pareto set with the lowest validation loss."""
     if len(study.directions) > 1:
-        return min(pareto_trials(study), key=val_loss, default=None)
+        return min(pareto_trials(study), key=complete_val_loss, default=None)
     try:
         return study.best_trial
     except ValueError:

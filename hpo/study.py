@@ -62,6 +62,7 @@ def create_study(
         stored = _stored_spec(storage, name)
         spec = _with_stored_defaults(given, stored)
         _check_same(stored, spec)
+        assert stored is not None  # _check_same raised otherwise
         if stored.budget != spec.budget:
             storage.set_study_user_attr(
                 storage.get_study_id_from_name(name), SPEC_ATTR, spec.to_dict()

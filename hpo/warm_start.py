@@ -14,6 +14,7 @@ data or seed) that the new study's values must not be compared with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,7 @@ def enqueue_first_guesses(study: optuna.Study, guesses: list[Guess]) -> None:
         log.info("first guess from %s: %s", guess.origin, guess.params)
 
 
-def fit_to_space(values: dict[str, Any], spec: Spec) -> dict[str, Any]:
+def fit_to_space(values: Mapping[str, Any], spec: Spec) -> dict[str, Any]:
     """``values`` clipped into the spec's search space: numbers into their range (and onto
     their step), a categorical value kept only where it is a choice. Only searched parameters
     whose ``when`` holds are set; the rest are sampled (or fixed by the spec)."""
@@ -98,7 +99,7 @@ def fit_to_space(values: dict[str, Any], spec: Spec) -> dict[str, Any]:
     return out
 
 
-def _applicable(spec: Spec, values: dict[str, Any]):
+def _applicable(spec: Spec, values: Mapping[str, Any]) -> Iterator[ParamSpec]:
     """Each searched parameter whose ``when`` holds given ``values``, the spec's fixed values
     and the defaults (a parent that is neither set nor fixed leaves its children sampled)."""
     known: dict[str, Any] = {p.name: p.value for p in spec.search_space if not p.searched}
@@ -122,6 +123,7 @@ def _problem(p: ParamSpec, v: Any) -> str | None:
             else f"{p.name}={format_value(v)} is not among "
             f"{', '.join(map(format_value, p.choices))}"
         )
+    assert p.low is not None and p.high is not None  # the parser sets both for float and int
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not p.low <= v <= p.high:
         return (
             f"{p.name}={format_value(v)} is outside [{format_value(p.low)}, {format_value(p.high)}]"
@@ -137,6 +139,7 @@ def _from_study(spec: Spec, storage: optuna.storages.BaseStorage, source: str) -
     from optuna.trial import TrialState
 
     warm = spec.warm_start
+    assert warm is not None and warm.source is not None  # warm_start_guesses checked both
     at = f"{source}: warm_start.from"
     if warm.storage is not None:
         from hpo.storage import open_storage

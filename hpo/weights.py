@@ -199,7 +199,7 @@ def _write_adapter(
 
     labels = list(load_texts(task.dataset, {}).label_names)
     base, _ = pretrained_classifier(task.model, labels, task.weights)
-    rebuild_adapter(base, adapter, state).save_pretrained(folder)
+    rebuild_adapter(base, adapter, state).save_pretrained(str(folder))
     load_tokenizer(task.model, {}).save_pretrained(folder)
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     where, model = str(folder), resolve_model(task.model)

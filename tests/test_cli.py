@@ -431,3 +431,12 @@ def test_a_cluster_template_takes_a_journal_or_a_proxy(in_process, storage_proxy
         out, err = capsys.readouterr()
         assert f"export HPO_STORAGE={url}" in out
         assert (warning in err) if warning else not err, (url, err)
+
+
+def test_version_is_the_installed_distributions(tmp_path):
+    # One source: pyproject reads the version from hpo.__version__, which --version prints.
+    from importlib.metadata import version
+
+    r = run_hpo("--version", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"hpo {version('hpo-finetune')}"

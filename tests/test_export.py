@@ -21,6 +21,7 @@ from conftest import ROOT, run_hpo
 from specs import write_tiny_spec
 from sample_study import OUTCOMES, build_sample_study
 
+from hpo import __version__
 from hpo.artifacts import upload_checkpoint
 from hpo.spec import load_spec, suggest
 from hpo.study import create_study
@@ -53,6 +54,7 @@ def test_export_best(storage_url, tmp_path):
     assert "momentum" in best.params  # a conditional param the best trial sampled: kept
     assert (out / "spec.yaml").read_text().startswith(
         f"# The best configuration of study {name}: trial {best.number}")
+    assert f"# Exported by hpo {__version__} on " in (out / "spec.yaml").read_text()
 
     # The sample study's checkpoints hold no model weights: the file goes out as it is.
     copied = out / "best-checkpoint.pt"
@@ -64,7 +66,7 @@ def test_export_best(storage_url, tmp_path):
     assert record["trial"]["params"] == best.params
     assert record["model"]["format"] == "checkpoint"
     assert record["model"]["sha256"] == _sha256(copied)
-    for package in ("optuna", "torch", "torchvision", "sqlalchemy", "plotly", "hpo"):
+    for package in ("optuna", "torch", "torchvision", "sqlalchemy", "plotly", "hpo-finetune"):
         assert record["packages"][package] == metadata.version(package), package
     assert record["seeds"] == {"task.seed": 0, "sampler.seed": 0}
     import sklearn

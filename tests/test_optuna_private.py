@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from hpo import _optuna
+from hpo.records import FAIL_REASON_ATTR
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIVATE = re.compile(
@@ -70,3 +71,17 @@ def test_optuna_is_pinned_to_the_tested_range():
     low, high = (tuple(int(x) for x in v.split(".")) for v in pin.groups())
     installed = tuple(int(x) for x in version("optuna").split(".")[:2])
     assert low[:2] <= installed < high[:2]
+
+
+def test_heartbeat_and_fail_and_retry_take_a_storage_without_heartbeats():
+    # Optuna's in-memory storage has no heartbeat (it is no BaseHeartbeat): hpo's heartbeat
+    # thread has nothing to beat and a gone trial is failed with nothing to retry it, as
+    # Optuna's is_heartbeat_enabled would have it, instead of an AttributeError.
+    study = optuna.create_study()
+    trial = study.ask()
+    with _optuna.heartbeat(study, trial):
+        pass
+    assert _optuna.fail_and_retry(study, [trial], "worker died") == [trial.number]
+    (failed,) = study.get_trials()
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert failed.user_attrs[FAIL_REASON_ATTR] == "worker died"

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -86,3 +87,9 @@ def test_attribute_names_are_those_existing_studies_hold():
         "hpo.spec", "hpo.version", "hpo.retrain")
     assert (records.CHECKPOINT_ATTR, records.CHECKPOINT_ARTIFACT_ATTR,
             records.FAIL_REASON_ATTR) == ("checkpoint", "checkpoint_artifact", "fail_reason")
+
+
+def test_complete_val_loss_ranks_complete_trials_and_refuses_others():
+    assert records.complete_val_loss(_trial(value=0.25)) == 0.25
+    with pytest.raises(ValueError, match="PRUNED"):
+        records.complete_val_loss(_trial(state=TrialState.PRUNED))

@@ -99,7 +99,7 @@ def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
     assert 0 < test["loss"] < 2.3  # below a uniform guess over 10 classes
     assert "test_fraction 0.2" in record["test_split"]
     assert record["device"] == "cpu" and record["seconds"] > 0
-    for package in ("hpo", "optuna", "torch", "torchvision"):
+    for package in ("hpo-finetune", "optuna", "torch", "torchvision"):
         assert record["packages"][package] == metadata.version(package)
     assert record["data"]["sha256"] and record["model"]["sha256"] == hashlib.sha256(
         (out / "model.pt").read_bytes()).hexdigest()

@@ -7,10 +7,13 @@ import functools
 import json
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo._optuna._trials import _BUDGET, BudgetTaken, _running_template
 from hpo.outage import first_line
+
+if TYPE_CHECKING:
+    from grpc import ServicerContext, UnaryUnaryMultiCallable
 
 log = logging.getLogger("hpo")
 
@@ -104,7 +107,7 @@ def grpc_server(
         "stale_trial_ids": storage.stale_trial_ids,
     }
 
-    def call(request: bytes, context: Any) -> bytes:
+    def call(request: bytes, context: ServicerContext) -> bytes:
         asked = json.loads(request)
         operation = operations.get(asked.get("op"))
         if operation is None:
@@ -186,7 +189,9 @@ def grpc_storage_class() -> type:
 
         def _setup(self) -> None:
             super()._setup()
-            self._hpo = self._channel.unary_unary(_GRPC_METHOD)
+            self._hpo: UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+                _GRPC_METHOD
+            )
 
         def hpo_call(self, op: str, **args: Any) -> Any:
             """An operation of hpo's service of the proxy."""

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hpo._optuna._trials import BudgetTaken, _running_template
@@ -74,6 +74,8 @@ def journal_storage_class() -> type:
         return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
 
     class Storage(JournalStorage, BaseHeartbeat):
+        _backend: Backend  # what __init__ gives JournalStorage
+
         def __init__(
             self,
             path: str,
@@ -96,7 +98,7 @@ def journal_storage_class() -> type:
                 yield
                 self._sync_with_backend()
 
-        def _append(self, logs: list[tuple[int, dict[str, Any]]]) -> None:
+        def _append(self, logs: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
             worker = self._replay_result.worker_id
             self._backend.append_logs(
                 [{"op_code": op, "worker_id": worker, **fields} for op, fields in logs]

@@ -108,16 +108,16 @@ def storage_class() -> type:
             trial = super()._get_prepared_new_trial(study_id, template_trial, session)
             # Creations of one study are serialized (Optuna locks the study row; SQLite has
             # one writer), so this count is exact: no two workers both take the last trial.
-            if budget is not None and taken(session, study_id, trial.trial_id) >= budget:
+            # Optuna's models declare Column, not Mapped[int]: an instance's trial_id is an int.
+            trial_id: int = trial.trial_id  # type: ignore[assignment]
+            if budget is not None and taken(session, study_id, trial_id) >= budget:
                 raise BudgetTaken(budget)
             if attrs:
-                insert_attrs(
-                    session, models.TrialUserAttributeModel, "trial_id", trial.trial_id, attrs
-                )
+                insert_attrs(session, models.TrialUserAttributeModel, "trial_id", trial_id, attrs)
             if template_trial is None or template_trial.state == TrialState.RUNNING:
                 # Stale from its first moment: a trial without a heartbeat row is never found
                 # by the stale-trial search.
-                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+                session.add(models.TrialHeartbeatModel(trial_id=trial_id))
             return trial
 
         def claim_trial(
@@ -139,7 +139,7 @@ def storage_class() -> type:
                     .where(trials.trial_id == trial_id, trials.state == TrialState.WAITING)
                     .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
                     .execution_options(synchronize_session=False)
-                ).rowcount
+                ).rowcount  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
                 if took != 1:
                     return False
                 if budget is not None and taken(session, study_id, trial_id) >= budget:
@@ -184,8 +184,10 @@ def storage_class() -> type:
                     )
                     session.add(study)
                     session.flush()
+                    # Optuna's models declare Column, not Mapped[int]: the value is an int.
+                    study_id: int = study.study_id  # type: ignore[assignment]
                     insert_attrs(
-                        session, models.StudyUserAttributeModel, "study_id", study.study_id, attrs
+                        session, models.StudyUserAttributeModel, "study_id", study_id, attrs
                     )
             except sqlalchemy.exc.IntegrityError:
                 raise optuna.exceptions.DuplicatedStudyError(name) from None
@@ -198,7 +200,7 @@ def storage_class() -> type:
             set their own)."""
             t, beat = models.TrialModel, models.TrialHeartbeatModel
             with _create_scoped_session(self.scoped_session, True) as session:
-                now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+                now = session.execute(sqlalchemy.func.now()).scalar_one().replace(tzinfo=None)
                 rows = session.execute(
                     sqlalchemy.select(t.trial_id, beat.heartbeat)
                     .join(beat, beat.trial_id == t.trial_id)

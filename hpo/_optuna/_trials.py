@@ -7,7 +7,7 @@ import contextlib
 import copy
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.outage import first_line
@@ -113,9 +113,12 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record ``trial``'s heartbeat every heartbeat interval while the block runs, as
     ``study.optimize`` does, except that a failed write does not end the thread: a heartbeat
     thread that died in a database outage would let a trial that is still training go stale."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
     storage = study._storage
-    interval = storage.get_heartbeat_interval()
-    if not interval:
+    # As Optuna's is_heartbeat_enabled: a storage without heartbeats (in memory) has none.
+    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    if not interval or not isinstance(storage, BaseHeartbeat):
         yield
         return
     stop = threading.Event()
@@ -191,7 +194,9 @@ def requeue(study: optuna.Study, trial: optuna.Trial) -> bool:
         return False
 
 
-def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial], reason: str) -> list[int]:
+def fail_and_retry(
+    study: optuna.Study, trials: Sequence[FrozenTrial | optuna.Trial], reason: str
+) -> list[int]:
     """Fail running trials whose worker is gone and queue their retries (which resume from
     the checkpoint), as the stale-trial search does, without waiting for the grace period.
 
@@ -199,10 +204,13 @@ def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial], reason: str) 
         The numbers of the trials failed here (not those finished meanwhile).
     """
     from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages._heartbeat import BaseHeartbeat
     from optuna.trial import TrialState
 
     storage = study._storage
-    callback = storage.get_heartbeat_stale_trial_callback()
+    callback = (
+        storage.get_heartbeat_stale_trial_callback() if isinstance(storage, BaseHeartbeat) else None
+    )
     failed = []
     for t in trials:
         try:

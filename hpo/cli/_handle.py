@@ -31,7 +31,7 @@ class Handle:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self._opened: optuna.storages.RDBStorage | None = None
+        self._opened: optuna.storages.BaseStorage | None = None
         self._loaded: tuple[optuna.Study, Spec] | None = None
 
     @cached_property
@@ -52,7 +52,7 @@ class Handle:
 
         return redact(text, self.url)
 
-    def storage(self, *, outage: float = 0.0) -> optuna.storages.RDBStorage:
+    def storage(self, *, outage: float = 0.0) -> optuna.storages.BaseStorage:
         """The study database, opened on the first call.
 
         Args:

@@ -86,16 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hpo.outage import OUTAGE_VAR, database_outage, outage_seconds
 
         outage = database_outage(e)
-        if outage is not None:  # Optuna's own wrapper says "invalid data": say what it was
-            e = outage
-        first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
+        # Optuna's own wrapper says "invalid data": say what it was
+        failure = e if outage is None else outage
+        first = (str(getattr(failure, "orig", None) or failure).strip().splitlines() or [""])[0]
         what = (
             f"the database did not answer for {outage_seconds():g}s (${OUTAGE_VAR}): "
             if outage is not None
             else ""
         )
         print(
-            f"hpo: failed: {what}{type(e).__name__}: {handle.redact(first)} (HPO_DEBUG=1 "
+            f"hpo: failed: {what}{type(failure).__name__}: {handle.redact(first)} (HPO_DEBUG=1 "
             "shows the traceback)",
             file=sys.stderr,
         )

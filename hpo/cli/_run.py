@@ -108,7 +108,7 @@ def worker(h: Handle) -> int:
 
     from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
     from hpo.outage import outage_seconds
-    from hpo.records import is_continuation, val_loss
+    from hpo.records import complete_val_loss, is_continuation
     from hpo.study import make_sampler
     from hpo.summary import best_text, format_trial
     from hpo.worker import (
@@ -152,13 +152,13 @@ def worker(h: Handle) -> int:
         )  # configurations, as the budget counts them
         before = min(
             (
-                val_loss(t)
+                complete_val_loss(t)
                 for t in trials
                 if t.state == TrialState.COMPLETE and t.number != trial.number
             ),
             default=None,
         )
-        value = val_loss(trial) if trial.state == TrialState.COMPLETE else None
+        value = complete_val_loss(trial) if trial.state == TrialState.COMPLETE else None
         new_best = value is not None and (before is None or value < before)
         best = value if new_best else before
         say(format_trial(trial, done, budget.n_trials, best, new_best=new_best))

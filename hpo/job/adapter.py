@@ -15,14 +15,17 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from torch import nn
 
 from hpo.job.errors import JobSetupError
 
+if TYPE_CHECKING:
+    from peft import PeftModel
 
-def add_lora(model: nn.Module, adapter, params: dict) -> nn.Module:
+
+def add_lora(model: nn.Module, adapter, params: dict) -> PeftModel:
     """``model`` wrapped as a peft ``PeftModelForSequenceClassification`` with a LoRA adapter.
 
     Args:
@@ -65,7 +68,7 @@ def add_lora(model: nn.Module, adapter, params: dict) -> nn.Module:
         ) from None
 
 
-def is_adapted(model: nn.Module) -> bool:
+def is_adapted(model: nn.Module) -> TypeGuard[PeftModel]:
     """Whether ``model`` is a peft model (it has an adapter); no import of peft."""
     return getattr(model, "peft_config", None) is not None
 
@@ -78,14 +81,14 @@ def adapter_state(model: nn.Module) -> dict[str, Any]:
     return dict(get_peft_model_state_dict(model))
 
 
-def adapter_config(model: nn.Module) -> str:
+def adapter_config(model: PeftModel) -> str:
     """The model's adapter config (peft's ``LoraConfig``) as JSON, for a checkpoint to name
     the adapter its weights belong to (``rebuild_adapter`` reads it back)."""
     config = model.peft_config["default"].to_dict()
     return json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
 
 
-def rebuild_adapter(model: nn.Module, config: str, state: Mapping[str, Any]) -> nn.Module:
+def rebuild_adapter(model: nn.Module, config: str, state: Mapping[str, Any]) -> PeftModel:
     """``model`` (the pretrained classifier, built as the trial built it) with the adapter of
     ``adapter_config``'s JSON and a checkpoint's ``adapter_state`` loaded into it."""
     from peft import PeftConfig, get_peft_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -71,8 +71,8 @@ class LabelledSubset(Dataset):
 
     def __init__(
         self,
-        base: Sequence,
-        indices: Sequence[int],
+        base: Sequence | Dataset,
+        indices: Iterable[int],
         labels: np.ndarray,
         transform: Callable | None = None,
     ) -> None:
@@ -91,6 +91,12 @@ class LabelledSubset(Dataset):
         return x, int(self.labels[i])
 
 
+def dataset_size(dataset: Dataset | Sized) -> int:
+    """``len(dataset)``: every dataset hpo builds or is given has one (map-style), though
+    torch's ``Dataset`` type declares no ``__len__``."""
+    return len(dataset)  # type: ignore[arg-type]  # torch's Dataset type declares no __len__
+
+
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     """Every label of a dataset of ``(input, label)`` pairs: its ``labels`` where it keeps
     them (``LabelledSubset``, tokenized texts), through ``Subset`` and ``ConcatDataset``;
@@ -100,9 +106,9 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     labels = getattr(dataset, "labels", None)
-    if labels is not None and len(labels) == len(dataset):
+    if labels is not None and len(labels) == dataset_size(dataset):
         return np.asarray(labels, dtype=np.int64)
-    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(dataset_size(dataset))], dtype=np.int64)
 
 
 TEST_SEED_OFFSET = 104_729
@@ -230,10 +236,10 @@ class EpochSeeded(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return dataset_size(self.dataset)
 
     def __getitem__(self, key: int):
-        epoch, index = divmod(key, len(self.dataset))
+        epoch, index = divmod(key, dataset_size(self.dataset))
         seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63
         torch.manual_seed(seed)  # torchvision's transforms draw from torch's RNG
         random.seed(seed)

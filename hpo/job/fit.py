@@ -18,6 +18,7 @@ import optuna
 import torch
 
 from hpo.job.checkpoint import save_checkpoint, save_model
+from hpo.job.data import dataset_size
 from hpo.job.device import free_memory, peak_memory_mb
 from hpo.job.loaders import eval_loader
 from hpo.job.optim import train_mode
@@ -180,11 +181,13 @@ def evaluate_and_report(
     progress = state.progress
     # Inside an epoch, the val subset where there is one: its loss goes to the pruner alone.
     on_subset = bool(batches) and state.subset_loader is not None
+    loader = state.subset_loader if on_subset else state.val_loader
+    assert loader is not None  # only a fit with a val set evaluates
     val_loss, accuracy, balanced, progress.eval_micro_batch = evaluate_or_fail(
         trial,
         partial(record, state, trial),
         state.net,
-        state.subset_loader if on_subset else state.val_loader,
+        loader,
         state.dev,
         progress.eval_micro_batch or progress.micro_batch,
         state.channels_last,
@@ -266,12 +269,12 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
         trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
     trial.set_attrs(
         {
-            "train_examples": len(setup.train_set),
+            "train_examples": dataset_size(setup.train_set),
             "train_loss": train_loss,
             "test_split": setup.test_about,
         }
     )
-    if setup.test_set is None or len(setup.test_set) == 0:
+    if setup.test_set is None or dataset_size(setup.test_set) == 0:
         return
     loader = eval_loader(
         setup, setup.test_set, state.task, state.dev, state.batch_size, state.ranks
@@ -292,13 +295,13 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
         "final fit: test loss %.4f, test accuracy %.3f on %d examples",
         test_loss,
         accuracy,
-        len(setup.test_set),
+        dataset_size(setup.test_set),
     )
     trial.set_attrs(
         {
             "test_loss": test_loss,
             "test_accuracy": accuracy,
-            "test_examples": len(setup.test_set),
+            "test_examples": dataset_size(setup.test_set),
             **({"test_balanced_accuracy": balanced} if state.weight is not None else {}),
         }
     )

@@ -19,6 +19,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from hpo.job.data import (
     LabelledSubset,
     cache_key,
+    dataset_size,
     heldout_about,
     heldout_test_indices,
     no_test_split,
@@ -47,9 +48,9 @@ class ImageSource:
     in [0, 1].
     """
 
-    train: Sequence
+    train: Sequence | Dataset
     train_labels: np.ndarray
-    val: Sequence | None
+    val: Sequence | Dataset | None
     val_labels: np.ndarray | None
     num_classes: int
     handwriting: bool
@@ -128,6 +129,7 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
         if source.val is None
         else (source.val, source.val_labels)
     )
+    assert val_labels is not None  # an ImageSource with a val split has its labels
     train_set = LabelledSubset(source.train, train_idx, source.train_labels, train_tf)
     val_set = LabelledSubset(val_base, val_idx, val_labels, evaluate)
     ready = False
@@ -171,6 +173,7 @@ def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache
             else LabelledSubset(source.train, both, source.train_labels, train_tf)
         )
     else:
+        assert source.val_labels is not None  # an ImageSource with a val split has its labels
         train_set = ConcatDataset(
             [
                 LabelledSubset(source.train, train_idx, source.train_labels, train_tf),
@@ -179,7 +182,7 @@ def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache
         )
     if task.test_fraction is not None:
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
-        test_set = (
+        test_set: LabelledSubset | None = (
             LabelledSubset(pairs, test_idx, source.train_labels)
             if pairs is not None
             else LabelledSubset(source.train, test_idx, source.train_labels, evaluate)
@@ -292,7 +295,8 @@ def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
             weights=str(preset.weights),
         )
         if key not in cache:
-            cache[key] = torch.stack([evaluate(x) for x, _ in source.train])
+            train = source.train
+            cache[key] = torch.stack([evaluate(train[i][0]) for i in range(dataset_size(train))])
         pairs = list(zip(cache[key], source.train_labels))
     return _train_transform(preset, size, resize, augment), evaluate, augment, pairs
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hpo.job.data import EpochSeeded, EpochShuffle
+from hpo.job.data import EpochSeeded, EpochShuffle, dataset_size
 from hpo.job.device import Device
 from hpo.job.ranks import RankBatches, Ranks
 
@@ -30,7 +30,7 @@ def make_loaders(
     # In this process the RNG that augments is the global one, which checkpoints save and
     # restore; loader processes have their own, so there each example seeds its own.
     processes = loading["num_workers"] > 0
-    order = EpochShuffle(len(setup.train_set), task.seed, keyed=processes)
+    order = EpochShuffle(dataset_size(setup.train_set), task.seed, keyed=processes)
     train_set = EpochSeeded(setup.train_set, task.seed) if processes else setup.train_set
     # Loaders draw their workers' seeds from their own generators, never from the global RNG
     # (dropout's), whose state must not depend on when a loader happened to start.

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from hpo.job.adapter import parameter_counts
+from hpo.job.data import dataset_size
 from hpo.job.device import Device
 from hpo.job.step import logits, to_device
 
@@ -60,7 +61,9 @@ def measure_latency(
     model.eval()
     out: dict[str, Any] = {}
     for size, key in ((1, LATENCY_ATTR), (latency.batch_size, LATENCY_BATCH_ATTR)):
-        batch = (collate or default_collate)([examples[i % len(examples)] for i in range(size)])
+        batch = (collate or default_collate)(
+            [examples[i % dataset_size(examples)] for i in range(size)]
+        )
         inputs = to_device(batch[0], dev, channels_last)
         out[key] = round(_median_ms(model, inputs, dev, latency.warmup, latency.repeats), 3)
     out["latency_batch_size"] = latency.batch_size

@@ -105,7 +105,8 @@ class Ranks:
         grads = [p.grad for p in params if p.grad is not None]
         start = 0
         while start < len(grads):
-            group, size = [], 0
+            group: list[torch.Tensor] = []
+            size = 0
             while start < len(grads) and (not group or size + grads[start].numel() <= bucket):
                 group.append(grads[start])
                 size += grads[start].numel()
@@ -134,7 +135,8 @@ class Ranks:
         # torch 2.14 renamed broadcast_buffers (deprecated there) to forward_sync_buffers.
         known = inspect.signature(DistributedDataParallel).parameters
         no_sync = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"
-        return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
+        off: dict[str, Any] = {no_sync: False}
+        return DistributedDataParallel(model, device_ids=ids, **off)
 
     @contextlib.contextmanager
     def local_gradients(self, net: nn.Module) -> Iterator[None]:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hpo.job.checkpoint import restore_checkpoint
-from hpo.job.data import EpochShuffle, dataset_labels
+from hpo.job.data import EpochShuffle, dataset_labels, dataset_size
 from hpo.job.device import Device, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders, subset_loader
 from hpo.job.loss import ClassWeighted, class_weights
@@ -163,13 +163,13 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
     optimizer = setup.optimizer = make_optimizer(model, setup.head, params)
 
     epochs = params["epochs"]
-    batch_size = min(params["batch_size"], len(setup.train_set))
+    batch_size = min(params["batch_size"], dataset_size(setup.train_set))
     if batch_size < ranks.world:
         raise ValueError(f"a batch of {batch_size} does not split over {ranks.world} ranks")
     rank_batch = math.ceil(batch_size / ranks.world)
     # drop_last: a last batch of one example breaks batch norm, and every step is then a
     # full batch, so the schedule and the effective batch size never change mid-epoch.
-    steps_per_epoch = len(setup.train_set) // batch_size
+    steps_per_epoch = dataset_size(setup.train_set) // batch_size
     scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, params)
     # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.amp_dtype == torch.float16)
@@ -217,7 +217,8 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
             f" and {progress.epoch_batches} batches" if progress.epoch_batches else "",
         )
     net = ranks.wrap(model, dev.device)
-    net = torch.compile(net) if task.compile else net
+    # torch.compile of a Module returns a Module (OptimizedModule); its overloads say Callable.
+    net = torch.compile(net) if task.compile else net  # type: ignore[assignment]
     evals = task.evals_per_epoch
     # Batch index after which evaluation j of the epoch runs: fractions of the data, so a
     # step means the same for every batch size.

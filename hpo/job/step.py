@@ -203,10 +203,14 @@ def evaluate(
     sums = torch.cat([torch.stack([total, weights]), hits, counts])
     if ranks.many:
         sums = ranks.sum(sums)
-    sums = sums.tolist()  # one sync per evaluation
-    hits, counts = sums[2 : 2 + num_classes], sums[2 + num_classes :]
-    recalls = [h / c for h, c in zip(hits, counts) if c > 0]
-    return sums[0] / sums[1], sum(hits) / sum(counts), sum(recalls) / max(len(recalls), 1)
+    values = sums.tolist()  # one sync per evaluation
+    hit_list, count_list = values[2 : 2 + num_classes], values[2 + num_classes :]
+    recalls = [h / c for h, c in zip(hit_list, count_list) if c > 0]
+    return (
+        values[0] / values[1],
+        sum(hit_list) / sum(count_list),
+        sum(recalls) / max(len(recalls), 1),
+    )
 
 
 def logits(model: nn.Module, inputs) -> torch.Tensor:

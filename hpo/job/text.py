@@ -8,6 +8,7 @@ left as it was. Set ``HF_HUB_OFFLINE=0`` where there is internet to let transfor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -22,6 +23,9 @@ from hpo.job.text_data import (
     tokenized_datasets,
 )
 from hpo.spec import resolve_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def build_text(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSetup:
@@ -45,6 +49,7 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
         train_set, test_set, test_about = final_tokenized_datasets(task, tokenizer, source, cache)
     else:
         train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
+    model: nn.Module  # the PreTrainedModel, or with an adapter peft's model around it
     model, new = pretrained_classifier(task.model, source.label_names, task.weights)
     set_head_dropout(model, params["dropout"])
     if task.adapter is not None:
@@ -88,7 +93,7 @@ def load_tokenizer(model: str, cache: dict):
 
 def pretrained_classifier(
     model: str, label_names: list[str], weights: str | None
-) -> tuple[nn.Module, set[str]]:
+) -> tuple[PreTrainedModel, set[str]]:
     """``AutoModelForSequenceClassification`` with one output per label.
 
     Args:
@@ -129,7 +134,7 @@ def pretrained_classifier(
     return net, new
 
 
-def set_head_dropout(model: nn.Module, p: float) -> None:
+def set_head_dropout(model: PreTrainedModel, p: float) -> None:
     """Make ``p`` the dropout in front of the classifier.
 
     Sets every ``nn.Dropout`` of the head (the modules outside the pretrained encoder, e.g.
@@ -149,7 +154,7 @@ def set_head_dropout(model: nn.Module, p: float) -> None:
         model.config.classifier_dropout = p
 
 
-def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
+def _blocks(model: PreTrainedModel) -> list[list[nn.Parameter]]:
     """Blocks from the input side for ``first_k``: embeddings with layer 1, then each layer.
 
     The layers are the encoder's longest ``nn.ModuleList`` (``encoder.layer`` in BERT).

@@ -193,6 +193,7 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
             if source.val_texts is None
             else (source.val_texts, source.val_labels)
         )
+        assert val_labels is not None  # a TextSource with val texts has their labels
         cache[key] = (
             _tokenize(tokenizer, task, source.train_texts, source.train_labels, train_idx),
             _tokenize(tokenizer, task, val_texts, val_labels, val_idx),
@@ -212,7 +213,9 @@ def final_tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
         JobSetupError: a named test file or split that is missing or has unknown labels.
     """
     # The trials' own tokenized sets (cached), one after the other: no transform differs.
-    train_set = ConcatDataset(tokenized_datasets(task, tokenizer, source, cache))
+    train_set: ConcatDataset[Any] = ConcatDataset(
+        tokenized_datasets(task, tokenizer, source, cache)
+    )
     if task.test_fraction is not None:
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
         return (

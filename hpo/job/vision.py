@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -153,12 +154,15 @@ def average_first_batch_norm_stats(model: nn.Module) -> None:
             and module.track_running_stats
             and module.momentum
         ):
-            module._hpo_average = module.register_forward_pre_hook(
+            # A plain attribute: torch types a Module's attributes as Tensor | Module.
+            module._hpo_average = module.register_forward_pre_hook(  # type: ignore[assignment]
                 functools.partial(_average_batch_norm, base=module.momentum)
             )
 
 
-def _average_batch_norm(layer: nn.Module, inputs: object, base: float) -> None:
+# layer: a _BatchNorm with hpo's plain attributes _hpo_batches and _hpo_average, which torch's
+# typing of a Module's attributes (Tensor | Module) cannot express.
+def _average_batch_norm(layer: Any, inputs: object, base: float) -> None:
     """Before a training forward: the momentum that makes the running statistics the plain
     average of the batches so far (see ``average_first_batch_norm_stats``)."""
     if not layer.training:
@@ -222,7 +226,7 @@ def _blocks(model: nn.Module) -> list[list[nn.Parameter]]:
     return blocks
 
 
-def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
+def _classifier(model: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d]:
     """The model's classifier: its last ``nn.Linear``, else its last 1x1 ``nn.Conv2d``."""
     linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     conv = [

@@ -155,9 +155,14 @@ class ParamSpec:
         )
 
         if self.type == "float":
+            assert self.low is not None and self.high is not None  # the parser sets both
             return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":
-            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+            # The parser sets both bounds of an int parameter, and to integers.
+            assert isinstance(self.low, int) and isinstance(self.high, int)
+            step = self.step or 1
+            assert isinstance(step, int)
+            return IntDistribution(self.low, self.high, log=self.log, step=step)
         if self.type == "categorical":
             return CategoricalDistribution(self.choices)
         return None
@@ -167,8 +172,13 @@ class ParamSpec:
         if self.type == "categorical":
             return list(self.choices)
         if self.type == "int" and not self.log:
-            return list(range(self.low, self.high + 1, self.step or 1))
+            # The parser sets both bounds of an int parameter, and to integers.
+            assert isinstance(self.low, int) and isinstance(self.high, int)
+            step = self.step or 1
+            assert isinstance(step, int)
+            return list(range(self.low, self.high + 1, step))
         if self.type == "float" and self.step is not None and not self.log:
+            assert self.low is not None and self.high is not None  # the parser sets both
             n = int(round((self.high - self.low) / self.step))
             return [self.low + i * self.step for i in range(n + 1)]
         raise ValueError(self.name)
@@ -353,17 +363,12 @@ class Spec:
         """The same spec with the budget's fields replaced where given."""
         from dataclasses import replace
 
-        budget = replace(
-            self.budget,
-            **{k: v for k, v in (("n_trials", n_trials), ("timeout", timeout)) if v is not None},
-        )
+        given: dict[str, Any] = {"n_trials": n_trials, "timeout": timeout}
+        budget = replace(self.budget, **{k: v for k, v in given.items() if v is not None})
         return replace(self, budget=budget)
 
 
-_TASK_DEFAULTS = {
-    f.name: f.default
-    for f in TaskSpec.__dataclass_fields__.values()  # type: ignore[attr-defined]
-}
+_TASK_DEFAULTS = {f.name: f.default for f in TaskSpec.__dataclass_fields__.values()}
 _TASK_DEFAULTS["dataset"] = {}
 
 

@@ -135,6 +135,7 @@ def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, 
                 FINISH_GRACE,
             )
             break
+        conn: Connection | None  # below, a rank's connection where it is still open
         for r, conn in list(open_conns.items()):
             if conn not in ready:
                 continue

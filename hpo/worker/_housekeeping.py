@@ -22,7 +22,13 @@ from hpo.artifacts import (
     remove_checkpoints,
     upload_checkpoint,
 )
-from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, pareto_front, val_loss, was_paused
+from hpo.records import (
+    CHECKPOINT_ATTR,
+    FAIL_REASON_ATTR,
+    complete_val_loss,
+    pareto_front,
+    was_paused,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -50,7 +56,7 @@ def _among_best(study: optuna.Study, value: float, k: int = KEEP_BEST_CHECKPOINT
     better = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values and val_loss(t) <= value
+        if complete_val_loss(t) <= value
     ]
     return len(better) < k
 
@@ -135,7 +141,9 @@ def retain_checkpoints(
     from hpo.promotion import configuration
 
     if max_retry is None:
-        from hpo.storage import MAX_RETRY as max_retry
+        from hpo.storage import MAX_RETRY
+
+        max_retry = MAX_RETRY
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     kept = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     kept += [
@@ -150,7 +158,7 @@ def retain_checkpoints(
     # until a later attempt of its configuration exists, its checkpoint is the pause's.
     last = {configuration(t): t.number for t in sorted(trials, key=lambda t: t.number)}
     kept += [t for t in trials if was_paused(t) and last[configuration(t)] == t.number]
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=val_loss)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=complete_val_loss)
     kept += complete[:keep_best]
     if any(len(t.values) > 1 for t in complete):  # several objectives: the Pareto set too
         kept += pareto_front(complete)
@@ -162,4 +170,4 @@ def retain_checkpoints(
     if storage_url is not None:
         ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials if t.state.is_finished()}
         keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}
-        remove_checkpoints(ids - keep_ids - {None}, storage_url)
+        remove_checkpoints([i for i in ids - keep_ids if i is not None], storage_url)

@@ -74,6 +74,7 @@ def job_function(spec: Spec) -> Callable[..., float]:
     if spec.task.kind == "custom":
         from hpo.spec import load_entrypoint
 
+        assert spec.task.entrypoint is not None  # parse_spec requires it of a custom task
         custom = load_entrypoint(spec.task.entrypoint)
         return lambda trial, task, params, context: custom(trial, params, context)
     devices = spec.resources.devices_per_trial
