@@ -119,7 +119,8 @@ def slurm_time(text: str) -> str:
     if days is not None:  # DAYS-HOURS[:MINUTES[:SECONDS]]
         limits = [24, 60, 60]
     else:  # MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS
-        limits = {1: [None], 2: [None, 60], 3: [None, 60, 60]}[len(fields)]
+        by_count: dict[int, list[int | None]] = {1: [None], 2: [None, 60], 3: [None, 60, 60]}
+        limits = by_count[len(fields)]
     if any(lim is not None and f >= lim for f, lim in zip(fields, limits, strict=False)):
         raise ValueError(expected)
     if int(days or 0) + sum(fields) == 0:
