@@ -67,9 +67,12 @@ def test_ranks_learn_what_one_rank_learns(devices, batch_size, monkeypatch):
     """Same global batch, seed and data: the N-rank trial's val losses match the 1-rank
     trial's, to float32 noise.
 
-    - Epoch 1 (12 optimizer steps in) within 1e-6 relative. Measured: 3e-9 for 3 ranks of 50
-      (shards of 17, 16, 17), 2e-8 for 2 of 64; an error of the method is far outside: the
-      3 ranks' gradients averaged without weighting the uneven shards move it by 2.2e-4.
+    - Epoch 1 (12 optimizer steps in) within 1e-6 relative, or 10x the epoch-1 noise of the
+      same reordering on one rank where that is larger. Measured: 3e-9 for 3 ranks of 50
+      (shards of 17, 16, 17), 2e-8 for 2 of 64 with two threads; with one intra-op thread (as
+      the tests run) 2 ranks of 64 differ from one rank by 1.3e-6, as one rank in micro-batches
+      of 32 does. An error of the method is far outside: the 3 ranks' gradients averaged
+      without weighting the uneven shards move it by 2.2e-4.
     - Later epochs within 10x the float noise measured in this test: the ranks compute the
       same sums in another order, and the same change of order on one rank (its batch in
       micro-batches of a shard's size) moves the losses by ``noise``. Training compounds it
@@ -92,7 +95,11 @@ def test_ranks_learn_what_one_rank_learns(devices, batch_size, monkeypatch):
 
     assert gang.attrs["world_size"] == devices and alone.attrs["world_size"] == 1
     assert sorted(gang.reports) == sorted(alone.reports) == [1, 2, 3]
-    assert gang.reports[1] == pytest.approx(alone.reports[1], rel=1e-6)
+    # Epoch 1: within 10x the noise of the same reordering at epoch 1, or 1e-6 relative.
+    first_noise = abs(reordered.reports[1] - alone.reports[1])
+    assert abs(gang.reports[1] - alone.reports[1]) <= max(10 * first_noise,
+                                                           1e-6 * alone.reports[1]), \
+        (gang.reports, alone.reports, reordered.reports)
     noise = max(abs(reordered.reports[s] - loss) for s, loss in alone.reports.items())
     for step, loss in alone.reports.items():
         assert abs(gang.reports[step] - loss) <= max(10 * noise, 1e-6 * loss), \
