@@ -21,6 +21,9 @@ SUPPORT = Path(__file__).resolve().parent / "support"
 """The tests' shared helpers (small specs, the custom job, the database proxy, ...); on the
 path of the tests, and of the workers they start (PYTHONPATH), so that ``fastjob:epochs_job``
 imports there."""
+# One intra-op thread in the tests and the workers they start: several tests run at once on a
+# few cores, and torch's threads spin waiting on each other when the cores are oversubscribed.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
@@ -192,3 +195,11 @@ def _proxy_url(proxy, log: Path, timeout: float = 60.0) -> str:
             break
         time.sleep(0.1)
     pytest.fail(f"hpo storage-proxy did not start: {log.read_text()[-2000:]}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``quick`` tier (``pytest -m quick``, for the edit-test loop) is every test that is
+    neither ``slow`` nor ``serial``."""
+    for item in items:
+        if not (item.get_closest_marker("slow") or item.get_closest_marker("serial")):
+            item.add_marker(pytest.mark.quick)
