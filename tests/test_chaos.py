@@ -40,6 +40,9 @@ ROUND_FAULTS = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("storage_url", [
+    "sqlite", pytest.param("postgresql", marks=pytest.mark.serial), "mariadb",
+], indirect=True)  # the PostgreSQL round restarts the server: it runs alone
 def test_a_round_of_random_faults_breaks_no_invariant(storage_url, tmp_path):
     backend = backend_of(storage_url)
     faults = ROUND_FAULTS[backend]

@@ -23,6 +23,7 @@ def _restart_postgresql() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_postgresql_restart_mid_study_loses_nothing(server_urls, tmp_path):
     url = server_url(server_urls, "postgresql")
     if not os.path.isdir("/etc/postgresql") or os.geteuid() != 0:
