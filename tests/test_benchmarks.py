@@ -16,38 +16,65 @@ import pytest
 from conftest import ROOT
 
 
-def test_smoke_run_writes_a_row_for_every_benchmark(tmp_path):
+def _benchmark_names():
+    from benchmarks.run import BENCHMARKS
+
+    return list(BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", _benchmark_names())
+def test_smoke_run_writes_a_row_for_each_benchmark(name, tmp_path):
+    """``benchmarks.run --smoke --only NAME``: the benchmark runs at its tiny budget, every row
+    it writes has a value (or says what this machine lacks), and the table printed is the one
+    written. One test per benchmark, so that they run side by side."""
     out = tmp_path / "RESULTS.md"
     env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--gpu", "--out",
-                        str(out), "--workdir", str(tmp_path / "work")],
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--only", name,
+                        "--gpu", "--out", str(out), "--workdir", str(tmp_path / "work")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
 
-    from benchmarks.run import BENCHMARKS
-
     results = json.loads(out.with_suffix(".json").read_text())["benchmarks"]
-    assert list(results) == list(BENCHMARKS)
+    assert list(results) == [name]
     table = out.read_text()
     assert table == r.stdout
-    for name, result in results.items():
-        assert result["mode"] == "smoke"
-        assert result["rows"], name
-        for row in result["rows"]:
-            line = f"| {row['benchmark']} | {row['case']} | {row['metric']} |"
-            assert line in table, line
-            if row["skipped"]:
-                # Only what this machine lacks may be skipped, never a broken benchmark.
-                assert not row["skipped"].startswith("failed"), row
-                continue
-            assert row["hpo"] is not None and row["hpo"] > 0, row
-            if row["goal"]:
-                assert row["ratio"] is not None and row["met"] in (True, False), row
+    result = results[name]
+    assert result["mode"] == "smoke"
+    assert result["rows"], name
+    for row in result["rows"]:
+        line = f"| {row['benchmark']} | {row['case']} | {row['metric']} |"
+        assert line in table, line
+        if row["skipped"]:
+            # Only what this machine lacks may be skipped, never a broken benchmark.
+            assert not row["skipped"].startswith("failed"), row
+            continue
+        assert row["hpo"] is not None and row["hpo"] > 0, row
+        if row["goal"]:
+            assert row["ratio"] is not None and row["met"] in (True, False), row
     # Without a GPU, the GPU benchmark says so instead of failing.
     import torch
 
-    if not torch.cuda.is_available():
-        assert all(row["skipped"] == "no CUDA device here" for row in results["gpu"]["rows"])
+    if name == "gpu" and not torch.cuda.is_available():
+        assert all(row["skipped"] == "no CUDA device here" for row in result["rows"])
+
+
+def test_the_table_keeps_every_benchmarks_last_results_in_their_order(tmp_path):
+    """Benchmarks run one at a time (``--only``) add up: each run replaces its own rows in
+    RESULTS.json and the table, keeps the others', and lists them in ``BENCHMARKS``' order."""
+    from benchmarks.run import BENCHMARKS, _write, entry
+    from benchmarks.table import Row
+
+    out = tmp_path / "RESULTS.md"
+    for name in reversed(BENCHMARKS):
+        _write(out, {name: entry([Row(name, "case", "metric", hpo=1.0)], "smoke", 1.0)})
+    again = _write(out, {"pruning": entry([Row("pruning", "case", "metric", hpo=2.0)],
+                                          "smoke", 1.0)})
+    results = json.loads(out.with_suffix(".json").read_text())["benchmarks"]
+    assert list(results) == list(BENCHMARKS)
+    assert results["pruning"]["rows"][0]["hpo"] == 2.0
+    assert out.read_text() == again
+    positions = [again.index(f"| {name} | case | metric |") for name in BENCHMARKS]
+    assert positions == sorted(positions)
 
 
 def test_scale_smoke_measures_each_storage_and_keeps_the_other_sections(tmp_path):
