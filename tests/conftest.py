@@ -28,6 +28,7 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 from processes import ROOT, run_hpo  # noqa: E402,F401  (tests import them from here)
+from workbench import pytest_collection_modifyitems, serial_lock  # noqa: E402,F401
 
 SERVERS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
@@ -36,38 +37,6 @@ SERVERS = {
 ADMIN_DB = {"postgresql": "postgres", "mariadb": "test"}
 STORAGE_MODES = ["sqlite", "postgresql", "mariadb"]
 ALL_STORAGE_MODES = STORAGE_MODES + ["grpc", "journal"]
-
-
-# --------------------------------------------------------------------------------------------
-# Tests run in parallel (pytest-xdist, ``-n`` in pyproject.toml). A test marked ``serial``
-# (it restarts a database server, or starts a Slurm cluster) runs alone: it takes the run's
-# lock exclusively, every other test takes it shared. A second lock, the gate, is held by a
-# serial test while it waits, so that new tests queue behind it instead of starving it.
-
-
-@pytest.fixture(autouse=True)
-def _serial_lock(request, tmp_path_factory):
-    """Hold the run's lock around each test: exclusively for ``serial`` tests, shared for the
-    rest. Without xdist there is one process, and the lock is uncontended."""
-    import fcntl
-
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
-    root = tmp_path_factory.getbasetemp().parent
-    serial = request.node.get_closest_marker("serial") is not None
-    with open(root / "serial.gate", "a") as gate, open(root / "serial.lock", "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        if serial:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the running tests; the gate is held
-        else:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def _server_database(kind: str):
@@ -196,10 +165,3 @@ def _proxy_url(proxy, log: Path, timeout: float = 60.0) -> str:
         time.sleep(0.1)
     pytest.fail(f"hpo storage-proxy did not start: {log.read_text()[-2000:]}")
 
-
-def pytest_collection_modifyitems(config, items):
-    """The ``quick`` tier (``pytest -m quick``, for the edit-test loop) is every test that is
-    neither ``slow`` nor ``serial``."""
-    for item in items:
-        if not (item.get_closest_marker("slow") or item.get_closest_marker("serial")):
-            item.add_marker(pytest.mark.quick)

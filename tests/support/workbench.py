@@ -1,0 +1,47 @@
+"""How the test run itself is arranged: parallel processes, tests that must run alone, the
+quick tier. ``tests/conftest.py`` imports both names, so pytest sees them there; the tests of
+this arrangement (``tests/test_workbench.py``) load it into a pytest run of their own.
+
+Tests run in parallel (pytest-xdist, ``-n`` in pyproject.toml). A test marked ``serial`` (it
+restarts a database server) runs alone: it takes the run's lock exclusively, every other test
+takes it shared. A second lock, the gate, is held by a serial test while it waits, so that new
+tests queue behind it instead of starving it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def serial_lock(request, tmp_path_factory):
+    """Hold the run's lock around each test: exclusively for ``serial`` tests, shared for the
+    rest. Without xdist there is one process, and no lock to take."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    root = tmp_path_factory.getbasetemp().parent  # the run's folder, every worker's parent
+    serial = request.node.get_closest_marker("serial") is not None
+    with open(root / "serial.gate", "a") as gate, open(root / "serial.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if serial:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the running tests; the gate is held
+        else:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``quick`` tier (``pytest -m quick``, for the edit-test loop) is every test that is
+    neither ``slow`` nor ``serial``."""
+    for item in items:
+        if not (item.get_closest_marker("slow") or item.get_closest_marker("serial")):
+            item.add_marker(pytest.mark.quick)
