@@ -28,7 +28,11 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 from processes import ROOT, run_hpo  # noqa: E402,F401  (tests import them from here)
-from workbench import pytest_collection_modifyitems, serial_lock  # noqa: E402,F401
+from workbench import (  # noqa: E402,F401  (pytest finds them here)
+    pytest_collection_modifyitems,
+    pytest_runtest_protocol,
+    serial_lock,
+)
 
 SERVERS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",

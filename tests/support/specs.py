@@ -38,7 +38,7 @@ def unique(prefix: str) -> str:
 
 TINY = {
     "task": {"kind": "image_classification", "model": "resnet18",
-             "dataset": {"name": "digits"}, "image_size": 16, "max_samples": 800},
+             "dataset": {"name": "digits"}, "image_size": 16, "max_samples": 400},
     "search_space": {
         "lr": {"type": "float", "low": 1.0e-8, "high": 1.0e-1, "log": True},
         "batch_size": {"type": "categorical", "choices": [32, 64]},

@@ -45,3 +45,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not (item.get_closest_marker("slow") or item.get_closest_marker("serial")):
             item.add_marker(pytest.mark.quick)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``$HPO_TEST_CPU_LOG`` set, append each test's CPU seconds (its process and the
+    subprocesses it waited for: setup, call and teardown) and wall seconds to that file, a
+    JSON line each: on a machine of few cores the run's length is its CPU time."""
+    import json
+    import resource
+    import time
+
+    log = os.environ.get("HPO_TEST_CPU_LOG")
+    if not log:
+        return (yield)
+
+    def cpu() -> float:
+        own, children = (resource.getrusage(w)
+                         for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    cpu0, wall0 = cpu(), time.monotonic()
+    try:
+        return (yield)
+    finally:
+        with open(log, "a") as f:
+            f.write(json.dumps({"test": item.nodeid, "cpu": round(cpu() - cpu0, 2),
+                                "wall": round(time.monotonic() - wall0, 2)}) + "\n")
