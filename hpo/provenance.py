@@ -89,9 +89,9 @@ def data_fingerprint(task: TaskSpec) -> dict[str, Any]:
     ds = dict(task.dataset)
     paths: list[Path] = []
     if ds.get("name") == "digits":
-        paths.append(_package_file("sklearn", "datasets/data/digits.csv.gz"))
+        paths.append(package_file(*DIGITS_FILE))
     elif ds.get("name") == "vader":
-        paths.append(_package_file("vaderSentiment", "vader_lexicon.txt"))
+        paths.append(package_file("vaderSentiment", "vader_lexicon.txt"))
     paths += [
         Path(ds[k]).expanduser()
         for k in DATA_PATH_KEYS
@@ -153,7 +153,14 @@ def environment_record(task: TaskSpec) -> dict[str, Any]:
     }
 
 
-def _package_file(package: str, relative: str) -> Path:
+DIGITS_FILE = ("sklearn", "datasets/data/digits.csv.gz")
+"""scikit-learn's digits as it ships them: (package, file), a row of 64 grey levels and the label
+per image."""
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file that an installed package ships, found without importing the package
+    (``<PACKAGE not installed>`` where it is missing)."""
     import importlib.util
 
     found = importlib.util.find_spec(package)

@@ -390,6 +390,28 @@ def test_max_samples_caps_both_splits():
     assert len(train) == 80 and len(val) == 20
 
 
+def test_digits_are_scikit_learns_without_importing_it():
+    """The digits are read from the file scikit-learn ships, not through its (slow) import:
+    the same images and labels as ``load_digits``, and no ``sklearn`` module loaded."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from hpo.job.image_data import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = load_digits()
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int64
+    assert np.array_equal(images, reference.images)
+    assert np.array_equal(labels, reference.target)
+    probe = ("import sys; from hpo.job.image_data import digits_arrays; digits_arrays(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_digits_images_are_rgb_resized_and_not_augmented_by_default():
     task = digits(image_size=None, max_samples=None)
     source = load_images(task.dataset, {})
@@ -675,11 +697,11 @@ def rss_mb() -> float:
 
 
 def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
-    import sklearn.datasets
+    import hpo.job.image_data as image_data
 
     loads = []
-    real_load = sklearn.datasets.load_digits
-    monkeypatch.setattr(sklearn.datasets, "load_digits",
+    real_load = image_data.digits_arrays
+    monkeypatch.setattr(image_data, "digits_arrays",
                         lambda *a, **k: loads.append(1) or real_load(*a, **k))
     context = JobContext(cache={})
     # Two evaluations an epoch: the first one prunes (a trial's last report never does).
