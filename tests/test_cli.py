@@ -29,8 +29,11 @@ def reopen(name: str, url: str) -> optuna.Study:
 
 
 @pytest.mark.slow
-def test_run_then_best_status_studies(all_storage_url, tmp_path):
-    storage_url = all_storage_url
+def test_run_then_best_status_studies(storage_url, tmp_path):
+    """A real fine-tuning study through the CLI on SQLite, PostgreSQL and MariaDB. The same
+    commands through the gRPC proxy and on a journal file are
+    ``test_every_command_works_through_the_proxy_and_on_a_journal`` (the fast job's study: the
+    training is the same whatever the storage)."""
     name = f"tiny-{time.time_ns()}"
     spec = tmp_path / "tiny.yaml"
     write_tiny_spec(spec, name)
@@ -100,6 +103,17 @@ def test_storage_from_environment_and_default(tmp_path):
     assert (tmp_path / "hpo.db").exists()  # the default: sqlite:///hpo.db in the cwd
 
 
+@pytest.fixture(scope="module")
+def envstudy(tmp_path_factory):
+    """A folder with ``tiny.yaml`` and the ``hpo.db`` that ``hpo create`` made of it (study
+    ``envstudy``), made once: each bad-input case copies it."""
+    folder = tmp_path_factory.mktemp("envstudy")
+    write_tiny_spec(folder / "tiny.yaml", "envstudy")
+    created = run_hpo("create", str(folder / "tiny.yaml"), cwd=folder)
+    assert created.returncode == 0, created.stderr
+    return folder
+
+
 @pytest.mark.parametrize("args,words", [
     (["best", "nosuch"], ["no hpo study named 'nosuch'", "envstudy"]),
     (["status", "nosuch"], ["no hpo study named 'nosuch'"]),
@@ -114,10 +128,11 @@ def test_storage_from_environment_and_default(tmp_path):
     (["best", "envstudy", "--storage", "sqlite:///no/such/dir/x.db"], ["no database at"]),
     (["best", "envstudy", "--storage", "oracle://x"], ["unsupported storage backend"]),
 ])
-def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    write_tiny_spec(spec, "envstudy")
-    assert run_hpo("create", str(spec), cwd=tmp_path).returncode == 0
+def test_bad_input_is_one_line_exit_2(args, words, tmp_path, envstudy):
+    import shutil
+
+    for made in envstudy.iterdir():  # tiny.yaml and the hpo.db that `hpo create` wrote of it
+        shutil.copy(made, tmp_path / made.name)
     before = (tmp_path / "hpo.db").read_bytes()
     started = time.monotonic()
     r = run_hpo(*args, cwd=tmp_path)
@@ -171,10 +186,14 @@ def test_minilm_on_vader_through_the_cli(tmp_path):
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_printing_into_a_closed_pipe_is_quiet_and_exit_0(fmt, tmp_path):
     """``hpo trials S | head``: the reader stops early; hpo stops as Unix tools do."""
+    from workers import FAST, fast_env
+
     url = f"sqlite:///{tmp_path / 'pipe.db'}"
     spec = tmp_path / "pipe.yaml"
-    write_tiny_spec(spec, "pipe")
-    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    spec.write_text(FAST.format(name="pipe", n=1, low=1, high=2, pruner="none"))
+    created = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path,
+                      env=fast_env(tmp_path))
+    assert created.returncode == 0, created.stderr
     study = optuna.load_study(study_name="pipe", storage=url)
     dist = optuna.distributions.FloatDistribution(1e-8, 1e-1, log=True)
     for i in range(600):  # far more than a pipe buffer
@@ -387,6 +406,11 @@ def test_every_command_works_through_the_proxy_and_on_a_journal(kind, request, t
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=20)
+
+    # Resuming a finished study runs nothing more; a bigger budget on the command line runs
+    # more.
+    hpo("worker", name, "--n-trials", "7")
+    assert len(reopen(name, url).get_trials()) == 7
 
 
 def test_the_storage_proxy_serves_a_database_and_says_why_not_otherwise(tmp_path, server_urls):
