@@ -92,13 +92,17 @@ def test_run_then_best_status_studies(storage_url, tmp_path):
 
 
 def test_storage_from_environment_and_default(tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    write_tiny_spec(spec, "envstudy")
+    from workers import FAST, fast_env
+
+    spec = tmp_path / "fast.yaml"
+    spec.write_text(FAST.format(name="envstudy", n=1, low=1, high=2, pruner="none"))
     env_db = tmp_path / "env.db"
-    r = run_hpo("create", str(spec), cwd=tmp_path, env={"HPO_STORAGE": f"sqlite:///{env_db}"})
+    env = fast_env(tmp_path)
+    r = run_hpo("create", str(spec), cwd=tmp_path,
+                env={**env, "HPO_STORAGE": f"sqlite:///{env_db}"})
     assert r.returncode == 0, r.stderr
     assert env_db.exists() and not (tmp_path / "hpo.db").exists()
-    r = run_hpo("create", str(spec), cwd=tmp_path)
+    r = run_hpo("create", str(spec), cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hpo.db").exists()  # the default: sqlite:///hpo.db in the cwd
 
