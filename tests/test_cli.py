@@ -132,6 +132,7 @@ def envstudy(tmp_path_factory):
     (["best", "envstudy", "--storage", "sqlite:///no/such/dir/x.db"], ["no database at"]),
     (["best", "envstudy", "--storage", "oracle://x"], ["unsupported storage backend"]),
 ])
+@pytest.mark.xdist_group("envstudy")  # one process creates the study they copy
 def test_bad_input_is_one_line_exit_2(args, words, tmp_path, envstudy):
     import shutil
 

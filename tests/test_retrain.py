@@ -68,6 +68,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("retrain-tiny")  # one process trains the module's study once
 def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
     folder, url = tiny
     result = run_hpo("retrain", "tiny", "--storage", url, cwd=folder)
@@ -128,6 +129,7 @@ def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("retrain-tiny")  # one process trains the module's study once
 def test_retrain_a_chosen_trial_for_chosen_epochs(tiny):
     folder, url = tiny
     study = optuna.load_study(study_name="tiny", storage=url)
