@@ -18,7 +18,10 @@ from workers import epoch_log, fast_env, fast_study, make_study, trials
 @pytest.mark.slow
 def test_reap_all_requeues_the_trials_of_a_dead_worker(tmp_path):
     url = f"sqlite:///{tmp_path / 'reap.db'}"
-    env = fast_env(tmp_path, epoch_seconds=0.5, HPO_HEARTBEAT_INTERVAL="60")
+    # A grace period far longer than the test: the heartbeat is fresh for the plain reap
+    # however loaded the machine (with the fast env's 3 s a slow start made it stale).
+    env = fast_env(tmp_path, epoch_seconds=0.5, HPO_HEARTBEAT_INTERVAL="60",
+                   HPO_GRACE_PERIOD="300")
     name = make_study(tmp_path, url, n=1, low=6, high=6, env=env)
     worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
     wait_for(lambda: any(e >= 1 for _, e, _ in epoch_log(tmp_path)), what="epoch 1")
