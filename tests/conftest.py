@@ -24,6 +24,7 @@ imports there."""
 # One intra-op thread in the tests and the workers they start: several tests run at once on a
 # few cores, and torch's threads spin waiting on each other when the cores are oversubscribed.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])  # torch takes the larger
 if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 

@@ -58,6 +58,25 @@ def test_gpus_make_gangs_of_devices_per_trial():
     assert assign_slots(None, workers=2, cpus=2, devices_per_trial=2)[1] == Slot(1, threads=1)
 
 
+@pytest.mark.parametrize("given, expected", [
+    ({}, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}),
+    ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),
+    ({"MKL_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),
+    ({"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "1"},
+     {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "1"}),
+])
+def test_a_cpu_workers_thread_count_is_one_for_both_math_libraries(given, expected):
+    """The launcher splits the cores among CPU workers; a count the user set for one library
+    holds for the other, whose default would otherwise win (torch takes the larger)."""
+    env = Slot(0, threads=2).env({"PATH": os.environ["PATH"], **given})
+    assert {k: env[k] for k in expected} == expected
+    if given == {"OMP_NUM_THREADS": "1"}:  # what torch then runs with, in a real process
+        probe = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+            env=env, capture_output=True, text=True, check=True)
+        assert probe.stdout.strip() == "1"
+
+
 def test_parse_gpus():
     assert parse_gpus("0,1, 3") == ["0", "1", "3"]
     assert parse_gpus(None) is None
