@@ -67,7 +67,12 @@ def check_machine(spec: Spec, source: str) -> None:
         raise PreflightError(f"{source}: task.{key}: {what} ({SKIP_HINT})")
 
     classes = None  # (training labels, class names) where the data is here
-    if task.kind == "image_classification":
+    if task.kind == "image_classification" and task.dataset.get("name") == "digits":
+        # Shipped with scikit-learn: read as plain arrays, without importing torch.
+        from hpo.job.digits import DIGITS_CLASSES, digits_arrays
+
+        classes = digits_arrays()[1], DIGITS_CLASSES
+    elif task.kind == "image_classification":
         images = _check_images(task.dataset, fail)
         classes = images.train_labels, images.class_names
     elif task.kind == "text_classification":

@@ -98,19 +98,22 @@ def test_the_spec_key():
 
 def test_bad_weights_are_one_line_through_hpo_create(tmp_path):
     """Their form when the spec is read; their length and class names against the image
-    folder by preflight, before a study is written."""
+    folder (or digits' ten classes) by preflight, before a study is written."""
     write_imbalanced_folder(tmp_path / "images", {"common": 3, "rare": 2}, seed=0)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    for value, words in [
-        ([1, 2, 3], ["task.class_weights:", "3 weights for 2 classes (common, rare)"]),
-        ({"rar": 5}, ["task.class_weights:", "no class 'rar'; the classes are common, rare"]),
-        ({"rare": -5}, ["task.class_weights.rare:", "expected a number > 0, got -5"]),
+    folder = {"image_folder": str(tmp_path / "images")}
+    for value, dataset, words in [
+        ([1, 2, 3], folder, ["task.class_weights:", "3 weights for 2 classes (common, rare)"]),
+        ({"rar": 5}, folder, ["task.class_weights:",
+                              "no class 'rar'; the classes are common, rare"]),
+        ({"rare": -5}, folder, ["task.class_weights.rare:", "expected a number > 0, got -5"]),
+        ([1, 2, 3], {"name": "digits"}, ["task.class_weights:", "3 weights for 10 classes"]),
+        ({"10": 2}, {"name": "digits"}, ["task.class_weights:", "no class '10'"]),
     ]:
         spec = tmp_path / "bad.yaml"
         spec.write_text(yaml.safe_dump({
             "task": {"kind": "image_classification", "model": "resnet18",
-                     "dataset": {"image_folder": str(tmp_path / "images")},
-                     "class_weights": value},
+                     "dataset": dataset, "class_weights": value},
             "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}))
         one_line_error(run_hpo("create", str(spec), "--storage", url, cwd=tmp_path), spec,
                        *words)

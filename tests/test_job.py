@@ -398,14 +398,14 @@ def test_digits_are_scikit_learns_without_importing_it():
 
     from sklearn.datasets import load_digits
 
-    from hpo.job.image_data import digits_arrays
+    from hpo.job.digits import digits_arrays
 
     images, labels = digits_arrays()
     reference = load_digits()
     assert images.shape == (1797, 8, 8) and labels.dtype == np.int64
     assert np.array_equal(images, reference.images)
     assert np.array_equal(labels, reference.target)
-    probe = ("import sys; from hpo.job.image_data import digits_arrays; digits_arrays(); "
+    probe = ("import sys; from hpo.job.digits import digits_arrays; digits_arrays(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout

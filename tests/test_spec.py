@@ -3,6 +3,7 @@ nothing written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
@@ -309,3 +310,58 @@ def test_a_custom_job_on_several_devices_is_refused():
     with pytest.raises(SpecError, match="resources.devices_per_trial: a custom job runs in "
                                         "its worker's process; expected 1, got 2"):
         parse_spec(yaml.safe_load(text), source="c.yaml", default_name="c")
+
+
+def test_hpo_create_reads_torchvisions_names_from_its_cache_and_rebuilds_a_bad_one(tmp_path):
+    """The model, weights and dataset names a vision spec is checked against come from
+    torchvision once per version, then from a cache file: a second ``hpo create`` imports
+    neither torch nor torchvision; a corrupt or foreign file is rebuilt; bad names are refused
+    the same with and without the file."""
+    import json
+    import subprocess
+    import sys
+
+    from hpo.spec._catalog import torchvision_catalog
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    spec = tmp_path / "good.yaml"
+    spec.write_text(GOOD)
+    probe = (
+        "import sys; from hpo.cli import main; code = main(sys.argv[1:]); "
+        "print(code, 'torch' in sys.modules, 'torchvision' in sys.modules)"
+    )
+
+    def create(i: int, path=spec) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", probe, "create", str(path), "--storage",
+                            f"sqlite:///{tmp_path}/{i}.db"], env=env, capture_output=True,
+                           text=True, timeout=300)
+        return [*r.stdout.split()[-3:], r.stderr.strip()]
+
+    assert create(1)[:3] == ["0", "True", "True"]
+    [cached] = (tmp_path / "cache" / "hpo").glob("torchvision-*.json")
+    assert create(2)[:3] == ["0", "False", "False"]
+    catalog = json.loads(cached.read_text())
+    assert "IMAGENET1K_V1" in catalog["models"]["resnet18"] and "CIFAR10" in catalog["datasets"]
+
+    for bad in ("{not json", json.dumps({**catalog, "torchvision": "0.0.1"}), "[]"):
+        cached.write_text(bad)
+        assert create(3)[:3] == ["0", "True", "True"], bad
+        assert json.loads(cached.read_text()) == catalog
+
+    for text, words in [(GOOD.replace("resnet18", "resnet19"), ["resnet19", "did you mean"]),
+                        (GOOD.replace("model: resnet18", "model: resnet18\n  weights: V9"),
+                         ["unknown weights 'V9'", "IMAGENET1K_V1"]),
+                        (GOOD.replace("{name: digits}", "{name: CIFAR11, root: /tmp}"),
+                         ["CIFAR11"])]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        code, *_, err = create(4, path)
+        assert code == "2" and all(w in err for w in words), err
+    assert not list(tmp_path.glob("4.db"))
+
+    monkeypatched = {**env, "XDG_CACHE_HOME": "/proc/no-cache-here"}
+    r = subprocess.run([sys.executable, "-c", probe, "create", str(spec), "--storage",
+                        f"sqlite:///{tmp_path}/5.db"], env=monkeypatched, capture_output=True,
+                       text=True, timeout=300)
+    assert r.stdout.split()[-3:] == ["0", "True", "True"], r.stderr  # no cache: still works
+    assert torchvision_catalog()["models"]  # in this process too

@@ -25,6 +25,7 @@ from hpo.job.data import (
     no_test_split,
     train_val_indices,
 )
+from hpo.job.digits import DIGITS_CLASSES, DIGITS_LEVELS, digits_arrays
 from hpo.job.errors import JobSetupError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,8 +33,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Handwriting: a horizontal flip makes another glyph, so augmentation is off by default.
 HANDWRITING = ("digits", "MNIST", "EMNIST", "KMNIST", "QMNIST")
 MIN_IMAGE_SIZE = 32
-DIGITS_LEVELS = 16.0
-"""scikit-learn's digits are grey levels 0..16: divided by this to [0, 1]."""
 PIXEL_LEVELS = 255.0
 """Any other image (PIL, uint8): ``ToDtype(float32, scale=True)`` divides by this."""
 RESIZE_INTERPOLATION = "bilinear"
@@ -338,24 +337,6 @@ def _eval_transform(preset: Preset, size: int, resize: int):
     )
 
 
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits: (images ``[1797, 8, 8]`` of grey levels 0..16, labels).
-
-    Read from the file scikit-learn ships, as ``sklearn.datasets.load_digits`` reads it, without
-    importing scikit-learn: its import costs every worker and ``hpo create`` about 3 s of CPU.
-    Where the file is not where it was, ``load_digits`` itself."""
-    from hpo.provenance import DIGITS_FILE, package_file
-
-    path = package_file(*DIGITS_FILE)
-    if not path.is_file():
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return digits.images, np.asarray(digits.target, dtype=np.int64)
-    data = np.loadtxt(path, delimiter=",")
-    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
-
-
 def _digits() -> ImageSource:
     grey, target = digits_arrays()
     # 8x8 grey levels 0..16 -> [0, 1]; one channel, made RGB by the transform.
@@ -371,7 +352,7 @@ def _digits() -> ImageSource:
         handwriting=True,
         native_size=8,
         in_memory=True,
-        class_names=[str(i) for i in range(10)],
+        class_names=list(DIGITS_CLASSES),
         levels=DIGITS_LEVELS,
         raw="sklearn.datasets.load_digits().images[i]: an 8x8 array of grey levels 0..16",
     )

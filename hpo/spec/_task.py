@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.spec._adapter import ADAPTER_KINDS, LORA_PRESETS, AdapterSpec
+from hpo.spec._catalog import torchvision_catalog
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import (
     _STR,
@@ -255,9 +256,7 @@ def _parse_dataset(raw: Any, at: _At, kind: str, check_environment: bool) -> dic
                 " (or use hf, csv or jsonl)"
             )
         if kind == "image_classification" and name not in builtin and check_environment:
-            import torchvision.datasets
-
-            if name not in torchvision.datasets.__all__:
+            if name not in torchvision_catalog()["datasets"]:
                 raise (at / "name").error(
                     f"unknown dataset {name!r}; expected digits or a torchvision dataset "
                     "such as CIFAR10, CIFAR100, FashionMNIST, MNIST (or use image_folder)"
@@ -287,18 +286,16 @@ def _check_model(task: TaskSpec, at: _At, check_files: bool) -> None:
     ``check_files`` that a local model directory and checkpoint file are there."""
     weights = task.weights
     if task.kind == "image_classification":
-        import torchvision.models
-
-        names = torchvision.models.list_models(module=torchvision.models)
-        if task.model not in names:
+        models = torchvision_catalog()["models"]
+        names = list(models)
+        if task.model not in models:
             close = [n for n in names if n.startswith(task.model[:4])][:6]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise (at / "model").error(
                 f"unknown torchvision classification model {task.model!r}{hint}"
             )
         if weights is not None and weights != "DEFAULT" and not _looks_like_path(weights):
-            enum = torchvision.models.get_model_weights(task.model)
-            known = [w.name for w in enum]
+            known = models[task.model]
             if weights not in known:
                 raise (at / "weights").error(
                     f"unknown weights {weights!r} for {task.model}; expected DEFAULT, "
