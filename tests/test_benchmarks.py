@@ -23,6 +23,7 @@ def _benchmark_names():
 
 
 @pytest.mark.parametrize("name", _benchmark_names())
+@pytest.mark.slow
 def test_smoke_run_writes_a_row_for_each_benchmark(name, tmp_path):
     """``benchmarks.run --smoke --only NAME``: the benchmark runs at its tiny budget, every row
     it writes has a value (or says what this machine lacks), and the table printed is the one
@@ -77,6 +78,7 @@ def test_the_table_keeps_every_benchmarks_last_results_in_their_order(tmp_path):
     assert positions == sorted(positions)
 
 
+@pytest.mark.slow
 def test_scale_smoke_measures_each_storage_and_keeps_the_other_sections(tmp_path):
     """``benchmarks.scale --smoke``: 2 workers on direct PostgreSQL, through the proxy and on
     a journal, each a row without errors, written into its own section of the results file."""
@@ -177,6 +179,7 @@ def test_headtohead_goal_against_the_faster_peer():
     assert "median **0.50: met**" in text and "**2 of 3: met**" in text
 
 
+@pytest.mark.slow
 def test_pruning_replay_pauses_by_the_pruners_rule_and_finishes_the_rung_leaders():
     """The promotion pruner replayed on fixed curves (benchmarks/pruning.py): 4 one-worker
     configurations of 2 epochs, 2 evaluations an epoch, first rung at step 1, factor 3 (rungs
@@ -241,6 +244,7 @@ def test_pruning_reuses_kept_baselines_of_the_same_budget_only(tmp_path, monkeyp
     assert _baseline("digits", "2 trials", (0,), 2, 2) == {}
 
 
+@pytest.mark.slow
 def test_pruning_trains_a_pruned_studys_unfinished_configurations_to_their_end(tmp_path):
     """``$HPO_BENCH_PRUNING_FINISH`` (benchmarks/pruning.py ``finished``): a real promotion
     study on digits (6 small configurations, 2 epochs, first rung at half an epoch) leaves

@@ -96,6 +96,7 @@ def test_the_spec_key():
             task(value)
 
 
+@pytest.mark.slow
 def test_bad_weights_are_one_line_through_hpo_create(tmp_path):
     """Their form when the spec is read; their length and class names against the image
     folder (or digits' ten classes) by preflight, before a study is written."""
@@ -224,6 +225,7 @@ def test_balanced_weights_find_the_rare_class_of_an_imbalanced_image_folder(tmp_
     assert weighted["val_balanced_accuracy"] >= plain["val_accuracy"] + 0.1, (plain, weighted)
 
 
+@pytest.mark.slow
 def test_text_classes_are_weighted_by_their_label_names(tiny_bert, tmp_path):
     """A csv dataset's labels are its classes' names; ``balanced`` counts the training split
     that the trial's setup holds (not the val split)."""

@@ -189,6 +189,7 @@ def test_minilm_on_vader_through_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
+@pytest.mark.slow
 def test_printing_into_a_closed_pipe_is_quiet_and_exit_0(fmt, tmp_path):
     """``hpo trials S | head``: the reader stops early; hpo stops as Unix tools do."""
     from workers import FAST, fast_env
@@ -345,6 +346,7 @@ def test_no_command_opens_the_storage_or_a_study_its_own_way():
 
 
 @pytest.mark.parametrize("kind", ["grpc", "journal"])
+@pytest.mark.slow
 def test_every_command_works_through_the_proxy_and_on_a_journal(kind, request, tmp_path):
     """The fast custom job's study through ``hpo run`` (two workers), then each command that
     reads or writes it: status, best, studies, trials, report (its figures into the study),
@@ -418,6 +420,7 @@ def test_every_command_works_through_the_proxy_and_on_a_journal(kind, request, t
     assert len(reopen(name, url).get_trials()) == 7
 
 
+@pytest.mark.slow
 def test_the_storage_proxy_serves_a_database_and_says_why_not_otherwise(tmp_path, server_urls):
     """A journal or another proxy behind the proxy, a port in use, a database that does not
     answer: one line each, exit 2, no password shown."""

@@ -164,6 +164,7 @@ def test_every_pod_of_the_kubernetes_job_draws_its_own_parameters(monkeypatch):
     assert len(offsets) == 3
 
 
+@pytest.mark.slow
 def test_templates_keep_each_trials_gang_inside_one_node(server_urls, tmp_path):
     """A study of 2-GPU trials (``resources.devices_per_trial: 2``): 8 GPUs a node make 4
     trials at a time there, said in the template; 3 GPUs a node cannot hold whole gangs, so

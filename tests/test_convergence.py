@@ -36,6 +36,7 @@ def _run(tmp_path, url, name, n_trials, budget, noise, workers="1"):
     return r, optuna.load_study(study_name=name, storage=url)
 
 
+@pytest.mark.slow
 def test_a_noisy_study_stops_when_converged_and_says_why(storage_url, tmp_path):
     name = f"conv-{tmp_path.name[-12:]}"
     r, study = _run(tmp_path, storage_url, name, 30,
@@ -72,6 +73,7 @@ def test_a_noisy_study_stops_when_converged_and_says_why(storage_url, tmp_path):
     assert len(again.get_trials()) == len(trials) and "stopped (converged)" in r.stdout
 
 
+@pytest.mark.slow
 def test_two_workers_rerun_the_best_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     r, study = _run(tmp_path, url, "two", 12,
@@ -82,6 +84,7 @@ def test_two_workers_rerun_the_best_once(tmp_path):
     assert len({t.user_attrs[REPEAT_OF_ATTR] for t in repeats}) == 1
 
 
+@pytest.mark.slow
 def test_without_noise_it_runs_its_whole_budget(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     r, study = _run(tmp_path, url, "exact", 10,
@@ -93,6 +96,7 @@ def test_without_noise_it_runs_its_whole_budget(tmp_path):
     assert STOPPED_ATTR not in study.user_attrs
 
 
+@pytest.mark.slow
 def test_a_study_without_the_keys_runs_as_before(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     r, study = _run(tmp_path, url, "plain", 4, "", noise=2.0)

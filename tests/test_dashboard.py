@@ -71,6 +71,7 @@ def _wait_for(driver, text: str, timeout: float = 30) -> None:
     WebDriverWait(driver, timeout).until(lambda d: text in _body(d))
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_study_and_its_trials_in_a_browser(storage_url, tmp_path):
     name = f"sample-{uuid.uuid4().hex[:8]}"
     study = build_sample_study(storage_url, name, tmp_path / "ckpt")
@@ -125,6 +126,7 @@ def test_dashboard_shows_the_study_and_its_trials_in_a_browser(storage_url, tmp_
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
+@pytest.mark.slow
 def test_uploaded_checkpoint_is_served_by_the_dashboard(tmp_path):
     """A worker uploads a trial's checkpoint; the dashboard lists it and serves its bytes."""
     db = tmp_path / "hpo.db"

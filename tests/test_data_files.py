@@ -288,6 +288,7 @@ def test_a_local_hf_dataset_is_fingerprinted_like_files(form, files, tmp_path):
     assert data_fingerprint(hub)["method"] == "none"  # a hub name has no local files
 
 
+@pytest.mark.slow
 def test_val_fraction_beside_an_hf_validation_split_is_said(tiny_bert, tmp_path, caplog):
     """The dataset's own ``validation`` split validates; a ``val_fraction`` the spec sets is
     then said to split nothing off, by ``hpo create`` (preflight) and by the worker that

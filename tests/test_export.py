@@ -31,6 +31,7 @@ def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_export_best(storage_url, tmp_path):
     name = f"sample-{uuid.uuid4().hex[:8]}"
     build_sample_study(storage_url, name, tmp_path / "ckpt")
@@ -107,6 +108,7 @@ def test_data_fingerprint_changes_with_the_data(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
+@pytest.mark.slow
 def test_export_fetches_the_checkpoint_artifact_when_the_file_is_gone(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = build_sample_study(url, "gone", tmp_path / "ckpt",
@@ -214,6 +216,7 @@ def _one_trial_study(tmp_path, name, **task):
     return url, Path(study.trials[0].user_attrs["checkpoint"])
 
 
+@pytest.mark.slow
 def test_export_writes_a_torchvision_state_dict_that_loads_directly(tmp_path):
     """Even from a checkpoint with the optimizer state (one written before final checkpoints
     existed), the export is the weights alone, named as torchvision's own resnet18 names
@@ -256,6 +259,7 @@ def test_export_writes_a_torchvision_state_dict_that_loads_directly(tmp_path):
     assert "model.pt" in result.stdout and f"load: {model['load']}" in result.stdout
 
 
+@pytest.mark.slow
 def test_export_writes_a_transformers_model_with_save_pretrained(tmp_path):
     """A text classifier goes out as save_pretrained writes it, with its tokenizer and the
     dataset's label names; from_pretrained gives the trial's model."""
@@ -352,6 +356,7 @@ def test_trials_leave_out_checkpoints_that_retention_removed(tmp_path, monkeypat
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask without optimize
+@pytest.mark.slow
 def test_readers_cope_with_a_removed_artifact(tmp_path, monkeypatch):
     """A trial's artifact id outlives its file (a finished trial's attrs cannot change): the
     export says there are no weights and why; the dashboard answers 404 with the reason
@@ -404,6 +409,7 @@ def test_readers_cope_with_a_removed_artifact(tmp_path, monkeypatch):
     store.remove(ids[0])  # the dashboard's "delete the study with its artifacts" does this
 
 
+@pytest.mark.slow
 def test_a_custom_jobs_study_exports_its_spec_checkpoint_and_record(tmp_path):
     """A custom task has no dataset: its best trial still exports (it failed with KeyError)."""
     from workers import fast_env, make_study

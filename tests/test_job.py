@@ -99,6 +99,7 @@ def test_evals_per_epoch_steps_are_fractions_of_the_data(batch_size):
     assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_val_subset_inside_an_epoch_the_whole_val_set_at_its_end():
     """``val_subset``: the evaluations inside an epoch read a fixed subset (training is the
     same, so the epoch-end values equal those of a run without it, and those inside differ),
@@ -437,6 +438,7 @@ def write_pngs(root: Path, per_class: int, size: int = 20) -> None:
             Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_image_folder_with_train_and_val_dirs(tmp_path):
     write_pngs(tmp_path / "train", 24)
     write_pngs(tmp_path / "val", 6)
@@ -498,6 +500,7 @@ def test_missing_torchvision_dataset_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("workers, augment", [(0, False), (2, False), (0, True), (2, True)])
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(tmp_path, monkeypatch, workers, augment):
     """Resumed after epoch 2, epoch 3 is as if the trial had never stopped, augmentation drawn
     in loader processes included."""
@@ -656,6 +659,7 @@ def test_out_of_memory_in_evaluation_halves_its_micro_batch(monkeypatch):
     assert sum(sizes) == 4 * 20 and max(sizes) == 4
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_evaluation_at_one_example_fails_with_reason(monkeypatch):
     real = step_module.logits
 
@@ -696,6 +700,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@pytest.mark.slow
 def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
     import hpo.job.image_data as image_data
 

@@ -215,6 +215,7 @@ print(json.dumps({"seen": seen, "errors": errors}))
 """
 
 
+@pytest.mark.slow
 def test_importing_and_loading_keep_the_users_environment(tiny_bert):
     """A user's process that imports hpo's text job keeps its environment: offline is hpo's
     decision where it loads a model or a dataset (by default, as before: a hub name must be in

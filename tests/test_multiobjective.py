@@ -160,6 +160,7 @@ VALUES = {0: [0.9, 5000.0], 1: [0.5, 11_000_000.0], 2: [1.2, 5000.0], 3: [0.7, 9
 """Trial -> (val loss, trainable params): 0, 1 and 3 are the Pareto set."""
 
 
+@pytest.mark.slow
 def test_values_and_pareto_set_in_each_storage(storage_url, tmp_path):
     name = f"mo-{uuid.uuid4().hex[:8]}"
     spec = parse_spec(yaml.safe_load(TWO), default_name=name)

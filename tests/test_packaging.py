@@ -87,6 +87,7 @@ def test_wheel_is_named_for_the_distribution_and_holds_every_package_file(wheel)
     assert "hpo = hpo.cli:main" in entry_points
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_hpo_from_the_venv_not_the_checkout(installed):
     where = _run(installed, "python", "-c",
                  "import hpo, importlib.metadata as m, sys; "

@@ -44,6 +44,7 @@ def _storage(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("command", ["run", "create"])
+@pytest.mark.slow
 def test_missing_image_folder_is_one_line_and_no_study(command, tmp_path):
     spec = tmp_path / "imgs.yaml"
     spec.write_text(IMAGES.format(name="imgs", folder=tmp_path / "no-such-folder"))
@@ -78,6 +79,7 @@ def test_no_preflight_skips_the_model_files_too(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["digits", "vader_minilm", "vader_minilm_lora"])
+@pytest.mark.slow
 def test_shipped_offline_specs_pass_preflight(name, tmp_path):
     url = _storage(tmp_path)
     spec = ROOT / "search_spaces" / f"{name}.yaml"

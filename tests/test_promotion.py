@@ -86,6 +86,7 @@ pruner: {pruner}
     one_line_error(r, spec, why)
 
 
+@pytest.mark.slow
 def test_paused_configurations_resume_from_their_checkpoint(storage_url, tmp_path):
     env = fast_env(tmp_path)
     name = make_study(tmp_path, storage_url, n=8, low=4, high=4, pruner=PROMOTION, env=env)
@@ -129,6 +130,7 @@ def test_paused_configurations_resume_from_their_checkpoint(storage_url, tmp_pat
     assert (f"paused {len(paused)}" in status.stdout) == bool(paused)
 
 
+@pytest.mark.slow
 def test_two_workers_promote_each_configuration_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'two.db'}"
     env = fast_env(tmp_path, epoch_seconds=0.05)
@@ -146,6 +148,7 @@ def test_two_workers_promote_each_configuration_once(tmp_path):
     assert resumed and len({t.user_attrs["worker"] for t in finished(ts)}) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_promotion_is_retried_from_its_checkpoint(tmp_path):
     url = f"sqlite:///{tmp_path / 'kill.db'}"
     env = fast_env(tmp_path, epoch_seconds=1.0)
@@ -289,6 +292,7 @@ def test_at_the_end_of_the_budget_a_paused_rung_leader_finishes(tmp_path):
     assert study.best_trial.number == best[1].number
 
 
+@pytest.mark.slow
 def test_the_benchmarks_replay_on_unpruned_curves_matches_the_real_pruner(tmp_path):
     """``benchmarks.pruning.replay`` (the promotion pruner replayed on the learning curves of
     a study without pruning, the pruning benchmark's measure of ranking at the rungs) pauses,
@@ -387,6 +391,7 @@ def test_tpe_under_the_promotion_pruner_learns_from_the_configuration_judged_bes
     assert [t.params["x"] for t in seen[0]] == [best]
 
 
+@pytest.mark.slow
 def test_a_tpe_study_with_the_promotion_pruner_samples_through_the_judging_sampler(
         storage_url, tmp_path):
     """On each backend: the study's TPE sampler is wrapped (other samplers and pruners are

@@ -46,6 +46,7 @@ def _expected(study: optuna.Study) -> dict:
             "hours_run": seconds_run / 3600, "hours_planned": seconds_planned / 3600}
 
 
+@pytest.mark.slow
 def test_report_figures_and_numbers_match_the_database(storage_url, tmp_path):
     name = f"sample-{uuid.uuid4().hex[:8]}"
     build_sample_study(storage_url, name, tmp_path / "ckpt")
@@ -149,6 +150,7 @@ def test_report_of_young_studies(tmp_path):
     assert numbers["savings"]["epochs_saved_by_pruning"] == 4
 
 
+@pytest.mark.slow
 def test_compare_two_studies(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     build_sample_study(url, "median", tmp_path / "ckpt")
@@ -243,6 +245,7 @@ def test_a_paused_and_resumed_configuration_counts_once():
     assert anytime(study)["best"] == [0.5]
 
 
+@pytest.mark.slow
 def test_png_export_through_kaleido(tmp_path):
     """kaleido (in the test extra) renders with Debian's chromium: one PNG per figure."""
     pytest.importorskip("kaleido")
@@ -297,6 +300,7 @@ def test_a_study_name_with_markup_stays_text(tmp_path):
     assert _numbers_in(page)[0]["study"] == name
 
 
+@pytest.mark.slow
 def test_anytime_figure_of_a_real_study(tmp_path):
     """``hpo run`` of a small study of the custom epoch job (median pruner), then ``hpo
     report``: the anytime figure's points are, for each finished trial in the order they

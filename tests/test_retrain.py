@@ -222,6 +222,7 @@ def _custom_study(url: str, name: str) -> None:
     create_study(spec, open_storage(url))
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(storage_url, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     name = f"sample-{uuid.uuid4().hex[:8]}"

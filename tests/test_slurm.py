@@ -90,6 +90,7 @@ def _logs(folder) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(folder.glob("*.out")))
 
 
+@pytest.mark.slow
 def test_a_slurm_job_array_runs_the_study_and_its_preempted_trials(slurm, server_urls,
                                                                    tmp_path):
     """``sbatch`` of what ``hpo template slurm`` prints, unchanged: three array tasks finish a

@@ -312,6 +312,7 @@ def test_a_custom_job_on_several_devices_is_refused():
         parse_spec(yaml.safe_load(text), source="c.yaml", default_name="c")
 
 
+@pytest.mark.slow
 def test_hpo_create_reads_torchvisions_names_from_its_cache_and_rebuilds_a_bad_one(tmp_path):
     """The model, weights and dataset names a vision spec is checked against come from
     torchvision once per version, then from a cache file: a second ``hpo create`` imports

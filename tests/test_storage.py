@@ -382,6 +382,7 @@ def test_a_worker_through_the_proxy_needs_no_database_driver(storage_proxy, tmp_
     assert len(finished(reopen(name, storage_proxy).trials)) == 2
 
 
+@pytest.mark.slow
 def test_children_forked_while_threads_use_the_proxy_are_not_aborted(storage_proxy):
     """The launcher starts its workers with a ``preexec_fn`` while its own threads may be
     calling the proxy: gRPC's fork handlers, run in such a child, aborted it now and then

@@ -60,6 +60,7 @@ def _write(path, name, n_trials=3, warm=""):
     return path
 
 
+@pytest.mark.slow
 def test_the_earlier_best_run_first_and_once(storage_url, tmp_path):
     earlier, name = unique("earlier"), unique("warm")
     _earlier_study(storage_url, earlier)

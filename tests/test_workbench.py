@@ -51,6 +51,7 @@ def _ini(pytester) -> None:
                      f"markers =\n    {markers}\n")
 
 
+@pytest.mark.slow
 def test_a_serial_test_runs_alone_and_the_rest_side_by_side(pytester):
     pytest.importorskip("xdist")
     _ini(pytester)

@@ -196,6 +196,7 @@ def test_workers_recycle_their_process_and_still_meet_the_budget(tmp_path):
 # The trial lifecycle: claims, a relaunched worker's samples.
 
 
+@pytest.mark.slow
 def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, monkeypatch):
     """A worker that dies between claiming a trial and starting its heartbeat thread leaves
     a trial the stale-trial search finds; a re-queued trial, claimed again, is not stale
