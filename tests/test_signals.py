@@ -158,3 +158,36 @@ def test_ctrl_c_on_hpo_run_is_reported_as_an_interrupt_and_requeues_the_trial(tm
     assert "interrupted (SIGINT): trial 0 re-queued" in out, out
     assert "SIGTERM" not in out, out
     assert [t.state for t in trials(name, url)] == [TrialState.WAITING]
+
+
+# --------------------------------------------------------------------------------------------
+# Two stop signals at once.
+
+
+def test_a_stop_signal_while_the_first_is_handled_raises_nothing():
+    """Slurm signals every process of a step and the launcher passes its own SIGTERM on, so a
+    worker gets two at once. A fresh-clone run saw the second raise again inside the handling
+    of the first: a traceback, exit 1, the trial failed instead of re-queued. Real signals to
+    this process, through the worker's handler: the first raises, the later ones only ask
+    storage waits to give up."""
+    from hpo.outage import clear_stop, stop_requested
+    from hpo.worker._loop import StopSignals
+    from hpo.worker._trial import Preempted
+
+    handler = StopSignals()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(Preempted, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises here
+        try:  # the first is being handled: the later ones arrive now
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+                os.kill(os.getpid(), s)
+                time.sleep(0.01)
+        except Preempted as e:
+            pytest.fail(f"a later signal raised again: {e}")
+        assert handler.first == signal.SIGTERM and stop_requested()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        clear_stop()

@@ -98,6 +98,23 @@ def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None = None) -> Pat
     return Path(checkpoint_dir or os.environ.get(CHECKPOINT_DIR_VAR) or DEFAULT_CHECKPOINT_DIR)
 
 
+class StopSignals:
+    """The worker's SIGTERM / SIGINT handler: the first signal raises ``Preempted`` where the
+    worker is, and the trial is re-queued; every signal asks a storage call that waits out an
+    outage to give up, in every thread. A later signal raises nothing, so that it cannot cut
+    the re-queue short: a worker often gets two at once (Slurm signals every process of the
+    step, and the launcher passes its own on)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        request_stop()
+        if self.first is None:
+            self.first = signum
+            raise Preempted(stop_signal_words(signum))
+
+
 def run_worker(
     study: optuna.Study,
     spec: Spec,
@@ -153,14 +170,11 @@ def run_worker(
         if on_trial is not None:
             on_trial(trial, trials)
 
-    def on_signal(signum: int, frame: object) -> None:
-        request_stop()  # a storage call waiting out an outage gives up, in every thread
-        raise Preempted(stop_signal_words(signum))
-
     def read_trials() -> list[FrozenTrial]:
         return study.get_trials(deepcopy=False)
 
     clear_stop()
+    on_signal = StopSignals()
     previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         # One read of the study's trials per trial, right after it, serves the progress line,
@@ -212,8 +226,6 @@ def run_worker(
             if baseline_mb is None and report.trials:
                 baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
     except Preempted as e:
-        for s in previous_handlers:  # a second signal must not cut the re-queue short
-            signal.signal(s, signal.SIG_IGN)
         trial = current.pop("trial", None)
         if trial is not None:
             try:
