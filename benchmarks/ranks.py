@@ -3,7 +3,7 @@
 seed.
 
 Both run hpo's job as a worker does (``hpo.worker.run_on_devices``): the 1-rank trial in this
-process, the 2-rank trial as a gang of spawned processes (gloo on the CPU, NCCL on 2 GPUs).
+process, the 2-rank trial as a gang of rank processes (gloo on the CPU, NCCL on 2 GPUs).
 Samples/s is the job's ``samples_per_second`` attr: the global batch's examples per second of
 training steps (evaluation and the ranks' start-up left out; the trial's wall time, start-up
 included, is in the note). The arms take turns, the first round is a discarded warm-up, and

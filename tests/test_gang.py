@@ -177,22 +177,29 @@ def _gang_processes(marker: str) -> list[int]:
     return found
 
 
-def _ranks_of(worker_pid: int) -> list[int]:
-    """The worker's rank processes, in rank order (spawned in order, so by pid)."""
+def _children(pid: int) -> list[tuple[int, bytes]]:
+    """The child processes of ``pid`` and their command lines."""
     children = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{child}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
                 cmdline = f.read()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == worker_pid and b"spawn_main" in cmdline:
-            children.append(int(pid))
-    return sorted(children)
+        if ppid == pid:
+            children.append((int(child), cmdline))
+    return children
+
+
+def _ranks_of(worker_pid: int) -> list[int]:
+    """The worker's rank processes, in rank order: the children of its rank server (forked
+    in order, so by pid)."""
+    servers = [pid for pid, cmdline in _children(worker_pid) if b"forkserver" in cmdline]
+    return sorted(pid for server in servers for pid, _ in _children(server))
 
 
 def _gang_spec(tmp_path, name, **sections):
