@@ -29,11 +29,12 @@ def reopen(name: str, url: str) -> optuna.Study:
 
 
 @pytest.mark.slow
-def test_run_then_best_status_studies(storage_url, tmp_path):
-    """A real fine-tuning study through the CLI on SQLite, PostgreSQL and MariaDB. The same
-    commands through the gRPC proxy and on a journal file are
-    ``test_every_command_works_through_the_proxy_and_on_a_journal`` (the fast job's study: the
-    training is the same whatever the storage)."""
+def test_run_then_best_status_studies(tmp_path):
+    """A real fine-tuning study through the CLI (on SQLite). The same commands on PostgreSQL,
+    MariaDB, through the gRPC proxy and on a journal file are
+    ``test_every_command_works_on_every_storage`` (the fast job's study: the training is the
+    same whatever the storage)."""
+    storage_url = f"sqlite:///{tmp_path / 'hpo.db'}"
     name = f"tiny-{time.time_ns()}"
     spec = tmp_path / "tiny.yaml"
     write_tiny_spec(spec, name)
@@ -345,20 +346,25 @@ def test_no_command_opens_the_storage_or_a_study_its_own_way():
 # Through the gRPC proxy and on a journal file: every command works, or says why not.
 
 
-@pytest.mark.parametrize("kind", ["grpc", "journal"])
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb", "grpc", "journal"])
 @pytest.mark.slow
-def test_every_command_works_through_the_proxy_and_on_a_journal(kind, request, tmp_path):
-    """The fast custom job's study through ``hpo run`` (two workers), then each command that
-    reads or writes it: status, best, studies, trials, report (its figures into the study),
-    export (the checkpoint), reap, and the dashboard serving the study and an uploaded
-    checkpoint from the artifact store."""
+def test_every_command_works_on_every_storage(kind, request, tmp_path):
+    """The fast custom job's study through ``hpo run`` (two workers) on each storage but
+    SQLite (``test_run_then_best_status_studies``), then each command that reads or writes it:
+    status, best, studies, trials, report (its figures into the study), export (the
+    checkpoint), reap, and the dashboard serving the study and an uploaded checkpoint from the
+    artifact store."""
     import re
     import urllib.request
 
     from workers import FAST, fast_env
 
-    url = (request.getfixturevalue("storage_proxy") if kind == "grpc"
-           else f"journal://{tmp_path / 'study.log'}")
+    if kind == "grpc":
+        url = request.getfixturevalue("storage_proxy")
+    elif kind == "journal":
+        url = f"journal://{tmp_path / 'study.log'}"
+    else:
+        url = server_url(request.getfixturevalue("server_urls"), kind)
     name = f"every-{time.time_ns()}"
     spec = tmp_path / "fast.yaml"
     spec.write_text(FAST.format(name=name, n=6, low=1, high=3, pruner="none"))
