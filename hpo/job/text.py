@@ -49,8 +49,8 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
         train_set, test_set, test_about = final_tokenized_datasets(task, tokenizer, source, cache)
     else:
         train_set, val_set = tokenized_datasets(task, tokenizer, source, cache)
-    model: nn.Module  # the PreTrainedModel, or with an adapter peft's model around it
-    model, new = pretrained_classifier(task.model, source.label_names, task.weights)
+    pretrained, new = pretrained_classifier(task.model, source.label_names, task.weights)
+    model: nn.Module = pretrained  # with an adapter, peft's model around it
     set_head_dropout(model, params["dropout"])
     if task.adapter is not None:
         from hpo.job.adapter import add_lora
@@ -60,7 +60,7 @@ def build_text(task, params: dict, cache: dict, *, final: bool = False) -> Train
         model = add_lora(model, task.adapter, params)
         head, blocks = [p for p in model.parameters() if p.requires_grad], []
     else:
-        base = {id(p) for p in model.base_model.parameters()}
+        base = {id(p) for p in pretrained.base_model.parameters()}
         head = [p for name, p in model.named_parameters() if id(p) not in base or name in new]
         blocks = _blocks(model)
     return TrainingSetup(
