@@ -15,7 +15,8 @@ While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random mo
   user attr; without one, the child whose ``HPO_WORKER_INDEX`` matches its ``worker`` attr);
 - ``sigterm_worker``: SIGTERM a worker (it re-queues its trial and exits 143);
 - ``kill9_launcher``: SIGKILL the launcher itself, then start the same command again;
-- ``restart_postgresql``: ``pg_ctlcluster ... restart`` (PostgreSQL rounds, as root only).
+- ``restart_postgresql``: ``pg_ctlcluster ... restart`` (PostgreSQL rounds, as root only), or
+  the restart ``run_round`` is given (the tests restart a server of their own).
 
 When the (last) launcher has exited the study is read with ``optuna.load_study`` and checked:
 
@@ -409,7 +410,8 @@ class _Poller:
 def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, index: int = 0,
               seed: str = "", n_faults: int | None = None, faults_range: tuple[int, int] = (1, 4),
               kinds: tuple[str, ...] | None = None, faults: list[str] | None = None,
-              timeout: float = ROUND_TIMEOUT, say: Callable[[str], None] = print) -> RoundResult:
+              timeout: float = ROUND_TIMEOUT, say: Callable[[str], None] = print,
+              restart: Callable[[], float] | None = None) -> RoundResult:
     """One round: a study on ``url``, ``hpo launch --workers 3``, faults, then the checks.
 
     Args:
@@ -421,6 +423,8 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
         kinds: the fault kinds to draw from (default: all that apply to ``backend`` here).
         faults: these faults in this order instead of drawn ones (their moments still are).
         timeout: seconds the round may take before its launcher counts as hung.
+        restart: restarts the PostgreSQL server of ``url`` and returns the seconds it took
+            (default: the machine's cluster, ``restart_postgresql``).
     """
     import optuna
 
@@ -433,7 +437,7 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
     low, high = 3, 5
     if kinds is None:
         kinds = tuple(k for k in FAULTS if k != "restart_postgresql"
-                      or (backend == "postgresql" and can_restart_postgresql()))
+                      or (backend == "postgresql" and (restart or can_restart_postgresql())))
     if faults is None:
         count = n_faults if n_faults is not None else rng.randint(*faults_range)
         faults = [rng.choice(kinds) for _ in range(count)]
@@ -476,7 +480,7 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
             if launchers[-1].poll() is not None:
                 fault.note = f"the launcher had exited ({launchers[-1].returncode})"
             else:
-                _inject(fault, launchers, launch, poller, rng, tag,
+                _inject(fault, launchers, launch, poller, rng, tag, restart or restart_postgresql,
                         min(deadline, time.monotonic() + 20))
             result.faults.append(fault)
             say(f"  [{backend} round {index}] {fault}")
@@ -520,7 +524,8 @@ def _poll_until(predicate, deadline: float, stop: Callable[[], bool]):
 
 
 def _inject(fault: Fault, launchers: list, launch: Callable[[], subprocess.Popen],
-            poller: _Poller, rng: random.Random, tag: str, deadline: float) -> None:
+            poller: _Poller, rng: random.Random, tag: str, restart: Callable[[], float],
+            deadline: float) -> None:
     """Inject ``fault`` now (waiting, up to ``deadline``, for something to hit)."""
     current = launchers[-1]
     stop = lambda: current.poll() is not None  # noqa: E731
@@ -547,9 +552,9 @@ def _inject(fault: Fault, launchers: list, launch: Callable[[], subprocess.Popen
                         f"restarted as pid {new.pid}")
     elif fault.kind == "restart_postgresql":
         try:
-            seconds = restart_postgresql()
+            seconds = restart()
         except (subprocess.SubprocessError, OSError) as e:
-            fault.note = f"pg_ctlcluster failed: {e}"
+            fault.note = f"the restart failed: {e}"
             return
         fault.injected = True
         fault.target = f"PostgreSQL restarted in {seconds:.1f}s"

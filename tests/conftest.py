@@ -113,6 +113,25 @@ def _close_dropped_connections(request):
         gc.collect()
 
 
+@pytest.fixture
+def private_postgresql():
+    """A PostgreSQL server of the test's own (``pgcluster.PrivateCluster``), for a test that
+    restarts it: the machine's server, which the other tests share, stays up. Skipped where it
+    cannot run, with the reason (under ``CI=true`` it fails)."""
+    import pgcluster
+
+    why = pgcluster.why_not()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI=true: the restart tests must run, not skip)")
+        pytest.skip(why)
+    cluster = pgcluster.PrivateCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def server_url(server_urls: dict, kind: str) -> str:
     """The session's database on server ``kind``; without that server the test is skipped
     with the reason, or fails under ``CI=true`` (there the storage tests must run)."""

@@ -2,8 +2,8 @@
 quick tier. ``tests/conftest.py`` imports both names, so pytest sees them there; the tests of
 this arrangement (``tests/test_workbench.py``) load it into a pytest run of their own.
 
-Tests run in parallel (pytest-xdist, ``-n`` in pyproject.toml). A test marked ``serial`` (it
-restarts a database server) runs alone: it takes the run's lock exclusively, every other test
+Tests run in parallel (pytest-xdist, ``-n`` in pyproject.toml). A test marked ``serial`` (one
+that would break the others, e.g. by restarting a shared server) runs alone: it takes the run's lock exclusively, every other test
 takes it shared. A second lock, the gate, is held by a serial test while it waits, so that new
 tests queue behind it instead of starving it.
 """
