@@ -351,11 +351,11 @@ def dataset_keys() -> list[SpecKey]:
 def option_keys(what: str) -> list[SpecKey]:
     """The options of every sampler (``what="sampler"``) or pruner: one row per option and
     meaning, with the samplers or pruners that take it."""
-    from hpo.spec import _schema
+    from hpo.spec import _components
 
     table_name = "SAMPLER_OPTIONS" if what == "sampler" else "PRUNER_OPTIONS"
-    table: dict[str, dict[str, str]] = getattr(_schema, table_name)
-    docs = table_docs(_schema, table_name)
+    table: dict[str, dict[str, str]] = getattr(_components, table_name)
+    docs = table_docs(_components, table_name)
     rows: dict[tuple[str, str, str], list[str]] = {}
     for name, options in table.items():
         for option, kind in options.items():

@@ -9,27 +9,22 @@ only the study name and the storage URL.
 """
 
 from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_targets
-from hpo.spec._parse import load_spec, parse_spec
-from hpo.spec._sample import suggest
-from hpo.spec._schema import (
+from hpo.spec._budget import BudgetSpec
+from hpo.spec._components import PRUNER_OPTIONS, SAMPLER_OPTIONS, ComponentSpec
+from hpo.spec._hyperparameters import (
     FREEZE_POLICIES,
     HYPERPARAMETERS,
     OPTIMIZERS,
-    PRUNER_OPTIONS,
-    SAMPLER_OPTIONS,
     SCHEDULES,
-    TASK_KINDS,
-    BudgetSpec,
-    ComponentSpec,
     Hyperparameter,
     ParamSpec,
-    ResourcesSpec,
-    Spec,
-    TaskSpec,
-    max_epochs,
 )
+from hpo.spec._parse import load_spec, parse_spec
+from hpo.spec._sample import suggest
+from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
 from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
 from hpo.spec._task import load_entrypoint, resolve_model
+from hpo.spec._task_spec import TASK_KINDS, TaskSpec
 from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
 
 __all__ = [

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hpo.errors import SpecError
-from hpo.spec._schema import _BOOL, _FLOAT, _INT, _NUM, _STR, _bool, _is_int, _is_number
+from hpo.spec._checks import _BOOL, _FLOAT, _INT, _NUM, _STR, _bool, _is_int, _is_number
 
 
 def _number(v: Any) -> str | None:
@@ -21,7 +21,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     _BOOL: _bool,
     _STR: lambda v: None if isinstance(v, str) and v != "" else "a non-empty string",
 }
-"""What a value of each option type (``_schema``'s ``_INT`` ...) must be."""
+"""What a value of each option type (``_checks``' ``_INT`` ...) must be."""
 
 
 class _At:
@@ -55,7 +55,7 @@ class _At:
         return float(value) if kind == _FLOAT else value
 
     def checked(self, value: Any, check: Callable[[Any], str | None]) -> Any:
-        """``value`` where ``check`` (one of ``_schema``'s checks) passes, else an error that
+        """``value`` where ``check`` (one of ``_checks``' checks) passes, else an error that
         says what it expected."""
         expected = check(value)
         if expected:

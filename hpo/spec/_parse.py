@@ -10,25 +10,15 @@ from typing import Any
 
 from hpo.errors import SpecError
 from hpo.spec._adapter import ADAPTER_PARAMS
+from hpo.spec._budget import BudgetSpec
+from hpo.spec._checks import _BOOL, _is_int, _is_number, _positive_int
+from hpo.spec._components import _REQUIRED_OPTIONS, PRUNER_OPTIONS, SAMPLER_OPTIONS, ComponentSpec
 from hpo.spec._keypath import _At, _show
-from hpo.spec._schema import (
-    _BOOL,
-    _REQUIRED_OPTIONS,
-    PRUNER_OPTIONS,
-    SAMPLER_OPTIONS,
-    BudgetSpec,
-    ComponentSpec,
-    ResourcesSpec,
-    Spec,
-    TaskSpec,
-    _is_int,
-    _is_number,
-    _positive_int,
-    max_epochs,
-)
+from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
 from hpo.spec._space import _parse_space
-from hpo.spec._study import _parse_study, check_objectives, default_pruner
+from hpo.spec._study import SINGLE_OBJECTIVE_SAMPLERS, _parse_study, default_pruner
 from hpo.spec._task import _parse_task
+from hpo.spec._task_spec import TaskSpec
 from hpo.spec._warm_start import _parse_warm_start
 
 
@@ -276,3 +266,26 @@ def _check_cross(spec: Spec, at: _At) -> None:
             raise (at / "pruner" / "max_resource").error(
                 f"{mr} is below the largest epochs in the search space ({max_epochs(spec)})"
             )
+
+
+def check_objectives(spec: Spec, at: _At) -> None:
+    """The sampler, pruner and task must be able to serve several objectives."""
+    study = spec.study
+    if not study.multi:
+        return
+    if spec.pruner.name != "none":
+        raise (at / "pruner" / "name").error(
+            f"expected none with several study.objectives, got {_show(spec.pruner.name)}: "
+            "Optuna cannot prune a multi-objective trial"
+        )
+    if spec.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
+        raise (at / "sampler" / "name").error(
+            f"the {spec.sampler.name} sampler handles one objective only; with several "
+            "study.objectives use tpe, nsga2, gp, random, qmc or grid"
+        )
+    if spec.task.kind == "custom":
+        raise (at / "study" / "objectives").error(
+            "a custom job returns val_loss alone; "
+            f"{', '.join(study.objectives[1:])} need a built-in task.kind "
+            "(image_classification or text_classification)"
+        )

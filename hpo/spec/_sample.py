@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.spec._adapter import ADAPTER_PARAMS
-from hpo.spec._schema import HYPERPARAMETERS, Spec
+from hpo.spec._hyperparameters import HYPERPARAMETERS
+from hpo.spec._schema import Spec
 
 
 def suggest(trial, spec: Spec) -> dict[str, Any]:

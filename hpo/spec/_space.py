@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from hpo.spec._checks import _BOOL, _FLOAT, _INT
+from hpo.spec._hyperparameters import HYPERPARAMETERS, ParamSpec
 from hpo.spec._keypath import _At, _show
-from hpo.spec._schema import _BOOL, _FLOAT, _INT, HYPERPARAMETERS, ParamSpec
 
 _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 _PARAM_TYPES = ("float", "int", "categorical")

@@ -1,6 +1,6 @@
 """The ``study`` section: the study's name, its objectives and their directions, and how
-latency is measured; and the checks that tie several objectives to the sampler, the pruner
-and the task.
+latency is measured (``_parse`` checks that the sampler, the pruner and the task can serve
+several objectives).
 
 One objective (the default) is the trial's best validation loss. Several make a
 multi-objective study: Optuna keeps the Pareto set, and since it cannot prune such trials
@@ -10,13 +10,10 @@ the pruner must be ``none`` (its default there).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hpo.spec._checks import _STR, _non_negative_int, _positive_int
 from hpo.spec._keypath import _At, _show
-from hpo.spec._schema import _STR, _non_negative_int, _positive_int
-
-if TYPE_CHECKING:
-    from hpo.spec._schema import Spec
 
 DIRECTIONS = ("minimize",)
 OBJECTIVES: dict[str, str] = {
@@ -159,26 +156,3 @@ def _parse_latency(raw: Any, at: _At) -> LatencySpec:
 def default_pruner(study: StudySection) -> dict[str, str]:
     """The pruner of a spec that names none: median, or none for several objectives."""
     return {"name": "none" if study.multi else "median"}
-
-
-def check_objectives(spec: Spec, at: _At) -> None:
-    """The sampler, pruner and task must be able to serve several objectives."""
-    study = spec.study
-    if not study.multi:
-        return
-    if spec.pruner.name != "none":
-        raise (at / "pruner" / "name").error(
-            f"expected none with several study.objectives, got {_show(spec.pruner.name)}: "
-            "Optuna cannot prune a multi-objective trial"
-        )
-    if spec.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
-        raise (at / "sampler" / "name").error(
-            f"the {spec.sampler.name} sampler handles one objective only; with several "
-            "study.objectives use tpe, nsga2, gp, random, qmc or grid"
-        )
-    if spec.task.kind == "custom":
-        raise (at / "study" / "objectives").error(
-            "a custom job returns val_loss alone; "
-            f"{', '.join(study.objectives[1:])} need a built-in task.kind "
-            "(image_classification or text_classification)"
-        )

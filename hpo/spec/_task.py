@@ -11,13 +11,8 @@ from typing import Any
 
 from hpo.spec._adapter import ADAPTER_KINDS, LORA_PRESETS, AdapterSpec
 from hpo.spec._catalog import torchvision_catalog
-from hpo.spec._keypath import _At, _show
-from hpo.spec._schema import (
+from hpo.spec._checks import (
     _STR,
-    _TASK_DEFAULTS,
-    FREEZE_POLICIES,
-    TASK_KINDS,
-    TaskSpec,
     _bool,
     _fraction,
     _is_int,
@@ -26,6 +21,9 @@ from hpo.spec._schema import (
     _positive,
     _positive_int,
 )
+from hpo.spec._hyperparameters import FREEZE_POLICIES
+from hpo.spec._keypath import _At, _show
+from hpo.spec._task_spec import _TASK_DEFAULTS, TASK_KINDS, TaskSpec
 
 _DATASET_KEYS = {
     "image_classification": ("name", "root", "image_folder", "train", "val", "test"),

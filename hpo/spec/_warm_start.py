@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hpo.spec._checks import _BOOL, _STR, _positive_int
 from hpo.spec._keypath import _At, _show
-from hpo.spec._schema import _BOOL, _STR, TaskSpec, _positive_int
+from hpo.spec._task_spec import TaskSpec
 
 DEFAULT_TOP_K = 5
 

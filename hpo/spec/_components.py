@@ -1,0 +1,149 @@
+"""Samplers and pruners: a spec's ``sampler`` / ``pruner`` (``ComponentSpec``), and the
+options each takes: name -> {option: expected type}. ``hpo.study`` builds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.spec._checks import _BOOL, _FLOAT, _INT, _NUM, _STR
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A sampler or pruner: its name and keyword options."""
+
+    name: str
+    """Which one: a key of ``SAMPLER_OPTIONS`` or ``PRUNER_OPTIONS``."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Its keyword options, written beside ``name`` in the same mapping."""
+
+
+SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
+    "tpe": {
+        "seed": _INT,
+        "n_startup_trials": _INT,
+        "n_ei_candidates": _INT,
+        "multivariate": _BOOL,
+        "group": _BOOL,
+        "constant_liar": _BOOL,
+    },
+    "random": {"seed": _INT},
+    "gp": {"seed": _INT, "n_startup_trials": _INT, "deterministic_objective": _BOOL},
+    "cmaes": {
+        "seed": _INT,
+        "n_startup_trials": _INT,
+        "sigma0": _FLOAT,
+        "consider_pruned_trials": _BOOL,
+        "with_margin": _BOOL,
+        "lr_adapt": _BOOL,
+        "warn_independent_sampling": _BOOL,
+    },
+    "qmc": {"seed": _INT, "qmc_type": _STR, "scramble": _BOOL},
+    "grid": {"seed": _INT},
+    "nsga2": {
+        "seed": _INT,
+        "population_size": _INT,
+        "mutation_prob": _FLOAT,
+        "crossover_prob": _FLOAT,
+        "swapping_prob": _FLOAT,
+    },
+}
+
+"""Sampler name -> its options and their types. ``tpe`` is Optuna's ``TPESampler``, ``random``
+``RandomSampler``, ``gp`` ``GPSampler``, ``cmaes`` ``CmaEsSampler``, ``qmc`` ``QMCSampler``,
+``grid`` ``GridSampler`` (over every searched parameter, which must be finite), ``nsga2``
+``NSGAIISampler``; each option is the constructor argument of the same name, and an option
+left out keeps Optuna's default. The options:
+
+- ``seed``: the random seed. Each worker adds its own index to it (and 7919 times the trials
+  the study already has when it joins a study under way; 1000 per machine of a Slurm array or
+  Kubernetes Job), so that workers do not repeat each other's trials. Default: none (random).
+- ``n_startup_trials``: trials sampled at random before the model-based search starts. For a
+  new ``tpe`` study of at most 12 trials that sets none, hpo writes ``max(2, n_trials // 4)``
+  into the stored spec instead of Optuna's 10.
+- ``n_ei_candidates``: candidates TPE scores by expected improvement for each parameter.
+- ``multivariate``: TPE models the parameters jointly instead of one by one.
+- ``group``: with ``multivariate``, TPE models each set of parameters that appear together
+  (conditional parameters) apart.
+- ``constant_liar``: TPE treats running trials as bad ones, so that parallel workers spread
+  out.
+- ``deterministic_objective``: the GP assumes the objective has no noise.
+- ``sigma0``: CMA-ES's initial step size.
+- ``consider_pruned_trials``: CMA-ES learns from pruned trials too.
+- ``with_margin``: CMA-ES with margin, for integer and discrete parameters.
+- ``lr_adapt``: CMA-ES adapts its learning rate (for noisy or multimodal objectives).
+- ``warn_independent_sampling``: warn when a parameter is sampled independently.
+- ``qmc_type``: the low-discrepancy sequence: ``sobol`` (default) or ``halton``.
+- ``scramble``: scramble the QMC sequence.
+- ``population_size``: NSGA-II's individuals per generation.
+- ``mutation_prob``: NSGA-II's probability that a parameter mutates.
+- ``crossover_prob``: NSGA-II's probability of a crossover.
+- ``swapping_prob``: NSGA-II's probability that a child takes each parameter from the other
+  parent.
+"""
+
+_STEPS = {
+    "n_startup_trials": _INT,
+    "n_warmup_steps": _INT,
+    "interval_steps": _INT,
+    "n_min_trials": _INT,
+}
+PRUNER_OPTIONS: dict[str, dict[str, str]] = {
+    "median": dict(_STEPS),
+    "percentile": {"percentile": _FLOAT, **_STEPS},
+    "successive_halving": {
+        "min_resource": _INT,
+        "reduction_factor": _INT,
+        "min_early_stopping_rate": _INT,
+        "bootstrap_count": _INT,
+    },
+    "hyperband": {
+        "min_resource": _INT,
+        "max_resource": _INT,
+        "reduction_factor": _INT,
+        "bootstrap_count": _INT,
+    },
+    "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
+    "promotion": {"min_resource": _NUM, "reduction_factor": _INT},
+    "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT, "interval_steps": _INT},
+    "none": {},
+}
+"""Pruner name -> its options and their types. ``median``, ``percentile``,
+``successive_halving``, ``hyperband``, ``threshold`` and ``patient`` are Optuna's pruners of
+those names (``PatientPruner`` wrapping another); ``promotion`` is hpo's (``hpo.promotion``):
+it pauses a trial that falls behind at a rung and resumes it later; ``none`` never prunes. A
+step is one evaluation: the epoch with ``task.evals_per_epoch: 1``, else
+``(epoch - 1) * evals_per_epoch + j``. Each option is the constructor argument of the same
+name, and an option left out keeps Optuna's default. The options:
+
+- ``n_startup_trials``: trials that finish before this pruner prunes any.
+- ``n_warmup_steps``: steps of a trial before it can be pruned.
+- ``interval_steps``: steps between two pruning checks.
+- ``n_min_trials``: trials that reported a step before a trial is pruned at it.
+- ``percentile``: prune a trial below this percentile (0-100) of the trials at its step;
+  required.
+- ``min_resource``: steps of a trial before its first rung.
+- ``promotion.min_resource``: epochs before the first rung (default 1); a fraction puts it
+  inside an epoch, on the ``task.evals_per_epoch`` grid (``0.25`` with ``evals_per_epoch: 4``).
+- ``max_resource``: hyperband's largest steps of a trial; default (or ``auto``): the largest
+  ``epochs`` in the search space times ``task.evals_per_epoch``.
+- ``reduction_factor``: a rung keeps the top ``1 / reduction_factor`` of the trials that
+  reached it (promotion: default 3, at least 2).
+- ``min_early_stopping_rate``: successive halving's first rung is at ``min_resource *
+  reduction_factor ** min_early_stopping_rate`` steps.
+- ``bootstrap_count``: trials that reach a rung before it prunes anyone.
+- ``patience``: evaluations without improvement before ``patient`` asks its wrapped pruner
+  (or prunes, without one); required.
+- ``min_delta``: the least change that counts as an improvement for ``patient``.
+- ``wrapped``: the pruner ``patient`` asks once its patience runs out, as a mapping
+  ``{name: median, ...}`` (not ``promotion``).
+- ``lower``: ``threshold`` prunes a trial whose value falls below this.
+- ``upper``: ``threshold`` prunes a trial whose value rises above this.
+- ``threshold.n_warmup_steps``: steps before ``threshold`` checks a trial.
+"""
+_REQUIRED_OPTIONS = {
+    ("pruner", "percentile"): ("percentile",),
+    ("pruner", "patient"): ("patience",),
+}
