@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 
 from hpo import __version__
+from hpo.cli._arguments import SHARED, storage_flag
 from hpo.cli._handle import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Handle
-from hpo.cli._table import COMMANDS, SHARED, storage_flag
+from hpo.cli._table import COMMANDS
 from hpo.errors import HpoError
 
 VERBOSE_VAR = "HPO_VERBOSE"
