@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpo.records import CHECKPOINT_ARTIFACT_ATTR
-from hpo.storage import resolve_url
+from hpo.storage_url import resolve_url
 
 if TYPE_CHECKING:
     import optuna
@@ -45,7 +45,7 @@ def artifact_dir(
     """The folder of the artifact store of a study database.
 
     Args:
-        storage_url: the study database (``None``: as ``hpo.storage.resolve_url`` says).
+        storage_url: the study database (``None``: as ``hpo.storage_url.resolve_url`` says).
         directory: an explicit folder (the ``--artifacts`` flag); wins over everything.
 
     Returns:

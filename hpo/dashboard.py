@@ -56,7 +56,7 @@ def serve(
     """Run optuna-dashboard on the study database until interrupted.
 
     Args:
-        storage_url: the study database (``None``: as ``hpo.storage.resolve_url`` says).
+        storage_url: the study database (``None``: as ``hpo.storage_url.resolve_url`` says).
         host: the address to bind; ``0.0.0.0`` opens it to the network.
         port: the port; 0 picks a free one.
         artifacts: the artifact store's folder (default: see ``hpo.artifacts.artifact_dir``).

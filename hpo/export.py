@@ -42,7 +42,7 @@ from hpo.records import (
     trial_record,
     val_loss,
 )
-from hpo.storage import redact, resolve_url
+from hpo.storage_url import redact, resolve_url
 from hpo.weights import MODEL_DIR, export_model
 
 if TYPE_CHECKING:

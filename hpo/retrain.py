@@ -31,7 +31,7 @@ from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
 from hpo.records import RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
 from hpo.spec import suggest
-from hpo.storage import redact, resolve_url
+from hpo.storage_url import redact, resolve_url
 from hpo.study import pick_trial
 
 if TYPE_CHECKING:

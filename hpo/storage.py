@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,12 +35,20 @@ from hpo._optuna import (
 )
 from hpo.errors import StorageError
 from hpo.outage import with_outage_retry
+from hpo.storage_url import (
+    DEFAULT_URL,
+    ENV_VAR,
+    GRPC_DEFAULT_PORT,
+    grpc_address,
+    journal_path,
+    redact,
+    resolve_url,
+    storage_kind,
+)
 
 if TYPE_CHECKING:
     import optuna
 
-DEFAULT_URL = "sqlite:///hpo.db"
-ENV_VAR = "HPO_STORAGE"
 HEARTBEAT_INTERVAL = int(os.environ.get("HPO_HEARTBEAT_INTERVAL", "30"))
 """Seconds between heartbeats of a running trial."""
 GRACE_PERIOD = int(os.environ.get("HPO_GRACE_PERIOD", str(3 * HEARTBEAT_INTERVAL)))
@@ -53,6 +60,25 @@ CONNECT_TIMEOUT = 10
 SQLITE_BUSY_TIMEOUT = 60
 """Seconds a SQLite writer waits for the lock before giving up."""
 
+__all__ = [  # with the URL's names, from ``hpo.storage_url``
+    "CONNECT_TIMEOUT",
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "GRACE_PERIOD",
+    "GRPC_DEFAULT_PORT",
+    "HEARTBEAT_INTERVAL",
+    "MAX_RETRY",
+    "PROXY_THREADS",
+    "SQLITE_BUSY_TIMEOUT",
+    "grpc_address",
+    "journal_path",
+    "open_storage",
+    "redact",
+    "resolve_url",
+    "serve_proxy",
+    "storage_kind",
+]
+
 _CREATE_ATTEMPTS = 5
 
 _DRIVERS = {
@@ -60,30 +86,6 @@ _DRIVERS = {
     "postgresql": "psycopg2",
     "mysql": "pymysql",
 }
-
-
-def resolve_url(url: str | None = None) -> str:
-    """The storage URL: the flag, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``."""
-    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
-
-
-def redact(text: str, url: str | None = None) -> str:
-    """Remove passwords of URLs from ``text`` (``user:secret@`` -> ``user:***@``)."""
-    text = re.sub(r"(\w+(?:\+\w+)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
-    if url:
-        password = _password(url)
-        if password:
-            text = text.replace(password, "***")
-    return text
-
-
-def _password(url: str) -> str | None:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).password
-    except Exception:
-        return None
 
 
 def open_storage(
@@ -249,8 +251,6 @@ def _first_line(e: BaseException, url: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The gRPC proxy and the journal file.
 
-GRPC_DEFAULT_PORT = 13000
-"""Optuna's default port of its gRPC storage proxy."""
 PROXY_THREADS = 10
 """Threads of ``hpo storage-proxy``, each with at most one database connection."""
 
@@ -261,34 +261,6 @@ def _heartbeat_options() -> dict[str, Any]:
         "grace_period": GRACE_PERIOD,
         "heartbeat_stale_trial_callback": retry_callback(MAX_RETRY),
     }
-
-
-def grpc_address(url: str) -> tuple[str, int]:
-    """``grpc://HOST:PORT`` -> (host, port).
-
-    Raises:
-        StorageError: no host, a bad port, or a user, password, path or query (the proxy holds
-            the database's credentials; the workers need none).
-    """
-    from urllib.parse import urlsplit
-
-    shown = redact(url, url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise StorageError(f"malformed proxy URL {shown}: {e}; expected grpc://HOST:PORT") from None
-    if parts.username or parts.password:
-        raise StorageError(
-            f"{shown}: a grpc:// URL takes no user or password (the proxy holds "
-            "the database's credentials); expected grpc://HOST:PORT"
-        )
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise StorageError(
-            f"malformed proxy URL {shown}; expected grpc://HOST:PORT, e.g. "
-            f"grpc://db-proxy.internal:{GRPC_DEFAULT_PORT}"
-        )
-    return parts.hostname, port or GRPC_DEFAULT_PORT
 
 
 def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStorage:
@@ -334,13 +306,6 @@ def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStora
             ) from None
         raise StorageError(f"storage proxy {shown}: {e.code().name}: {e.details()}") from None
     return storage
-
-
-def journal_path(url: str) -> Path:
-    """``journal://PATH`` -> PATH: ``journal:///shared/hpo/study.log`` is the absolute path
-    ``/shared/hpo/study.log``, ``journal://study.log`` a path relative to the current
-    directory."""
-    return Path(url.split("://", 1)[1]).expanduser()
 
 
 def _open_journal(url: str, shown: str, create: bool) -> optuna.storages.BaseStorage:
@@ -394,13 +359,6 @@ def _looks_like_journal(path: Path) -> bool:
     except ValueError:
         return False
     return isinstance(record, dict) and "op_code" in record
-
-
-def storage_kind(url: str) -> str:
-    """The kind of storage a URL names: sqlite, postgresql, mysql, grpc, journal (or the
-    scheme as written, for the error that opening it gives)."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    return scheme.split("+", 1)[0]
 
 
 def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS) -> tuple[Any, int]:

@@ -23,8 +23,8 @@ LAYERS = [
     {"hpo.job"},
     # The database: storage, the artifact store beside it, studies in it (their first trials,
     # when they have converged, the promotion pruner's pauses and promotions).
-    {"hpo.storage", "hpo.artifacts", "hpo.study", "hpo.warm_start", "hpo.convergence",
-     "hpo.promotion"},
+    {"hpo.storage", "hpo.storage_url", "hpo.artifacts", "hpo.study", "hpo.warm_start",
+     "hpo.convergence", "hpo.promotion"},
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.

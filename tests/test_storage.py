@@ -15,7 +15,8 @@ import optuna
 import pytest
 
 from hpo.errors import StorageError
-from hpo.storage import open_storage, redact
+from hpo.storage import open_storage
+from hpo.storage_url import redact
 from hpo.study import create_study, load_study
 from processes import start_hpo, wait_for
 from specs import make_spec, unique

@@ -37,7 +37,7 @@ class Handle:
     @cached_property
     def url(self) -> str:
         """The storage URL, password and all: never print it, print ``shown``."""
-        from hpo.storage import resolve_url
+        from hpo.storage_url import resolve_url
 
         return resolve_url(getattr(self.args, "storage", None))
 
@@ -48,7 +48,7 @@ class Handle:
 
     def redact(self, text: str) -> str:
         """``text`` without the storage URL's password, nor any URL's."""
-        from hpo.storage import redact
+        from hpo.storage_url import redact
 
         return redact(text, self.url)
 

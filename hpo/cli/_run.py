@@ -48,7 +48,7 @@ def _launch(h: Handle, name: str) -> int:
         parse_gpus,
         visible_gpus,
     )
-    from hpo.storage import ENV_VAR
+    from hpo.storage_url import ENV_VAR
     from hpo.summary import best_text, format_status, status_record
     from hpo.worker import describe_exit, launched_worker_name, reap_process
 
@@ -205,7 +205,7 @@ def template(h: Handle) -> int:
     from sqlalchemy.engine import make_url
 
     from hpo.cluster import render
-    from hpo.storage import grpc_address, journal_path, storage_kind
+    from hpo.storage_url import grpc_address, journal_path, storage_kind
 
     args = h.args
     kind = storage_kind(h.url)
