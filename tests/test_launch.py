@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from conftest import server_url
 from hpo.cli import build_parser
 from hpo.errors import HpoError
-from hpo.launch import Slot, WorkerOptions, assign_slots, idle_gpus, parse_gpus
+from hpo.launch import WorkerOptions
+from hpo.slots import Slot, assign_slots, idle_gpus, parse_gpus
 from processes import start_hpo, wait_for
 from workers import epoch_log, fast_env, finished, make_study, trials
 

@@ -28,8 +28,8 @@ LAYERS = [
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.
-    {"hpo.launch", "hpo.cluster", "hpo.summary", "hpo.numbers", "hpo.export", "hpo.report",
-     "hpo.retrain", "hpo.dashboard"},
+    {"hpo.launch", "hpo.slots", "hpo.cluster", "hpo.summary", "hpo.numbers", "hpo.export",
+     "hpo.report", "hpo.retrain", "hpo.dashboard"},
     # The command line.
     {"hpo.cli", "hpo.__main__"},
 ]

@@ -38,16 +38,8 @@ def launch(h: Handle) -> int:
 def _launch(h: Handle, name: str) -> int:
     import socket
 
-    from hpo.launch import (
-        SQLITE_SAFE_WORKERS,
-        Slot,
-        Supervisor,
-        WorkerOptions,
-        assign_slots,
-        idle_gpus,
-        parse_gpus,
-        visible_gpus,
-    )
+    from hpo.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
+    from hpo.slots import Slot, assign_slots, idle_gpus, parse_gpus, visible_gpus
     from hpo.storage_url import ENV_VAR
     from hpo.summary import best_text, format_status, status_record
     from hpo.worker import describe_exit, launched_worker_name, reap_process
