@@ -1,7 +1,8 @@
 """Trials as plain records: what summary, export, report, retrain and the worker share.
 
 The trial record (JSON-ready), counts by state, the best trial or none, how a value is shown,
-a study's name made safe for a file, and the names of the attributes hpo keeps in a study.
+a study's name made safe for a file, the names of the attributes hpo keeps in a study, and a
+failed trial's ``fail_reason`` for an exception (``reason``).
 It imports nothing of hpo's: every module above may use it.
 """
 
@@ -196,3 +197,9 @@ def safe_name(name: str) -> str:
 def iso(t: dt.datetime | None) -> str | None:
     """A time as ISO 8601 to the second, or None."""
     return t.isoformat(timespec="seconds") if t else None
+
+
+def reason(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

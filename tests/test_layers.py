@@ -2,7 +2,8 @@
 
 Every import counts, also those inside functions and under ``TYPE_CHECKING``: an import moved
 into a function to dodge a loop is still a loop. A package (``hpo.job``, ``hpo.spec``,
-``hpo.worker``, ``hpo.cli``) is one node; its own modules may import each other.
+``hpo.worker``, ``hpo.cli``) is one node of the layers; between its own modules
+``test_no_import_loop_between_modules`` looks for loops module by module.
 """
 
 from __future__ import annotations
@@ -120,6 +121,103 @@ def test_no_import_loop():
         if node not in state:
             visit(node, [node])
     assert not loops, "import loops: " + "; ".join(" -> ".join(loop) for loop in loops)
+
+
+def _module_graph(package: Path = PACKAGE, root: Path = ROOT) -> dict[str, set[str]]:
+    """Every module of ``package`` -> the modules of it that it imports, module by module.
+
+    A package's ``__init__`` importing its own submodules (to re-export their names) is left
+    out: importing a submodule runs its package's ``__init__`` first whatever it imports, so
+    ``from hpo.cli import _read`` in ``hpo.cli._table`` is no loop through ``hpo.cli``.
+    """
+    edges: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        src = _module_name(path, root)
+        reexported = f"{src}." if path.name == "__init__.py" else None
+        edges[src] = {
+            dst for dst in _imports(path, root)
+            if dst != src and not (reexported and dst.startswith(reexported))
+        }
+    return edges
+
+
+def _loops(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The sets of modules that import each other, each in a loop (a strongly connected
+    component of more than one module), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = stack[stack.index(node):]
+            del stack[stack.index(node):]
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(components)
+
+
+def _path_through(start: str, members: set[str], edges: dict[str, set[str]]) -> list[str]:
+    """A shortest loop from ``start`` back to it inside ``members``."""
+    paths = {start: [start]}
+    queue = [start]
+    for node in queue:
+        for nxt in sorted(edges.get(node, set()) & members):
+            if nxt == start:
+                return paths[node] + [start]
+            if nxt not in paths:
+                paths[nxt] = paths[node] + [nxt]
+                queue.append(nxt)
+    raise AssertionError(f"{start} is in no loop")
+
+
+def test_no_import_loop_between_modules():
+    """No loop between modules, inside a package too (``hpo.job.state`` <-> ``loaders``)."""
+    edges = _module_graph()
+    loops = [
+        f"{', '.join(loop)} (e.g. {' -> '.join(_path_through(loop[0], set(loop), edges))})"
+        for loop in _loops(edges)
+    ]
+    assert not loops, "import loops between modules: " + "; ".join(loops)
+
+
+def test_the_module_loop_test_sees_a_loop_inside_a_package(tmp_path):
+    """Two modules of one package that import each other, one inside a function and one
+    under ``TYPE_CHECKING``, are a loop; the package re-exporting them is not."""
+    package = tmp_path / "hpo" / "job"
+    package.mkdir(parents=True)
+    (tmp_path / "hpo" / "__init__.py").write_text("", encoding="utf-8")
+    (package / "__init__.py").write_text(
+        "from hpo.job.a import A\nfrom hpo.job.b import B\n", encoding="utf-8"
+    )
+    (package / "a.py").write_text(
+        "from hpo.job import b\n\nA = 1\n\ndef f():\n    from hpo.job.c import C\n",
+        encoding="utf-8",
+    )
+    (package / "b.py").write_text("B = 2\n", encoding="utf-8")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from hpo.job.a import A\n",
+        encoding="utf-8",
+    )
+    edges = _module_graph(tmp_path / "hpo", tmp_path)
+    assert edges["hpo.job"] == set()  # its re-exports
+    assert _loops(edges) == [["hpo.job.a", "hpo.job.c"]]
+    assert _path_through("hpo.job.c", {"hpo.job.a", "hpo.job.c"}, edges) == [
+        "hpo.job.c", "hpo.job.a", "hpo.job.c"
+    ]
 
 
 def test_the_job_sees_no_database_process_or_study():

@@ -23,7 +23,8 @@ from hpo.job.device import free_memory, peak_memory_mb
 from hpo.job.loaders import eval_loader
 from hpo.job.optim import train_mode
 from hpo.job.ranks import Ranks, RankTrial
-from hpo.job.state import FitState, TrainingSetup, start_fit
+from hpo.job.setup import TrainingSetup
+from hpo.job.state import FitState, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
 from hpo.job.trial import Trial
 from hpo.records import CHECKPOINT_ATTR, PAUSED_REASON

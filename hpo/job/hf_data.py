@@ -13,7 +13,7 @@ from typing import Any
 
 from hpo.job.errors import JobSetupError
 from hpo.job.hub import offline_loads
-from hpo.job.text_data import TextSource, known_label_ids, label_ids
+from hpo.job.text_source import TextSource, known_label_ids, label_ids
 
 
 def hf_texts(dataset: Mapping[str, Any]) -> TextSource:

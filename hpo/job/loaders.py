@@ -4,7 +4,7 @@ test loaders in order."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -12,9 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from hpo.job.data import EpochSeeded, EpochShuffle, dataset_size
 from hpo.job.device import Device
 from hpo.job.ranks import RankBatches, Ranks
-
-if TYPE_CHECKING:
-    from hpo.job.state import TrainingSetup
+from hpo.job.setup import TrainingSetup
 
 
 def make_loaders(

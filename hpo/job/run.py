@@ -11,7 +11,8 @@ from hpo.job.device import free_memory, pick_device
 from hpo.job.fit import fit
 from hpo.job.objectives import count_parameters, measure_latency
 from hpo.job.ranks import Ranks
-from hpo.job.state import TrainingSetup, uses_channels_last
+from hpo.job.setup import TrainingSetup
+from hpo.job.state import uses_channels_last
 from hpo.job.trial import Trial
 
 

@@ -1,5 +1,5 @@
-"""What a fit carries from step to step: the task builder's setup, the progress a checkpoint
-saves, and the ``FitState`` that ``start_fit`` builds from them.
+"""What a fit carries from step to step: the progress a checkpoint saves, and the ``FitState``
+that ``start_fit`` builds from it and the task builder's setup (``hpo.job.setup``).
 
 ``start_fit`` builds everything in one fixed order (model, optimizer, loaders, a resume,
 compile): the global RNG's draws, and so every trial's numbers, depend on it.
@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from hpo.job.checkpoint import restore_checkpoint
 from hpo.job.data import EpochShuffle, dataset_labels, dataset_size
@@ -28,38 +28,10 @@ from hpo.job.loaders import make_loaders, subset_loader
 from hpo.job.loss import ClassWeighted, class_weights
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
+from hpo.job.setup import TrainingSetup
 from hpo.job.trial import Trial
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainingSetup:
-    """What a task builder hands the fit loop."""
-
-    model: nn.Module
-    head: list[nn.Parameter]
-    """The new head: trains at ``lr`` under every freeze policy."""
-    blocks: list[list[nn.Parameter]]
-    """The backbone from the input side, for ``freeze: first_k``."""
-    train_set: Dataset
-    val_set: Dataset | None
-    """``None`` for a final fit (``hpo retrain``): no validation, reports or pruning."""
-    num_classes: int
-    collate: Callable | None = None
-    convolutional: bool = False
-    """channels_last speeds up convolutions only."""
-    in_memory: bool = False
-    """Examples are ready in memory (tensors, token ids): loader processes would add only
-    their start-up time, so by default there are none."""
-    optimizer: torch.optim.Optimizer | None = None
-    """Set by ``start_fit``, so that ``run.release`` can free its state after the trial."""
-    test_set: Dataset | None = None
-    """A final fit's test split, evaluated once after the last epoch; never a trial's."""
-    test_about: str = ""
-    """Which test split ``test_set`` is, or why there is none."""
-    class_names: list[str] = field(default_factory=list)
-    """The names of the class ids, in id order (default: the ids)."""
 
 
 @dataclass

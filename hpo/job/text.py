@@ -15,7 +15,7 @@ from torch import nn
 from hpo.job.checkpoint import load_weights_file
 from hpo.job.errors import JobSetupError
 from hpo.job.hub import offline
-from hpo.job.state import TrainingSetup
+from hpo.job.setup import TrainingSetup
 from hpo.job.text_data import (
     PadBatch,
     final_tokenized_datasets,

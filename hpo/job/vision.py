@@ -18,7 +18,7 @@ from hpo.job.image_data import (
     load_images,
     preprocessing,
 )
-from hpo.job.state import TrainingSetup
+from hpo.job.setup import TrainingSetup
 
 log = logging.getLogger(__name__)
 

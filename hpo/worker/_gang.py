@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from hpo.job.context import JobContext
+from hpo.records import reason
 
 log = logging.getLogger("hpo")
 
@@ -307,8 +308,6 @@ def _rank_main(
         if rank == 0:
             conn.send(("pruned", str(e)))
     except Exception as e:
-        from hpo.worker._trial import reason
-
         conn.send(("error", reason(e)))
         conn.close()
         os._exit(1)  # no teardown: the other ranks may be waiting on this one

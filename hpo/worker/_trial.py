@@ -23,6 +23,7 @@ from hpo.records import (
     PROMOTED_ATTR,
     PRUNE_REASON_ATTR,
     is_continuation,
+    reason,
 )
 from hpo.spec import Spec, suggest
 from hpo.worker._budget import over_budget
@@ -246,9 +247,3 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
-
-
-def reason(e: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
