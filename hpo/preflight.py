@@ -92,7 +92,7 @@ def check_machine(spec: Spec, source: str) -> None:
 
 
 def _check_images(dataset: Mapping[str, Any], fail: Callable[[str, str], NoReturn]) -> Any:
-    from hpo.job.image_data import load_images, load_test_images
+    from hpo.job.image_source import load_images, load_test_images
 
     cache: dict = {}
     key = "dataset.root" if "name" in dataset else "dataset.image_folder"

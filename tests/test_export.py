@@ -442,7 +442,8 @@ def test_record_json_preprocessing_applied_by_hand_gives_hpos_predictions(tmp_pa
     from torchvision.transforms.v2 import functional as F
 
     from hpo.job.checkpoint import load_model_state
-    from hpo.job.image_data import image_datasets, load_images
+    from hpo.job.image_data import image_datasets
+    from hpo.job.image_source import load_images
     from hpo.job.vision import replace_head
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

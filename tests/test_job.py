@@ -19,7 +19,8 @@ import hpo.job.step as step_module
 from hpo.job import JobContext, JobSetupError, run_job
 from hpo.job.data import split, train_val_indices
 from hpo.job.device import pick_device
-from hpo.job.image_data import image_datasets, load_images
+from hpo.job.image_data import image_datasets
+from hpo.job.image_source import load_images
 from hpo.job.optim import freeze, lr_factor, make_optimizer
 from hpo.job.trial import FixedTrial
 from hpo.job.vision import build_vision, pretrained_model, replace_head
@@ -712,7 +713,7 @@ def rss_mb() -> float:
 
 @pytest.mark.slow
 def test_memory_returns_to_baseline_and_the_cache_is_reused(monkeypatch):
-    import hpo.job.image_data as image_data
+    import hpo.job.image_source as image_data
 
     loads = []
     real_load = image_data.digits_arrays

@@ -28,7 +28,8 @@ from test_job_text import reviews_csv, tiny_bert  # noqa: F401 - fixtures
 from hpo.cli import main
 from hpo.job import JobContext, JobSetupError, run_job
 from hpo.job.data import heldout_test_indices, split, subsample, train_val_indices
-from hpo.job.image_data import final_image_datasets, image_datasets, load_images, load_test_images
+from hpo.job.image_data import final_image_datasets, image_datasets
+from hpo.job.image_source import load_images, load_test_images
 from hpo.job.text_data import load_test_texts, load_texts
 from hpo.job.trial import FixedTrial
 from hpo.records import RETRAIN_ATTR

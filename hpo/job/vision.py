@@ -11,13 +11,8 @@ from torch import nn
 
 from hpo.job.checkpoint import load_weights_file
 from hpo.job.errors import JobSetupError
-from hpo.job.image_data import (
-    Preset,
-    final_image_datasets,
-    image_datasets,
-    load_images,
-    preprocessing,
-)
+from hpo.job.image_data import Preset, final_image_datasets, image_datasets, preprocessing
+from hpo.job.image_source import load_images
 from hpo.job.setup import TrainingSetup
 
 log = logging.getLogger(__name__)
