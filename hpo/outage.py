@@ -3,7 +3,7 @@
 A server restart or a dropped connection is an outage; any other error is not. Each call gets
 up to ``outage_seconds()`` from its own first failure, so a long trial never runs out of
 patience before its tell; past that the call raises, the worker exits non-zero, and its trial
-is retried elsewhere. ``hpo._optuna.storage_class`` wraps every storage call with ``retrying``.
+is retried elsewhere. ``hpo._optuna.HpoRDBStorage`` wraps every storage call with ``retrying``.
 
 A process that is stopping (``request_stop``: the worker's SIGTERM / SIGINT, also one held
 back for a moment) waits for no storage: a wait under way ends within a tenth of a second and

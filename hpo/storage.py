@@ -24,15 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo._optuna import (
-    grpc_server,
-    grpc_storage_class,
-    import_grpc,
-    journal_storage_class,
-    no_experimental_warnings,
-    retry_callback,
-    storage_class,
-)
+from hpo._optuna import no_experimental_warnings, retry_callback
 from hpo.errors import StorageError
 from hpo.outage import with_outage_retry
 from hpo.storage_url import (
@@ -156,9 +148,11 @@ def open_storage(
 
     # Workers starting together on a new database race to create its tables: the losers see
     # "already exists" / duplicate-key errors and simply try again.
+    from hpo._optuna import HpoRDBStorage
+
     def build() -> optuna.storages.RDBStorage:
         with no_experimental_warnings():
-            return storage_class()(
+            return HpoRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,
@@ -269,11 +263,13 @@ def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStora
     claims and heartbeats)."""
     host, port = grpc_address(url)
     try:
-        grpc = import_grpc()
+        from hpo._optuna import HpoGrpcStorage  # gRPC as hpo wants it: no fork handlers
     except ImportError as e:
         raise StorageError(
             f"{shown}: the gRPC client is not installed ({e}); pip install grpcio protobuf"
         ) from None
+    import grpc
+
     if outage <= 0:  # a person waits: a refused connection is an answer at once
         import socket
 
@@ -285,7 +281,7 @@ def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStora
                 f"{e.strerror or e}; is 'hpo storage-proxy' running there?"
             ) from None
     with no_experimental_warnings():
-        storage = grpc_storage_class()(host=host, port=port, **_heartbeat_options())
+        storage = HpoGrpcStorage(host=host, port=port, **_heartbeat_options())
     try:
         storage.wait_server_ready(timeout=max(outage, CONNECT_TIMEOUT))
         storage.hello()
@@ -334,7 +330,9 @@ def _open_journal(url: str, shown: str, create: bool) -> optuna.storages.BaseSto
         )
     try:
         with no_experimental_warnings():
-            return journal_storage_class()(str(path), **_heartbeat_options())
+            from hpo._optuna import HpoJournalStorage
+
+            return HpoJournalStorage(str(path), **_heartbeat_options())
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise StorageError(
             f"{path} is not an Optuna journal file ({shown}): {type(e).__name__}: {e}"
@@ -389,6 +387,8 @@ def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS)
         )
     storage = open_storage(url, create=True, pool=threads)
     try:
+        from hpo._optuna import grpc_server
+
         return grpc_server(storage, host, port, threads, hello={"hpo": __version__})
     except OSError as e:
         raise StorageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -10,6 +10,7 @@ proxy is a real ``hpo storage-proxy`` process in front of the session's PostgreS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -73,6 +74,22 @@ def _server_database(kind: str):
         admin.dispose()
 
     return SERVERS[kind].format(db=name), drop
+
+
+@contextlib.contextmanager
+def fresh_server_database(kind: str):
+    """An empty database of its own on server ``kind`` (its URL), dropped afterwards; without
+    the server the test is skipped with the reason, or fails under ``CI=true``."""
+    try:
+        url, drop = _server_database(kind)
+    except Exception as e:  # no server: say why
+        server_url({kind: RuntimeError(f"{kind} server not reachable: "
+                                       f"{str(e).splitlines()[0]}")}, kind)
+        raise
+    try:
+        yield url
+    finally:
+        drop()
 
 
 @pytest.fixture(scope="session")

@@ -203,6 +203,44 @@ def test_a_beating_trial_stays_a_silent_one_goes_stale_from_its_claim(all_storag
     assert states[silent.number] == optuna.trial.TrialState.FAIL
 
 
+def test_a_plain_ask_gets_no_heartbeat_and_never_goes_stale(all_storage_url, monkeypatch):
+    """A trial that Optuna code asks for through hpo's storage (``study.ask()``, no hpo
+    worker) is nobody's claim: no heartbeat starts for it, so it is never failed as stale
+    (hpo's reaping, or Optuna's ``fail_stale_trials``), and no hpo attr shows on it. Its
+    neighbour claimed by hpo and left silent goes stale as before."""
+    import hpo.storage
+    from hpo._optuna import ask
+    from hpo.worker import reap
+
+    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    storage = open_storage(all_storage_url)
+    study, _ = load_study(create_study(make_spec(unique("plain")), storage).study_name, storage)
+    plain = study.ask()
+    silent = ask(study, {"host": "h", "worker": "h:w0", "pid": 1}, [])
+    time.sleep(2.5)
+    assert reap(study) == [silent.number]
+    optuna.storages.fail_stale_trials(study)
+    trial = reopen(study.study_name, all_storage_url).trials[plain.number]
+    assert trial.state == optuna.trial.TrialState.RUNNING
+    assert not [k for k in trial.system_attrs if k.startswith("hpo:")], trial.system_attrs
+
+
+def test_every_storage_pickles_and_its_copy_reads_and_writes(all_storage_url):
+    """A storage handed to another process (a process pool, ``pickle``) works there: the
+    copy sees the study and writes to it. (Every storage class is defined at module level.)"""
+    import pickle
+
+    storage = open_storage(all_storage_url)
+    study, _ = load_study(create_study(make_spec(unique("pickle")), storage).study_name, storage)
+    copy = pickle.loads(pickle.dumps(storage))
+    assert type(copy) is type(storage)
+    study_id = copy.get_study_id_from_name(study.study_name)
+    trial_id = copy.create_new_trial(study_id)
+    copy.set_trial_user_attr(trial_id, "from", "the copy")
+    assert storage.get_trial(trial_id).user_attrs == {"from": "the copy"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["grpc", "journal"])
 def test_workers_through_the_proxy_and_on_a_journal_meet_the_budget_and_resume_a_killed_trial(

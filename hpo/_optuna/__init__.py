@@ -6,9 +6,9 @@ and makes a claim atomic. Every such name is listed in ``PRIVATE_NAMES`` and che
 installed Optuna by ``tests/test_optuna_private.py``, which fails by name the day Optuna renames
 one; ``pyproject.toml`` pins the range tested.
 
-``storage_class`` is Optuna's ``RDBStorage`` (and ``journal_storage_class`` its
-``JournalStorage`` on a file, ``grpc_storage_class`` its ``GrpcStorageProxy`` client of the
-proxy that ``grpc_server`` runs on ``storage_class``) with:
+``_rdb.HpoRDBStorage`` is Optuna's ``RDBStorage`` (and ``_journal.HpoJournalStorage`` its
+``JournalStorage`` on a file, ``_grpc.HpoGrpcStorage`` its ``GrpcStorageProxy`` client of the
+proxy that ``_grpc.grpc_server`` runs on ``HpoRDBStorage``) with:
 
 - **atomic claims**: taking a queued trial or creating one writes the worker's attrs and a
   heartbeat in the same transaction (a trial is stale from the moment it is claimed, and never
@@ -18,17 +18,14 @@ proxy that ``grpc_server`` runs on ``storage_class``) with:
   proxy passes them to its database;
 - **atomic study creation**: a study and its spec in one transaction;
 - **database outages retried per call** (``hpo.outage``), never the training.
+
+The storage classes are defined at module level (they pickle, and ``isinstance`` sees them).
+Each module imports the Optuna storage it extends, so ``hpo.storage`` imports the one a URL
+needs when it opens it: a SQLite study never imports gRPC.
 """
 
-from hpo._optuna._grpc import (
-    GRPC_SERVICE,
-    ProxyUnavailable,
-    grpc_server,
-    grpc_storage_class,
-    import_grpc,
-)
-from hpo._optuna._journal import HEARTBEAT_ATTR, journal_storage_class
-from hpo._optuna._rdb import storage_class
+from typing import TYPE_CHECKING, Any
+
 from hpo._optuna._trials import (
     BudgetTaken,
     ask,
@@ -46,6 +43,29 @@ from hpo._optuna._trials import (
     study_view,
     tell,
 )
+
+if TYPE_CHECKING:
+    from hpo._optuna._grpc import HpoGrpcStorage, grpc_server
+    from hpo._optuna._journal import HpoJournalStorage
+    from hpo._optuna._rdb import HpoRDBStorage
+
+_STORAGES = {
+    "HpoRDBStorage": "hpo._optuna._rdb",
+    "HpoJournalStorage": "hpo._optuna._journal",
+    "HpoGrpcStorage": "hpo._optuna._grpc",
+    "grpc_server": "hpo._optuna._grpc",
+}
+"""Imported at first use (``__getattr__``): each module imports the Optuna storage it extends,
+gRPC's for the proxy."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STORAGES:
+        import importlib
+
+        return getattr(importlib.import_module(_STORAGES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PRIVATE_NAMES = tuple(
     (module, name)
@@ -87,28 +107,24 @@ PRIVATE_NAMES = tuple(
 )
 
 __all__ = [
-    "GRPC_SERVICE",
-    "HEARTBEAT_ATTR",
+    "HpoGrpcStorage",
+    "HpoJournalStorage",
+    "HpoRDBStorage",
+    "grpc_server",
     "PRIVATE_NAMES",
     "BudgetTaken",
-    "ProxyUnavailable",
     "ask",
     "backend_of",
     "create_study_with_attrs",
     "fail_and_retry",
     "fail_stale",
     "frozen",
-    "grpc_server",
-    "grpc_storage_class",
     "heartbeat",
-    "import_grpc",
-    "journal_storage_class",
     "no_experimental_warnings",
     "requeue",
     "retry_callback",
     "set_intermediate_value",
     "set_user_attrs",
-    "storage_class",
     "study_view",
     "tell",
 ]

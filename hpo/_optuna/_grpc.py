@@ -6,11 +6,28 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from hpo._optuna._trials import _BUDGET, BudgetTaken, _running_template
-from hpo.outage import first_line
+# gRPC without its fork handlers (unless ``$GRPC_ENABLE_FORK_SUPPORT`` says otherwise), set
+# before it is imported: they run in a child forked with a ``preexec_fn`` (the launcher starts
+# its workers so) or without exec (DataLoader workers) while other threads call gRPC, and
+# there abort the child now and then (SIGABRT, "epoll_wait error: Bad file descriptor"). No
+# child of hpo uses its parent's channel.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+import grpc  # noqa: E402
+import optuna  # noqa: E402
+from optuna.storages import GrpcStorageProxy  # noqa: E402
+from optuna.storages._heartbeat import BaseHeartbeat  # noqa: E402
+
+from hpo._optuna._trials import (  # noqa: E402
+    BudgetTaken,
+    check_heartbeat_options,
+    claim_template,
+    claimed,
+)
+from hpo.outage import first_line  # noqa: E402
 
 if TYPE_CHECKING:
     from grpc import ServicerContext, UnaryUnaryMultiCallable
@@ -23,23 +40,8 @@ log = logging.getLogger("hpo")
 # the proxy on hpo's RDB storage, in one transaction each as they are without the proxy.
 
 
-def import_grpc() -> Any:
-    """``grpc``, without its fork handlers (unless ``$GRPC_ENABLE_FORK_SUPPORT`` says
-    otherwise): they run in a child forked with a ``preexec_fn`` (the launcher starts its
-    workers so) or without exec (DataLoader workers) while other threads call gRPC, and there
-    abort the child now and then (SIGABRT, "epoll_wait error: Bad file descriptor"). No child
-    of hpo uses its parent's channel."""
-    import os
-
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    import grpc
-
-    return grpc
-
-
 GRPC_SERVICE = "hpo.Storage"
 _GRPC_METHOD = f"/{GRPC_SERVICE}/Call"
-_RAISED = ("BudgetTaken", "DuplicatedStudyError", "UpdateFinishedTrialError", "KeyError")
 
 
 def grpc_server(
@@ -56,12 +58,10 @@ def grpc_server(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    grpc = import_grpc()
     import optuna
     from optuna.storages import _CachedStorage
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
-    from optuna.trial import FrozenTrial, TrialState
 
     cached = _CachedStorage(storage)
 
@@ -72,22 +72,7 @@ def grpc_server(
             cached.get_all_trials(study_id, deepcopy=False)
 
     def create_trial(study_id: int, attrs: dict[str, Any], budget: int | None) -> int:
-        import datetime
-
-        template = FrozenTrial(
-            number=0,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs=attrs,
-            system_attrs={} if budget is None else {_BUDGET: budget},
-            intermediate_values={},
-            trial_id=0,
-        )
-        return cached.create_new_trial(study_id, template)
+        return cached.create_new_trial(study_id, claim_template(attrs, budget))
 
     def claim(study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None) -> bool:
         took = storage.claim_trial(study_id, trial_id, attrs, budget)
@@ -154,111 +139,110 @@ def grpc_server(
     return server, bound
 
 
-@functools.cache
-def grpc_storage_class() -> type:
+_RAISED_TYPES: dict[str, type[Exception]] = {
+    "BudgetTaken": BudgetTaken,
+    "DuplicatedStudyError": optuna.exceptions.DuplicatedStudyError,
+    "UpdateFinishedTrialError": optuna.exceptions.UpdateFinishedTrialError,
+    "KeyError": KeyError,
+}
+"""What hpo's service of the proxy raised, by name: raised again in the client."""
+
+
+class HpoGrpcStorage(GrpcStorageProxy, BaseHeartbeat):
     """Optuna's ``GrpcStorageProxy`` with hpo's claims, heartbeats (recorded by the database
     behind the proxy, by its clock) and study creation through hpo's service of the proxy
     (``grpc_server``); every call waits for a proxy that does not answer (a restart) as a
     database call does (``$HPO_OUTAGE_SECONDS``)."""
-    grpc = import_grpc()
-    import optuna
-    from optuna.storages import GrpcStorageProxy
-    from optuna.storages._heartbeat import BaseHeartbeat
 
-    raised = {
-        "BudgetTaken": BudgetTaken,
-        "DuplicatedStudyError": optuna.exceptions.DuplicatedStudyError,
-        "UpdateFinishedTrialError": optuna.exceptions.UpdateFinishedTrialError,
-        "KeyError": KeyError,
-    }
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Any = None,
+    ) -> None:
+        check_heartbeat_options(heartbeat_interval, grace_period)
+        super().__init__(host=host, port=port)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
-    class Storage(GrpcStorageProxy, BaseHeartbeat):
-        def __init__(
-            self,
-            *,
-            host: str,
-            port: int,
-            heartbeat_interval: int | None = None,
-            grace_period: int | None = None,
-            heartbeat_stale_trial_callback: Any = None,
-        ) -> None:
-            super().__init__(host=host, port=port)
-            self.heartbeat_interval = heartbeat_interval
-            self.grace_period = grace_period
-            self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        del state["_hpo"]  # a call on the channel: made again with it (``_setup``)
+        return state
 
-        def _setup(self) -> None:
-            super()._setup()
-            self._hpo: UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
-                _GRPC_METHOD
-            )
+    def _setup(self) -> None:
+        super()._setup()
+        self._hpo: UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(_GRPC_METHOD)
 
-        def hpo_call(self, op: str, **args: Any) -> Any:
-            """An operation of hpo's service of the proxy."""
-            reply = json.loads(self._hpo(json.dumps({"op": op, "args": args}).encode()))
-            if "raise" in reply:
-                raise raised[reply["raise"]](reply["message"])
-            return reply["result"]
+    def hpo_call(self, op: str, **args: Any) -> Any:
+        """An operation of hpo's service of the proxy."""
+        reply = json.loads(self._hpo(json.dumps({"op": op, "args": args}).encode()))
+        if "raise" in reply:
+            raise _RAISED_TYPES[reply["raise"]](reply["message"])
+        return reply["result"]
 
-        def hello(self) -> dict[str, Any]:
-            return self.hpo_call("hello")
+    def hello(self) -> dict[str, Any]:
+        return self.hpo_call("hello")
 
-        def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
-            running = _running_template(template_trial)
-            if running is None or template_trial is None:
-                return super().create_new_trial(study_id, template_trial)
-            attrs, budget = running
-            return self.hpo_call("create_trial", study_id=study_id, attrs=attrs, budget=budget)
+    def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+        claim = claimed(template_trial)
+        if claim is None:
+            return super().create_new_trial(study_id, template_trial)
+        attrs, budget = claim
+        return self.hpo_call("create_trial", study_id=study_id, attrs=attrs, budget=budget)
 
-        def claim_trial(
-            self, study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None = None
-        ) -> bool:
-            return self.hpo_call(
-                "claim_trial", study_id=study_id, trial_id=trial_id, attrs=attrs, budget=budget
-            )
+    def claim_trial(
+        self, study_id: int, trial_id: int, attrs: dict[str, Any], budget: int | None = None
+    ) -> bool:
+        return self.hpo_call(
+            "claim_trial", study_id=study_id, trial_id=trial_id, attrs=attrs, budget=budget
+        )
 
-        def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-            self.hpo_call("set_trial_user_attrs", trial_id=trial_id, attrs=attrs)
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        self.hpo_call("set_trial_user_attrs", trial_id=trial_id, attrs=attrs)
 
-        def create_study_with_attrs(
-            self, directions: list[Any], name: str, attrs: dict[str, Any]
-        ) -> int:
-            return self.hpo_call(
-                "create_study_with_attrs",
-                directions=[int(d) for d in directions],
-                name=name,
-                attrs=attrs,
-            )
+    def create_study_with_attrs(
+        self, directions: list[Any], name: str, attrs: dict[str, Any]
+    ) -> int:
+        return self.hpo_call(
+            "create_study_with_attrs",
+            directions=[int(d) for d in directions],
+            name=name,
+            attrs=attrs,
+        )
 
-        def record_heartbeat(self, trial_id: int) -> None:
-            self.hpo_call("record_heartbeat", trial_id=trial_id)
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.hpo_call("record_heartbeat", trial_id=trial_id)
 
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-            return self.hpo_call("stale_trial_ids", study_id=study_id, grace_period=grace)
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        return self.hpo_call("stale_trial_ids", study_id=study_id, grace_period=grace)
 
-        def get_heartbeat_interval(self) -> int | None:
-            return self.heartbeat_interval
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
 
-        def get_heartbeat_stale_trial_callback(self) -> Any:
-            return self.heartbeat_stale_trial_callback
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self.heartbeat_stale_trial_callback
 
-    def waiting(method: Any) -> Any:
-        @functools.wraps(method)
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(_grpc_inside, "depth", 0):
-                return method(self, *args, **kwargs)
-            _grpc_inside.depth = 1
-            try:
-                return _through_proxy_outage(lambda: method(self, *args, **kwargs), self, grpc)
-            finally:
-                _grpc_inside.depth = 0
 
-        return call
+def _waiting(method: Any) -> Any:
+    """``method`` waiting through a proxy outage (``_through_proxy_outage``)."""
 
-    for name in _GRPC_RETRIED:
-        setattr(Storage, name, waiting(getattr(Storage, name)))
-    return Storage
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_grpc_inside, "depth", 0):
+            return method(self, *args, **kwargs)
+        _grpc_inside.depth = 1
+        try:
+            return _through_proxy_outage(lambda: method(self, *args, **kwargs), self, grpc)
+        finally:
+            _grpc_inside.depth = 0
+
+    return call
 
 
 _grpc_inside = threading.local()
@@ -289,6 +273,10 @@ _GRPC_RETRIED = (
     "_get_stale_trial_ids",
     "hello",
 )
+
+
+for _name in _GRPC_RETRIED:
+    setattr(HpoGrpcStorage, _name, _waiting(getattr(HpoGrpcStorage, _name)))
 
 
 class ProxyUnavailable(ConnectionError):

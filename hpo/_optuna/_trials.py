@@ -65,10 +65,8 @@ def ask(
         claim's transaction, so several workers asking at once never overshoot it), or if
         ``create`` is false and every trial of ``waiting`` was taken by another worker.
     """
-    import datetime
-
     import optuna
-    from optuna.trial import FrozenTrial, TrialState
+    from optuna.trial import TrialState
 
     study._thread_local.cached_all_trials = None  # as ask() does: samplers read afresh
     storage = backend_of(study)
@@ -81,20 +79,8 @@ def ask(
         if not create:
             return None
         # Through Optuna's cache, which must know the new trial (the template's state, attrs
-        # and budget reach ``Storage._get_prepared_new_trial``).
-        template = FrozenTrial(
-            number=0,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs=dict(attrs),
-            system_attrs={} if budget is None else {_BUDGET: budget},
-            intermediate_values={},
-            trial_id=0,
-        )
+        # and budget reach ``HpoRDBStorage._get_prepared_new_trial``).
+        template = claim_template(attrs, budget)
         return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
     except BudgetTaken:
         return None
@@ -106,6 +92,8 @@ class BudgetTaken(Exception):
 
 _BUDGET = "hpo:budget"
 """Carries the budget from ``ask`` into the creating transaction; never stored."""
+_CLAIM = "hpo:claim"
+"""Marks ``ask``'s creation as hpo's claim (a heartbeat, the budget); never stored."""
 
 
 @contextlib.contextmanager
@@ -235,17 +223,12 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def retry_callback(max_retry: int) -> Any:
-    """Optuna's retry of a dead trial (values kept), without the dead trial's ``fail_reason``."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    class Retry(RetryHeartbeatStaleTrialCallback):
-        def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-            trial = copy.copy(trial)
-            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
-            super().__call__(study, trial)
+    """Optuna's retry of a dead trial (values kept), without the dead trial's ``fail_reason``
+    (``_retry.RetryStale``)."""
+    from hpo._optuna._retry import RetryStale
 
     with no_experimental_warnings():
-        return Retry(max_retry=max_retry, inherit_intermediate_values=True)
+        return RetryStale(max_retry=max_retry, inherit_intermediate_values=True)
 
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
@@ -281,23 +264,50 @@ def no_experimental_warnings() -> Iterator[None]:
         yield
 
 
-def _running_template(template: Any) -> tuple[dict[str, Any], int | None] | None:
-    """``(attrs, budget)`` of a trial to create running: ``ask``'s template or none at all;
-    None for any other template (a queued retry, an enqueued or added trial)."""
-    from optuna.trial import TrialState
+def check_heartbeat_options(heartbeat_interval: int | None, grace_period: int | None) -> None:
+    """Refuse what Optuna's ``RDBStorage`` refuses: a heartbeat interval or grace period that
+    is not positive (a storage with heartbeats of its own, the journal and the proxy's client,
+    checks them as the database storage does)."""
+    if heartbeat_interval is not None and heartbeat_interval <= 0:
+        raise ValueError("The value of `heartbeat_interval` should be a positive integer.")
+    if grace_period is not None and grace_period <= 0:
+        raise ValueError("The value of `grace_period` should be a positive integer.")
 
-    if template is None:
-        return {}, None
-    if (
-        template.state != TrialState.RUNNING
-        or template.params
-        or template.distributions
-        or template.intermediate_values
-    ):
+
+def claim_template(attrs: dict[str, Any], budget: int | None) -> FrozenTrial:
+    """The template of a trial that hpo creates for a worker: running, with the worker's
+    ``attrs``, marked as hpo's claim (``_CLAIM``: it gets a heartbeat, and ``budget`` is
+    checked in the creating transaction). Neither mark is stored."""
+    import datetime
+
+    from optuna.trial import FrozenTrial, TrialState
+
+    system: dict[str, Any] = {_CLAIM: True}
+    if budget is not None:
+        system[_BUDGET] = budget
+    return FrozenTrial(
+        number=0,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=dict(attrs),
+        system_attrs=system,
+        intermediate_values={},
+        trial_id=0,
+    )
+
+
+def claimed(template: Any) -> tuple[dict[str, Any], int | None] | None:
+    """``(attrs, budget)`` of a trial that hpo creates for a worker (``claim_template``); None
+    for any other creation (a plain ``study.ask()``, a queued retry, an enqueued or added
+    trial), which Optuna's own code creates as it would: no heartbeat, the template's
+    times."""
+    if template is None or not template.system_attrs.get(_CLAIM):
         return None
-    system = dict(template.system_attrs)
-    budget = system.pop(_BUDGET, None)
-    return (dict(template.user_attrs), budget) if not system else None
+    return dict(template.user_attrs), template.system_attrs.get(_BUDGET)
 
 
 def study_view(
