@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.trial import FrozenTrial, TrialState
+    from optuna.trial import FrozenTrial
 
 SPEC_ATTR = "hpo.spec"
 """Study user attr: the whole spec, so that workers need only the study's name."""
@@ -161,23 +161,17 @@ def best_or_none(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def count_states(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
-    """Trials by state (every state present, zero where none)."""
+def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Trials by state name, every state present (zero where none), with ``PAUSED``
+    (``hpo.promotion``) apart from ``WAITING`` where a trial is paused."""
     from optuna.trial import TrialState
 
-    counts = {s: 0 for s in TrialState}
+    counts = {s.name: 0 for s in TrialState}
     for t in trials:
-        counts[t.state] += 1
-    return counts
-
-
-def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials by state name, with ``PAUSED`` (``hpo.promotion``) apart from ``WAITING``."""
-    counts = {s.name: n for s, n in count_states(trials).items()}
-    paused = sum(is_paused(t) for t in trials)
-    if paused:
-        counts["WAITING"] -= paused
-        counts["PAUSED"] = paused
+        if is_paused(t):
+            counts["PAUSED"] = counts.get("PAUSED", 0) + 1
+        else:
+            counts[t.state.name] += 1
     return counts
 
 

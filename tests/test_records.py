@@ -51,14 +51,16 @@ def test_best_or_none():
     assert records.best_or_none(study).number == 2
 
 
-def test_count_states_names_every_state():
+def test_state_counts_names_every_state_and_the_paused_apart():
     trials = [_trial(), _trial(), _trial(TrialState.PRUNED), _trial(TrialState.FAIL)]
 
-    counts = records.count_states(trials)
+    counts = records.state_counts(trials)
 
-    assert counts == {TrialState.RUNNING: 0, TrialState.COMPLETE: 2, TrialState.PRUNED: 1,
-                      TrialState.FAIL: 1, TrialState.WAITING: 0}
-    assert records.count_states([]) == {s: 0 for s in TrialState}
+    assert counts == {"RUNNING": 0, "COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "WAITING": 0}
+    assert records.state_counts([]) == {s.name: 0 for s in TrialState}
+    paused = _trial(TrialState.WAITING)
+    paused.user_attrs.update({"resumed_from": 0, "paused_at": 2})
+    assert records.state_counts([*trials, paused, _trial(TrialState.WAITING)])["PAUSED"] == 1
 
 
 def test_format_value_shows_floats_to_four_digits():

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hpo import _optuna
-from hpo.records import count_states, is_continuation, is_paused
+from hpo.records import is_continuation, is_paused, state_counts
 from hpo.spec import Spec
 
 if TYPE_CHECKING:
@@ -61,14 +61,14 @@ def should_stop(study: optuna.Study, spec: Spec, started: float, trials: list[Fr
     n_trials = spec.budget.n_trials
     if n_trials is None:
         return ""
-    counts = count_states(t for t in trials if not is_continuation(t))
+    counts = state_counts(t for t in trials if not is_continuation(t))
     if any(t.state == TrialState.RUNNING for t in trials) and budget_taken(counts, n_trials):
         # Some of those running trials may belong to dead workers: fail and re-queue them
         # before deciding (Optuna does this itself before each trial it starts).
         _optuna.fail_stale(study)
         trials = study.get_trials(deepcopy=False)
-        counts = count_states(t for t in trials if not is_continuation(t))
-    if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= n_trials:
+        counts = state_counts(t for t in trials if not is_continuation(t))
+    if counts["COMPLETE"] + counts["PRUNED"] >= n_trials:
         if any(
             is_continuation(t)
             and (
@@ -87,9 +87,7 @@ def should_stop(study: optuna.Study, spec: Spec, started: float, trials: list[Fr
     return ""
 
 
-def budget_taken(counts: dict, n_trials: int) -> bool:
-    """Whether the budget's trials are all finished or running (``counts``: by state)."""
-    from optuna.trial import TrialState
-
-    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    return done + counts[TrialState.RUNNING] >= n_trials
+def budget_taken(counts: dict[str, int], n_trials: int) -> bool:
+    """Whether the budget's trials are all finished or running (``counts``: by state name,
+    ``hpo.records.state_counts``)."""
+    return counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= n_trials
