@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from hpo.records import CHECKPOINT_ARTIFACT_ATTR
 from hpo.storage_url import resolve_url
@@ -81,41 +81,9 @@ def artifact_store(
     """
     path = artifact_dir(storage_url, directory)
     path.mkdir(parents=True, exist_ok=True)
-    return _store_class()(path)
+    from hpo._optuna import HpoArtifactStore
 
-
-def _store_class() -> type:
-    from optuna.artifacts import FileSystemArtifactStore
-
-    class Store(FileSystemArtifactStore):
-        """Optuna's file store; an upload of a file on the same filesystem is a hard link, and
-        removing what is already gone is not an error (the dashboard's "delete study with
-        its artifacts" then deletes a study whose non-best checkpoints hpo removed)."""
-
-        def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-            target = self._get_filepath(artifact_id)
-            source = getattr(content_body, "name", None)
-            if isinstance(source, str) and _same_file(content_body, source):
-                try:
-                    os.link(source, target)
-                    return
-                except OSError:  # another filesystem, or links not allowed: copy
-                    pass
-            super().write(artifact_id, content_body)
-
-        def remove(self, artifact_id: str) -> None:
-            Path(self._get_filepath(artifact_id)).unlink(missing_ok=True)
-
-    return Store
-
-
-def _same_file(stream: BinaryIO, path: str) -> bool:
-    """Whether the open ``stream`` reads the file now at ``path`` (not one replaced since)."""
-    try:
-        mine, there = os.fstat(stream.fileno()), os.stat(path)
-    except (OSError, AttributeError, ValueError):
-        return False
-    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+    return HpoArtifactStore(path)
 
 
 def upload_checkpoint(

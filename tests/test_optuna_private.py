@@ -22,7 +22,7 @@ PRIVATE = re.compile(
     r"optuna(\.\w+)*\._\w+"  # a private Optuna module, e.g. optuna.storages._heartbeat
     r"|\.(_storage|_study_id|_trial_id|_thread_local|_cached_frozen_trial|_backend)\b"
     r"|\b(_get_prepared_new_trial|_set_trial_attr_without_commit|_create_scoped_session"
-    r"|_tell_with_warning|_get_stale_trial_ids|_get_trials)\b")
+    r"|_tell_with_warning|_get_stale_trial_ids|_get_trials|_get_filepath)\b")
 
 
 @pytest.mark.parametrize("module,path", _optuna.PRIVATE_NAMES,

@@ -45,11 +45,13 @@ from hpo._optuna._trials import (
 )
 
 if TYPE_CHECKING:
+    from hpo._optuna._artifacts import HpoArtifactStore
     from hpo._optuna._grpc import HpoGrpcStorage, grpc_server
     from hpo._optuna._journal import HpoJournalStorage
     from hpo._optuna._rdb import HpoRDBStorage
 
 _STORAGES = {
+    "HpoArtifactStore": "hpo._optuna._artifacts",
     "HpoRDBStorage": "hpo._optuna._rdb",
     "HpoJournalStorage": "hpo._optuna._journal",
     "HpoGrpcStorage": "hpo._optuna._grpc",
@@ -102,11 +104,13 @@ PRIVATE_NAMES = tuple(
         "Study._get_trials",
         "optuna.trial._trial": "Trial._trial_id Trial._cached_frozen_trial",
         "optuna.trial._frozen": "FrozenTrial._trial_id",
+        "optuna.artifacts._filesystem": "FileSystemArtifactStore._get_filepath",
     }.items()
     for name in names.split()
 )
 
 __all__ = [
+    "HpoArtifactStore",
     "HpoGrpcStorage",
     "HpoJournalStorage",
     "HpoRDBStorage",
