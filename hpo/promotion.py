@@ -35,6 +35,7 @@ from hpo.records import (
     CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
     PAUSED_AT_ATTR,
+    PAUSED_FROM_ATTR,
     PROMOTED_ATTR,
     PRUNE_REASON_ATTR,
     RESUMED_FROM_ATTR,
@@ -140,14 +141,21 @@ def is_promotion(pruner: Any) -> bool:
 
 
 def pause(study: optuna.Study, trial: FrozenTrial, step: int) -> FrozenTrial:
-    """Queue the pruned ``trial``'s configuration as a paused continuation (see the module
-    docstring): same params, intermediate values and user attrs, ``resumed_from`` and
-    ``paused_at`` added. Returns what was queued."""
+    """Queue the ``trial``'s configuration as a paused continuation (see the module
+    docstring): same params, intermediate values and user attrs, ``resumed_from``,
+    ``paused_at`` and ``paused_from`` added. The worker queues it before it tells the trial
+    PRUNED. Returns what was queued."""
     import optuna
     from optuna.trial import TrialState
 
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in _NOT_COPIED}
-    attrs.update({RESUMED_FROM_ATTR: configuration(trial), PAUSED_AT_ATTR: step})
+    attrs.update(
+        {
+            RESUMED_FROM_ATTR: configuration(trial),
+            PAUSED_AT_ATTR: step,
+            PAUSED_FROM_ATTR: trial.number,
+        }
+    )
     queued = optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=trial.params,

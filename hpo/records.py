@@ -49,6 +49,10 @@ RESUMED_FROM_ATTR = "resumed_from"
 first trial. A continuation resumes a paused configuration; the budget does not count it."""
 PAUSED_AT_ATTR = "paused_at"
 """Trial user attr of a continuation: the step (an epoch end) its configuration paused at."""
+PAUSED_FROM_ATTR = "paused_from"
+"""Trial user attr of a continuation: the number of the trial that paused (the pause is
+queued before that trial is told, so a worker that dies between the two leaves the pause
+queued; the dead trial then gets no retry: ``hpo._optuna._retry``)."""
 PROMOTED_ATTR = "promoted"
 """Trial user attr, written when a continuation is claimed: it is paused no longer."""
 

@@ -215,18 +215,20 @@ def run_trial(
             return
         except Exception as e:
             state, error = TrialState.FAIL, e
-    with signals_held():
-        told, message = _optuna.tell(study, trial, value, state)
-    if told == TrialState.PRUNED and paused_at is not None:
-        # After the tell: had the worker died before it, the trial would be retried whole,
-        # and a paused copy besides would run its configuration twice. Dying between the
-        # two leaves it pruned for good.
+    if paused_at is not None:
+        # The pause is queued before the tell: a worker that dies between the two leaves the
+        # pause queued and its trial running, which goes stale and fails without a retry
+        # (``paused_from``, ``hpo._optuna._retry``). The other order lost the pause for good.
         def queue_paused() -> None:
-            pause(study, _optuna.frozen(study, trial), paused_at)
-            log.info("trial %d paused at step %d", trial.number, paused_at)
+            paused = _optuna.frozen(study, trial)
+            if paused.state == TrialState.RUNNING:  # not failed as stale meanwhile
+                pause(study, paused, paused_at)
+                log.info("trial %d paused at step %d", trial.number, paused_at)
 
         with signals_held():
             quietly(queue_paused)
+    with signals_held():
+        told, message = _optuna.tell(study, trial, value, state)
     if told is None:
         log.warning("trial %d: result not recorded: %s", trial.number, message)
     elif told == TrialState.FAIL:
