@@ -20,21 +20,24 @@ While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random mo
 
 When the (last) launcher has exited the study is read with ``optuna.load_study`` and checked:
 
-1. finished trials (COMPLETE + PRUNED) == n_trials exactly;
+1. finished configurations == n_trials exactly (a configuration: a trial with its retries
+   and, with ``--pruner promotion``, the continuations of its pauses);
 2. no trial RUNNING; a trial left WAITING only if it is a queued retry (system attr
    ``failed_trial`` / ``retry_history``) or a re-queued trial with progress (intermediate
    values): once a trial has failed (stale, or its worker died) or was preempted, its retry or
    the trial itself waits in the queue, and when the other workers finish the budget first it
    is simply never needed (by design; the round's report lists it). Any other WAITING trial
    -- a fresh, param-less surplus of a worker that asked past the budget, or a re-queued trial
-   that had reported nothing -- breaks the invariant;
+   that had reported nothing -- breaks the invariant; a paused configuration that was never
+   promoted is allowed too;
 3. the last launcher exited 0 (within the round's time limit);
 4. every interrupted trial resumed where its checkpoint was: from the epoch log
    (``trial epoch pid`` lines), each later attempt of a trial (a retry: system attr
    ``failed_trial`` / ``retry_history``; a re-queue: the same number, another pid) redoes at
    most one epoch the trial had already logged, and a finished trial's ``resumed_from_epoch``
    is at least the last epoch its earlier attempts logged (the job checkpoints, then logs);
-5. no duplicate trial numbers, and at most one finished trial per retry chain;
+5. no duplicate trial numbers, and at most one finished trial per configuration (its
+   pauses aside);
 6. the best trial's checkpoint file (user attr ``checkpoint``) exists;
 7. (extra) every COMPLETE trial has a validation loss for each of its epochs (the retry
    inherits the failed attempt's values).
@@ -82,7 +85,7 @@ BACKENDS = ("sqlite", "postgresql", "mariadb")
 FAULTS = ("kill9_worker", "kill9_claim", "sigterm_worker", "kill9_launcher",
           "restart_postgresql")
 INVARIANTS = {
-    1: "finished == n_trials",
+    1: "finished configurations == n_trials",
     2: "nothing RUNNING, WAITING only to resume",
     3: "last launcher exited 0",
     4: "resumed from its checkpoint",
@@ -100,6 +103,7 @@ EPOCH_SECONDS = 0.3
 FAULT_DELAY = (0.2, 2.0)
 """Seconds from the first running trial to the first fault, and between faults (uniform):
 a round without faults takes about 8 s."""
+PRUNERS = ("none", "promotion", "both")
 ROUND_TIMEOUT = 240.0
 """Seconds a round may run, faults and all, before its launcher counts as hung."""
 
@@ -126,6 +130,8 @@ class RoundResult:
     seed: str
     study: str = ""
     n_trials: int = 0
+    pruner: str = "none"
+    """``none``, or ``promotion`` (trials pause at rungs and their configurations resume)."""
     faults: list[Fault] = field(default_factory=list)
     broken: dict[int, list[str]] = field(default_factory=dict)
     """Invariant number -> what broke."""
@@ -158,7 +164,8 @@ class RoundResult:
             verdict = "BROKEN " + ", ".join(f"{i} ({INVARIANTS[i]})" for i in sorted(self.broken))
         if self.left_waiting:
             verdict += f" ({len(self.left_waiting)} queued trial(s) left WAITING, allowed)"
-        return (f"round {self.index:3d} {self.backend:10s} {self.n_trials:2d} trials  "
+        pruner = "" if self.pruner == "none" else f" {self.pruner}"
+        return (f"round {self.index:3d} {self.backend:10s}{pruner} {self.n_trials:2d} trials  "
                 f"faults: {faults}  -> {verdict}  {self.seconds:.0f} s")
 
     def report(self) -> str:
@@ -411,7 +418,7 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
               seed: str = "", n_faults: int | None = None, faults_range: tuple[int, int] = (1, 4),
               kinds: tuple[str, ...] | None = None, faults: list[str] | None = None,
               timeout: float = ROUND_TIMEOUT, say: Callable[[str], None] = print,
-              restart: Callable[[], float] | None = None) -> RoundResult:
+              restart: Callable[[], float] | None = None, pruner: str = "none") -> RoundResult:
     """One round: a study on ``url``, ``hpo launch --workers 3``, faults, then the checks.
 
     Args:
@@ -425,6 +432,8 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
         timeout: seconds the round may take before its launcher counts as hung.
         restart: restarts the PostgreSQL server of ``url`` and returns the seconds it took
             (default: the machine's cluster, ``restart_postgresql``).
+        pruner: the study's pruner: ``none``, or ``promotion`` (its trials pause at rungs and
+            resume later: the checks count configurations, not trials).
     """
     import optuna
 
@@ -432,7 +441,7 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir.mkdir(parents=True, exist_ok=True)
-    result = RoundResult(index=index, backend=backend, seed=seed)
+    result = RoundResult(index=index, backend=backend, seed=seed, pruner=pruner)
     n_trials = result.n_trials = rng.randint(8, 12)
     low, high = 3, 5
     if kinds is None:
@@ -451,7 +460,8 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
     launchers: list[subprocess.Popen] = []
     poller = None
     try:
-        result.study = make_study(workdir, url, n=n_trials, low=low, high=high, env=env)
+        result.study = make_study(workdir, url, n=n_trials, low=low, high=high, env=env,
+                                  pruner=pruner)
         poller = _Poller(url, result.study)
         cmd = [sys.executable, "-m", "hpo", "launch", result.study, "--storage", url,
                "--workers", str(WORKERS)]
@@ -682,8 +692,9 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
     states = Counter(t.state.name for t in trials)
 
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if len(finished) != result.n_trials:
-        broke(1, f"{len(finished)} finished trials, expected {result.n_trials} "
+    configurations = {_root(t) for t in finished}  # a trial's, with its retries and resumes
+    if len(configurations) != result.n_trials:
+        broke(1, f"{len(configurations)} finished configurations, expected {result.n_trials} "
                  f"(states: {dict(states)})")
 
     beats = _heartbeats(url) if states["RUNNING"] else {}
@@ -705,7 +716,8 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
     for t in trials:
         chains.setdefault(_root(t), []).append(t)
     for root, members in sorted(chains.items()):
-        done = [t for t in members if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        done = [t for t in members if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                and t.user_attrs.get("prune_reason") != "paused"]  # a pause goes on
         if len(done) > 1:
             broke(5, f"trial #{root} finished {len(done)} times: "
                      + ", ".join(f"#{t.number} {t.state.name}" for t in done))
@@ -743,6 +755,8 @@ def _leftovers(trials, beats: dict[int, float] | None = None) -> tuple[list[str]
     """
     from optuna.trial import TrialState
 
+    from hpo.records import is_paused
+
     problems, allowed = [], []
     for t in trials:
         values = f"{len(t.intermediate_values)} value(s)"
@@ -754,6 +768,10 @@ def _leftovers(trials, beats: dict[int, float] | None = None) -> tuple[list[str]
                             f"{values}{beat})")
         elif t.state == TrialState.WAITING:
             retry = "failed_trial" in t.system_attrs or "retry_history" in t.system_attrs
+            if is_paused(t):
+                allowed.append(f"trial #{t.number} paused at step {t.user_attrs['paused_at']}, "
+                               f"never promoted (configuration #{_root(t)})")
+                continue
             if retry or t.intermediate_values:
                 allowed.append(f"trial #{t.number} WAITING, never needed "
                                f"({_who(t)}, {_chain_text(t)}, {values})")
@@ -793,6 +811,10 @@ def _heartbeats(url: str) -> dict[int, float]:
 
 
 def _root(t) -> int:
+    """The configuration a trial ran: its first trial's number, for a retry
+    (``failed_trial``) and for a continuation of a pause (``resumed_from``) alike."""
+    if "resumed_from" in t.user_attrs:
+        return int(t.user_attrs["resumed_from"])
     return t.system_attrs.get("failed_trial", t.number)
 
 
@@ -979,6 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="comma-separated, taken in turn (default: all three)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument("--pruner", choices=PRUNERS, default="none",
+                        help="the studies' pruner: none, promotion (trials pause at rungs and "
+                             "resume), or both (the rounds take them in turn)")
     parser.add_argument("--faults", default="1-4", metavar="MIN-MAX",
                         help="faults per round (default 1-4)")
     parser.add_argument("--only-round", type=int, metavar="K",
@@ -1014,6 +1039,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in indices:
             backend = backends[i % len(backends)]
+            pruner = (args.pruner if args.pruner != "both"
+                      else ("none", "promotion")[(i // len(backends)) % 2])
             seed = f"{args.seed}:{i}"
             if missing[backend]:
                 r = RoundResult(index=i, backend=backend, seed=seed, skipped=missing[backend])
@@ -1022,7 +1049,8 @@ def main(argv: list[str] | None = None) -> int:
                 with fresh_database(backend, workdir, prefix="hpo_chaos") as url:
                     r = run_round(backend, url, scratch, random.Random(seed), index=i,
                                   seed=seed, faults_range=faults_range, timeout=args.timeout,
-                                  say=lambda s: print(s, file=sys.stderr, flush=True))
+                                  say=lambda s: print(s, file=sys.stderr, flush=True),
+                                  pruner=pruner)
             results.append(r)
             print(r.report() if args.verbose or not (r.ok or r.skipped) else r.line(),
                   flush=True)
@@ -1043,7 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
             f"measured {when} on {machine()} ({seconds:.0f} s), hpo at {revision()}: "
             f"`{command}`",
             f"each round: `hpo launch --workers {WORKERS}` on a fresh database, 8-12 trials of "
-            f"tests/support/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, no pruner, heartbeat 1 s, "
+            f"tests/support/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, pruner: {args.pruner}, "
+            f"heartbeat 1 s, "
             f"grace period 3 s), {faults_range[0]}-{faults_range[1]} faults at random moments; "
             "a fault counts as survived when every invariant of its round held",
             "invariants: " + "; ".join(f"{i} {t}" for i, t in INVARIANTS.items()),

@@ -64,6 +64,24 @@ def test_a_round_of_random_faults_breaks_no_invariant(backend, request, tmp_path
     assert result.ok, report
 
 
+@pytest.mark.slow
+def test_a_promotion_round_of_random_faults_breaks_no_invariant(tmp_path):
+    """A round whose study pauses trials at rungs and resumes their configurations (the
+    ``promotion`` pruner): the checks count configurations (a trial, its retries and the
+    continuations of its pauses), and a configuration left paused is allowed."""
+    seed = f"{os.environ.get('HPO_CHAOS_SEED', '0')}:promotion"
+    result = run_round("sqlite", f"sqlite:///{tmp_path / 'hpo.db'}", tmp_path / "round",
+                       random.Random(seed), seed=seed, timeout=150, say=lambda s: None,
+                       faults=["kill9_worker", "sigterm_worker", "kill9_claim"],
+                       pruner="promotion")
+    report = result.report()
+    print(report)
+    assert len(result.injected) >= 2, report
+    assert result.ok, report
+    trials = result.trials_table
+    assert "PRUNED" in trials and "WAITING" in trials, report  # it paused configurations
+
+
 # --------------------------------------------------------------------------------------------
 # The checker itself, on made-up trials: it must see a resume that went back, and accept one
 # whose log is an epoch behind its checkpoint; it must see a trial left RUNNING or a fresh
