@@ -110,6 +110,9 @@ def make_promotion_pruner(
             step = trial.last_step
             if step is None or step not in self.rungs:
                 return False
+            epochs = trial.params.get("epochs")
+            if isinstance(epochs, int) and step >= epochs * self.evals_per_epoch:
+                return False  # its own last evaluation: nothing is left to resume
             maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
             values = rung_values(study.get_trials(deepcopy=False), step)
             values[configuration(trial)] = trial.intermediate_values[step]

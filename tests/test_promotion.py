@@ -63,6 +63,33 @@ def test_asha_rule_top_floor_n_over_eta():
     assert rung_steps(0.5, 2, 2, 1) == {1}
 
 
+def test_a_trial_is_never_paused_at_its_own_last_evaluation():
+    """A rung at a trial's own last epoch is no pause: its continuation would have nothing
+    to train (a 3-epoch trial of a 1-5 epoch space was paused at epoch 3, rung 3, and its
+    continuation completed at once)."""
+    from hpo.promotion import make_promotion_pruner
+
+    pruner = make_promotion_pruner(1, 3, 1, 5)  # rungs at epochs 1 and 3
+    study = optuna.create_study(pruner=pruner)
+    for lr, epochs in ((0.1, 5), (0.2, 5), (0.3, 5)):  # three ahead of it at epoch 3
+        study.enqueue_trial({"lr": lr, "epochs": epochs})
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.suggest_int("epochs", 1, 5)
+        for step in (1, 2, 3):
+            trial.report(0.1, step)
+        study.tell(trial, 0.1)
+    for epochs, paused in ((5, True), (3, False)):
+        study.enqueue_trial({"lr": 0.9, "epochs": epochs})
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.suggest_int("epochs", 1, 5)
+        for step in (1, 2, 3):
+            trial.report(0.5, step)  # behind the rung at epoch 3 ...
+        assert trial.should_prune() is paused, epochs  # ... paused unless it is its end
+        study.tell(trial, 0.5)
+
+
 @pytest.mark.parametrize("pruner, why", [
     ("{name: promotion, reduction_factor: 1}", "pruner.reduction_factor: expected an integer >= 2"),
     ("{name: promotion, min_resource: 0}", "pruner.min_resource: expected epochs > 0"),
