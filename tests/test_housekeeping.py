@@ -152,7 +152,8 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
 def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(storage_url,
                                                                                tmp_path):
     """Two workers of a promotion study: one tells its trial PRUNED (paused) and only then
-    queues the continuation that resumes from the trial's checkpoint; the other's retention,
+    queues the continuation that resumes from the trial's checkpoint (hpo's order before it
+    queued the pause first; a study written then has it); the other's retention,
     reading the study in between, must not delete that checkpoint (the fresh-clone CI caught
     a promoted trial starting afresh this way). Once the continuation ran with its own
     checkpoint, the paused trial's file goes."""

@@ -154,8 +154,9 @@ def retain_checkpoints(
         and len(t.system_attrs.get("retry_history", ())) < max_retry
         and t.user_attrs.get(FAIL_REASON_ATTR) in STALE_REASONS
     ]
-    # A paused trial is told PRUNED before its continuation is queued (hpo.promotion.pause):
-    # until a later attempt of its configuration exists, its checkpoint is the pause's.
+    # A paused trial's continuation is queued before the trial is told PRUNED (and carries
+    # its checkpoint), but a study written by an hpo before that has the other order: until
+    # a later attempt of its configuration exists, a paused trial's checkpoint is the pause's.
     last = {configuration(t): t.number for t in sorted(trials, key=lambda t: t.number)}
     kept += [t for t in trials if was_paused(t) and last[configuration(t)] == t.number]
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=complete_val_loss)
