@@ -1,7 +1,7 @@
 """Pruning efficiency on the real offline tasks: the same study (sampler seed, trials) with
 the median, hyperband and promotion (pause and resume) pruners and with none; epochs consumed,
 wall time, best val loss. The promotion pruner runs twice: as hpo runs it (its TPE sampler
-learns from each configuration judged where it stopped, ``hpo.promotion.judging_sampler``)
+learns from each configuration judged where it stopped, ``hpo.judging.JudgingSampler``)
 and as ``promotion-plain``, its TPE learning from the raw trials.
 
 All three studies validate ``EVALS_PER_EPOCH`` times per epoch (report steps in fractions of
@@ -59,7 +59,7 @@ PRUNERS = {
     # min_resource, one evaluation in epochs, is set from the run's evals_per_epoch.
     "promotion": {"name": "promotion", "reduction_factor": 3},
     # The same, its TPE sampler learning from the raw trials (a paused trial as a pruned
-    # one), not from each configuration judged where it stopped (hpo.promotion.judging_sampler).
+    # one), not from each configuration judged where it stopped (hpo.judging.JudgingSampler).
     "promotion-plain": {"name": "promotion", "reduction_factor": 3},
 }
 TASKS = {
@@ -249,7 +249,7 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
            enqueue: list[dict] | None = None) -> dict:
     """Run one study of ``spec`` with ``pruner``; its epochs, best value, time, pruned.
     ``plain_tpe``: the promotion study's TPE learns from the raw trials (the arm that measures
-    ``hpo.promotion.judging_sampler`` against what it replaced). ``enqueue``: the study runs
+    ``hpo.judging.JudgingSampler`` against what it replaced). ``enqueue``: the study runs
     exactly these configurations (its budget is their number), not the sampler's."""
     from optuna.trial import TrialState
 
@@ -399,10 +399,11 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     the first rung among all of them, and ``good_set``: what TPE would learn from before each
     arrival after the first ``STARTUP``, as the mean percentile (0 the best, 1 the worst) of
     its good set (the top ``ceil(n / 10)`` of the ``n`` configurations seen, TPE's default
-    split) in the true ranking by final value, for each of ``hpo.promotion.judged_order``
+    split) in the true ranking by final value, for each of ``hpo.judging.judged_order``
     (``judged``) and Optuna's ranking of the raw trials (``optuna``: complete ones by value,
     then the paused by depth)."""
-    from hpo.promotion import in_top, judged_order, rung_steps
+    from hpo.judging import judged_order
+    from hpo.promotion import in_top, rung_steps
 
     last = {i: _last_step(c) for i, c in enumerate(curves)}
     rungs = sorted(rung_steps(min_resource, reduction_factor, evals_per_epoch,

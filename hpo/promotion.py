@@ -11,8 +11,8 @@ In the database:
 
 - the trial that paused is PRUNED, ``prune_reason: paused``. A TPE sampler does not learn
   from it as from a pruned trial, which Optuna ranks below every complete one: it sees each
-  configuration once, judged at the depth it shares with each other one (``judged_order``,
-  ``judging_sampler``);
+  configuration once, judged at the depth it shares with each other one
+  (``hpo.judging``);
 - its continuation is a WAITING trial with the same params, its intermediate values and its
   user attrs (the checkpoint), plus ``resumed_from`` (the configuration's first trial) and
   ``paused_at`` (the rung's step): the *paused* state (``hpo.records.is_paused``);
@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import optuna
 
 from hpo.records import (
     CHECKPOINT_ATTR,
@@ -44,7 +46,6 @@ from hpo.records import (
 )
 
 if TYPE_CHECKING:
-    import optuna
     from optuna.trial import FrozenTrial
 
 log = logging.getLogger("hpo")
@@ -86,42 +87,47 @@ def in_top(values: dict[int, float], config: int, eta: int, maximize: bool = Fal
     return ranked.index(config) < len(values) // eta
 
 
-def make_promotion_pruner(
-    min_resource: float, reduction_factor: int, evals_per_epoch: int, max_epochs: int
-) -> optuna.pruners.BasePruner:
-    """The ``promotion`` pruner (an Optuna pruner: it says when to pause)."""
-    import optuna
+class PromotionPruner(optuna.pruners.BasePruner):
+    """The ``promotion`` pruner: pauses a trial at a rung unless it is in the top
+    ``1 / reduction_factor`` of the configurations that reached it (an Optuna pruner: it says
+    when to pause; the worker asks it which of its prunes were pauses, ``take_pause``).
 
-    class PromotionPruner(optuna.pruners.BasePruner):
-        """Pauses a trial at a rung unless it is in the top ``1 / reduction_factor`` there.
+    Args:
+        min_resource: epochs to the first rung (a fraction on the ``evals_per_epoch`` grid).
+        reduction_factor: ``eta``: one in ``eta`` goes on at each rung.
+        evals_per_epoch: evaluations (reports) an epoch.
+        max_epochs: the largest epochs of the search space (no rung at or past it).
+    """
 
-        ``paused`` maps the numbers of the trials it paused (in this process) to the step:
-        the worker turns exactly those into paused configurations.
-        """
+    def __init__(
+        self, min_resource: float, reduction_factor: int, evals_per_epoch: int, max_epochs: int
+    ) -> None:
+        self.min_resource = min_resource
+        self.reduction_factor = reduction_factor
+        self.evals_per_epoch = evals_per_epoch
+        self.rungs = rung_steps(min_resource, reduction_factor, evals_per_epoch, max_epochs)
+        self._paused: dict[int, int] = {}
 
-        def __init__(self) -> None:
-            self.min_resource = min_resource
-            self.reduction_factor = reduction_factor
-            self.evals_per_epoch = evals_per_epoch
-            self.rungs = rung_steps(min_resource, reduction_factor, evals_per_epoch, max_epochs)
-            self.paused: dict[int, int] = {}
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step not in self.rungs:
+            return False
+        epochs = trial.params.get("epochs")
+        if isinstance(epochs, int) and step >= epochs * self.evals_per_epoch:
+            return False  # its own last evaluation: nothing is left to resume
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        values = rung_values(study.get_trials(deepcopy=False), step)
+        values[configuration(trial)] = trial.intermediate_values[step]
+        if in_top(values, configuration(trial), self.reduction_factor, maximize):
+            return False
+        self._paused[trial.number] = step
+        return True
 
-        def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-            step = trial.last_step
-            if step is None or step not in self.rungs:
-                return False
-            epochs = trial.params.get("epochs")
-            if isinstance(epochs, int) and step >= epochs * self.evals_per_epoch:
-                return False  # its own last evaluation: nothing is left to resume
-            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            values = rung_values(study.get_trials(deepcopy=False), step)
-            values[configuration(trial)] = trial.intermediate_values[step]
-            if in_top(values, configuration(trial), self.reduction_factor, maximize):
-                return False
-            self.paused[trial.number] = step
-            return True
-
-    return PromotionPruner()
+    def take_pause(self, number: int) -> int | None:
+        """The step at which this pruner (in this process) paused trial ``number``, once;
+        None if its prune was no pause. The worker turns exactly those into paused
+        configurations."""
+        return self._paused.pop(number, None)
 
 
 def rung_steps(
@@ -136,11 +142,6 @@ def rung_steps(
         rungs.add(step)
         step *= reduction_factor
     return frozenset(rungs)
-
-
-def is_promotion(pruner: Any) -> bool:
-    """Whether ``pruner`` is the ``promotion`` pruner (whose pruned trials pause)."""
-    return hasattr(pruner, "paused") and hasattr(pruner, "rungs")
 
 
 def pause(study: optuna.Study, trial: FrozenTrial, step: int) -> FrozenTrial:
@@ -175,7 +176,10 @@ def pause(study: optuna.Study, trial: FrozenTrial, step: int) -> FrozenTrial:
 
 
 def promotable(
-    study: optuna.Study, pruner: Any, trials: list[FrozenTrial], finishing: bool = False
+    study: optuna.Study,
+    pruner: PromotionPruner,
+    trials: list[FrozenTrial],
+    finishing: bool = False,
 ) -> list[FrozenTrial]:
     """The continuations to run next, outside the budget (``trials``: the study as read a
     moment ago): first those promoted already and queued again (re-queued by SIGTERM, or the
@@ -213,49 +217,6 @@ def promotable(
     return again + [t for *_, t in sorted(ready, key=lambda r: r[:3])]
 
 
-# --------------------------------------------------------------------------------------------
-# What the sampler learns from: each configuration once, judged where it stopped.
-
-
-def judged_order(
-    configs: dict[int, tuple[dict[int, float], float | None]], maximize: bool = False
-) -> list[int]:
-    """The configurations best first, each judged at the depth it shares with the other.
-
-    ``configs`` maps a configuration to its learning curve (report step -> validation loss)
-    and its final value (None while it has not completed: paused, or pruned). Two
-    configurations are compared at the shallower of their depths (a paused one's last step;
-    a complete one has all depths): by the best value each had reached by that step, a
-    complete configuration that ended sooner by its final value. So a configuration paused at
-    1.5 epochs ranks by how it stood at 1.5 epochs against one that completed 1 epoch, not
-    below it because it has not completed: Optuna's TPE ranks every pruned trial below every
-    complete one, and with the ``promotion`` pruner the short schedules complete first (one
-    rung to pass, not two), so TPE turned away from the long schedules (benchmarks/RESULTS.md).
-    Ties: the deeper first, then the earlier."""
-    from functools import cmp_to_key
-
-    sign = -1.0 if maximize else 1.0
-    depth = {
-        c: math.inf if final is not None else max(curve, default=0)
-        for c, (curve, final) in configs.items()
-    }
-
-    def at(c: int, step: float) -> float:
-        curve, final = configs[c]
-        if final is not None and step >= max(curve, default=0):
-            return sign * final
-        seen = [sign * v for s, v in curve.items() if s <= step and math.isfinite(v)]
-        return min(seen, default=math.inf)
-
-    def compare(a: int, b: int) -> int:
-        step = min(depth[a], depth[b])
-        key_a = (at(a, step), -depth[a], a)
-        key_b = (at(b, step), -depth[b], b)
-        return -1 if key_a < key_b else 1 if key_a > key_b else 0
-
-    return sorted(configs, key=cmp_to_key(compare))
-
-
 def configurations(
     trials: list[FrozenTrial],
 ) -> dict[int, tuple[FrozenTrial, dict[int, float], float | None]]:
@@ -282,86 +243,3 @@ def configurations(
             curve.update(t.intermediate_values)
         found[config] = (latest, curve, latest.value if complete else None)
     return found
-
-
-def judged_trials(trials: list[FrozenTrial], maximize: bool = False) -> list[FrozenTrial]:
-    """``trials`` as the sampler should learn from them: each configuration that has paused,
-    been pruned or completed once, as a COMPLETE copy of its latest such attempt whose value
-    is its place in ``judged_order`` (0 the best; negated when maximizing), with the curve of
-    all its attempts. A TPE sampler splits its trials by that order alone. Waiting and failed
-    trials, and running ones of a configuration not judged yet, are kept as they are; a
-    superseded attempt (a pause that a continuation took over) and a running continuation
-    are not shown apart from their configuration."""
-    import copy
-
-    from optuna.trial import TrialState
-
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    found = configurations(trials)
-    configs = {c: (curve, final) for c, (_, curve, final) in found.items()}
-    latest = {c: attempt for c, (attempt, _, _) in found.items()}
-    judged = []
-    for place, config in enumerate(judged_order(configs, maximize)):
-        view = copy.copy(latest[config])
-        view.state = TrialState.COMPLETE
-        view.values = [-float(place) if maximize else float(place)]
-        view.intermediate_values = configs[config][0]
-        judged.append(view)
-    kept = [
-        t
-        for t in trials
-        if t.state not in finished
-        and not (t.state == TrialState.RUNNING and configuration(t) in configs)
-    ]
-    return sorted(judged + kept, key=lambda t: t.number)
-
-
-def judging_sampler(inner: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
-    """``inner`` (a TPE sampler) learning from ``judged_trials`` instead of the raw trials: a
-    study with the ``promotion`` pruner gets it (``hpo.study.make_sampler``)."""
-    import optuna
-
-    from hpo._optuna import study_view
-
-    cache: dict[tuple[str, int], list[FrozenTrial]] = {}
-
-    def judged(study: optuna.Study, trial: FrozenTrial) -> Any:
-        """The study as ``inner`` sees it while sampling ``trial``: judged once per trial,
-        not for each parameter (an independent TPE asks for the trials several times a
-        parameter)."""
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-
-        def trials_of(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-            key = (study.study_name, trial.number)
-            if key not in cache:
-                cache.clear()
-                cache[key] = judged_trials(trials, maximize)
-            return cache[key]
-
-        return study_view(study, trials_of)
-
-    class JudgingSampler(optuna.samplers.BaseSampler):
-        """Samples as ``inner`` does, from each configuration judged where it stopped."""
-
-        def __init__(self) -> None:
-            self.inner = inner
-
-        def infer_relative_search_space(self, study, trial):
-            return inner.infer_relative_search_space(judged(study, trial), trial)
-
-        def sample_relative(self, study, trial, search_space):
-            return inner.sample_relative(judged(study, trial), trial, search_space)
-
-        def sample_independent(self, study, trial, name, dist):
-            return inner.sample_independent(judged(study, trial), trial, name, dist)
-
-        def before_trial(self, study, trial):
-            inner.before_trial(study, trial)
-
-        def after_trial(self, study, trial, state, values):
-            inner.after_trial(study, trial, state, values)
-
-        def reseed_rng(self) -> None:
-            inner.reseed_rng()
-
-    return JudgingSampler()

@@ -243,7 +243,7 @@ def with_sampler_defaults(spec: Spec) -> Spec:
 def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given.
     TPE under the ``promotion`` pruner learns from each configuration judged where it stopped
-    (``hpo.promotion.judging_sampler``), not from its paused attempts as pruned trials."""
+    (``hpo.judging.JudgingSampler``), not from its paused attempts as pruned trials."""
     import optuna
 
     options = dict(spec.sampler.options)
@@ -263,9 +263,9 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSample
     }[name]
     sampler = cls(**options)
     if name == "tpe" and spec.pruner.name == "promotion":
-        from hpo.promotion import judging_sampler
+        from hpo.judging import JudgingSampler
 
-        return judging_sampler(sampler)
+        return JudgingSampler(sampler)
     return sampler
 
 
@@ -299,9 +299,9 @@ def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> optuna.pru
     if name == "threshold":
         return optuna.pruners.ThresholdPruner(**options)
     if name == "promotion":
-        from hpo.promotion import make_promotion_pruner
+        from hpo.promotion import PromotionPruner
 
-        return make_promotion_pruner(
+        return PromotionPruner(
             options.get("min_resource", 1),
             options.get("reduction_factor", 3),
             spec.task.evals_per_epoch,

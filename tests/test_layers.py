@@ -25,7 +25,7 @@ LAYERS = [
     # The database: storage, the artifact store beside it, studies in it (their first trials,
     # when they have converged, the promotion pruner's pauses and promotions).
     {"hpo.storage", "hpo.storage_url", "hpo.artifacts", "hpo.study", "hpo.warm_start",
-     "hpo.convergence", "hpo.promotion"},
+     "hpo.convergence", "hpo.promotion", "hpo.judging"},
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.

@@ -67,9 +67,9 @@ def test_a_trial_is_never_paused_at_its_own_last_evaluation():
     """A rung at a trial's own last epoch is no pause: its continuation would have nothing
     to train (a 3-epoch trial of a 1-5 epoch space was paused at epoch 3, rung 3, and its
     continuation completed at once)."""
-    from hpo.promotion import make_promotion_pruner
+    from hpo.promotion import PromotionPruner
 
-    pruner = make_promotion_pruner(1, 3, 1, 5)  # rungs at epochs 1 and 3
+    pruner = PromotionPruner(1, 3, 1, 5)  # rungs at epochs 1 and 3
     study = optuna.create_study(pruner=pruner)
     for lr, epochs in ((0.1, 5), (0.2, 5), (0.3, 5)):  # three ahead of it at epoch 3
         study.enqueue_trial({"lr": lr, "epochs": epochs})
@@ -380,7 +380,7 @@ def test_the_sampler_sees_each_configuration_once_judged_where_it_stopped():
     0.40 against the other's final 0.45) and ranks first; its first attempt, superseded by the
     continuation, is not shown apart from it; the ones paused at step 2 rank by their value
     there, below the complete one (0.6 at step 2)."""
-    from hpo.promotion import judged_trials
+    from hpo.judging import judged_trials
 
     view = judged_trials(_paused_study().get_trials())
     assert [(t.number, t.state, t.value) for t in view] == [
@@ -396,13 +396,13 @@ def test_the_sampler_sees_each_configuration_once_judged_where_it_stopped():
 def test_tpe_under_the_promotion_pruner_learns_from_the_configuration_judged_best(
         judging, best):
     """TPE's good set (one trial of these) holds the paused configuration judged best (x 0.9)
-    when it sees the study through ``judging_sampler``, and the complete one (x 0.1) when it
+    when it sees the study through ``JudgingSampler``, and the complete one (x 0.1) when it
     sees the raw trials, where Optuna ranks every pruned trial below every complete one (the
     short schedules complete first, so TPE turned away from the long ones; benchmarks/
     RESULTS.md). Read with TPE's own split, on what the wrapped sampler is given."""
     from optuna.samplers._tpe.sampler import _split_trials
 
-    from hpo.promotion import judging_sampler
+    from hpo.judging import JudgingSampler
 
     class Spy(optuna.samplers.RandomSampler):
         def sample_independent(self, study, trial, name, distribution):
@@ -413,7 +413,7 @@ def test_tpe_under_the_promotion_pruner_learns_from_the_configuration_judged_bes
 
     seen: list = []
     study = _paused_study()
-    study.sampler = judging_sampler(Spy(seed=0)) if judging else Spy(seed=0)
+    study.sampler = JudgingSampler(Spy(seed=0)) if judging else Spy(seed=0)
     study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     assert [t.params["x"] for t in seen[0]] == [best]
 
@@ -460,16 +460,16 @@ def test_the_judging_sampler_judges_the_study_once_a_trial(monkeypatch):
     """An independent TPE reads the trials several times for each parameter: the judged view
     is computed once for the trial it samples (at 1,000 trials it took 154 ms an ask where
     plain TPE took 25, computed at every read), and anew for the next trial."""
-    import hpo.promotion as promotion
+    import hpo.judging as judging
 
     calls = []
-    judge = promotion.judged_trials
-    monkeypatch.setattr(promotion, "judged_trials",
+    judge = judging.judged_trials
+    monkeypatch.setattr(judging, "judged_trials",
                         lambda trials, maximize: calls.append(len(trials)) or judge(trials,
                                                                                     maximize))
     study = _paused_study()
-    study.sampler = promotion.judging_sampler(optuna.samplers.TPESampler(n_startup_trials=0,
-                                                                         seed=0))
+    study.sampler = judging.JudgingSampler(optuna.samplers.TPESampler(n_startup_trials=0,
+                                                                      seed=0))
     space = {name: optuna.distributions.FloatDistribution(0, 1) for name in ("x", "y", "z")}
     study.tell(study.ask(space), 1.0)
     study.ask(space)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna
 from hpo.outage import clear_stop, first_line, request_stop
-from hpo.promotion import is_promotion, promotable
+from hpo.promotion import PromotionPruner, promotable
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
 from hpo.spec import Spec
 from hpo.worker._budget import should_stop
@@ -181,7 +181,7 @@ def run_worker(
         # the checkpoint retention and the next budget check: reads cost more than the rest
         # of the service's work on a trial (benchmarks/overhead.py).
         trials = read_trials()
-        promotion = study.pruner if is_promotion(study.pruner) else None
+        promotion = study.pruner if isinstance(study.pruner, PromotionPruner) else None
         while True:
             # A paused configuration that now ranks high enough goes first, budget or not:
             # the budget counted it when it started.

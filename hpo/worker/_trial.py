@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo import _optuna
-from hpo.promotion import is_promotion, pause
+from hpo.promotion import PromotionPruner, pause
 from hpo.records import (
     CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
@@ -127,7 +127,7 @@ def make_objective(
             checkpoint_path=checkpoint_dir / f"trial-{trial.number}.pt",
             resume_path=resume,
             latency=spec.study.latency,
-            pauses=is_promotion(study.pruner),
+            pauses=isinstance(study.pruner, PromotionPruner),
         )
         try:
             # A repeat (hpo.convergence) runs with its own seed.
@@ -203,7 +203,8 @@ def run_trial(
             value = objective(trial)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
-            paused_at = getattr(study.pruner, "paused", {}).pop(trial.number, None)
+            if isinstance(study.pruner, PromotionPruner):
+                paused_at = study.pruner.take_pause(trial.number)
             if paused_at is not None:
                 _optuna.set_user_attrs(trial, {PRUNE_REASON_ATTR: PAUSED_REASON})
         except GangBroken as e:  # a rank died: as if the worker had (retry from checkpoint)
