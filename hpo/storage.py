@@ -13,7 +13,7 @@ Every kind is extended by ``hpo._optuna``: atomic claims (a claimed trial has it
 attrs and a heartbeat from its first moment), the study and its spec in one transaction,
 several attrs of a running trial in one write, and every call retried through an outage of up
 to ``$HPO_OUTAGE_SECONDS`` (default 300). A password in a URL is never shown: every message
-goes through ``redact``.
+goes through ``redact`` (``StorageUrl.redacted``, ``StorageUrl.redact``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from hpo.storage_url import (
     DEFAULT_URL,
     ENV_VAR,
     GRPC_DEFAULT_PORT,
+    StorageUrl,
     grpc_address,
     journal_path,
     redact,
@@ -62,6 +63,7 @@ __all__ = [  # with the URL's names, from ``hpo.storage_url``
     "MAX_RETRY",
     "PROXY_THREADS",
     "SQLITE_BUSY_TIMEOUT",
+    "StorageUrl",
     "grpc_address",
     "journal_path",
     "open_storage",
@@ -81,14 +83,19 @@ _DRIVERS = {
 
 
 def open_storage(
-    url: str | None = None, *, create: bool = True, outage: float = 0.0, pool: int | None = None
+    url: str | StorageUrl | None = None,
+    *,
+    create: bool = True,
+    outage: float = 0.0,
+    pool: int | None = None,
 ) -> optuna.storages.BaseStorage:
     """Open the study storage.
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///PATH``, ``postgresql+psycopg2://...``,
             ``mysql+pymysql://...``), ``grpc://HOST:PORT`` (an ``hpo storage-proxy``) or
-            ``journal://PATH`` (a journal file); ``None`` resolves as ``resolve_url`` says.
+            ``journal://PATH`` (a journal file), or one already parsed; ``None`` resolves as
+            ``resolve_url`` says.
         create: create the database file / tables / journal file if missing. Read-only
             commands pass ``False`` so that a typo in a URL does not leave an empty database
             behind.
@@ -106,45 +113,42 @@ def open_storage(
         StorageError: a malformed URL, an unknown backend, or a database that cannot be
             reached (answered within ``CONNECT_TIMEOUT`` seconds).
     """
-    url = resolve_url(url)
-    shown = redact(url, url)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "grpc":
-        return _open_grpc(url, shown, outage)
-    if scheme == "journal":
-        return _open_journal(url, shown, create)
+    url = StorageUrl.parse(url)
+    shown = url.redacted
+    if url.kind == "grpc":
+        return _open_grpc(url, outage)
+    if url.kind == "journal":
+        return _open_journal(url, create)
 
     import sqlalchemy
-    from sqlalchemy.engine import make_url
 
-    try:
-        parsed = make_url(url)
-    except Exception:
+    parsed = url.sqlalchemy
+    if parsed is None:
         raise StorageError(
             f"malformed storage URL {shown!r}; expected e.g. sqlite:///hpo.db "
             "or postgresql+psycopg2://user@host/db"
-        ) from None
-    backend = parsed.get_backend_name()
-    if backend not in _DRIVERS:
+        )
+    if url.kind not in _DRIVERS:
         raise StorageError(
-            f"unsupported storage backend {backend!r} in {shown}; "
+            f"unsupported storage backend {url.kind!r} in {shown}; "
             "expected sqlite, postgresql, mysql, grpc or journal"
         )
-    if backend != "sqlite" and parsed.drivername == backend:
+    engine_url = url.text
+    if url.kind != "sqlite" and url.driver is None:
         # Pin the drivers the project installs (SQLAlchemy's defaults may be missing).
-        parsed = parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
-        url = parsed.render_as_string(hide_password=False)
+        parsed = parsed.set(drivername=f"{url.kind}+{_DRIVERS[url.kind]}")
+        engine_url = parsed.render_as_string(hide_password=False)
 
     engine_kwargs: dict[str, Any] = {}
-    if backend == "sqlite":
-        _prepare_sqlite(parsed.database, shown, create)
+    if url.kind == "sqlite":
+        _prepare_sqlite(url, create)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     else:
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         if pool is not None:
             engine_kwargs.update(pool_size=pool, max_overflow=0)
-        _check_server(url, shown, engine_kwargs, create, outage)
+        _check_server(url, engine_url, engine_kwargs, create, outage)
 
     # Workers starting together on a new database race to create its tables: the losers see
     # "already exists" / duplicate-key errors and simply try again.
@@ -153,7 +157,7 @@ def open_storage(
     def build() -> optuna.storages.RDBStorage:
         with no_experimental_warnings():
             return HpoRDBStorage(
-                url,
+                engine_url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,
                 grace_period=GRACE_PERIOD,
@@ -175,16 +179,16 @@ def open_storage(
     return storage
 
 
-def _prepare_sqlite(database: str | None, shown: str, create: bool) -> None:
+def _prepare_sqlite(url: StorageUrl, create: bool) -> None:
     """Check the file and switch it to WAL (persistent in the file) before Optuna opens it."""
     import sqlite3
 
-    if not database or database == ":memory:":
+    shown, path = url.redacted, url.path
+    if path is None:
         raise StorageError(
             f"{shown}: an in-memory SQLite database cannot be shared by workers; "
             "give a file, e.g. sqlite:///hpo.db"
         )
-    path = Path(database).expanduser()
     if not create and not path.is_file():
         raise StorageError(
             f"no database at {path} ({shown}); run 'hpo create' or 'hpo run' "
@@ -203,14 +207,19 @@ def _prepare_sqlite(database: str | None, shown: str, create: bool) -> None:
 
 
 def _check_server(
-    url: str, shown: str, engine_kwargs: dict[str, Any], create: bool, outage: float = 0.0
+    url: StorageUrl,
+    engine_url: str,
+    engine_kwargs: dict[str, Any],
+    create: bool,
+    outage: float = 0.0,
 ) -> None:
     """Connect once with a short timeout so an unreachable server gives one clear line (after
     ``outage`` seconds of trying, where it is given)."""
     import sqlalchemy
 
+    shown = url.redacted
     try:
-        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        engine = sqlalchemy.create_engine(engine_url, **engine_kwargs)
     except ImportError as e:
         raise StorageError(f"{shown}: the database driver is not installed ({e})") from None
     except Exception as e:
@@ -229,7 +238,7 @@ def _check_server(
         engine.dispose()
 
 
-def _first_line(e: BaseException, url: str) -> str:
+def _first_line(e: BaseException, url: StorageUrl) -> str:
     orig = getattr(e, "orig", None) or e
     lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
     # psycopg2 puts the useful part on the last line ("Connection refused ..."), others first;
@@ -239,7 +248,7 @@ def _first_line(e: BaseException, url: str) -> str:
         if lines
         else type(orig).__name__
     )
-    return redact(text, url)
+    return url.redact(text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,11 +266,12 @@ def _heartbeat_options() -> dict[str, Any]:
     }
 
 
-def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStorage:
+def _open_grpc(url: StorageUrl, outage: float) -> optuna.storages.BaseStorage:
     """The client of an ``hpo storage-proxy``: waits for it up to ``CONNECT_TIMEOUT`` seconds
     (``outage``, where longer), and checks that it is hpo's (Optuna's own proxy lacks hpo's
     claims and heartbeats)."""
-    host, port = grpc_address(url)
+    host, port = url.address()
+    shown = url.redacted
     try:
         from hpo._optuna import HpoGrpcStorage  # gRPC as hpo wants it: no fork handlers
     except ImportError as e:
@@ -304,10 +314,10 @@ def _open_grpc(url: str, shown: str, outage: float) -> optuna.storages.BaseStora
     return storage
 
 
-def _open_journal(url: str, shown: str, create: bool) -> optuna.storages.BaseStorage:
+def _open_journal(url: StorageUrl, create: bool) -> optuna.storages.BaseStorage:
     """Optuna's journal file with its file lock; created where missing if ``create``."""
-    path = journal_path(url)
-    if not str(path) or str(path) == ".":
+    shown, path = url.redacted, url.path
+    if path is None or not str(path) or str(path) == ".":
         raise StorageError(f"malformed journal URL {shown}; expected journal:///PATH/study.log")
     if path.is_dir():
         raise StorageError(
@@ -359,7 +369,9 @@ def _looks_like_journal(path: Path) -> bool:
     return isinstance(record, dict) and "op_code" in record
 
 
-def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS) -> tuple[Any, int]:
+def serve_proxy(
+    url: str | StorageUrl, *, host: str, port: int, threads: int = PROXY_THREADS
+) -> tuple[Any, int]:
     """Start the gRPC storage proxy in front of the database at ``url`` (its tables created
     where missing): Optuna's proxy service and hpo's (claims, heartbeats, study creation).
 
@@ -372,8 +384,8 @@ def serve_proxy(url: str, *, host: str, port: int, threads: int = PROXY_THREADS)
     """
     from hpo import __version__
 
-    shown = redact(url, url)
-    kind = storage_kind(url)
+    url = StorageUrl.parse(url)
+    shown, kind = url.redacted, url.kind
     if kind == "grpc":
         raise StorageError(
             f"hpo storage-proxy serves a database (PostgreSQL, MySQL or "

@@ -90,8 +90,11 @@ class StorageUrl:
     """What is wrong with a proxy URL, in the words ``address`` raises."""
 
     @classmethod
-    def parse(cls, text: str | None = None) -> StorageUrl:
-        """Read a storage URL: ``text``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``."""
+    def parse(cls, text: str | StorageUrl | None = None) -> StorageUrl:
+        """Read a storage URL: ``text``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``
+        (a ``StorageUrl`` is already read: it is returned as it is)."""
+        if isinstance(text, StorageUrl):
+            return text
         text = resolve_url(text)
         scheme, sep, rest = text.partition("://")
         base = scheme.split("+", 1)[0] if sep else ""
