@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import CHECKPOINT_ARTIFACT_ATTR
-from hpo.storage_url import resolve_url
+from hpo.storage_url import StorageUrl
 
 if TYPE_CHECKING:
     import optuna
@@ -40,12 +40,12 @@ the weights), in ``checkpoints/`` and in the artifact store."""
 
 
 def artifact_dir(
-    storage_url: str | None = None, directory: str | os.PathLike[str] | None = None
+    storage_url: str | StorageUrl | None = None, directory: str | os.PathLike[str] | None = None
 ) -> Path:
     """The folder of the artifact store of a study database.
 
     Args:
-        storage_url: the study database (``None``: as ``hpo.storage_url.resolve_url`` says).
+        storage_url: the study database (``None``: as ``StorageUrl.parse`` says).
         directory: an explicit folder (the ``--artifacts`` flag); wins over everything.
 
     Returns:
@@ -55,19 +55,16 @@ def artifact_dir(
         return Path(directory).expanduser()
     if os.environ.get(ARTIFACTS_VAR):
         return Path(os.environ[ARTIFACTS_VAR]).expanduser()
-    url = resolve_url(storage_url)
-    if url.startswith("sqlite:///"):
-        from sqlalchemy.engine import make_url
-
-        database = make_url(url).database
-        if database and database != ":memory:":
-            db = Path(database).expanduser()
-            return db.with_name(f"{db.stem}-artifacts")
+    url = StorageUrl.parse(storage_url)
+    # Beside a SQLite file named as sqlite:///PATH (a sqlite+DRIVER URL's store stays in the
+    # current directory, as it always has).
+    if url.kind == "sqlite" and url.driver is None and url.path is not None:
+        return url.path.with_name(f"{url.path.stem}-artifacts")
     return Path("hpo-artifacts")
 
 
 def artifact_store(
-    storage_url: str | None = None, directory: str | os.PathLike[str] | None = None
+    storage_url: str | StorageUrl | None = None, directory: str | os.PathLike[str] | None = None
 ) -> FileSystemArtifactStore:
     """The artifact store of a study database, its folder created if missing.
 
@@ -89,7 +86,7 @@ def artifact_store(
 def upload_checkpoint(
     trial: optuna.Trial,
     path: str | os.PathLike[str],
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     directory: str | os.PathLike[str] | None = None,
 ) -> str:
     """Upload a trial's checkpoint file (a hard link where it can be) and record its id in
@@ -118,7 +115,7 @@ def upload_checkpoint(
 
 def has_checkpoint(
     artifact_id: str | None,
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     directory: str | os.PathLike[str] | None = None,
 ) -> bool:
     """Whether the store still holds the artifact (False for a removed one, or no id)."""
@@ -129,7 +126,7 @@ def has_checkpoint(
 
 def remove_checkpoints(
     artifact_ids: Iterable[str],
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     directory: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """Remove uploaded checkpoints from the store (those already gone are skipped).
@@ -189,7 +186,7 @@ def missing_artifacts_as_404(
 def download_checkpoint(
     artifact_id: str,
     dest: str | os.PathLike[str],
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     directory: str | os.PathLike[str] | None = None,
 ) -> Path | None:
     """Fetch an uploaded checkpoint into ``dest``; None if the store does not have it."""

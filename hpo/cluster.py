@@ -21,6 +21,7 @@ import shlex
 from string import Template
 
 from hpo.errors import HpoError
+from hpo.storage_url import StorageUrl
 
 SLURM = Template("""\
 #!/bin/bash
@@ -184,7 +185,7 @@ def _share(memory: str, parts: int) -> str:
 def render(
     kind: str,
     study: str,
-    storage_url: str,
+    storage_url: str | StorageUrl,
     *,
     nodes: int = 1,
     gpus: int = 1,
@@ -204,7 +205,7 @@ def render(
     Args:
         kind: ``slurm`` or ``kubernetes``.
         study: the study the workers join (created beforehand with ``hpo create``).
-        storage_url: the shared PostgreSQL / MySQL URL.
+        storage_url: the shared PostgreSQL / MySQL URL (a proxy's, a journal's).
         nodes: machines (array tasks / pods).
         gpus: GPUs per machine, one worker each; 0: machines without GPUs, one CPU worker
             each (no GPU is requested).
@@ -228,8 +229,6 @@ def render(
             gangs of ``devices_per_trial`` do not divide, a bad value, or an option of the
             other kind of template (each names its flag).
     """
-    from sqlalchemy.engine import make_url
-
     if kind not in KINDS:
         raise HpoError(f"unknown template {kind!r}; expected one of {', '.join(KINDS)}")
     options = {
@@ -257,13 +256,13 @@ def render(
                 checks[flag](value)
             except ValueError as e:
                 raise HpoError(f"--{flag}: {e}") from None
-    url = make_url(storage_url)
-    if url.get_backend_name() == "sqlite":
+    url = StorageUrl.parse(storage_url)
+    if url.kind == "sqlite":
         raise HpoError(
             "a cluster needs a database server every machine reaches "
             "(postgresql+psycopg2://... or mysql+pymysql://...), not SQLite"
         )
-    secret = url.password is not None
+    secret = url.password is not None  # then the URL goes to the job as a secret
     # A Slurm job name, a Kubernetes object name and label value: ASCII letters, digits, '-'.
     name = "".join(c if c.isascii() and c.isalnum() else "-" for c in study.lower())
     name = name[:50].strip("-") or "study"
@@ -295,7 +294,7 @@ def render(
         storage_line = (
             ': "${HPO_STORAGE:?export HPO_STORAGE (its URL has a password) first}"'
             if secret
-            else f"export HPO_STORAGE={shlex.quote(storage_url)}"
+            else f"export HPO_STORAGE={shlex.quote(str(url))}"
         )
         if python:
             argv = [python, "-m", *argv]
@@ -316,7 +315,7 @@ def render(
             "              valueFrom: {secretKeyRef: {name: hpo-storage, key: url}}\n"
         )
     else:
-        env = f"            - name: HPO_STORAGE\n              value: {json.dumps(storage_url)}\n"
+        env = f"            - name: HPO_STORAGE\n              value: {json.dumps(str(url))}\n"
     # The memory is the limit too (a pod past it is killed, not its node's neighbours); no CPU
     # limit (throttling would slow the DataLoader workers, not protect anyone).
     memory = memory or f"{MEMORY_PER_WORKER_GI * max(1, gpus or n)}Gi"

@@ -16,6 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from hpo.artifacts import artifact_dir, artifact_store, missing_artifacts_as_404
 from hpo.errors import HpoError
 from hpo.storage import open_storage
+from hpo.storage_url import StorageUrl
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -46,7 +47,7 @@ def dashboard_url(host: str, port: int) -> str:
 
 
 def serve(
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -56,7 +57,7 @@ def serve(
     """Run optuna-dashboard on the study database until interrupted.
 
     Args:
-        storage_url: the study database (``None``: as ``hpo.storage_url.resolve_url`` says).
+        storage_url: the study database (``None``: as ``StorageUrl.parse`` says).
         host: the address to bind; ``0.0.0.0`` opens it to the network.
         port: the port; 0 picks a free one.
         artifacts: the artifact store's folder (default: see ``hpo.artifacts.artifact_dir``).
@@ -67,11 +68,12 @@ def serve(
     """
     import optuna_dashboard
 
-    storage = open_storage(storage_url, create=False)
-    store = artifact_store(storage_url, artifacts)
+    url = StorageUrl.parse(storage_url)
+    storage = open_storage(url, create=False)
+    store = artifact_store(url, artifacts)
     # A checkpoint hpo removed (its trial left the best) answers 404 with the reason.
     app = missing_artifacts_as_404(
-        optuna_dashboard.wsgi(storage, artifact_store=store), artifact_dir(storage_url, artifacts)
+        optuna_dashboard.wsgi(storage, artifact_store=store), artifact_dir(url, artifacts)
     )
     server_class = _Server6 if ":" in host else _Server
     try:
@@ -84,7 +86,5 @@ def serve(
         raise HpoError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     with server:
         if on_ready is not None:
-            on_ready(
-                dashboard_url(host, server.server_port), str(artifact_dir(storage_url, artifacts))
-            )
+            on_ready(dashboard_url(host, server.server_port), str(artifact_dir(url, artifacts)))
         server.serve_forever()

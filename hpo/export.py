@@ -42,7 +42,7 @@ from hpo.records import (
     trial_record,
     val_loss,
 )
-from hpo.storage_url import redact, resolve_url
+from hpo.storage_url import StorageUrl
 from hpo.weights import MODEL_DIR, export_model
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ def export_best(
     spec: Spec,
     out: str | os.PathLike[str],
     *,
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     artifacts: str | os.PathLike[str] | None = None,
     trial_number: int | None = None,
 ) -> dict[str, Any]:
@@ -254,7 +254,7 @@ def export_best(
     if out.exists() and not out.is_dir():
         raise HpoError(f"--out {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
-    url = resolve_url(storage_url)
+    url = StorageUrl.parse(storage_url)
 
     spec_dict = best_spec_dict(spec, best)
     spec_path = out / "spec.yaml"
@@ -280,7 +280,7 @@ def export_best(
     trial["datetime_start"] = best.datetime_start.isoformat() if best.datetime_start else None
     record = {
         "study": study.study_name,
-        "storage": redact(url, url),
+        "storage": url.redacted,
         "exported": dt.datetime.now().isoformat(timespec="seconds"),
         "trial": trial,
         "picked": "best" if trial_number is None else "--trial",

@@ -31,7 +31,7 @@ from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
 from hpo.records import RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
 from hpo.spec import suggest
-from hpo.storage_url import redact, resolve_url
+from hpo.storage_url import StorageUrl
 from hpo.study import pick_trial
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def retrain(
     out: str | os.PathLike[str] | None = None,
     trial_number: int | None = None,
     epochs: int | None = None,
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain a trial's configuration on train + val and test it; write ``out``.
@@ -137,7 +137,7 @@ def _retrain_into(
     spec: Spec,
     trial: FrozenTrial,
     epochs: int | None,
-    storage_url: str | None,
+    storage_url: str | StorageUrl | None,
     out: Path,
     say: Callable[[str], None] | None,
 ) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def _retrain_into(
         ) from None
     seconds = time.perf_counter() - started
     attrs = job_trial.attrs
-    url = resolve_url(storage_url)
+    url = StorageUrl.parse(storage_url)
     test = None
     if "test_loss" in attrs:
         test = {
@@ -189,7 +189,7 @@ def _retrain_into(
             test["balanced_accuracy"] = attrs["test_balanced_accuracy"]
     record: dict[str, Any] = {
         "study": study.study_name,
-        "storage": redact(url, url),
+        "storage": url.redacted,
         "retrained": dt.datetime.now().isoformat(timespec="seconds"),
         "out": str(out),
         "trial": {

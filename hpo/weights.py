@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from hpo.spec import TaskSpec
+    from hpo.storage_url import StorageUrl
 
 MODEL_FILE = "model.pt"
 """A torchvision model's exported ``state_dict``."""
@@ -32,7 +33,7 @@ def export_model(
     task: TaskSpec,
     out: str | os.PathLike[str],
     *,
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
     artifacts: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write a trial's weights into ``out`` in the form its library loads directly.

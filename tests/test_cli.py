@@ -272,7 +272,7 @@ def test_adding_a_command_is_one_entry_of_the_table(in_process, monkeypatch, tmp
     seen = []
 
     def hello(h):
-        seen.append((h.args.study, h.args.json, h.url))
+        seen.append((h.args.study, h.args.json, str(h.url)))
         return 0
 
     entry = Command("hello", "greet a study", "Greet STUDY.", hello, shared=("json",))
@@ -323,15 +323,15 @@ def test_the_handle_resolves_the_url_and_opens_the_storage_and_study_once(tmp_pa
                         lambda *a, **k: opened.append((a, k)) or real(*a, **k))
     monkeypatch.setenv("HPO_STORAGE", url)
     h = Handle(argparse.Namespace(storage=None, study="h"))
-    assert h.url == url  # the flag, else $HPO_STORAGE, else the default
+    assert str(h.url) == url  # the flag, else $HPO_STORAGE, else the default
     monkeypatch.setenv("HPO_STORAGE", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     study, spec = h.load()
     assert h.study is study and h.spec is spec and h.storage() is h.storage()
-    assert study.study_name == "h" and spec.study.name == "h" and h.url == url
-    assert opened == [((url,), {"create": False, "outage": 0.0})]
-    assert Handle(argparse.Namespace(storage="sqlite:///flag.db")).url == "sqlite:///flag.db"
+    assert study.study_name == "h" and spec.study.name == "h" and str(h.url) == url
+    assert opened == [((h.url,), {"create": False, "outage": 0.0})]
+    assert str(Handle(argparse.Namespace(storage="sqlite:///flag.db")).url) == "sqlite:///flag.db"
     monkeypatch.delenv("HPO_STORAGE")
-    assert Handle(argparse.Namespace(storage=None)).url == "sqlite:///hpo.db"
+    assert str(Handle(argparse.Namespace(storage=None)).url) == "sqlite:///hpo.db"
 
 
 def test_no_command_opens_the_storage_or_a_study_its_own_way():

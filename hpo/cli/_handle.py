@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hpo.spec import Spec
+    from hpo.storage_url import StorageUrl
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -35,22 +36,21 @@ class Handle:
         self._loaded: tuple[optuna.Study, Spec] | None = None
 
     @cached_property
-    def url(self) -> str:
-        """The storage URL, password and all: never print it, print ``shown``."""
-        from hpo.storage_url import resolve_url
+    def url(self) -> StorageUrl:
+        """The storage URL, parsed once; ``str()`` of it has the password: never print it,
+        print ``shown``."""
+        from hpo.storage_url import StorageUrl
 
-        return resolve_url(getattr(self.args, "storage", None))
+        return StorageUrl.parse(getattr(self.args, "storage", None))
 
     @property
     def shown(self) -> str:
         """The storage URL as it may be printed (``user:***@``)."""
-        return self.redact(self.url)
+        return self.url.redacted
 
     def redact(self, text: str) -> str:
         """``text`` without the storage URL's password, nor any URL's."""
-        from hpo.storage_url import redact
-
-        return redact(text, self.url)
+        return self.url.redact(text)
 
     def storage(self, *, outage: float = 0.0) -> optuna.storages.BaseStorage:
         """The study database, opened on the first call.

@@ -56,7 +56,7 @@ def _launch(h: Handle, name: str) -> int:
             f"hpo: warning: GPU {','.join(idle)} left idle: {len(gpus or ())} GPUs make "
             f"{len(slots)} gang(s) of {devices} (resources.devices_per_trial)"
         )
-    if h.url.startswith("sqlite") and len(slots) > SQLITE_SAFE_WORKERS:
+    if h.url.kind == "sqlite" and len(slots) > SQLITE_SAFE_WORKERS:
         say(
             f"hpo: warning: {len(slots)} workers on one SQLite file will wait on its lock; "
             f"for more than {SQLITE_SAFE_WORKERS} workers use PostgreSQL or MySQL"
@@ -87,7 +87,7 @@ def _launch(h: Handle, name: str) -> int:
             )
 
     code = Supervisor(
-        worker_args, slots, env={ENV_VAR: h.url}, say=say, status=summary, on_exit=hand_on
+        worker_args, slots, env={ENV_VAR: str(h.url)}, say=say, status=summary, on_exit=hand_on
     ).run()
     best = best_text(study)
     if best is not None:
@@ -194,13 +194,10 @@ def reap(h: Handle) -> int:
 
 
 def template(h: Handle) -> int:
-    from sqlalchemy.engine import make_url
-
     from hpo.cluster import render
-    from hpo.storage_url import grpc_address, journal_path, storage_kind
 
-    args = h.args
-    kind = storage_kind(h.url)
+    args, url = h.args, h.url
+    kind = url.kind
     if kind == "sqlite":
         raise HpoError(
             "a cluster needs a database server every machine reaches "
@@ -210,14 +207,14 @@ def template(h: Handle) -> int:
         )
     h.load()  # the workers will need it
     if kind == "journal":
-        if not journal_path(h.url).is_absolute():
+        if url.path is not None and not url.path.is_absolute():
             warn(
-                f"the journal path {str(journal_path(h.url))!r} is relative: each node "
+                f"the journal path {str(url.path)!r} is relative: each node "
                 "reads it from its own working directory; give its absolute path on the "
                 "shared filesystem (journal:///shared/...)"
             )
     else:
-        host = grpc_address(h.url)[0] if kind == "grpc" else make_url(h.url).host
+        host = url.address()[0] if kind == "grpc" else url.host
         if host in (None, "", "localhost", "::1") or host.startswith("127."):
             what = "storage proxy" if kind == "grpc" else "database"
             warn(
@@ -229,7 +226,7 @@ def template(h: Handle) -> int:
         render(
             args.kind,
             args.study,
-            h.url,
+            url,
             nodes=args.nodes,
             gpus=args.gpus_per_node,
             image=args.image,

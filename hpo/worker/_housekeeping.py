@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from hpo.storage_url import StorageUrl
+
 log = logging.getLogger("hpo")
 
 WORKER_DIED, REAPED = "worker died", "reaped"
@@ -114,7 +116,7 @@ def retain_checkpoints(
     trials: list[FrozenTrial],
     keep_best: int = KEEP_BEST_CHECKPOINTS,
     max_retry: int | None = None,
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
 ) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
     ``keep_best`` complete trials, of failed trials that a retry may still resume, and of

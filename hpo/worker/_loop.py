@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from hpo.storage_url import StorageUrl
+
 log = logging.getLogger("hpo")
 
 WORKER_INDEX_VAR = "HPO_WORKER_INDEX"
@@ -123,7 +125,7 @@ def run_worker(
     checkpoint_dir: Path,
     on_trial: Callable[[FrozenTrial, list[FrozenTrial]], None] | None = None,
     max_trials: int | None = None,
-    storage_url: str | None = None,
+    storage_url: str | StorageUrl | None = None,
 ) -> WorkerReport:
     """Run trials until the budget is met, the timeout passes or trials keep failing.
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from hpo.storage_url import StorageUrl
+
 log = logging.getLogger("hpo")
 
 
@@ -97,7 +99,7 @@ def make_objective(
     spec: Spec,
     cache: dict[str, Any],
     checkpoint_dir: Path,
-    storage_url: str | None,
+    storage_url: str | StorageUrl | None,
 ) -> Callable[[optuna.Trial], float | list[float]]:
     """The objective of the worker's trials: params from the spec, the job, a resume from an
     earlier attempt's checkpoint, the upload of a checkpoint among the best, and a failed
