@@ -32,11 +32,8 @@ from hpo.storage_url import (
     ENV_VAR,
     GRPC_DEFAULT_PORT,
     StorageUrl,
-    grpc_address,
-    journal_path,
     redact,
     resolve_url,
-    storage_kind,
 )
 
 if TYPE_CHECKING:
@@ -64,13 +61,10 @@ __all__ = [  # with the URL's names, from ``hpo.storage_url``
     "PROXY_THREADS",
     "SQLITE_BUSY_TIMEOUT",
     "StorageUrl",
-    "grpc_address",
-    "journal_path",
     "open_storage",
     "redact",
     "resolve_url",
     "serve_proxy",
-    "storage_kind",
 ]
 
 _CREATE_ATTEMPTS = 5

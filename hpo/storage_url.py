@@ -181,22 +181,3 @@ def _grpc_address(url: str, shown: str) -> tuple[str, int] | str:
             f"grpc://db-proxy.internal:{GRPC_DEFAULT_PORT}"
         )
     return parts.hostname, port or GRPC_DEFAULT_PORT
-
-
-def storage_kind(url: str) -> str:
-    """The kind of storage a URL names: sqlite, postgresql, mysql, grpc, journal (or the
-    scheme as written, for the error that opening it gives)."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    return scheme.split("+", 1)[0]
-
-
-def grpc_address(url: str) -> tuple[str, int]:
-    """``grpc://HOST:PORT`` -> (host, port); see ``StorageUrl.address``."""
-    return StorageUrl.parse(url).address()
-
-
-def journal_path(url: str) -> Path:
-    """``journal://PATH`` -> PATH: ``journal:///shared/hpo/study.log`` is the absolute path
-    ``/shared/hpo/study.log``, ``journal://study.log`` a path relative to the current
-    directory."""
-    return Path(url.split("://", 1)[1]).expanduser()
