@@ -52,7 +52,7 @@ PAUSED_AT_ATTR = "paused_at"
 PAUSED_FROM_ATTR = "paused_from"
 """Trial user attr of a continuation: the number of the trial that paused (the pause is
 queued before that trial is told, so a worker that dies between the two leaves the pause
-queued; the dead trial then gets no retry: ``hpo._optuna._retry``)."""
+queued; the dead trial then gets no retry: ``hpo._optuna.retry_callback``)."""
 PROMOTED_ATTR = "promoted"
 """Trial user attr, written when a continuation is claimed: it is paused no longer."""
 
