@@ -79,8 +79,7 @@ def kept_storages():
         yield get
 
 
-@pytest.fixture(params=[k if k in ("sqlite", "journal") else pytest.param(k, marks=pytest.mark.slow)
-                        for k in ALL_STORAGE_MODES])  # the quick tier: the two without a server
+@pytest.fixture(params=[pytest.param(k, marks=pytest.mark.slow) for k in ALL_STORAGE_MODES])
 def storage(request, tmp_path, kept_storages):
     """An empty hpo storage of each kind: a journal file of the test's own, else this
     process's storage of that kind with every study deleted."""

@@ -203,6 +203,7 @@ def test_a_beating_trial_stays_a_silent_one_goes_stale_from_its_claim(all_storag
     assert states[silent.number] == optuna.trial.TrialState.FAIL
 
 
+@pytest.mark.slow
 def test_a_plain_ask_gets_no_heartbeat_and_never_goes_stale(all_storage_url, monkeypatch):
     """A trial that Optuna code asks for through hpo's storage (``study.ask()``, no hpo
     worker) is nobody's claim: no heartbeat starts for it, so it is never failed as stale
