@@ -196,10 +196,19 @@ def _children(pid: int) -> list[tuple[int, bytes]]:
 
 
 def _ranks_of(worker_pid: int) -> list[int]:
-    """The worker's rank processes, in rank order: the children of its rank server (forked
-    in order, so by pid)."""
+    """The worker's rank processes, in rank order: the children of its rank server, by the
+    name each rank gives its process (not by pid: pids wrap around in a long run)."""
     servers = [pid for pid, cmdline in _children(worker_pid) if b"forkserver" in cmdline]
-    return sorted(pid for server in servers for pid, _ in _children(server))
+    ranks = {}
+    for pid, _ in (c for server in servers for c in _children(server)):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name.startswith("hpo rank "):
+            ranks[int(name.removeprefix("hpo rank "))] = pid
+    return [ranks[r] for r in sorted(ranks)]
 
 
 def _gang_spec(tmp_path, name, **sections):
@@ -335,3 +344,40 @@ def test_sigterm_to_the_gang_requeues_its_trial(tmp_path, server_urls):
     assert [t.state for t in ts] == [TrialState.WAITING], output
     assert "re-queued" in output
     assert 1 in ts[0].intermediate_values  # kept for the resume
+
+
+def _error_after_peer_died(conn):
+    import time as _time
+
+    _time.sleep(0.5)  # rank 1 is dead by now: gloo's read on it fails
+    conn.send(("error", "RuntimeError: gloo: Read error (the peer is gone)"))
+    conn.close()
+    os._exit(1)
+
+
+def _killed(conn):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_rank_killed_breaks_the_gang_though_another_ranks_error_arrives_first():
+    """Rank 1 is killed; rank 0's collective then fails on the lost peer and rank 0 sends
+    that error before the worker looks at rank 1's exit (a fresh-clone run caught it: the
+    trial failed with rank 0's gloo error). The gang is broken by the silent death (the
+    trial is retried from its checkpoint), not failed with its consequence."""
+    import multiprocessing as mp
+
+    from hpo.worker._gang import _relay
+
+    ctx = mp.get_context("fork")
+    pipes = [ctx.Pipe() for _ in range(2)]
+    procs = [ctx.Process(target=_error_after_peer_died, args=(pipes[0][1],)),
+             ctx.Process(target=_killed, args=(pipes[1][1],))]
+    for p in procs:
+        p.start()
+    for _, theirs in pipes:
+        theirs.close()
+    time.sleep(1.5)  # both have ended: their messages and exits are all waiting at once
+    kind, why = _relay(None, procs, [ours for ours, _ in pipes])
+    for p in procs:
+        p.join()
+    assert (kind, why) == ("broken", "rank 1 of 2 was killed by SIGKILL")

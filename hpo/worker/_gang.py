@@ -164,6 +164,7 @@ def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, 
     import time
 
     outcome: tuple[str, Any] | None = None
+    errored: set[int] = set()  # the ranks that sent an error
     open_conns = dict(enumerate(conns))
     deadline = None
     while any(p.is_alive() for p in procs) or open_conns:
@@ -193,8 +194,10 @@ def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, 
                 trial.set_attrs(message[1])
             elif kind == "should_prune":
                 conn.send(trial.should_prune())
-            elif kind == "error" and (outcome is None or outcome[0] != "error"):
-                outcome = ("error", f"rank {r}: {message[1]}")
+            elif kind == "error":
+                errored.add(r)
+                if outcome is None or outcome[0] != "error":
+                    outcome = ("error", f"rank {r}: {message[1]}")
             elif kind in ("value", "pruned") and outcome is None:
                 outcome = (kind, message[1])
                 deadline = time.monotonic() + FINISH_GRACE
@@ -212,13 +215,38 @@ def _relay(trial: Any, procs: list[Any], conns: list[Connection]) -> tuple[str, 
                     message = conn.recv()
                 except (EOFError, OSError):
                     break
-                if message[0] == "error" and (outcome is None or outcome[0] != "error"):
-                    outcome = ("error", f"rank {r}: {message[1]}")
-            if outcome is None or outcome[0] not in ("error",):
-                how = "was killed by " if code < 0 else "exited with "
-                outcome = ("broken", f"rank {r} of {len(procs)} {how}{describe_exit(code)}")
-            return outcome  # the others may wait on it forever: the caller kills them
-    return outcome or ("broken", "the ranks exited without a result")
+                if message[0] == "error":
+                    errored.add(r)
+                    if outcome is None or outcome[0] != "error":
+                        outcome = ("error", f"rank {r}: {message[1]}")
+            if outcome is None or outcome[0] != "error":
+                outcome = ("broken", _died(r, code, len(procs)))
+            # The others may wait on it forever: the caller kills them.
+            return _silent_death(procs, errored) or outcome
+    return (
+        _silent_death(procs, errored)
+        or outcome
+        or (
+            "broken",
+            "the ranks exited without a result",
+        )
+    )
+
+
+def _died(rank: int, code: int, world: int) -> str:
+    how = "was killed by " if code < 0 else "exited with "
+    return f"rank {rank} of {world} {how}{describe_exit(code)}"
+
+
+def _silent_death(procs: list[Any], errored: set[int]) -> tuple[str, str] | None:
+    """``("broken", why)`` if a rank died without a word: it broke the gang, whatever the
+    others said (their errors, a peer's connection gone, follow from its death and may
+    arrive first)."""
+    for rank, proc in enumerate(procs):
+        code = proc.exitcode
+        if rank not in errored and code not in (None, 0):
+            return ("broken", _died(rank, code, len(procs)))
+    return None
 
 
 def describe_exit(code: int) -> str:
@@ -272,6 +300,7 @@ def _rank_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker stops the gang
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    _name_process(RANK_NAME.format(rank=rank))
     logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s rank {rank}: %(message)s")
     conn = conns[rank]
     for r, other in enumerate(conns):
@@ -314,6 +343,20 @@ def _rank_main(
     if dist.is_initialized():
         dist.destroy_process_group()
     conn.close()
+
+
+RANK_NAME = "hpo rank {rank}"
+"""A rank's process name (``ps``, ``/proc/PID/comm``): forked ranks share one command line."""
+
+
+def _name_process(name: str) -> None:
+    """Name this process (Linux ``PR_SET_NAME``, 15 bytes at most)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15])
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent() -> None:
