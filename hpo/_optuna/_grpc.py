@@ -19,11 +19,10 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import grpc  # noqa: E402
 import optuna  # noqa: E402
 from optuna.storages import GrpcStorageProxy  # noqa: E402
-from optuna.storages._heartbeat import BaseHeartbeat  # noqa: E402
 
+from hpo._optuna._heartbeat import OwnHeartbeat
 from hpo._optuna._trials import (  # noqa: E402
     BudgetTaken,
-    check_heartbeat_options,
     claim_template,
     claimed,
 )
@@ -148,7 +147,7 @@ _RAISED_TYPES: dict[str, type[Exception]] = {
 """What hpo's service of the proxy raised, by name: raised again in the client."""
 
 
-class HpoGrpcStorage(GrpcStorageProxy, BaseHeartbeat):
+class HpoGrpcStorage(GrpcStorageProxy, OwnHeartbeat):
     """Optuna's ``GrpcStorageProxy`` with hpo's claims, heartbeats (recorded by the database
     behind the proxy, by its clock) and study creation through hpo's service of the proxy
     (``grpc_server``); every call waits for a proxy that does not answer (a restart) as a
@@ -163,11 +162,9 @@ class HpoGrpcStorage(GrpcStorageProxy, BaseHeartbeat):
         grace_period: int | None = None,
         heartbeat_stale_trial_callback: Any = None,
     ) -> None:
-        check_heartbeat_options(heartbeat_interval, grace_period)
+        # Checked first: a bad value opens no file and no channel.
+        self._set_heartbeat(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)
         super().__init__(host=host, port=port)
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period
-        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -219,14 +216,8 @@ class HpoGrpcStorage(GrpcStorageProxy, BaseHeartbeat):
         self.hpo_call("record_heartbeat", trial_id=trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        grace = self.grace_seconds()
         return self.hpo_call("stale_trial_ids", study_id=study_id, grace_period=grace)
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self.heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Any:
-        return self.heartbeat_stale_trial_callback
 
 
 def _waiting(method: Any) -> Any:

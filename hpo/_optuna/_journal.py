@@ -13,12 +13,12 @@ from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._storage import JournalOperation as Op
 from optuna.trial import TrialState
 
-from hpo._optuna._trials import BudgetTaken, check_heartbeat_options, claimed
+from hpo._optuna._heartbeat import OwnHeartbeat
+from hpo._optuna._trials import BudgetTaken, claimed
 from hpo.records import is_continuation
 
 # A storage without a database (the gRPC proxy, ``_grpc``, is the other): it gets what hpo's
@@ -75,7 +75,7 @@ def _now_iso() -> str:
     return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
-class HpoJournalStorage(JournalStorage, BaseHeartbeat):
+class HpoJournalStorage(JournalStorage, OwnHeartbeat):
     """Optuna's ``JournalStorage`` on a ``JournalFileBackend`` with hpo's claims, heartbeats
     and study creation. Every write that must check before it writes (a claim, the budget, a
     study's name) holds the journal's file lock from its read to its append, so it is one
@@ -91,12 +91,10 @@ class HpoJournalStorage(JournalStorage, BaseHeartbeat):
         grace_period: int | None = None,
         heartbeat_stale_trial_callback: Any = None,
     ) -> None:
-        check_heartbeat_options(heartbeat_interval, grace_period)
+        # Checked first: a bad value opens no file and no channel.
+        self._set_heartbeat(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)
         super().__init__(_LockingBackend(path))
         self.path = path
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period
-        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -221,7 +219,7 @@ class HpoJournalStorage(JournalStorage, BaseHeartbeat):
         self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, _now())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        grace = self.grace_seconds()
         with self._thread_lock:
             self._sync_with_backend()
             running = self._replay_result.get_all_trials(study_id, (TrialState.RUNNING,))
@@ -231,12 +229,6 @@ class HpoJournalStorage(JournalStorage, BaseHeartbeat):
             for t in running
             if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace
         ]
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self.heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Any:
-        return self.heartbeat_stale_trial_callback
 
 
 def _now() -> float:

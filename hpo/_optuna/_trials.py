@@ -264,16 +264,6 @@ def no_experimental_warnings() -> Iterator[None]:
         yield
 
 
-def check_heartbeat_options(heartbeat_interval: int | None, grace_period: int | None) -> None:
-    """Refuse what Optuna's ``RDBStorage`` refuses: a heartbeat interval or grace period that
-    is not positive (a storage with heartbeats of its own, the journal and the proxy's client,
-    checks them as the database storage does)."""
-    if heartbeat_interval is not None and heartbeat_interval <= 0:
-        raise ValueError("The value of `heartbeat_interval` should be a positive integer.")
-    if grace_period is not None and grace_period <= 0:
-        raise ValueError("The value of `grace_period` should be a positive integer.")
-
-
 def claim_template(attrs: dict[str, Any], budget: int | None) -> FrozenTrial:
     """The template of a trial that hpo creates for a worker: running, with the worker's
     ``attrs``, marked as hpo's claim (``_CLAIM``: it gets a heartbeat, and ``budget`` is
