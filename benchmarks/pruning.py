@@ -55,7 +55,7 @@ PRUNERS = {
     "median": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
     "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
     # Pauses at the first evaluation, then x3 (steps 1, 3, 9, ...: hyperband's rungs; a
-    # quarter epoch, 3/4, 2 1/4) and resumes what ranks high later (hpo.promotion). Its
+    # quarter epoch, 3/4, 2 1/4) and resumes what ranks high later (hpo.schedulers.promotion). Its
     # min_resource, one evaluation in epochs, is set from the run's evals_per_epoch.
     "promotion": {"name": "promotion", "reduction_factor": 3},
     # The same, its TPE sampler learning from the raw trials (a paused trial as a pruned
@@ -253,7 +253,7 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
     exactly these configurations (its budget is their number), not the sampler's."""
     from optuna.trial import TrialState
 
-    from hpo.promotion import configurations
+    from hpo.schedulers.continuation import configurations
     from hpo.records import was_paused
     from hpo.spec import ComponentSpec
     from hpo.storage import open_storage
@@ -286,7 +286,7 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
               "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
              for t in trials]
     curves = [t for t in every if t["state"] == "COMPLETE"]
-    # Each configuration once, its curve joined over its attempts (hpo.promotion), in order.
+    # Each configuration once, its curve joined over its attempts (hpo.schedulers.promotion), in order.
     configs = [{"configuration": c, "params": attempt.params, "value": final,
                 "curve": {str(k): v for k, v in sorted(curve.items())}}
                for c, (attempt, curve, final) in sorted(configurations(trials).items())]
@@ -389,7 +389,7 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     """The promotion pruner replayed on fixed learning curves: the configurations of a study
     without pruning (``curves``, in trial order, each ``{"curve": {step: loss}, "value"}``)
     arrive one at a time to one worker, which pauses and promotes them by the pruner's own
-    rule (``hpo.promotion.in_top`` at its ``rung_steps``; promoted configurations first,
+    rule (``hpo.schedulers.promotion.in_top`` at its ``rung_steps``; promoted configurations first,
     then the paused rung leaders once the budget is spent). A resumed trial continues the
     same curve (hpo resumes exactly). What it measures: whether ranking at the rungs keeps
     the best of *these* configurations, apart from the sampler proposing other ones once
@@ -403,7 +403,11 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     (``judged``) and Optuna's ranking of the raw trials (``optuna``: complete ones by value,
     then the paused by depth)."""
     from hpo.judging import judged_order
-    from hpo.promotion import in_top, rung_steps
+    from hpo.schedulers.promotion import in_top as in_top_points
+    from hpo.schedulers.promotion import rung_steps
+
+    def in_top(values: dict[int, float], i: int, eta: int) -> bool:
+        return in_top_points({c: (v,) for c, v in values.items()}, i, eta)
 
     last = {i: _last_step(c) for i, c in enumerate(curves)}
     rungs = sorted(rung_steps(min_resource, reduction_factor, evals_per_epoch,

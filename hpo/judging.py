@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpo.promotion import configuration, configurations
+from hpo.schedulers.continuation import configuration, configurations
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial

@@ -98,8 +98,8 @@ def savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
 
 def _chain(trial: FrozenTrial) -> int | None:
     """The configuration of a trial that paused or resumed a paused one, else None."""
-    from hpo.promotion import configuration
     from hpo.records import is_continuation, was_paused
+    from hpo.schedulers.continuation import configuration
 
     return configuration(trial) if was_paused(trial) or is_continuation(trial) else None
 

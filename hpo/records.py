@@ -167,7 +167,7 @@ def best_or_none(study: optuna.Study) -> FrozenTrial | None:
 
 def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """Trials by state name, every state present (zero where none), with ``PAUSED``
-    (``hpo.promotion``) apart from ``WAITING`` where a trial is paused."""
+    (``hpo.schedulers.continuation``) apart from ``WAITING`` where a trial is paused."""
     from optuna.trial import TrialState
 
     counts = {s.name: 0 for s in TrialState}

@@ -13,7 +13,8 @@ from hpo import __version__
 from hpo._optuna import create_study_with_attrs
 from hpo.errors import HpoError, SpecError, StudyNotFoundError
 from hpo.records import SPEC_ATTR, VERSION_ATTR, best_or_none, pareto_trials
-from hpo.spec import Spec, max_epochs, parse_spec
+from hpo.schedulers import make_pruner
+from hpo.spec import Spec, parse_spec
 
 if TYPE_CHECKING:
     import optuna
@@ -242,8 +243,9 @@ def with_sampler_defaults(spec: Spec) -> Spec:
 
 def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given.
-    TPE under the ``promotion`` pruner learns from each configuration judged where it stopped
-    (``hpo.judging.JudgingSampler``), not from its paused attempts as pruned trials."""
+    TPE under the ``promotion`` pruner (one objective) learns from each configuration judged
+    where it stopped (``hpo.judging.JudgingSampler``), not from its paused attempts as pruned
+    trials."""
     import optuna
 
     options = dict(spec.sampler.options)
@@ -262,53 +264,8 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSample
         "nsga2": optuna.samplers.NSGAIISampler,
     }[name]
     sampler = cls(**options)
-    if name == "tpe" and spec.pruner.name == "promotion":
+    if name == "tpe" and spec.pruner.name == "promotion" and not spec.study.multi:
         from hpo.judging import JudgingSampler
 
         return JudgingSampler(sampler)
     return sampler
-
-
-def make_pruner(spec: Spec, options: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
-    """The pruner the spec names; hyperband's ``max_resource`` defaults to the largest epochs.
-
-    Args:
-        spec: the study spec.
-        options: a pruner mapping (``name`` + options) to build instead of ``spec.pruner``;
-            used for the pruner that ``patient`` wraps.
-    """
-    import optuna
-
-    if options is None:
-        options = {"name": spec.pruner.name, **spec.pruner.options}
-    options = dict(options)
-    name = options.pop("name")
-    steps = max_epochs(spec) * spec.task.evals_per_epoch
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(**options)
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(**options)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**options)
-    if name == "hyperband":
-        if options.get("max_resource", "auto") == "auto":
-            options["max_resource"] = steps
-        return optuna.pruners.HyperbandPruner(**options)
-    if name == "threshold":
-        return optuna.pruners.ThresholdPruner(**options)
-    if name == "promotion":
-        from hpo.promotion import PromotionPruner
-
-        return PromotionPruner(
-            options.get("min_resource", 1),
-            options.get("reduction_factor", 3),
-            spec.task.evals_per_epoch,
-            max_epochs(spec),
-        )
-    if name == "patient":
-        wrapped = options.pop("wrapped", None)
-        inner = make_pruner(spec, wrapped) if wrapped else None
-        return optuna.pruners.PatientPruner(inner, **options)
-    raise ValueError(f"unknown pruner {name!r}")  # parse_spec rejects these first

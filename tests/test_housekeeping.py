@@ -157,7 +157,7 @@ def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(
     reading the study in between, must not delete that checkpoint (the fresh-clone CI caught
     a promoted trial starting afresh this way). Once the continuation ran with its own
     checkpoint, the paused trial's file goes."""
-    from hpo.promotion import pause
+    from hpo.schedulers.continuation import queue_continuation
     from hpo.worker import retain_checkpoints
 
     study = fast_study(storage_url, f"pause-{time.time_ns()}")
@@ -168,7 +168,7 @@ def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(
     study.tell(trial, state=TrialState.PRUNED)
     retain_checkpoints(study.get_trials())  # the other worker, right then
     assert old.exists(), "the paused trial's checkpoint was deleted before its continuation"
-    pause(study, study.trials[0], 1)
+    queue_continuation(study, study.trials[0], 1)
     resumed = study.ask()
     assert resumed.user_attrs["checkpoint"] == str(old)
     new = _checkpoint(resumed, tmp_path / "trial-1.pt")

@@ -23,9 +23,9 @@ LAYERS = [
     # The job: a trial's params -> a fine-tuned model. It sees no database, process or GPU id.
     {"hpo.job"},
     # The database: storage, the artifact store beside it, studies in it (their first trials,
-    # when they have converged, the promotion pruner's pauses and promotions).
+    # when they have converged, how trials go on: the schedulers, their pauses and continuations).
     {"hpo.storage", "hpo.storage_url", "hpo.artifacts", "hpo.study", "hpo.warm_start",
-     "hpo.convergence", "hpo.promotion", "hpo.judging"},
+     "hpo.convergence", "hpo.schedulers", "hpo.judging"},
     # What runs trials and what reads a trial's files.
     {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
     # Machines and processes; what people read and take away.

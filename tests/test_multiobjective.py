@@ -68,7 +68,8 @@ BAD = [
      TWO.replace("trainable_params]", "trainable_params], directions: [minimize, maximize]"),
      ["study.directions.1", "trainable_params is minimized", "'maximize'"]),
     ("a pruner with several objectives", TWO + "pruner: {name: median}\n",
-     ["pruner.name", "expected none with several study.objectives", "cannot prune"]),
+     ["pruner.name", "expected none or promotion with several study.objectives",
+      "rank one objective"]),
     ("cmaes with several objectives", TWO + "sampler: {name: cmaes}\n",
      ["sampler.name", "one objective only", "nsga2"]),
     ("latency without latency_ms",
@@ -100,7 +101,7 @@ def test_bad_objectives_through_the_cli_process(tmp_path):
     spec_file.write_text(TWO + "pruner: {name: hyperband}\n")
     result = run_hpo("create", str(spec_file), "--storage", f"sqlite:///{tmp_path}/x.db",
                      cwd=tmp_path)
-    one_line_error(result, spec_file, "pruner.name", "cannot prune a multi-objective trial")
+    one_line_error(result, spec_file, "pruner.name", "Optuna's pruners and pbt rank one objective")
 
 
 def test_several_objectives_default_the_pruner_and_round_trip():

@@ -21,7 +21,8 @@ from processes import one_line_error, start_hpo, wait_for
 from specs import write_tiny_spec
 from workers import epoch_log, fast_env, finished, make_study, trials
 
-from hpo.promotion import configuration, in_top, promotable, rung_steps, rung_values
+from hpo.schedulers.continuation import configuration, rung_values
+from hpo.schedulers.promotion import in_top, rung_steps
 from hpo.records import is_continuation, is_paused
 from hpo.storage import open_storage
 from hpo.study import load_study
@@ -51,10 +52,9 @@ def _configurations(ts):
 
 
 def test_asha_rule_top_floor_n_over_eta():
-    values = {0: 0.5, 1: 0.4, 2: 0.9}
+    values = {0: (0.5,), 1: (0.4,), 2: (0.9,)}
     assert in_top(values, 1, 3) and not in_top(values, 0, 3) and not in_top(values, 2, 3)
     assert not any(in_top(values, c, 4) for c in values)  # fewer than eta: nobody goes on
-    assert in_top(values, 2, 3, maximize=True)
     assert rung_steps(1, 3, 1, 9) == {1, 3}
     assert rung_steps(1, 2, 4, 5) == {4, 8, 16}  # four evaluations an epoch
     assert rung_steps(2, 2, 1, 2) == frozenset()  # the last epoch is never a pause
@@ -67,9 +67,9 @@ def test_a_trial_is_never_paused_at_its_own_last_evaluation():
     """A rung at a trial's own last epoch is no pause: its continuation would have nothing
     to train (a 3-epoch trial of a 1-5 epoch space was paused at epoch 3, rung 3, and its
     continuation completed at once)."""
-    from hpo.promotion import PromotionPruner
+    from hpo.schedulers.promotion import Promotion
 
-    pruner = PromotionPruner(1, 3, 1, 5)  # rungs at epochs 1 and 3
+    pruner = Promotion(1, 3, 1, 5)  # rungs at epochs 1 and 3
     study = optuna.create_study(pruner=pruner)
     for lr, epochs in ((0.1, 5), (0.2, 5), (0.3, 5)):  # three ahead of it at epoch 3
         study.enqueue_trial({"lr": lr, "epochs": epochs})
@@ -94,7 +94,7 @@ def test_a_trial_is_never_paused_at_its_own_last_evaluation():
     ("{name: promotion, reduction_factor: 1}", "pruner.reduction_factor: expected an integer >= 2"),
     ("{name: promotion, min_resource: 0}", "pruner.min_resource: expected epochs > 0"),
     ("{name: promotion, min_resource: 0.5}",
-     "pruner.min_resource: a rung must fall on an evaluation: 0.5 epochs is not a multiple "
+     "pruner.min_resource: must fall on an evaluation: 0.5 epochs is not a multiple "
      "of 1/1 (task.evals_per_epoch 1)"),
     ("{name: promotion, eta: 3}", "pruner.eta: unknown option of the promotion pruner"),
     ("{name: patient, patience: 1, wrapped: {name: promotion}}",
@@ -144,7 +144,7 @@ def test_paused_configurations_resume_from_their_checkpoint(storage_url, tmp_pat
             assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "paused"
     # Every rung was drained: no paused configuration ranks in the top of its rung now.
     study, _ = load_study(name, open_storage(storage_url))
-    assert promotable(study, study.pruner, ts) == []
+    assert study.pruner.next_work(study, ts) == []
     # The best configuration at the first rung trained to the end.
     first = rung_values(ts, 1)
     best = min(first, key=first.get)
@@ -486,7 +486,7 @@ def test_a_worker_that_dies_between_the_pause_and_the_tell_loses_no_pause(storag
 
     import hpo.storage
     from hpo import _optuna
-    from hpo.promotion import pause
+    from hpo.schedulers.continuation import queue_continuation
     from hpo.study import create_study
     from hpo.worker import reap
     from specs import make_spec, unique
@@ -499,7 +499,7 @@ def test_a_worker_that_dies_between_the_pause_and_the_tell_loses_no_pause(storag
     trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     trial.report(0.9, 1)
     trial.set_user_attr("checkpoint", "/ckpt/trial-0.pt")
-    pause(study, _optuna.frozen(study, trial), 1)  # ... and the worker is killed here
+    queue_continuation(study, _optuna.frozen(study, trial), 1)  # ... and the worker is killed
     time.sleep(2.5)
     assert reap(study) == [trial.number]
     ts = study.get_trials(deepcopy=False)

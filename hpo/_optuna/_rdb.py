@@ -61,7 +61,7 @@ _RETRIED = (
 
 def _taken(session: Any, study_id: int, trial_id: int) -> int:
     """Trials of the study running or finished (complete, pruned), but ``trial_id`` and
-    the continuations of paused configurations (``hpo.promotion``), which the budget
+    the continuations of paused configurations (``hpo.schedulers.continuation``), which the budget
     does not count."""
     t, a = models.TrialModel, models.TrialUserAttributeModel
     continuation = sqlalchemy.exists().where(a.trial_id == t.trial_id, a.key == RESUMED_FROM_ATTR)

@@ -153,6 +153,25 @@ def save_checkpoint(
     _save_atomically(state, path)
 
 
+def keep_hyperparameters(optimizer, scheduler, mine: list[dict[str, Any]]) -> None:
+    """The trial's own hyperparameters over those a checkpoint loaded: its learning rates,
+    weight decay and momentum (``mine``: the optimizer's groups as the trial's params built
+    them), at the point of the schedule the checkpoint reached. A resume with the params it
+    paused with changes nothing; one with other params (``pbt``'s explore) trains on with
+    them, the optimizer's moments kept."""
+    groups = optimizer.param_groups
+    if len(groups) != len(mine):
+        raise JobSetupError(
+            f"the checkpoint's optimizer has {len(groups)} parameter groups, the trial's "
+            f"{len(mine)}: it was trained with another freeze policy or model"
+        )
+    for group, own in zip(groups, mine):
+        group.update({k: v for k, v in own.items() if k != "lr"})
+    scheduler.base_lrs = [group["initial_lr"] for group in groups]
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+
 def save_model(path: Path, *, model: nn.Module, epoch: int) -> None:
     """Write the model alone, ``{"model": state_dict, "epoch": epoch}`` (``model_state``),
     atomically to ``path``: what a final fit keeps (no optimizer state to resume with)."""
@@ -201,8 +220,10 @@ def restore_checkpoint(
         load_model_state(model, state["model"])
         return epoch, progress
     load_model_state(model, state["model"])
+    mine = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    keep_hyperparameters(optimizer, scheduler, mine)
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():

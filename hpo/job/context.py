@@ -20,8 +20,13 @@ class JobContext:
     resume_path: Path | None = None
     """A checkpoint of an earlier attempt of this trial: resume at its next epoch."""
     pauses: bool = False
-    """A pruned trial may be resumed later (the ``promotion`` pruner pauses it): the loop
-    checkpoints the epoch it stops at."""
+    """A pruned trial may be resumed later (a scheduler that pauses: ``promotion``, ``pbt``):
+    the loop checkpoints the evaluation it stops at."""
+    measure_first: bool = False
+    """Measure the objectives besides the validation loss (``hpo.job.objectives``) before
+    training, not after: a scheduler ranks trials on all of them at each report (the
+    ``promotion`` scheduler with several objectives). They do not change as the model
+    trains."""
     final: bool = False
     """``hpo retrain``: fit on the train and val examples together (no validation, no
     pruning) and evaluate once on the test split at the end."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -35,7 +36,14 @@ DIVERGENCE = 1e4
 """A training loss this many times the trial's first one has diverged: prune."""
 
 
-def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> float:
+def fit(
+    trial: Trial,
+    setup: TrainingSetup,
+    params: dict,
+    task,
+    context,
+    measure: Callable[[], None] | None = None,
+) -> float:
     """Fine-tune ``setup.model`` with ``params``; report each evaluation to ``trial``.
 
     Args:
@@ -44,6 +52,8 @@ def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> floa
         params: every hyperparameter of ``hpo.spec.HYPERPARAMETERS``.
         task: the ``TaskSpec``.
         context: the ``JobContext`` (checkpoint and resume paths).
+        measure: measures the objectives (``hpo.job.run.measure``); called before the first
+            epoch with ``context.measure_first``.
 
     Without a validation set (a final fit, ``hpo retrain``), it trains for ``epochs`` with no
     evaluation, report or pruning, saves the model alone (``save_model``) to the checkpoint
@@ -66,6 +76,8 @@ def fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> floa
     if ranks.many:  # one of the trial's several ranks: rank 0 alone talks to the trial
         trial = RankTrial(trial, ranks)
     state = start_fit(trial, setup, params, task, context)
+    if context.measure_first and measure is not None:
+        measure()
     train_loss = 0.0
     for epoch in range(state.start_epoch + 1, state.epochs + 1):
         if state.progress.stopped_early:

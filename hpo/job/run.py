@@ -26,7 +26,8 @@ def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
         context: the worker's cache and this trial's checkpoint / resume paths.
 
     Every trial gets the attrs ``params`` and ``trainable_params`` (``hpo.job.objectives``),
-    pruned or not; with ``context.latency`` set, a complete trial gets ``latency_ms`` too.
+    pruned or not; with ``context.latency`` set, a complete trial gets ``latency_ms`` too
+    (measured before training with ``context.measure_first``, after it otherwise).
 
     Returns:
         The best validation loss of the trial (``inf`` for a final fit, which has no
@@ -43,16 +44,21 @@ def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
     torch.manual_seed(task.seed)
     setup = build(task, params, context.cache, final=context.final)
     lead = Ranks.current().lead  # rank 0 alone talks to the trial
-    try:
-        try:
-            value = fit(trial, setup, params, task, context)
-        except BaseException:
-            if lead:  # a pruned or failed trial's counts too; its own error matters more
-                with contextlib.suppress(Exception):
-                    trial.set_attrs(count_parameters(setup.model))
-            raise
+
+    def measure_now() -> None:
         if lead:
             trial.set_attrs(measure(setup, task, context.latency))
+
+    try:
+        try:
+            value = fit(trial, setup, params, task, context, measure_now)
+        except BaseException:
+            if lead and not context.measure_first:  # a pruned or failed trial's counts too
+                with contextlib.suppress(Exception):  # its own error matters more
+                    trial.set_attrs(count_parameters(setup.model))
+            raise
+        if not context.measure_first:
+            measure_now()
         return value
     finally:
         release(setup)

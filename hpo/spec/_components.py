@@ -1,5 +1,6 @@
 """Samplers and pruners: a spec's ``sampler`` / ``pruner`` (``ComponentSpec``), and the
-options each takes: name -> {option: expected type}. ``hpo.study`` builds them."""
+options each takes: name -> {option: expected type}; the checks of hpo's schedulers
+(``SCHEDULER_CHECKS``). ``hpo.study`` and ``hpo.schedulers`` build them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.spec._checks import _BOOL, _FLOAT, _INT, _NUM, _STR
+from hpo.spec._keypath import _At, _show
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,18 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
     },
     "patient": {"patience": _INT, "min_delta": _FLOAT, "wrapped": "pruner"},
     "promotion": {"min_resource": _NUM, "reduction_factor": _INT},
+    "pbt": {"interval": _NUM, "quantile": _FLOAT, "resample_probability": _FLOAT},
     "threshold": {"lower": _FLOAT, "upper": _FLOAT, "n_warmup_steps": _INT, "interval_steps": _INT},
     "none": {},
 }
 """Pruner name -> its options and their types. ``median``, ``percentile``,
 ``successive_halving``, ``hyperband``, ``threshold`` and ``patient`` are Optuna's pruners of
-those names (``PatientPruner`` wrapping another); ``promotion`` is hpo's (``hpo.promotion``):
-it pauses a trial that falls behind at a rung and resumes it later; ``none`` never prunes. A
+those names (``PatientPruner`` wrapping another); ``none`` never prunes. ``promotion`` and
+``pbt`` are hpo's schedulers (``hpo.schedulers``): ``promotion`` pauses a trial that falls
+behind at a rung and resumes it later (with several objectives too); ``pbt`` is
+population-based training: the ``budget.n_trials`` configurations train side by side,
+pausing every ``interval`` epochs, and those in the bottom ``quantile`` go on from the
+checkpoint of one in the top ``quantile`` with its params perturbed. A
 step is one evaluation: the epoch with ``task.evals_per_epoch: 1``, else
 ``(epoch - 1) * evals_per_epoch + j``. Each option is the constructor argument of the same
 name, and an option left out keeps Optuna's default. The options:
@@ -142,8 +149,62 @@ name, and an option left out keeps Optuna's default. The options:
 - ``lower``: ``threshold`` prunes a trial whose value falls below this.
 - ``upper``: ``threshold`` prunes a trial whose value rises above this.
 - ``threshold.n_warmup_steps``: steps before ``threshold`` checks a trial.
+- ``interval``: ``pbt``'s epochs between two exploit steps (default 1; a fraction on the
+  ``task.evals_per_epoch`` grid).
+- ``quantile``: ``pbt``'s share of the population at each end (default 0.25, at most 0.5):
+  the bottom one's configurations exploit the top one's.
+- ``resample_probability``: the chance that ``pbt``'s explore draws a float param anew from
+  its range, instead of multiplying it by 0.8 or 1.25 (default 0.25).
 """
 _REQUIRED_OPTIONS = {
     ("pruner", "percentile"): ("percentile",),
     ("pruner", "patient"): ("patience",),
 }
+
+
+def _check_rung(option: str, spec: Any, at: _At) -> None:
+    """An option in epochs must fall on an evaluation (the ``task.evals_per_epoch`` grid)."""
+    given = spec.pruner.options.get(option, 1)
+    if given <= 0:
+        raise (at / "pruner" / option).error(f"expected epochs > 0, got {_show(given)}")
+    steps = given * spec.task.evals_per_epoch
+    if abs(steps - round(steps)) > 1e-9:
+        raise (at / "pruner" / option).error(
+            f"must fall on an evaluation: {given} epochs is not a multiple of "
+            f"1/{spec.task.evals_per_epoch} (task.evals_per_epoch {spec.task.evals_per_epoch})"
+        )
+
+
+def _check_promotion(spec: Any, at: _At) -> None:
+    """Rungs at ``min_resource`` epochs, then ``min_resource * reduction_factor``, ..."""
+    _check_rung("min_resource", spec, at)
+    if spec.pruner.options.get("reduction_factor", 3) < 2:
+        raise (at / "pruner" / "reduction_factor").error(
+            f"expected an integer >= 2, got {spec.pruner.options['reduction_factor']}"
+        )
+
+
+def _check_pbt(spec: Any, at: _At) -> None:
+    """A population (``budget.n_trials``) of at least 2; a quantile that leaves someone to
+    copy; a probability."""
+    _check_rung("interval", spec, at)
+    options = spec.pruner.options
+    if not 0 < options.get("quantile", 0.25) <= 0.5:
+        raise (at / "pruner" / "quantile").error(
+            f"expected a fraction in (0, 0.5], got {options['quantile']}"
+        )
+    if not 0 <= options.get("resample_probability", 0.25) <= 1:
+        raise (at / "pruner" / "resample_probability").error(
+            f"expected a probability in [0, 1], got {options['resample_probability']}"
+        )
+    n = spec.budget.n_trials
+    if n is None or n < 2:
+        raise (at / "budget" / "n_trials").error(
+            f"pbt's population is budget.n_trials: expected at least 2, got {_show(n)}"
+        )
+
+
+# ``spec``: the ``Spec`` (whose module imports this one).
+SCHEDULER_CHECKS = {"promotion": _check_promotion, "pbt": _check_pbt}
+"""hpo's schedulers (``hpo.schedulers``), each with its checks of the whole spec (``at``: the
+spec file's top). They pause trials, so no ``patient`` pruner wraps one."""

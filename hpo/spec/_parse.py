@@ -12,11 +12,22 @@ from hpo.errors import SpecError
 from hpo.spec._adapter import ADAPTER_PARAMS
 from hpo.spec._budget import BudgetSpec
 from hpo.spec._checks import _BOOL, _is_int, _is_number, _positive_int
-from hpo.spec._components import _REQUIRED_OPTIONS, PRUNER_OPTIONS, SAMPLER_OPTIONS, ComponentSpec
+from hpo.spec._components import (
+    _REQUIRED_OPTIONS,
+    PRUNER_OPTIONS,
+    SAMPLER_OPTIONS,
+    SCHEDULER_CHECKS,
+    ComponentSpec,
+)
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
 from hpo.spec._space import _parse_space
-from hpo.spec._study import SINGLE_OBJECTIVE_SAMPLERS, _parse_study, default_pruner
+from hpo.spec._study import (
+    MULTI_OBJECTIVE_PRUNERS,
+    SINGLE_OBJECTIVE_SAMPLERS,
+    _parse_study,
+    default_pruner,
+)
 from hpo.spec._task import _parse_task
 from hpo.spec._task_spec import TaskSpec
 from hpo.spec._warm_start import _parse_warm_start
@@ -138,9 +149,9 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
         kind = allowed[key]
         if kind == "pruner":
             wrapped = _parse_component(value, at / key, "pruner")
-            if wrapped.name == "promotion":
+            if wrapped.name in SCHEDULER_CHECKS:
                 raise (at / key / "name").error(
-                    "the promotion pruner pauses trials and cannot be wrapped"
+                    f"the {wrapped.name} scheduler pauses trials and cannot be wrapped"
                 )
             options[key] = {"name": wrapped.name, **wrapped.options}
         elif key == "max_resource" and value == "auto":
@@ -165,13 +176,6 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     for key in ("interval_steps", "reduction_factor", "n_min_trials"):
         if key in options and options[key] < 1:
             raise (at / key).error(f"expected an integer >= 1, got {options[key]}")
-    if name == "promotion":  # rungs: min_resource epochs, then min_resource * factor, ...
-        if options.get("min_resource", 1) <= 0:
-            raise (at / "min_resource").error(f"expected epochs > 0, got {options['min_resource']}")
-        if options.get("reduction_factor", 3) < 2:
-            raise (at / "reduction_factor").error(
-                f"expected an integer >= 2, got {options['reduction_factor']}"
-            )
     return ComponentSpec(name=name, options=options)
 
 
@@ -252,14 +256,8 @@ def _check_cross(spec: Spec, at: _At) -> None:
                     "the grid sampler needs a finite parameter: categorical, int without log, "
                     "or float with a step"
                 ) from None
-    if spec.pruner.name == "promotion":
-        first = spec.pruner.options.get("min_resource", 1) * spec.task.evals_per_epoch
-        if abs(first - round(first)) > 1e-9:
-            raise (at / "pruner" / "min_resource").error(
-                f"a rung must fall on an evaluation: {spec.pruner.options['min_resource']} "
-                f"epochs is not a multiple of 1/{spec.task.evals_per_epoch} "
-                f"(task.evals_per_epoch {spec.task.evals_per_epoch})"
-            )
+    if spec.pruner.name in SCHEDULER_CHECKS:
+        SCHEDULER_CHECKS[spec.pruner.name](spec, at)
     if spec.pruner.options.get("max_resource") not in (None, "auto"):
         mr = spec.pruner.options["max_resource"]
         if mr < max_epochs(spec):
@@ -273,10 +271,10 @@ def check_objectives(spec: Spec, at: _At) -> None:
     study = spec.study
     if not study.multi:
         return
-    if spec.pruner.name != "none":
+    if spec.pruner.name not in MULTI_OBJECTIVE_PRUNERS:
         raise (at / "pruner" / "name").error(
-            f"expected none with several study.objectives, got {_show(spec.pruner.name)}: "
-            "Optuna cannot prune a multi-objective trial"
+            f"expected {' or '.join(MULTI_OBJECTIVE_PRUNERS)} with several study.objectives, "
+            f"got {_show(spec.pruner.name)}: Optuna's pruners and pbt rank one objective"
         )
     if spec.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
         raise (at / "sampler" / "name").error(

@@ -3,8 +3,8 @@ latency is measured (``_parse`` checks that the sampler, the pruner and the task
 several objectives).
 
 One objective (the default) is the trial's best validation loss. Several make a
-multi-objective study: Optuna keeps the Pareto set, and since it cannot prune such trials
-the pruner must be ``none`` (its default there).
+multi-objective study: Optuna keeps the Pareto set; Optuna's pruners cannot prune such trials,
+so the pruner is ``none`` (its default there) or ``promotion``, which ranks on all of them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ OBJECTIVES: dict[str, str] = {
 }
 """Objective name -> what it is. Every one is minimized: its natural direction."""
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+MULTI_OBJECTIVE_PRUNERS = ("none", "promotion")
+"""Pruners a study of several objectives may have: none, or the ``promotion`` scheduler, which
+ranks a rung by non-dominated sorting and crowding (Optuna refuses its pruners there)."""
 """Samplers that raise on a study of several objectives (Optuna 5's ``CmaEsSampler``)."""
 
 
@@ -49,7 +52,7 @@ class StudySection:
     """The one objective's direction: validation loss, so always ``minimize``."""
     objectives: tuple[str, ...] = ("val_loss",)
     """What each trial returns, first ``val_loss``; more than one makes the study
-    multi-objective (Pareto set, no pruning)."""
+    multi-objective (Pareto set; pruner ``none`` or ``promotion``)."""
     latency: LatencySpec | None = None
     """How ``latency_ms`` is measured; set when it is an objective."""
 

@@ -4,14 +4,15 @@ The budget counts every worker's trials: ``n_trials`` finished (complete or prun
 the study, and a timeout from the worker's start. A worker whose budget is all running on
 other workers waits: those trials may still fail, and their retries need a worker.
 
-It counts configurations: a continuation (``hpo.promotion``: a paused configuration resumed)
-takes none of it. While one runs, a worker with nothing else to do waits too: it may pause
-and make another paused configuration promotable.
+It counts configurations: a continuation (a paused configuration resumed:
+``hpo.schedulers.continuation``) takes none of it. While one runs, a worker with nothing else
+to do waits too: it may pause and make another paused configuration resumable.
 """
 
 from __future__ import annotations
 
 import time
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from hpo import _optuna
@@ -21,6 +22,21 @@ from hpo.spec import Spec
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+
+class Stop(str, Enum):
+    """Why a worker stops (or, ``WAIT``, looks again in a moment): a ``str`` as well."""
+
+    BUDGET = "budget"
+    TIMEOUT = "timeout"
+    CONVERGED = "converged"
+    WAIT = "wait"
+    FAILURES = "failures"
+    RECYCLE = "recycle"
+    PREEMPTED = "preempted"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def over_budget(study: optuna.Study, spec: Spec, number: int) -> bool:
@@ -42,25 +58,27 @@ def over_budget(study: optuna.Study, spec: Spec, number: int) -> bool:
     return sum(t.number < number and not is_continuation(t) for t in active) >= n
 
 
-def should_stop(study: optuna.Study, spec: Spec, started: float, trials: list[FrozenTrial]) -> str:
-    """Why to start no new trial (``budget``, ``timeout``, ``converged``: see
-    ``hpo.convergence``), ``wait`` while the rest of the
-    budget is running on other workers, or '' to go on. The budget counts every worker's
+def should_stop(
+    study: optuna.Study, spec: Spec, started: float, trials: list[FrozenTrial]
+) -> Stop | None:
+    """Why to start no new trial (``BUDGET``, ``TIMEOUT``, ``CONVERGED``: see
+    ``hpo.convergence``), ``WAIT`` while the rest of the
+    budget is running on other workers, or None to go on. The budget counts every worker's
     trials; ``trials`` is the study as last read (read again only when running trials decide
     it)."""
     from optuna.trial import TrialState
 
     timeout = spec.budget.timeout
     if timeout is not None and time.monotonic() - started >= timeout:
-        return "timeout"
+        return Stop.TIMEOUT
     if spec.budget.stop_when_converged:
         from hpo.convergence import converged
 
         if converged(study, spec, trials):
-            return "converged"
+            return Stop.CONVERGED
     n_trials = spec.budget.n_trials
     if n_trials is None:
-        return ""
+        return None
     counts = state_counts(t for t in trials if not is_continuation(t))
     if any(t.state == TrialState.RUNNING for t in trials) and budget_taken(counts, n_trials):
         # Some of those running trials may belong to dead workers: fail and re-queue them
@@ -79,12 +97,12 @@ def should_stop(study: optuna.Study, spec: Spec, started: float, trials: list[Fr
         ):
             # One running may pause and make a paused configuration promotable; one queued
             # again (a retry, a re-queue) runs outside the budget: look again.
-            return "wait"
-        return "budget"
+            return Stop.WAIT
+        return Stop.BUDGET
     if budget_taken(counts, n_trials):
         # The rest is running elsewhere; a trial of it may still fail and need this worker.
-        return "wait"
-    return ""
+        return Stop.WAIT
+    return None
 
 
 def budget_taken(counts: dict[str, int], n_trials: int) -> bool:

@@ -140,7 +140,7 @@ def retain_checkpoints(
     """
     from optuna.trial import TrialState
 
-    from hpo.promotion import configuration
+    from hpo.schedulers.continuation import configuration
 
     if max_retry is None:
         from hpo.storage import MAX_RETRY

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo import _optuna
-from hpo.outage import clear_stop, first_line, request_stop
-from hpo.promotion import PromotionPruner, promotable
+from hpo.outage import clear_stop, request_stop
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
+from hpo.schedulers import scheduler_of
 from hpo.spec import Spec
-from hpo.worker._budget import should_stop
+from hpo.worker._budget import Stop, should_stop
 from hpo.worker._housekeeping import quietly, retain_checkpoints
 from hpo.worker._trial import Preempted, make_objective, run_trial
 
@@ -52,8 +51,9 @@ class WorkerReport:
     """What one worker did."""
 
     trials: int = 0
-    stopped_because: str = ""
-    """budget | timeout | converged | failures | preempted | recycle"""
+    stopped_because: Stop | None = None
+    """Why it stopped (a ``str``: ``budget``, ``timeout``, ``converged``, ``failures``,
+    ``preempted``, ``recycle``)."""
     waited: float = 0.0
     """Seconds spent waiting for other workers' trials at the end of the budget."""
     last_failure: str = ""
@@ -147,14 +147,14 @@ def run_worker(
     from optuna.trial import TrialState
 
     report = WorkerReport()
+    scheduler = scheduler_of(study)
     cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
     objective = make_objective(
-        study, spec, cache, checkpoint_dir / safe_name(study.study_name), storage_url
+        study, spec, scheduler, cache, checkpoint_dir / safe_name(study.study_name), storage_url
     )
     # Recorded on every trial; the launcher finds a dead child's trial by host and pid.
     attrs = {"host": socket.gethostname(), "worker": worker, "pid": os.getpid()}
     started = time.monotonic()
-    current: dict[str, Any] = {}  # the trial in progress, for the preemption handler
     consecutive_failures = 0
     baseline_mb: float | None = None
 
@@ -172,8 +172,31 @@ def run_worker(
         if on_trial is not None:
             on_trial(trial, trials)
 
-    def read_trials() -> list[FrozenTrial]:
-        return study.get_trials(deepcopy=False)
+    def why_stop(trials: list[FrozenTrial]) -> tuple[Stop | None, list]:
+        """Why to stop (``WAIT``: look again soon), or None and the scheduler's work first."""
+        # A paused configuration the scheduler resumes goes first, budget or not: the budget
+        # counted it when it started.
+        work = scheduler.next_work(study, trials)
+        why = should_stop(study, spec, started, trials)
+        if not work and why == Stop.BUDGET:
+            # Spent, and nothing runs: the scheduler's last work (promotion's rung leaders).
+            work = scheduler.next_work(study, trials, finishing=True)
+        if work and why in (Stop.BUDGET, Stop.WAIT):
+            why = None
+        if why is None and consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            why = Stop.FAILURES
+        if why is None and max_trials is not None and report.trials >= max_trials:
+            why = Stop.RECYCLE
+        if (
+            why is None
+            and baseline_mb is not None
+            and _rss_mb() > baseline_mb + MEMORY_GROWTH_LIMIT_MB
+        ):
+            log.warning(
+                "memory %.0f MB is above the baseline %.0f MB: recycling", _rss_mb(), baseline_mb
+            )
+            why = Stop.RECYCLE
+        return why, work
 
     clear_stop()
     on_signal = StopSignals()
@@ -182,67 +205,29 @@ def run_worker(
         # One read of the study's trials per trial, right after it, serves the progress line,
         # the checkpoint retention and the next budget check: reads cost more than the rest
         # of the service's work on a trial (benchmarks/overhead.py).
-        trials = read_trials()
-        promotion = study.pruner if isinstance(study.pruner, PromotionPruner) else None
+        trials = study.get_trials(deepcopy=False)
         while True:
-            # A paused configuration that now ranks high enough goes first, budget or not:
-            # the budget counted it when it started.
-            promote = promotable(study, promotion, trials) if promotion else []
-            reason = should_stop(study, spec, started, trials)
-            if promotion and not promote and reason == "budget":
-                # Spent, and nothing runs: finish the paused leaders of their rungs.
-                promote = promotable(study, promotion, trials, finishing=True)
-            if promote and reason in ("budget", "wait", ""):
-                reason = ""
-            if reason == "wait":
+            why, work = why_stop(trials)
+            if why == Stop.WAIT:
                 time.sleep(BUDGET_WAIT_SECONDS)
                 report.waited += BUDGET_WAIT_SECONDS
-                trials = read_trials()
+                trials = study.get_trials(deepcopy=False)
                 continue
-            if not reason and consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                reason = "failures"
-            if not reason and max_trials is not None and report.trials >= max_trials:
-                reason = "recycle"
-            if not reason and baseline_mb is not None:
-                if _rss_mb() > baseline_mb + MEMORY_GROWTH_LIMIT_MB:
-                    log.warning(
-                        "memory %.0f MB is above the baseline %.0f MB: recycling",
-                        _rss_mb(),
-                        baseline_mb,
-                    )
-                    reason = "recycle"
-            if reason:
-                report.stopped_because = reason
+            if why is not None:
+                report.stopped_because = why
                 break
             # No garbage collection after the trial (Optuna's gc_after_trial): with torch
             # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
             # (benchmarks/overhead.py); the built-in job collects once in run.release, and
             # memory growth recycles the process.
-            run_trial(
-                study, spec, objective, attrs, current, trials, promote[0] if promote else None
-            )
-            finished = current.pop("trial", None)
-            trials = read_trials()
-            if finished is not None:
-                after_trial(finished.number, trials)
+            number = run_trial(study, spec, objective, attrs, trials, work[0] if work else None)
+            trials = study.get_trials(deepcopy=False)
+            if number is not None:
+                after_trial(number, trials)
             if baseline_mb is None and report.trials:
                 baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
-    except Preempted as e:
-        trial = current.pop("trial", None)
-        if trial is not None:
-            try:
-                _optuna.requeue(study, trial)
-            except Exception as error:  # the storage is gone: stop all the same, not wait
-                log.warning(
-                    "%s: trial %d not re-queued (%s); it is retried from its checkpoint once "
-                    "its heartbeat goes stale",
-                    e,
-                    trial.number,
-                    first_line(error),
-                )
-            else:
-                log.warning("%s: trial %d re-queued", e, trial.number)
-        report.stopped_because = "preempted"
+    except Preempted:
+        report.stopped_because = Stop.PREEMPTED  # run_trial re-queued its trial
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
