@@ -14,6 +14,9 @@ While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random mo
 - ``kill9_claim``: SIGKILL the worker of a trial the moment it is claimed (the trial's ``pid``
   user attr; without one, the child whose ``HPO_WORKER_INDEX`` matches its ``worker`` attr);
 - ``sigterm_worker``: SIGTERM a worker (it re-queues its trial and exits 143);
+- ``kill9_pause``: SIGKILL the worker of a trial the moment it pauses (rounds whose pruner
+  pauses: ``promotion``, ``pbt``): seen with its ``prune_reason`` written and still RUNNING,
+  before or after its continuation is queued, before its tell;
 - ``kill9_launcher``: SIGKILL the launcher itself, then start the same command again;
 - ``restart_postgresql``: ``pg_ctlcluster ... restart`` (PostgreSQL rounds, as root only), or
   the restart ``run_round`` is given (the tests restart a server of their own).
@@ -21,7 +24,8 @@ While it runs, 1-4 faults drawn from ``random.Random(seed)`` hit it at random mo
 When the (last) launcher has exited the study is read with ``optuna.load_study`` and checked:
 
 1. finished configurations == n_trials exactly (a configuration: a trial with its retries
-   and, with ``--pruner promotion``, the continuations of its pauses);
+   and, with ``--pruner promotion`` or ``pbt``, the continuations of its pauses; a PBT
+   member's exploits too);
 2. no trial RUNNING; a trial left WAITING only if it is a queued retry (system attr
    ``failed_trial`` / ``retry_history``) or a re-queued trial with progress (intermediate
    values): once a trial has failed (stale, or its worker died) or was preempted, its retry or
@@ -40,7 +44,9 @@ When the (last) launcher has exited the study is read with ``optuna.load_study``
    pauses aside);
 6. the best trial's checkpoint file (user attr ``checkpoint``) exists;
 7. (extra) every COMPLETE trial has a validation loss for each of its epochs (the retry
-   inherits the failed attempt's values).
+   inherits the failed attempt's values);
+8. no pause lost: every trial told PRUNED as paused (or a PBT continuation replaced,
+   ``exploited``) has its continuation (a trial whose ``paused_from`` is its number).
 
 One line per round (backend, faults by kind, invariants, seconds), the details of every broken
 invariant (the fault sequence, the trials), then a table per backend; ``--out`` puts it in the
@@ -83,7 +89,9 @@ if str(SUPPORT) not in sys.path:  # fastjob, and the tests' study helpers
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 FAULTS = ("kill9_worker", "kill9_claim", "sigterm_worker", "kill9_launcher",
-          "restart_postgresql")
+          "restart_postgresql", "kill9_pause")
+PAUSING = ("promotion", "pbt")
+"""The pruners whose trials pause (``kill9_pause`` is drawn only in their rounds)."""
 INVARIANTS = {
     1: "finished configurations == n_trials",
     2: "nothing RUNNING, WAITING only to resume",
@@ -92,6 +100,7 @@ INVARIANTS = {
     5: "no duplicate trials",
     6: "best checkpoint exists",
     7: "every epoch's value kept",
+    8: "no pause lost",
 }
 SECTION = "Chaos: randomized fault injection"
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -103,7 +112,9 @@ EPOCH_SECONDS = 0.3
 FAULT_DELAY = (0.2, 2.0)
 """Seconds from the first running trial to the first fault, and between faults (uniform):
 a round without faults takes about 8 s."""
-PRUNERS = ("none", "promotion", "both")
+PRUNERS = ("none", "promotion", "pbt", "both", "all")
+"""``both``: none and promotion, round by round (by backend cycle); ``all``: none, promotion
+and pbt."""
 ROUND_TIMEOUT = 240.0
 """Seconds a round may run, faults and all, before its launcher counts as hung."""
 
@@ -131,7 +142,8 @@ class RoundResult:
     study: str = ""
     n_trials: int = 0
     pruner: str = "none"
-    """``none``, or ``promotion`` (trials pause at rungs and their configurations resume)."""
+    """``none``, ``promotion`` (trials pause at rungs and their configurations resume) or
+    ``pbt`` (every member pauses each epoch; the worst go on from the best's checkpoint)."""
     faults: list[Fault] = field(default_factory=list)
     broken: dict[int, list[str]] = field(default_factory=dict)
     """Invariant number -> what broke."""
@@ -445,8 +457,9 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
     n_trials = result.n_trials = rng.randint(8, 12)
     low, high = 3, 5
     if kinds is None:
-        kinds = tuple(k for k in FAULTS if k != "restart_postgresql"
+        kinds = tuple(k for k in FAULTS if (k != "restart_postgresql"
                       or (backend == "postgresql" and (restart or can_restart_postgresql())))
+                      and (k != "kill9_pause" or pruner in PAUSING))
     if faults is None:
         count = n_faults if n_faults is not None else rng.randint(*faults_range)
         faults = [rng.choice(kinds) for _ in range(count)]
@@ -551,6 +564,8 @@ def _inject(fault: Fault, launchers: list, launch: Callable[[], subprocess.Popen
         _signal(victim, sig, tag, fault)
     elif fault.kind == "kill9_claim":
         _kill_at_claim(fault, current, poller, rng, tag, deadline)
+    elif fault.kind == "kill9_pause":
+        _kill_at_pause(fault, current, poller, tag, deadline)
     elif fault.kind == "kill9_launcher":
         workers = [_describe_proc(p) for p in _workers_of(current)]
         with contextlib.suppress(OSError):
@@ -588,6 +603,36 @@ def _running_on(poller: _Poller, proc) -> str:
                 and str(t.user_attrs.get("worker", "")).endswith(f":w{index}")
                 and t.datetime_start is not None and t.datetime_start.timestamp() >= born)]
     return f", running #{', #'.join(map(str, mine))}" if mine else ", no trial running"
+
+
+def _kill_at_pause(fault: Fault, current: subprocess.Popen, poller: _Poller, tag: str,
+                   deadline: float) -> None:
+    """SIGKILL the worker of the next trial seen pausing: RUNNING with ``prune_reason:
+    paused`` written (the worker writes it, queues the continuation, then tells the trial)."""
+    from optuna.trial import TrialState
+
+    while time.monotonic() < deadline and current.poll() is None:
+        seen = poller.trials((TrialState.RUNNING, TrialState.WAITING))
+        pausing = [t for t in seen or () if t.state == TrialState.RUNNING
+                   and t.user_attrs.get("prune_reason") == "paused"]
+        if not pausing:
+            time.sleep(0.005)
+            continue
+        trial = pausing[0]
+        queued = any(t.user_attrs.get("paused_from") == trial.number for t in seen or ())
+        pid = trial.user_attrs.get("pid")
+        victim = None
+        if isinstance(pid, int):
+            with contextlib.suppress(*PROC_ERRORS):
+                victim = _process(pid)
+        if victim is None:
+            continue
+        fault.target = (f"{_describe_proc(victim)}, trial #{trial.number} pausing at step "
+                        f"{trial.last_step}, its continuation "
+                        + ("queued" if queued else "not queued yet") + " when seen")
+        _signal(victim, signal.SIGKILL, tag, fault)
+        return
+    fault.note = "no trial was seen pausing in time"
 
 
 def _kill_at_claim(fault: Fault, current: subprocess.Popen, poller: _Poller,
@@ -717,7 +762,7 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
         chains.setdefault(_root(t), []).append(t)
     for root, members in sorted(chains.items()):
         done = [t for t in members if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                and t.user_attrs.get("prune_reason") != "paused"]  # a pause goes on
+                and t.user_attrs.get("prune_reason") not in ("paused", "exploited")]  # go on
         if len(done) > 1:
             broke(5, f"trial #{root} finished {len(done)} times: "
                      + ", ".join(f"#{t.number} {t.state.name}" for t in done))
@@ -735,6 +780,15 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
             broke(6, f"best trial #{best.number} has no checkpoint attr")
         elif not Path(path).is_file():
             broke(6, f"best trial #{best.number}: checkpoint {path} does not exist")
+
+    went_on = {t.user_attrs.get("paused_from") for t in trials}
+    for t in trials:
+        if (t.state == TrialState.PRUNED
+                and t.user_attrs.get("prune_reason") in ("paused", "exploited")
+                and t.number not in went_on):
+            broke(8, f"trial #{t.number} was told {t.user_attrs['prune_reason']} at step "
+                     f"{t.last_step}, but no continuation of it exists (configuration "
+                     f"#{_root(t)})")
 
     for t in complete:
         epochs = t.params.get("epochs")
@@ -889,6 +943,8 @@ def _resume_violations(trials, log, chains) -> list[str]:
         for t in members:
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 continue
+            if t.user_attrs.get("prune_reason") == "exploited":
+                continue  # a PBT member's continuation replaced unrun: it trained nothing
             mine = [a for a in attempts if a[0][0] == t.number]
             pid = t.user_attrs.get("pid")
             final = next((a for a in mine if a[0][1] == pid), None) if pid is not None \
@@ -926,6 +982,8 @@ def _trials_table(trials, log) -> str:
             extra.append(f"resumed_from_epoch {t.user_attrs['resumed_from_epoch']}")
         if "fail_reason" in t.user_attrs:
             extra.append(f"fail_reason {t.user_attrs['fail_reason']}")
+        if "prune_reason" in t.user_attrs:
+            extra.append(f"prune_reason {t.user_attrs['prune_reason']}")
         lines.append(f"#{t.number:<3d} {t.state.name:8s} epochs {t.params.get('epochs', '?')} "
                      f"values {sorted(t.intermediate_values)} {_who(t)} "
                      f"{' '.join(extra)} | log {runs}")
@@ -1003,7 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--pruner", choices=PRUNERS, default="none",
                         help="the studies' pruner: none, promotion (trials pause at rungs and "
-                             "resume), or both (the rounds take them in turn)")
+                             "resume), pbt (population-based training), both (none and "
+                             "promotion in turn) or all (none, promotion, pbt in turn)")
     parser.add_argument("--faults", default="1-4", metavar="MIN-MAX",
                         help="faults per round (default 1-4)")
     parser.add_argument("--only-round", type=int, metavar="K",
@@ -1039,8 +1098,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in indices:
             backend = backends[i % len(backends)]
-            pruner = (args.pruner if args.pruner != "both"
-                      else ("none", "promotion")[(i // len(backends)) % 2])
+            cycle = {"both": ("none", "promotion"), "all": ("none", "promotion", "pbt")}
+            pruner = (cycle[args.pruner][(i // len(backends)) % len(cycle[args.pruner])]
+                      if args.pruner in cycle else args.pruner)
             seed = f"{args.seed}:{i}"
             if missing[backend]:
                 r = RoundResult(index=i, backend=backend, seed=seed, skipped=missing[backend])

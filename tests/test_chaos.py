@@ -82,6 +82,22 @@ def test_a_promotion_round_of_random_faults_breaks_no_invariant(tmp_path):
     assert "PRUNED" in trials and "WAITING" in trials, report  # it paused configurations
 
 
+@pytest.mark.slow
+def test_a_pbt_round_with_a_kill_at_a_pause_breaks_no_invariant(tmp_path):
+    """A round of population-based training (every member pauses each epoch; the worst go on
+    from the best's checkpoint), a worker killed the moment a trial pauses among the faults:
+    no pause is lost (invariant 8), and the budget counts the population."""
+    seed = f"{os.environ.get('HPO_CHAOS_SEED', '0')}:pbt"
+    result = run_round("sqlite", f"sqlite:///{tmp_path / 'hpo.db'}", tmp_path / "round",
+                       random.Random(seed), seed=seed, timeout=150, say=lambda s: None,
+                       faults=["kill9_pause", "kill9_worker", "kill9_pause"], pruner="pbt")
+    report = result.report()
+    print(report)
+    assert any(f.kind == "kill9_pause" for f in result.injected), report
+    assert result.ok, report
+    assert "exploited" in result.trials_table or "paused" in result.trials_table, report
+
+
 # --------------------------------------------------------------------------------------------
 # The checker itself, on made-up trials: it must see a resume that went back, and accept one
 # whose log is an epoch behind its checkpoint; it must see a trial left RUNNING or a fresh
