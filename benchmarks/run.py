@@ -39,6 +39,8 @@ BENCHMARKS = {
     "headtohead": "hpo run vs HF Trainer.hyperparameter_search vs Ray Tune + ASHA, MiniLM / VADER",
     "gpu": "GPU: AMP / channels_last speedup on resnet18, GPU busy fraction (--gpu)",
     "lora": "LoRA vs full fine-tuning of MiniLM on VADER, the same budget",
+    "schedulers": "schedulers: pbt vs the same population without it; promotion on two "
+                  "objectives vs none",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 

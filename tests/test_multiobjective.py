@@ -311,3 +311,39 @@ def test_two_objective_study_end_to_end(tmp_path):
                       cwd=tmp_path)
     assert retrain.returncode == 0, retrain.stderr
     assert json.loads((tmp_path / "rt" / "retrain.json").read_text())["trial"]["number"] == chosen
+
+
+@pytest.mark.slow
+def test_promotion_pauses_and_resumes_a_two_objective_study(tmp_path):
+    """The promotion scheduler on a real two-objective study: the job measures the objectives
+    before training (a rung ranks on them), a configuration behind on the front pauses with
+    its checkpoint and its continuation resumes it; the Pareto set is of complete trials."""
+    from hpo.records import is_continuation, was_paused
+
+    url = f"sqlite:///{tmp_path}/mop.db"
+    write_tiny_spec(
+        tmp_path / "mop.yaml", "mop",
+        study={"name": "mop", "objectives": ["val_loss", "trainable_params"]},
+        task={"max_samples": 120}, budget={"n_trials": 4},
+        search_space={"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-1, "log": True},
+                      "epochs": 3,
+                      "freeze": {"type": "categorical", "choices": ["none", "head_only"]}},
+        sampler={"name": "random", "seed": 5},
+        pruner={"name": "promotion", "min_resource": 1, "reduction_factor": 2})
+    run = run_hpo("run", "mop.yaml", "--storage", url, "--checkpoint-dir", "ckpt",
+                  "--workers", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    study = optuna.load_study(study_name="mop", storage=url)
+    ts = study.get_trials()
+    paused = [t for t in ts if was_paused(t)]
+    assert paused, [(t.number, t.state.name, t.user_attrs.get("prune_reason")) for t in ts]
+    for t in paused:  # ranked at its rung on both objectives: measured before it trained
+        assert t.user_attrs["trainable_params"] > 0 and t.user_attrs["checkpoint"]
+    resumed = [t for t in ts if is_continuation(t) and t.state != optuna.trial.TrialState.WAITING]
+    for t in resumed:
+        assert t.user_attrs["promoted"] is True and t.params == ts[t.user_attrs["resumed_from"]].params
+    complete = [t for t in ts if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(t.values[1] == t.user_attrs["trainable_params"] for t in complete)
+    best = run_hpo("best", "mop", "--storage", url, "--json", cwd=tmp_path)
+    assert [r["number"] for r in json.loads(best.stdout)] == \
+        _pareto({t.number: t.values for t in complete})

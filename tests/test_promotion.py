@@ -9,6 +9,7 @@ one runs the built-in fine-tuning job through ``hpo run``.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -508,3 +509,51 @@ def test_a_worker_that_dies_between_the_pause_and_the_tell_loses_no_pause(storag
     assert len(waiting) == 1 and is_paused(waiting[0]), [t.user_attrs for t in waiting]
     assert configuration(waiting[0]) == trial.number
     assert waiting[0].user_attrs["checkpoint"] == "/ckpt/trial-0.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Several objectives: a rung ranks by non-dominated sorting, then crowding (MO-ASHA).
+
+
+def test_a_rung_of_several_objectives_ranks_by_front_then_crowding():
+    from hpo.schedulers.promotion import crowding, fronts, ranked
+
+    points = {0: (1.0, 9.0), 1: (2.0, 5.0), 2: (3.0, 4.0), 3: (4.0, 1.0),  # the first front
+              4: (3.0, 6.0), 5: (5.0, 5.0), 6: (6.0, 6.0)}  # 4, 5 dominated by 1 / 2; 6 by 4, 5
+    assert fronts(points) == [[0, 1, 2, 3], [4, 5], [6]]
+    distance = crowding([0, 1, 2, 3], points)
+    assert distance[0] == distance[3] == math.inf  # the ends of the front
+    # 1's neighbours span (1..3) of 3 on loss and (4..9) of 8 on the second objective;
+    # 2's span (2..4) and (1..5): 2's neighbourhood is the sparser.
+    assert distance[1] == pytest.approx(2 / 3 + 5 / 8) and distance[2] == pytest.approx(2 / 3 + 4 / 8)
+    assert ranked(points) == [0, 3, 1, 2, 4, 5, 6]
+    assert in_top(points, 3, 3) and not in_top(points, 2, 3)  # floor(7 / 3) = 2 go on
+    # One objective: by value, then number, as ASHA.
+    assert ranked({0: (0.3,), 1: (0.1,), 2: (0.3,)}) == [1, 0, 2]
+
+
+def test_promotion_pauses_a_dominated_configuration_of_a_two_objective_study():
+    """Configurations at the first rung of a study of (val_loss, trainable_params), one in two
+    going on: a dominated one ranks below the whole front (it pauses though its loss is the
+    second best), and the smallest model goes on with the worst loss: it ends the front."""
+    from hpo import _optuna
+    from hpo.schedulers.promotion import Promotion
+
+    scheduler = Promotion(1, 2, 1, 4, objectives=("val_loss", "trainable_params"))
+    study = optuna.create_study(directions=["minimize", "minimize"], pruner=scheduler)
+    for loss, size in ((0.2, 100), (0.5, 10), (0.3, 200)):  # 0 and 1 are the front
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.suggest_int("epochs", 4, 4)
+        trial.set_user_attr("trainable_params", size)  # measured before training
+        _optuna.set_intermediate_value(trial, loss, 1)
+        decision = scheduler.decide(study, _optuna.frozen(study, trial))
+        # floor(n / 2) go on: none of one; of two, the first (both end the front: by number);
+        # of three, the first again (the third, dominated by the first, is in the 2nd front).
+        assert decision.action == "pause" and decision.step == 1
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1.0)
+    trial.suggest_int("epochs", 4, 4)
+    trial.set_user_attr("trainable_params", 5)  # the smallest: an end of the front
+    _optuna.set_intermediate_value(trial, 0.9, 1)  # the worst loss of all
+    assert scheduler.decide(study, _optuna.frozen(study, trial)).action == "continue"
