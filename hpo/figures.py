@@ -28,6 +28,7 @@ FIGURE_TITLES = {
     "history": "Optimization history",
     "pareto": "Pareto front",
     "curves": "Learning curves",
+    "population": "Population (pbt): each member's curve, its exploits marked",
     "parallel": "Parallel coordinates",
     "importances": "Hyperparameter importances",
     "slice": "Slice plots",
@@ -56,6 +57,7 @@ def study_figures(
         "history": history_figure(study),
         **({"pareto": pareto_figure(study)} if len(study.directions) > 1 else {}),
         "curves": learning_curves_figure(study),
+        **({"population": population_figure(study)} if _pbt(study) else {}),
         "parallel": parallel_figure(study),
         "importances": importances_figure(study),
         "slice": slice_figure(study),
@@ -66,6 +68,39 @@ def study_figures(
     for key, fig in figures.items():
         fig.update_layout(title={"text": FIGURE_TITLES[key]})
     return figures
+
+
+def _pbt(study: optuna.Study) -> bool:
+    from hpo.records import SPEC_ATTR
+
+    return ((study.user_attrs.get(SPEC_ATTR) or {}).get("pruner") or {}).get("name") == "pbt"
+
+
+def population_figure(study: optuna.Study) -> go.Figure:
+    """Each member of a ``pbt`` study: its validation loss by report step over its attempts
+    (after an exploit, its weights' history is the parent's), a marker where it exploited."""
+    import plotly.graph_objects as go
+
+    from hpo.schedulers.continuation import configurations
+    from hpo.schedulers.pbt import LINEAGE_ATTR
+
+    fig = go.Figure()
+    for member, (latest, curve, _) in sorted(configurations(study.get_trials()).items()):
+        steps = sorted(curve)
+        fig.add_trace(go.Scatter(x=steps, y=[curve[s] for s in steps], name=f"#{member}"))
+        exploits = [e for e in latest.user_attrs.get(LINEAGE_ATTR, ()) if e["step"] in curve]
+        fig.add_trace(
+            go.Scatter(
+                x=[e["step"] for e in exploits],
+                y=[curve[e["step"]] for e in exploits],
+                mode="markers",
+                marker={"symbol": "star", "size": 11},
+                text=[f"#{member} from #{e['parent']}" for e in exploits],
+                showlegend=False,
+            )
+        )
+    fig.update_layout(xaxis_title="report step", yaxis_title="val loss")
+    return fig
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:

@@ -124,7 +124,8 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
         ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count), ``savings`` and ``anytime``
         (the best value against wall time and epochs, see ``anytime``); with several
         objectives ``pareto`` too, the Pareto set (``number``, ``objectives``, ``params``),
-        and ``best`` is its trial of the lowest validation loss.
+        and ``best`` is its trial of the lowest validation loss; with the ``pbt`` scheduler
+        ``population`` too (``population``).
     """
     trials = study.get_trials(deepcopy=False)
     counts = state_counts(trials)
@@ -155,6 +156,9 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
         "savings": savings(trials),
         "anytime": anytime(study),
     }
+    members = population(study)
+    if members is not None:
+        numbers["population"] = members
     if len(study.directions) > 1:
         numbers["pareto"] = [
             {k: r[k] for k in ("number", "objectives", "params")} for r in pareto_records(study)
@@ -224,3 +228,38 @@ def anytime(study: optuna.Study) -> dict[str, list[float]]:
             out["best"].append(best)
             out["trial"].append(t.number)
     return out
+
+
+def population(study: optuna.Study) -> list[dict[str, Any]] | None:
+    """The members of a ``pbt`` study (``hpo.schedulers.pbt``), by number: each one's final
+    validation loss (None before it completed) and its schedule of params, ``[{step, parent,
+    params}]``: its own from step 0, then at each exploit the parent it copied and the params
+    it went on with. None for a study of another scheduler."""
+    from optuna.trial import TrialState
+
+    from hpo.records import SPEC_ATTR
+    from hpo.schedulers.continuation import configuration
+    from hpo.schedulers.pbt import LINEAGE_ATTR, schedule
+
+    if ((study.user_attrs.get(SPEC_ATTR) or {}).get("pruner") or {}).get("name") != "pbt":
+        return None
+    members: dict[int, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        members.setdefault(configuration(t), []).append(t)
+    found = []
+    for member, chain in sorted(members.items()):
+        done = [t for t in chain if t.state == TrialState.COMPLETE]
+        latest = max(chain, key=lambda t: len(t.user_attrs.get(LINEAGE_ATTR, ())))
+        parents = [None] + [e["parent"] for e in latest.user_attrs.get(LINEAGE_ATTR, ())]
+        steps = schedule(chain)
+        found.append(
+            {
+                "member": member,
+                "value": val_loss(done[-1]) if done else None,
+                "schedule": [
+                    {"step": step, "parent": parent, "params": params}
+                    for (step, params), parent in zip(steps, parents)
+                ],
+            }
+        )
+    return found

@@ -63,6 +63,7 @@ def render_html(
         _numbers_table([numbers, *others]),
         _best_table(numbers),
         _pareto_table(numbers),
+        _population_table(numbers),
         _reasons(numbers),
         # Machine-readable numbers; "<\/" keeps a study name from closing the script early.
         '<script type="application/json" id="hpo-numbers">'
@@ -279,6 +280,33 @@ def _pareto_table(numbers: dict[str, Any]) -> str:
     return (
         f"<h2>Pareto set: {len(front)} trials no other beats on every objective</h2>"
         f'<table id="pareto-set"><tr>{head}</tr>{rows}</table>'
+    )
+
+
+def _population_table(numbers: dict[str, Any]) -> str:
+    """A ``pbt`` study's members: each one's final loss and its params over time."""
+    members = numbers.get("population")
+    if not members:
+        return ""
+
+    def steps(member: dict[str, Any]) -> str:
+        return "<br>".join(
+            html.escape(
+                f"step {s['step']}"
+                + (f", from #{s['parent']}" if s["parent"] is not None else "")
+                + f": {format_params(s['params'])}"
+            )
+            for s in member["schedule"]
+        )
+
+    rows = "".join(
+        f"<tr><td>#{m['member']}</td><td>{format_value(m['value'])}</td><td>{steps(m)}</td></tr>"
+        for m in members
+    )
+    return (
+        f"<h2>Population: {len(members)} members, their params over time</h2>"
+        '<table id="population"><tr><th>member</th><th>val loss</th>'
+        f"<th>schedule (exploits: the member copied)</th></tr>{rows}</table>"
     )
 
 

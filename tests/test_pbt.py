@@ -136,6 +136,14 @@ def test_the_bottom_member_goes_on_from_the_top_members_checkpoint(storage_url, 
     assert final.value < 0.5
     # The best member never exploited anyone.
     assert not any(LINEAGE_ATTR in t.user_attrs for t in members[0])
+    # The report shows the population: each member's params over time, the exploits marked.
+    report = run_hpo("report", name, "--storage", storage_url, "--out", "r.html",
+                     cwd=tmp_path, env=env)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="population"' in page and 'id="hpo-population"' in page
+    row = page.split('id="population"')[1].split("<tr><td>#3</td>")[1].split("</tr>")[0]
+    assert "step 0:" in row and "step 1, from #0:" in row
 
 
 @pytest.mark.parametrize("pruner, budget, why", [
