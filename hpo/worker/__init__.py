@@ -30,7 +30,7 @@ ranks on several devices) and ``_housekeeping`` (checkpoint retention, the uploa
 reaping dead workers' trials).
 """
 
-from hpo.worker._budget import over_budget, should_stop
+from hpo.worker._budget import Stop, over_budget, should_stop
 from hpo.worker._gang import GangBroken, RankFailed, describe_exit, run_gang, run_on_devices
 from hpo.worker._housekeeping import (
     STALE_REASONS,
@@ -66,6 +66,7 @@ __all__ = [
     "GangBroken",
     "Preempted",
     "RankFailed",
+    "Stop",
     "StudyTrial",
     "WorkerReport",
     "checkpoint_root",
