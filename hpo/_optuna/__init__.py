@@ -19,6 +19,8 @@ proxy that ``_grpc.grpc_server`` runs on ``HpoRDBStorage``) with:
 - **atomic study creation**: a study and its spec in one transaction;
 - **database outages retried per call** (``hpo.outage``), never the training.
 
+``_store.TrialStore`` states this contract; every storage class implements it.
+
 The storage classes are defined at module level (they pickle, and ``isinstance`` sees them).
 Each module imports the Optuna storage it extends, so ``hpo.storage`` imports the one a URL
 needs when it opens it: a SQLite study never imports gRPC.
@@ -26,6 +28,7 @@ needs when it opens it: a SQLite study never imports gRPC.
 
 from typing import TYPE_CHECKING, Any
 
+from hpo._optuna._store import TrialStore
 from hpo._optuna._trials import (
     BudgetTaken,
     ask,
@@ -117,6 +120,7 @@ __all__ = [
     "grpc_server",
     "PRIVATE_NAMES",
     "BudgetTaken",
+    "TrialStore",
     "ask",
     "backend_of",
     "create_study_with_attrs",
