@@ -477,40 +477,6 @@ def test_the_judging_sampler_judges_the_study_once_a_trial(monkeypatch):
     assert calls == [8, 9]  # the 7 trials and the one sampled; then one more
 
 
-def test_a_worker_that_dies_between_the_pause_and_the_tell_loses_no_pause(storage_url,
-                                                                          monkeypatch):
-    """The worker queues a trial's pause before it tells the trial PRUNED. Killed between the
-    two, it leaves the pause queued and the trial running: the trial goes stale and fails
-    without a retry (its continuation runs the configuration on), so the configuration is
-    queued once, paused. (In the other order the pause was lost for good.)"""
-    import time
-
-    import hpo.storage
-    from hpo import _optuna
-    from hpo.schedulers.continuation import queue_continuation
-    from hpo.study import create_study
-    from hpo.worker import reap
-    from specs import make_spec, unique
-
-    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
-    storage = open_storage(storage_url)
-    study, _ = load_study(create_study(make_spec(unique("died")), storage).study_name, storage)
-    trial = _optuna.ask(study, {"host": "h", "worker": "h:w0", "pid": 1}, [])
-    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-    trial.report(0.9, 1)
-    trial.set_user_attr("checkpoint", "/ckpt/trial-0.pt")
-    queue_continuation(study, _optuna.frozen(study, trial), 1)  # ... and the worker is killed
-    time.sleep(2.5)
-    assert reap(study) == [trial.number]
-    ts = study.get_trials(deepcopy=False)
-    assert ts[trial.number].state == TrialState.FAIL
-    waiting = [t for t in ts if t.state == TrialState.WAITING]
-    assert len(waiting) == 1 and is_paused(waiting[0]), [t.user_attrs for t in waiting]
-    assert configuration(waiting[0]) == trial.number
-    assert waiting[0].user_attrs["checkpoint"] == "/ckpt/trial-0.pt"
-
-
 # --------------------------------------------------------------------------------------------
 # Several objectives: a rung ranks by non-dominated sorting, then crowding (MO-ASHA).
 
