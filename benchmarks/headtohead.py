@@ -198,7 +198,7 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
         if losses:
             ends.append((t.datetime_complete.timestamp() - start, min(losses)))
     first = min((t.datetime_start.timestamp() - start for t in trials), default=None)
-    from hpo.numbers import savings  # epochs trained: a paused configuration counted once
+    from hpo.results.numbers import savings  # epochs trained: a paused configuration counted once
 
     return _summary(wall, ends, savings(trials)["epochs_run"], len(trials), first)
 

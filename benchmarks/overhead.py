@@ -1,7 +1,7 @@
 """Coordination overhead: ms per trial of an ``hpo worker`` whose job does nothing, next to
 plain Optuna's ``study.optimize`` with the same objective, sampler and storage backend.
 
-Plain Optuna runs twice: on the storage hpo opens (``hpo.storage.open_storage``: heartbeat and
+Plain Optuna runs twice: on the storage hpo opens (``hpo.store.storage.open_storage``: heartbeat and
 stale-trial retry on, pre-ping), the goal's baseline, since that is the fault tolerance a
 user of Optuna alone would have to configure to match; and on a bare URL (no heartbeat), what
 a user writes first, for reference. Every side runs as a fresh process on a new empty
@@ -116,7 +116,7 @@ def _plain_optuna(url: str, name: str, n: int, same_storage: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = url
     if same_storage:
-        from hpo.storage import open_storage
+        from hpo.store.storage import open_storage
 
         storage = open_storage(url)
     study = optuna.create_study(study_name=name, storage=storage,

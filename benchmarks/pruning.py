@@ -1,7 +1,7 @@
 """Pruning efficiency on the real offline tasks: the same study (sampler seed, trials) with
 the median, hyperband and promotion (pause and resume) pruners and with none; epochs consumed,
 wall time, best val loss. The promotion pruner runs twice: as hpo runs it (its TPE sampler
-learns from each configuration judged where it stopped, ``hpo.judging.JudgingSampler``)
+learns from each configuration judged where it stopped, ``hpo.search.judging.JudgingSampler``)
 and as ``promotion-plain``, its TPE learning from the raw trials.
 
 All three studies validate ``EVALS_PER_EPOCH`` times per epoch (report steps in fractions of
@@ -25,7 +25,7 @@ One seed of the full run took 25 minutes on 2 CPU cores (both tasks, three arms,
 promotion arm): five seeds of four arms take about two and a half hours; vader_minilm's study
 without pruning takes about 13 minutes a seed.
 
-Each study runs in this process through ``hpo.worker.run_worker`` (one worker) with the
+Each study runs in this process through ``hpo.run.worker.run_worker`` (one worker) with the
 built-in job, one after the other on fresh SQLite files; each loads its data once. Tasks: every spec in
 ``search_spaces/`` that the benchmark knows (digits; vader_minilm where the spec exists).
 """
@@ -42,7 +42,7 @@ from pathlib import Path
 from benchmarks.databases import fresh_database
 from benchmarks.studies import ROOT
 from benchmarks.table import Row, fmt, judged, median
-from hpo.numbers import savings
+from hpo.results.numbers import savings
 
 EPOCH_GOAL = 1 / 3
 LOSS_GOAL = 1.02
@@ -55,11 +55,11 @@ PRUNERS = {
     "median": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
     "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
     # Pauses at the first evaluation, then x3 (steps 1, 3, 9, ...: hyperband's rungs; a
-    # quarter epoch, 3/4, 2 1/4) and resumes what ranks high later (hpo.schedulers.promotion). Its
+    # quarter epoch, 3/4, 2 1/4) and resumes what ranks high later (hpo.search.schedulers.promotion). Its
     # min_resource, one evaluation in epochs, is set from the run's evals_per_epoch.
     "promotion": {"name": "promotion", "reduction_factor": 3},
     # The same, its TPE sampler learning from the raw trials (a paused trial as a pruned
-    # one), not from each configuration judged where it stopped (hpo.judging.JudgingSampler).
+    # one), not from each configuration judged where it stopped (hpo.search.judging.JudgingSampler).
     "promotion-plain": {"name": "promotion", "reduction_factor": 3},
 }
 TASKS = {
@@ -249,16 +249,16 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
            enqueue: list[dict] | None = None) -> dict:
     """Run one study of ``spec`` with ``pruner``; its epochs, best value, time, pruned.
     ``plain_tpe``: the promotion study's TPE learns from the raw trials (the arm that measures
-    ``hpo.judging.JudgingSampler`` against what it replaced). ``enqueue``: the study runs
+    ``hpo.search.judging.JudgingSampler`` against what it replaced). ``enqueue``: the study runs
     exactly these configurations (its budget is their number), not the sampler's."""
     from optuna.trial import TrialState
 
-    from hpo.schedulers.continuation import configurations
+    from hpo.search.schedulers.continuation import configurations
     from hpo.records import was_paused
     from hpo.spec import ComponentSpec
-    from hpo.storage import open_storage
-    from hpo.study import create_study, load_study
-    from hpo.worker import run_worker
+    from hpo.store.storage import open_storage
+    from hpo.search.study import create_study, load_study
+    from hpo.run.worker import run_worker
 
     if pruner is not None:
         options = dict(pruner)
@@ -286,7 +286,7 @@ def _study(spec, pruner: dict | None, workdir: Path, plain_tpe: bool = False,
               "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
              for t in trials]
     curves = [t for t in every if t["state"] == "COMPLETE"]
-    # Each configuration once, its curve joined over its attempts (hpo.schedulers.promotion), in order.
+    # Each configuration once, its curve joined over its attempts (hpo.search.schedulers.promotion), in order.
     configs = [{"configuration": c, "params": attempt.params, "value": final,
                 "curve": {str(k): v for k, v in sorted(curve.items())}}
                for c, (attempt, curve, final) in sorted(configurations(trials).items())]
@@ -389,7 +389,7 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     """The promotion pruner replayed on fixed learning curves: the configurations of a study
     without pruning (``curves``, in trial order, each ``{"curve": {step: loss}, "value"}``)
     arrive one at a time to one worker, which pauses and promotes them by the pruner's own
-    rule (``hpo.schedulers.promotion.in_top`` at its ``rung_steps``; promoted configurations first,
+    rule (``hpo.search.schedulers.promotion.in_top`` at its ``rung_steps``; promoted configurations first,
     then the paused rung leaders once the budget is spent). A resumed trial continues the
     same curve (hpo resumes exactly). What it measures: whether ranking at the rungs keeps
     the best of *these* configurations, apart from the sampler proposing other ones once
@@ -399,12 +399,12 @@ def replay(curves: list[dict], min_resource: float, evals_per_epoch: int,
     the first rung among all of them, and ``good_set``: what TPE would learn from before each
     arrival after the first ``STARTUP``, as the mean percentile (0 the best, 1 the worst) of
     its good set (the top ``ceil(n / 10)`` of the ``n`` configurations seen, TPE's default
-    split) in the true ranking by final value, for each of ``hpo.judging.judged_order``
+    split) in the true ranking by final value, for each of ``hpo.search.judging.judged_order``
     (``judged``) and Optuna's ranking of the raw trials (``optuna``: complete ones by value,
     then the paused by depth)."""
-    from hpo.judging import judged_order
-    from hpo.schedulers.promotion import in_top as in_top_points
-    from hpo.schedulers.promotion import rung_steps
+    from hpo.search.judging import judged_order
+    from hpo.search.schedulers.promotion import in_top as in_top_points
+    from hpo.search.schedulers.promotion import rung_steps
 
     def in_top(values: dict[int, float], i: int, eta: int) -> bool:
         return in_top_points({c: (v,) for c, v in values.items()}, i, eta)

@@ -2,7 +2,7 @@
 (``resources.devices_per_trial: 2``) against the same trial on 1, same global batch, data and
 seed.
 
-Both run hpo's job as a worker does (``hpo.worker.run_on_devices``): the 1-rank trial in this
+Both run hpo's job as a worker does (``hpo.run.worker.run_on_devices``): the 1-rank trial in this
 process, the 2-rank trial as a gang of rank processes (gloo on the CPU, NCCL on 2 GPUs).
 Samples/s is the job's ``samples_per_second`` attr: the global batch's examples per second of
 training steps (evaluation and the ranks' start-up left out; the trial's wall time, start-up
@@ -78,7 +78,7 @@ def _params(epochs: int) -> dict:
 
 def _trial(task, params: dict, devices: int) -> tuple[float, float]:
     from hpo.job import FixedTrial, JobContext
-    from hpo.worker import run_on_devices
+    from hpo.run.worker import run_on_devices
 
     trial = FixedTrial()
     start = time.perf_counter()

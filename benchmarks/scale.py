@@ -407,10 +407,10 @@ def measure(case: Case, url: str, pg: Postgres | None, postmaster: int | None,
     from optuna.trial import TrialState
 
     from hpo.spec import parse_spec
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
     import yaml
 
-    from hpo.study import create_study
+    from hpo.search.study import create_study
 
     name = f"scale-{case.storage}-{case.workers}"
     spec = studies.CUSTOM_SPEC.format(name=name, job="x", n=case.n_trials).replace(

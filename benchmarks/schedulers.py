@@ -1,4 +1,4 @@
-"""hpo's schedulers against their baselines (``hpo.schedulers``), each over several seeds.
+"""hpo's schedulers against their baselines (``hpo.search.schedulers``), each over several seeds.
 
 1. ``pbt``: population-based training against the same population trained to its end without
    it (parallel random search at the same compute). Each seed samples the population once
@@ -25,7 +25,7 @@ train ``population x epochs`` epochs.
 Seeds are interleaved (seed 0: pbt's none, pbt, promotion's none, promotion; seed 1: ...),
 so a run cut short has every arm for the seeds it reached. ``$HPO_BENCH_SCHEDULERS_SEEDS``
 (e.g. ``0,1``) replaces the seeds. Every study runs in this process through
-``hpo.worker.run_worker`` (one worker) with the built-in job on a fresh SQLite file, as
+``hpo.run.worker.run_worker`` (one worker) with the built-in job on a fresh SQLite file, as
 ``benchmarks.pruning`` does; the raw trials of every study are kept in
 ``<workdir>/schedulers-runs.json`` and the per-seed tables in ``<workdir>/schedulers.md``.
 
@@ -174,9 +174,9 @@ def sample(spec, n: int, seed: int) -> list[dict]:
 def study(spec, workdir: Path, enqueue: list[dict] = ()) -> dict:
     """Run one study of ``spec`` with one in-process worker (``enqueue``: these configurations
     first, in order); its trials as plain data, its wall time and what it trained."""
-    from hpo.storage import open_storage
-    from hpo.study import create_study, load_study
-    from hpo.worker import run_worker
+    from hpo.store.storage import open_storage
+    from hpo.search.study import create_study, load_study
+    from hpo.run.worker import run_worker
 
     checkpoints = workdir / "checkpoints" / spec.study.name
     with fresh_database("sqlite", workdir) as url:

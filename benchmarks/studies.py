@@ -33,8 +33,8 @@ def custom_spec(name: str, job: str, n_trials: int):
 
 def create(spec, url: str) -> None:
     """Create the spec's study in ``url`` (as ``hpo create`` does)."""
-    from hpo.storage import open_storage
-    from hpo.study import create_study
+    from hpo.store.storage import open_storage
+    from hpo.search.study import create_study
 
     create_study(spec, open_storage(url))
 

@@ -20,24 +20,26 @@ SPEC_ATTR = "hpo.spec"
 """Study user attr: the whole spec, so that workers need only the study's name."""
 VERSION_ATTR = "hpo.version"
 """Study user attr: the hpo version that created the study."""
-RETRAIN_ATTR = "hpo.retrain"
+RETRAIN_ATTR = "hpo.results.retrain"
 """Study user attr: the latest retrain's summary (trial, epochs, test numbers, folder)."""
 CHECKPOINT_ATTR = "checkpoint"
 """Trial user attr: the path of the trial's latest checkpoint."""
 CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
-"""Trial user attr: the id of the trial's checkpoint in the artifact store (``hpo.artifacts``)."""
+"""Trial user attr: the id of the trial's checkpoint in the artifact store
+(``hpo.store.artifacts``)."""
 FAIL_REASON_ATTR = "fail_reason"
 """Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
 FIRST_GUESS_ATTR = "first_guess"
-"""Trial user attr: where a warm-start trial's params came from (``hpo.warm_start``)."""
+"""Trial user attr: where a warm-start trial's params came from (``hpo.search.warm_start``)."""
 FIRST_GUESSES_ATTR = "hpo.first_guesses"
-"""Study user attr: the origins of the study's first trials, in order (``hpo.warm_start``)."""
+"""Study user attr: the origins of the study's first trials, in order
+(``hpo.search.warm_start``)."""
 REPEAT_OF_ATTR = "repeat_of"
 """Trial user attr: the number of the trial whose params this trial reruns with another seed."""
 SEED_ATTR = "seed"
 """Trial user attr: a repeat's seed, which replaces ``task.seed`` for that trial."""
 SEED_SPREAD_ATTR = "hpo.seed_spread"
-"""Study user attr: the best configuration's values over seeds (``hpo.convergence``)."""
+"""Study user attr: the best configuration's values over seeds (``hpo.search.convergence``)."""
 STOPPED_ATTR = "hpo.stopped"
 """Study user attr: why the study stopped before its budget (``converged at trial N ...``)."""
 PRUNE_REASON_ATTR = "prune_reason"
@@ -52,7 +54,7 @@ PAUSED_AT_ATTR = "paused_at"
 PAUSED_FROM_ATTR = "paused_from"
 """Trial user attr of a continuation: the number of the trial that paused (the pause is
 queued before that trial is told, so a worker that dies between the two leaves the pause
-queued; the dead trial then gets no retry: ``hpo._optuna.retry_callback``)."""
+queued; the dead trial then gets no retry: ``hpo.store._optuna.retry_callback``)."""
 PROMOTED_ATTR = "promoted"
 """Trial user attr, written when a continuation is claimed: it is paused no longer."""
 
@@ -167,7 +169,7 @@ def best_or_none(study: optuna.Study) -> FrozenTrial | None:
 
 def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """Trials by state name, every state present (zero where none), with ``PAUSED``
-    (``hpo.schedulers.continuation``) apart from ``WAITING`` where a trial is paused."""
+    (``hpo.search.schedulers.continuation``) apart from ``WAITING`` where a trial is paused."""
     from optuna.trial import TrialState
 
     counts = {s.name: 0 for s in TrialState}

@@ -163,7 +163,7 @@ def server_url(server_urls: dict, kind: str) -> str:
 @pytest.fixture(params=ALL_STORAGE_MODES)
 def all_storage_url(request, tmp_path, server_urls):
     """``storage_url``'s kinds, and the gRPC proxy (in front of PostgreSQL) and a fresh
-    journal file: the URL of each. Open it with ``hpo.storage.open_storage`` (Optuna's own
+    journal file: the URL of each. Open it with ``hpo.store.storage.open_storage`` (Optuna's own
     ``load_study`` takes a database URL only)."""
     kind = request.param
     if kind == "grpc":

@@ -23,7 +23,7 @@ ATTRS = {"val_accuracy", "best_epoch", "epochs_run", "epochs_planned", "train_se
 def reopen(name: str, url: str) -> optuna.Study:
     """The study as another process sees it (any storage URL hpo takes, grpc and journal
     included)."""
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
 
@@ -311,15 +311,15 @@ def test_a_command_on_a_study_that_does_not_exist_is_one_line_exit_2(
 
 def test_the_handle_resolves_the_url_and_opens_the_storage_and_study_once(tmp_path,
                                                                            monkeypatch):
-    import hpo.storage
+    import hpo.store.storage
     from hpo.cli import Handle
     from specs import make_spec
 
     url = f"sqlite:///{tmp_path / 'h.db'}"
     Handle(argparse.Namespace(storage=url)).create(make_spec("h"))
     opened = []
-    real = hpo.storage.open_storage
-    monkeypatch.setattr(hpo.storage, "open_storage",
+    real = hpo.store.storage.open_storage
+    monkeypatch.setattr(hpo.store.storage, "open_storage",
                         lambda *a, **k: opened.append((a, k)) or real(*a, **k))
     monkeypatch.setenv("HPO_STORAGE", url)
     h = Handle(argparse.Namespace(storage=None, study="h"))

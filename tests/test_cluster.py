@@ -51,7 +51,7 @@ def test_cluster_templates_render_the_launch_command(kind, server_urls, tmp_path
 
 
 def test_cluster_templates_never_contain_the_password():
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     assert "exec /opt/venv/bin/python -m hpo launch s --gpus all" in render(
         "slurm", "s", "postgresql+psycopg2://bob@db.internal/hpo", python="/opt/venv/bin/python")
@@ -91,7 +91,7 @@ def test_the_schema_check_catches_what_kubernetes_refuses():
     container name each fail, as they would in ``kubectl apply``."""
     import yaml
 
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     good = render("kubernetes", "s", "postgresql+psycopg2://bob@db.internal/hpo")
     valid_kubernetes_job(yaml.safe_load(good))
@@ -109,7 +109,7 @@ def test_the_schema_check_catches_what_kubernetes_refuses():
 def test_any_study_name_gives_a_valid_kubernetes_job_and_slurm_script(study, gpus):
     import yaml
 
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     url = "postgresql+psycopg2://bob@db.internal/hpo?application_name=a'b\"c"
     job = yaml.safe_load(render("kubernetes", study, url, nodes=2, gpus=gpus,
@@ -147,8 +147,8 @@ def test_every_pod_of_the_kubernetes_job_draws_its_own_parameters(monkeypatch):
     first trial would try the same parameters)."""
     import yaml
 
-    from hpo.cluster import render
-    from hpo.worker import WORKER_INDEX_VAR, worker_identity
+    from hpo.run.cluster import render
+    from hpo.run.worker import WORKER_INDEX_VAR, worker_identity
 
     job = yaml.safe_load(render("kubernetes", "s", "postgresql+psycopg2://bob@db/hpo", nodes=3))
     assert job["spec"]["completionMode"] == "Indexed"
@@ -171,7 +171,7 @@ def test_templates_keep_each_trials_gang_inside_one_node(server_urls, tmp_path):
     the template is refused (exit 2, one line); CPU nodes get cores for both ranks."""
     import yaml
 
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     url = server_url(server_urls, "postgresql")
     spec = tmp_path / "gang.yaml"
@@ -202,7 +202,7 @@ def test_templates_keep_each_trials_gang_inside_one_node(server_urls, tmp_path):
 
 
 def test_slurm_template_takes_time_partition_and_account(server_urls, tmp_path):
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     url = server_url(server_urls, "postgresql")
     name = make_study(tmp_path, url, n=5)
@@ -243,7 +243,7 @@ def _k8s_resources(text: str) -> tuple[dict, dict]:
 
 
 def test_kubernetes_job_requests_cpu_and_memory_and_mounts_shared_memory(server_urls, tmp_path):
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     url = server_url(server_urls, "postgresql")
     name = make_study(tmp_path, url, n=5)

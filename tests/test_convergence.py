@@ -145,7 +145,7 @@ def test_the_regret_bound_is_fitted_once_for_the_same_complete_trials(monkeypatc
     from optuna.terminator import RegretBoundEvaluator
     from optuna.trial import create_trial
 
-    from hpo.convergence import regret_bound
+    from hpo.search.convergence import regret_bound
 
     fits = []
     real = RegretBoundEvaluator.evaluate

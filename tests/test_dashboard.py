@@ -19,10 +19,10 @@ from browser import headless_chromium
 from conftest import run_hpo
 from sample_study import OUTCOMES, build_sample_study
 
-from hpo.artifacts import ARTIFACTS_VAR, artifact_dir, upload_checkpoint
+from hpo.store.artifacts import ARTIFACTS_VAR, artifact_dir, upload_checkpoint
 from hpo.records import CHECKPOINT_ARTIFACT_ATTR
-from hpo.report import write_report
-from hpo.storage import open_storage
+from hpo.results.report import write_report
+from hpo.store.storage import open_storage
 
 
 def _free_port() -> int:

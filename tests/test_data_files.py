@@ -231,7 +231,7 @@ def test_a_saved_dataset_end_to_end(tiny_bert, tmp_path):
 
 
 def test_preflight_loads_a_local_hf_dataset(tmp_path):
-    from hpo.preflight import PreflightError, check_machine
+    from hpo.run.preflight import PreflightError, check_machine
 
     path = saved_dataset(tmp_path)
 

@@ -22,9 +22,9 @@ from specs import write_tiny_spec
 from sample_study import OUTCOMES, build_sample_study
 
 from hpo import __version__
-from hpo.artifacts import upload_checkpoint
+from hpo.store.artifacts import upload_checkpoint
 from hpo.spec import load_spec, suggest
-from hpo.study import create_study
+from hpo.search.study import create_study
 
 
 def _sha256(path) -> str:
@@ -325,7 +325,7 @@ def test_trials_leave_out_checkpoints_that_retention_removed(tmp_path, monkeypat
     """``hpo trials`` (and the export's trials.csv) name no deleted file: ``checkpoint`` is
     empty where retention deleted it, ``checkpoint_artifact`` where the store removed the
     upload of a trial that left the best."""
-    from hpo.artifacts import ARTIFACTS_VAR, remove_checkpoints
+    from hpo.store.artifacts import ARTIFACTS_VAR, remove_checkpoints
     from hpo.records import CHECKPOINT_ARTIFACT_ATTR
 
     monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
@@ -364,9 +364,9 @@ def test_readers_cope_with_a_removed_artifact(tmp_path, monkeypatch):
     import optuna_dashboard
     from wsgiref.util import setup_testing_defaults
 
-    from hpo.artifacts import (ARTIFACTS_VAR, artifact_dir, artifact_store,
+    from hpo.store.artifacts import (ARTIFACTS_VAR, artifact_dir, artifact_store,
                                missing_artifacts_as_404, remove_checkpoints)
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

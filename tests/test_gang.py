@@ -55,7 +55,7 @@ def _params(**overrides):
 def _run(devices, task, params):
     from hpo.job.context import JobContext
     from hpo.job.trial import FixedTrial
-    from hpo.worker import run_on_devices
+    from hpo.run.worker import run_on_devices
 
     trial = FixedTrial()
     value = run_on_devices(trial, task, params, JobContext(), devices)
@@ -129,7 +129,7 @@ def test_out_of_memory_on_one_rank_halves_every_rank(monkeypatch):
     step (no rank waits on the other), and the trial learns what it learns without the fault
     (gradient accumulation changes only the float order)."""
     import gangfaults
-    from hpo.worker import _gang
+    from hpo.run.worker import _gang
 
     task, params = _task(**EQUAL), _params(epochs=2)
     _, clean = _run(2, task, params)
@@ -150,7 +150,7 @@ def test_a_rank_that_raises_fails_the_trial_with_its_reason(monkeypatch):
     import gangfaults
     from hpo.job.context import JobContext
     from hpo.job.trial import FixedTrial
-    from hpo.worker import RankFailed, _gang, run_on_devices
+    from hpo.run.worker import RankFailed, _gang, run_on_devices
 
     monkeypatch.setenv(gangfaults.OOM_RANK_VAR, "1")
     monkeypatch.setenv(gangfaults.OOM_ABOVE_VAR, "0")
@@ -366,7 +366,7 @@ def test_a_rank_killed_breaks_the_gang_though_another_ranks_error_arrives_first(
     trial is retried from its checkpoint), not failed with its consequence."""
     import multiprocessing as mp
 
-    from hpo.worker._gang import _relay
+    from hpo.run.worker._gang import _relay
 
     ctx = mp.get_context("fork")
     pipes = [ctx.Pipe() for _ in range(2)]

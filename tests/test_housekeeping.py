@@ -59,7 +59,7 @@ def test_checkpoints_of_pruned_and_worse_trials_are_deleted(tmp_path):
 def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp_path):
     """Worker B fails a stale trial and then queues its retry; worker A's checkpoint retention
     runs between the two, from a snapshot in which the trial is failed and has no retry yet."""
-    from hpo.worker import retain_checkpoints
+    from hpo.run.worker import retain_checkpoints
 
     study = fast_study(storage_url, f"keep-{time.time_ns()}")
     storage = study._storage
@@ -85,7 +85,7 @@ def test_a_checkpoint_a_retry_will_resume_from_is_never_deleted(storage_url, tmp
     retain_checkpoints(study.get_trials())
     assert not old.exists() and new.exists() and not crashed.exists()
     # A trial failed because its worker died keeps its checkpoint until its retry exists.
-    from hpo._optuna import fail_and_retry
+    from hpo.store._optuna import fail_and_retry
 
     dying = study.ask()
     kept = tmp_path / "trial-3.pt"
@@ -102,9 +102,9 @@ def test_an_upload_leaves_the_artifact_store_when_its_trial_leaves_the_best(tmp_
     a copy); retention removes the upload when a better trial pushes its trial out. A retry
     inherits its failed attempt's artifact id: kept while the retry may run, removed when the
     retry finishes outside the best."""
-    from hpo._optuna import fail_and_retry
-    from hpo.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
-    from hpo.worker import retain_checkpoints
+    from hpo.store._optuna import fail_and_retry
+    from hpo.store.artifacts import ARTIFACTS_VAR, CHECKPOINT_ARTIFACT_ATTR, upload_checkpoint
+    from hpo.run.worker import retain_checkpoints
 
     monkeypatch.delenv(ARTIFACTS_VAR, raising=False)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -157,8 +157,8 @@ def test_a_paused_trials_checkpoint_outlives_the_moment_before_its_continuation(
     reading the study in between, must not delete that checkpoint (the fresh-clone CI caught
     a promoted trial starting afresh this way). Once the continuation ran with its own
     checkpoint, the paused trial's file goes."""
-    from hpo.schedulers.continuation import queue_continuation
-    from hpo.worker import retain_checkpoints
+    from hpo.search.schedulers.continuation import queue_continuation
+    from hpo.run.worker import retain_checkpoints
 
     study = fast_study(storage_url, f"pause-{time.time_ns()}")
     trial = study.ask()

@@ -25,7 +25,7 @@ from hpo.job.optim import freeze, lr_factor, make_optimizer
 from hpo.job.trial import FixedTrial
 from hpo.job.vision import build_vision, pretrained_model, replace_head
 from hpo.spec import HYPERPARAMETERS, TaskSpec
-from hpo.worker import StudyTrial
+from hpo.run.worker import StudyTrial
 
 
 def make_params(**overrides):

@@ -16,7 +16,7 @@ from hpo.job.optim import freeze
 from hpo.job.text import build_text
 from hpo.job.text_data import load_texts
 from hpo.spec import HYPERPARAMETERS, TaskSpec
-from hpo.worker import StudyTrial
+from hpo.run.worker import StudyTrial
 
 
 def make_params(**overrides):

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from conftest import server_url
 from hpo.cli import build_parser
 from hpo.errors import HpoError
-from hpo.launch import WorkerOptions
-from hpo.slots import Slot, assign_slots, idle_gpus, parse_gpus
+from hpo.run.launch import WorkerOptions
+from hpo.run.slots import Slot, assign_slots, idle_gpus, parse_gpus
 from processes import start_hpo, wait_for
 from workers import epoch_log, fast_env, finished, make_study, trials
 
@@ -190,7 +190,7 @@ def test_no_password_in_any_command_line(server_urls, tmp_path):
 def test_stopping_never_reads_a_child_the_main_loop_clears(monkeypatch):
     """Ctrl-C's grace-period killer runs in a thread while the main loop sets a child's
     ``proc`` to None when it exits; it must work from its own list of processes."""
-    import hpo.launch as launch
+    import hpo.run.launch as launch
 
     monkeypatch.setattr(launch, "STOP_GRACE", 1.0)
     stubborn = subprocess.Popen([sys.executable, "-c",

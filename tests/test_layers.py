@@ -1,8 +1,8 @@
 """The architecture as a test: hpo's modules import only downwards, and never in a loop.
 
 Every import counts, also those inside functions and under ``TYPE_CHECKING``: an import moved
-into a function to dodge a loop is still a loop. A package (``hpo.job``, ``hpo.spec``,
-``hpo.worker``, ``hpo.cli``) is one node of the layers; between its own modules
+into a function to dodge a loop is still a loop. A package (``hpo.spec``, ``hpo.store``,
+``hpo.job``, ``hpo.search``, ``hpo.run``, ``hpo.results``, ``hpo.cli``) is one node of the layers; between its own modules
 ``test_no_import_loop_between_modules`` looks for loops module by module.
 """
 
@@ -17,20 +17,18 @@ PACKAGE = ROOT / "hpo"
 
 LAYERS = [
     # The base: names and helpers everything may use.
-    {"hpo", "hpo.errors", "hpo.outage", "hpo.records"},
-    # What a study is made of: its spec, Optuna's private API, where the code and data came from.
-    {"hpo.spec", "hpo._optuna", "hpo.provenance"},
+    {"hpo", "hpo.errors", "hpo.records"},
+    # What a study is made of, and where it lives: the spec; the store (storage, its URL, the
+    # artifact store, database outages, Optuna's private API); where code and data came from.
+    {"hpo.spec", "hpo.store", "hpo.provenance"},
     # The job: a trial's params -> a fine-tuned model. It sees no database, process or GPU id.
     {"hpo.job"},
-    # The database: storage, the artifact store beside it, studies in it (their first trials,
-    # when they have converged, how trials go on: the schedulers, their pauses and continuations).
-    {"hpo.storage", "hpo.storage_url", "hpo.artifacts", "hpo.study", "hpo.warm_start",
-     "hpo.convergence", "hpo.schedulers", "hpo.judging"},
-    # What runs trials and what reads a trial's files.
-    {"hpo.worker", "hpo.weights", "hpo.preflight", "hpo.figures"},
-    # Machines and processes; what people read and take away.
-    {"hpo.launch", "hpo.slots", "hpo.cluster", "hpo.summary", "hpo.numbers", "hpo.export",
-     "hpo.report", "hpo.retrain", "hpo.dashboard"},
+    # The search: studies in the store, their first trials, convergence, how trials go on.
+    {"hpo.search"},
+    # The run: workers, the launcher, clusters, the checks before a study is written.
+    {"hpo.run"},
+    # The results: what people read and take away (numbers, figures, report, export, retrain).
+    {"hpo.results"},
     # The command line.
     {"hpo.cli", "hpo.__main__"},
 ]
@@ -71,7 +69,7 @@ def _imports(path: Path, root: Path = ROOT) -> set[str]:
             else:
                 module = node.module or ""
             found.add(module)
-            # ``from hpo import _optuna`` imports the module hpo._optuna.
+            # ``from hpo.store import _optuna`` imports the module hpo.store._optuna.
             found.update(f"{module}.{a.name}" for a in node.names
                          if _is_module(f"{module}.{a.name}", root))
     return {m for m in found if m == "hpo" or m.startswith("hpo.")}
@@ -222,8 +220,7 @@ def test_the_module_loop_test_sees_a_loop_inside_a_package(tmp_path):
 
 def test_the_job_sees_no_database_process_or_study():
     """STYLE.md: a job never sees a process, a GPU id or a database."""
-    assert not _graph()["hpo.job"] & {"hpo.storage", "hpo.study", "hpo.worker", "hpo.launch",
-                                      "hpo._optuna", "hpo.artifacts"}
+    assert not _graph()["hpo.job"] & {"hpo.store", "hpo.search", "hpo.run"}
 
 
 def test_the_layer_test_sees_imports_inside_functions(tmp_path):

@@ -18,7 +18,7 @@ from hpo.cli import main
 from hpo.job import JobContext, run_job
 from hpo.job.text import build_text
 from hpo.spec import HYPERPARAMETERS, AdapterSpec, TaskSpec, parse_spec, suggest
-from hpo.worker import StudyTrial
+from hpo.run.worker import StudyTrial
 
 from conftest import run_hpo
 from processes import start_hpo, wait_for

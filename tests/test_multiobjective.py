@@ -16,12 +16,12 @@ from conftest import run_hpo
 from processes import one_line_error
 from specs import TINY, refused_spec, write_tiny_spec
 
-from hpo import _optuna
+from hpo.store import _optuna
 from hpo.records import CHECKPOINT_ATTR
 from hpo.spec import LatencySpec, parse_spec
-from hpo.study import create_study, load_study, make_sampler
-from hpo.worker._housekeeping import retain_checkpoints
-from hpo.worker._trial import StudyTrial
+from hpo.search.study import create_study, load_study, make_sampler
+from hpo.run.worker._housekeeping import retain_checkpoints
+from hpo.run.worker._trial import StudyTrial
 
 BASE = """
 study: {name: mo}
@@ -166,7 +166,7 @@ def test_values_and_pareto_set_in_each_storage(storage_url, tmp_path):
     name = f"mo-{uuid.uuid4().hex[:8]}"
     spec = parse_spec(yaml.safe_load(TWO), default_name=name)
     spec = parse_spec({**spec.to_dict(), "study": {**spec.to_dict()["study"], "name": name}})
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     study, _ = load_study(create_study(spec, open_storage(storage_url)).study_name,
                           open_storage(storage_url))

@@ -3,7 +3,7 @@
 ``optuna.testing.pytest_storages.StorageTestCase`` is the storage suite that ships with the
 installed Optuna (its ``tests/storages_tests/test_storages.py`` runs it on Optuna's storages):
 studies, trials, attrs, params, values, the best trial, pickling, concurrent writes. Here it
-runs on what ``hpo.storage.open_storage`` returns, each test on an empty storage of each kind:
+runs on what ``hpo.store.storage.open_storage`` returns, each test on an empty storage of each kind:
 a SQLite file, a database of its own on the PostgreSQL and MariaDB servers, and the gRPC
 proxy (hpo's server, in this process, in front of a SQLite file), each made once per test
 process and emptied before each test; a fresh journal file. An
@@ -54,7 +54,7 @@ def _known_differences(request):
 def kept_storages():
     """kind -> one hpo storage of that kind for this test process, made at first use, its
     database dropped (its proxy stopped) at the end: each test empties it first."""
-    from hpo.storage import open_storage, serve_proxy
+    from hpo.store.storage import open_storage, serve_proxy
 
     made: dict[str, object] = {}
     with contextlib.ExitStack() as stack:
@@ -83,7 +83,7 @@ def kept_storages():
 def storage(request, tmp_path, kept_storages):
     """An empty hpo storage of each kind: a journal file of the test's own, else this
     process's storage of that kind with every study deleted."""
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     if request.param == "journal":
         return open_storage(f"journal://{tmp_path / 'hpo.log'}")
@@ -104,9 +104,9 @@ def test_every_storage_refuses_a_heartbeat_option_that_is_not_positive(option, v
     which keep heartbeats of their own, took a negative interval and never beat."""
     import optuna
 
-    from hpo._optuna._grpc import HpoGrpcStorage
-    from hpo._optuna._journal import HpoJournalStorage
-    from hpo._optuna._rdb import HpoRDBStorage
+    from hpo.store._optuna._grpc import HpoGrpcStorage
+    from hpo.store._optuna._journal import HpoJournalStorage
+    from hpo.store._optuna._rdb import HpoRDBStorage
 
     makers = [
         lambda **o: optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}", **o),

@@ -1,4 +1,4 @@
-"""Population-based training (``pruner: {name: pbt}``, hpo/schedulers/pbt.py): members pause every
+"""Population-based training (``pruner: {name: pbt}``, hpo/search/schedulers/pbt.py): members pause every
 interval; when a generation is complete the bottom quantile goes on from a top member's
 checkpoint with explored params, the lineage on each trial; one-line errors for bad options.
 """
@@ -19,8 +19,8 @@ from processes import one_line_error
 from workers import epoch_log, fast_env, make_study, trials
 
 from hpo.records import is_continuation
-from hpo.schedulers.continuation import configuration
-from hpo.schedulers.pbt import LINEAGE_ATTR, explore, schedule
+from hpo.search.schedulers.continuation import configuration
+from hpo.search.schedulers.pbt import LINEAGE_ATTR, explore, schedule
 
 PBT = "pbt, interval: 1, quantile: 0.25, resample_probability: 0.0"
 """Four members pause after every epoch; one at each end of a generation of four."""

@@ -115,7 +115,7 @@ def _spec(text: str):
 def test_the_key_path_names_what_is_wrong(tmp_path):
     """In process (no subprocess): a missing column, a named test file, a test folder, a model
     directory without a tokenizer."""
-    from hpo.preflight import PreflightError, check_machine
+    from hpo.run.preflight import PreflightError, check_machine
 
     csv = tmp_path / "train.csv"
     csv.write_text("sentence,target\nfine,1\nbad,0\n")

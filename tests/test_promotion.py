@@ -22,11 +22,11 @@ from processes import one_line_error, start_hpo, wait_for
 from specs import write_tiny_spec
 from workers import epoch_log, fast_env, finished, make_study, trials
 
-from hpo.schedulers.continuation import configuration, rung_values
-from hpo.schedulers.promotion import in_top, rung_steps
+from hpo.search.schedulers.continuation import configuration, rung_values
+from hpo.search.schedulers.promotion import in_top, rung_steps
 from hpo.records import is_continuation, is_paused
-from hpo.storage import open_storage
-from hpo.study import load_study
+from hpo.store.storage import open_storage
+from hpo.search.study import load_study
 
 PROMOTION = "promotion, reduction_factor: 2"
 """The pruner of the fast studies: rungs at epochs 1 and 2 of 4 (and 4 is the end)."""
@@ -68,7 +68,7 @@ def test_a_trial_is_never_paused_at_its_own_last_evaluation():
     """A rung at a trial's own last epoch is no pause: its continuation would have nothing
     to train (a 3-epoch trial of a 1-5 epoch space was paused at epoch 3, rung 3, and its
     continuation completed at once)."""
-    from hpo.schedulers.promotion import Promotion
+    from hpo.search.schedulers.promotion import Promotion
 
     pruner = Promotion(1, 3, 1, 5)  # rungs at epochs 1 and 3
     study = optuna.create_study(pruner=pruner)
@@ -381,7 +381,7 @@ def test_the_sampler_sees_each_configuration_once_judged_where_it_stopped():
     0.40 against the other's final 0.45) and ranks first; its first attempt, superseded by the
     continuation, is not shown apart from it; the ones paused at step 2 rank by their value
     there, below the complete one (0.6 at step 2)."""
-    from hpo.judging import judged_trials
+    from hpo.search.judging import judged_trials
 
     view = judged_trials(_paused_study().get_trials())
     assert [(t.number, t.state, t.value) for t in view] == [
@@ -403,7 +403,7 @@ def test_tpe_under_the_promotion_pruner_learns_from_the_configuration_judged_bes
     RESULTS.md). Read with TPE's own split, on what the wrapped sampler is given."""
     from optuna.samplers._tpe.sampler import _split_trials
 
-    from hpo.judging import JudgingSampler
+    from hpo.search.judging import JudgingSampler
 
     class Spy(optuna.samplers.RandomSampler):
         def sample_independent(self, study, trial, name, distribution):
@@ -428,7 +428,7 @@ def test_a_tpe_study_with_the_promotion_pruner_samples_through_the_judging_sampl
     import yaml
 
     from hpo.spec import parse_spec
-    from hpo.study import make_sampler
+    from hpo.search.study import make_sampler
 
     env = fast_env(tmp_path)
     spec = tmp_path / "tpe.yaml"
@@ -461,7 +461,7 @@ def test_the_judging_sampler_judges_the_study_once_a_trial(monkeypatch):
     """An independent TPE reads the trials several times for each parameter: the judged view
     is computed once for the trial it samples (at 1,000 trials it took 154 ms an ask where
     plain TPE took 25, computed at every read), and anew for the next trial."""
-    import hpo.judging as judging
+    import hpo.search.judging as judging
 
     calls = []
     judge = judging.judged_trials
@@ -482,7 +482,7 @@ def test_the_judging_sampler_judges_the_study_once_a_trial(monkeypatch):
 
 
 def test_a_rung_of_several_objectives_ranks_by_front_then_crowding():
-    from hpo.schedulers.promotion import crowding, fronts, ranked
+    from hpo.search.schedulers.promotion import crowding, fronts, ranked
 
     points = {0: (1.0, 9.0), 1: (2.0, 5.0), 2: (3.0, 4.0), 3: (4.0, 1.0),  # the first front
               4: (3.0, 6.0), 5: (5.0, 5.0), 6: (6.0, 6.0)}  # 4, 5 dominated by 1 / 2; 6 by 4, 5
@@ -502,8 +502,8 @@ def test_promotion_pauses_a_dominated_configuration_of_a_two_objective_study():
     """Configurations at the first rung of a study of (val_loss, trainable_params), one in two
     going on: a dominated one ranks below the whole front (it pauses though its loss is the
     second best), and the smallest model goes on with the worst loss: it ends the front."""
-    from hpo import _optuna
-    from hpo.schedulers.promotion import Promotion
+    from hpo.store import _optuna
+    from hpo.search.schedulers.promotion import Promotion
 
     scheduler = Promotion(1, 2, 1, 4, objectives=("val_loss", "trainable_params"))
     study = optuna.create_study(directions=["minimize", "minimize"], pruner=scheduler)

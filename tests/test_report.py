@@ -16,10 +16,10 @@ from browser import headless_chromium
 from conftest import run_hpo
 from sample_study import OUTCOMES, build_sample_study
 
-from hpo.figures import FIGURE_TITLES
-from hpo.numbers import savings, study_numbers
-from hpo.report import write_report
-from hpo.storage import open_storage
+from hpo.results.figures import FIGURE_TITLES
+from hpo.results.numbers import savings, study_numbers
+from hpo.results.report import write_report
+from hpo.store.storage import open_storage
 
 STUDY_FIGURES = [k for k in FIGURE_TITLES if k not in ("comparison", "pareto")]
 """A single-objective study's figures: the Pareto front is a multi-objective study's."""
@@ -213,7 +213,7 @@ def test_a_paused_and_resumed_configuration_counts_once():
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from hpo.numbers import anytime
+    from hpo.results.numbers import anytime
 
     start = dt.datetime(2025, 1, 1, 12, 0, 0)
 
@@ -264,7 +264,7 @@ def test_png_export_through_kaleido(tmp_path):
 def test_png_export_without_kaleido_says_why(tmp_path, monkeypatch):
     import sys
 
-    from hpo.report import write_pngs
+    from hpo.results.report import write_pngs
 
     monkeypatch.setitem(sys.modules, "kaleido", None)  # as if not installed
     assert write_pngs({}, tmp_path) == ("kaleido is not installed (pip install kaleido; it "

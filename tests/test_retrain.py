@@ -33,10 +33,10 @@ from hpo.job.image_source import load_images, load_test_images
 from hpo.job.text_data import load_test_texts, load_texts
 from hpo.job.trial import FixedTrial
 from hpo.records import RETRAIN_ATTR
-from hpo.retrain import retrain_epochs
+from hpo.results.retrain import retrain_epochs
 from hpo.spec import TaskSpec, parse_spec
-from hpo.storage import open_storage
-from hpo.study import create_study
+from hpo.store.storage import open_storage
+from hpo.search.study import create_study
 
 
 

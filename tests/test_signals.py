@@ -170,9 +170,9 @@ def test_a_stop_signal_while_the_first_is_handled_raises_nothing():
     of the first: a traceback, exit 1, the trial failed instead of re-queued. Real signals to
     this process, through the worker's handler: the first raises, the later ones only ask
     storage waits to give up."""
-    from hpo.outage import clear_stop, stop_requested
-    from hpo.worker._loop import StopSignals
-    from hpo.worker._trial import Preempted
+    from hpo.store.outage import clear_stop, stop_requested
+    from hpo.run.worker._loop import StopSignals
+    from hpo.run.worker._trial import Preempted
 
     handler = StopSignals()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import slurm as cluster_support
 from conftest import run_hpo, server_url
-from hpo.worker import WORKER_INDEX_VAR, launched_worker_name, worker_identity
+from hpo.run.worker import WORKER_INDEX_VAR, launched_worker_name, worker_identity
 from processes import wait_for
 from workers import epoch_log, fast_env, make_study, trials
 

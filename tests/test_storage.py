@@ -15,9 +15,9 @@ import optuna
 import pytest
 
 from hpo.errors import StorageError
-from hpo.storage import open_storage
-from hpo.storage_url import redact
-from hpo.study import create_study, load_study
+from hpo.store.storage import open_storage
+from hpo.store.url import redact
+from hpo.search.study import create_study, load_study
 from processes import start_hpo, wait_for
 from specs import make_spec, unique
 from workers import epoch_log, fast_env, finished, make_study
@@ -29,11 +29,11 @@ def reopen(name: str, url: str) -> optuna.Study:
 
 
 def test_dead_worker_trial_is_failed_and_requeued_with_its_values(all_storage_url, monkeypatch):
-    import hpo.storage
+    import hpo.store.storage
 
     storage_url = all_storage_url
-    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(hpo.store.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.store.storage, "GRACE_PERIOD", 1)
     storage = open_storage(storage_url)
     study, _ = load_study(create_study(make_spec(unique("stale")), storage).study_name, storage)
     trial = study.ask()
@@ -57,7 +57,7 @@ def test_dead_worker_trial_is_failed_and_requeued_with_its_values(all_storage_ur
 def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(all_storage_url):
     """The worker's attrs go in with the trial's creation (one transaction, hpo's storage
     class); a queued trial is taken before a new one is created, and keeps its own attrs."""
-    from hpo._optuna import ask as _ask
+    from hpo.store._optuna import ask as _ask
 
     storage_url = all_storage_url
     storage = open_storage(storage_url)
@@ -80,7 +80,7 @@ def test_worker_trials_carry_host_and_worker_and_queued_trials_go_first(all_stor
 def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(all_storage_url):
     """Several workers (each its own connection) claim at the same moment: a queued trial goes
     to exactly one of them, and new trials stop at the budget, however many ask at once."""
-    from hpo._optuna import ask
+    from hpo.store._optuna import ask
 
     storage_url = all_storage_url
     n_workers, rounds = 4, 8
@@ -116,7 +116,7 @@ def test_a_queued_trial_is_claimed_once_and_the_budget_never_overshot(all_storag
 def test_user_attrs_of_a_running_trial_are_written_together(all_storage_url):
     """The job's attrs in one transaction: new and rewritten keys land, the trial object sees
     them; a finished trial refuses them as Optuna does; a FixedTrial takes them one by one."""
-    from hpo._optuna import set_user_attrs
+    from hpo.store._optuna import set_user_attrs
 
     storage_url = all_storage_url
     storage = open_storage(storage_url)
@@ -178,12 +178,12 @@ def test_a_beating_trial_stays_a_silent_one_goes_stale_from_its_claim(all_storag
     """Heartbeats reach the storage (the proxy's database, the journal): a trial that beats
     is never stale; one claimed by a worker that died before its first beat is; a re-queued
     trial claimed again is not stale for its previous worker's last beat."""
-    import hpo.storage
-    from hpo._optuna import ask, requeue
-    from hpo.worker import reap
+    import hpo.store.storage
+    from hpo.store._optuna import ask, requeue
+    from hpo.run.worker import reap
 
-    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(hpo.store.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.store.storage, "GRACE_PERIOD", 1)
     storage = open_storage(all_storage_url)
     study, _ = load_study(create_study(make_spec(unique("beat")), storage).study_name, storage)
     attrs = {"host": "h", "worker": "h:w0", "pid": 1}
@@ -209,12 +209,12 @@ def test_a_plain_ask_gets_no_heartbeat_and_never_goes_stale(all_storage_url, mon
     worker) is nobody's claim: no heartbeat starts for it, so it is never failed as stale
     (hpo's reaping, or Optuna's ``fail_stale_trials``), and no hpo attr shows on it. Its
     neighbour claimed by hpo and left silent goes stale as before."""
-    import hpo.storage
-    from hpo._optuna import ask
-    from hpo.worker import reap
+    import hpo.store.storage
+    from hpo.store._optuna import ask
+    from hpo.run.worker import reap
 
-    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(hpo.store.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.store.storage, "GRACE_PERIOD", 1)
     storage = open_storage(all_storage_url)
     study, _ = load_study(create_study(make_spec(unique("plain")), storage).study_name, storage)
     plain = study.ask()
@@ -434,7 +434,7 @@ def test_children_forked_while_threads_use_the_proxy_are_not_aborted(storage_pro
 
     code = (
         "import subprocess, sys, threading\n"
-        "from hpo.storage import open_storage\n"
+        "from hpo.store.storage import open_storage\n"
         f"storage = open_storage({storage_proxy!r}, create=False)\n"
         "stop = threading.Event()\n"
         "def busy():\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import StorageError
-from hpo.storage_url import DEFAULT_URL, ENV_VAR, StorageUrl
+from hpo.store.url import DEFAULT_URL, ENV_VAR, StorageUrl
 
 
 @pytest.mark.parametrize("text,kind,driver,path", [

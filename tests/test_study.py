@@ -13,8 +13,8 @@ from conftest import SUPPORT, run_hpo
 from hpo import __version__
 from hpo.errors import SpecError, StudyNotFoundError
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
-from hpo.study import (SPEC_ATTR, VERSION_ATTR, create_study, load_study, make_pruner, make_sampler,
+from hpo.store.storage import open_storage
+from hpo.search.study import (SPEC_ATTR, VERSION_ATTR, create_study, load_study, make_pruner, make_sampler,
                        with_sampler_defaults)
 from specs import make_spec, unique
 

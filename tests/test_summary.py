@@ -11,8 +11,8 @@ import pytest
 from sample_study import OUTCOMES, build_sample_study
 
 from hpo.records import RETRAIN_ATTR
-from hpo.storage import open_storage
-from hpo.summary import (best_record, format_best, format_status, format_studies, format_trial,
+from hpo.store.storage import open_storage
+from hpo.results.summary import (best_record, format_best, format_status, format_studies, format_trial,
                          status_record, studies_records)
 
 BEST = 3

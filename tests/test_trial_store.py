@@ -1,4 +1,4 @@
-"""The trial-store contract (hpo/_optuna/_store.py) on every storage kind: SQLite, PostgreSQL,
+"""The trial-store contract (hpo/store/_optuna/_store.py) on every storage kind: SQLite, PostgreSQL,
 MariaDB, the journal file and the gRPC proxy. What the worker and the schedulers rely on:
 pauses queued before their tell, continuations claimed outside the budget, a continuation
 replaced with other params leaving exactly one, and a worker killed between a pause and its
@@ -13,12 +13,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import _optuna
+from hpo.store import _optuna
 from hpo.records import PROMOTED_ATTR, PRUNE_REASON_ATTR, is_paused
-from hpo.schedulers import Resume
-from hpo.schedulers.continuation import configuration, queue_continuation
-from hpo.storage import open_storage
-from hpo.study import create_study, load_study
+from hpo.search.schedulers import Resume
+from hpo.search.schedulers.continuation import configuration, queue_continuation
+from hpo.store.storage import open_storage
+from hpo.search.study import create_study, load_study
 from specs import make_spec, unique
 
 WORKER = {"host": "h", "worker": "h:w0", "pid": 1}
@@ -83,7 +83,7 @@ def test_a_continuation_replaced_with_other_params_leaves_exactly_one(all_storag
     """PBT's exploit: the claimed continuation is replaced by one with the parent's params,
     checkpoint and curve (queued first), then told PRUNED as exploited: one continuation of
     the configuration waits, with the new params, claimable again."""
-    from hpo.worker._trial import _replace
+    from hpo.run.worker._trial import _replace
 
     study = _study(all_storage_url, "replace")
     trial = _optuna.ask(study, WORKER, [], budget=2)
@@ -112,11 +112,11 @@ def test_a_worker_killed_between_a_pause_and_its_tell_loses_nothing(all_storage_
     """The pause is queued, and the worker dies before it tells the trial: the trial goes
     stale and fails without a retry (its continuation runs the configuration on), so the
     configuration waits once, paused, on every kind of storage."""
-    import hpo.storage
-    from hpo.worker import reap
+    import hpo.store.storage
+    from hpo.run.worker import reap
 
-    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(hpo.store.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.store.storage, "GRACE_PERIOD", 1)
     study = _study(all_storage_url, "killed")
     trial = _optuna.ask(study, WORKER, [])
     _run(study, trial, {1: 0.9})

@@ -13,7 +13,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from hpo.cli import main
 from hpo.records import FIRST_GUESS_ATTR, FIRST_GUESSES_ATTR
 from hpo.spec import parse_spec
-from hpo.warm_start import fit_to_space
+from hpo.search.warm_start import fit_to_space
 
 from conftest import run_hpo
 from processes import SUPPORT, one_line_error
@@ -215,7 +215,7 @@ def test_an_earlier_study_that_maximizes_is_refused(tmp_path):
 
 def test_the_exported_best_spec_has_no_first_guesses(tmp_path):
     """The export's spec runs the best trial's params once: first guesses would not fit it."""
-    from hpo.export import best_spec_dict
+    from hpo.results.export import best_spec_dict
 
     spec = make_spec("digits", "warm_start: {defaults: true, from: older}\n")
     trial = optuna.trial.create_trial(

@@ -45,9 +45,9 @@ def test_simultaneous_asks_past_the_budget_leave_exactly_the_later_ones_surplus(
     """Four workers ask for the budget's last trial at once: the three later ones yield, in
     whatever order they check, and a failed trial does not count against the budget."""
     from hpo.spec import parse_spec
-    from hpo.storage import open_storage
-    from hpo.study import create_study
-    from hpo.worker import over_budget
+    from hpo.store.storage import open_storage
+    from hpo.search.study import create_study
+    from hpo.run.worker import over_budget
     import yaml
 
     spec = parse_spec(yaml.safe_load(FAST.format(name="asks", n=3, low=1, high=2,
@@ -201,12 +201,12 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
     """A worker that dies between claiming a trial and starting its heartbeat thread leaves
     a trial the stale-trial search finds; a re-queued trial, claimed again, is not stale
     because of its previous worker's last heartbeat."""
-    import hpo.storage
-    from hpo._optuna import ask, requeue
-    from hpo.worker import reap
+    import hpo.store.storage
+    from hpo.store._optuna import ask, requeue
+    from hpo.run.worker import reap
 
-    monkeypatch.setattr(hpo.storage, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(hpo.storage, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(hpo.store.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(hpo.store.storage, "GRACE_PERIOD", 1)
     study = fast_study(storage_url, f"claim-{time.time_ns()}")
     attrs = {"host": "h", "worker": "h:w0", "pid": 1}
     claimed = ask(study, attrs, [])  # ... and the worker dies here: no heartbeat thread

@@ -193,7 +193,7 @@ def _template(p: argparse.ArgumentParser) -> None:
         help="the Python with hpo installed on the compute nodes (slurm; default: "
         "the one running this command, e.g. .venv/bin/python)",
     )
-    from hpo import cluster
+    from hpo.run import cluster
 
     p.add_argument(
         "--time",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hpo.spec import Spec
-    from hpo.storage_url import StorageUrl
+    from hpo.store.url import StorageUrl
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -39,7 +39,7 @@ class Handle:
     def url(self) -> StorageUrl:
         """The storage URL, parsed once; ``str()`` of it has the password: never print it,
         print ``shown``."""
-        from hpo.storage_url import StorageUrl
+        from hpo.store.url import StorageUrl
 
         return StorageUrl.parse(getattr(self.args, "storage", None))
 
@@ -60,7 +60,7 @@ class Handle:
                 0, for commands a person types: fail at once.
         """
         if self._opened is None:
-            from hpo.storage import open_storage
+            from hpo.store.storage import open_storage
 
             self._opened = open_storage(self.url, create=False, outage=outage)
         return self._opened
@@ -68,7 +68,7 @@ class Handle:
     def serve_proxy(self, *, host: str, port: int, threads: int) -> tuple[Any, int]:
         """Open the database (its tables created where missing) and serve it as the gRPC
         storage proxy on ``host:port``; returns the started server and its port."""
-        from hpo.storage import serve_proxy
+        from hpo.store.storage import serve_proxy
 
         return serve_proxy(self.url, host=host, port=port, threads=threads)
 
@@ -76,14 +76,14 @@ class Handle:
         """The study named by the STUDY argument and its stored spec, loaded on the first call.
 
         Args:
-            seed_offset: added to the sampler's seed (a worker's own, see ``hpo.study``).
+            seed_offset: added to the sampler's seed (a worker's own, see ``hpo.search.study``).
             outage: as for ``storage``.
 
         Raises:
             StudyNotFoundError: no such study (exit 2, the message lists those there are).
         """
         if self._loaded is None:
-            from hpo.study import load_study
+            from hpo.search.study import load_study
 
             self._loaded = load_study(
                 self.args.study, self.storage(outage=outage), seed_offset=seed_offset
@@ -100,15 +100,15 @@ class Handle:
 
     def study_named(self, name: str) -> optuna.Study:
         """Another study of the same storage (``hpo report --compare``)."""
-        from hpo.study import load_study
+        from hpo.search.study import load_study
 
         return load_study(name, self.storage())[0]
 
     def create(self, spec: Spec) -> optuna.Study:
         """Create the spec's study, or resume it where it exists with the same spec; the
         database (a SQLite file, the tables) is created where missing."""
-        from hpo.storage import open_storage
-        from hpo.study import create_study
+        from hpo.search.study import create_study
+        from hpo.store.storage import open_storage
 
         self._opened = open_storage(self.url)
         self._loaded = (

@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a failure, not bad input: one line unless debugging
         if os.environ.get("HPO_DEBUG"):
             raise
-        from hpo.outage import OUTAGE_VAR, database_outage, outage_seconds
+        from hpo.store.outage import OUTAGE_VAR, database_outage, outage_seconds
 
         outage = database_outage(e)
         # Optuna's own wrapper says "invalid data": say what it was

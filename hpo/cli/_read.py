@@ -12,7 +12,7 @@ from hpo.errors import HpoError
 
 
 def status(h: Handle) -> int:
-    from hpo.summary import format_status, status_record
+    from hpo.results.summary import format_status, status_record
 
     record = status_record(h.study)
     print(json.dumps(record, indent=2) if h.args.json else format_status(record))
@@ -20,7 +20,7 @@ def status(h: Handle) -> int:
 
 
 def best(h: Handle) -> int:
-    from hpo.summary import best_record, best_text, pareto_records
+    from hpo.results.summary import best_record, best_text, pareto_records
 
     study = h.study
     text = best_text(study)
@@ -34,7 +34,7 @@ def best(h: Handle) -> int:
 
 
 def studies(h: Handle) -> int:
-    from hpo.summary import format_studies, studies_records
+    from hpo.results.summary import format_studies, studies_records
 
     records = studies_records(h.storage())
     print(json.dumps(records, indent=2) if h.args.json else format_studies(records))
@@ -42,8 +42,8 @@ def studies(h: Handle) -> int:
 
 
 def trials(h: Handle) -> int:
-    from hpo.artifacts import artifact_dir
-    from hpo.export import write_trials
+    from hpo.results.export import write_trials
+    from hpo.store.artifacts import artifact_dir
 
     args = h.args
     study = h.study
@@ -61,7 +61,7 @@ def trials(h: Handle) -> int:
 
 
 def report(h: Handle) -> int:
-    from hpo.report import write_pngs, write_report
+    from hpo.results.report import write_pngs, write_report
 
     args = h.args
     study = h.study
@@ -93,7 +93,7 @@ def report(h: Handle) -> int:
 
 
 def dashboard(h: Handle) -> int:
-    from hpo.dashboard import serve
+    from hpo.results.dashboard import serve
 
     args = h.args
 
@@ -114,8 +114,8 @@ def dashboard(h: Handle) -> int:
 
 
 def export(h: Handle) -> int:
-    from hpo.export import export_best, format_export
-    from hpo.report import default_path
+    from hpo.results.export import export_best, format_export
+    from hpo.results.report import default_path
 
     study, spec = h.load()
     out = Path(h.args.out) if h.args.out else Path("exports") / default_path(h.args.study).stem
@@ -127,8 +127,8 @@ def export(h: Handle) -> int:
 
 
 def retrain(h: Handle) -> int:
-    from hpo.retrain import format_retrain
-    from hpo.retrain import retrain as retrain_best
+    from hpo.results.retrain import format_retrain
+    from hpo.results.retrain import retrain as retrain_best
 
     study, spec = h.load()
     record = retrain_best(

@@ -12,7 +12,7 @@ from hpo.errors import HpoError
 
 
 def create(h: Handle) -> int:
-    from hpo.preflight import load_checked_spec
+    from hpo.run.preflight import load_checked_spec
 
     # Validate, and check this machine's files, before touching the database.
     spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
@@ -22,7 +22,7 @@ def create(h: Handle) -> int:
 
 
 def run(h: Handle) -> int:
-    from hpo.preflight import load_checked_spec
+    from hpo.run.preflight import load_checked_spec
 
     # Validate, and check this machine's files, before touching the database.
     spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
@@ -38,11 +38,11 @@ def launch(h: Handle) -> int:
 def _launch(h: Handle, name: str) -> int:
     import socket
 
-    from hpo.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
-    from hpo.slots import Slot, assign_slots, idle_gpus, parse_gpus, visible_gpus
-    from hpo.storage_url import ENV_VAR
-    from hpo.summary import best_text, format_status, status_record
-    from hpo.worker import describe_exit, launched_worker_name, reap_process
+    from hpo.results.summary import best_text, format_status, status_record
+    from hpo.run.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
+    from hpo.run.slots import Slot, assign_slots, idle_gpus, parse_gpus, visible_gpus
+    from hpo.run.worker import describe_exit, launched_worker_name, reap_process
+    from hpo.store.url import ENV_VAR
 
     args = h.args
     devices = h.spec.resources.devices_per_trial
@@ -98,12 +98,10 @@ def _launch(h: Handle, name: str) -> int:
 def worker(h: Handle) -> int:
     from optuna.trial import TrialState
 
-    from hpo.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
-    from hpo.outage import outage_seconds
     from hpo.records import complete_val_loss, is_continuation
-    from hpo.study import make_sampler
-    from hpo.summary import best_text, format_trial
-    from hpo.worker import (
+    from hpo.results.summary import best_text, format_trial
+    from hpo.run.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
+    from hpo.run.worker import (
         MAX_CONSECUTIVE_FAILURES,
         RESTART_SEED_STRIDE,
         WORKER_INDEX_VAR,
@@ -111,6 +109,8 @@ def worker(h: Handle) -> int:
         run_worker,
         worker_identity,
     )
+    from hpo.search.study import make_sampler
+    from hpo.store.outage import outage_seconds
 
     options = WorkerOptions.from_args(h.args)
     worker, seed_offset = worker_identity()
@@ -183,7 +183,7 @@ def worker(h: Handle) -> int:
 
 
 def reap(h: Handle) -> int:
-    from hpo.worker import reap as reap_dead_workers
+    from hpo.run.worker import reap as reap_dead_workers
 
     failed = reap_dead_workers(h.study, everything=h.args.all)
     print(
@@ -194,7 +194,7 @@ def reap(h: Handle) -> int:
 
 
 def template(h: Handle) -> int:
-    from hpo.cluster import render
+    from hpo.run.cluster import render
 
     args, url = h.args, h.url
     kind = url.kind

@@ -190,7 +190,7 @@ COMMANDS: tuple[Command, ...] = (
         "trials' train and validation examples together, for the epoch its validation "
         "loss was best, and evaluate it on the test split where the dataset has one (or "
         "task.test_fraction). Writes model.pt and retrain.json and keeps a summary in the "
-        "study (hpo.retrain).",
+        "study (hpo.results.retrain).",
         _read.retrain,
         _retrain,
     ),

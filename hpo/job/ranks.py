@@ -1,6 +1,6 @@
 """A trial on several devices: what the fit loop does differently on each of its ranks.
 
-The gang's process group is set up by whoever starts the ranks (``hpo.worker``); the job only
+The gang's process group is set up by whoever starts the ranks (``hpo.run.worker``); the job only
 asks ``Ranks.current()`` which rank it is. With one rank every method here is a no-op, so the
 one fit loop serves both.
 

@@ -1,6 +1,6 @@
 """What the fit loop sees of its trial: report, should_prune, attrs. Nothing else.
 
-The worker backs it with the study's Optuna trial (``hpo.worker``), ``hpo retrain`` with a
+The worker backs it with the study's Optuna trial (``hpo.run.worker``), ``hpo retrain`` with a
 ``FixedTrial`` that records what it is told and never prunes. The job never sees the study,
 its database or the process it runs in, so the loop is testable alone.
 """

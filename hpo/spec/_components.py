@@ -1,6 +1,6 @@
 """Samplers and pruners: a spec's ``sampler`` / ``pruner`` (``ComponentSpec``), and the
 options each takes: name -> {option: expected type}; the checks of hpo's schedulers
-(``SCHEDULER_CHECKS``). ``hpo.study`` and ``hpo.schedulers`` build them."""
+(``SCHEDULER_CHECKS``). ``hpo.search.study`` and ``hpo.search.schedulers`` build them."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
 """Pruner name -> its options and their types. ``median``, ``percentile``,
 ``successive_halving``, ``hyperband``, ``threshold`` and ``patient`` are Optuna's pruners of
 those names (``PatientPruner`` wrapping another); ``none`` never prunes. ``promotion`` and
-``pbt`` are hpo's schedulers (``hpo.schedulers``): ``promotion`` pauses a trial that falls
+``pbt`` are hpo's schedulers (``hpo.search.schedulers``): ``promotion`` pauses a trial that falls
 behind at a rung and resumes it later (with several objectives too); ``pbt`` is
 population-based training: the ``budget.n_trials`` configurations train side by side,
 pausing every ``interval`` epochs, and those in the bottom ``quantile`` go on from the
@@ -206,5 +206,5 @@ def _check_pbt(spec: Any, at: _At) -> None:
 
 # ``spec``: the ``Spec`` (whose module imports this one).
 SCHEDULER_CHECKS = {"promotion": _check_promotion, "pbt": _check_pbt}
-"""hpo's schedulers (``hpo.schedulers``), each with its checks of the whole spec (``at``: the
+"""hpo's schedulers (``hpo.search.schedulers``), each with its checks of the whole spec (``at``: the
 spec file's top). They pause trials, so no ``patient`` pruner wraps one."""

@@ -96,7 +96,7 @@ def parse_spec(
             ``check_files``) what the spec names on this machine: a local model directory or
             ``pkg:`` package, a local checkpoint file, a custom job's entrypoint. A spec loaded
             back from a study skips this: it was checked when the study was created, and
-            another machine may keep its files elsewhere. (``hpo.preflight`` checks the data.)
+            another machine may keep its files elsewhere. (``hpo.run.preflight`` checks the data.)
         check_files: with ``check_environment``, check this machine's files as said there.
 
     Raises:

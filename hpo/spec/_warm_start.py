@@ -1,5 +1,5 @@
 """The ``warm_start`` section: a new study's first trials, from the model family's known-good
-defaults and from an earlier study's best. ``hpo.warm_start`` enqueues them."""
+defaults and from an earlier study's best. ``hpo.search.warm_start`` enqueues them."""
 
 from __future__ import annotations
 

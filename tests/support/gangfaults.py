@@ -1,5 +1,5 @@
 """Faults inside a trial's ranks, for tests/test_gang.py: spawned ranks import this module
-(``hpo.worker._gang._rank_main`` is replaced by a function here) and inject the fault there."""
+(``hpo.run.worker._gang._rank_main`` is replaced by a function here) and inject the fault there."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def oom_rank_main(rank: int, *args) -> None:
     """``_rank_main``, with a memory limit on one rank: a micro-batch above the limit raises
     the out-of-memory error a GPU would."""
     from hpo.job import step
-    from hpo.worker import _gang
+    from hpo.run.worker import _gang
 
     if rank == int(os.environ[OOM_RANK_VAR]):
         limit = int(os.environ[OOM_ABOVE_VAR])

@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from conftest import ROOT
 from hpo.spec import load_spec
-from hpo.storage import open_storage
-from hpo.study import create_study
+from hpo.store.storage import open_storage
+from hpo.search.study import create_study
 
 DIGITS = ROOT / "search_spaces" / "digits.yaml"
 # (state, epochs planned, epochs run, final loss): a study's worth of outcomes.

@@ -65,8 +65,8 @@ def fast_study(storage_url: str, name: str) -> "optuna.Study":
     import yaml
 
     from hpo.spec import parse_spec
-    from hpo.storage import open_storage
-    from hpo.study import create_study
+    from hpo.store.storage import open_storage
+    from hpo.search.study import create_study
 
     spec = parse_spec(yaml.safe_load(FAST.format(name=name, n=3, low=1, high=2,
                                                  pruner="none")), source="<lifecycle>")

@@ -1,0 +1,393 @@
+"""Figures: a study's plotly figures, one function each.
+
+The figures of Optuna's own plots (history, parallel coordinates, importances, slices) read
+the study; learning curves and the timeline of workers read its trials' intermediate values and
+user attrs; the savings and comparison figures draw numbers that ``hpo.results.report`` computes.
+Plotly is imported inside each function, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+    from optuna.trial import FrozenTrial
+
+STATE_COLORS = {
+    "COMPLETE": "#1f77b4",
+    "PRUNED": "#ff7f0e",
+    "FAIL": "#d62728",
+    "RUNNING": "#7f7f7f",
+    "WAITING": "#bcbd22",
+}
+FIGURE_TITLES = {
+    "history": "Optimization history",
+    "pareto": "Pareto front",
+    "curves": "Learning curves",
+    "population": "Population (pbt): each member's curve, its exploits marked",
+    "parallel": "Parallel coordinates",
+    "importances": "Hyperparameter importances",
+    "slice": "Slice plots",
+    "timeline": "Timeline of workers",
+    "savings": "Pruning savings",
+    "anytime": "Best value against time and epochs",
+    "comparison": "Comparison of studies",
+}
+"""Figure key -> title; the key names the figure in optuna-dashboard (``hpo-KEY``)."""
+
+
+def study_figures(
+    study: optuna.Study, savings: dict[str, Any], anytime: dict[str, list[float]]
+) -> dict[str, go.Figure]:
+    """Every figure of a study's report, by key (see ``FIGURE_TITLES``), titled.
+
+    Figures that need complete trials show a note instead where there are too few. A study of
+    several objectives has the Pareto front too; the others show its validation loss.
+
+    Args:
+        study: the study.
+        savings: its pruning savings (``hpo.results.numbers.savings``).
+        anytime: its anytime curve (``hpo.results.numbers.anytime``).
+    """
+    figures = {
+        "history": history_figure(study),
+        **({"pareto": pareto_figure(study)} if len(study.directions) > 1 else {}),
+        "curves": learning_curves_figure(study),
+        **({"population": population_figure(study)} if _pbt(study) else {}),
+        "parallel": parallel_figure(study),
+        "importances": importances_figure(study),
+        "slice": slice_figure(study),
+        "timeline": timeline_figure(study),
+        "savings": savings_figure(savings),
+        "anytime": anytime_figure(anytime),
+    }
+    for key, fig in figures.items():
+        fig.update_layout(title={"text": FIGURE_TITLES[key]})
+    return figures
+
+
+def _pbt(study: optuna.Study) -> bool:
+    from hpo.records import SPEC_ATTR
+
+    return ((study.user_attrs.get(SPEC_ATTR) or {}).get("pruner") or {}).get("name") == "pbt"
+
+
+def population_figure(study: optuna.Study) -> go.Figure:
+    """Each member of a ``pbt`` study: its validation loss by report step over its attempts
+    (after an exploit, its weights' history is the parent's), a marker where it exploited."""
+    import plotly.graph_objects as go
+
+    from hpo.search.schedulers.continuation import configurations
+    from hpo.search.schedulers.pbt import LINEAGE_ATTR
+
+    fig = go.Figure()
+    for member, (latest, curve, _) in sorted(configurations(study.get_trials()).items()):
+        steps = sorted(curve)
+        fig.add_trace(go.Scatter(x=steps, y=[curve[s] for s in steps], name=f"#{member}"))
+        exploits = [e for e in latest.user_attrs.get(LINEAGE_ATTR, ()) if e["step"] in curve]
+        fig.add_trace(
+            go.Scatter(
+                x=[e["step"] for e in exploits],
+                y=[curve[e["step"]] for e in exploits],
+                mode="markers",
+                marker={"symbol": "star", "size": 11},
+                text=[f"#{member} from #{e['parent']}" for e in exploits],
+                showlegend=False,
+            )
+        )
+    fig.update_layout(xaxis_title="report step", yaxis_title="val loss")
+    return fig
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _val_loss(study: optuna.Study) -> Any:
+    """Optuna's ``target`` for its plots: None (the value) with one objective, else the first
+    of the values, the validation loss (Optuna's plots refuse several objectives without)."""
+    return None if len(study.directions) == 1 else (lambda t: t.values[0])
+
+
+def pareto_figure(study: optuna.Study) -> go.Figure:
+    """The complete trials by their objectives, the Pareto set highlighted (Optuna's plot):
+    one panel of two objectives, or three in 3D."""
+    import optuna.visualization as vis
+
+    from hpo.records import objectives
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    names = objectives(study)
+    if len(names) > 3:  # Optuna draws 2 or 3 objectives: the loss against the first two more
+        return vis.plot_pareto_front(study, targets=lambda t: t.values[:3], target_names=names[:3])
+    return vis.plot_pareto_front(study, target_names=names)
+
+
+def placeholder_figure(text: str) -> go.Figure:
+    """An empty figure that says why it is empty."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(
+        text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 16}
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=250)
+    return fig
+
+
+def history_figure(study: optuna.Study) -> go.Figure:
+    """Each complete trial's best validation loss and the best so far, by trial number."""
+    import optuna.visualization as vis
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    fig = vis.plot_optimization_history(study, target=_val_loss(study), target_name="val loss")
+    fig.update_yaxes(title_text="best validation loss of the trial")
+    return fig
+
+
+def learning_curves_figure(study: optuna.Study) -> go.Figure:
+    """Validation loss by epoch of every trial, one color per state."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    shown: set[str] = set()
+    values: list[float] = []
+    for t in study.get_trials(deepcopy=False):
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        ys = [t.intermediate_values[s] for s in steps]
+        values += [y for y in ys if math.isfinite(y)]
+        state = t.state.name
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=ys,
+                mode="lines+markers",
+                name=state.lower(),
+                legendgroup=state,
+                showlegend=state not in shown,
+                line={"color": STATE_COLORS.get(state, "#333")},
+                marker={"size": 4},
+                opacity=0.8,
+                hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
+                "val loss %{y:.4f}<extra></extra>",
+            )
+        )
+        shown.add(state)
+    if not fig.data:
+        return placeholder_figure("no trial reported a validation loss yet")
+    positive = [v for v in values if v > 0]
+    # Diverged trials reach losses 100x the others': a log axis keeps the good ones readable.
+    log = bool(positive) and len(positive) == len(values) and max(values) / min(positive) > 100
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="validation loss", type="log" if log else "linear")
+    return fig
+
+
+def parallel_figure(study: optuna.Study) -> go.Figure:
+    """Parallel coordinates of the complete trials' params and loss."""
+    import optuna.visualization as vis
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    return vis.plot_parallel_coordinate(study, target=_val_loss(study), target_name="val loss")
+
+
+def importances_figure(study: optuna.Study) -> go.Figure:
+    """Hyperparameter importances (Optuna's default evaluator); needs 2+ complete trials."""
+    import optuna.visualization as vis
+
+    n = len(_complete(study))
+    if n < 2:
+        return placeholder_figure(
+            f"importances need at least 2 complete trials; this study has {n}"
+        )
+    try:
+        return vis.plot_param_importances(study, target=_val_loss(study), target_name="val loss")
+    except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
+        return placeholder_figure(f"importances could not be computed: {e}")
+
+
+def slice_figure(study: optuna.Study) -> go.Figure:
+    """Loss against each param, one panel per param."""
+    import optuna.visualization as vis
+
+    if not _complete(study):
+        return placeholder_figure("no complete trial yet")
+    fig = vis.plot_slice(study, target=_val_loss(study), target_name="val loss")
+    fig.update_layout(width=None)  # Optuna sets 300 px per param: let the page decide
+    return fig
+
+
+def timeline_figure(study: optuna.Study) -> go.Figure:
+    """One row per worker: when each of its trials ran, colored by state."""
+    import plotly.graph_objects as go
+
+    now = dt.datetime.now()
+    rows: dict[str, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.datetime_start is not None:
+            rows.setdefault(str(t.user_attrs.get("worker", "unknown")), []).append(t)
+    if not rows:
+        return placeholder_figure("no trial has started yet")
+    fig = go.Figure()
+    for state, color in STATE_COLORS.items():
+        ts = [t for trials in rows.values() for t in trials if t.state.name == state]
+        if not ts:
+            continue
+        starts = [t.datetime_start for t in ts if t.datetime_start is not None]  # all of ts
+        ends = [t.datetime_complete or now for t in ts]
+        fig.add_trace(
+            go.Bar(
+                orientation="h",
+                name=state.lower(),
+                marker={"color": color},
+                y=[str(t.user_attrs.get("worker", "unknown")) for t in ts],
+                base=[s.isoformat() for s in starts],
+                x=[(e - s).total_seconds() * 1000 for s, e in zip(starts, ends)],
+                customdata=[
+                    [t.number, (e - s).total_seconds()] for t, s, e in zip(ts, starts, ends)
+                ],
+                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f} s<extra>"
+                f"{state.lower()}</extra>",
+            )
+        )
+    fig.update_xaxes(type="date", title_text="time")
+    fig.update_yaxes(title_text="worker", categoryorder="category descending")
+    fig.update_layout(barmode="overlay", height=max(250, 60 * len(rows) + 150))
+    return fig
+
+
+def savings_figure(s: dict[str, Any]) -> go.Figure:
+    """Epochs and device-hours run vs. training every finished trial to its planned epochs.
+
+    Args:
+        s: the savings of a study (``hpo.results.numbers.savings``).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not s["trials"]:
+        return placeholder_figure("no finished trial yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("epochs", "device-hours"))
+    labels = ["run", "planned"]
+    colors = ["#2ca02c", "#c7c7c7"]
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=[s["epochs_run"], s["epochs_planned"]],
+            marker={"color": colors},
+            showlegend=False,
+            text=[f"{s['epochs_run']:g}", f"{s['epochs_planned']:g}"],
+        ),
+        1,
+        1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=[s["device_hours_run"], s["device_hours_planned"]],
+            marker={"color": colors},
+            showlegend=False,
+            text=[f"{s['device_hours_run']:.3g}", f"{s['device_hours_planned']:.3g}"],
+        ),
+        1,
+        2,
+    )
+    fig.add_annotation(
+        text=f"{s['saved_fraction']:.0%} of device-hours saved over {s['trials']} finished trials",
+        showarrow=False,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=-0.18,
+    )
+    fig.update_layout(height=400, margin={"b": 90})
+    return fig
+
+
+def anytime_figure(curve: dict[str, list[float]]) -> go.Figure:
+    """The best value so far against wall time and against epochs trained, a step each time
+    a trial finishes (the anytime curve: how soon a good value was there).
+
+    Args:
+        curve: ``seconds``, ``epochs``, ``best`` and ``trial`` lists
+            (``hpo.results.numbers.anytime``).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not curve["best"]:
+        return placeholder_figure("no complete trial yet")
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "by wall time since the first trial started",
+            "by epochs trained (all trials)",
+        ),
+    )
+    for col, (x, unit) in enumerate(((curve["seconds"], "s"), (curve["epochs"], "epochs")), 1):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=curve["best"],
+                mode="lines+markers",
+                line={"shape": "hv"},
+                name=f"best by {unit}",
+                showlegend=False,
+                customdata=curve["trial"],
+                hovertemplate=f"%{{x:.4g}} {unit}<br>best %{{y:.4f}}<br>"
+                "after trial %{customdata}<extra></extra>",
+            ),
+            1,
+            col,
+        )
+    fig.update_xaxes(title_text="seconds", row=1, col=1)
+    fig.update_xaxes(title_text="epochs", row=1, col=2)
+    fig.update_yaxes(title_text="best value so far", row=1, col=1)
+    fig.update_layout(height=400)
+    return fig
+
+
+def comparison_figure(progress: dict[str, dict[str, list[float]]]) -> go.Figure:
+    """Best loss so far of each study, by finished trial and by device-hours spent.
+
+    Args:
+        progress: study name -> ``trials``, ``device_hours`` and ``best`` lists, one entry
+            per finished trial from the first complete one on (``hpo.results.numbers.progress``).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by finished trial", "by device-hours run"))
+    for i, (name, p) in enumerate(progress.items()):
+        color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"][i % 4]
+        for col, x in ((1, p["trials"]), (2, p["device_hours"])):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=p["best"],
+                    mode="lines",
+                    name=name,
+                    line={"shape": "hv", "color": color},
+                    legendgroup=name,
+                    showlegend=col == 1,
+                ),
+                1,
+                col,
+            )
+    fig.update_yaxes(title_text="best validation loss so far", row=1, col=1)
+    fig.update_layout(title={"text": FIGURE_TITLES["comparison"]})
+    return fig
