@@ -7,6 +7,7 @@ import threading
 import time
 
 import optuna
+import yaml
 import pytest
 
 from conftest import SUPPORT, run_hpo
@@ -76,8 +77,14 @@ def test_study_stores_the_whole_spec_and_loads_by_name(storage_url):
     # A worker elsewhere needs only the name and the URL.
     loaded, loaded_spec = load_study(spec.study.name, open_storage(storage_url, create=False))
     assert loaded_spec == with_sampler_defaults(spec)
-    assert isinstance(loaded.sampler, optuna.samplers.TPESampler)
-    assert isinstance(loaded.pruner, optuna.pruners.MedianPruner)
+    # No pruner named: the default for 5 trials of up to 6 epochs (hpo.spec's
+    # with_default_pruner), whose TPE learns from each configuration where it stopped.
+    from hpo.search.judging import JudgingSampler
+    from hpo.search.schedulers.promotion import Promotion
+
+    assert isinstance(loaded.sampler, JudgingSampler)
+    assert isinstance(loaded.sampler.inner, optuna.samplers.TPESampler)
+    assert isinstance(loaded.pruner, Promotion) and loaded.pruner.rungs == {1, 3, 9}
 
 def test_rerun_loads_and_may_change_only_the_budget(storage_url):
     name = unique("rerun")
@@ -128,7 +135,7 @@ def test_sampler_factory(name):
     extra = f"sampler: {{name: {name}, seed: 3}}\n"
     spec = make_spec("s", extra, **{"log: true}": "step: 1.0e-4}"} if name == "grid" else {})
     sampler = make_sampler(spec, seed_offset=2)
-    assert isinstance(sampler, SAMPLERS[name])
+    assert isinstance(getattr(sampler, "inner", sampler), SAMPLERS[name])  # a judging TPE
     # Different workers sample differently, the same worker reproducibly.
     def first(offset):
         study = optuna.create_study(sampler=make_sampler(spec, offset))
@@ -187,3 +194,59 @@ def test_a_small_tpe_budget_starts_modelling_sooner_and_keeps_it(tmp_path):
     storage.set_study_user_attr(storage.get_study_id_from_name("old"), SPEC_ATTR, old.to_dict())
     create_study(old, storage)
     assert startup("old") is None
+
+
+@pytest.mark.parametrize("extra, replace, pruner, evals", [
+    ("", {"high: 6": "high: 3"}, {"name": "promotion", "min_resource": 0.25,
+                                  "reduction_factor": 3}, 4),
+    ("", {}, {"name": "promotion", "min_resource": 0.5, "reduction_factor": 3}, 2),
+    ("", {"high: 6": "high: 12"}, {"name": "promotion", "min_resource": 1,
+                                    "reduction_factor": 3}, 1),
+    ("", {"n_trials: 5": "n_trials: 3"}, {"name": "none"}, 1),
+    ("", {"dataset: {name: digits}}": "dataset: {name: digits}, evals_per_epoch: 3}"},
+     {"name": "promotion", "min_resource": 1, "reduction_factor": 3}, 3),
+    ("", {"high: 6": "high: 2", "dataset: {name: digits}}":
+          "dataset: {name: digits}, evals_per_epoch: 2}"},
+     {"name": "promotion", "min_resource": 0.5, "reduction_factor": 3}, 2),
+    ("pruner: {name: median}\n", {}, {"name": "median"}, 1),
+])
+def test_a_spec_that_names_no_pruner_gets_the_measured_default_written_in(extra, replace,
+                                                                          pruner, evals):
+    """No pruner named: promotion with an early first rung, chosen from the epochs and the
+    trials (few trials: none), stored in the spec, so the study reads back the same."""
+    spec = make_spec("d", extra, **replace)
+    assert spec.to_dict()["pruner"] == pruner
+    assert spec.task.evals_per_epoch == evals
+    assert parse_spec(spec.to_dict()) == spec
+
+
+def test_the_default_of_a_custom_job_or_several_objectives():
+    custom = parse_spec(yaml.safe_load("""
+study: {name: c}
+task: {kind: custom, entrypoint: "fastjob:epochs_job"}
+search_space: {lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}}
+"""), check_environment=False)
+    assert custom.pruner.name == "median"  # its job may not checkpoint where it stops
+    several = make_spec("m", **{"task:": "study: {objectives: [val_loss, params]}\ntask:"})
+    assert several.pruner.name == "none"
+
+
+def test_hpo_create_says_which_pruner_it_chose_for_a_spec_that_names_none(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("""
+task: {kind: image_classification, model: resnet18, dataset: {name: digits}}
+search_space:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+  epochs: {type: int, low: 1, high: 3}
+budget: {n_trials: 6}
+""")
+    r = run_hpo("create", str(spec), "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ("the spec names no pruner: promotion (min_resource 0.25, reduction_factor 3), "
+            "task.evals_per_epoch 4; stored in the study's spec") in r.stdout
+    stored = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert stored.user_attrs["hpo.spec"]["pruner"]["name"] == "promotion"
+    spec.write_text(spec.read_text() + "pruner: {name: median}\n")
+    named = run_hpo("create", str(spec), "--storage", f"sqlite:///{tmp_path / 't.db'}",
+                    cwd=tmp_path)
+    assert named.returncode == 0 and "names no pruner" not in named.stdout

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo.cli._handle import EXIT_OK, Handle, say, warn
 from hpo.errors import HpoError
+
+if TYPE_CHECKING:
+    from hpo.spec import Spec
 
 
 def create(h: Handle) -> int:
@@ -17,6 +20,7 @@ def create(h: Handle) -> int:
     # Validate, and check this machine's files, before touching the database.
     spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
     study = h.create(spec)
+    _say_default_pruner(h.args.spec, spec)
     print(f"study {study.study_name} ready in {h.shown}")
     return EXIT_OK
 
@@ -27,7 +31,23 @@ def run(h: Handle) -> int:
     # Validate, and check this machine's files, before touching the database.
     spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
     h.create(spec)
+    _say_default_pruner(h.args.spec, spec)
     return _launch(h, spec.study.name)
+
+
+def _say_default_pruner(path: str, spec: Spec) -> None:
+    """One line where the spec file names no pruner: what hpo chose and stored."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        if "pruner" in (yaml.safe_load(f) or {}):
+            return
+    options = ", ".join(f"{k} {v}" for k, v in spec.pruner.options.items())
+    print(
+        f"hpo: the spec names no pruner: {spec.pruner.name}"
+        + (f" ({options})" if options else "")
+        + f", task.evals_per_epoch {spec.task.evals_per_epoch}; stored in the study's spec"
+    )
 
 
 def launch(h: Handle) -> int:

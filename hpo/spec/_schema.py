@@ -40,8 +40,12 @@ class Spec:
     sampler: ComponentSpec
     """What to try next: ``{name: tpe, seed: 0, ...}`` (default ``{name: tpe}``)."""
     pruner: ComponentSpec
-    """When to stop (or pause) a trial early: ``{name: median, ...}`` (default ``median``;
-    ``none`` with several objectives)."""
+    """The scheduler: when to stop or pause a trial early, and what resumes
+    (``{name: median, ...}``, ``promotion``, ``pbt``; see Schedulers). Named none, it is the
+    one measured best for the budget, written into the stored spec: ``promotion`` with an
+    early first rung (4 evaluations an epoch, the first after a quarter epoch, for up to 4
+    epochs; 2 and half an epoch for 5-9), ``median`` for a custom job, ``none`` for fewer
+    than 4 trials or several objectives."""
     budget: BudgetSpec
     """When the study ends, across every worker and machine (default ``{n_trials: 20}``)."""
     resources: ResourcesSpec = ResourcesSpec()

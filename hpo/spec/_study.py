@@ -154,8 +154,3 @@ def _parse_latency(raw: Any, at: _At) -> LatencySpec:
         warmup=(at / "warmup").checked(d.get("warmup", default.warmup), _non_negative_int),
         repeats=(at / "repeats").checked(d.get("repeats", default.repeats), _positive_int),
     )
-
-
-def default_pruner(study: StudySection) -> dict[str, str]:
-    """The pruner of a spec that names none: median, or none for several objectives."""
-    return {"name": "none" if study.multi else "median"}
