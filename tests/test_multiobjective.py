@@ -347,3 +347,25 @@ def test_promotion_pauses_and_resumes_a_two_objective_study(tmp_path):
     best = run_hpo("best", "mop", "--storage", url, "--json", cwd=tmp_path)
     assert [r["number"] for r in json.loads(best.stdout)] == \
         _pareto({t.number: t.values for t in complete})
+
+
+@pytest.mark.slow
+def test_tpe_under_promotion_samples_past_its_start_on_two_objectives(tmp_path):
+    """TPE of a two-objective promotion study, past its random start, with paused trials in
+    the study: it learns from the completed configurations (Optuna's TPE ranked a pruned
+    trial in the study's one direction, which raised: every trial after the start failed)."""
+    url = f"sqlite:///{tmp_path}/motpe.db"
+    write_tiny_spec(
+        tmp_path / "motpe.yaml", "motpe",
+        study={"name": "motpe", "objectives": ["val_loss", "trainable_params"]},
+        task={"max_samples": 200, "evals_per_epoch": 2}, budget={"n_trials": 6},
+        search_space={"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+                      "epochs": {"type": "int", "low": 1, "high": 2},
+                      "freeze": {"type": "categorical", "choices": ["none", "head_only"]}},
+        sampler={"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        pruner={"name": "promotion", "min_resource": 0.5, "reduction_factor": 3})
+    run = run_hpo("run", "motpe.yaml", "--storage", url, "--workers", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    ts = optuna.load_study(study_name="motpe", storage=url).get_trials()
+    assert not [t.number for t in ts if t.state == optuna.trial.TrialState.FAIL]
+    assert len([t for t in ts if "resumed_from" not in t.user_attrs]) == 6

@@ -168,3 +168,37 @@ pruner: {pruner}
     r = run_hpo("create", str(spec), "--storage", f"sqlite:///{tmp_path / 'x.db'}",
                 cwd=tmp_path, env=fast_env(tmp_path))
     one_line_error(r, spec, why)
+
+
+def test_an_exploit_takes_the_parents_conditional_params(tmp_path):
+    """The worse member (sgd, so it has a momentum) exploits the better one (adamw, no
+    momentum): its continuation runs with the parent's params and their distributions, not
+    its own (Optuna refused a momentum-less trial with a momentum distribution, and the
+    worker died at every exploit)."""
+    url = f"sqlite:///{tmp_path / 'cond.db'}"
+    spec = tmp_path / "cond.yaml"
+    spec.write_text("""
+study: {name: cond}
+task: {kind: custom, entrypoint: "fastjob:epochs_job"}
+search_space:
+  lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}
+  epochs: 3
+  optimizer: {type: categorical, choices: [adamw, sgd]}
+  momentum: {type: float, low: 0.5, high: 0.99, when: {optimizer: [sgd]}}
+sampler: {name: random, seed: 0}
+pruner: {name: pbt, interval: 1, quantile: 0.5, resample_probability: 0.0}
+budget: {n_trials: 2}
+""")
+    env = fast_env(tmp_path)
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=env).returncode == 0
+    study = optuna.load_study(study_name="cond", storage=url)
+    study.enqueue_trial({"lr": 10 ** -2.5, "optimizer": "adamw"})  # the better member
+    study.enqueue_trial({"lr": 1e-5, "optimizer": "sgd", "momentum": 0.9})  # the worse
+    r = run_hpo("worker", "cond", "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ts = study.get_trials()
+    assert not [t for t in ts if t.state in (TrialState.FAIL, TrialState.RUNNING,
+                                             TrialState.WAITING)]
+    worse = [t for t in ts if configuration(t) == 1 and t.state == TrialState.COMPLETE]
+    assert len(worse) == 1 and worse[0].params["optimizer"] == "adamw"
+    assert "momentum" not in worse[0].params and "momentum" not in worse[0].distributions

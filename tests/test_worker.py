@@ -234,3 +234,30 @@ def test_a_relaunched_worker_does_not_repeat_its_predecessors_trials(tmp_path):
         assert r.returncode == 0, r.stdout
     lrs = [t.params["lr"] for t in trials(name, url)]
     assert len(lrs) == 6 and len(set(lrs)) == 6, lrs
+
+
+def test_a_sampler_that_fails_fails_the_trial_with_its_reason(tmp_path):
+    """An error while the params are sampled (the sampler's, before the job starts) fails
+    the trial with the error as its fail_reason, as a job's error does (it showed as
+    'unknown error')."""
+    import optuna
+
+    from hpo.run.worker._trial import make_objective, run_trial
+    from hpo.search.schedulers import scheduler_of
+    from hpo.search.study import create_study, load_study
+    from hpo.store.storage import open_storage
+    from specs import make_spec, unique
+
+    class Broken(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            raise RuntimeError("the sampler broke")
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, spec = load_study(create_study(make_spec(unique("broken")), storage).study_name,
+                             storage)
+    study.sampler = Broken()
+    objective = make_objective(study, spec, scheduler_of(study), {}, tmp_path, None)
+    number = run_trial(study, spec, objective, {"host": "h", "worker": "w", "pid": 1}, [])
+    trial = study.get_trials()[number]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "RuntimeError: the sampler broke"

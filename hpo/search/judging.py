@@ -92,9 +92,20 @@ def judged_trials(trials: list[FrozenTrial], maximize: bool = False) -> list[Fro
     return sorted(judged + kept, key=lambda t: t.number)
 
 
+def completed_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` as a sampler of several objectives should learn from them: without the
+    pruned ones (a pause, a stop). Optuna's TPE ranks a pruned trial by its last value in the
+    study's one direction, which a study of several objectives has not (it raised, and every
+    trial after TPE's random start failed); a paused configuration counts once it completes."""
+    from optuna.trial import TrialState
+
+    return [t for t in trials if t.state != TrialState.PRUNED]
+
+
 class JudgingSampler(optuna.samplers.BaseSampler):
     """Samples as ``inner`` (a TPE sampler) does, from ``judged_trials`` instead of the raw
-    trials: a study with the ``promotion`` pruner gets it (``hpo.search.study.make_sampler``)."""
+    trials (with several objectives: ``completed_trials``): a study with the ``promotion``
+    pruner gets it (``hpo.search.study.make_sampler``)."""
 
     def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
         self.inner = inner
@@ -106,13 +117,15 @@ class JudgingSampler(optuna.samplers.BaseSampler):
         parameter)."""
         from hpo.store._optuna import study_view
 
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        several = len(study.directions) > 1
+        maximize = not several and study.direction == optuna.study.StudyDirection.MAXIMIZE
 
         def trials_of(trials: list[FrozenTrial]) -> list[FrozenTrial]:
             key = (study.study_name, trial.number)
             if key not in self._cache:
                 self._cache.clear()
-                self._cache[key] = judged_trials(trials, maximize)
+                judged = completed_trials(trials) if several else judged_trials(trials, maximize)
+                self._cache[key] = judged
             return self._cache[key]
 
         return study_view(study, trials_of)

@@ -243,9 +243,9 @@ def with_sampler_defaults(spec: Spec) -> Spec:
 
 def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler the spec names, seeded with ``seed + seed_offset`` where a seed is given.
-    TPE under the ``promotion`` pruner (one objective) learns from each configuration judged
-    where it stopped (``hpo.search.judging.JudgingSampler``), not from its paused attempts as pruned
-    trials."""
+    TPE under the ``promotion`` pruner learns from each configuration judged where it stopped
+    (``hpo.search.judging.JudgingSampler``), not from its paused attempts as pruned trials
+    (with several objectives: from the configurations that completed)."""
     import optuna
 
     options = dict(spec.sampler.options)
@@ -264,7 +264,7 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSample
         "nsga2": optuna.samplers.NSGAIISampler,
     }[name]
     sampler = cls(**options)
-    if name == "tpe" and spec.pruner.name == "promotion" and not spec.study.multi:
+    if name == "tpe" and spec.pruner.name == "promotion":
         from hpo.search.judging import JudgingSampler
 
         return JudgingSampler(sampler)

@@ -169,7 +169,6 @@ def make_objective(
     run_job = job_function(spec)
 
     def objective(trial: optuna.Trial) -> float | list[float]:
-        params = suggest(trial, spec)
         previous = trial.user_attrs.get(CHECKPOINT_ATTR)  # a re-queued or resumed trial's
         resume = Path(previous) if previous and Path(previous).is_file() else None
         context = JobContext(
@@ -182,6 +181,7 @@ def make_objective(
         )
         job_trial = StudyTrial(trial, scheduler, spec.study.multi)
         try:
+            params = suggest(trial, spec)  # a sampler's error fails the trial with its reason
             # A repeat (hpo.search.convergence) runs with its own seed.
             value = run_job(job_trial, trial, repeat_task(trial, spec.task), params, context)
             if storage_url is not None and trial.user_attrs.get(CHECKPOINT_ATTR):
@@ -331,6 +331,7 @@ def _replace(study: optuna.Study, trial: optuna.Trial, resume: Resume) -> None:
         claimed,
         step,
         params=resume.params,
+        distributions=resume.distributions,
         attrs=resume.attrs,
         intermediate_values=resume.intermediate_values,
     )

@@ -81,6 +81,10 @@ class Resume:
     """The replacement's user attrs over the continuation's: another checkpoint, a lineage."""
     intermediate_values: dict[int, float] | None = None
     """The replacement's curve (None: the continuation's)."""
+    distributions: dict[str, Any] | None = None
+    """The distributions of ``params`` (None: the continuation's). Params copied from another
+    configuration need its distributions: conditional params differ (``momentum`` with
+    ``sgd`` alone)."""
     reason: str = ""
     """The replaced continuation's ``prune_reason`` (``exploited``)."""
 

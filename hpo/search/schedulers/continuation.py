@@ -80,6 +80,7 @@ def queue_continuation(
     step: int,
     *,
     params: dict[str, Any] | None = None,
+    distributions: dict[str, Any] | None = None,
     attrs: dict[str, Any] | None = None,
     intermediate_values: dict[int, float] | None = None,
 ) -> FrozenTrial:
@@ -89,6 +90,7 @@ def queue_continuation(
 
     Args:
         params: other params to resume with (a replacement), else the trial's.
+        distributions: those params' distributions, else the trial's.
         attrs: user attrs over the copied ones (another checkpoint, a lineage).
         intermediate_values: the continuation's curve, else the trial's.
 
@@ -110,7 +112,7 @@ def queue_continuation(
     queued = optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=trial.params if params is None else params,
-        distributions=trial.distributions,
+        distributions=trial.distributions if distributions is None else distributions,
         user_attrs=copied,
         intermediate_values=dict(
             trial.intermediate_values if intermediate_values is None else intermediate_values

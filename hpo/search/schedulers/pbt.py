@@ -183,6 +183,7 @@ class PBT(Scheduler):
             return Resume(
                 paused,
                 params=params,
+                distributions=dict(source.distributions),
                 attrs={CHECKPOINT_ATTR: checkpoint, LINEAGE_ATTR: lineage},
                 intermediate_values=dict(source.intermediate_values),
                 reason=EXPLOITED_REASON,
