@@ -24,7 +24,8 @@ train ``population x epochs`` epochs.
 
 Seeds are interleaved (seed 0: pbt's none, pbt, promotion's none, promotion; seed 1: ...),
 so a run cut short has every arm for the seeds it reached. ``$HPO_BENCH_SCHEDULERS_SEEDS``
-(e.g. ``0,1``) replaces the seeds. Every study runs in this process through
+(e.g. ``0,1``) replaces the seeds; ``$HPO_BENCH_SCHEDULERS_MEASURE`` (``pbt`` or
+``promotion``) runs one measurement alone. Every study runs in this process through
 ``hpo.run.worker.run_worker`` (one worker) with the built-in job on a fresh SQLite file, as
 ``benchmarks.pruning`` does; the raw trials of every study are kept in
 ``<workdir>/schedulers-runs.json`` and the per-seed tables in ``<workdir>/schedulers.md``.
@@ -57,10 +58,14 @@ REFERENCE = 1.1
 """The hypervolume's reference point on each objective scaled to [0, 1] (best, worst seen)."""
 
 # Each: the task spec, what replaces its task options, its search space's entries, budget.
+# One seed's pilot (2026-12-07, max_samples 800, OMP_NUM_THREADS=1): a trial of 6 epochs without
+# PBT took ~20 s (8 of them 164 s), but a PBT attempt of one epoch ~12 s (the first generation,
+# 8 attempts, 94 s: each pause saves MiniLM's model and AdamW state, each resume rebuilds and
+# restores them). At 8 or 6 epochs the PBT arm alone would take ~12 or ~9 minutes a seed, so 4.
 PBT_TASK = {
     "spec": "vader_minilm",
     "task": {"max_samples": 800},
-    "space": {"epochs": 6},
+    "space": {"epochs": 4},
     "population": 8,
     "pruner": {"name": "pbt", "interval": 1},
 }
@@ -93,24 +98,41 @@ OBJECTIVES = ["val_loss", "trainable_params"]
 def run(smoke: bool, workdir: Path, say) -> list[Row]:
     pbt_setup, mo_setup = (PBT_SMOKE, MO_SMOKE) if smoke else (PBT_TASK, MO_TASK)
     seeds = _seeds(smoke)
+    measure = _measure()
     runs: dict[str, list[dict]] = {"pbt-none": [], "pbt": [], "mo-none": [], "mo-promotion": []}
     for seed in seeds:
-        pbt_spec = _spec(pbt_setup, seed, sampler="random",
-                         n_trials=pbt_setup["population"], name="pbt")
-        population = sample(pbt_spec, pbt_setup["population"], seed)
-        for arm, pruner in (("pbt-none", {"name": "none"}), ("pbt", pbt_setup["pruner"])):
-            say(f"schedulers: seed {seed}: {arm}, {_describe(pbt_setup)}")
-            runs[arm].append(study(_with_pruner(pbt_spec, pruner, arm), workdir,
-                                   enqueue=population))
-            _keep(workdir, seeds, runs)
-        mo_spec = _spec(mo_setup, seed, sampler=None, n_trials=mo_setup["n_trials"],
-                        name="mo", objectives=OBJECTIVES)
-        for arm, pruner in (("mo-none", {"name": "none"}), ("mo-promotion", mo_setup["pruner"])):
-            say(f"schedulers: seed {seed}: {arm}, {_describe(mo_setup)}")
-            runs[arm].append(study(_with_pruner(mo_spec, pruner, arm), workdir))
-            _keep(workdir, seeds, runs)
+        if "pbt" in measure:
+            pbt_spec = _spec(pbt_setup, seed, sampler="random",
+                             n_trials=pbt_setup["population"], name="pbt")
+            population = sample(pbt_spec, pbt_setup["population"], seed)
+            for arm, pruner in (("pbt-none", {"name": "none"}), ("pbt", pbt_setup["pruner"])):
+                say(f"schedulers: seed {seed}: {arm}, {_describe(pbt_setup)}")
+                runs[arm].append(study(_with_pruner(pbt_spec, pruner, arm), workdir,
+                                       enqueue=population))
+                _keep(workdir, seeds, runs)
+        if "promotion" in measure:
+            mo_spec = _spec(mo_setup, seed, sampler=None, n_trials=mo_setup["n_trials"],
+                            name="mo", objectives=OBJECTIVES)
+            for arm, pruner in (("mo-none", {"name": "none"}),
+                                ("mo-promotion", mo_setup["pruner"])):
+                say(f"schedulers: seed {seed}: {arm}, {_describe(mo_setup)}")
+                runs[arm].append(study(_with_pruner(mo_spec, pruner, arm), workdir))
+                _keep(workdir, seeds, runs)
     (workdir / "schedulers.md").write_text(section(seeds, runs, pbt_setup, mo_setup))
-    return pbt_rows(seeds, runs, pbt_setup) + mo_rows(seeds, runs, mo_setup)
+    return ((pbt_rows(seeds, runs, pbt_setup) if runs["pbt"] else [])
+            + (mo_rows(seeds, runs, mo_setup) if runs["mo-promotion"] else []))
+
+
+MEASUREMENTS = ("pbt", "promotion")
+
+
+def _measure() -> tuple[str, ...]:
+    names = tuple(n for n in os.environ.get("HPO_BENCH_SCHEDULERS_MEASURE", "").split(",") if n)
+    unknown = [n for n in names if n not in MEASUREMENTS]
+    if unknown:
+        raise SystemExit(f"schedulers: $HPO_BENCH_SCHEDULERS_MEASURE: unknown "
+                         f"{', '.join(unknown)}; expected some of {', '.join(MEASUREMENTS)}")
+    return names or MEASUREMENTS
 
 
 def _seeds(smoke: bool) -> tuple[int, ...]:
@@ -341,11 +363,20 @@ def mo_rows(seeds, runs: dict, setup: dict) -> list[Row]:
 
 def section(seeds, runs: dict, pbt_setup: dict, mo_setup: dict) -> str:
     """The per-seed tables of both measurements (markdown, for RESULTS.md)."""
-    p, m = _pbt_numbers(runs), _mo_numbers(runs)
+    lines = []
+    if runs["pbt"]:
+        lines += _pbt_table(seeds, runs, pbt_setup) + [""]
+    if runs["mo-promotion"]:
+        lines += _mo_table(seeds, runs, mo_setup)
+    return "\n".join(lines) + "\n"
+
+
+def _pbt_table(seeds, runs: dict, pbt_setup: dict) -> list[str]:
+    p = _pbt_numbers(runs)
     lines = [f"**PBT vs no PBT** ({_describe(pbt_setup)}; pruner {pbt_setup['pruner']})", "",
              "| seed | best val loss, pbt | no PBT | ratio | epochs, pbt | no PBT | exploits "
              "| wall s, pbt | no PBT |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for i, seed in enumerate(seeds):
+    for i, seed in enumerate(seeds[:len(runs["pbt"])]):
         lines.append(f"| {seed} | {p['pbt'][i]:.4f} | {p['none'][i]:.4f} | "
                      f"{p['pbt'][i] / p['none'][i]:.3f} | {fmt(p['pbt_epochs'][i])} | "
                      f"{fmt(p['none_epochs'][i])} | {p['exploits'][i]} | {p['pbt_s'][i]:.0f} | "
@@ -355,12 +386,17 @@ def section(seeds, runs: dict, pbt_setup: dict, mo_setup: dict) -> str:
                  f"{_spread(ratios)} | {fmt(median(p['pbt_epochs']))} | "
                  f"{fmt(median(p['none_epochs']))} | {fmt(median(p['exploits']))} | "
                  f"{_spread(p['pbt_s'])} | {_spread(p['none_s'])} |")
-    lines += ["", f"**Promotion vs no pruning, objectives {', '.join(OBJECTIVES)}** "
+    return lines
+
+
+def _mo_table(seeds, runs: dict, mo_setup: dict) -> list[str]:
+    m = _mo_numbers(runs)
+    lines = [f"**Promotion vs no pruning, objectives {', '.join(OBJECTIVES)}** "
                   f"({_describe(mo_setup)}; pruner {mo_setup['pruner']})", "",
               "| seed | hypervolume, promotion | none | ratio | epochs, promotion | none | "
               "ratio | best val loss, promotion | none | completed | wall s, promotion | "
               "none |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for i, seed in enumerate(seeds):
+    for i, seed in enumerate(seeds[:len(runs["mo-promotion"])]):
         lines.append(
             f"| {seed} | {m['promo_hv'][i]:.4f} | {m['none_hv'][i]:.4f} | "
             f"{m['promo_hv'][i] / m['none_hv'][i]:.3f} | {fmt(m['promo_epochs'][i])} | "
@@ -374,4 +410,4 @@ def section(seeds, runs: dict, pbt_setup: dict, mo_setup: dict) -> str:
         f"{_spread(hv)} | {_spread(m['promo_epochs'])} | {_spread(m['none_epochs'])} | "
         f"{_spread(ep)} | {_spread(m['promo_best'])} | {_spread(m['none_best'])} | "
         f"{_spread(m['completed'])} | {_spread(m['promo_s'])} | {_spread(m['none_s'])} |")
-    return "\n".join(lines) + "\n"
+    return lines
