@@ -33,9 +33,10 @@ ends (complete or pruned): for hpo from the study (``datetime_complete``, interm
 values), for the peers from timestamps their callbacks write. "Reach" is the first second at
 which hpo's curve is at or below the faster peer's final best of the same seed.
 
-The hpo arm's pruner and sampler options are flags (``--hpo-pruner '{name: median,
-n_startup_trials: 3}'``, ``--hpo-sampler '{n_startup_trials: 4}'``, YAML mappings merged into
-the spec) or the environment variables ``HPO_H2H_PRUNER`` / ``HPO_H2H_SAMPLER`` (the same
+The hpo arm's spec names no pruner, as a user's spec that leaves it out: hpo chooses one for
+the budget and stores it (the table says what it chose). Its pruner and sampler options are
+flags (``--hpo-pruner '{name: median, n_startup_trials: 3}'``, ``--hpo-sampler
+'{n_startup_trials: 4}'``, YAML mappings merged into the spec) or the environment variables ``HPO_H2H_PRUNER`` / ``HPO_H2H_SAMPLER`` (the same
 text): to rerun hpo alone with another pruner, ``--tools hpo`` keeps the peers' last results
 from ``--out``'s JSON file (``HEADTOHEAD.json`` beside it).
 
@@ -90,7 +91,8 @@ TASKS = {
 }
 N_TRIALS = 8
 SMOKE = {"n_trials": 2, "max_samples": 120, "seeds": [0], "epochs": 1}
-DEFAULT_PRUNER = {"name": "median", "n_startup_trials": 3}
+DEFAULT_PRUNER: dict = {}
+"""The hpo arm's pruner: none named, as a user writes the spec (hpo chooses and stores it)."""
 PEER_PRUNER = "MedianPruner(n_startup_trials=3)"
 EVENTS_ENV = "HPO_H2H_EVENTS"
 
@@ -172,7 +174,8 @@ def _spec(task_name: str, seed: int, n_trials: int, smoke: bool, pruner: dict,
         task["max_samples"], space["epochs"] = SMOKE["max_samples"], SMOKE["epochs"]
     return {"study": {"name": f"h2h-{task_name}-seed{seed}"}, "task": task,
             "search_space": space,
-            "sampler": {"name": "tpe", "seed": seed, **sampler}, "pruner": dict(pruner),
+            "sampler": {"name": "tpe", "seed": seed, **sampler},
+            **({"pruner": dict(pruner)} if pruner else {}),  # {}: named none, hpo's default
             "budget": {"n_trials": n_trials}}
 
 
@@ -187,7 +190,8 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
     name = yaml.safe_load(spec_path.read_text())["study"]["name"]
     study = optuna.load_study(study_name=name, storage=url)
     ends = []
-    evals = yaml.safe_load(spec_path.read_text())["task"].get("evals_per_epoch", 1)
+    # As stored: a spec that names no pruner gets evaluations an epoch with hpo's default.
+    evals = study.user_attrs["hpo.spec"]["task"].get("evals_per_epoch", 1)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
               and t.datetime_complete is not None]
     for t in trials:
@@ -200,7 +204,9 @@ def _hpo_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) ->
     first = min((t.datetime_start.timestamp() - start for t in trials), default=None)
     from hpo.results.numbers import savings  # epochs trained: a paused configuration counted once
 
-    return _summary(wall, ends, savings(trials)["epochs_run"], len(trials), first)
+    stored = study.user_attrs["hpo.spec"]
+    return {**_summary(wall, ends, savings(trials)["epochs_run"], len(trials), first),
+            "pruner": stored.get("pruner"), "evals": evals}
 
 
 def _peer_arm(tool: str, spec_path: Path, seed: int, scratch: Path, env: dict) -> dict:
@@ -477,7 +483,9 @@ def section(results: dict) -> str:
              f"`{results['task']}`, {results['n_trials']} trials a study, seeds "
              f"{', '.join(map(str, results['seeds']))} (interleaved: each seed runs every tool "
              "in turn), each tool in its own process (wall = the whole process). hpo's pruner: "
-             f"`{_inline(results['hpo_pruner'])}`, its sampler: TPE, seed, "
+             f"`{_inline(results['hpo_pruner'])}`"
+             + (f" (stored: `{_stored_pruner(results)}`)" if _stored_pruner(results) else "")
+             + ", its sampler: TPE, seed, "
              f"`{_inline(results['hpo_sampler'])}`"
              + (f", its task adds `{_inline(results['hpo_task'])}`"
                 if results.get("hpo_task") else "")
@@ -553,6 +561,13 @@ def _med(values: list[float]) -> str:
 
 def _inline(mapping: dict) -> str:
     return yaml.safe_dump(mapping, default_flow_style=True).strip() if mapping else "{}"
+
+
+def _stored_pruner(results: dict) -> str:
+    """The hpo arm's pruner as its studies stored it (what hpo chose where none was named)."""
+    chosen = {_inline(r["pruner"]) + (f", evals_per_epoch {r['evals']}" if r.get("evals") else "")
+              for r in results["runs"].get("hpo", {}).values() if r.get("pruner")}
+    return "; ".join(sorted(chosen))
 
 
 def _flag(text: str | None, env: str) -> dict | None:
