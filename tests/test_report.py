@@ -21,8 +21,9 @@ from hpo.results.numbers import savings, study_numbers
 from hpo.results.report import write_report
 from hpo.store.storage import open_storage
 
-STUDY_FIGURES = [k for k in FIGURE_TITLES if k not in ("comparison", "pareto")]
-"""A single-objective study's figures: the Pareto front is a multi-objective study's."""
+STUDY_FIGURES = [k for k in FIGURE_TITLES if k not in ("comparison", "pareto", "population")]
+"""A single-objective study's figures: the Pareto front is a multi-objective study's, the
+population a pbt study's (tests/test_pbt.py)."""
 
 
 def _numbers_in(page: str) -> list[dict]:
@@ -64,6 +65,7 @@ def test_report_figures_and_numbers_match_the_database(storage_url, tmp_path):
         assert f'id="hpo-{key}"' in page, key
         assert f'"text":"{title}"' in page, f"figure {key} lacks its title"
     assert 'id="hpo-pareto"' not in page and 'id="pareto-set"' not in page
+    assert 'id="hpo-population"' not in page and 'id="population"' not in page
     # Self-contained: plotly.js inlined exactly once, nothing loaded from elsewhere.
     assert page.count("window.PlotlyConfig") == 1
     assert not re.search(r"<script[^>]*\bsrc=", page)
