@@ -761,8 +761,11 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
     for t in trials:
         chains.setdefault(_root(t), []).append(t)
     for root, members in sorted(chains.items()):
-        done = [t for t in members if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                and t.user_attrs.get("prune_reason") not in ("paused", "exploited")]  # go on
+        # A pause goes on; a COMPLETE trial counts whatever its attrs say (one re-queued after
+        # its pause was queued kept prune_reason: paused, and its configuration ran twice).
+        done = [t for t in members if t.state == TrialState.COMPLETE
+                or (t.state == TrialState.PRUNED
+                    and t.user_attrs.get("prune_reason") not in ("paused", "exploited"))]
         if len(done) > 1:
             broke(5, f"trial #{root} finished {len(done)} times: "
                      + ", ".join(f"#{t.number} {t.state.name}" for t in done))

@@ -14,7 +14,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import run_hpo
+from conftest import SUPPORT, run_hpo
 from processes import one_line_error
 from workers import epoch_log, fast_env, make_study, trials
 
@@ -202,3 +202,47 @@ budget: {n_trials: 2}
     worse = [t for t in ts if configuration(t) == 1 and t.state == TrialState.COMPLETE]
     assert len(worse) == 1 and worse[0].params["optimizer"] == "adamw"
     assert "momentum" not in worse[0].params and "momentum" not in worse[0].distributions
+
+
+def test_a_sigterm_as_a_trial_pauses_never_requeues_it_beside_its_continuation(tmp_path,
+                                                                               monkeypatch):
+    """SIGTERM arrives while the worker queues a pause (held back until then): the trial is
+    told PRUNED with its continuation queued, and the worker stops. (It was re-queued beside
+    its continuation: the configuration ran twice, and the continuation resumed from a final
+    checkpoint with an epoch's value missing; the chaos runner's kill9_launcher found it.)"""
+    import os
+    import signal
+
+    import yaml
+
+    import hpo.run.worker._trial as worker_trial
+    from hpo.run.worker import Stop, run_worker
+    from hpo.search.study import create_study, load_study
+    from hpo.spec import parse_spec
+    from hpo.store.storage import open_storage
+
+    monkeypatch.syspath_prepend(str(SUPPORT))
+    real = worker_trial.queue_continuation
+
+    def queue_then_sigterm(*args, **kwargs):
+        queued = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # held: it lands when the worker lets it
+        return queued
+
+    monkeypatch.setattr(worker_trial, "queue_continuation", queue_then_sigterm)
+    spec = parse_spec(yaml.safe_load("""
+study: {name: term}
+task: {kind: custom, entrypoint: "fastjob:epochs_job"}
+search_space: {lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}, epochs: 3}
+sampler: {name: random, seed: 0}
+pruner: {name: pbt, interval: 1}
+budget: {n_trials: 2}
+"""))
+    storage = open_storage(f"sqlite:///{tmp_path / 't.db'}")
+    study, spec = load_study(create_study(spec, storage).study_name, storage)
+    report = run_worker(study, spec, worker="w", checkpoint_dir=tmp_path / "ckpt")
+    assert report.stopped_because == Stop.PREEMPTED
+    ts = study.get_trials()
+    assert [(t.state, t.user_attrs.get("prune_reason")) for t in ts] == [
+        (TrialState.PRUNED, "paused"), (TrialState.WAITING, None)]
+    assert ts[1].user_attrs["paused_from"] == 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
 from hpo.run.worker._budget import Stop, should_stop
 from hpo.run.worker._housekeeping import quietly, retain_checkpoints
-from hpo.run.worker._trial import Preempted, make_objective, run_trial
+from hpo.run.worker._trial import Preempted, make_objective, run_trial, stop_now_or_when_let
 from hpo.search.schedulers import scheduler_of
 from hpo.spec import Spec
 from hpo.store.outage import clear_stop, request_stop
@@ -102,7 +102,8 @@ def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None = None) -> Pat
 
 class StopSignals:
     """The worker's SIGTERM / SIGINT handler: the first signal raises ``Preempted`` where the
-    worker is, and the trial is re-queued; every signal asks a storage call that waits out an
+    worker is (or where a claim, a pause or a tell ends: ``signals_held``), and the trial is
+    re-queued; every signal asks a storage call that waits out an
     outage to give up, in every thread. A later signal raises nothing, so that it cannot cut
     the re-queue short: a worker often gets two at once (Slurm signals every process of the
     step, and the launcher passes its own on)."""
@@ -114,7 +115,7 @@ class StopSignals:
         request_stop()
         if self.first is None:
             self.first = signum
-            raise Preempted(stop_signal_words(signum))
+            stop_now_or_when_let(Preempted(stop_signal_words(signum)))
 
 
 def run_worker(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,9 +278,11 @@ def run_trial(
                 return trial.number
             except Exception as e:
                 state, error = TrialState.FAIL, e
-        if decision is not None and decision.action == PAUSE:
-            _pause(study, trial, decision)
+        # A pause and its tell are one step for a signal: one that landed between them
+        # re-queued a trial whose continuation was queued (the configuration ran twice).
         with signals_held():
+            if decision is not None and decision.action == PAUSE:
+                _pause(study, trial, decision)
             told_state, message = _optuna.tell(study, trial, value, state)
             told = True
     except Preempted as e:
@@ -301,7 +302,8 @@ def run_trial(
 
 
 def _pause(study: optuna.Study, trial: optuna.Trial, decision: Decision) -> None:
-    """Queue the paused ``trial``'s continuation, before its tell: a worker that dies between
+    """Queue the paused ``trial``'s continuation, before its tell (signals held around both):
+    a worker that dies between
     the two leaves the pause queued and its trial running, which goes stale and fails without
     a retry (``paused_from``, ``hpo.store._optuna.retry_callback``). The other order lost
     the pause."""
@@ -315,8 +317,7 @@ def _pause(study: optuna.Study, trial: optuna.Trial, decision: Decision) -> None
             queue_continuation(study, paused, decision.step)
             log.info("trial %d paused at step %d", trial.number, decision.step)
 
-    with signals_held():
-        quietly(queue)
+    quietly(queue)
 
 
 def _replace(study: optuna.Study, trial: optuna.Trial, resume: Resume) -> None:
@@ -357,12 +358,36 @@ def _requeue(study: optuna.Study, trial: optuna.Trial, why: Preempted) -> None:
         log.warning("%s: trial %d re-queued", why, trial.number)
 
 
+_held = 0
+"""How deep the worker is in ``signals_held`` blocks."""
+_deferred: Preempted | None = None
+"""The stop a signal asked for while held: raised when the outermost block ends."""
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGTERM / SIGINT back for a moment (they arrive when it ends)."""
-    held = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold the stop of SIGTERM / SIGINT (``Preempted``) back for a moment: it is raised when
+    the outermost such block ends. Held in Python, not with the thread's signal mask: the
+    kernel gives a process's signal to any thread that does not block it (torch's, the
+    heartbeat's), and Python then runs the handler in the main thread all the same, so a
+    masked main thread held nothing (a SIGTERM between a pause and its tell re-queued the
+    paused trial). The handler still runs at once (``request_stop``: a storage wait gives up)."""
+    global _held, _deferred
+    _held += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        _held -= 1
+        if not _held and _deferred is not None:
+            stop, _deferred = _deferred, None
+            raise stop
+
+
+def stop_now_or_when_let(stop: Preempted) -> None:
+    """Raise ``stop`` here, or when the ``signals_held`` block around here ends (the signal
+    handler's way to stop the worker)."""
+    global _deferred
+    if _held:
+        _deferred = _deferred or stop
+    else:
+        raise stop
