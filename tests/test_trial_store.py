@@ -91,7 +91,8 @@ def test_a_continuation_replaced_with_other_params_leaves_exactly_one(all_storag
     _pause(study, trial, 1)
     paused = next(t for t in study.get_trials(deepcopy=False) if is_paused(t))
     claimed = _optuna.ask(study, {**WORKER, PROMOTED_ATTR: True}, [paused], create=False)
-    new = {**paused.params, "lr": paused.params["lr"] * 1.25}
+    lr = 0.05 if paused.params["lr"] != 0.05 else 0.02  # another value, inside the range
+    new = {**paused.params, "lr": lr}
     _replace(study, claimed, Resume(paused, params=new, attrs={"checkpoint": "/ckpt/parent.pt"},
                                     intermediate_values={1: 0.3}, reason="exploited"))
     trials = study.get_trials(deepcopy=False)
