@@ -150,3 +150,42 @@ def test_a_worker_whose_database_goes_away_while_it_opens_the_storage_waits(serv
         proxy.close()
     assert worker.returncode == 0, out
     assert len(finished(trials(name, direct))) == 1
+
+
+
+INTERRUPTED_STOP = """
+import os, signal, sys
+from hpo.store import outage
+
+signal.signal(signal.SIGUSR1, lambda signum, frame: outage.request_stop())
+inside = [0]
+
+def trace(frame, event, arg):  # a signal at every line run inside request_stop
+    if event == "call" and frame.f_code is outage.request_stop.__code__:
+        inside[0] += 1
+    if inside[0] and event == "line":
+        os.kill(os.getpid(), signal.SIGUSR1)
+    if event == "return" and frame.f_code is outage.request_stop.__code__:
+        inside[0] -= 1
+    return trace
+
+sys.settrace(trace)
+outage.request_stop()
+sys.settrace(None)
+print("stopped", outage.stop_requested())
+"""
+
+
+def test_a_signal_that_interrupts_a_stop_request_asks_again_at_once(tmp_path):
+    """The worker's signal handler asks for the stop; a second signal (the kernel's after
+    the launcher's, at a launcher's death) interrupts it wherever it is, and asks again. That
+    must not wait for anything the first holds: it waited for the lock of a threading.Event
+    the first had taken, for ever (a worker killed with its launcher hung in an outage)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_STOP)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped True", done.stderr

@@ -38,25 +38,33 @@ def outage_seconds() -> float:
         return DEFAULT_OUTAGE_SECONDS
 
 
-_stopping = threading.Event()
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _POLL_SECONDS = 0.1
 
 
+_stop_asked = False
+"""``request_stop`` was called: a plain flag, which a signal handler may set."""
+
+
 def request_stop() -> None:
-    """The process is stopping: storage calls stop waiting out an outage, in every thread."""
-    _stopping.set()
+    """The process is stopping: storage calls stop waiting out an outage, in every thread
+    (they look every ``_POLL_SECONDS``). It takes no lock: the worker's signal handler calls
+    it, and a second signal that interrupted the first handler inside ``Event.set`` waited
+    for the lock that handler held, for ever (a worker killed with its launcher hung)."""
+    global _stop_asked
+    _stop_asked = True
 
 
 def clear_stop() -> None:
     """Storage calls wait out outages again (a worker loop starting in this process)."""
-    _stopping.clear()
+    global _stop_asked
+    _stop_asked = False
 
 
 def stop_requested() -> bool:
     """``request_stop`` was called, or SIGTERM / SIGINT is pending while held back (a claim
     or a tell holds them: the storage wait ends, the call raises, and the signal arrives)."""
-    if _stopping.is_set():
+    if _stop_asked:
         return True
     try:
         return bool(signal.sigpending() & _STOP_SIGNALS)
@@ -72,7 +80,7 @@ def pause_unless_stopping(seconds: float) -> bool:
         left = end - time.monotonic()
         if left <= 0:
             return True
-        _stopping.wait(min(left, _POLL_SECONDS))
+        time.sleep(min(left, _POLL_SECONDS))
     return False
 
 
