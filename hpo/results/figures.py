@@ -53,11 +53,13 @@ def study_figures(
         savings: its pruning savings (``hpo.results.numbers.savings``).
         anytime: its anytime curve (``hpo.results.numbers.anytime``).
     """
+    from hpo.search.schedulers.pbt import is_pbt
+
     figures = {
         "history": history_figure(study),
         **({"pareto": pareto_figure(study)} if len(study.directions) > 1 else {}),
         "curves": learning_curves_figure(study),
-        **({"population": population_figure(study)} if _pbt(study) else {}),
+        **({"population": population_figure(study)} if is_pbt(study) else {}),
         "parallel": parallel_figure(study),
         "importances": importances_figure(study),
         "slice": slice_figure(study),
@@ -68,12 +70,6 @@ def study_figures(
     for key, fig in figures.items():
         fig.update_layout(title={"text": FIGURE_TITLES[key]})
     return figures
-
-
-def _pbt(study: optuna.Study) -> bool:
-    from hpo.records import SPEC_ATTR
-
-    return ((study.user_attrs.get(SPEC_ATTR) or {}).get("pruner") or {}).get("name") == "pbt"
 
 
 def population_figure(study: optuna.Study) -> go.Figure:

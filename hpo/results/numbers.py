@@ -237,11 +237,10 @@ def population(study: optuna.Study) -> list[dict[str, Any]] | None:
     it went on with. None for a study of another scheduler."""
     from optuna.trial import TrialState
 
-    from hpo.records import SPEC_ATTR
     from hpo.search.schedulers.continuation import configuration
-    from hpo.search.schedulers.pbt import LINEAGE_ATTR, schedule
+    from hpo.search.schedulers.pbt import LINEAGE_ATTR, is_pbt, schedule
 
-    if ((study.user_attrs.get(SPEC_ATTR) or {}).get("pruner") or {}).get("name") != "pbt":
+    if not is_pbt(study):
         return None
     members: dict[int, list[FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False):

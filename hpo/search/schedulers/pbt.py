@@ -194,6 +194,13 @@ class PBT(Scheduler):
 SCHEDULER = PBT
 
 
+def is_pbt(study: optuna.Study) -> bool:
+    """Whether the study's stored spec names this scheduler (what its report shows)."""
+    from hpo.records import SPEC_ATTR
+
+    return ((study.user_attrs.get(SPEC_ATTR) or {}).get("pruner") or {}).get("name") == "pbt"
+
+
 def explore(
     params: dict[str, Any],
     distributions: dict[str, BaseDistribution],
