@@ -285,6 +285,11 @@ def _reported(name, url, number=0):
     return ts[number].intermediate_values if len(ts) > number else {}
 
 
+def _attrs(name, url, number=0):
+    ts = optuna.load_study(study_name=name, storage=url).get_trials()
+    return ts[number].user_attrs if len(ts) > number else {}
+
+
 def test_a_killed_rank_retries_the_trial_from_its_checkpoint(tmp_path, server_urls):
     """kill -9 of rank 1 at a random moment of epoch 2 (PostgreSQL): the gang stops, the trial
     fails with the rank named and its retry resumes after epoch 1 and finishes."""
@@ -292,7 +297,10 @@ def test_a_killed_rank_retries_the_trial_from_its_checkpoint(tmp_path, server_ur
     name, marker = _create(tmp_path, url), f"HPO_TEST_GANG={time.time_ns()}"
     worker = _start_worker(tmp_path, name, url, marker)
     try:
-        wait_for(lambda: 1 in _reported(name, url), timeout=240, what="epoch 1's report")
+        # Epoch 1's checkpoint, not its report: the job reports, then saves (a kill between
+        # the two retries the trial from the start, as it should).
+        wait_for(lambda: "checkpoint" in _attrs(name, url), timeout=240,
+                 what="epoch 1's checkpoint")
         time.sleep(random.uniform(0.0, 1.0))
         ranks = _ranks_of(worker.pid)
         assert len(ranks) == 2, ranks

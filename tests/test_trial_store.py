@@ -111,8 +111,10 @@ def test_a_continuation_replaced_with_other_params_leaves_exactly_one(all_storag
 def test_a_worker_killed_between_a_pause_and_its_tell_loses_nothing(all_storage_url,
                                                                      monkeypatch):
     """The pause is queued, and the worker dies before it tells the trial: the trial goes
-    stale and fails without a retry (its continuation runs the configuration on), so the
-    configuration waits once, paused, on every kind of storage."""
+    stale and is told PRUNED as the pause it was (its continuation runs the configuration on;
+    no retry), so the configuration waits once, paused, and the budget still counts it, on
+    every kind of storage. (Failed, it counted nowhere: a budget of n ran n + 1
+    configurations.)"""
     import hpo.store.storage
     from hpo.run.worker import reap
 
@@ -126,7 +128,31 @@ def test_a_worker_killed_between_a_pause_and_its_tell_loses_nothing(all_storage_
     time.sleep(2.5)
     assert reap(study) == [trial.number]
     trials = study.get_trials(deepcopy=False)
-    assert trials[trial.number].state == TrialState.FAIL
+    assert trials[trial.number].state == TrialState.PRUNED
+    assert trials[trial.number].value == pytest.approx(0.9)  # as a tell of PRUNED sets it
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and is_paused(waiting[0])
     assert configuration(waiting[0]) == trial.number
+    assert _optuna.ask(study, WORKER, [], budget=1) is None  # the configuration counts
+
+
+@pytest.mark.parametrize("reason", ["worker died", "reaped"])
+def test_a_dead_worker_s_pause_is_told_pruned_by_its_launcher_too(tmp_path, reason):
+    """The launcher saw the worker die (``reap_process``), or ``hpo reap --all``: a trial
+    whose pause was queued is told PRUNED, not failed, and gets no retry."""
+    from hpo.run.worker import reap
+    from hpo.run.worker._housekeeping import reap_process
+
+    study = _study(f"sqlite:///{tmp_path / 'hpo.db'}", "dead")
+    trial = _optuna.ask(study, WORKER, [])
+    _run(study, trial, {1: 0.9})
+    _optuna.set_user_attrs(trial, {PRUNE_REASON_ATTR: "paused"})
+    queue_continuation(study, _optuna.frozen(study, trial), 1)
+    if reason == "reaped":
+        assert reap(study, everything=True) == [trial.number]
+    else:
+        assert reap_process(study, "h", 1) == [trial.number]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.WAITING]
+    assert "fail_reason" not in trials[0].user_attrs
+    assert _optuna.ask(study, WORKER, [], budget=1) is None

@@ -304,9 +304,9 @@ def run_trial(
 def _pause(study: optuna.Study, trial: optuna.Trial, decision: Decision) -> None:
     """Queue the paused ``trial``'s continuation, before its tell (signals held around both):
     a worker that dies between
-    the two leaves the pause queued and its trial running, which goes stale and fails without
-    a retry (``paused_from``, ``hpo.store._optuna.retry_callback``). The other order lost
-    the pause."""
+    the two leaves the pause queued and its trial running, which its reaper tells PRUNED, as
+    the pause it was, with no retry (``paused_from``, ``hpo.store._optuna.tell_queued_pauses``).
+    The other order lost the pause."""
     from optuna.trial import TrialState
 
     def queue() -> None:

@@ -45,6 +45,7 @@ from hpo.store._optuna._trials import (
     set_user_attrs,
     study_view,
     tell,
+    tell_queued_pauses,
 )
 
 if TYPE_CHECKING:
@@ -87,7 +88,8 @@ PRIVATE_NAMES = tuple(
         "RDBStorage._get_trials",
         "optuna.storages._cached_storage": "_CachedStorage._backend "
         "_CachedStorage._trial_id_to_study_id_and_number",
-        "optuna.storages._heartbeat": "BaseHeartbeat",
+        "optuna.storages._heartbeat": "BaseHeartbeat is_heartbeat_enabled "
+        "BaseHeartbeat._get_stale_trial_ids",
         # The journal: its lock, its replay, and the log lines hpo appends under that lock.
         "optuna.storages.journal._storage": "JournalOperation JournalStorage._thread_lock "
         "JournalStorage._sync_with_backend "
@@ -126,6 +128,7 @@ __all__ = [
     "create_study_with_attrs",
     "fail_and_retry",
     "fail_stale",
+    "tell_queued_pauses",
     "frozen",
     "heartbeat",
     "no_experimental_warnings",

@@ -14,7 +14,9 @@ from hpo.records import FAIL_REASON_ATTR, PAUSED_FROM_ATTR
 class RetryStale(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a dead trial (values kept), without the dead trial's
     ``fail_reason``: the retry has not failed. A trial whose pause was queued before its
-    worker died gets none: its continuation runs the configuration on (``paused_from``).
+    worker died gets none: its continuation runs the configuration on (``paused_from``; the
+    reapers tell such a trial PRUNED, ``_trials.tell_queued_pauses``, and this guards a
+    pause queued after their look).
     A module-level class, so that a storage that holds it pickles."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:

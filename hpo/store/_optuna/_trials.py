@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import FAIL_REASON_ATTR
+from hpo.records import FAIL_REASON_ATTR, PAUSED_FROM_ATTR
 from hpo.store.outage import first_line
 
 if TYPE_CHECKING:
@@ -188,8 +189,11 @@ def fail_and_retry(
     """Fail running trials whose worker is gone and queue their retries (which resume from
     the checkpoint), as the stale-trial search does, without waiting for the grace period.
 
+    A trial whose pause was queued before its worker died is told PRUNED instead
+    (``tell_queued_pauses``).
+
     Returns:
-        The numbers of the trials failed here (not those finished meanwhile).
+        The numbers of the trials failed or told PRUNED here (not those finished meanwhile).
     """
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages._heartbeat import BaseHeartbeat
@@ -199,8 +203,11 @@ def fail_and_retry(
     callback = (
         storage.get_heartbeat_stale_trial_callback() if isinstance(storage, BaseHeartbeat) else None
     )
-    failed = []
+    paused = tell_queued_pauses(study, [storage.get_trial(t._trial_id) for t in trials])
+    failed = sorted(paused)
     for t in trials:
+        if t.number in paused:
+            continue
         try:
             storage.set_trial_user_attr(t._trial_id, FAIL_REASON_ATTR, reason)
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
@@ -215,11 +222,52 @@ def fail_and_retry(
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Optuna's stale-trial search: fail running trials past the grace period, queue retries."""
+    """Optuna's stale-trial search: fail running trials past the grace period, queue retries
+    (a trial whose pause was queued before its worker died is told PRUNED instead:
+    ``tell_queued_pauses``)."""
     import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
+    storage = study._storage
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        stale = storage._get_stale_trial_ids(study._study_id)
+        if stale:
+            tell_queued_pauses(study, [storage.get_trial(i) for i in stale])
     with no_experimental_warnings():
         optuna.storages.fail_stale_trials(study)
+
+
+def tell_queued_pauses(study: optuna.Study, trials: Sequence[FrozenTrial]) -> set[int]:
+    """Tell PRUNED those of ``trials`` (running, their worker gone) whose pause was queued
+    before their worker died: a continuation names them (``paused_from``). They end as the
+    pause they were, with the value a tell of PRUNED gives (the last report's), and no retry.
+    Failed, the budget would count their configuration nowhere (a failed trial takes none
+    of it, a continuation neither) and start one too many.
+
+    Returns:
+        The numbers of the trials told PRUNED here.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    if not trials:
+        return set()
+    queued = {t.user_attrs.get(PAUSED_FROM_ATTR) for t in study.get_trials(deepcopy=False)}
+    told = set()
+    for t in trials:
+        if t.number not in queued or t.state != TrialState.RUNNING:
+            continue
+        last = t.intermediate_values.get(t.last_step) if t.last_step is not None else None
+        one_value = len(study.directions) == 1 and last is not None and math.isfinite(last)
+        try:
+            if study._storage.set_trial_state_values(
+                t._trial_id, TrialState.PRUNED, [last] if one_value else None
+            ):
+                told.add(t.number)
+                log.info("trial %d: its worker died after its pause was queued", t.number)
+        except UpdateFinishedTrialError:
+            continue  # it finished, or another process ended it first
+    return told
 
 
 def retry_callback(max_retry: int) -> Any:
