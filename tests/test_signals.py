@@ -172,7 +172,7 @@ def test_a_stop_signal_while_the_first_is_handled_raises_nothing():
     storage waits to give up."""
     from hpo.store.outage import clear_stop, stop_requested
     from hpo.run.worker._loop import StopSignals
-    from hpo.run.worker._trial import Preempted
+    from hpo.run.worker._signals import Preempted
 
     handler = StopSignals()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -234,6 +234,11 @@ def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
         raise (at / "devices_per_trial").error(
             f"a custom job runs in its worker's process; expected 1, got {devices}"
         )
+    if devices > 1 and task.kind == "script":
+        raise (at / "devices_per_trial").error(
+            f"a script trial runs as one process (several ranks: not yet); expected 1, got "
+            f"{devices}"
+        )
     return ResourcesSpec(devices_per_trial=devices)
 
 
@@ -270,8 +275,19 @@ def _check_cross(spec: Spec, at: _At) -> None:
 
 
 def check_objectives(spec: Spec, at: _At) -> None:
-    """The sampler, pruner and task must be able to serve several objectives."""
+    """The sampler, pruner and task must be able to serve several objectives; a metric
+    other than ``val_loss`` is a script's."""
     study = spec.study
+    if study.metric != "val_loss" and spec.task.kind != "script":
+        raise (at / "study" / "metric").error(
+            f"the {spec.task.kind} job's objective is val_loss; another metric "
+            f"({study.metric}) is for a script task (task.kind: script), which reports it"
+        )
+    if study.multi and spec.task.kind == "script":
+        raise (at / "study" / "objectives").error(
+            "a script reports one objective (study.metric); several objectives need a "
+            "built-in task.kind (image_classification or text_classification)"
+        )
     if not study.multi:
         return
     if spec.pruner.name not in MULTI_OBJECTIVE_PRUNERS:
@@ -298,8 +314,8 @@ def with_default_pruner(spec: Spec, evals_given: bool) -> Spec:
     study stays reproducible if the default changes):
 
     - several objectives: ``none`` (Optuna's pruners refuse them);
-    - a custom job: ``median`` (its job may not checkpoint where it stops, which a pause
-      needs);
+    - a custom job or a script: ``median`` (it may not checkpoint where it stops, which a
+      pause needs);
     - fewer than 4 trials: ``none`` (a rung compares at least 3);
     - else ``promotion`` (reduction factor 3), its first rung early: with at most 4 epochs,
       4 evaluations an epoch and the first rung at a quarter epoch; with 5-9, 2 and half an
@@ -312,7 +328,7 @@ def with_default_pruner(spec: Spec, evals_given: bool) -> Spec:
     n = spec.budget.n_trials
     if spec.study.multi or (n is not None and n < 4):
         return replace(spec, pruner=ComponentSpec("none"))
-    if spec.task.kind == "custom":
+    if spec.task.kind in ("custom", "script"):
         return replace(spec, pruner=ComponentSpec("median"))
     epochs = max_epochs(spec)
     evals = (

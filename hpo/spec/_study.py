@@ -9,6 +9,7 @@ so the pruner is ``none`` (its default there) or ``promotion``, which ranks on a
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,6 +56,10 @@ class StudySection:
     multi-objective (Pareto set; pruner ``none`` or ``promotion``)."""
     latency: LatencySpec | None = None
     """How ``latency_ms`` is measured; set when it is an objective."""
+    metric: str = "val_loss"
+    """The reported metric that is the objective (minimized): ``val_loss`` for the built-in
+    and custom jobs; a ``script`` task names any metric it reports (``eval_loss`` from a
+    Hugging Face ``Trainer``, say). Pruning, pausing and the trial's value follow it."""
 
     @property
     def multi(self) -> bool:
@@ -79,11 +84,13 @@ class StudySection:
             }
         if self.latency is not None:
             d["latency"] = asdict(self.latency)
+        if self.metric != "val_loss":
+            d["metric"] = self.metric
         return d
 
 
 def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
-    d = at.mapping(raw, ("name", "direction", "directions", "objectives", "latency"))
+    d = at.mapping(raw, ("name", "direction", "directions", "objectives", "latency", "metric"))
     name = d.get("name", default_name)
     if name is None:
         raise (at / "name").error("missing; name the study")
@@ -106,7 +113,12 @@ def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
         raise (at / "latency").error(
             "measures latency_ms; set it only with latency_ms among study.objectives"
         )
-    return StudySection(name=name, direction=direction, objectives=objectives, latency=latency)
+    metric = (at / "metric").typed(d.get("metric", "val_loss"), _STR)
+    if not re.fullmatch(r"[A-Za-z_][\w./-]*", metric):
+        raise (at / "metric").error(f"expected a metric's name, got {_show(metric)}")
+    return StudySection(
+        name=name, direction=direction, objectives=objectives, latency=latency, metric=metric
+    )
 
 
 def _parse_objectives(d: dict[str, Any], at: _At) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,12 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
         raise (at / "kind").error(f"expected one of {', '.join(TASK_KINDS)}, got {_show(kind)}")
     if kind == "custom":
         return _parse_custom_task(d, at, check_files)
+    if kind == "script":
+        return _parse_script_task(d, at, check_files)
     at.require(d, ("model", "dataset"), "every task needs it")
+    for key, kind_of in (("entrypoint", "custom"), ("command", "script")):
+        if key in d:
+            raise (at / key).error(f"used by a {kind_of} task only, not by {kind}")
     model = (at / "model").typed(d["model"], _STR)
     dataset = _parse_dataset(d["dataset"], at / "dataset", kind, check_environment)
 
@@ -205,6 +212,28 @@ def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpe
             raise (at / "entrypoint").error(f"cannot import {entrypoint}: {e}") from None
     seed = (at / "seed").checked(d.get("seed", 0), _non_negative_int)
     return TaskSpec(kind="custom", entrypoint=entrypoint, seed=seed)
+
+
+def _parse_script_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:
+    """A ``script`` task: the user's own program, one process per trial (``hpo.session``)."""
+    raw = d.get("command")
+    if isinstance(raw, str):
+        raw = shlex.split(raw)
+    if not isinstance(raw, list) or not raw or not all(isinstance(a, str) and a for a in raw):
+        raise (at / "command").error(
+            f"expected the program and its arguments, e.g. [python, train.py], got {_show(raw)}"
+        )
+    extra = sorted(set(d) - {"kind", "command", "seed"})
+    if extra:
+        raise (at / extra[0]).error("not used by a script task (only command and seed)")
+    if check_files:
+        if raw[0] not in ("python", "python3") and shutil.which(raw[0]) is None:
+            raise (at / "command" / 0).error(f"no such program: {raw[0]}")
+        for i, arg in enumerate(raw[1:], 1):
+            if arg.endswith(".py") and not Path(arg).is_file():
+                raise (at / "command" / i).error(f"no such file: {arg}")
+    seed = (at / "seed").checked(d.get("seed", 0), _non_negative_int)
+    return TaskSpec(kind="script", command=tuple(raw), seed=seed)
 
 
 def _parse_adapter(raw: Any, at: _At) -> AdapterSpec:

@@ -8,7 +8,7 @@ from typing import Any
 
 from hpo.spec._adapter import AdapterSpec
 
-TASK_KINDS = ("image_classification", "text_classification", "custom")
+TASK_KINDS = ("image_classification", "text_classification", "custom", "script")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class TaskSpec:
     """
 
     kind: str
-    """``image_classification``, ``text_classification``, or ``custom`` (your own job); required."""
+    """``image_classification``, ``text_classification``, ``custom`` (your own function, in the
+    worker's process) or ``script`` (your own program, in a process of its own); required."""
     model: str = ""
     """Required for the built-in kinds: a torchvision model name, or a transformers hub name /
     local model directory, or ``pkg:PACKAGE/DIR`` for a model directory shipped inside an
@@ -33,6 +34,10 @@ class TaskSpec:
     """``custom`` only: ``package.module:function`` called as ``function(trial, params,
     context)`` like the built-in job; it reports validation loss per epoch and returns the
     best."""
+    command: tuple[str, ...] = ()
+    """``script`` only: the program a trial runs, e.g. ``[python, train.py]`` (a leading
+    ``python`` is the worker's own interpreter; paths are from the worker's directory). It
+    talks to hpo through ``hpo.session``: the trial's params, its reports, its checkpoints."""
     weights: str | None = None
     """Vision: ``DEFAULT`` / an enum name of torchvision's weights (needs internet or torch's
     cache), ``null`` (random init), or a local checkpoint path. Text: ``null`` or ``DEFAULT`` is

@@ -11,6 +11,7 @@ their retries resume from the checkpoint. The worker calls these after each tria
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,8 +169,11 @@ def retain_checkpoints(
     keep = {t.user_attrs.get(CHECKPOINT_ATTR) for t in kept}
     for t in trials:
         path = t.user_attrs.get(CHECKPOINT_ATTR)
-        if path and path not in keep and t.state.is_finished() and Path(path).is_file():
-            Path(path).unlink(missing_ok=True)
+        if path and path not in keep and t.state.is_finished():
+            if Path(path).is_file():
+                Path(path).unlink(missing_ok=True)
+            elif Path(path).is_dir():  # a script's checkpoint directory (hpo.session)
+                shutil.rmtree(path, ignore_errors=True)
     if storage_url is not None:
         ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in trials if t.state.is_finished()}
         keep_ids = {t.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR) for t in kept}

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
 from hpo.run.worker._budget import Stop, should_stop
 from hpo.run.worker._housekeeping import quietly, retain_checkpoints
-from hpo.run.worker._trial import Preempted, make_objective, run_trial, stop_now_or_when_let
+from hpo.run.worker._signals import Preempted, stop_now_or_when_let
+from hpo.run.worker._trial import make_objective, run_trial
 from hpo.search.schedulers import scheduler_of
 from hpo.spec import Spec
 from hpo.store.outage import clear_stop, request_stop

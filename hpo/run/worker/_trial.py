@@ -8,9 +8,8 @@ through ``hpo.store._optuna``, the one package that uses Optuna's private API.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ from hpo.records import (
 from hpo.run.worker._budget import over_budget
 from hpo.run.worker._gang import GangBroken, run_on_devices
 from hpo.run.worker._housekeeping import quietly, upload_if_among_best
+from hpo.run.worker._signals import Preempted, signals_held
 from hpo.search.schedulers import PAUSE, STOP, Decision, Resume, Scheduler, scheduler_of
 from hpo.search.schedulers.continuation import queue_continuation
 from hpo.spec import Spec, suggest
@@ -39,13 +39,6 @@ if TYPE_CHECKING:
     from hpo.store.url import StorageUrl
 
 log = logging.getLogger("hpo")
-
-
-class Preempted(BaseException):
-    """Raised in the main thread by SIGTERM / SIGINT: stop the trial, re-queue it.
-
-    A BaseException so that neither the job nor the trial loop turns it into a failure.
-    """
 
 
 class Stopped(Exception):
@@ -113,8 +106,9 @@ class ScheduledTrial(optuna.Trial):
 def job_function(spec: Spec) -> Callable[..., float]:
     """The function a trial runs, called with the job's trial (a ``StudyTrial``) and the
     Optuna trial: the built-in fine-tuning job, on a gang of ranks with
-    ``resources.devices_per_trial`` > 1, or a custom task's own (which sees the Optuna
-    trial, its ``should_prune`` answered by the scheduler: ``ScheduledTrial``)."""
+    ``resources.devices_per_trial`` > 1, a custom task's own (which sees the Optuna
+    trial, its ``should_prune`` answered by the scheduler: ``ScheduledTrial``), or a script
+    task's program in a process of its own (``_script``)."""
     if spec.task.kind == "custom":
         from hpo.spec import load_entrypoint
 
@@ -122,6 +116,12 @@ def job_function(spec: Spec) -> Callable[..., float]:
         custom = load_entrypoint(spec.task.entrypoint)
         return lambda job_trial, trial, task, params, context: custom(
             ScheduledTrial.of(trial, job_trial), params, context
+        )
+    if spec.task.kind == "script":
+        from hpo.run.worker._script import run_script
+
+        return lambda job_trial, trial, task, params, context: run_script(
+            job_trial, trial, task, params, context.checkpoint_path.parent, spec.study.metric
         )
     devices = spec.resources.devices_per_trial
     return lambda job_trial, trial, task, params, context: run_on_devices(
@@ -356,38 +356,3 @@ def _requeue(study: optuna.Study, trial: optuna.Trial, why: Preempted) -> None:
         )
     else:
         log.warning("%s: trial %d re-queued", why, trial.number)
-
-
-_held = 0
-"""How deep the worker is in ``signals_held`` blocks."""
-_deferred: Preempted | None = None
-"""The stop a signal asked for while held: raised when the outermost block ends."""
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold the stop of SIGTERM / SIGINT (``Preempted``) back for a moment: it is raised when
-    the outermost such block ends. Held in Python, not with the thread's signal mask: the
-    kernel gives a process's signal to any thread that does not block it (torch's, the
-    heartbeat's), and Python then runs the handler in the main thread all the same, so a
-    masked main thread held nothing (a SIGTERM between a pause and its tell re-queued the
-    paused trial). The handler still runs at once (``request_stop``: a storage wait gives up)."""
-    global _held, _deferred
-    _held += 1
-    try:
-        yield
-    finally:
-        _held -= 1
-        if not _held and _deferred is not None:
-            stop, _deferred = _deferred, None
-            raise stop
-
-
-def stop_now_or_when_let(stop: Preempted) -> None:
-    """Raise ``stop`` here, or when the ``signals_held`` block around here ends (the signal
-    handler's way to stop the worker)."""
-    global _deferred
-    if _held:
-        _deferred = _deferred or stop
-    else:
-        raise stop

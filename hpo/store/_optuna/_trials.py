@@ -258,11 +258,11 @@ def tell_queued_pauses(study: optuna.Study, trials: Sequence[FrozenTrial]) -> se
         if t.number not in queued or t.state != TrialState.RUNNING:
             continue
         last = t.intermediate_values.get(t.last_step) if t.last_step is not None else None
-        one_value = len(study.directions) == 1 and last is not None and math.isfinite(last)
+        values = None  # as a tell of PRUNED: the last report, where there is one objective
+        if len(study.directions) == 1 and last is not None and math.isfinite(last):
+            values = [last]
         try:
-            if study._storage.set_trial_state_values(
-                t._trial_id, TrialState.PRUNED, [last] if one_value else None
-            ):
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED, values):
                 told.add(t.number)
                 log.info("trial %d: its worker died after its pause was queued", t.number)
         except UpdateFinishedTrialError:

@@ -1,0 +1,303 @@
+"""A trial of a ``script`` task: the user's program in a process of its own, its reports
+relayed to the trial over a Unix socket (the program's side: ``hpo.session``).
+
+The worker stays the trial's one voice, as with a gang of ranks (``_gang``): it claimed the
+trial, beats its heartbeat and tells it. What the script sends, it relays:
+
+- a report's metrics: the study's ``metric`` is the trial's intermediate value at the step,
+  the scheduler is asked, and the script gets its answer (go on, or stop: pruned or paused);
+  a NaN stops it (``prune_reason: nan``); every metric is kept (``metrics`` user attr, the
+  last report's);
+- a report's checkpoint: the trial's ``checkpoint`` attr, which a continuation of its pause,
+  a re-queue after SIGTERM or a retry after a kill resumes from (``HPO_RESUME_FROM``).
+
+How the process ends decides the trial:
+
+- exit 0: the best value of the metric it reported (the trial completes), or the stop it was
+  told (pruned, paused); exit 0 without a report of the metric fails the trial, saying so;
+- exit N: the trial fails, its ``fail_reason`` the last lines of the script's stderr;
+- killed (a signal: kill -9, out of memory): as a rank that died, ``GangBroken`` (the trial
+  is failed and retried, from its last reported checkpoint);
+- SIGTERM / SIGINT to the worker (``Preempted``): the script is told to stop
+  (``hpo.session.should_stop``), gets ``STOP_GRACE`` seconds to report a checkpoint of where
+  it stands and exit, and the trial is re-queued to resume from there.
+
+The script runs in a session of its own (the worker passes signals on as that stop); it gets
+SIGKILL if the worker dies (``hpo.session`` asks for ``PR_SET_PDEATHSIG`` when it connects),
+and a report to a worker that has gone answers stop. Its crash or leak is its own: the
+worker lives on, warm, for the next trial.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hpo import session
+from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, PRUNE_REASON_ATTR
+from hpo.run.worker._gang import GangBroken, describe_exit
+from hpo.run.worker._signals import signals_held
+
+log = logging.getLogger("hpo")
+
+STOP_GRACE = 30.0
+"""Seconds a script told to stop (a preemption) gets to checkpoint and exit before SIGKILL."""
+STDERR_LINES = 20
+"""Lines of the script's stderr kept for a failure's reason."""
+
+
+_NOT_METRICS = {
+    CHECKPOINT_ATTR,
+    PRUNE_REASON_ATTR,
+    FAIL_REASON_ATTR,
+    "metrics",
+    "best_step",
+    "pruned_at_step",
+    "worker",
+    "host",
+    "pid",
+    "seed",
+}
+"""The trial's own user attrs: a reported metric of one of these names stays in ``metrics``."""
+
+
+class ScriptFailed(Exception):
+    """The script exited non-zero, or without reporting its metric: the trial fails."""
+
+
+def run_script(
+    job_trial: Any, trial: Any, task: Any, params: dict, checkpoint_dir: Path, metric: str
+) -> float:
+    """Run the ``script`` task's command for ``trial``; relay its reports to ``job_trial``.
+
+    Args:
+        job_trial: the job's trial (``StudyTrial``): reports, decisions, attrs.
+        trial: the Optuna trial (its number, its ``checkpoint`` attr to resume from).
+        task: the ``TaskSpec`` (``command``).
+        params: the trial's params, given to the script as JSON.
+        checkpoint_dir: the folder of this trial's checkpoint directory.
+        metric: the reported metric that is the objective (``study.metric``).
+
+    Returns:
+        The best (lowest) value of ``metric`` the script reported.
+
+    Raises:
+        optuna.TrialPruned: the scheduler stopped it (``job_trial.decision``), or a NaN.
+        ScriptFailed: it exited non-zero, or exited without reporting ``metric``.
+        GangBroken: it was killed by a signal (retry from its checkpoint).
+        Preempted: SIGTERM / SIGINT; raised on once the script has stopped.
+    """
+    import optuna
+
+    previous = trial.user_attrs.get(CHECKPOINT_ATTR)
+    resume = previous if previous and Path(previous).exists() else None
+    with tempfile.TemporaryDirectory(prefix="hpo-script-") as tmp:
+        address = os.path.join(tmp, "session")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(4)
+        env = {
+            **os.environ,
+            session.SOCKET_VAR: address,
+            session.PARAMS_VAR: json.dumps(params),
+            session.CHECKPOINT_DIR_VAR: str(checkpoint_dir / f"trial-{trial.number}"),
+            session.TRIAL_VAR: str(trial.number),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop(session.RESUME_VAR, None)
+        if resume is not None:
+            env[session.RESUME_VAR] = str(resume)
+            log.info("trial %d: resuming from %s", trial.number, resume)
+        command = list(task.command)
+        if command[0] in ("python", "python3"):
+            command[0] = sys.executable  # the worker's interpreter, its environment's packages
+        relay = _Relay(job_trial, metric, params)
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        tail = _StderrTail(proc)
+        try:
+            relay.serve(listener, proc)
+        except BaseException:  # Preempted (SIGTERM): let it checkpoint where it stands
+            relay.stop(proc, "preempted")
+            raise
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            tail.join()
+            listener.close()
+            relay.close()
+    code = proc.returncode
+    if job_trial.decision is not None or relay.pruned is not None:
+        raise optuna.TrialPruned(relay.pruned or job_trial.decision.reason)
+    if code < 0:
+        raise GangBroken(f"the script was killed by {describe_exit(code)}")
+    if code != 0:
+        raise ScriptFailed(f"the script exited with {code}: {tail.text() or 'no stderr'}")
+    if relay.best is None:
+        raise ScriptFailed(
+            f"the script exited without reporting {metric} (study.metric) through "
+            f"hpo.session.report; it reported {', '.join(relay.seen) or 'nothing'}"
+        )
+    return relay.best
+
+
+class _Relay:
+    """The worker's end of the session: reads the script's reports, answers them."""
+
+    def __init__(self, job_trial: Any, metric: str, params: dict) -> None:
+        self.job_trial = job_trial
+        self.metric = metric
+        self.last_step = params.get("epochs") if isinstance(params.get("epochs"), int) else None
+        self.best: float | None = None
+        self.pruned: str | None = None
+        self.seen: list[str] = []
+        self.conns: dict[socket.socket, bytes] = {}
+        self.stopping: str | None = None
+
+    def serve(self, listener: socket.socket, proc: subprocess.Popen) -> None:
+        """Until the script exits: accept its connection, answer its reports."""
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        try:
+            while proc.poll() is None or self._readable(selector):
+                for key, _ in selector.select(timeout=0.1):
+                    if key.fileobj is listener:
+                        conn, _ = listener.accept()
+                        self.conns[conn] = b""
+                        selector.register(conn, selectors.EVENT_READ)
+                    else:
+                        self._receive(key.fileobj, selector)  # type: ignore[arg-type]
+        finally:
+            selector.close()
+
+    def _readable(self, selector: selectors.BaseSelector) -> bool:
+        """After the script exited: whether its last words are still unread."""
+        return bool(self.conns) and bool(selector.select(timeout=0))
+
+    def _receive(self, conn: socket.socket, selector: selectors.BaseSelector) -> None:
+        with signals_held():  # what arrived is relayed and answered whole
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                selector.unregister(conn)
+                conn.close()
+                del self.conns[conn]
+                return
+            buffer = self.conns[conn] + chunk
+            *lines, self.conns[conn] = buffer.split(b"\n")
+            for line in lines:
+                answer = self._handle(json.loads(line))
+                try:
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+                except OSError:
+                    pass  # the script has gone: its exit says how
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One report: its checkpoint, its metrics, the scheduler's answer."""
+        checkpoint = message.get("checkpoint")
+        metrics: dict[str, float] = message.get("metrics") or {}
+        step = message.get("step")
+        attrs: dict[str, Any] = {}
+        if checkpoint:
+            attrs[CHECKPOINT_ATTR] = checkpoint
+        if metrics:
+            self.seen = sorted(set(self.seen) | set(metrics))
+            attrs["metrics"] = {"step": step, **metrics}
+        if attrs:
+            self.job_trial.set_attrs(attrs)
+        if self.stopping is not None or self.pruned is not None:
+            return {"go_on": False, "why": self.stopping or self.pruned}
+        if self.metric not in metrics or step is None:
+            return {"go_on": True}
+        value = float(metrics[self.metric])
+        if not math.isfinite(value):
+            self.pruned = "nan"
+            self.job_trial.set_attrs({PRUNE_REASON_ATTR: "nan", "pruned_at_step": step})
+            return {"go_on": False, "why": "nan"}
+        self.job_trial.report(value, int(step))
+        if self.best is None or value < self.best:  # its metrics are the trial's, as attrs
+            self.best = value
+            best = {k: v for k, v in metrics.items() if k not in _NOT_METRICS}
+            self.job_trial.set_attrs({**best, "best_step": int(step)})
+        # The last report cannot prune: the trial has run its epochs (as the built-in job).
+        if self.last_step is not None and step >= self.last_step:
+            return {"go_on": True}
+        if self.job_trial.should_prune():
+            decision = self.job_trial.decision
+            self.job_trial.set_attrs(
+                {PRUNE_REASON_ATTR: decision.reason, "pruned_at_step": int(step)}
+            )
+            return {"go_on": False, "why": decision.reason}
+        return {"go_on": True}
+
+    def stop(self, proc: subprocess.Popen, why: str) -> None:
+        """Tell the script to stop (``hpo.session.should_stop``), then serve its last
+        reports (its checkpoint) until it exits, ``STOP_GRACE`` seconds at most."""
+        self.stopping = why
+        for conn in list(self.conns):
+            try:
+                conn.sendall(json.dumps({"stop": why}).encode() + b"\n")
+            except OSError:
+                pass
+        if not self.conns and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # not connected yet: nothing to lose
+        deadline = time.monotonic() + STOP_GRACE
+        selector = selectors.DefaultSelector()
+        for conn in self.conns:
+            selector.register(conn, selectors.EVENT_READ)
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.1):
+                    self._receive(key.fileobj, selector)  # type: ignore[arg-type]
+        finally:
+            selector.close()
+        if proc.poll() is None:
+            log.warning("the script did not stop within %.0f s of being told; killed", STOP_GRACE)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.conns.clear()
+
+
+class _StderrTail(threading.Thread):
+    """Passes the script's stderr through to the worker's, keeping its last lines."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.lines: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            if line.strip():
+                self.lines.append(line.rstrip())
+
+    def text(self) -> str:
+        """The last lines, the most telling last (a traceback's error line)."""
+        lines = list(self.lines)
+        return " | ".join(lines[-3:]) if lines else ""

@@ -1,0 +1,266 @@
+"""Script jobs: the user's own program, one process per trial, talking to hpo through
+``hpo.session`` (the worker's side: hpo/run/worker/_script.py). Real processes throughout:
+the shipped PyTorch example under ``hpo run`` with the promotion scheduler, a SIGTERM in the
+middle of an epoch, a kill -9 of the script, a crash, a script that never reports, a NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from hpo.search.schedulers.continuation import configuration
+from hpo.errors import SpecError
+from hpo.spec import parse_spec
+from processes import ROOT, one_line_error, run_hpo, wait_for
+
+EXAMPLE = ROOT / "examples" / "pytorch_loop"
+
+TINY = """\
+import json, os, sys, time
+from hpo import session
+
+params = session.params({"epochs": 3})
+mode = os.environ.get("SCRIPT_MODE", "ok")
+start = 1
+if session.resume_from() is not None:
+    start = json.loads((session.resume_from() / "state.json").read_text())["epoch"] + 1
+    print(f"trial {session.trial_number()}: resumed after epoch {start - 1}", file=sys.stderr)
+if mode == "crash":
+    raise ValueError("boom before the first epoch")
+if mode == "silent":
+    sys.exit(0)
+for epoch in range(start, params["epochs"] + 1):
+    time.sleep(float(os.environ.get("SCRIPT_EPOCH_SECONDS", "0")))
+    loss = float("nan") if mode == "nan" else 1.0 / epoch
+    folder = session.checkpoint_dir()
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
+    print(f"trial {session.trial_number()} epoch {epoch} pid {os.getpid()}", file=sys.stderr)
+    if not session.report({"val_loss": loss, "score": 2 * loss}, step=epoch, checkpoint=folder):
+        break
+"""
+
+
+def _spec(tmp_path: Path, command: list[str], n: int = 1, pruner: str = "none",
+          epochs: str = "{type: int, low: 3, high: 3}", metric: str = "val_loss") -> Path:
+    name = f"script-{time.time_ns()}"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(
+        f"study: {{name: {name}, metric: {metric}}}\n"
+        f"task: {{kind: script, command: {json.dumps(command)}}}\n"
+        "search_space:\n"
+        "  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+        "  batch_size: {type: categorical, choices: [32]}\n"
+        f"  epochs: {epochs}\n"
+        "sampler: {name: random, seed: 0}\n"
+        f"pruner: {{name: {pruner}}}\n"
+        f"budget: {{n_trials: {n}}}\n"
+    )
+    return spec
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"HPO_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "HPO_HEARTBEAT_INTERVAL": "1",
+            "HPO_GRACE_PERIOD": "3", **extra}
+
+
+def _tiny(tmp_path: Path) -> list[str]:
+    script = tmp_path / "tiny.py"
+    script.write_text(TINY)
+    return ["python", str(script)]
+
+
+def _trials(spec: Path, url: str) -> list[optuna.trial.FrozenTrial]:
+    name = yaml.safe_load(spec.read_text())["study"]["name"]
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _run(tmp_path, spec, url, **env):
+    return run_hpo("run", str(spec), "--storage", url, cwd=tmp_path, env=_env(tmp_path, **env),
+                   timeout=300)
+
+
+@pytest.mark.slow
+def test_the_pytorch_example_pauses_and_resumes_from_its_own_checkpoints(tmp_path):
+    """The shipped example under ``hpo run`` with the promotion scheduler: trials pause at
+    the rungs and their continuations resume from the checkpoint the script reported; by
+    the script's own log, every epoch of a configuration is trained once."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = EXAMPLE / "spec.yaml"
+    r = run_hpo("run", str(spec), "--storage", url, "--n-trials", "6", cwd=ROOT,
+                env=_env(tmp_path), timeout=500)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ts = _trials(spec, url)
+    resumed = [t for t in ts if "resumed_from" in t.user_attrs and t.state != TrialState.WAITING]
+    assert resumed, r.stdout + r.stderr  # some paused configuration went on
+    assert any(t.state == TrialState.COMPLETE for t in resumed)
+    trained: dict[int, list[int]] = {}
+    for number, epoch in re.findall(r"trial (\d+) epoch (\d+) trained", r.stdout + r.stderr):
+        trained.setdefault(configuration(ts[int(number)]), []).append(int(epoch))
+    for config, epochs in trained.items():
+        assert sorted(epochs) == list(range(1, len(epochs) + 1)), (config, epochs)
+    for t in resumed:  # each continuation started where its pause left off
+        assert f"trial {t.number}: resumed at epoch {t.user_attrs['paused_at'] + 1} batch 0" \
+            in r.stdout + r.stderr
+    best = min((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert best.user_attrs["val_accuracy"] > 0.5
+    assert Path(best.user_attrs["checkpoint"], "state.pt").is_file()
+
+
+def test_the_example_runs_alone_with_its_defaults(tmp_path):
+    """``python train.py`` without hpo: its defaults, its reports printed, no stop."""
+    r = subprocess.run([sys.executable, str(EXAMPLE / "train.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("HPO_")})
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"step 4: val_loss [\d.]+  val_accuracy 0\.9", r.stderr), r.stderr
+    assert (tmp_path / "checkpoints" / "state.pt").is_file()
+
+
+def test_sigterm_mid_epoch_resumes_at_the_step_it_was_at(tmp_path):
+    """SIGTERM to the worker inside epoch 2: the script is told to stop, saves where it
+    stands and reports that checkpoint; the trial is re-queued, and the next worker's attempt
+    starts at that very batch, not at the epoch's start."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, ["python", str(EXAMPLE / "train.py")], epochs="{type: int, low: 3, high: 3}")
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    name = yaml.safe_load(spec.read_text())["study"]["name"]
+    env = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"},
+           **_env(tmp_path, EXAMPLE_STEP_SECONDS="0.02"), "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "hpo", "worker", name, "--storage", url],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(worker.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("trial 0 epoch 1 trained" in x for x in lines), timeout=120,
+                 what="epoch 1")
+        time.sleep(random.uniform(0.1, 0.5))
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    stopped = re.search(r"trial 0: stopped at epoch 2 batch (\d+)", output)
+    assert stopped, output
+    ts = _trials(spec, url)
+    assert [t.state for t in ts] == [TrialState.WAITING], output
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=_env(tmp_path), timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"trial 0: resumed at epoch 2 batch {stopped.group(1)}" in r.stderr + r.stdout
+    assert "trial 0 epoch 1 trained" not in r.stderr + r.stdout  # not trained again
+    (t,) = _trials(spec, url)
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_a_killed_script_is_retried_from_its_last_checkpoint(tmp_path):
+    """kill -9 of the script's process after its first report: the trial fails saying so,
+    and its retry starts after the epoch the script had checkpointed."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, _tiny(tmp_path))
+    log = tmp_path / "script.log"
+    env = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"},
+           **_env(tmp_path, SCRIPT_EPOCH_SECONDS="1.0"), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "run", str(spec), "--storage", url],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            found = wait_for(lambda: re.search(r"trial 0 epoch 1 pid (\d+)", log.read_text()),
+                             timeout=120, what="the script's first epoch")
+            os.kill(int(found.group(1)), signal.SIGKILL)
+            assert launcher.wait(timeout=120) == 0, log.read_text()
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    ts = _trials(spec, url)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE], log.read_text()
+    assert "the script was killed by SIGKILL" in ts[0].user_attrs["fail_reason"]
+    assert "trial 1: resumed after epoch 1" in log.read_text()
+    assert sorted(ts[1].intermediate_values) == [1, 2, 3] and ts[1].value == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("mode", "state", "says"),
+    [
+        ("crash", TrialState.FAIL, "ValueError: boom before the first epoch"),
+        ("silent", TrialState.FAIL, "exited without reporting val_loss"),
+        ("nan", TrialState.PRUNED, "nan"),
+    ],
+)
+def test_a_script_that_crashes_is_silent_or_reports_nan(tmp_path, mode, state, says):
+    """Each trial ends as it should, with its reason, and the worker goes on to the next
+    trial (two trials, one worker process)."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, _tiny(tmp_path), n=2)
+    r = _run(tmp_path, spec, url, SCRIPT_MODE=mode)
+    ts = _trials(spec, url)
+    assert [t.state for t in ts][:2] == [state, state], r.stdout + r.stderr
+    for t in ts[:2]:
+        why = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
+        assert says in why, why
+    if mode == "crash":  # the script's own traceback is passed on for its author to read
+        assert "ValueError: boom" in r.stdout + r.stderr
+
+
+def test_the_objective_is_the_metric_the_spec_names(tmp_path):
+    """``study.metric: score``: the trial's curve and value are the script's ``score``."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, _tiny(tmp_path), metric="score")
+    r = _run(tmp_path, spec, url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (t,) = _trials(spec, url)
+    assert t.value == pytest.approx(2 / 3)
+    assert t.intermediate_values == pytest.approx({1: 2.0, 2: 1.0, 3: 2 / 3})
+    assert t.user_attrs["val_loss"] == pytest.approx(1 / 3)  # the best report's metrics
+
+
+def _parse(text: str):
+    return parse_spec(yaml.safe_load(text), default_name="s")
+
+
+SPACE = "search_space: {lr: {type: float, low: 0.001, high: 0.1}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("task: {kind: script}\n", ["command", "expected the program"]),
+        ("task: {kind: script, command: [python, -V], model: m}\n", ["model", "script task"]),
+        ("study: {metric: eval_f1}\n"
+         "task: {kind: image_classification, model: resnet18, dataset: {name: digits}}\n",
+         ["metric", "eval_f1", "script"]),
+        ("task: {kind: image_classification, model: resnet18, dataset: {name: digits},"
+         " command: [python]}\n", ["command", "script task only"]),
+        ("task: {kind: script, command: [python, -V]}\nresources: {devices_per_trial: 2}\n",
+         ["devices_per_trial", "one process"]),
+    ],
+)
+def test_a_script_spec_that_cannot_run_is_refused(text, words):
+    with pytest.raises(SpecError) as e:
+        _parse(text + SPACE)
+    for word in words:
+        assert word in str(e.value), (word, str(e.value))
+
+
+def test_a_missing_script_file_is_one_line(tmp_path):
+    spec = _spec(tmp_path, ["python", str(tmp_path / "nowhere.py")])
+    r = run_hpo("create", str(spec), "--storage", f"sqlite:///{tmp_path / 'hpo.db'}",
+                cwd=tmp_path)
+    one_line_error(r, spec, "no such file", "nowhere.py")
+    assert not (tmp_path / "hpo.db").exists() or "script-" not in r.stdout
