@@ -31,6 +31,11 @@ its reports printed, and never a stop::
   save where you stand, report that checkpoint, and return. Cheap enough to ask every step.
 - ``rank`` / ``world_size`` / ``local_rank`` / ``device``: where this process trains.
 
+With several ranks (``resources.devices_per_trial``; the environment is ``torchrun``'s), rank
+0 reports: its metrics and checkpoint count. Once the ranks have a process group,
+``report`` and ``should_stop`` are collectives that give every rank rank 0's answer, so the
+ranks stop together: call them on every rank at the same points.
+
 Only this module of hpo is imported (no torch, unless ``device`` is asked): the script keeps
 its own start-up time. The worker's side is ``hpo.run.worker._script``.
 """
@@ -127,6 +132,17 @@ def _session() -> _Connection | None:
     return _connection
 
 
+def _rank_zeros(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank, where the ranks have a process group (a collective:
+    every rank calls it at the same point); else this rank's own."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: the script's own
+    if world_size() > 1 and dist is not None and dist.is_available() and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
 def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The trial's hyperparameters over ``defaults`` (alone: ``defaults``)."""
     given = json.loads(os.environ.get(PARAMS_VAR, "{}"))
@@ -152,10 +168,10 @@ def report(
     values = {str(k): float(v) for k, v in (metrics or {}).items()}
     conn = _session()
     if conn is None:
-        if rank() == 0 and values:
+        if rank() == 0 and values and SOCKET_VAR not in os.environ:
             shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
             print(f"step {step}: {shown}", file=sys.stderr, flush=True)
-        return True
+        return bool(_rank_zeros(True))
     conn.send(
         {
             "step": step,
@@ -163,17 +179,17 @@ def report(
             "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
         }
     )
-    return bool(conn.answer().get("go_on")) and conn.stop is None
+    go_on = bool(conn.answer().get("go_on")) and conn.stop is None
+    return bool(_rank_zeros(go_on))
 
 
 def should_stop() -> bool:
     """Whether the worker asks this trial to stop now (a preemption): save where you stand,
     ``report(checkpoint=...)`` it, and return. Never true when the script runs alone."""
     conn = _session()
-    if conn is None:
-        return False
-    conn.poll()
-    return conn.stop is not None
+    if conn is not None:
+        conn.poll()
+    return bool(_rank_zeros(conn is not None and conn.stop is not None))
 
 
 def checkpoint_dir() -> Path:

@@ -54,7 +54,8 @@ for epoch in range(start, params["epochs"] + 1):
 
 
 def _spec(tmp_path: Path, command: list[str], n: int = 1, pruner: str = "none",
-          epochs: str = "{type: int, low: 3, high: 3}", metric: str = "val_loss") -> Path:
+          epochs: str = "{type: int, low: 3, high: 3}", metric: str = "val_loss",
+          devices: int = 1) -> Path:
     name = f"script-{time.time_ns()}"
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(
@@ -67,6 +68,7 @@ def _spec(tmp_path: Path, command: list[str], n: int = 1, pruner: str = "none",
         "sampler: {name: random, seed: 0}\n"
         f"pruner: {{name: {pruner}}}\n"
         f"budget: {{n_trials: {n}}}\n"
+        f"resources: {{devices_per_trial: {devices}}}\n"
     )
     return spec
 
@@ -195,6 +197,41 @@ def test_a_killed_script_is_retried_from_its_last_checkpoint(tmp_path):
     assert sorted(ts[1].intermediate_values) == [1, 2, 3] and ts[1].value == pytest.approx(1 / 3)
 
 
+def test_a_ddp_script_runs_as_two_ranks_and_a_killed_rank_retries_it(tmp_path):
+    """The DDP example as one trial of 2 ranks (gloo, torchrun's environment, the worker's
+    store): kill -9 of rank 1 inside epoch 2 fails the trial naming the rank, and its retry's
+    ranks both start after the epoch rank 0 had checkpointed, and finish."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, ["python", str(ROOT / "examples" / "ddp" / "train.py")], devices=2)
+    log = tmp_path / "ranks.log"
+    env = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"},
+           **_env(tmp_path, EXAMPLE_EPOCH_SECONDS="1.5"), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "run", str(spec), "--storage", url],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            found = wait_for(
+                lambda: re.search(r"rank 1: trial 0 epoch 1 trained \(pid (\d+)\)",
+                                  log.read_text()),
+                timeout=180, what="rank 1's first epoch")
+            wait_for(lambda: "checkpoint" in _trials(spec, url)[0].user_attrs, timeout=30,
+                     what="epoch 1's checkpoint")
+            time.sleep(random.uniform(0.0, 1.0))
+            os.kill(int(found.group(1)), signal.SIGKILL)
+            assert launcher.wait(timeout=240) == 0, log.read_text()
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    text = log.read_text()
+    ts = _trials(spec, url)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE], text
+    assert "rank 1 of 2 was killed by SIGKILL" in ts[0].user_attrs["fail_reason"]
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank}: trial 1: resumed after epoch [12]\b", text), text
+    assert sorted(ts[1].intermediate_values) == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("mode", "state", "says"),
     [
@@ -247,8 +284,6 @@ SPACE = "search_space: {lr: {type: float, low: 0.001, high: 0.1}}\n"
          ["metric", "eval_f1", "script"]),
         ("task: {kind: image_classification, model: resnet18, dataset: {name: digits},"
          " command: [python]}\n", ["command", "script task only"]),
-        ("task: {kind: script, command: [python, -V]}\nresources: {devices_per_trial: 2}\n",
-         ["devices_per_trial", "one process"]),
     ],
 )
 def test_a_script_spec_that_cannot_run_is_refused(text, words):

@@ -234,11 +234,6 @@ def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
         raise (at / "devices_per_trial").error(
             f"a custom job runs in its worker's process; expected 1, got {devices}"
         )
-    if devices > 1 and task.kind == "script":
-        raise (at / "devices_per_trial").error(
-            f"a script trial runs as one process (several ranks: not yet); expected 1, got "
-            f"{devices}"
-        )
     return ResourcesSpec(devices_per_trial=devices)
 
 

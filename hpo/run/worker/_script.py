@@ -79,7 +79,13 @@ class ScriptFailed(Exception):
 
 
 def run_script(
-    job_trial: Any, trial: Any, task: Any, params: dict, checkpoint_dir: Path, metric: str
+    job_trial: Any,
+    trial: Any,
+    task: Any,
+    params: dict,
+    checkpoint_dir: Path,
+    metric: str,
+    devices: int = 1,
 ) -> float:
     """Run the ``script`` task's command for ``trial``; relay its reports to ``job_trial``.
 
@@ -90,14 +96,16 @@ def run_script(
         params: the trial's params, given to the script as JSON.
         checkpoint_dir: the folder of this trial's checkpoint directory.
         metric: the reported metric that is the objective (``study.metric``).
+        devices: the processes (ranks) to start, with the environment ``torchrun`` gives
+            its ranks (``rank_env``); rank 0 reports.
 
     Returns:
         The best (lowest) value of ``metric`` the script reported.
 
     Raises:
         optuna.TrialPruned: the scheduler stopped it (``job_trial.decision``), or a NaN.
-        ScriptFailed: it exited non-zero, or exited without reporting ``metric``.
-        GangBroken: it was killed by a signal (retry from its checkpoint).
+        ScriptFailed: a rank exited non-zero, or all exited without reporting ``metric``.
+        GangBroken: a rank was killed by a signal (retry from the checkpoint).
         Preempted: SIGTERM / SIGINT; raised on once the script has stopped.
     """
     import optuna
@@ -125,38 +133,83 @@ def run_script(
         if command[0] in ("python", "python3"):
             command[0] = sys.executable  # the worker's interpreter, its environment's packages
         relay = _Relay(job_trial, metric, params)
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        tail = _StderrTail(proc)
+        store = _rendezvous_store(devices) if devices > 1 else None
+        procs = [
+            subprocess.Popen(
+                command,
+                env={**env, **rank_env(rank, devices, store)},
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            for rank in range(devices)
+        ]
+        tails = [
+            _StderrTail(proc, f"[rank {r}] " if devices > 1 else "") for r, proc in enumerate(procs)
+        ]
         try:
-            relay.serve(listener, proc)
+            relay.serve(listener, procs)
+            ended = [proc.poll() for proc in procs]  # before the others are killed
         except BaseException:  # Preempted (SIGTERM): let it checkpoint where it stands
-            relay.stop(proc, "preempted")
+            relay.stop(procs, "preempted")
             raise
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            tail.join()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+            for proc, tail in zip(procs, tails):
+                proc.wait()
+                tail.join()
             listener.close()
             relay.close()
-    code = proc.returncode
+            del store
     if job_trial.decision is not None or relay.pruned is not None:
         raise optuna.TrialPruned(relay.pruned or job_trial.decision.reason)
-    if code < 0:
-        raise GangBroken(f"the script was killed by {describe_exit(code)}")
-    if code != 0:
-        raise ScriptFailed(f"the script exited with {code}: {tail.text() or 'no stderr'}")
+    # As the ranks ended (None: still running, killed here): a death first, which caused the
+    # others' errors, then an error.
+    for rank, code in enumerate(ended):
+        who = f"rank {rank} of {devices}" if devices > 1 else "the script"
+        if code is not None and code < 0:
+            raise GangBroken(f"{who} was killed by {describe_exit(code)}")
+    for rank, (code, tail) in enumerate(zip(ended, tails)):
+        who = f"rank {rank} of {devices}" if devices > 1 else "the script"
+        if code is not None and code != 0:
+            raise ScriptFailed(f"{who} exited with {code}: {tail.text() or 'no stderr'}")
     if relay.best is None:
         raise ScriptFailed(
             f"the script exited without reporting {metric} (study.metric) through "
             f"hpo.session.report; it reported {', '.join(relay.seen) or 'nothing'}"
         )
     return relay.best
+
+
+def rank_env(rank: int, world: int, store: Any) -> dict[str, str]:
+    """The environment ``torchrun`` gives rank ``rank`` of ``world`` on one machine: with
+    ``init_process_group(init_method="env://")`` (DDP, FSDP, Accelerate, Lightning), every
+    rank joins the store the worker hosts (``TORCHELASTIC_USE_AGENT_STORE``, as torchrun's
+    agent does): no rank binds a port, so none can race another program for it."""
+    if world == 1:
+        return {}
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "GROUP_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(store.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }
+
+
+def _rendezvous_store(world: int) -> Any:
+    """The ranks' ``TCPStore``, served by the worker on a port the kernel picks."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    return TCPStore(
+        "127.0.0.1", 0, world, True, timeout=timedelta(minutes=5), wait_for_workers=False
+    )
 
 
 class _Relay:
@@ -172,12 +225,18 @@ class _Relay:
         self.conns: dict[socket.socket, bytes] = {}
         self.stopping: str | None = None
 
-    def serve(self, listener: socket.socket, proc: subprocess.Popen) -> None:
-        """Until the script exits: accept its connection, answer its reports."""
+    def serve(self, listener: socket.socket, procs: list[subprocess.Popen]) -> None:
+        """Until the ranks exit: accept their connections, answer their reports. A rank that
+        exits non-zero ends it at once (the others may wait on it forever)."""
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
         try:
-            while proc.poll() is None or self._readable(selector):
+            while True:
+                codes = [proc.poll() for proc in procs]
+                if any(code not in (None, 0) for code in codes):
+                    return
+                if all(code == 0 for code in codes) and not self._readable(selector):
+                    return
                 for key, _ in selector.select(timeout=0.1):
                     if key.fileobj is listener:
                         conn, _ = listener.accept()
@@ -250,7 +309,7 @@ class _Relay:
             return {"go_on": False, "why": decision.reason}
         return {"go_on": True}
 
-    def stop(self, proc: subprocess.Popen, why: str) -> None:
+    def stop(self, procs: list[subprocess.Popen], why: str) -> None:
         """Tell the script to stop (``hpo.session.should_stop``), then serve its last
         reports (its checkpoint) until it exits, ``STOP_GRACE`` seconds at most."""
         self.stopping = why
@@ -259,19 +318,21 @@ class _Relay:
                 conn.sendall(json.dumps({"stop": why}).encode() + b"\n")
             except OSError:
                 pass
-        if not self.conns and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # not connected yet: nothing to lose
+        if not self.conns:  # not connected yet: nothing to lose
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         selector = selectors.DefaultSelector()
         for conn in self.conns:
             selector.register(conn, selectors.EVENT_READ)
         try:
-            while proc.poll() is None and time.monotonic() < deadline:
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
                 for key, _ in selector.select(timeout=0.1):
                     self._receive(key.fileobj, selector)  # type: ignore[arg-type]
         finally:
             selector.close()
-        if proc.poll() is None:
+        if any(p.poll() is None for p in procs):
             log.warning("the script did not stop within %.0f s of being told; killed", STOP_GRACE)
 
     def close(self) -> None:
@@ -283,9 +344,10 @@ class _Relay:
 class _StderrTail(threading.Thread):
     """Passes the script's stderr through to the worker's, keeping its last lines."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen, prefix: str = "") -> None:
         super().__init__(daemon=True)
         self.proc = proc
+        self.prefix = prefix
         self.lines: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.start()
 
@@ -293,7 +355,7 @@ class _StderrTail(threading.Thread):
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
-            sys.stderr.write(line)
+            sys.stderr.write(self.prefix + line)
             if line.strip():
                 self.lines.append(line.rstrip())
 

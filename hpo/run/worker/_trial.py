@@ -121,7 +121,13 @@ def job_function(spec: Spec) -> Callable[..., float]:
         from hpo.run.worker._script import run_script
 
         return lambda job_trial, trial, task, params, context: run_script(
-            job_trial, trial, task, params, context.checkpoint_path.parent, spec.study.metric
+            job_trial,
+            trial,
+            task,
+            params,
+            context.checkpoint_path.parent,
+            spec.study.metric,
+            spec.resources.devices_per_trial,
         )
     devices = spec.resources.devices_per_trial
     return lambda job_trial, trial, task, params, context: run_on_devices(
