@@ -27,6 +27,14 @@ CHECKPOINT_ATTR = "checkpoint"
 CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
 """Trial user attr: the id of the trial's checkpoint in the artifact store
 (``hpo.store.artifacts``)."""
+METRICS_ATTR = "metrics"
+"""Trial user attr: report step (a string) -> that evaluation's metrics, one number each:
+``train_loss``, ``train_accuracy``, ``train_balanced_accuracy``, ``train_precision``,
+``train_recall``, ``train_f1`` (macro), ``train_auroc`` (two classes), and the same of ``val_``
+(``hpo.job.metrics``). Training's are of the batches trained since the evaluation before."""
+BEST_METRICS_ATTR = "best_metrics"
+"""Trial user attr: the metrics of the trial's best evaluation (its ``best_epoch``), as in
+``metrics`` and per class too (``val_f1_per_class``, ...: lists in class order)."""
 FAIL_REASON_ATTR = "fail_reason"
 """Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
 FIRST_GUESS_ATTR = "first_guess"

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from hpo.job.data import EpochShuffle, dataset_labels, dataset_size
 from hpo.job.device import Device, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders, subset_loader
 from hpo.job.loss import ClassWeighted, class_weights
+from hpo.job.metrics import Tally
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
 from hpo.job.setup import TrainingSetup
@@ -59,6 +60,12 @@ class Progress:
     """Time in training steps (data loading included, evaluation not)."""
     seconds: float = 0.0
     """Wall time of the whole fit, earlier attempts included."""
+    history: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Report step (as a string) -> the train and val metrics of that evaluation, one number
+    each (attr ``metrics``)."""
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    """The train and val metrics of the best evaluation, per class included (attr
+    ``best_metrics``)."""
 
 
 @dataclass
@@ -88,6 +95,8 @@ class FitState:
     """The class weights on the device: evaluation weighs its loss by them too."""
     grad_clip: float
     train_loader: DataLoader
+    train_tally: Tally
+    """Training's predictions and losses since the last evaluation, on the device."""
     val_loader: DataLoader | None
     """``None`` for a final fit."""
     subset_loader: DataLoader | None
@@ -212,6 +221,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         weight=weight,
         grad_clip=params["grad_clip"],
         train_loader=train_loader,
+        train_tally=Tally(setup.num_classes, dev.device),
         val_loader=val_loader,
         subset_loader=subset_loader(setup, task, dev, batch_size, ranks),
         order=order,
