@@ -217,3 +217,46 @@ def test_two_classes_record_auroc_on_train_and_val(tmp_path):
     for step in trial.attrs["metrics"].values():
         assert 0 <= step["train_auroc"] <= 1 and 0 <= step["val_auroc"] <= 1
     assert len(trial.attrs["best_metrics"]["val_f1_per_class"]) == 2
+
+
+def _rank_reads(rank: int, world: int, store: str, out: str) -> None:
+    """Rank ``rank`` of ``world`` (gloo on the CPU): its part of the data into a tally, read
+    over the ranks."""
+    import json
+
+    import torch.distributed as dist
+
+    from hpo.job.ranks import Ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(0)
+        logits, labels = torch.randn(31, 2, generator=g), torch.randint(0, 2, (31,), generator=g)
+        part = Ranks(rank, world).shard(31)
+        tally = Tally(2, "cpu")
+        tally.add(logits[part], labels[part])
+        tally.add_loss(torch.tensor(float(part.stop - part.start)), part.stop - part.start)
+        metrics = tally.read(Ranks(rank, world))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(metrics, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_read_the_metrics_of_all_their_examples(tmp_path):
+    """Two gloo ranks, 16 and 15 examples: each reads the metrics (AUROC included) of all 31,
+    as one tally of them all does."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_reads, args=(2, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(31, 2, generator=g), torch.randint(0, 2, (31,), generator=g)
+    alone = _tally(logits, labels)
+    for rank in (0, 1):
+        ranked = json.loads((tmp_path / f"out.{rank}").read_text())
+        assert ranked["loss"] == 1.0
+        for name in ("accuracy", "f1", "auroc", "recall_per_class"):
+            assert ranked[name] == pytest.approx(alone[name]), name
