@@ -144,6 +144,7 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
                     state.grad_clip,
                     state.ranks,
                     tally=state.train_tally,
+                    l1=state.l1,
                 )
                 break
             except torch.OutOfMemoryError as e:

@@ -1,10 +1,16 @@
-"""The training loss: cross-entropy, label smoothing and the task's class weights.
+"""The training loss: cross-entropy, label smoothing, the task's class weights, and the L1
+penalty (param ``l1``).
 
 ``task.class_weights`` weights each example's loss by its class: a batch's loss is then the
 weighted mean ``sum_i w[y_i] l_i / sum_i w[y_i]`` (``nn.CrossEntropyLoss(weight=w)``), over the
 whole global batch however it is cut: into micro-batches after an out-of-memory error, and
 into the parts of several ranks. A micro-batch's share of the batch is its weight sum over the
 global batch's, not its count over the batch size (``ClassWeighted.shares``).
+
+The L1 penalty ``l1 * sum |w|`` over the trainable weights (matrices and kernels: not biases,
+not normalization scales, the parameters weight decay leaves out too) is added once per
+optimizer step, whatever the micro-batches, and on every rank alike: its gradient is the
+same on each, so the ranks' average is it (``l1_penalty``).
 """
 
 from __future__ import annotations
@@ -95,3 +101,14 @@ class ClassWeighted:
         if ranks.many:
             total = ranks.sum(total)
         return [ranks.world / total] * len(parts)
+
+
+def penalized(params: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The weights the L1 penalty sums over: of ``params``, the matrices and kernels (two
+    dimensions or more), as weight decay chooses them (``hpo.job.optim.make_optimizer``)."""
+    return [p for p in params if p.ndim >= 2]
+
+
+def l1_penalty(weights: Sequence[torch.Tensor], l1: float) -> torch.Tensor:
+    """``l1`` times the sum of the absolute values of ``weights`` (float32, on their device)."""
+    return l1 * torch.stack([w.float().abs().sum() for w in weights]).sum()

@@ -94,6 +94,8 @@ class FitState:
     weight: torch.Tensor | None
     """The class weights on the device: evaluation weighs its loss by them too."""
     grad_clip: float
+    l1: float
+    """The L1 penalty's factor (param ``l1``); 0 adds none."""
     train_loader: DataLoader
     train_tally: Tally
     """Training's predictions and losses since the last evaluation, on the device."""
@@ -220,6 +222,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         class_weights=by_class,
         weight=weight,
         grad_clip=params["grad_clip"],
+        l1=params["l1"],
         train_loader=train_loader,
         train_tally=Tally(setup.num_classes, dev.device),
         val_loader=val_loader,

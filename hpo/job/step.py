@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hpo.job.device import Device, free_memory
-from hpo.job.loss import ClassWeighted
+from hpo.job.loss import ClassWeighted, l1_penalty, penalized
 from hpo.job.metrics import Tally
 from hpo.job.ranks import Ranks
 from hpo.job.trial import Trial
@@ -36,6 +36,7 @@ def train_step(
     grad_clip: float,
     ranks: Ranks = Ranks(),
     tally: Tally | None = None,
+    l1: float = 0.0,
 ) -> float:
     """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
 
@@ -43,11 +44,12 @@ def train_step(
     on every rank or on none (``hpo.job.ranks``). A ``ClassWeighted`` criterion gives each
     micro-batch its share of the global batch's weight sum, not of its count. ``tally``
     counts the step's predictions and loss once it is taken (not those of a try that ran out
-    of memory), on the device.
+    of memory), on the device. ``l1`` > 0 adds ``l1 * sum |w|`` over the trainable weights
+    (``hpo.job.loss.l1_penalty``) once, after the micro-batches, on every rank alike.
 
     Returns:
-        The batch's mean training loss (the global batch's, over all ranks); the optimizer
-        does not step when it is NaN or inf.
+        The batch's mean training loss (the global batch's, over all ranks) plus the L1
+        penalty; the optimizer does not step when it is NaN or inf.
 
     Raises:
         torch.OutOfMemoryError: the micro-batches do not fit (on any rank).
@@ -75,6 +77,10 @@ def train_step(
                     weight=share,
                     seen=seen,
                 )
+            if l1 > 0:  # once per step: the same whatever the micro-batches and ranks
+                penalty = l1_penalty(penalized(trainable), l1)
+                scaler.scale(penalty).backward()
+                total += penalty.detach()
         except torch.OutOfMemoryError as e:
             if not ranks.many:
                 raise

@@ -39,6 +39,12 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "momentum": Hyperparameter(0.9, _unit_interval, "momentum of sgd and rmsprop"),
     "dropout": Hyperparameter(0.0, _unit_interval, "dropout before the new head"),
     "weight_decay": Hyperparameter(0.0, _non_negative, "L2 / decoupled weight decay"),
+    "l1": Hyperparameter(
+        0.0,
+        _non_negative,
+        "L1 penalty: the loss gets l1 x the sum of |w| of the trainable weights (not biases "
+        "or normalization parameters), once per step; 0 turns it off",
+    ),
     "label_smoothing": Hyperparameter(0.0, _unit_interval, "label smoothing of the loss"),
     "grad_clip": Hyperparameter(0.0, _non_negative, "max gradient norm; 0 turns it off"),
     "warmup_fraction": Hyperparameter(0.0, _unit_interval, "share of steps of linear warmup"),
