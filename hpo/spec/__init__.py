@@ -12,8 +12,10 @@ from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_ta
 from hpo.spec._budget import BudgetSpec
 from hpo.spec._components import PRUNER_OPTIONS, SAMPLER_OPTIONS, ComponentSpec
 from hpo.spec._hyperparameters import (
+    AUGMENTATIONS,
     FREEZE_POLICIES,
     HYPERPARAMETERS,
+    IMAGE_PARAMS,
     OPTIMIZERS,
     SCHEDULES,
     Hyperparameter,
@@ -33,8 +35,10 @@ __all__ = [
     "AdapterSpec",
     "lora_targets",
     "FAMILIES",
+    "AUGMENTATIONS",
     "FREEZE_POLICIES",
     "HYPERPARAMETERS",
+    "IMAGE_PARAMS",
     "OBJECTIVES",
     "OPTIMIZERS",
     "PRUNER_OPTIONS",
