@@ -25,7 +25,7 @@ from hpo.job.checkpoint import restore_checkpoint
 from hpo.job.data import EpochShuffle, dataset_labels, dataset_size
 from hpo.job.device import Device, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders, subset_loader
-from hpo.job.loss import ClassWeighted, class_weights
+from hpo.job.loss import ClassWeighted, class_weights, remedy
 from hpo.job.metrics import Tally
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
@@ -162,18 +162,23 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         # cost 2-11 s per trial and a 10x peak-memory spike on H100, more than short trials win.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size, ranks)
+    cure = remedy(task.class_weights, params.get("imbalance"))
+    train_loader, val_loader, order = make_loaders(
+        setup, task, dev, batch_size, ranks, balanced=cure.sampler
+    )
     # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
-    # with different label smoothing compare. Class weights weigh both: the same weights (of
-    # the same training split) in every trial and on every rank.
+    # with different label smoothing compare. Class weights weigh both (training only with
+    # the remedy that weighs the loss): the same weights (of the same training split) in
+    # every trial and on every rank.
     by_class = class_weights(
-        task.class_weights,
+        cure.class_weights,
         dataset_labels(setup.train_set),
         setup.class_names or [str(i) for i in range(setup.num_classes)],
     )
     weight = None
     if by_class is not None:
         weight = torch.tensor(list(by_class.values()), dtype=torch.float32, device=dev.device)
+    if weight is not None and cure.weighted:
         criterion: Any = ClassWeighted(weight, params["label_smoothing"])
     else:
         criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])

@@ -22,6 +22,8 @@ SCHEDULES = ("constant", "cosine", "linear")
 FREEZE_POLICIES = ("none", "head_only", "first_k")
 AUGMENTATIONS = ("none", "flip_crop", "trivialaugment", "randaugment")
 """The kinds of augmentation of an image task's training split (the param ``augment``)."""
+IMBALANCE_REMEDIES = ("none", "class_weights", "sampler")
+"""What a trial does about imbalanced classes (the param ``imbalance``)."""
 IMAGE_PARAMS = ("augment", "augment_magnitude")
 """Hyperparameters of image tasks alone."""
 
@@ -63,6 +65,14 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         "strength of augment in [0, 1): flip_crop pads magnitude x 5/12 of the side (an "
         "eighth at 0.3), randaugment's magnitude is round(magnitude x 30) of 31 (9 at 0.3); "
         "trivialaugment draws its own",
+    ),
+    "imbalance": Hyperparameter(
+        None,
+        _one_of(IMBALANCE_REMEDIES),
+        "remedy for imbalanced classes: none | class_weights (the loss weighted by "
+        "task.class_weights, else balanced) | sampler (batches drawn with replacement, every "
+        "class equally often); set, the val loss of every remedy is weighted by the class "
+        "weights, so trials compare; default: task.class_weights alone decides",
     ),
     "label_smoothing": Hyperparameter(0.0, _unit_interval, "label smoothing of the loss"),
     "grad_clip": Hyperparameter(0.0, _non_negative, "max gradient norm; 0 turns it off"),
