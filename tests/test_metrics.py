@@ -260,3 +260,22 @@ def test_two_ranks_read_the_metrics_of_all_their_examples(tmp_path):
         assert ranked["loss"] == 1.0
         for name in ("accuracy", "f1", "auroc", "recall_per_class"):
             assert ranked[name] == pytest.approx(alone[name]), name
+
+
+@pytest.mark.slow
+def test_a_gang_of_two_ranks_records_the_metrics_one_rank_records():
+    """Two gloo ranks of one trial (the gang harness of test_gang): the reads at each
+    evaluation line up on both ranks (no rank waits), and each epoch's train and val metrics
+    match one rank's to a flipped argmax or two, the losses to float noise. (That a read
+    counts every rank's examples is ``test_two_ranks_read_the_metrics_of_all_their_examples``.)"""
+    from test_gang import EQUAL, _params, _run, _task
+
+    task, params = _task(**EQUAL), _params(batch_size=64, epochs=2)
+    _, alone = _run(1, task, params)
+    _, gang = _run(2, task, params)
+    assert sorted(gang.attrs["metrics"]) == sorted(alone.attrs["metrics"]) == ["1", "2"]
+    for step, numbers in alone.attrs["metrics"].items():
+        for name, value in numbers.items():
+            tolerance = 1e-4 if name.endswith("_loss") else 0.02
+            assert gang.attrs["metrics"][step][name] == pytest.approx(value, abs=tolerance), (
+                step, name)
