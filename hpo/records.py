@@ -31,7 +31,9 @@ METRICS_ATTR = "metrics"
 """Trial user attr: report step (a string) -> that evaluation's metrics, one number each:
 ``train_loss``, ``train_accuracy``, ``train_balanced_accuracy``, ``train_precision``,
 ``train_recall``, ``train_f1`` (macro), ``train_auroc`` (two classes), and the same of ``val_``
-(``hpo.job.metrics``). Training's are of the batches trained since the evaluation before."""
+(``hpo.job.metrics``). Training's are of the batches trained since the evaluation before.
+At most 100 steps (one database value must stay small): past them, the steps that are
+multiples of 2, then of 4, ... (and the first and the latest), evenly over the whole fit."""
 BEST_METRICS_ATTR = "best_metrics"
 """Trial user attr: the metrics of the trial's best evaluation (its ``best_epoch``), as in
 ``metrics`` and per class too (``val_f1_per_class``, ...: lists in class order)."""

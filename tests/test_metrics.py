@@ -10,7 +10,7 @@ from sklearn import metrics as sk
 
 from hpo.job import JobContext, run_job
 from hpo.job.device import pick_device
-from hpo.job.metrics import Tally, auroc
+from hpo.job.metrics import HISTORY_STEPS, Tally, add_to_history, auroc, prefixed
 from hpo.job.trial import FixedTrial
 from hpo.spec import HYPERPARAMETERS, TaskSpec
 
@@ -279,3 +279,26 @@ def test_a_gang_of_two_ranks_records_the_metrics_one_rank_records():
             tolerance = 1e-4 if name.endswith("_loss") else 0.02
             assert gang.attrs["metrics"][step][name] == pytest.approx(value, abs=tolerance), (
                 step, name)
+
+
+def test_the_history_stays_small_enough_for_one_database_value():
+    """1,000 evaluations: the attr keeps at most ``HISTORY_STEPS``, spread over the whole fit
+    (the first and the latest among them), and with two classes' metrics, every number at
+    full length, it fits MySQL's TEXT (64 KiB) with room to spare."""
+    import json
+
+    numbers = {**prefixed("train", _tally(torch.randn(50, 2), torch.randint(0, 2, (50,)))),
+               **prefixed("val", _tally(torch.randn(50, 2), torch.randint(0, 2, (50,))))}
+    numbers = {k: (v if isinstance(v, list) else 0.123456789) for k, v in numbers.items()}
+    history: dict = {}
+    stride = 1
+    for step in range(1, 1001):
+        stride = add_to_history(history, step, numbers, stride)
+        assert len(history) <= HISTORY_STEPS
+        if step <= HISTORY_STEPS:
+            assert len(history) == step
+    kept = [int(s) for s in history]
+    # Every 16th of the 1,000 (62 of them), the first and the latest: even over the fit.
+    assert kept == [1] + list(range(16, 1001, 16)) + [1000]
+    assert not any(k.endswith("_per_class") for k in history["1"])
+    assert len(json.dumps(history)) < 0.8 * 65535

@@ -22,7 +22,7 @@ from hpo.job.checkpoint import save_checkpoint, save_model
 from hpo.job.data import dataset_size
 from hpo.job.device import free_memory, peak_memory_mb
 from hpo.job.loaders import eval_loader
-from hpo.job.metrics import PER_CLASS, prefixed
+from hpo.job.metrics import add_to_history, prefixed
 from hpo.job.optim import train_mode
 from hpo.job.ranks import Ranks, RankTrial
 from hpo.job.setup import TrainingSetup
@@ -94,7 +94,9 @@ def fit(
             save_epoch(state, trial, epoch)
         else:  # nor a report: its epoch's attrs, with the epoch's train loss, are its progress
             train = prefixed("train", state.train_tally.read(state.ranks))
-            progress.history[str(epoch)] = one_number_each(train)
+            progress.history_stride = add_to_history(
+                progress.history, epoch, train, progress.history_stride
+            )
             record(state, trial, train_loss=train_loss)
     record(state, trial)
     if state.val_loader is None:  # a final fit (hpo retrain)
@@ -223,7 +225,9 @@ def evaluate_and_report(
     train = state.train_tally.read(state.ranks)
     val_loss, accuracy = val["loss"], val["accuracy"]
     numbers = {**prefixed("train", train), **prefixed("val", val)}
-    progress.history[str(step)] = one_number_each(numbers)
+    progress.history_stride = add_to_history(
+        progress.history, step, numbers, progress.history_stride
+    )
     log.info(
         "trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f%s",
         trial.number,
@@ -373,11 +377,6 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
     if progress.history:
         attrs[METRICS_ATTR] = progress.history
     trial.set_attrs({**attrs, **extra})
-
-
-def one_number_each(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` less those per class: what the ``metrics`` attr keeps of each step."""
-    return {k: v for k, v in metrics.items() if not k.endswith(PER_CLASS)}
 
 
 def prune(state: FitState, trial: Trial, reason: str, step: int) -> None:

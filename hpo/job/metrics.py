@@ -27,6 +27,10 @@ SCALARS = ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1",
 """The metrics of one evaluation that are one number each (``auroc`` with two classes)."""
 PER_CLASS = ("precision_per_class", "recall_per_class", "f1_per_class")
 """The metrics of one evaluation that are a list, one number per class."""
+HISTORY_STEPS = 100
+"""The most evaluations the ``metrics`` attr holds (``add_to_history``). A trial's attr is
+one database value (MySQL's TEXT holds 64 KiB; a step takes up to ~450 bytes), so it must
+not grow without bound."""
 
 
 class Tally:
@@ -142,6 +146,31 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
     mean_rank = (ends - (counts.double() - 1) / 2)[inverse]
     rank_sum = mean_rank[labels[order] == 1].sum()
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def add_to_history(
+    history: dict[str, dict[str, Any]], step: int, metrics: dict[str, Any], stride: int = 1
+) -> int:
+    """Add an evaluation's ``metrics`` (less those per class) to ``history`` under ``step``.
+
+    The history keeps the first step, the latest, and the steps that are multiples of
+    ``stride``; past ``HISTORY_STEPS`` entries the stride doubles (and the history is
+    thinned to it): it spans the whole fit evenly, at a coarser grain the longer the fit.
+
+    Returns:
+        The stride, to pass with the next step.
+    """
+    keys = list(history)
+    if len(keys) > 1 and int(keys[-1]) % stride:  # the latest is no longer the latest
+        del history[keys[-1]]
+    history[str(step)] = {k: v for k, v in metrics.items() if not k.endswith(PER_CLASS)}
+    while len(history) > HISTORY_STEPS:
+        stride *= 2
+        first = next(iter(history))
+        for key in list(history):
+            if key not in (first, str(step)) and int(key) % stride:
+                del history[key]
+    return stride
 
 
 def prefixed(split: str, metrics: dict[str, Any], digits: int = 6) -> dict[str, Any]:

@@ -63,6 +63,8 @@ class Progress:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Report step (as a string) -> the train and val metrics of that evaluation, one number
     each (attr ``metrics``)."""
+    history_stride: int = 1
+    """``history`` keeps the steps that are multiples of it (``add_to_history``)."""
     best_metrics: dict[str, Any] = field(default_factory=dict)
     """The train and val metrics of the best evaluation, per class included (attr
     ``best_metrics``)."""
