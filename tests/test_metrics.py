@@ -93,6 +93,8 @@ def test_the_loss_is_its_sum_over_its_weight_and_a_read_starts_afresh():
     tally.add(torch.eye(3), torch.tensor([0, 1, 2]))
     second = tally.read()
     assert second["loss"] is None and second["accuracy"] == 1.0
+    nothing = tally.read()
+    assert nothing["accuracy"] is None and nothing["f1"] is None
 
 
 @pytest.mark.parametrize("device", [

@@ -104,7 +104,8 @@ class Tally:
 
 def from_confusion(matrix: list[list[float]]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, and macro and per-class precision, recall and F1 of a
-    confusion matrix (``matrix[true][predicted]``), as scikit-learn computes them."""
+    confusion matrix (``matrix[true][predicted]``), as scikit-learn computes them; ``None``
+    where it counts nothing (an evaluation right after a resume that trained no batch)."""
     c = len(matrix)
     tp = [matrix[i][i] for i in range(c)]
     support = [sum(row) for row in matrix]
@@ -116,11 +117,11 @@ def from_confusion(matrix: list[list[float]]) -> dict[str, Any]:
     seen = [i for i in range(c) if support[i] or predicted[i]]
     held = [i for i in range(c) if support[i]]
 
-    def macro(values: list[float], over: list[int]) -> float:
-        return sum(values[i] for i in over) / len(over) if over else 0.0
+    def macro(values: list[float], over: list[int]) -> float | None:
+        return sum(values[i] for i in over) / len(over) if over else None
 
     return {
-        "accuracy": sum(tp) / total if total else 0.0,
+        "accuracy": sum(tp) / total if total else None,
         "balanced_accuracy": macro(recall, held),
         "precision": macro(precision, seen),
         "recall": macro(recall, seen),
