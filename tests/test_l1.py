@@ -153,8 +153,8 @@ def test_a_trial_with_l1_trains_smaller_weights():
     from test_job import digits, make_params
 
     from hpo.job import JobContext
-    from hpo.job.run import build
     from hpo.job.fit import fit
+    from hpo.job.run import build
     from hpo.job.trial import FixedTrial
 
     sums, losses = {}, {}

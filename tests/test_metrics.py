@@ -9,7 +9,6 @@ import torch
 from sklearn import metrics as sk
 
 from hpo.job import JobContext, run_job
-from hpo.job.device import pick_device
 from hpo.job.metrics import HISTORY_STEPS, Tally, add_to_history, auroc, prefixed
 from hpo.job.trial import FixedTrial
 from hpo.spec import HYPERPARAMETERS, TaskSpec
