@@ -27,6 +27,16 @@ CHECKPOINT_ATTR = "checkpoint"
 CHECKPOINT_ARTIFACT_ATTR = "checkpoint_artifact"
 """Trial user attr: the id of the trial's checkpoint in the artifact store
 (``hpo.store.artifacts``)."""
+METRICS_ATTR = "metrics"
+"""Trial user attr: report step (a string) -> that evaluation's metrics, one number each:
+``train_loss``, ``train_accuracy``, ``train_balanced_accuracy``, ``train_precision``,
+``train_recall``, ``train_f1`` (macro), ``train_auroc`` (two classes), and the same of ``val_``
+(``hpo.job.metrics``). Training's are of the batches trained since the evaluation before.
+At most 100 steps (one database value must stay small): past them, the steps that are
+multiples of 2, then of 4, ... (and the first and the latest), evenly over the whole fit."""
+BEST_METRICS_ATTR = "best_metrics"
+"""Trial user attr: the metrics of the trial's best evaluation (its ``best_epoch``), as in
+``metrics`` and per class too (``val_f1_per_class``, ...: lists in class order)."""
 FAIL_REASON_ATTR = "fail_reason"
 """Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
 FIRST_GUESS_ATTR = "first_guess"
@@ -203,3 +213,35 @@ def reason(e: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+HISTORY_STEPS = 100
+"""The most evaluations the ``metrics`` attr holds (``add_to_history``). A trial's attr is
+one database value (MySQL's TEXT holds 64 KiB; a step takes up to ~450 bytes), so it must
+not grow without bound."""
+
+
+def add_to_history(
+    history: dict[str, dict[str, Any]], step: int, metrics: dict[str, Any], stride: int = 1
+) -> int:
+    """Add an evaluation's ``metrics`` (less the lists: those per class) to ``history``
+    (the ``metrics`` attr) under ``step``.
+
+    The history keeps the first step, the latest, and the steps that are multiples of
+    ``stride``; past ``HISTORY_STEPS`` entries the stride doubles (and the history is
+    thinned to it): it spans the whole fit evenly, at a coarser grain the longer the fit.
+
+    Returns:
+        The stride, to pass with the next step.
+    """
+    keys = list(history)
+    if len(keys) > 1 and int(keys[-1]) % stride:  # the latest is no longer the latest
+        del history[keys[-1]]
+    history[str(step)] = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    while len(history) > HISTORY_STEPS:
+        stride *= 2
+        first = next(iter(history))
+        for key in list(history):
+            if key not in (first, str(step)) and int(key) % stride:
+                del history[key]
+    return stride

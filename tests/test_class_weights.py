@@ -181,8 +181,8 @@ def test_the_val_loss_is_weighted_and_the_balanced_accuracy_is_scikit_learns():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     weight = torch.tensor([0.5, 1.0, 4.0])
     dev = pick_device(amp=False)
-    loss, accuracy, balanced = step_module.evaluate(model, loader, dev, 7, False,
-                                                    num_classes=3, weight=weight)
+    metrics = step_module.evaluate(model, loader, dev, 7, False, num_classes=3, weight=weight)
+    loss, accuracy, balanced = (metrics[k] for k in ("loss", "accuracy", "balanced_accuracy"))
     with torch.no_grad():
         logits = model(x)
     predicted = logits.argmax(dim=1)
@@ -190,7 +190,7 @@ def test_the_val_loss_is_weighted_and_the_balanced_accuracy_is_scikit_learns():
                                  rel=1e-6)
     assert accuracy == pytest.approx((predicted == y).float().mean().item())
     assert balanced == pytest.approx(balanced_accuracy_score(y, predicted))
-    plain, _, _ = step_module.evaluate(model, loader, dev, 7, False, num_classes=3)
+    plain = step_module.evaluate(model, loader, dev, 7, False, num_classes=3)["loss"]
     assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(),
                                   rel=1e-6)
 

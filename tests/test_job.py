@@ -181,7 +181,9 @@ def test_huge_learning_rate_is_pruned_as_nan_or_diverged():
 
 def test_early_stopping_after_patience_evaluations(monkeypatch):
     losses = iter([1.0, 2.0, 3.0, 4.0])
-    monkeypatch.setattr(step_module, "evaluate", lambda *a, **k: (next(losses), 0.5, 0.5))
+    monkeypatch.setattr(step_module, "evaluate",
+                        lambda *a, **k: {"loss": next(losses), "accuracy": 0.5,
+                                         "balanced_accuracy": 0.5})
     trial = run_one(digits(early_stopping_patience=2, max_samples=100), make_params(epochs=4))
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.intermediate_values == {1: 1.0, 2: 2.0, 3: 3.0}

@@ -265,6 +265,8 @@ def test_the_objective_is_the_metric_the_spec_names(tmp_path):
     assert t.value == pytest.approx(2 / 3)
     assert t.intermediate_values == pytest.approx({1: 2.0, 2: 1.0, 3: 2 / 3})
     assert t.user_attrs["val_loss"] == pytest.approx(1 / 3)  # the best report's metrics
+    assert t.user_attrs["best_metrics"] == pytest.approx({"val_loss": 1 / 3, "score": 2 / 3})
+    assert t.user_attrs["metrics"]["1"] == pytest.approx({"val_loss": 1.0, "score": 2.0})
 
 
 def _parse(text: str):

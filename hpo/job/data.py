@@ -221,6 +221,30 @@ class EpochShuffle(Sampler[int]):
         return self.n
 
 
+class EpochBalanced(EpochShuffle):
+    """The weighted sampler of the param ``imbalance: sampler``: each epoch, ``n`` draws with
+    replacement, each example with probability proportional to one over its class's count,
+    so every class the labels hold comes up equally often on average; drawn from
+    ``(seed, epoch)`` alone, as ``EpochShuffle`` (a resumed attempt draws the same).
+
+    An example drawn twice in one epoch is the same key to ``EpochSeeded``, so it is augmented
+    alike both times.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int, keyed: bool = False) -> None:
+        super().__init__(len(labels), seed, keyed)
+        labels = np.asarray(labels, dtype=np.int64)
+        counts = np.bincount(labels)
+        self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
+
+    def __iter__(self):
+        draws = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        indices = torch.multinomial(self.weights, self.n, replacement=True, generator=draws)
+        if self.keyed:
+            indices += self.epoch * self.n
+        return iter(indices[self.skip :].tolist())
+
+
 class EpochSeeded(Dataset):
     """A training set read by loader processes, its random transforms (augmentation) drawn
     from ``(seed, epoch, index)`` alone.

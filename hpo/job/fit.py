@@ -22,13 +22,20 @@ from hpo.job.checkpoint import save_checkpoint, save_model
 from hpo.job.data import dataset_size
 from hpo.job.device import free_memory, peak_memory_mb
 from hpo.job.loaders import eval_loader
+from hpo.job.metrics import prefixed
 from hpo.job.optim import train_mode
 from hpo.job.ranks import Ranks, RankTrial
 from hpo.job.setup import TrainingSetup
 from hpo.job.state import FitState, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
 from hpo.job.trial import Trial
-from hpo.records import CHECKPOINT_ATTR, PAUSED_REASON
+from hpo.records import (
+    BEST_METRICS_ATTR,
+    CHECKPOINT_ATTR,
+    METRICS_ATTR,
+    PAUSED_REASON,
+    add_to_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +67,15 @@ def fit(
     path after the last epoch, then evaluates ``setup.test_set`` once; ``trial`` (a
     ``hpo.job.trial.FixedTrial``) gets the attrs ``train_examples``, ``train_loss`` (mean of
     the last epoch), ``test_split`` and, with a test set, ``test_loss``, ``test_accuracy``
-    and ``test_examples`` (and ``test_balanced_accuracy`` with class weights). After each
-    epoch it gets the attrs of ``record`` with that epoch's ``train_loss``: the progress a
-    caller may show (``epochs_run`` of ``epochs_planned``, ``train_seconds``,
-    ``samples_per_second``).
+    and ``test_examples`` (and ``test_balanced_accuracy`` with class weights, and every
+    metric of ``hpo.job.metrics`` in ``test_metrics``). After each epoch it gets the attrs of
+    ``record`` with that epoch's ``train_loss``: the progress a caller may show (``epochs_run``
+    of ``epochs_planned``, ``train_seconds``, ``samples_per_second``), and in ``metrics`` the
+    epoch's training metrics.
+
+    With a validation set, each evaluation adds the training and validation metrics of
+    ``hpo.job.metrics`` to the attr ``metrics`` (by report step), and the best one's, per
+    class included, are the attr ``best_metrics``.
 
     Returns:
         The best validation loss (``inf`` without a validation set).
@@ -76,21 +88,26 @@ def fit(
     if ranks.many:  # one of the trial's several ranks: rank 0 alone talks to the trial
         trial = RankTrial(trial, ranks)
     state = start_fit(trial, setup, params, task, context)
+    progress = state.progress
     if context.measure_first and measure is not None:
         measure()
     train_loss = 0.0
     for epoch in range(state.start_epoch + 1, state.epochs + 1):
-        if state.progress.stopped_early:
+        if progress.stopped_early:
             break
         train_loss = train_epoch(state, trial, epoch)  # evaluates at the epoch's eval points
         if state.val_loader is not None:  # a final fit has nothing to resume
             save_epoch(state, trial, epoch)
         else:  # nor a report: its epoch's attrs, with the epoch's train loss, are its progress
+            train = prefixed("train", state.train_tally.read(state.ranks))
+            progress.history_stride = add_to_history(
+                progress.history, epoch, train, progress.history_stride
+            )
             record(state, trial, train_loss=train_loss)
     record(state, trial)
     if state.val_loader is None:  # a final fit (hpo retrain)
         final_test(state, trial, train_loss)
-    return state.progress.best_loss
+    return progress.best_loss
 
 
 def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
@@ -134,6 +151,8 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
                     state.trainable,
                     state.grad_clip,
                     state.ranks,
+                    tally=state.train_tally,
+                    l1=state.l1,
                 )
                 break
             except torch.OutOfMemoryError as e:
@@ -196,7 +215,7 @@ def evaluate_and_report(
     on_subset = bool(batches) and state.subset_loader is not None
     loader = state.subset_loader if on_subset else state.val_loader
     assert loader is not None  # only a fit with a val set evaluates
-    val_loss, accuracy, balanced, progress.eval_micro_batch = evaluate_or_fail(
+    val, progress.eval_micro_batch = evaluate_or_fail(
         trial,
         partial(record, state, trial),
         state.net,
@@ -207,6 +226,13 @@ def evaluate_and_report(
         state.ranks,
         num_classes=state.setup.num_classes,
         weight=state.weight,
+    )
+    # Training's numbers: the batches trained since the last evaluation, as they trained.
+    train = state.train_tally.read(state.ranks)
+    val_loss, accuracy = val["loss"], val["accuracy"]
+    numbers = {**prefixed("train", train), **prefixed("val", val)}
+    progress.history_stride = add_to_history(
+        progress.history, step, numbers, progress.history_stride
     )
     log.info(
         "trial %d epoch %d step %d: train loss %.4f, val loss %.4f, val accuracy %.3f%s",
@@ -223,7 +249,8 @@ def evaluate_and_report(
     if not on_subset:  # the trial's value, best epoch and early stopping: whole val sets
         if val_loss < progress.best_loss:
             progress.best_loss, progress.best_accuracy = val_loss, accuracy
-            progress.best_balanced_accuracy = balanced
+            progress.best_balanced_accuracy = val["balanced_accuracy"]
+            progress.best_metrics = numbers
             progress.best_epoch, progress.best_step = epoch, step
             progress.evals_since_best = 0
         else:
@@ -292,7 +319,7 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
     loader = eval_loader(
         setup, setup.test_set, state.task, state.dev, state.batch_size, state.ranks
     )
-    test_loss, accuracy, balanced, _ = evaluate_or_fail(
+    test, _ = evaluate_or_fail(
         trial,
         lambda **attrs: trial.set_attrs(attrs),
         state.net,
@@ -304,6 +331,7 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
         num_classes=setup.num_classes,
         weight=state.weight,
     )
+    test_loss, accuracy = test["loss"], test["accuracy"]
     log.info(
         "final fit: test loss %.4f, test accuracy %.3f on %d examples",
         test_loss,
@@ -315,7 +343,12 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
             "test_loss": test_loss,
             "test_accuracy": accuracy,
             "test_examples": dataset_size(setup.test_set),
-            **({"test_balanced_accuracy": balanced} if state.weight is not None else {}),
+            **(
+                {"test_balanced_accuracy": test["balanced_accuracy"]}
+                if state.weight is not None
+                else {}
+            ),
+            "test_metrics": prefixed("test", test),
         }
     )
 
@@ -346,6 +379,9 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
         attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
         if state.class_weights is not None:
             attrs["val_balanced_accuracy"] = progress.best_balanced_accuracy
+        attrs[BEST_METRICS_ATTR] = progress.best_metrics
+    if progress.history:
+        attrs[METRICS_ATTR] = progress.history
     trial.set_attrs({**attrs, **extra})
 
 

@@ -3,10 +3,26 @@ one trial, sized and normalized by the weights' preset; and the preprocessing re
 
 Loading (the slow part) is cached per worker by the dataset spec; splits and transforms are
 cheap and made per trial.
+
+Augmentation (training split only; params ``augment`` and ``augment_magnitude``, else
+``task.augment``) is one of ``AUGMENTATIONS``:
+
+- ``none``: the evaluation's resize and center crop;
+- ``flip_crop``: a random horizontal flip and a random crop of the image padded by
+  ``magnitude * 5/12`` of its side on each edge (an eighth at the default 0.3);
+- ``trivialaugment``: flip and crop as ``flip_crop`` at the default magnitude, then
+  TrivialAugment Wide (one random op per image at a random strength: it draws its own
+  magnitude, by design, so ``augment_magnitude`` does not change it);
+- ``randaugment``: flip and crop the same, then RandAugment (2 random ops per image at
+  magnitude ``round(magnitude * 30)`` of 31 bins: 9, torchvision's default, at 0.3).
+
+Every random draw is torch's, seeded by the task's seed (per example in loader processes,
+``hpo.job.data.EpochSeeded``): a seed gives the same augmented images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +39,44 @@ from hpo.job.data import (
     train_val_indices,
 )
 from hpo.job.image_source import PIXEL_LEVELS, ImageSource, load_test_images
+from hpo.spec import AUGMENTATIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32
 RESIZE_INTERPOLATION = "bilinear"
 """``v2.Resize``'s interpolation where the weights name none (torchvision's default)."""
+DEFAULT_MAGNITUDE = 0.3
+"""``augment_magnitude``'s default: flip_crop pads an eighth of the side, RandAugment's
+magnitude is 9 (torchvision's defaults)."""
+RANDAUGMENT_BINS = 31
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How a trial augments its training images."""
+
+    kind: str = "none"
+    """One of ``AUGMENTATIONS``."""
+    magnitude: float = DEFAULT_MAGNITUDE
+    """Its strength in [0, 1) (``augment_magnitude``)."""
+
+    @property
+    def on(self) -> bool:
+        return self.kind != "none"
+
+
+def augmentation(task, params: dict | None, source: ImageSource) -> Augmentation:
+    """A trial's augmentation: the param ``augment`` where set, else ``task.augment``
+    (``true`` is ``flip_crop``; unset: ``flip_crop`` for natural images, ``none`` for
+    handwriting, where a flip makes another glyph), at ``augment_magnitude``."""
+    params = params or {}
+    kind = params.get("augment")
+    if kind is None:
+        on = task.augment if task.augment is not None else not source.handwriting
+        kind = "flip_crop" if on else "none"
+    magnitude = params.get("augment_magnitude")
+    return Augmentation(kind, DEFAULT_MAGNITUDE if magnitude is None else float(magnitude))
 
 
 @dataclass(frozen=True)
@@ -43,7 +91,9 @@ class Preset:
     """The torchvision weights enum member whose ``transforms()`` evaluates, if any."""
 
 
-def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict):
+def image_datasets(
+    task, source: ImageSource, preset: Preset | None, cache: dict, params: dict | None = None
+):
     """The train and val datasets of one trial: split, subsampled and transformed.
 
     Args:
@@ -53,12 +103,13 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
             ``task.image_size`` (default: the data's own size, at least 32).
         cache: the worker's cache; in-memory data (digits) keeps its resized,
             normalized tensors there.
+        params: the trial's hyperparameters (``augment``, ``augment_magnitude``).
 
     Returns:
         ``(train_set, val_set, ready)`` with ``(CHW float tensor, label)`` pairs; ``ready``
         says that no example needs work when loaded (in-memory data, transformed once).
     """
-    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache)
+    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache, params)
     train_idx, val_idx = train_val_indices(
         source.train_labels,
         source.val_labels,
@@ -84,12 +135,14 @@ def image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict
     return train_set, val_set, ready
 
 
-def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache: dict):
+def final_image_datasets(
+    task, source: ImageSource, preset: Preset | None, cache: dict, params: dict | None = None
+):
     """What ``hpo retrain`` fits and tests on: the trials' train and val examples as one
     training set, and the test split.
 
     Args:
-        task, source, preset, cache: as for ``image_datasets``.
+        task, source, preset, cache, params: as for ``image_datasets``.
 
     Returns:
         ``(train_set, test_set, test_about, ready)``: ``test_set`` is ``None`` where there is no
@@ -98,7 +151,7 @@ def final_image_datasets(task, source: ImageSource, preset: Preset | None, cache
     Raises:
         JobSetupError: a test folder whose classes differ from the training ones.
     """
-    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache)
+    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache, params)
     train_idx, val_idx = train_val_indices(
         source.train_labels,
         source.val_labels,
@@ -196,11 +249,13 @@ def preprocessing(task, source: ImageSource, preset: Preset | None) -> dict[str,
     }
 
 
-def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
+def _transforms(
+    task, source: ImageSource, preset: Preset | None, cache: dict, params: dict | None = None
+):
     """The task's training and evaluation transforms, whether it augments, and for in-memory
     data without a val split, ``(tensor, label)`` pairs evaluation-transformed once."""
     size, resize, preset = _sizes(task, source, preset)
-    augment = task.augment if task.augment is not None else not source.handwriting
+    augment = augmentation(task, params, source)
     evaluate = _eval_transform(preset, size, resize)
     pairs = None
     if source.in_memory and source.val is None:
@@ -218,10 +273,12 @@ def _transforms(task, source: ImageSource, preset: Preset | None, cache: dict):
             train = source.train
             cache[key] = torch.stack([evaluate(train[i][0]) for i in range(dataset_size(train))])
         pairs = list(zip(cache[key], source.train_labels))
-    return _train_transform(preset, size, resize, augment), evaluate, augment, pairs
+    return train_transform(preset, size, resize, augment), evaluate, augment.on, pairs
 
 
-def _train_transform(preset: Preset, size: int, resize: int, augment: bool):
+def train_transform(preset: Preset, size: int, resize: int, augment: Augmentation):
+    """The training split's transform: resize, then the augmentation (``AUGMENTATIONS``) or
+    a center crop, then normalize."""
     from torchvision.transforms import v2
 
     steps = [
@@ -230,10 +287,22 @@ def _train_transform(preset: Preset, size: int, resize: int, augment: bool):
         v2.ToDtype(torch.float32, scale=True),
         v2.Resize(resize, antialias=True),
     ]
-    if augment:
-        steps += [v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()]
-    else:
+    if augment.kind == "none":
         steps += [v2.CenterCrop(size)]
+    else:
+        magnitude = augment.magnitude if augment.kind == "flip_crop" else DEFAULT_MAGNITUDE
+        # floor: size // 8 at the default, as before the magnitude was a parameter.
+        padding = math.floor(size * magnitude * 5 / 12 + 1e-9)
+        steps += [v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip()]
+    if augment.kind == "trivialaugment":
+        steps += [v2.TrivialAugmentWide()]
+    elif augment.kind == "randaugment":
+        level = round(augment.magnitude * (RANDAUGMENT_BINS - 1))
+        steps += [v2.RandAugment(num_ops=2, magnitude=level, num_magnitude_bins=RANDAUGMENT_BINS)]
+    elif augment.kind not in ("none", "flip_crop"):
+        raise ValueError(
+            f"augment: expected one of {', '.join(AUGMENTATIONS)}, got {augment.kind!r}"
+        )
     return v2.Compose(steps + [v2.Normalize(preset.mean, preset.std)])
 
 

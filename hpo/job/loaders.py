@@ -9,26 +9,38 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hpo.job.data import EpochSeeded, EpochShuffle, dataset_size
+from hpo.job.data import EpochBalanced, EpochSeeded, EpochShuffle, dataset_labels, dataset_size
 from hpo.job.device import Device
 from hpo.job.ranks import RankBatches, Ranks
 from hpo.job.setup import TrainingSetup
 
 
 def make_loaders(
-    setup: TrainingSetup, task, dev: Device, batch_size: int, ranks: Ranks = Ranks()
+    setup: TrainingSetup,
+    task,
+    dev: Device,
+    batch_size: int,
+    ranks: Ranks = Ranks(),
+    *,
+    balanced: bool = False,
 ) -> tuple[DataLoader, DataLoader | None, EpochShuffle]:
     """The train and val loaders, and the train loader's sampler (``set_epoch`` each epoch).
 
     The data order depends on (seed, epoch) alone, so a resumed attempt sees the same one.
     Loader processes: ``task.num_workers``, by default 4 with CUDA for data that needs work
     per example (decoding, augmentation), else none. No val set: the val loader is ``None``.
+    ``balanced`` (param ``imbalance: sampler``): the train loader draws with replacement,
+    every class equally often on average (``EpochBalanced``).
     """
     loading = _loading(setup, task, dev)
     # In this process the RNG that augments is the global one, which checkpoints save and
     # restore; loader processes have their own, so there each example seeds its own.
     processes = loading["num_workers"] > 0
-    order = EpochShuffle(dataset_size(setup.train_set), task.seed, keyed=processes)
+    order = (
+        EpochBalanced(dataset_labels(setup.train_set), task.seed, keyed=processes)
+        if balanced
+        else EpochShuffle(dataset_size(setup.train_set), task.seed, keyed=processes)
+    )
     train_set = EpochSeeded(setup.train_set, task.seed) if processes else setup.train_set
     # Loaders draw their workers' seeds from their own generators, never from the global RNG
     # (dropout's), whose state must not depend on when a loader happened to start.

@@ -78,6 +78,23 @@ class Ranks:
         dist.all_reduce(out)
         return out
 
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's 1-D ``values`` (of any lengths) concatenated in rank order (a
+        collective: every rank must call it)."""
+        if not self.many:
+            return values
+        import torch.distributed as dist
+
+        size = torch.tensor([len(values)], device=values.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+        padded[: len(values)] = values
+        parts = [torch.zeros_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is true on any rank (every rank must ask)."""
         if not self.many:

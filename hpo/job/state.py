@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from hpo.job.checkpoint import restore_checkpoint
 from hpo.job.data import EpochShuffle, dataset_labels, dataset_size
 from hpo.job.device import Device, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders, subset_loader
-from hpo.job.loss import ClassWeighted, class_weights
+from hpo.job.loss import ClassWeighted, class_weights, remedy
+from hpo.job.metrics import Tally
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
 from hpo.job.setup import TrainingSetup
@@ -59,6 +60,14 @@ class Progress:
     """Time in training steps (data loading included, evaluation not)."""
     seconds: float = 0.0
     """Wall time of the whole fit, earlier attempts included."""
+    history: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Report step (as a string) -> the train and val metrics of that evaluation, one number
+    each (attr ``metrics``)."""
+    history_stride: int = 1
+    """``history`` keeps the steps that are multiples of it (``add_to_history``)."""
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    """The train and val metrics of the best evaluation, per class included (attr
+    ``best_metrics``)."""
 
 
 @dataclass
@@ -87,7 +96,11 @@ class FitState:
     weight: torch.Tensor | None
     """The class weights on the device: evaluation weighs its loss by them too."""
     grad_clip: float
+    l1: float
+    """The L1 penalty's factor (param ``l1``); 0 adds none."""
     train_loader: DataLoader
+    train_tally: Tally
+    """Training's predictions and losses since the last evaluation, on the device."""
     val_loader: DataLoader | None
     """``None`` for a final fit."""
     subset_loader: DataLoader | None
@@ -151,18 +164,23 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         # cost 2-11 s per trial and a 10x peak-memory spike on H100, more than short trials win.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    train_loader, val_loader, order = make_loaders(setup, task, dev, batch_size, ranks)
+    cure = remedy(task.class_weights, params.get("imbalance"))
+    train_loader, val_loader, order = make_loaders(
+        setup, task, dev, batch_size, ranks, balanced=cure.sampler
+    )
     # Training smooths labels; validation (evaluate) is plain cross-entropy, so that trials
-    # with different label smoothing compare. Class weights weigh both: the same weights (of
-    # the same training split) in every trial and on every rank.
+    # with different label smoothing compare. Class weights weigh both (training only with
+    # the remedy that weighs the loss): the same weights (of the same training split) in
+    # every trial and on every rank.
     by_class = class_weights(
-        task.class_weights,
+        cure.class_weights,
         dataset_labels(setup.train_set),
         setup.class_names or [str(i) for i in range(setup.num_classes)],
     )
     weight = None
     if by_class is not None:
         weight = torch.tensor(list(by_class.values()), dtype=torch.float32, device=dev.device)
+    if weight is not None and cure.weighted:
         criterion: Any = ClassWeighted(weight, params["label_smoothing"])
     else:
         criterion = partial(F.cross_entropy, label_smoothing=params["label_smoothing"])
@@ -211,7 +229,9 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         class_weights=by_class,
         weight=weight,
         grad_clip=params["grad_clip"],
+        l1=params["l1"],
         train_loader=train_loader,
+        train_tally=Tally(setup.num_classes, dev.device),
         val_loader=val_loader,
         subset_loader=subset_loader(setup, task, dev, batch_size, ranks),
         order=order,

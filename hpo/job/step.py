@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hpo.job.device import Device, free_memory
-from hpo.job.loss import ClassWeighted
+from hpo.job.loss import ClassWeighted, l1_penalty, penalized
+from hpo.job.metrics import Tally
 from hpo.job.ranks import Ranks
 from hpo.job.trial import Trial
 
@@ -33,16 +35,21 @@ def train_step(
     trainable: list[nn.Parameter],
     grad_clip: float,
     ranks: Ranks = Ranks(),
+    tally: Tally | None = None,
+    l1: float = 0.0,
 ) -> float:
     """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
 
     On several ranks, ``inputs`` are this rank's part of the global batch; the step is taken
     on every rank or on none (``hpo.job.ranks``). A ``ClassWeighted`` criterion gives each
-    micro-batch its share of the global batch's weight sum, not of its count.
+    micro-batch its share of the global batch's weight sum, not of its count. ``tally``
+    counts the step's predictions and loss once it is taken (not those of a try that ran out
+    of memory), on the device. ``l1`` > 0 adds ``l1 * sum |w|`` over the trainable weights
+    (``hpo.job.loss.l1_penalty``) once, after the micro-batches, on every rank alike.
 
     Returns:
-        The batch's mean training loss (the global batch's, over all ranks); the optimizer
-        does not step when it is NaN or inf.
+        The batch's mean training loss (the global batch's, over all ranks) plus the L1
+        penalty; the optimizer does not step when it is NaN or inf.
 
     Raises:
         torch.OutOfMemoryError: the micro-batches do not fit (on any rank).
@@ -51,6 +58,7 @@ def train_step(
     total = torch.zeros((), device=labels.device)
     oom = None
     parts = micro_batches(n, micro_batch)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if tally is not None else None
     shares = (
         criterion.shares(labels, parts, ranks)
         if isinstance(criterion, ClassWeighted)
@@ -60,8 +68,19 @@ def train_step(
         try:
             for part, share in zip(parts, shares):
                 total += forward_backward(
-                    model, take(inputs, part), labels[part], criterion, dev, scaler, weight=share
+                    model,
+                    take(inputs, part),
+                    labels[part],
+                    criterion,
+                    dev,
+                    scaler,
+                    weight=share,
+                    seen=seen,
                 )
+            if l1 > 0:  # once per step: the same whatever the micro-batches and ranks
+                penalty = l1_penalty(penalized(trainable), l1)
+                scaler.scale(penalty).backward()
+                total += penalty.detach()
         except torch.OutOfMemoryError as e:
             if not ranks.many:
                 raise
@@ -71,6 +90,10 @@ def train_step(
             raise torch.OutOfMemoryError(oom or "out of memory on another rank of the trial")
         ranks.average_gradients(trainable)
         total = ranks.sum(total) / ranks.world
+    if tally is not None and seen is not None:  # the batch's predictions, on this rank
+        for out, y in seen:
+            tally.add(out, y)
+        tally.add_loss(total / ranks.world, 1 / ranks.world)  # every rank adds the global loss
     loss = total.item()  # a CPU-GPU sync point: paid once per step, so a NaN prunes at once
     if math.isfinite(loss):
         if grad_clip > 0:
@@ -91,15 +114,19 @@ def forward_backward(
     dev: Device,
     scaler,
     weight: float | torch.Tensor,
+    seen: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Forward and backward one micro-batch, its criterion times ``weight``: its share of
-    the batch.
+    the batch. ``seen`` gets its logits (detached) and labels.
 
     Returns:
         Its share of the batch's loss, detached.
     """
     with dev.autocast():
-        loss = criterion(logits(model, inputs).float(), labels) * weight
+        out = logits(model, inputs).float()
+        loss = criterion(out, labels) * weight
+    if seen is not None:
+        seen.append((out.detach(), labels))
     scaler.scale(loss).backward()
     return loss.detach()
 
@@ -116,7 +143,7 @@ def evaluate_or_fail(
     *,
     num_classes: int,
     weight: torch.Tensor | None = None,
-) -> tuple[float, float, float, int]:
+) -> tuple[dict[str, Any], int]:
     """``evaluate``, its micro-batch halved on out-of-memory until it fits.
 
     Args:
@@ -125,8 +152,8 @@ def evaluate_or_fail(
         num_classes, weight: as for ``evaluate``.
 
     Returns:
-        ``evaluate``'s loss, accuracy and balanced accuracy, and the micro-batch that fitted
-        (later evaluations start from it).
+        ``evaluate``'s metrics, and the micro-batch that fitted (later evaluations start
+        from it).
 
     Raises:
         torch.OutOfMemoryError: even one example per forward pass does not fit
@@ -134,19 +161,17 @@ def evaluate_or_fail(
     """
     while True:
         try:
-            return (
-                *evaluate(
-                    model,
-                    loader,
-                    dev,
-                    micro_batch,
-                    channels_last,
-                    ranks,
-                    num_classes=num_classes,
-                    weight=weight,
-                ),
+            metrics = evaluate(
+                model,
+                loader,
+                dev,
                 micro_batch,
+                channels_last,
+                ranks,
+                num_classes=num_classes,
+                weight=weight,
             )
+            return metrics, micro_batch
         except torch.OutOfMemoryError as e:
             oom = str(e).splitlines()[0] if str(e) else "out of memory"
         # Out of the except block, the traceback holding the activations is gone.
@@ -175,20 +200,16 @@ def evaluate(
     *,
     num_classes: int,
     weight: torch.Tensor | None = None,
-) -> tuple[float, float, float]:
-    """Cross-entropy, accuracy and balanced accuracy over a validation or test set (over every
-    rank's part of it).
+) -> dict[str, Any]:
+    """The metrics of a validation or test set (over every rank's part of it): its
+    cross-entropy ``loss`` and the classification metrics of ``hpo.job.metrics``.
 
     The cross-entropy is the mean, or with class ``weight`` the weighted mean
-    ``sum w[y] l / sum w[y]``: the loss training minimizes, without label smoothing. Balanced
-    accuracy is the mean recall of the classes the set holds (scikit-learn's), over
-    ``num_classes`` (every rank counts as many, so that their counts add up).
+    ``sum w[y] l / sum w[y]``: the loss training minimizes, without label smoothing.
+    Everything is counted on the device and read once at the end.
     """
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=dev.device)
-    weights = torch.zeros((), dtype=torch.float64, device=dev.device)
-    hits = torch.zeros(num_classes, dtype=torch.float64, device=dev.device)
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=dev.device)
+    tally = Tally(num_classes, dev.device)
     for inputs, labels in loader:
         inputs = to_device(inputs, dev, channels_last)
         labels = labels.to(dev.device, non_blocking=True)
@@ -196,21 +217,12 @@ def evaluate(
             with dev.autocast():
                 out = logits(model, take(inputs, part)).float()
             y = labels[part]
-            total += F.cross_entropy(out, y, weight=weight, reduction="sum")
-            weights += len(y) if weight is None else weight[y].sum()
-            hits += torch.bincount(y[out.argmax(dim=1) == y], minlength=num_classes)
-            counts += torch.bincount(y, minlength=num_classes)
-    sums = torch.cat([torch.stack([total, weights]), hits, counts])
-    if ranks.many:
-        sums = ranks.sum(sums)
-    values = sums.tolist()  # one sync per evaluation
-    hit_list, count_list = values[2 : 2 + num_classes], values[2 + num_classes :]
-    recalls = [h / c for h, c in zip(hit_list, count_list) if c > 0]
-    return (
-        values[0] / values[1],
-        sum(hit_list) / sum(count_list),
-        sum(recalls) / max(len(recalls), 1),
-    )
+            tally.add_loss(
+                F.cross_entropy(out, y, weight=weight, reduction="sum"),
+                len(y) if weight is None else weight[y].sum(),
+            )
+            tally.add(out, y)
+    return tally.read(ranks)
 
 
 def logits(model: nn.Module, inputs) -> torch.Tensor:

@@ -23,7 +23,8 @@ def build_vision(task, params: dict, cache: dict, *, final: bool = False) -> Tra
 
     Args:
         task: the ``TaskSpec``.
-        params: the trial's hyperparameters (``dropout`` is used here).
+        params: the trial's hyperparameters (``dropout``, ``augment`` and
+            ``augment_magnitude`` are used here).
         cache: the worker's cache (loaded images).
         final: train on train + val and test on the test split (``hpo retrain``).
 
@@ -39,9 +40,11 @@ def build_vision(task, params: dict, cache: dict, *, final: bool = False) -> Tra
     val_set = test_set = None
     test_about = ""
     if final:
-        train_set, test_set, test_about, ready = final_image_datasets(task, source, preset, cache)
+        train_set, test_set, test_about, ready = final_image_datasets(
+            task, source, preset, cache, params
+        )
     else:
-        train_set, val_set, ready = image_datasets(task, source, preset, cache)
+        train_set, val_set, ready = image_datasets(task, source, preset, cache, params)
     return TrainingSetup(
         model=model,
         head=list(head.parameters()),

@@ -12,8 +12,11 @@ from hpo.spec._adapter import ADAPTER_PARAMS, LORA_PRESETS, AdapterSpec, lora_ta
 from hpo.spec._budget import BudgetSpec
 from hpo.spec._components import PRUNER_OPTIONS, SAMPLER_OPTIONS, ComponentSpec
 from hpo.spec._hyperparameters import (
+    AUGMENTATIONS,
     FREEZE_POLICIES,
     HYPERPARAMETERS,
+    IMAGE_PARAMS,
+    IMBALANCE_REMEDIES,
     OPTIMIZERS,
     SCHEDULES,
     Hyperparameter,
@@ -33,8 +36,11 @@ __all__ = [
     "AdapterSpec",
     "lora_targets",
     "FAMILIES",
+    "AUGMENTATIONS",
     "FREEZE_POLICIES",
     "HYPERPARAMETERS",
+    "IMAGE_PARAMS",
+    "IMBALANCE_REMEDIES",
     "OBJECTIVES",
     "OPTIMIZERS",
     "PRUNER_OPTIONS",

@@ -20,6 +20,12 @@ from hpo.spec._checks import (
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "linear")
 FREEZE_POLICIES = ("none", "head_only", "first_k")
+AUGMENTATIONS = ("none", "flip_crop", "trivialaugment", "randaugment")
+"""The kinds of augmentation of an image task's training split (the param ``augment``)."""
+IMBALANCE_REMEDIES = ("none", "class_weights", "sampler")
+"""What a trial does about imbalanced classes (the param ``imbalance``)."""
+IMAGE_PARAMS = ("augment", "augment_magnitude")
+"""Hyperparameters of image tasks alone."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,35 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "momentum": Hyperparameter(0.9, _unit_interval, "momentum of sgd and rmsprop"),
     "dropout": Hyperparameter(0.0, _unit_interval, "dropout before the new head"),
     "weight_decay": Hyperparameter(0.0, _non_negative, "L2 / decoupled weight decay"),
+    "l1": Hyperparameter(
+        0.0,
+        _non_negative,
+        "L1 penalty: the loss gets l1 x the sum of |w| of the trainable weights (not biases "
+        "or normalization parameters), once per step; 0 turns it off",
+    ),
+    # Images only (IMAGE_PARAMS); hpo.job.image_data says what each kind does.
+    "augment": Hyperparameter(
+        None,
+        _one_of(AUGMENTATIONS),
+        "augmentation of the training split: none | flip_crop (random flip and padded crop) | "
+        "trivialaugment (flip_crop, then TrivialAugment Wide) | randaugment (flip_crop, then "
+        "RandAugment, 2 ops); default: task.augment (true is flip_crop)",
+    ),
+    "augment_magnitude": Hyperparameter(
+        0.3,
+        _unit_interval,
+        "strength of augment in [0, 1): flip_crop pads magnitude x 5/12 of the side (an "
+        "eighth at 0.3), randaugment's magnitude is round(magnitude x 30) of 31 (9 at 0.3); "
+        "trivialaugment draws its own",
+    ),
+    "imbalance": Hyperparameter(
+        None,
+        _one_of(IMBALANCE_REMEDIES),
+        "remedy for imbalanced classes: none | class_weights (the loss weighted by "
+        "task.class_weights, else balanced) | sampler (batches drawn with replacement, every "
+        "class equally often); set, the val loss of every remedy is weighted by the class "
+        "weights, so trials compare; default: task.class_weights alone decides",
+    ),
     "label_smoothing": Hyperparameter(0.0, _unit_interval, "label smoothing of the loss"),
     "grad_clip": Hyperparameter(0.0, _non_negative, "max gradient norm; 0 turns it off"),
     "warmup_fraction": Hyperparameter(0.0, _unit_interval, "share of steps of linear warmup"),

@@ -20,6 +20,7 @@ from hpo.spec._components import (
     SCHEDULER_CHECKS,
     ComponentSpec,
 )
+from hpo.spec._hyperparameters import IMAGE_PARAMS
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
 from hpo.spec._space import _parse_space
@@ -242,6 +243,10 @@ def _check_cross(spec: Spec, at: _At) -> None:
         if p.name in ADAPTER_PARAMS and spec.task.adapter is None:
             raise (at / "search_space" / p.name).error(
                 "a LoRA hyperparameter needs an adapter: task.adapter: {kind: lora}"
+            )
+        if p.name in IMAGE_PARAMS and spec.task.kind != "image_classification":
+            raise (at / "search_space" / p.name).error(
+                f"augmentation is of images; task.kind is {spec.task.kind}"
             )
         if p.name in _NOT_WITH_ADAPTER and spec.task.adapter is not None:
             raise (at / "search_space" / p.name).error(

@@ -61,7 +61,8 @@ class TaskSpec:
     max_samples: int | None = None
     """Use at most this many examples of the dataset (a seeded subsample)."""
     augment: bool | None = None
-    """Random crop + flip while training; default: on for natural images, off for digits."""
+    """Random crop + flip while training (the param ``augment``'s ``flip_crop``; the param,
+    where set, decides instead); default: on for natural images, off for digits."""
     early_stopping_patience: int | None = None
     """Stop a trial after this many evaluations without a better validation loss."""
     evals_per_epoch: int = 1

@@ -6,8 +6,9 @@ trial, beats its heartbeat and tells it. What the script sends, it relays:
 
 - a report's metrics: the study's ``metric`` is the trial's intermediate value at the step,
   the scheduler is asked, and the script gets its answer (go on, or stop: pruned or paused);
-  a NaN stops it (``prune_reason: nan``); every metric is kept (``metrics`` user attr, the
-  last report's);
+  a NaN stops it (``prune_reason: nan``); every report's metrics are kept by step (the
+  ``metrics`` user attr, as the built-in job's), the best one's in ``best_metrics`` and as
+  attrs of their own names;
 - a report's checkpoint: the trial's ``checkpoint`` attr, which a continuation of its pause,
   a re-queue after SIGTERM or a retry after a kill resumes from (``HPO_RESUME_FROM``).
 
@@ -47,7 +48,14 @@ from pathlib import Path
 from typing import Any
 
 from hpo import session
-from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, PRUNE_REASON_ATTR
+from hpo.records import (
+    BEST_METRICS_ATTR,
+    CHECKPOINT_ATTR,
+    FAIL_REASON_ATTR,
+    METRICS_ATTR,
+    PRUNE_REASON_ATTR,
+    add_to_history,
+)
 from hpo.run.worker._gang import GangBroken, describe_exit
 from hpo.run.worker._signals import signals_held
 
@@ -63,7 +71,8 @@ _NOT_METRICS = {
     CHECKPOINT_ATTR,
     PRUNE_REASON_ATTR,
     FAIL_REASON_ATTR,
-    "metrics",
+    METRICS_ATTR,
+    BEST_METRICS_ATTR,
     "best_step",
     "pruned_at_step",
     "worker",
@@ -222,6 +231,8 @@ class _Relay:
         self.best: float | None = None
         self.pruned: str | None = None
         self.seen: list[str] = []
+        self.history: dict[str, dict[str, Any]] = {}  # the metrics attr
+        self.stride = 1
         self.conns: dict[socket.socket, bytes] = {}
         self.stopping: str | None = None
 
@@ -279,9 +290,10 @@ class _Relay:
         attrs: dict[str, Any] = {}
         if checkpoint:
             attrs[CHECKPOINT_ATTR] = checkpoint
-        if metrics:
+        if metrics and step is not None:
             self.seen = sorted(set(self.seen) | set(metrics))
-            attrs["metrics"] = {"step": step, **metrics}
+            self.stride = add_to_history(self.history, int(step), metrics, self.stride)
+            attrs[METRICS_ATTR] = self.history
         if attrs:
             self.job_trial.set_attrs(attrs)
         if self.stopping is not None or self.pruned is not None:
@@ -297,7 +309,7 @@ class _Relay:
         if self.best is None or value < self.best:  # its metrics are the trial's, as attrs
             self.best = value
             best = {k: v for k, v in metrics.items() if k not in _NOT_METRICS}
-            self.job_trial.set_attrs({**best, "best_step": int(step)})
+            self.job_trial.set_attrs({**best, BEST_METRICS_ATTR: metrics, "best_step": int(step)})
         # The last report cannot prune: the trial has run its epochs (as the built-in job).
         if self.last_step is not None and step >= self.last_step:
             return {"go_on": True}
