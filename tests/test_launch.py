@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -18,9 +19,16 @@ from conftest import server_url
 from hpo.cli import build_parser
 from hpo.errors import HpoError
 from hpo.run.launch import WorkerOptions
-from hpo.run.slots import Slot, assign_slots, idle_gpus, parse_gpus
-from processes import start_hpo, wait_for
-from workers import epoch_log, fast_env, finished, make_study, trials
+from hpo.run.slots import (
+    Slot,
+    assign_slots,
+    check_gpus,
+    gpu_count,
+    idle_gpus,
+    parse_gpus,
+)
+from processes import ROOT, SUPPORT, run_hpo, start_hpo, wait_for
+from workers import FAST, epoch_log, fast_env, finished, make_study, trials
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +98,58 @@ def test_gpus_all_without_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(HpoError, match="no GPU is visible"):
         parse_gpus("all")
+
+
+@pytest.mark.parametrize("gpus, count, torch_cuda, visible, error", [
+    (["0", "1"], 2, True, None, None),
+    (["GPU-8f2e"], 1, True, None, None),
+    (["2", "3"], 8, True, "2,3", None),
+    (["0", "1"], None, True, None, "--gpus 0,1: this machine has no CUDA GPU (no NVIDIA driver)"),
+    (["0"], 0, True, None, "--gpus 0: this machine has no CUDA GPU (the driver lists no GPU)"),
+    (["0"], 1, False, None, "--gpus 0: the torch installed here is built without CUDA"),
+    (["0", "2", "3"], 2, True, None, "--gpus 0,2,3: GPU 2,3 does not exist; this machine has "
+                                     "2 (GPUs 0-1)"),
+    (["1"], 1, True, None, "--gpus 1: GPU 1 does not exist; this machine has 1 (GPU 0)"),
+    (["0", "1"], 4, True, "2,3", "--gpus 0,1: GPU 0,1 is not among CUDA_VISIBLE_DEVICES=2,3"),
+])
+def test_gpus_that_do_not_exist_are_refused(gpus, count, torch_cuda, visible, error):
+    """The driver's GPU count (simulated here), the torch build and the launcher's own
+    ``CUDA_VISIBLE_DEVICES`` decide which ``--gpus`` lists can run."""
+    if error is None:
+        check_gpus(gpus, count, torch_cuda, visible)
+    else:
+        with pytest.raises(HpoError) as e:
+            check_gpus(gpus, count, torch_cuda, visible)
+        assert str(e.value).startswith(error) and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(gpu_count() is not None, reason="needs a machine without an NVIDIA driver")
+@pytest.mark.parametrize("command", ["launch", "run"])
+def test_gpus_on_a_machine_without_cuda_exits_2_with_one_line_and_starts_nothing(
+    command, tmp_path
+):
+    """The real check, through the CLI: no driver here, so ``--gpus 0,1`` is bad input, said
+    before the study is created or any worker starts."""
+    url = f"sqlite:///{tmp_path / 'gpus.db'}"
+    env = fast_env(tmp_path, PYTHONPATH=f"{ROOT}{os.pathsep}{SUPPORT}")
+    if command == "launch":
+        name = make_study(tmp_path, url, n=2, env=env)
+        target = name
+    else:
+        target = str(tmp_path / "never.yaml")
+        (tmp_path / "never.yaml").write_text(FAST.format(name="never", n=2, low=1, high=1,
+                                                         pruner="none"))
+    r = run_hpo(command, target, "--storage", url, "--gpus", "0,1", cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines() == [
+        "hpo: error: --gpus 0,1: this machine has no CUDA GPU (no NVIDIA driver); use "
+        "--workers N for CPU workers"
+    ]
+    assert "worker" not in r.stdout and not (tmp_path / "epochs.log").exists()
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    assert names == ([target] if command == "launch" else [])
+    if command == "launch":
+        assert trials(target, url) == []
 
 
 # --------------------------------------------------------------------------------------------

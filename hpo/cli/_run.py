@@ -28,11 +28,12 @@ def create(h: Handle) -> int:
 def run(h: Handle) -> int:
     from hpo.run.preflight import load_checked_spec
 
-    # Validate, and check this machine's files, before touching the database.
+    # Validate, and check this machine's files and GPUs, before touching the database.
     spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
+    gpus = _gpus(h.args)
     h.create(spec)
     _say_default_pruner(h.args.spec, spec)
-    return _launch(h, spec.study.name)
+    return _launch(h, spec.study.name, gpus)
 
 
 def _say_default_pruner(path: str, spec: Spec) -> None:
@@ -51,22 +52,33 @@ def _say_default_pruner(path: str, spec: Spec) -> None:
 
 
 def launch(h: Handle) -> int:
+    gpus = _gpus(h.args)
     h.load()  # a clear error before any fork
-    return _launch(h, h.args.study)
+    return _launch(h, h.args.study, gpus)
 
 
-def _launch(h: Handle, name: str) -> int:
+def _gpus(args: Any) -> list[str] | None:
+    """``--gpus``, each GPU checked to exist here (one line and exit 2 if not, before the
+    study is touched); None for CPU workers or where the default (every GPU here) applies."""
+    from hpo.run.slots import check_gpus, gpu_count, parse_gpus, torch_has_cuda
+
+    gpus = parse_gpus(args.gpus)
+    if gpus is not None:
+        check_gpus(gpus, gpu_count(), torch_has_cuda(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return gpus
+
+
+def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
     import socket
 
     from hpo.results.summary import best_text, format_status, status_record
     from hpo.run.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
-    from hpo.run.slots import Slot, assign_slots, idle_gpus, parse_gpus, visible_gpus
+    from hpo.run.slots import Slot, assign_slots, idle_gpus, visible_gpus
     from hpo.run.worker import describe_exit, launched_worker_name, reap_process
     from hpo.store.url import ENV_VAR
 
     args = h.args
     devices = h.spec.resources.devices_per_trial
-    gpus = parse_gpus(args.gpus)
     if gpus is None and args.workers is None:
         gpus = visible_gpus() or None  # every GPU here, else one CPU worker
     slots = assign_slots(gpus, args.per_gpu, args.workers, devices_per_trial=devices)

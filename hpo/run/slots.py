@@ -2,16 +2,21 @@
 
 ``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested); a ``Slot``'s
 ``env`` sets ``CUDA_VISIBLE_DEVICES``, ``HPO_WORKER_INDEX`` and the CPU thread counts before the
-worker imports torch. GPUs are found without importing torch (``visible_gpus``).
+worker imports torch. GPUs are found without importing torch (``visible_gpus``), and a
+``--gpus`` list is checked against the devices that exist (``check_gpus``, ``gpu_count``:
+NVIDIA's management library, asked through ``ctypes`` in a few milliseconds).
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hpo.errors import HpoError
 
@@ -99,6 +104,85 @@ def visible_gpus() -> list[str]:
     if out.returncode != 0:
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def gpu_count() -> int | None:
+    """The NVIDIA GPUs of this machine (all of them, as ``nvidia-smi`` numbers them), asked
+    of the driver's management library (NVML) without importing torch; ``None`` where there is
+    no NVIDIA driver. Where ``CUDA_VISIBLE_DEVICES`` is unset, this is what
+    ``torch.cuda.device_count()`` says in a worker."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        count = ctypes.c_uint(0)
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        return count.value
+    finally:
+        nvml.nvmlShutdown()
+
+
+def torch_has_cuda() -> bool | None:
+    """Whether the torch that workers import is built with CUDA, from its files (importing it
+    takes seconds); ``None`` where torch is not installed."""
+    found = importlib.util.find_spec("torch")
+    if found is None or found.origin is None:
+        return None
+    lib = Path(found.origin).parent / "lib"
+    return any(lib.glob("libc10_cuda.*")) or any(lib.glob("c10_cuda.*"))
+
+
+def check_gpus(
+    gpus: Sequence[str],
+    count: int | None,
+    cuda_torch: bool | None = True,
+    visible: str | None = None,
+) -> None:
+    """Refuse a ``--gpus`` list that names a device this machine does not have.
+
+    Args:
+        gpus: from ``parse_gpus``: indices or UUIDs.
+        count: ``gpu_count()``: the machine's NVIDIA GPUs, ``None`` without a driver.
+        cuda_torch: ``torch_has_cuda()``: a CPU-only torch cannot use any GPU.
+        visible: ``$CUDA_VISIBLE_DEVICES`` of the launcher, if set: the indices given must be
+            among it (a worker is pinned to the index as given, so one outside it would run
+            on a GPU this process was not given).
+
+    Raises:
+        HpoError: one line: which GPU does not exist, and what there is.
+    """
+    listed = ",".join(gpus)
+    if not count:
+        why = "no NVIDIA driver" if count is None else "the driver lists no GPU"
+        raise HpoError(
+            f"--gpus {listed}: this machine has no CUDA GPU ({why}); "
+            "use --workers N for CPU workers"
+        )
+    if cuda_torch is False:
+        raise HpoError(
+            f"--gpus {listed}: the torch installed here is built without CUDA; install a "
+            "CUDA build, or use --workers N for CPU workers"
+        )
+    indices = [g for g in gpus if g.isdigit()]
+    beyond = [g for g in indices if int(g) >= count]
+    if beyond:
+        have = "GPU 0" if count == 1 else f"GPUs 0-{count - 1}"
+        raise HpoError(
+            f"--gpus {listed}: GPU {','.join(beyond)} does not exist; this machine has "
+            f"{count} ({have})"
+        )
+    if visible is not None:
+        allowed = [v.strip() for v in visible.split(",") if v.strip()]
+        outside = [g for g in gpus if g not in allowed]
+        if outside:
+            raise HpoError(
+                f"--gpus {listed}: GPU {','.join(outside)} is not among "
+                f"CUDA_VISIBLE_DEVICES={visible} (the GPUs this process was given)"
+            )
 
 
 def assign_slots(
