@@ -26,6 +26,7 @@ from hpo.run.slots import (
     gpu_count,
     idle_gpus,
     parse_gpus,
+    usable_cores,
 )
 from processes import ROOT, SUPPORT, run_hpo, start_hpo, wait_for
 from workers import FAST, epoch_log, fast_env, finished, make_study, trials
@@ -36,8 +37,9 @@ from workers import FAST, epoch_log, fast_env, finished, make_study, trials
 
 
 def test_assign_slots_round_robin_over_gpus():
-    assert assign_slots(["0", "1"], per_gpu=2) == [Slot(0, "0"), Slot(1, "1"), Slot(2, "0"),
-                                                   Slot(3, "1")]
+    assert assign_slots(["0", "1"], per_gpu=2, cpus=16) == [
+        Slot(0, "0", 4), Slot(1, "1", 4), Slot(2, "0", 4), Slot(3, "1", 4)]
+    assert [s.threads for s in assign_slots(["0", "1", "2"], per_gpu=2, cpus=4)] == [1] * 6
     assert assign_slots(None, workers=3, cpus=8) == [Slot(0, threads=2), Slot(1, threads=2),
                                                      Slot(2, threads=2)]
     assert assign_slots(None, cpus=2) == [Slot(0, threads=2)]
@@ -65,6 +67,19 @@ def test_gpus_make_gangs_of_devices_per_trial():
     # CPU workers: the cores are split among every rank of every worker.
     assert assign_slots(None, workers=1, cpus=8, devices_per_trial=2) == [Slot(0, threads=4)]
     assert assign_slots(None, workers=2, cpus=2, devices_per_trial=2)[1] == Slot(1, threads=1)
+
+
+def test_every_worker_waits_passively_unless_told_otherwise():
+    """OpenMP's threads sleep when they wait (``benchmarks/threads.py``: a spinning wait on
+    shared cores made a training up to 10x slower); a policy the user set stays."""
+    assert Slot(0, threads=2).env({})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert Slot(0, "0").env({})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert Slot(0, threads=2).env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_workers_share_the_cores_this_process_may_use():
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    assert assign_slots(None, workers=1)[0].threads == usable_cores()
 
 
 @pytest.mark.parametrize("given, expected", [

@@ -1,10 +1,11 @@
 """Slots: which worker process gets which GPU(s), and the environment that pins it there.
 
 ``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested); a ``Slot``'s
-``env`` sets ``CUDA_VISIBLE_DEVICES``, ``HPO_WORKER_INDEX`` and the CPU thread counts before the
-worker imports torch. GPUs are found without importing torch (``visible_gpus``), and a
-``--gpus`` list is checked against the devices that exist (``check_gpus``, ``gpu_count``:
-NVIDIA's management library, asked through ``ctypes`` in a few milliseconds).
+``env`` sets ``CUDA_VISIBLE_DEVICES``, ``HPO_WORKER_INDEX``, the CPU thread counts (the
+worker's share of the cores) and OpenMP's wait policy before the worker imports torch. GPUs
+are found without importing torch (``visible_gpus``), and a ``--gpus`` list is checked against
+the devices that exist (``check_gpus``, ``gpu_count``: NVIDIA's management library, asked
+through ``ctypes`` in a few milliseconds).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from pathlib import Path
 from hpo.errors import HpoError
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-"""The math libraries' thread counts a CPU worker gets (torch reads both)."""
+"""The math libraries' thread counts a worker gets (torch reads both)."""
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+"""OpenMP's threads sleep as soon as they wait instead of spinning first: on cores shared with
+other workers (or other people's work) a spinning thread burns the time slice the thread it
+waits for needs (``benchmarks/threads.py``)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Slot:
     gpu: str | None = None
     """A GPU, or a trial's gang of them (``"0,1"``): ``CUDA_VISIBLE_DEVICES``."""
     threads: int | None = None
-    """CPU threads of the worker's math libraries (CPU workers share the cores)."""
+    """CPU threads of the worker's math libraries: its share of this machine's cores."""
 
     @property
     def label(self) -> str:
@@ -53,6 +58,7 @@ class Slot:
             count = str(min(given)) if given else str(self.threads)
             for var in THREAD_VARS:
                 env.setdefault(var, count)
+        env.setdefault(*WAIT_POLICY)  # unless the user chose a policy
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -198,7 +204,7 @@ def assign_slots(
         gpus: GPU indices/UUIDs to use, or None for CPU workers.
         per_gpu: workers sharing each GPU.
         workers: number of workers without GPUs (ignored when ``gpus`` is given).
-        cpus: CPU cores to share among CPU workers (default: this machine's).
+        cpus: CPU cores to share among the workers (default: ``usable_cores()``).
         devices_per_trial: the spec's ``resources.devices_per_trial``: each worker's trials
             run on a gang of this many GPUs (or CPU processes).
 
@@ -207,7 +213,8 @@ def assign_slots(
         workers spread over all GPUs: ``[0, 1, 0, 1]`` for two GPUs, two workers each. With
         ``devices_per_trial`` N > 1, consecutive GPUs make gangs of N, one worker each
         (``0,1 | 2,3`` ...); GPUs that do not fill a gang are left out (``idle_gpus``). CPU
-        workers split the cores among all their ranks.
+        workers split the cores among all their ranks; workers of one GPU each split them
+        among themselves (for their data loading and CPU-side work).
 
     Raises:
         HpoError: fewer GPUs than one gang, or ``per_gpu`` > 1 with gangs.
@@ -227,13 +234,25 @@ def assign_slots(
                 f"(resources.devices_per_trial: {n}); give at least {n}"
             )
         return [Slot(i, ",".join(gpus[i * n : (i + 1) * n])) for i in range(len(gpus) // n)]
+    cores = cpus or usable_cores()
     if gpus:
-        return [Slot(i, gpus[i % len(gpus)]) for i in range(len(gpus) * per_gpu)]
+        count = len(gpus) * per_gpu
+        threads = max(1, cores // count)
+        return [Slot(i, gpus[i % len(gpus)], threads) for i in range(count)]
     count = workers if workers is not None else 1
     if count < 1:
         raise HpoError(f"--workers: expected an integer >= 1, got {count}")
-    threads = max(1, (cpus or os.cpu_count() or 1) // (count * n))
+    threads = max(1, cores // (count * n))
     return [Slot(i, threads=threads) for i in range(count)]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a Slurm or container allotment),
+    not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def idle_gpus(gpus: Sequence[str] | None, slots: Sequence[Slot]) -> list[str]:
