@@ -20,12 +20,15 @@ from hpo.cli import build_parser
 from hpo.errors import HpoError
 from hpo.run.launch import WorkerOptions
 from hpo.run.slots import (
+    Packing,
     Slot,
     assign_slots,
     check_gpus,
     gpu_count,
     idle_gpus,
     parse_gpus,
+    run_packed,
+    trials_per_gpu,
     usable_cores,
 )
 from processes import ROOT, SUPPORT, run_hpo, start_hpo, wait_for
@@ -165,6 +168,152 @@ def test_gpus_on_a_machine_without_cuda_exits_2_with_one_line_and_starts_nothing
     assert names == ([target] if command == "launch" else [])
     if command == "launch":
         assert trials(target, url) == []
+
+
+# --------------------------------------------------------------------------------------------
+# --per-gpu auto: as many trials on a GPU as its memory holds (a simulated memory probe: the
+# numbers an H100's driver and a first trial would give).
+
+H100_MB = 81_559.0
+
+
+def test_trials_per_gpu_fill_85_percent_of_the_memory():
+    # 0.85 * 81,559 MB = 69,325 MB over (peak + 600 MB of CUDA context per process)
+    assert trials_per_gpu(9_000, H100_MB) == 7
+    assert trials_per_gpu(9_000, H100_MB, overhead_mb=0) == 7
+    assert trials_per_gpu(30_000, H100_MB) == 2
+    assert trials_per_gpu(70_000, H100_MB) == 1  # too big to share: alone, not zero
+    assert trials_per_gpu(100, H100_MB) == 8  # the cap: more would only queue
+    assert trials_per_gpu(100, H100_MB, most=32) == 32
+    assert trials_per_gpu(11_000, 24_576, fraction=0.9) == 1  # a 24 GB card
+    with pytest.raises(ValueError):
+        trials_per_gpu(1_000, 0)
+
+
+def test_packing_follows_the_measured_peak_and_backs_off_after_an_out_of_memory():
+    peaks: dict[str, float | None] = {"0": None, "1": None}
+
+    def probe(gpu: str) -> tuple[float | None, float]:
+        return peaks[gpu], H100_MB
+
+    packing = Packing(["0", "1"])
+    assert packing.measure(probe) == {"0": 1, "1": 1}  # nothing measured: one each
+    peaks.update({"0": 9_000, "1": 20_000})
+    assert packing.measure(probe) == {"0": 7, "1": 3}
+    assert packing.out_of_memory("0") and packing.counts == {"0": 6, "1": 3}
+    peaks["0"] = 2_000  # smaller trials later: the GPU that ran out stays at its ceiling
+    assert packing.measure(probe)["0"] == 6
+    peaks["0"] = 30_000  # bigger ones: fewer
+    assert packing.measure(probe)["0"] == 2
+    assert packing.out_of_memory("0") and packing.counts["0"] == 1
+    assert not packing.out_of_memory("0") and packing.counts["0"] == 1  # alone: no lower
+
+
+def test_an_out_of_memory_on_a_packed_gpu_lowers_the_count_and_retries_the_trial():
+    """A simulated GPU: trials of a true peak of 14 GB, measured at 9 GB by a first, smaller
+    trial, run beside ``count - 1`` others until the memory they all need exceeds the GPU."""
+    true_peak, overhead = 14_000.0, 600.0
+    packing = Packing(["0"])
+    packing.measure(lambda gpu: (9_000.0, H100_MB))
+    assert packing.counts["0"] == 7
+    tries = []
+
+    def trial(count: int) -> float:
+        tries.append(count)
+        if count * (true_peak + overhead) > H100_MB:
+            raise MemoryError(f"{count} trials of {true_peak} MB")
+        return 0.25
+
+    assert run_packed(trial, packing, "0", lambda e: isinstance(e, MemoryError)) == 0.25
+    assert tries == [7, 6, 5] and packing.counts == {"0": 5} == packing.ceilings
+
+    # A trial that does not fit even alone fails as it would unpacked; other errors pass.
+    def huge(count: int) -> float:
+        raise MemoryError("alone, too")
+
+    with pytest.raises(MemoryError):
+        run_packed(huge, packing, "0", lambda e: isinstance(e, MemoryError))
+    assert packing.counts["0"] == 1
+    with pytest.raises(ValueError):
+        run_packed(lambda c: int("x"), Packing(["0"]), "0", lambda e: False)
+
+
+def test_per_gpu_takes_auto_or_a_count():
+    parse = build_parser().parse_args
+    assert parse(["launch", "s", "--gpus", "0", "--per-gpu", "auto"]).per_gpu == "auto"
+    assert parse(["launch", "s", "--gpus", "0", "--per-gpu", "3"]).per_gpu == 3
+    with pytest.raises(SystemExit):
+        parse(["launch", "s", "--per-gpu", "many"])
+
+
+def test_the_memory_watch_reads_peaks_and_out_of_memory_failures_from_the_study(tmp_path):
+    """The launcher's side of ``--per-gpu auto``: a complete trial's peak on a GPU sets the
+    count; a trial of this machine's worker that failed out of memory lowers its GPU's count
+    and is retried from its checkpoint."""
+    from optuna.trial import TrialState
+
+    from hpo.run.launch import MemoryWatch
+    from hpo.run.worker import launched_worker_name
+    from hpo.store.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'watch.db'}")
+    study = optuna.create_study(study_name="watch", storage=storage)
+    said: list[str] = []
+    watch = MemoryWatch(study, Packing(["0", "1"]), "node-a", total_mb=lambda g: H100_MB,
+                        say=said.append)
+    slots = [Slot(0, "0"), Slot(1, "1")]
+    assert watch(slots) == {"0": 1, "1": 1}
+
+    first = study.ask()
+    for key, value in {"device": "cuda:NVIDIA H100 80GB HBM3", "peak_memory_mb": 9_000.0,
+                       "host": "node-a", "worker": launched_worker_name(0)}.items():
+        first.set_user_attr(key, value)
+    study.tell(first, 0.5)
+    assert watch(slots) == {"0": 7, "1": 7}
+
+    slots += [Slot(2 + i, gpu) for i, gpu in enumerate(["0", "1"] * 6)]
+    oom = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
+    for key, value in {"host": "node-a", "worker": launched_worker_name(3),
+                       "fail_reason": "oom", "checkpoint": "ckpt/3"}.items():
+        oom.set_user_attr(key, value)
+    study.tell(oom, state=TrialState.FAIL)
+    elsewhere = study.ask()
+    for key, value in {"host": "node-b", "worker": launched_worker_name(3),
+                       "fail_reason": "oom"}.items():
+        elsewhere.set_user_attr(key, value)
+    study.tell(elsewhere, state=TrialState.FAIL)
+
+    assert watch(slots) == {"0": 7, "1": 6}  # worker 3 runs on GPU 1; node-b is not ours
+    assert watch(slots) == {"0": 7, "1": 6}  # each failure counts once
+    retry = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == oom.params
+    assert said == [f"hpo: trial {oom.number} ran out of memory on GPU 1 beside others: 6 "
+                    "worker(s) there from now on; the trial is retried"]
+
+
+def test_the_supervisor_starts_and_retires_workers_of_a_gpu_as_rebalance_says(tmp_path):
+    """Real workers (of the fast job: a GPU slot runs it on the CPU here): the GPU's count
+    goes 1 -> 3 -> 1 as a memory watch would say it; the retired workers re-queue their
+    trials, which the others finish, and the launch ends well."""
+    from hpo.run.launch import Supervisor
+
+    url = f"sqlite:///{tmp_path / 'pack.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.3, PYTHONPATH=f"{ROOT}{os.pathsep}{SUPPORT}")
+    name = make_study(tmp_path, url, n=8, low=3, high=3, env=env)
+    asked: list[int] = []
+
+    def rebalance(live: list[Slot]) -> dict[str, int]:
+        asked.append(len(live))
+        return {"0": 3 if len(asked) < 4 else 1}
+
+    said: list[str] = []
+    sup = Supervisor([name], [Slot(0, "0", threads=1)], env={**env, "HPO_STORAGE": url},
+                     say=said.append, rebalance=rebalance, rebalance_seconds=1.0)
+    assert sup.run() == 0, "\n".join(said)
+    assert "hpo: GPU 0: 3 workers (was 1)" in said and "hpo: GPU 0: 1 workers (was 3)" in said
+    assert [c.slot for c in sup.children] == [Slot(0, "0", 1), Slot(1, "0", 1), Slot(2, "0", 1)]
+    assert [c.retiring for c in sup.children] == [False, True, True]
+    assert len(finished(trials(name, url))) == 8
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
     import socket
 
     from hpo.results.summary import best_text, format_status, status_record
-    from hpo.run.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
-    from hpo.run.slots import Slot, assign_slots, idle_gpus, visible_gpus
+    from hpo.run.launch import SQLITE_SAFE_WORKERS, MemoryWatch, Supervisor, WorkerOptions
+    from hpo.run.slots import Packing, Slot, assign_slots, idle_gpus, visible_gpus
     from hpo.run.worker import describe_exit, launched_worker_name, reap_process
     from hpo.store.url import ENV_VAR
 
@@ -81,7 +81,14 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
     devices = h.spec.resources.devices_per_trial
     if gpus is None and args.workers is None:
         gpus = visible_gpus() or None  # every GPU here, else one CPU worker
-    slots = assign_slots(gpus, args.per_gpu, args.workers, devices_per_trial=devices)
+    auto = args.per_gpu == "auto"
+    if auto and devices > 1:
+        raise HpoError(
+            f"--per-gpu auto: each trial has {devices} GPUs to itself "
+            f"(resources.devices_per_trial: {devices}); use --per-gpu 1"
+        )
+    per_gpu = 1 if auto else args.per_gpu  # auto: one each until a trial's peak is known
+    slots = assign_slots(gpus, per_gpu, args.workers, devices_per_trial=devices)
     idle = idle_gpus(gpus, slots)
     if idle:
         say(
@@ -109,6 +116,14 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
     def summary() -> str:
         return format_status(status_record(study), gpus=gpu_of)
 
+    rebalance = None
+    if auto and gpus:
+        watch = MemoryWatch(study, Packing(list(gpus)), host, say=say)
+
+        def rebalance(live: list[Slot]) -> dict[str, int]:
+            gpu_of.update({launched_worker_name(s.index): s.gpu for s in live})
+            return watch(live)
+
     def hand_on(slot: Slot, pid: int, code: int) -> None:
         # A dead worker's trial is failed and its retry queued now, not after the grace
         # period: a sibling (or the restarted worker) resumes it from its checkpoint.
@@ -119,7 +134,13 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
             )
 
     code = Supervisor(
-        worker_args, slots, env={ENV_VAR: str(h.url)}, say=say, status=summary, on_exit=hand_on
+        worker_args,
+        slots,
+        env={ENV_VAR: str(h.url)},
+        say=say,
+        status=summary,
+        on_exit=hand_on,
+        rebalance=rebalance,
     ).run()
     best = best_text(study)
     if best is not None:
