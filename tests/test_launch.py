@@ -311,9 +311,27 @@ def test_the_supervisor_starts_and_retires_workers_of_a_gpu_as_rebalance_says(tm
                      say=said.append, rebalance=rebalance, rebalance_seconds=1.0)
     assert sup.run() == 0, "\n".join(said)
     assert "hpo: GPU 0: 3 workers (was 1)" in said and "hpo: GPU 0: 1 workers (was 3)" in said
-    assert [c.slot for c in sup.children] == [Slot(0, "0", 1), Slot(1, "0", 1), Slot(2, "0", 1)]
+    share = max(1, usable_cores() // 3)  # the new workers' share of the cores
+    assert [c.slot for c in sup.children] == [Slot(0, "0", 1), Slot(1, "0", share),
+                                              Slot(2, "0", share)]
     assert [c.retiring for c in sup.children] == [False, True, True]
     assert len(finished(trials(name, url))) == 8
+
+
+def test_the_supervisor_starts_no_worker_once_one_found_the_budget_met(tmp_path):
+    """A GPU's worker that finished (exit 0: the budget is met) is not replaced while its
+    siblings finish their last trials: a new one would only start and stop."""
+    from hpo.run.launch import Supervisor
+
+    url = f"sqlite:///{tmp_path / 'end.db'}"
+    env = fast_env(tmp_path, epoch_seconds=0.5, PYTHONPATH=f"{ROOT}{os.pathsep}{SUPPORT}")
+    name = make_study(tmp_path, url, n=2, low=1, high=6, env=env)
+    said: list[str] = []
+    sup = Supervisor([name], [Slot(0, "0", 1), Slot(1, "0", 1)],
+                     env={**env, "HPO_STORAGE": url}, say=said.append,
+                     rebalance=lambda live: {"0": 2}, rebalance_seconds=0.2)
+    assert sup.run() == 0, "\n".join(said)
+    assert len(sup.children) == 2 and len(finished(trials(name, url))) == 2
 
 
 # --------------------------------------------------------------------------------------------

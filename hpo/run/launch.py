@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from hpo.run.slots import Packing, Slot, gpu_memory_mb
+from hpo.run.slots import Packing, Slot, gpu_memory_mb, usable_cores
 from hpo.run.worker import describe_exit, launched_worker_name, stop_signal_words
 
 EXIT_RECYCLE = 75
@@ -145,6 +145,7 @@ class Supervisor:
         self.rebalance = rebalance
         self.rebalance_seconds = rebalance_seconds
         self._next_rebalance = 0.0
+        self._finishing = False
         self._stopping = False
         self._lock = threading.Lock()
 
@@ -187,10 +188,13 @@ class Supervisor:
         except Exception as e:  # the view must never stop the study
             self.say(f"hpo: could not rebalance the GPUs: {type(e).__name__}: {e}")
             return
+        # New workers get their share of the cores among all the GPUs' workers; those running
+        # keep theirs.
+        threads = max(1, usable_cores() // max(1, sum(wanted.values())))
         for gpu, count in wanted.items():
             mine = [c for c in live if c.slot.gpu == gpu]
-            if len(mine) < count:
-                threads = mine[0].slot.threads if mine else None
+            if len(mine) < count and not self._finishing:
+                # (A worker that finished found the budget met: new ones would too.)
                 for _ in range(count - len(mine)):
                     slot = Slot(len(self.children), gpu, threads)
                     self.children.append(_Child(slot, next_start=now))
@@ -225,6 +229,8 @@ class Supervisor:
                 self.say(
                     f"[{child.slot.label}] could not re-queue its trial: {type(e).__name__}: {e}"
                 )
+        if code == 0 and not child.retiring:
+            self._finishing = True
         if code == 0 or self._stopping or child.retiring:
             child.done = True
         elif code == EXIT_RECYCLE:
@@ -372,7 +378,7 @@ class MemoryWatch:
         self.say = say
         self._totals: dict[str, float | None] = {}
         # Failures of an earlier launch were another packing's.
-        self._seen = {t.number for t in study.get_trials(deepcopy=False)}
+        self._seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def __call__(self, slots: list[Slot]) -> dict[str, int]:
         from optuna.trial import TrialState
