@@ -106,7 +106,7 @@ def _launch(p: argparse.ArgumentParser) -> None:
         "--gpus",
         metavar="LIST|all",
         help="GPUs to use, e.g. 0,1,2,3, or all (default for run: every visible "
-        "GPU, else one CPU worker)",
+        "GPU, else one CPU worker); a GPU that does not exist here is an error",
     )
     p.add_argument(
         "--per-gpu",
