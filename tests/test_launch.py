@@ -27,7 +27,6 @@ from hpo.run.slots import (
     gpu_count,
     idle_gpus,
     parse_gpus,
-    run_packed,
     trials_per_gpu,
     usable_cores,
 )
@@ -170,6 +169,29 @@ def test_gpus_on_a_machine_without_cuda_exits_2_with_one_line_and_starts_nothing
         assert trials(target, url) == []
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_count(), reason="needs an NVIDIA GPU")
+def test_the_driver_counts_the_gpus_torch_sees_and_one_past_them_is_refused(tmp_path):
+    """Where GPUs exist: NVML's count (no torch in the launcher) is torch's, each GPU's memory
+    is known, and ``--gpus N`` with N the count is bad input through the CLI."""
+    from hpo.run.slots import gpu_memory_mb
+
+    count = gpu_count()
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
+        capture_output=True, text=True, check=True)
+    assert int(probe.stdout) == count
+    assert (gpu_memory_mb("0") or 0) > 1_000
+    url = f"sqlite:///{tmp_path / 'gpus.db'}"
+    env = fast_env(tmp_path, PYTHONPATH=f"{ROOT}{os.pathsep}{SUPPORT}")
+    name = make_study(tmp_path, url, n=1, env=env)
+    r = run_hpo("launch", name, "--storage", url, "--gpus", f"0,{count}", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"hpo: error: --gpus 0,{count}: GPU {count} does not exist; this machine has {count} "
+        f"({'GPU 0' if count == 1 else f'GPUs 0-{count - 1}'})"]
+
+
 # --------------------------------------------------------------------------------------------
 # --per-gpu auto: as many trials on a GPU as its memory holds (a simulated memory probe: the
 # numbers an H100's driver and a first trial would give).
@@ -211,31 +233,32 @@ def test_packing_follows_the_measured_peak_and_backs_off_after_an_out_of_memory(
 
 def test_an_out_of_memory_on_a_packed_gpu_lowers_the_count_and_retries_the_trial():
     """A simulated GPU: trials of a true peak of 14 GB, measured at 9 GB by a first, smaller
-    trial, run beside ``count - 1`` others until the memory they all need exceeds the GPU."""
+    trial, run beside ``count - 1`` others until the memory they all need exceeds the GPU.
+    Each out-of-memory lowers the count and the trial runs again, as the launcher does."""
     true_peak, overhead = 14_000.0, 600.0
     packing = Packing(["0"])
     packing.measure(lambda gpu: (9_000.0, H100_MB))
     assert packing.counts["0"] == 7
-    tries = []
 
     def trial(count: int) -> float:
-        tries.append(count)
         if count * (true_peak + overhead) > H100_MB:
             raise MemoryError(f"{count} trials of {true_peak} MB")
         return 0.25
 
-    assert run_packed(trial, packing, "0", lambda e: isinstance(e, MemoryError)) == 0.25
+    tries = []
+    while True:
+        tries.append(packing.counts["0"])
+        try:
+            assert trial(packing.counts["0"]) == 0.25
+            break
+        except MemoryError:
+            assert packing.out_of_memory("0")
     assert tries == [7, 6, 5] and packing.counts == {"0": 5} == packing.ceilings
-
-    # A trial that does not fit even alone fails as it would unpacked; other errors pass.
-    def huge(count: int) -> float:
-        raise MemoryError("alone, too")
-
-    with pytest.raises(MemoryError):
-        run_packed(huge, packing, "0", lambda e: isinstance(e, MemoryError))
-    assert packing.counts["0"] == 1
-    with pytest.raises(ValueError):
-        run_packed(lambda c: int("x"), Packing(["0"]), "0", lambda e: False)
+    # Later measurements cannot pack it tighter again; a GPU run alone is not lowered.
+    packing.measure(lambda gpu: (1_000.0, H100_MB))
+    assert packing.counts["0"] == 5
+    alone = Packing(["1"])
+    assert not alone.out_of_memory("1") and alone.counts == {"1": 1}
 
 
 def test_per_gpu_takes_auto_or_a_count():

@@ -19,11 +19,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from hpo.errors import HpoError
-
-T = TypeVar("T")
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """The math libraries' thread counts a worker gets (torch reads both)."""
@@ -354,27 +351,6 @@ class Packing:
             return False
         self.counts[gpu] = self.ceilings[gpu] = now - 1
         return True
-
-
-def run_packed(
-    trial: Callable[[int], T],
-    packing: Packing,
-    gpu: str,
-    is_oom: Callable[[BaseException], bool],
-) -> T:
-    """Run ``trial(count)`` on ``gpu`` beside ``count - 1`` others; on an out-of-memory
-    while packed, lower the GPU's count and run it again, until it fits or runs alone.
-
-    Raises:
-        What ``trial`` raised: an error that is not an out-of-memory, or one on a GPU it had
-        alone.
-    """
-    while True:
-        try:
-            return trial(packing.counts[gpu])
-        except BaseException as e:
-            if not is_oom(e) or not packing.out_of_memory(gpu):
-                raise
 
 
 def gpu_memory_mb(gpu: str) -> float | None:
