@@ -179,7 +179,6 @@ def hpo_loop(case: Case, size: int, batch: int, steps: int, warmup: int) -> floa
     """Samples/s of hpo's own fit loop (``start_fit`` and ``train_epoch``, the task's defaults
     as a user gets them) on synthetic data in memory: one warm-up epoch of ``warmup`` steps,
     then one timed epoch of ``steps``."""
-    import torch
     from torch.utils.data import TensorDataset
 
     from benchmarks.throughput import _params
@@ -271,7 +270,8 @@ def measure(smoke: bool, models: list[str], steps: int, warmup: int, say=print) 
         hpo = hpo_loop(case, size, batch, steps, warmup)
         say(f"gpu: {case.name}: the ceiling (torch.compile backend {backend})")
         ceiling = ceiling_loop(case, size, batch, steps, warmup, backend)
-        rows.append({"model": case.name, "input": f"{size} {'px' if case.kind == 'image' else 'tokens'}",
+        unit = "px" if case.kind == "image" else "tokens"
+        rows.append({"model": case.name, "input": f"{size} {unit}",
                      "batch": batch, "hpo": hpo, "ceiling": ceiling, "ratio": hpo / ceiling,
                      "backend": backend})
         say(f"gpu: {case.name}: hpo {hpo:,.1f} samples/s, ceiling {ceiling:,.1f}, "
@@ -298,7 +298,8 @@ def main(argv=None) -> int:
                         help="tiny sizes on whatever device is here, in under a minute on a CPU "
                              "(torch.compile's eager backend); writes only to --out")
     parser.add_argument("--out", type=Path, help="the results file whose section is written "
-                        "(default: benchmarks/RESULTS-gpu.md; a smoke run writes nothing without it)")
+                        "(default: benchmarks/RESULTS-gpu.md; a smoke run writes nothing "
+                        "without it)")
     parser.add_argument("--models", default=",".join(c.name for c in CASES),
                         help="a comma-separated subset of " + ", ".join(c.name for c in CASES))
     parser.add_argument("--steps", type=int, help="timed steps per loop (default 50; smoke 2)")

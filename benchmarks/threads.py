@@ -5,7 +5,8 @@ A short digits training (hpo's own job: resnet18 at 16 px, the shipped digits sp
 epoch of batch 64, ``run_job`` with a fixed trial) runs in a fresh process with each arm's
 environment, alone and beside a hog (one busy-loop process per core, started before the
 training and stopped after it). Arms, conditions and repeats are interleaved (repeat by repeat,
-every condition and arm, after one warm-up run that is not counted), so that the other work on the machine falls on all of them alike.
+every condition and arm, after one warm-up run that is not counted), so that the other work
+on the machine falls on all of them alike.
 Each run reports its wall time from the training's start to its end, and the CPU time the
 training process used (user + system): a thread that spins while it waits for the others
 burns CPU a neighbour could have had, without training faster.
