@@ -351,8 +351,9 @@ class MemoryWatch:
     Each call reads the study once: the largest ``peak_memory_mb`` of the finished trials
     that ran on a GPU (any worker's: a peak is the params', not the device's) is measured
     against each GPU's total memory (``total_mb``, NVML); a trial of this machine that failed
-    out of memory since the launch lowers the count of its worker's GPU, and is retried from
-    its checkpoint as a dead worker's trial is (``hpo reap``'s retry, bounded the same way).
+    out of memory since the launch lowers the count of its worker's GPU, and is retried as a
+    dead worker's trial is (``hpo reap``'s retry, bounded the same way: from its last
+    checkpoint where that is still kept, else from the start).
 
     Args:
         study: the study the workers run.
@@ -423,8 +424,8 @@ class MemoryWatch:
         return self.packing.measure(probe)
 
     def _retry(self, trial: Any) -> bool:
-        """Queue the retry of a failed trial as the stale-trial search does (from its
-        checkpoint, its intermediate values kept, at most the storage's retries)."""
+        """Queue the retry of a failed trial as the stale-trial search does (its checkpoint
+        path and intermediate values kept, at most the storage's retries)."""
         import copy
 
         from optuna.storages._heartbeat import BaseHeartbeat
