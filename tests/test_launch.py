@@ -84,6 +84,31 @@ def test_workers_share_the_cores_this_process_may_use():
     assert assign_slots(None, workers=1)[0].threads == usable_cores()
 
 
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_a_worker_started_by_hand_waits_passively_too(given, tmp_path):
+    """``hpo worker`` outside a launcher: the job sees OpenMP's passive policy (set before
+    torch loads), unless the user chose one."""
+    (tmp_path / "envjob.py").write_text(
+        "import os\n\n"
+        "def job(trial, params, context):\n"
+        "    trial.set_user_attr('policy', os.environ.get('OMP_WAIT_POLICY'))\n"
+        "    return 1.0\n")
+    spec = tmp_path / "policy.yaml"
+    spec.write_text(FAST.format(name="policy", n=1, low=1, high=1, pruner="none").replace(
+        "fastjob:epochs_job", "envjob:job"))
+    url = f"sqlite:///{tmp_path / 'policy.db'}"
+    env = fast_env(tmp_path, PYTHONPATH=f"{tmp_path}{os.pathsep}{SUPPORT}")
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("OMP_WAIT_POLICY", raising=False)  # a policy of the test run's own
+        assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path,
+                       env=env).returncode == 0
+        r = run_hpo("worker", "policy", "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert trials("policy", url)[0].user_attrs["policy"] == (given or "PASSIVE")
+
+
 @pytest.mark.parametrize("given, expected", [
     ({}, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}),
     ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),

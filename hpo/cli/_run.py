@@ -149,6 +149,11 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
 
 
 def worker(h: Handle) -> int:
+    from hpo.run.slots import WAIT_POLICY
+
+    # Before torch loads: a worker started by hand waits as the launcher's workers do.
+    os.environ.setdefault(*WAIT_POLICY)
+
     from optuna.trial import TrialState
 
     from hpo.records import complete_val_loss, is_continuation
