@@ -217,6 +217,21 @@ def test_the_driver_counts_the_gpus_torch_sees_and_one_past_them_is_refused(tmp_
         f"({'GPU 0' if count == 1 else f'GPUs 0-{count - 1}'})"]
 
 
+@pytest.mark.skipif(gpu_count() is not None, reason="needs a machine without an NVIDIA driver")
+def test_run_without_gpus_runs_a_cpu_worker_whatever_cuda_visible_devices_says(tmp_path):
+    """``hpo run`` picks every GPU here by default: none without a driver, even where
+    ``CUDA_VISIBLE_DEVICES`` names some (it used to pin a worker to a GPU that is not
+    there)."""
+    url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    spec = tmp_path / "cpu.yaml"
+    spec.write_text(FAST.format(name="cpu", n=1, low=1, high=1, pruner="none"))
+    env = fast_env(tmp_path, CUDA_VISIBLE_DEVICES="0,1")
+    r = run_hpo("run", str(spec), "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"hpo: study cpu in {url}: 1 worker(s) w0\n" in r.stdout
+    assert len(finished(trials("cpu", url))) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # --per-gpu auto: as many trials on a GPU as its memory holds (a simulated memory probe: the
 # numbers an H100's driver and a first trial would give).

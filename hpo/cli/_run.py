@@ -73,14 +73,16 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
 
     from hpo.results.summary import best_text, format_status, status_record
     from hpo.run.launch import SQLITE_SAFE_WORKERS, MemoryWatch, Supervisor, WorkerOptions
-    from hpo.run.slots import Packing, Slot, assign_slots, idle_gpus, visible_gpus
+    from hpo.run.slots import Packing, Slot, assign_slots, gpu_count, idle_gpus, visible_gpus
     from hpo.run.worker import describe_exit, launched_worker_name, reap_process
     from hpo.store.url import ENV_VAR
 
     args = h.args
     devices = h.spec.resources.devices_per_trial
     if gpus is None and args.workers is None:
-        gpus = visible_gpus() or None  # every GPU here, else one CPU worker
+        # Every GPU here, else one CPU worker (also where CUDA_VISIBLE_DEVICES lists GPUs
+        # that a machine without a driver does not have).
+        gpus = (visible_gpus() if gpu_count() else None) or None
     auto = args.per_gpu == "auto"
     if auto and devices > 1:
         raise HpoError(
