@@ -273,3 +273,64 @@ def test_pruning_trains_a_pruned_studys_unfinished_configurations_to_their_end(t
     assert done["prefix_gap"] < 1e-6
     assert done["best"] == min(c["value"] for c in done["curves"]) <= got["best"]
     assert done["epochs"] == 6 * 2
+
+
+@pytest.mark.slow
+def test_gpu_ceiling_smoke_measures_every_model_and_leaves_the_real_results_alone(tmp_path):
+    """``python -m benchmarks.gpu --smoke --out FILE``: hpo's fit loop and the ceiling loop run
+    for each model (tiny sizes; on the CPU here), a row each with both speeds and their
+    ratio, written into FILE's section beside the sections it had; the real
+    ``RESULTS-gpu.md`` is not touched."""
+    from benchmarks.gpu import CASES, SECTION
+
+    real = ROOT / "benchmarks" / "RESULTS-gpu.md"
+    before = real.read_bytes()
+    out = tmp_path / "RESULTS-gpu.md"
+    out.write_text("# GPU measurements\n\n## Kept\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Kept\n\nkept\n" in text and f"## {SECTION}\n" in text
+    assert real.read_bytes() == before
+    for case in CASES:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {case.name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        hpo, ceiling, ratio = (float(c.replace(",", "")) for c in cells[3:6])
+        assert hpo > 0 and ceiling > 0 and ratio == pytest.approx(hpo / ceiling, rel=0.02)
+        assert cells[1] == f"{case.smoke_size} {'px' if case.kind == 'image' else 'tokens'}"
+
+
+def test_the_threads_benchmark_compares_the_old_worker_environment_with_the_launchers():
+    """``before`` is a worker's environment before issue #30 (thread counts only), ``after``
+    what ``Slot.env`` gives now; a user's own settings do not leak into either."""
+    from benchmarks.threads import arm_env
+
+    base = {"PATH": "/bin", "OMP_NUM_THREADS": "7", "OMP_WAIT_POLICY": "ACTIVE"}
+    before, after = arm_env("before", 2, base), arm_env("after", 2, base)
+    assert before["OMP_NUM_THREADS"] == before["MKL_NUM_THREADS"] == "2"
+    assert "OMP_WAIT_POLICY" not in before
+    assert after["OMP_NUM_THREADS"] == after["MKL_NUM_THREADS"] == "2"
+    assert after["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+@pytest.mark.slow
+def test_threads_benchmark_runs_both_arms_alone_and_beside_a_hog(tmp_path):
+    """``python -m benchmarks.threads`` at its smallest (one repeat, 2 batches, one core and
+    one hog process): a row per condition and arm, in its own section of the results file."""
+    from benchmarks.threads import SECTION
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n## Kept\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--repeats", "1",
+                        "--batches", "2", "--cores", "1", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Kept\n\nkept\n" in text and f"## {SECTION}\n" in text
+    for condition in ("alone", "beside a hog"):
+        for arm in ("before", "after"):
+            assert f"| {condition} | {arm} | " in text

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "hpo"
 
 LAYERS = [
     # The base: names and helpers everything may use.
-    {"hpo", "hpo.errors", "hpo.records", "hpo.session"},
+    {"hpo", "hpo.errors", "hpo.records", "hpo.session", "hpo.integrations"},
     # What a study is made of, and where it lives: the spec; the store (storage, its URL, the
     # artifact store, database outages, Optuna's private API); where code and data came from.
     {"hpo.spec", "hpo.store", "hpo.provenance"},

@@ -121,6 +121,31 @@ def test_the_pytorch_example_pauses_and_resumes_from_its_own_checkpoints(tmp_pat
     assert Path(best.user_attrs["checkpoint"], "state.pt").is_file()
 
 
+@pytest.mark.slow
+def test_the_trainer_example_resumes_from_the_trainer_s_own_checkpoints(tmp_path):
+    """The Hugging Face ``Trainer`` example (MiniLM on VADER) under ``hpo run`` with the
+    promotion scheduler: ``HpoCallback`` reports each epoch's ``eval_loss`` with the
+    checkpoint the Trainer saved there, a paused configuration resumes from it
+    (``resume_from_checkpoint``), and no epoch of a configuration is trained twice."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = ROOT / "examples" / "hf_trainer" / "spec.yaml"
+    r = run_hpo("run", str(spec), "--storage", url, "--n-trials", "4", cwd=ROOT,
+                env=_env(tmp_path, EXAMPLE_SAMPLES="300"), timeout=800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ts = _trials(spec, url)
+    output = r.stdout + r.stderr
+    resumed = [t for t in ts if "resumed_from" in t.user_attrs and t.state != TrialState.WAITING]
+    assert resumed, output[-3000:]
+    trained: dict[int, list[int]] = {}
+    for number, epoch in re.findall(r"trial (\d+) epoch (\d+) trained", output):
+        trained.setdefault(configuration(ts[int(number)]), []).append(int(epoch))
+    for config, epochs in trained.items():
+        assert sorted(epochs) == list(range(1, len(epochs) + 1)), (config, epochs)
+    for t in ts:
+        if t.state == TrialState.COMPLETE:
+            assert "eval_accuracy" in t.user_attrs and "checkpoint-" in t.user_attrs["checkpoint"]
+
+
 def test_the_example_runs_alone_with_its_defaults(tmp_path):
     """``python train.py`` without hpo: its defaults, its reports printed, no stop."""
     r = subprocess.run([sys.executable, str(EXAMPLE / "train.py")], cwd=tmp_path,

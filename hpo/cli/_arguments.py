@@ -50,6 +50,20 @@ def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+
+
+def _per_gpu(text: str) -> int | str:
+    """``--per-gpu``: an integer >= 1, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 1 or auto, got {text!r}"
+        ) from None
+
+
 positive_float = _number(float, lambda v: v > 0, "seconds > 0")
 port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 
@@ -92,10 +106,16 @@ def _launch(p: argparse.ArgumentParser) -> None:
         "--gpus",
         metavar="LIST|all",
         help="GPUs to use, e.g. 0,1,2,3, or all (default for run: every visible "
-        "GPU, else one CPU worker)",
+        "GPU, else one CPU worker); a GPU that does not exist here is an error",
     )
     p.add_argument(
-        "--per-gpu", type=positive_int, default=1, metavar="K", help="workers per GPU (default 1)"
+        "--per-gpu",
+        type=_per_gpu,
+        default=1,
+        metavar="K|auto",
+        help="workers per GPU (default 1); auto: one until a trial's peak memory is "
+        "measured, then as many as fit in 85%% of the GPU's memory, one fewer after an "
+        "out-of-memory there (the trial is retried)",
     )
     p.add_argument(
         "--workers", type=positive_int, metavar="N", help="N CPU workers (machines without GPUs)"

@@ -28,11 +28,12 @@ def create(h: Handle) -> int:
 def run(h: Handle) -> int:
     from hpo.run.preflight import load_checked_spec
 
-    # Validate, and check this machine's files, before touching the database.
+    # Validate, and check this machine's files and GPUs, before touching the database.
     spec = load_checked_spec(h.args.spec, preflight=not h.args.no_preflight)
+    gpus = _gpus(h.args)
     h.create(spec)
     _say_default_pruner(h.args.spec, spec)
-    return _launch(h, spec.study.name)
+    return _launch(h, spec.study.name, gpus)
 
 
 def _say_default_pruner(path: str, spec: Spec) -> None:
@@ -51,25 +52,45 @@ def _say_default_pruner(path: str, spec: Spec) -> None:
 
 
 def launch(h: Handle) -> int:
+    gpus = _gpus(h.args)
     h.load()  # a clear error before any fork
-    return _launch(h, h.args.study)
+    return _launch(h, h.args.study, gpus)
 
 
-def _launch(h: Handle, name: str) -> int:
+def _gpus(args: Any) -> list[str] | None:
+    """``--gpus``, each GPU checked to exist here (one line and exit 2 if not, before the
+    study is touched); None for CPU workers or where the default (every GPU here) applies."""
+    from hpo.run.slots import check_gpus, gpu_count, parse_gpus, torch_has_cuda
+
+    gpus = parse_gpus(args.gpus)
+    if gpus is not None:
+        check_gpus(gpus, gpu_count(), torch_has_cuda(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return gpus
+
+
+def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
     import socket
 
     from hpo.results.summary import best_text, format_status, status_record
-    from hpo.run.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
-    from hpo.run.slots import Slot, assign_slots, idle_gpus, parse_gpus, visible_gpus
+    from hpo.run.launch import SQLITE_SAFE_WORKERS, MemoryWatch, Supervisor, WorkerOptions
+    from hpo.run.slots import Packing, Slot, assign_slots, gpu_count, idle_gpus, visible_gpus
     from hpo.run.worker import describe_exit, launched_worker_name, reap_process
     from hpo.store.url import ENV_VAR
 
     args = h.args
     devices = h.spec.resources.devices_per_trial
-    gpus = parse_gpus(args.gpus)
     if gpus is None and args.workers is None:
-        gpus = visible_gpus() or None  # every GPU here, else one CPU worker
-    slots = assign_slots(gpus, args.per_gpu, args.workers, devices_per_trial=devices)
+        # Every GPU here, else one CPU worker (also where CUDA_VISIBLE_DEVICES lists GPUs
+        # that a machine without a driver does not have).
+        gpus = (visible_gpus() if gpu_count() else None) or None
+    auto = args.per_gpu == "auto"
+    if auto and devices > 1:
+        raise HpoError(
+            f"--per-gpu auto: each trial has {devices} GPUs to itself "
+            f"(resources.devices_per_trial: {devices}); use --per-gpu 1"
+        )
+    per_gpu = 1 if auto else args.per_gpu  # auto: one each until a trial's peak is known
+    slots = assign_slots(gpus, per_gpu, args.workers, devices_per_trial=devices)
     idle = idle_gpus(gpus, slots)
     if idle:
         say(
@@ -97,6 +118,14 @@ def _launch(h: Handle, name: str) -> int:
     def summary() -> str:
         return format_status(status_record(study), gpus=gpu_of)
 
+    rebalance = None
+    if auto and gpus:
+        watch = MemoryWatch(study, Packing(list(gpus)), host, say=say)
+
+        def rebalance(live: list[Slot]) -> dict[str, int]:
+            gpu_of.update({launched_worker_name(s.index): s.gpu for s in live})
+            return watch(live)
+
     def hand_on(slot: Slot, pid: int, code: int) -> None:
         # A dead worker's trial is failed and its retry queued now, not after the grace
         # period: a sibling (or the restarted worker) resumes it from its checkpoint.
@@ -107,7 +136,13 @@ def _launch(h: Handle, name: str) -> int:
             )
 
     code = Supervisor(
-        worker_args, slots, env={ENV_VAR: str(h.url)}, say=say, status=summary, on_exit=hand_on
+        worker_args,
+        slots,
+        env={ENV_VAR: str(h.url)},
+        say=say,
+        status=summary,
+        on_exit=hand_on,
+        rebalance=rebalance,
     ).run()
     best = best_text(study)
     if best is not None:
@@ -116,6 +151,11 @@ def _launch(h: Handle, name: str) -> int:
 
 
 def worker(h: Handle) -> int:
+    from hpo.run.slots import WAIT_POLICY
+
+    # Before torch loads: a worker started by hand waits as the launcher's workers do.
+    os.environ.setdefault(*WAIT_POLICY)
+
     from optuna.trial import TrialState
 
     from hpo.records import complete_val_loss, is_continuation

@@ -10,7 +10,8 @@ with backoff) after handing its running trial on (``on_exit``), passes on its li
 finished trial) and says a summary at the end, and on
 Ctrl-C / SIGTERM asks every child to checkpoint and re-queue its trial (passing the signal on),
 then waits for them. A child outlives no launcher: if the launcher is killed, the kernel sends
-each child SIGTERM.
+each child SIGTERM. With ``--per-gpu auto`` (``MemoryWatch``) it starts and retires workers
+so that each GPU runs as many trials as its memory holds.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from hpo.run.slots import Slot
-from hpo.run.worker import describe_exit, stop_signal_words
+from hpo.run.slots import Packing, Slot, gpu_memory_mb, usable_cores
+from hpo.run.worker import describe_exit, launched_worker_name, stop_signal_words
 
 EXIT_RECYCLE = 75
 """A worker that exits with this code asks to be restarted at once (process recycling)."""
@@ -85,6 +86,10 @@ class WorkerOptions:
 # The supervisor.
 
 
+REBALANCE_SECONDS = 10.0
+"""How often the supervisor asks ``rebalance`` how many workers each GPU should run."""
+
+
 @dataclass
 class _Child:
     slot: Slot
@@ -93,6 +98,9 @@ class _Child:
     next_start: float = 0.0
     done: bool = False
     exit_codes: list[int] = field(default_factory=list)
+    retiring: bool = False
+    """Asked to stop because its GPU runs fewer workers now (``rebalance``): its exit, by
+    SIGTERM after re-queueing its trial, is no failure and starts no replacement."""
 
 
 class Supervisor:
@@ -108,6 +116,10 @@ class Supervisor:
             finished, pruned, paused or failed; a new best): no periodic block.
         on_exit: called with a child's slot, pid and exit code when it exits non-zero, before
             it is restarted: the launcher fails and re-queues the trial it was running.
+        rebalance: ``--per-gpu auto``: called every ``rebalance_seconds`` with the slots of the
+            live workers, returns how many workers each GPU should run now (``Packing``).
+            The supervisor starts workers on a GPU that should run more, and asks the
+            newest worker of one that should run fewer to re-queue its trial and stop.
     """
 
     def __init__(
@@ -120,6 +132,8 @@ class Supervisor:
         status: Callable[[], str] | None = None,
         on_exit: Callable[[Slot, int, int], None] | None = None,
         max_restarts: int = MAX_RESTARTS,
+        rebalance: Callable[[list[Slot]], dict[str, int]] | None = None,
+        rebalance_seconds: float = REBALANCE_SECONDS,
     ) -> None:
         self.worker_args = worker_args
         self.children = [_Child(slot) for slot in slots]
@@ -128,6 +142,10 @@ class Supervisor:
         self.status = status
         self.on_exit = on_exit
         self.max_restarts = max_restarts
+        self.rebalance = rebalance
+        self.rebalance_seconds = rebalance_seconds
+        self._next_rebalance = 0.0
+        self._finishing = False
         self._stopping = False
         self._lock = threading.Lock()
 
@@ -141,6 +159,9 @@ class Supervisor:
                     self._tend(child, now)
                 if all(c.done for c in self.children):
                     break
+                if self.rebalance is not None and now >= self._next_rebalance:
+                    self._next_rebalance = now + self.rebalance_seconds
+                    self._rebalance(now)
                 time.sleep(0.2)
         finally:
             for s, handler in previous.items():
@@ -149,8 +170,43 @@ class Supervisor:
             self._status()
         if self._stopping:
             return 130
-        failed = [c for c in self.children if c.exit_codes and c.exit_codes[-1] not in (0,)]
+        failed = [
+            c
+            for c in self.children
+            if c.exit_codes and c.exit_codes[-1] not in (0,) and not c.retiring
+        ]
         return 1 if failed else 0
+
+    def _rebalance(self, now: float) -> None:
+        """Start or retire workers so that each GPU runs as many as ``rebalance`` says."""
+        assert self.rebalance is not None
+        live = [c for c in self.children if not c.done and not c.retiring]
+        if self._stopping or not live or all(c.proc is None for c in live):
+            return  # stopping, or every worker finished: the study is done
+        try:
+            wanted = self.rebalance([c.slot for c in live])
+        except Exception as e:  # the view must never stop the study
+            self.say(f"hpo: could not rebalance the GPUs: {type(e).__name__}: {e}")
+            return
+        # New workers get their share of the cores among all the GPUs' workers; those running
+        # keep theirs.
+        threads = max(1, usable_cores() // max(1, sum(wanted.values())))
+        for gpu, count in wanted.items():
+            mine = [c for c in live if c.slot.gpu == gpu]
+            if len(mine) < count and not self._finishing:
+                # (A worker that finished found the budget met: new ones would too.)
+                for _ in range(count - len(mine)):
+                    slot = Slot(len(self.children), gpu, threads)
+                    self.children.append(_Child(slot, next_start=now))
+                self.say(f"hpo: GPU {gpu}: {count} workers (was {len(mine)})")
+            elif len(mine) > count:
+                for child in sorted(mine, key=lambda c: -c.slot.index)[: len(mine) - count]:
+                    child.retiring = True
+                    if child.proc is None:
+                        child.done = True
+                    else:  # it re-queues its running trial, which a sibling resumes
+                        child.proc.send_signal(signal.SIGTERM)
+                self.say(f"hpo: GPU {gpu}: {count} workers (was {len(mine)})")
 
     def _tend(self, child: _Child, now: float) -> None:
         if child.done:
@@ -173,7 +229,9 @@ class Supervisor:
                 self.say(
                     f"[{child.slot.label}] could not re-queue its trial: {type(e).__name__}: {e}"
                 )
-        if code == 0 or self._stopping:
+        if code == 0 and not child.retiring:
+            self._finishing = True
+        if code == 0 or self._stopping or child.retiring:
             child.done = True
         elif code == EXIT_RECYCLE:
             self.say(f"[{child.slot.label}] recycling the worker process")
@@ -274,3 +332,110 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
             os._exit(EXIT_PREEMPTED)
 
     return arm
+
+
+# --------------------------------------------------------------------------------------------
+# --per-gpu auto: the launcher's view of the study's memory.
+
+
+def is_out_of_memory(reason: object) -> bool:
+    """Whether a trial's ``fail_reason`` says it ran out of GPU memory: the built-in job's
+    ``oom``, or a custom job's ``torch.OutOfMemoryError``."""
+    text = str(reason or "")
+    return text == "oom" or text.startswith(("OutOfMemoryError", "torch.OutOfMemoryError"))
+
+
+class MemoryWatch:
+    """``Supervisor.rebalance`` for ``--per-gpu auto``: reads the study, tells ``packing``.
+
+    Each call reads the study once: the largest ``peak_memory_mb`` of the finished trials
+    that ran on a GPU (any worker's: a peak is the params', not the device's) is measured
+    against each GPU's total memory (``total_mb``, NVML); a trial of this machine that failed
+    out of memory since the launch lowers the count of its worker's GPU, and is retried as a
+    dead worker's trial is (``hpo reap``'s retry, bounded the same way: from its last
+    checkpoint where that is still kept, else from the start).
+
+    Args:
+        study: the study the workers run.
+        packing: the counts it keeps.
+        host: this machine's name (the trials' ``host`` attr).
+        total_mb: a GPU's memory in MB, or None where unknown (default ``gpu_memory_mb``).
+        say: where a lowered count is said.
+    """
+
+    def __init__(
+        self,
+        study: Any,
+        packing: Packing,
+        host: str,
+        *,
+        total_mb: Callable[[str], float | None] = gpu_memory_mb,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.study = study
+        self.packing = packing
+        self.host = host
+        self.total_mb = total_mb
+        self.say = say
+        self._totals: dict[str, float | None] = {}
+        # Failures of an earlier launch were another packing's.
+        self._seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+    def __call__(self, slots: list[Slot]) -> dict[str, int]:
+        from optuna.trial import TrialState
+
+        from hpo.records import FAIL_REASON_ATTR
+
+        gpu_of = {launched_worker_name(s.index): s.gpu for s in slots}
+        trials = self.study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.number in self._seen or t.state == TrialState.RUNNING:
+                continue
+            if t.state == TrialState.WAITING:
+                continue
+            self._seen.add(t.number)
+            if t.state != TrialState.FAIL or t.user_attrs.get("host") != self.host:
+                continue
+            gpu = gpu_of.get(t.user_attrs.get("worker", ""))
+            if gpu is None or not is_out_of_memory(t.user_attrs.get(FAIL_REASON_ATTR)):
+                continue
+            if self.packing.out_of_memory(gpu):
+                retried = self._retry(t)
+                self.say(
+                    f"hpo: trial {t.number} ran out of memory on GPU {gpu} beside others: "
+                    f"{self.packing.counts[gpu]} worker(s) there from now on"
+                    + ("; the trial is retried" if retried else "")
+                )
+        peaks = [
+            float(t.user_attrs["peak_memory_mb"])
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and str(t.user_attrs.get("device", "")).startswith("cuda")
+            and isinstance(t.user_attrs.get("peak_memory_mb"), (int, float))
+        ]
+        peak = max(peaks) if peaks else None
+
+        def probe(gpu: str) -> tuple[float | None, float]:
+            if gpu not in self._totals:
+                self._totals[gpu] = self.total_mb(gpu)
+            total = self._totals[gpu]
+            return (peak, total) if total else (None, 0.0)
+
+        return self.packing.measure(probe)
+
+    def _retry(self, trial: Any) -> bool:
+        """Queue the retry of a failed trial as the stale-trial search does (its checkpoint
+        path and intermediate values kept, at most the storage's retries)."""
+        import copy
+
+        from optuna.storages._heartbeat import BaseHeartbeat
+
+        storage = self.study._storage
+        if not isinstance(storage, BaseHeartbeat):
+            return False
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is None:
+            return False
+        before = len(self.study.get_trials(deepcopy=False))
+        callback(self.study, copy.deepcopy(trial))
+        return len(self.study.get_trials(deepcopy=False)) > before

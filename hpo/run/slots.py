@@ -1,22 +1,33 @@
 """Slots: which worker process gets which GPU(s), and the environment that pins it there.
 
 ``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested); a ``Slot``'s
-``env`` sets ``CUDA_VISIBLE_DEVICES``, ``HPO_WORKER_INDEX`` and the CPU thread counts before the
-worker imports torch. GPUs are found without importing torch (``visible_gpus``).
+``env`` sets ``CUDA_VISIBLE_DEVICES``, ``HPO_WORKER_INDEX``, the CPU thread counts (the
+worker's share of the cores) and OpenMP's wait policy before the worker imports torch. GPUs
+are found without importing torch (``visible_gpus``), and a ``--gpus`` list is checked against
+the devices that exist (``check_gpus``, ``gpu_count``: NVIDIA's management library, asked
+through ``ctypes`` in a few milliseconds). ``--per-gpu auto``'s arithmetic is ``Packing``:
+as many trials on a GPU as fit in 85% of its memory, one fewer after an out-of-memory there.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 import re
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from hpo.errors import HpoError
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-"""The math libraries' thread counts a CPU worker gets (torch reads both)."""
+"""The math libraries' thread counts a worker gets (torch reads both)."""
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+"""OpenMP's threads sleep as soon as they wait instead of spinning first: on cores shared with
+other workers (or other people's work) a spinning thread burns the time slice the thread it
+waits for needs (``benchmarks/threads.py``)."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,7 @@ class Slot:
     gpu: str | None = None
     """A GPU, or a trial's gang of them (``"0,1"``): ``CUDA_VISIBLE_DEVICES``."""
     threads: int | None = None
-    """CPU threads of the worker's math libraries (CPU workers share the cores)."""
+    """CPU threads of the worker's math libraries: its share of this machine's cores."""
 
     @property
     def label(self) -> str:
@@ -48,6 +59,7 @@ class Slot:
             count = str(min(given)) if given else str(self.threads)
             for var in THREAD_VARS:
                 env.setdefault(var, count)
+        env.setdefault(*WAIT_POLICY)  # unless the user chose a policy
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -101,6 +113,85 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def gpu_count() -> int | None:
+    """The NVIDIA GPUs of this machine (all of them, as ``nvidia-smi`` numbers them), asked
+    of the driver's management library (NVML) without importing torch; ``None`` where there is
+    no NVIDIA driver. Where ``CUDA_VISIBLE_DEVICES`` is unset, this is what
+    ``torch.cuda.device_count()`` says in a worker."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        count = ctypes.c_uint(0)
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        return count.value
+    finally:
+        nvml.nvmlShutdown()
+
+
+def torch_has_cuda() -> bool | None:
+    """Whether the torch that workers import is built with CUDA, from its files (importing it
+    takes seconds); ``None`` where torch is not installed."""
+    found = importlib.util.find_spec("torch")
+    if found is None or found.origin is None:
+        return None
+    lib = Path(found.origin).parent / "lib"
+    return any(lib.glob("libc10_cuda.*")) or any(lib.glob("c10_cuda.*"))
+
+
+def check_gpus(
+    gpus: Sequence[str],
+    count: int | None,
+    cuda_torch: bool | None = True,
+    visible: str | None = None,
+) -> None:
+    """Refuse a ``--gpus`` list that names a device this machine does not have.
+
+    Args:
+        gpus: from ``parse_gpus``: indices or UUIDs.
+        count: ``gpu_count()``: the machine's NVIDIA GPUs, ``None`` without a driver.
+        cuda_torch: ``torch_has_cuda()``: a CPU-only torch cannot use any GPU.
+        visible: ``$CUDA_VISIBLE_DEVICES`` of the launcher, if set: the indices given must be
+            among it (a worker is pinned to the index as given, so one outside it would run
+            on a GPU this process was not given).
+
+    Raises:
+        HpoError: one line: which GPU does not exist, and what there is.
+    """
+    listed = ",".join(gpus)
+    if not count:
+        why = "no NVIDIA driver" if count is None else "the driver lists no GPU"
+        raise HpoError(
+            f"--gpus {listed}: this machine has no CUDA GPU ({why}); "
+            "use --workers N for CPU workers"
+        )
+    if cuda_torch is False:
+        raise HpoError(
+            f"--gpus {listed}: the torch installed here is built without CUDA; install a "
+            "CUDA build, or use --workers N for CPU workers"
+        )
+    indices = [g for g in gpus if g.isdigit()]
+    beyond = [g for g in indices if int(g) >= count]
+    if beyond:
+        have = "GPU 0" if count == 1 else f"GPUs 0-{count - 1}"
+        raise HpoError(
+            f"--gpus {listed}: GPU {','.join(beyond)} does not exist; this machine has "
+            f"{count} ({have})"
+        )
+    if visible is not None:
+        allowed = [v.strip() for v in visible.split(",") if v.strip()]
+        outside = [g for g in gpus if g not in allowed]
+        if outside:
+            raise HpoError(
+                f"--gpus {listed}: GPU {','.join(outside)} is not among "
+                f"CUDA_VISIBLE_DEVICES={visible} (the GPUs this process was given)"
+            )
+
+
 def assign_slots(
     gpus: Sequence[str] | None,
     per_gpu: int = 1,
@@ -114,7 +205,7 @@ def assign_slots(
         gpus: GPU indices/UUIDs to use, or None for CPU workers.
         per_gpu: workers sharing each GPU.
         workers: number of workers without GPUs (ignored when ``gpus`` is given).
-        cpus: CPU cores to share among CPU workers (default: this machine's).
+        cpus: CPU cores to share among the workers (default: ``usable_cores()``).
         devices_per_trial: the spec's ``resources.devices_per_trial``: each worker's trials
             run on a gang of this many GPUs (or CPU processes).
 
@@ -123,7 +214,8 @@ def assign_slots(
         workers spread over all GPUs: ``[0, 1, 0, 1]`` for two GPUs, two workers each. With
         ``devices_per_trial`` N > 1, consecutive GPUs make gangs of N, one worker each
         (``0,1 | 2,3`` ...); GPUs that do not fill a gang are left out (``idle_gpus``). CPU
-        workers split the cores among all their ranks.
+        workers split the cores among all their ranks; workers of one GPU each split them
+        among themselves (for their data loading and CPU-side work).
 
     Raises:
         HpoError: fewer GPUs than one gang, or ``per_gpu`` > 1 with gangs.
@@ -143,16 +235,152 @@ def assign_slots(
                 f"(resources.devices_per_trial: {n}); give at least {n}"
             )
         return [Slot(i, ",".join(gpus[i * n : (i + 1) * n])) for i in range(len(gpus) // n)]
+    cores = cpus or usable_cores()
     if gpus:
-        return [Slot(i, gpus[i % len(gpus)]) for i in range(len(gpus) * per_gpu)]
+        count = len(gpus) * per_gpu
+        threads = max(1, cores // count)
+        return [Slot(i, gpus[i % len(gpus)], threads) for i in range(count)]
     count = workers if workers is not None else 1
     if count < 1:
         raise HpoError(f"--workers: expected an integer >= 1, got {count}")
-    threads = max(1, (cpus or os.cpu_count() or 1) // (count * n))
+    threads = max(1, cores // (count * n))
     return [Slot(i, threads=threads) for i in range(count)]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a Slurm or container allotment),
+    not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def idle_gpus(gpus: Sequence[str] | None, slots: Sequence[Slot]) -> list[str]:
     """The GPUs of ``gpus`` that no slot uses (the remainder of the gangs)."""
     used = {g for s in slots if s.gpu is not None for g in s.gpu.split(",")}
     return [g for g in gpus or () if g not in used]
+
+
+# --------------------------------------------------------------------------------------------
+# --per-gpu auto: as many trials on a GPU as its memory holds.
+
+PACK_FRACTION = 0.85
+"""The share of a GPU's memory that ``--per-gpu auto`` fills with trials."""
+CONTEXT_MB = 600.0
+"""Memory each worker process holds on its GPU beyond its trial's peak allocation: the CUDA
+context and the caching allocator's slack, which ``torch.cuda.max_memory_allocated`` (a
+trial's ``peak_memory_mb``) does not count (about 500 MiB on an H100 with torch 2.x)."""
+MAX_PER_GPU = 8
+"""No more workers than this on one GPU: their CPU-side work and the GPU's time slices are
+shared too, so more would only queue."""
+
+
+def trials_per_gpu(
+    peak_mb: float,
+    total_mb: float,
+    *,
+    fraction: float = PACK_FRACTION,
+    overhead_mb: float = CONTEXT_MB,
+    most: int = MAX_PER_GPU,
+) -> int:
+    """How many trials of a measured (or estimated) peak fit on one GPU.
+
+    Args:
+        peak_mb: a trial's peak GPU memory (its ``peak_memory_mb``).
+        total_mb: the GPU's memory.
+        fraction: the share of ``total_mb`` to fill.
+        overhead_mb: each worker process's memory beyond its trial's peak.
+        most: the cap.
+
+    Returns:
+        ``floor(fraction * total_mb / (peak_mb + overhead_mb))``, at least 1 (a trial too
+        big to fit still gets its GPU alone: its fit loop shrinks its micro-batches) and at
+        most ``most``.
+    """
+    if peak_mb < 0 or total_mb <= 0:
+        raise ValueError(f"peak {peak_mb} MB of a GPU of {total_mb} MB")
+    fit = int(fraction * total_mb // (peak_mb + overhead_mb))
+    return max(1, min(most, fit))
+
+
+MemoryProbe = Callable[[str], "tuple[float | None, float]"]
+"""``probe(gpu)`` -> (the peak MB of the trials measured on it so far, or None before the
+first; the GPU's total MB). The launcher's reads the study and NVML; a test's returns
+numbers."""
+
+
+@dataclass
+class Packing:
+    """``--per-gpu auto``: how many workers each GPU runs, from measured memory.
+
+    Each GPU starts with one worker. Once a trial's peak memory is known (``measure``, from
+    the probe), its GPU runs ``trials_per_gpu`` of them; an out-of-memory on a GPU that runs
+    several (``out_of_memory``) lowers its count by one for good (its ceiling) and the trial
+    is retried. A GPU's count never rises past its ceiling again, whatever later peaks say.
+    """
+
+    gpus: list[str]
+    fraction: float = PACK_FRACTION
+    overhead_mb: float = CONTEXT_MB
+    most: int = MAX_PER_GPU
+    counts: dict[str, int] = field(default_factory=dict)
+    ceilings: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for gpu in self.gpus:
+            self.counts.setdefault(gpu, 1)
+
+    def measure(self, probe: MemoryProbe) -> dict[str, int]:
+        """The counts after a look at each GPU's measured peak; returns them."""
+        for gpu in self.gpus:
+            peak, total = probe(gpu)
+            if peak is None:
+                continue  # no trial measured there yet: one worker finds out
+            fit = trials_per_gpu(
+                peak, total, fraction=self.fraction, overhead_mb=self.overhead_mb, most=self.most
+            )
+            self.counts[gpu] = min(fit, self.ceilings.get(gpu, self.most))
+        return dict(self.counts)
+
+    def out_of_memory(self, gpu: str) -> bool:
+        """A trial on ``gpu`` ran out of memory. Returns whether that lowered its count (False
+        where it ran alone there: the trial does not fit, packed or not)."""
+        now = self.counts.get(gpu, 1)
+        if now <= 1:
+            return False
+        self.counts[gpu] = self.ceilings[gpu] = now - 1
+        return True
+
+
+def gpu_memory_mb(gpu: str) -> float | None:
+    """The total memory of GPU ``gpu`` (an index or UUID as ``--gpus`` takes it), asked of
+    NVML; None where the driver cannot say."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        handle = ctypes.c_void_p()
+        if gpu.isdigit():
+            found = nvml.nvmlDeviceGetHandleByIndex_v2(int(gpu), ctypes.byref(handle))
+        else:
+            found = nvml.nvmlDeviceGetHandleByUUID(gpu.encode(), ctypes.byref(handle))
+        if found != 0:
+            return None
+
+        class _Memory(ctypes.Structure):
+            _fields_ = [
+                ("total", ctypes.c_ulonglong),
+                ("free", ctypes.c_ulonglong),
+                ("used", ctypes.c_ulonglong),
+            ]
+
+        memory = _Memory()
+        if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
+            return None
+        return memory.total / 2**20
+    finally:
+        nvml.nvmlShutdown()

@@ -13,10 +13,19 @@ ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = ROOT / "tests" / "support"
 
 
+def checkout_first(env: dict) -> dict:
+    """``env`` with this checkout first on ``PYTHONPATH``: the hpo a subprocess (and the
+    workers it starts) imports is the code under test, also in a git worktree beside the
+    checkout that the virtual environment's editable install points at."""
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
+    return {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), *paths])}
+
+
 def run_hpo(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run the hpo CLI as a user would: a subprocess, its output captured."""
     full_env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
     full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
+    full_env = checkout_first(full_env)
     return subprocess.run(
         [sys.executable, "-m", "hpo", *args],
         cwd=cwd,
@@ -30,6 +39,7 @@ def run_hpo(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 def start_hpo(*args, cwd, env) -> subprocess.Popen:
     full = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
     full.update(PYTHONUNBUFFERED="1", **env)
+    full = checkout_first(full)
     return subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
