@@ -42,7 +42,7 @@ When the (last) launcher has exited the study is read with ``optuna.load_study``
    is at least the last epoch its earlier attempts logged (the job checkpoints, then logs);
 5. no duplicate trial numbers, and at most one finished trial per configuration (its
    pauses aside);
-6. the best trial's checkpoint file (user attr ``checkpoint``) exists;
+6. the best trial's checkpoint (user attr ``checkpoint``: a file, or a script's directory) exists;
 7. (extra) every COMPLETE trial has a validation loss for each of its epochs (the retry
    inherits the failed attempt's values);
 8. no pause lost: every trial told PRUNED as paused (or a PBT continuation replaced,
@@ -430,7 +430,8 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
               seed: str = "", n_faults: int | None = None, faults_range: tuple[int, int] = (1, 4),
               kinds: tuple[str, ...] | None = None, faults: list[str] | None = None,
               timeout: float = ROUND_TIMEOUT, say: Callable[[str], None] = print,
-              restart: Callable[[], float] | None = None, pruner: str = "none") -> RoundResult:
+              restart: Callable[[], float] | None = None, pruner: str = "none",
+              job: str = "custom") -> RoundResult:
     """One round: a study on ``url``, ``hpo launch --workers 3``, faults, then the checks.
 
     Args:
@@ -446,6 +447,8 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
             (default: the machine's cluster, ``restart_postgresql``).
         pruner: the study's pruner: ``none``, or ``promotion`` (its trials pause at rungs and
             resume later: the checks count configurations, not trials).
+        job: ``custom`` (the fast job in the worker's process) or ``script`` (the same job as
+            a script task, ``tests/support/fastscript.py``: a process of its own per trial).
     """
     import optuna
 
@@ -474,7 +477,7 @@ def run_round(backend: str, url: str, workdir: Path, rng: random.Random, *, inde
     poller = None
     try:
         result.study = make_study(workdir, url, n=n_trials, low=low, high=high, env=env,
-                                  pruner=pruner)
+                                  pruner=pruner, job=job)
         poller = _Poller(url, result.study)
         cmd = [sys.executable, "-m", "hpo", "launch", result.study, "--storage", url,
                "--workers", str(WORKERS)]
@@ -781,7 +784,7 @@ def check(result: RoundResult, url: str, workdir: Path, *, timed_out: bool,
         path = best.user_attrs.get("checkpoint")
         if not path:
             broke(6, f"best trial #{best.number} has no checkpoint attr")
-        elif not Path(path).is_file():
+        elif not Path(path).exists():  # a file (custom job) or a directory (script task)
             broke(6, f"best trial #{best.number}: checkpoint {path} does not exist")
 
     went_on = {t.user_attrs.get("paused_from") for t in trials}
@@ -1024,8 +1027,10 @@ HEADER = ["backend", "rounds", "rounds ok", "faults injected", "faults survived"
           "injected by kind", "invariants broken"]
 
 
-def markdown(results: list[RoundResult], backends: list[str], context: list[str]) -> str:
-    lines = [f"## {SECTION}", ""] + [f"- {c}" for c in context] + [""]
+def markdown(
+    results: list[RoundResult], backends: list[str], context: list[str], section: str = SECTION
+) -> str:
+    lines = [f"## {section}", ""] + [f"- {c}" for c in context] + [""]
     lines += ["| " + " | ".join(HEADER) + " |",
               "|---|---:|---:|---:|---:|---|---|"]
     for row in summary(results, backends):
@@ -1066,6 +1071,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the studies' pruner: none, promotion (trials pause at rungs and "
                              "resume), pbt (population-based training), both (none and "
                              "promotion in turn) or all (none, promotion, pbt in turn)")
+    parser.add_argument("--job", choices=("custom", "script"), default="custom",
+                        help="the fast job as a custom task in the worker's process (default) "
+                             "or as a script task, a process of its own per trial "
+                             "(tests/support/fastscript.py)")
     parser.add_argument("--faults", default="1-4", metavar="MIN-MAX",
                         help="faults per round (default 1-4)")
     parser.add_argument("--only-round", type=int, metavar="K",
@@ -1113,7 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_round(backend, url, scratch, random.Random(seed), index=i,
                                   seed=seed, faults_range=faults_range, timeout=args.timeout,
                                   say=lambda s: print(s, file=sys.stderr, flush=True),
-                                  pruner=pruner)
+                                  pruner=pruner, job=args.job)
             results.append(r)
             print(r.report() if args.verbose or not (r.ok or r.skipped) else r.line(),
                   flush=True)
@@ -1134,13 +1143,15 @@ def main(argv: list[str] | None = None) -> int:
             f"measured {when} on {machine()} ({seconds:.0f} s), hpo at {revision()}: "
             f"`{command}`",
             f"each round: `hpo launch --workers {WORKERS}` on a fresh database, 8-12 trials of "
-            f"tests/support/fastjob.py (3-5 epochs of {EPOCH_SECONDS} s, pruner: {args.pruner}, "
+            f"tests/support/{'fastjob' if args.job == 'custom' else 'fastscript'}.py as a "
+            f"{args.job} task (3-5 epochs of {EPOCH_SECONDS} s, pruner: {args.pruner}, "
             f"heartbeat 1 s, "
             f"grace period 3 s), {faults_range[0]}-{faults_range[1]} faults at random moments; "
             "a fault counts as survived when every invariant of its round held",
             "invariants: " + "; ".join(f"{i} {t}" for i, t in INVARIANTS.items()),
         ]
-        write_section(args.out, SECTION, markdown(results, backends, context))
+        section = SECTION if args.job == "custom" else f"{SECTION}, script tasks"
+        write_section(args.out, section, markdown(results, backends, context, section))
         print(f"\nwrote the chaos section of {args.out}")
     broken = [r for r in results if not r.ok and not r.skipped]
     return 1 if broken else 0

@@ -24,7 +24,7 @@ How the process ends decides the trial:
   it stands and exit, and the trial is re-queued to resume from there.
 
 The script runs in a session of its own (the worker passes signals on as that stop); it gets
-SIGKILL if the worker dies (``hpo.session`` asks for ``PR_SET_PDEATHSIG`` when it connects),
+SIGKILL if the worker dies (``_DIE_WITH_WORKER``: ``PR_SET_PDEATHSIG`` before its ``exec``),
 and a report to a worker that has gone answers stop. Its crash or leak is its own: the
 worker lives on, warm, for the next trial.
 """
@@ -58,6 +58,7 @@ from hpo.records import (
 )
 from hpo.run.worker._gang import GangBroken, describe_exit
 from hpo.run.worker._signals import signals_held
+from hpo.store import _optuna
 
 log = logging.getLogger("hpo")
 
@@ -81,6 +82,19 @@ _NOT_METRICS = {
     "seed",
 }
 """The trial's own user attrs: a reported metric of one of these names stays in ``metrics``."""
+
+
+_DIE_WITH_WORKER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+"""How a script's process starts: it asks for SIGKILL when the worker dies
+(``PR_SET_PDEATHSIG``, kept across ``exec``), makes sure the worker has not died already,
+then becomes the script. In the child, not in ``preexec_fn``: that runs between fork and exec
+while the worker's other threads (the heartbeat) may hold locks it needs."""
 
 
 class ScriptFailed(Exception):
@@ -141,6 +155,7 @@ def run_script(
         command = list(task.command)
         if command[0] in ("python", "python3"):
             command[0] = sys.executable  # the worker's interpreter, its environment's packages
+        command = [sys.executable, "-c", _DIE_WITH_WORKER, str(os.getpid()), *command]
         relay = _Relay(job_trial, metric, params)
         store = _rendezvous_store(devices) if devices > 1 else None
         procs = [
@@ -183,6 +198,16 @@ def run_script(
         who = f"rank {rank} of {devices}" if devices > 1 else "the script"
         if code is not None and code != 0:
             raise ScriptFailed(f"{who} exited with {code}: {tail.text() or 'no stderr'}")
+    if relay.best is None and resume is not None:
+        # Resumed with nothing left to train (its worker died between the last report and
+        # the tell): the value is the best its earlier attempts reported.
+        values = [
+            v
+            for v in _optuna.frozen(trial.study, trial).intermediate_values.values()
+            if math.isfinite(v)
+        ]
+        if values:
+            return min(values)
     if relay.best is None:
         raise ScriptFailed(
             f"the script exited without reporting {metric} (study.metric) through "
@@ -283,41 +308,44 @@ class _Relay:
                     pass  # the script has gone: its exit says how
 
     def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
-        """One report: its checkpoint, its metrics, the scheduler's answer."""
+        """One report: its checkpoint, its metrics and its value recorded (in one write of
+        the attrs, and the value's), then the scheduler's answer. A report that arrives
+        while the trial stops (a preemption) is recorded all the same: its checkpoint is
+        where the next attempt starts, and the value of its step must be kept with it."""
         checkpoint = message.get("checkpoint")
         metrics: dict[str, float] = message.get("metrics") or {}
-        step = message.get("step")
+        step = int(message["step"]) if message.get("step") is not None else 0
         attrs: dict[str, Any] = {}
         if checkpoint:
             attrs[CHECKPOINT_ATTR] = checkpoint
-        if metrics and step is not None:
+        value = None
+        if metrics and message.get("step") is not None:
             self.seen = sorted(set(self.seen) | set(metrics))
-            self.stride = add_to_history(self.history, int(step), metrics, self.stride)
+            self.stride = add_to_history(self.history, step, metrics, self.stride)
             attrs[METRICS_ATTR] = self.history
-        if attrs:
-            self.job_trial.set_attrs(attrs)
-        if self.stopping is not None or self.pruned is not None:
-            return {"go_on": False, "why": self.stopping or self.pruned}
-        if self.metric not in metrics or step is None:
-            return {"go_on": True}
-        value = float(metrics[self.metric])
-        if not math.isfinite(value):
-            self.pruned = "nan"
-            self.job_trial.set_attrs({PRUNE_REASON_ATTR: "nan", "pruned_at_step": step})
-            return {"go_on": False, "why": "nan"}
-        self.job_trial.report(value, int(step))
-        if self.best is None or value < self.best:  # its metrics are the trial's, as attrs
+            if self.metric in metrics:
+                value = float(metrics[self.metric])
+        if value is not None and not math.isfinite(value):
+            self.pruned = self.pruned or "nan"
+            attrs.update({PRUNE_REASON_ATTR: "nan", "pruned_at_step": step})
+            value = None
+        elif value is not None and (self.best is None or value < self.best):
+            # The best report's metrics are the trial's, as attrs of their names.
             self.best = value
             best = {k: v for k, v in metrics.items() if k not in _NOT_METRICS}
-            self.job_trial.set_attrs({**best, BEST_METRICS_ATTR: metrics, "best_step": int(step)})
+            attrs.update({**best, BEST_METRICS_ATTR: metrics, "best_step": step})
+        if attrs:
+            self.job_trial.set_attrs(attrs)
+        if value is not None:
+            self.job_trial.report(value, step)
+        if self.stopping is not None or self.pruned is not None:
+            return {"go_on": False, "why": self.stopping or self.pruned}
         # The last report cannot prune: the trial has run its epochs (as the built-in job).
-        if self.last_step is not None and step >= self.last_step:
+        if value is None or (self.last_step is not None and step >= self.last_step):
             return {"go_on": True}
         if self.job_trial.should_prune():
             decision = self.job_trial.decision
-            self.job_trial.set_attrs(
-                {PRUNE_REASON_ATTR: decision.reason, "pruned_at_step": int(step)}
-            )
+            self.job_trial.set_attrs({PRUNE_REASON_ATTR: decision.reason, "pruned_at_step": step})
             return {"go_on": False, "why": decision.reason}
         return {"go_on": True}
 
