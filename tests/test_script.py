@@ -122,15 +122,25 @@ def test_the_pytorch_example_pauses_and_resumes_from_its_own_checkpoints(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_trainer_example_resumes_from_the_trainer_s_own_checkpoints(tmp_path):
-    """The Hugging Face ``Trainer`` example (MiniLM on VADER) under ``hpo run`` with the
-    promotion scheduler: ``HpoCallback`` reports each epoch's ``eval_loss`` with the
-    checkpoint the Trainer saved there, a paused configuration resumes from it
-    (``resume_from_checkpoint``), and no epoch of a configuration is trained twice."""
+@pytest.mark.parametrize(
+    ("example", "n", "env", "accuracy", "checkpoint"),
+    [
+        ("hf_trainer", "4", {"EXAMPLE_SAMPLES": "300"}, "eval_accuracy", "checkpoint-"),
+        ("lightning", "6", {}, "val_accuracy", ".ckpt"),
+    ],
+)
+def test_a_framework_example_resumes_from_the_framework_s_own_checkpoints(
+    tmp_path, example, n, env, accuracy, checkpoint
+):
+    """The Hugging Face ``Trainer`` example (MiniLM on VADER) and the Lightning one under
+    ``hpo run`` with the promotion scheduler: their ``HpoCallback`` reports each epoch's
+    evaluation with the checkpoint the framework saved there, a paused configuration resumes
+    from it (``resume_from_checkpoint``, ``ckpt_path``), and no epoch of a configuration is
+    trained twice (by the script's own log)."""
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = ROOT / "examples" / "hf_trainer" / "spec.yaml"
-    r = run_hpo("run", str(spec), "--storage", url, "--n-trials", "4", cwd=ROOT,
-                env=_env(tmp_path, EXAMPLE_SAMPLES="300"), timeout=800)
+    spec = ROOT / "examples" / example / "spec.yaml"
+    r = run_hpo("run", str(spec), "--storage", url, "--n-trials", n, cwd=ROOT,
+                env=_env(tmp_path, **env), timeout=800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ts = _trials(spec, url)
     output = r.stdout + r.stderr
@@ -143,7 +153,7 @@ def test_the_trainer_example_resumes_from_the_trainer_s_own_checkpoints(tmp_path
         assert sorted(epochs) == list(range(1, len(epochs) + 1)), (config, epochs)
     for t in ts:
         if t.state == TrialState.COMPLETE:
-            assert "eval_accuracy" in t.user_attrs and "checkpoint-" in t.user_attrs["checkpoint"]
+            assert accuracy in t.user_attrs and checkpoint in t.user_attrs["checkpoint"]
 
 
 def test_the_example_runs_alone_with_its_defaults(tmp_path):
