@@ -74,7 +74,6 @@ class _Connection:
         self.sock.connect(path)
         self.buffer = b""
         self.stop: str | None = None
-        _die_with_parent()
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -109,17 +108,6 @@ class _Connection:
         """Take in what the worker pushed (a stop), without waiting."""
         while self._read(block=False) is not None:
             pass
-
-
-def _die_with_parent() -> None:
-    """SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``): no trial outlives it."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def _session() -> _Connection | None:

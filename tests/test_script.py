@@ -5,6 +5,7 @@ middle of an epoch, a kill -9 of the script, a crash, a script that never report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -87,6 +88,22 @@ def _tiny(tmp_path: Path) -> list[str]:
 def _trials(spec: Path, url: str) -> list[optuna.trial.FrozenTrial]:
     name = yaml.safe_load(spec.read_text())["study"]["name"]
     return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, spec: Path, url: str, log: Path, **env: str):
+    """``hpo run SPEC`` left running, its output into ``log``; killed if still running after."""
+    full = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"},
+            **_env(tmp_path, **env), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "run", str(spec), "--storage", url],
+            cwd=tmp_path, env=full, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield launcher
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
 
 
 def _run(tmp_path, spec, url, **env):
@@ -211,20 +228,11 @@ def test_a_killed_script_is_retried_from_its_last_checkpoint(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = _spec(tmp_path, _tiny(tmp_path))
     log = tmp_path / "script.log"
-    env = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"},
-           **_env(tmp_path, SCRIPT_EPOCH_SECONDS="1.0"), "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "hpo", "run", str(spec), "--storage", url],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            found = wait_for(lambda: re.search(r"trial 0 epoch 1 pid (\d+)", log.read_text()),
-                             timeout=120, what="the script's first epoch")
-            os.kill(int(found.group(1)), signal.SIGKILL)
-            assert launcher.wait(timeout=120) == 0, log.read_text()
-        finally:
-            if launcher.poll() is None:
-                launcher.kill()
+    with _running(tmp_path, spec, url, log, SCRIPT_EPOCH_SECONDS="1.0") as launcher:
+        found = wait_for(lambda: re.search(r"trial 0 epoch 1 pid (\d+)", log.read_text()),
+                         timeout=120, what="the script's first epoch")
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        assert launcher.wait(timeout=120) == 0, log.read_text()
     ts = _trials(spec, url)
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE], log.read_text()
     assert "the script was killed by SIGKILL" in ts[0].user_attrs["fail_reason"]
@@ -239,25 +247,15 @@ def test_a_ddp_script_runs_as_two_ranks_and_a_killed_rank_retries_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = _spec(tmp_path, ["python", str(ROOT / "examples" / "ddp" / "train.py")], devices=2)
     log = tmp_path / "ranks.log"
-    env = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"},
-           **_env(tmp_path, EXAMPLE_EPOCH_SECONDS="1.5"), "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "hpo", "run", str(spec), "--storage", url],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            found = wait_for(
-                lambda: re.search(r"rank 1: trial 0 epoch 1 trained \(pid (\d+)\)",
-                                  log.read_text()),
-                timeout=180, what="rank 1's first epoch")
-            wait_for(lambda: "checkpoint" in _trials(spec, url)[0].user_attrs, timeout=30,
-                     what="epoch 1's checkpoint")
-            time.sleep(random.uniform(0.0, 1.0))
-            os.kill(int(found.group(1)), signal.SIGKILL)
-            assert launcher.wait(timeout=240) == 0, log.read_text()
-        finally:
-            if launcher.poll() is None:
-                launcher.kill()
+    with _running(tmp_path, spec, url, log, EXAMPLE_EPOCH_SECONDS="1.5") as launcher:
+        found = wait_for(
+            lambda: re.search(r"rank 1: trial 0 epoch 1 trained \(pid (\d+)\)", log.read_text()),
+            timeout=180, what="rank 1's first epoch")
+        wait_for(lambda: "checkpoint" in _trials(spec, url)[0].user_attrs, timeout=30,
+                 what="epoch 1's checkpoint")
+        time.sleep(random.uniform(0.0, 1.0))
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        assert launcher.wait(timeout=240) == 0, log.read_text()
     text = log.read_text()
     ts = _trials(spec, url)
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE], text
