@@ -136,6 +136,13 @@ def test_the_pytorch_example_pauses_and_resumes_from_its_own_checkpoints(tmp_pat
     best = min((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert best.user_attrs["val_accuracy"] > 0.5
     assert Path(best.user_attrs["checkpoint"], "state.pt").is_file()
+    # The export carries the script's checkpoint directory as it saved it.
+    out = tmp_path / "export"
+    r = run_hpo("export", "pytorch-loop", "--storage", url, "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    record = json.loads((out / "record.json").read_text())
+    assert record["model"]["path"] == "best-checkpoint/", record["model"]
+    assert (out / "best-checkpoint" / "state.pt").is_file()
 
 
 @pytest.mark.slow

@@ -191,3 +191,64 @@ def test_a_stop_signal_while_the_first_is_handled_raises_nothing():
         for s, h in previous.items():
             signal.signal(s, h)
         clear_stop()
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in job takes a SIGTERM after the step in flight, and checkpoints there.
+
+BUILTIN = """
+study: {name: NAME}
+task: {kind: image_classification, model: resnet18, weights: null, dataset: {name: digits},
+       image_size: 16, max_samples: 1200}
+search_space:
+  lr: {type: float, low: 1.0e-3, high: 1.0e-3}
+  batch_size: {type: categorical, choices: [16]}
+  epochs: {type: int, low: 3, high: 3}
+sampler: {name: random, seed: 0}
+pruner: {name: none}
+budget: {n_trials: 1}
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_inside_an_epoch_of_the_builtin_job_resumes_at_that_batch(tmp_path):
+    """SIGTERM while the built-in job trains epoch 2: the job ends the step in flight,
+    checkpoints after it and stops; the trial is re-queued, and the next attempt resumes after
+    that very batch (not at the epoch's start), and completes."""
+    import random
+    import re
+
+    import optuna
+
+    from processes import run_hpo
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    name = f"builtin-{time.time_ns()}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BUILTIN.replace("NAME", name))
+    env = {"HPO_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "HPO_LOG_LEVEL": "INFO"}
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=env).returncode == 0
+    worker = start_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env)
+
+    def reported() -> bool:
+        ts = optuna.load_study(study_name=name, storage=url).get_trials()
+        return bool(ts) and 1 in ts[0].intermediate_values
+
+    try:
+        wait_for(reported, timeout=240, what="epoch 1's report")
+        time.sleep(random.uniform(0.1, 0.6))
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    stopped = re.search(r"trial 0: stopped after batch (\d+) of epoch 2", out)
+    assert stopped, out
+    assert worker.returncode == 143, out
+    assert [t.state for t in trials(name, url)] == [TrialState.WAITING]
+    r = run_hpo("worker", name, "--storage", url, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(rf"after epoch 1 and {stopped.group(1)} batches", r.stdout + r.stderr), \
+        r.stdout + r.stderr
+    (t,) = trials(name, url)
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]

@@ -1,4 +1,5 @@
-"""The job's own error: a task that cannot be set up on this machine."""
+"""The job's own errors: a task that cannot be set up on this machine; a stop taken after a
+step."""
 
 from hpo.errors import HpoError
 
@@ -10,3 +11,8 @@ class JobSetupError(HpoError):
     (e.g. weights that need a download on a machine without internet). Every trial of the study
     would fail the same way, so it is bad input, not a failed trial.
     """
+
+
+class JobPreempted(Exception):
+    """The worker asked the trial to stop (SIGTERM): the fit loop checkpointed after the step
+    in flight and stopped. The worker re-queues the trial; its next attempt resumes there."""

@@ -7,6 +7,7 @@ are ``(inputs, labels)`` where inputs are an image tensor or a dict of token ten
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ import torch
 from hpo.job.checkpoint import save_checkpoint, save_model
 from hpo.job.data import dataset_size
 from hpo.job.device import free_memory, peak_memory_mb
+from hpo.job.errors import JobPreempted
 from hpo.job.loaders import eval_loader
 from hpo.job.metrics import prefixed
 from hpo.job.optim import train_mode
@@ -36,6 +38,7 @@ from hpo.records import (
     PAUSED_REASON,
     add_to_history,
 )
+from hpo.store.outage import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ def fit(
     Raises:
         optuna.TrialPruned: the pruner said so, or the loss went NaN / diverged.
         torch.OutOfMemoryError: even a micro-batch of one example does not fit.
+        JobPreempted: the worker's SIGTERM, taken after the step in flight, checkpointed
+            there (``context.hold_stops``).
     """
     ranks = Ranks.current()
     if ranks.many:  # one of the trial's several ranks: rank 0 alone talks to the trial
@@ -92,6 +97,21 @@ def fit(
     if context.measure_first and measure is not None:
         measure()
     train_loss = 0.0
+    with context.hold_stops() if context.hold_stops is not None else contextlib.nullcontext():
+        train_loss = train_epochs(state, trial)
+    record(state, trial)
+    if state.val_loader is None:  # a final fit (hpo retrain)
+        final_test(state, trial, train_loss)
+    return progress.best_loss
+
+
+def train_epochs(state: FitState, trial: Trial) -> float:
+    """The epochs left, each trained and checkpointed (or, in a final fit, recorded).
+
+    Returns:
+        The last epoch's mean training loss.
+    """
+    progress, train_loss = state.progress, 0.0
     for epoch in range(state.start_epoch + 1, state.epochs + 1):
         if progress.stopped_early:
             break
@@ -104,10 +124,7 @@ def fit(
                 progress.history, epoch, train, progress.history_stride
             )
             record(state, trial, train_loss=train_loss)
-    record(state, trial)
-    if state.val_loader is None:  # a final fit (hpo retrain)
-        final_test(state, trial, train_loss)
-    return progress.best_loss
+    return train_loss
 
 
 def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
@@ -184,6 +201,12 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
             progress.first_loss = loss
         if loss > DIVERGENCE * max(progress.first_loss, 1e-3):
             prune(state, trial, "diverged", step)
+        if state.preemptible and stop_requested() and state.val_loader is not None:
+            # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
+            progress.train_seconds += time.perf_counter() - clock
+            save_epoch(state, trial, epoch, i)
+            log.info("trial %d: stopped after batch %d of epoch %d", trial.number, i, epoch)
+            raise JobPreempted(f"stopped after batch {i} of epoch {epoch}")
 
         if state.val_loader is not None and i in state.eval_after:
             progress.train_seconds += time.perf_counter() - clock

@@ -121,7 +121,7 @@ def present_files(
     A finished trial's attrs cannot change, so readers check."""
     attrs = dict(attrs)
     path = attrs.get(CHECKPOINT_ATTR)
-    if path and not Path(path).is_file():
+    if path and not Path(path).exists():  # a file, or a script's directory
         attrs[CHECKPOINT_ATTR] = None
     artifact = attrs.get(CHECKPOINT_ARTIFACT_ATTR)
     if (

@@ -51,7 +51,8 @@ def export_model(
       ``task.adapter``, ``model/`` is the adapter as peft's ``save_pretrained`` writes it,
       for ``PeftModel.from_pretrained(base, "model")``, and the tokenizer;
     - otherwise (a custom job's checkpoint, a file without a model) the checkpoint file as it
-      is, ``best-checkpoint.EXT``; weights whose architecture cannot be rebuilt here go out
+      is, ``best-checkpoint.EXT`` (a script task's checkpoint directory: ``best-checkpoint/``);
+      weights whose architecture cannot be rebuilt here go out
       as hpo's own ``state_dict`` (``model.pt``, the head still wrapped), with the reason.
 
     Returns:
@@ -62,6 +63,8 @@ def export_model(
     out = Path(out)
     source = trial.user_attrs.get(CHECKPOINT_ATTR)
     artifact_id = trial.user_attrs.get(CHECKPOINT_ARTIFACT_ATTR)
+    if source and Path(source).is_dir():  # a script's checkpoint directory, as it saved it
+        return _copy_folder(Path(source), out / "best-checkpoint", task)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
         if source and Path(source).is_file():
             path, origin = Path(source), f"checkpoint {source}"
@@ -84,6 +87,27 @@ def export_model(
             f"was at epoch {best_epoch}"
         )
     return model
+
+
+def _folder_record(folder: Path) -> dict[str, Any]:
+    """A written folder's ``bytes`` and ``files`` (each file's sha256) for the record."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    return {
+        "bytes": sum(f.stat().st_size for f in files),
+        "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
+    }
+
+
+def _copy_folder(source: Path, target: Path, task: TaskSpec) -> dict[str, Any]:
+    """A script task's checkpoint directory, copied as it is (its own format)."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return {
+        "path": f"{target.name}/",
+        "format": "checkpoint",
+        "load": f"the {task.kind} task's own checkpoint directory, as saved",
+        "from": f"checkpoint {source}",
+        **_folder_record(target),
+    }
 
 
 def _write_weights(path: Path, task: TaskSpec, out: Path) -> dict[str, Any]:
@@ -111,7 +135,6 @@ def _write_weights(path: Path, task: TaskSpec, out: Path) -> dict[str, Any]:
         if task.kind == "text_classification":
             folder = out / MODEL_DIR
             labels = transformers_save_pretrained(task, state, folder)
-            files = sorted(f for f in folder.rglob("*") if f.is_file())
             where = str(folder)
             return {
                 "path": f"{MODEL_DIR}/",
@@ -124,8 +147,7 @@ def _write_weights(path: Path, task: TaskSpec, out: Path) -> dict[str, Any]:
                     f"from_pretrained({where!r}); tokenizer = AutoTokenizer."
                     f"from_pretrained({where!r})"
                 ),
-                "bytes": sum(f.stat().st_size for f in files),
-                "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
+                **_folder_record(folder),
             }
         plain, classes = torchvision_state_dict(task.model, state)
         target = out / MODEL_FILE
@@ -202,7 +224,6 @@ def _write_adapter(
     base, _ = pretrained_classifier(task.model, labels, task.weights)
     rebuild_adapter(base, adapter, state).save_pretrained(str(folder))
     load_tokenizer(task.model, {}).save_pretrained(folder)
-    files = sorted(f for f in folder.rglob("*") if f.is_file())
     where, model = str(folder), resolve_model(task.model)
     record = {
         "path": f"{MODEL_DIR}/",
@@ -217,8 +238,7 @@ def _write_adapter(
             f"id2label={dict(enumerate(labels))!r}); model = PeftModel.from_pretrained("
             f"base, {where!r}); tokenizer = AutoTokenizer.from_pretrained({where!r})"
         ),
-        "bytes": sum(f.stat().st_size for f in files),
-        "files": {str(f.relative_to(folder)): file_sha256(f) for f in files},
+        **_folder_record(folder),
     }
     if task.weights not in (None, "DEFAULT"):
         record["note"] = (

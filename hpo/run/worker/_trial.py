@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpo.job.errors import JobPreempted
 from hpo.records import (
     CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
@@ -172,6 +173,9 @@ def make_objective(
     from hpo.search.convergence import repeat_task
 
     run_job = job_function(spec)
+    in_process_fit = spec.task.kind not in ("custom", "script") and (
+        spec.resources.devices_per_trial == 1
+    )
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         previous = trial.user_attrs.get(CHECKPOINT_ATTR)  # a re-queued or resumed trial's
@@ -183,6 +187,8 @@ def make_objective(
             latency=spec.study.latency,
             pauses=scheduler.pauses,
             measure_first=scheduler.pauses and spec.study.multi,
+            # The built-in job in this process takes a SIGTERM after its step in flight.
+            hold_stops=signals_held if in_process_fit else None,
         )
         job_trial = StudyTrial(trial, scheduler, spec.study.multi)
         try:
@@ -192,6 +198,8 @@ def make_objective(
             if storage_url is not None and trial.user_attrs.get(CHECKPOINT_ATTR):
                 quietly(upload_if_among_best, study, trial, value, storage_url)
             return objective_values(spec, value, trial.user_attrs)
+        except JobPreempted as e:  # the stop its SIGTERM asked for, checkpointed
+            raise Preempted(str(e)) from e
         except optuna.TrialPruned as e:
             said = job_trial.decision
             if said is None:  # the job's own stop (NaN, diverged), or a custom job's prune
