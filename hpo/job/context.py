@@ -32,9 +32,13 @@ class JobContext:
     pruning) and evaluate once on the test split at the end."""
     hold_stops: Any = None
     """The worker's ``signals_held``: a SIGTERM that arrives while the fit loop trains waits
-    for the step in flight to end; the loop then checkpoints after that step and raises
-    ``hpo.job.errors.JobPreempted``, and the re-queued trial resumes at the next batch.
-    ``None``: a stop interrupts the job where it is (its last checkpoint resumes)."""
+    for the step in flight to end; the loop, seeing ``stop_asked``, checkpoints after that
+    step and raises ``hpo.job.errors.JobPreempted``, and the re-queued trial resumes at the
+    next batch. ``None``: a stop interrupts the job where it is (its last checkpoint
+    resumes)."""
+    stop_asked: Any = None
+    """Whether the worker was asked to stop (its SIGTERM): read after every step while
+    ``hold_stops`` holds."""
     latency: Any = None
     """``hpo.spec.LatencySpec`` where ``latency_ms`` is an objective: measure the fitted
     model's latency (``hpo.job.objectives``); ``None``: do not."""

@@ -38,7 +38,6 @@ from hpo.records import (
     PAUSED_REASON,
     add_to_history,
 )
-from hpo.store.outage import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
             progress.first_loss = loss
         if loss > DIVERGENCE * max(progress.first_loss, 1e-3):
             prune(state, trial, "diverged", step)
-        if state.preemptible and stop_requested() and state.val_loader is not None:
+        if state.stop_asked is not None and state.stop_asked() and state.val_loader is not None:
             # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
             progress.train_seconds += time.perf_counter() - clock
             save_epoch(state, trial, epoch, i)

@@ -121,10 +121,9 @@ class FitState:
     """Batch index -> the evaluation of the epoch (1 to ``evals``) that runs after it."""
     checkpoint: Path | None
     pauses: bool
-    preemptible: bool
-    """A stop asked for (``hpo.store.outage.stop_requested``: the worker's SIGTERM) is taken
-    after the step in flight: a checkpoint there, then ``JobPreempted``
-    (``JobContext.hold_stops``)."""
+    stop_asked: Any
+    """``JobContext.stop_asked``: where it says so (the worker's SIGTERM), the fit loop stops
+    after the step in flight, with a checkpoint there (``JobPreempted``); None: never asked."""
     """A pruning at an epoch end is a pause: checkpoint the epoch first (``JobContext``)."""
     progress: Progress
     start_epoch: int
@@ -248,7 +247,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         eval_after=eval_after,
         checkpoint=Path(context.checkpoint_path) if context.checkpoint_path else None,
         pauses=context.pauses,
-        preemptible=context.hold_stops is not None,
+        stop_asked=context.stop_asked if context.hold_stops is not None else None,
         progress=progress,
         start_epoch=start_epoch,
         started=time.perf_counter() - progress.seconds,

@@ -424,18 +424,7 @@ class MemoryWatch:
         return self.packing.measure(probe)
 
     def _retry(self, trial: Any) -> bool:
-        """Queue the retry of a failed trial as the stale-trial search does (its checkpoint
-        path and intermediate values kept, at most the storage's retries)."""
-        import copy
+        """Queue the retry of a failed trial as the stale-trial search does."""
+        from hpo.store import _optuna
 
-        from optuna.storages._heartbeat import BaseHeartbeat
-
-        storage = self.study._storage
-        if not isinstance(storage, BaseHeartbeat):
-            return False
-        callback = storage.get_heartbeat_stale_trial_callback()
-        if callback is None:
-            return False
-        before = len(self.study.get_trials(deepcopy=False))
-        callback(self.study, copy.deepcopy(trial))
-        return len(self.study.get_trials(deepcopy=False)) > before
+        return _optuna.queue_retry(self.study, trial)

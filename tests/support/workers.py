@@ -13,7 +13,7 @@ from processes import SUPPORT, run_hpo
 
 FAST = """
 study: {{name: {name}}}
-task: {task}
+task: {{kind: custom, entrypoint: "fastjob:epochs_job"}}
 search_space:
   lr: {{type: float, low: 1.0e-5, high: 1.0e-1, log: true}}
   epochs: {{type: int, low: {low}, high: {high}}}
@@ -46,8 +46,8 @@ def make_study(tmp_path, storage_url, n, low=1, high=3, pruner="none", env=None,
                job="custom") -> str:
     name = f"fast-{time.time_ns()}"
     spec = tmp_path / f"{name}.yaml"
-    spec.write_text(FAST.format(name=name, n=n, low=low, high=high, pruner=pruner,
-                                task=TASKS[job]))
+    text = FAST.format(name=name, n=n, low=low, high=high, pruner=pruner)
+    spec.write_text(text.replace(TASKS["custom"], TASKS[job]))
     r = run_hpo("create", str(spec), "--storage", storage_url, cwd=tmp_path,
                 env=env or fast_env(tmp_path))
     assert r.returncode == 0, r.stderr

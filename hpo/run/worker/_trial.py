@@ -33,6 +33,7 @@ from hpo.search.schedulers import PAUSE, STOP, Decision, Resume, Scheduler, sche
 from hpo.search.schedulers.continuation import queue_continuation
 from hpo.spec import Spec, suggest
 from hpo.store import _optuna
+from hpo.store.outage import stop_requested
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -189,6 +190,7 @@ def make_objective(
             measure_first=scheduler.pauses and spec.study.multi,
             # The built-in job in this process takes a SIGTERM after its step in flight.
             hold_stops=signals_held if in_process_fit else None,
+            stop_asked=stop_requested,
         )
         job_trial = StudyTrial(trial, scheduler, spec.study.multi)
         try:

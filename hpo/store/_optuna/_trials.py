@@ -196,13 +196,10 @@ def fail_and_retry(
         The numbers of the trials failed or told PRUNED here (not those finished meanwhile).
     """
     from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages._heartbeat import BaseHeartbeat
     from optuna.trial import TrialState
 
     storage = study._storage
-    callback = (
-        storage.get_heartbeat_stale_trial_callback() if isinstance(storage, BaseHeartbeat) else None
-    )
+    callback = _retry_callback(study)
     paused = tell_queued_pauses(study, [storage.get_trial(t._trial_id) for t in trials])
     failed = sorted(paused)
     for t in trials:
@@ -219,6 +216,32 @@ def fail_and_retry(
             with no_experimental_warnings():
                 callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
     return failed
+
+
+def _retry_callback(study: optuna.Study) -> Any:
+    """The storage's retry of a dead trial (``retry_callback``), or None."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    storage = study._storage
+    return (
+        storage.get_heartbeat_stale_trial_callback() if isinstance(storage, BaseHeartbeat) else None
+    )
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue the retry of the failed ``trial`` as the stale-trial search does (its checkpoint
+    path and intermediate values kept, at most the storage's retries).
+
+    Returns:
+        Whether a retry was queued.
+    """
+    callback = _retry_callback(study)
+    if callback is None:
+        return False
+    before = len(study.get_trials(deepcopy=False))
+    with no_experimental_warnings():
+        callback(study, copy.deepcopy(trial))
+    return len(study.get_trials(deepcopy=False)) > before
 
 
 def fail_stale(study: optuna.Study) -> None:
