@@ -93,6 +93,56 @@ def test_run_then_best_status_studies(tmp_path):
     assert len(reopen(name, storage_url).get_trials()) == 5
 
 
+@pytest.mark.slow
+def test_a_study_of_val_f1_maximizes_it_through_the_cli(tmp_path):
+    """``study.metric: val_f1`` and no direction: the study maximizes macro F1. Each trial
+    reports its validation F1 at every epoch, its value is the highest of them (the best
+    epoch's, the F1 of ``best_metrics``), and ``hpo best`` / ``hpo status`` name the metric
+    and show the highest trial."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    name = f"f1-{time.time_ns()}"
+    spec = write_tiny_spec(tmp_path / "f1.yaml", name, study={"metric": "val_f1"},
+                           budget={"n_trials": 5})
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    good = {"lr": 1e-3, "batch_size": 32, "epochs": 3, "optimizer": "adam", "dropout": 0.1,
+            "weight_decay": 1e-4}
+    study = reopen(name, url)
+    study.enqueue_trial(good)
+    study.enqueue_trial({**good, "lr": 1e-8})  # learns nothing: the lowest F1
+    run = run_hpo("run", str(spec), "--storage", url, "--checkpoint-dir",
+                  str(tmp_path / "ckpt"), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "val_f1 " in run.stdout  # the progress lines name the objective
+
+    study = reopen(name, url)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 5 and len(complete) >= 2
+    for t in complete:
+        f1s = [t.user_attrs["metrics"][str(s)]["val_f1"] for s in sorted(t.intermediate_values)]
+        assert list(t.intermediate_values.values()) == pytest.approx(f1s, rel=1e-5)
+        assert t.value == pytest.approx(max(t.intermediate_values.values()))
+        best_step = t.user_attrs["best_epoch"]
+        assert t.intermediate_values[best_step] == t.value
+        assert t.user_attrs["best_metrics"]["val_f1"] == pytest.approx(t.value, rel=1e-5)
+        assert 0.0 <= t.value <= 1.0
+    top = max(complete, key=lambda t: t.value)
+    assert top.value > 0.5 and complete[0].number == 0  # the good trial learned
+    if trials[1].state == optuna.trial.TrialState.COMPLETE:  # the lr=1e-8 one, unless pruned
+        assert trials[1].value < top.value
+
+    best = run_hpo("best", name, "--json", "--storage", url, cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    record = json.loads(best.stdout)
+    assert record["number"] == top.number and record["value"] == top.value
+    assert record["metric"] == "val_f1" and record["direction"] == "maximize"
+    text = run_hpo("best", name, "--storage", url, cwd=tmp_path).stdout
+    assert f"#{top.number}" in text and "val_f1" in text and "maximized" in text
+    status = run_hpo("status", name, "--storage", url, cwd=tmp_path).stdout
+    assert f"best     #{top.number} val_f1 {top.value:.4f}" in status, status
+
+
 def test_storage_from_environment_and_default(tmp_path):
     from workers import FAST, fast_env
 

@@ -168,3 +168,18 @@ def test_with_evals_per_epoch_the_lines_show_epochs_not_steps(sample):
     running = dict(record["running"][0], step=6, epoch=2)
     assert format_status(dict(record, running=[running])).splitlines()[4].split()[:3] == [
         "#9", "epoch", "2/8"]
+
+
+def test_progress_and_the_anytime_curve_follow_a_maximized_metric():
+    """The best so far of a study that maximizes rises: it is the highest value by then."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from hpo.results.numbers import anytime, progress
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.3, 0.8, 0.6):
+        study.add_trial(create_trial(value=value, params={"lr": 0.1},
+                                     distributions={"lr": FloatDistribution(0, 1)}))
+    assert progress(study)["best"] == [0.5, 0.5, 0.8, 0.8]
+    assert anytime(study)["best"] == [0.5, 0.5, 0.8, 0.8]

@@ -19,7 +19,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import best_or_none, complete_val_loss, state_counts, val_loss
+from hpo.records import (
+    best_or_none,
+    complete_val_loss,
+    maximizes,
+    metric,
+    state_counts,
+    val_loss,
+)
 from hpo.results.summary import pareto_records
 
 if TYPE_CHECKING:
@@ -150,6 +157,8 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
     )
     numbers: dict[str, Any] = {
         "study": study.study_name,
+        "metric": metric(study),
+        "direction": "maximize" if maximizes(study) else "minimize",
         "counts": counts,
         "best": best,
         "reasons": reasons,
@@ -167,25 +176,27 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
 
 
 def progress(study: optuna.Study) -> dict[str, list[float]]:
-    """The best loss so far after each finished trial, and the device-hours spent by then.
+    """The best value so far (the study's direction) after each finished trial, and the
+    device-hours spent by then.
 
     Returns:
         ``trials`` (finished trials so far), ``device_hours`` and ``best``: one entry per
         finished (complete or pruned) trial, from the first complete one on.
     """
     out: dict[str, list[float]] = {"trials": [], "device_hours": [], "best": []}
-    n, hours, best = 0, 0.0, math.inf
+    sign = -1 if maximizes(study) else 1
+    n, hours, best = 0, 0.0, math.inf  # the best, times sign: lower is better
     for t in study.get_trials(deepcopy=False):
         if t.state.name not in ("COMPLETE", "PRUNED"):
             continue
         n += 1
         hours += trial_cost(t)["seconds_run"] / 3600
         if t.state.name == "COMPLETE":
-            best = min(best, complete_val_loss(t))
+            best = min(best, sign * complete_val_loss(t))
         if math.isfinite(best):
             out["trials"].append(n)
             out["device_hours"].append(hours)
-            out["best"].append(best)
+            out["best"].append(sign * best)
     return out
 
 

@@ -93,7 +93,8 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
         params = ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items())
         acc = best["val_accuracy"]
         lines.append(
-            f"- best: trial {best['number']}, val loss {best['value']:.6f}"
+            f"- best: trial {best['number']}, {numbers.get('metric', 'val_loss')} "
+            f"{best['value']:.6f}"
             + (f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "")
         )
         lines.append(f"- best params: {params}")
@@ -214,7 +215,8 @@ def _generated(storage: str) -> str:
 def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
     head = (
         "study",
-        "best val loss",
+        "best value",
+        "metric",
         "best trial",
         "complete",
         "pruned",
@@ -231,6 +233,7 @@ def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
         cells = [
             html.escape(n["study"]),
             f"{best['value']:.6f}" if best else "-",
+            html.escape(n.get("metric", "val_loss")),
             f"#{best['number']}" if best else "-",
             *(str(c[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
             f"{s['epochs_run']:g} / {s['epochs_planned']:g}",
@@ -260,8 +263,9 @@ def _best_table(numbers: dict[str, Any]) -> str:
     if best.get("device"):
         acc_s += f", on {html.escape(devices(best['device'], best.get('world_size')))}"
     what = "Lowest val loss of the Pareto set: trial" if "pareto" in numbers else "Best trial"
+    name = html.escape(numbers.get("metric", "val_loss").replace("_", " "))
     return (
-        f"<h2>{what} #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
+        f"<h2>{what} #{best['number']}: {name} {best['value']:.6f}{acc_s}</h2>"
         f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>'
     )
 
@@ -285,7 +289,7 @@ def _pareto_table(numbers: dict[str, Any]) -> str:
 
 
 def _population_table(numbers: dict[str, Any]) -> str:
-    """A ``pbt`` study's members: each one's final loss and its params over time."""
+    """A ``pbt`` study's members: each one's final value and its params over time."""
     members = numbers.get("population")
     if not members:
         return ""
@@ -306,7 +310,8 @@ def _population_table(numbers: dict[str, Any]) -> str:
     )
     return (
         f"<h2>Population: {len(members)} members, their params over time</h2>"
-        '<table id="population"><tr><th>member</th><th>val loss</th>'
+        '<table id="population"><tr><th>member</th>'
+        f"<th>{html.escape(numbers.get('metric', 'val_loss').replace('_', ' '))}</th>"
         f"<th>schedule (exploits: the member copied)</th></tr>{rows}</table>"
     )
 

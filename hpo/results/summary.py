@@ -18,6 +18,8 @@ from hpo.records import (
     devices,
     format_value,
     iso,
+    maximizes,
+    metric,
     objectives,
     pareto_trials,
     state_counts,
@@ -31,15 +33,21 @@ if TYPE_CHECKING:
 
 
 def best_record(study: optuna.Study, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The best complete trial of the study with the study's name, or None if none completed;
-    with ``seed_spread`` (``hpo.search.convergence``) where the study measured it.
+    """The best complete trial of the study (by its direction) with the study's name, its
+    objective's name (``metric``) and ``direction``, or None if none completed; with
+    ``seed_spread`` (``hpo.search.convergence``) where the study measured it.
 
     ``attrs``: the study's user attrs where the caller read them already.
     """
     best = best_or_none(study)
     if best is None:
         return None
-    record = {"study": study.study_name, **trial_record(best)}
+    record = {
+        "study": study.study_name,
+        "metric": metric(study),
+        "direction": "maximize" if maximizes(study) else "minimize",
+        **trial_record(best),
+    }
     spread = (study.user_attrs if attrs is None else attrs).get(SEED_SPREAD_ATTR)
     if spread:
         record["seed_spread"] = spread
@@ -81,7 +89,8 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
                 "step": step,
                 # The epoch it trains (a step is a fraction of one with evals_per_epoch).
                 "epoch": t.user_attrs.get("epochs_run", step),
-                "val_loss": value,
+                "value": value,  # the objective's latest report (``metric``)
+                "val_loss": value,  # its older name, kept for scripts that read it
                 "epochs_planned": t.params.get("epochs", t.user_attrs.get("epochs_planned")),
                 "worker": t.user_attrs.get("worker"),
                 "device": t.user_attrs.get("device"),
@@ -94,6 +103,7 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
     record = {
         "study": study.study_name,
         "counts": counts,
+        "metric": metric(study),
         "best": None if best is None else {"number": best["number"], "value": best["value"]},
         "running": running,
         "retrain": attrs.get(RETRAIN_ATTR),
@@ -145,9 +155,9 @@ def format_counts(counts: dict[str, int]) -> str:
 def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = None) -> str:
     """The status as text; ``gpus`` maps worker names to the GPU each is pinned to."""
     lines = [f"study {record['study']}", f"  trials   {format_counts(record['counts'])}"]
-    best = record["best"]
+    best, name = record["best"], record.get("metric", "val_loss")
     lines.append(
-        f"  best     #{best['number']} val_loss {best['value']:.4f}"
+        f"  best     #{best['number']} {name} {best['value']:.4f}"
         f"{format_spread(record.get('seed_spread'), short=True)}"
         if best
         else "  best     none yet (no complete trial)"
@@ -160,7 +170,7 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
         lines.append("  running")
         for r in record["running"]:
             epoch = f"epoch {r.get('epoch', r['step']) or 0}/{r['epochs_planned'] or '?'}"
-            loss = f"val_loss {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
+            loss = f"{name} {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
             secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
             gpu = (gpus or {}).get(r["worker"])
             where = f"{r['worker'] or ''}" + (f" gpu {gpu}" if gpu is not None else "")
@@ -183,10 +193,11 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
 
 
 def format_best(record: dict[str, Any]) -> str:
-    attrs = record["user_attrs"]
+    attrs, name = record["user_attrs"], record.get("metric", "val_loss")
     lines = [
         f"best trial of {record['study']}: #{record['number']}",
-        f"  val_loss      {record['value']:.6f}",
+        f"  {name:<13} {record['value']:.6f}"
+        + ("  (maximized)" if record.get("direction") == "maximize" else ""),
     ]
     if record.get("seed_spread"):
         lines.append(f"  {'seed spread':<13} {format_spread(record['seed_spread'])}")
@@ -206,7 +217,7 @@ def format_best(record: dict[str, Any]) -> str:
     lines.append("  params")
     lines += [f"    {k:<14} {format_value(v)}" for k, v in record["params"].items()]
     curve = " ".join(f"{float(v):.4f}" for v in record["intermediate_values"].values())
-    lines.append(f"  val_loss by epoch  {curve}")
+    lines.append(f"  {name} by epoch  {curve}")
     return "\n".join(lines)
 
 
@@ -264,14 +275,18 @@ def format_trial(
     n_trials: int | None,
     best: float | None,
     new_best: bool = False,
+    metric: str = "val_loss",
 ) -> str:
-    """One progress line for a finished trial; ``new_best``: it is the study's best now."""
+    """One progress line for a finished trial; ``new_best``: it is the study's best now;
+    ``metric``: the objective's name (``study.metric``)."""
     total = f"/{n_trials}" if n_trials else ""
     attrs = trial.user_attrs
     run = attrs.get("epochs_trained", attrs.get("epochs_run", len(trial.intermediate_values)))
     epochs = f"{run:g}/{attrs.get('epochs_planned', trial.params.get('epochs', '?'))}"
     if trial.state.name == "COMPLETE":
-        what = f"val_loss {val_loss(trial):.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
+        what = f"{metric} {val_loss(trial):.4f}"
+        if metric != "val_accuracy":
+            what += f"  acc {attrs.get('val_accuracy', float('nan')):.3f}"
     elif trial.state.name == "PRUNED":
         reason = attrs.get("prune_reason", "pruned")
         what = f"pruned at step {max(trial.intermediate_values, default=0)}" + (

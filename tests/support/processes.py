@@ -13,10 +13,19 @@ ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = ROOT / "tests" / "support"
 
 
+def _this_checkout_first(env: dict) -> dict:
+    """``env`` with this checkout first on PYTHONPATH: the subprocess imports the hpo under
+    test, not another one installed in the environment (an editable install elsewhere)."""
+    rest = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([rest] if rest else [])])
+    return env
+
+
 def run_hpo(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run the hpo CLI as a user would: a subprocess, its output captured."""
     full_env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
     full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
+    _this_checkout_first(full_env)
     return subprocess.run(
         [sys.executable, "-m", "hpo", *args],
         cwd=cwd,
@@ -30,6 +39,7 @@ def run_hpo(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 def start_hpo(*args, cwd, env) -> subprocess.Popen:
     full = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
     full.update(PYTHONUNBUFFERED="1", **env)
+    _this_checkout_first(full)
     return subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

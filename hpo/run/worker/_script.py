@@ -95,6 +95,7 @@ def run_script(
     checkpoint_dir: Path,
     metric: str,
     devices: int = 1,
+    maximize: bool = False,
 ) -> float:
     """Run the ``script`` task's command for ``trial``; relay its reports to ``job_trial``.
 
@@ -107,9 +108,10 @@ def run_script(
         metric: the reported metric that is the objective (``study.metric``).
         devices: the processes (ranks) to start, with the environment ``torchrun`` gives
             its ranks (``rank_env``); rank 0 reports.
+        maximize: the best value of ``metric`` is the highest (``study.direction``).
 
     Returns:
-        The best (lowest) value of ``metric`` the script reported.
+        The best (lowest, or highest with ``maximize``) value of ``metric`` reported.
 
     Raises:
         optuna.TrialPruned: the scheduler stopped it (``job_trial.decision``), or a NaN.
@@ -141,7 +143,7 @@ def run_script(
         command = list(task.command)
         if command[0] in ("python", "python3"):
             command[0] = sys.executable  # the worker's interpreter, its environment's packages
-        relay = _Relay(job_trial, metric, params)
+        relay = _Relay(job_trial, metric, params, maximize)
         store = _rendezvous_store(devices) if devices > 1 else None
         procs = [
             subprocess.Popen(
@@ -224,9 +226,10 @@ def _rendezvous_store(world: int) -> Any:
 class _Relay:
     """The worker's end of the session: reads the script's reports, answers them."""
 
-    def __init__(self, job_trial: Any, metric: str, params: dict) -> None:
+    def __init__(self, job_trial: Any, metric: str, params: dict, maximize: bool = False) -> None:
         self.job_trial = job_trial
         self.metric = metric
+        self.maximize = maximize
         self.last_step = params.get("epochs") if isinstance(params.get("epochs"), int) else None
         self.best: float | None = None
         self.pruned: str | None = None
@@ -306,7 +309,8 @@ class _Relay:
             self.job_trial.set_attrs({PRUNE_REASON_ATTR: "nan", "pruned_at_step": step})
             return {"go_on": False, "why": "nan"}
         self.job_trial.report(value, int(step))
-        if self.best is None or value < self.best:  # its metrics are the trial's, as attrs
+        # The best report (by the study's direction): its metrics are the trial's, as attrs.
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
             self.best = value
             best = {k: v for k, v in metrics.items() if k not in _NOT_METRICS}
             self.job_trial.set_attrs({**best, BEST_METRICS_ATTR: metrics, "best_step": int(step)})
