@@ -142,6 +142,43 @@ def test_a_study_of_val_f1_maximizes_it_through_the_cli(tmp_path):
     status = run_hpo("status", name, "--storage", url, cwd=tmp_path).stdout
     assert f"best     #{top.number} val_f1 {top.value:.4f}" in status, status
 
+    # hpo best shows the train vs val gap of the best evaluation: accuracy, loss and F1 (the
+    # objective's training counterpart), from best_metrics, flagged past --overfit-gap.
+    metrics = top.user_attrs["best_metrics"]
+    assert record["best_metrics"] == metrics
+    over = record["overfitting"]
+    assert set(over["gaps"]) == {"accuracy", "loss", "f1"} and over["threshold"] == 0.1
+    for key in ("accuracy", "f1"):
+        assert over["gaps"][key]["gap"] == pytest.approx(
+            metrics[f"train_{key}"] - metrics[f"val_{key}"], abs=1e-6)
+    assert over["gaps"]["loss"]["gap"] == pytest.approx(
+        metrics["val_loss"] - metrics["train_loss"], abs=1e-6)
+    assert over["flagged"] == any(over["gaps"][k]["gap"] > 0.1 for k in ("accuracy", "f1"))
+    assert "train vs val" in text and ("OVERFITTING" in text) == over["flagged"]
+    loose = json.loads(run_hpo("best", name, "--json", "--overfit-gap", "1", "--storage", url,
+                               cwd=tmp_path).stdout)
+    assert loose["overfitting"]["threshold"] == 1 and not loose["overfitting"]["flagged"]
+
+    # A best evaluation that trained to 0.99 accuracy and validated at 0.80: flagged in
+    # accuracy at the default gap, not at 0.25; F1 within 0.1 is not.
+    # (Optuna updates no finished trial: the attr is rewritten in the database.)
+    import sqlite3
+
+    crafted = {**metrics, "train_accuracy": 0.99, "val_accuracy": 0.8, "train_f1": 0.85,
+               "val_f1": 0.8}
+    with sqlite3.connect(tmp_path / "hpo.db") as db:
+        db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE key = 'best_metrics' "
+                   "AND trial_id = ?", (json.dumps(crafted), top._trial_id))
+    flagged = run_hpo("best", name, "--storage", url, cwd=tmp_path)
+    assert flagged.returncode == 0, flagged.stderr
+    assert "OVERFITTING: training beats validation by more than 0.1 in accuracy" in (
+        flagged.stdout), flagged.stdout
+    assert "accuracy       train 0.9900  val 0.8000  gap +0.1900" in flagged.stdout
+    calm = run_hpo("best", name, "--overfit-gap", "0.25", "--storage", url, cwd=tmp_path)
+    assert "OVERFITTING" not in calm.stdout and "gap +0.1900" in calm.stdout
+    bad = run_hpo("best", name, "--overfit-gap", "-1", "--storage", url, cwd=tmp_path)
+    assert bad.returncode == 2 and "--overfit-gap" in bad.stderr and "a number >= 0" in bad.stderr
+
 
 def test_storage_from_environment_and_default(tmp_path):
     from workers import FAST, fast_env

@@ -9,6 +9,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import (
+    BEST_METRICS_ATTR,
     FIRST_GUESSES_ATTR,
     RESUMED_FROM_ATTR,
     RETRAIN_ATTR,
@@ -32,21 +33,74 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def best_record(study: optuna.Study, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+OVERFIT_GAP = 0.1
+"""``hpo best --overfit-gap``'s default: a training score (accuracy, or the objective's
+training counterpart) above the validation one by more than this is flagged."""
+
+
+def overfitting(
+    best_metrics: dict[str, Any], metric: str = "val_loss", gap: float = OVERFIT_GAP
+) -> dict[str, Any] | None:
+    """The train vs validation gap of a trial's best evaluation (``best_metrics``).
+
+    Compared: ``accuracy``, ``loss`` and the objective's training counterpart (``f1`` for
+    ``val_f1``), each where both ``train_`` and ``val_`` are recorded. A gap is how much
+    better training does: ``train - val`` for a score, ``val - train`` for a loss. Training's
+    numbers are of the batches it trained since the evaluation before (dropout and
+    augmentation on), as the fit loop counts them.
+
+    Args:
+        best_metrics: the trial's ``best_metrics`` attr.
+        metric: the study's objective (``study.metric``).
+        gap: the threshold: a score's gap above it flags the trial (a loss's gap is shown,
+            never flagged: its scale is the task's).
+
+    Returns:
+        ``{"threshold", "flagged", "over": [names past it], "gaps": {name: {"train",
+        "val", "gap"}}}``, or None where no pair was recorded (a custom job, a script that
+        reports no ``train_`` metric).
+    """
+    names = ["accuracy", "loss"]
+    bare = metric.removeprefix("val_")
+    if metric.startswith("val_") and bare not in names:
+        names.append(bare)
+    gaps: dict[str, dict[str, float]] = {}
+    for name in names:
+        train, val = best_metrics.get(f"train_{name}"), best_metrics.get(f"val_{name}")
+        if isinstance(train, (int, float)) and isinstance(val, (int, float)):
+            diff = val - train if name == "loss" else train - val
+            gaps[name] = {"train": train, "val": val, "gap": round(diff, 6)}
+    if not gaps:
+        return None
+    over = [n for n, g in gaps.items() if n != "loss" and g["gap"] > gap]
+    return {"threshold": gap, "flagged": bool(over), "over": over, "gaps": gaps}
+
+
+def best_record(
+    study: optuna.Study, attrs: dict[str, Any] | None = None, overfit_gap: float = OVERFIT_GAP
+) -> dict[str, Any] | None:
     """The best complete trial of the study (by its direction) with the study's name, its
     objective's name (``metric``) and ``direction``, or None if none completed; with
     ``seed_spread`` (``hpo.search.convergence``) where the study measured it.
+
+    With the metrics of its best evaluation (``best_metrics``, ``{}`` where the job
+    recorded none) and their train vs validation gap (``overfitting``, flagged past
+    ``overfit_gap``; None without training metrics).
 
     ``attrs``: the study's user attrs where the caller read them already.
     """
     best = best_or_none(study)
     if best is None:
         return None
+    name = metric(study)
+    best_metrics = best.user_attrs.get(BEST_METRICS_ATTR) or {}
     record = {
         "study": study.study_name,
-        "metric": metric(study),
+        "metric": name,
         "direction": "maximize" if maximizes(study) else "minimize",
         **trial_record(best),
+        "best_metrics": best_metrics,
+        "overfitting": overfitting(best_metrics, name, overfit_gap),
     }
     spread = (study.user_attrs if attrs is None else attrs).get(SEED_SPREAD_ATTR)
     if spread:
@@ -64,13 +118,14 @@ def pareto_records(study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
-def best_text(study: optuna.Study) -> str | None:
-    """What ``hpo best`` prints: the best trial, or the Pareto set of a study of several
-    objectives; None before a trial completed."""
+def best_text(study: optuna.Study, overfit_gap: float = OVERFIT_GAP) -> str | None:
+    """What ``hpo best`` prints: the best trial (its train vs validation gap flagged past
+    ``overfit_gap``), or the Pareto set of a study of several objectives; None before a
+    trial completed."""
     if len(study.directions) > 1:
         records = pareto_records(study)
         return format_pareto(records) if records else None
-    record = best_record(study)
+    record = best_record(study, overfit_gap=overfit_gap)
     return None if record is None else format_best(record)
 
 
@@ -214,11 +269,33 @@ def format_best(record: dict[str, Any]) -> str:
     ):
         if key in attrs:
             lines.append(f"  {key:<13} {format_value(attrs[key])}")
+    lines += format_overfitting(record.get("overfitting"))
     lines.append("  params")
     lines += [f"    {k:<14} {format_value(v)}" for k, v in record["params"].items()]
     curve = " ".join(f"{float(v):.4f}" for v in record["intermediate_values"].values())
     lines.append(f"  {name} by epoch  {curve}")
     return "\n".join(lines)
+
+
+def format_overfitting(over: dict[str, Any] | None) -> list[str]:
+    """The train vs validation lines of ``hpo best`` (``overfitting``): one per metric, and
+    the flag where a gap is past the threshold."""
+    if not over:
+        return []
+    lines = ["  train vs val (best evaluation)"]
+    for name, g in over["gaps"].items():
+        better = "val - train" if name == "loss" else "train - val"
+        lines.append(
+            f"    {name:<14} train {g['train']:.4f}  val {g['val']:.4f}  "
+            f"gap {g['gap']:+.4f} ({better})"
+        )
+    if over["flagged"]:
+        lines.append(
+            f"  OVERFITTING: training beats validation by more than {over['threshold']:g} in "
+            + ", ".join(over["over"])
+            + " (--overfit-gap)"
+        )
+    return lines
 
 
 def format_pareto(records: list[dict[str, Any]]) -> str:
