@@ -28,6 +28,7 @@ FIGURE_TITLES = {
     "history": "Optimization history",
     "pareto": "Pareto front",
     "curves": "Learning curves",
+    "overfit": "Training vs validation of the best trials (the gap shaded)",
     "population": "Population (pbt): each member's curve, its exploits marked",
     "parallel": "Parallel coordinates",
     "importances": "Hyperparameter importances",
@@ -59,6 +60,7 @@ def study_figures(
         "history": history_figure(study),
         **({"pareto": pareto_figure(study)} if len(study.directions) > 1 else {}),
         "curves": learning_curves_figure(study),
+        "overfit": train_val_figure(study),
         **({"population": population_figure(study)} if is_pbt(study) else {}),
         "parallel": parallel_figure(study),
         "importances": importances_figure(study),
@@ -200,6 +202,83 @@ def learning_curves_figure(study: optuna.Study) -> go.Figure:
     fig.update_xaxes(title_text="epoch")
     title = "validation loss" if name == "val loss" else name
     fig.update_yaxes(title_text=title, type="log" if log else "linear")
+    return fig
+
+
+OVERFIT_TRIALS = 3
+"""The best trials ``train_val_figure`` shows, one panel each."""
+
+
+def train_val_figure(study: optuna.Study, top: int = OVERFIT_TRIALS) -> go.Figure:
+    """The best ``top`` complete trials (by the study's direction), one panel each: the
+    objective's training and validation values at each evaluation (the ``metrics`` attr;
+    ``loss`` where the objective has no training counterpart), the gap between the two
+    shaded. A gap that widens as training goes on is overfitting."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from hpo.records import METRICS_ATTR, maximizes, metric, rank_key
+
+    name = metric(study).removeprefix("val_")
+    ranked = sorted(_complete(study), key=rank_key(maximizes(study)))
+    shown = []
+    for t in ranked:
+        history = t.user_attrs.get(METRICS_ATTR) or {}
+        key = name if any(f"train_{name}" in m for m in history.values()) else "loss"
+        points = [
+            (int(step), m[f"train_{key}"], m[f"val_{key}"])
+            for step, m in history.items()
+            if isinstance(m.get(f"train_{key}"), (int, float))
+            and isinstance(m.get(f"val_{key}"), (int, float))
+        ]
+        if points:
+            shown.append((t, key, sorted(points)))
+        if len(shown) == top:
+            break
+    if not shown:
+        return placeholder_figure("no complete trial recorded training and validation metrics")
+    fig = make_subplots(
+        rows=1,
+        cols=len(shown),
+        subplot_titles=[f"trial #{t.number}: {key}" for t, key, _ in shown],
+        shared_yaxes=False,
+    )
+    for col, (t, key, points) in enumerate(shown, start=1):
+        steps = [p[0] for p in points]
+        first = col == 1
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[p[1] for p in points],
+                name="training",
+                legendgroup="train",
+                showlegend=first,
+                mode="lines+markers",
+                line={"color": "#1f77b4"},
+                hovertemplate=f"trial {t.number}<br>step %{{x}}<br>train {key} %{{y:.4f}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.add_trace(  # filled to the training line before it: the gap
+            go.Scatter(
+                x=steps,
+                y=[p[2] for p in points],
+                name="validation (gap shaded)",
+                legendgroup="val",
+                showlegend=first,
+                mode="lines+markers",
+                line={"color": "#d62728"},
+                fill="tonexty",
+                fillcolor="rgba(214, 39, 40, 0.15)",
+                hovertemplate=f"trial {t.number}<br>step %{{x}}<br>val {key} %{{y:.4f}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="report step", row=1, col=col)
     return fig
 
 

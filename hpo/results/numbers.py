@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import (
+    BEST_METRICS_ATTR,
     best_or_none,
     complete_val_loss,
     maximizes,
@@ -151,6 +152,7 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             "value": val_loss(best_trial),
             "params": dict(best_trial.params),
             "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
+            "per_class": per_class(best_trial),
             "device": best_trial.user_attrs.get("device"),
             "world_size": best_trial.user_attrs.get("world_size", 1),
         }
@@ -173,6 +175,23 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             {k: r[k] for k in ("number", "objectives", "params")} for r in pareto_records(study)
         ]
     return numbers
+
+
+def per_class(trial: FrozenTrial) -> dict[str, list[Any]] | None:
+    """The validation precision, recall and F1 of each class at the trial's best evaluation
+    (from ``best_metrics``), lists in class order, with ``classes`` (the class names where the
+    trial recorded them, in ``class_weights``, else the indexes); None where it has none."""
+    best = trial.user_attrs.get(BEST_METRICS_ATTR) or {}
+    lists = {
+        name: best[f"val_{name}_per_class"]
+        for name in ("precision", "recall", "f1")
+        if isinstance(best.get(f"val_{name}_per_class"), list)
+    }
+    if not lists:
+        return None
+    n = max(len(v) for v in lists.values())
+    names = list(trial.user_attrs.get("class_weights") or {})
+    return {"classes": names if len(names) == n else [str(i) for i in range(n)], **lists}
 
 
 def progress(study: optuna.Study) -> dict[str, list[float]]:

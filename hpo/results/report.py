@@ -63,6 +63,7 @@ def render_html(
         f'<p class="meta">{html.escape(_generated(storage))}</p>',
         _numbers_table([numbers, *others]),
         _best_table(numbers),
+        _per_class_table(numbers),
         _pareto_table(numbers),
         _population_table(numbers),
         _reasons(numbers),
@@ -267,6 +268,27 @@ def _best_table(numbers: dict[str, Any]) -> str:
     return (
         f"<h2>{what} #{best['number']}: {name} {best['value']:.6f}{acc_s}</h2>"
         f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>'
+    )
+
+
+def _per_class_table(numbers: dict[str, Any]) -> str:
+    """The best trial's validation precision, recall and F1 of each class (its best
+    evaluation's), where it recorded them."""
+    per = (numbers.get("best") or {}).get("per_class")
+    if not per:
+        return ""
+    cols = [c for c in ("precision", "recall", "f1") if c in per]
+    rows = "".join(
+        f"<tr><td>{html.escape(str(name))}</td>"
+        + "".join(f"<td>{format_value(per[c][i]) if i < len(per[c]) else '-'}</td>" for c in cols)
+        + "</tr>"
+        for i, name in enumerate(per["classes"])
+    )
+    return (
+        "<h2>Best trial by class (validation, at its best evaluation)</h2>"
+        '<table id="per-class"><tr><th>class</th>'
+        + "".join(f"<th>{c}</th>" for c in cols)
+        + f"</tr>{rows}</table>"
     )
 
 
