@@ -35,6 +35,7 @@ from hpo.records import (
     METRICS_ATTR,
     PAUSED_REASON,
     add_to_history,
+    better,
 )
 
 log = logging.getLogger(__name__)
@@ -206,14 +207,6 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
     return epoch_loss / max(steps, 1)
 
 
-def better(state: FitState, value: float, than: float | None) -> bool:
-    """Whether ``value`` of the objective beats ``than`` (None: nothing yet) in its
-    direction."""
-    if than is None:
-        return True
-    return value > than if state.maximize else value < than
-
-
 def evaluate_and_report(
     state: FitState, trial: Trial, epoch: int, step: int, train_loss: float, batches: int = 0
 ) -> bool:
@@ -274,7 +267,7 @@ def evaluate_and_report(
     if not math.isfinite(val_loss) or not math.isfinite(value):
         prune(state, trial, "nan", step)
     if not on_subset:  # the trial's value, best epoch and early stopping: whole val sets
-        if better(state, value, progress.best_value):
+        if better(value, progress.best_value, state.maximize):
             progress.best_value = value
             progress.best_loss, progress.best_accuracy = val_loss, accuracy
             progress.best_balanced_accuracy = val["balanced_accuracy"]
