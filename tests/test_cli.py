@@ -179,6 +179,18 @@ def test_a_study_of_val_f1_maximizes_it_through_the_cli(tmp_path):
     bad = run_hpo("best", name, "--overfit-gap", "-1", "--storage", url, cwd=tmp_path)
     assert bad.returncode == 2 and "--overfit-gap" in bad.stderr and "a number >= 0" in bad.stderr
 
+    # The report names the metric; its train vs val figure draws F1 (the objective's training
+    # counterpart) of the best trials; the best trial's per-class table has the ten digits.
+    page = tmp_path / "f1.html"
+    report = run_hpo("report", name, "--out", str(page), "--no-dashboard", "--storage", url,
+                     cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    html = page.read_text()
+    assert f"Best trial #{top.number}: val f1 {top.value:.6f}" in html
+    assert f"trial #{top.number}: f1" in html and 'id="hpo-overfit"' in html
+    table = html.split('<table id="per-class">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + 10
+
 
 def test_storage_from_environment_and_default(tmp_path):
     from workers import FAST, fast_env
