@@ -9,7 +9,7 @@ It imports nothing of hpo's: every module above may use it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -95,8 +95,9 @@ def is_paused(trial: FrozenTrial) -> bool:
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     """A trial as plain JSON-ready data: params, value, per-epoch losses, user attrs.
 
-    ``value`` is the validation loss; a trial of several objectives has ``values`` too, one
-    per objective (the study's ``objectives``), its first the same validation loss."""
+    ``value`` is the objective (the validation loss, or the study's ``metric``); a trial
+    of several objectives has ``values`` too, one per objective (the study's
+    ``objectives``), its first the same validation loss."""
     several = trial.values is not None and len(trial.values) > 1
     return {
         "number": trial.number,
@@ -112,13 +113,15 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def val_loss(trial: FrozenTrial) -> float | None:
-    """A trial's validation loss: its value, or its first value in a study of several
-    objectives (``val_loss`` is always the first); None before it completed."""
+    """A trial's objective: its value (the validation loss, or the study's ``metric``), or
+    its first value in a study of several objectives (``val_loss`` is always the first);
+    None before it completed."""
     return trial.values[0] if trial.values else None
 
 
 def complete_val_loss(trial: FrozenTrial) -> float:
-    """``val_loss`` of a complete trial, which has one: the key that ranks complete trials.
+    """``val_loss`` of a complete trial, which has one: the key that ranks complete trials
+    where the objective is minimized (``rank_key``: either direction).
 
     Raises:
         ValueError: the trial has no value (it has not completed).
@@ -127,6 +130,35 @@ def complete_val_loss(trial: FrozenTrial) -> float:
     if loss is None:
         raise ValueError(f"trial {trial.number} has no value: it is {trial.state.name}")
     return loss
+
+
+def metric(study: optuna.Study) -> str:
+    """The name of the study's objective, as its stored spec gives it (``study.metric``:
+    ``val_loss`` unless it names another, ``val_f1`` say)."""
+    spec = study.user_attrs.get(SPEC_ATTR) or {}
+    return str(spec.get("study", {}).get("metric") or "val_loss")
+
+
+def maximizes(study: optuna.Study) -> bool:
+    """Whether the study's one objective is maximized (``study.direction: maximize``); a
+    study of several objectives minimizes them all."""
+    from optuna.study import StudyDirection
+
+    return len(study.directions) == 1 and study.direction == StudyDirection.MAXIMIZE
+
+
+def rank_key(maximize: bool) -> Callable[[FrozenTrial], float]:
+    """The key that sorts complete trials best first: ``complete_val_loss``, negated where
+    the objective is maximized (``maximizes``)."""
+    if maximize:
+        return lambda t: -complete_val_loss(t)
+    return complete_val_loss
+
+
+def better(a: float, b: float | None, maximize: bool) -> bool:
+    """Whether the value ``a`` beats ``b`` (None: nothing yet) in the objective's
+    direction."""
+    return b is None or (a > b if maximize else a < b)
 
 
 def objectives(study: optuna.Study) -> list[str]:

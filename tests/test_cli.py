@@ -93,6 +93,105 @@ def test_run_then_best_status_studies(tmp_path):
     assert len(reopen(name, storage_url).get_trials()) == 5
 
 
+@pytest.mark.slow
+def test_a_study_of_val_f1_maximizes_it_through_the_cli(tmp_path):
+    """``study.metric: val_f1`` and no direction: the study maximizes macro F1. Each trial
+    reports its validation F1 at every epoch, its value is the highest of them (the best
+    epoch's, the F1 of ``best_metrics``), and ``hpo best`` / ``hpo status`` name the metric
+    and show the highest trial."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    name = f"f1-{time.time_ns()}"
+    spec = write_tiny_spec(tmp_path / "f1.yaml", name, study={"metric": "val_f1"},
+                           budget={"n_trials": 5})
+    assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    good = {"lr": 1e-3, "batch_size": 32, "epochs": 3, "optimizer": "adam", "dropout": 0.1,
+            "weight_decay": 1e-4}
+    study = reopen(name, url)
+    study.enqueue_trial(good)
+    study.enqueue_trial({**good, "lr": 1e-8})  # learns nothing: the lowest F1
+    run = run_hpo("run", str(spec), "--storage", url, "--checkpoint-dir",
+                  str(tmp_path / "ckpt"), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "val_f1 " in run.stdout  # the progress lines name the objective
+
+    study = reopen(name, url)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 5 and len(complete) >= 2
+    for t in complete:
+        f1s = [t.user_attrs["metrics"][str(s)]["val_f1"] for s in sorted(t.intermediate_values)]
+        assert list(t.intermediate_values.values()) == pytest.approx(f1s, rel=1e-5)
+        assert t.value == pytest.approx(max(t.intermediate_values.values()))
+        best_step = t.user_attrs["best_epoch"]
+        assert t.intermediate_values[best_step] == t.value
+        assert t.user_attrs["best_metrics"]["val_f1"] == pytest.approx(t.value, rel=1e-5)
+        assert 0.0 <= t.value <= 1.0
+    top = max(complete, key=lambda t: t.value)
+    assert top.value > 0.5 and complete[0].number == 0  # the good trial learned
+    if trials[1].state == optuna.trial.TrialState.COMPLETE:  # the lr=1e-8 one, unless pruned
+        assert trials[1].value < top.value
+
+    best = run_hpo("best", name, "--json", "--storage", url, cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    record = json.loads(best.stdout)
+    assert record["number"] == top.number and record["value"] == top.value
+    assert record["metric"] == "val_f1" and record["direction"] == "maximize"
+    text = run_hpo("best", name, "--storage", url, cwd=tmp_path).stdout
+    assert f"#{top.number}" in text and "val_f1" in text and "maximized" in text
+    status = run_hpo("status", name, "--storage", url, cwd=tmp_path).stdout
+    assert f"best     #{top.number} val_f1 {top.value:.4f}" in status, status
+
+    # hpo best shows the train vs val gap of the best evaluation: accuracy, loss and F1 (the
+    # objective's training counterpart), from best_metrics, flagged past --overfit-gap.
+    metrics = top.user_attrs["best_metrics"]
+    assert record["best_metrics"] == metrics
+    over = record["overfitting"]
+    assert set(over["gaps"]) == {"accuracy", "loss", "f1"} and over["threshold"] == 0.1
+    for key in ("accuracy", "f1"):
+        assert over["gaps"][key]["gap"] == pytest.approx(
+            metrics[f"train_{key}"] - metrics[f"val_{key}"], abs=1e-6)
+    assert over["gaps"]["loss"]["gap"] == pytest.approx(
+        metrics["val_loss"] - metrics["train_loss"], abs=1e-6)
+    assert over["flagged"] == any(over["gaps"][k]["gap"] > 0.1 for k in ("accuracy", "f1"))
+    assert "train vs val" in text and ("OVERFITTING" in text) == over["flagged"]
+    loose = json.loads(run_hpo("best", name, "--json", "--overfit-gap", "1", "--storage", url,
+                               cwd=tmp_path).stdout)
+    assert loose["overfitting"]["threshold"] == 1 and not loose["overfitting"]["flagged"]
+
+    # A best evaluation that trained to 0.99 accuracy and validated at 0.80: flagged in
+    # accuracy at the default gap, not at 0.25; F1 within 0.1 is not.
+    # (Optuna updates no finished trial: the attr is rewritten in the database.)
+    import sqlite3
+
+    crafted = {**metrics, "train_accuracy": 0.99, "val_accuracy": 0.8, "train_f1": 0.85,
+               "val_f1": 0.8}
+    with sqlite3.connect(tmp_path / "hpo.db") as db:
+        db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE key = 'best_metrics' "
+                   "AND trial_id = ?", (json.dumps(crafted), top._trial_id))
+    flagged = run_hpo("best", name, "--storage", url, cwd=tmp_path)
+    assert flagged.returncode == 0, flagged.stderr
+    assert "OVERFITTING: training beats validation by more than 0.1 in accuracy" in (
+        flagged.stdout), flagged.stdout
+    assert "accuracy       train 0.9900  val 0.8000  gap +0.1900" in flagged.stdout
+    calm = run_hpo("best", name, "--overfit-gap", "0.25", "--storage", url, cwd=tmp_path)
+    assert "OVERFITTING" not in calm.stdout and "gap +0.1900" in calm.stdout
+    bad = run_hpo("best", name, "--overfit-gap", "-1", "--storage", url, cwd=tmp_path)
+    assert bad.returncode == 2 and "--overfit-gap" in bad.stderr and "a number >= 0" in bad.stderr
+
+    # The report names the metric; its train vs val figure draws F1 (the objective's training
+    # counterpart) of the best trials; the best trial's per-class table has the ten digits.
+    page = tmp_path / "f1.html"
+    report = run_hpo("report", name, "--out", str(page), "--no-dashboard", "--storage", url,
+                     cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    html = page.read_text()
+    assert f"Best trial #{top.number}: val f1 {top.value:.6f}" in html
+    assert f"trial #{top.number}: f1" in html and 'id="hpo-overfit"' in html
+    table = html.split('<table id="per-class">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + 10
+
+
 def test_storage_from_environment_and_default(tmp_path):
     from workers import FAST, fast_env
 

@@ -178,3 +178,45 @@ def test_min_trials_defaults_to_10_and_must_leave_room():
     raw["budget"]["n_trials"] = 13
     budget = parse_spec(raw, default_name="x", check_environment=False).budget
     assert (budget.first_judged, budget.n_repeats) == (10, 2)
+
+
+def test_a_maximized_metric_repeats_its_highest_trial_and_bounds_regret_upwards(monkeypatch):
+    """``study.metric: val_f1`` (maximized): the configuration rerun with other seeds is the
+    highest one, and the regret bound is asked in the study's direction."""
+    import os
+    import socket
+
+    from optuna.distributions import FloatDistribution
+    from optuna.terminator import RegretBoundEvaluator
+
+    from hpo.search.convergence import _enqueue_repeats, regret_bound
+    from hpo.spec import parse_spec
+    import yaml
+
+    asked = []
+    real = RegretBoundEvaluator.evaluate
+
+    def seen(self, trials, direction):
+        asked.append(direction)
+        return real(self, trials, direction)
+
+    monkeypatch.setattr(RegretBoundEvaluator, "evaluate", seen)
+    for metric, best_x in (("score", 0.1), ("val_f1", 0.9)):
+        text = SPEC.format(name="c", n_trials=8, budget=", stop_when_converged: true, "
+                           "min_trials: 3, repeats: 2")
+        text = text.replace("custom, entrypoint: \"fastjob:epochs_job\"",
+                            "script, command: [python, -V]")
+        spec = parse_spec(yaml.safe_load(text.replace("{name: c}", f"{{name: c, metric: {metric}}}")),
+                          default_name="c")
+        study = optuna.create_study(direction=spec.study.direction)
+        for x in (0.5, 0.9, 0.1):
+            study.add_trial(optuna.trial.create_trial(
+                value=x, params={"lr": x / 10}, distributions={"lr": FloatDistribution(0, 1)},
+                user_attrs={"host": socket.gethostname(), "pid": os.getpid()}))
+        complete = study.get_trials()
+        _enqueue_repeats(study, spec, complete)
+        repeats = [t for t in study.get_trials() if REPEAT_OF_ATTR in t.user_attrs]
+        assert {t.user_attrs[REPEAT_OF_ATTR] for t in repeats} == {
+            next(t.number for t in complete if t.value == best_x)}, metric
+        regret_bound(complete, spec.study.maximize)
+    assert [d.name for d in asked] == ["MINIMIZE", "MAXIMIZE"]

@@ -193,3 +193,25 @@ def test_a_study_leaves_the_best_three_checkpoints_in_the_artifact_store(tmp_pat
     for t in best:  # the upload shares the checkpoint's bytes
         assert os.path.samefile(tmp_path / "artifacts" / t.user_attrs["checkpoint_artifact"],
                                 t.user_attrs["checkpoint"])
+
+
+def test_a_maximized_metric_keeps_the_highest_trials_checkpoints(tmp_path):
+    """``study.direction: maximize``: the best checkpoints kept (and uploaded) are the
+    highest trials', not the lowest."""
+    from optuna.distributions import FloatDistribution
+
+    from hpo.run.worker import retain_checkpoints
+    from hpo.run.worker._housekeeping import _among_best
+
+    for maximize, kept in ((True, {0.9, 0.8}), (False, {0.1, 0.2})):
+        study = optuna.create_study(direction="maximize" if maximize else "minimize")
+        for i, value in enumerate((0.2, 0.9, 0.1, 0.8, 0.5)):
+            path = tmp_path / f"{maximize}-{i}.pt"
+            path.write_bytes(b"x")
+            study.add_trial(optuna.trial.create_trial(
+                value=value, params={"lr": value}, distributions={"lr": FloatDistribution(0, 1)},
+                user_attrs={"checkpoint": str(path)}))
+        assert _among_best(study, 0.85, k=2) is maximize  # only 0.9 is better when maximized
+        retain_checkpoints(study.get_trials(), keep_best=2, maximize=maximize)
+        left = {t.value for t in study.get_trials() if os.path.exists(t.user_attrs["checkpoint"])}
+        assert left == kept, maximize

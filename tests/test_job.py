@@ -192,6 +192,44 @@ def test_early_stopping_after_patience_evaluations(monkeypatch):
     assert trial.user_attrs["stopped_early_at_step"] == 3
 
 
+def test_a_maximized_metric_is_reported_and_picks_the_best_epoch_and_early_stopping(
+        monkeypatch):
+    """``study.metric: val_f1`` (maximized): each evaluation reports the F1, the best epoch
+    and the value are the highest F1's, and early stopping waits for a higher one (the
+    loss, rising all along, would have stopped it at epoch 3)."""
+    evals = iter([(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.65), (5.0, 0.9)])
+
+    def evaluate(*a, **k):
+        loss, f1 = next(evals)
+        return {"loss": loss, "accuracy": f1, "balanced_accuracy": f1, "f1": f1}
+
+    monkeypatch.setattr(step_module, "evaluate", evaluate)
+    trial = run_one(digits(early_stopping_patience=2, max_samples=100), make_params(epochs=5),
+                    JobContext(cache={}, metric="val_f1", maximize=True))
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.intermediate_values == {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.65}
+    assert trial.value == 0.7 and trial.user_attrs["best_epoch"] == 2
+    assert trial.user_attrs["best_metrics"]["val_f1"] == 0.7
+    assert trial.user_attrs["best_metrics"]["val_loss"] == 2.0
+    assert trial.user_attrs["stopped_early_at_step"] == 4
+
+
+@pytest.mark.parametrize(("value", "outcome"), [(None, "fails"), (float("nan"), "nan")])
+def test_a_metric_the_task_does_not_record_fails_and_its_nan_prunes(monkeypatch, value,
+                                                                     outcome):
+    """``val_auroc`` of ten classes is not recorded: the trial fails saying so; a NaN of the
+    objective prunes as a NaN loss does."""
+    monkeypatch.setattr(step_module, "evaluate", lambda *a, **k: {
+        "loss": 0.5, "accuracy": 0.5, "balanced_accuracy": 0.5, "auroc": value})
+    trial = run_one(digits(max_samples=100), make_params(epochs=2),
+                    JobContext(cache={}, metric="val_auroc", maximize=True), catch=(ValueError,))
+    if outcome == "fails":
+        assert trial.state == optuna.trial.TrialState.FAIL
+    else:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["prune_reason"] == "nan"
+
+
 # ------------------------------------------------------------------------------------------
 # Optimizer, schedule, clipping, freezing, head
 

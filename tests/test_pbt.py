@@ -20,7 +20,7 @@ from workers import epoch_log, fast_env, make_study, trials
 
 from hpo.records import is_continuation
 from hpo.search.schedulers.continuation import configuration
-from hpo.search.schedulers.pbt import LINEAGE_ATTR, explore, schedule
+from hpo.search.schedulers.pbt import LINEAGE_ATTR, explore, quantiles, schedule
 
 PBT = "pbt, interval: 1, quantile: 0.25, resample_probability: 0.0"
 """Four members pause after every epoch; one at each end of a generation of four."""
@@ -246,3 +246,24 @@ budget: {n_trials: 2}
     assert [(t.state, t.user_attrs.get("prune_reason")) for t in ts] == [
         (TrialState.PRUNED, "paused"), (TrialState.WAITING, None)]
     assert ts[1].user_attrs["paused_from"] == 0
+
+
+def test_a_maximized_metric_exploits_the_highest_members():
+    """``study.metric: val_accuracy`` (maximized): the top quantile is the highest values,
+    the bottom (which copies a top member) the lowest; minimized, the other way round."""
+    values = {0: 0.5, 1: 0.9, 2: 0.1, 3: 0.7}
+    assert quantiles(values, 0.25, maximize=True) == ([1], {2})
+    assert quantiles(values, 0.25) == ([2], {1})
+    assert quantiles(values, 0.5, maximize=True) == ([1, 3], {0, 2})
+
+
+def test_pbt_takes_the_direction_from_the_spec(tmp_path):
+    from hpo.search.schedulers.pbt import PBT as Scheduler
+    from hpo.spec import load_spec
+
+    from specs import write_tiny_spec
+
+    spec = load_spec(write_tiny_spec(tmp_path / "p.yaml", "p", pruner={"name": "pbt"},
+                                     study={"metric": "val_accuracy"}))
+    assert Scheduler.from_spec(spec).maximize and not Scheduler.from_spec(
+        load_spec(write_tiny_spec(tmp_path / "q.yaml", "q", pruner={"name": "pbt"}))).maximize

@@ -523,3 +523,32 @@ def test_promotion_pauses_a_dominated_configuration_of_a_two_objective_study():
     trial.set_user_attr("trainable_params", 5)  # the smallest: an end of the front
     _optuna.set_intermediate_value(trial, 0.9, 1)  # the worst loss of all
     assert scheduler.decide(study, _optuna.frozen(study, trial)).action == "continue"
+
+
+def test_a_maximized_metric_promotes_the_highest_at_a_rung():
+    """``study.metric: val_f1`` (maximized): at a rung the highest F1 goes on, the lower
+    ones pause; the same points minimized pause the highest."""
+    from hpo.search.schedulers.promotion import Promotion
+
+    for maximize, best in ((True, 0.9), (False, 0.2)):
+        scheduler = Promotion(1, 3, 1, 4, maximize=maximize)
+        study = optuna.create_study(direction="maximize" if maximize else "minimize",
+                                    pruner=scheduler)
+        for value in (0.5, 0.9, 0.2):  # the last one decides with all three at the rung
+            trial = study.ask()
+            trial.suggest_float("lr", 1e-3, 1.0)
+            trial.suggest_int("epochs", 4, 4)
+            trial.report(value, 1)
+        ts = study.get_trials(deepcopy=False)
+        points = scheduler.rung_points(ts, 1)
+        goes_on = [c for c in points if in_top(points, c, 3)]
+        assert [ts[c].intermediate_values[1] for c in goes_on] == [best], maximize
+
+
+def test_the_promotion_scheduler_takes_the_direction_from_the_spec(tmp_path):
+    from hpo.search.schedulers.promotion import Promotion
+    from hpo.spec import load_spec
+
+    spec = load_spec(write_tiny_spec(tmp_path / "p.yaml", "p", pruner={"name": "promotion"},
+                                     study={"metric": "val_f1"}))
+    assert spec.study.direction == "maximize" and Promotion.from_spec(spec).maximize

@@ -95,3 +95,22 @@ def test_complete_val_loss_ranks_complete_trials_and_refuses_others():
     assert records.complete_val_loss(_trial(value=0.25)) == 0.25
     with pytest.raises(ValueError, match="PRUNED"):
         records.complete_val_loss(_trial(state=TrialState.PRUNED))
+
+
+def test_the_best_follows_the_studys_direction_and_metric():
+    """``study.metric: val_f1`` maximized: ``rank_key`` sorts the highest first, ``better``
+    compares upwards, ``metric`` and ``maximizes`` read the study; a loss study as before."""
+    for direction, metric, first in (("maximize", "val_f1", 0.9), ("minimize", None, 0.1)):
+        study = optuna.create_study(direction=direction)
+        study.set_user_attr(records.SPEC_ATTR, {"study": {"metric": metric} if metric else {}})
+        for value in (0.5, 0.9, 0.1):
+            study.add_trial(_trial(value=value))
+        maximize = records.maximizes(study)
+        assert maximize == (direction == "maximize")
+        assert records.metric(study) == (metric or "val_loss")
+        ranked = sorted(study.get_trials(), key=records.rank_key(maximize))
+        assert ranked[0].value == first == records.best_or_none(study).value
+        assert records.better(0.6, 0.5, maximize) == maximize
+        assert records.better(0.6, None, maximize)
+    several = optuna.create_study(directions=["minimize", "minimize"])
+    assert not records.maximizes(several)

@@ -133,6 +133,47 @@ def test_report_opens_with_no_network(tmp_path):
     assert rendered == [f"hpo-{k}" for k in STUDY_FIGURES], f"screenshot: {shot}"
 
 
+def test_the_train_vs_val_figure_shades_the_gap_of_the_best_trials(tmp_path):
+    """The best three complete trials, one panel each: training and validation loss from
+    their ``metrics`` attr, the area between them filled, drawn in a real browser; the best
+    trial's per-class table beside it."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = build_sample_study(url, "gap", tmp_path / "ckpt")
+    out, numbers, figures = write_report(study, tmp_path / "gap.html", dashboard=False)
+    best3 = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE),
+                   key=lambda t: t.value)[:3]
+    fig = figures["overfit"]
+    assert [a.text for a in fig.layout.annotations] == [f"trial #{t.number}: loss"
+                                                        for t in best3]
+    for (train, val), t in zip(zip(fig.data[::2], fig.data[1::2]), best3):
+        history = t.user_attrs["metrics"]
+        assert list(train.x) == list(val.x) == sorted(int(s) for s in history)
+        assert list(train.y) == [history[str(s)]["train_loss"] for s in train.x]
+        assert list(val.y) == [history[str(s)]["val_loss"] for s in val.x]
+        assert val.fill == "tonexty" and train.fill is None
+    per = numbers["best"]["per_class"]
+    assert per["classes"] == [str(i) for i in range(10)] and len(per["f1"]) == 10
+    page = out.read_text()
+    table = re.search(r'<table id="per-class">(.*?)</table>', page, re.S).group(1)
+    assert "<th>precision</th><th>recall</th><th>f1</th>" in table
+    assert "<tr><td>3</td><td>0.83</td><td>0.87</td><td>0.835</td></tr>" in table
+
+    driver = headless_chromium(tmp_path / "profile", offline=True, height=1200)
+    shot = tmp_path / "gap.png"
+    try:
+        driver.get(out.as_uri())
+        drawn = driver.execute_script(
+            "const d = document.getElementById('hpo-overfit');"
+            "return {fills: d.querySelectorAll('path.js-fill').length,"
+            " panels: d.querySelectorAll('g.cartesianlayer > g.subplot').length,"
+            " lines: d.querySelectorAll('g.scatterlayer g.trace').length}")
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert drawn["panels"] == 3 and drawn["lines"] == 6, (drawn, str(shot))
+    assert drawn["fills"] >= 3, (drawn, str(shot))
+
+
 def test_report_of_young_studies(tmp_path):
     """No trial, one complete trial: the report still comes out and says what is missing."""
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

@@ -432,3 +432,19 @@ def test_csv_test_file_through_a_final_fit(tiny_bert, reviews_csv, tmp_path):  #
         load_test_texts(dataset, source, {})
     no_test = {k: v for k, v in dataset.items() if k != "test"}
     assert load_test_texts(no_test, source, {})[0] is None
+
+
+def test_a_retrain_of_a_val_f1_study_shows_the_loss_and_the_objective_apart():
+    """The record's ``val_loss`` is the best evaluation's loss, ``value`` the objective's
+    (F1): the terminal shows both under their names, not the F1 as a loss."""
+    from hpo.results.retrain import format_retrain
+
+    record = {"study": "f1", "train_examples": 800, "epochs": 3, "epochs_from": "best_epoch",
+              "seconds": 2.0, "device": "cpu", "out": "retrain/f1", "test": None,
+              "test_split": "no test split: set task.test_fraction",
+              "trial": {"number": 4, "metric": "val_f1", "value": 0.91, "val_loss": 0.31,
+                        "val_accuracy": 0.92, "best_epoch": 3, "epochs": 3}}
+    text = format_retrain(record)
+    assert "trial #4 validation: loss 0.3100, accuracy 0.9200, f1 0.9100" in text, text
+    old = {**record, "trial": {"number": 4, "val_loss": 0.31, "val_accuracy": None}}
+    assert "trial #4 validation: loss 0.3100\n" in format_retrain(old)  # a record of before

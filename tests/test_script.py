@@ -309,6 +309,22 @@ def test_the_objective_is_the_metric_the_spec_names(tmp_path):
     assert t.user_attrs["metrics"]["1"] == pytest.approx({"val_loss": 1.0, "score": 2.0})
 
 
+def test_a_maximized_metric_keeps_the_highest_report(tmp_path):
+    """``study.metric: score, direction: maximize``: the script's score falls each epoch, so
+    the best is its first report (2.0), the trial's value and ``best_metrics`` are that one's,
+    and the study maximizes."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, _tiny(tmp_path), metric="score, direction: maximize")
+    r = _run(tmp_path, spec, url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (t,) = _trials(spec, url)
+    assert t.value == pytest.approx(2.0)
+    assert t.user_attrs["best_metrics"] == pytest.approx({"val_loss": 1.0, "score": 2.0})
+    assert t.user_attrs["best_step"] == 1
+    study = optuna.load_study(study_name=spec.stem, storage=url)
+    assert study.direction.name == "MAXIMIZE"
+
+
 def _parse(text: str):
     return parse_spec(yaml.safe_load(text), default_name="s")
 

@@ -78,9 +78,24 @@ def _replace(text: str, old: str, new: str) -> str:
 # (name, spec text, words the one-line error must contain)
 BAD = [
     ("unknown top key", GOOD + "extra: 1\n", ["extra", "unknown key"]),
-    ("direction other than minimize",
+    ("loss maximized",
      _replace(GOOD, "{name: t}", "{name: t, direction: maximize}"),
-     ["study.direction", "expected minimize", "'maximize'"]),
+     ["study.direction", "val_loss is better lower", "expected minimize", "got maximize"]),
+    ("f1 minimized",
+     _replace(GOOD, "{name: t}", "{name: t, metric: val_f1, direction: minimize}"),
+     ["study.direction", "val_f1 is better higher", "expected maximize", "got minimize"]),
+    ("no direction",
+     _replace(GOOD, "{name: t}", "{name: t, direction: up}"),
+     ["study.direction", "expected minimize or maximize", "'up'"]),
+    ("a metric the job does not record",
+     _replace(GOOD, "{name: t}", "{name: t, metric: val_top5}"),
+     ["study.metric", "records val_loss, val_accuracy", "val_auroc", "'val_top5'", "script"]),
+    ("a train metric as the objective",
+     _replace(GOOD, "{name: t}", "{name: t, metric: train_f1}"),
+     ["study.metric", "'train_f1'"]),
+    ("another metric with several objectives",
+     _replace(GOOD, "{name: t}", "{name: t, metric: val_f1, objectives: [val_loss, params]}"),
+     ["study.metric", "several study.objectives", "val_f1"]),
     ("unknown task key", _replace(GOOD, "model: resnet18", "model: resnet18\n  modle: x"),
      ["task.modle", "unknown key"]),
     ("unknown param key", _replace(GOOD, "log: true}", "log: true, scale: 2}"),
@@ -150,6 +165,32 @@ BAD = [
 @pytest.mark.parametrize("name,text,words", BAD, ids=[b[0] for b in BAD])
 def test_bad_spec_is_one_clear_line_and_writes_nothing(name, text, words, tmp_path, capsys):
     refused_spec(text, tmp_path, capsys, *words)
+
+
+@pytest.mark.parametrize(("study", "kind", "direction"), [
+    ("{name: t}", "image_classification", "minimize"),
+    ("{name: t, metric: val_f1}", "image_classification", "maximize"),
+    ("{name: t, metric: val_accuracy, direction: maximize}", "image_classification", "maximize"),
+    ("{name: t, metric: val_auroc}", "image_classification", "maximize"),
+    ("{name: t, metric: score}", "script", "minimize"),
+    ("{name: t, metric: score, direction: maximize}", "script", "maximize"),
+    ("{name: t, metric: eval_accuracy}", "script", "maximize"),
+    ("{name: t, metric: eval_loss}", "script", "minimize"),
+])
+def test_the_direction_defaults_to_the_metrics_natural_one(study, kind, direction):
+    """Loss is minimized, accuracy, F1, ... maximized; a script's own name is minimized
+    unless the spec says otherwise. The direction is stored with the spec."""
+    text = _replace(GOOD, "{name: t}", study)
+    if kind == "script":
+        text = text.replace("kind: image_classification\n  model: resnet18\n"
+                            "  dataset: {name: digits}", "kind: script\n  command: [python, -V]")
+    spec = parse_spec(yaml.safe_load(text), source="t.yaml", default_name="t")
+    assert spec.study.direction == direction
+    assert spec.study.maximize == (direction == "maximize")
+    assert spec.study.to_dict()["direction"] == direction
+    if kind != "script":
+        again = parse_spec(spec.to_dict(), source="stored", default_name="t")
+        assert again.study == spec.study
 
 
 def test_missing_spec_file(tmp_path, capsys):

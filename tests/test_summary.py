@@ -168,3 +168,42 @@ def test_with_evals_per_epoch_the_lines_show_epochs_not_steps(sample):
     running = dict(record["running"][0], step=6, epoch=2)
     assert format_status(dict(record, running=[running])).splitlines()[4].split()[:3] == [
         "#9", "epoch", "2/8"]
+
+
+def test_overfitting_compares_train_and_val_of_the_best_evaluation():
+    """Scores' gap is train - val, the loss's val - train; a score's gap past the threshold
+    flags the trial, a loss's never does (its scale is the task's)."""
+    from hpo.results.summary import format_overfitting, overfitting
+
+    best = {"train_accuracy": 0.98, "val_accuracy": 0.9, "train_loss": 0.05, "val_loss": 0.9,
+            "train_f1": 0.97, "val_f1": 0.8, "val_auroc": 0.9}
+    over = overfitting(best, "val_f1")
+    assert over["gaps"] == {
+        "accuracy": {"train": 0.98, "val": 0.9, "gap": pytest.approx(0.08)},
+        "loss": {"train": 0.05, "val": 0.9, "gap": pytest.approx(0.85)},
+        "f1": {"train": 0.97, "val": 0.8, "gap": pytest.approx(0.17)},
+    }
+    assert over["flagged"] and over["over"] == ["f1"]
+    assert overfitting(best, "val_loss")["flagged"] is False  # accuracy's 0.08 is within 0.1
+    assert overfitting(best, "val_loss", gap=0.05)["over"] == ["accuracy"]
+    assert set(overfitting(best, "val_auroc")["gaps"]) == {"accuracy", "loss"}  # no train_auroc
+    assert overfitting({"val_loss": 0.3}, "val_loss") is None  # nothing of training recorded
+    lines = format_overfitting(over)
+    assert "    f1             train 0.9700  val 0.8000  gap +0.1700 (train - val)" in lines
+    assert lines[-1].startswith("  OVERFITTING: training beats validation by more than 0.1 in f1")
+    assert format_overfitting(None) == []
+
+
+def test_progress_and_the_anytime_curve_follow_a_maximized_metric():
+    """The best so far of a study that maximizes rises: it is the highest value by then."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from hpo.results.numbers import anytime, progress
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.3, 0.8, 0.6):
+        study.add_trial(create_trial(value=value, params={"lr": 0.1},
+                                     distributions={"lr": FloatDistribution(0, 1)}))
+    assert progress(study)["best"] == [0.5, 0.5, 0.8, 0.8]
+    assert anytime(study)["best"] == [0.5, 0.5, 0.8, 0.8]

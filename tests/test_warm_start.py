@@ -202,15 +202,30 @@ def test_bad_warm_start_is_one_line_exit_2(text, words, tmp_path, capsys):
     assert "s3cret" not in err
 
 
-def test_an_earlier_study_that_maximizes_is_refused(tmp_path):
+def test_an_earlier_study_that_maximizes_gives_its_highest_first(tmp_path):
+    """A study of ``val_f1`` (maximized): its best trials are its highest, not its lowest."""
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    study = optuna.create_study(study_name="accuracy", storage=url, direction="maximize")
-    study.add_trial(optuna.trial.create_trial(
-        params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 0.1)}, value=0.9))
-    spec = _write(tmp_path / "warm.yaml", "warm", warm="warm_start: {from: accuracy}\n")
+    study = optuna.create_study(study_name="f1", storage=url, direction="maximize")
+    for lr, value in ((0.01, 0.9), (0.05, 0.5), (0.002, 0.7)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-4, 0.1)}, value=value))
+    spec = _write(tmp_path / "warm.yaml", "warm", warm="warm_start: {from: f1, top_k: 2}\n")
     r = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=JOB_ENV)
-    one_line_error(r, spec, "warm_start.from", "'accuracy' does not minimize one objective")
-    assert optuna.get_all_study_names(url) == ["accuracy"]
+    assert r.returncode == 0, r.stderr
+    assert _queued(url, "warm") == [{"lr": 0.01}, {"lr": 0.002}]
+
+
+def test_an_earlier_study_of_several_objectives_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = optuna.create_study(study_name="pareto", storage=url,
+                                directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 0.1)},
+        values=[0.9, 3.0]))
+    spec = _write(tmp_path / "warm.yaml", "warm", warm="warm_start: {from: pareto}\n")
+    r = run_hpo("create", str(spec), "--storage", url, cwd=tmp_path, env=JOB_ENV)
+    one_line_error(r, spec, "warm_start.from", "'pareto' has several objectives")
+    assert optuna.get_all_study_names(url) == ["pareto"]
 
 
 def test_the_exported_best_spec_has_no_first_guesses(tmp_path):

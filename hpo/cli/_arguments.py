@@ -66,6 +66,7 @@ def _per_gpu(text: str) -> int | str:
 
 positive_float = _number(float, lambda v: v > 0, "seconds > 0")
 port = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +310,19 @@ def _dashboard(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="artifact store folder (default: $HPO_ARTIFACTS, else beside the SQLite "
         "file as NAME-artifacts/, else ./hpo-artifacts)",
+    )
+
+
+def _best(p: argparse.ArgumentParser) -> None:
+    from hpo.results.summary import OVERFIT_GAP
+
+    p.add_argument(
+        "--overfit-gap",
+        type=non_negative_float,
+        default=OVERFIT_GAP,
+        metavar="GAP",
+        help="flag overfitting where a training score (accuracy, or the objective's) beats "
+        f"the validation one by more than GAP at the best evaluation (default {OVERFIT_GAP})",
     )
 
 

@@ -22,13 +22,14 @@ def status(h: Handle) -> int:
 def best(h: Handle) -> int:
     from hpo.results.summary import best_record, best_text, pareto_records
 
-    study = h.study
-    text = best_text(study)
+    study, gap = h.study, h.args.overfit_gap
+    text = best_text(study, gap)
     if text is None:
         raise HpoError(f"study {h.args.study!r} has no complete trial yet")
     if h.args.json:  # several objectives: the Pareto set, a list
         several = len(study.directions) > 1
-        text = json.dumps(pareto_records(study) if several else best_record(study), indent=2)
+        record = pareto_records(study) if several else best_record(study, overfit_gap=gap)
+        text = json.dumps(record, indent=2)
     print(text)
     return EXIT_OK
 

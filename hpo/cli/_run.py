@@ -158,7 +158,7 @@ def worker(h: Handle) -> int:
 
     from optuna.trial import TrialState
 
-    from hpo.records import complete_val_loss, is_continuation
+    from hpo.records import better, complete_val_loss, is_continuation, rank_key
     from hpo.results.summary import best_text, format_trial
     from hpo.run.launch import EXIT_GAVE_UP, EXIT_PREEMPTED, EXIT_RECYCLE, WorkerOptions
     from hpo.run.worker import (
@@ -202,18 +202,21 @@ def worker(h: Handle) -> int:
             t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_continuation(t)
             for t in trials
         )  # configurations, as the budget counts them
-        before = min(
-            (
-                complete_val_loss(t)
-                for t in trials
-                if t.state == TrialState.COMPLETE and t.number != trial.number
-            ),
+        maximize = spec.study.maximize
+        ahead = min(
+            (t for t in trials if t.state == TrialState.COMPLETE and t.number != trial.number),
+            key=rank_key(maximize),
             default=None,
         )
+        before = None if ahead is None else complete_val_loss(ahead)
         value = complete_val_loss(trial) if trial.state == TrialState.COMPLETE else None
-        new_best = value is not None and (before is None or value < before)
+        new_best = value is not None and better(value, before, maximize)
         best = value if new_best else before
-        say(format_trial(trial, done, budget.n_trials, best, new_best=new_best))
+        say(
+            format_trial(
+                trial, done, budget.n_trials, best, new_best=new_best, metric=spec.study.metric
+            )
+        )
 
     report = run_worker(
         study,

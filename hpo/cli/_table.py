@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hpo.cli import _read, _run
 from hpo.cli._arguments import (
     Arguments,
+    _best,
     _create_spec,
     _dashboard,
     _export,
@@ -129,11 +130,15 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "best",
-        "the best trial (or the Pareto set): params, val loss, curve",
-        "The best complete trial: its validation loss, hyperparameters, per-epoch "
-        "validation loss and attributes. A study of several objectives: its Pareto set, "
-        "a table of each trial's objectives and params (--json: a list of trials).",
+        "the best trial (or the Pareto set): params, objective, curve, overfitting",
+        "The best complete trial (by the study's direction): its objective (study.metric, "
+        "by default the validation loss), hyperparameters, per-epoch values and "
+        "attributes, and the train vs validation gap of its best evaluation (accuracy, "
+        "loss, the objective's), flagged past --overfit-gap; --json carries best_metrics "
+        "and overfitting. A study of several objectives: its Pareto set, a table of each "
+        "trial's objectives and params (--json: a list of trials).",
         _read.best,
+        _best,
         shared=("json",),
     ),
     Command(

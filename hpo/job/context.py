@@ -42,3 +42,10 @@ class JobContext:
     latency: Any = None
     """``hpo.spec.LatencySpec`` where ``latency_ms`` is an objective: measure the fitted
     model's latency (``hpo.job.objectives``); ``None``: do not."""
+    metric: str = "val_loss"
+    """The objective (``study.metric``): ``val_loss`` or another validation metric the fit
+    records (``hpo.job.metrics``: ``val_f1``, ...). Its value at each evaluation is reported;
+    the best one is the trial's value."""
+    maximize: bool = False
+    """Whether ``metric`` is maximized (``study.direction``): the best evaluation, early
+    stopping and the trial's value follow it."""

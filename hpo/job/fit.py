@@ -37,6 +37,7 @@ from hpo.records import (
     METRICS_ATTR,
     PAUSED_REASON,
     add_to_history,
+    better,
 )
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,19 @@ def fit(
     ``hpo.job.metrics`` to the attr ``metrics`` (by report step), and the best one's, per
     class included, are the attr ``best_metrics``.
 
+    The objective is ``context.metric`` (``val_loss`` by default; ``val_f1``, ...), in its
+    direction (``context.maximize``): each evaluation reports it, and the best evaluation,
+    early stopping and the returned value follow it.
+
     Returns:
-        The best validation loss (``inf`` without a validation set).
+        The best value of the objective (``inf`` without a validation set; ``-inf`` where
+        it is maximized).
 
     Raises:
-        optuna.TrialPruned: the pruner said so, or the loss went NaN / diverged.
+        optuna.TrialPruned: the pruner said so, or the loss or the objective went NaN, or
+            the training loss diverged.
+        ValueError: the objective is not recorded for this task (``val_auroc`` of more than
+            two classes).
         torch.OutOfMemoryError: even a micro-batch of one example does not fit.
         JobPreempted: the worker's SIGTERM, taken after the step in flight, checkpointed
             there (``context.hold_stops``).
@@ -101,7 +110,9 @@ def fit(
     record(state, trial)
     if state.val_loader is None:  # a final fit (hpo retrain)
         final_test(state, trial, train_loss)
-    return progress.best_loss
+    if progress.best_value is None:
+        return -math.inf if state.maximize else math.inf
+    return progress.best_value
 
 
 def train_epochs(state: FitState, trial: Trial) -> float:
@@ -221,16 +232,19 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
 def evaluate_and_report(
     state: FitState, trial: Trial, epoch: int, step: int, train_loss: float, batches: int = 0
 ) -> bool:
-    """Evaluate on the val set, report the loss at ``step``, prune or stop early, record.
+    """Evaluate on the val set, report the objective at ``step``, prune or stop early,
+    record.
 
     ``batches``: of ``epoch``, trained so far; 0 at its end. A pause saves the checkpoint
     here, inside the epoch or at its end.
 
     Returns:
-        Whether to stop early: no better val loss in ``early_stopping_patience`` evaluations.
+        Whether to stop early: no better objective in ``early_stopping_patience``
+        evaluations.
 
     Raises:
-        optuna.TrialPruned: the val loss is NaN, or the pruner said so.
+        optuna.TrialPruned: the val loss or the objective is NaN, or the pruner said so.
+        ValueError: the objective is not recorded (``val_auroc`` of more than two classes).
     """
     progress = state.progress
     # Inside an epoch, the val subset where there is one: its loss goes to the pruner alone.
@@ -266,10 +280,17 @@ def evaluate_and_report(
         accuracy,
         f" (val subset of {state.task.val_subset})" if on_subset else "",
     )
-    if not math.isfinite(val_loss):
+    value = val.get(state.metric)
+    if value is None:
+        raise ValueError(
+            f"study.metric val_{state.metric} is not recorded for this task"
+            + (" (AUROC is of two classes)" if state.metric == "auroc" else "")
+        )
+    if not math.isfinite(val_loss) or not math.isfinite(value):
         prune(state, trial, "nan", step)
     if not on_subset:  # the trial's value, best epoch and early stopping: whole val sets
-        if val_loss < progress.best_loss:
+        if better(value, progress.best_value, state.maximize):
+            progress.best_value = value
             progress.best_loss, progress.best_accuracy = val_loss, accuracy
             progress.best_balanced_accuracy = val["balanced_accuracy"]
             progress.best_metrics = numbers
@@ -277,7 +298,7 @@ def evaluate_and_report(
             progress.evals_since_best = 0
         else:
             progress.evals_since_best += 1
-    trial.report(val_loss, step)
+    trial.report(value, step)
     # The last report cannot prune: the trial has run all its epochs, and stopping it now
     # saves nothing while it throws a finished result away.
     if step < state.epochs * state.evals and trial.should_prune():
@@ -288,7 +309,10 @@ def evaluate_and_report(
     patience = state.task.early_stopping_patience
     if patience is not None and progress.evals_since_best >= patience:
         log.info(
-            "trial %d: no better val loss in %d evaluations, stopping early", trial.number, patience
+            "trial %d: no better val_%s in %d evaluations, stopping early",
+            trial.number,
+            state.metric,
+            patience,
         )
         progress.stopped_early = True
         record(state, trial, stopped_early_at_step=step)

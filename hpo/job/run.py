@@ -17,7 +17,8 @@ from hpo.job.trial import Trial
 
 
 def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
-    """Fine-tune once; return the best validation loss (the objective).
+    """Fine-tune once; return the best value of the objective (``context.metric``, by
+    default the validation loss).
 
     Args:
         trial: the job's trial (``hpo.job.trial``): reports, pruning and attrs go to it.
@@ -30,7 +31,7 @@ def run_job(trial: Trial, task, params: dict, context: JobContext) -> float:
     (measured before training with ``context.measure_first``, after it otherwise).
 
     Returns:
-        The best validation loss of the trial (``inf`` for a final fit, which has no
+        The best value of the trial's objective (``inf`` for a final fit, which has no
         validation; its test results are attrs).
 
     Raises:

@@ -40,6 +40,10 @@ class Progress:
     """What the loop knows so far; a checkpoint saves it, a resumed attempt starts from it."""
 
     best_loss: float = math.inf
+    """The validation loss of the best evaluation (the best by the objective)."""
+    best_value: float | None = None
+    """The objective (``JobContext.metric``) at the best evaluation; None before one (or
+    in a checkpoint from before it existed, whose objective was ``best_loss``)."""
     best_accuracy: float = 0.0
     best_balanced_accuracy: float = 0.0
     best_epoch: int = 0
@@ -126,6 +130,9 @@ class FitState:
     after the step in flight, with a checkpoint there (``JobPreempted``); None: never asked."""
     """A pruning at an epoch end is a pause: checkpoint the epoch first (``JobContext``)."""
     progress: Progress
+    metric: str
+    """The objective (``JobContext.metric``): its name in the val metrics, ``val_`` less."""
+    maximize: bool
     start_epoch: int
     """The last epoch an earlier attempt finished (a resume), else 0."""
     started: float
@@ -202,6 +209,8 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
             epochs=epochs,
         )
         progress = Progress(**saved)
+        if progress.best_value is None and progress.best_step:  # saved before best_value
+            progress.best_value = progress.best_loss
         log.info(
             "trial %d: resumed from %s after epoch %d%s",
             trial.number,
@@ -249,6 +258,8 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         pauses=context.pauses,
         stop_asked=context.stop_asked if context.hold_stops is not None else None,
         progress=progress,
+        metric=getattr(context, "metric", "val_loss").removeprefix("val_"),
+        maximize=getattr(context, "maximize", False),
         start_epoch=start_epoch,
         started=time.perf_counter() - progress.seconds,
     )

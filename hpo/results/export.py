@@ -263,7 +263,8 @@ def export_best(
         spec_path,
         (
             f"The {'chosen' if trial_number is not None else 'best'} configuration of study "
-            f"{study.study_name}: trial {best.number}, val loss {val_loss(best):.6f}.\n"
+            f"{study.study_name}: trial {best.number}, {spec.study.metric} "
+            f"{val_loss(best):.6f}.\n"
             f"Exported by hpo {package_versions(['hpo-finetune']).get('hpo-finetune', '?')} on "
             f"{dt.datetime.now().isoformat(timespec='seconds')}.\n"
             "Each param is fixed (a one-choice categorical); no pruning; one trial.\n"
@@ -283,6 +284,7 @@ def export_best(
         "storage": url.redacted,
         "exported": dt.datetime.now().isoformat(timespec="seconds"),
         "trial": trial,
+        "metric": spec.study.metric,
         "picked": "best" if trial_number is None else "--trial",
         "spec": spec_path.name,
         "model": model,
@@ -359,8 +361,8 @@ def format_export(record: dict[str, Any], out: str | os.PathLike[str]) -> str:
     out = Path(out)
     which = "trial" if record.get("picked") == "--trial" else "best trial"
     lines = [
-        f"hpo: {which} #{trial['number']} of {record['study']} (val loss "
-        f"{trial['value']:.6f}) exported to {out}/",
+        f"hpo: {which} #{trial['number']} of {record['study']} "
+        f"({record.get('metric', 'val_loss')} {trial['value']:.6f}) exported to {out}/",
         f"  {'spec.yaml':<18} its params fixed; run it: hpo run {out / 'spec.yaml'}",
     ]
     if model["path"]:

@@ -28,6 +28,7 @@ FIGURE_TITLES = {
     "history": "Optimization history",
     "pareto": "Pareto front",
     "curves": "Learning curves",
+    "overfit": "Training vs validation of the best trials (the gap shaded)",
     "population": "Population (pbt): each member's curve, its exploits marked",
     "parallel": "Parallel coordinates",
     "importances": "Hyperparameter importances",
@@ -59,6 +60,7 @@ def study_figures(
         "history": history_figure(study),
         **({"pareto": pareto_figure(study)} if len(study.directions) > 1 else {}),
         "curves": learning_curves_figure(study),
+        "overfit": train_val_figure(study),
         **({"population": population_figure(study)} if is_pbt(study) else {}),
         "parallel": parallel_figure(study),
         "importances": importances_figure(study),
@@ -95,7 +97,7 @@ def population_figure(study: optuna.Study) -> go.Figure:
                 showlegend=False,
             )
         )
-    fig.update_layout(xaxis_title="report step", yaxis_title="val loss")
+    fig.update_layout(xaxis_title="report step", yaxis_title=_name(study))
     return fig
 
 
@@ -109,6 +111,13 @@ def _val_loss(study: optuna.Study) -> Any:
     """Optuna's ``target`` for its plots: None (the value) with one objective, else the first
     of the values, the validation loss (Optuna's plots refuse several objectives without)."""
     return None if len(study.directions) == 1 else (lambda t: t.values[0])
+
+
+def _name(study: optuna.Study) -> str:
+    """The objective as the figures name it: ``val loss``, ``val f1`` (``study.metric``)."""
+    from hpo.records import metric
+
+    return metric(study).replace("_", " ")
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure:
@@ -141,23 +150,27 @@ def placeholder_figure(text: str) -> go.Figure:
 
 
 def history_figure(study: optuna.Study) -> go.Figure:
-    """Each complete trial's best validation loss and the best so far, by trial number."""
+    """Each complete trial's best objective (``study.metric``) and the best so far (in the
+    study's direction), by trial number."""
     import optuna.visualization as vis
 
     if not _complete(study):
         return placeholder_figure("no complete trial yet")
-    fig = vis.plot_optimization_history(study, target=_val_loss(study), target_name="val loss")
-    fig.update_yaxes(title_text="best validation loss of the trial")
+    name = _name(study)
+    fig = vis.plot_optimization_history(study, target=_val_loss(study), target_name=name)
+    fig.update_yaxes(title_text=f"best {name} of the trial")
     return fig
 
 
 def learning_curves_figure(study: optuna.Study) -> go.Figure:
-    """Validation loss by epoch of every trial, one color per state."""
+    """The objective (``study.metric``, by default the validation loss) by epoch of every
+    trial, one color per state."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     shown: set[str] = set()
     values: list[float] = []
+    name = _name(study)
     for t in study.get_trials(deepcopy=False):
         if not t.intermediate_values:
             continue
@@ -177,17 +190,95 @@ def learning_curves_figure(study: optuna.Study) -> go.Figure:
                 marker={"size": 4},
                 opacity=0.8,
                 hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
-                "val loss %{y:.4f}<extra></extra>",
+                f"{name} %{{y:.4f}}<extra></extra>",
             )
         )
         shown.add(state)
     if not fig.data:
-        return placeholder_figure("no trial reported a validation loss yet")
+        return placeholder_figure(f"no trial reported its {name} yet")
     positive = [v for v in values if v > 0]
     # Diverged trials reach losses 100x the others': a log axis keeps the good ones readable.
     log = bool(positive) and len(positive) == len(values) and max(values) / min(positive) > 100
     fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="validation loss", type="log" if log else "linear")
+    title = "validation loss" if name == "val loss" else name
+    fig.update_yaxes(title_text=title, type="log" if log else "linear")
+    return fig
+
+
+OVERFIT_TRIALS = 3
+"""The best trials ``train_val_figure`` shows, one panel each."""
+
+
+def train_val_figure(study: optuna.Study, top: int = OVERFIT_TRIALS) -> go.Figure:
+    """The best ``top`` complete trials (by the study's direction), one panel each: the
+    objective's training and validation values at each evaluation (the ``metrics`` attr;
+    ``loss`` where the objective has no training counterpart), the gap between the two
+    shaded. A gap that widens as training goes on is overfitting."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from hpo.records import METRICS_ATTR, maximizes, metric, rank_key
+
+    name = metric(study).removeprefix("val_")
+    ranked = sorted(_complete(study), key=rank_key(maximizes(study)))
+    shown = []
+    for t in ranked:
+        history = t.user_attrs.get(METRICS_ATTR) or {}
+        key = name if any(f"train_{name}" in m for m in history.values()) else "loss"
+        points = [
+            (int(step), m[f"train_{key}"], m[f"val_{key}"])
+            for step, m in history.items()
+            if isinstance(m.get(f"train_{key}"), (int, float))
+            and isinstance(m.get(f"val_{key}"), (int, float))
+        ]
+        if points:
+            shown.append((t, key, sorted(points)))
+        if len(shown) == top:
+            break
+    if not shown:
+        return placeholder_figure("no complete trial recorded training and validation metrics")
+    fig = make_subplots(
+        rows=1,
+        cols=len(shown),
+        subplot_titles=[f"trial #{t.number}: {key}" for t, key, _ in shown],
+        shared_yaxes=False,
+    )
+    for col, (t, key, points) in enumerate(shown, start=1):
+        steps = [p[0] for p in points]
+        first = col == 1
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[p[1] for p in points],
+                name="training",
+                legendgroup="train",
+                showlegend=first,
+                mode="lines+markers",
+                line={"color": "#1f77b4"},
+                hovertemplate=f"trial {t.number}<br>step %{{x}}<br>train {key} %{{y:.4f}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.add_trace(  # filled to the training line before it: the gap
+            go.Scatter(
+                x=steps,
+                y=[p[2] for p in points],
+                name="validation (gap shaded)",
+                legendgroup="val",
+                showlegend=first,
+                mode="lines+markers",
+                line={"color": "#d62728"},
+                fill="tonexty",
+                fillcolor="rgba(214, 39, 40, 0.15)",
+                hovertemplate=f"trial {t.number}<br>step %{{x}}<br>val {key} %{{y:.4f}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="report step", row=1, col=col)
     return fig
 
 
@@ -197,7 +288,7 @@ def parallel_figure(study: optuna.Study) -> go.Figure:
 
     if not _complete(study):
         return placeholder_figure("no complete trial yet")
-    return vis.plot_parallel_coordinate(study, target=_val_loss(study), target_name="val loss")
+    return vis.plot_parallel_coordinate(study, target=_val_loss(study), target_name=_name(study))
 
 
 def importances_figure(study: optuna.Study) -> go.Figure:
@@ -210,7 +301,7 @@ def importances_figure(study: optuna.Study) -> go.Figure:
             f"importances need at least 2 complete trials; this study has {n}"
         )
     try:
-        return vis.plot_param_importances(study, target=_val_loss(study), target_name="val loss")
+        return vis.plot_param_importances(study, target=_val_loss(study), target_name=_name(study))
     except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
         return placeholder_figure(f"importances could not be computed: {e}")
 
@@ -221,7 +312,7 @@ def slice_figure(study: optuna.Study) -> go.Figure:
 
     if not _complete(study):
         return placeholder_figure("no complete trial yet")
-    fig = vis.plot_slice(study, target=_val_loss(study), target_name="val loss")
+    fig = vis.plot_slice(study, target=_val_loss(study), target_name=_name(study))
     fig.update_layout(width=None)  # Optuna sets 300 px per param: let the page decide
     return fig
 

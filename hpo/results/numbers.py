@@ -19,7 +19,15 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import best_or_none, complete_val_loss, state_counts, val_loss
+from hpo.records import (
+    BEST_METRICS_ATTR,
+    best_or_none,
+    complete_val_loss,
+    maximizes,
+    metric,
+    state_counts,
+    val_loss,
+)
 from hpo.results.summary import pareto_records
 
 if TYPE_CHECKING:
@@ -144,12 +152,15 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             "value": val_loss(best_trial),
             "params": dict(best_trial.params),
             "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
+            "per_class": per_class(best_trial),
             "device": best_trial.user_attrs.get("device"),
             "world_size": best_trial.user_attrs.get("world_size", 1),
         }
     )
     numbers: dict[str, Any] = {
         "study": study.study_name,
+        "metric": metric(study),
+        "direction": "maximize" if maximizes(study) else "minimize",
         "counts": counts,
         "best": best,
         "reasons": reasons,
@@ -166,26 +177,45 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
     return numbers
 
 
+def per_class(trial: FrozenTrial) -> dict[str, list[Any]] | None:
+    """The validation precision, recall and F1 of each class at the trial's best evaluation
+    (from ``best_metrics``), lists in class order, with ``classes`` (the class names where the
+    trial recorded them, in ``class_weights``, else the indexes); None where it has none."""
+    best = trial.user_attrs.get(BEST_METRICS_ATTR) or {}
+    lists = {
+        name: best[f"val_{name}_per_class"]
+        for name in ("precision", "recall", "f1")
+        if isinstance(best.get(f"val_{name}_per_class"), list)
+    }
+    if not lists:
+        return None
+    n = max(len(v) for v in lists.values())
+    names = list(trial.user_attrs.get("class_weights") or {})
+    return {"classes": names if len(names) == n else [str(i) for i in range(n)], **lists}
+
+
 def progress(study: optuna.Study) -> dict[str, list[float]]:
-    """The best loss so far after each finished trial, and the device-hours spent by then.
+    """The best value so far (the study's direction) after each finished trial, and the
+    device-hours spent by then.
 
     Returns:
         ``trials`` (finished trials so far), ``device_hours`` and ``best``: one entry per
         finished (complete or pruned) trial, from the first complete one on.
     """
     out: dict[str, list[float]] = {"trials": [], "device_hours": [], "best": []}
-    n, hours, best = 0, 0.0, math.inf
+    sign = -1 if maximizes(study) else 1
+    n, hours, best = 0, 0.0, math.inf  # the best, times sign: lower is better
     for t in study.get_trials(deepcopy=False):
         if t.state.name not in ("COMPLETE", "PRUNED"):
             continue
         n += 1
         hours += trial_cost(t)["seconds_run"] / 3600
         if t.state.name == "COMPLETE":
-            best = min(best, complete_val_loss(t))
+            best = min(best, sign * complete_val_loss(t))
         if math.isfinite(best):
             out["trials"].append(n)
             out["device_hours"].append(hours)
-            out["best"].append(best)
+            out["best"].append(sign * best)
     return out
 
 

@@ -63,6 +63,7 @@ def render_html(
         f'<p class="meta">{html.escape(_generated(storage))}</p>',
         _numbers_table([numbers, *others]),
         _best_table(numbers),
+        _per_class_table(numbers),
         _pareto_table(numbers),
         _population_table(numbers),
         _reasons(numbers),
@@ -93,7 +94,8 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
         params = ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items())
         acc = best["val_accuracy"]
         lines.append(
-            f"- best: trial {best['number']}, val loss {best['value']:.6f}"
+            f"- best: trial {best['number']}, {numbers.get('metric', 'val_loss')} "
+            f"{best['value']:.6f}"
             + (f", val accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "")
         )
         lines.append(f"- best params: {params}")
@@ -214,7 +216,8 @@ def _generated(storage: str) -> str:
 def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
     head = (
         "study",
-        "best val loss",
+        "best value",
+        "metric",
         "best trial",
         "complete",
         "pruned",
@@ -231,6 +234,7 @@ def _numbers_table(all_numbers: Sequence[dict[str, Any]]) -> str:
         cells = [
             html.escape(n["study"]),
             f"{best['value']:.6f}" if best else "-",
+            html.escape(n.get("metric", "val_loss")),
             f"#{best['number']}" if best else "-",
             *(str(c[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
             f"{s['epochs_run']:g} / {s['epochs_planned']:g}",
@@ -260,9 +264,31 @@ def _best_table(numbers: dict[str, Any]) -> str:
     if best.get("device"):
         acc_s += f", on {html.escape(devices(best['device'], best.get('world_size')))}"
     what = "Lowest val loss of the Pareto set: trial" if "pareto" in numbers else "Best trial"
+    name = html.escape(numbers.get("metric", "val_loss").replace("_", " "))
     return (
-        f"<h2>{what} #{best['number']}: val loss {best['value']:.6f}{acc_s}</h2>"
+        f"<h2>{what} #{best['number']}: {name} {best['value']:.6f}{acc_s}</h2>"
         f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>'
+    )
+
+
+def _per_class_table(numbers: dict[str, Any]) -> str:
+    """The best trial's validation precision, recall and F1 of each class (its best
+    evaluation's), where it recorded them."""
+    per = (numbers.get("best") or {}).get("per_class")
+    if not per:
+        return ""
+    cols = [c for c in ("precision", "recall", "f1") if c in per]
+    rows = "".join(
+        f"<tr><td>{html.escape(str(name))}</td>"
+        + "".join(f"<td>{format_value(per[c][i]) if i < len(per[c]) else '-'}</td>" for c in cols)
+        + "</tr>"
+        for i, name in enumerate(per["classes"])
+    )
+    return (
+        "<h2>Best trial by class (validation, at its best evaluation)</h2>"
+        '<table id="per-class"><tr><th>class</th>'
+        + "".join(f"<th>{c}</th>" for c in cols)
+        + f"</tr>{rows}</table>"
     )
 
 
@@ -285,7 +311,7 @@ def _pareto_table(numbers: dict[str, Any]) -> str:
 
 
 def _population_table(numbers: dict[str, Any]) -> str:
-    """A ``pbt`` study's members: each one's final loss and its params over time."""
+    """A ``pbt`` study's members: each one's final value and its params over time."""
     members = numbers.get("population")
     if not members:
         return ""
@@ -306,7 +332,8 @@ def _population_table(numbers: dict[str, Any]) -> str:
     )
     return (
         f"<h2>Population: {len(members)} members, their params over time</h2>"
-        '<table id="population"><tr><th>member</th><th>val loss</th>'
+        '<table id="population"><tr><th>member</th>'
+        f"<th>{html.escape(numbers.get('metric', 'val_loss').replace('_', ' '))}</th>"
         f"<th>schedule (exploits: the member copied)</th></tr>{rows}</table>"
     )
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
-from hpo.records import RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
+from hpo.records import BEST_METRICS_ATTR, RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
 from hpo.search.study import pick_trial
 from hpo.spec import suggest
 from hpo.store.url import StorageUrl
@@ -194,7 +194,13 @@ def _retrain_into(
         "out": str(out),
         "trial": {
             "number": trial.number,
-            "val_loss": val_loss(trial),
+            # The objective's value, and the best evaluation's loss (the value itself where
+            # the objective is val_loss).
+            "metric": spec.study.metric,
+            "value": val_loss(trial),
+            "val_loss": val_loss(trial)
+            if spec.study.metric == "val_loss"
+            else (trial.user_attrs.get(BEST_METRICS_ATTR) or {}).get("val_loss"),
             "val_accuracy": trial.user_attrs.get("val_accuracy"),
             "best_epoch": trial.user_attrs.get("best_epoch"),
             "epochs": trial.params.get("epochs", trial.user_attrs.get("epochs_planned")),
@@ -308,10 +314,13 @@ def format_retrain(record: dict[str, Any]) -> str:
         f"{record['train_examples']} train + val examples for {record['epochs']} epoch(s) "
         f"({why}) in {record['seconds']:.1f} s on {record['device']}",
     ]
-    val_acc = trial["val_accuracy"]
-    val = f"loss {trial['val_loss']:.4f}" + (
-        f", accuracy {val_acc:.4f}" if val_acc is not None else ""
-    )
+    val_acc, val_loss_, name = trial["val_accuracy"], trial["val_loss"], trial.get("metric")
+    parts = [f"loss {val_loss_:.4f}"] if val_loss_ is not None else []
+    if val_acc is not None:
+        parts.append(f"accuracy {val_acc:.4f}")
+    if name and name not in ("val_loss", "val_accuracy"):  # the objective, where another
+        parts.append(f"{name.removeprefix('val_')} {trial['value']:.4f}")
+    val = ", ".join(parts) or "-"
     if test is None:
         lines.append(f"  no test split: {record['test_split']}")
         lines.append(f"  trial #{trial['number']} validation: {val}")

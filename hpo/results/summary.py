@@ -9,6 +9,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import (
+    BEST_METRICS_ATTR,
     FIRST_GUESSES_ATTR,
     RESUMED_FROM_ATTR,
     RETRAIN_ATTR,
@@ -18,6 +19,8 @@ from hpo.records import (
     devices,
     format_value,
     iso,
+    maximizes,
+    metric,
     objectives,
     pareto_trials,
     state_counts,
@@ -30,16 +33,75 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def best_record(study: optuna.Study, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The best complete trial of the study with the study's name, or None if none completed;
-    with ``seed_spread`` (``hpo.search.convergence``) where the study measured it.
+OVERFIT_GAP = 0.1
+"""``hpo best --overfit-gap``'s default: a training score (accuracy, or the objective's
+training counterpart) above the validation one by more than this is flagged."""
+
+
+def overfitting(
+    best_metrics: dict[str, Any], metric: str = "val_loss", gap: float = OVERFIT_GAP
+) -> dict[str, Any] | None:
+    """The train vs validation gap of a trial's best evaluation (``best_metrics``).
+
+    Compared: ``accuracy``, ``loss`` and the objective's training counterpart (``f1`` for
+    ``val_f1``), each where both ``train_`` and ``val_`` are recorded. A gap is how much
+    better training does: ``train - val`` for a score, ``val - train`` for a loss. Training's
+    numbers are of the batches it trained since the evaluation before (dropout and
+    augmentation on), as the fit loop counts them.
+
+    Args:
+        best_metrics: the trial's ``best_metrics`` attr.
+        metric: the study's objective (``study.metric``).
+        gap: the threshold: a score's gap above it flags the trial (a loss's gap is shown,
+            never flagged: its scale is the task's).
+
+    Returns:
+        ``{"threshold", "flagged", "over": [names past it], "gaps": {name: {"train",
+        "val", "gap"}}}``, or None where no pair was recorded (a custom job, a script that
+        reports no ``train_`` metric).
+    """
+    names = ["accuracy", "loss"]
+    bare = metric.removeprefix("val_")
+    if metric.startswith("val_") and bare not in names:
+        names.append(bare)
+    gaps: dict[str, dict[str, float]] = {}
+    for name in names:
+        train, val = best_metrics.get(f"train_{name}"), best_metrics.get(f"val_{name}")
+        if isinstance(train, (int, float)) and isinstance(val, (int, float)):
+            diff = val - train if name == "loss" else train - val
+            gaps[name] = {"train": train, "val": val, "gap": round(diff, 6)}
+    if not gaps:
+        return None
+    over = [n for n, g in gaps.items() if n != "loss" and g["gap"] > gap]
+    return {"threshold": gap, "flagged": bool(over), "over": over, "gaps": gaps}
+
+
+def best_record(
+    study: optuna.Study, attrs: dict[str, Any] | None = None, overfit_gap: float = OVERFIT_GAP
+) -> dict[str, Any] | None:
+    """The best complete trial of the study (by its direction) with the study's name, its
+    objective's name (``metric``) and ``direction``, or None if none completed; with
+    ``seed_spread`` (``hpo.search.convergence``) where the study measured it.
+
+    With the metrics of its best evaluation (``best_metrics``, ``{}`` where the job
+    recorded none) and their train vs validation gap (``overfitting``, flagged past
+    ``overfit_gap``; None without training metrics).
 
     ``attrs``: the study's user attrs where the caller read them already.
     """
     best = best_or_none(study)
     if best is None:
         return None
-    record = {"study": study.study_name, **trial_record(best)}
+    name = metric(study)
+    best_metrics = best.user_attrs.get(BEST_METRICS_ATTR) or {}
+    record = {
+        "study": study.study_name,
+        "metric": name,
+        "direction": "maximize" if maximizes(study) else "minimize",
+        **trial_record(best),
+        "best_metrics": best_metrics,
+        "overfitting": overfitting(best_metrics, name, overfit_gap),
+    }
     spread = (study.user_attrs if attrs is None else attrs).get(SEED_SPREAD_ATTR)
     if spread:
         record["seed_spread"] = spread
@@ -56,13 +118,14 @@ def pareto_records(study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
-def best_text(study: optuna.Study) -> str | None:
-    """What ``hpo best`` prints: the best trial, or the Pareto set of a study of several
-    objectives; None before a trial completed."""
+def best_text(study: optuna.Study, overfit_gap: float = OVERFIT_GAP) -> str | None:
+    """What ``hpo best`` prints: the best trial (its train vs validation gap flagged past
+    ``overfit_gap``), or the Pareto set of a study of several objectives; None before a
+    trial completed."""
     if len(study.directions) > 1:
         records = pareto_records(study)
         return format_pareto(records) if records else None
-    record = best_record(study)
+    record = best_record(study, overfit_gap=overfit_gap)
     return None if record is None else format_best(record)
 
 
@@ -81,7 +144,8 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
                 "step": step,
                 # The epoch it trains (a step is a fraction of one with evals_per_epoch).
                 "epoch": t.user_attrs.get("epochs_run", step),
-                "val_loss": value,
+                "value": value,  # the objective's latest report (``metric``)
+                "val_loss": value,  # its older name, kept for scripts that read it
                 "epochs_planned": t.params.get("epochs", t.user_attrs.get("epochs_planned")),
                 "worker": t.user_attrs.get("worker"),
                 "device": t.user_attrs.get("device"),
@@ -94,6 +158,7 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
     record = {
         "study": study.study_name,
         "counts": counts,
+        "metric": metric(study),
         "best": None if best is None else {"number": best["number"], "value": best["value"]},
         "running": running,
         "retrain": attrs.get(RETRAIN_ATTR),
@@ -145,9 +210,9 @@ def format_counts(counts: dict[str, int]) -> str:
 def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = None) -> str:
     """The status as text; ``gpus`` maps worker names to the GPU each is pinned to."""
     lines = [f"study {record['study']}", f"  trials   {format_counts(record['counts'])}"]
-    best = record["best"]
+    best, name = record["best"], record.get("metric", "val_loss")
     lines.append(
-        f"  best     #{best['number']} val_loss {best['value']:.4f}"
+        f"  best     #{best['number']} {name} {best['value']:.4f}"
         f"{format_spread(record.get('seed_spread'), short=True)}"
         if best
         else "  best     none yet (no complete trial)"
@@ -160,7 +225,7 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
         lines.append("  running")
         for r in record["running"]:
             epoch = f"epoch {r.get('epoch', r['step']) or 0}/{r['epochs_planned'] or '?'}"
-            loss = f"val_loss {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
+            loss = f"{name} {r['val_loss']:.4f}" if r["val_loss"] is not None else "starting"
             secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
             gpu = (gpus or {}).get(r["worker"])
             where = f"{r['worker'] or ''}" + (f" gpu {gpu}" if gpu is not None else "")
@@ -183,10 +248,11 @@ def format_status(record: dict[str, Any], gpus: dict[str, str | None] | None = N
 
 
 def format_best(record: dict[str, Any]) -> str:
-    attrs = record["user_attrs"]
+    attrs, name = record["user_attrs"], record.get("metric", "val_loss")
     lines = [
         f"best trial of {record['study']}: #{record['number']}",
-        f"  val_loss      {record['value']:.6f}",
+        f"  {name:<13} {record['value']:.6f}"
+        + ("  (maximized)" if record.get("direction") == "maximize" else ""),
     ]
     if record.get("seed_spread"):
         lines.append(f"  {'seed spread':<13} {format_spread(record['seed_spread'])}")
@@ -203,11 +269,33 @@ def format_best(record: dict[str, Any]) -> str:
     ):
         if key in attrs:
             lines.append(f"  {key:<13} {format_value(attrs[key])}")
+    lines += format_overfitting(record.get("overfitting"))
     lines.append("  params")
     lines += [f"    {k:<14} {format_value(v)}" for k, v in record["params"].items()]
     curve = " ".join(f"{float(v):.4f}" for v in record["intermediate_values"].values())
-    lines.append(f"  val_loss by epoch  {curve}")
+    lines.append(f"  {name} by epoch  {curve}")
     return "\n".join(lines)
+
+
+def format_overfitting(over: dict[str, Any] | None) -> list[str]:
+    """The train vs validation lines of ``hpo best`` (``overfitting``): one per metric, and
+    the flag where a gap is past the threshold."""
+    if not over:
+        return []
+    lines = ["  train vs val (best evaluation)"]
+    for name, g in over["gaps"].items():
+        better = "val - train" if name == "loss" else "train - val"
+        lines.append(
+            f"    {name:<14} train {g['train']:.4f}  val {g['val']:.4f}  "
+            f"gap {g['gap']:+.4f} ({better})"
+        )
+    if over["flagged"]:
+        lines.append(
+            f"  OVERFITTING: training beats validation by more than {over['threshold']:g} in "
+            + ", ".join(over["over"])
+            + " (--overfit-gap)"
+        )
+    return lines
 
 
 def format_pareto(records: list[dict[str, Any]]) -> str:
@@ -264,14 +352,18 @@ def format_trial(
     n_trials: int | None,
     best: float | None,
     new_best: bool = False,
+    metric: str = "val_loss",
 ) -> str:
-    """One progress line for a finished trial; ``new_best``: it is the study's best now."""
+    """One progress line for a finished trial; ``new_best``: it is the study's best now;
+    ``metric``: the objective's name (``study.metric``)."""
     total = f"/{n_trials}" if n_trials else ""
     attrs = trial.user_attrs
     run = attrs.get("epochs_trained", attrs.get("epochs_run", len(trial.intermediate_values)))
     epochs = f"{run:g}/{attrs.get('epochs_planned', trial.params.get('epochs', '?'))}"
     if trial.state.name == "COMPLETE":
-        what = f"val_loss {val_loss(trial):.4f}  acc {attrs.get('val_accuracy', float('nan')):.3f}"
+        what = f"{metric} {val_loss(trial):.4f}"
+        if metric != "val_accuracy":
+            what += f"  acc {attrs.get('val_accuracy', float('nan')):.3f}"
     elif trial.state.name == "PRUNED":
         reason = attrs.get("prune_reason", "pruned")
         what = f"pruned at step {max(trial.intermediate_values, default=0)}" + (

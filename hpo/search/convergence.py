@@ -25,7 +25,7 @@ import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import REPEAT_OF_ATTR, SEED_ATTR, SEED_SPREAD_ATTR, STOPPED_ATTR
+from hpo.records import REPEAT_OF_ATTR, SEED_ATTR, SEED_SPREAD_ATTR, STOPPED_ATTR, rank_key
 from hpo.spec import Spec, TaskSpec
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def converged(study: optuna.Study, spec: Spec, trials: list[FrozenTrial]) -> boo
     spread = attrs.get(SEED_SPREAD_ATTR) or _record_spread(study, spec, trials, repeats)
     if spread is None:
         return False  # every repeat failed or was pruned: no noise measured, no stop
-    bound = regret_bound(complete)
+    bound = regret_bound(complete, spec.study.maximize)
     if bound is None or bound >= spread["std"]:
         return False
     last = max(t.number for t in complete)
@@ -87,21 +87,23 @@ budget asks every few seconds, and the bound (a Gaussian process fit) changes on
 trial completes."""
 
 
-def regret_bound(complete: list[FrozenTrial]) -> float | None:
+def regret_bound(complete: list[FrozenTrial], maximize: bool = False) -> float | None:
     """Optuna's bound on how much the best value can still improve in the search space
-    (``RegretBoundEvaluator``, fixed seed); None where it cannot be computed (e.g. the trials
-    share no searched parameter). Computed once for the same complete trials."""
+    (``RegretBoundEvaluator``, fixed seed, in the study's direction: ``maximize``); None
+    where it cannot be computed (e.g. the trials share no searched parameter). Computed
+    once for the same complete trials."""
     from optuna.study import StudyDirection
     from optuna.terminator import RegretBoundEvaluator
 
-    key = tuple(sorted((t.number, t.value, str(t.datetime_complete)) for t in complete))
+    key = (maximize, *sorted((t.number, t.value, str(t.datetime_complete)) for t in complete))
     if key in _last_bound:
         return _last_bound[key]
     bound = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental (and deprecated in Optuna 6)
         try:
-            bound = float(RegretBoundEvaluator(seed=0).evaluate(complete, StudyDirection.MINIMIZE))
+            direction = StudyDirection.MAXIMIZE if maximize else StudyDirection.MINIMIZE
+            bound = float(RegretBoundEvaluator(seed=0).evaluate(complete, direction))
         except ValueError as e:
             log.warning("convergence not judged: %s", e)
     _last_bound.clear()
@@ -129,7 +131,8 @@ def _enqueue_repeats(study: optuna.Study, spec: Spec, complete: list[FrozenTrial
     )
     if not mine:
         return
-    best = min(complete, key=lambda t: (t.value, t.number))
+    key = rank_key(spec.study.maximize)  # the best in the study's direction
+    best = min(complete, key=lambda t: (key(t), t.number))
     for i in range(1, spec.budget.n_repeats + 1):
         study.enqueue_trial(
             dict(best.params),

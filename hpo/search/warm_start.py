@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import SpecError
-from hpo.records import FIRST_GUESS_ATTR, FIRST_GUESSES_ATTR, format_value
+from hpo.records import FIRST_GUESS_ATTR, FIRST_GUESSES_ATTR, format_value, rank_key
 from hpo.spec import ParamSpec, Spec, family_of
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def plan_first_guesses(
         source: the spec file, named in errors.
 
     Raises:
-        SpecError: the earlier study is missing, minimizes nothing (another direction), has no
+        SpecError: the earlier study is missing, has several objectives, has no
             complete trial, or none of its best trials fits this search space.
     """
     warm = spec.warm_start
@@ -150,14 +150,15 @@ def _from_study(spec: Spec, storage: optuna.storages.BaseStorage, source: str) -
         earlier = optuna.load_study(study_name=warm.source, storage=storage)
     except KeyError:
         raise SpecError(f"{at}: no study named {warm.source!r} in {where}") from None
-    if earlier.directions != [StudyDirection.MINIMIZE]:
+    if len(earlier.directions) != 1:
         raise SpecError(
-            f"{at}: study {warm.source!r} does not minimize one objective; this "
-            "study minimizes validation loss"
+            f"{at}: study {warm.source!r} has several objectives; its best trials are those "
+            "of one objective"
         )
+    key = rank_key(earlier.direction == StudyDirection.MAXIMIZE)  # its best first
     complete = sorted(
         earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-        key=lambda t: (t.value, t.number),
+        key=lambda t: (key(t), t.number),
     )
     if not complete:
         raise SpecError(f"{at}: study {warm.source!r} has no complete trial yet")

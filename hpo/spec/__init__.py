@@ -25,7 +25,13 @@ from hpo.spec._hyperparameters import (
 from hpo.spec._parse import load_spec, parse_spec
 from hpo.spec._sample import suggest
 from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
-from hpo.spec._study import OBJECTIVES, LatencySpec, StudySection
+from hpo.spec._study import (
+    METRICS,
+    OBJECTIVES,
+    LatencySpec,
+    StudySection,
+    natural_direction,
+)
 from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._task_spec import TASK_KINDS, TaskSpec
 from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
@@ -41,6 +47,7 @@ __all__ = [
     "HYPERPARAMETERS",
     "IMAGE_PARAMS",
     "IMBALANCE_REMEDIES",
+    "METRICS",
     "OBJECTIVES",
     "OPTIMIZERS",
     "PRUNER_OPTIONS",
@@ -58,6 +65,7 @@ __all__ = [
     "StudySection",
     "TaskSpec",
     "WarmStartSpec",
+    "natural_direction",
     "family_of",
     "load_entrypoint",
     "load_spec",

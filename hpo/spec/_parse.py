@@ -25,6 +25,7 @@ from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
 from hpo.spec._space import _parse_space
 from hpo.spec._study import (
+    METRICS,
     MULTI_OBJECTIVE_PRUNERS,
     SINGLE_OBJECTIVE_SAMPLERS,
     _parse_study,
@@ -275,13 +276,18 @@ def _check_cross(spec: Spec, at: _At) -> None:
 
 
 def check_objectives(spec: Spec, at: _At) -> None:
-    """The sampler, pruner and task must be able to serve several objectives; a metric
-    other than ``val_loss`` is a script's."""
+    """The sampler, pruner and task must be able to serve several objectives; the metric
+    must be one the task records (a built-in job's ``METRICS``; any a script reports)."""
     study = spec.study
-    if study.metric != "val_loss" and spec.task.kind != "script":
+    if spec.task.kind == "custom" and study.metric != "val_loss":
         raise (at / "study" / "metric").error(
-            f"the {spec.task.kind} job's objective is val_loss; another metric "
-            f"({study.metric}) is for a script task (task.kind: script), which reports it"
+            f"a custom job returns val_loss; another metric ({study.metric}) is for a "
+            "built-in task.kind or a script task (task.kind: script), which reports it"
+        )
+    if spec.task.kind not in ("script", "custom") and study.metric not in METRICS:
+        raise (at / "study" / "metric").error(
+            f"the {spec.task.kind} job records {', '.join(METRICS)}; got {_show(study.metric)} "
+            "(a script task, task.kind: script, may report any metric)"
         )
     if study.multi and spec.task.kind == "script":
         raise (at / "study" / "objectives").error(

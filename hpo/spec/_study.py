@@ -2,7 +2,9 @@
 latency is measured (``_parse`` checks that the sampler, the pruner and the task can serve
 several objectives).
 
-One objective (the default) is the trial's best validation loss. Several make a
+One objective (the default) is the trial's best validation loss; ``study.metric`` names
+another recorded metric (``val_f1``, ...), minimized or maximized (``study.direction``,
+by default the metric's natural one: ``METRICS``). Several make a
 multi-objective study: Optuna keeps the Pareto set; Optuna's pruners cannot prune such trials,
 so the pruner is ``none`` (its default there) or ``promotion``, which ranks on all of them.
 """
@@ -16,7 +18,18 @@ from typing import Any
 from hpo.spec._checks import _STR, _non_negative_int, _positive_int
 from hpo.spec._keypath import _At, _show
 
-DIRECTIONS = ("minimize",)
+DIRECTIONS = ("minimize", "maximize")
+METRICS: dict[str, str] = {
+    "val_loss": "minimize",
+    "val_accuracy": "maximize",
+    "val_balanced_accuracy": "maximize",
+    "val_precision": "maximize",
+    "val_recall": "maximize",
+    "val_f1": "maximize",
+    "val_auroc": "maximize",
+}
+"""The validation metrics the built-in jobs record (``hpo.job.metrics``), each with its
+natural direction: what ``study.metric`` may name for them."""
 OBJECTIVES: dict[str, str] = {
     "val_loss": "the trial's best validation loss (what the fit loop reports)",
     "latency_ms": "median milliseconds of a forward pass of one example, after warm-up",
@@ -50,16 +63,25 @@ class StudySection:
     name: str
     """Study name in the storage; default: the spec file's stem."""
     direction: str = "minimize"
-    """The one objective's direction: validation loss, so always ``minimize``."""
+    """The one objective's direction, ``minimize`` or ``maximize``: by default the metric's
+    natural one (``natural_direction``); a known metric's other one is an error."""
     objectives: tuple[str, ...] = ("val_loss",)
     """What each trial returns, first ``val_loss``; more than one makes the study
     multi-objective (Pareto set; pruner ``none`` or ``promotion``)."""
     latency: LatencySpec | None = None
     """How ``latency_ms`` is measured; set when it is an objective."""
     metric: str = "val_loss"
-    """The reported metric that is the objective (minimized): ``val_loss`` for the built-in
-    and custom jobs; a ``script`` task names any metric it reports (``eval_loss`` from a
-    Hugging Face ``Trainer``, say). Pruning, pausing and the trial's value follow it."""
+    """The recorded metric that is the objective: for the built-in jobs ``val_loss`` or a
+    validation metric they record (``val_accuracy``, ``val_balanced_accuracy``,
+    ``val_precision``, ``val_recall``, ``val_f1``, ``val_auroc`` with two classes); a
+    ``script`` task names any metric it reports (``eval_loss`` from a Hugging Face
+    ``Trainer``, say); a ``custom`` job's is ``val_loss``. The trial's value, its best
+    evaluation, early stopping, pruning and pausing follow it, in ``direction``."""
+
+    @property
+    def maximize(self) -> bool:
+        """Whether the (one) objective is maximized."""
+        return self.direction == "maximize"
 
     @property
     def multi(self) -> bool:
@@ -99,10 +121,17 @@ def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
         raise (at / "directions").error(
             "give direction (one objective) or directions (one per objective), not both"
         )
-    direction = d.get("direction", "minimize")
+    metric = (at / "metric").typed(d.get("metric", "val_loss"), _STR)
+    if not re.fullmatch(r"[A-Za-z_][\w./-]*", metric):
+        raise (at / "metric").error(f"expected a metric's name, got {_show(metric)}")
+    natural = natural_direction(metric)
+    direction = d.get("direction", natural)
     if direction not in DIRECTIONS:
+        raise (at / "direction").error(f"expected minimize or maximize, got {_show(direction)}")
+    if direction != natural and known_direction(metric):
         raise (at / "direction").error(
-            f"expected minimize (the objective is validation loss), got {_show(direction)}"
+            f"{metric} is better {'higher' if natural == 'maximize' else 'lower'}: expected "
+            f"{natural} (study.metric's natural direction), got {direction}"
         )
     objectives = _parse_objectives(d, at)
     _parse_directions(d, at, objectives)
@@ -113,12 +142,37 @@ def _parse_study(raw: Any, at: _At, default_name: str | None) -> StudySection:
         raise (at / "latency").error(
             "measures latency_ms; set it only with latency_ms among study.objectives"
         )
-    metric = (at / "metric").typed(d.get("metric", "val_loss"), _STR)
-    if not re.fullmatch(r"[A-Za-z_][\w./-]*", metric):
-        raise (at / "metric").error(f"expected a metric's name, got {_show(metric)}")
+    if len(objectives) > 1 and (metric != "val_loss" or direction != "minimize"):
+        raise (at / "metric" if metric != "val_loss" else at / "direction").error(
+            "several study.objectives rank on val_loss, minimized; "
+            f"study.metric {metric} ({direction}) is for a study of one objective"
+        )
     return StudySection(
         name=name, direction=direction, objectives=objectives, latency=latency, metric=metric
     )
+
+
+_HIGHER = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc")
+_LOWER = ("loss",)
+
+
+def known_direction(metric: str) -> str | None:
+    """The natural direction of a metric hpo knows by name (``METRICS``, their ``train_``
+    counterparts, and the same names bare or after ``eval_`` / ``test_``); None for another
+    name (a script's own)."""
+    if metric in METRICS:
+        return METRICS[metric]
+    bare = re.sub(r"^(val|train|eval|test)_", "", metric)
+    if bare in _HIGHER:
+        return "maximize"
+    if bare in _LOWER:
+        return "minimize"
+    return None
+
+
+def natural_direction(metric: str) -> str:
+    """A metric's natural direction: ``known_direction``, else ``minimize``."""
+    return known_direction(metric) or "minimize"
 
 
 def _parse_objectives(d: dict[str, Any], at: _At) -> tuple[str, ...]:
@@ -150,7 +204,7 @@ def _parse_directions(d: dict[str, Any], at: _At, objectives: tuple[str, ...]) -
             f"({', '.join(objectives)}); got {got}"
         )
     for i, (direction, objective) in enumerate(zip(raw, objectives)):
-        if direction not in DIRECTIONS:
+        if direction != "minimize":
             raise (at / "directions" / i).error(
                 f"{objective} is minimized; expected minimize, got {_show(direction)}"
             )

@@ -2,8 +2,9 @@
 tests.
 
 The trials carry what workers record: the digits spec's params with their distributions,
-validation loss per epoch, the user attrs (epochs run / planned, seconds, worker, reasons) and a
-checkpoint file on disk. Two workers ran them side by side; the median pruner stopped some
+validation loss per epoch, the user attrs (epochs run / planned, seconds, worker, reasons,
+training and validation metrics by step, the best evaluation's per class) and a checkpoint
+file on disk. Two workers ran them side by side; the median pruner stopped some
 early, one ran out of memory.
 """
 
@@ -79,11 +80,24 @@ def build_sample_study(url: str, name: str, checkpoint_dir: Path, *, outcomes=OU
             "epochs_run": run, "epochs_planned": planned, "train_seconds": seconds,
             "samples_per_second": 1437 / seconds_per_epoch, "peak_memory_mb": 812.0,
         }
+        # The metrics of each evaluation: training pulls ahead of validation as it goes on.
+        attrs["metrics"] = {
+            str(e): {"train_loss": round(v * (1 - 0.06 * e), 6), "val_loss": round(v, 6),
+                     "train_accuracy": round(min(1.0, 1 - v / 3 + 0.02 * e), 6),
+                     "val_accuracy": round(1 - v / 3, 6)}
+            for e, v in curve.items()
+        }
         value = None
         if state == "COMPLETE":
             value = min(curve.values())
             attrs["val_accuracy"] = round(1 - value / 3, 4)
             attrs["best_epoch"] = min(curve, key=curve.get)
+            attrs["best_metrics"] = {
+                **attrs["metrics"][str(attrs["best_epoch"])],
+                "val_precision_per_class": [round(0.8 + i / 100, 4) for i in range(10)],
+                "val_recall_per_class": [round(0.9 - i / 100, 4) for i in range(10)],
+                "val_f1_per_class": [round(0.85 - i / 200, 4) for i in range(10)],
+            }
         elif state == "PRUNED":
             value = curve[run]
             attrs["prune_reason"] = "pruned"

@@ -62,8 +62,8 @@ def write_tiny_spec(path: Path, name: str, **sections: Any) -> Path:
     Args:
         path: the spec file to write.
         name: the study's name.
-        sections: top-level sections that differ from ``TINY``: ``task`` keys are merged
-            into its task, any other section replaces ``TINY``'s.
+        sections: top-level sections that differ from ``TINY``: ``task`` and ``study`` keys
+            are merged into its task and study, any other section replaces ``TINY``'s.
 
     Returns:
         ``path``.
@@ -71,8 +71,8 @@ def write_tiny_spec(path: Path, name: str, **sections: Any) -> Path:
     spec = copy.deepcopy(TINY)
     spec["study"] = {"name": name}
     for key, value in sections.items():
-        if key == "task":
-            spec["task"].update(value)
+        if key in ("task", "study"):
+            spec[key].update(value)
         else:
             spec[key] = value
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")

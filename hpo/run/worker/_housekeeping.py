@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from hpo.records import (
     CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
-    complete_val_loss,
+    maximizes,
     pareto_front,
+    rank_key,
     was_paused,
 )
 from hpo.store import _optuna
@@ -56,10 +57,11 @@ def quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 def _among_best(study: optuna.Study, value: float, k: int = KEEP_BEST_CHECKPOINTS) -> bool:
     from optuna.trial import TrialState
 
+    key, sign = rank_key(maximizes(study)), -1 if maximizes(study) else 1
     better = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if complete_val_loss(t) <= value
+        if key(t) <= sign * value
     ]
     return len(better) < k
 
@@ -118,6 +120,7 @@ def retain_checkpoints(
     keep_best: int = KEEP_BEST_CHECKPOINTS,
     max_retry: int | None = None,
     storage_url: str | StorageUrl | None = None,
+    maximize: bool = False,
 ) -> None:
     """Delete checkpoints nobody needs: keep those of running and queued trials, of the best
     ``keep_best`` complete trials, of failed trials that a retry may still resume, and of
@@ -138,6 +141,7 @@ def retain_checkpoints(
         max_retry: retries of a trial whose worker died (default: the storage's).
         storage_url: the study's storage URL, whose artifact store the workers upload to
             (None: leave the store alone).
+        maximize: the objective is maximized (``study.direction``): the best are the highest.
     """
     from optuna.trial import TrialState
 
@@ -162,7 +166,7 @@ def retain_checkpoints(
     # a later attempt of its configuration exists, a paused trial's checkpoint is the pause's.
     last = {configuration(t): t.number for t in sorted(trials, key=lambda t: t.number)}
     kept += [t for t in trials if was_paused(t) and last[configuration(t)] == t.number]
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=complete_val_loss)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=rank_key(maximize))
     kept += complete[:keep_best]
     if any(len(t.values) > 1 for t in complete):  # several objectives: the Pareto set too
         kept += pareto_front(complete)

@@ -171,7 +171,9 @@ def run_worker(
         else:
             consecutive_failures = 0
         if trial.user_attrs.get(CHECKPOINT_ATTR):
-            quietly(retain_checkpoints, trials, storage_url=storage_url)
+            quietly(
+                retain_checkpoints, trials, storage_url=storage_url, maximize=spec.study.maximize
+            )
         if on_trial is not None:
             on_trial(trial, trials)
 

@@ -109,6 +109,7 @@ def run_script(
     checkpoint_dir: Path,
     metric: str,
     devices: int = 1,
+    maximize: bool = False,
 ) -> float:
     """Run the ``script`` task's command for ``trial``; relay its reports to ``job_trial``.
 
@@ -121,9 +122,10 @@ def run_script(
         metric: the reported metric that is the objective (``study.metric``).
         devices: the processes (ranks) to start, with the environment ``torchrun`` gives
             its ranks (``rank_env``); rank 0 reports.
+        maximize: the best value of ``metric`` is the highest (``study.direction``).
 
     Returns:
-        The best (lowest) value of ``metric`` the script reported.
+        The best (lowest, or highest with ``maximize``) value of ``metric`` reported.
 
     Raises:
         optuna.TrialPruned: the scheduler stopped it (``job_trial.decision``), or a NaN.
@@ -156,7 +158,7 @@ def run_script(
         if command[0] in ("python", "python3"):
             command[0] = sys.executable  # the worker's interpreter, its environment's packages
         command = [sys.executable, "-c", _DIE_WITH_WORKER, str(os.getpid()), *command]
-        relay = _Relay(job_trial, metric, params)
+        relay = _Relay(job_trial, metric, params, maximize)
         store = _rendezvous_store(devices) if devices > 1 else None
         procs = [
             subprocess.Popen(
@@ -249,9 +251,10 @@ def _rendezvous_store(world: int) -> Any:
 class _Relay:
     """The worker's end of the session: reads the script's reports, answers them."""
 
-    def __init__(self, job_trial: Any, metric: str, params: dict) -> None:
+    def __init__(self, job_trial: Any, metric: str, params: dict, maximize: bool = False) -> None:
         self.job_trial = job_trial
         self.metric = metric
+        self.maximize = maximize
         self.last_step = params.get("epochs") if isinstance(params.get("epochs"), int) else None
         self.best: float | None = None
         self.pruned: str | None = None
@@ -329,8 +332,10 @@ class _Relay:
             self.pruned = self.pruned or "nan"
             attrs.update({PRUNE_REASON_ATTR: "nan", "pruned_at_step": step})
             value = None
-        elif value is not None and (self.best is None or value < self.best):
-            # The best report's metrics are the trial's, as attrs of their names.
+        elif value is not None and (
+            self.best is None or (value > self.best if self.maximize else value < self.best)
+        ):
+            # The best report (by the study's direction): its metrics are the trial's, as attrs.
             self.best = value
             best = {k: v for k, v in metrics.items() if k not in _NOT_METRICS}
             attrs.update({**best, BEST_METRICS_ATTR: metrics, "best_step": step})

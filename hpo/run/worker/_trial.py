@@ -130,6 +130,7 @@ def job_function(spec: Spec) -> Callable[..., float]:
             context.checkpoint_path.parent,
             spec.study.metric,
             spec.resources.devices_per_trial,
+            maximize=spec.study.maximize,
         )
     devices = spec.resources.devices_per_trial
     return lambda job_trial, trial, task, params, context: run_on_devices(
@@ -186,6 +187,8 @@ def make_objective(
             checkpoint_path=checkpoint_dir / f"trial-{trial.number}.pt",
             resume_path=resume,
             latency=spec.study.latency,
+            metric=spec.study.metric,
+            maximize=spec.study.maximize,
             pauses=scheduler.pauses,
             measure_first=scheduler.pauses and spec.study.multi,
             # The built-in job in this process takes a SIGTERM after its step in flight.

@@ -63,6 +63,8 @@ class PBT(Scheduler):
         quantile: the share of the population at each end.
         resample_probability: explore's chance to draw a float param anew.
         seed: seeds each member's draws at each step (with the member and the step).
+        maximize: the objective is maximized (``study.direction``): the highest values are
+            the top quantile.
     """
 
     pauses = True
@@ -75,6 +77,7 @@ class PBT(Scheduler):
         quantile: float = 0.25,
         resample_probability: float = 0.25,
         seed: int | None = None,
+        maximize: bool = False,
     ) -> None:
         self.population = population
         self.interval = interval
@@ -82,6 +85,7 @@ class PBT(Scheduler):
         self.quantile = quantile
         self.resample_probability = resample_probability
         self.seed = seed
+        self.maximize = maximize
 
     @classmethod
     def from_spec(cls, spec: Spec) -> PBT:
@@ -94,6 +98,7 @@ class PBT(Scheduler):
             quantile=options.get("quantile", 0.25),
             resample_probability=options.get("resample_probability", 0.25),
             seed=spec.sampler.options.get("seed"),
+            maximize=spec.study.maximize,
         )
 
     def decide(self, study: optuna.Study, trial: FrozenTrial) -> Decision:
@@ -142,10 +147,7 @@ class PBT(Scheduler):
         """The paused members at ``step``: those in the bottom quantile exploit one of the
         top (order 0: first, while the parents' checkpoints are surely kept), the rest go
         on (order 1)."""
-        values = rung_values(trials, step)
-        ranked = sorted(values, key=lambda c: (values[c], c))
-        q = min(math.ceil(len(ranked) * self.quantile), len(ranked) // 2)
-        top, bottom = ranked[:q], set(ranked[len(ranked) - q :]) if q else set()
+        top, bottom = quantiles(rung_values(trials, step), self.quantile, self.maximize)
         found = []
         for t in trials:
             if not is_paused(t) or int(t.user_attrs[PAUSED_AT_ATTR]) != step:
@@ -192,6 +194,18 @@ class PBT(Scheduler):
 
 
 SCHEDULER = PBT
+
+
+def quantiles(
+    values: dict[int, float], quantile: float, maximize: bool = False
+) -> tuple[list[int], set[int]]:
+    """The members at each end of a generation: the top ``quantile`` (best first: the
+    highest values where ``maximize``, else the lowest; ties by member number) and the
+    bottom one, at most half of the members each."""
+    sign = -1 if maximize else 1
+    ranked = sorted(values, key=lambda c: (sign * values[c], c))
+    q = min(math.ceil(len(ranked) * quantile), len(ranked) // 2)
+    return ranked[:q], set(ranked[len(ranked) - q :]) if q else set()
 
 
 def is_pbt(study: optuna.Study) -> bool:

@@ -46,6 +46,8 @@ class Promotion(Scheduler):
         max_epochs: the largest epochs of the search space (no rung at or past it).
         objectives: the study's objectives; after ``val_loss``, the user attrs that rank a
             rung with it (several objectives: non-dominated sorting, then crowding).
+        maximize: the one objective is maximized (``study.direction``): the highest values
+            at a rung go on.
     """
 
     pauses = True
@@ -57,12 +59,14 @@ class Promotion(Scheduler):
         evals_per_epoch: int,
         max_epochs: int,
         objectives: tuple[str, ...] = ("val_loss",),
+        maximize: bool = False,
     ) -> None:
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
         self.evals_per_epoch = evals_per_epoch
         self.rungs = rung_steps(min_resource, reduction_factor, evals_per_epoch, max_epochs)
         self.objectives = tuple(objectives)
+        self.maximize = maximize
 
     @classmethod
     def from_spec(cls, spec: Spec) -> Promotion:
@@ -75,6 +79,7 @@ class Promotion(Scheduler):
             spec.task.evals_per_epoch,
             max_epochs(spec),
             spec.study.objectives,
+            spec.study.maximize,
         )
 
     def decide(self, study: optuna.Study, trial: FrozenTrial) -> Decision:
@@ -91,13 +96,15 @@ class Promotion(Scheduler):
         return Decision(PAUSE, PAUSED_REASON, step)
 
     def rung_points(self, trials: list[FrozenTrial], step: int) -> dict[int, tuple[float, ...]]:
-        """Each configuration's objectives at the rung ``step``: its validation loss there,
-        then its other objectives (user attrs; missing: infinity, ranked last)."""
+        """Each configuration's objectives at the rung ``step``, lower is better: its
+        reported value there (negated where maximized), then its other objectives (user
+        attrs; missing: infinity, ranked last)."""
         from optuna.trial import TrialState
 
         losses = rung_values(trials, step)
         if len(self.objectives) == 1:
-            return {c: (v,) for c, v in losses.items()}
+            sign = -1.0 if self.maximize else 1.0
+            return {c: (sign * v,) for c, v in losses.items()}
         attrs: dict[int, dict] = {}
         for t in trials:
             if t.state != TrialState.WAITING and configuration(t) in losses:
