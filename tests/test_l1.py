@@ -109,6 +109,7 @@ def _rank_step(rank: int, world: int, store: str, out: str) -> None:
         loss, after = _step(model, x[part], y[part], 3, L1, criterion, ranks, net)
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"loss": loss, "after": [p.flatten().tolist() for p in after]}, f)
+        dist.barrier()  # leave together: a rank torn down while another talks may abort
     finally:
         dist.destroy_process_group()
 

@@ -241,6 +241,7 @@ def _rank_reads(rank: int, world: int, store: str, out: str) -> None:
         metrics = tally.read(Ranks(rank, world))
         with open(f"{out}.{rank}", "w") as f:
             json.dump(metrics, f)
+        dist.barrier()  # leave together: a rank torn down while another talks may abort
     finally:
         dist.destroy_process_group()
 

@@ -43,6 +43,11 @@ if mode == "crash":
     raise ValueError("boom before the first epoch")
 if mode == "silent":
     sys.exit(0)
+if mode == "abort_at_exit" and session.rank() == 1:
+    import atexit
+    # A rank's teardown that aborts, after rank 0's last report (no process group here to
+    # keep the ranks in step: it waits instead).
+    atexit.register(lambda: (time.sleep(3), os.abort()))
 for epoch in range(start, params["epochs"] + 1):
     time.sleep(float(os.environ.get("SCRIPT_EPOCH_SECONDS", "0")))
     loss = float("nan") if mode == "nan" else 1.0 / epoch
@@ -293,6 +298,18 @@ def test_a_script_that_crashes_is_silent_or_reports_nan(tmp_path, mode, state, s
         assert says in why, why
     if mode == "crash":  # the script's own traceback is passed on for its author to read
         assert "ValueError: boom" in r.stdout + r.stderr
+
+
+def test_a_rank_that_aborts_at_exit_after_the_last_report_keeps_the_result(tmp_path):
+    """Two ranks; rank 1 aborts (SIGABRT) as it exits, after the trial's last report (gloo's
+    teardown does so at times on a loaded machine): the trained trial completes, with a
+    warning, and is not retried."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, _tiny(tmp_path), devices=2)
+    r = _run(tmp_path, spec, url, SCRIPT_MODE="abort_at_exit")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [t.state for t in _trials(spec, url)] == [TrialState.COMPLETE], r.stdout + r.stderr
+    assert "rank 1 of 2 was killed by SIGABRT after the trial's last report" in r.stdout + r.stderr
 
 
 def test_the_objective_is_the_metric_the_spec_names(tmp_path):

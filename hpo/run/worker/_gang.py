@@ -341,6 +341,9 @@ def _rank_main(
         conn.close()
         os._exit(1)  # no teardown: the other ranks may be waiting on this one
     if dist.is_initialized():
+        # Leave together: a rank whose group is torn down while another still talks to it
+        # may abort in gloo's teardown (SIGABRT), which would break a finished gang.
+        dist.barrier()
         dist.destroy_process_group()
     conn.close()
 

@@ -18,7 +18,9 @@ How the process ends decides the trial:
   told (pruned, paused); exit 0 without a report of the metric fails the trial, saying so;
 - exit N: the trial fails, its ``fail_reason`` the last lines of the script's stderr;
 - killed (a signal: kill -9, out of memory): as a rank that died, ``GangBroken`` (the trial
-  is failed and retried, from its last reported checkpoint);
+  is failed and retried, from its last reported checkpoint); after the trial's last report
+  (its ``epochs``-th step) the result stands, with a warning: a rank's teardown that aborts
+  (gloo's, at exit, on a loaded machine) does not undo a trained trial;
 - SIGTERM / SIGINT to the worker (``Preempted``): the script is told to stop
   (``hpo.session.should_stop``), gets ``STOP_GRACE`` seconds to report a checkpoint of where
   it stands and exit, and the trial is re-queued to resume from there.
@@ -194,6 +196,16 @@ def run_script(
     # others' errors, then an error.
     for rank, code in enumerate(ended):
         who = f"rank {rank} of {devices}" if devices > 1 else "the script"
+        if code is not None and code < 0 and relay.finished and relay.best is not None:
+            # After its last report: the trial is trained (a rank's teardown, e.g. gloo's
+            # abort at exit), and its result stands.
+            log.warning(
+                "trial %d: %s was killed by %s after the trial's last report; its result stands",
+                trial.number,
+                who,
+                describe_exit(code),
+            )
+            return relay.best
         if code is not None and code < 0:
             raise GangBroken(f"{who} was killed by {describe_exit(code)}")
     for rank, (code, tail) in enumerate(zip(ended, tails)):
@@ -256,6 +268,7 @@ class _Relay:
         self.metric = metric
         self.maximize = maximize
         self.last_step = params.get("epochs") if isinstance(params.get("epochs"), int) else None
+        self.finished = False
         self.best: float | None = None
         self.pruned: str | None = None
         self.seen: list[str] = []
@@ -346,7 +359,9 @@ class _Relay:
         if self.stopping is not None or self.pruned is not None:
             return {"go_on": False, "why": self.stopping or self.pruned}
         # The last report cannot prune: the trial has run its epochs (as the built-in job).
-        if value is None or (self.last_step is not None and step >= self.last_step):
+        if value is not None and self.last_step is not None and step >= self.last_step:
+            self.finished = True  # the trial's last report: it is trained
+        if value is None or self.finished:
             return {"go_on": True}
         if self.job_trial.should_prune():
             decision = self.job_trial.decision
