@@ -315,7 +315,7 @@ def test_the_memory_watch_reads_peaks_and_out_of_memory_failures_from_the_study(
     and is retried from its checkpoint."""
     from optuna.trial import TrialState
 
-    from hpo.run.launch import MemoryWatch
+    from hpo.run.memory import MemoryWatch
     from hpo.run.worker import launched_worker_name
     from hpo.store.storage import open_storage
 

@@ -14,27 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
-from typing import Any
 
-import optuna
 import torch
 
-from hpo.job.checkpoint import save_checkpoint, save_model
-from hpo.job.data import dataset_size
-from hpo.job.device import free_memory, peak_memory_mb
+from hpo.job.checkpoint import save_checkpoint
+from hpo.job.device import free_memory
 from hpo.job.errors import JobPreempted
-from hpo.job.loaders import eval_loader
+from hpo.job.final import final_test
 from hpo.job.metrics import prefixed
 from hpo.job.optim import train_mode
 from hpo.job.ranks import Ranks, RankTrial
 from hpo.job.setup import TrainingSetup
-from hpo.job.state import FitState, start_fit
+from hpo.job.state import FitState, prune, record, start_fit
 from hpo.job.step import evaluate_or_fail, to_device, train_step
 from hpo.job.trial import Trial
 from hpo.records import (
-    BEST_METRICS_ATTR,
     CHECKPOINT_ATTR,
-    METRICS_ATTR,
     PAUSED_REASON,
     add_to_history,
     better,
@@ -344,94 +339,3 @@ def save_epoch(state: FitState, trial: Trial, epoch: int, batches: int = 0) -> N
         final=not batches and (epoch == state.epochs or progress.stopped_early),
     )
     trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
-
-
-def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
-    """The end of a final fit: the model alone to the checkpoint path (nothing to resume),
-    then the test split's loss and accuracy, as attrs."""
-    setup, progress = state.setup, state.progress
-    if state.checkpoint is not None:
-        save_model(state.checkpoint, model=state.model, epoch=progress.epochs_run)
-        trial.set_attrs({CHECKPOINT_ATTR: str(state.checkpoint)})
-    trial.set_attrs(
-        {
-            "train_examples": dataset_size(setup.train_set),
-            "train_loss": train_loss,
-            "test_split": setup.test_about,
-        }
-    )
-    if setup.test_set is None or dataset_size(setup.test_set) == 0:
-        return
-    loader = eval_loader(
-        setup, setup.test_set, state.task, state.dev, state.batch_size, state.ranks
-    )
-    test, _ = evaluate_or_fail(
-        trial,
-        lambda **attrs: trial.set_attrs(attrs),
-        state.net,
-        loader,
-        state.dev,
-        progress.micro_batch,
-        state.channels_last,
-        state.ranks,
-        num_classes=setup.num_classes,
-        weight=state.weight,
-    )
-    test_loss, accuracy = test["loss"], test["accuracy"]
-    log.info(
-        "final fit: test loss %.4f, test accuracy %.3f on %d examples",
-        test_loss,
-        accuracy,
-        dataset_size(setup.test_set),
-    )
-    trial.set_attrs(
-        {
-            "test_loss": test_loss,
-            "test_accuracy": accuracy,
-            "test_examples": dataset_size(setup.test_set),
-            **(
-                {"test_balanced_accuracy": test["balanced_accuracy"]}
-                if state.weight is not None
-                else {}
-            ),
-            "test_metrics": prefixed("test", test),
-        }
-    )
-
-
-def record(state: FitState, trial: Trial, **extra: Any) -> None:
-    """Write the trial's attrs (again), and ``extra``, in one write: they must be there even
-    if it is pruned or fails."""
-    progress = state.progress
-    progress.seconds = time.perf_counter() - state.started
-    attrs: dict[str, Any] = {
-        "epochs_run": progress.epochs_run,
-        # Epochs of data trained (a fraction where a pause or a prune fell inside an epoch).
-        "epochs_trained": round(
-            progress.samples / max(state.steps_per_epoch * state.batch_size, 1), 4
-        ),
-        "epochs_planned": state.epochs,
-        "train_seconds": round(progress.seconds, 3),
-        "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9), 1),
-        "device": state.dev.name,
-        "world_size": state.ranks.world,
-        "peak_memory_mb": round(peak_memory_mb(state.dev), 1),
-    }
-    if state.class_weights is not None:
-        attrs["class_weights"] = state.class_weights
-    if state.subset_loader is not None:  # the values inside an epoch are the subset's
-        attrs["val_subset"] = state.task.val_subset
-    if progress.best_step:
-        attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
-        if state.class_weights is not None:
-            attrs["val_balanced_accuracy"] = progress.best_balanced_accuracy
-        attrs[BEST_METRICS_ATTR] = progress.best_metrics
-    if progress.history:
-        attrs[METRICS_ATTR] = progress.history
-    trial.set_attrs({**attrs, **extra})
-
-
-def prune(state: FitState, trial: Trial, reason: str, step: int) -> None:
-    """Record why and where, then stop the trial as pruned."""
-    record(state, trial, prune_reason=reason, pruned_at_step=step)
-    raise optuna.TrialPruned(f"{reason} at step {step}")

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from hpo.job.checkpoint import restore_checkpoint
 from hpo.job.data import EpochShuffle, dataset_labels, dataset_size
-from hpo.job.device import Device, pick_device, reset_peak_memory
+from hpo.job.device import Device, peak_memory_mb, pick_device, reset_peak_memory
 from hpo.job.loaders import make_loaders, subset_loader
 from hpo.job.loss import ClassWeighted, class_weights, remedy
 from hpo.job.metrics import Tally
@@ -31,6 +32,7 @@ from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
 from hpo.job.setup import TrainingSetup
 from hpo.job.trial import Trial
+from hpo.records import BEST_METRICS_ATTR, METRICS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -277,3 +279,41 @@ def _weighted(
     criterion: Callable[..., torch.Tensor], weight: float, *args: Any, **kwargs: Any
 ) -> torch.Tensor:
     return criterion(*args, **kwargs) * weight
+
+
+def record(state: FitState, trial: Trial, **extra: Any) -> None:
+    """Write the trial's attrs (again), and ``extra``, in one write: they must be there even
+    if it is pruned or fails."""
+    progress = state.progress
+    progress.seconds = time.perf_counter() - state.started
+    attrs: dict[str, Any] = {
+        "epochs_run": progress.epochs_run,
+        # Epochs of data trained (a fraction where a pause or a prune fell inside an epoch).
+        "epochs_trained": round(
+            progress.samples / max(state.steps_per_epoch * state.batch_size, 1), 4
+        ),
+        "epochs_planned": state.epochs,
+        "train_seconds": round(progress.seconds, 3),
+        "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9), 1),
+        "device": state.dev.name,
+        "world_size": state.ranks.world,
+        "peak_memory_mb": round(peak_memory_mb(state.dev), 1),
+    }
+    if state.class_weights is not None:
+        attrs["class_weights"] = state.class_weights
+    if state.subset_loader is not None:  # the values inside an epoch are the subset's
+        attrs["val_subset"] = state.task.val_subset
+    if progress.best_step:
+        attrs.update(val_accuracy=progress.best_accuracy, best_epoch=progress.best_epoch)
+        if state.class_weights is not None:
+            attrs["val_balanced_accuracy"] = progress.best_balanced_accuracy
+        attrs[BEST_METRICS_ATTR] = progress.best_metrics
+    if progress.history:
+        attrs[METRICS_ATTR] = progress.history
+    trial.set_attrs({**attrs, **extra})
+
+
+def prune(state: FitState, trial: Trial, reason: str, step: int) -> None:
+    """Record why and where, then stop the trial as pruned."""
+    record(state, trial, prune_reason=reason, pruned_at_step=step)
+    raise optuna.TrialPruned(f"{reason} at step {step}")

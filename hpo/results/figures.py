@@ -9,21 +9,22 @@ Plotly is imported inside each function, so importing this module is cheap.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import TYPE_CHECKING, Any
+
+from hpo.results.curves import (
+    STATE_COLORS,
+    complete_trials,
+    learning_curves_figure,
+    objective_name,
+    placeholder_figure,
+    train_val_figure,
+)
 
 if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
     from optuna.trial import FrozenTrial
 
-STATE_COLORS = {
-    "COMPLETE": "#1f77b4",
-    "PRUNED": "#ff7f0e",
-    "FAIL": "#d62728",
-    "RUNNING": "#7f7f7f",
-    "WAITING": "#bcbd22",
-}
 FIGURE_TITLES = {
     "history": "Optimization history",
     "pareto": "Pareto front",
@@ -97,27 +98,14 @@ def population_figure(study: optuna.Study) -> go.Figure:
                 showlegend=False,
             )
         )
-    fig.update_layout(xaxis_title="report step", yaxis_title=_name(study))
+    fig.update_layout(xaxis_title="report step", yaxis_title=objective_name(study))
     return fig
-
-
-def _complete(study: optuna.Study) -> list[FrozenTrial]:
-    from optuna.trial import TrialState
-
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 def _val_loss(study: optuna.Study) -> Any:
     """Optuna's ``target`` for its plots: None (the value) with one objective, else the first
     of the values, the validation loss (Optuna's plots refuse several objectives without)."""
     return None if len(study.directions) == 1 else (lambda t: t.values[0])
-
-
-def _name(study: optuna.Study) -> str:
-    """The objective as the figures name it: ``val loss``, ``val f1`` (``study.metric``)."""
-    from hpo.records import metric
-
-    return metric(study).replace("_", " ")
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure:
@@ -127,7 +115,7 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
 
     from hpo.records import objectives
 
-    if not _complete(study):
+    if not complete_trials(study):
         return placeholder_figure("no complete trial yet")
     names = objectives(study)
     if len(names) > 3:  # Optuna draws 2 or 3 objectives: the loss against the first two more
@@ -135,150 +123,16 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
     return vis.plot_pareto_front(study, target_names=names)
 
 
-def placeholder_figure(text: str) -> go.Figure:
-    """An empty figure that says why it is empty."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_annotation(
-        text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 16}
-    )
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(height=250)
-    return fig
-
-
 def history_figure(study: optuna.Study) -> go.Figure:
     """Each complete trial's best objective (``study.metric``) and the best so far (in the
     study's direction), by trial number."""
     import optuna.visualization as vis
 
-    if not _complete(study):
+    if not complete_trials(study):
         return placeholder_figure("no complete trial yet")
-    name = _name(study)
+    name = objective_name(study)
     fig = vis.plot_optimization_history(study, target=_val_loss(study), target_name=name)
     fig.update_yaxes(title_text=f"best {name} of the trial")
-    return fig
-
-
-def learning_curves_figure(study: optuna.Study) -> go.Figure:
-    """The objective (``study.metric``, by default the validation loss) by epoch of every
-    trial, one color per state."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    shown: set[str] = set()
-    values: list[float] = []
-    name = _name(study)
-    for t in study.get_trials(deepcopy=False):
-        if not t.intermediate_values:
-            continue
-        steps = sorted(t.intermediate_values)
-        ys = [t.intermediate_values[s] for s in steps]
-        values += [y for y in ys if math.isfinite(y)]
-        state = t.state.name
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=ys,
-                mode="lines+markers",
-                name=state.lower(),
-                legendgroup=state,
-                showlegend=state not in shown,
-                line={"color": STATE_COLORS.get(state, "#333")},
-                marker={"size": 4},
-                opacity=0.8,
-                hovertemplate=f"trial {t.number} ({state.lower()})<br>epoch %{{x}}<br>"
-                f"{name} %{{y:.4f}}<extra></extra>",
-            )
-        )
-        shown.add(state)
-    if not fig.data:
-        return placeholder_figure(f"no trial reported its {name} yet")
-    positive = [v for v in values if v > 0]
-    # Diverged trials reach losses 100x the others': a log axis keeps the good ones readable.
-    log = bool(positive) and len(positive) == len(values) and max(values) / min(positive) > 100
-    fig.update_xaxes(title_text="epoch")
-    title = "validation loss" if name == "val loss" else name
-    fig.update_yaxes(title_text=title, type="log" if log else "linear")
-    return fig
-
-
-OVERFIT_TRIALS = 3
-"""The best trials ``train_val_figure`` shows, one panel each."""
-
-
-def train_val_figure(study: optuna.Study, top: int = OVERFIT_TRIALS) -> go.Figure:
-    """The best ``top`` complete trials (by the study's direction), one panel each: the
-    objective's training and validation values at each evaluation (the ``metrics`` attr;
-    ``loss`` where the objective has no training counterpart), the gap between the two
-    shaded. A gap that widens as training goes on is overfitting."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from hpo.records import METRICS_ATTR, maximizes, metric, rank_key
-
-    name = metric(study).removeprefix("val_")
-    ranked = sorted(_complete(study), key=rank_key(maximizes(study)))
-    shown = []
-    for t in ranked:
-        history = t.user_attrs.get(METRICS_ATTR) or {}
-        key = name if any(f"train_{name}" in m for m in history.values()) else "loss"
-        points = [
-            (int(step), m[f"train_{key}"], m[f"val_{key}"])
-            for step, m in history.items()
-            if isinstance(m.get(f"train_{key}"), (int, float))
-            and isinstance(m.get(f"val_{key}"), (int, float))
-        ]
-        if points:
-            shown.append((t, key, sorted(points)))
-        if len(shown) == top:
-            break
-    if not shown:
-        return placeholder_figure("no complete trial recorded training and validation metrics")
-    fig = make_subplots(
-        rows=1,
-        cols=len(shown),
-        subplot_titles=[f"trial #{t.number}: {key}" for t, key, _ in shown],
-        shared_yaxes=False,
-    )
-    for col, (t, key, points) in enumerate(shown, start=1):
-        steps = [p[0] for p in points]
-        first = col == 1
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=[p[1] for p in points],
-                name="training",
-                legendgroup="train",
-                showlegend=first,
-                mode="lines+markers",
-                line={"color": "#1f77b4"},
-                hovertemplate=f"trial {t.number}<br>step %{{x}}<br>train {key} %{{y:.4f}}"
-                "<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
-        fig.add_trace(  # filled to the training line before it: the gap
-            go.Scatter(
-                x=steps,
-                y=[p[2] for p in points],
-                name="validation (gap shaded)",
-                legendgroup="val",
-                showlegend=first,
-                mode="lines+markers",
-                line={"color": "#d62728"},
-                fill="tonexty",
-                fillcolor="rgba(214, 39, 40, 0.15)",
-                hovertemplate=f"trial {t.number}<br>step %{{x}}<br>val {key} %{{y:.4f}}"
-                "<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
-        fig.update_xaxes(title_text="report step", row=1, col=col)
     return fig
 
 
@@ -286,22 +140,26 @@ def parallel_figure(study: optuna.Study) -> go.Figure:
     """Parallel coordinates of the complete trials' params and loss."""
     import optuna.visualization as vis
 
-    if not _complete(study):
+    if not complete_trials(study):
         return placeholder_figure("no complete trial yet")
-    return vis.plot_parallel_coordinate(study, target=_val_loss(study), target_name=_name(study))
+    return vis.plot_parallel_coordinate(
+        study, target=_val_loss(study), target_name=objective_name(study)
+    )
 
 
 def importances_figure(study: optuna.Study) -> go.Figure:
     """Hyperparameter importances (Optuna's default evaluator); needs 2+ complete trials."""
     import optuna.visualization as vis
 
-    n = len(_complete(study))
+    n = len(complete_trials(study))
     if n < 2:
         return placeholder_figure(
             f"importances need at least 2 complete trials; this study has {n}"
         )
     try:
-        return vis.plot_param_importances(study, target=_val_loss(study), target_name=_name(study))
+        return vis.plot_param_importances(
+            study, target=_val_loss(study), target_name=objective_name(study)
+        )
     except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
         return placeholder_figure(f"importances could not be computed: {e}")
 
@@ -310,9 +168,9 @@ def slice_figure(study: optuna.Study) -> go.Figure:
     """Loss against each param, one panel per param."""
     import optuna.visualization as vis
 
-    if not _complete(study):
+    if not complete_trials(study):
         return placeholder_figure("no complete trial yet")
-    fig = vis.plot_slice(study, target=_val_loss(study), target_name=_name(study))
+    fig = vis.plot_slice(study, target=_val_loss(study), target_name=objective_name(study))
     fig.update_layout(width=None)  # Optuna sets 300 px per param: let the page decide
     return fig
 

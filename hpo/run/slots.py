@@ -11,14 +11,16 @@ as many trials on a GPU as fit in 85% of its memory, one fewer after an out-of-m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
 import re
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hpo.errors import HpoError
 
@@ -118,17 +120,27 @@ def gpu_count() -> int | None:
     of the driver's management library (NVML) without importing torch; ``None`` where there is
     no NVIDIA driver. Where ``CUDA_VISIBLE_DEVICES`` is unset, this is what
     ``torch.cuda.device_count()`` says in a worker."""
+    with _nvml() as nvml:
+        count = ctypes.c_uint(0)
+        if nvml is None or nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        return count.value
+
+
+@contextlib.contextmanager
+def _nvml() -> Iterator[Any]:
+    """The NVIDIA driver's management library, initialized (shut down after); None where
+    there is no driver."""
     try:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
     except OSError:
-        return None
+        yield None
+        return
     if nvml.nvmlInit_v2() != 0:
-        return None
+        yield None
+        return
     try:
-        count = ctypes.c_uint(0)
-        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
-            return None
-        return count.value
+        yield nvml
     finally:
         nvml.nvmlShutdown()
 
@@ -356,13 +368,9 @@ class Packing:
 def gpu_memory_mb(gpu: str) -> float | None:
     """The total memory of GPU ``gpu`` (an index or UUID as ``--gpus`` takes it), asked of
     NVML; None where the driver cannot say."""
-    try:
-        nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return None
-    if nvml.nvmlInit_v2() != 0:
-        return None
-    try:
+    with _nvml() as nvml:
+        if nvml is None:
+            return None
         handle = ctypes.c_void_p()
         if gpu.isdigit():
             found = nvml.nvmlDeviceGetHandleByIndex_v2(int(gpu), ctypes.byref(handle))
@@ -382,5 +390,3 @@ def gpu_memory_mb(gpu: str) -> float | None:
         if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
             return None
         return memory.total / 2**20
-    finally:
-        nvml.nvmlShutdown()
