@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
 
 
 def test_hypervolume_of_two_minimized_objectives():
@@ -36,14 +32,10 @@ def test_smoke_run_measures_both_schedulers_against_their_baselines(tmp_path):
     """``benchmarks.run --smoke --only schedulers`` on digits: six rows with values; PBT
     trains exactly the epochs of its baseline, from the same initial configurations, and
     exploits; promotion trains fewer epochs than no pruning; the hypervolumes are in (0, 1]."""
-    out, work = tmp_path / "RESULTS.md", tmp_path / "work"
-    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--only",
-                        "schedulers", "--out", str(out), "--workdir", str(work)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
+    from test_benchmarks import run_smoke
 
-    rows = json.loads(out.with_suffix(".json").read_text())["benchmarks"]["schedulers"]["rows"]
+    work = tmp_path / "work"
+    rows = run_smoke("schedulers", tmp_path, timeout=300)["rows"]
     by = {(row["case"].split(",")[1].strip().split()[0], row["metric"]): row for row in rows}
     assert sorted(by) == sorted([("pbt", m) for m in ("best val loss", "epochs trained",
                                                       "wall s")]

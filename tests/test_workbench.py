@@ -108,3 +108,30 @@ def test_serial():
     result = pytester.runpytest_subprocess("-p", "no:xdist", "-m", "quick", "-v")
     result.assert_outcomes(passed=1, deselected=2)
     result.stdout.fnmatch_lines(["*test_fast PASSED*"])
+
+
+def test_the_slow_tests_are_handed_out_first(pytester):
+    """A minute-long test handed out last runs alone at the end of the run: the slow tests
+    go first, each group in its order."""
+    _ini(pytester)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_order="""
+import pytest
+
+def test_a():
+    pass
+
+@pytest.mark.slow
+def test_b():
+    pass
+
+def test_c():
+    pass
+
+@pytest.mark.slow
+def test_d():
+    pass
+""")
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "--collect-only", "-q")
+    names = [line.split("::")[-1] for line in result.outlines if "::" in line]
+    assert names == ["test_b", "test_d", "test_a", "test_c"], result.outlines

@@ -41,10 +41,13 @@ def serial_lock(request, tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """The ``quick`` tier (``pytest -m quick``, for the edit-test loop) is every test that is
-    neither ``slow`` nor ``serial``."""
+    neither ``slow`` nor ``serial``. The ``slow`` tests go first (in their order): xdist hands
+    tests out in order, and a minute-long test handed out last would run alone at the end
+    while the other processes have nothing left to do."""
     for item in items:
         if not (item.get_closest_marker("slow") or item.get_closest_marker("serial")):
             item.add_marker(pytest.mark.quick)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.hookimpl(wrapper=True)
