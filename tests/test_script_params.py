@@ -136,6 +136,8 @@ def test_a_script_searches_its_own_params_and_a_later_study_warm_starts_from_the
      ["search_space.alpha.high", "expected an integer", "2.5"]),
     (SCRIPT, "  head: {type: categorical, choices: [mlp, [a]]}\n", "",
      ["search_space.head.choices.1", "expected a string or number"]),
+    (SCRIPT, "  lr: {type: float, low: -1.0, high: 1.0}\n", "",
+     ["search_space.lr.low", "expected a number > 0 for lr"]),
     (SCRIPT, "  2nd: {type: float, low: 0.1, high: 1.0}\n", "",
      ["search_space.2nd", "letters, digits and _"]),
     (SCRIPT, "  alpha: {type: float, low: 1.0, high: 64.0}\n", "warm_start: {defaults: true}\n",
@@ -207,3 +209,27 @@ def test_pbt_explores_a_script_s_own_float_param(tmp_path):
     assert _given(tmp_path)[went_on.number] == [{**explored, "epochs": 3}]
     assert went_on.user_attrs["resumed_from_epoch"] == 1  # the best member's epoch 1
     assert went_on.intermediate_values[2] == pytest.approx(_loss(explored, 2))
+
+
+def test_your_own_code_gets_its_own_names_and_a_script_only_the_spec_s():
+    """A custom job's params are the built-in job's defaults and its own; a script's are the
+    spec's alone. hpo's names whose meaning is the built-in job's (``lora_r`` needs its
+    adapter, ``augment`` its images, ``optimizer`` its four) are your code's to read as it
+    likes; their numbers keep their domain (the bad-input test: ``lr`` > 0)."""
+    from hpo.spec import parse_spec, suggest
+
+    space = {"alpha": {"type": "float", "low": 1.0, "high": 64.0, "log": True},
+             "lora_r": {"type": "categorical", "choices": [4, 8]}, "augment": "strong",
+             "optimizer": {"type": "categorical", "choices": ["adamw", "lion"]}}
+    tasks = {"custom": {"kind": "custom", "entrypoint": "fastjob:epochs_job"},
+             "script": {"kind": "script", "command": ["python", "train.py"]}}
+    got = {}
+    for kind, task in tasks.items():
+        spec = parse_spec({"task": task, "search_space": space}, default_name=kind,
+                          check_environment=False)
+        trial = optuna.create_study().ask()
+        got[kind] = suggest(trial, spec)
+        assert 1.0 <= got[kind]["alpha"] <= 64.0 and got[kind]["lora_r"] in (4, 8)
+        assert got[kind]["augment"] == "strong"
+    assert set(got["script"]) == {"alpha", "lora_r", "augment", "optimizer"}
+    assert got["custom"]["lr"] == 1e-3 and got["custom"]["epochs"] == 3

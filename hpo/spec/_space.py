@@ -31,7 +31,8 @@ def _parse_space(raw: Any, at: _At, task_kind: str) -> tuple[ParamSpec, ...]:
         _check_name(name, at / name, task_kind)
     if not d:
         raise at.error("empty; search at least one hyperparameter")
-    params = {name: _parse_param(name, value, at / name) for name, value in d.items()}
+    own = task_kind in OWN_TASK_KINDS
+    params = {name: _parse_param(name, value, at / name, own) for name, value in d.items()}
     if not any(p.searched for p in params.values()):
         raise at.error("every entry is a fixed value; search at least one hyperparameter")
     for name, value in d.items():
@@ -84,9 +85,8 @@ def _check_name(name: str, at: _At, task_kind: str) -> None:
         close = difflib.get_close_matches(name, HYPERPARAMETERS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise at.error(
-            f"unknown key; {hint}the {task_kind} job's hyperparameters are "
-            + ", ".join(HYPERPARAMETERS)
-            + " (a parameter of your own needs your own code: task.kind script or custom)"
+            f"unknown key ({hint}a name of your own is for task.kind script or custom); "
+            "expected one of " + ", ".join(HYPERPARAMETERS)
         )
     if not _OWN_NAME.match(name):
         raise at.error(
@@ -101,9 +101,18 @@ def _own_value(value: Any) -> str | None:
     return None if ok else "a string, number or boolean"
 
 
-def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
+def _domain(name: str, own: bool) -> Callable[[Any], str | None]:
+    """What a value of ``name`` must be. A built-in hyperparameter's numbers keep their domain
+    in your own code too (``lr`` > 0, ``dropout`` in [0, 1)); its named choices (``optimizer``,
+    ``schedule``, ...) are the built-in job's vocabulary, so your code's are its own."""
     hp = HYPERPARAMETERS.get(name)
-    check: Callable[[Any], str | None] = hp.check if hp else _own_value
+    if hp is None or (own and not isinstance(hp.default, (int, float))):
+        return _own_value
+    return hp.check
+
+
+def _parse_param(name: str, raw: Any, at: _At, own: bool = False) -> ParamSpec:
+    check = _domain(name, own)
     if not isinstance(raw, Mapping):
         expected = check(raw)
         if expected:
