@@ -126,9 +126,11 @@ def test_a_script_searches_its_own_params_and_a_later_study_warm_starts_from_the
         assert t.value == pytest.approx(source.value)
 
 
+BUILTIN = "{kind: image_classification, model: resnet18, dataset: {name: digits}}"
+
+
 @pytest.mark.parametrize(("task", "space", "extra", "words"), [
-    ("{kind: image_classification, model: resnet18, dataset: {name: digits}}",
-     "  lr: 0.01\n  dropuot: {type: float, low: 0.0, high: 0.5}\n", "",
+    (BUILTIN, "  lr: 0.01\n  dropuot: {type: float, low: 0.0, high: 0.5}\n", "",
      ["search_space.dropuot", "unknown key", "did you mean dropout?", "script or custom"]),
     (SCRIPT, "  alpha: {type: float, low: 0.0, high: 64.0, log: true}\n", "",
      ["search_space.alpha.low", "must be > 0 with log: true"]),
@@ -143,12 +145,28 @@ def test_a_script_searches_its_own_params_and_a_later_study_warm_starts_from_the
     (SCRIPT, "  alpha: {type: float, low: 1.0, high: 64.0}\n", "warm_start: {defaults: true}\n",
      ["warm_start.defaults", "no known defaults for your own code (task.kind: script)"]),
 ])
-def test_a_bad_own_param_is_one_line_and_writes_nothing(tmp_path, task, space, extra, words):
-    """Bad input: exit 2, one line naming the key; no study written. A built-in task refuses
-    a name it does not know (a typo must not become a param nobody reads)."""
+def test_a_bad_own_param_is_one_line(tmp_path, task, space, extra, words):
+    """Each is one line naming the key. A built-in task refuses a name it does not know (a
+    typo must not become a param nobody reads)."""
+    from hpo.errors import SpecError
+    from hpo.spec import load_spec
+
     spec = _spec(tmp_path, "bad", space, extra=extra, task=task)
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    line = str(e.value)
+    assert line.startswith(f"{spec}: ") and "\n" not in line, line
+    for word in words:
+        assert word in line, (word, line)
+
+
+def test_an_unknown_name_of_a_built_in_task_exits_2_and_writes_nothing(tmp_path):
+    """``hpo create``: exit 2, the one line, no study written."""
+    spec = _spec(tmp_path, "typo", "  lr: 0.01\n  dropuot: {type: float, low: 0.0, high: 0.5}\n",
+                 task=BUILTIN)
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    one_line_error(run_hpo("create", str(spec), "--storage", url, cwd=tmp_path), spec, *words)
+    one_line_error(run_hpo("create", str(spec), "--storage", url, cwd=tmp_path), spec,
+                   "search_space.dropuot", "did you mean dropout?")
     if (tmp_path / "hpo.db").exists():
         assert optuna.get_all_study_names(url) == []
 
@@ -160,17 +178,17 @@ def test_repeats_of_a_script_run_with_their_own_seeds(tmp_path):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     noise = 0.5
     spec = _spec(tmp_path, "rep", "  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
-                 "  offset: {type: float, low: 0.0, high: 1.0}\n  epochs: 2\n", n=6,
+                 "  offset: {type: float, low: 0.0, high: 1.0}\n  epochs: 2\n", n=5,
                  extra="", sampler="{name: random, seed: 0}")
     spec.write_text(spec.read_text().replace(
-        "n_trials: 6}", "n_trials: 6, stop_when_converged: true, min_trials: 3, repeats: 2}"))
+        "n_trials: 5}", "n_trials: 5, stop_when_converged: true, min_trials: 2, repeats: 2}"))
     _hpo(tmp_path, "run", str(spec), "--storage", url, FASTJOB_SEED_NOISE=str(noise))
     study = optuna.load_study(study_name="rep", storage=url)
     ts = study.get_trials()
     repeats = [t for t in ts if REPEAT_OF_ATTR in t.user_attrs]
     assert [t.user_attrs[SEED_ATTR] for t in repeats] == [1, 2]
     best = ts[repeats[0].user_attrs[REPEAT_OF_ATTR]]
-    assert best.number < 3 and all(t.params == best.params for t in repeats)
+    assert best.number < 2 and all(t.params == best.params for t in repeats)
     for t in [best, *repeats]:
         seed = t.user_attrs.get(SEED_ATTR, 0)
         shift = noise * random.Random(seed).gauss(0, 1)

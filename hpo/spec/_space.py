@@ -3,8 +3,8 @@
 
 A built-in job searches its own hyperparameters (``HYPERPARAMETERS``) and refuses any other
 name (a typo must not become a parameter nobody reads). Your own code (``task.kind: script``
-or ``custom``) may also search names of its own (a LoRA ``alpha``, a ``warmup_ratio``): the
-same distributions, checked alike, without a domain of hpo's (``OWN_TASK_KINDS``)."""
+or ``custom``, ``OWN_TASK_KINDS``) may also search names of its own (a LoRA ``alpha``, a
+``warmup_ratio``): the same distributions, checked alike, in any range (``_domain``)."""
 
 from __future__ import annotations
 
