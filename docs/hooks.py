@@ -117,7 +117,7 @@ def accepted_keys(path: tuple[str, ...], task: dict[str, Any] | None = None) -> 
     try:
         parse_spec(raw, source="probe", default_name="probe", check_environment=False)
     except SpecError as e:
-        found = re.search(r"unknown key; expected one of (.+)$", str(e))
+        found = re.search(r"unknown key(?: \([^)]*\))?; expected one of (.+)$", str(e))
         if found and str(e).startswith("probe: " + ".".join((*path, PROBE)) + ":"):
             return tuple(found.group(1).split(", "))
         raise RuntimeError(f"the parser did not list the keys of {path}: {e}") from None
@@ -320,7 +320,8 @@ def hyperparameter_keys() -> list[SpecKey]:
     from hpo.spec import HYPERPARAMETERS
 
     out = []
-    for name in accepted_keys(("search_space",)):
+    # A built-in task's: a script or custom task also takes names of its own.
+    for name in accepted_keys(("search_space",), _IMAGE_TASK):
         hp = HYPERPARAMETERS[name]
         out.append(
             SpecKey(
@@ -445,7 +446,13 @@ def spec_reference() -> str:
             parts.append(
                 "## search_space keys: the hyperparameters\n\nEach key is a distribution "
                 "(the entry forms above) or a fixed value (`epochs: 3`). What is not listed "
-                "keeps its default; *type* is what a fixed value or a range must be.\n\n"
+                "keeps its default; *type* is what a fixed value or a range must be. A "
+                "built-in task refuses any other name. Your own code (`task.kind: script` or "
+                "`custom`) may also name parameters of its own (letters, digits and `_`, e.g. "
+                "`alpha`, `warmup_ratio`) with any range or choices; there the numbers below "
+                "keep their domain (`lr` > 0) and the named choices (`optimizer`, ...) are "
+                "your code's own; a script gets the spec's parameters alone "
+                "(`hpo.session.params`).\n\n"
                 + _table(hyperparameter_keys())
             )
     for what in ("sampler", "pruner"):

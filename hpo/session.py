@@ -20,7 +20,7 @@ its reports printed, and never a stop::
                               checkpoint=session.checkpoint_dir()):
             return                         # pruned or paused: stop here
 
-- ``params``: the trial's hyperparameters over your defaults.
+- ``params``: the trial's params over your defaults; ``seed``: the trial's seed.
 - ``report``: metrics at a step (one of them is the study's objective, ``study.metric``), and
   the checkpoint that holds this point (a directory or a file you have finished writing).
   It answers whether to go on. A paused trial resumes later from the checkpoint reported
@@ -61,6 +61,8 @@ RESUME_VAR = "HPO_RESUME_FROM"
 """The checkpoint (file or directory) this attempt starts from; unset: from the start."""
 TRIAL_VAR = "HPO_TRIAL"
 """The trial's number."""
+SEED_VAR = "HPO_SEED"
+"""The trial's seed: ``task.seed``, or a repeat's own (``budget.repeats``)."""
 
 _connection: _Connection | None = None
 
@@ -132,9 +134,18 @@ def _rank_zeros(value: Any) -> Any:
 
 
 def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The trial's hyperparameters over ``defaults`` (alone: ``defaults``)."""
+    """The trial's params (the spec's ``search_space``: sampled or fixed, hpo's names and
+    your own) over ``defaults``; what the spec leaves out keeps its default (alone: all)."""
     given = json.loads(os.environ.get(PARAMS_VAR, "{}"))
     return {**(defaults or {}), **given}
+
+
+def seed(default: int = 0) -> int:
+    """The trial's seed: ``task.seed``, or another for a repeat of the best configuration
+    (``budget.repeats``: the same params, other seeds, to measure the noise); seed your data
+    split, initialization and data order with it. Alone: ``default``."""
+    given = os.environ.get(SEED_VAR)
+    return int(given) if given else default
 
 
 def report(

@@ -172,7 +172,7 @@ BAD = [
     ("warm_start: {top_k: 3}", ["warm_start.top_k", "only with from:"]),
     ("warm_start: {}", ["warm_start", "give from: STUDY, defaults: true, or both"]),
     ("warm_start: {defaults: yes please}", ["warm_start.defaults", "true or false"]),
-    ("warm_start: {defaults: true}", ["warm_start.defaults", "custom job"]),
+    ("warm_start: {defaults: true}", ["warm_start.defaults", "your own code (task.kind: custom)"]),
     ("warm_start: {from: old, storage: hpo.db}", ["warm_start.storage", "storage URL"]),
     ("warm_start: {from: old, storage: 'postgresql://u:s3cret@db/hpo'}",
      ["warm_start.storage", "password"]),

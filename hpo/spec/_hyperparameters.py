@@ -96,7 +96,7 @@ class ParamSpec:
     """One entry of ``search_space``: a distribution, or a fixed value.
 
     Attributes:
-        name: the hyperparameter (a key of ``HYPERPARAMETERS``).
+        name: the hyperparameter (a key of ``HYPERPARAMETERS``, or your own code's own name).
         type: ``float``, ``int``, ``categorical`` or ``fixed``.
         low, high, log, step: the range of ``float`` / ``int``.
         choices: the options of ``categorical``.
@@ -107,7 +107,10 @@ class ParamSpec:
     """
 
     name: str
-    """The hyperparameter: the entry's key in ``search_space``."""
+    """The entry's key in ``search_space``: a hyperparameter of the built-in job (its domain
+    checked, e.g. ``lr`` > 0), or, for your own code (``task.kind: script`` or ``custom``),
+    also a name of your own (letters, digits and ``_``: ``alpha``, ``warmup_ratio``), any
+    range; a built-in task refuses a name it does not know."""
     type: str
     """``float``, ``int`` or ``categorical`` (an entry that is a plain value is ``fixed``)."""
     low: float | int | None = None

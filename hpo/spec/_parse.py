@@ -23,7 +23,7 @@ from hpo.spec._components import (
 from hpo.spec._hyperparameters import IMAGE_PARAMS
 from hpo.spec._keypath import _At, _show
 from hpo.spec._schema import ResourcesSpec, Spec, max_epochs
-from hpo.spec._space import _parse_space
+from hpo.spec._space import OWN_TASK_KINDS, _parse_space
 from hpo.spec._study import (
     METRICS,
     MULTI_OBJECTIVE_PRUNERS,
@@ -113,7 +113,7 @@ def parse_spec(
     task = _parse_task(
         top["task"], at / "task", check_environment, check_environment and check_files
     )
-    space = _parse_space(top["search_space"], at / "search_space")
+    space = _parse_space(top["search_space"], at / "search_space", task.kind)
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
     named = top.get("pruner")
     pruner = _parse_component(named, at / "pruner", "pruner") if named else ComponentSpec("none")
@@ -240,7 +240,9 @@ def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
 
 
 def _check_cross(spec: Spec, at: _At) -> None:
-    for p in spec.search_space:
+    # What the built-in job does with its hyperparameters; your own code reads its own.
+    builtin = spec.task.kind not in OWN_TASK_KINDS
+    for p in spec.search_space if builtin else ():
         if p.name in ADAPTER_PARAMS and spec.task.adapter is None:
             raise (at / "search_space" / p.name).error(
                 "a LoRA hyperparameter needs an adapter: task.adapter: {kind: lora}"

@@ -21,18 +21,24 @@ def suggest(trial, spec: Spec) -> dict[str, Any]:
         spec: the study spec.
 
     Returns:
-        Every hyperparameter of ``HYPERPARAMETERS``: sampled, fixed, task default or default
-        (the ``lora_*`` ones only with ``task.adapter``).
+        For a built-in or custom job, every hyperparameter of ``HYPERPARAMETERS``: sampled,
+        fixed, task default or default (the ``lora_*`` ones only with ``task.adapter``), and a
+        custom job's parameters of its own. For a script, the spec's parameters alone (sampled
+        or fixed; one whose ``when`` does not hold is left out): the script's own defaults
+        (``hpo.session.params(defaults)``) stand for the rest, not hpo's.
     """
-    params: dict[str, Any] = {
-        name: hp.default
-        for name, hp in HYPERPARAMETERS.items()
-        if spec.task.adapter or name not in ADAPTER_PARAMS
-    }
-    params["freeze"] = spec.task.freeze
-    params["freeze_k"] = spec.task.freeze_k
+    params: dict[str, Any] = {}
+    if spec.task.kind != "script":
+        params = {
+            name: hp.default
+            for name, hp in HYPERPARAMETERS.items()
+            if spec.task.adapter or name not in ADAPTER_PARAMS
+        }
+        params["freeze"] = spec.task.freeze
+        params["freeze_k"] = spec.task.freeze_k
     for p in spec.search_space:
-        if any(params[k] not in values for k, values in p.when):
+        # A parent left out (not sampled, no default: a script's) holds none of the values.
+        if any(k not in params or params[k] not in values for k, values in p.when):
             continue
         if p.type == "fixed":
             params[p.name] = p.value

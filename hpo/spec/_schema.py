@@ -36,7 +36,9 @@ class Spec:
     """What every trial fine-tunes (``TaskSpec``); required."""
     search_space: tuple[ParamSpec, ...]
     """Hyperparameter name -> a distribution or a fixed value (``ParamSpec``); required, and at
-    least one entry must be searched. What is not listed keeps its default."""
+    least one entry must be searched. What is not listed keeps its default (a script's: its
+    own, ``hpo.session.params(defaults)``). A script or custom task may name parameters of
+    its own."""
     sampler: ComponentSpec
     """What to try next: ``{name: tpe, seed: 0, ...}`` (default ``{name: tpe}``)."""
     pruner: ComponentSpec

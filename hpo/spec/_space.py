@@ -1,9 +1,16 @@
 """The ``search_space`` section: each hyperparameter a distribution or a fixed value, and the
-``when:`` conditions between them (parents ordered before their children)."""
+``when:`` conditions between them (parents ordered before their children).
+
+A built-in job searches its own hyperparameters (``HYPERPARAMETERS``) and refuses any other
+name (a typo must not become a parameter nobody reads). Your own code (``task.kind: script``
+or ``custom``, ``OWN_TASK_KINDS``) may also search names of its own (a LoRA ``alpha``, a
+``warmup_ratio``): the same distributions, checked alike, in any range (``_domain``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -13,13 +20,19 @@ from hpo.spec._keypath import _At, _show
 
 _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 _PARAM_TYPES = ("float", "int", "categorical")
+OWN_TASK_KINDS = ("script", "custom")
+"""The task kinds whose ``search_space`` may name parameters of their own."""
+_OWN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def _parse_space(raw: Any, at: _At) -> tuple[ParamSpec, ...]:
-    d = at.mapping(raw, tuple(HYPERPARAMETERS))
+def _parse_space(raw: Any, at: _At, task_kind: str) -> tuple[ParamSpec, ...]:
+    d = at.mapping(raw)
+    for name in d:
+        _check_name(name, at / name, task_kind)
     if not d:
         raise at.error("empty; search at least one hyperparameter")
-    params = {name: _parse_param(name, value, at / name) for name, value in d.items()}
+    own = task_kind in OWN_TASK_KINDS
+    params = {name: _parse_param(name, value, at / name, own) for name, value in d.items()}
     if not any(p.searched for p in params.values()):
         raise at.error("every entry is a fixed value; search at least one hyperparameter")
     for name, value in d.items():
@@ -64,10 +77,44 @@ def _parents_first(params: dict[str, ParamSpec], at: _At) -> list[str]:
     return order
 
 
-def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
-    hp = HYPERPARAMETERS[name]
+def _check_name(name: str, at: _At, task_kind: str) -> None:
+    """A built-in job's hyperparameter, or (your own code's) a name of letters, digits and _."""
+    if name in HYPERPARAMETERS:
+        return
+    if task_kind not in OWN_TASK_KINDS:
+        close = difflib.get_close_matches(name, HYPERPARAMETERS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise at.error(
+            f"unknown key ({hint}a name of your own is for task.kind script or custom); "
+            "expected one of " + ", ".join(HYPERPARAMETERS)
+        )
+    if not _OWN_NAME.match(name):
+        raise at.error(
+            "a parameter of your own is named with letters, digits and _, not starting with a "
+            f"digit; got {_show(name)}"
+        )
+
+
+def _own_value(value: Any) -> str | None:
+    """What a parameter of your own may take: a string, a number or a boolean."""
+    ok = isinstance(value, (str, int, float, bool)) and value is not None
+    return None if ok else "a string, number or boolean"
+
+
+def _domain(name: str, own: bool) -> Callable[[Any], str | None]:
+    """What a value of ``name`` must be. A built-in hyperparameter's numbers keep their domain
+    in your own code too (``lr`` > 0, ``dropout`` in [0, 1)); its named choices (``optimizer``,
+    ``schedule``, ...) are the built-in job's vocabulary, so your code's are its own."""
+    hp = HYPERPARAMETERS.get(name)
+    if hp is None or (own and not isinstance(hp.default, (int, float))):
+        return _own_value
+    return hp.check
+
+
+def _parse_param(name: str, raw: Any, at: _At, own: bool = False) -> ParamSpec:
+    check = _domain(name, own)
     if not isinstance(raw, Mapping):
-        expected = hp.check(raw)
+        expected = check(raw)
         if expected:
             raise at.error(f"expected {expected} or a distribution, got {_show(raw)}")
         return ParamSpec(name=name, type="fixed", value=raw)
@@ -87,7 +134,7 @@ def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
         for i, c in enumerate(choices):
             if not isinstance(c, (str, int, float, bool)) or c is None:
                 raise (at / "choices" / i).error(f"expected a string or number, got {_show(c)}")
-            (at / "choices" / i).checked(c, hp.check)
+            (at / "choices" / i).checked(c, check)
         if len(set(map(repr, choices))) != len(choices):
             raise (at / "choices").error("has duplicates")
         return ParamSpec(name=name, type="categorical", choices=tuple(choices))
@@ -111,7 +158,7 @@ def _parse_param(name: str, raw: Any, at: _At) -> ParamSpec:
     if log and low <= 0:
         raise (at / "low").error(f"must be > 0 with log: true, got {_show(d['low'])}")
     for key, v in (("low", low), ("high", high)):
-        expected = hp.check(v)
+        expected = check(v)
         if expected:
             raise (at / key).error(f"expected {expected} for {name}, got {_show(d[key])}")
     return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step)

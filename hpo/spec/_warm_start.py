@@ -77,7 +77,8 @@ _VISION_TRANSFORMERS = ("vit_", "swin_", "swin3d_", "maxvit_")
 
 
 def family_of(task: TaskSpec) -> Family | None:
-    """The model family of the task's model; None for a custom job (its model is unknown).
+    """The model family of the task's model; None for a custom job or a script (its model is
+    unknown).
 
     Text classifiers are transformer encoders (BERT-like); torchvision's ViT / Swin / MaxViT
     are vision transformers; every other torchvision classifier is a convnet.
@@ -149,5 +150,8 @@ def _parse_warm_start(
             "apply (use another sampler)"
         )
     if defaults and family_of(task) is None:
-        raise (at / "defaults").error("no known defaults for a custom job (task.kind: custom)")
+        raise (at / "defaults").error(
+            f"no known defaults for your own code (task.kind: {task.kind}); its model is "
+            "unknown to hpo (warm_start.from an earlier study works)"
+        )
     return WarmStartSpec(defaults=defaults, source=source, top_k=top_k, storage=storage)

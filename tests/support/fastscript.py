@@ -3,7 +3,12 @@ fastscript.py]}``): the same losses, epochs, checkpoints and epoch log, through
 ``hpo.session``. It logs the *worker's* pid (its parent's), as the custom job logs its own
 process's, so the chaos runner's checks read both alike; it reports ``resumed_from_epoch``
 with every report of an attempt that resumed (the best report's metrics become the trial's
-attrs: the custom job's ``resumed_from_epoch`` attr)."""
+attrs: the custom job's ``resumed_from_epoch`` attr).
+
+Its seed is the trial's (``session.seed``: a repeat's own), its noise ``FASTJOB_SEED_NOISE``
+x a normal draw of it, as the custom job's. A param of the spec's own, ``offset``, is added
+to the loss, and with ``FASTSCRIPT_PARAMS`` each attempt appends ``{"trial": N, "params":
+{...}}``, what ``session.params()`` gave it, to that file."""
 
 from __future__ import annotations
 
@@ -25,7 +30,12 @@ def main() -> None:
         state = json.loads((resume / "state.json").read_text())
         first, best, resumed = state["epoch"] + 1, state["best"], state["epoch"]
     noise = float(os.environ.get("FASTJOB_SEED_NOISE", "0"))
-    shift = noise * random.Random(params.get("seed", 0)).gauss(0, 1) if noise else 0
+    shift = noise * random.Random(session.seed()).gauss(0, 1) if noise else 0
+    shift += float(params.get("offset", 0.0))
+    seen = os.environ.get("FASTSCRIPT_PARAMS")
+    if seen:
+        with open(seen, "a") as f:
+            f.write(json.dumps({"trial": session.trial_number(), "params": params}) + "\n")
     folder = session.checkpoint_dir()
     if first > params["epochs"]:  # trained already (the worker died before the tell)
         session.report({"val_loss": best, "resumed_from_epoch": resumed}, step=params["epochs"])

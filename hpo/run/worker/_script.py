@@ -87,7 +87,7 @@ def run_script(
     Args:
         job_trial: the job's trial (``StudyTrial``): reports, decisions, attrs.
         trial: the Optuna trial (its number, its ``checkpoint`` attr to resume from).
-        task: the ``TaskSpec`` (``command``).
+        task: the ``TaskSpec`` (``command``; ``seed``, a repeat's own, given to the script).
         params: the trial's params, given to the script as JSON.
         checkpoint_dir: the folder of this trial's checkpoint directory.
         metric: the reported metric that is the objective (``study.metric``).
@@ -119,6 +119,7 @@ def run_script(
             session.PARAMS_VAR: json.dumps(params),
             session.CHECKPOINT_DIR_VAR: str(checkpoint_dir / f"trial-{trial.number}"),
             session.TRIAL_VAR: str(trial.number),
+            session.SEED_VAR: str(task.seed),  # a repeat's own (hpo.search.convergence)
             "PYTHONUNBUFFERED": "1",
         }
         env.pop(session.RESUME_VAR, None)

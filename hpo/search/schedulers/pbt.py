@@ -5,8 +5,9 @@ trains with a fixed schedule and pauses every ``interval`` epochs (its checkpoin
 When every member has reached that step (or finished), the generation is judged by the
 validation loss there: a member in the bottom ``quantile`` *exploits* one in the top
 ``quantile`` (drawn at random), going on from that member's checkpoint with its params, and
-*explores*: each float param (lr, weight decay, dropout, ...) is multiplied by 0.8 or 1.25,
-or with probability ``resample_probability`` drawn anew from its range. The others go on
+*explores*: each float param (lr, weight decay, dropout, ..., your code's own) is multiplied
+by 0.8 or 1.25, or with probability ``resample_probability`` drawn anew from its range. A
+script's checkpoint may be a directory. The others go on
 from their own checkpoint, unchanged. Ray Tune's ``PopulationBasedTraining`` decides when a
 trial reports, against whatever the others reported last; this one waits for the
 generation, as the paper's synchronous variant does, so that a member is compared at the
@@ -177,7 +178,8 @@ class PBT(Scheduler):
         for parent in rng.sample(top, len(top)):
             source = parents.get(parent)
             checkpoint = source.user_attrs.get(CHECKPOINT_ATTR) if source else None
-            if source is None or not checkpoint or not Path(checkpoint).is_file():
+            # A file, or a script's checkpoint directory (hpo.session.report's checkpoint).
+            if source is None or not checkpoint or not Path(checkpoint).exists():
                 continue
             params = explore(source.params, source.distributions, rng, self.resample_probability)
             lineage = list(paused.user_attrs.get(LINEAGE_ATTR, ()))
