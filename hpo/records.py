@@ -37,6 +37,10 @@ multiples of 2, then of 4, ... (and the first and the latest), evenly over the w
 BEST_METRICS_ATTR = "best_metrics"
 """Trial user attr: the metrics of the trial's best evaluation (its ``best_epoch``), as in
 ``metrics`` and per class too (``val_f1_per_class``, ...: lists in class order)."""
+THREADS_ATTR = "threads"
+"""Trial user attr: the CPU threads its arithmetic ran on (``torch.get_num_threads()``): a
+different count splits sums differently, and so changes the last bits of every loss
+(``hpo verify`` reruns with it)."""
 FAIL_REASON_ATTR = "fail_reason"
 """Trial user attr: why the trial failed (``oom``, ``worker died``, an exception's line)."""
 FIRST_GUESS_ATTR = "first_guess"

@@ -362,3 +362,26 @@ def _retrain(p: argparse.ArgumentParser) -> None:
         help="retrain complete trial N instead of the best (a study of several "
         "objectives needs it: one of its Pareto set)",
     )
+
+
+def _verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trial",
+        type=int,
+        metavar="N",
+        help="rerun complete trial N instead of the best (a study of several objectives "
+        "needs it: one of its Pareto set)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads for the rerun (default: the trial's recorded count)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=non_negative_float,
+        default=1e-6,
+        metavar="X",
+        help="the relative difference a step may have and count as reproduced (default 1e-6)",
+    )

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from hpo.cli._handle import EXIT_OK, Handle, say
+from hpo.cli._handle import EXIT_FAILURE, EXIT_OK, Handle, say
 from hpo.errors import HpoError
 
 
@@ -143,3 +143,16 @@ def retrain(h: Handle) -> int:
     )
     say(format_retrain(record))
     return EXIT_OK
+
+
+def verify(h: Handle) -> int:
+    from hpo.results.verify import format_verification
+    from hpo.results.verify import verify as rerun
+
+    study, spec = h.load()
+    if not h.args.json:
+        which = "the best trial" if h.args.trial is None else f"trial #{h.args.trial}"
+        say(f"hpo: rerunning {which} of {study.study_name} from its recorded params and seed")
+    result = rerun(study, spec, h.args.trial, threads=h.args.threads, tolerance=h.args.tolerance)
+    print(json.dumps(result.as_dict(), indent=2) if h.args.json else format_verification(result))
+    return EXIT_OK if result.verdict != "differs" else EXIT_FAILURE

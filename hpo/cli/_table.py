@@ -26,6 +26,7 @@ from hpo.cli._arguments import (
     _storage_proxy,
     _template,
     _trials,
+    _verify,
     _worker,
 )
 from hpo.cli._handle import Handle
@@ -198,5 +199,17 @@ COMMANDS: tuple[Command, ...] = (
         "study (hpo.results.retrain).",
         _read.retrain,
         _retrain,
+    ),
+    Command(
+        "verify",
+        "rerun a trial and compare its curve with the recorded one",
+        "Rerun the best trial of STUDY (or --trial N) in this process from its recorded "
+        "params, seed and CPU thread count, stop it where it stopped, and print each "
+        "recorded evaluation beside the rerun's, the largest difference and a verdict: "
+        "identical, within tolerance (exit 0) or differs (exit 1). The built-in job only "
+        "(hpo.results.verify).",
+        _read.verify,
+        _verify,
+        shared=("json",),
     ),
 )

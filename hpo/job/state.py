@@ -32,7 +32,7 @@ from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
 from hpo.job.setup import TrainingSetup
 from hpo.job.trial import Trial
-from hpo.records import BEST_METRICS_ATTR, METRICS_ATTR
+from hpo.records import BEST_METRICS_ATTR, METRICS_ATTR, THREADS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,7 @@ def record(state: FitState, trial: Trial, **extra: Any) -> None:
         "train_seconds": round(progress.seconds, 3),
         "samples_per_second": round(progress.samples / max(progress.train_seconds, 1e-9), 1),
         "device": state.dev.name,
+        THREADS_ATTR: torch.get_num_threads(),
         "world_size": state.ranks.world,
         "peak_memory_mb": round(peak_memory_mb(state.dev), 1),
     }
