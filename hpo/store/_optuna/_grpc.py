@@ -20,7 +20,8 @@ import grpc  # noqa: E402
 import optuna  # noqa: E402
 from optuna.storages import GrpcStorageProxy  # noqa: E402
 
-from hpo.store._optuna._heartbeat import OwnHeartbeat
+from hpo.store._optuna._heartbeat import OwnHeartbeat  # noqa: E402
+from hpo.store._optuna._store import STORAGE_CALLS  # noqa: E402
 from hpo.store._optuna._trials import (  # noqa: E402
     BudgetTaken,
     claim_template,
@@ -237,33 +238,7 @@ def _waiting(method: Any) -> Any:
 
 
 _grpc_inside = threading.local()
-_GRPC_RETRIED = (
-    "create_new_study",
-    "delete_study",
-    "set_study_user_attr",
-    "set_study_system_attr",
-    "get_study_id_from_name",
-    "get_study_name_from_id",
-    "get_study_directions",
-    "get_study_user_attrs",
-    "get_study_system_attrs",
-    "get_all_studies",
-    "create_new_trial",
-    "set_trial_param",
-    "get_trial_id_from_study_id_trial_number",
-    "set_trial_state_values",
-    "set_trial_intermediate_value",
-    "set_trial_user_attr",
-    "set_trial_system_attr",
-    "get_trial",
-    "get_all_trials",
-    "claim_trial",
-    "set_trial_user_attrs",
-    "create_study_with_attrs",
-    "record_heartbeat",
-    "_get_stale_trial_ids",
-    "hello",
-)
+_GRPC_RETRIED = STORAGE_CALLS + ("hello",)
 
 
 for _name in _GRPC_RETRIED:

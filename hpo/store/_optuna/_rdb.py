@@ -15,41 +15,18 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 from hpo.records import RESUMED_FROM_ATTR
+from hpo.store._optuna._store import STORAGE_CALLS
 from hpo.store._optuna._trials import BudgetTaken, claimed
 from hpo.store.outage import retrying
 
 # Every storage call, retried through a database outage. Re-running one is harmless: writes
 # are upserts or checked state changes (``tell`` recognises its own lost acknowledgement), and
 # a trial created twice is one more that goes stale and is retried like any other.
-_RETRIED = (
-    "create_new_study",
-    "delete_study",
-    "set_study_user_attr",
-    "set_study_system_attr",
-    "get_study_id_from_name",
-    "get_study_name_from_id",
-    "get_study_directions",
-    "get_study_user_attrs",
-    "get_study_system_attrs",
-    "get_all_studies",
-    "create_new_trial",
-    "set_trial_param",
-    "get_trial_id_from_study_id_trial_number",
+_RETRIED = STORAGE_CALLS + (
     "get_trial_number_from_id",
     "get_trial_param",
-    "set_trial_state_values",
-    "set_trial_intermediate_value",
-    "set_trial_user_attr",
-    "set_trial_system_attr",
-    "get_trial",
-    "get_all_trials",
     "get_n_trials",
     "get_best_trial",
-    "record_heartbeat",
-    "_get_stale_trial_ids",
-    "claim_trial",
-    "set_trial_user_attrs",
-    "create_study_with_attrs",
     "stale_trial_ids",
     # What Optuna's cache of finished trials (``study._storage``) calls on its backend.
     "_create_new_trial",

@@ -54,3 +54,33 @@ class TrialStore(Protocol):
     def get_heartbeat_interval(self) -> int | None:
         """Seconds between heartbeats."""
         ...
+
+
+STORAGE_CALLS = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "claim_trial",
+    "set_trial_user_attrs",
+    "create_study_with_attrs",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+"""The calls of a storage that go to its database or proxy: each one is retried through an
+outage (``HpoRDBStorage``, ``HpoGrpcStorage``; each adds the calls of its own)."""
