@@ -123,7 +123,7 @@ def test_the_pytorch_example_pauses_and_resumes_from_its_own_checkpoints(tmp_pat
     the script's own log, every epoch of a configuration is trained once."""
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = EXAMPLE / "spec.yaml"
-    r = run_hpo("run", str(spec), "--storage", url, "--n-trials", "6", cwd=ROOT,
+    r = run_hpo("run", str(spec), "--storage", url, "--n-trials", "4", cwd=ROOT,
                 env=_env(tmp_path), timeout=500)
     assert r.returncode == 0, r.stdout + r.stderr
     ts = _trials(spec, url)
@@ -155,7 +155,7 @@ def test_the_pytorch_example_pauses_and_resumes_from_its_own_checkpoints(tmp_pat
     ("example", "n", "env", "accuracy", "checkpoint"),
     [
         ("hf_trainer", "4", {"EXAMPLE_SAMPLES": "300"}, "eval_accuracy", "checkpoint-"),
-        ("lightning", "6", {}, "val_accuracy", ".ckpt"),
+        ("lightning", "4", {}, "val_accuracy", ".ckpt"),
     ],
 )
 def test_a_framework_example_resumes_from_the_framework_s_own_checkpoints(
