@@ -164,6 +164,7 @@ def sections() -> list[Section]:
         Spec,
         StudySection,
         TaskSpec,
+        TrackingSpec,
         WarmStartSpec,
     )
 
@@ -177,6 +178,7 @@ def sections() -> list[Section]:
         Section(("budget",), "budget", BudgetSpec),
         Section(("resources",), "resources", ResourcesSpec),
         Section(("warm_start",), "warm_start", WarmStartSpec),
+        Section(("tracking",), "tracking", TrackingSpec),
     ]
 
 

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, run_hpo
 from specs import write_tiny_spec
+from tensorboard_records import check_tensorboard
 from sample_study import OUTCOMES, build_sample_study
 
 from hpo import __version__
@@ -177,11 +178,15 @@ def test_exported_spec_reproduces_the_best_trial(tmp_path):
         "epochs": 2,
         "optimizer": {"type": "categorical", "choices": ["adam", "adamw"]},
         "dropout": {"type": "float", "low": 0.0, "high": 0.3},
-    }, sampler={"name": "random", "seed": 3}, pruner={"name": "none"}, budget={"n_trials": 2})
+    }, sampler={"name": "random", "seed": 3}, pruner={"name": "none"}, budget={"n_trials": 2},
+        tracking={"tensorboard": "tb"})
     ckpt = str(tmp_path / "ckpt")
     run = run_hpo("run", "tiny.yaml", "--storage", url, "--checkpoint-dir", ckpt,
                   "--workers", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
+    # The built-in job's reports, each step, in TensorBoard (tracking.tensorboard).
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    check_tensorboard(tmp_path / "tb" / "tiny", trials)
     export = run_hpo("export", "tiny", "--storage", url, "--out", "best", cwd=tmp_path)
     assert export.returncode == 0, export.stdout + export.stderr
     weights = tmp_path / "best" / "model.pt"  # resnet18's weights, no optimizer state

@@ -1,5 +1,5 @@
 """The commands that read studies: status, best, studies, trials, report, dashboard, export,
-retrain."""
+retrain, verify."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from hpo.cli._handle import EXIT_FAILURE, EXIT_OK, Handle, say
+from hpo.cli._handle import EXIT_FAILURE, EXIT_OK, Handle, say, warn
 from hpo.errors import HpoError
 
 
@@ -117,6 +117,7 @@ def dashboard(h: Handle) -> int:
 def export(h: Handle) -> int:
     from hpo.results.export import export_best, format_export
     from hpo.results.report import default_path
+    from hpo.run.tracking import log_export
 
     study, spec = h.load()
     out = Path(h.args.out) if h.args.out else Path("exports") / default_path(h.args.study).stem
@@ -124,6 +125,10 @@ def export(h: Handle) -> int:
         study, spec, out, storage_url=h.url, artifacts=h.args.artifacts, trial_number=h.args.trial
     )
     say(format_export(record, out))
+    tracked = log_export(spec, study.study_name, out, record["trial"]["number"])
+    if tracked is not None:  # tracking.mlflow: the export goes into the study's run
+        logged, line = tracked
+        (say if logged else warn)(line)
     return EXIT_OK
 
 

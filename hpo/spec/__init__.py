@@ -34,6 +34,7 @@ from hpo.spec._study import (
 )
 from hpo.spec._task import load_entrypoint, resolve_model
 from hpo.spec._task_spec import TASK_KINDS, TaskSpec
+from hpo.spec._tracking import TrackingSpec
 from hpo.spec._warm_start import FAMILIES, Family, WarmStartSpec, family_of
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "Spec",
     "StudySection",
     "TaskSpec",
+    "TrackingSpec",
     "WarmStartSpec",
     "natural_direction",
     "family_of",

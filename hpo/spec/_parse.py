@@ -32,6 +32,7 @@ from hpo.spec._study import (
 )
 from hpo.spec._task import _parse_task
 from hpo.spec._task_spec import TaskSpec
+from hpo.spec._tracking import _parse_tracking
 from hpo.spec._warm_start import _parse_warm_start
 
 
@@ -77,6 +78,7 @@ _TOP_KEYS = (
     "budget",
     "resources",
     "warm_start",
+    "tracking",
 )
 
 
@@ -125,7 +127,9 @@ def parse_spec(
         if warm is None
         else _parse_warm_start(warm, at / "warm_start", study.name, task, sampler.name)
     )
-    spec = Spec(study, task, space, sampler, pruner, budget, resources, warm)
+    tracking = top.get("tracking")
+    tracking = None if tracking is None else _parse_tracking(tracking, at / "tracking")
+    spec = Spec(study, task, space, sampler, pruner, budget, resources, warm, tracking)
     if not named:  # the scheduler measured best for this budget, written into the spec
         spec = with_default_pruner(spec, evals_given="evals_per_epoch" in top["task"])
     _check_cross(spec, at)

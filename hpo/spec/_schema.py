@@ -1,6 +1,6 @@
 """The spec's schema: the whole spec (``Spec``), made of its sections' dataclasses, each in
 the module of its section (``_task_spec``, ``_hyperparameters``, ``_components``, ``_budget``,
-``_study``, ``_warm_start``), and what one trial runs on (``ResourcesSpec``)."""
+``_study``, ``_warm_start``, ``_tracking``), and what one trial runs on (``ResourcesSpec``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hpo.spec._components import ComponentSpec
 from hpo.spec._hyperparameters import HYPERPARAMETERS, ParamSpec
 from hpo.spec._study import StudySection
 from hpo.spec._task_spec import _TASK_DEFAULTS, TaskSpec
+from hpo.spec._tracking import TrackingSpec
 from hpo.spec._warm_start import WarmStartSpec
 
 
@@ -55,6 +56,9 @@ class Spec:
     warm_start: WarmStartSpec | None = None
     """The first trials: the model family's known-good defaults, an earlier study's best
     (``WarmStartSpec``); default: none, the sampler proposes them all."""
+    tracking: TrackingSpec | None = None
+    """Where trials are recorded besides the study: an MLflow tracking server, TensorBoard
+    event files (``TrackingSpec``); default: none."""
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.search_space:
@@ -81,6 +85,7 @@ class Spec:
             # Only when set: a study stored before the key existed reads back the same.
             **({"resources": asdict(self.resources)} if self.resources != ResourcesSpec() else {}),
             **({"warm_start": self.warm_start.to_dict()} if self.warm_start else {}),
+            **({"tracking": self.tracking.to_dict()} if self.tracking else {}),
         }
 
     def with_budget(self, n_trials: int | None = None, timeout: float | None = None) -> Spec:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
+from hpo.run.tracking import tracker_for
 from hpo.run.worker._budget import Stop, should_stop
 from hpo.run.worker._housekeeping import quietly, retain_checkpoints
 from hpo.run.worker._signals import Preempted, stop_now_or_when_let
@@ -152,11 +153,18 @@ def run_worker(
     report = WorkerReport()
     scheduler = scheduler_of(study)
     cache: dict[str, Any] = {}  # datasets, tokenized text: loaded once per process
-    objective = make_objective(
-        study, spec, scheduler, cache, checkpoint_dir / safe_name(study.study_name), storage_url
-    )
     # Recorded on every trial; the launcher finds a dead child's trial by host and pid.
     attrs = {"host": socket.gethostname(), "worker": worker, "pid": os.getpid()}
+    tracker = tracker_for(spec, study.study_name, attrs)  # MLflow / TensorBoard, if named
+    objective = make_objective(
+        study,
+        spec,
+        scheduler,
+        cache,
+        checkpoint_dir / safe_name(study.study_name),
+        storage_url,
+        tracker,
+    )
     started = time.monotonic()
     consecutive_failures = 0
     baseline_mb: float | None = None
@@ -170,6 +178,8 @@ def run_worker(
             report.last_failure = str(trial.user_attrs.get(FAIL_REASON_ATTR, "unknown error"))
         else:
             consecutive_failures = 0
+        if tracker is not None:
+            tracker.finish(trial)
         if trial.user_attrs.get(CHECKPOINT_ATTR):
             quietly(
                 retain_checkpoints, trials, storage_url=storage_url, maximize=spec.study.maximize
@@ -231,12 +241,20 @@ def run_worker(
                 after_trial(number, trials)
             if baseline_mb is None and report.trials:
                 baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
-    except Preempted:
+    except Preempted as e:
         report.stopped_because = Stop.PREEMPTED  # run_trial re-queued its trial
+        if tracker is not None:
+            tracker.interrupt(str(e))
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
+        if tracker is not None:
+            tracker.close(study_over=report.stopped_because in _STUDY_OVER)
     return report
+
+
+_STUDY_OVER = (Stop.BUDGET, Stop.CONVERGED, Stop.TIMEOUT)
+"""Why a worker stops when its study is over: the study's MLflow run ends."""
 
 
 def stop_signal_words(signum: int) -> str:

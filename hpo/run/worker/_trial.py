@@ -38,6 +38,7 @@ from hpo.store.outage import stop_requested
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
+    from hpo.run.tracking import Tracker
     from hpo.store.url import StorageUrl
 
 log = logging.getLogger("hpo")
@@ -56,13 +57,16 @@ class StudyTrial:
     """The job's trial (``hpo.job.trial.Trial``) backed by the study's Optuna trial. Its
     ``should_prune`` asks the study's scheduler and keeps a decision that stops the trial
     (``decision``); in a study of several objectives its reports are kept as the learning
-    curve (Optuna refuses ``report`` there), and only an hpo scheduler may stop it."""
+    curve (Optuna refuses ``report`` there), and only an hpo scheduler may stop it. With a
+    ``tracker``, each write of its attrs goes to MLflow / TensorBoard too: the one place where
+    the built-in job, a gang's rank 0 and a script's relay record a report's metrics."""
 
     def __init__(
         self,
         trial: optuna.Trial,
         scheduler: Scheduler | None = None,
         several_objectives: bool = False,
+        tracker: Tracker | None = None,
     ) -> None:
         self._trial = trial
         self._study = trial.study
@@ -70,6 +74,7 @@ class StudyTrial:
         self.number = trial.number
         self._several = several_objectives
         self.decision: Decision | None = None
+        self._tracked = tracker.start(trial) if tracker is not None else None
 
     def report(self, value: float, step: int) -> None:
         if self._several:
@@ -85,6 +90,8 @@ class StudyTrial:
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         _optuna.set_user_attrs(self._trial, attrs)  # one transaction for all of them
+        if self._tracked is not None:
+            self._tracked.record(attrs)  # never raises (hpo.run.tracking)
 
 
 class ScheduledTrial(optuna.Trial):
@@ -153,6 +160,7 @@ def make_objective(
     cache: dict[str, Any],
     checkpoint_dir: Path,
     storage_url: str | StorageUrl | None,
+    tracker: Tracker | None = None,
 ) -> Callable[[optuna.Trial], float | list[float]]:
     """The objective of the worker's trials: params from the spec, the job, a resume from an
     earlier attempt's checkpoint, the upload of a checkpoint among the best, and a failed
@@ -166,6 +174,7 @@ def make_objective(
         checkpoint_dir: this study's checkpoint folder.
         storage_url: whose artifact store receives the checkpoints of trials that complete
             among the best (None: no upload).
+        tracker: records the trials in MLflow / TensorBoard (``hpo.run.tracking``).
 
     Raises:
         Stopped: the job stopped the trial early (the scheduler's decision, or the job's).
@@ -195,7 +204,7 @@ def make_objective(
             hold_stops=signals_held if in_process_fit else None,
             stop_asked=stop_requested,
         )
-        job_trial = StudyTrial(trial, scheduler, spec.study.multi)
+        job_trial = StudyTrial(trial, scheduler, spec.study.multi, tracker)
         try:
             params = suggest(trial, spec)  # a sampler's error fails the trial with its reason
             # A repeat (hpo.search.convergence) runs with its own seed.
