@@ -407,3 +407,18 @@ def test_hpo_create_reads_torchvisions_names_from_its_cache_and_rebuilds_a_bad_o
                        text=True, timeout=300)
     assert r.stdout.split()[-3:] == ["0", "True", "True"], r.stderr  # no cache: still works
     assert torchvision_catalog()["models"]  # in this process too
+
+
+def test_a_grid_study_s_budget_is_its_grid(tmp_path, capsys):
+    """Each point once: ``n_trials`` left out is the grid's size (written into the spec), one
+    below it runs that many, one above it is refused in one line."""
+    grid = ("search_space:\n  lr: {type: categorical, choices: [0.001, 0.01]}\n"
+            "  epochs: {type: int, low: 1, high: 3}\nsampler: {name: grid}\n")
+    base = "study: {name: g}\ntask: {kind: image_classification, model: resnet18, " \
+           "dataset: {name: digits}}\n" + grid
+    assert parse_spec(yaml.safe_load(base)).budget.n_trials == 6
+    assert parse_spec(yaml.safe_load(base + "budget: {n_trials: null, timeout: 60}\n")
+                      ).budget.n_trials == 6
+    assert parse_spec(yaml.safe_load(base + "budget: {n_trials: 4}\n")).budget.n_trials == 4
+    refused_spec(base + "budget: {n_trials: 7}\n", tmp_path, capsys,
+                 "budget.n_trials", "7 is more than the grid's 6 points")

@@ -261,3 +261,26 @@ def test_a_sampler_that_fails_fails_the_trial_with_its_reason(tmp_path):
     trial = study.get_trials()[number]
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "RuntimeError: the sampler broke"
+
+
+def test_a_grid_study_runs_every_point_once_and_its_worker_lives(tmp_path):
+    """The grid sampler stops Optuna's study once its grid is spent (``study.stop()``), which
+    raises outside ``study.optimize``: the worker that told the last point died (exit 1).
+    hpo's budget ends a grid study; with no ``n_trials`` it is the grid's size."""
+    env = fast_env(tmp_path)
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(
+        "study: {name: grid}\n"
+        'task: {kind: custom, entrypoint: "fastjob:epochs_job"}\n'
+        "search_space:\n"
+        "  lr: {type: categorical, choices: [0.001, 0.01, 0.1]}\n"
+        "  epochs: {type: int, low: 1, high: 2}\n"
+        "sampler: {name: grid}\npruner: {name: none}\nbudget: {n_trials: null}\n")
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    r = run_hpo("run", str(spec), "--storage", url, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "worker died" not in r.stdout and "Study.stop" not in r.stdout, r.stdout[-3000:]
+    ts = trials("grid", url)
+    assert [t.state for t in ts] == [TrialState.COMPLETE] * 6
+    assert sorted((t.params["lr"], t.params["epochs"]) for t in ts) == sorted(
+        (lr, e) for lr in (0.001, 0.01, 0.1) for e in (1, 2))

@@ -253,8 +253,10 @@ def make_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSample
         options["seed"] = options["seed"] + seed_offset
     name = spec.sampler.name
     if name == "grid":
+        from hpo.search.grid import GridSampler
+
         space = {p.name: p.grid() for p in spec.search_space if p.searched}
-        return optuna.samplers.GridSampler(space, **options)
+        return GridSampler(space, **options)
     cls = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,

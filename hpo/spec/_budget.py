@@ -16,7 +16,8 @@ class BudgetSpec:
     """The global budget, across every worker and machine."""
 
     n_trials: int | None = 20
-    """Finished trials (complete + pruned) after which workers stop."""
+    """Finished trials (complete + pruned) after which workers stop. With ``sampler: grid``
+    the default is the grid's size (each point once), and more than it is refused."""
     timeout: float | None = None
     """Seconds after which a worker starts no new trial."""
     stop_when_converged: bool = False

@@ -4,6 +4,7 @@ task is in ``_task``, the search space in ``_space``."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -119,7 +120,9 @@ def parse_spec(
     sampler = _parse_component(top.get("sampler") or {"name": "tpe"}, at / "sampler", "sampler")
     named = top.get("pruner")
     pruner = _parse_component(named, at / "pruner", "pruner") if named else ComponentSpec("none")
-    budget = _parse_budget(top.get("budget") or {}, at / "budget")
+    raw_budget = top.get("budget") or {}
+    grid = sampler.name == "grid"
+    budget = _parse_budget(raw_budget, at / "budget", grid)
     resources = _parse_resources(top.get("resources") or {}, at / "resources", task)
     warm = top.get("warm_start")
     warm = (
@@ -130,6 +133,10 @@ def parse_spec(
     tracking = top.get("tracking")
     tracking = None if tracking is None else _parse_tracking(tracking, at / "tracking")
     spec = Spec(study, task, space, sampler, pruner, budget, resources, warm, tracking)
+    if grid:
+        spec = _with_grid_budget(
+            spec, isinstance(raw_budget, dict) and "n_trials" in raw_budget, at / "budget"
+        )
     if not named:  # the scheduler measured best for this budget, written into the spec
         spec = with_default_pruner(spec, evals_given="evals_per_epoch" in top["task"])
     _check_cross(spec, at)
@@ -188,7 +195,25 @@ def _parse_component(raw: Any, at: _At, what: str) -> ComponentSpec:
     return ComponentSpec(name=name, options=options)
 
 
-def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
+def _with_grid_budget(spec: Spec, given: bool, at: _At) -> Spec:
+    """A grid study runs each point of its grid once: ``n_trials`` left out (or null) is the
+    grid's size, and one above it is refused (the grid sampler would run points again)."""
+    try:
+        size = math.prod(len(p.grid()) for p in spec.search_space if p.searched)
+    except ValueError:
+        return spec  # a parameter that is not finite: _check_cross names it
+    n = spec.budget.n_trials
+    if not given or n is None:
+        return replace(spec, budget=replace(spec.budget, n_trials=size))
+    if n > size:
+        raise (at / "n_trials").error(
+            f"{n} is more than the grid's {size} points, each of which runs once; "
+            "leave n_trials out to run them all"
+        )
+    return spec
+
+
+def _parse_budget(raw: Any, at: _At, grid: bool = False) -> BudgetSpec:
     d = at.mapping(raw, ("n_trials", "timeout", "stop_when_converged", "min_trials", "repeats"))
     n_trials = d.get("n_trials", 20)
     if n_trials is not None:
@@ -198,7 +223,7 @@ def _parse_budget(raw: Any, at: _At) -> BudgetSpec:
         if not _is_number(timeout) or timeout <= 0:
             raise (at / "timeout").error(f"expected seconds > 0, got {_show(timeout)}")
         timeout = float(timeout)
-    if n_trials is None and timeout is None:
+    if n_trials is None and timeout is None and not grid:  # a grid ends with its points
         raise at.error("give n_trials or timeout (or both), else the study never ends")
     converge = (at / "stop_when_converged").typed(d.get("stop_when_converged", False), _BOOL)
     for key in ("min_trials", "repeats"):
