@@ -331,6 +331,17 @@ def _trials(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="write here instead of standard output")
 
 
+def _trial(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--trial N``: the complete trial a command takes instead of the best."""
+    p.add_argument(
+        "--trial",
+        type=int,
+        metavar="N",
+        help=f"{verb} complete trial N instead of the best (a study of several "
+        "objectives needs it: one of its Pareto set)",
+    )
+
+
 def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="the folder (default: exports/STUDY)")
     p.add_argument(
@@ -338,13 +349,7 @@ def _export(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="artifact store folder, where the checkpoint was uploaded elsewhere",
     )
-    p.add_argument(
-        "--trial",
-        type=int,
-        metavar="N",
-        help="export complete trial N instead of the best (a study of several "
-        "objectives needs it: one of its Pareto set)",
-    )
+    _trial(p, "export")
 
 
 def _retrain(p: argparse.ArgumentParser) -> None:
@@ -355,23 +360,11 @@ def _retrain(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="epochs to train (default: the trial's best_epoch, else its epochs)",
     )
-    p.add_argument(
-        "--trial",
-        type=int,
-        metavar="N",
-        help="retrain complete trial N instead of the best (a study of several "
-        "objectives needs it: one of its Pareto set)",
-    )
+    _trial(p, "retrain")
 
 
 def _verify(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--trial",
-        type=int,
-        metavar="N",
-        help="rerun complete trial N instead of the best (a study of several objectives "
-        "needs it: one of its Pareto set)",
-    )
+    _trial(p, "rerun")
     p.add_argument(
         "--threads",
         type=positive_int,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError
+from hpo.job.trial import FixedTrial
 from hpo.records import THREADS_ATTR
 
 if TYPE_CHECKING:
@@ -104,24 +105,16 @@ def recorded_curve(study: optuna.Study, trial: FrozenTrial) -> dict[int, float]:
     return dict(sorted(curve.items()))
 
 
-class _Rerun:
-    """The rerun's trial (``hpo.job.trial.Trial``): keeps each report and the attrs, and
-    stops the fit after the last recorded step (a trial that stopped early, or paused)."""
+class _Rerun(FixedTrial):
+    """The rerun's trial: keeps each report and the attrs (``FixedTrial``), and stops the fit
+    after the last recorded step (a trial that stopped early, or paused)."""
 
     def __init__(self, number: int, last_step: int) -> None:
-        self.number = number
+        super().__init__(number)
         self.last_step = last_step
-        self.reports: dict[int, float] = {}
-        self.attrs: dict[str, Any] = {}
-
-    def report(self, value: float, step: int) -> None:
-        self.reports[step] = value
 
     def should_prune(self) -> bool:
         return bool(self.reports) and max(self.reports) >= self.last_step
-
-    def set_attrs(self, attrs: dict[str, Any]) -> None:
-        self.attrs.update(attrs)
 
 
 def verify(
