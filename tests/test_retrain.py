@@ -118,6 +118,7 @@ def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
     assert test["f1"] == pytest.approx(sk.f1_score(y, p, average="macro"), abs=1e-5)
     assert test["accuracy"] == pytest.approx(np.trace(matrix) / 359, abs=1e-6)
     assert record["device"] == "cpu" and record["seconds"] > 0
+    assert record["omp_wait_policy"] == "PASSIVE"  # as a worker's: no spinning on shared cores
     for package in ("hpo-finetune", "optuna", "torch", "torchvision"):
         assert record["packages"][package] == metadata.version(package)
     assert record["data"]["sha256"] and record["model"]["sha256"] == hashlib.sha256(

@@ -41,14 +41,19 @@ def _sources(numbers: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     }
 
 
+def confusion_keys(numbers: dict[str, Any]) -> list[str]:
+    """The keys (``CONFUSION_TITLES``) of the confusion matrices the study recorded."""
+    return [k for k, (_, m) in _sources(numbers).items() if isinstance(m, list) and m]
+
+
 def class_figures(numbers: dict[str, Any]) -> dict[str, go.Figure]:
     """The heatmaps of the confusion matrices the study recorded, by key
     (``CONFUSION_TITLES``): none where it recorded none."""
     figures = {}
-    for key, (per, matrix) in _sources(numbers).items():
-        if isinstance(matrix, list) and matrix:
-            classes = (per or {}).get("classes") or [str(i) for i in range(len(matrix))]
-            figures[key] = confusion_figure(matrix, classes, CONFUSION_TITLES[key])
+    for key in confusion_keys(numbers):
+        per, matrix = _sources(numbers)[key]
+        classes = (per or {}).get("classes") or [str(i) for i in range(len(matrix))]
+        figures[key] = confusion_figure(matrix, classes, CONFUSION_TITLES[key])
     return figures
 
 

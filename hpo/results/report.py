@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from hpo import __version__
 from hpo.records import devices, format_value, safe_name
-from hpo.results.classes import CONFUSION_TITLES, class_figures, class_sections
+from hpo.results.classes import (
+    CONFUSION_TITLES,
+    class_figures,
+    class_sections,
+    confusion_keys,
+)
 from hpo.results.figures import FIGURE_TITLES, comparison_figure, study_figures
 from hpo.results.numbers import progress, study_numbers
 from hpo.results.summary import format_params
@@ -119,7 +124,7 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
             f"device-hours ({s['saved_fraction']:.0%} saved)"
         )
     shown = {"pareto": "pareto" in numbers, "comparison": False}
-    shown.update({k: k in class_figures(numbers) for k in CONFUSION_TITLES})
+    shown.update({k: k in confusion_keys(numbers) for k in CONFUSION_TITLES})
     figures = ", ".join(t for k, t in FIGURE_TITLES.items() if shown.get(k, True))
     lines.append(f"- figures on the study's page: {figures}")
     if report_path:
