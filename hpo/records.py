@@ -36,7 +36,9 @@ At most 100 steps (one database value must stay small): past them, the steps tha
 multiples of 2, then of 4, ... (and the first and the latest), evenly over the whole fit."""
 BEST_METRICS_ATTR = "best_metrics"
 """Trial user attr: the metrics of the trial's best evaluation (its ``best_epoch``), as in
-``metrics`` and per class too (``val_f1_per_class``, ...: lists in class order)."""
+``metrics`` and per class too (``val_f1_per_class``, ...: lists in class order), with the
+validation confusion matrix ``val_confusion`` (``[true][predicted]`` counts, up to 50
+classes: ``hpo.job.metrics.CONFUSION_CLASSES``)."""
 THREADS_ATTR = "threads"
 """Trial user attr: the CPU threads its arithmetic ran on (``torch.get_num_threads()``): a
 different count splits sums differently, and so changes the last bits of every loss

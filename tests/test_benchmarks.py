@@ -342,3 +342,35 @@ def test_threads_benchmark_runs_both_arms_alone_and_beside_a_hog(tmp_path):
     for condition in ("alone", "beside a hog"):
         for arm in ("before", "after"):
             assert f"| {condition} | {arm} | " in text
+
+
+def test_the_imbalance_benchmark_writes_its_medians_and_replaces_its_own_section(tmp_path):
+    """``benchmarks.imbalance`` (its run is too long for the suite): the table's medians and
+    paired differences of per-seed numbers, and ``--out`` replacing its earlier section in
+    place, the others kept."""
+    from benchmarks.imbalance import TITLE, arm_spec, table, write_section
+
+    spec = arm_spec("f1", 0, smoke=False)
+    assert spec["study"]["metric"] == "val_f1" and spec["task"]["thin_classes"]["3"] == 0.1
+    assert arm_spec("loss", 3, smoke=False)["sampler"]["seed"] == 3
+
+    def row(arm, seed, f1, recall):
+        return {"arm": arm, "seed": seed, "best": 1, "imbalance": "none", "val_f1": 0.9,
+                "test_f1": f1, "test_accuracy": 0.9, "minority_recall": recall,
+                "minority_recalls": [recall] * 3, "seconds": 60}
+
+    results = [row("f1", 0, 0.80, 0.5), row("loss", 0, 0.90, 0.7),
+               row("f1", 1, 0.93, 0.9), row("loss", 1, 0.92, 0.8),
+               row("f1", 2, 0.85, 0.6), row("loss", 2, 0.86, 0.6)]
+    text = table(results, spec)
+    assert "| val_f1 | 0.8500 (0.8000-0.9300) | 0.600 (0.500-0.900) | 0.9000 |" in text
+    assert "| val_loss | 0.9000 (0.8600-0.9200) | 0.700 (0.600-0.800) | 0.9000 |" in text
+    assert "median -0.0100 (-0.1000 to +0.0100; higher in 1, lower in 2 of 3)" in text
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\n## Before\n\nkept\n\n## After\n\nkept too\n")
+    write_section(out, f"{TITLE}, day 1\n\nfirst\n")
+    write_section(out, f"{TITLE}, day 2\n\nsecond\n")
+    page = out.read_text()
+    assert page.count(TITLE) == 1 and "second" in page and "first" not in page
+    assert "## Before\n\nkept\n" in page and "## After\n\nkept too\n" in page

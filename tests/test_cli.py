@@ -146,6 +146,11 @@ def test_a_study_of_val_f1_maximizes_it_through_the_cli(tmp_path):
     # objective's training counterpart), from best_metrics, flagged past --overfit-gap.
     metrics = top.user_attrs["best_metrics"]
     assert record["best_metrics"] == metrics
+    # ... and the validation confusion matrix of that evaluation: its diagonal is the recall.
+    matrix = record["best_metrics"]["val_confusion"]
+    assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
+    assert [row[i] / sum(row) if sum(row) else 0.0 for i, row in enumerate(matrix)] == \
+        pytest.approx(metrics["val_recall_per_class"], abs=1e-5)
     over = record["overfitting"]
     assert set(over["gaps"]) == {"accuracy", "loss", "f1"} and over["threshold"] == 0.1
     for key in ("accuracy", "f1"):
@@ -190,6 +195,9 @@ def test_a_study_of_val_f1_maximizes_it_through_the_cli(tmp_path):
     assert f"trial #{top.number}: f1" in html and 'id="hpo-overfit"' in html
     table = html.split('<table id="per-class">', 1)[1].split("</table>", 1)[0]
     assert table.count("<tr>") == 1 + 10
+    assert 'id="hpo-confusion"' in html.split('<section id="confusion">', 1)[1]
+    row = table.split("<tr><td>3</td>", 1)[1].split("</tr>", 1)[0]
+    assert row.endswith(f"<td>{sum(matrix[3])}</td>"), row  # the 3s it validated on
 
 
 def test_storage_from_environment_and_default(tmp_path):

@@ -109,6 +109,7 @@ def test_dashboard_shows_the_study_and_its_trials_in_a_browser(storage_url, tmp_
         shots.append(tmp_path / "study.png")
         try:
             _wait_for(driver, "Pruning savings")
+            _wait_for(driver, "Confusion matrix of the best trial")  # the heatmap, drawn
         finally:
             driver.save_screenshot(str(shots[-1]))
         driver.get(f"{url}studies/{study_id}/note")

@@ -132,3 +132,48 @@ def test_without_the_param_the_task_decides_as_before(folder, monkeypatch):
     trial = FixedTrial()
     run_job(trial, task, params, JobContext(cache={}))
     assert "class_weights" not in trial.attrs and "val_balanced_accuracy" not in trial.attrs
+
+
+def test_the_shipped_imbalanced_spec_thins_its_classes_reproducibly():
+    """``search_spaces/digits_imbalanced.yaml``: the trials' examples (train + val) hold
+    round(0.1 x n) of the 3s, 5s and 8s left after the test hold-out and every example of the
+    other digits; the same draw each time and in the final fit; another thin_seed draws
+    other examples, as many; the test split keeps every class whole (35 to 37 each)."""
+    from dataclasses import replace
+
+    from conftest import ROOT
+
+    from hpo.job.data import heldout_test_indices
+    from hpo.job.errors import JobSetupError
+    from hpo.job.image_data import final_image_datasets, image_datasets
+    from hpo.job.image_source import load_images
+    from hpo.spec import load_spec
+
+    task = load_spec(ROOT / "search_spaces" / "digits_imbalanced.yaml").task
+    assert task.thin_classes == {"3": 0.1, "5": 0.1, "8": 0.1} and task.thin_seed == 0
+    cache: dict = {}
+    source = load_images(task.dataset, cache)
+    labels = source.train_labels
+    rest, test = heldout_test_indices(labels, task.test_fraction, task.seed)
+    before = np.bincount(labels[rest], minlength=10)
+
+    def seen(t) -> np.ndarray:  # the indices the trials train and validate on
+        train, val = image_datasets(t, source, None, cache)[:2]
+        return np.sort(np.concatenate([train.indices, val.indices]))
+
+    first = seen(task)
+    counts = np.bincount(labels[first], minlength=10)
+    thinned = {int(c) for c in task.thin_classes}
+    assert counts.tolist() == [round(0.1 * n) if c in thinned else n
+                               for c, n in enumerate(before)]
+    assert counts[3] == 15 and counts[0] == before[0]  # 146 3s left: 15 kept
+    assert np.array_equal(seen(task), first)  # reproducible
+    assert not np.intersect1d(first, test).size  # the test split stays out
+    final_train, final_test = final_image_datasets(task, source, None, cache)[:2]
+    assert np.array_equal(np.sort(final_train.indices), first)  # retrain: the same examples
+    assert np.bincount(labels[final_test.indices], minlength=10).min() >= 35
+    other = seen(replace(task, thin_seed=1))
+    assert np.bincount(labels[other], minlength=10).tolist() == counts.tolist()
+    assert not np.array_equal(other, first)
+    with pytest.raises(JobSetupError, match="thin_classes: no class 'ten'; the classes are 0, 1"):
+        seen(replace(task, thin_classes={"ten": 0.5}))

@@ -50,6 +50,8 @@ def test_every_metric_is_scikit_learns(classes, skew):
     ours, theirs = _tally(logits, labels), _sklearn(logits, labels)
     for name, value in theirs.items():
         assert ours[name] == pytest.approx(value, abs=1e-12), name
+    assert ours["confusion"] == sk.confusion_matrix(
+        labels.numpy(), logits.argmax(dim=1).numpy(), labels=range(classes)).tolist()
     if classes == 2:
         scores = torch.softmax(logits, dim=1)[:, 1].numpy()
         assert ours["auroc"] == pytest.approx(sk.roc_auc_score(labels.numpy(), scores), abs=1e-9)
@@ -66,6 +68,20 @@ def test_a_class_neither_held_nor_predicted_is_left_out_of_the_macro_averages():
     assert ours["f1"] == pytest.approx(sk.f1_score([0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 0, 0],
                                                    average="macro"))
     assert ours["f1_per_class"][2:] == [0.0, 0.0]
+
+
+def test_a_confusion_matrix_is_kept_up_to_fifty_classes_and_not_by_training():
+    from hpo.job.metrics import CONFUSION_CLASSES
+
+    labels = torch.arange(60) % 60
+    logits = torch.nn.functional.one_hot(labels, 60).float()
+    assert "confusion" not in _tally(logits, labels)  # 60 x 60 would outgrow an attr
+    labels = labels % CONFUSION_CLASSES
+    logits = torch.nn.functional.one_hot(labels, CONFUSION_CLASSES).float()
+    assert len(_tally(logits, labels)["confusion"]) == CONFUSION_CLASSES
+    no = Tally(3, "cpu", confusion=False)
+    no.add(torch.eye(3), torch.arange(3))
+    assert "confusion" not in no.read()
 
 
 def test_auroc_counts_ties_half_as_scikit_learn_does():
@@ -170,6 +186,13 @@ def test_a_real_fit_records_train_and_val_metrics_each_epoch(monkeypatch):
     assert seen["examples"] == 2 * 160
     best = trial.attrs["best_metrics"]
     assert len(best["val_f1_per_class"]) == 10 and len(best["train_recall_per_class"]) == 10
+    # The validation confusion matrix of the best evaluation (training keeps none: small attrs).
+    assert sum(map(sum, best["val_confusion"])) == 40 and "train_confusion" not in best
+    assert not any("confusion" in k for k in history["2"])
+    matrix = best["val_confusion"]
+    assert sum(matrix[i][i] for i in range(10)) / 40 == pytest.approx(best["val_accuracy"])
+    assert [matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else 0.0 for i in range(10)] == \
+        pytest.approx(best["val_recall_per_class"], abs=1e-5)
     assert best["val_accuracy"] == pytest.approx(trial.attrs["val_accuracy"], abs=1e-6)
     assert best == {**best, **history[str(trial.attrs["best_epoch"])]}
 
@@ -204,6 +227,8 @@ def test_a_final_fit_records_train_metrics_each_epoch_and_test_metrics():
     test = trial.attrs["test_metrics"]
     assert test["test_accuracy"] == pytest.approx(trial.attrs["test_accuracy"], abs=1e-6)
     assert len(test["test_precision_per_class"]) == 10
+    assert len(test["test_confusion"]) == 10 and trial.attrs["test_classes"][3] == "3"
+    assert sum(map(sum, test["test_confusion"])) == trial.attrs["test_examples"]
 
 
 def test_two_classes_record_auroc_on_train_and_val(tmp_path):

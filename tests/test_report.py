@@ -16,14 +16,21 @@ from browser import headless_chromium
 from conftest import run_hpo
 from sample_study import OUTCOMES, build_sample_study
 
+from hpo.records import RETRAIN_ATTR
+from hpo.results.classes import CONFUSION_TITLES
 from hpo.results.figures import FIGURE_TITLES
 from hpo.results.numbers import savings, study_numbers
 from hpo.results.report import write_report
 from hpo.store.storage import open_storage
 
-STUDY_FIGURES = [k for k in FIGURE_TITLES if k not in ("comparison", "pareto", "population")]
+STUDY_FIGURES = [k for k in FIGURE_TITLES
+                 if k not in ("comparison", "pareto", "population", "test_confusion")]
 """A single-objective study's figures: the Pareto front is a multi-objective study's, the
-population a pbt study's (tests/test_pbt.py)."""
+population a pbt study's (tests/test_pbt.py), the test split's confusion matrix a retrained
+study's."""
+ON_THE_PAGE = sorted(STUDY_FIGURES, key=lambda k: k not in CONFUSION_TITLES)
+"""The figures in the order the page shows them: the confusion matrix beside the per-class
+table, above the others."""
 
 
 def _numbers_in(page: str) -> list[dict]:
@@ -61,7 +68,8 @@ def test_report_figures_and_numbers_match_the_database(storage_url, tmp_path):
     # Every figure, by its title, as a section and inside the plotly figure itself.
     for key in STUDY_FIGURES:
         title = FIGURE_TITLES[key]
-        assert f"<h2>{title}</h2>" in page, title
+        # The confusion matrix sits beside the per-class table, under the table's heading.
+        assert key in CONFUSION_TITLES or f"<h2>{title}</h2>" in page, title
         assert f'id="hpo-{key}"' in page, key
         assert f'"text":"{title}"' in page, f"figure {key} lacks its title"
     assert 'id="hpo-pareto"' not in page and 'id="pareto-set"' not in page
@@ -130,15 +138,23 @@ def test_report_opens_with_no_network(tmp_path):
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
-    assert rendered == [f"hpo-{k}" for k in STUDY_FIGURES], f"screenshot: {shot}"
+    assert rendered == [f"hpo-{k}" for k in ON_THE_PAGE], f"screenshot: {shot}"
 
 
 def test_the_train_vs_val_figure_shades_the_gap_of_the_best_trials(tmp_path):
     """The best three complete trials, one panel each: training and validation loss from
     their ``metrics`` attr, the area between them filled, drawn in a real browser; the best
-    trial's per-class table beside it."""
+    trial's per-class table with its confusion matrix beside it, and after a retrain the
+    test split's, both heatmaps drawn."""
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = build_sample_study(url, "gap", tmp_path / "ckpt")
+    # What hpo retrain keeps in the study (tests/test_retrain.py makes a real one): 3 classes.
+    test_matrix = [[9, 1, 0], [0, 4, 2], [1, 0, 11]]
+    study.set_user_attr(RETRAIN_ATTR, {
+        "trial": 0, "test_accuracy": 0.8571, "test_f1": 0.83, "test_per_class": {
+            "classes": ["a", "b", "c"], "precision": [0.9, 0.8, 0.8462],
+            "recall": [0.9, 0.6667, 0.9167], "f1": [0.9, 0.7273, 0.88], "examples": [10, 6, 12]},
+        "test_confusion": test_matrix})
     out, numbers, figures = write_report(study, tmp_path / "gap.html", dashboard=False)
     best3 = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE),
                    key=lambda t: t.value)[:3]
@@ -153,10 +169,28 @@ def test_the_train_vs_val_figure_shades_the_gap_of_the_best_trials(tmp_path):
         assert val.fill == "tonexty" and train.fill is None
     per = numbers["best"]["per_class"]
     assert per["classes"] == [str(i) for i in range(10)] and len(per["f1"]) == 10
+    matrix = best3[0].user_attrs["best_metrics"]["val_confusion"]
+    assert numbers["best"]["confusion"] == matrix
+    assert per["examples"] == [sum(row) for row in matrix] == [31 - i for i in range(10)]
     page = out.read_text()
     table = re.search(r'<table id="per-class">(.*?)</table>', page, re.S).group(1)
-    assert "<th>precision</th><th>recall</th><th>f1</th>" in table
-    assert "<tr><td>3</td><td>0.83</td><td>0.87</td><td>0.835</td></tr>" in table
+    assert "<th>precision</th><th>recall</th><th>f1</th><th>examples</th>" in table
+    assert "<tr><td>3</td><td>0.83</td><td>0.87</td><td>0.835</td><td>28</td></tr>" in table
+    # The heatmaps: counts as text, each cell coloured by its share of the true class.
+    heat = figures["confusion"].data[0]
+    assert [list(r) for r in heat.text] == matrix and list(heat.y) == per["classes"]
+    assert heat.z[3][3] == pytest.approx(27 / 28) and heat.z[3][4] == pytest.approx(1 / 28)
+    test_heat = figures["test_confusion"].data[0]
+    assert [list(r) for r in test_heat.text] == test_matrix
+    assert list(test_heat.x) == ["a", "b", "c"]
+    assert test_heat.z[1][2] == pytest.approx(2 / 6)
+    test_table = re.search(r'<section id="test_confusion">.*?<table id="test-per-class">'
+                           r'(.*?)</table>(.*?)</section>', page, re.S)
+    assert "<tr><td>b</td><td>0.8</td><td>0.6667</td><td>0.7273</td><td>6</td></tr>" in \
+        test_table.group(1)
+    assert 'id="hpo-test_confusion"' in test_table.group(2)  # beside its table
+    assert re.search(r'<section id="confusion">.*?id="per-class".*?id="hpo-confusion"', page,
+                     re.S)
 
     driver = headless_chromium(tmp_path / "profile", offline=True, height=1200)
     shot = tmp_path / "gap.png"
@@ -164,14 +198,28 @@ def test_the_train_vs_val_figure_shades_the_gap_of_the_best_trials(tmp_path):
         driver.get(out.as_uri())
         drawn = driver.execute_script(
             "const d = document.getElementById('hpo-overfit');"
+            "const cell = id => Array.from(document.querySelectorAll("
+            " '#' + id + ' g.hm image, #' + id + ' g.heatmaplayer image')).length;"
+            "const texts = id => Array.from(document.querySelectorAll("
+            " '#' + id + ' g.heatmaplayer text, #' + id + ' g.hm text')).map(t => t.textContent);"
+            "const box = id => document.getElementById(id).getBoundingClientRect();"
             "return {fills: d.querySelectorAll('path.js-fill').length,"
             " panels: d.querySelectorAll('g.cartesianlayer > g.subplot').length,"
-            " lines: d.querySelectorAll('g.scatterlayer g.trace').length}")
+            " lines: d.querySelectorAll('g.scatterlayer g.trace').length,"
+            " heat: cell('hpo-confusion'), test_heat: cell('hpo-test_confusion'),"
+            " counts: texts('hpo-confusion'), test_counts: texts('hpo-test_confusion'),"
+            " table: box('per-class'), figure: box('hpo-confusion')}")
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
     assert drawn["panels"] == 3 and drawn["lines"] == 6, (drawn, str(shot))
     assert drawn["fills"] >= 3, (drawn, str(shot))
+    assert drawn["heat"] >= 1 and drawn["test_heat"] >= 1, (drawn, str(shot))
+    assert sorted(drawn["test_counts"]) == sorted(str(n) for r in test_matrix for n in r), drawn
+    assert drawn["counts"].count("1") == 10 and "27" in drawn["counts"], (drawn, str(shot))
+    # Beside: the heatmap to the right of the table, their tops level.
+    assert drawn["figure"]["left"] >= drawn["table"]["right"], (drawn, str(shot))
+    assert abs(drawn["figure"]["top"] - drawn["table"]["top"]) < 60, (drawn, str(shot))
 
 
 def test_report_of_young_studies(tmp_path):

@@ -100,7 +100,25 @@ def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
     assert test["accuracy"] > majority + 0.3
     assert 0 < test["loss"] < 2.3  # below a uniform guess over 10 classes
     assert "test_fraction 0.2" in record["test_split"]
+    # By class: precision, recall, F1 and the confusion matrix of the test split, each
+    # scikit-learn's on the same predictions (the matrix's own counts).
+    from sklearn import metrics as sk
+
+    matrix = np.array(test["confusion"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 359
+    assert matrix.sum(axis=1).tolist() == np.bincount(labels[held_out]).tolist()
+    y = np.repeat(np.arange(10), matrix.sum(axis=1))
+    p = np.concatenate([np.repeat(np.arange(10), row) for row in matrix])
+    per = test["per_class"]
+    assert per["classes"] == [str(i) for i in range(10)]
+    assert per["examples"] == matrix.sum(axis=1).tolist()
+    for name, score in (("precision", sk.precision_score), ("recall", sk.recall_score),
+                        ("f1", sk.f1_score)):
+        assert per[name] == pytest.approx(score(y, p, average=None, zero_division=0), abs=1e-5)
+    assert test["f1"] == pytest.approx(sk.f1_score(y, p, average="macro"), abs=1e-5)
+    assert test["accuracy"] == pytest.approx(np.trace(matrix) / 359, abs=1e-6)
     assert record["device"] == "cpu" and record["seconds"] > 0
+    assert record["omp_wait_policy"] == "PASSIVE"  # as a worker's: no spinning on shared cores
     for package in ("hpo-finetune", "optuna", "torch", "torchvision"):
         assert record["packages"][package] == metadata.version(package)
     assert record["data"]["sha256"] and record["model"]["sha256"] == hashlib.sha256(
@@ -114,11 +132,25 @@ def test_retrain_the_best_trial_on_train_and_val_and_test_it(tiny):
     assert attr["trial"] == best.number and attr["epochs"] == record["epochs"]
     assert attr["test_accuracy"] == test["accuracy"] and attr["test_examples"] == 359
     assert attr["out"] == str(out.resolve())
+    assert attr["test_confusion"] == test["confusion"] and attr["test_per_class"] == per
+
+    # The report shows them: the test split's per-class table, its heatmap beside it.
+    from hpo.results.report import write_report
+
+    page = write_report(study, folder / "tiny.html", dashboard=False)[0].read_text()
+    section = page.split('<section id="test_confusion">', 1)[1].split("</section>", 1)[0]
+    assert section.count("<tr>") == 1 + 10 and 'id="hpo-test_confusion"' in section
+    assert f"<tr><td>4</td><td>{per['precision'][4]:.4g}" in section
 
     lines = result.stdout.splitlines()
     assert any(line.strip().startswith("test:") and f"{test['accuracy']:.4f}" in line
                for line in lines), result.stdout
     assert any(line.strip().startswith("validation:") for line in lines), result.stdout
+    assert f"macro-F1 {test['f1']:.4f}" in result.stdout
+    by_class = lines[lines.index("  test by class:") + 2:][:10]  # after its header
+    assert [line.split()[0] for line in by_class] == per["classes"], result.stdout
+    assert by_class[7].split()[1:] == [f"{per['precision'][7]:.4f}", f"{per['recall'][7]:.4f}",
+                                       f"{per['f1'][7]:.4f}", str(per["examples"][7])]
     assert not result.stderr.strip(), result.stderr
     # The study never saw the held-out examples: its trials are as many as the spec asked.
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
+from hpo.job.errors import JobSetupError
+
 
 def cache_key(kind: str, dataset: Mapping[str, Any], **extra: Any) -> str:
     """A key of ``JobContext.cache``: the dataset spec plus whatever else shapes the data.
@@ -115,6 +117,44 @@ TEST_SEED_OFFSET = 104_729
 """The test hold-out draws from ``seed + TEST_SEED_OFFSET``, apart from the val split's draws."""
 
 
+def thin(labels: np.ndarray, keep: Mapping[int, float], seed: int) -> np.ndarray:
+    """Indices of ``labels`` with each class ``c`` of ``keep`` thinned to
+    ``max(1, round(keep[c] * count))`` of its examples (a seeded draw per class; the other
+    classes whole): ``task.thin_classes``.
+
+    Returns:
+        The indices kept, sorted.
+    """
+    kept = [np.flatnonzero(~np.isin(labels, list(keep)))]
+    for label, share in sorted(keep.items()):
+        members = np.flatnonzero(labels == label)
+        n = min(len(members), max(1, int(round(share * len(members)))))
+        rng = np.random.default_rng([seed, label])
+        kept.append(rng.choice(members, size=n, replace=False))
+    return np.sort(np.concatenate(kept))
+
+
+def thinning(
+    task: Any, class_names: Sequence[str], num_classes: int = 0
+) -> dict[int, float] | None:
+    """``task.thin_classes`` by label id (``class_names`` in id order; without names the
+    ids ``0`` to ``num_classes - 1`` as text), or None.
+
+    Raises:
+        JobSetupError: a class name the data does not have.
+    """
+    spec = getattr(task, "thin_classes", None)
+    if not spec:
+        return None
+    names = [str(n) for n in class_names] or [str(i) for i in range(num_classes)]
+    unknown = [k for k in spec if k not in names]
+    if unknown:
+        raise JobSetupError(
+            f"thin_classes: no class {unknown[0]!r}; the classes are {', '.join(names)}"
+        )
+    return {names.index(name): share for name, share in spec.items()}
+
+
 def heldout_test_indices(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +189,8 @@ def train_val_indices(
     val_fraction: float,
     seed: int,
     test_fraction: float | None = None,
+    keep: Mapping[int, float] | None = None,
+    thin_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which examples train and which validate, the same for every trial of a task.
 
@@ -156,7 +198,9 @@ def train_val_indices(
     stratified by ``val_fraction``. With one, each split is subsampled so that together they
     hold about ``max_samples`` examples in the ``val_fraction`` proportion. With a
     ``test_fraction``, its hold-out (``heldout_test_indices``) leaves the training split
-    first; without one the result is as it always was.
+    first; without one the result is as it always was. With ``keep``
+    (``task.thin_classes`` by label id), the rest is thinned (``thin``, seeded by
+    ``thin_seed``) before the subsample and the split, a val split of its own alike.
 
     Args:
         train_labels: labels of the training split.
@@ -165,6 +209,8 @@ def train_val_indices(
         val_fraction: share held out for validation.
         seed: the task's seed.
         test_fraction: the task's test hold-out, or ``None``.
+        keep: the share kept of each thinned class, by label id (``thinning``), or ``None``.
+        thin_seed: the seed of the thinning draw.
 
     Returns:
         ``(train_indices, val_indices)``; val indices point into the val split when there is
@@ -173,9 +219,20 @@ def train_val_indices(
     if test_fraction is not None:
         rest, _ = heldout_test_indices(train_labels, test_fraction, seed)
         train, val = train_val_indices(
-            train_labels[rest], val_labels, max_samples, val_fraction, seed
+            train_labels[rest], val_labels, max_samples, val_fraction, seed, None, keep, thin_seed
         )
         return rest[train], (rest[val] if val_labels is None else val)
+    if keep:
+        kept = thin(train_labels, keep, thin_seed)
+        kept_val = None if val_labels is None else thin(val_labels, keep, thin_seed + 1)
+        train, val = train_val_indices(
+            train_labels[kept],
+            None if val_labels is None or kept_val is None else val_labels[kept_val],
+            max_samples,
+            val_fraction,
+            seed,
+        )
+        return kept[train], (kept[val] if kept_val is None else kept_val[val])
     if val_labels is None:
         pool = subsample(train_labels, max_samples, seed)
         train, val = split(train_labels[pool], val_fraction, seed)

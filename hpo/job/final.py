@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
     """The end of a final fit: the model alone to the checkpoint path (nothing to resume),
-    then the test split's loss and accuracy, as attrs."""
+    then the test split's loss and accuracy, as attrs, and its every metric (per class and
+    the confusion matrix included) in ``test_metrics``, with the class names in
+    ``test_classes``."""
     setup, progress = state.setup, state.progress
     if state.checkpoint is not None:
         save_model(state.checkpoint, model=state.model, epoch=progress.epochs_run)
@@ -66,5 +68,6 @@ def final_test(state: FitState, trial: Trial, train_loss: float) -> None:
                 else {}
             ),
             "test_metrics": prefixed("test", test),
+            "test_classes": list(setup.class_names) or [str(i) for i in range(setup.num_classes)],
         }
     )

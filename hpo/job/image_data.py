@@ -36,6 +36,7 @@ from hpo.job.data import (
     dataset_size,
     heldout_about,
     heldout_test_indices,
+    thinning,
     train_val_indices,
 )
 from hpo.job.image_source import PIXEL_LEVELS, ImageSource, load_test_images
@@ -117,6 +118,8 @@ def image_datasets(
         task.val_fraction,
         task.seed,
         task.test_fraction,
+        thinning(task, source.class_names, source.num_classes),
+        task.thin_seed,
     )
     val_base, val_labels = (
         (source.train, source.train_labels)
@@ -159,6 +162,8 @@ def final_image_datasets(
         task.val_fraction,
         task.seed,
         task.test_fraction,
+        thinning(task, source.class_names, source.num_classes),
+        task.thin_seed,
     )
     ready = pairs is not None and not augment
     if source.val is None:

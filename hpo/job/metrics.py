@@ -12,7 +12,9 @@ of the classes the labels hold; ``precision``, ``recall`` and ``f1``, macro aver
 classes that the labels or the predictions hold, a class without predictions (or without
 examples) counting 0 where its value is undefined; the same per class (``*_per_class``,
 every class in class order); ``auroc`` (two classes only), the area under the ROC curve of
-the positive class's score, ties counted half (``None`` where the labels hold one class).
+the positive class's score, ties counted half (``None`` where the labels hold one class);
+``confusion``, the confusion matrix itself (``confusion[true][predicted]``, counts), where
+the tally keeps it and the task has at most ``CONFUSION_CLASSES`` classes.
 """
 
 from __future__ import annotations
@@ -27,14 +29,21 @@ SCALARS = ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1",
 """The metrics of one evaluation that are one number each (``auroc`` with two classes)."""
 PER_CLASS = ("precision_per_class", "recall_per_class", "f1_per_class")
 """The metrics of one evaluation that are a list, one number per class."""
+CONFUSION_CLASSES = 50
+"""The most classes whose confusion matrix an evaluation records (``confusion``): beyond,
+its classes squared would outgrow a trial attr (and a readable heatmap)."""
 
 
 class Tally:
     """A confusion matrix, a loss sum and (two classes) scores, on the device."""
 
-    def __init__(self, num_classes: int, device: torch.device | str) -> None:
+    def __init__(
+        self, num_classes: int, device: torch.device | str, confusion: bool = True
+    ) -> None:
         self.num_classes = num_classes
         self.device = torch.device(device)
+        self.keeps_confusion = confusion and num_classes <= CONFUSION_CLASSES
+        """``read`` returns the matrix itself too (``confusion``)."""
         self.reset()
 
     def reset(self) -> None:
@@ -67,8 +76,8 @@ class Tally:
         reads), then ``reset``. One CPU-GPU sync, two with AUROC.
 
         Returns:
-            ``SCALARS`` and ``PER_CLASS`` by name; ``loss`` is the loss sum over its weight,
-            ``None`` where nothing was added to it.
+            ``SCALARS`` and ``PER_CLASS`` by name, and ``confusion`` where the tally keeps it;
+            ``loss`` is the loss sum over its weight, ``None`` where nothing was added to it.
         """
         sums = torch.cat([torch.stack([self.loss, self.weight]), self.confusion.double()])
         if ranks.many:
@@ -81,6 +90,8 @@ class Tally:
         out.update(from_confusion(matrix))
         if c == 2:
             out["auroc"] = self._auroc(ranks)
+        if self.keeps_confusion:
+            out["confusion"] = [[int(n) for n in row] for row in matrix]
         self.reset()
         return out
 

@@ -245,7 +245,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         grad_clip=params["grad_clip"],
         l1=params["l1"],
         train_loader=train_loader,
-        train_tally=Tally(setup.num_classes, dev.device),
+        train_tally=Tally(setup.num_classes, dev.device, confusion=False),
         val_loader=val_loader,
         subset_loader=subset_loader(setup, task, dev, batch_size, ranks),
         order=order,

@@ -22,6 +22,7 @@ from hpo.job.data import (
     heldout_about,
     heldout_test_indices,
     no_test_split,
+    thinning,
     train_val_indices,
 )
 from hpo.job.errors import JobSetupError
@@ -161,6 +162,7 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
         val_fraction=task.val_fraction,
         test_fraction=task.test_fraction,
         seed=task.seed,
+        thin=(task.thin_classes, task.thin_seed),
     )
     if key not in cache:
         unused = unused_val_fraction(task, source)
@@ -173,6 +175,8 @@ def tokenized_datasets(task, tokenizer, source: TextSource, cache: dict):
             task.val_fraction,
             task.seed,
             task.test_fraction,
+            thinning(task, source.label_names),
+            task.thin_seed,
         )
         val_texts, val_labels = (
             (source.train_texts, source.train_labels)

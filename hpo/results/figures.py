@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from hpo.results.classes import CONFUSION_TITLES
 from hpo.results.curves import (
     STATE_COLORS,
     complete_trials,
@@ -30,6 +31,7 @@ FIGURE_TITLES = {
     "pareto": "Pareto front",
     "curves": "Learning curves",
     "overfit": "Training vs validation of the best trials (the gap shaded)",
+    **CONFUSION_TITLES,
     "population": "Population (pbt): each member's curve, its exploits marked",
     "parallel": "Parallel coordinates",
     "importances": "Hyperparameter importances",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.records import (
     BEST_METRICS_ATTR,
+    RETRAIN_ATTR,
     best_or_none,
     complete_val_loss,
     maximizes,
@@ -128,12 +129,14 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
 
     Returns:
         Plain JSON-ready data: ``study``, ``counts`` (every state), ``best`` (None before the
-        first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``),
+        first complete trial, else ``number``, ``value``, ``params``, ``val_accuracy``,
+        ``per_class`` and ``confusion``, the validation confusion matrix, where recorded),
         ``reasons`` (``PRUNED`` / ``FAIL`` -> reason -> count), ``savings`` and ``anytime``
         (the best value against wall time and epochs, see ``anytime``); with several
         objectives ``pareto`` too, the Pareto set (``number``, ``objectives``, ``params``),
         and ``best`` is its trial of the lowest validation loss; with the ``pbt`` scheduler
-        ``population`` too (``population``).
+        ``population`` too (``population``); after ``hpo retrain``, ``retrain`` (its
+        ``trial``, ``test_accuracy``, ``test_f1``, ``test_per_class``, ``test_confusion``).
     """
     trials = study.get_trials(deepcopy=False)
     counts = state_counts(trials)
@@ -153,6 +156,7 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             "params": dict(best_trial.params),
             "val_accuracy": best_trial.user_attrs.get("val_accuracy"),
             "per_class": per_class(best_trial),
+            "confusion": (best_trial.user_attrs.get(BEST_METRICS_ATTR) or {}).get("val_confusion"),
             "device": best_trial.user_attrs.get("device"),
             "world_size": best_trial.user_attrs.get("world_size", 1),
         }
@@ -167,6 +171,12 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
         "savings": savings(trials),
         "anytime": anytime(study),
     }
+    retrain = study.user_attrs.get(RETRAIN_ATTR)
+    if retrain:  # the test split's results by class (hpo.results.classes)
+        numbers["retrain"] = {
+            k: retrain.get(k)
+            for k in ("trial", "test_accuracy", "test_f1", "test_per_class", "test_confusion")
+        }
     members = population(study)
     if members is not None:
         numbers["population"] = members
@@ -180,7 +190,9 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
 def per_class(trial: FrozenTrial) -> dict[str, list[Any]] | None:
     """The validation precision, recall and F1 of each class at the trial's best evaluation
     (from ``best_metrics``), lists in class order, with ``classes`` (the class names where the
-    trial recorded them, in ``class_weights``, else the indexes); None where it has none."""
+    trial recorded them, in ``class_weights``, else the indexes), and ``examples`` (each
+    class's validation examples) where it recorded the confusion matrix; None where it has
+    none."""
     best = trial.user_attrs.get(BEST_METRICS_ATTR) or {}
     lists = {
         name: best[f"val_{name}_per_class"]
@@ -191,7 +203,11 @@ def per_class(trial: FrozenTrial) -> dict[str, list[Any]] | None:
         return None
     n = max(len(v) for v in lists.values())
     names = list(trial.user_attrs.get("class_weights") or {})
-    return {"classes": names if len(names) == n else [str(i) for i in range(n)], **lists}
+    out = {"classes": names if len(names) == n else [str(i) for i in range(n)], **lists}
+    confusion = best.get("val_confusion")
+    if isinstance(confusion, list) and len(confusion) == n:
+        out["examples"] = [sum(row) for row in confusion]
+    return out
 
 
 def progress(study: optuna.Study) -> dict[str, list[float]]:

@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from hpo import __version__
 from hpo.records import devices, format_value, safe_name
+from hpo.results.classes import (
+    CONFUSION_TITLES,
+    class_figures,
+    class_sections,
+    confusion_keys,
+)
 from hpo.results.figures import FIGURE_TITLES, comparison_figure, study_figures
 from hpo.results.numbers import progress, study_numbers
 from hpo.results.summary import format_params
@@ -54,6 +60,18 @@ def render_html(
         storage: the storage URL to show (already redacted).
     """
     name = html.escape(numbers["study"])
+    # Each figure's HTML; plotly.js goes into the first one the page shows: the heatmaps by
+    # class come before the others.
+    order = sorted(figures, key=lambda k: k not in CONFUSION_TITLES)
+    divs = {
+        key: figures[key].to_html(
+            full_html=False,
+            include_plotlyjs=i == 0,
+            div_id=f"hpo-{key}",
+            config={"displaylogo": False},
+        )
+        for i, key in enumerate(order)
+    }
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -63,7 +81,7 @@ def render_html(
         f'<p class="meta">{html.escape(_generated(storage))}</p>',
         _numbers_table([numbers, *others]),
         _best_table(numbers),
-        _per_class_table(numbers),
+        class_sections(numbers, divs),
         _pareto_table(numbers),
         _population_table(numbers),
         _reasons(numbers),
@@ -72,15 +90,10 @@ def render_html(
         + json.dumps([numbers, *others]).replace("</", "<\\/")
         + "</script>",
     ]
-    for i, (key, fig) in enumerate(figures.items()):
-        title = html.escape(FIGURE_TITLES.get(key, key))
-        div = fig.to_html(
-            full_html=False,
-            include_plotlyjs=i == 0,
-            div_id=f"hpo-{key}",
-            config={"displaylogo": False},
-        )
-        parts.append(f'<section id="{key}"><h2>{title}</h2>{div}</section>')
+    for key in figures:
+        if key not in CONFUSION_TITLES:  # those are beside their tables, above
+            title = html.escape(FIGURE_TITLES.get(key, key))
+            parts.append(f'<section id="{key}"><h2>{title}</h2>{divs[key]}</section>')
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -110,11 +123,9 @@ def note_markdown(numbers: dict[str, Any], report_path: str | None = None) -> st
             f"{s['device_hours_run']:.3f} of {s['device_hours_planned']:.3f} "
             f"device-hours ({s['saved_fraction']:.0%} saved)"
         )
-    figures = ", ".join(
-        t
-        for k, t in FIGURE_TITLES.items()
-        if k != "comparison" and (k != "pareto" or "pareto" in numbers)
-    )
+    shown = {"pareto": "pareto" in numbers, "comparison": False}
+    shown.update({k: k in confusion_keys(numbers) for k in CONFUSION_TITLES})
+    figures = ", ".join(t for k, t in FIGURE_TITLES.items() if shown.get(k, True))
     lines.append(f"- figures on the study's page: {figures}")
     if report_path:
         lines.append(f"- HTML report: `{report_path}`")
@@ -180,7 +191,10 @@ def write_report(
     """
     out = Path(out) if out is not None else default_path(study.study_name)
     numbers = study_numbers(study)
-    figures = study_figures(study, numbers["savings"], numbers["anytime"])
+    figures = {
+        **class_figures(numbers),
+        **study_figures(study, numbers["savings"], numbers["anytime"]),
+    }
     shown = dict(figures)
     if compare:
         shown["comparison"] = comparison_figure(
@@ -204,6 +218,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .meta { color: #666; }
 section { margin-top: 2em; }
+.by-class { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 """
 
 
@@ -268,27 +283,6 @@ def _best_table(numbers: dict[str, Any]) -> str:
     return (
         f"<h2>{what} #{best['number']}: {name} {best['value']:.6f}{acc_s}</h2>"
         f'<table id="best-params"><tr><th>param</th><th>value</th></tr>{rows}</table>'
-    )
-
-
-def _per_class_table(numbers: dict[str, Any]) -> str:
-    """The best trial's validation precision, recall and F1 of each class (its best
-    evaluation's), where it recorded them."""
-    per = (numbers.get("best") or {}).get("per_class")
-    if not per:
-        return ""
-    cols = [c for c in ("precision", "recall", "f1") if c in per]
-    rows = "".join(
-        f"<tr><td>{html.escape(str(name))}</td>"
-        + "".join(f"<td>{format_value(per[c][i]) if i < len(per[c]) else '-'}</td>" for c in cols)
-        + "</tr>"
-        for i, name in enumerate(per["classes"])
-    )
-    return (
-        "<h2>Best trial by class (validation, at its best evaluation)</h2>"
-        '<table id="per-class"><tr><th>class</th>'
-        + "".join(f"<th>{c}</th>" for c in cols)
-        + f"</tr>{rows}</table>"
     )
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
 from hpo.records import BEST_METRICS_ATTR, RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
+from hpo.run.slots import WAIT_POLICY
 from hpo.search.study import pick_trial
 from hpo.spec import suggest
 from hpo.store.url import StorageUrl
@@ -144,6 +145,9 @@ def _retrain_into(
     """Fit and test; write ``model.pt`` and ``retrain.json`` into ``work``."""
     import optuna
 
+    # As a worker's (hpo.run.slots.Slot.env): OpenMP threads that sleep when they wait. Set
+    # before torch loads it; spinning ones on shared cores made a retrain 10x slower.
+    os.environ.setdefault(*WAIT_POLICY)
     from hpo.job import JobContext
     from hpo.run.worker import run_on_devices
 
@@ -178,15 +182,7 @@ def _retrain_into(
     seconds = time.perf_counter() - started
     attrs = job_trial.attrs
     url = StorageUrl.parse(storage_url)
-    test = None
-    if "test_loss" in attrs:
-        test = {
-            "loss": attrs["test_loss"],
-            "accuracy": attrs["test_accuracy"],
-            "examples": attrs["test_examples"],
-        }
-        if "test_balanced_accuracy" in attrs:  # task.class_weights: the loss is weighted
-            test["balanced_accuracy"] = attrs["test_balanced_accuracy"]
+    test = test_numbers(attrs)
     record: dict[str, Any] = {
         "study": study.study_name,
         "storage": url.redacted,
@@ -218,6 +214,7 @@ def _retrain_into(
         "device": attrs.get("device"),
         "world_size": attrs.get("world_size"),
         "peak_memory_mb": attrs.get("peak_memory_mb"),
+        "omp_wait_policy": os.environ.get(WAIT_POLICY[0]),
         "model": {
             "path": MODEL_FILE,
             "sha256": file_sha256(model),
@@ -237,6 +234,40 @@ def _retrain_into(
         json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8"
     )
     return record
+
+
+def test_numbers(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The test split's numbers of a final fit's attrs (``hpo.job.final.final_test``): loss,
+    accuracy, examples, the macro averages, and where recorded ``per_class`` (``classes``,
+    ``precision``, ``recall``, ``f1``, ``examples``: lists in class order) and ``confusion``
+    (``[true][predicted]`` counts); None without a test split."""
+    if "test_loss" not in attrs:
+        return None
+    test: dict[str, Any] = {
+        "loss": attrs["test_loss"],
+        "accuracy": attrs["test_accuracy"],
+        "examples": attrs["test_examples"],
+    }
+    metrics = attrs.get("test_metrics") or {}
+    for name in ("balanced_accuracy", "precision", "recall", "f1", "auroc"):
+        if metrics.get(f"test_{name}") is not None:
+            test[name] = metrics[f"test_{name}"]
+    lists = {
+        name: metrics[f"test_{name}_per_class"]
+        for name in ("precision", "recall", "f1")
+        if isinstance(metrics.get(f"test_{name}_per_class"), list)
+    }
+    confusion = metrics.get("test_confusion")
+    if lists:
+        n = max(len(v) for v in lists.values())
+        names = [str(c) for c in attrs.get("test_classes") or []]
+        test["per_class"] = {"classes": names if len(names) == n else [str(i) for i in range(n)]}
+        test["per_class"].update(lists)
+        if isinstance(confusion, list):
+            test["per_class"]["examples"] = [sum(row) for row in confusion]
+    if isinstance(confusion, list):
+        test["confusion"] = confusion
+    return test
 
 
 class _Progress:
@@ -286,6 +317,29 @@ def _move_into(work: Path, out: Path) -> None:
         raise HpoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
+SHOWN_CLASSES = 50
+"""The most classes ``format_per_class`` prints (the rest are in ``retrain.json``)."""
+
+
+def format_per_class(per: dict[str, Any] | None) -> list[str]:
+    """The test split's per-class table for the terminal: precision, recall, F1 and the
+    examples of each class (up to ``SHOWN_CLASSES``)."""
+    if not per:
+        return []
+    cols = [c for c in ("precision", "recall", "f1", "examples") if c in per]
+    width = max(5, *(len(str(c)) for c in per["classes"]))
+    lines = ["  test by class:", f"    {'class':<{width}}  " + "  ".join(f"{c:>9}" for c in cols)]
+    for i, name in enumerate(per["classes"][:SHOWN_CLASSES]):
+        cells = [per[c][i] for c in cols]
+        lines.append(
+            f"    {name:<{width}}  "
+            + "  ".join(f"{v:>9}" if isinstance(v, int) else f"{v:>9.4f}" for v in cells)
+        )
+    if len(per["classes"]) > SHOWN_CLASSES:
+        lines.append(f"    ... {len(per['classes']) - SHOWN_CLASSES} more in {RECORD_FILE}")
+    return lines
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """The compact form kept in the study (``hpo.results.retrain``)."""
     test = record["test"] or {}
@@ -295,7 +349,11 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "train_examples": record["train_examples"],
         "test_loss": test.get("loss"),
         "test_accuracy": test.get("accuracy"),
+        "test_f1": test.get("f1"),
         "test_examples": test.get("examples"),
+        # The report's per-class table and confusion matrix of the test split.
+        "test_per_class": test.get("per_class"),
+        "test_confusion": test.get("confusion"),
         "test_split": record["test_split"],
         "out": str(Path(record["out"]).resolve()),
         "retrained": record["retrained"],
@@ -325,10 +383,12 @@ def format_retrain(record: dict[str, Any]) -> str:
         lines.append(f"  no test split: {record['test_split']}")
         lines.append(f"  trial #{trial['number']} validation: {val}")
     else:
+        f1 = f", macro-F1 {test['f1']:.4f}" if test.get("f1") is not None else ""
         lines.append(
-            f"  test:       loss {test['loss']:.4f}, accuracy {test['accuracy']:.4f} "
+            f"  test:       loss {test['loss']:.4f}, accuracy {test['accuracy']:.4f}{f1} "
             f"on {test['examples']} examples ({record['test_split']})"
         )
         lines.append(f"  validation: {val} (trial #{trial['number']}, before retraining)")
+        lines += format_per_class(test.get("per_class"))
     lines.append(f"  {record['out']}/{MODEL_FILE} and {RECORD_FILE} written")
     return "\n".join(lines)

@@ -122,6 +122,7 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
         "channels_last": _bool,
         "num_workers": _non_negative_int,
         "compile": _bool,
+        "thin_seed": _non_negative_int,
     }
     for key, check in checks.items():
         if key not in d:
@@ -134,6 +135,8 @@ def _parse_task(raw: Any, at: _At, check_environment: bool, check_files: bool) -
         out[key] = float(value) if key in ("val_fraction", "test_fraction") else value
     if "class_weights" in d:
         out["class_weights"] = _parse_class_weights(d["class_weights"], at / "class_weights")
+    if "thin_classes" in d:
+        out["thin_classes"] = _parse_thin_classes(d["thin_classes"], at / "thin_classes")
     if "adapter" in d:
         if kind != "text_classification":
             raise (at / "adapter").error(
@@ -195,6 +198,21 @@ def _parse_class_weights(value: Any, at: _At) -> Any:
         "expected none, balanced, a list of weights > 0 (one per class) or a "
         f"mapping class name -> weight > 0, got {_show(value)}"
     )
+
+
+def _parse_thin_classes(value: Any, at: _At) -> dict[str, float] | None:
+    """null -> None, else a mapping class name -> the share kept, in (0, 1]. Whether the
+    names are the data's is known once it is loaded (the job)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise at.error(f"expected a mapping class name -> share kept in (0, 1], got {_show(value)}")
+    for name, share in value.items():
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise at.error(f"class names must be strings, got {_show(name)}")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise (at / name).error(f"expected a share kept in (0, 1], got {_show(share)}")
+    return {str(name): float(share) for name, share in value.items()}
 
 
 def _parse_custom_task(d: dict[str, Any], at: _At, check_files: bool) -> TaskSpec:

@@ -89,6 +89,14 @@ class TaskSpec:
     """Weights of the classes in the loss (training and validation): ``none`` (or null),
     ``balanced`` (n / (classes x count) over the training split), a list with one per class,
     or a mapping class name -> weight (others 1); each > 0."""
+    thin_classes: Mapping[str, float] | None = None
+    """Make the data imbalanced on purpose: class name -> the share of its examples kept, in
+    (0, 1] (at least one kept; classes left out keep all), e.g. ``{"3": 0.1}``. The examples
+    the trials train and validate on (and ``hpo retrain`` trains on) are thinned, a seeded
+    draw (``thin_seed``) per class; a ``test_fraction`` hold-out is taken before, so its
+    classes keep the dataset's own balance (as long-tailed benchmarks test)."""
+    thin_seed: int = 0
+    """Seed of ``thin_classes``'s draw: the same thinned data for every trial and run."""
 
 
 _TASK_DEFAULTS = {f.name: f.default for f in TaskSpec.__dataclass_fields__.values()}

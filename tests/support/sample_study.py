@@ -97,6 +97,9 @@ def build_sample_study(url: str, name: str, checkpoint_dir: Path, *, outcomes=OU
                 "val_precision_per_class": [round(0.8 + i / 100, 4) for i in range(10)],
                 "val_recall_per_class": [round(0.9 - i / 100, 4) for i in range(10)],
                 "val_f1_per_class": [round(0.85 - i / 200, 4) for i in range(10)],
+                # true i: 30 - i right, one taken for i + 1 (rows of 31 - i examples)
+                "val_confusion": [[30 - i if j == i else int(j == (i + 1) % 10)
+                                   for j in range(10)] for i in range(10)],
             }
         elif state == "PRUNED":
             value = curve[run]
