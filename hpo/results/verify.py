@@ -13,6 +13,7 @@ evaluation with the rerun's.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,12 @@ def verify(
             reports, or one whose params changed during training (pbt).
     """
     import optuna as _optuna
+
+    from hpo.run.slots import WAIT_POLICY
+
+    # As a worker's and a retrain's: OpenMP threads that sleep when they wait, set before torch
+    # loads it (the policy changes no arithmetic, only how long a loaded machine takes).
+    os.environ.setdefault(*WAIT_POLICY)
     import torch
 
     from hpo.job import JobContext
