@@ -449,3 +449,45 @@ def test_anytime_figure_of_a_real_study(tmp_path):
     by_time, by_epochs = json.loads("".join(v for _, v in chunks))["data"]
     assert by_time["x"] == pytest.approx(seconds) and by_time["y"] == best
     assert by_epochs["x"] == epochs and by_epochs["y"] == best
+
+
+def test_the_report_shows_recall_by_class_for_each_imbalance_remedy(tmp_path):
+    """A study that searched ``imbalance``: each remedy's best trial and its validation recall
+    by class, side by side (the remedy a rare class needs shows in its row)."""
+    import yaml
+
+    from hpo.search.study import create_study
+    from hpo.spec import parse_spec
+
+    spec = parse_spec(yaml.safe_load(
+        "study: {name: remedies}\n"
+        "task: {kind: image_classification, model: resnet18, dataset: {name: digits}}\n"
+        "search_space:\n"
+        "  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+        "  imbalance: {type: categorical, choices: [none, class_weights, sampler]}\n"))
+    study = create_study(spec, open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"))
+    dists = {p.name: p.distribution() for p in spec.search_space}
+    # remedy, val loss, recall of (common, rare); the second class_weights trial is worse.
+    for remedy, loss, recall in [("none", 0.30, [0.95, 0.20]), ("class_weights", 0.25, [0.85, 0.70]),
+                                 ("sampler", 0.28, [0.80, 0.75]), ("class_weights", 0.40, [0.5, 0.5])]:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 1e-3, "imbalance": remedy}, distributions=dists, value=loss,
+            user_attrs={"class_weights": {"common": 0.6, "rare": 3.0}, "best_metrics": {
+                "val_recall_per_class": recall, "val_precision_per_class": recall,
+                "val_f1_per_class": recall}}))
+    numbers = study_numbers(study)
+    assert numbers["by_remedy"] == {
+        "class_weights": {"trial": 1, "value": 0.25, "classes": ["common", "rare"],
+                          "recall": [0.85, 0.70]},
+        "sampler": {"trial": 2, "value": 0.28, "classes": ["common", "rare"],
+                    "recall": [0.80, 0.75]},
+        "none": {"trial": 0, "value": 0.30, "classes": ["common", "rare"],
+                 "recall": [0.95, 0.20]},
+    }
+    out, _, _ = write_report(study, tmp_path / "report.html", dashboard=False)
+    table = re.search(r'<table id="remedy-recall">(.*?)</table>', out.read_text(), re.S).group(1)
+    assert "<th>class_weights (#1)</th><th>sampler (#2)</th><th>none (#0)</th>" in table
+    assert "<tr><td>rare</td><td>0.7</td><td>0.75</td><td>0.2</td></tr>" in table, table
+    # The digits sample study searched no remedy: no such table.
+    assert "by_remedy" not in study_numbers(build_sample_study(
+        f"sqlite:///{tmp_path / 's.db'}", "plain", tmp_path / "ckpt"))

@@ -2,6 +2,9 @@
 trial on validation (its best evaluation: ``best_metrics``), and after ``hpo retrain`` the
 same of the retrained model on the test split (the study's ``hpo.results.retrain`` attr).
 
+Where the trials searched the imbalance remedy, a table of each class's validation recall under
+each remedy's best trial comes first (``study_numbers``'s ``by_remedy``).
+
 ``study_numbers`` gives them as plain data (``best.per_class``, ``best.confusion``,
 ``retrain.test_per_class``, ``retrain.test_confusion``); ``class_figures`` draws the
 matrices as heatmaps and ``class_sections`` puts each table beside its heatmap. A heatmap's
@@ -114,6 +117,12 @@ def class_sections(numbers: dict[str, Any], divs: dict[str, str]) -> str:
     split, the per-class table with its heatmap beside it (``divs``: figure key -> the
     figure's HTML), each where recorded."""
     parts = []
+    remedies = remedy_table(numbers.get("by_remedy") or {})
+    if remedies:
+        parts.append(
+            '<section id="by-remedy"><h2>Recall by class for each imbalance remedy '
+            "(validation, each remedy's best trial)</h2>" + remedies + "</section>"
+        )
     for key, (per, _) in _sources(numbers).items():
         table = per_class_table(per, "per-class" if key == "confusion" else "test-per-class")
         if not table and key not in divs:
@@ -123,3 +132,24 @@ def class_sections(numbers: dict[str, Any], divs: dict[str, str]) -> str:
             f'<div class="by-class">{table}{divs.get(key, "")}</div></section>'
         )
     return "".join(parts)
+
+
+def remedy_table(by_remedy: dict[str, Any]) -> str:
+    """The validation recall of each class under each imbalance remedy (``study_numbers``'s
+    ``by_remedy``: each remedy's best trial) as an HTML table, a column a remedy; ``""``
+    without them."""
+    if not by_remedy:
+        return ""
+    remedies = list(by_remedy)
+    classes = max((r["classes"] for r in by_remedy.values()), key=len)
+    head = "".join(f"<th>{html.escape(m)} (#{by_remedy[m]['trial']})</th>" for m in remedies)
+    rows = "".join(
+        f"<tr><td>{html.escape(str(name))}</td>"
+        + "".join(
+            f"<td>{format_value(r[i]) if i < len(r) else '-'}</td>"
+            for r in (by_remedy[m]["recall"] for m in remedies)
+        )
+        + "</tr>"
+        for i, name in enumerate(classes)
+    )
+    return f'<table id="remedy-recall"><tr><th>class</th>{head}</tr>{rows}</table>'

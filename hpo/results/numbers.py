@@ -26,6 +26,7 @@ from hpo.records import (
     complete_val_loss,
     maximizes,
     metric,
+    rank_key,
     state_counts,
     val_loss,
 )
@@ -136,7 +137,8 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
         objectives ``pareto`` too, the Pareto set (``number``, ``objectives``, ``params``),
         and ``best`` is its trial of the lowest validation loss; with the ``pbt`` scheduler
         ``population`` too (``population``); after ``hpo retrain``, ``retrain`` (its
-        ``trial``, ``test_accuracy``, ``test_f1``, ``test_per_class``, ``test_confusion``).
+        ``trial``, ``test_accuracy``, ``test_f1``, ``test_per_class``, ``test_confusion``);
+        where the trials searched ``imbalance``, ``by_remedy`` (``by_remedy``).
     """
     trials = study.get_trials(deepcopy=False)
     counts = state_counts(trials)
@@ -177,6 +179,9 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             k: retrain.get(k)
             for k in ("trial", "test_accuracy", "test_f1", "test_per_class", "test_confusion")
         }
+    remedies = by_remedy(study, trials)
+    if remedies:
+        numbers["by_remedy"] = remedies
     members = population(study)
     if members is not None:
         numbers["population"] = members
@@ -185,6 +190,30 @@ def study_numbers(study: optuna.Study) -> dict[str, Any]:
             {k: r[k] for k in ("number", "objectives", "params")} for r in pareto_records(study)
         ]
     return numbers
+
+
+def by_remedy(study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    """For a study that searched the imbalance remedy (the ``imbalance`` param): each
+    remedy's best complete trial (the study's direction) and its validation recall by class
+    at its best evaluation (``per_class``), remedy -> ``{"trial", "value", "classes",
+    "recall"}``; ``{}`` where the trials did not search it or recorded no recall by class."""
+    if len(study.directions) > 1:
+        return {}
+    key = rank_key(maximizes(study))
+    out: dict[str, Any] = {}
+    complete = [t for t in trials if t.state.name == "COMPLETE" and "imbalance" in t.params]
+    for t in sorted(complete, key=key):
+        remedy = str(t.params["imbalance"])
+        per = per_class(t)
+        if remedy in out or not per or "recall" not in per:
+            continue
+        out[remedy] = {
+            "trial": t.number,
+            "value": val_loss(t),
+            "classes": per["classes"],
+            "recall": per["recall"],
+        }
+    return out
 
 
 def per_class(trial: FrozenTrial) -> dict[str, list[Any]] | None:
