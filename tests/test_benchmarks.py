@@ -334,3 +334,24 @@ def test_threads_benchmark_runs_both_arms_alone_and_beside_a_hog(tmp_path):
     for condition in ("alone", "beside a hog"):
         for arm in ("before", "after"):
             assert f"| {condition} | {arm} | " in text
+
+
+@pytest.mark.slow
+def test_step_benchmark_smoke_runs_every_arm(tmp_path):
+    """``python -m benchmarks.step --smoke``: hpo's loop at a git revision (HEAD here), this
+    tree's and the bare PyTorch loop each train once, a row each with its time a step, in
+    its own section of the results file."""
+    from benchmarks.step import ARMS, SECTION
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n## Kept\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.step", "--smoke", "--out", str(out),
+                        "--workdir", str(tmp_path / "work")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Kept\n\nkept\n" in text and f"## {SECTION}\n" in text
+    for arm in ARMS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {arm} |"))
+        assert float(row.split("|")[2].split()[0]) > 0

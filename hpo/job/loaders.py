@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hpo.job.data import EpochBalanced, EpochSeeded, EpochShuffle, dataset_labels, dataset_size

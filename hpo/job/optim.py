@@ -90,9 +90,7 @@ def make_optimizer(model: nn.Module, head: list[nn.Parameter], params: dict):
     if name == "sgd":
         return _fused(torch.optim.SGD, param_groups, lr=lr, momentum=params["momentum"])
     if name == "rmsprop":  # no fused kernel in torch: foreach (the same numbers as a loop)
-        return torch.optim.RMSprop(
-            param_groups, lr=lr, momentum=params["momentum"], foreach=True
-        )
+        return torch.optim.RMSprop(param_groups, lr=lr, momentum=params["momentum"], foreach=True)
     raise ValueError(f"optimizer: expected adam, adamw, sgd or rmsprop, got {name!r}")
 
 

@@ -142,12 +142,15 @@ class DeviceBatches:
         b, host, rows = self.batch_size, self.host_rows, self.rows
         if self.order is not None:
             drawn = self.order.indices()[: len(host) // b * b][self.order.skip :]
-            rows = rows[drawn.to(self.device)]  # one copy and gather an epoch
+            if self.device.type == "cuda":  # a copy from pageable memory would sync
+                drawn = drawn.pin_memory()
+            rows = rows[drawn.to(self.device, non_blocking=True)]  # once an epoch
             if self.data.lengths is not None:  # the order is drawn on the CPU: no device read
                 host = host[drawn.numpy()]
+        count = len(rows)  # a shape: no read
         part = self.part or slice(0, b)
-        for start in range(0, len(host), b):
-            end = min(start + b, len(host))
+        for start in range(0, count, b):
+            end = min(start + b, count)
             pick = slice(start + part.start, min(start + part.stop, end))
             yield self._gather(rows[pick], host[pick])
 

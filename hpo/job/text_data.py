@@ -130,8 +130,9 @@ class TokenizedTexts(Dataset):
         key = str(device)
         if key not in self._copies:
             lengths = np.asarray([len(f["input_ids"]) for f in self.features], dtype=np.int64)
-            if not len(self) or not fits(8 * len(self.features[0]) * len(self) * lengths.max(),
-                                         device):
+            if not len(self) or not fits(
+                8 * len(self.features[0]) * len(self) * lengths.max(), device
+            ):
                 return None
             inputs, labels = collate([self[i] for i in range(len(self))])
             left = getattr(getattr(collate, "tokenizer", None), "padding_side", "") == "left"

@@ -1,0 +1,216 @@
+"""Host time per training step (issue #30): hpo's fit loop as it is against the loop as it was
+before the step stopped reading the device (``--base``, a git revision), on a model whose
+arithmetic is negligible, so that what is measured is what the host does around it.
+
+The job: a linear classifier (8x8 RGB digits, 192 -> 10) trained through ``hpo.job.fit.fit``
+with a fixed trial, batch 32, AdamW, one evaluation an epoch, the data as hpo's image job
+gives it (scikit-learn's digits, transformed once). Each run is a fresh process that imports
+hpo from its arm's tree (the base's ``hpo/`` is copied out of git into the work directory),
+one thread (``OMP_NUM_THREADS=1``), and reports the seconds in training steps (the trial's
+``samples_per_second``: data loading included, evaluation not) of every epoch after the first
+(a warm-up), per step.
+
+Arms: ``base`` (the loop at ``--base``), ``now`` (this tree), and ``floor``: the bare eager
+PyTorch loop on batches gathered in advance (forward, cross-entropy, backward, fused AdamW,
+``zero_grad``; no schedule, no metrics, no checks): what PyTorch itself costs a step, which no
+change to hpo's loop can go below without compiling the step. Arms and repeats are
+interleaved (each repeat runs every arm, in turn order rotated), so that other work on the
+machine falls on all of them alike; the table gives medians and (min-max) spreads.
+
+On a CPU the host time is the wall time. The goal of issue #30: ``now`` at most 1/3 of
+``base``.
+
+    .venv/bin/python -m benchmarks.step                       # prints the table
+    .venv/bin/python -m benchmarks.step --out benchmarks/RESULTS.md   # and writes its section
+    .venv/bin/python -m benchmarks.step --smoke               # one short run of each arm
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+SECTION = "Host time per training step (issue #30)"
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "00d4b88"
+"""The last revision before the training step stopped reading the device."""
+ARMS = ("base", "now", "floor")
+GOAL = 1 / 3
+BATCH = 32
+
+
+def probe(arm: str, epochs: int) -> dict:
+    """In this process: ms per training step after the first epoch."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if arm == "floor":
+        return {"ms_per_step": _floor(epochs)}
+    from hpo.job.context import JobContext
+    from hpo.job.fit import fit
+    from hpo.job.image_data import image_datasets
+    from hpo.job.image_source import load_images
+    from hpo.job.setup import TrainingSetup
+    from hpo.job.trial import FixedTrial
+    from hpo.spec import HYPERPARAMETERS, TaskSpec
+
+    task = TaskSpec(kind="image_classification", model="resnet18", dataset={"name": "digits"},
+                    image_size=8)
+    params = {name: hp.default for name, hp in HYPERPARAMETERS.items()}
+    params.update(batch_size=BATCH, lr=1e-3, epochs=epochs, optimizer="adamw", dropout=0.0,
+                  weight_decay=0.0)
+    cache: dict = {}
+    train, val, ready = image_datasets(task, load_images(task.dataset, cache), None, cache,
+                                       params)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    setup = TrainingSetup(model=model, head=list(model.parameters()), blocks=[],
+                          train_set=train, val_set=val, num_classes=10, in_memory=ready)
+    seen: list[tuple[int, float]] = []  # (samples, seconds in training steps) per record
+
+    class Trial(FixedTrial):
+        def set_attrs(self, attrs: dict) -> None:
+            super().set_attrs(attrs)
+            if "samples_per_second" in attrs and "val_accuracy" in attrs:
+                samples = round(attrs["epochs_trained"] * steps * BATCH)
+                seen.append((samples, samples / attrs["samples_per_second"]))
+
+    steps = len(train) // BATCH  # type: ignore[arg-type]
+    trial = Trial()
+    fit(trial, setup, params, task, JobContext(cache=cache))
+    (first_samples, first_seconds), (samples, seconds) = seen[0], seen[-1]
+    per_step = (seconds - first_seconds) / ((samples - first_samples) / BATCH)
+    return {"ms_per_step": 1e3 * per_step, "val_loss": trial.reports[epochs]}
+
+
+def _floor(epochs: int) -> float:
+    """The bare eager loop, on the same number of examples as hpo's digits split."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    n = 1437
+    x, y = torch.randn(n, 3, 8, 8), torch.randint(0, 10, (n,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
+    steps = n // BATCH
+    batches = []
+    for _ in range(epochs):
+        order = torch.randperm(n)
+        batches.append([(x[order[k * BATCH:(k + 1) * BATCH]], y[order[k * BATCH:(k + 1) * BATCH]])
+                        for k in range(steps)])
+    start = 0.0
+    for epoch, epoch_batches in enumerate(batches):
+        if epoch == 1:
+            start = time.perf_counter()
+        for inputs, labels in epoch_batches:
+            loss = F.cross_entropy(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return 1e3 * (time.perf_counter() - start) / ((epochs - 1) * steps)
+
+
+def base_tree(base: str, workdir: Path) -> Path:
+    """``hpo/`` at revision ``base``, copied out of git into ``workdir`` (once)."""
+    tree = workdir / f"hpo-{base}"
+    if not (tree / "hpo").is_dir():
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", base, "hpo"],
+                                 capture_output=True, check=True, timeout=60).stdout
+        tree.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+    return tree
+
+
+def _run_one(arm: str, epochs: int, base: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(base if arm == "base" else ROOT)
+    # The script by its path: its directory, not the tree's root, is first on sys.path, so
+    # the arm's hpo is the one imported.
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", arm,
+                          "--epochs", str(epochs)], cwd=base.parent, env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"the {arm} run failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(repeats: int, epochs: int, base: str, workdir: Path, say=print) -> list[dict]:
+    tree = base_tree(base, workdir)
+    runs = []
+    for r in range(repeats):
+        turn = ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]
+        for arm in turn:
+            result = _run_one(arm, epochs, tree)
+            result.update(repeat=r, arm=arm)
+            say(f"step: repeat {r + 1}/{repeats}, {arm}: {result['ms_per_step']:.3f} ms a step")
+            runs.append(result)
+    return runs
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def table(runs: list[dict]) -> str:
+    medians = {arm: statistics.median(x["ms_per_step"] for x in runs if x["arm"] == arm)
+               for arm in ARMS}
+    lines = ["| arm | ms a step: median (min-max) | / base | val loss after the last epoch |",
+             "|---|---:|---:|---|"]
+    for arm in ARMS:
+        mine = [x for x in runs if x["arm"] == arm]
+        losses = sorted({f"{x['val_loss']:.6g}" for x in mine if "val_loss" in x})
+        lines.append(f"| {arm} | {_spread([x['ms_per_step'] for x in mine])} | "
+                     f"{medians[arm] / medians['base']:.2f} | {', '.join(losses)} |")
+    ratio = medians["now"] / medians["base"]
+    lines.append("")
+    lines.append(f"now / base {ratio:.2f} against the goal of at most {GOAL:.2f}: "
+                 f"{'met' if ratio <= GOAL else 'missed'}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the section into this results file")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=12,
+                        help="epochs a run (the first one is a warm-up, not counted)")
+    parser.add_argument("--base", help=f"the git revision of the loop as it was (default "
+                        f"{BASE}; with --smoke, HEAD: any checkout has it)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/hpo-bench-step"))
+    parser.add_argument("--smoke", action="store_true", help="one repeat of 2 epochs an arm")
+    parser.add_argument("--probe", choices=ARMS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(args.probe, args.epochs)))
+        return
+    if args.smoke:
+        args.repeats, args.epochs = 1, 2
+    args.base = args.base or ("HEAD" if args.smoke else BASE)
+    started = time.monotonic()
+    runs = run(args.repeats, args.epochs, args.base, args.workdir)
+    text = table(runs)
+    print(text)
+    if args.out:
+        from benchmarks.table import revision, write_section
+
+        load = os.getloadavg()
+        write_section(args.out, SECTION, f"## {SECTION}\n\n`python -m benchmarks.step` at "
+                      f"{revision()} against {args.base}, {time.strftime('%Y-%m-%d')}: "
+                      f"{args.repeats} repeats interleaved, {args.epochs} epochs a run (the "
+                      f"first not counted), one thread, {time.monotonic() - started:.0f} s in "
+                      f"all; load average {load[0]:.1f} at the end.\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
