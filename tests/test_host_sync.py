@@ -129,3 +129,45 @@ def test_a_training_step_on_cuda_never_synchronizes(monkeypatch):
     watch, trial = _train(monkeypatch, sync_debug=True)
     assert watch.reads == [], "\n".join(watch.reads)
     assert sorted(trial.reports) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("skip", [0, 3])
+def test_batches_on_the_device_are_the_data_loaders_in_its_order(skip):
+    """Digits on the device are batched as the DataLoader batched them from the same sampler
+    (the same examples, the same order: a study's trials are unchanged), an attempt resumed
+    after ``skip`` batches of the epoch included, and each rank of two takes its part of each
+    global batch as ``RankBatches`` gives it."""
+    from torch.utils.data import DataLoader
+
+    from hpo.job.data import EpochShuffle
+    from hpo.job.image_data import image_datasets
+    from hpo.job.image_source import load_images
+    from hpo.job.ranks import RankBatches, Ranks
+    from hpo.job.resident import resident
+
+    task = TaskSpec(kind="image_classification", model="resnet18", dataset={"name": "digits"},
+                    image_size=16, max_samples=300)
+    cache: dict = {}
+    train, val, ready = image_datasets(task, load_images(task.dataset, cache), None, cache)
+    assert ready
+    data, rows = resident(train, torch.device("cpu"))
+
+    def order():
+        sampler = EpochShuffle(len(train), seed=5)
+        sampler.set_epoch(2, skip * 32)
+        return sampler
+
+    loader = list(DataLoader(train, 32, sampler=order(), drop_last=True))
+    batches = list(DeviceBatches(data, rows, 32, order=order()))
+    assert len(batches) == len(loader) == 240 // 32 - skip
+    for (x, y), (dx, dy) in zip(loader, batches):
+        assert torch.equal(x, dx) and torch.equal(y, dy)
+    rank = Ranks(rank=1, world=2)
+    theirs = list(DataLoader(train, batch_sampler=RankBatches(order(), 32, rank)))
+    mine = list(DeviceBatches(data, rows, 32, order=order(), part=rank.shard(32)))
+    assert len(mine) == len(theirs)
+    assert all(torch.equal(x, dx) and torch.equal(y, dy)
+               for (x, y), (dx, dy) in zip(theirs, mine))
+    # The worker's cache keeps the device copy: a later trial gathers from the same tensors.
+    again, _, _ = image_datasets(task, load_images(task.dataset, cache), None, cache)
+    assert resident(again, torch.device("cpu"))[0] is data

@@ -121,7 +121,7 @@ def train_epochs(state: FitState, trial: Trial) -> float:
         if progress.stopped_early:
             break
         mean = train_epoch(state, trial, epoch)  # evaluates at the epoch's eval points
-        if mean is None:  # a final fit has nothing to resume
+        if mean is None:  # a fit with a val set: resumable (a final fit has nothing to resume)
             save_epoch(state, trial, epoch)
         else:  # nor a report: its epoch's attrs, with the epoch's train loss, are its progress
             train_loss = mean

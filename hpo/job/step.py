@@ -3,6 +3,8 @@ evaluation, and the moves of a batch to the device. Nothing here reads the loop'
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -68,7 +70,8 @@ def train_step(
         if isinstance(criterion, ClassWeighted)
         else [(part.stop - part.start) / n for part in parts]
     )
-    with ranks.local_gradients(model):
+    # One rank has no gradients to keep local (and skips the context's cost each step).
+    with ranks.local_gradients(model) if ranks.many else contextlib.nullcontext():
         try:
             for part, share in zip(parts, shares):
                 loss = forward_backward(
@@ -141,9 +144,10 @@ class LossWatch:
         or None, and the sum of the losses since ``restart``."""
         first = self._first if self._first is not None else torch.zeros_like(self.total)
         total, worst, first_loss = torch.stack([self.total, self.worst, first]).tolist()
-        if self.first is None:
+        if self.first is None and self._first is not None:
             self.first = first_loss
-        if math.isfinite(worst) and worst > limit * max(self.first, 1e-3):
+        floor = max(self.first, 1e-3) if self.first is not None else math.inf
+        if math.isfinite(worst) and worst > limit * floor:
             return "diverged", total
         if not math.isfinite(total):
             return "nan", total
@@ -285,12 +289,13 @@ def logits(model: nn.Module, inputs) -> torch.Tensor:
     return out
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
+@functools.lru_cache(maxsize=64)  # the same few (n, size) every step
+def micro_batches(n: int, size: int) -> tuple[slice, ...]:
     """``n`` examples cut into near-equal slices of at most ``size`` (none of just one
     example unless ``size`` is 1: batch norm cannot train on one)."""
     count = math.ceil(n / size)
     bounds = [round(k * n / count) for k in range(count + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    return tuple(slice(a, b) for a, b in zip(bounds, bounds[1:]))
 
 
 def take(inputs, part: slice):
