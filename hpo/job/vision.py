@@ -162,9 +162,10 @@ def read_batch_norm_counts(model: nn.Module) -> None:
     """Read the batch count of each BatchNorm that ``average_first_batch_norm_stats`` watches
     now (a resumed model's is its checkpoint's), before training: in a training step it would
     be a read of the device."""
-    for module in model.modules():
-        if hasattr(module, "_hpo_average") and not hasattr(module, "_hpo_batches"):
-            module._hpo_batches = int(module.num_batches_tracked)  # type: ignore[arg-type]
+    layer: Any  # a _BatchNorm with hpo's plain attributes (see _average_batch_norm)
+    for layer in model.modules():
+        if hasattr(layer, "_hpo_average") and not hasattr(layer, "_hpo_batches"):
+            layer._hpo_batches = int(layer.num_batches_tracked)
 
 
 # layer: a _BatchNorm with hpo's plain attributes _hpo_batches and _hpo_average, which torch's
