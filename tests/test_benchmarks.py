@@ -374,3 +374,24 @@ def test_the_imbalance_benchmark_writes_its_medians_and_replaces_its_own_section
     page = out.read_text()
     assert page.count(TITLE) == 1 and "second" in page and "first" not in page
     assert "## Before\n\nkept\n" in page and "## After\n\nkept too\n" in page
+
+
+@pytest.mark.slow
+def test_step_benchmark_smoke_runs_every_arm(tmp_path):
+    """``python -m benchmarks.step --smoke``: hpo's loop at a git revision (HEAD here), this
+    tree's and the bare PyTorch loop each train once, a row each with its time a step, in
+    its own section of the results file."""
+    from benchmarks.step import ARMS, SECTION
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n## Kept\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.step", "--smoke", "--out", str(out),
+                        "--workdir", str(tmp_path / "work")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Kept\n\nkept\n" in text and f"## {SECTION}\n" in text
+    for arm in ARMS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {arm} |"))
+        assert float(row.split("|")[2].split()[0]) > 0

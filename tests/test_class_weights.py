@@ -135,7 +135,7 @@ def _linear_step(labels, micro_batch, criterion):
     loss = step_module.train_step(
         model, x, labels, micro_batch, criterion, pick_device(amp=False),
         torch.amp.GradScaler("cpu", enabled=False), opt, sched, list(model.parameters()), 0.0)
-    return loss, torch.cat([p.detach().flatten() for p in model.parameters()]), model, x
+    return float(loss), torch.cat([p.detach().flatten() for p in model.parameters()]), model, x
 
 
 def test_micro_batches_keep_the_batchs_weighted_mean():

@@ -40,7 +40,7 @@ def _step(model, x, y, micro_batch, l1, criterion=nn.functional.cross_entropy,
         net or model, x, y, micro_batch, criterion, pick_device(amp=False),
         torch.amp.GradScaler("cpu", enabled=False), opt, sched, list(model.parameters()),
         0.0, ranks, l1=l1)
-    return loss, [p.detach().clone() for p in model.parameters()]
+    return float(loss), [p.detach().clone() for p in model.parameters()]
 
 
 def _by_hand(l1):

@@ -267,9 +267,13 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
         self.skip = skip
 
-    def __iter__(self):
+    def indices(self) -> torch.Tensor:
+        """The epoch's whole order (``skip`` not applied, no keys), on the CPU."""
         order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        indices = torch.randperm(self.n, generator=order)
+        return torch.randperm(self.n, generator=order)
+
+    def __iter__(self):
+        indices = self.indices()
         if self.keyed:
             indices += self.epoch * self.n
         return iter(indices[self.skip :].tolist())
@@ -294,12 +298,9 @@ class EpochBalanced(EpochShuffle):
         counts = np.bincount(labels)
         self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
 
-    def __iter__(self):
+    def indices(self) -> torch.Tensor:
         draws = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        indices = torch.multinomial(self.weights, self.n, replacement=True, generator=draws)
-        if self.keyed:
-            indices += self.epoch * self.n
-        return iter(indices[self.skip :].tolist())
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=draws)
 
 
 class EpochSeeded(Dataset):

@@ -120,10 +120,11 @@ def train_epochs(state: FitState, trial: Trial) -> float:
     for epoch in range(state.start_epoch + 1, state.epochs + 1):
         if progress.stopped_early:
             break
-        train_loss = train_epoch(state, trial, epoch)  # evaluates at the epoch's eval points
-        if state.val_loader is not None:  # a final fit has nothing to resume
+        mean = train_epoch(state, trial, epoch)  # evaluates at the epoch's eval points
+        if mean is None:  # a fit with a val set: resumable (a final fit has nothing to resume)
             save_epoch(state, trial, epoch)
         else:  # nor a report: its epoch's attrs, with the epoch's train loss, are its progress
+            train_loss = mean
             train = prefixed("train", state.train_tally.read(state.ranks))
             progress.history_stride = add_to_history(
                 progress.history, epoch, train, progress.history_stride
@@ -132,14 +133,15 @@ def train_epochs(state: FitState, trial: Trial) -> float:
     return train_loss
 
 
-def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
+def train_epoch(state: FitState, trial: Trial, epoch: int) -> float | None:
     """One epoch of optimizer steps, and the evaluations that fall in it.
 
     Returns:
-        The epoch's mean training loss (a final fit's ``train_loss``).
+        In a final fit, the epoch's mean training loss (its ``train_loss``); else None.
 
     Raises:
-        optuna.TrialPruned: the loss went NaN or diverged, or an evaluation pruned.
+        optuna.TrialPruned: the loss went NaN or diverged (found at the next evaluation
+            point, or a final fit's epoch end), or an evaluation pruned.
         torch.OutOfMemoryError: even a micro-batch of one example does not fit.
     """
     progress, evals, steps = state.progress, state.evals, state.steps_per_epoch
@@ -149,10 +151,11 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
     state.order.set_epoch(epoch, skip * state.batch_size)
     train_mode(state.model, state.frozen)
     clock = time.perf_counter()
-    epoch_loss = 0.0
+    watch = state.watch
+    watch.restart()
+    # Nothing in a step reads the device (a sync would idle it while the host waits): the
+    # losses stay there, and the loop looks at them (NaN, divergence) where it evaluates.
     for i, (inputs, labels) in enumerate(state.train_loader, skip + 1):
-        # The report step this batch counts towards (epoch, or a fraction of the data).
-        step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
         inputs = to_device(inputs, state.dev, state.channels_last)
         labels = labels.to(state.dev.device, non_blocking=True)
 
@@ -198,17 +201,13 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
                 progress.micro_batch,
             )
         progress.samples += state.batch_size  # over all ranks
-        epoch_loss += loss
-
-        if not math.isfinite(loss):
-            prune(state, trial, "nan", step)
-        if progress.first_loss is None:
-            progress.first_loss = loss
-        if loss > DIVERGENCE * max(progress.first_loss, 1e-3):
-            prune(state, trial, "diverged", step)
+        watch.add(loss)
+        # The report step this batch counts towards (epoch, or a fraction of the data).
+        step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
         if state.stop_asked is not None and state.stop_asked() and state.val_loader is not None:
             # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
             progress.train_seconds += time.perf_counter() - clock
+            look(state, trial, step)  # a NaN model is pruned, not checkpointed
             save_epoch(state, trial, epoch, i)
             log.info("trial %d: stopped after batch %d of epoch %d", trial.number, i, epoch)
             raise JobPreempted(f"stopped after batch {i} of epoch {epoch}")
@@ -216,16 +215,34 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float:
         if state.val_loader is not None and i in state.eval_after:
             progress.train_seconds += time.perf_counter() - clock
             step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
-            if evaluate_and_report(state, trial, epoch, step, loss, i % steps):
-                return epoch_loss / max(steps, 1)  # stopped early
+            look(state, trial, step)
+            if evaluate_and_report(state, trial, epoch, step, i % steps):
+                return None  # stopped early
             train_mode(state.model, state.frozen)
             clock = time.perf_counter()
     progress.train_seconds += time.perf_counter() - clock
-    return epoch_loss / max(steps, 1)
+    if state.val_loader is None:  # a final fit: no evaluation point, the epoch's end is one
+        return look(state, trial, epoch * evals) / max(steps, 1)
+    return None
+
+
+def look(state: FitState, trial: Trial, step: int) -> float:
+    """Read the losses since the last look (one sync): prune a trial whose loss went NaN or
+    inf (``nan``) or diverged (``diverged``: ``DIVERGENCE`` times its first) at ``step``,
+    the report step of the evaluation point.
+
+    Returns:
+        The sum of the epoch's training losses so far.
+    """
+    trouble, total = state.watch.look(DIVERGENCE)
+    state.progress.first_loss = state.watch.first
+    if trouble is not None:
+        prune(state, trial, trouble, step)
+    return total
 
 
 def evaluate_and_report(
-    state: FitState, trial: Trial, epoch: int, step: int, train_loss: float, batches: int = 0
+    state: FitState, trial: Trial, epoch: int, step: int, batches: int = 0
 ) -> bool:
     """Evaluate on the val set, report the objective at ``step``, prune or stop early,
     record.
@@ -270,7 +287,7 @@ def evaluate_and_report(
         trial.number,
         epoch,
         step,
-        train_loss,
+        math.nan if train["loss"] is None else train["loss"],  # since the last evaluation
         val_loss,
         accuracy,
         f" (val subset of {state.task.val_subset})" if on_subset else "",

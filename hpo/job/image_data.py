@@ -40,6 +40,7 @@ from hpo.job.data import (
     train_val_indices,
 )
 from hpo.job.image_source import PIXEL_LEVELS, ImageSource, load_test_images
+from hpo.job.resident import Examples, TensorSubset
 from hpo.spec import AUGMENTATIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,7 +111,7 @@ def image_datasets(
         ``(train_set, val_set, ready)`` with ``(CHW float tensor, label)`` pairs; ``ready``
         says that no example needs work when loaded (in-memory data, transformed once).
     """
-    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache, params)
+    train_tf, evaluate, augment, examples = _transforms(task, source, preset, cache, params)
     train_idx, val_idx = train_val_indices(
         source.train_labels,
         source.val_labels,
@@ -127,13 +128,13 @@ def image_datasets(
         else (source.val, source.val_labels)
     )
     assert val_labels is not None  # an ImageSource with a val split has its labels
-    train_set = LabelledSubset(source.train, train_idx, source.train_labels, train_tf)
-    val_set = LabelledSubset(val_base, val_idx, val_labels, evaluate)
+    train_set: Dataset = LabelledSubset(source.train, train_idx, source.train_labels, train_tf)
+    val_set: Dataset = LabelledSubset(val_base, val_idx, val_labels, evaluate)
     ready = False
-    if pairs is not None:
-        val_set = LabelledSubset(pairs, val_idx, val_labels)
+    if examples is not None:
+        val_set = TensorSubset(examples, val_idx)
         if not augment:
-            train_set = LabelledSubset(pairs, train_idx, source.train_labels)
+            train_set = TensorSubset(examples, train_idx)
             ready = True
     return train_set, val_set, ready
 
@@ -154,7 +155,7 @@ def final_image_datasets(
     Raises:
         JobSetupError: a test folder whose classes differ from the training ones.
     """
-    train_tf, evaluate, augment, pairs = _transforms(task, source, preset, cache, params)
+    train_tf, evaluate, augment, examples = _transforms(task, source, preset, cache, params)
     train_idx, val_idx = train_val_indices(
         source.train_labels,
         source.val_labels,
@@ -165,12 +166,12 @@ def final_image_datasets(
         thinning(task, source.class_names, source.num_classes),
         task.thin_seed,
     )
-    ready = pairs is not None and not augment
+    ready = examples is not None and not augment
     if source.val is None:
         both = np.sort(np.concatenate([train_idx, val_idx]))
         train_set: Dataset = (
-            LabelledSubset(pairs, both, source.train_labels)
-            if ready
+            TensorSubset(examples, both)
+            if examples is not None and ready
             else LabelledSubset(source.train, both, source.train_labels, train_tf)
         )
     else:
@@ -183,9 +184,9 @@ def final_image_datasets(
         )
     if task.test_fraction is not None:
         _, test_idx = heldout_test_indices(source.train_labels, task.test_fraction, task.seed)
-        test_set: LabelledSubset | None = (
-            LabelledSubset(pairs, test_idx, source.train_labels)
-            if pairs is not None
+        test_set: Dataset | None = (
+            TensorSubset(examples, test_idx)
+            if examples is not None
             else LabelledSubset(source.train, test_idx, source.train_labels, evaluate)
         )
         about = heldout_about(task.test_fraction)
@@ -258,11 +259,12 @@ def _transforms(
     task, source: ImageSource, preset: Preset | None, cache: dict, params: dict | None = None
 ):
     """The task's training and evaluation transforms, whether it augments, and for in-memory
-    data without a val split, ``(tensor, label)`` pairs evaluation-transformed once."""
+    data without a val split, its images evaluation-transformed once (``Examples``, which the
+    worker's cache keeps with their copy on the device)."""
     size, resize, preset = _sizes(task, source, preset)
     augment = augmentation(task, params, source)
     evaluate = _eval_transform(preset, size, resize)
-    pairs = None
+    examples = None
     if source.in_memory and source.val is None:
         # Transform once per worker, not once per example per epoch (a tenth of an epoch).
         key = cache_key(
@@ -276,9 +278,10 @@ def _transforms(
         )
         if key not in cache:
             train = source.train
-            cache[key] = torch.stack([evaluate(train[i][0]) for i in range(dataset_size(train))])
-        pairs = list(zip(cache[key], source.train_labels))
-    return train_transform(preset, size, resize, augment), evaluate, augment.on, pairs
+            stacked = torch.stack([evaluate(train[i][0]) for i in range(dataset_size(train))])
+            cache[key] = Examples(stacked, source.train_labels)
+        examples = cache[key]
+    return train_transform(preset, size, resize, augment), evaluate, augment.on, examples
 
 
 def train_transform(preset: Preset, size: int, resize: int, augment: Augmentation):

@@ -1,7 +1,7 @@
 """Classification metrics, counted on the device and read at evaluation points alone.
 
 A ``Tally`` adds each batch's predictions to a confusion matrix on the device (one
-``torch.bincount``), its loss to a sum there, and for two classes keeps the positive class's
+``index_add_``), its loss to a sum there, and for two classes keeps the positive class's
 scores (for AUROC); nothing goes back to the CPU until ``Tally.read`` at an evaluation point.
 The evaluation pass and the training steps count the same way: training's tally sees the
 batches as they train (the model in train mode, its dropout on), with no second pass.
@@ -60,8 +60,10 @@ class Tally:
         """Count a batch's predictions (the argmax of ``logits``) against its ``labels``."""
         logits = logits.detach()
         c = self.num_classes
-        pairs = labels.to(torch.int64) * c + logits.argmax(dim=1)
-        self.confusion += torch.bincount(pairs, minlength=c * c)
+        # index_add_, not bincount: CUDA's bincount reads the largest value back to size its
+        # output, a sync in every training step.
+        pairs = logits.argmax(dim=1).add_(labels.to(torch.int64), alpha=c)
+        self.confusion.index_add_(0, pairs, torch.ones_like(pairs))
         if c == 2:  # the log-odds of the positive class: softmax's order, without softmax
             self.scores.append((logits[:, 1] - logits[:, 0]).float())
             self.labels.append(labels)

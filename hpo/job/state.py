@@ -30,8 +30,11 @@ from hpo.job.loss import ClassWeighted, class_weights, remedy
 from hpo.job.metrics import Tally
 from hpo.job.optim import freeze, make_optimizer, make_scheduler
 from hpo.job.ranks import Ranks
+from hpo.job.resident import DeviceBatches
 from hpo.job.setup import TrainingSetup
+from hpo.job.step import LossWatch
 from hpo.job.trial import Trial
+from hpo.job.vision import read_batch_norm_counts
 from hpo.records import BEST_METRICS_ATTR, METRICS_ATTR, THREADS_ATTR
 
 log = logging.getLogger(__name__)
@@ -104,12 +107,15 @@ class FitState:
     grad_clip: float
     l1: float
     """The L1 penalty's factor (param ``l1``); 0 adds none."""
-    train_loader: DataLoader
+    train_loader: DataLoader | DeviceBatches
+    """Batches gathered on the device where the data lives there (``hpo.job.resident``)."""
     train_tally: Tally
     """Training's predictions and losses since the last evaluation, on the device."""
-    val_loader: DataLoader | None
+    watch: LossWatch
+    """The training losses, on the device, looked at (NaN, divergence) at evaluation points."""
+    val_loader: DataLoader | DeviceBatches | None
     """``None`` for a final fit."""
-    subset_loader: DataLoader | None
+    subset_loader: DataLoader | DeviceBatches | None
     """Of the evaluations inside an epoch (``task.val_subset``), else None."""
     order: EpochShuffle
     """The train loader's sampler: ``set_epoch`` before each epoch."""
@@ -220,6 +226,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
             start_epoch,
             f" and {progress.epoch_batches} batches" if progress.epoch_batches else "",
         )
+    read_batch_norm_counts(model)  # here, not in the first training step
     net = ranks.wrap(model, dev.device)
     # torch.compile of a Module returns a Module (OptimizedModule); its overloads say Callable.
     net = torch.compile(net) if task.compile else net  # type: ignore[assignment]
@@ -246,6 +253,7 @@ def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -
         l1=params["l1"],
         train_loader=train_loader,
         train_tally=Tally(setup.num_classes, dev.device, confusion=False),
+        watch=LossWatch(dev.device, progress.first_loss),
         val_loader=val_loader,
         subset_loader=subset_loader(setup, task, dev, batch_size, ranks),
         order=order,

@@ -3,15 +3,16 @@ evaluation, and the moves of a batch to the device. Nothing here reads the loop'
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from hpo.job.device import Device, free_memory
 from hpo.job.loss import ClassWeighted, l1_penalty, penalized
@@ -37,8 +38,10 @@ def train_step(
     ranks: Ranks = Ranks(),
     tally: Tally | None = None,
     l1: float = 0.0,
-) -> float:
-    """One optimizer step over a batch, in micro-batches of at most ``micro_batch``.
+) -> torch.Tensor:
+    """One optimizer step over a batch, in micro-batches of at most ``micro_batch``, with no
+    read of the device on one rank: the loop looks at the losses at evaluation points alone
+    (``LossWatch``).
 
     On several ranks, ``inputs`` are this rank's part of the global batch; the step is taken
     on every rank or on none (``hpo.job.ranks``). A ``ClassWeighted`` criterion gives each
@@ -49,13 +52,16 @@ def train_step(
 
     Returns:
         The batch's mean training loss (the global batch's, over all ranks) plus the L1
-        penalty; the optimizer does not step when it is NaN or inf.
+        penalty, detached, on the device. The optimizer steps whatever it is: a NaN or inf
+        loss prunes the trial at the next evaluation point (with fp16's loss scaling, the
+        scaler skips the step on its own).
 
     Raises:
-        torch.OutOfMemoryError: the micro-batches do not fit (on any rank).
+        torch.OutOfMemoryError: the micro-batches do not fit (on any rank; finding out
+            whether another rank ran out is a read of the device, on several ranks alone).
     """
     n = len(labels)
-    total = torch.zeros((), device=labels.device)
+    total: torch.Tensor | None = None
     oom = None
     parts = micro_batches(n, micro_batch)
     seen: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if tally is not None else None
@@ -64,23 +70,25 @@ def train_step(
         if isinstance(criterion, ClassWeighted)
         else [(part.stop - part.start) / n for part in parts]
     )
-    with ranks.local_gradients(model):
+    # One rank has no gradients to keep local (and skips the context's cost each step).
+    with ranks.local_gradients(model) if ranks.many else contextlib.nullcontext():
         try:
             for part, share in zip(parts, shares):
-                total += forward_backward(
+                loss = forward_backward(
                     model,
                     take(inputs, part),
-                    labels[part],
+                    take(labels, part),
                     criterion,
                     dev,
                     scaler,
                     weight=share,
                     seen=seen,
                 )
+                total = loss if total is None else total + loss
             if l1 > 0:  # once per step: the same whatever the micro-batches and ranks
                 penalty = l1_penalty(penalized(trainable), l1)
                 scaler.scale(penalty).backward()
-                total += penalty.detach()
+                total = penalty.detach() if total is None else total + penalty.detach()
         except torch.OutOfMemoryError as e:
             if not ranks.many:
                 raise
@@ -89,21 +97,65 @@ def train_step(
         if ranks.any(oom is not None, labels.device):
             raise torch.OutOfMemoryError(oom or "out of memory on another rank of the trial")
         ranks.average_gradients(trainable)
+        assert total is not None  # no rank ran out of memory: every micro-batch added its loss
         total = ranks.sum(total) / ranks.world
+    assert total is not None  # one micro-batch at least
     if tally is not None and seen is not None:  # the batch's predictions, on this rank
         for out, y in seen:
             tally.add(out, y)
-        tally.add_loss(total / ranks.world, 1 / ranks.world)  # every rank adds the global loss
-    loss = total.item()  # a CPU-GPU sync point: paid once per step, so a NaN prunes at once
-    if math.isfinite(loss):
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        # Every rank adds the global loss, a share of it each.
+        tally.add_loss(total / ranks.world if ranks.many else total, 1 / ranks.world)
+    # No total.item() here: a read is a CPU-GPU sync, which would leave the device idle
+    # while the host queues the next step.
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
     optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until next backward
-    return loss
+    return total
+
+
+class LossWatch:
+    """The training losses of a fit's steps, kept on the device and looked at (``look``) at
+    evaluation points alone: the epoch's sum, and the largest loss (``fmax``: a NaN does not
+    hide it) to tell a diverged trial from one whose loss went NaN or inf.
+
+    ``first``: the fit's first training loss, from a checkpoint; else the first one added.
+    """
+
+    def __init__(self, device: torch.device, first: float | None) -> None:
+        self.total = torch.zeros((), device=device)
+        self.worst = torch.full((), -math.inf, device=device)
+        self.first = first
+        self._first: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor) -> None:
+        """A step's loss (a 0-dim tensor on the device); nothing is read."""
+        self.total += loss
+        torch.fmax(self.worst, loss, out=self.worst)
+        if self.first is None and self._first is None:
+            self._first = loss
+
+    def look(self, limit: float) -> tuple[str | None, float]:
+        """One read of the device: what went wrong (``diverged``: a finite loss above
+        ``limit`` times the first one, floored at 1e-3; ``nan``: a loss that was NaN or inf),
+        or None, and the sum of the losses since ``restart``."""
+        first = self._first if self._first is not None else torch.zeros_like(self.total)
+        total, worst, first_loss = torch.stack([self.total, self.worst, first]).tolist()
+        if self.first is None and self._first is not None:
+            self.first = first_loss
+        floor = max(self.first, 1e-3) if self.first is not None else math.inf
+        if math.isfinite(worst) and worst > limit * floor:
+            return "diverged", total
+        if not math.isfinite(total):
+            return "nan", total
+        return None, total
+
+    def restart(self) -> None:
+        """A new epoch: its sum starts at 0."""
+        self.total.zero_()
 
 
 def forward_backward(
@@ -124,7 +176,9 @@ def forward_backward(
     """
     with dev.autocast():
         out = logits(model, inputs).float()
-        loss = criterion(out, labels) * weight
+        loss = criterion(out, labels)
+        if not isinstance(weight, float) or weight != 1.0:  # a whole batch: no multiply
+            loss = loss * weight
     if seen is not None:
         seen.append((out.detach(), labels))
     scaler.scale(loss).backward()
@@ -135,7 +189,7 @@ def evaluate_or_fail(
     trial: Trial,
     record: Callable[..., None],
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     dev: Device,
     micro_batch: int,
     channels_last: bool,
@@ -192,7 +246,7 @@ def evaluate_or_fail(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     dev: Device,
     micro_batch: int,
     channels_last: bool,
@@ -235,16 +289,21 @@ def logits(model: nn.Module, inputs) -> torch.Tensor:
     return out
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
+@functools.lru_cache(maxsize=64)  # the same few (n, size) every step
+def micro_batches(n: int, size: int) -> tuple[slice, ...]:
     """``n`` examples cut into near-equal slices of at most ``size`` (none of just one
     example unless ``size`` is 1: batch norm cannot train on one)."""
     count = math.ceil(n / size)
     bounds = [round(k * n / count) for k in range(count + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    return tuple(slice(a, b) for a, b in zip(bounds, bounds[1:]))
 
 
 def take(inputs, part: slice):
-    """A slice of a batch's inputs: a tensor, or a dict of tensors."""
+    """A slice of a batch's inputs or labels: a tensor, or a dict of tensors; the batch
+    itself where the slice is all of it."""
+    n = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+    if part.start == 0 and part.stop == n:
+        return inputs
     if isinstance(inputs, dict):
         return {k: v[part] for k, v in inputs.items()}
     return inputs[part]

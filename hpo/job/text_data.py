@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from hpo.job.data import (
     train_val_indices,
 )
 from hpo.job.errors import JobSetupError
+from hpo.job.resident import OnDevice
 from hpo.job.text_source import TextSource, known_label_ids, label_ids
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,33 @@ class TokenizedTexts(Dataset):
     def __init__(self, features: list[dict[str, list[int]]], labels: np.ndarray) -> None:
         self.features = features
         self.labels = np.asarray(labels)
+        self._copies: dict[str, OnDevice] = {}
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int):
         return self.features[i], int(self.labels[i])
+
+    def on_device(
+        self, device: torch.device, collate: Callable, fits: Callable[[int, torch.device], bool]
+    ) -> OnDevice | None:
+        """Every text padded once by ``collate`` (``PadBatch``) into tensors on ``device``,
+        kept for the later trials of the worker (the cache holds this object); None where
+        they would not fit (``fits`` of their bytes) or there are none."""
+        key = str(device)
+        if key not in self._copies:
+            lengths = np.asarray([len(f["input_ids"]) for f in self.features], dtype=np.int64)
+            if not len(self) or not fits(
+                8 * len(self.features[0]) * len(self) * lengths.max(), device
+            ):
+                return None
+            inputs, labels = collate([self[i] for i in range(len(self))])
+            left = getattr(getattr(collate, "tokenizer", None), "padding_side", "") == "left"
+            self._copies[key] = OnDevice(
+                {k: v.to(device) for k, v in inputs.items()}, labels.to(device), lengths, left
+            )
+        return self._copies[key]
 
 
 PADDING = "longest"

@@ -158,6 +158,16 @@ def average_first_batch_norm_stats(model: nn.Module) -> None:
             )
 
 
+def read_batch_norm_counts(model: nn.Module) -> None:
+    """Read the batch count of each BatchNorm that ``average_first_batch_norm_stats`` watches
+    now (a resumed model's is its checkpoint's), before training: in a training step it would
+    be a read of the device."""
+    layer: Any  # a _BatchNorm with hpo's plain attributes (see _average_batch_norm)
+    for layer in model.modules():
+        if hasattr(layer, "_hpo_average") and not hasattr(layer, "_hpo_batches"):
+            layer._hpo_batches = int(layer.num_batches_tracked)
+
+
 # layer: a _BatchNorm with hpo's plain attributes _hpo_batches and _hpo_average, which torch's
 # typing of a Module's attributes (Tensor | Module) cannot express.
 def _average_batch_norm(layer: Any, inputs: object, base: float) -> None:
@@ -165,8 +175,8 @@ def _average_batch_norm(layer: Any, inputs: object, base: float) -> None:
     average of the batches so far (see ``average_first_batch_norm_stats``)."""
     if not layer.training:
         return
-    if not hasattr(layer, "_hpo_batches"):
-        layer._hpo_batches = int(layer.num_batches_tracked)  # one device sync, once
+    if not hasattr(layer, "_hpo_batches"):  # a model trained outside start_fit
+        layer._hpo_batches = int(layer.num_batches_tracked)
     layer._hpo_batches += 1
     layer.momentum = max(base, 1.0 / layer._hpo_batches)
     if layer.momentum == base:
