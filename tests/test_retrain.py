@@ -393,7 +393,7 @@ def test_final_digits_datasets_are_the_trials_train_and_val_and_the_held_out_tes
     train, val, _ = image_datasets(task, source, None, cache)
     final, test, about, ready = final_image_datasets(task, source, None, cache)
     assert ready and len(final) == len(train) + len(val) == 300
-    assert sorted(final.indices) == sorted(train.indices + val.indices)
+    assert sorted(final.indices) == sorted([*train.indices, *val.indices])
     assert len(test) == round(0.25 * 1797) and not set(test.indices) & set(final.indices)
     assert "test_fraction 0.25" in about
     x, y = test[0]
