@@ -16,7 +16,9 @@ Arms:
 - ``before``: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` = the worker's share of the cores,
   OpenMP's default wait policy (its threads spin a while before they sleep);
 - ``after``: ``hpo.run.slots.Slot.env`` as the launcher now builds it (the same thread count,
-  and ``OMP_WAIT_POLICY=PASSIVE``: a waiting thread yields its core at once).
+  and OpenMP's short spin, ``GOMP_SPINCOUNT=3000``: a waiting thread spins a few
+  microseconds, then yields its core; until 2026-12-07 ``OMP_WAIT_POLICY=PASSIVE``, which
+  yields at once).
 
     .venv/bin/python -m benchmarks.threads                       # prints the table
     .venv/bin/python -m benchmarks.threads --out benchmarks/RESULTS.md   # and writes its section
@@ -64,9 +66,9 @@ def probe(epochs: int, batches: int) -> dict:
 
 def arm_env(arm: str, cores: int, base: dict[str, str]) -> dict[str, str]:
     """The training process's environment in ``arm``: one worker with all ``cores``."""
-    from hpo.run.slots import THREAD_VARS, Slot
+    from hpo.run.slots import THREAD_VARS, WAIT_VARS, Slot
 
-    clean = {k: v for k, v in base.items() if k not in (*THREAD_VARS, "OMP_WAIT_POLICY")}
+    clean = {k: v for k, v in base.items() if k not in (*THREAD_VARS, *WAIT_VARS)}
     if arm == "before":  # Slot.env before issue #30: the thread counts only
         return {**clean, **{var: str(cores) for var in THREAD_VARS}}
     return Slot(0, threads=cores).env(clean)

@@ -71,12 +71,17 @@ def test_gpus_make_gangs_of_devices_per_trial():
     assert assign_slots(None, workers=2, cpus=2, devices_per_trial=2)[1] == Slot(1, threads=1)
 
 
-def test_every_worker_waits_passively_unless_told_otherwise():
-    """OpenMP's threads sleep when they wait (``benchmarks/threads.py``: a spinning wait on
-    shared cores made a training up to 10x slower); a policy the user set stays."""
-    assert Slot(0, threads=2).env({})["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert Slot(0, "0").env({})["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert Slot(0, threads=2).env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+def test_every_worker_spins_briefly_unless_told_otherwise():
+    """OpenMP's threads spin a few microseconds when they wait, then sleep
+    (``benchmarks/threads.py``: OpenMP's long default spin on shared cores made a training up
+    to 10x slower); a policy the user set stays."""
+    assert Slot(0, threads=2).env({})["GOMP_SPINCOUNT"] == "3000"
+    assert Slot(0, "0").env({})["GOMP_SPINCOUNT"] == "3000"
+    # A user's wait policy or spin count stands, and the other is left alone.
+    mine = Slot(0, threads=2).env({"OMP_WAIT_POLICY": "ACTIVE"})
+    assert mine["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in mine
+    mine = Slot(0, threads=2).env({"GOMP_SPINCOUNT": "0"})
+    assert mine["GOMP_SPINCOUNT"] == "0" and "OMP_WAIT_POLICY" not in mine
 
 
 def test_workers_share_the_cores_this_process_may_use():
@@ -85,13 +90,14 @@ def test_workers_share_the_cores_this_process_may_use():
 
 
 @pytest.mark.parametrize("given", [None, "ACTIVE"])
-def test_a_worker_started_by_hand_waits_passively_too(given, tmp_path):
-    """``hpo worker`` outside a launcher: the job sees OpenMP's passive policy (set before
-    torch loads), unless the user chose one."""
+def test_a_worker_started_by_hand_spins_briefly_too(given, tmp_path):
+    """``hpo worker`` outside a launcher: the job sees OpenMP's short spin (set before torch
+    loads), unless the user chose a policy."""
     (tmp_path / "envjob.py").write_text(
         "import os\n\n"
         "def job(trial, params, context):\n"
         "    trial.set_user_attr('policy', os.environ.get('OMP_WAIT_POLICY'))\n"
+        "    trial.set_user_attr('spin', os.environ.get('GOMP_SPINCOUNT'))\n"
         "    return 1.0\n")
     spec = tmp_path / "policy.yaml"
     spec.write_text(FAST.format(name="policy", n=1, low=1, high=1, pruner="none").replace(
@@ -102,11 +108,13 @@ def test_a_worker_started_by_hand_waits_passively_too(given, tmp_path):
         env["OMP_WAIT_POLICY"] = given
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("OMP_WAIT_POLICY", raising=False)  # a policy of the test run's own
+        mp.delenv("GOMP_SPINCOUNT", raising=False)
         assert run_hpo("create", str(spec), "--storage", url, cwd=tmp_path,
                        env=env).returncode == 0
         r = run_hpo("worker", "policy", "--storage", url, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert trials("policy", url)[0].user_attrs["policy"] == (given or "PASSIVE")
+    attrs = trials("policy", url)[0].user_attrs
+    assert (attrs["policy"], attrs["spin"]) == ((given, None) if given else (None, "3000"))
 
 
 @pytest.mark.parametrize("given, expected", [

@@ -152,10 +152,10 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
 
 
 def worker(h: Handle) -> int:
-    from hpo.run.slots import WAIT_POLICY
+    from hpo.run.slots import wait_briefly
 
     # Before torch loads: a worker started by hand waits as the launcher's workers do.
-    os.environ.setdefault(*WAIT_POLICY)
+    wait_briefly(os.environ)
 
     from optuna.trial import TrialState
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.errors import HpoError
 from hpo.provenance import environment_record, file_sha256
 from hpo.records import BEST_METRICS_ATTR, RETRAIN_ATTR, VERSION_ATTR, safe_name, val_loss
-from hpo.run.slots import WAIT_POLICY
+from hpo.run.slots import WAIT_VARS, wait_briefly
 from hpo.search.study import pick_trial
 from hpo.spec import suggest
 from hpo.store.url import StorageUrl
@@ -145,9 +145,9 @@ def _retrain_into(
     """Fit and test; write ``model.pt`` and ``retrain.json`` into ``work``."""
     import optuna
 
-    # As a worker's (hpo.run.slots.Slot.env): OpenMP threads that sleep when they wait. Set
-    # before torch loads it; spinning ones on shared cores made a retrain 10x slower.
-    os.environ.setdefault(*WAIT_POLICY)
+    # As a worker's (hpo.run.slots.Slot.env): OpenMP threads that spin briefly when they
+    # wait. Set before torch loads it; spinning ones on shared cores made a retrain 10x slower.
+    wait_briefly(os.environ)
     from hpo.job import JobContext
     from hpo.run.worker import run_on_devices
 
@@ -214,7 +214,7 @@ def _retrain_into(
         "device": attrs.get("device"),
         "world_size": attrs.get("world_size"),
         "peak_memory_mb": attrs.get("peak_memory_mb"),
-        "omp_wait_policy": os.environ.get(WAIT_POLICY[0]),
+        "omp_wait": {var: os.environ.get(var) for var in WAIT_VARS},
         "model": {
             "path": MODEL_FILE,
             "sha256": file_sha256(model),

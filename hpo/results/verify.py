@@ -139,11 +139,11 @@ def verify(
     """
     import optuna as _optuna
 
-    from hpo.run.slots import WAIT_POLICY
+    from hpo.run.slots import wait_briefly
 
-    # As a worker's and a retrain's: OpenMP threads that sleep when they wait, set before torch
-    # loads it (the policy changes no arithmetic, only how long a loaded machine takes).
-    os.environ.setdefault(*WAIT_POLICY)
+    # As a worker's and a retrain's: OpenMP threads that spin briefly when they wait, set before
+    # torch loads it (the policy changes no arithmetic, only how long a loaded machine takes).
+    wait_briefly(os.environ)
     import torch
 
     from hpo.job import JobContext

@@ -2,7 +2,7 @@
 
 ``assign_slots`` is the one place that maps GPUs to workers (pure, unit-tested); a ``Slot``'s
 ``env`` sets ``CUDA_VISIBLE_DEVICES``, ``HPO_WORKER_INDEX``, the CPU thread counts (the
-worker's share of the cores) and OpenMP's wait policy before the worker imports torch. GPUs
+worker's share of the cores) and OpenMP's short spin before the worker imports torch. GPUs
 are found without importing torch (``visible_gpus``), and a ``--gpus`` list is checked against
 the devices that exist (``check_gpus``, ``gpu_count``: NVIDIA's management library, asked
 through ``ctypes`` in a few milliseconds). ``--per-gpu auto``'s arithmetic is ``Packing``:
@@ -17,7 +17,7 @@ import importlib.util
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,22 @@ from hpo.errors import HpoError
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """The math libraries' thread counts a worker gets (torch reads both)."""
-WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
-"""OpenMP's threads sleep as soon as they wait instead of spinning first: on cores shared with
-other workers (or other people's work) a spinning thread burns the time slice the thread it
-waits for needs (``benchmarks/threads.py``)."""
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+"""OpenMP's wait settings: a user who sets either keeps both as they are."""
+SPIN_COUNT = "3000"
+"""OpenMP threads (torch's libgomp) that wait spin this many rounds, a few microseconds, then
+sleep. OpenMP's default spins about a hundred times longer: on cores shared with other
+workers (or other people's work) a spinning thread burns the time slice the thread it waits
+for needs, and a digits training beside a CPU hog took 2x the wall time of this one. Sleeping
+at once (``OMP_WAIT_POLICY=PASSIVE``) costs an idle machine 4-10% in every step's wake-ups,
+which the short spin keeps (``benchmarks/threads.py``, "Threads on a shared machine")."""
+
+
+def wait_briefly(env: MutableMapping[str, str]) -> None:
+    """Give ``env`` (a child's environment, or ``os.environ`` before torch loads) the short
+    OpenMP spin (``SPIN_COUNT``), unless it sets a wait policy or spin count of its own."""
+    if not any(var in env for var in WAIT_VARS):
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ class Slot:
             count = str(min(given)) if given else str(self.threads)
             for var in THREAD_VARS:
                 env.setdefault(var, count)
-        env.setdefault(*WAIT_POLICY)  # unless the user chose a policy
+        wait_briefly(env)  # unless the user chose a policy
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
