@@ -19,15 +19,14 @@ from conftest import server_url
 from hpo.cli import build_parser
 from hpo.errors import HpoError
 from hpo.run.launch import WorkerOptions
+from hpo.run.memory import Packing, trials_per_gpu
 from hpo.run.slots import (
-    Packing,
     Slot,
     assign_slots,
     check_gpus,
     gpu_count,
     idle_gpus,
     parse_gpus,
-    trials_per_gpu,
     usable_cores,
 )
 from processes import ROOT, SUPPORT, run_hpo, start_hpo, wait_for

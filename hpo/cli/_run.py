@@ -73,8 +73,8 @@ def _launch(h: Handle, name: str, gpus: list[str] | None) -> int:
 
     from hpo.results.summary import best_text, format_status, status_record
     from hpo.run.launch import SQLITE_SAFE_WORKERS, Supervisor, WorkerOptions
-    from hpo.run.memory import MemoryWatch
-    from hpo.run.slots import Packing, Slot, assign_slots, gpu_count, idle_gpus, visible_gpus
+    from hpo.run.memory import MemoryWatch, Packing
+    from hpo.run.slots import Slot, assign_slots, gpu_count, idle_gpus, visible_gpus
     from hpo.run.worker import describe_exit, launched_worker_name, reap_process
     from hpo.store.url import ENV_VAR
 

@@ -5,8 +5,7 @@
 worker's share of the cores) and OpenMP's short spin before the worker imports torch. GPUs
 are found without importing torch (``visible_gpus``), and a ``--gpus`` list is checked against
 the devices that exist (``check_gpus``, ``gpu_count``: NVIDIA's management library, asked
-through ``ctypes`` in a few milliseconds). ``--per-gpu auto``'s arithmetic is ``Packing``:
-as many trials on a GPU as fit in 85% of its memory, one fewer after an out-of-memory there.
+through ``ctypes`` in a few milliseconds). ``--per-gpu auto``'s arithmetic is ``hpo.run.memory``'s.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import importlib.util
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,97 +283,6 @@ def idle_gpus(gpus: Sequence[str] | None, slots: Sequence[Slot]) -> list[str]:
     """The GPUs of ``gpus`` that no slot uses (the remainder of the gangs)."""
     used = {g for s in slots if s.gpu is not None for g in s.gpu.split(",")}
     return [g for g in gpus or () if g not in used]
-
-
-# --------------------------------------------------------------------------------------------
-# --per-gpu auto: as many trials on a GPU as its memory holds.
-
-PACK_FRACTION = 0.85
-"""The share of a GPU's memory that ``--per-gpu auto`` fills with trials."""
-CONTEXT_MB = 600.0
-"""Memory each worker process holds on its GPU beyond its trial's peak allocation: the CUDA
-context and the caching allocator's slack, which ``torch.cuda.max_memory_allocated`` (a
-trial's ``peak_memory_mb``) does not count (about 500 MiB on an H100 with torch 2.x)."""
-MAX_PER_GPU = 8
-"""No more workers than this on one GPU: their CPU-side work and the GPU's time slices are
-shared too, so more would only queue."""
-
-
-def trials_per_gpu(
-    peak_mb: float,
-    total_mb: float,
-    *,
-    fraction: float = PACK_FRACTION,
-    overhead_mb: float = CONTEXT_MB,
-    most: int = MAX_PER_GPU,
-) -> int:
-    """How many trials of a measured (or estimated) peak fit on one GPU.
-
-    Args:
-        peak_mb: a trial's peak GPU memory (its ``peak_memory_mb``).
-        total_mb: the GPU's memory.
-        fraction: the share of ``total_mb`` to fill.
-        overhead_mb: each worker process's memory beyond its trial's peak.
-        most: the cap.
-
-    Returns:
-        ``floor(fraction * total_mb / (peak_mb + overhead_mb))``, at least 1 (a trial too
-        big to fit still gets its GPU alone: its fit loop shrinks its micro-batches) and at
-        most ``most``.
-    """
-    if peak_mb < 0 or total_mb <= 0:
-        raise ValueError(f"peak {peak_mb} MB of a GPU of {total_mb} MB")
-    fit = int(fraction * total_mb // (peak_mb + overhead_mb))
-    return max(1, min(most, fit))
-
-
-MemoryProbe = Callable[[str], "tuple[float | None, float]"]
-"""``probe(gpu)`` -> (the peak MB of the trials measured on it so far, or None before the
-first; the GPU's total MB). The launcher's reads the study and NVML; a test's returns
-numbers."""
-
-
-@dataclass
-class Packing:
-    """``--per-gpu auto``: how many workers each GPU runs, from measured memory.
-
-    Each GPU starts with one worker. Once a trial's peak memory is known (``measure``, from
-    the probe), its GPU runs ``trials_per_gpu`` of them; an out-of-memory on a GPU that runs
-    several (``out_of_memory``) lowers its count by one for good (its ceiling) and the trial
-    is retried. A GPU's count never rises past its ceiling again, whatever later peaks say.
-    """
-
-    gpus: list[str]
-    fraction: float = PACK_FRACTION
-    overhead_mb: float = CONTEXT_MB
-    most: int = MAX_PER_GPU
-    counts: dict[str, int] = field(default_factory=dict)
-    ceilings: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for gpu in self.gpus:
-            self.counts.setdefault(gpu, 1)
-
-    def measure(self, probe: MemoryProbe) -> dict[str, int]:
-        """The counts after a look at each GPU's measured peak; returns them."""
-        for gpu in self.gpus:
-            peak, total = probe(gpu)
-            if peak is None:
-                continue  # no trial measured there yet: one worker finds out
-            fit = trials_per_gpu(
-                peak, total, fraction=self.fraction, overhead_mb=self.overhead_mb, most=self.most
-            )
-            self.counts[gpu] = min(fit, self.ceilings.get(gpu, self.most))
-        return dict(self.counts)
-
-    def out_of_memory(self, gpu: str) -> bool:
-        """A trial on ``gpu`` ran out of memory. Returns whether that lowered its count (False
-        where it ran alone there: the trial does not fit, packed or not)."""
-        now = self.counts.get(gpu, 1)
-        if now <= 1:
-            return False
-        self.counts[gpu] = self.ceilings[gpu] = now - 1
-        return True
 
 
 def gpu_memory_mb(gpu: str) -> float | None:
