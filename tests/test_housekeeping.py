@@ -215,3 +215,72 @@ def test_a_maximized_metric_keeps_the_highest_trials_checkpoints(tmp_path):
         retain_checkpoints(study.get_trials(), keep_best=2, maximize=maximize)
         left = {t.value for t in study.get_trials() if os.path.exists(t.user_attrs["checkpoint"])}
         assert left == kept, maximize
+
+
+@pytest.mark.parametrize("how", ["reap", "stale"])
+def test_a_worker_reading_between_a_reaps_writes_sees_the_attempt_or_its_retry(
+        how, storage_url, monkeypatch):
+    """Failing a dead worker's trial and queueing its retry are two writes. A worker that reads
+    the study between them must see the configuration running or queued: seeing neither, it
+    started a new configuration in the dead one's place, and the retry then waited past the
+    budget's end (test_launch's kill -9 scenario, once under load). Both the launcher's reap
+    (``fail_and_retry``) and the stale-trial search (``fail_stale``)."""
+    from hpo.store._optuna import fail_and_retry, fail_stale
+
+    study = fast_study(storage_url, f"order-{time.time_ns()}")
+    storage = study._storage
+    dying = study.ask()
+    dying.set_user_attr("checkpoint", "/nowhere/trial-0.pt")
+    seen: list[list[tuple[int, TrialState, int | None]]] = []
+
+    def spied(method):
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            seen.append([(t.number, t.state, t.system_attrs.get("failed_trial"))
+                         for t in storage.get_all_trials(study._study_id, deepcopy=False)])
+            return out
+        return call
+
+    for name in ("set_trial_state_values", "create_new_trial"):
+        monkeypatch.setattr(storage, name, spied(getattr(storage, name)))
+    if how == "reap":
+        assert fail_and_retry(study, [study.get_trials()[0]], "worker died") == [0]
+    else:
+        monkeypatch.setattr(type(storage), "_get_stale_trial_ids",
+                            lambda self, study_id: [dying._trial_id])
+        fail_stale(study)
+    assert seen, "no write was seen"
+    for snapshot in seen:
+        running = any(n == 0 and s == TrialState.RUNNING for n, s, _ in snapshot)
+        queued = any(s == TrialState.WAITING and f == 0 for _, s, f in snapshot)
+        assert running or queued, snapshot
+    states = {n: s for n, s, _ in seen[-1]}
+    assert states == {0: TrialState.FAIL, 1: TrialState.WAITING}, seen[-1]
+    retry = study.get_trials()[1]
+    assert retry.user_attrs["checkpoint"] == "/nowhere/trial-0.pt"
+    assert "fail_reason" not in retry.user_attrs
+
+
+def test_a_retry_queued_for_a_trial_that_finished_meanwhile_is_withdrawn(tmp_path, monkeypatch):
+    """The reap queues the retry first; where the trial's worker tells it (COMPLETE) between
+    the retry and the FAIL, the retry is failed with a reason, never run, and the trial keeps
+    its value."""
+    from hpo.store._optuna import fail_and_retry
+    from hpo.store._optuna._reap import WITHDRAWN
+
+    study = fast_study(f"sqlite:///{tmp_path / 'hpo.db'}", f"late-{time.time_ns()}")
+    storage = study._storage
+    late = study.ask()
+    frozen = study.get_trials()[0]
+    create = storage.create_new_trial
+
+    def create_then_finish(*args, **kwargs):
+        out = create(*args, **kwargs)
+        storage.set_trial_state_values(late._trial_id, TrialState.COMPLETE, [0.5])
+        return out
+
+    monkeypatch.setattr(storage, "create_new_trial", create_then_finish)
+    assert fail_and_retry(study, [frozen], "worker died") == []
+    first, retry = study.get_trials()
+    assert first.state == TrialState.COMPLETE and first.value == 0.5
+    assert retry.state == TrialState.FAIL and retry.user_attrs["fail_reason"] == WITHDRAWN

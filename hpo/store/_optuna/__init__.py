@@ -28,25 +28,27 @@ needs when it opens it: a SQLite study never imports gRPC.
 
 from typing import TYPE_CHECKING, Any
 
+from hpo.store._optuna._reap import (
+    fail_and_retry,
+    fail_stale,
+    queue_retry,
+    retry_callback,
+    tell_queued_pauses,
+)
 from hpo.store._optuna._store import TrialStore
 from hpo.store._optuna._trials import (
     BudgetTaken,
     ask,
     backend_of,
     create_study_with_attrs,
-    fail_and_retry,
-    fail_stale,
     frozen,
     heartbeat,
     no_experimental_warnings,
-    queue_retry,
     requeue,
-    retry_callback,
     set_intermediate_value,
     set_user_attrs,
     study_view,
     tell,
-    tell_queued_pauses,
 )
 
 if TYPE_CHECKING:

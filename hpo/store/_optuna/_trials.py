@@ -4,14 +4,11 @@ fail and retry, several attrs in one write, a study created with its attrs."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from hpo.records import FAIL_REASON_ATTR, PAUSED_FROM_ATTR
 from hpo.store.outage import first_line
 
 if TYPE_CHECKING:
@@ -181,125 +178,6 @@ def requeue(study: optuna.Study, trial: optuna.Trial) -> bool:
         return bool(study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING))
     except UpdateFinishedTrialError:
         return False
-
-
-def fail_and_retry(
-    study: optuna.Study, trials: Sequence[FrozenTrial | optuna.Trial], reason: str
-) -> list[int]:
-    """Fail running trials whose worker is gone and queue their retries (which resume from
-    the checkpoint), as the stale-trial search does, without waiting for the grace period.
-
-    A trial whose pause was queued before its worker died is told PRUNED instead
-    (``tell_queued_pauses``).
-
-    Returns:
-        The numbers of the trials failed or told PRUNED here (not those finished meanwhile).
-    """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    callback = _retry_callback(study)
-    paused = tell_queued_pauses(study, [storage.get_trial(t._trial_id) for t in trials])
-    failed = sorted(paused)
-    for t in trials:
-        if t.number in paused:
-            continue
-        try:
-            storage.set_trial_user_attr(t._trial_id, FAIL_REASON_ATTR, reason)
-            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
-            continue  # it finished, or another process failed it first
-        failed.append(t.number)
-        if callback is not None:
-            with no_experimental_warnings():
-                callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
-    return failed
-
-
-def _retry_callback(study: optuna.Study) -> Any:
-    """The storage's retry of a dead trial (``retry_callback``), or None."""
-    from optuna.storages._heartbeat import BaseHeartbeat
-
-    storage = study._storage
-    return (
-        storage.get_heartbeat_stale_trial_callback() if isinstance(storage, BaseHeartbeat) else None
-    )
-
-
-def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Queue the retry of the failed ``trial`` as the stale-trial search does (its checkpoint
-    path and intermediate values kept, at most the storage's retries).
-
-    Returns:
-        Whether a retry was queued.
-    """
-    callback = _retry_callback(study)
-    if callback is None:
-        return False
-    before = len(study.get_trials(deepcopy=False))
-    with no_experimental_warnings():
-        callback(study, copy.deepcopy(trial))
-    return len(study.get_trials(deepcopy=False)) > before
-
-
-def fail_stale(study: optuna.Study) -> None:
-    """Optuna's stale-trial search: fail running trials past the grace period, queue retries
-    (a trial whose pause was queued before its worker died is told PRUNED instead:
-    ``tell_queued_pauses``)."""
-    import optuna
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    storage = study._storage
-    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
-        stale = storage._get_stale_trial_ids(study._study_id)
-        if stale:
-            tell_queued_pauses(study, [storage.get_trial(i) for i in stale])
-    with no_experimental_warnings():
-        optuna.storages.fail_stale_trials(study)
-
-
-def tell_queued_pauses(study: optuna.Study, trials: Sequence[FrozenTrial]) -> set[int]:
-    """Tell PRUNED those of ``trials`` (running, their worker gone) whose pause was queued
-    before their worker died: a continuation names them (``paused_from``). They end as the
-    pause they were, with the value a tell of PRUNED gives (the last report's), and no retry.
-    Failed, the budget would count their configuration nowhere (a failed trial takes none
-    of it, a continuation neither) and start one too many.
-
-    Returns:
-        The numbers of the trials told PRUNED here.
-    """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    if not trials:
-        return set()
-    queued = {t.user_attrs.get(PAUSED_FROM_ATTR) for t in study.get_trials(deepcopy=False)}
-    told = set()
-    for t in trials:
-        if t.number not in queued or t.state != TrialState.RUNNING:
-            continue
-        last = t.intermediate_values.get(t.last_step) if t.last_step is not None else None
-        values = None  # as a tell of PRUNED: the last report, where there is one objective
-        if len(study.directions) == 1 and last is not None and math.isfinite(last):
-            values = [last]
-        try:
-            if study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED, values):
-                told.add(t.number)
-                log.info("trial %d: its worker died after its pause was queued", t.number)
-        except UpdateFinishedTrialError:
-            continue  # it finished, or another process ended it first
-    return told
-
-
-def retry_callback(max_retry: int) -> Any:
-    """Optuna's retry of a dead trial (values kept), without the dead trial's ``fail_reason``
-    (``_retry.RetryStale``)."""
-    from hpo.store._optuna._retry import RetryStale
-
-    with no_experimental_warnings():
-        return RetryStale(max_retry=max_retry, inherit_intermediate_values=True)
 
 
 def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
