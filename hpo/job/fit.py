@@ -145,14 +145,8 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float | None:
         torch.OutOfMemoryError: even a micro-batch of one example does not fit.
     """
     progress, evals, steps = state.progress, state.evals, state.steps_per_epoch
-    progress.epochs_run = epoch
-    # An attempt resumed inside this epoch (paused at a rung there) skips what it trained.
-    skip, progress.epoch_batches = progress.epoch_batches, 0
-    state.order.set_epoch(epoch, skip * state.batch_size)
-    train_mode(state.model, state.frozen)
+    skip = begin_epoch(state, epoch)
     clock = time.perf_counter()
-    watch = state.watch
-    watch.restart()
     # Nothing in a step reads the device (a sync would idle it while the host waits): the
     # losses stay there, and the loop looks at them (NaN, divergence) where it evaluates.
     for i, (inputs, labels) in enumerate(state.train_loader, skip + 1):
@@ -200,30 +194,71 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float | None:
                 accumulation,
                 progress.micro_batch,
             )
-        progress.samples += state.batch_size  # over all ranks
-        watch.add(loss)
-        # The report step this batch counts towards (epoch, or a fraction of the data).
-        step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
-        if state.stop_asked is not None and state.stop_asked() and state.val_loader is not None:
-            # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
-            progress.train_seconds += time.perf_counter() - clock
-            look(state, trial, step)  # a NaN model is pruned, not checkpointed
-            save_epoch(state, trial, epoch, i)
-            log.info("trial %d: stopped after batch %d of epoch %d", trial.number, i, epoch)
-            raise JobPreempted(f"stopped after batch {i} of epoch {epoch}")
-
-        if state.val_loader is not None and i in state.eval_after:
-            progress.train_seconds += time.perf_counter() - clock
-            step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
-            look(state, trial, step)
-            if evaluate_and_report(state, trial, epoch, step, i % steps):
-                return None  # stopped early
-            train_mode(state.model, state.frozen)
-            clock = time.perf_counter()
+        stopped, restarted = after_step(state, trial, epoch, i, loss, clock)
+        if stopped:
+            return None  # stopped early
+        clock = restarted if restarted is not None else clock
     progress.train_seconds += time.perf_counter() - clock
     if state.val_loader is None:  # a final fit: no evaluation point, the epoch's end is one
         return look(state, trial, epoch * evals) / max(steps, 1)
     return None
+
+
+def begin_epoch(state: FitState, epoch: int) -> int:
+    """``epoch`` starts: its sampler's order, the model in training mode, the loss sum at 0.
+
+    Returns:
+        The batches of it that an attempt resumed inside it (paused at a rung there) trained
+        already, and skips.
+    """
+    progress = state.progress
+    progress.epochs_run = epoch
+    skip, progress.epoch_batches = progress.epoch_batches, 0
+    state.order.set_epoch(epoch, skip * state.batch_size)
+    train_mode(state.model, state.frozen)
+    state.watch.restart()
+    return skip
+
+
+def after_step(
+    state: FitState, trial: Trial, epoch: int, i: int, loss: torch.Tensor, clock: float | None
+) -> tuple[bool, float | None]:
+    """What follows batch ``i``'s optimizer step of ``epoch``: its samples and loss counted,
+    a held stop taken, and the evaluation that falls after it. ``clock``: when this stretch
+    of training began (the time to the evaluation is ``train_seconds``); None where the
+    caller counts the training time (fused trials, ``hpo.job.fused``).
+
+    Returns:
+        Whether the trial stopped early, and the clock restarted after an evaluation.
+
+    Raises:
+        optuna.TrialPruned: the loss went NaN or diverged, or the evaluation pruned.
+        JobPreempted: the worker's SIGTERM, checkpointed after this step.
+    """
+    progress, evals, steps = state.progress, state.evals, state.steps_per_epoch
+    progress.samples += state.batch_size  # over all ranks
+    state.watch.add(loss)
+    # The report step this batch counts towards (epoch, or a fraction of the data).
+    step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
+    if state.stop_asked is not None and state.stop_asked() and state.val_loader is not None:
+        # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
+        if clock is not None:
+            progress.train_seconds += time.perf_counter() - clock
+        look(state, trial, step)  # a NaN model is pruned, not checkpointed
+        save_epoch(state, trial, epoch, i)
+        log.info("trial %d: stopped after batch %d of epoch %d", trial.number, i, epoch)
+        raise JobPreempted(f"stopped after batch {i} of epoch {epoch}")
+
+    if state.val_loader is not None and i in state.eval_after:
+        if clock is not None:
+            progress.train_seconds += time.perf_counter() - clock
+        step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
+        look(state, trial, step)
+        if evaluate_and_report(state, trial, epoch, step, i % steps):
+            return True, clock
+        train_mode(state.model, state.frozen)
+        clock = None if clock is None else time.perf_counter()
+    return False, clock
 
 
 def look(state: FitState, trial: Trial, step: int) -> float:

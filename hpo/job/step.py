@@ -107,6 +107,16 @@ def train_step(
         tally.add_loss(total / ranks.world if ranks.many else total, 1 / ranks.world)
     # No total.item() here: a read is a CPU-GPU sync, which would leave the device idle
     # while the host queues the next step.
+    optimizer_step(optimizer, scheduler, scaler, trainable, grad_clip)
+    return total
+
+
+def optimizer_step(
+    optimizer, scheduler, scaler, trainable: list[nn.Parameter], grad_clip: float
+) -> None:
+    """The step the gradients ask for: clipped to ``grad_clip`` (> 0), taken by the scaler
+    (which skips it where fp16's loss scaling found an inf), the schedule advanced, the
+    gradients freed."""
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
@@ -114,7 +124,6 @@ def train_step(
     scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until next backward
-    return total
 
 
 class LossWatch:
