@@ -159,3 +159,111 @@ def test_members_differ_only_in_per_member_params():
                                            "dropout": 0.2, "epochs": 5})
     assert fusion_key(base) != fusion_key({**base, "batch_size": 64})
     assert fusion_key(base) != fusion_key({**base, "freeze": "head_only"})
+
+
+# ------------------------------------------------------------------------------------------
+# The worker: resources.fuse
+
+STUDY = """
+study: {{name: {name}}}
+task: {{kind: image_classification, model: {model}, dataset: {{name: digits}},
+        image_size: {size}, max_samples: {samples}, evals_per_epoch: {evals}}}
+search_space:
+  lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+  weight_decay: {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}
+  optimizer: {{type: categorical, choices: [adamw, sgd]}}
+  batch_size: 32
+  epochs: 1
+sampler: {{name: random, seed: 0}}
+pruner: {{name: none}}
+budget: {{n_trials: {n}}}
+resources: {{fuse: {fuse}}}
+"""
+
+
+def run_study(tmp_path, **fields):
+    """A real study in this process (SQLite), its one worker to the end of the budget."""
+    import yaml
+
+    from hpo.run.worker import run_worker
+    from hpo.search.study import create_study
+    from hpo.spec import parse_spec
+    from hpo.store.storage import open_storage
+
+    values = dict(name="fused", model="squeezenet1_1", size=24, samples=200, evals=2, n=3,
+                  fuse=3)
+    values.update(fields)
+    spec = parse_spec(yaml.safe_load(STUDY.format(**values)), source="<fused>")
+    study = create_study(spec, open_storage(f"sqlite:///{tmp_path / 'fused.db'}"))
+    report = run_worker(study, spec, worker="w", checkpoint_dir=tmp_path / "ckpt")
+    return study.get_trials(), report
+
+
+@pytest.mark.slow
+def test_a_worker_with_fuse_3_trains_three_trials_as_one_each_with_its_own_record(tmp_path):
+    trials, report = run_study(tmp_path)
+    assert report.trials == 3 and report.stopped_because == "budget"
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+    curves_seen = set()
+    for t in trials:
+        assert t.user_attrs["fused_with"] == [0, 1, 2]
+        assert sorted(t.intermediate_values) == [1, 2]  # its own reports
+        assert t.value == min(t.intermediate_values.values())
+        assert t.user_attrs["epochs_run"] == 1 and sorted(t.user_attrs["metrics"]) == ["1", "2"]
+        assert (tmp_path / "ckpt" / "fused" / f"trial-{t.number}.pt").is_file()
+        assert t.user_attrs["checkpoint"].endswith(f"trial-{t.number}.pt")
+        curves_seen.add(tuple(t.intermediate_values.values()))
+    assert len(curves_seen) == 3  # three learning curves, not one copied
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_fuse_runs_its_trials_one_at_a_time_and_says_why(tmp_path,
+                                                                              caplog):
+    caplog.set_level("INFO", logger="hpo")
+    trials, report = run_study(tmp_path, model="resnet18", size=16, samples=100, evals=1,
+                               n=2, fuse=2)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all("fused_with" not in t.user_attrs for t in trials)
+    assert "cannot fuse: batch norm in training mode" in caplog.text
+    assert "trials 0, 1 run one at a time" in caplog.text
+
+
+@pytest.mark.parametrize(("resources", "task", "error"), [
+    ({"fuse": 0}, None, "resources.fuse"),
+    ({"fuse": 2}, {"kind": "custom", "entrypoint": "fastjob:epochs_job"},
+     "fused trials are of the built-in job"),
+    ({"fuse": 2, "devices_per_trial": 2}, None, "fused trials train on one device"),
+])
+def test_fuse_is_refused_where_it_cannot_hold(resources, task, error):
+    from hpo.errors import SpecError
+    from hpo.spec import parse_spec
+
+    raw = {"study": {"name": "f"},
+           "task": task or {"kind": "image_classification", "model": "squeezenet1_1",
+                            "dataset": {"name": "digits"}},
+           "search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+           "resources": resources}
+    with pytest.raises(SpecError, match=error):
+        parse_spec(raw, source="<fuse>", check_environment=False)
+
+
+def test_a_claimed_trial_that_differs_in_a_shared_param_is_named_with_it():
+    from hpo.run.worker._fused import _differences
+
+    first = make_params(lr=1e-3)
+    assert _differences(first, {**first, "lr": 0.1, "dropout": 0.3}) == []
+    assert _differences(first, {**first, "batch_size": 64, "freeze": "head_only"}) == [
+        "batch_size", "freeze"]
+
+
+def test_fuse_round_trips_in_the_stored_spec():
+    from hpo.spec import parse_spec
+
+    raw = {"study": {"name": "f"}, "task": {"kind": "image_classification",
+                                           "model": "squeezenet1_1", "dataset": {"name": "digits"}},
+           "search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+           "resources": {"fuse": 3}}
+    spec = parse_spec(raw, source="<fuse>", check_environment=False)
+    assert spec.resources.fuse == 3 and spec.to_dict()["resources"] == {"fuse": 3}
+    assert parse_spec(spec.to_dict(), check_environment=False) == spec

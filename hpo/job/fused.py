@@ -28,6 +28,7 @@ trial); the caller then runs the members one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -222,7 +223,10 @@ def run_fused(members: list[Member], task) -> None:
             if m.context.measure_first:
                 m.trial.set_attrs(measure(_setup(m), task, m.context.latency))
         log.info("trials %s train fused", ", ".join(map(str, numbers)))
-        _train(fused, members)
+        # The worker's SIGTERM waits for the step in flight (JobContext.hold_stops).
+        hold = members[0].context.hold_stops
+        with hold() if hold is not None else contextlib.nullcontext():
+            _train(fused, members)
         for m in members:
             state = _state(m)
             if m.outcome is None:
