@@ -15,10 +15,11 @@ evaluation:
 For K = 1, 2 and 4, the two arms train the same K configurations; arms and K are interleaved
 within each repeat (the order rotated from one repeat to the next), so that other work on
 the machine falls on all of them alike, in one process with its data loaded (a warm worker),
-one thread (``torch.set_num_threads``; ``--threads`` to change it). Measured around the whole
-of each arm (model builds, training, evaluations): wall and CPU time, reported as ms per
-member-step (the time over K x the steps of one member) and configurations per hour (K over
-the wall time). The table gives medians and (min-max) spreads, and the fused / sequential
+one thread (``torch.set_num_threads``; ``--threads`` to change it). Measured: the CPU time in
+the optimizer steps alone (``fused_step`` for a group, ``train_step`` for one trial: forward,
+backward, update), and around the whole of each arm (model builds, training, evaluations)
+wall and CPU time; each as ms per member-step (the time over K x the steps of one member), and
+configurations per hour (K over the whole arm's wall time). The table gives medians and (min-max) spreads, and the fused / sequential
 ratios of wall and CPU time repeat by repeat. On a shared machine the CPU time is the
 steadier of the two (the wall time counts the waits for a core).
 
@@ -75,6 +76,7 @@ def measure(name: str, k: int, arm: str, samples: int, cache: dict) -> dict:
 
     task = task_of(name, samples)
     configs = members(k, MODELS[name]["freeze"])
+    STEPS.update(cpu=0.0, wall=0.0)
     cpu, wall = time.process_time(), time.perf_counter()
     if arm == "fused":
         group = [Member(FixedTrial(i), p, JobContext(cache=cache)) for i, p in enumerate(configs)]
@@ -89,12 +91,38 @@ def measure(name: str, k: int, arm: str, samples: int, cache: dict) -> dict:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     steps = int(samples * 0.8) // BATCH  # the train split's whole batches
     return {"model": name, "k": k, "arm": arm, "wall_s": wall, "cpu_s": cpu,
+            "step_wall_s": STEPS["wall"], "step_cpu_s": STEPS["cpu"],
             "member_steps": k * steps, "val_losses": [t.reports[1] for t in trials]}
+
+
+STEPS = {"cpu": 0.0, "wall": 0.0}
+"""Time in the optimizer steps alone (forward, backward, update) of the arm measured now."""
+
+
+def time_the_steps() -> None:
+    """Count the time of every optimizer step: ``hpo.job.fused.fused_step`` (all members of a
+    group at once) and ``hpo.job.step.train_step`` as the fit loop calls it (one trial)."""
+    import hpo.job.fit as fit_module
+    import hpo.job.fused as fused_module
+
+    def timed(real):
+        def call(*args, **kwargs):
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                STEPS["cpu"] += time.process_time() - cpu
+                STEPS["wall"] += time.perf_counter() - wall
+        return call
+
+    fit_module.train_step = timed(fit_module.train_step)
+    fused_module.fused_step = timed(fused_module.fused_step)
 
 
 def run(repeats: int, samples: int, sizes: tuple[int, ...], models: list[str],
         say=print) -> list[dict]:
     cache: dict = {}
+    time_the_steps()
     for name in models:  # a warm-up: data loaded, code paths run once
         measure(name, 1, "fused", samples, cache)
         measure(name, 1, "sequential", samples, cache)
@@ -117,27 +145,30 @@ def _spread(values: list[float], digits: int = 1) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| model | K | arm | wall ms a member-step | CPU ms a member-step | "
-             "configurations an hour | fused / sequential, by repeat: wall | CPU | "
+    lines = ["| model | K | arm | optimizer step, CPU ms a member-step | whole run, wall ms "
+             "a member-step | whole run, CPU ms a member-step | configurations an hour | "
+             "fused / sequential, by repeat: step CPU | whole run wall | whole run CPU | "
              "largest val loss difference, fused - sequential |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in dict.fromkeys(x["model"] for x in runs):
         for k in sorted({x["k"] for x in runs if x["model"] == name}):
             cell = {arm: [x for x in runs if (x["model"], x["k"], x["arm"]) == (name, k, arm)]
                     for arm in ARMS}
             ratios = {key: [f[key] / s[key] for f, s in zip(cell["fused"], cell["sequential"])]
-                      for key in ("wall_s", "cpu_s")}
+                      for key in ("step_cpu_s", "wall_s", "cpu_s")}
             gaps = [abs(a - b) for f, s in zip(cell["fused"], cell["sequential"])
                     for a, b in zip(f["val_losses"], s["val_losses"])]
             for arm in ARMS:
                 mine = cell[arm]
                 lines.append(
                     f"| {name} | {k} | {arm} | "
+                    f"{_spread([1e3 * x['step_cpu_s'] / x['member_steps'] for x in mine])} | "
                     f"{_spread([1e3 * x['wall_s'] / x['member_steps'] for x in mine])} | "
                     f"{_spread([1e3 * x['cpu_s'] / x['member_steps'] for x in mine])} | "
                     f"{_spread([3600 * k / x['wall_s'] for x in mine], 0)} | "
-                    + (f"{_spread(ratios['wall_s'], 2)} | {_spread(ratios['cpu_s'], 2)} | "
-                       f"{max(gaps):.1e} |" if arm == "fused" else " | | |"))
+                    + (f"{_spread(ratios['step_cpu_s'], 2)} | {_spread(ratios['wall_s'], 2)} "
+                       f"| {_spread(ratios['cpu_s'], 2)} | {max(gaps):.1e} |" if arm == "fused"
+                       else " | | | |"))
     return "\n".join(lines)
 
 

@@ -175,7 +175,7 @@ search_space:
   batch_size: 32
   epochs: 1
 sampler: {{name: random, seed: 0}}
-pruner: {{name: none}}
+pruner: {pruner}
 budget: {{n_trials: {n}}}
 resources: {{fuse: {fuse}}}
 """
@@ -191,7 +191,7 @@ def run_study(tmp_path, **fields):
     from hpo.store.storage import open_storage
 
     values = dict(name="fused", model="squeezenet1_1", size=24, samples=200, evals=2, n=3,
-                  fuse=3)
+                  fuse=3, pruner="{name: none}")
     values.update(fields)
     spec = parse_spec(yaml.safe_load(STUDY.format(**values)), source="<fused>")
     study = create_study(spec, open_storage(f"sqlite:///{tmp_path / 'fused.db'}"))
@@ -215,6 +215,40 @@ def test_a_worker_with_fuse_3_trains_three_trials_as_one_each_with_its_own_recor
         assert t.user_attrs["checkpoint"].endswith(f"trial-{t.number}.pt")
         curves_seen.add(tuple(t.intermediate_values.values()))
     assert len(curves_seen) == 3  # three learning curves, not one copied
+
+
+
+@pytest.mark.slow
+def test_a_paused_member_leaves_its_group_with_a_checkpoint_and_resumes_alone(tmp_path,
+                                                                             caplog):
+    """The promotion scheduler at half an epoch: a member it pauses leaves the group with its
+    checkpoint (the others train on), and its continuation resumes it alone, from there."""
+    from hpo.records import is_continuation
+
+    caplog.set_level("INFO", logger="hpo")
+    trials, _ = run_study(tmp_path, pruner="{name: promotion, min_resource: 0.5, "
+                                           "reduction_factor: 2}")
+    assert caplog.text.count("train fused") == 1 and "trials 0, 1, 2 train fused" in caplog.text
+    group = [t for t in trials if not is_continuation(t)]
+    assert [t.number for t in group] == [0, 1, 2]
+    assert all(t.user_attrs["fused_with"] == [0, 1, 2] for t in group)
+    paused = [t for t in group if t.user_attrs.get("prune_reason") == "paused"]
+    assert paused  # the first at the rung pauses (alone there), and those behind it
+    for t in paused:
+        assert sorted(t.intermediate_values) == [1]
+        assert t.user_attrs["checkpoint"].endswith(f"trial-{t.number}.pt")
+    for t in group:
+        if t not in paused:  # it went on in the group after the others left
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert sorted(t.intermediate_values) == [1, 2]
+    resumed = [t for t in trials if t.user_attrs.get("resumed_from") in {p.number for p in paused}
+               and t.state == optuna.trial.TrialState.COMPLETE]
+    assert resumed
+    for t in resumed:  # alone, from the fused member's checkpoint: its step 1, then the rest
+        first = next(p for p in paused if p.number == t.user_attrs["resumed_from"])
+        assert f"trial {t.number}: resumed from {first.user_attrs['checkpoint']}" in caplog.text
+        assert sorted(t.intermediate_values) == [1, 2]
+        assert t.intermediate_values[1] == first.intermediate_values[1]
 
 
 @pytest.mark.slow
