@@ -11,16 +11,17 @@ import uuid
 import optuna
 import pytest
 import yaml
+
 from conftest import run_hpo
 from processes import one_line_error
 from specs import TINY, refused_spec, write_tiny_spec
 
+from hpo.store import _optuna
 from hpo.records import CHECKPOINT_ATTR
+from hpo.spec import LatencySpec, parse_spec
+from hpo.search.study import create_study, load_study, make_sampler
 from hpo.run.worker._housekeeping import retain_checkpoints
 from hpo.run.worker._objective import StudyTrial
-from hpo.search.study import create_study, load_study, make_sampler
-from hpo.spec import LatencySpec, parse_spec
-from hpo.store import _optuna
 
 BASE = """
 study: {name: mo}

@@ -14,8 +14,9 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import run_hpo
 from optuna.trial import TrialState
+
+from conftest import run_hpo
 from processes import start_hpo, wait_for
 from workers import FAST, epoch_log, fast_env, fast_study, finished, make_study, trials
 
@@ -43,12 +44,11 @@ def test_four_workers_meet_the_budget_exactly(storage_url, tmp_path):
 def test_simultaneous_asks_past_the_budget_leave_exactly_the_later_ones_surplus(tmp_path):
     """Four workers ask for the budget's last trial at once: the three later ones yield, in
     whatever order they check, and a failed trial does not count against the budget."""
-    import yaml
-
-    from hpo.run.worker import over_budget
-    from hpo.search.study import create_study
     from hpo.spec import parse_spec
     from hpo.store.storage import open_storage
+    from hpo.search.study import create_study
+    from hpo.run.worker import over_budget
+    import yaml
 
     spec = parse_spec(yaml.safe_load(FAST.format(name="asks", n=3, low=1, high=2,
                                                  pruner="none")), source="<asks>")
@@ -202,8 +202,8 @@ def test_a_claimed_trial_is_stale_from_its_first_moment(storage_url, tmp_path, m
     a trial the stale-trial search finds; a re-queued trial, claimed again, is not stale
     because of its previous worker's last heartbeat."""
     import hpo.store.storage
-    from hpo.run.worker import reap
     from hpo.store._optuna import ask, requeue
+    from hpo.run.worker import reap
 
     monkeypatch.setattr(hpo.store.storage, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(hpo.store.storage, "GRACE_PERIOD", 1)
@@ -241,13 +241,13 @@ def test_a_sampler_that_fails_fails_the_trial_with_its_reason(tmp_path):
     the trial with the error as its fail_reason, as a job's error does (it showed as
     'unknown error')."""
     import optuna
-    from specs import make_spec, unique
 
     from hpo.run.worker._objective import Objective
     from hpo.run.worker._trial import run_trial
     from hpo.search.schedulers import scheduler_of
     from hpo.search.study import create_study, load_study
     from hpo.store.storage import open_storage
+    from specs import make_spec, unique
 
     class Broken(optuna.samplers.RandomSampler):
         def sample_independent(self, study, trial, name, distribution):
