@@ -221,12 +221,19 @@ def begin_epoch(state: FitState, epoch: int) -> int:
 
 
 def after_step(
-    state: FitState, trial: Trial, epoch: int, i: int, loss: torch.Tensor, clock: float | None
+    state: FitState,
+    trial: Trial,
+    epoch: int,
+    i: int,
+    loss: torch.Tensor,
+    clock: float | None,
+    val=None,
 ) -> tuple[bool, float | None]:
     """What follows batch ``i``'s optimizer step of ``epoch``: its samples and loss counted,
     a held stop taken, and the evaluation that falls after it. ``clock``: when this stretch
     of training began (the time to the evaluation is ``train_seconds``); None where the
-    caller counts the training time (fused trials, ``hpo.job.fused``).
+    caller counts it (fused trials, ``hpo.job.fused``), as ``val`` gives the evaluation's
+    metrics where the caller has them (``evaluate_and_report``).
 
     Returns:
         Whether the trial stopped early, and the clock restarted after an evaluation.
@@ -254,7 +261,7 @@ def after_step(
             progress.train_seconds += time.perf_counter() - clock
         step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
         look(state, trial, step)
-        if evaluate_and_report(state, trial, epoch, step, i % steps):
+        if evaluate_and_report(state, trial, epoch, step, i % steps, val):
             return True, clock
         train_mode(state.model, state.frozen)
         clock = None if clock is None else time.perf_counter()
@@ -277,13 +284,14 @@ def look(state: FitState, trial: Trial, step: int) -> float:
 
 
 def evaluate_and_report(
-    state: FitState, trial: Trial, epoch: int, step: int, batches: int = 0
+    state: FitState, trial: Trial, epoch: int, step: int, batches: int = 0, val=None
 ) -> bool:
     """Evaluate on the val set, report the objective at ``step``, prune or stop early,
     record.
 
     ``batches``: of ``epoch``, trained so far; 0 at its end. A pause saves the checkpoint
-    here, inside the epoch or at its end.
+    here, inside the epoch or at its end. ``val``: the metrics of ``state.eval_loader``,
+    where the caller evaluated already (fused trials, all members at once).
 
     Returns:
         Whether to stop early: no better objective in ``early_stopping_patience``
@@ -296,20 +304,19 @@ def evaluate_and_report(
     progress = state.progress
     # Inside an epoch, the val subset where there is one: its loss goes to the pruner alone.
     on_subset = bool(batches) and state.subset_loader is not None
-    loader = state.subset_loader if on_subset else state.val_loader
-    assert loader is not None  # only a fit with a val set evaluates
-    val, progress.eval_micro_batch = evaluate_or_fail(
-        trial,
-        partial(record, state, trial),
-        state.net,
-        loader,
-        state.dev,
-        progress.eval_micro_batch or progress.micro_batch,
-        state.channels_last,
-        state.ranks,
-        num_classes=state.setup.num_classes,
-        weight=state.weight,
-    )
+    if val is None:
+        val, progress.eval_micro_batch = evaluate_or_fail(
+            trial,
+            partial(record, state, trial),
+            state.net,
+            state.eval_loader(batches),
+            state.dev,
+            progress.eval_micro_batch or progress.micro_batch,
+            state.channels_last,
+            state.ranks,
+            num_classes=state.setup.num_classes,
+            weight=state.weight,
+        )
     # Training's numbers: the batches trained since the last evaluation, as they trained.
     train = state.train_tally.read(state.ranks)
     val_loss, accuracy = val["loss"], val["accuracy"]

@@ -41,12 +41,13 @@ from torch import nn
 
 from hpo.job.fit import after_step, begin_epoch, save_epoch
 from hpo.job.loss import ClassWeighted, l1_penalty, penalized
+from hpo.job.metrics import Tally
 from hpo.job.optim import train_mode
 from hpo.job.ranks import Ranks
 from hpo.job.run import build, measure, release
 from hpo.job.setup import TrainingSetup
 from hpo.job.state import FitState, record, start_fit
-from hpo.job.step import logits, optimizer_step, to_device
+from hpo.job.step import count, logits, optimizer_step, to_device
 from hpo.job.trial import Trial
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ class FusedModel:
         for path in dropouts:
             parent, _, child = path.rpartition(".")
             setattr(self.template.get_submodule(parent), child, MemberDropout())
-        train_mode(self.template, [self.template.get_submodule(n) for n in frozen_paths])
+        self.frozen = [self.template.get_submodule(n) for n in frozen_paths]
+        train_mode(self.template, self.frozen)
         training_norms = [
             n
             for n, m in self.template.named_modules()
@@ -263,11 +265,17 @@ def _train(fused: FusedModel, members: list[Member]) -> None:
                     record(_state(m), m.trial)
                 return
             spent = time.perf_counter() - clock
-            for m, loss in zip(list(live), losses):
+            vals: list[dict | None] = [None] * len(live)
+            if lead.val_loader is not None and i in lead.eval_after:  # every member's, at once
+                states = [_state(m) for m in live]
+                vals = list(
+                    evaluate_fused(fused, states, lead.eval_loader(i % lead.steps_per_epoch))
+                )
+            for m, loss, val in zip(list(live), losses, vals):
                 state = _state(m)
                 state.progress.train_seconds += spent
                 try:
-                    stopped, _ = after_step(state, m.trial, epoch, i, loss, None)
+                    stopped, _ = after_step(state, m.trial, epoch, i, loss, None, val)
                 except Exception as e:  # pruned, paused, preempted, failed: it leaves
                     m.outcome = e
                     live.remove(m)
@@ -316,6 +324,30 @@ def fused_step(
             state.optimizer, state.scheduler, state.scaler, state.trainable, state.grad_clip
         )
     return losses
+
+
+@torch.no_grad()
+def evaluate_fused(fused: FusedModel, states: list[FitState], loader) -> list[dict[str, Any]]:
+    """``hpo.job.step.evaluate`` of every member in ``states`` at once: one batched forward
+    a batch, each member's loss and predictions counted apart.
+
+    Raises:
+        torch.OutOfMemoryError: the members' batched forward does not fit.
+    """
+    first = states[0]
+    tallies = [Tally(first.setup.num_classes, first.dev.device) for _ in states]
+    fused.template.eval()
+    try:
+        for inputs, labels in loader:
+            inputs = to_device(inputs, first.dev, first.channels_last)
+            labels = labels.to(first.dev.device, non_blocking=True)
+            with first.dev.autocast():
+                out = fused.logits(states, inputs).float()
+            for tally, scores, state in zip(tallies, out, states):
+                count(tally, scores, labels, state.weight)
+    finally:
+        train_mode(fused.template, fused.frozen)
+    return [tally.read(first.ranks) for tally in tallies]
 
 
 def _state(m: Member) -> FitState:

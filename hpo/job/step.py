@@ -279,13 +279,18 @@ def evaluate(
         for part in micro_batches(len(labels), micro_batch):
             with dev.autocast():
                 out = logits(model, take(inputs, part)).float()
-            y = labels[part]
-            tally.add_loss(
-                F.cross_entropy(out, y, weight=weight, reduction="sum"),
-                len(y) if weight is None else weight[y].sum(),
-            )
-            tally.add(out, y)
+            count(tally, out, labels[part], weight)
     return tally.read(ranks)
+
+
+def count(tally: Tally, out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """An evaluated batch's cross-entropy (summed: ``evaluate``'s mean divides by the count,
+    or the weight sum) and predictions, into ``tally``."""
+    tally.add_loss(
+        F.cross_entropy(out, y, weight=weight, reduction="sum"),
+        len(y) if weight is None else weight[y].sum(),
+    )
+    tally.add(out, y)
 
 
 def logits(model: nn.Module, inputs) -> torch.Tensor:
