@@ -10,9 +10,11 @@ A training step stacks the members' trainable parameters (``torch.stack``: the g
 each slice lands on its member's own parameters), runs the forward once for all of them with
 ``torch.vmap`` over ``torch.func.functional_call`` on the same batch, sums the members' losses
 for one backward, and steps each member's own optimizer (``hpo.job.step.optimizer_step``).
-The rest is the fit loop's, per member, on its own model (``hpo.job.fit.after_step``):
-evaluation, reports, pruning, pauses with their checkpoints, early stopping. A member leaves
-the group when it is pruned, paused, stopped early or done; the others go on unchanged.
+Evaluation is batched the same way (``evaluate_fused``), each member's metrics counted apart.
+The rest is the fit loop's, per member (``hpo.job.fit.after_step``): reports, pruning, pauses
+with their checkpoints of the member's own model and optimizer, early stopping. A member
+leaves the group when it is pruned, paused, stopped early or done; the others go on
+unchanged.
 
 Dropout: each ``nn.Dropout`` becomes a ``MemberDropout`` in the batched forward, its
 probability a per-member buffer, and vmap draws each member's mask apart
