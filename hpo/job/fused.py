@@ -240,9 +240,9 @@ def run_fused(members: list[Member], task) -> None:
             if not m.context.measure_first:
                 m.trial.set_attrs(measure(_setup(m), task, m.context.latency))
     finally:
-        for m in members:
-            if m.setup is not None:
-                release(m.setup)
+        built = [m.setup for m in members if m.setup is not None]
+        for i, setup in enumerate(built):
+            release(setup, collect=i == len(built) - 1)
 
 
 def _train(fused: FusedModel, members: list[Member]) -> None:
