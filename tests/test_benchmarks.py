@@ -395,3 +395,24 @@ def test_step_benchmark_smoke_runs_every_arm(tmp_path):
     for arm in ARMS:
         row = next(line for line in text.splitlines() if line.startswith(f"| {arm} |"))
         assert float(row.split("|")[2].split()[0]) > 0
+
+
+@pytest.mark.slow
+def test_fused_benchmark_smoke_measures_both_arms_for_each_k(tmp_path):
+    """``python -m benchmarks.fused --smoke``: fused and sequential, K = 1 and 2, a row each
+    with its time a member-step, in its own section of the results file."""
+    from benchmarks.fused import ARMS, SECTION
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# hpo benchmarks\n\n## Kept\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.fused", "--smoke", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    text = out.read_text()
+    assert "## Kept\n\nkept\n" in text and f"## {SECTION}\n" in text
+    for k in (1, 2):
+        for arm in ARMS:
+            row = next(line for line in text.splitlines()
+                       if line.startswith(f"| squeezenet | {k} | {arm} |"))
+            assert all(float(row.split("|")[c].split()[0]) > 0 for c in (4, 5, 6))

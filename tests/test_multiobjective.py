@@ -21,7 +21,7 @@ from hpo.records import CHECKPOINT_ATTR
 from hpo.spec import LatencySpec, parse_spec
 from hpo.search.study import create_study, load_study, make_sampler
 from hpo.run.worker._housekeeping import retain_checkpoints
-from hpo.run.worker._trial import StudyTrial
+from hpo.run.worker._objective import StudyTrial
 
 BASE = """
 study: {name: mo}

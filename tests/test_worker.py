@@ -242,7 +242,8 @@ def test_a_sampler_that_fails_fails_the_trial_with_its_reason(tmp_path):
     'unknown error')."""
     import optuna
 
-    from hpo.run.worker._trial import make_objective, run_trial
+    from hpo.run.worker._objective import Objective
+    from hpo.run.worker._trial import run_trial
     from hpo.search.schedulers import scheduler_of
     from hpo.search.study import create_study, load_study
     from hpo.store.storage import open_storage
@@ -256,7 +257,7 @@ def test_a_sampler_that_fails_fails_the_trial_with_its_reason(tmp_path):
     study, spec = load_study(create_study(make_spec(unique("broken")), storage).study_name,
                              storage)
     study.sampler = Broken()
-    objective = make_objective(study, spec, scheduler_of(study), {}, tmp_path, None)
+    objective = Objective(study, spec, scheduler_of(study), {}, tmp_path, None)
     number = run_trial(study, spec, objective, {"host": "h", "worker": "w", "pid": 1}, [])
     trial = study.get_trials()[number]
     assert trial.state == TrialState.FAIL

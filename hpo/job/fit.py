@@ -145,14 +145,8 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float | None:
         torch.OutOfMemoryError: even a micro-batch of one example does not fit.
     """
     progress, evals, steps = state.progress, state.evals, state.steps_per_epoch
-    progress.epochs_run = epoch
-    # An attempt resumed inside this epoch (paused at a rung there) skips what it trained.
-    skip, progress.epoch_batches = progress.epoch_batches, 0
-    state.order.set_epoch(epoch, skip * state.batch_size)
-    train_mode(state.model, state.frozen)
+    skip = begin_epoch(state, epoch)
     clock = time.perf_counter()
-    watch = state.watch
-    watch.restart()
     # Nothing in a step reads the device (a sync would idle it while the host waits): the
     # losses stay there, and the loop looks at them (NaN, divergence) where it evaluates.
     for i, (inputs, labels) in enumerate(state.train_loader, skip + 1):
@@ -200,30 +194,78 @@ def train_epoch(state: FitState, trial: Trial, epoch: int) -> float | None:
                 accumulation,
                 progress.micro_batch,
             )
-        progress.samples += state.batch_size  # over all ranks
-        watch.add(loss)
-        # The report step this batch counts towards (epoch, or a fraction of the data).
-        step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
-        if state.stop_asked is not None and state.stop_asked() and state.val_loader is not None:
-            # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
-            progress.train_seconds += time.perf_counter() - clock
-            look(state, trial, step)  # a NaN model is pruned, not checkpointed
-            save_epoch(state, trial, epoch, i)
-            log.info("trial %d: stopped after batch %d of epoch %d", trial.number, i, epoch)
-            raise JobPreempted(f"stopped after batch {i} of epoch {epoch}")
-
-        if state.val_loader is not None and i in state.eval_after:
-            progress.train_seconds += time.perf_counter() - clock
-            step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
-            look(state, trial, step)
-            if evaluate_and_report(state, trial, epoch, step, i % steps):
-                return None  # stopped early
-            train_mode(state.model, state.frozen)
-            clock = time.perf_counter()
+        stopped, restarted = after_step(state, trial, epoch, i, loss, clock)
+        if stopped:
+            return None  # stopped early
+        clock = restarted if restarted is not None else clock
     progress.train_seconds += time.perf_counter() - clock
     if state.val_loader is None:  # a final fit: no evaluation point, the epoch's end is one
         return look(state, trial, epoch * evals) / max(steps, 1)
     return None
+
+
+def begin_epoch(state: FitState, epoch: int) -> int:
+    """``epoch`` starts: its sampler's order, the model in training mode, the loss sum at 0.
+
+    Returns:
+        The batches of it that an attempt resumed inside it (paused at a rung there) trained
+        already, and skips.
+    """
+    progress = state.progress
+    progress.epochs_run = epoch
+    skip, progress.epoch_batches = progress.epoch_batches, 0
+    state.order.set_epoch(epoch, skip * state.batch_size)
+    train_mode(state.model, state.frozen)
+    state.watch.restart()
+    return skip
+
+
+def after_step(
+    state: FitState,
+    trial: Trial,
+    epoch: int,
+    i: int,
+    loss: torch.Tensor,
+    clock: float | None,
+    val=None,
+) -> tuple[bool, float | None]:
+    """What follows batch ``i``'s optimizer step of ``epoch``: its samples and loss counted,
+    a held stop taken, and the evaluation that falls after it. ``clock``: when this stretch
+    of training began (the time to the evaluation is ``train_seconds``); None where the
+    caller counts it (fused trials, ``hpo.job.fused``), as ``val`` gives the evaluation's
+    metrics where the caller has them (``evaluate_and_report``).
+
+    Returns:
+        Whether the trial stopped early, and the clock restarted after an evaluation.
+
+    Raises:
+        optuna.TrialPruned: the loss went NaN or diverged, or the evaluation pruned.
+        JobPreempted: the worker's SIGTERM, checkpointed after this step.
+    """
+    progress, evals, steps = state.progress, state.evals, state.steps_per_epoch
+    progress.samples += state.batch_size  # over all ranks
+    state.watch.add(loss)
+    # The report step this batch counts towards (epoch, or a fraction of the data).
+    step = epoch if evals == 1 else (epoch - 1) * evals + math.ceil(i * evals / steps)
+    if state.stop_asked is not None and state.stop_asked() and state.val_loader is not None:
+        # The worker's SIGTERM, held until this step ended: checkpoint here, stop.
+        if clock is not None:
+            progress.train_seconds += time.perf_counter() - clock
+        look(state, trial, step)  # a NaN model is pruned, not checkpointed
+        save_epoch(state, trial, epoch, i)
+        log.info("trial %d: stopped after batch %d of epoch %d", trial.number, i, epoch)
+        raise JobPreempted(f"stopped after batch {i} of epoch {epoch}")
+
+    if state.val_loader is not None and i in state.eval_after:
+        if clock is not None:
+            progress.train_seconds += time.perf_counter() - clock
+        step = epoch if evals == 1 else (epoch - 1) * evals + state.eval_after[i]
+        look(state, trial, step)
+        if evaluate_and_report(state, trial, epoch, step, i % steps, val):
+            return True, clock
+        train_mode(state.model, state.frozen)
+        clock = None if clock is None else time.perf_counter()
+    return False, clock
 
 
 def look(state: FitState, trial: Trial, step: int) -> float:
@@ -242,13 +284,14 @@ def look(state: FitState, trial: Trial, step: int) -> float:
 
 
 def evaluate_and_report(
-    state: FitState, trial: Trial, epoch: int, step: int, batches: int = 0
+    state: FitState, trial: Trial, epoch: int, step: int, batches: int = 0, val=None
 ) -> bool:
     """Evaluate on the val set, report the objective at ``step``, prune or stop early,
     record.
 
     ``batches``: of ``epoch``, trained so far; 0 at its end. A pause saves the checkpoint
-    here, inside the epoch or at its end.
+    here, inside the epoch or at its end. ``val``: the metrics of ``state.eval_loader``,
+    where the caller evaluated already (fused trials, all members at once).
 
     Returns:
         Whether to stop early: no better objective in ``early_stopping_patience``
@@ -261,20 +304,19 @@ def evaluate_and_report(
     progress = state.progress
     # Inside an epoch, the val subset where there is one: its loss goes to the pruner alone.
     on_subset = bool(batches) and state.subset_loader is not None
-    loader = state.subset_loader if on_subset else state.val_loader
-    assert loader is not None  # only a fit with a val set evaluates
-    val, progress.eval_micro_batch = evaluate_or_fail(
-        trial,
-        partial(record, state, trial),
-        state.net,
-        loader,
-        state.dev,
-        progress.eval_micro_batch or progress.micro_batch,
-        state.channels_last,
-        state.ranks,
-        num_classes=state.setup.num_classes,
-        weight=state.weight,
-    )
+    if val is None:
+        val, progress.eval_micro_batch = evaluate_or_fail(
+            trial,
+            partial(record, state, trial),
+            state.net,
+            state.eval_loader(batches),
+            state.dev,
+            progress.eval_micro_batch or progress.micro_batch,
+            state.channels_last,
+            state.ranks,
+            num_classes=state.setup.num_classes,
+            weight=state.weight,
+        )
     # Training's numbers: the batches trained since the last evaluation, as they trained.
     train = state.train_tally.read(state.ranks)
     val_loss, accuracy = val["loss"], val["accuracy"]

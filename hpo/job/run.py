@@ -102,12 +102,13 @@ def build(task, params: dict, cache: dict, *, final: bool = False) -> TrainingSe
     )
 
 
-def release(setup: TrainingSetup) -> None:
+def release(setup: TrainingSetup, collect: bool = True) -> None:
     """Free the trial's model, gradients and optimizer state, even while references remain.
 
     A pruned or failed trial's exception keeps the fit loop's frames, and so the model and the
     optimizer, alive for as long as someone holds the traceback. Emptying the tensors in place
-    frees their memory regardless; the cache (datasets) stays.
+    frees their memory regardless; the cache (datasets) stays. ``collect``: then collect the
+    garbage (0.1-0.25 s with torch loaded; a fused group collects once, after its last).
     """
     with torch.no_grad():
         for p in setup.model.parameters():
@@ -119,4 +120,5 @@ def release(setup: TrainingSetup) -> None:
         setup.optimizer.state.clear()
     setup.head.clear()
     setup.blocks.clear()
-    free_memory(pick_device(amp=False))
+    if collect:
+        free_memory(pick_device(amp=False))

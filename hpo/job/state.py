@@ -146,6 +146,14 @@ class FitState:
     started: float
     """``time.perf_counter()`` at the start, less the earlier attempts' seconds."""
 
+    def eval_loader(self, batches: int) -> DataLoader | DeviceBatches:
+        """The loader an evaluation after ``batches`` of an epoch reads (0: at its end):
+        inside an epoch the val subset where there is one (its loss goes to the pruner
+        alone)."""
+        loader = self.subset_loader if batches and self.subset_loader else self.val_loader
+        assert loader is not None  # only a fit with a val set evaluates
+        return loader
+
 
 def start_fit(trial: Trial, setup: TrainingSetup, params: dict, task, context) -> FitState:
     """The model on its device, frozen by policy; the optimizer, schedule, loss and loaders;

@@ -107,6 +107,16 @@ def train_step(
         tally.add_loss(total / ranks.world if ranks.many else total, 1 / ranks.world)
     # No total.item() here: a read is a CPU-GPU sync, which would leave the device idle
     # while the host queues the next step.
+    optimizer_step(optimizer, scheduler, scaler, trainable, grad_clip)
+    return total
+
+
+def optimizer_step(
+    optimizer, scheduler, scaler, trainable: list[nn.Parameter], grad_clip: float
+) -> None:
+    """The step the gradients ask for: clipped to ``grad_clip`` (> 0), taken by the scaler
+    (which skips it where fp16's loss scaling found an inf), the schedule advanced, the
+    gradients freed."""
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
@@ -114,7 +124,6 @@ def train_step(
     scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until next backward
-    return total
 
 
 class LossWatch:
@@ -270,13 +279,18 @@ def evaluate(
         for part in micro_batches(len(labels), micro_batch):
             with dev.autocast():
                 out = logits(model, take(inputs, part)).float()
-            y = labels[part]
-            tally.add_loss(
-                F.cross_entropy(out, y, weight=weight, reduction="sum"),
-                len(y) if weight is None else weight[y].sum(),
-            )
-            tally.add(out, y)
+            count(tally, out, labels[part], weight)
     return tally.read(ranks)
+
+
+def count(tally: Tally, out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """An evaluated batch's cross-entropy (summed: ``evaluate``'s mean divides by the count,
+    or the weight sum) and predictions, into ``tally``."""
+    tally.add_loss(
+        F.cross_entropy(out, y, weight=weight, reduction="sum"),
+        len(y) if weight is None else weight[y].sum(),
+    )
+    tally.add(out, y)
 
 
 def logits(model: nn.Module, inputs) -> torch.Tensor:

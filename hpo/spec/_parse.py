@@ -259,13 +259,18 @@ def _parse_budget(raw: Any, at: _At, grid: bool = False) -> BudgetSpec:
 
 
 def _parse_resources(raw: Any, at: _At, task: TaskSpec) -> ResourcesSpec:
-    d = at.mapping(raw, ("devices_per_trial",))
+    d = at.mapping(raw, ("devices_per_trial", "fuse"))
     devices = (at / "devices_per_trial").checked(d.get("devices_per_trial", 1), _positive_int)
     if devices > 1 and task.kind == "custom":
         raise (at / "devices_per_trial").error(
             f"a custom job runs in its worker's process; expected 1, got {devices}"
         )
-    return ResourcesSpec(devices_per_trial=devices)
+    fuse = (at / "fuse").checked(d.get("fuse", 1), _positive_int)
+    if fuse > 1 and task.kind in OWN_TASK_KINDS:
+        raise (at / "fuse").error(f"fused trials are of the built-in job, not a {task.kind} task")
+    if fuse > 1 and devices > 1:
+        raise (at / "fuse").error("fused trials train on one device; devices_per_trial is 1")
+    return ResourcesSpec(devices_per_trial=devices, fuse=fuse)
 
 
 def _check_cross(spec: Spec, at: _At) -> None:

@@ -24,6 +24,15 @@ class ResourcesSpec:
     devices_per_trial: int = 1
     """A trial's gang: N GPUs (one rank each, NCCL) with CUDA, else N CPU processes (gloo).
     The launcher groups its GPU slots into gangs of N."""
+    fuse: int = 1
+    """Fused trials: a worker claims up to this many new trials at once and trains those
+    that share everything but their ``lr``, ``weight_decay``, ``optimizer``, ``momentum``,
+    ``epochs``, ``dropout``, ``backbone_lr_mult``, ``warmup_fraction``, ``schedule``,
+    ``grad_clip``, ``l1`` and ``label_smoothing`` as one batched model (``torch.vmap``), each
+    reporting to its own trial; the others, and models that cannot fuse (batch norm that
+    trains), run one at a time, with a log line that says why. A member leaves its group
+    when it is pruned, paused or done; a paused one resumes alone. 1 (the default): off.
+    The built-in job on one device only."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,12 @@ class Spec:
             "pruner": {"name": self.pruner.name, **_plain(self.pruner.options)},
             "budget": self.budget.to_dict(),
             # Only when set: a study stored before the key existed reads back the same.
-            **({"resources": asdict(self.resources)} if self.resources != ResourcesSpec() else {}),
+            # Only the keys set: a study stored before a key existed reads back the same.
+            **(
+                {"resources": _set_keys(self.resources)}
+                if self.resources != ResourcesSpec()
+                else {}
+            ),
             **({"warm_start": self.warm_start.to_dict()} if self.warm_start else {}),
             **({"tracking": self.tracking.to_dict()} if self.tracking else {}),
         }
@@ -105,3 +119,8 @@ def max_epochs(spec: Spec) -> int:
     """The largest number of epochs a trial of this spec can run."""
     p = spec.param("epochs")
     return int(p.upper()) if p else HYPERPARAMETERS["epochs"].default
+
+
+def _set_keys(resources: ResourcesSpec) -> dict[str, Any]:
+    default = asdict(ResourcesSpec())
+    return {k: v for k, v in asdict(resources).items() if v != default[k]}

@@ -34,7 +34,7 @@ TAGGED_ATTRS = (RESUMED_FROM_ATTR, REPEAT_OF_ATTR, FIRST_GUESS_ATTR)
 
 class TrialRecord:
     """One trial's records while this worker runs it: ``record`` gets every write of its
-    attrs (``hpo.run.worker._trial.StudyTrial.set_attrs``)."""
+    attrs (``hpo.run.worker._objective.StudyTrial.set_attrs``)."""
 
     def __init__(self, tracker: Tracker, trial: optuna.Trial) -> None:
         self.tracker = tracker

@@ -53,8 +53,8 @@ from hpo.run.worker._loop import (
     stop_signal_words,
     worker_identity,
 )
+from hpo.run.worker._objective import StudyTrial, job_function
 from hpo.run.worker._signals import Preempted
-from hpo.run.worker._trial import StudyTrial, job_function
 
 __all__ = [
     "BUDGET_WAIT_SECONDS",

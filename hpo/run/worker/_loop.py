@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 from hpo.records import CHECKPOINT_ATTR, FAIL_REASON_ATTR, safe_name
 from hpo.run.tracking import tracker_for
 from hpo.run.worker._budget import Stop, should_stop
+from hpo.run.worker._fused import run_fused_trials
 from hpo.run.worker._housekeeping import quietly, retain_checkpoints
+from hpo.run.worker._objective import Objective
 from hpo.run.worker._signals import Preempted, stop_now_or_when_let
-from hpo.run.worker._trial import make_objective, run_trial
+from hpo.run.worker._trial import run_trial
 from hpo.search.schedulers import scheduler_of
 from hpo.spec import Spec
 from hpo.store.outage import clear_stop, request_stop
@@ -156,7 +158,7 @@ def run_worker(
     # Recorded on every trial; the launcher finds a dead child's trial by host and pid.
     attrs = {"host": socket.gethostname(), "worker": worker, "pid": os.getpid()}
     tracker = tracker_for(spec, study.study_name, attrs)  # MLflow / TensorBoard, if named
-    objective = make_objective(
+    objective = Objective(
         study,
         spec,
         scheduler,
@@ -235,9 +237,13 @@ def run_worker(
             # loaded a full collection costs 0.1-0.25 s, two thirds of a no-op trial
             # (benchmarks/overhead.py); the built-in job collects once in run.release, and
             # memory growth recycles the process.
-            number = run_trial(study, spec, objective, attrs, trials, work[0] if work else None)
+            if spec.resources.fuse > 1 and not work:  # new trials, several at once
+                numbers = run_fused_trials(study, spec, objective, attrs, trials)
+            else:
+                number = run_trial(study, spec, objective, attrs, trials, work[0] if work else None)
+                numbers = [] if number is None else [number]
             trials = study.get_trials(deepcopy=False)
-            if number is not None:
+            for number in numbers:
                 after_trial(number, trials)
             if baseline_mb is None and report.trials:
                 baseline_mb = _rss_mb()  # after the first trial: data cached, code loaded
