@@ -130,8 +130,9 @@ class Promotion(Scheduler):
         matters where fewer than ``reduction_factor`` configurations reached it (ASHA's rule
         holds them all there): else a study could end with its best configuration paused
         short of its epochs. With several objectives it is every configuration no other
-        dominates at the rung: a study's Pareto set is of complete trials, and under ASHA's
-        rule most of a front stays paused (``benchmarks/RESULTS.md``). A promoted one pauses
+        dominates at the rung: a study's Pareto set is of complete trials, and where few
+        configurations reach a rung ASHA's rule leaves most of its front paused
+        (``benchmarks/RESULTS.md``). A promoted one pauses
         again at the next rung unless it goes on there, and is promoted again if it is on
         that rung's front."""
         from optuna.trial import TrialState
