@@ -562,7 +562,7 @@ def test_at_the_end_of_the_budget_the_whole_first_front_of_a_rung_finishes():
     paused."""
     from hpo.records import PAUSED_REASON, PRUNE_REASON_ATTR
     from hpo.search.schedulers.continuation import queue_continuation
-    from hpo.search.schedulers.promotion import Promotion, fronts
+    from hpo.search.schedulers.promotion import Promotion, front_points, fronts
     from hpo.store import _optuna
 
     scheduler = Promotion(1, 3, 1, 4, objectives=("val_loss", "trainable_params"))
@@ -591,3 +591,7 @@ def test_at_the_end_of_the_budget_the_whole_first_front_of_a_rung_finishes():
 
     assert promoted(False) == [0, 3]  # the top floor(6 / 3) now: the front's ends
     assert promoted(True) == [0, 3, 4, 1]  # and the rest of the front, by crowding
+    # Configurations tied on every objective (the same params twice): the first ranked alone,
+    # as with one objective, where the front is the leader.
+    assert front_points({0: (0.4, 50), 1: (0.4, 50), 2: (0.2, 100)}) == [0, 2]
+    assert front_points({0: (0.3,), 1: (0.1,), 2: (0.1,)}) == [1]

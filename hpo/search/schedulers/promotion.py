@@ -126,15 +126,15 @@ class Promotion(Scheduler):
 
         ``finishing``: the budget is spent and nothing runs, so no configuration will reach a
         rung any more: a paused trial on the first non-dominated front of its rung
-        (``fronts``) is promoted too. With one objective that is the rung's leader, which
-        matters where fewer than ``reduction_factor`` configurations reached it (ASHA's rule
-        holds them all there): else a study could end with its best configuration paused
-        short of its epochs. With several objectives it is every configuration no other
-        dominates at the rung: a study's Pareto set is of complete trials, and where few
-        configurations reach a rung ASHA's rule leaves most of its front paused
-        (``benchmarks/RESULTS.md``). A promoted one pauses
-        again at the next rung unless it goes on there, and is promoted again if it is on
-        that rung's front."""
+        (``front_points``: of tied ones, the first) is promoted too. With one objective that
+        is the rung's leader, which matters where fewer than ``reduction_factor``
+        configurations reached it (ASHA's rule holds them all there): else a study could end
+        with its best configuration paused short of its epochs. With several objectives it
+        is every configuration no other dominates at the rung: a study's Pareto set is of
+        complete trials, and where few configurations reach a rung ASHA's rule leaves most
+        of its front paused (``benchmarks/RESULTS.md``). A promoted one pauses again at the
+        next rung unless it goes on there, and is promoted again if it is on that rung's
+        front."""
         from optuna.trial import TrialState
 
         again = [
@@ -151,7 +151,7 @@ class Promotion(Scheduler):
             order = ranked(points)
             config = configuration(t)
             if in_top(points, config, self.reduction_factor) or (
-                finishing and config in points and config in fronts(points)[0]
+                finishing and config in front_points(points)
             ):
                 ready.append((-step, order.index(config), t.number, t))
         return [Resume(t) for t in again] + [
@@ -195,6 +195,19 @@ def ranked(points: dict[int, tuple[float, ...]]) -> list[int]:
         distance = crowding(front, points)
         order += sorted(front, key=lambda c: (-distance[c], c))
     return order
+
+
+def front_points(points: dict[int, tuple[float, ...]]) -> list[int]:
+    """The first non-dominated front, one configuration a point: of configurations tied on
+    every objective (the same params twice), the first ``ranked``. With one objective, the
+    leader."""
+    if not points:
+        return []
+    order = ranked(points)
+    kept: dict[tuple[float, ...], int] = {}
+    for c in sorted(fronts(points)[0], key=order.index):
+        kept.setdefault(points[c], c)
+    return list(kept.values())
 
 
 def fronts(points: dict[int, tuple[float, ...]]) -> list[list[int]]:
