@@ -552,3 +552,46 @@ def test_the_promotion_scheduler_takes_the_direction_from_the_spec(tmp_path):
     spec = load_spec(write_tiny_spec(tmp_path / "p.yaml", "p", pruner={"name": "promotion"},
                                      study={"metric": "val_f1"}))
     assert spec.study.direction == "maximize" and Promotion.from_spec(spec).maximize
+
+
+def test_at_the_end_of_the_budget_the_whole_first_front_of_a_rung_finishes():
+    """Six configurations of a study of (val_loss, trainable_params) pause at the first rung,
+    one in three going on. ASHA's rule promotes the front's two ends; when the budget is spent
+    and nothing runs, the rest of the first front (the trade-offs between them) is promoted
+    too, so that the Pareto set of complete trials can hold them; the two dominated ones stay
+    paused."""
+    from hpo.records import PAUSED_REASON, PRUNE_REASON_ATTR
+    from hpo.search.schedulers.continuation import queue_continuation
+    from hpo.search.schedulers.promotion import Promotion, front_points, fronts
+    from hpo.store import _optuna
+
+    scheduler = Promotion(1, 3, 1, 4, objectives=("val_loss", "trainable_params"))
+    study = optuna.create_study(directions=["minimize", "minimize"], pruner=scheduler)
+    points = {0: (0.2, 100), 1: (0.5, 10), 2: (0.3, 200), 3: (0.8, 5), 4: (0.4, 50),
+              5: (0.6, 150)}  # 2 and 5 are dominated (by 0, and by 0 and 4)
+    trials = [study.ask() for _ in points]  # asked first: an ask would claim a continuation
+    for trial, (loss, size) in zip(trials, points.values()):
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.suggest_int("epochs", 4, 4)
+        trial.set_user_attr("trainable_params", size)  # measured before training
+        _optuna.set_intermediate_value(trial, loss, 1)
+        # As each one arrives, it pauses (none of one or two goes on; of three to five,
+        # the first front's first by crowding, then number: 0; of six, 0 and 3).
+        assert scheduler.decide(study, _optuna.frozen(study, trial)).action == "pause"
+    for trial in trials:
+        queue_continuation(study, _optuna.frozen(study, trial), 1)
+        trial.set_user_attr(PRUNE_REASON_ATTR, PAUSED_REASON)
+        study.tell(trial, state=TrialState.PRUNED)
+    assert fronts(scheduler.rung_points(study.get_trials(), 1))[0] == [0, 1, 3, 4]
+
+    def promoted(finishing):
+        ts = study.get_trials(deepcopy=False)
+        return [r.trial.user_attrs["resumed_from"]
+                for r in scheduler.next_work(study, ts, finishing)]
+
+    assert promoted(False) == [0, 3]  # the top floor(6 / 3) now: the front's ends
+    assert promoted(True) == [0, 3, 4, 1]  # and the rest of the front, by crowding
+    # Configurations tied on every objective (the same params twice): the first ranked alone,
+    # as with one objective, where the front is the leader.
+    assert front_points({0: (0.4, 50), 1: (0.4, 50), 2: (0.2, 100)}) == [0, 2]
+    assert front_points({0: (0.3,), 1: (0.1,), 2: (0.1,)}) == [1]

@@ -117,7 +117,9 @@ PRUNER_OPTIONS: dict[str, dict[str, str]] = {
 ``successive_halving``, ``hyperband``, ``threshold`` and ``patient`` are Optuna's pruners of
 those names (``PatientPruner`` wrapping another); ``none`` never prunes. ``promotion`` and
 ``pbt`` are hpo's schedulers (``hpo.search.schedulers``): ``promotion`` pauses a trial that falls
-behind at a rung and resumes it later (with several objectives too); ``pbt`` is
+behind at a rung and resumes it later (with several objectives too); once the budget is spent
+and nothing runs, it promotes each rung's first non-dominated front all the same (one
+objective: the rung's leader; several: every configuration no other dominates there); ``pbt`` is
 population-based training: the ``budget.n_trials`` configurations train side by side,
 pausing every ``interval`` epochs, and those in the bottom ``quantile`` go on from the
 checkpoint of one in the top ``quantile`` with its params perturbed. A

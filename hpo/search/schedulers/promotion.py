@@ -15,9 +15,12 @@ crowding distance within a front (MO-ASHA, Schmucker et al. 2021): each configur
 vector is its validation loss at the rung and its other objectives (the job measures them
 before training: ``params``, ``trainable_params``, ``latency_ms`` do not change as it trains).
 
-When the budget is spent and nothing runs, a paused trial that leads its rung is promoted all
-the same (``next_work``'s ``finishing``). A study that ends with paused trials keeps them;
-``hpo run`` with a larger budget may still promote them.
+When the budget is spent and nothing runs (``next_work``'s ``finishing``), a paused trial on
+the first non-dominated front of its rung is promoted all the same: with one objective the
+rung's leader, with several every configuration no other dominates there, so that the study's
+Pareto set (of complete trials: the models a user can export) holds a trained configuration
+for each trade-off the rungs found. A study that ends with paused trials keeps them; ``hpo
+run`` with a larger budget may still promote them.
 """
 
 from __future__ import annotations
@@ -122,10 +125,16 @@ class Promotion(Scheduler):
         top of their rung, the highest rung first and the best first within it.
 
         ``finishing``: the budget is spent and nothing runs, so no configuration will reach a
-        rung any more: the paused trial that *leads* its rung is promoted too, where fewer
-        than ``reduction_factor`` configurations reached it (ASHA's rule holds them all
-        there). Else a study could end with its best configuration paused short of its
-        epochs; this costs at most one configuration a rung."""
+        rung any more: a paused trial on the first non-dominated front of its rung
+        (``front_points``: of tied ones, the first) is promoted too. With one objective that
+        is the rung's leader, which matters where fewer than ``reduction_factor``
+        configurations reached it (ASHA's rule holds them all there): else a study could end
+        with its best configuration paused short of its epochs. With several objectives it
+        is every configuration no other dominates at the rung: a study's Pareto set is of
+        complete trials, and where few configurations reach a rung ASHA's rule leaves most
+        of its front paused (``benchmarks/RESULTS.md``). A promoted one pauses again at the
+        next rung unless it goes on there, and is promoted again if it is on that rung's
+        front."""
         from optuna.trial import TrialState
 
         again = [
@@ -139,10 +148,11 @@ class Promotion(Scheduler):
                 continue
             step = int(t.user_attrs[PAUSED_AT_ATTR])
             points = self.rung_points(trials, step)
-            eta = min(self.reduction_factor, max(1, len(points))) if finishing else None
             order = ranked(points)
             config = configuration(t)
-            if in_top(points, config, eta or self.reduction_factor):
+            if in_top(points, config, self.reduction_factor) or (
+                finishing and config in front_points(points)
+            ):
                 ready.append((-step, order.index(config), t.number, t))
         return [Resume(t) for t in again] + [
             Resume(t) for *_, t in sorted(ready, key=lambda r: r[:3])
@@ -185,6 +195,19 @@ def ranked(points: dict[int, tuple[float, ...]]) -> list[int]:
         distance = crowding(front, points)
         order += sorted(front, key=lambda c: (-distance[c], c))
     return order
+
+
+def front_points(points: dict[int, tuple[float, ...]]) -> list[int]:
+    """The first non-dominated front, one configuration a point: of configurations tied on
+    every objective (the same params twice), the first ``ranked``. With one objective, the
+    leader."""
+    if not points:
+        return []
+    order = ranked(points)
+    kept: dict[tuple[float, ...], int] = {}
+    for c in sorted(fronts(points)[0], key=order.index):
+        kept.setdefault(points[c], c)
+    return list(kept.values())
 
 
 def fronts(points: dict[int, tuple[float, ...]]) -> list[list[int]]:
