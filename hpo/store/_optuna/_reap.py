@@ -50,14 +50,18 @@ def fail_and_retry(
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    from hpo.store._optuna._retry import RetryStale
+
     storage = study._storage
+    callback = _retry_callback(study)
+    first = isinstance(callback, RetryStale)  # hpo's own: it can queue before the fail
     current = [storage.get_trial(t._trial_id) for t in trials]
     paused = tell_queued_pauses(study, current)
     failed = sorted(paused)
     for t in current:
         if t.number in paused or t.state != TrialState.RUNNING:
             continue
-        retry_id = _queue_retry(study, t)
+        retry_id = callback.queue(study, t) if first else None
         try:
             if reason is not None:
                 storage.set_trial_user_attr(t._trial_id, FAIL_REASON_ATTR, reason)
@@ -68,6 +72,9 @@ def fail_and_retry(
             _withdraw(storage, retry_id)
             continue
         failed.append(t.number)
+        if callback is not None and not first:  # someone else's retry: after the fail only
+            with no_experimental_warnings():
+                callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
     return failed
 
 
@@ -82,20 +89,6 @@ def fail_stale(study: optuna.Study) -> None:
     stale = storage._get_stale_trial_ids(study._study_id)
     if stale:
         fail_and_retry(study, [storage.get_trial(i) for i in stale], None)
-
-
-def _queue_retry(study: optuna.Study, trial: FrozenTrial) -> int | None:
-    """Queue the retry of ``trial`` (still running) as the storage's retry callback would for
-    it failed. Returns the retry's trial id; None if none was queued (no callback, retries
-    used up, its pause queued)."""
-    from hpo.store._optuna._retry import RetryStale
-
-    callback = _retry_callback(study)
-    if callback is None:
-        return None
-    if not isinstance(callback, RetryStale):  # someone else's: it can only be told after
-        return None
-    return callback.queue(study, trial)
 
 
 def _withdraw(storage: Any, retry_id: int | None) -> None:
@@ -129,7 +122,11 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
     Returns:
         Whether a retry was queued.
     """
+    from hpo.store._optuna._retry import RetryStale
+
     callback = _retry_callback(study)
+    if isinstance(callback, RetryStale):
+        return callback.queue(study, trial) is not None
     if callback is None:
         return False
     before = len(study.get_trials(deepcopy=False))

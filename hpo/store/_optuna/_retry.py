@@ -20,14 +20,7 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
     A module-level class, so that a storage that holds it pickles."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if any(
-            t.user_attrs.get(PAUSED_FROM_ATTR) == trial.number
-            for t in study.get_trials(deepcopy=False)
-        ):
-            return
-        trial = copy.copy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
-        super().__call__(study, trial)
+        self.queue(study, trial)
 
     def queue(self, study: optuna.Study, trial: FrozenTrial) -> int | None:
         """Queue the retry of ``trial`` (which may still be running: ``_reap`` queues it before
