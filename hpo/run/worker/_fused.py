@@ -18,11 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpo.records import is_continuation
-from hpo.run.worker._budget import over_budget
 from hpo.run.worker._objective import Objective
 from hpo.run.worker._signals import Preempted, signals_held
-from hpo.run.worker._trial import Outcome, _pause, _requeue, outcome, said_told
+from hpo.run.worker._trial import (
+    Outcome,
+    _pause,
+    _requeue,
+    claim_new,
+    new_queue,
+    outcome,
+    said_told,
+)
 from hpo.search.schedulers import PAUSE
 from hpo.spec import Spec, suggest
 from hpo.store import _optuna
@@ -52,22 +58,14 @@ def run_fused_trials(
         Preempted: SIGTERM / SIGINT; every trial claimed and not yet told is re-queued
             (a member resumes from its checkpoint).
     """
-    from optuna.trial import TrialState
-
-    if any(t.state == TrialState.RUNNING for t in trials):
-        _optuna.fail_stale(study)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     claimed: list[optuna.Trial] = []
     told: set[int] = set()
     try:
         with signals_held():
-            queued = [t for t in trials if not is_continuation(t)]
+            queued = new_queue(study, trials)
             while len(claimed) < spec.resources.fuse:
-                trial = _optuna.ask(study, attrs, queued, spec.budget.n_trials)
+                trial = claim_new(study, spec, attrs, queued)
                 if trial is None:
-                    break
-                if over_budget(study, spec, trial.number):
-                    _optuna.requeue(study, trial)  # claimed at the same moment by another
                     break
                 claimed.append(trial)
         if not claimed:

@@ -36,6 +36,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpo")
 
 
+def new_queue(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The queued trials a new claim may take (``trials``: the study as last read): stale
+    trials are failed first where some trial was running (their retries join the queue, read
+    afresh); continuations run through ``Scheduler.next_work`` alone, outside the budget."""
+    from optuna.trial import TrialState
+
+    if any(t.state == TrialState.RUNNING for t in trials):
+        _optuna.fail_stale(study)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t for t in trials if not is_continuation(t)]
+
+
+def claim_new(
+    study: optuna.Study, spec: Spec, attrs: dict[str, Any], queued: list[FrozenTrial]
+) -> optuna.Trial | None:
+    """Claim a trial of ``queued``, else a new one, within the budget; None if the budget's
+    trials are all running or finished (one claimed at the same moment by another worker as
+    the budget's last goes back to the queue)."""
+    trial = _optuna.ask(study, attrs, queued, spec.budget.n_trials)
+    if trial is not None and over_budget(study, spec, trial.number):
+        _optuna.requeue(study, trial)
+        return None
+    return trial
+
+
 def run_trial(
     study: optuna.Study,
     spec: Spec,
@@ -69,12 +94,7 @@ def run_trial(
     Returns:
         The number of the trial claimed (and finished), or None if none was.
     """
-    from optuna.trial import TrialState
 
-    if any(t.state == TrialState.RUNNING for t in trials):
-        _optuna.fail_stale(study)
-        # A stale trial it failed has a retry queued now: read the queue afresh.
-        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     trial: optuna.Trial | None = None
     told = False
     try:
@@ -83,20 +103,14 @@ def run_trial(
                 trial = _optuna.ask(
                     study, {**attrs, PROMOTED_ATTR: True}, [resume.trial], create=False
                 )
-            else:  # continuations run through ``resume`` alone, outside the budget
-                queued = [t for t in trials if not is_continuation(t)]
-                trial = _optuna.ask(study, attrs, queued, spec.budget.n_trials)
+            else:
+                trial = claim_new(study, spec, attrs, new_queue(study, trials))
             if trial is None:
                 return None  # the rest of the budget was claimed a moment ago: the loop decides
             if resume is not None and resume.params is not None:
                 _replace(study, trial, resume)
                 told = True
                 return trial.number
-        if resume is None and over_budget(study, spec, trial.number):
-            # Another worker claimed the last trial of the budget at the same moment.
-            _optuna.requeue(study, trial)
-            told = True
-            return None
         with _optuna.heartbeat(study, trial):  # Optuna's heartbeat thread, as in optimize
             try:
                 value, state, error, decision = outcome(lambda: objective(trial))
